@@ -1,0 +1,627 @@
+//! Experiment config: TOML parsed into [`wire::ConfigFile`] (unknown keys rejected),
+//! then validated into [`ExperimentConfig`]. Every error names the file and the key
+//! path (`features.categorical[2].dim`) and says what was expected.
+
+pub mod wire;
+
+use crate::error::{DataError, Result};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+pub use wire::{Format, LabelTransform, LibsvmFieldMode, Pooling, TaskKind, TeacherKind};
+
+/// A validated experiment config.
+#[derive(Debug, Clone)]
+pub struct ExperimentConfig {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Relative data paths resolve against this directory (the config file's).
+    pub base_dir: PathBuf,
+    pub data: DataConfig,
+    pub tables: Vec<TableSpec>,
+    pub categorical: Vec<CategoricalFeature>,
+    pub dense: Vec<DenseFeature>,
+    pub tasks: Vec<TaskSpec>,
+    pub columns: SpecialColumns,
+    /// The file as parsed, kept verbatim for checkpoint manifests.
+    pub wire: wire::ConfigFile,
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceFormat {
+    Parquet,
+    Csv(CsvOptions),
+    Libsvm(LibsvmOptions),
+}
+
+#[derive(Debug, Clone)]
+pub struct CsvOptions {
+    pub delimiter: u8,
+    pub header: bool,
+    /// Column names when the file has no header.
+    pub columns: Option<Vec<String>>,
+    pub multi_value_separator: char,
+}
+
+#[derive(Debug, Clone)]
+pub struct LibsvmOptions {
+    pub fields: Vec<String>,
+    pub label: String,
+    pub field_mode: LibsvmFieldMode,
+}
+
+#[derive(Debug, Clone)]
+pub struct DataConfig {
+    pub format: SourceFormat,
+    pub max_bad_rows: u64,
+    pub batch_size: usize,
+    pub shuffle_buffer: usize,
+    pub prefetch_batches: usize,
+    /// Resolved: never 0.
+    pub decode_threads: usize,
+    pub chunk_rows: usize,
+    pub seed: u64,
+    pub splits: BTreeMap<String, Split>,
+}
+
+/// Which files (and optionally which rows) make up train, validation or test.
+#[derive(Debug, Clone)]
+pub struct Split {
+    pub name: String,
+    /// Absolute glob patterns.
+    pub patterns: Vec<String>,
+    /// Inclusive `YYYY-MM-DD` range matched against a `day=…` path component.
+    pub days: Option<(String, String)>,
+    /// Keep rows whose hash of (file name, row number) falls in `[from, to)`.
+    pub rows: Option<(f64, f64)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub name: String,
+    pub dim: usize,
+    pub kind: TableKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum TableKind {
+    /// Row = xxh3(value) mod buckets (see [`crate::hash`]).
+    Hashed { buckets: u64 },
+    /// Row = position in `values`; anything else maps to the out-of-vocabulary row
+    /// `values.len()`.
+    Vocabulary { values: Vec<String>, index: HashMap<String, u32> },
+}
+
+impl TableSpec {
+    /// Number of embedding rows.
+    pub fn rows(&self) -> u64 {
+        match &self.kind {
+            TableKind::Hashed { buckets } => *buckets,
+            TableKind::Vocabulary { values, .. } => values.len() as u64 + 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CategoricalFeature {
+    pub name: String,
+    pub column: String,
+    /// Index into [`ExperimentConfig::tables`].
+    pub table: usize,
+    /// Some for multi-valued features.
+    pub pooling: Option<Pooling>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DenseFeature {
+    pub name: String,
+    pub column: String,
+    pub log1p: bool,
+    pub clip: Option<(f64, f64)>,
+    pub standardize: bool,
+    pub missing: f64,
+    pub missing_indicator: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskSpec {
+    pub name: String,
+    pub kind: TaskKind,
+    pub label: String,
+    pub transform: LabelTransform,
+    pub mask: Option<String>,
+    pub weight: f64,
+    pub teacher: Option<Teacher>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Teacher {
+    pub column: String,
+    pub kind: TeacherKind,
+}
+
+#[derive(Debug, Clone)]
+pub struct EnumColumn {
+    pub column: String,
+    pub values: Vec<String>,
+}
+
+impl EnumColumn {
+    pub fn id_of(&self, v: &str) -> Option<u32> {
+        self.values.iter().position(|x| x == v).map(|i| i as u32)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PositionColumn {
+    pub column: String,
+    pub max: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SpecialColumns {
+    pub sample_weight: Option<String>,
+    pub segment: Option<EnumColumn>,
+    pub device: Option<EnumColumn>,
+    pub position: Option<PositionColumn>,
+    pub request_id: Option<String>,
+    pub keep: Vec<String>,
+}
+
+impl ExperimentConfig {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| DataError::Io { file: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is used for messages and as the base
+    /// for relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| DataError::Config { file: path.to_path_buf(), message: format!("invalid TOML: {e}") })?;
+        let wire: wire::ConfigFile = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            // toml's message carries a source excerpt; keep only its last line (the reason).
+            let msg = inner.message().trim().to_string();
+            DataError::ConfigKey { file: path.to_path_buf(), key, message: msg }
+        })?;
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_wire(wire, path, &base_dir)
+    }
+
+    /// Validates a parsed file.
+    pub fn from_wire(wire: wire::ConfigFile, path: &Path, base_dir: &Path) -> Result<Self> {
+        let v = Validator { file: path };
+        if wire.version != 1 {
+            return Err(v.err("version", format!("expected 1, found {}", wire.version)));
+        }
+        let data = v.data(&wire.data, base_dir)?;
+        let mut tables = Vec::new();
+        let mut table_ids = HashMap::new();
+        for (name, t) in &wire.tables {
+            let key = format!("tables.{name}");
+            let kind = v.table_kind(&key, t.buckets, &t.vocabulary, &t.vocabulary_file, base_dir)?;
+            let kind =
+                kind.ok_or_else(|| v.err(&key, "expected one of `buckets`, `vocabulary` or `vocabulary_file`".into()))?;
+            v.positive(&format!("{key}.dim"), t.dim)?;
+            table_ids.insert(name.clone(), tables.len());
+            tables.push(TableSpec { name: name.clone(), dim: t.dim, kind });
+        }
+        let mut names = HashSet::new();
+        let mut categorical = Vec::new();
+        let mut used_tables = HashSet::new();
+        for (i, c) in wire.features.categorical.iter().enumerate() {
+            let key = format!("features.categorical[{i}]");
+            v.unique_name(&mut names, &format!("{key}.name"), &c.name)?;
+            let inline = v.table_kind(&key, c.buckets, &c.vocabulary, &c.vocabulary_file, base_dir)?;
+            let table = match (&c.table, inline) {
+                (Some(t), None) => {
+                    if c.dim.is_some() {
+                        return Err(v.err(
+                            &format!("{key}.dim"),
+                            "not allowed with `table`: the shared table sets the dim".into(),
+                        ));
+                    }
+                    *table_ids.get(t).ok_or_else(|| {
+                        v.err(
+                            &format!("{key}.table"),
+                            format!("no table `{t}` under [tables] (have: {})", join(wire.tables.keys())),
+                        )
+                    })?
+                }
+                (None, Some(kind)) => {
+                    let dim = c.dim.ok_or_else(|| {
+                        v.err(&format!("{key}.dim"), "missing: expected the embedding dimension".into())
+                    })?;
+                    v.positive(&format!("{key}.dim"), dim)?;
+                    tables.push(TableSpec { name: c.name.clone(), dim, kind });
+                    tables.len() - 1
+                }
+                (Some(_), Some(_)) => {
+                    return Err(v.err(&key, "give either `table` or an inline `buckets`/`vocabulary`, not both".into()))
+                }
+                (None, None) => {
+                    return Err(v.err(&key, "expected `table`, `buckets`, `vocabulary` or `vocabulary_file`".into()))
+                }
+            };
+            used_tables.insert(table);
+            categorical.push(CategoricalFeature {
+                name: c.name.clone(),
+                column: c.column.clone().unwrap_or_else(|| c.name.clone()),
+                table,
+                pooling: c.multi_valued.as_ref().map(|m| m.pooling),
+            });
+        }
+        for (name, id) in &table_ids {
+            if !used_tables.contains(id) {
+                return Err(v.err(&format!("tables.{name}"), "declared but no feature uses it".into()));
+            }
+        }
+        let mut dense = Vec::new();
+        for (i, d) in wire.features.dense.iter().enumerate() {
+            let key = format!("features.dense[{i}]");
+            v.unique_name(&mut names, &format!("{key}.name"), &d.name)?;
+            if let Some([lo, hi]) = d.clip {
+                if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                    return Err(v.err(
+                        &format!("{key}.clip"),
+                        format!("expected [low, high] with low < high, found [{lo}, {hi}]"),
+                    ));
+                }
+            }
+            if !d.missing.is_finite() {
+                return Err(v.err(&format!("{key}.missing"), "expected a finite number".into()));
+            }
+            dense.push(DenseFeature {
+                name: d.name.clone(),
+                column: d.column.clone().unwrap_or_else(|| d.name.clone()),
+                log1p: d.log1p,
+                clip: d.clip.map(|[a, b]| (a, b)),
+                standardize: d.standardize,
+                missing: d.missing,
+                missing_indicator: d.missing_indicator,
+            });
+        }
+        if categorical.is_empty() && dense.is_empty() {
+            return Err(v.err("features", "expected at least one categorical or dense feature".into()));
+        }
+        if wire.tasks.is_empty() {
+            return Err(v.err("tasks", "expected at least one [[tasks]] entry".into()));
+        }
+        let mut task_names = HashSet::new();
+        let mut tasks = Vec::new();
+        for (i, t) in wire.tasks.iter().enumerate() {
+            let key = format!("tasks[{i}]");
+            v.unique_name(&mut task_names, &format!("{key}.name"), &t.name)?;
+            if t.kind == TaskKind::Binary && matches!(t.label_transform, Some(LabelTransform::Log1p)) {
+                return Err(
+                    v.err(&format!("{key}.label_transform"), "only regression tasks take a label transform".into())
+                );
+            }
+            if !(t.weight.is_finite() && t.weight >= 0.0) {
+                return Err(
+                    v.err(&format!("{key}.weight"), format!("expected a finite number >= 0, found {}", t.weight))
+                );
+            }
+            tasks.push(TaskSpec {
+                name: t.name.clone(),
+                kind: t.kind,
+                label: t.label.clone(),
+                transform: t.label_transform.unwrap_or(LabelTransform::None),
+                mask: t.mask.clone(),
+                weight: t.weight,
+                teacher: t.teacher.as_ref().map(|s| Teacher { column: s.column.clone(), kind: s.kind }),
+            });
+        }
+        let c = &wire.columns;
+        let enum_col = |key: &str, e: &Option<wire::EnumColumnSection>| -> Result<Option<EnumColumn>> {
+            match e {
+                None => Ok(None),
+                Some(e) if e.values.is_empty() => {
+                    Err(v.err(&format!("columns.{key}.values"), "expected at least one value".into()))
+                }
+                Some(e) => {
+                    let mut seen = HashSet::new();
+                    for val in &e.values {
+                        if !seen.insert(val) {
+                            return Err(v.err(&format!("columns.{key}.values"), format!("duplicate value `{val}`")));
+                        }
+                    }
+                    Ok(Some(EnumColumn { column: e.column.clone(), values: e.values.clone() }))
+                }
+            }
+        };
+        let columns = SpecialColumns {
+            sample_weight: c.sample_weight.clone(),
+            segment: enum_col("segment", &c.segment)?,
+            device: enum_col("device", &c.device)?,
+            position: match &c.position {
+                Some(p) if p.max == 0 => {
+                    return Err(v.err("columns.position.max", "expected a positive integer".into()))
+                }
+                Some(p) => Some(PositionColumn { column: p.column.clone(), max: p.max }),
+                None => None,
+            },
+            request_id: c.request_id.clone(),
+            keep: c.keep.clone(),
+        };
+        Ok(ExperimentConfig {
+            path: path.to_path_buf(),
+            base_dir: base_dir.to_path_buf(),
+            data,
+            tables,
+            categorical,
+            dense,
+            tasks,
+            columns,
+            wire,
+        })
+    }
+
+    /// Width of the dense matrix in a batch: one column per dense feature plus one per
+    /// missing indicator (indicators follow all the values, in feature order).
+    pub fn dense_width(&self) -> usize {
+        self.dense.len() + self.dense.iter().filter(|d| d.missing_indicator).count()
+    }
+
+    pub fn split(&self, name: &str) -> Result<&Split> {
+        self.data.splits.get(name).ok_or_else(|| DataError::ConfigKey {
+            file: self.path.clone(),
+            key: format!("data.splits.{name}"),
+            message: format!("no such split (have: {})", join(self.data.splits.keys())),
+        })
+    }
+
+    /// Every source column a reader must provide, deduplicated, in a stable order.
+    pub fn required_columns(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut push = |c: &str| {
+            if !out.iter().any(|x| x == c) {
+                out.push(c.to_string());
+            }
+        };
+        for c in &self.categorical {
+            push(&c.column);
+        }
+        for d in &self.dense {
+            push(&d.column);
+        }
+        for t in &self.tasks {
+            push(&t.label);
+            if let Some(m) = &t.mask {
+                push(m);
+            }
+            if let Some(te) = &t.teacher {
+                push(&te.column);
+            }
+        }
+        let s = &self.columns;
+        for c in [&s.sample_weight, &s.request_id].into_iter().flatten() {
+            push(c);
+        }
+        for e in [&s.segment, &s.device].into_iter().flatten() {
+            push(&e.column);
+        }
+        if let Some(p) = &s.position {
+            push(&p.column);
+        }
+        for k in &s.keep {
+            push(k);
+        }
+        out
+    }
+}
+
+fn join<'a>(it: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = it.map(String::as_str).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+struct Validator<'a> {
+    file: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: &str, message: String) -> DataError {
+        DataError::ConfigKey { file: self.file.to_path_buf(), key: key.to_string(), message }
+    }
+
+    fn positive(&self, key: &str, n: usize) -> Result<()> {
+        if n == 0 {
+            return Err(self.err(key, "expected a positive integer, found 0".into()));
+        }
+        Ok(())
+    }
+
+    fn unique_name(&self, seen: &mut HashSet<String>, key: &str, name: &str) -> Result<()> {
+        if name.is_empty() {
+            return Err(self.err(key, "expected a non-empty name".into()));
+        }
+        if !seen.insert(name.to_string()) {
+            return Err(self.err(key, format!("duplicate name `{name}`")));
+        }
+        Ok(())
+    }
+
+    fn table_kind(
+        &self,
+        key: &str,
+        buckets: Option<u64>,
+        vocab: &Option<Vec<String>>,
+        vocab_file: &Option<String>,
+        base_dir: &Path,
+    ) -> Result<Option<TableKind>> {
+        let given = buckets.is_some() as u8 + vocab.is_some() as u8 + vocab_file.is_some() as u8;
+        if given > 1 {
+            return Err(self.err(key, "give only one of `buckets`, `vocabulary`, `vocabulary_file`".into()));
+        }
+        if let Some(b) = buckets {
+            if b == 0 || b > u32::MAX as u64 {
+                return Err(self.err(&format!("{key}.buckets"), format!("expected 1..=4294967295, found {b}")));
+            }
+            return Ok(Some(TableKind::Hashed { buckets: b }));
+        }
+        let values = match (vocab, vocab_file) {
+            (Some(v), _) => v.clone(),
+            (_, Some(f)) => {
+                let p = base_dir.join(f);
+                let text = std::fs::read_to_string(&p).map_err(|e| {
+                    self.err(&format!("{key}.vocabulary_file"), format!("cannot read {}: {e}", p.display()))
+                })?;
+                text.lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+            }
+            (None, None) => return Ok(None),
+        };
+        let mut index = HashMap::new();
+        for (i, v) in values.iter().enumerate() {
+            if index.insert(v.clone(), i as u32).is_some() {
+                return Err(self.err(&format!("{key}.vocabulary"), format!("duplicate value `{v}`")));
+            }
+        }
+        Ok(Some(TableKind::Vocabulary { values, index }))
+    }
+
+    fn data(&self, d: &wire::DataSection, base_dir: &Path) -> Result<DataConfig> {
+        self.positive("data.batch_size", d.batch_size)?;
+        self.positive("data.chunk_rows", d.chunk_rows)?;
+        self.positive("data.prefetch_batches", d.prefetch_batches)?;
+        let format = match d.format {
+            Format::Parquet => {
+                if d.csv.is_some() || d.libsvm.is_some() {
+                    return Err(
+                        self.err("data", "[data.csv] / [data.libsvm] do not apply to format = \"parquet\"".into())
+                    );
+                }
+                SourceFormat::Parquet
+            }
+            Format::Csv => {
+                let c = d.csv.clone().unwrap_or(wire::CsvSection {
+                    delimiter: ",".into(),
+                    header: true,
+                    columns: None,
+                    multi_value_separator: "|".into(),
+                });
+                let delim = match c.delimiter.as_bytes() {
+                    [b] if b.is_ascii() => *b,
+                    _ => {
+                        return Err(self.err(
+                            "data.csv.delimiter",
+                            format!("expected one ASCII character, found {:?}", c.delimiter),
+                        ))
+                    }
+                };
+                let mut sep = c.multi_value_separator.chars();
+                let mv = match (sep.next(), sep.next()) {
+                    (Some(ch), None) if ch.is_ascii() => ch,
+                    _ => return Err(self.err("data.csv.multi_value_separator", "expected one ASCII character".into())),
+                };
+                if !c.header && c.columns.is_none() {
+                    return Err(self.err(
+                        "data.csv.columns",
+                        "required when header = false: the column names in file order".into(),
+                    ));
+                }
+                SourceFormat::Csv(CsvOptions {
+                    delimiter: delim,
+                    header: c.header,
+                    columns: c.columns,
+                    multi_value_separator: mv,
+                })
+            }
+            Format::Libsvm => {
+                let l = d.libsvm.clone().ok_or_else(|| {
+                    self.err("data.libsvm", "required for format = \"libsvm\": field names and field_mode".into())
+                })?;
+                if l.fields.is_empty() {
+                    return Err(self.err("data.libsvm.fields", "expected at least one field name".into()));
+                }
+                SourceFormat::Libsvm(LibsvmOptions { fields: l.fields, label: l.label, field_mode: l.field_mode })
+            }
+        };
+        if d.splits.is_empty() {
+            return Err(self.err("data.splits", "expected at least one split, e.g. [data.splits.train]".into()));
+        }
+        let mut splits = BTreeMap::new();
+        for (name, s) in &d.splits {
+            let key = format!("data.splits.{name}");
+            if s.paths.is_empty() {
+                return Err(self.err(&format!("{key}.paths"), "expected at least one glob".into()));
+            }
+            let patterns = s
+                .paths
+                .iter()
+                .map(|p| {
+                    let p = Path::new(p);
+                    if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) }.to_string_lossy().into_owned()
+                })
+                .collect();
+            let days = match &s.days {
+                Some(r) => {
+                    for (k, val) in [("from", &r.from), ("to", &r.to)] {
+                        if !is_day(val) {
+                            return Err(self.err(
+                                &format!("{key}.days.{k}"),
+                                format!("expected a date YYYY-MM-DD, found {val:?}"),
+                            ));
+                        }
+                    }
+                    if r.from > r.to {
+                        return Err(
+                            self.err(&format!("{key}.days"), format!("`from` {} is after `to` {}", r.from, r.to))
+                        );
+                    }
+                    Some((r.from.clone(), r.to.clone()))
+                }
+                None => None,
+            };
+            let rows = match s.rows {
+                Some(r) if !(0.0 <= r.from && r.from < r.to && r.to <= 1.0) => {
+                    return Err(self.err(
+                        &format!("{key}.rows"),
+                        format!("expected 0 <= from < to <= 1, found from = {}, to = {}", r.from, r.to),
+                    ))
+                }
+                Some(r) => Some((r.from, r.to)),
+                None => None,
+            };
+            splits.insert(name.clone(), Split { name: name.clone(), patterns, days, rows });
+        }
+        let decode_threads = if d.decode_threads == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            d.decode_threads
+        };
+        Ok(DataConfig {
+            format,
+            max_bad_rows: d.max_bad_rows,
+            batch_size: d.batch_size,
+            shuffle_buffer: d.shuffle_buffer,
+            prefetch_batches: d.prefetch_batches,
+            decode_threads,
+            chunk_rows: d.chunk_rows,
+            seed: d.seed,
+            splits,
+        })
+    }
+}
+
+/// `YYYY-MM-DD` with plausible month and day.
+pub fn is_day(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return false;
+    }
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    if !(digits(0..4) && digits(5..7) && digits(8..10)) {
+        return false;
+    }
+    let m: u32 = s[5..7].parse().unwrap_or(0);
+    let d: u32 = s[8..10].parse().unwrap_or(0);
+    (1..=12).contains(&m) && (1..=31).contains(&d)
+}

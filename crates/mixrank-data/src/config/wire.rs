@@ -1,0 +1,299 @@
+//! The on-disk (TOML) shape of an experiment config.
+//!
+//! Stage one of two: these structs mirror the file exactly and reject unknown keys
+//! (`deny_unknown_fields`). [`super::ExperimentConfig::from_wire`] then checks
+//! cross-references and ranges and builds the validated, typed config.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Config format version; only 1 exists.
+    #[serde(default = "one")]
+    pub version: u32,
+    pub data: DataSection,
+    /// Named embedding tables that several categorical features may share.
+    #[serde(default)]
+    pub tables: BTreeMap<String, TableSection>,
+    pub features: FeaturesSection,
+    pub tasks: Vec<TaskSection>,
+    #[serde(default)]
+    pub columns: ColumnsSection,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Parquet,
+    Csv,
+    Libsvm,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    pub format: Format,
+    /// Bad rows tolerated (skipped, counted and reported) before a pass fails.
+    #[serde(default)]
+    pub max_bad_rows: u64,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Rows held in the shuffle buffer; 0 or 1 disables shuffling.
+    #[serde(default = "default_shuffle_buffer")]
+    pub shuffle_buffer: usize,
+    /// Ready batches queued ahead of the consumer.
+    #[serde(default = "default_prefetch")]
+    pub prefetch_batches: usize,
+    /// Decode threads; 0 means one per core.
+    #[serde(default)]
+    pub decode_threads: usize,
+    /// Rows decoded per chunk inside one file.
+    #[serde(default = "default_chunk_rows")]
+    pub chunk_rows: usize,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    pub csv: Option<CsvSection>,
+    pub libsvm: Option<LibsvmSection>,
+    pub splits: BTreeMap<String, SplitSection>,
+}
+
+fn default_batch_size() -> usize {
+    2048
+}
+fn default_shuffle_buffer() -> usize {
+    65_536
+}
+fn default_prefetch() -> usize {
+    8
+}
+fn default_chunk_rows() -> usize {
+    8192
+}
+fn default_seed() -> u64 {
+    42
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvSection {
+    /// One character, e.g. "," or "\t".
+    #[serde(default = "default_delimiter")]
+    pub delimiter: String,
+    #[serde(default = "yes")]
+    pub header: bool,
+    /// Column names, required when `header = false`.
+    pub columns: Option<Vec<String>>,
+    /// Separator inside a multi-valued cell.
+    #[serde(default = "default_mv_sep")]
+    pub multi_value_separator: String,
+}
+
+fn default_delimiter() -> String {
+    ",".into()
+}
+fn default_mv_sep() -> String {
+    "|".into()
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LibsvmFieldMode {
+    /// `label idx:val idx:val …`; the i-th pair belongs to the i-th field (Frappe).
+    Positional,
+    /// `label field:idx:val …` (libFM with explicit field numbers).
+    Libfm,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LibsvmSection {
+    /// Field names in field-number order; each becomes a column of feature indices.
+    pub fields: Vec<String>,
+    /// Name given to the label column.
+    #[serde(default = "default_label")]
+    pub label: String,
+    pub field_mode: LibsvmFieldMode,
+}
+
+fn default_label() -> String {
+    "label".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitSection {
+    /// Globs relative to the config file's directory.
+    pub paths: Vec<String>,
+    /// Keep only files under a `day=YYYY-MM-DD` directory within this inclusive range.
+    pub days: Option<DayRange>,
+    /// Keep a deterministic fraction of rows, chosen by hashing (file name, row number).
+    pub rows: Option<RowFraction>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DayRange {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowFraction {
+    pub from: f64,
+    pub to: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSection {
+    pub buckets: Option<u64>,
+    pub vocabulary: Option<Vec<String>>,
+    /// A text file, one value per line, relative to the config file's directory.
+    pub vocabulary_file: Option<String>,
+    pub dim: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesSection {
+    #[serde(default)]
+    pub categorical: Vec<CategoricalSection>,
+    #[serde(default)]
+    pub dense: Vec<DenseSection>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    Sum,
+    Mean,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MultiValuedSection {
+    pub pooling: Pooling,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoricalSection {
+    pub name: String,
+    /// Source column; defaults to `name`.
+    pub column: Option<String>,
+    pub buckets: Option<u64>,
+    pub vocabulary: Option<Vec<String>>,
+    pub vocabulary_file: Option<String>,
+    pub dim: Option<usize>,
+    /// Name of a shared table under `[tables]`.
+    pub table: Option<String>,
+    pub multi_valued: Option<MultiValuedSection>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenseSection {
+    pub name: String,
+    pub column: Option<String>,
+    /// Apply sign(x)·ln(1+|x|) before clipping.
+    #[serde(default)]
+    pub log1p: bool,
+    pub clip: Option<[f64; 2]>,
+    /// Standardise with mean/std from a pass over the training split.
+    #[serde(default)]
+    pub standardize: bool,
+    /// Value used when the cell is null or empty (before transforms).
+    #[serde(default)]
+    pub missing: f64,
+    /// Append a 0/1 column telling whether the value was missing.
+    #[serde(default)]
+    pub missing_indicator: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    Binary,
+    Regression,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelTransform {
+    None,
+    Log1p,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeacherKind {
+    Probability,
+    Logit,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherSection {
+    pub column: String,
+    pub kind: TeacherKind,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSection {
+    pub name: String,
+    pub kind: TaskKind,
+    pub label: String,
+    pub label_transform: Option<LabelTransform>,
+    /// Column whose non-zero value marks rows where this task's label counts.
+    pub mask: Option<String>,
+    #[serde(default = "unit_weight")]
+    pub weight: f64,
+    pub teacher: Option<TeacherSection>,
+}
+
+fn unit_weight() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnsSection {
+    pub sample_weight: Option<String>,
+    /// Surface / view type.
+    pub segment: Option<EnumColumnSection>,
+    pub device: Option<EnumColumnSection>,
+    pub position: Option<PositionSection>,
+    /// Request or group id (for gAUC and in-request pairs).
+    pub request_id: Option<String>,
+    /// Numeric columns carried through untouched (e.g. simulator ground truth).
+    #[serde(default)]
+    pub keep: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnumColumnSection {
+    pub column: String,
+    /// The allowed values, in id order.
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PositionSection {
+    pub column: String,
+    /// Largest position id; larger positions are clamped to it.
+    pub max: u32,
+}

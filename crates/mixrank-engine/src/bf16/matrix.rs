@@ -1,0 +1,191 @@
+//! The two bf16 operand layouts of the inference GEMM: activations (row-major, even row
+//! stride) and pre-packed weights (column panels with K-pairs interleaved).
+
+use super::{Bf16Kernel, K_ALIGN, NR};
+use crate::check;
+use crate::cpu::worth_splitting;
+use crate::error::Result;
+use half::bf16;
+use rayon::prelude::*;
+
+/// bf16 activations `[rows, cols]`, row-major with row stride `ld = cols` rounded up to a
+/// multiple of [`K_ALIGN`] = 32. The kernels read K in pairs (AVX512) or 32-value tile
+/// rows (AMX), so the padding columns are kept at zero (they meet the zero padding of the
+/// packed weights).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bf16Matrix {
+    rows: usize,
+    cols: usize,
+    ld: usize,
+    data: Vec<bf16>,
+}
+
+impl Bf16Matrix {
+    /// Zeros with room for `rows` rows; allocate once per layer at the largest batch.
+    pub fn zeros(rows: usize, cols: usize) -> Self {
+        let ld = cols.next_multiple_of(K_ALIGN);
+        Bf16Matrix { rows, cols, ld, data: vec![bf16::ZERO; rows * ld] }
+    }
+
+    /// Converts a dense f32 `[rows, cols]` matrix (round to nearest even).
+    pub fn from_f32(rows: usize, cols: usize, src: &[f32]) -> Result<Self> {
+        let mut m = Self::zeros(rows, cols);
+        m.copy_from_f32(Bf16Kernel::detect(), rows, src)?;
+        Ok(m)
+    }
+
+    /// Overwrites the first `rows` rows from a dense f32 `[rows, cols]` matrix, rounding
+    /// to nearest even (no allocation; rows in parallel when large). `kernel` picks the
+    /// conversion instructions.
+    pub fn copy_from_f32(&mut self, kernel: Bf16Kernel, rows: usize, src: &[f32]) -> Result<()> {
+        const OP: &str = "Bf16Matrix::copy_from_f32";
+        check::holds(OP, "self", self.rows, &[rows, self.cols], rows)?;
+        check::holds(OP, "src", src.len(), &[rows, self.cols], rows * self.cols)?;
+        if self.cols == 0 {
+            return Ok(());
+        }
+        let (cols, ld) = (self.cols, self.ld);
+        // Convert bands of rows (~8K values each): one rayon task per row costs more than
+        // the conversion itself.
+        let per = (8192 / cols).max(1);
+        let convert_band = |(d, s): (&mut [bf16], &[f32])| {
+            for (d, s) in d.chunks_mut(ld).zip(s.chunks(cols)) {
+                kernel.convert(s, &mut d[..cols]);
+            }
+        };
+        let (dst, src) = (&mut self.data[..rows * ld], &src[..rows * cols]);
+        if !worth_splitting(rows * cols) {
+            convert_band((dst, src));
+        } else {
+            dst.par_chunks_mut(per * ld).zip(src.par_chunks(per * cols)).for_each(convert_band);
+        }
+        Ok(())
+    }
+
+    /// Back to f32 (exact), `[rows, cols]` dense.
+    pub fn to_f32(&self) -> Vec<f32> {
+        (0..self.rows).flat_map(|r| self.data[r * self.ld..][..self.cols].iter().map(|v| v.to_f32())).collect()
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Row stride in elements (a multiple of [`K_ALIGN`]).
+    pub fn ld(&self) -> usize {
+        self.ld
+    }
+
+    pub fn data(&self) -> &[bf16] {
+        &self.data
+    }
+}
+
+/// Weights `W: [k, n]` (a Linear's `[in, out]`) in bf16, packed once at load time for the
+/// kernel: column panels of [`NR`] = 32 columns; inside a panel, for each pair of rows
+/// `(2p, 2p+1)`, the 32 pairs `(W[2p, j], W[2p+1, j])` lie side by side — the operand
+/// layout of `vdpbf16ps`, which multiplies and sums adjacent bf16 pairs into one f32
+/// lane (and the "VNNI" B-tile layout of AMX). `k` is padded to a multiple of
+/// [`K_ALIGN`] and `n` to a multiple of 32 with zeros.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedBf16 {
+    k: usize,
+    n: usize,
+    /// Number of K-pairs, `ceil(k / 2)`.
+    kp: usize,
+    /// K-pairs stored per panel: `kp` rounded up to `K_ALIGN / 2`.
+    kp_pad: usize,
+    data: Vec<bf16>,
+}
+
+impl PackedBf16 {
+    /// Packs a dense row-major f32 `[k, n]` weight matrix (round to nearest even).
+    pub fn pack(k: usize, n: usize, w: &[f32]) -> Result<Self> {
+        check::holds("PackedBf16::pack", "w", w.len(), &[k, n], k * n)?;
+        let kp = k.div_ceil(2);
+        let kp_pad = k.next_multiple_of(K_ALIGN) / 2;
+        let panels = n.div_ceil(NR);
+        let mut data = vec![bf16::ZERO; panels * kp_pad * 2 * NR];
+        for panel in 0..panels {
+            for p in 0..kp {
+                let base = (panel * kp_pad + p) * 2 * NR;
+                for jj in 0..NR {
+                    let j = panel * NR + jj;
+                    if j >= n {
+                        continue;
+                    }
+                    for (h, row) in [2 * p, 2 * p + 1].into_iter().enumerate() {
+                        if row < k {
+                            data[base + 2 * jj + h] = bf16::from_f32(w[row * n + j]);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(PackedBf16 { k, n, kp, kp_pad, data })
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Number of K-pairs.
+    pub fn kp(&self) -> usize {
+        self.kp
+    }
+
+    /// K-pairs stored per panel (a multiple of `K_ALIGN / 2`; zeros past `kp`).
+    pub fn kp_pad(&self) -> usize {
+        self.kp_pad
+    }
+
+    /// Panel `i` (`kp_pad · 2 · NR` values).
+    pub fn panel(&self, i: usize) -> &[bf16] {
+        &self.data[i * self.kp_pad * 2 * NR..][..self.kp_pad * 2 * NR]
+    }
+
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_interleaves_k_pairs_and_zero_pads() {
+        // W [3, 2] = [[1, 2], [3, 4], [5, 6]]
+        let w = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let p = PackedBf16::pack(3, 2, &w).unwrap();
+        assert_eq!((p.kp(), p.kp_pad(), p.panels()), (2, 16, 1));
+        assert_eq!(p.panel(0).len(), 16 * 2 * NR);
+        let v: Vec<f32> = p.panel(0).iter().map(|x| x.to_f32()).collect();
+        // Pair 0: (W00, W10), (W01, W11), then zero columns.
+        assert_eq!(&v[..4], &[1.0, 3.0, 2.0, 4.0]);
+        assert!(v[4..2 * NR].iter().all(|&x| x == 0.0));
+        assert!(v[2 * NR + 4..].iter().all(|&x| x == 0.0));
+        // Pair 1: (W20, 0), (W21, 0).
+        assert_eq!(&v[2 * NR..2 * NR + 4], &[5.0, 0.0, 6.0, 0.0]);
+    }
+
+    #[test]
+    fn activations_round_to_nearest_even_and_pad_with_zero() {
+        // 1 + 2^-8 is halfway between bf16 neighbours 1 and 1 + 2^-7: ties to even → 1.
+        let src = [1.0 + 1.0 / 256.0, 3.0, -2.5];
+        let m = Bf16Matrix::from_f32(1, 3, &src).unwrap();
+        assert_eq!(m.ld(), 32);
+        assert_eq!(m.to_f32(), vec![1.0, 3.0, -2.5]);
+        assert_eq!(m.data()[3], bf16::ZERO);
+        let m = Bf16Matrix::from_f32(1, 1, &[1.0 + 3.0 / 256.0]).unwrap();
+        assert_eq!(m.to_f32(), vec![1.0 + 1.0 / 64.0]); // 1+3/256 ties up to 1+4/256
+    }
+}

@@ -1,0 +1,165 @@
+//! Embedding lookups (single-valued and pooled multi-valued fields) and their compact
+//! table gradients.
+
+use super::par;
+use crate::check;
+use crate::error::Result;
+use crate::host;
+use crate::ops::{GatherSpec, Pooling, SparseGrad};
+use rayon::prelude::*;
+
+use super::CpuOps;
+
+/// `out[b, col_offset ..][..dim] = table[ids[b]]`.
+pub fn gather_rows(spec: &GatherSpec, ids: &[u32], table: &[f32], out: &mut [f32]) -> Result<()> {
+    const OP: &str = "gather_rows";
+    check::gather(OP, spec, table.len(), out.len())?;
+    check::vector(OP, "ids", ids.len(), spec.batch)?;
+    check::ids_in_range(OP, &ids[..spec.batch], spec.table_rows)?;
+    let (dim, cols) = (spec.dim, spec.out_cols);
+    par::rows_mut(out, spec.batch, cols, spec.batch * dim, |b0, chunk| {
+        for (i, row) in chunk.chunks_exact_mut(cols).enumerate() {
+            let id = ids[b0 + i] as usize;
+            row[spec.col_offset..spec.col_offset + dim].copy_from_slice(&table[id * dim..(id + 1) * dim]);
+        }
+    });
+    Ok(())
+}
+
+fn bag_scale(pooling: Pooling, len: usize) -> f32 {
+    match pooling {
+        Pooling::Sum => 1.0,
+        Pooling::Mean => 1.0 / len.max(1) as f32,
+    }
+}
+
+/// `out[b, col_offset ..][..dim] = pool(table[ids[offsets[b] .. offsets[b+1]]])`.
+pub fn gather_pooled(
+    spec: &GatherSpec,
+    pooling: Pooling,
+    offsets: &[u32],
+    ids: &[u32],
+    table: &[f32],
+    out: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "gather_pooled";
+    check::gather(OP, spec, table.len(), out.len())?;
+    let nnz = check::offsets(OP, offsets, spec.batch, ids.len())?;
+    check::ids_in_range(OP, &ids[..nnz], spec.table_rows)?;
+    let (dim, cols) = (spec.dim, spec.out_cols);
+    par::rows_mut(out, spec.batch, cols, nnz.max(spec.batch) * dim, |b0, chunk| {
+        for (i, row) in chunk.chunks_exact_mut(cols).enumerate() {
+            let b = b0 + i;
+            let bag = &ids[offsets[b] as usize..offsets[b + 1] as usize];
+            let dst = &mut row[spec.col_offset..spec.col_offset + dim];
+            dst.fill(0.0);
+            for &id in bag {
+                let src = &table[id as usize * dim..][..dim];
+                dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+            }
+            let scale = bag_scale(pooling, bag.len());
+            if scale != 1.0 {
+                dst.iter_mut().for_each(|d| *d *= scale);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Which example (bag) position `p` of the ids belongs to.
+fn bag_of(offsets: &[u32], p: usize) -> usize {
+    // Last b with offsets[b] <= p; empty bags before it share its offset and are skipped.
+    offsets.partition_point(|&o| o as usize <= p) - 1
+}
+
+/// Compact scatter-add: sort positions by (id, position), then each distinct id's row is
+/// the in-order sum of its occurrences, computed independently (in parallel) per id.
+/// `offsets` is `None` for single-valued fields (position = example).
+fn scatter(
+    spec: &GatherSpec,
+    pooling: Pooling,
+    offsets: Option<&[u32]>,
+    ids: &[u32],
+    nnz: usize,
+    dout: &[f32],
+    grad: &mut SparseGrad<CpuOps>,
+) {
+    let dim = spec.dim;
+    host::reserve_sparse(grad, dim, nnz);
+    let perm = &mut grad.scratch[..nnz];
+    perm.iter_mut().enumerate().for_each(|(p, v)| *v = p as u32);
+    // (id, position) keys are distinct, so an unstable sort is deterministic.
+    perm.sort_unstable_by_key(|&p| (ids[p as usize], p));
+    let perm = &*perm;
+
+    let mut n_unique = 0;
+    for (i, &p) in perm.iter().enumerate() {
+        let id = ids[p as usize];
+        if i == 0 || id != ids[perm[i - 1] as usize] {
+            grad.ids[n_unique] = id;
+            n_unique += 1;
+        }
+    }
+    grad.len = n_unique;
+
+    let unique = &grad.ids[..n_unique];
+    let rows = &mut grad.rows[..n_unique * dim];
+    let row_grad = |u: usize, dst: &mut [f32]| {
+        let id = unique[u];
+        let start = perm.partition_point(|&p| ids[p as usize] < id);
+        dst.fill(0.0);
+        for &p in perm[start..].iter().take_while(|&&p| ids[p as usize] == id) {
+            let (b, scale) = match offsets {
+                None => (p as usize, 1.0),
+                Some(off) => {
+                    let b = bag_of(&off[..=spec.batch], p as usize);
+                    (b, bag_scale(pooling, (off[b + 1] - off[b]) as usize))
+                }
+            };
+            let src = &dout[b * spec.out_cols + spec.col_offset..][..dim];
+            dst.iter_mut().zip(src).for_each(|(d, s)| *d += scale * s);
+        }
+    };
+    if !par::worth_splitting(nnz * dim) || dim == 0 {
+        rows.chunks_exact_mut(dim.max(1)).enumerate().for_each(|(u, dst)| row_grad(u, dst));
+    } else {
+        rows.par_chunks_exact_mut(dim).enumerate().for_each(|(u, dst)| row_grad(u, dst));
+    }
+}
+
+pub fn scatter_rows_grad(spec: &GatherSpec, ids: &[u32], dout: &[f32], grad: &mut SparseGrad<CpuOps>) -> Result<()> {
+    const OP: &str = "scatter_rows_grad";
+    check::gather(OP, spec, spec.table_rows * spec.dim, dout.len())?;
+    check::vector(OP, "ids", ids.len(), spec.batch)?;
+    check::ids_in_range(OP, &ids[..spec.batch], spec.table_rows)?;
+    scatter(spec, Pooling::Sum, None, ids, spec.batch, dout, grad);
+    Ok(())
+}
+
+pub fn scatter_pooled_grad(
+    spec: &GatherSpec,
+    pooling: Pooling,
+    offsets: &[u32],
+    ids: &[u32],
+    dout: &[f32],
+    grad: &mut SparseGrad<CpuOps>,
+) -> Result<()> {
+    const OP: &str = "scatter_pooled_grad";
+    check::gather(OP, spec, spec.table_rows * spec.dim, dout.len())?;
+    let nnz = check::offsets(OP, offsets, spec.batch, ids.len())?;
+    check::ids_in_range(OP, &ids[..nnz], spec.table_rows)?;
+    scatter(spec, pooling, Some(offsets), ids, nnz, dout, grad);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bag_of_skips_empty_bags() {
+        let offsets = [0u32, 2, 2, 2, 5];
+        let bags: Vec<usize> = (0..5).map(|p| bag_of(&offsets, p)).collect();
+        assert_eq!(bags, [0, 0, 3, 3, 3]);
+    }
+}

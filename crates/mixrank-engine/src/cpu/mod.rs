@@ -1,0 +1,242 @@
+//! [`CpuOps`]: the fast host backend. GEMMs go to the `gemm` crate; every other op is a
+//! row- or column-parallel loop over rayon's current pool, run inline when small.
+
+mod embedding;
+mod gemm;
+mod layer_norm;
+mod par;
+
+pub(crate) use par::worth_splitting;
+mod pointwise;
+mod reduce;
+mod softmax;
+
+use crate::activation::Activation;
+use crate::check;
+use crate::error::Result;
+use crate::host;
+use crate::loss;
+use crate::ops::{
+    Backend, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput, NormStats, Pooling, Shape, SparseGrad,
+};
+
+/// The fast CPU backend over host `Vec`s. Threads come from rayon's current pool (build a
+/// pool with `rayon::ThreadPoolBuilder` and `install` to choose how many).
+///
+/// Call ops from inside the pool (run the training or serving loop under
+/// `pool.install`): a parallel op called from a thread outside the pool hands its work
+/// to sleeping workers and waits, which costs tens of microseconds per call on a VM —
+/// measured 10× on a 64K-element op (BENCH_NOTES.md).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuOps {
+    /// GEMMs with `m·n·k` at least this large run multithreaded; smaller ones run on the
+    /// calling thread, where they are no slower (BENCH_NOTES.md) and can run side by side.
+    pub gemm_par_min: usize,
+}
+
+impl CpuOps {
+    /// Default GEMM threading threshold: `m·n·k >= 2^23` (≈ 8.4 M). Measured on 2 cores
+    /// (BENCH_NOTES.md): 512×128·128×64 (4.2 M) is no faster on 2 threads than on 1,
+    /// while every bench-model training GEMM (≥ 16.7 M) gains 1.5-2×.
+    pub const DEFAULT_GEMM_PAR_MIN: usize = 1 << 23;
+
+    pub fn new() -> Self {
+        CpuOps { gemm_par_min: Self::DEFAULT_GEMM_PAR_MIN }
+    }
+}
+
+impl Default for CpuOps {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Backend for CpuOps {
+    type Buf = Vec<f32>;
+    type Ids = Vec<u32>;
+
+    fn alloc(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+    fn upload(&self, host: &[f32]) -> Result<Vec<f32>> {
+        Ok(host.to_vec())
+    }
+    fn write(&self, host: &[f32], dst: &mut Vec<f32>) -> Result<()> {
+        host::copy("write", host, dst)
+    }
+    fn read(&self, src: &Vec<f32>, host: &mut [f32]) -> Result<()> {
+        host::copy_out("read", src, host)
+    }
+    fn len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+    fn fill(&self, n: usize, value: f32, buf: &mut Vec<f32>) -> Result<()> {
+        check::vector("fill", "buf", buf.len(), n)?;
+        buf[..n].fill(value);
+        Ok(())
+    }
+    fn alloc_ids(&self, len: usize) -> Result<Vec<u32>> {
+        Ok(vec![0; len])
+    }
+    fn upload_ids(&self, host: &[u32]) -> Result<Vec<u32>> {
+        Ok(host.to_vec())
+    }
+    fn write_ids(&self, host: &[u32], dst: &mut Vec<u32>) -> Result<()> {
+        host::copy("write_ids", host, dst)
+    }
+    fn read_ids(&self, src: &Vec<u32>, host: &mut [u32]) -> Result<()> {
+        host::copy_out("read_ids", src, host)
+    }
+    fn ids_len(&self, ids: &Vec<u32>) -> usize {
+        ids.len()
+    }
+
+    fn gemm(&self, spec: &GemmSpec, a: &Vec<f32>, b: &Vec<f32>, c: &mut Vec<f32>) -> Result<()> {
+        gemm::gemm(spec, self.gemm_par_min, a, b, c)
+    }
+
+    fn bias_act_forward(
+        &self,
+        act: Activation,
+        shape: Shape,
+        bias: Option<&Vec<f32>>,
+        z: &mut Vec<f32>,
+        y: &mut Vec<f32>,
+    ) -> Result<()> {
+        pointwise::bias_act_forward(act, shape, bias.map(|b| b.as_slice()), z, y)
+    }
+    fn bias_act_inplace(&self, act: Activation, shape: Shape, bias: Option<&Vec<f32>>, x: &mut Vec<f32>) -> Result<()> {
+        pointwise::bias_act_inplace(act, shape, bias.map(|b| b.as_slice()), x)
+    }
+    fn bias_act_backward(
+        &self,
+        act: Activation,
+        shape: Shape,
+        z: &Vec<f32>,
+        dy: &Vec<f32>,
+        dz: &mut Vec<f32>,
+        dbias: Option<&mut Vec<f32>>,
+    ) -> Result<()> {
+        pointwise::bias_act_backward(act, shape, z, dy, dz, dbias.map(|b| b.as_mut_slice()))
+    }
+
+    fn add(&self, n: usize, a: &Vec<f32>, b: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        pointwise::add(n, a, b, out)
+    }
+    fn mul(&self, n: usize, a: &Vec<f32>, b: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        pointwise::mul(n, a, b, out)
+    }
+    fn mul_acc(&self, n: usize, a: &Vec<f32>, b: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        pointwise::mul_acc(n, a, b, out)
+    }
+    fn mul_backward(
+        &self,
+        n: usize,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        dout: &Vec<f32>,
+        da: &mut Vec<f32>,
+        db: &mut Vec<f32>,
+    ) -> Result<()> {
+        pointwise::mul_backward(n, a, b, dout, da, db)
+    }
+    fn scale(&self, n: usize, alpha: f32, x: &mut Vec<f32>) -> Result<()> {
+        pointwise::scale(n, alpha, x)
+    }
+    fn axpy(&self, n: usize, alpha: f32, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        pointwise::axpy(n, alpha, x, y)
+    }
+    fn copy_cols(&self, spec: &ColCopy, src: &Vec<f32>, dst: &mut Vec<f32>) -> Result<()> {
+        pointwise::copy_cols(spec, src, dst)
+    }
+
+    fn softmax_rows(&self, shape: Shape, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        softmax::softmax_rows(shape, x, y)
+    }
+    fn softmax_rows_backward(&self, shape: Shape, y: &Vec<f32>, dy: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
+        softmax::softmax_rows_backward(shape, y, dy, dx)
+    }
+
+    fn layer_norm_forward(
+        &self,
+        spec: &LayerNormSpec,
+        x: &Vec<f32>,
+        gamma: &Vec<f32>,
+        beta: &Vec<f32>,
+        y: &mut Vec<f32>,
+        stats: &mut NormStats<Self>,
+    ) -> Result<()> {
+        layer_norm::forward(spec, x, gamma, beta, y, &mut stats.mean, &mut stats.rstd)
+    }
+    fn layer_norm_backward(
+        &self,
+        spec: &LayerNormSpec,
+        x: &Vec<f32>,
+        gamma: &Vec<f32>,
+        stats: &NormStats<Self>,
+        dy: &Vec<f32>,
+        dx: &mut Vec<f32>,
+        dgamma: &mut Vec<f32>,
+        dbeta: &mut Vec<f32>,
+    ) -> Result<()> {
+        layer_norm::backward(spec, x, gamma, &stats.mean, &stats.rstd, dy, dx, dgamma, dbeta)
+    }
+
+    fn gather_rows(&self, spec: &GatherSpec, ids: &Vec<u32>, table: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        embedding::gather_rows(spec, ids, table, out)
+    }
+    fn gather_pooled(
+        &self,
+        spec: &GatherSpec,
+        pooling: Pooling,
+        offsets: &Vec<u32>,
+        ids: &Vec<u32>,
+        table: &Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        embedding::gather_pooled(spec, pooling, offsets, ids, table, out)
+    }
+    fn scatter_rows_grad(
+        &self,
+        spec: &GatherSpec,
+        ids: &Vec<u32>,
+        dout: &Vec<f32>,
+        grad: &mut SparseGrad<Self>,
+    ) -> Result<()> {
+        embedding::scatter_rows_grad(spec, ids, dout, grad)
+    }
+    fn scatter_pooled_grad(
+        &self,
+        spec: &GatherSpec,
+        pooling: Pooling,
+        offsets: &Vec<u32>,
+        ids: &Vec<u32>,
+        dout: &Vec<f32>,
+        grad: &mut SparseGrad<Self>,
+    ) -> Result<()> {
+        embedding::scatter_pooled_grad(spec, pooling, offsets, ids, dout, grad)
+    }
+
+    fn sum_rows(&self, shape: Shape, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        reduce::sum_rows(shape, x, out)
+    }
+    fn sum_cols(&self, shape: Shape, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        reduce::sum_cols(shape, x, out)
+    }
+    fn sum(&self, n: usize, x: &Vec<f32>) -> Result<f32> {
+        Ok(reduce::sum(n, x)? as f32)
+    }
+
+    fn bce_with_logits(
+        &self,
+        n: usize,
+        input: LossInput<'_, Vec<f32>>,
+        grad: &mut Vec<f32>,
+        write: GradWrite,
+    ) -> Result<f32> {
+        Ok(loss::bce_with_logits(n, host::loss_slices(&input), grad, write)? as f32)
+    }
+    fn mse(&self, n: usize, input: LossInput<'_, Vec<f32>>, grad: &mut Vec<f32>, write: GradWrite) -> Result<f32> {
+        Ok(loss::mse(n, host::loss_slices(&input), grad, write)? as f32)
+    }
+}

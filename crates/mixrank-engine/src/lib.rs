@@ -1,0 +1,36 @@
+//! The mixrank compute engine: buffers, the op set of the model family behind the
+//! [`Backend`] trait, and its implementations.
+//!
+//! - [`Backend`] (in [`ops`]): the interface layer code calls. Row-major `f32`, explicit
+//!   shapes, workspaces allocated once and reused.
+//! - [`CpuOps`]: the fast host backend (`gemm` crate for GEMMs, rayon over rows).
+//! - [`RefOps`]: naive loops; the reference the tests compare against. Its generic
+//!   functions in [`reference`](mod@reference) also run in `f64` for finite-difference gradient checks.
+//! - [`bf16`]: a bf16-weight, bf16-activation, f32-accumulate GEMM for inference
+//!   (AMX-BF16 or AVX512-BF16, chosen at run time, with a portable fallback).
+//!
+//! `unsafe` lives only in the SIMD kernels (`bf16::avx512`, `bf16::amx`) and in the one
+//! call into the `gemm` crate (`cpu::gemm`), each with its safety argument.
+//!
+//! The engine knows nothing about features, tasks or models.
+
+pub mod activation;
+pub mod bf16;
+mod check;
+pub mod cpu;
+pub mod error;
+pub mod float;
+mod host;
+pub mod loss;
+pub mod ops;
+pub mod reference;
+
+pub use activation::Activation;
+pub use cpu::CpuOps;
+pub use error::{EngineError, Result};
+pub use float::Float;
+pub use ops::{
+    Backend, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput, MatLayout, NormStats, Pooling, Shape,
+    SparseGrad, Transpose,
+};
+pub use reference::RefOps;

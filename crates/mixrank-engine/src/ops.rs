@@ -1,0 +1,484 @@
+//! The op interface layer code calls: [`Backend`] plus the small spec types its methods
+//! take.
+//!
+//! # Conventions (all backends)
+//! - **Dtype and layout.** Buffers hold `f32` (ids and offsets: `u32`). Matrices are
+//!   **row-major**: element `(r, c)` of a `[rows, cols]` matrix lives at `r * ld + c`.
+//!   Every op except [`Backend::gemm`], [`Backend::copy_cols`] and the gathers/scatters
+//!   takes dense matrices, i.e. leading dimension `ld = cols`; GEMM operands and column
+//!   blocks carry an explicit `offset` and `ld` so a layer can address a column block of a
+//!   wider matrix (e.g. one expert's slice of a fused `[batch, n_experts * d]` output).
+//! - **Prefix semantics.** An op touches only the elements its shape names; a buffer may
+//!   be longer. Workspaces are therefore allocated once for the largest batch and reused
+//!   for smaller ones. A buffer shorter than the shape needs is an error, never a panic.
+//! - **Gradient accumulation.** Parameter gradients (`dbias`, `dgamma`, `dbeta`) are
+//!   **accumulated** (`+=`): zero them once per step. Activation gradients (`dx`, `dz`)
+//!   are **overwritten**, except where a method says otherwise (GEMM uses `beta`).
+//! - **Aliasing.** Inputs are `&Buf` and outputs `&mut Buf`, so Rust forbids passing the
+//!   same buffer as both; ops that make sense in place have an `_inplace` form.
+//! - **Host sync.** Methods that return an `f32` ([`Backend::sum`], the losses) are the
+//!   only ones a device backend must synchronise on.
+//! - **Allocation.** Only the `alloc`/`upload` methods allocate, plus
+//!   [`Backend::scatter_rows_grad`]/[`Backend::scatter_pooled_grad`] when a batch touches
+//!   more rows than the [`SparseGrad`] was created for (it then grows once). Exception:
+//!   `CpuOps::gemm` goes through the `gemm` crate, which allocates its packing buffers on
+//!   each call (its API takes no workspace); at the bench shapes that is one allocation
+//!   per ≥ 0.1 ms GEMM.
+
+use crate::activation::Activation;
+use crate::error::Result;
+
+/// Whether a GEMM operand is used as stored or transposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transpose {
+    /// `op(X) = X`.
+    No,
+    /// `op(X) = Xᵀ`.
+    Yes,
+}
+
+/// Where a matrix starts inside its buffer and its row stride.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatLayout {
+    /// Index of element `(0, 0)`.
+    pub offset: usize,
+    /// Row stride in elements (`>= cols` of the stored matrix).
+    pub ld: usize,
+}
+
+/// Everything a GEMM needs besides its buffers: `C = alpha · op(A) · op(B) + beta · C`.
+///
+/// `op(A)` is `[m, k]`, `op(B)` is `[k, n]`, `C` is `[m, n]`. The *stored* `A` is
+/// `[m, k]` (or `[k, m]` when transposed), likewise `B` is `[k, n]` (or `[n, k]`).
+/// When `beta == 0`, `C` is not read (NaNs in it do not propagate), as in BLAS.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GemmSpec {
+    pub trans_a: Transpose,
+    pub trans_b: Transpose,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub alpha: f32,
+    pub beta: f32,
+    pub a: MatLayout,
+    pub b: MatLayout,
+    pub c: MatLayout,
+}
+
+impl GemmSpec {
+    /// Dense operands (offset 0, `ld` = stored column count), `alpha = 1`, `beta = 0`.
+    pub fn new(trans_a: Transpose, trans_b: Transpose, m: usize, n: usize, k: usize) -> Self {
+        let lda = if trans_a == Transpose::No { k } else { m };
+        let ldb = if trans_b == Transpose::No { n } else { k };
+        GemmSpec {
+            trans_a,
+            trans_b,
+            m,
+            n,
+            k,
+            alpha: 1.0,
+            beta: 0.0,
+            a: MatLayout { offset: 0, ld: lda },
+            b: MatLayout { offset: 0, ld: ldb },
+            c: MatLayout { offset: 0, ld: n },
+        }
+    }
+
+    /// `C = A · B` with `A: [m, k]`, `B: [k, n]` (a Linear forward with `W: [in, out]`).
+    pub fn nn(m: usize, n: usize, k: usize) -> Self {
+        Self::new(Transpose::No, Transpose::No, m, n, k)
+    }
+
+    pub fn alpha(mut self, alpha: f32) -> Self {
+        self.alpha = alpha;
+        self
+    }
+
+    pub fn beta(mut self, beta: f32) -> Self {
+        self.beta = beta;
+        self
+    }
+
+    pub fn a_layout(mut self, offset: usize, ld: usize) -> Self {
+        self.a = MatLayout { offset, ld };
+        self
+    }
+
+    pub fn b_layout(mut self, offset: usize, ld: usize) -> Self {
+        self.b = MatLayout { offset, ld };
+        self
+    }
+
+    pub fn c_layout(mut self, offset: usize, ld: usize) -> Self {
+        self.c = MatLayout { offset, ld };
+        self
+    }
+
+    /// `[rows, cols]` of `A` as stored.
+    pub fn stored_a(&self) -> [usize; 2] {
+        match self.trans_a {
+            Transpose::No => [self.m, self.k],
+            Transpose::Yes => [self.k, self.m],
+        }
+    }
+
+    /// `[rows, cols]` of `B` as stored.
+    pub fn stored_b(&self) -> [usize; 2] {
+        match self.trans_b {
+            Transpose::No => [self.k, self.n],
+            Transpose::Yes => [self.n, self.k],
+        }
+    }
+}
+
+/// `[rows, cols]` of a dense row-major matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Shape {
+    pub fn new(rows: usize, cols: usize) -> Self {
+        Shape { rows, cols }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A strided copy of a `[rows, cols]` block between two matrices: the building block of
+/// concatenation (forward) and split (backward) along columns.
+///
+/// `dst[r, dst_col + c] (+)= src[r, src_col + c]` for `r < rows`, `c < cols`, where `src`
+/// has row stride `src_ld` and `dst` row stride `dst_ld`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColCopy {
+    pub rows: usize,
+    pub cols: usize,
+    pub src_ld: usize,
+    pub src_col: usize,
+    pub dst_ld: usize,
+    pub dst_col: usize,
+    /// Add into `dst` instead of overwriting it.
+    pub accumulate: bool,
+}
+
+/// Geometry of an embedding lookup from a `[table_rows, dim]` table into columns
+/// `col_offset .. col_offset + dim` of a `[batch, out_cols]` output, so several fields
+/// concatenate into one `[batch, total_dim]` matrix without a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatherSpec {
+    pub batch: usize,
+    pub dim: usize,
+    pub table_rows: usize,
+    pub out_cols: usize,
+    pub col_offset: usize,
+}
+
+/// How the rows of a multi-valued field's bag are combined. An empty bag gives zeros.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    Sum,
+    Mean,
+}
+
+/// Layer-norm geometry: normalise each row of a `[rows, cols]` matrix.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerNormSpec {
+    pub rows: usize,
+    pub cols: usize,
+    /// Added to the (biased) variance before the square root.
+    pub eps: f32,
+}
+
+/// Per-row statistics the layer-norm forward keeps for its backward: `mean` and
+/// `rstd = 1 / sqrt(var + eps)`, each `[rows]`. Allocate once per layer.
+pub struct NormStats<B: Backend + ?Sized> {
+    pub mean: B::Buf,
+    pub rstd: B::Buf,
+}
+
+impl<B: Backend> NormStats<B> {
+    /// Statistics buffers for up to `rows` rows.
+    pub fn new(ops: &B, rows: usize) -> Result<Self> {
+        Ok(NormStats { mean: ops.alloc(rows)?, rstd: ops.alloc(rows)? })
+    }
+}
+
+/// The gradient of an embedding table restricted to the rows a batch touched, so a sparse
+/// optimizer updates only those rows.
+///
+/// After a scatter, `ids[..len]` holds the touched row ids in **ascending** order and
+/// `rows[i * dim .. (i + 1) * dim]` the gradient of row `ids[i]`. Entries past `len` are
+/// unspecified. Rows are summed in batch order, so results do not depend on threads.
+pub struct SparseGrad<B: Backend + ?Sized> {
+    pub ids: B::Ids,
+    pub rows: B::Buf,
+    pub len: usize,
+    pub dim: usize,
+    /// Backend scratch (a permutation of positions on CPU).
+    pub(crate) scratch: B::Ids,
+}
+
+impl<B: Backend> SparseGrad<B> {
+    /// A gradient for `dim`-wide rows with room for `capacity` touched positions (the
+    /// largest number of ids one batch holds).
+    pub fn new(ops: &B, dim: usize, capacity: usize) -> Result<Self> {
+        Ok(SparseGrad {
+            ids: ops.alloc_ids(capacity)?,
+            rows: ops.alloc(capacity * dim)?,
+            len: 0,
+            dim,
+            scratch: ops.alloc_ids(capacity)?,
+        })
+    }
+}
+
+/// Inputs of a per-example loss over `n` examples.
+///
+/// `weight` scales each example (default 1). `mask` selects examples: example `i` counts
+/// iff `mask[i] != 0`, and a masked-out example contributes nothing even if its target or
+/// prediction is NaN (how a multi-task batch marks missing labels). The loss is the
+/// weighted mean `Σ wᵢ·mᵢ·ℓᵢ / Σ wᵢ·mᵢ`; when the weight sum is 0 loss and gradient are 0.
+pub struct LossInput<'a, Buf: ?Sized> {
+    /// Logits (BCE) or predictions (MSE), `[n]`.
+    pub pred: &'a Buf,
+    /// Labels in `[0, 1]` (BCE, soft labels allowed) or regression targets (MSE), `[n]`.
+    pub target: &'a Buf,
+    pub weight: Option<&'a Buf>,
+    pub mask: Option<&'a Buf>,
+}
+
+/// How a loss writes its gradient: `grad (+)= scale · ∂loss/∂pred`. `scale` lets a
+/// trainer weight tasks or mix a distillation loss into the same gradient buffer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GradWrite {
+    pub scale: f32,
+    pub accumulate: bool,
+}
+
+impl Default for GradWrite {
+    fn default() -> Self {
+        GradWrite { scale: 1.0, accumulate: false }
+    }
+}
+
+/// The op set of the model family. Layer code is generic over `B: Backend` and only ever
+/// holds `B::Buf`/`B::Ids`, so a CUDA backend (cuBLAS + NVRTC kernels) can implement this
+/// trait without any change to layers. See the module docs for layout and accumulation
+/// conventions; each method documents its math and shapes.
+pub trait Backend: Send + Sync {
+    /// An `f32` buffer in the backend's memory.
+    type Buf: Send + Sync;
+    /// A `u32` buffer (embedding ids, CSR offsets) in the backend's memory.
+    type Ids: Send + Sync;
+
+    // ---- memory ---------------------------------------------------------------------
+
+    /// A zero-filled buffer of `len` elements.
+    fn alloc(&self, len: usize) -> Result<Self::Buf>;
+    /// A buffer holding a copy of `host`.
+    fn upload(&self, host: &[f32]) -> Result<Self::Buf>;
+    /// Copies `host` into the first `host.len()` elements of `dst` (no allocation).
+    fn write(&self, host: &[f32], dst: &mut Self::Buf) -> Result<()>;
+    /// Copies the first `host.len()` elements of `src` into `host`.
+    fn read(&self, src: &Self::Buf, host: &mut [f32]) -> Result<()>;
+    /// Number of elements in `buf`.
+    fn len(&self, buf: &Self::Buf) -> usize;
+    /// Sets the first `n` elements of `buf` to `value`.
+    fn fill(&self, n: usize, value: f32, buf: &mut Self::Buf) -> Result<()>;
+    /// A zero-filled id buffer of `len` elements.
+    fn alloc_ids(&self, len: usize) -> Result<Self::Ids>;
+    /// An id buffer holding a copy of `host`.
+    fn upload_ids(&self, host: &[u32]) -> Result<Self::Ids>;
+    /// Copies `host` into the first `host.len()` elements of `dst` (no allocation).
+    fn write_ids(&self, host: &[u32], dst: &mut Self::Ids) -> Result<()>;
+    /// Copies the first `host.len()` elements of `src` into `host`.
+    fn read_ids(&self, src: &Self::Ids, host: &mut [u32]) -> Result<()>;
+    /// Number of elements in `ids`.
+    fn ids_len(&self, ids: &Self::Ids) -> usize;
+
+    // ---- GEMM -----------------------------------------------------------------------
+
+    /// `C = alpha · op(A) · op(B) + beta · C`; shapes and layouts in [`GemmSpec`].
+    ///
+    /// A Linear layer `Y = X·W` (`X: [batch, in]`, `W: [in, out]`) uses `nn` forward;
+    /// backward is `dX = dY·Wᵀ` (`No, Yes`) and `dW += Xᵀ·dY` (`Yes, No`, `beta = 1`).
+    fn gemm(&self, spec: &GemmSpec, a: &Self::Buf, b: &Self::Buf, c: &mut Self::Buf) -> Result<()>;
+
+    // ---- fused bias + activation ----------------------------------------------------
+
+    /// `z[r, c] += bias[c]` (in place; `z` becomes the pre-activation kept for backward),
+    /// then `y = act(z)`. `z`, `y`: `[rows, cols]`; `bias`: `[cols]` or none.
+    fn bias_act_forward(
+        &self,
+        act: Activation,
+        shape: Shape,
+        bias: Option<&Self::Buf>,
+        z: &mut Self::Buf,
+        y: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// `x = act(x + bias)` in place, for inference or when nothing is kept for backward.
+    fn bias_act_inplace(
+        &self,
+        act: Activation,
+        shape: Shape,
+        bias: Option<&Self::Buf>,
+        x: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Backward of [`Backend::bias_act_forward`] given the pre-activation `z`:
+    /// `dz = dy ⊙ act'(z)` (overwrite) and `dbias[c] += Σ_r dz[r, c]` (accumulate).
+    fn bias_act_backward(
+        &self,
+        act: Activation,
+        shape: Shape,
+        z: &Self::Buf,
+        dy: &Self::Buf,
+        dz: &mut Self::Buf,
+        dbias: Option<&mut Self::Buf>,
+    ) -> Result<()>;
+
+    // ---- elementwise (first n elements) ---------------------------------------------
+
+    /// `out = a + b`.
+    fn add(&self, n: usize, a: &Self::Buf, b: &Self::Buf, out: &mut Self::Buf) -> Result<()>;
+    /// `out = a ⊙ b`.
+    fn mul(&self, n: usize, a: &Self::Buf, b: &Self::Buf, out: &mut Self::Buf) -> Result<()>;
+    /// `out += a ⊙ b` (e.g. accumulating `dx₀` across CrossNet layers).
+    fn mul_acc(&self, n: usize, a: &Self::Buf, b: &Self::Buf, out: &mut Self::Buf) -> Result<()>;
+    /// Backward of `out = a ⊙ b`: `da = dout ⊙ b`, `db = dout ⊙ a` (overwrite).
+    fn mul_backward(
+        &self,
+        n: usize,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        dout: &Self::Buf,
+        da: &mut Self::Buf,
+        db: &mut Self::Buf,
+    ) -> Result<()>;
+    /// `x = alpha · x`.
+    fn scale(&self, n: usize, alpha: f32, x: &mut Self::Buf) -> Result<()>;
+    /// `y = alpha · x + y`.
+    fn axpy(&self, n: usize, alpha: f32, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
+    /// Strided block copy (concatenate / split along columns); see [`ColCopy`].
+    fn copy_cols(&self, spec: &ColCopy, src: &Self::Buf, dst: &mut Self::Buf) -> Result<()>;
+
+    // ---- softmax --------------------------------------------------------------------
+
+    /// Row softmax: `y[r, c] = exp(x[r, c] - max_r) / Σ_c' exp(x[r, c'] - max_r)`.
+    fn softmax_rows(&self, shape: Shape, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
+    /// Backward given the softmax output: `dx = y ⊙ (dy - Σ_c dy ⊙ y)` per row (overwrite).
+    fn softmax_rows_backward(&self, shape: Shape, y: &Self::Buf, dy: &Self::Buf, dx: &mut Self::Buf) -> Result<()>;
+
+    // ---- layer norm -----------------------------------------------------------------
+
+    /// Per row: `mean = Σx/C`, `var = Σ(x-mean)²/C`, `rstd = 1/sqrt(var+eps)`,
+    /// `y = (x - mean)·rstd·gamma + beta`. `x`, `y`: `[rows, cols]`; `gamma`, `beta`:
+    /// `[cols]`; `stats` receives `mean` and `rstd` (`[rows]`).
+    fn layer_norm_forward(
+        &self,
+        spec: &LayerNormSpec,
+        x: &Self::Buf,
+        gamma: &Self::Buf,
+        beta: &Self::Buf,
+        y: &mut Self::Buf,
+        stats: &mut NormStats<Self>,
+    ) -> Result<()>;
+
+    /// With `x̂ = (x - mean)·rstd` and `g = dy ⊙ gamma`:
+    /// `dx = rstd · (g - mean_c(g) - x̂ · mean_c(g ⊙ x̂))` (overwrite),
+    /// `dgamma += Σ_r dy ⊙ x̂`, `dbeta += Σ_r dy` (accumulate).
+    #[allow(clippy::too_many_arguments)] // BLAS-style: each buffer is a distinct operand
+    fn layer_norm_backward(
+        &self,
+        spec: &LayerNormSpec,
+        x: &Self::Buf,
+        gamma: &Self::Buf,
+        stats: &NormStats<Self>,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+        dgamma: &mut Self::Buf,
+        dbeta: &mut Self::Buf,
+    ) -> Result<()>;
+
+    // ---- embeddings -----------------------------------------------------------------
+
+    /// Single-valued field: `out[b, col_offset + j] = table[ids[b], j]` for `b < batch`,
+    /// `j < dim`. `ids`: `[batch]`; `table`: `[table_rows, dim]`; `out`:
+    /// `[batch, out_cols]`. Other columns of `out` are left untouched.
+    fn gather_rows(&self, spec: &GatherSpec, ids: &Self::Ids, table: &Self::Buf, out: &mut Self::Buf) -> Result<()>;
+
+    /// Multi-valued field in CSR form: example `b` owns `ids[offsets[b] .. offsets[b+1]]`
+    /// (`offsets`: `[batch + 1]`, non-decreasing, `offsets[0] = 0`).
+    /// `out[b, col_offset + j] = pool_{i in bag b} table[ids[i], j]` (sum or mean; empty
+    /// bag → 0).
+    fn gather_pooled(
+        &self,
+        spec: &GatherSpec,
+        pooling: Pooling,
+        offsets: &Self::Ids,
+        ids: &Self::Ids,
+        table: &Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Gradient of [`Backend::gather_rows`] w.r.t. the table, compacted to touched rows:
+    /// for each distinct id `t`, `grad_row(t) = Σ_{b: ids[b] = t} dout[b, col_offset ..]`.
+    /// Overwrites `grad` (see [`SparseGrad`]).
+    fn scatter_rows_grad(
+        &self,
+        spec: &GatherSpec,
+        ids: &Self::Ids,
+        dout: &Self::Buf,
+        grad: &mut SparseGrad<Self>,
+    ) -> Result<()>;
+
+    /// Gradient of [`Backend::gather_pooled`] w.r.t. the table, compacted to touched rows:
+    /// each occurrence of `t` in bag `b` adds `dout[b, col_offset ..]` (divided by the bag
+    /// size under mean pooling). Overwrites `grad`.
+    fn scatter_pooled_grad(
+        &self,
+        spec: &GatherSpec,
+        pooling: Pooling,
+        offsets: &Self::Ids,
+        ids: &Self::Ids,
+        dout: &Self::Buf,
+        grad: &mut SparseGrad<Self>,
+    ) -> Result<()>;
+
+    // ---- reductions -----------------------------------------------------------------
+
+    /// `out[r] = Σ_c x[r, c]`; `out`: `[rows]`.
+    fn sum_rows(&self, shape: Shape, x: &Self::Buf, out: &mut Self::Buf) -> Result<()>;
+    /// `out[c] = Σ_r x[r, c]`; `out`: `[cols]` (overwrite).
+    fn sum_cols(&self, shape: Shape, x: &Self::Buf, out: &mut Self::Buf) -> Result<()>;
+    /// `Σ_i x[i]` over the first `n` elements (accumulated in f64). Host sync point.
+    fn sum(&self, n: usize, x: &Self::Buf) -> Result<f32>;
+
+    // ---- losses ---------------------------------------------------------------------
+
+    /// Binary cross-entropy on logits `z` with labels `y ∈ [0, 1]`, computed stably as
+    /// `ℓ = max(z, 0) - z·y + ln(1 + e^{-|z|})`; `∂ℓ/∂z = sigmoid(z) - y`. Returns the
+    /// weighted mean (see [`LossInput`]) and writes its gradient w.r.t. the logits to
+    /// `grad` per [`GradWrite`]. Host sync point.
+    fn bce_with_logits(
+        &self,
+        n: usize,
+        input: LossInput<'_, Self::Buf>,
+        grad: &mut Self::Buf,
+        write: GradWrite,
+    ) -> Result<f32>;
+
+    /// Mean squared error `ℓ = (p - t)²` (no ½), `∂ℓ/∂p = 2(p - t)`; weighting, masking
+    /// and gradient writing as in [`Backend::bce_with_logits`]. Host sync point.
+    fn mse(&self, n: usize, input: LossInput<'_, Self::Buf>, grad: &mut Self::Buf, write: GradWrite) -> Result<f32>;
+}

@@ -1,0 +1,167 @@
+//! The bf16 inference GEMM against f32, and its AVX512 kernel against the portable one.
+
+use crate::common::*;
+use half::bf16;
+use mixrank_engine::bf16::{Bf16Kernel, Bf16Matrix, PackedBf16};
+use mixrank_engine::reference;
+use mixrank_engine::GemmSpec;
+use proptest::prelude::*;
+
+/// The portable kernel and every SIMD kernel this CPU runs.
+fn kernels() -> Vec<Bf16Kernel> {
+    let mut k = vec![Bf16Kernel::portable()];
+    k.extend(simd_kernels());
+    k
+}
+
+fn simd_kernels() -> Vec<Bf16Kernel> {
+    let mut k = vec![];
+    for kernel in [Bf16Kernel::avx512bf16(), Bf16Kernel::amx()] {
+        match kernel {
+            Ok(kernel) => k.push(kernel),
+            Err(e) => eprintln!("skipping a SIMD kernel: {e}"),
+        }
+    }
+    k
+}
+
+struct Case {
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Vec<f32>,
+    w: Vec<f32>,
+}
+
+fn case(seed: u64, m: usize, n: usize, k: usize) -> Case {
+    let mut g = rng(seed);
+    Case { m, n, k, a: uniform(&mut g, m * k, -1.0, 1.0), w: uniform(&mut g, k * n, -1.0, 1.0) }
+}
+
+/// f64 `A·W` and `|A|·|W|` for the given inputs.
+fn exact(m: usize, n: usize, k: usize, a: &[f32], w: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    let spec = GemmSpec::nn(m, n, k);
+    let (mut c, mut mag) = (vec![0.0; m * n], vec![0.0; m * n]);
+    reference::gemm(&spec, &to_f64(a), &to_f64(w), &mut c).unwrap();
+    let abs = |v: &[f32]| v.iter().map(|x| x.abs() as f64).collect::<Vec<_>>();
+    reference::gemm(&spec, &abs(a), &abs(w), &mut mag).unwrap();
+    (c, mag)
+}
+
+fn gamma(k: usize) -> f64 {
+    k as f64 * U32 / (1.0 - k as f64 * U32)
+}
+
+/// bf16 result vs exact f32-input result.
+///
+/// Tolerance: rounding a and w to bf16 (8-bit significand, unit roundoff u = 2⁻⁸) perturbs each product by at most
+/// (2u + u²)|a||w|; the exact bf16 products are then summed in f32, adding at most
+/// γ_k (1+u)² Σ|a||w|. Hence |C_bf16 − C| <= (2u + u² + γ_k (1+u)²) Σ|a||w| — a worst-case
+/// bound, so it holds for every element while a wrong pairing or panel offset breaks it.
+fn check_vs_f32(kernel: Bf16Kernel, c: &Case) {
+    let a = Bf16Matrix::from_f32(c.m, c.k, &c.a).unwrap();
+    let w = PackedBf16::pack(c.k, c.n, &c.w).unwrap();
+    let mut out = vec![f32::NAN; c.m * c.n + 3];
+    kernel.gemm(c.m, &a, &w, &mut out).unwrap();
+    assert!(out[c.m * c.n..].iter().all(|v| v.is_nan()), "wrote past C");
+    let (exact, mag) = exact(c.m, c.n, c.k, &c.a, &c.w);
+    let u = 1.0 / 256.0;
+    let factor = 2.0 * u + u * u + gamma(c.k) * (1.0 + u) * (1.0 + u);
+    let what = format!("{} {}x{}x{}", kernel.name(), c.m, c.n, c.k);
+    assert_within(&what, &to_f64(&out[..c.m * c.n]), &exact, |i| factor * mag[i]);
+}
+
+/// A SIMD kernel vs portable on the same bf16 inputs: both sum exact products in f32,
+/// each within γ_k Σ|ã||w̃| of the exact sum, so they differ by at most twice that.
+fn check_simd_vs_portable(simd: Bf16Kernel, c: &Case) {
+    let a = Bf16Matrix::from_f32(c.m, c.k, &c.a).unwrap();
+    let w = PackedBf16::pack(c.k, c.n, &c.w).unwrap();
+    let (mut x, mut y) = (vec![0.0; c.m * c.n], vec![0.0; c.m * c.n]);
+    simd.gemm(c.m, &a, &w, &mut x).unwrap();
+    Bf16Kernel::portable().gemm(c.m, &a, &w, &mut y).unwrap();
+    let a_r = a.to_f32();
+    let w_r: Vec<f32> = c.w.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+    let (_, mag) = exact(c.m, c.n, c.k, &a_r, &w_r);
+    assert_within(&format!("{} vs portable", simd.name()), &to_f64(&x), &to_f64(&y), |i| 2.0 * gamma(c.k) * mag[i]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn bf16_gemm_matches_f32_within_bf16_bound(
+        seed: u64,
+        m in prop_oneof![dim(), 30usize..70],
+        n in prop_oneof![dim(), 30usize..70],
+        k in prop_oneof![dim(), 30usize..70],
+    ) {
+        let c = case(seed, m, n, k);
+        for kernel in kernels() {
+            check_vs_f32(kernel, &c);
+        }
+        for simd in simd_kernels() {
+            check_simd_vs_portable(simd, &c);
+        }
+    }
+}
+
+/// The benchmark shapes (multithreaded path) plus ragged edges.
+#[test]
+fn bf16_gemm_large_shapes() {
+    for (i, &(m, k, n)) in
+        [(512, 429, 256), (77, 429, 129), (13, 256, 33), (64, 32, 64), (96, 1, 96)].iter().enumerate()
+    {
+        let c = case(i as u64, m, n, k);
+        for kernel in kernels() {
+            check_vs_f32(kernel, &c);
+        }
+        for simd in simd_kernels() {
+            check_simd_vs_portable(simd, &c);
+        }
+    }
+}
+
+#[test]
+fn bf16_gemm_does_not_depend_on_thread_count() {
+    let c = case(7, 300, 256, 429);
+    let a = Bf16Matrix::from_f32(c.m, c.k, &c.a).unwrap();
+    let w = PackedBf16::pack(c.k, c.n, &c.w).unwrap();
+    for kernel in kernels() {
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut out = vec![0.0f32; c.m * c.n];
+            pool.install(|| kernel.gemm(c.m, &a, &w, &mut out).unwrap());
+            out
+        };
+        assert_same(kernel.name(), &run(1), &run(3));
+    }
+}
+
+#[test]
+fn avx512_conversion_matches_portable_rounding() {
+    let Ok(avx) = Bf16Kernel::avx512bf16() else {
+        eprintln!("skipping: no avx512bf16");
+        return;
+    };
+    let mut g = rng(11);
+    let mut src: Vec<f32> = uniform(&mut g, 1000, -100.0, 100.0);
+    // Exact ties (round to even) and specials.
+    src[..6].copy_from_slice(&[1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -0.0, f32::INFINITY, 3.0e38, -1.5e-30]);
+    let (mut x, mut y) = (vec![bf16::ZERO; src.len()], vec![bf16::ZERO; src.len()]);
+    avx.convert(&src, &mut x);
+    Bf16Kernel::portable().convert(&src, &mut y);
+    assert_eq!(x, y);
+    assert_eq!(x[0].to_f32(), 1.0);
+    assert_eq!(x[1].to_f32(), 1.0 + 4.0 / 256.0);
+}
+
+#[test]
+fn bf16_gemm_rejects_mismatched_shapes() {
+    let a = Bf16Matrix::zeros(4, 5);
+    let w = PackedBf16::pack(6, 3, &[0.0; 18]).unwrap();
+    let mut c = vec![0.0; 12];
+    let err = Bf16Kernel::detect().gemm(4, &a, &w, &mut c).unwrap_err();
+    assert_eq!(err.to_string(), "gemm_bf16: a [4, 5] does not match w [6, 3]");
+    let w = PackedBf16::pack(5, 3, &[0.0; 15]).unwrap();
+    assert!(Bf16Kernel::detect().gemm(5, &a, &w, &mut c).is_err(), "m > rows of a");
+    assert!(Bf16Kernel::detect().gemm(4, &a, &w, &mut c[..11]).is_err(), "short c");
+}

@@ -1,0 +1,6 @@
+//! The engine's integration tests, as one binary.
+
+mod bf16;
+mod common;
+mod cpu_vs_ref;
+mod gradcheck;
