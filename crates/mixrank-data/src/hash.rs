@@ -84,7 +84,8 @@ mod tests {
 
     /// Computed independently with the reference XXH3 (Python `xxhash` 3.x:
     /// `xxh3_64_intdigest(key, seed=int.from_bytes(b"mixrank1", "big"))`).
-    const PINNED: [u64; 4] = [0x1b00_4151_3251_55aa, 0xcb00_75ab_85fb_3305, 0x7ec4_bd5c_f18c_b1d8, 0x8a2a_9848_2f8c_5358];
+    const PINNED: [u64; 4] =
+        [0x1b00_4151_3251_55aa, 0xcb00_75ab_85fb_3305, 0x7ec4_bd5c_f18c_b1d8, 0x8a2a_9848_2f8c_5358];
 
     #[test]
     fn integers_hash_as_their_decimal_text() {

@@ -1,0 +1,8 @@
+//! Integration tests of mixrank-data (one test binary for the crate).
+
+mod bad_input;
+mod config;
+mod pipeline;
+mod readers;
+mod simulate;
+mod util;

@@ -1,0 +1,122 @@
+use crate::util::*;
+use mixrank_data::simulate::{simulate_engagement, simulate_mmoe_paper, EngagementParams, MmoePaperParams};
+use mixrank_data::stats::split_stats;
+use std::sync::Arc;
+
+fn small() -> EngagementParams {
+    EngagementParams {
+        days: 4,
+        requests_per_day: 3000,
+        users: 3000,
+        initial_ads: 1000,
+        new_ads_per_day: 200,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn engagement_is_deterministic_and_reads_with_its_config() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sa = simulate_engagement(&small(), a.path()).unwrap();
+    simulate_engagement(&small(), b.path()).unwrap();
+    assert_eq!(sa.rows, 4 * 3000 * 10);
+    for f in &sa.files {
+        let rel = f.strip_prefix(a.path()).unwrap();
+        assert_eq!(std::fs::read(f).unwrap(), std::fs::read(b.path().join(rel)).unwrap(), "{}", rel.display());
+    }
+    let cfg = mixrank_data::ExperimentConfig::load(&sa.config).unwrap();
+    let (train, bad) = read_split(cfg, "train").unwrap();
+    assert_eq!(bad, 0);
+    assert_eq!(concat(&train).rows, 2 * 30_000);
+}
+
+#[test]
+fn engagement_has_the_promised_structure() {
+    let d = tempfile::tempdir().unwrap();
+    let s = simulate_engagement(&small(), d.path()).unwrap();
+    let cfg = mixrank_data::ExperimentConfig::load(&s.config).unwrap();
+    let b = concat(&read_split(cfg.clone(), "train").unwrap().0);
+    let (click, save, dwell, conv) = (b.label(0), b.label(1), b.label(2), b.label(3));
+    let rate = |f: &dyn Fn(usize) -> bool, g: &dyn Fn(usize) -> bool| {
+        let rows: Vec<usize> = (0..b.rows).filter(|&r| f(r)).collect();
+        rows.iter().filter(|&&r| g(r)).count() as f64 / rows.len() as f64
+    };
+    // Position bias: observed CTR falls with position.
+    let ctr1 = rate(&|r| b.position[r] == 1, &|r| click[r] == 1.0);
+    let ctr10 = rate(&|r| b.position[r] == 10, &|r| click[r] == 1.0);
+    assert!(ctr1 > 2.0 * ctr10, "ctr@1 {ctr1} ctr@10 {ctr10}");
+    // Surfaces differ: search has the highest CTR at position 1.
+    let ctr_search = rate(&|r| b.position[r] == 1 && b.segment[r] == 2, &|r| click[r] == 1.0);
+    let ctr_home = rate(&|r| b.position[r] == 1 && b.segment[r] == 0, &|r| click[r] == 1.0);
+    assert!(ctr_search > ctr_home, "search {ctr_search} home {ctr_home}");
+    // Dwell and conversion count only on clicks; conversion is rare.
+    for r in 0..b.rows {
+        assert_eq!(b.mask(2)[r], click[r]);
+        assert_eq!(b.mask(3)[r], click[r]);
+        if click[r] == 0.0 {
+            assert_eq!(dwell[r], 0.0);
+        } else {
+            assert!(dwell[r] > 0.0);
+        }
+    }
+    let cvr = rate(&|r| click[r] == 1.0, &|r| conv[r] == 1.0);
+    assert!((0.005..0.15).contains(&cvr), "cvr {cvr}");
+    // Saves correlate with clicks.
+    let save_given_click = rate(&|r| click[r] == 1.0, &|r| save[r] == 1.0);
+    let save_given_no = rate(&|r| click[r] == 0.0, &|r| save[r] == 1.0);
+    assert!(save_given_click > save_given_no);
+    // The ground truth column is an unbiased probability: its mean at position 1 is
+    // above the observed CTR at position 1 (the examination probability is below 1).
+    let p_true = b.kept(0);
+    let pos1: Vec<usize> = (0..b.rows).filter(|&r| b.position[r] == 1).collect();
+    let mean_true = pos1.iter().map(|&r| p_true[r] as f64).sum::<f64>() / pos1.len() as f64;
+    assert!((mean_true - ctr1).abs() < 0.05, "truth {mean_true} vs observed ctr@1 {ctr1}");
+    // Stats run over it.
+    let cfg = Arc::new(cfg);
+    let st = split_stats(cfg.clone(), cfg.split("test").unwrap(), None).unwrap();
+    assert_eq!(st.rows, 30_000);
+    assert_eq!(st.segments.len(), 3);
+}
+
+#[test]
+fn mmoe_paper_task_correlation_follows_p() {
+    let corr = |p: f64| {
+        let d = tempfile::tempdir().unwrap();
+        let params = MmoePaperParams { correlation: p, train_rows: 4000, ..Default::default() };
+        let s = simulate_mmoe_paper(&params, d.path()).unwrap();
+        let cfg = mixrank_data::ExperimentConfig::load(&s.config).unwrap();
+        assert_eq!(cfg.dense.len(), 100);
+        let b = concat(&read_split(cfg, "train").unwrap().0);
+        assert_eq!(b.rows, 4000);
+        let (y1, y2) = (b.label(0), b.label(1));
+        let n = b.rows as f64;
+        let m1 = y1.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let m2 = y2.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let cov = y1.iter().zip(y2).map(|(&a, &b)| (a as f64 - m1) * (b as f64 - m2)).sum::<f64>();
+        let v1 = y1.iter().map(|&a| (a as f64 - m1).powi(2)).sum::<f64>();
+        let v2 = y2.iter().map(|&b| (b as f64 - m2).powi(2)).sum::<f64>();
+        cov / (v1 * v2).sqrt()
+    };
+    let (c1, c05, c0) = (corr(1.0), corr(0.5), corr(0.0));
+    // With c = 0.3 the signal variance is small next to the noise (σ = 0.1), so even
+    // p = 1 gives a label correlation well below 1; the order is what must hold.
+    assert!(c1 > 0.5, "p = 1: {c1}");
+    assert!(c1 > c05 && c05 > c0, "label correlation must fall with p: {c1} {c05} {c0}");
+}
+
+#[test]
+fn mmoe_paper_weights_follow_the_construction() {
+    use mixrank_data::simulate::mmoe_paper::MmoePaperTruth;
+    use rand::SeedableRng;
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    for p in [1.0, 0.9, 0.5, 0.0] {
+        let params = MmoePaperParams { correlation: p, ..Default::default() };
+        let t = MmoePaperTruth::new(&params, &mut rand::rngs::StdRng::seed_from_u64(3));
+        let c2 = params.scale * params.scale;
+        assert!((dot(&t.w1, &t.w1) - c2).abs() < 1e-12);
+        assert!((dot(&t.w2, &t.w2) - c2).abs() < 1e-12);
+        // cos(w1, w2) = p.
+        assert!((dot(&t.w1, &t.w2) / c2 - p).abs() < 1e-12, "p = {p}");
+        assert_eq!((t.alpha.len(), t.beta.len()), (5, 5));
+    }
+}
