@@ -20,17 +20,17 @@ pub struct DemoArgs {
 
 pub fn run(a: &DemoArgs) -> Result<()> {
     let data_dir = a.out.join("data");
-    println!("[1/2] simulating the default engagement data into {}", data_dir.display());
+    crate::say!("[1/2] simulating the default engagement data into {}", data_dir.display());
     let t = std::time::Instant::now();
     let p = EngagementParams { seed: a.seed, ..Default::default() };
     let s = simulate_engagement(&p, &data_dir)?;
-    println!("      {} rows, {} day partitions, {:.1} s", s.rows, s.files.len(), t.elapsed().as_secs_f64());
-    println!("[2/2] summarising every split of {}", s.config.display());
+    crate::say!("      {} rows, {} day partitions, {:.1} s", s.rows, s.files.len(), t.elapsed().as_secs_f64());
+    crate::say!("[2/2] summarising every split of {}", s.config.display());
     let cfg = Arc::new(mixrank_data::ExperimentConfig::load(&s.config)?);
     for split in cfg.data.splits.values() {
         let st = mixrank_data::stats::split_stats(cfg.clone(), split, None)?;
-        print!("{}", crate::stats_cmd::render(&st));
+        crate::emit(&crate::stats_cmd::render(&st));
     }
-    println!("done: data and config in {}", data_dir.display());
+    crate::say!("done: data and config in {}", data_dir.display());
     Ok(())
 }

@@ -105,6 +105,26 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Prints to stdout; a closed pipe (`mixrank … | head`) ends the process quietly
+/// instead of panicking.
+pub fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` through [`emit`].
+#[macro_export]
+macro_rules! say {
+    ($($t:tt)*) => { $crate::emit(&format!("{}\n", format_args!($($t)*))) };
+}
+
 fn simulate(a: &SimulateArgs) -> Result<()> {
     use mixrank_data::simulate::*;
     let t = std::time::Instant::now();
@@ -137,7 +157,7 @@ fn simulate(a: &SimulateArgs) -> Result<()> {
         }
     };
     let secs = t.elapsed().as_secs_f64();
-    println!(
+    say!(
         "wrote {} rows in {} files to {} in {:.2} s ({:.0} rows/s)",
         s.rows,
         s.files.len(),
@@ -145,6 +165,6 @@ fn simulate(a: &SimulateArgs) -> Result<()> {
         secs,
         s.rows as f64 / secs
     );
-    println!("config: {}", s.config.display());
+    say!("config: {}", s.config.display());
     Ok(())
 }

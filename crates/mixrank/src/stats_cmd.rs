@@ -30,7 +30,7 @@ pub fn run(a: &StatsArgs) -> Result<()> {
     for name in &names {
         let split = cfg.split(name)?;
         let s = split_stats(cfg.clone(), split, a.max_rows)?;
-        print!("{}", render(&s));
+        crate::emit(&render(&s));
         all.push(s);
     }
     if let Some(path) = &a.json {

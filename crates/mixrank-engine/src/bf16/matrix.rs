@@ -17,14 +17,14 @@ pub struct Bf16Matrix {
     rows: usize,
     cols: usize,
     ld: usize,
-    data: Vec<bf16>,
+    data: Aligned,
 }
 
 impl Bf16Matrix {
     /// Zeros with room for `rows` rows; allocate once per layer at the largest batch.
     pub fn zeros(rows: usize, cols: usize) -> Self {
         let ld = cols.next_multiple_of(K_ALIGN);
-        Bf16Matrix { rows, cols, ld, data: vec![bf16::ZERO; rows * ld] }
+        Bf16Matrix { rows, cols, ld, data: Aligned::zeros(rows * ld) }
     }
 
     /// Converts a dense f32 `[rows, cols]` matrix (round to nearest even).
@@ -53,7 +53,7 @@ impl Bf16Matrix {
                 kernel.convert(s, &mut d[..cols]);
             }
         };
-        let (dst, src) = (&mut self.data[..rows * ld], &src[..rows * cols]);
+        let (dst, src) = (&mut self.data.as_mut_slice()[..rows * ld], &src[..rows * cols]);
         if !worth_splitting(rows * cols) {
             convert_band((dst, src));
         } else {
@@ -64,7 +64,9 @@ impl Bf16Matrix {
 
     /// Back to f32 (exact), `[rows, cols]` dense.
     pub fn to_f32(&self) -> Vec<f32> {
-        (0..self.rows).flat_map(|r| self.data[r * self.ld..][..self.cols].iter().map(|v| v.to_f32())).collect()
+        (0..self.rows)
+            .flat_map(|r| self.data.as_slice()[r * self.ld..][..self.cols].iter().map(|v| v.to_f32()))
+            .collect()
     }
 
     pub fn rows(&self) -> usize {
@@ -80,8 +82,9 @@ impl Bf16Matrix {
         self.ld
     }
 
+    /// The `[rows, ld]` values; starts on a 64-byte boundary.
     pub fn data(&self) -> &[bf16] {
-        &self.data
+        self.data.as_slice()
     }
 }
 
@@ -99,7 +102,7 @@ pub struct PackedBf16 {
     kp: usize,
     /// K-pairs stored per panel: `kp` rounded up to `K_ALIGN / 2`.
     kp_pad: usize,
-    data: Vec<bf16>,
+    data: Aligned,
 }
 
 impl PackedBf16 {
@@ -109,7 +112,8 @@ impl PackedBf16 {
         let kp = k.div_ceil(2);
         let kp_pad = k.next_multiple_of(K_ALIGN) / 2;
         let panels = n.div_ceil(NR);
-        let mut data = vec![bf16::ZERO; panels * kp_pad * 2 * NR];
+        let mut data = Aligned::zeros(panels * kp_pad * 2 * NR);
+        let values = data.as_mut_slice();
         for panel in 0..panels {
             for p in 0..kp {
                 let base = (panel * kp_pad + p) * 2 * NR;
@@ -120,7 +124,7 @@ impl PackedBf16 {
                     }
                     for (h, row) in [2 * p, 2 * p + 1].into_iter().enumerate() {
                         if row < k {
-                            data[base + 2 * jj + h] = bf16::from_f32(w[row * n + j]);
+                            values[base + 2 * jj + h] = bf16::from_f32(w[row * n + j]);
                         }
                     }
                 }
@@ -149,11 +153,57 @@ impl PackedBf16 {
 
     /// Panel `i` (`kp_pad · 2 · NR` values).
     pub fn panel(&self, i: usize) -> &[bf16] {
-        &self.data[i * self.kp_pad * 2 * NR..][..self.kp_pad * 2 * NR]
+        &self.data.as_slice()[i * self.kp_pad * 2 * NR..][..self.kp_pad * 2 * NR]
     }
 
     pub fn panels(&self) -> usize {
         self.n.div_ceil(NR)
+    }
+}
+
+/// A zero-initialised bf16 buffer whose first value sits on a 64-byte boundary, so each
+/// 32-value activation row and each 64-value weight row is whole cache lines: an AMX tile
+/// row that straddles two lines loads at about half speed (measured 560-930 GFLOP/s on
+/// one core for the same GEMM depending on malloc's alignment).
+#[derive(Debug)]
+struct Aligned {
+    raw: Vec<bf16>,
+    start: usize,
+    len: usize,
+}
+
+impl Aligned {
+    const ALIGN_VALUES: usize = 64 / std::mem::size_of::<bf16>();
+
+    fn zeros(len: usize) -> Self {
+        let raw = vec![bf16::ZERO; len + Self::ALIGN_VALUES - 1];
+        // `align_offset` may give up (usize::MAX); unaligned is slower, not wrong.
+        let start = raw.as_ptr().align_offset(64);
+        let start = if start < Self::ALIGN_VALUES { start } else { 0 };
+        Aligned { raw, start, len }
+    }
+
+    fn as_slice(&self) -> &[bf16] {
+        &self.raw[self.start..self.start + self.len]
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [bf16] {
+        &mut self.raw[self.start..self.start + self.len]
+    }
+}
+
+impl Clone for Aligned {
+    /// A fresh allocation, aligned anew (copying `raw` would keep a stale `start`).
+    fn clone(&self) -> Self {
+        let mut copy = Aligned::zeros(self.len);
+        copy.as_mut_slice().copy_from_slice(self.as_slice());
+        copy
+    }
+}
+
+impl PartialEq for Aligned {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
     }
 }
 
@@ -185,6 +235,8 @@ mod tests {
         assert_eq!(m.ld(), 32);
         assert_eq!(m.to_f32(), vec![1.0, 3.0, -2.5]);
         assert_eq!(m.data()[3], bf16::ZERO);
+        assert_eq!(m.data().as_ptr() as usize % 64, 0);
+        assert_eq!(m.clone().data().as_ptr() as usize % 64, 0);
         let m = Bf16Matrix::from_f32(1, 1, &[1.0 + 3.0 / 256.0]).unwrap();
         assert_eq!(m.to_f32(), vec![1.0 + 1.0 / 64.0]); // 1+3/256 ties up to 1+4/256
     }

@@ -86,8 +86,9 @@ impl Bf16Kernel {
         }
     }
 
-    /// f32 → bf16, round to nearest even. The AVX512 path flushes subnormal inputs to
-    /// (signed) zero, as `vcvtne2ps2bf16` does; values that small carry no signal here.
+    /// f32 → bf16, round to nearest even. The SIMD kinds flush subnormal inputs (below
+    /// 1.2e-38) to signed zero, as `vcvtne2ps2bf16` does, where the portable kind keeps
+    /// them; values that small carry no signal in a ranking model.
     pub fn convert(&self, src: &[f32], dst: &mut [bf16]) {
         match self.0 {
             Kind::Amx | Kind::Avx512Bf16 => avx512::convert(src, dst),
@@ -96,7 +97,7 @@ impl Bf16Kernel {
     }
 
     /// `C[..m, ..n] = A[..m] · W`; `C` is dense `[m, n]`, overwritten. Runs multithreaded
-    /// when `m·n·k >= 2^23` (as the f32 GEMM).
+    /// when `m·n·k >= 2^20` (as the f32 GEMM).
     pub fn gemm(&self, m: usize, a: &Bf16Matrix, w: &PackedBf16, c: &mut [f32]) -> Result<()> {
         const OP: &str = "gemm_bf16";
         if a.cols() != w.k() {

@@ -35,10 +35,10 @@ pub struct CpuOps {
 }
 
 impl CpuOps {
-    /// Default GEMM threading threshold: `m·n·k >= 2^23` (≈ 8.4 M). Measured on 2 cores
-    /// (BENCH_NOTES.md): 512×128·128×64 (4.2 M) is no faster on 2 threads than on 1,
-    /// while every bench-model training GEMM (≥ 16.7 M) gains 1.5-2×.
-    pub const DEFAULT_GEMM_PAR_MIN: usize = 1 << 23;
+    /// Default GEMM threading threshold: `m·n·k >= 2^20`. Measured inside a 2-thread
+    /// pool (BENCH_NOTES.md): 512×64·64×32 (1 M) is a wash, 128×128·128×128 (2 M) and
+    /// larger gain 1.6-1.9×.
+    pub const DEFAULT_GEMM_PAR_MIN: usize = 1 << 20;
 
     pub fn new() -> Self {
         CpuOps { gemm_par_min: Self::DEFAULT_GEMM_PAR_MIN }

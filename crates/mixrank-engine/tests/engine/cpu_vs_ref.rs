@@ -352,7 +352,7 @@ fn check_reductions(seed: u64, shape: Shape) {
     assert_eq!(CpuOps::new().sum(n, &x).unwrap(), RefOps.sum(n, &x).unwrap());
 }
 
-/// Shapes past the parallel thresholds (≥ 2^15 elements; GEMMs with m·n·k ≥ 2^23), where CpuOps splits rows or
+/// Shapes past the parallel thresholds (≥ 2^15 elements; GEMMs with m·n·k ≥ 2^20), where CpuOps splits rows or
 /// columns across threads, run under a 1-thread and a 3-thread pool: both must match
 /// the reference bit for bit (GEMM within its bound), i.e. results do not depend on the
 /// thread count.

@@ -1,0 +1,113 @@
+//! The CLI end to end: a real process, real files.
+
+use std::path::Path;
+use std::process::Command;
+
+fn mixrank(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mixrank")).args(args).output().expect("run mixrank");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["simulate", "--help"],
+        vec!["data", "--help"],
+        vec!["data", "stats", "--help"],
+        vec!["demo", "--help"],
+    ] {
+        let (ok, out, err) = mixrank(&args);
+        assert!(ok, "{args:?}: {err}");
+        assert!(out.contains("Usage: mixrank"), "{args:?}: {out}");
+    }
+}
+
+#[test]
+fn simulate_then_stats_with_json() {
+    let d = tempfile::tempdir().unwrap();
+    let sim = d.path().join("sim");
+    let (ok, out, err) = mixrank(&[
+        "simulate",
+        "--out",
+        sim.to_str().unwrap(),
+        "--days",
+        "3",
+        "--requests-per-day",
+        "400",
+        "--users",
+        "500",
+        "--initial-ads",
+        "300",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("wrote 12000 rows in 3 files"), "{out}");
+    let cfg = sim.join("mixrank.toml");
+    let json = d.path().join("stats.json");
+    let (ok, out, err) = mixrank(&["data", "stats", cfg.to_str().unwrap(), "--json", json.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    for want in
+        ["split `train`: 4000 rows", "split `test`: 4000 rows", "home_feed", "click", "user_interests", "ad_hist_ctr"]
+    {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let splits = v.as_array().unwrap();
+    assert_eq!(splits.len(), 3);
+    let train = splits.iter().find(|s| s["split"] == "train").unwrap();
+    assert_eq!(train["rows"], 4000);
+    assert_eq!(train["bad_rows"], 0);
+    assert_eq!(train["tasks"].as_array().unwrap().len(), 4);
+    assert_eq!(train["segments"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn mmoe_paper_kind_writes_three_splits() {
+    let d = tempfile::tempdir().unwrap();
+    let out_dir = d.path().join("m");
+    let (ok, out, err) = mixrank(&[
+        "simulate",
+        "--kind",
+        "mmoe-paper",
+        "--correlation",
+        "0.9",
+        "--rows",
+        "2000",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("wrote 2400 rows in 3 files"), "{out}");
+    for f in ["train.parquet", "validation.parquet", "test.parquet", "mixrank.toml"] {
+        assert!(Path::new(&out_dir).join(f).is_file(), "{f}");
+    }
+}
+
+#[test]
+fn bad_config_exits_non_zero_naming_file_and_key() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("bad.toml");
+    std::fs::write(&cfg, "[data]\nformat = \"xml\"\n").unwrap();
+    let (ok, _, err) = mixrank(&["data", "stats", cfg.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("bad.toml") && err.contains("data.format") && err.contains("xml"), "{err}");
+}
+
+#[test]
+fn bad_data_exits_non_zero_naming_file_row_and_column() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("data.csv"), "user,click\na,0\nb,7\n").unwrap();
+    let cfg = d.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[data]\nformat = \"csv\"\n[data.splits.train]\npaths = [\"data.csv\"]\n[[features.categorical]]\nname = \"user\"\nbuckets = 8\ndim = 2\n[[tasks]]\nname = \"click\"\nkind = \"binary\"\nlabel = \"click\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = mixrank(&["data", "stats", cfg.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("data.csv") && err.contains("line 3") && err.contains("column `click`"), "{err}");
+}
