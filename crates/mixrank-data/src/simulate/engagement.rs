@@ -489,7 +489,8 @@ pub fn simulate_engagement(p: &EngagementParams, out: &Path) -> Result<SimSummar
     Ok(SimSummary { rows, files, config })
 }
 
-fn engagement_config(p: &EngagementParams, days: &[String]) -> String {
+/// The config text written beside the simulated data.
+pub fn engagement_config(p: &EngagementParams, days: &[String]) -> String {
     let n = days.len();
     format!(
         r#"# Written by `mixrank simulate` (seed {seed}, {n} days, {req} requests/day x {k} candidates).

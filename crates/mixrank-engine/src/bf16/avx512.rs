@@ -3,10 +3,14 @@
 //! packed weights holding `(W[2p, j], W[2p+1, j])` in lane `j`, one instruction advances
 //! 16 output columns by two steps of K.
 //!
-//! The only `unsafe` in the engine besides the `gemm` crate call. Soundness rests on two
-//! facts, each checked before any unsafe code runs: the CPU has the features (callers
-//! hold a `Bf16Kernel` built by run-time detection) and every pointer access is in bounds
-//! ([`Block::assert_bounds`], slice lengths in [`convert`]).
+//! On this crate's bench CPU `vdpbf16ps` issues at half the rate of an f32 FMA, so this
+//! kernel is slower than the f32 GEMM there (docs/BENCHMARKS.md); it serves AVX512-BF16 CPUs
+//! without AMX (e.g. AMD Zen 4) and the edges of the AMX kernel.
+//!
+//! Soundness of the `unsafe` here rests on two facts, each checked before any unsafe code
+//! runs: the CPU has the features (callers hold a `Bf16Kernel` built by run-time
+//! detection) and every pointer access is in bounds ([`Block::assert_bounds`], slice
+//! lengths in [`convert`]).
 
 use super::{Block, NR};
 use half::bf16;
@@ -15,7 +19,9 @@ use half::bf16;
 pub fn supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -45,19 +51,16 @@ pub fn block(b: &Block<'_>, c: &mut [f32]) {
     unreachable!("an AVX512 kernel token cannot be built on this architecture");
 }
 
-/// f32 → bf16 with round to nearest even, 32 values per instruction.
+/// f32 → bf16 with round to nearest even, 32 values per instruction (the tail with
+/// masked loads and stores, so every value goes through the same instruction).
 pub fn convert(src: &[f32], dst: &mut [bf16]) {
     assert_eq!(src.len(), dst.len());
     #[cfg(target_arch = "x86_64")]
     {
         debug_assert!(supported());
-        let whole = src.len() / 32 * 32;
-        // SAFETY: as for `block`: the CPU has the features, and `x86::convert` touches
-        // only the first `whole` (<= both lengths) elements of each slice.
-        unsafe { x86::convert(&src[..whole], &mut dst[..whole]) };
-        for (d, &s) in dst[whole..].iter_mut().zip(&src[whole..]) {
-            *d = bf16::from_f32(s);
-        }
+        // SAFETY: as for `block`: the CPU has the features, and the slices have equal
+        // lengths, which is all `x86::convert` requires.
+        unsafe { x86::convert(src, dst) };
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("an AVX512 kernel token cannot be built on this architecture");
@@ -72,7 +75,7 @@ mod x86 {
     /// `MR` rows × 32 columns, accumulators in 2·MR zmm registers.
     ///
     /// # Safety
-    /// The CPU must support `avx512f` and `avx512bf16`; `b.assert_bounds(len of c)` must
+    /// The CPU must support `avx512f`, `avx512bw` and `avx512bf16`; `b.assert_bounds(len of c)` must
     /// hold and `b.mr == MR`.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub unsafe fn block<const MR: usize>(b: &Block<'_>, c: *mut f32) {
@@ -115,23 +118,41 @@ mod x86 {
         }
     }
 
-    /// Converts whole 32-value chunks.
+    /// Converts `src` into `dst`.
     ///
     /// # Safety
-    /// The CPU must support `avx512f` and `avx512bf16`; `src.len() == dst.len()` and a
-    /// multiple of 32.
-    #[target_feature(enable = "avx512f,avx512bf16")]
+    /// The CPU must support `avx512f`, `avx512bw` and `avx512bf16`;
+    /// `src.len() == dst.len()`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub unsafe fn convert(src: &[f32], dst: &mut [bf16]) {
-        for (s, d) in src.chunks_exact(32).zip(dst.chunks_exact_mut(32)) {
+        let mut s = src.chunks_exact(32);
+        let mut d = dst.chunks_exact_mut(32);
+        for (s, d) in (&mut s).zip(&mut d) {
             // SAFETY: each chunk holds exactly 32 values: two 16-float loads and one
             // 32-bf16 (64-byte) store, all unaligned.
             unsafe {
                 let lo = _mm512_loadu_ps(s.as_ptr());
                 let hi = _mm512_loadu_ps(s.as_ptr().add(16));
                 // Lanes 0..16 of the result come from the second operand.
-                let packed: __m512i = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+                let packed = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
                 _mm512_storeu_si512(d.as_mut_ptr().cast(), packed);
             }
+        }
+        let (s, d) = (s.remainder(), d.into_remainder());
+        let n = s.len(); // < 32
+        if n == 0 {
+            return;
+        }
+        let lanes = |k: usize| ((1u32 << k.min(16)) - 1) as __mmask16;
+        // SAFETY: masked-off lanes are neither read nor written (no faults either); the
+        // second half is only addressed when it has valid lanes, so every pointer formed
+        // points inside the `n`-value tails.
+        unsafe {
+            let lo = _mm512_maskz_loadu_ps(lanes(n), s.as_ptr());
+            let hi =
+                if n > 16 { _mm512_maskz_loadu_ps(lanes(n - 16), s.as_ptr().add(16)) } else { _mm512_setzero_ps() };
+            let packed = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_mask_storeu_epi16(d.as_mut_ptr().cast(), ((1u64 << n) - 1) as __mmask32, packed);
         }
     }
 }

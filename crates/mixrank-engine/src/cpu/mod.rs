@@ -26,17 +26,17 @@ use crate::ops::{
 /// Call ops from inside the pool (run the training or serving loop under
 /// `pool.install`): a parallel op called from a thread outside the pool hands its work
 /// to sleeping workers and waits, which costs tens of microseconds per call on a VM —
-/// measured 10× on a 64K-element op (BENCH_NOTES.md).
+/// measured 10× on a 64K-element op (docs/BENCHMARKS.md).
 #[derive(Debug, Clone, Copy)]
 pub struct CpuOps {
     /// GEMMs with `m·n·k` at least this large run multithreaded; smaller ones run on the
-    /// calling thread, where they are no slower (BENCH_NOTES.md) and can run side by side.
+    /// calling thread, where they are no slower (docs/BENCHMARKS.md) and can run side by side.
     pub gemm_par_min: usize,
 }
 
 impl CpuOps {
     /// Default GEMM threading threshold: `m·n·k >= 2^20`. Measured inside a 2-thread
-    /// pool (BENCH_NOTES.md): 512×64·64×32 (1 M) is a wash, 128×128·128×128 (2 M) and
+    /// pool (docs/BENCHMARKS.md): 512×64·64×32 (1 M) is a wash, 128×128·128×128 (2 M) and
     /// larger gain 1.6-1.9×.
     pub const DEFAULT_GEMM_PAR_MIN: usize = 1 << 20;
 

@@ -1,0 +1,16 @@
+//! mixrank-metrics: offline metrics for ranking models. Knows nothing about tensors:
+//! every function takes plain slices of predictions, labels and weights.
+//!
+//! Conventions: binary predictions are probabilities in [0, 1]; weights are
+//! non-negative sample weights (pass `None` for all ones); a metric that is undefined
+//! on the given rows (AUC on a single class) is `None`, never NaN.
+
+pub mod auc;
+pub mod binary;
+pub mod bootstrap;
+pub mod regression;
+
+pub use auc::{auc, gauc, GroupAuc};
+pub use binary::{binary_metrics, BinaryMetrics};
+pub use bootstrap::{paired_bootstrap, BootstrapConfig, Lift, Metric, Paired};
+pub use regression::{regression_metrics, RegressionMetrics};
