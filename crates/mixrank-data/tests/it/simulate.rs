@@ -126,8 +126,8 @@ fn committed_engagement_config_matches_the_generator() {
     use mixrank_data::simulate::engagement::{add_days, engagement_config};
     let p = EngagementParams::default();
     let days: Vec<String> = (0..p.days).map(|i| add_days(&p.start_day, i).unwrap()).collect();
-    let generated =
-        engagement_config(&p, &days).replace("paths = [\"day=*/*.parquet\"]", "paths = [\"../mixrank-demo/data/day=*/*.parquet\"]");
+    let generated = engagement_config(&p, &days)
+        .replace("paths = [\"day=*/*.parquet\"]", "paths = [\"../mixrank-demo/data/day=*/*.parquet\"]");
     let committed = std::fs::read_to_string(repo_root().join("configs/engagement.toml")).unwrap();
     let (_, body) = committed.split_once('\n').unwrap();
     assert_eq!(body, generated, "configs/engagement.toml is out of date: regenerate it from `mixrank simulate`");
