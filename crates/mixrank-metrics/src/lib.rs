@@ -14,3 +14,5 @@ pub use auc::{auc, gauc, GroupAuc};
 pub use binary::{binary_metrics, BinaryMetrics};
 pub use bootstrap::{paired_bootstrap, BootstrapConfig, Lift, Metric, Paired};
 pub use regression::{regression_metrics, RegressionMetrics};
+pub mod report;
+pub use report::{compare_task, task_report, TaskComparison, TaskMetrics, TaskReport, TaskRows, TaskType};
