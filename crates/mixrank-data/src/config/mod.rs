@@ -2,6 +2,7 @@
 //! then validated into [`ExperimentConfig`]. Every error names the file and the key
 //! path (`features.categorical[2].dim`) and says what was expected.
 
+pub mod model;
 pub mod wire;
 
 use crate::error::{DataError, Result};
@@ -22,6 +23,10 @@ pub struct ExperimentConfig {
     pub dense: Vec<DenseFeature>,
     pub tasks: Vec<TaskSpec>,
     pub columns: SpecialColumns,
+    /// `[model]`, validated against the tasks; `None` when the file has none.
+    pub model: Option<model::ModelSection>,
+    /// `[train]`, validated (all keys have defaults).
+    pub train: model::TrainSection,
     /// The file as parsed, kept verbatim for checkpoint manifests.
     pub wire: wire::ConfigFile,
 }
@@ -347,6 +352,10 @@ impl ExperimentConfig {
             request_id: c.request_id.clone(),
             keep: c.keep.clone(),
         };
+        if let Some(m) = &wire.model {
+            model::validate_model(m, tasks.len()).map_err(|(key, message)| v.err(&key, message))?;
+        }
+        model::validate_train(&wire.train).map_err(|(key, message)| v.err(&key, message))?;
         Ok(ExperimentConfig {
             path: path.to_path_buf(),
             base_dir: base_dir.to_path_buf(),
@@ -356,6 +365,8 @@ impl ExperimentConfig {
             dense,
             tasks,
             columns,
+            model: wire.model.clone(),
+            train: wire.train.clone(),
             wire,
         })
     }

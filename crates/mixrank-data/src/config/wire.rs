@@ -22,6 +22,10 @@ pub struct ConfigFile {
     pub tasks: Vec<TaskSection>,
     #[serde(default)]
     pub columns: ColumnsSection,
+    /// The architecture; required by `train`, not by data commands.
+    pub model: Option<super::model::ModelSection>,
+    #[serde(default)]
+    pub train: super::model::TrainSection,
 }
 
 fn one() -> u32 {

@@ -127,3 +127,87 @@ fn committed_configs_load() {
         mixrank_data::ExperimentConfig::load(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
+
+const MMOE: &str = r#"
+[model]
+architecture = "mmoe"
+expert_dim = 64
+shared = { hidden = [128] }
+
+[[model.experts]]
+kind = "dcnv2"
+cross_layers = 3
+low_rank = 32
+structure = "stacked"
+hidden = [128, 64]
+
+[[model.experts]]
+kind = "masknet"
+blocks = 2
+block_dim = 64
+structure = "parallel"
+
+[[model.experts]]
+kind = "finalmlp"
+hidden = [128]
+stream2 = [64]
+heads = 2
+
+[[model.experts]]
+kind = "mlp"
+count = 2
+hidden = [128, 64]
+
+[model.gate]
+temperature = 0.5
+top_k = 2
+
+[train]
+epochs = 2
+lr = 0.002
+sparse_optimizer = "lazy_adam"
+decay = "cosine"
+warmup_steps = 100
+"#;
+
+#[test]
+fn heterogeneous_mmoe_and_train_sections_load() {
+    use mixrank_data::config::model::{Architecture, ExpertKind, LrDecay, SparseOptimizer};
+    let d = tempfile::tempdir().unwrap();
+    let c = load_config(d.path(), &format!("{BASE}{MMOE}")).unwrap();
+    let m = c.model.as_ref().unwrap();
+    assert_eq!(m.architecture, Architecture::Mmoe);
+    assert_eq!(m.experts.iter().map(|e| e.count).sum::<usize>(), 5);
+    assert_eq!(m.experts[1].kind, ExpertKind::Masknet);
+    assert_eq!(m.tower.hidden, vec![64], "tower defaults");
+    assert_eq!(
+        (c.train.epochs, c.train.sparse_optimizer, c.train.decay),
+        (2, SparseOptimizer::LazyAdam, LrDecay::Cosine)
+    );
+    // Without [train] every key has its default.
+    let c = load_config(d.path(), BASE).unwrap();
+    assert!(c.model.is_none());
+    assert_eq!(c.train.lr, 1e-3);
+}
+
+#[test]
+fn model_errors_name_the_key() {
+    let d = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            MMOE.replace("architecture = \"mmoe\"", "architecture = \"shared_bottom\""),
+            "model.experts",
+            "exactly one expert",
+        ),
+        (MMOE.replace("heads = 2", "heads = 2\ncross_layers = 2"), "model.experts[2].cross_layers", "does not apply"),
+        (MMOE.replace("top_k = 2", "top_k = 9"), "model.gate.top_k", "exceeds the 5 experts"),
+        (MMOE.replace("temperature = 0.5", "temperature = 0.0"), "model.gate.temperature", "> 0"),
+        (MMOE.replace("lr = 0.002", "lr = -1.0"), "train.lr", "> 0"),
+        (MMOE.replace("kind = \"masknet\"", "kind = \"transformer\""), "model.experts[1].kind", "transformer"),
+        (MMOE.replace("architecture = \"mmoe\"", "architecture = \"ple\""), "model.ple", "required"),
+    ];
+    for (text, key, msg) in cases {
+        let e = err_text(load_config(d.path(), &format!("{BASE}{text}")));
+        assert!(e.contains(key) && e.contains(msg), "want {key} / {msg}, got: {e}");
+    }
+}

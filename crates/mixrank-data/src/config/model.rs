@@ -1,0 +1,398 @@
+//! The `[model]` and `[train]` sections: which architecture to build and how to train
+//! it. Wire structs (TOML shape, unknown keys rejected) and their validation; the model
+//! crate maps the validated types onto layers.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    /// One task: one expert, one tower.
+    SingleTask,
+    /// One expert shared by all tasks, a tower per task (the DCNv2 production baseline).
+    SharedBottom,
+    /// One gate over the experts, shared by all tasks.
+    Omoe,
+    /// A gate per task over the experts (MMoE).
+    Mmoe,
+    /// Progressive layered extraction: shared and task-specific experts per level.
+    Ple,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationName {
+    Relu,
+    Gelu,
+    Silu,
+    Tanh,
+    Sigmoid,
+    Identity,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpertKind {
+    Dcnv2,
+    Masknet,
+    Finalmlp,
+    Mlp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Structure {
+    /// DCNv2: cross net then MLP; MaskNet: blocks one after another.
+    Stacked,
+    /// DCNv2: cross net beside the MLP, outputs concatenated; MaskNet: blocks side by side.
+    Parallel,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub architecture: Architecture,
+    /// Width every expert's output is projected to, so heterogeneous experts can be mixed.
+    #[serde(default = "default_expert_dim")]
+    pub expert_dim: usize,
+    /// Optional layer shared by all experts, applied to the input first (YouTube, seed 003).
+    pub shared: Option<MlpSection>,
+    /// The experts: a kind and a count each. Shared-bottom and single-task take exactly
+    /// one expert.
+    pub experts: Vec<ExpertSection>,
+    #[serde(default)]
+    pub gate: GateSection,
+    #[serde(default)]
+    pub tower: TowerSection,
+    /// PLE only.
+    pub ple: Option<PleSection>,
+    /// Optional shallow tower on position and device whose logit is added during training
+    /// and dropped at serving (YouTube's position-bias correction).
+    pub position_tower: Option<MlpSection>,
+}
+
+fn default_expert_dim() -> usize {
+    128
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpSection {
+    pub hidden: Vec<usize>,
+    #[serde(default = "relu")]
+    pub activation: ActivationName,
+    #[serde(default)]
+    pub dropout: f64,
+    #[serde(default)]
+    pub layer_norm: bool,
+}
+
+fn relu() -> ActivationName {
+    ActivationName::Relu
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpertSection {
+    pub kind: ExpertKind,
+    #[serde(default = "one")]
+    pub count: usize,
+    /// MLP hidden sizes (all kinds; FinalMLP: both streams unless `stream2` is given).
+    #[serde(default)]
+    pub hidden: Vec<usize>,
+    #[serde(default = "relu")]
+    pub activation: ActivationName,
+    #[serde(default)]
+    pub dropout: f64,
+    /// DCNv2: number of cross layers.
+    pub cross_layers: Option<usize>,
+    /// DCNv2: rank of W = U·Vᵀ; absent for full rank.
+    pub low_rank: Option<usize>,
+    /// DCNv2 and MaskNet.
+    pub structure: Option<Structure>,
+    /// MaskNet: number of MaskBlocks.
+    pub blocks: Option<usize>,
+    /// MaskNet: output width of each block.
+    pub block_dim: Option<usize>,
+    /// MaskNet: mask hidden width = reduction_ratio × input width.
+    pub reduction_ratio: Option<f64>,
+    /// FinalMLP: second stream's hidden sizes.
+    pub stream2: Option<Vec<usize>>,
+    /// FinalMLP: heads of the bilinear fusion.
+    pub heads: Option<usize>,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateSection {
+    /// Softmax temperature (> 0).
+    #[serde(default = "unit")]
+    pub temperature: f64,
+    /// Keep the k largest gate weights per example (renormalised); 0 keeps all.
+    #[serde(default)]
+    pub top_k: usize,
+}
+
+impl Default for GateSection {
+    fn default() -> Self {
+        GateSection { temperature: 1.0, top_k: 0 }
+    }
+}
+
+fn unit() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TowerSection {
+    #[serde(default = "default_tower")]
+    pub hidden: Vec<usize>,
+    #[serde(default = "relu")]
+    pub activation: ActivationName,
+}
+
+impl Default for TowerSection {
+    fn default() -> Self {
+        TowerSection { hidden: default_tower(), activation: ActivationName::Relu }
+    }
+}
+
+fn default_tower() -> Vec<usize> {
+    vec![64]
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PleSection {
+    pub levels: usize,
+    /// Shared experts per level (each from `experts`, cycling through the list).
+    pub shared_experts: usize,
+    /// Task-specific experts per task per level.
+    pub task_experts: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenseOptimizer {
+    Adam,
+    Adamw,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SparseOptimizer {
+    RowwiseAdagrad,
+    LazyAdam,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrDecay {
+    None,
+    Linear,
+    Cosine,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossWeighting {
+    /// The tasks' `weight`s.
+    Fixed,
+    /// Learned homoscedastic uncertainty (Kendall et al., 2018).
+    Uncertainty,
+}
+
+/// `[train]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    #[serde(default = "one")]
+    pub epochs: usize,
+    /// Stop after this many steps (overrides epochs when reached first).
+    pub max_steps: Option<u64>,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default = "default_optimizer")]
+    pub optimizer: DenseOptimizer,
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Global gradient-norm clip; absent = no clipping.
+    pub grad_clip: Option<f64>,
+    #[serde(default)]
+    pub warmup_steps: u64,
+    #[serde(default = "default_decay")]
+    pub decay: LrDecay,
+    #[serde(default = "default_sparse_optimizer")]
+    pub sparse_optimizer: SparseOptimizer,
+    #[serde(default = "default_sparse_lr")]
+    pub sparse_lr: f64,
+    #[serde(default = "default_loss_weighting")]
+    pub loss_weighting: LossWeighting,
+    /// Validate every N steps (0 = once per epoch).
+    #[serde(default)]
+    pub eval_every_steps: u64,
+    /// Stop after this many validations without improvement (0 = never).
+    #[serde(default)]
+    pub early_stopping_patience: u32,
+    /// Checkpoint every N steps (0 = at the end and at each validation).
+    #[serde(default)]
+    pub checkpoint_every_steps: u64,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Compute threads (0 = one per core).
+    #[serde(default)]
+    pub threads: usize,
+}
+
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_optimizer() -> DenseOptimizer {
+    DenseOptimizer::Adam
+}
+fn default_decay() -> LrDecay {
+    LrDecay::None
+}
+fn default_sparse_optimizer() -> SparseOptimizer {
+    SparseOptimizer::RowwiseAdagrad
+}
+fn default_sparse_lr() -> f64 {
+    0.05
+}
+fn default_loss_weighting() -> LossWeighting {
+    LossWeighting::Fixed
+}
+fn default_seed() -> u64 {
+    1
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        toml::from_str("").expect("every [train] key has a default")
+    }
+}
+
+/// Validates `[model]` against the tasks; `Err((key, message))`.
+pub fn validate_model(m: &ModelSection, n_tasks: usize) -> Result<(), (String, String)> {
+    let e = |k: &str, msg: String| Err((format!("model.{k}"), msg));
+    if m.expert_dim == 0 {
+        return e("expert_dim", "expected a positive integer".into());
+    }
+    if m.experts.is_empty() {
+        return e("experts", "expected at least one [[model.experts]] entry".into());
+    }
+    let total: usize = m.experts.iter().map(|x| x.count).sum();
+    match m.architecture {
+        Architecture::SingleTask if n_tasks != 1 => {
+            return e("architecture", format!("single_task needs exactly one task, the config has {n_tasks}"))
+        }
+        Architecture::SingleTask | Architecture::SharedBottom if total != 1 => {
+            return e("experts", format!("{:?} takes exactly one expert (the bottom), found {total}", m.architecture))
+        }
+        Architecture::Ple if m.ple.is_none() => return e("ple", "required for architecture = \"ple\"".into()),
+        _ => {}
+    }
+    if m.architecture != Architecture::Ple && m.ple.is_some() {
+        return e("ple", "only for architecture = \"ple\"".into());
+    }
+    if let Some(p) = &m.ple {
+        if p.levels == 0 || p.shared_experts + p.task_experts == 0 {
+            return e("ple", "expected levels >= 1 and at least one shared or task expert".into());
+        }
+    }
+    if !(m.gate.temperature.is_finite() && m.gate.temperature > 0.0) {
+        return e("gate.temperature", format!("expected a number > 0, found {}", m.gate.temperature));
+    }
+    if m.gate.top_k > total {
+        return e("gate.top_k", format!("top_k = {} exceeds the {total} experts", m.gate.top_k));
+    }
+    let mlp = |key: &str, s: &MlpSection| -> Result<(), (String, String)> {
+        if s.hidden.is_empty() || s.hidden.contains(&0) {
+            return Err((format!("model.{key}.hidden"), "expected non-empty positive sizes".into()));
+        }
+        if !(0.0..1.0).contains(&s.dropout) {
+            return Err((format!("model.{key}.dropout"), format!("expected 0 <= dropout < 1, found {}", s.dropout)));
+        }
+        Ok(())
+    };
+    if let Some(s) = &m.shared {
+        mlp("shared", s)?;
+    }
+    if let Some(s) = &m.position_tower {
+        mlp("position_tower", s)?;
+    }
+    if m.tower.hidden.contains(&0) {
+        return e("tower.hidden", "expected positive sizes".into());
+    }
+    for (i, x) in m.experts.iter().enumerate() {
+        let k = |f: &str| format!("experts[{i}].{f}");
+        let fail = |f: &str, msg: &str| Err((format!("model.{}", k(f)), msg.to_string()));
+        if x.count == 0 {
+            return fail("count", "expected a positive integer");
+        }
+        if x.hidden.contains(&0) {
+            return fail("hidden", "expected positive sizes");
+        }
+        if !(0.0..1.0).contains(&x.dropout) {
+            return fail("dropout", "expected 0 <= dropout < 1");
+        }
+        let only = |name: &str, given: bool, kinds: &[ExpertKind]| -> Result<(), (String, String)> {
+            if given && !kinds.contains(&x.kind) {
+                return Err((format!("model.{}", k(name)), format!("does not apply to a {:?} expert", x.kind)));
+            }
+            Ok(())
+        };
+        only("cross_layers", x.cross_layers.is_some(), &[ExpertKind::Dcnv2])?;
+        only("low_rank", x.low_rank.is_some(), &[ExpertKind::Dcnv2])?;
+        only("structure", x.structure.is_some(), &[ExpertKind::Dcnv2, ExpertKind::Masknet])?;
+        only("blocks", x.blocks.is_some(), &[ExpertKind::Masknet])?;
+        only("block_dim", x.block_dim.is_some(), &[ExpertKind::Masknet])?;
+        only("reduction_ratio", x.reduction_ratio.is_some(), &[ExpertKind::Masknet])?;
+        only("stream2", x.stream2.is_some(), &[ExpertKind::Finalmlp])?;
+        only("heads", x.heads.is_some(), &[ExpertKind::Finalmlp])?;
+        match x.kind {
+            ExpertKind::Dcnv2 if x.cross_layers == Some(0) => return fail("cross_layers", "expected >= 1"),
+            ExpertKind::Dcnv2 if x.low_rank == Some(0) => {
+                return fail("low_rank", "expected >= 1 (omit for full rank)")
+            }
+            ExpertKind::Masknet if x.blocks == Some(0) || x.block_dim == Some(0) => {
+                return fail("blocks", "blocks and block_dim must be >= 1")
+            }
+            ExpertKind::Masknet if x.reduction_ratio.is_some_and(|r| !(r.is_finite() && r > 0.0)) => {
+                return fail("reduction_ratio", "expected a number > 0")
+            }
+            ExpertKind::Finalmlp if x.heads == Some(0) => return fail("heads", "expected >= 1"),
+            ExpertKind::Mlp | ExpertKind::Finalmlp if x.hidden.is_empty() => {
+                return fail("hidden", "expected at least one hidden size")
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Validates `[train]`; `Err((key, message))`.
+pub fn validate_train(t: &TrainSection) -> Result<(), (String, String)> {
+    let e = |k: &str, msg: String| Err((format!("train.{k}"), msg));
+    if t.epochs == 0 && t.max_steps.is_none() {
+        return e("epochs", "expected >= 1 (or give max_steps)".into());
+    }
+    for (k, v) in [("lr", t.lr), ("sparse_lr", t.sparse_lr)] {
+        if !(v.is_finite() && v > 0.0) {
+            return e(k, format!("expected a number > 0, found {v}"));
+        }
+    }
+    if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+        return e("weight_decay", format!("expected a number >= 0, found {}", t.weight_decay));
+    }
+    if t.grad_clip.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
+        return e("grad_clip", "expected a number > 0".into());
+    }
+    Ok(())
+}
