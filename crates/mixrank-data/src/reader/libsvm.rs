@@ -3,7 +3,7 @@
 //! index, so it hashes like any categorical value.
 
 use super::open_text;
-use super::text::{column_positions, TextChunk};
+use super::text::{column_positions, TextSink};
 use crate::batch::Batch;
 use crate::config::{LibsvmFieldMode, LibsvmOptions};
 use crate::encode::{BadRows, Encoder};
@@ -23,30 +23,28 @@ pub(super) fn decode(
     header.extend(opts.fields.iter().cloned());
     let pos = column_positions(enc, file, &header)?;
     let reader = std::io::BufReader::with_capacity(1 << 16, open_text(file)?);
-    let chunk = enc.config().data.chunk_rows;
-    let mut records = Vec::with_capacity(chunk);
-    let mut lines = Vec::with_capacity(chunk);
-    let mut first_row = 0u64;
-    let mut line_no = 0u64;
-    let mut any = false;
     let mut it = reader.split(b'\n');
-    loop {
-        records.clear();
-        lines.clear();
-        while records.len() < chunk {
-            let Some(line) = it.next() else { break };
+    let mut line_no = 0u64;
+    let sink = TextSink { file, pos: &pos, sep: b'|', fraction };
+    let mut seen = false;
+    let fill = |rec: &mut csv::ByteRecord| -> Result<Option<u64>> {
+        loop {
+            let Some(line) = it.next() else { return Ok(None) };
             let line = line.map_err(|source| DataError::Io { file: file.to_path_buf(), source })?;
             line_no += 1;
             let line = line.strip_suffix(b"\r").unwrap_or(&line);
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            any = true;
+            seen = true;
             let mut cells: Vec<&[u8]> = Vec::with_capacity(header.len());
             match parse_line(line, opts, &mut cells) {
                 Ok(()) => {
-                    records.push(csv::ByteRecord::from(cells));
-                    lines.push(line_no);
+                    rec.clear();
+                    for c in &cells {
+                        rec.push_field(c);
+                    }
+                    return Ok(Some(line_no));
                 }
                 Err(message) => bad.record(DataError::BadRow {
                     file: file.to_path_buf(),
@@ -55,18 +53,9 @@ pub(super) fn decode(
                 })?,
             }
         }
-        if records.is_empty() {
-            break;
-        }
-        let n = records.len() as u64;
-        let chunk = TextChunk { file, pos: &pos, records: &records, lines: &lines, first_row, sep: b'|' };
-        let batch = chunk.encode(enc, fraction, bad)?;
-        first_row += n;
-        if !emit(batch) {
-            return Ok(());
-        }
-    }
-    if !any {
+    };
+    sink.drive(enc, bad, emit, fill)?;
+    if !seen {
         return Err(DataError::EmptyFile { file: file.to_path_buf(), expected: "libsvm lines `label idx:val ...`" });
     }
     Ok(())

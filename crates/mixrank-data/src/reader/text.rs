@@ -51,6 +51,101 @@ impl TextChunk<'_> {
     }
 }
 
+/// Chunks encoded side by side (rayon) before being emitted in order: text parsing is
+/// sequential, encoding is not, so one large text file still uses every core.
+const PAR_CHUNKS: usize = 4;
+
+/// A chunk's records, kept and refilled so steady-state reading does not allocate.
+struct OwnedChunk {
+    records: Vec<csv::ByteRecord>,
+    lines: Vec<u64>,
+    len: usize,
+    first_row: u64,
+}
+
+/// Where the records of a text file go and how they are encoded.
+pub(super) struct TextSink<'a> {
+    pub file: &'a Path,
+    pub pos: &'a [usize],
+    pub sep: u8,
+    pub fraction: Option<(f64, f64)>,
+}
+
+impl TextSink<'_> {
+    /// Reads records with `fill` (which writes the next valid record and returns its
+    /// line, or `None` at the end, recording bad rows itself), encodes them in groups of
+    /// chunks in parallel and emits the batches in file order.
+    pub(super) fn drive(
+        &self,
+        enc: &Encoder,
+        bad: &BadRows,
+        emit: &mut dyn FnMut(Batch) -> bool,
+        mut fill: impl FnMut(&mut csv::ByteRecord) -> Result<Option<u64>>,
+    ) -> Result<()> {
+        use rayon::prelude::*;
+        let chunk_rows = enc.config().data.chunk_rows;
+        let mut free: Vec<OwnedChunk> = Vec::new();
+        let mut next_row = 0u64;
+        let mut eof = false;
+        while !eof {
+            let mut group = Vec::with_capacity(PAR_CHUNKS);
+            while group.len() < PAR_CHUNKS && !eof {
+                let mut c = free.pop().unwrap_or_else(|| OwnedChunk {
+                    records: Vec::new(),
+                    lines: Vec::new(),
+                    len: 0,
+                    first_row: 0,
+                });
+                c.len = 0;
+                c.lines.clear();
+                while c.len < chunk_rows {
+                    if c.records.len() == c.len {
+                        c.records.push(csv::ByteRecord::new());
+                    }
+                    match fill(&mut c.records[c.len])? {
+                        Some(line) => {
+                            c.lines.push(line);
+                            c.len += 1;
+                        }
+                        None => {
+                            eof = true;
+                            break;
+                        }
+                    }
+                }
+                if c.len == 0 {
+                    free.push(c);
+                    break;
+                }
+                c.first_row = next_row;
+                next_row += c.len as u64;
+                group.push(c);
+            }
+            let batches: Vec<Result<Batch>> = group
+                .par_iter()
+                .map(|c| {
+                    let chunk = TextChunk {
+                        file: self.file,
+                        pos: self.pos,
+                        records: &c.records[..c.len],
+                        lines: &c.lines,
+                        first_row: c.first_row,
+                        sep: self.sep,
+                    };
+                    chunk.encode(enc, self.fraction, bad)
+                })
+                .collect();
+            for b in batches {
+                if !emit(b?) {
+                    return Ok(());
+                }
+            }
+            free.extend(group);
+        }
+        Ok(())
+    }
+}
+
 pub(super) fn decode_csv(
     enc: &Encoder,
     opts: &CsvOptions,
@@ -85,19 +180,13 @@ pub(super) fn decode_csv(
         opts.columns.clone().expect("validated: columns given when header = false")
     };
     let pos = column_positions(enc, file, &header)?;
-    let chunk = enc.config().data.chunk_rows;
-    let mut records: Vec<csv::ByteRecord> = Vec::with_capacity(chunk);
-    let mut lines = Vec::with_capacity(chunk);
-    let mut first_row = 0u64;
-    let mut rec = csv::ByteRecord::new();
-    let mut seen_any = false;
-    loop {
-        records.clear();
-        lines.clear();
-        while records.len() < chunk {
-            match rdr.read_byte_record(&mut rec) {
-                Ok(false) => break,
-                Ok(true) => {}
+    let sink = TextSink { file, pos: &pos, sep: opts.multi_value_separator as u8, fraction };
+    let mut seen = false;
+    let fill = |rec: &mut csv::ByteRecord| -> Result<Option<u64>> {
+        loop {
+            match rdr.read_byte_record(rec) {
+                Ok(false) => return Ok(None),
+                Ok(true) => seen = true,
                 Err(e) => {
                     let e = csv_err(e);
                     if !e.is_row_level() {
@@ -107,7 +196,6 @@ pub(super) fn decode_csv(
                     continue;
                 }
             }
-            seen_any = true;
             let line = rec.position().map(|p| p.line()).unwrap_or(0);
             if rec.len() != header.len() {
                 bad.record(DataError::BadRow {
@@ -117,22 +205,11 @@ pub(super) fn decode_csv(
                 })?;
                 continue;
             }
-            records.push(rec.clone());
-            lines.push(line);
+            return Ok(Some(line));
         }
-        if records.is_empty() {
-            break;
-        }
-        let n = records.len() as u64;
-        let sep = opts.multi_value_separator as u8;
-        let chunk = TextChunk { file, pos: &pos, records: &records, lines: &lines, first_row, sep };
-        let batch = chunk.encode(enc, fraction, bad)?;
-        first_row += n;
-        if !emit(batch) {
-            return Ok(());
-        }
-    }
-    if !seen_any && !opts.header {
+    };
+    sink.drive(enc, bad, emit, fill)?;
+    if !seen && !opts.header {
         return Err(DataError::EmptyFile { file: file.to_path_buf(), expected: "data rows" });
     }
     Ok(())
