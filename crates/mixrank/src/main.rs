@@ -2,6 +2,7 @@
 
 mod demo;
 mod stats_cmd;
+mod train_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -24,6 +25,8 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+    /// Train the model a config describes and validate it after every epoch.
+    Train(train_cmd::TrainArgs),
     /// Run the main job end to end on the embedded default data.
     Demo(demo::DemoArgs),
 }
@@ -94,6 +97,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Simulate(a) => simulate(&a),
         Command::Data { command: DataCommand::Stats(a) } => stats_cmd::run(&a),
+        Command::Train(a) => train_cmd::run(&a),
         Command::Demo(a) => demo::run(&a),
     };
     match result {

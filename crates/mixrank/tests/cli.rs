@@ -20,6 +20,7 @@ fn every_subcommand_has_help() {
         vec!["data", "--help"],
         vec!["data", "stats", "--help"],
         vec!["demo", "--help"],
+        vec!["train", "--help"],
     ] {
         let (ok, out, err) = mixrank(&args);
         assert!(ok, "{args:?}: {err}");
@@ -110,4 +111,39 @@ fn bad_data_exits_non_zero_naming_file_row_and_column() {
     let (ok, _, err) = mixrank(&["data", "stats", cfg.to_str().unwrap()]);
     assert!(!ok);
     assert!(err.contains("data.csv") && err.contains("line 3") && err.contains("column `click`"), "{err}");
+}
+
+#[test]
+fn train_with_a_model_file_writes_the_run_dir() {
+    let d = tempfile::tempdir().unwrap();
+    let model = d.path().join("m.toml");
+    std::fs::write(
+        &model,
+        "[model]\narchitecture = \"single_task\"\nexpert_dim = 16\n[[model.experts]]\nkind = \"mlp\"\nhidden = [16]\n",
+    )
+    .unwrap();
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/frappe.toml");
+    let run = d.path().join("run");
+    let (ok, out, err) = mixrank(&[
+        "train",
+        cfg.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--max-steps",
+        "4",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("trained 4 steps, 16384 examples"), "{out}");
+    assert!(out.contains("click        all                 5764"), "{out}");
+    for f in ["train_log.jsonl", "metrics.json", "dense_stats.json"] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+    // A model file with a mistake names the file and the key.
+    std::fs::write(&model, "[model]\narchitecture = \"mmoe\"\nexperts = []\n").unwrap();
+    let (ok, _, err) =
+        mixrank(&["train", cfg.to_str().unwrap(), "--model", model.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("m.toml") && err.contains("model.experts"), "{err}");
 }

@@ -196,6 +196,36 @@ impl ExperimentConfig {
         Self::from_wire(wire, path, &base_dir)
     }
 
+    /// Replaces `[model]` (and `[train]`, when given) with those of a separate TOML
+    /// file holding only those sections, and validates the result.
+    pub fn with_model_file(&self, path: &Path) -> Result<Self> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct ModelFile {
+            model: model::ModelSection,
+            train: Option<model::TrainSection>,
+        }
+        let text =
+            std::fs::read_to_string(path).map_err(|source| DataError::Io { file: path.to_path_buf(), source })?;
+        let de = toml::Deserializer::parse(&text)
+            .map_err(|e| DataError::Config { file: path.to_path_buf(), message: format!("invalid TOML: {e}") })?;
+        let f: ModelFile = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            DataError::ConfigKey { file: path.to_path_buf(), key, message: e.into_inner().message().trim().to_string() }
+        })?;
+        let mut wire = self.wire.clone();
+        wire.model = Some(f.model);
+        if let Some(t) = f.train {
+            wire.train = t;
+        }
+        Self::from_wire(wire, &self.path, &self.base_dir).map_err(|e| match e {
+            DataError::ConfigKey { key, message, .. } => {
+                DataError::ConfigKey { file: path.to_path_buf(), key, message }
+            }
+            other => other,
+        })
+    }
+
     /// Validates a parsed file.
     pub fn from_wire(wire: wire::ConfigFile, path: &Path, base_dir: &Path) -> Result<Self> {
         let v = Validator { file: path };

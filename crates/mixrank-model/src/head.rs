@@ -1,0 +1,283 @@
+//! The multi-task head: everything between the input features and the task logits.
+//!
+//! ```text
+//! x ─► [shared MLP] ─► trunk ─┬─► expert_0 ─┐
+//!                             ├─► …         ├─► mix_t (gate_t(trunk)) ─► tower_t ─► logit_t
+//!                             └─► expert_E ─┘
+//! ```
+//! - single-task / shared-bottom: one expert (the bottom), no gate; every tower reads it;
+//! - OMoE: one gate and one mixture shared by every tower;
+//! - MMoE: a gate and a mixture per task (gates are lightweight: Linear + softmax).
+
+use crate::error::{Context, ModelError, Result};
+use crate::expert::{activation, Expert};
+use mixrank_data::config::model::{Architecture, ModelSection};
+use mixrank_engine::{Backend, ColCopy};
+use mixrank_nn::{Gate, GateConfig, Layer, Mlp, MlpConfig, MoeMix, ParamVisitor, Parameters, Tower, TowerConfig};
+use rand::Rng;
+
+/// Logits for every task from `[batch, d_in]` input features.
+///
+/// # Shapes
+/// - input: `[batch, d_in]`
+/// - output: one `[batch, 1]` logit buffer per task ([`MultiTaskHead::logits`])
+pub struct MultiTaskHead<B: Backend> {
+    arch: Architecture,
+    d_in: usize,
+    expert_dim: usize,
+    max_batch: usize,
+    shared: Option<Mlp<B>>,
+    experts: Vec<Expert<B>>,
+    gates: Vec<Gate<B>>,
+    mixes: Vec<MoeMix<B>>,
+    towers: Vec<Tower<B>>,
+    /// Expert outputs, copied out of the experts so the mixtures can read all at once.
+    expert_out: Vec<B::Buf>,
+    /// Gradient w.r.t. each expert's output, summed over the tasks.
+    d_expert_out: Vec<B::Buf>,
+    /// OMoE: gradient w.r.t. the one mixture, summed over the towers.
+    d_mix: B::Buf,
+    /// Gradient w.r.t. the trunk (the experts' and gates' input).
+    d_trunk: B::Buf,
+    batch: Option<usize>,
+}
+
+impl<B: Backend + 'static> MultiTaskHead<B>
+where
+    B::Buf: Send,
+{
+    /// Builds the head for `n_tasks` tasks over `d_in` input features.
+    pub fn new<R: Rng + ?Sized>(
+        m: &ModelSection,
+        d_in: usize,
+        n_tasks: usize,
+        ops: &B,
+        max_batch: usize,
+        rng: &mut R,
+    ) -> Result<Self> {
+        if m.architecture == Architecture::Ple {
+            return Err(ModelError::Unsupported {
+                key: "architecture".into(),
+                message: "PLE is not built yet; use mmoe, omoe, shared_bottom or single_task".into(),
+            });
+        }
+        let dropout_used =
+            m.experts.iter().any(|e| e.dropout > 0.0) || m.shared.as_ref().is_some_and(|s| s.dropout > 0.0);
+        if dropout_used {
+            return Err(ModelError::Unsupported {
+                key: "experts.dropout".into(),
+                message: "dropout inside the multi-task head is not wired to train/eval mode yet; set it to 0".into(),
+            });
+        }
+        let shared = match &m.shared {
+            Some(s) => Some(
+                MlpConfig::new(d_in, &s.hidden)
+                    .with_activation(activation(s.activation))
+                    .with_layer_norm(s.layer_norm)
+                    .init(ops, max_batch, rng)
+                    .at(|| "model.shared".into())?,
+            ),
+            None => None,
+        };
+        let d_trunk = shared.as_ref().map_or(d_in, |s| s.d_out());
+        let mut experts = Vec::new();
+        for s in &m.experts {
+            for _ in 0..s.count {
+                experts.push(Expert::new(s, d_trunk, m.expert_dim, ops, max_batch, rng)?);
+            }
+        }
+        let n_exp = experts.len();
+        let n_mix = match m.architecture {
+            Architecture::Mmoe => n_tasks,
+            Architecture::Omoe => 1,
+            _ => 0,
+        };
+        let mut gates = Vec::new();
+        let mut mixes = Vec::new();
+        for t in 0..n_mix {
+            let g = GateConfig::new(d_trunk, n_exp).with_temperature(m.gate.temperature as f32);
+            gates.push(g.init(ops, max_batch, rng).at(|| format!("model.gate (task {t})"))?);
+            mixes.push(MoeMix::new(ops, n_exp, m.expert_dim, max_batch).at(|| format!("mixture (task {t})"))?);
+        }
+        if m.gate.top_k > 0 && m.gate.top_k < n_exp {
+            return Err(ModelError::Unsupported {
+                key: "gate.top_k".into(),
+                message: "top-k gating is not built yet; use top_k = 0".into(),
+            });
+        }
+        let mut towers = Vec::new();
+        for t in 0..n_tasks {
+            let mut c = TowerConfig::new(m.expert_dim, &m.tower.hidden);
+            c.activation = activation(m.tower.activation);
+            towers.push(c.init(ops, max_batch, rng).at(|| format!("model.tower (task {t})"))?);
+        }
+        let buf = |n: usize| ops.alloc(n).at(|| "head workspaces".into());
+        let wide = max_batch * m.expert_dim;
+        Ok(MultiTaskHead {
+            arch: m.architecture,
+            d_in,
+            expert_dim: m.expert_dim,
+            max_batch,
+            shared,
+            expert_out: (0..n_exp).map(|_| buf(wide)).collect::<Result<_>>()?,
+            d_expert_out: (0..n_exp).map(|_| buf(wide)).collect::<Result<_>>()?,
+            d_mix: buf(if n_mix == 1 && m.architecture == Architecture::Omoe { wide } else { 0 })?,
+            d_trunk: buf(max_batch * d_trunk)?,
+            experts,
+            gates,
+            mixes,
+            towers,
+            batch: None,
+        })
+    }
+
+    pub fn n_tasks(&self) -> usize {
+        self.towers.len()
+    }
+
+    pub fn n_experts(&self) -> usize {
+        self.experts.len()
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.d_in
+    }
+
+    /// Task `t`'s logits from the last forward, `[batch, 1]`.
+    pub fn logits(&self, t: usize) -> &B::Buf {
+        self.towers[t].output()
+    }
+
+    /// Gate weights of mixture `g` from the last forward, `[batch, n_experts]` (MMoE:
+    /// one mixture per task; OMoE: one; shared-bottom: none).
+    pub fn gate_weights(&self, g: usize) -> Option<&B::Buf> {
+        self.gates.get(g).map(|x| x.output())
+    }
+
+    /// Which mixture (if any) feeds task `t`'s tower.
+    fn mixture_of(&self, t: usize) -> Option<usize> {
+        match self.arch {
+            Architecture::Mmoe => Some(t),
+            Architecture::Omoe => Some(0),
+            _ => None,
+        }
+    }
+
+    /// Runs the head on the first `batch` rows of `x`.
+    pub fn forward(&mut self, ops: &B, x: &B::Buf, batch: usize) -> Result<()> {
+        if batch > self.max_batch {
+            return Err(ModelError::Mismatch(format!("batch {batch} exceeds max_batch {}", self.max_batch)));
+        }
+        if let Some(s) = &mut self.shared {
+            s.forward(ops, x, batch).at(|| "model.shared forward".into())?;
+        }
+        let trunk: &B::Buf = match &self.shared {
+            Some(s) => s.output(),
+            None => x,
+        };
+        let d = self.expert_dim;
+        for (e, (ex, out)) in self.experts.iter_mut().zip(&mut self.expert_out).enumerate() {
+            let y = ex.forward(ops, trunk, batch)?;
+            let copy =
+                ColCopy { rows: batch, cols: d, src_ld: d, src_col: 0, dst_ld: d, dst_col: 0, accumulate: false };
+            ops.copy_cols(&copy, y, out).at(|| format!("expert {e} output"))?;
+        }
+        let outs: Vec<&B::Buf> = self.expert_out.iter().collect();
+        for (t, (g, mix)) in self.gates.iter_mut().zip(&mut self.mixes).enumerate() {
+            let w = g.forward(ops, trunk, batch).at(|| format!("gate {t} forward"))?;
+            mix.forward(ops, &outs, w, batch).at(|| format!("mixture {t} forward"))?;
+        }
+        for t in 0..self.towers.len() {
+            let input = match self.mixture_of(t) {
+                Some(m) => self.mixes[m].output(),
+                None => &self.expert_out[0],
+            };
+            self.towers[t].forward(ops, input, batch).at(|| format!("tower {t} forward"))?;
+        }
+        self.batch = Some(batch);
+        Ok(())
+    }
+
+    /// Back-propagates `d_logits[t]` (`[batch, 1]` per task) through the head,
+    /// accumulating parameter gradients, and returns `d_x` (`[batch, d_in]`).
+    pub fn backward(&mut self, ops: &B, x: &B::Buf, d_logits: &[&B::Buf]) -> Result<&B::Buf> {
+        let batch = self.batch.ok_or_else(|| ModelError::Mismatch("backward called before forward".into()))?;
+        if d_logits.len() != self.towers.len() {
+            return Err(ModelError::Mismatch(format!(
+                "{} logit gradients for {} tasks",
+                d_logits.len(),
+                self.towers.len()
+            )));
+        }
+        let wide = batch * self.expert_dim;
+        let trunk_w = self.shared.as_ref().map_or(self.d_in, |s| s.d_out());
+        for b in self.d_expert_out.iter_mut() {
+            ops.fill(wide, 0.0, b).at(|| "zeroing head gradients".into())?;
+        }
+        ops.fill(batch * trunk_w, 0.0, &mut self.d_trunk).at(|| "zeroing head gradients".into())?;
+        if self.arch == Architecture::Omoe {
+            ops.fill(wide, 0.0, &mut self.d_mix).at(|| "zeroing head gradients".into())?;
+        }
+        let trunk: &B::Buf = match &self.shared {
+            Some(s) => s.output(),
+            None => x,
+        };
+        let outs: Vec<&B::Buf> = self.expert_out.iter().collect();
+        // Towers, then mixtures and gates (MMoE), or accumulate (shared-bottom, OMoE).
+        for (t, d_logit) in d_logits.iter().enumerate() {
+            let input = match self.arch {
+                Architecture::Mmoe => self.mixes[t].output(),
+                Architecture::Omoe => self.mixes[0].output(),
+                _ => &self.expert_out[0],
+            };
+            let d_in = self.towers[t].backward(ops, input, d_logit).at(|| format!("tower {t} backward"))?;
+            match self.arch {
+                Architecture::Mmoe => {
+                    let mix = &mut self.mixes[t];
+                    mix.backward(ops, &outs, self.gates[t].output(), d_in).at(|| format!("mixture {t} backward"))?;
+                    for (e, d) in self.d_expert_out.iter_mut().enumerate() {
+                        ops.axpy(wide, 1.0, mix.d_expert(e), d).at(|| format!("mixture {t} expert {e}"))?;
+                    }
+                    let dt = self.gates[t].backward(ops, trunk, mix.d_gates()).at(|| format!("gate {t} backward"))?;
+                    ops.axpy(batch * trunk_w, 1.0, dt, &mut self.d_trunk).at(|| format!("gate {t}"))?;
+                }
+                Architecture::Omoe => ops.axpy(wide, 1.0, d_in, &mut self.d_mix).at(|| format!("tower {t}"))?,
+                _ => ops.axpy(wide, 1.0, d_in, &mut self.d_expert_out[0]).at(|| format!("tower {t}"))?,
+            }
+        }
+        if self.arch == Architecture::Omoe {
+            let mix = &mut self.mixes[0];
+            mix.backward(ops, &outs, self.gates[0].output(), &self.d_mix).at(|| "mixture backward".into())?;
+            for (e, d) in self.d_expert_out.iter_mut().enumerate() {
+                ops.axpy(wide, 1.0, mix.d_expert(e), d).at(|| format!("mixture expert {e}"))?;
+            }
+            let dt = self.gates[0].backward(ops, trunk, mix.d_gates()).at(|| "gate backward".into())?;
+            ops.axpy(batch * trunk_w, 1.0, dt, &mut self.d_trunk).at(|| "gate".into())?;
+        }
+        for (e, ex) in self.experts.iter_mut().enumerate() {
+            let dt = ex.backward(ops, trunk, &self.d_expert_out[e])?;
+            ops.axpy(batch * trunk_w, 1.0, dt, &mut self.d_trunk).at(|| format!("expert {e}"))?;
+        }
+        match &mut self.shared {
+            Some(s) => s.backward(ops, x, &self.d_trunk).at(|| "model.shared backward".into()),
+            None => Ok(&self.d_trunk),
+        }
+    }
+}
+
+impl<B: Backend> Parameters<B> for MultiTaskHead<B> {
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
+        if let Some(s) = &mut self.shared {
+            v.scope("shared", |v| s.visit_params(v));
+        }
+        for (e, ex) in self.experts.iter_mut().enumerate() {
+            v.scope_indexed("experts", e, |v| ex.visit_params(v));
+        }
+        for (g, gate) in self.gates.iter_mut().enumerate() {
+            v.scope_indexed("gates", g, |v| gate.visit_params(v));
+        }
+        for (t, tw) in self.towers.iter_mut().enumerate() {
+            v.scope_indexed("towers", t, |v| tw.visit_params(v));
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The whole ranking model for one experiment config: embedding lookup of every
+//! categorical feature, concatenation with the dense features, and the multi-task head.
+//!
+//! ```text
+//! batch ─► EmbeddingCollection ─► [emb | dense] = x ─► MultiTaskHead ─► logit per task
+//! ```
+
+use crate::error::{Context, ModelError, Result};
+use crate::head::MultiTaskHead;
+use mixrank_data::config::model::ModelSection;
+use mixrank_data::config::{ExperimentConfig, Pooling as CfgPooling};
+use mixrank_data::Batch;
+use mixrank_engine::{Backend, ColCopy, Pooling};
+use mixrank_nn::{
+    EmbeddingCollection, EmbeddingCollectionConfig, FeatureConfig, FeatureInput, ParamVisitor, Parameters, TableConfig,
+};
+use rand::Rng;
+
+/// Ids of one feature for the current batch, in backend memory.
+enum FeatureIds<B: Backend> {
+    Single(B::Ids),
+    Multi { offsets: B::Ids, ids: B::Ids },
+}
+
+/// Embeddings + dense features + multi-task head.
+///
+/// # Shapes
+/// - x: `[batch, d_emb + dense_width]`
+/// - logits: one `[batch, 1]` buffer per task
+pub struct RankingModel<B: Backend> {
+    pub emb: Option<EmbeddingCollection<B>>,
+    pub head: MultiTaskHead<B>,
+    d_emb: usize,
+    dense_width: usize,
+    max_batch: usize,
+    x: B::Buf,
+    dense: B::Buf,
+    d_emb_buf: B::Buf,
+    ids: Vec<FeatureIds<B>>,
+}
+
+impl<B: Backend + 'static> RankingModel<B>
+where
+    B::Buf: Send,
+{
+    /// Builds the model the config describes (its `[model]` section is required).
+    pub fn new<R: Rng + ?Sized>(cfg: &ExperimentConfig, ops: &B, max_batch: usize, rng: &mut R) -> Result<Self> {
+        let m: &ModelSection = cfg.model.as_ref().ok_or_else(|| ModelError::Unsupported {
+            key: "architecture".into(),
+            message: format!("{} has no [model] section", cfg.path.display()),
+        })?;
+        let emb = if cfg.categorical.is_empty() {
+            None
+        } else {
+            let ec = EmbeddingCollectionConfig {
+                tables: cfg.tables.iter().map(|t| TableConfig::new(t.rows() as usize, t.dim)).collect(),
+                features: cfg
+                    .categorical
+                    .iter()
+                    .map(|f| match f.pooling {
+                        None => FeatureConfig::single(f.table),
+                        Some(p) => FeatureConfig::pooled(
+                            f.table,
+                            match p {
+                                CfgPooling::Sum => Pooling::Sum,
+                                CfgPooling::Mean => Pooling::Mean,
+                            },
+                            max_batch * 8,
+                        ),
+                    })
+                    .collect(),
+            };
+            Some(ec.init(ops, max_batch, rng).at(|| "embeddings".into())?)
+        };
+        let d_emb = emb.as_ref().map_or(0, |e| e.output_dim());
+        let dense_width = cfg.dense_width();
+        let d_in = d_emb + dense_width;
+        let head = MultiTaskHead::new(m, d_in, cfg.tasks.len(), ops, max_batch, rng)?;
+        let buf = |n: usize| ops.alloc(n).at(|| "model workspaces".into());
+        Ok(RankingModel {
+            emb,
+            head,
+            d_emb,
+            dense_width,
+            max_batch,
+            x: buf(max_batch * d_in)?,
+            dense: buf(max_batch * dense_width)?,
+            d_emb_buf: buf(max_batch * d_emb)?,
+            ids: Vec::new(),
+        })
+    }
+
+    /// Input width of the head.
+    pub fn d_in(&self) -> usize {
+        self.d_emb + self.dense_width
+    }
+
+    /// Task `t`'s logits from the last forward (`[batch, 1]`).
+    pub fn logits(&self, t: usize) -> &B::Buf {
+        self.head.logits(t)
+    }
+
+    fn upload_ids(&mut self, ops: &B, b: &Batch) -> Result<()> {
+        let at = || "uploading ids".to_string();
+        self.ids.clear();
+        for c in &b.cat {
+            self.ids.push(match &c.offsets {
+                None => FeatureIds::Single(ops.upload_ids(&c.ids).at(at)?),
+                Some(off) => FeatureIds::Multi {
+                    offsets: ops.upload_ids(off).at(at)?,
+                    // An empty bag list still needs a non-empty buffer.
+                    ids: ops.upload_ids(if c.ids.is_empty() { &[0] } else { &c.ids }).at(at)?,
+                },
+            });
+        }
+        Ok(())
+    }
+
+    fn inputs(ids: &[FeatureIds<B>]) -> Vec<FeatureInput<'_, B>> {
+        ids.iter()
+            .map(|f| match f {
+                FeatureIds::Single(ids) => FeatureInput::Single(ids),
+                FeatureIds::Multi { offsets, ids } => FeatureInput::Multi { offsets, ids },
+            })
+            .collect()
+    }
+
+    /// Runs the model on a batch.
+    pub fn forward(&mut self, ops: &B, b: &Batch) -> Result<()> {
+        let n = b.rows;
+        if n > self.max_batch {
+            return Err(ModelError::Mismatch(format!("batch of {n} rows exceeds max_batch {}", self.max_batch)));
+        }
+        let d_in = self.d_in();
+        let copy = |cols, src_ld, dst_col| ColCopy {
+            rows: n,
+            cols,
+            src_ld,
+            src_col: 0,
+            dst_ld: d_in,
+            dst_col,
+            accumulate: false,
+        };
+        if self.emb.is_some() {
+            self.upload_ids(ops, b)?;
+        }
+        if let Some(emb) = &mut self.emb {
+            let inputs = Self::inputs(&self.ids);
+            let e = emb.forward(ops, &inputs, n).at(|| "embeddings forward".into())?;
+            ops.copy_cols(&copy(self.d_emb, self.d_emb, 0), e, &mut self.x).at(|| "concat".into())?;
+        }
+        if self.dense_width > 0 {
+            ops.write(&b.dense[..n * self.dense_width], &mut self.dense).at(|| "uploading dense".into())?;
+            ops.copy_cols(&copy(self.dense_width, self.dense_width, self.d_emb), &self.dense, &mut self.x)
+                .at(|| "concat".into())?;
+        }
+        self.head.forward(ops, &self.x, n)
+    }
+
+    /// Back-propagates the logit gradients of the last forward's batch, accumulating
+    /// dense gradients and overwriting the embeddings' sparse gradients.
+    pub fn backward(&mut self, ops: &B, b: &Batch, d_logits: &[&B::Buf]) -> Result<()> {
+        let dx = self.head.backward(ops, &self.x, d_logits)?;
+        if let Some(emb) = &mut self.emb {
+            let spec = ColCopy {
+                rows: b.rows,
+                cols: self.d_emb,
+                src_ld: self.d_emb + self.dense_width,
+                src_col: 0,
+                dst_ld: self.d_emb,
+                dst_col: 0,
+                accumulate: false,
+            };
+            ops.copy_cols(&spec, dx, &mut self.d_emb_buf).at(|| "split gradient".into())?;
+            let inputs = Self::inputs(&self.ids);
+            emb.backward(ops, &inputs, &self.d_emb_buf).at(|| "embeddings backward".into())?;
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> Parameters<B> for RankingModel<B> {
+    /// Dense parameters only; the embedding tables have their own sparse optimizer.
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
+        self.head.visit_params(v);
+    }
+}

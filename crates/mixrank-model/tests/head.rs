@@ -1,0 +1,128 @@
+//! The multi-task head's backward against central finite differences in f64, for every
+//! architecture it builds, including heterogeneous experts and a shared layer.
+
+use mixrank_data::config::model::ModelSection;
+use mixrank_model::MultiTaskHead;
+use mixrank_nn::testing::RefOpsF64;
+use mixrank_nn::Parameters;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const D_IN: usize = 7;
+const BATCH: usize = 3;
+const TASKS: usize = 2;
+
+fn section(text: &str) -> ModelSection {
+    toml::from_str(text).expect("valid [model] section")
+}
+
+/// L = Σ_t Σ_b c[t][b] · logit_t[b].
+fn loss(head: &mut MultiTaskHead<RefOpsF64>, ops: &RefOpsF64, x: &Vec<f64>, c: &[Vec<f64>]) -> f64 {
+    head.forward(ops, x, BATCH).unwrap();
+    (0..TASKS).map(|t| head.logits(t)[..BATCH].iter().zip(&c[t]).map(|(a, b)| a * b).sum::<f64>()).sum()
+}
+
+fn check(text: &str, seed: u64) {
+    let ops = RefOpsF64::new();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let m = section(text);
+    let mut head = MultiTaskHead::new(&m, D_IN, TASKS, &ops, BATCH, &mut rng).unwrap();
+    // Random parameters everywhere (biases and norm scales too), so no term hides at 0/1.
+    head.params(&mut |name, p| {
+        let n = p.len();
+        let (lo, hi) = if name.ends_with("gamma") { (0.5, 1.5) } else { (-0.8, 0.8) };
+        for v in &mut p.value[..n] {
+            *v = rng.random_range(lo..hi);
+        }
+    });
+    let x: Vec<f64> = (0..BATCH * D_IN).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let c: Vec<Vec<f64>> = (0..TASKS).map(|_| (0..BATCH).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
+
+    head.forward(&ops, &x, BATCH).unwrap();
+    head.params(&mut |_, p| p.grad.iter_mut().for_each(|g| *g = 0.0));
+    let d_logits: Vec<Vec<f64>> = c.clone();
+    let refs: Vec<&Vec<f64>> = d_logits.iter().collect();
+    let dx = head.backward(&ops, &x, &refs).unwrap()[..BATCH * D_IN].to_vec();
+
+    let h = 1e-6;
+    let tol = |g: f64| 1e-6 * (1.0 + g.abs());
+    // Input gradient.
+    for i in 0..x.len() {
+        let (mut xp, mut xm) = (x.clone(), x.clone());
+        xp[i] += h;
+        xm[i] -= h;
+        let fd = (loss(&mut head, &ops, &xp, &c) - loss(&mut head, &ops, &xm, &c)) / (2.0 * h);
+        assert!((fd - dx[i]).abs() <= tol(dx[i]), "{text}\nd_x[{i}]: analytic {} vs numeric {fd}", dx[i]);
+    }
+    // Parameter gradients: collect analytic values, then perturb one value at a time.
+    let mut analytic: Vec<(String, Vec<f64>)> = Vec::new();
+    head.params(&mut |name, p| analytic.push((name.to_string(), p.grad[..p.len()].to_vec())));
+    let mut checked = 0;
+    for (k, (name, g)) in analytic.iter().enumerate() {
+        for (i, &gi) in g.iter().enumerate() {
+            let nudge = |head: &mut MultiTaskHead<RefOpsF64>, delta: f64| {
+                let mut j = 0;
+                head.params(&mut |_, p| {
+                    if j == k {
+                        p.value[i] += delta;
+                    }
+                    j += 1;
+                });
+            };
+            nudge(&mut head, h);
+            let lp = loss(&mut head, &ops, &x, &c);
+            nudge(&mut head, -2.0 * h);
+            let lm = loss(&mut head, &ops, &x, &c);
+            nudge(&mut head, h);
+            let fd = (lp - lm) / (2.0 * h);
+            assert!((fd - gi).abs() <= tol(gi), "{text}\n{name}[{i}]: analytic {gi} vs numeric {fd}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 50, "only {checked} parameters checked");
+}
+
+#[test]
+fn shared_bottom_dcnv2_gradients() {
+    check(
+        "architecture = \"shared_bottom\"\nexpert_dim = 4\ntower = { hidden = [3], activation = \"tanh\" }\n\
+         [[experts]]\nkind = \"dcnv2\"\ncross_layers = 2\nlow_rank = 2\nhidden = [5]\nactivation = \"tanh\"\n",
+        1,
+    );
+}
+
+#[test]
+fn omoe_gradients() {
+    check(
+        "architecture = \"omoe\"\nexpert_dim = 4\ntower = { hidden = [3], activation = \"tanh\" }\n\
+         [[experts]]\nkind = \"mlp\"\ncount = 2\nhidden = [6]\nactivation = \"tanh\"\n",
+        2,
+    );
+}
+
+#[test]
+fn heterogeneous_mmoe_with_shared_layer_gradients() {
+    check(
+        "architecture = \"mmoe\"\nexpert_dim = 4\nshared = { hidden = [6], activation = \"tanh\" }\n\
+         tower = { hidden = [3], activation = \"tanh\" }\ngate = { temperature = 0.7 }\n\
+         [[experts]]\nkind = \"dcnv2\"\ncross_layers = 1\nstructure = \"parallel\"\nhidden = [4]\nactivation = \"tanh\"\n\
+         [[experts]]\nkind = \"masknet\"\nblocks = 2\nblock_dim = 3\nstructure = \"parallel\"\n\
+         [[experts]]\nkind = \"mlp\"\nhidden = [4]\nactivation = \"tanh\"\n\
+         [[experts]]\nkind = \"finalmlp\"\nhidden = [4]\nstream2 = [2]\nheads = 2\nactivation = \"tanh\"\n",
+        3,
+    );
+}
+
+#[test]
+fn unsupported_choices_are_refused_with_the_key() {
+    let ops = RefOpsF64::new();
+    let mut rng = StdRng::seed_from_u64(0);
+    let ple = section("architecture = \"ple\"\nple = { levels = 1, shared_experts = 1, task_experts = 1 }\n[[experts]]\nkind = \"mlp\"\nhidden = [4]\n");
+    let e = MultiTaskHead::new(&ple, D_IN, TASKS, &ops, BATCH, &mut rng).err().unwrap().to_string();
+    assert!(e.contains("model.architecture") && e.contains("PLE"), "{e}");
+    let top = section(
+        "architecture = \"mmoe\"\ngate = { top_k = 1 }\n[[experts]]\nkind = \"mlp\"\ncount = 2\nhidden = [4]\n",
+    );
+    let e = MultiTaskHead::new(&top, D_IN, TASKS, &ops, BATCH, &mut rng).err().unwrap().to_string();
+    assert!(e.contains("model.gate.top_k"), "{e}");
+}

@@ -1,0 +1,13 @@
+//! Dense building blocks: [`Linear`], [`LayerNorm`], [`Dropout`], [`Mlp`], [`Tower`].
+
+mod dropout;
+mod layer_norm;
+mod linear;
+mod mlp;
+mod tower;
+
+pub use dropout::{Dropout, DropoutConfig};
+pub use layer_norm::{LayerNorm, LayerNormConfig};
+pub use linear::{Linear, LinearConfig};
+pub use mlp::{Mlp, MlpConfig};
+pub use tower::{Tower, TowerConfig};

@@ -1,0 +1,264 @@
+//! FinalMLP's multi-head bilinear fusion of two streams.
+
+use mixrank_engine::{Backend, ColCopy, GemmSpec, Transpose};
+use rand::Rng;
+
+use crate::dense::{Linear, LinearConfig};
+use crate::error::{batch_fits, positive, Ctx, NnError, Result};
+use crate::layer::Layer;
+use crate::param::{Init, Param, ParamVisitor, Parameters};
+
+const LAYER: &str = "BilinearFusion";
+
+/// Configuration of a [`BilinearFusion`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BilinearFusionConfig {
+    /// Width of the first stream's output.
+    pub d_x: usize,
+    /// Width of the second stream's output.
+    pub d_y: usize,
+    /// Number of heads; must divide both `d_x` and `d_y`.
+    pub heads: usize,
+    /// Output width (1 for a logit).
+    pub d_out: usize,
+    /// Initialisation of the linear terms and the bilinear tensor. Default Xavier uniform.
+    pub init: Init,
+}
+
+impl BilinearFusionConfig {
+    pub fn new(d_x: usize, d_y: usize, heads: usize, d_out: usize) -> Self {
+        BilinearFusionConfig { d_x, d_y, heads, d_out, init: Init::XavierUniform }
+    }
+
+    pub fn init<B: Backend, R: Rng + ?Sized>(
+        &self,
+        ops: &B,
+        max_batch: usize,
+        rng: &mut R,
+    ) -> Result<BilinearFusion<B>> {
+        for (field, v) in [("d_x", self.d_x), ("d_y", self.d_y), ("heads", self.heads), ("d_out", self.d_out)] {
+            positive(LAYER, field, v)?;
+        }
+        for (name, d) in [("d_x", self.d_x), ("d_y", self.d_y)] {
+            if d % self.heads != 0 {
+                return Err(NnError::InvalidConfig {
+                    layer: LAYER,
+                    field: "heads",
+                    reason: format!("{} heads do not divide {name} = {d}", self.heads),
+                });
+            }
+        }
+        let (hx, hy) = (self.d_x / self.heads, self.d_y / self.heads);
+        let w_x = LinearConfig::new(self.d_x, self.d_out).with_init(self.init).init(ops, max_batch, rng)?;
+        let w_y =
+            LinearConfig::new(self.d_y, self.d_out).with_bias(false).with_init(self.init).init(ops, max_batch, rng)?;
+        // One [hx, d_out·hy] slice per head, stacked: [heads·hx, d_out·hy].
+        let w_xy = Param::new(
+            ops,
+            &self.init.sample(self.heads * hx, self.d_out * hy, rng),
+            &[self.heads * hx, self.d_out * hy],
+            true,
+            LAYER,
+        )?;
+        let alloc = |n: usize| ops.alloc(n).ctx(LAYER);
+        Ok(BilinearFusion {
+            config: self.clone(),
+            max_batch,
+            w_x,
+            w_y,
+            w_xy,
+            ones: ops.upload(&vec![1.0; self.d_out.max(hy)]).ctx(LAYER)?,
+            t: (0..self.heads).map(|_| alloc(max_batch * self.d_out * hy)).collect::<Result<_>>()?,
+            y_head: alloc(max_batch * hy)?,
+            prod: alloc(max_batch * hy)?,
+            bcast: alloc(max_batch * hy)?,
+            t_block: alloc(max_batch * hy)?,
+            dt: alloc(max_batch * self.d_out * hy)?,
+            dy_head: alloc(max_batch * hy)?,
+            out: alloc(max_batch * self.d_out)?,
+            d_x: alloc(max_batch * self.d_x)?,
+            d_y: alloc(max_batch * self.d_y)?,
+            batch: None,
+        })
+    }
+}
+
+/// Multi-head bilinear fusion (FinalMLP, Mao et al. 2023):
+///
+/// `out[b, o] = w_xᵀ x_b + b_x + w_yᵀ y_b + Σ_h Σ_{i,j} x_{b,h,i} · W_h[i, o, j] · y_{b,h,j}`
+///
+/// where head `h` takes columns `h·hx … (h+1)·hx` of `x` and `h·hy …` of `y`
+/// (`hx = d_x / heads`, `hy = d_y / heads`). Per head, `T_h = x_h · W_h`
+/// (`[batch, d_out·hy]`) is kept, then `out[:, o] += Σ_j T_h[:, o·hy + j] ⊙ y_h[:, j]`.
+///
+/// Backward per head and output `o`: `dT_h[:, o·hy + j] = dout[:, o] ⊙ y_h[:, j]`,
+/// `dy_h += dout[:, o] ⊙ T_h[:, o·hy …]`; then `dW_h += x_hᵀ · dT_h`,
+/// `dx_h += dT_h · W_hᵀ`.
+///
+/// # Shapes
+/// - x: `[batch, d_x]`, y: `[batch, d_y]`
+/// - output: `[batch, d_out]`
+/// - `w_xy`: `[heads·hx, d_out·hy]` (head `h`'s `W_h` is rows `h·hx …`)
+pub struct BilinearFusion<B: Backend> {
+    config: BilinearFusionConfig,
+    max_batch: usize,
+    pub w_x: Linear<B>,
+    pub w_y: Linear<B>,
+    pub w_xy: Param<B>,
+    /// `[max(d_out, hy)]` ones for broadcasts and row sums.
+    ones: B::Buf,
+    /// `T_h` per head, `[max_batch, d_out·hy]` each.
+    t: Vec<B::Buf>,
+    y_head: B::Buf,
+    prod: B::Buf,
+    bcast: B::Buf,
+    t_block: B::Buf,
+    dt: B::Buf,
+    dy_head: B::Buf,
+    out: B::Buf,
+    d_x: B::Buf,
+    d_y: B::Buf,
+    batch: Option<usize>,
+}
+
+impl<B: Backend> BilinearFusion<B> {
+    pub fn config(&self) -> &BilinearFusionConfig {
+        &self.config
+    }
+
+    fn dims(&self) -> (usize, usize, usize, usize) {
+        let c = &self.config;
+        (c.heads, c.d_x / c.heads, c.d_y / c.heads, c.d_out)
+    }
+
+    /// Copies column block `[col, col + cols)` of a `[batch, ld]` matrix into a dense
+    /// `[batch, cols]` one (or back, accumulating, when `back`).
+    fn block(batch: usize, cols: usize, ld: usize, col: usize, back: bool) -> ColCopy {
+        if back {
+            ColCopy { rows: batch, cols, src_ld: cols, src_col: 0, dst_ld: ld, dst_col: col, accumulate: true }
+        } else {
+            ColCopy { rows: batch, cols, src_ld: ld, src_col: col, dst_ld: cols, dst_col: 0, accumulate: false }
+        }
+    }
+
+    /// `bcast = v[:, col] · 1ᵀ`: a `[batch, 1]` column of a `[batch, ld]` matrix broadcast
+    /// to `[batch, width]`.
+    fn broadcast(&mut self, ops: &B, v: &B::Buf, col: usize, ld: usize, width: usize, batch: usize) -> Result<()> {
+        let spec = GemmSpec::nn(batch, width, 1).a_layout(col, ld).b_layout(0, width);
+        ops.gemm(&spec, v, &self.ones, &mut self.bcast).ctx(LAYER)
+    }
+
+    /// Computes the fused output for the first `batch` rows.
+    pub fn forward(&mut self, ops: &B, x: &B::Buf, y: &B::Buf, batch: usize) -> Result<&B::Buf> {
+        batch_fits(LAYER, batch, self.max_batch)?;
+        let (heads, hx, hy, d_out) = self.dims();
+        let (d_x, d_y) = (self.config.d_x, self.config.d_y);
+        let n_out = batch * d_out;
+        let lx = self.w_x.forward(ops, x, batch)?;
+        ops.copy_cols(&Self::block(batch, d_out, d_out, 0, false), lx, &mut self.out).ctx(LAYER)?;
+        let ly = self.w_y.forward(ops, y, batch)?;
+        ops.axpy(n_out, 1.0, ly, &mut self.out).ctx(LAYER)?;
+        for h in 0..heads {
+            // T_h = x_h · W_h: [batch, hx] · [hx, d_out·hy]
+            let spec =
+                GemmSpec::nn(batch, d_out * hy, hx).a_layout(h * hx, d_x).b_layout(h * hx * d_out * hy, d_out * hy);
+            ops.gemm(&spec, x, &self.w_xy.value, &mut self.t[h]).ctx(LAYER)?;
+            ops.copy_cols(&Self::block(batch, hy, d_y, h * hy, false), y, &mut self.y_head).ctx(LAYER)?;
+            for o in 0..d_out {
+                // out[:, o] += (T_h[:, o·hy …] ⊙ y_h) · 1
+                let t_o = ColCopy {
+                    rows: batch,
+                    cols: hy,
+                    src_ld: d_out * hy,
+                    src_col: o * hy,
+                    dst_ld: hy,
+                    dst_col: 0,
+                    accumulate: false,
+                };
+                ops.copy_cols(&t_o, &self.t[h], &mut self.t_block).ctx(LAYER)?;
+                ops.mul(batch * hy, &self.t_block, &self.y_head, &mut self.prod).ctx(LAYER)?;
+                let spec = GemmSpec::nn(batch, 1, hy).b_layout(0, 1).c_layout(o, d_out).beta(1.0);
+                ops.gemm(&spec, &self.prod, &self.ones, &mut self.out).ctx(LAYER)?;
+            }
+        }
+        self.batch = Some(batch);
+        Ok(&self.out)
+    }
+
+    /// Accumulates parameter gradients; afterwards [`BilinearFusion::d_x`] and
+    /// [`BilinearFusion::d_y`] hold the input gradients (overwritten).
+    pub fn backward(&mut self, ops: &B, x: &B::Buf, y: &B::Buf, d_output: &B::Buf) -> Result<()> {
+        let batch = self.batch.ok_or(NnError::NoForward { layer: LAYER })?;
+        let (heads, hx, hy, d_out) = self.dims();
+        let (d_x, d_y) = (self.config.d_x, self.config.d_y);
+        let gx = self.w_x.backward(ops, x, d_output)?;
+        ops.copy_cols(&Self::block(batch, d_x, d_x, 0, false), gx, &mut self.d_x).ctx(LAYER)?;
+        let gy = self.w_y.backward(ops, y, d_output)?;
+        ops.copy_cols(&Self::block(batch, d_y, d_y, 0, false), gy, &mut self.d_y).ctx(LAYER)?;
+        for h in 0..heads {
+            ops.copy_cols(&Self::block(batch, hy, d_y, h * hy, false), y, &mut self.y_head).ctx(LAYER)?;
+            ops.fill(batch * hy, 0.0, &mut self.dy_head).ctx(LAYER)?;
+            for o in 0..d_out {
+                // dT_h[:, o·hy + j] = dout[:, o] ⊙ y_h[:, j]
+                self.broadcast(ops, d_output, o, d_out, hy, batch)?;
+                ops.mul(batch * hy, &self.bcast, &self.y_head, &mut self.prod).ctx(LAYER)?;
+                let into_dt = ColCopy {
+                    rows: batch,
+                    cols: hy,
+                    src_ld: hy,
+                    src_col: 0,
+                    dst_ld: d_out * hy,
+                    dst_col: o * hy,
+                    accumulate: false,
+                };
+                ops.copy_cols(&into_dt, &self.prod, &mut self.dt).ctx(LAYER)?;
+                // dy_h += dout[:, o] ⊙ T_h[:, o·hy …]
+                let t_o = ColCopy {
+                    rows: batch,
+                    cols: hy,
+                    src_ld: d_out * hy,
+                    src_col: o * hy,
+                    dst_ld: hy,
+                    dst_col: 0,
+                    accumulate: false,
+                };
+                ops.copy_cols(&t_o, &self.t[h], &mut self.t_block).ctx(LAYER)?;
+                ops.mul_acc(batch * hy, &self.bcast, &self.t_block, &mut self.dy_head).ctx(LAYER)?;
+            }
+            ops.copy_cols(&Self::block(batch, hy, d_y, h * hy, true), &self.dy_head, &mut self.d_y).ctx(LAYER)?;
+            // dW_h += x_hᵀ · dT_h: [hx, batch] · [batch, d_out·hy]
+            let dw = GemmSpec::new(Transpose::Yes, Transpose::No, hx, d_out * hy, batch)
+                .a_layout(h * hx, d_x)
+                .c_layout(h * hx * d_out * hy, d_out * hy)
+                .beta(1.0);
+            ops.gemm(&dw, x, &self.dt, &mut self.w_xy.grad).ctx(LAYER)?;
+            // dx_h += dT_h · W_hᵀ: [batch, d_out·hy] · [d_out·hy, hx]
+            let dx = GemmSpec::new(Transpose::No, Transpose::Yes, batch, hx, d_out * hy)
+                .b_layout(h * hx * d_out * hy, d_out * hy)
+                .c_layout(h * hx, d_x)
+                .beta(1.0);
+            ops.gemm(&dx, &self.dt, &self.w_xy.value, &mut self.d_x).ctx(LAYER)?;
+        }
+        Ok(())
+    }
+
+    pub fn output(&self) -> &B::Buf {
+        &self.out
+    }
+
+    pub fn d_x(&self) -> &B::Buf {
+        &self.d_x
+    }
+
+    pub fn d_y(&self) -> &B::Buf {
+        &self.d_y
+    }
+}
+
+impl<B: Backend> Parameters<B> for BilinearFusion<B> {
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
+        v.scope("w_x", |v| self.w_x.visit_params(v));
+        v.scope("w_y", |v| self.w_y.visit_params(v));
+        v.param("w_xy", &mut self.w_xy);
+    }
+}

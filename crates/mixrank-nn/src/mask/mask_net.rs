@@ -1,0 +1,204 @@
+//! MaskNet: MaskBlocks in series or in parallel over the feature embedding.
+
+use mixrank_engine::{Backend, ColCopy};
+use rand::Rng;
+
+use crate::error::{batch_fits, positive, Ctx, NnError, Result};
+use crate::layer::Layer;
+use crate::mask::{MaskBlock, MaskBlockConfig};
+use crate::param::{Init, ParamVisitor, Parameters};
+
+const LAYER: &str = "MaskNet";
+
+/// How MaskBlocks are arranged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskNetStructure {
+    /// `h₀ = block₀(e, e)`, `h_i = block_i(e, h_{i-1})`; output `h_last`.
+    Serial,
+    /// `h_i = block_i(e, e)` for all `i`; output `[h₀ | h₁ | …]`.
+    Parallel,
+}
+
+/// Configuration of a [`MaskNet`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaskNetConfig {
+    /// Width of the concatenated feature embedding.
+    pub d_emb: usize,
+    /// Number of MaskBlocks.
+    pub blocks: usize,
+    /// Output width of each block.
+    pub d_block: usize,
+    /// Width of each block's mask aggregation layer.
+    pub d_mask: usize,
+    pub structure: MaskNetStructure,
+    /// Dropout after each block's output, in `[0, 1)`. Default 0.
+    pub dropout: f32,
+    /// Weight initialisation. Default Xavier uniform.
+    pub init: Init,
+}
+
+impl MaskNetConfig {
+    pub fn new(d_emb: usize, blocks: usize, d_block: usize, d_mask: usize, structure: MaskNetStructure) -> Self {
+        MaskNetConfig { d_emb, blocks, d_block, d_mask, structure, dropout: 0.0, init: Init::XavierUniform }
+    }
+
+    /// Output width: `d_block` (serial) or `blocks · d_block` (parallel).
+    pub fn output_dim(&self) -> usize {
+        match self.structure {
+            MaskNetStructure::Serial => self.d_block,
+            MaskNetStructure::Parallel => self.blocks * self.d_block,
+        }
+    }
+
+    pub fn init<B: Backend, R: Rng + ?Sized>(&self, ops: &B, max_batch: usize, rng: &mut R) -> Result<MaskNet<B>> {
+        positive(LAYER, "blocks", self.blocks)?;
+        positive(LAYER, "max_batch", max_batch)?;
+        let mut blocks = Vec::with_capacity(self.blocks);
+        for i in 0..self.blocks {
+            // Serial blocks after the first mask the previous (already normalised) output.
+            let serial_later = self.structure == MaskNetStructure::Serial && i > 0;
+            let d_hidden = if serial_later { self.d_block } else { self.d_emb };
+            let cfg = MaskBlockConfig {
+                norm_hidden: !serial_later,
+                dropout: self.dropout,
+                init: self.init,
+                ..MaskBlockConfig::new(self.d_emb, d_hidden, self.d_mask, self.d_block)
+            };
+            blocks.push(cfg.init(ops, max_batch, rng)?);
+        }
+        let parallel = self.structure == MaskNetStructure::Parallel;
+        let alloc = |len: usize| ops.alloc(len).ctx(LAYER);
+        Ok(MaskNet {
+            config: self.clone(),
+            max_batch,
+            blocks,
+            out: alloc(if parallel { max_batch * self.output_dim() } else { 0 })?,
+            d_part: alloc(if parallel { max_batch * self.d_block } else { 0 })?,
+            d_input: alloc(max_batch * self.d_emb)?,
+            batch: None,
+        })
+    }
+}
+
+/// MaskNet (Wang et al., 2021): serial or parallel stacks of [`MaskBlock`]s, each
+/// guided by the same feature embedding.
+///
+/// The input gradient sums every block's `d_emb` plus, where a block's hidden input is
+/// the embedding itself, its `d_hidden`.
+///
+/// # Shapes
+/// - input (embedding): `[batch, d_emb]`
+/// - output: `[batch, d_block]` (serial) or `[batch, blocks · d_block]` (parallel)
+pub struct MaskNet<B: Backend> {
+    config: MaskNetConfig,
+    max_batch: usize,
+    pub blocks: Vec<MaskBlock<B>>,
+    /// Concatenated output (parallel only).
+    out: B::Buf,
+    /// One block's column slice of `dy` (parallel only).
+    d_part: B::Buf,
+    d_input: B::Buf,
+    batch: Option<usize>,
+}
+
+impl<B: Backend> MaskNet<B> {
+    pub fn config(&self) -> &MaskNetConfig {
+        &self.config
+    }
+
+    /// Training (dropout on) or evaluation mode. Default: training.
+    pub fn set_training(&mut self, training: bool) {
+        self.blocks.iter_mut().for_each(|b| b.set_training(training));
+    }
+
+    /// Sets every dropout mask counter.
+    pub fn set_dropout_step(&mut self, step: u64) {
+        self.blocks.iter_mut().for_each(|b| b.set_dropout_step(step));
+    }
+
+    fn block_cols(&self, batch: usize, i: usize, to_concat: bool) -> ColCopy {
+        let (w, ld) = (self.config.d_block, self.config.output_dim());
+        if to_concat {
+            ColCopy { rows: batch, cols: w, src_ld: w, src_col: 0, dst_ld: ld, dst_col: i * w, accumulate: false }
+        } else {
+            ColCopy { rows: batch, cols: w, src_ld: ld, src_col: i * w, dst_ld: w, dst_col: 0, accumulate: false }
+        }
+    }
+}
+
+impl<B: Backend> Parameters<B> for MaskNet<B> {
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            v.scope_indexed("blocks", i, |v| b.visit_params(v));
+        }
+    }
+}
+
+impl<B: Backend> Layer<B> for MaskNet<B> {
+    fn d_in(&self) -> usize {
+        self.config.d_emb
+    }
+
+    fn d_out(&self) -> usize {
+        self.config.output_dim()
+    }
+
+    fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    fn forward(&mut self, ops: &B, input: &B::Buf, batch: usize) -> Result<&B::Buf> {
+        batch_fits(LAYER, batch, self.max_batch)?;
+        self.batch = Some(batch);
+        match self.config.structure {
+            MaskNetStructure::Serial => {
+                for i in 0..self.blocks.len() {
+                    let (before, rest) = self.blocks.split_at_mut(i);
+                    let hidden = if i == 0 { input } else { before[i - 1].output() };
+                    rest[0].forward(ops, input, hidden, batch)?;
+                }
+                Ok(self.blocks.last().expect("blocks >= 1").output())
+            }
+            MaskNetStructure::Parallel => {
+                for i in 0..self.blocks.len() {
+                    let spec = self.block_cols(batch, i, true);
+                    let h = self.blocks[i].forward(ops, input, input, batch)?;
+                    // [batch, blocks · d_block]
+                    ops.copy_cols(&spec, h, &mut self.out).ctx(LAYER)?;
+                }
+                Ok(&self.out)
+            }
+        }
+    }
+
+    fn backward(&mut self, ops: &B, input: &B::Buf, d_output: &B::Buf) -> Result<&B::Buf> {
+        let batch = self.batch.ok_or(NnError::NoForward { layer: LAYER })?;
+        let n = batch * self.config.d_emb;
+        ops.fill(n, 0.0, &mut self.d_input).ctx(LAYER)?;
+        match self.config.structure {
+            MaskNetStructure::Serial => {
+                let count = self.blocks.len();
+                for i in (0..count).rev() {
+                    let (before, rest) = self.blocks.split_at_mut(i);
+                    let (cur, after) = rest.split_first_mut().expect("i < count");
+                    let hidden = if i == 0 { input } else { before[i - 1].output() };
+                    let dy = after.first().map_or(d_output, |next| next.d_hidden());
+                    cur.backward(ops, input, hidden, dy)?;
+                    ops.axpy(n, 1.0, cur.d_emb(), &mut self.d_input).ctx(LAYER)?;
+                }
+                ops.axpy(n, 1.0, self.blocks[0].d_hidden(), &mut self.d_input).ctx(LAYER)?;
+            }
+            MaskNetStructure::Parallel => {
+                for i in 0..self.blocks.len() {
+                    let spec = self.block_cols(batch, i, false);
+                    ops.copy_cols(&spec, d_output, &mut self.d_part).ctx(LAYER)?;
+                    let b = &mut self.blocks[i];
+                    b.backward(ops, input, input, &self.d_part)?;
+                    ops.axpy(n, 1.0, b.d_emb(), &mut self.d_input).ctx(LAYER)?;
+                    ops.axpy(n, 1.0, b.d_hidden(), &mut self.d_input).ctx(LAYER)?;
+                }
+            }
+        }
+        Ok(&self.d_input)
+    }
+}

@@ -1,0 +1,220 @@
+//! The lightweight MMoE gate: one linear map to expert logits and a softmax.
+
+use mixrank_engine::{Backend, ColCopy, Shape};
+use rand::Rng;
+
+use crate::dense::{Linear, LinearConfig};
+use crate::error::{batch_fits, positive, Ctx, NnError, Result};
+use crate::layer::Layer;
+use crate::param::{Init, ParamVisitor, Parameters};
+
+const LAYER: &str = "Gate";
+
+/// Configuration of a [`Gate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateConfig {
+    /// Width of the gate's input (the full input, or a cheaper subset of it).
+    pub d_in: usize,
+    /// Number of experts mixed.
+    pub n_experts: usize,
+    /// Softmax temperature `T > 0`: `T > 1` flattens the mixture, `T < 1` sharpens it.
+    /// Default 1.
+    pub temperature: f32,
+    /// Keep only the `k` largest logits per row (the softmax renormalises over them; the
+    /// others get weight 0 and no gradient). Default none (dense gating).
+    pub top_k: Option<usize>,
+    /// Weight initialisation. Default Xavier uniform.
+    pub init: Init,
+}
+
+impl GateConfig {
+    pub fn new(d_in: usize, n_experts: usize) -> Self {
+        GateConfig { d_in, n_experts, temperature: 1.0, top_k: None, init: Init::XavierUniform }
+    }
+
+    pub fn with_temperature(mut self, temperature: f32) -> Self {
+        self.temperature = temperature;
+        self
+    }
+
+    pub fn with_top_k(mut self, k: usize) -> Self {
+        self.top_k = Some(k);
+        self
+    }
+
+    pub fn with_init(mut self, init: Init) -> Self {
+        self.init = init;
+        self
+    }
+
+    pub fn init<B: Backend, R: Rng + ?Sized>(&self, ops: &B, max_batch: usize, rng: &mut R) -> Result<Gate<B>> {
+        positive(LAYER, "d_in", self.d_in)?;
+        positive(LAYER, "n_experts", self.n_experts)?;
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(NnError::InvalidConfig {
+                layer: LAYER,
+                field: "temperature",
+                reason: format!("{} is not a positive finite number", self.temperature),
+            });
+        }
+        if let Some(k) = self.top_k {
+            if k == 0 || k > self.n_experts {
+                return Err(NnError::InvalidConfig {
+                    layer: LAYER,
+                    field: "top_k",
+                    reason: format!("{k} is not in 1..={}", self.n_experts),
+                });
+            }
+        }
+        let linear = LinearConfig::new(self.d_in, self.n_experts).with_init(self.init).init(ops, max_batch, rng)?;
+        let n = max_batch * self.n_experts;
+        let sparse = self.top_k.is_some_and(|k| k < self.n_experts);
+        Ok(Gate {
+            config: self.clone(),
+            max_batch,
+            linear,
+            logits: ops.alloc(n).ctx(LAYER)?,
+            masked: ops.alloc(if sparse { n } else { 0 }).ctx(LAYER)?,
+            mask: ops.alloc(if sparse { n } else { 0 }).ctx(LAYER)?,
+            host_logits: vec![0.0; if sparse { n } else { 0 }],
+            host_mask: vec![0.0; if sparse { n } else { 0 }],
+            weights: ops.alloc(n).ctx(LAYER)?,
+            d_logits: ops.alloc(n).ctx(LAYER)?,
+            batch: None,
+        })
+    }
+}
+
+/// `g = softmax((x · W + b) / T + M)` over experts, where the top-k mask `M` is 0 for the
+/// `k` largest logits of the row (ties to the lower index) and `-1e30` elsewhere (so
+/// `exp` gives exactly 0; no infinities), or 0 everywhere without top-k.
+///
+/// Backward: `dz = g ⊙ (dg - Σ_e dg ⊙ g) / T` (zero where masked, since `g = 0`), then
+/// the linear map's backward. The engine has no per-row selection op, so top-k reads the
+/// `[batch, n_experts]` logits to the host, picks there and writes the mask back: a
+/// few floats per row, but a device sync per gate on a GPU backend.
+///
+/// # Shapes
+/// - input: `[batch, d_in]`
+/// - output (gate weights, rows sum to 1): `[batch, n_experts]`
+pub struct Gate<B: Backend> {
+    config: GateConfig,
+    max_batch: usize,
+    pub linear: Linear<B>,
+    /// `(x·W + b) / T`.
+    logits: B::Buf,
+    /// `logits + M` and `M` (top-k only).
+    masked: B::Buf,
+    mask: B::Buf,
+    host_logits: Vec<f32>,
+    host_mask: Vec<f32>,
+    weights: B::Buf,
+    d_logits: B::Buf,
+    batch: Option<usize>,
+}
+
+impl<B: Backend> Gate<B> {
+    pub fn config(&self) -> &GateConfig {
+        &self.config
+    }
+
+    /// The last forward's gate weights.
+    pub fn output(&self) -> &B::Buf {
+        &self.weights
+    }
+
+    pub fn d_input(&self) -> &B::Buf {
+        self.linear.d_input()
+    }
+}
+
+impl<B: Backend> Parameters<B> for Gate<B> {
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
+        self.linear.visit_params(v);
+    }
+}
+
+impl<B: Backend> Layer<B> for Gate<B> {
+    fn d_in(&self) -> usize {
+        self.config.d_in
+    }
+
+    fn d_out(&self) -> usize {
+        self.config.n_experts
+    }
+
+    fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    fn forward(&mut self, ops: &B, input: &B::Buf, batch: usize) -> Result<&B::Buf> {
+        batch_fits(LAYER, batch, self.max_batch)?;
+        let e = self.config.n_experts;
+        let z = self.linear.forward(ops, input, batch)?;
+        // A [batch, n_experts] copy: a few floats per row, so not worth a fused kernel.
+        let copy = ColCopy { rows: batch, cols: e, src_ld: e, src_col: 0, dst_ld: e, dst_col: 0, accumulate: false };
+        ops.copy_cols(&copy, z, &mut self.logits).ctx(LAYER)?;
+        if self.config.temperature != 1.0 {
+            ops.scale(batch * e, 1.0 / self.config.temperature, &mut self.logits).ctx(LAYER)?;
+        }
+        let shape = Shape::new(batch, e);
+        match self.config.top_k {
+            Some(k) if k < e => {
+                let n = batch * e;
+                ops.read(&self.logits, &mut self.host_logits[..n]).ctx(LAYER)?;
+                top_k_mask(&self.host_logits[..n], e, k, &mut self.host_mask[..n]);
+                ops.write(&self.host_mask[..n], &mut self.mask).ctx(LAYER)?;
+                ops.add(n, &self.logits, &self.mask, &mut self.masked).ctx(LAYER)?;
+                ops.softmax_rows(shape, &self.masked, &mut self.weights).ctx(LAYER)?;
+            }
+            _ => ops.softmax_rows(shape, &self.logits, &mut self.weights).ctx(LAYER)?,
+        }
+        self.batch = Some(batch);
+        Ok(&self.weights)
+    }
+
+    fn backward(&mut self, ops: &B, input: &B::Buf, d_output: &B::Buf) -> Result<&B::Buf> {
+        let batch = self.batch.ok_or(NnError::NoForward { layer: LAYER })?;
+        let e = self.config.n_experts;
+        ops.softmax_rows_backward(Shape::new(batch, e), &self.weights, d_output, &mut self.d_logits).ctx(LAYER)?;
+        if self.config.temperature != 1.0 {
+            ops.scale(batch * e, 1.0 / self.config.temperature, &mut self.d_logits).ctx(LAYER)?;
+        }
+        self.linear.backward(ops, input, &self.d_logits)
+    }
+}
+
+/// Value added to the logits outside the top k: `exp` of it underflows to exactly 0.
+const MASKED: f32 = -1e30;
+
+/// Per row of `[rows, e]` `logits`: 0 for the `k` largest entries (ties to the lower
+/// index), [`MASKED`] for the rest. O(e·k) per row; `e` is a handful of experts.
+fn top_k_mask(logits: &[f32], e: usize, k: usize, mask: &mut [f32]) {
+    for (row, m) in logits.chunks_exact(e).zip(mask.chunks_exact_mut(e)) {
+        m.fill(MASKED);
+        for _ in 0..k {
+            let mut best: Option<usize> = None;
+            for j in 0..e {
+                if m[j] == MASKED && best.is_none_or(|b| row[j] > row[b]) {
+                    best = Some(j);
+                }
+            }
+            if let Some(b) = best {
+                m[b] = 0.0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_mask_keeps_the_largest_with_ties_to_the_lower_index() {
+        let logits = [0.5, 2.0, -1.0, 2.0, 3.0, 3.0, 3.0, 0.0];
+        let mut mask = [1.0; 8];
+        top_k_mask(&logits, 4, 2, &mut mask);
+        assert_eq!(mask, [MASKED, 0.0, MASKED, 0.0, 0.0, 0.0, MASKED, MASKED]);
+    }
+}

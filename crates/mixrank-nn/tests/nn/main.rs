@@ -1,0 +1,11 @@
+//! The layer crate's integration tests, as one binary.
+
+mod common;
+mod cross;
+mod dense;
+mod embedding;
+mod finalmlp;
+mod mask;
+mod moe;
+mod optim;
+mod random_shapes;

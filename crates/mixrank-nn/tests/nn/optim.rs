@@ -1,0 +1,252 @@
+//! Optimizers on hand-computed steps.
+//!
+//! Expected values are computed in f64 from the documented formulas; the optimizers run
+//! in f32, about ten roundings per element, so results agree to `16u·(|w| + |Δw|)`.
+
+use crate::common::*;
+use mixrank_engine::{Pooling, RefOps};
+use mixrank_nn::*;
+
+fn close(what: &str, got: f32, want: f64, scale: f64) {
+    let tol = 16.0 * U32 * scale;
+    assert!((got as f64 - want).abs() <= tol, "{what}: got {got}, want {want} (tol {tol:e})");
+}
+
+/// A 2→1 linear layer with weight [w0, w1], bias b and the given gradients.
+fn linear(w: [f32; 2], b: f32, gw: [f32; 2], gb: f32) -> Linear<RefOps> {
+    let mut lin = LinearConfig::new(2, 1).init(&RefOps, 1, &mut rng(0)).unwrap();
+    lin.weight.value = w.to_vec();
+    lin.weight.grad = gw.to_vec();
+    let bias = lin.bias.as_mut().unwrap();
+    bias.value = vec![b];
+    bias.grad = vec![gb];
+    lin
+}
+
+/// One Adam element update, in f64, from the documented formula. The betas are the f32
+/// values the optimizer holds (`1 - 0.999f32` is not `0.001`: 1.3e-5 relative apart).
+fn adam_ref(w: f64, g: f64, m: f64, v: f64, t: i32, lr: f64, decoupled: f64) -> (f64, f64, f64) {
+    let (b1, b2, eps) = (0.9f32 as f64, 0.999f32 as f64, 1e-8f32 as f64);
+    let m = b1 * m + (1.0 - b1) * g;
+    let v = b2 * v + (1.0 - b2) * g * g;
+    let mh = m / (1.0 - b1.powi(t));
+    let vh = v / (1.0 - b2.powi(t));
+    (w - lr * mh / (vh.sqrt() + eps) - lr * decoupled * w, m, v)
+}
+
+#[test]
+fn adam_step_from_known_moments() {
+    let mut lin = linear([0.5, -1.5], 0.25, [0.2, -0.4], 1.0);
+    let mut adam = Adam::new(AdamConfig::default(), &mut lin);
+    // Resume at step 4 with known moments: the next step is t = 5.
+    adam.set_state(4, vec![vec![0.1, -0.05], vec![0.3]], vec![vec![0.04, 0.01], vec![0.2]]).unwrap();
+    let stats = adam.step(&mut lin, 0.01).unwrap();
+    assert_eq!(adam.steps(), 5);
+    assert!((stats.grad_norm - (0.04f64 + 0.16 + 1.0).sqrt()).abs() < 1e-7);
+    assert_eq!(stats.clip_scale, 1.0);
+    let cases = [(0.5, 0.2, 0.1, 0.04), (-1.5, -0.4, -0.05, 0.01)];
+    for (j, &(w, g, m, v)) in cases.iter().enumerate() {
+        let (w1, m1, v1) = adam_ref(w, g, m, v, 5, 0.01, 0.0);
+        close(&format!("w{j}"), lin.weight.value[j], w1, w.abs() + (w1 - w).abs());
+        close(&format!("m{j}"), adam.moments(0).0[j], m1, m1.abs());
+        close(&format!("v{j}"), adam.moments(0).1[j], v1, v1);
+    }
+    let (b1, _, _) = adam_ref(0.25, 1.0, 0.3, 0.2, 5, 0.01, 0.0);
+    close("bias", lin.bias.as_ref().unwrap().value[0], b1, 0.25 + (b1 - 0.25).abs());
+}
+
+#[test]
+fn adamw_decays_only_weights_and_l2_goes_through_the_moments() {
+    // Zero gradients from zero moments: the Adam part of the update is exactly 0.
+    let lr = 0.1;
+    let mut lin = linear([2.0, -4.0], 3.0, [0.0, 0.0], 0.0);
+    let cfg = AdamConfig { weight_decay: WeightDecay::Decoupled(0.5), ..AdamConfig::default() };
+    let mut adamw = Adam::new(cfg, &mut lin);
+    adamw.step(&mut lin, lr).unwrap();
+    assert_eq!(lin.weight.value, vec![2.0 - 0.1 * 0.5 * 2.0, -4.0 + 0.1 * 0.5 * 4.0]);
+    assert_eq!(lin.bias.as_ref().unwrap().value, vec![3.0], "biases are not decayed");
+
+    let mut lin = linear([2.0, -4.0], 3.0, [0.0, 0.0], 0.0);
+    let cfg = AdamConfig { weight_decay: WeightDecay::L2(0.5), ..AdamConfig::default() };
+    let mut adam = Adam::new(cfg, &mut lin);
+    adam.step(&mut lin, lr).unwrap();
+    // g = λw; first step: m̂ = g, v̂ = g², so w -= lr·sign(g) (up to eps).
+    let (w0, _, _) = adam_ref(2.0, 1.0, 0.0, 0.0, 1, lr as f64, 0.0);
+    close("L2 w0", lin.weight.value[0], w0, 2.0);
+    assert_eq!(lin.bias.as_ref().unwrap().value, vec![3.0]);
+    assert!((adam.moments(0).0[0] - 0.1).abs() < 1e-7, "m = (1-β₁)·λw = 0.1");
+}
+
+#[test]
+fn global_norm_clipping_scales_every_gradient() {
+    // ‖g‖ = ‖(3, 4, 0)‖ = 5, clipped to 1: the moments see 0.2·g.
+    let mut lin = linear([0.0, 0.0], 0.0, [3.0, 4.0], 0.0);
+    let cfg = AdamConfig { clip_norm: Some(1.0), ..AdamConfig::default() };
+    let mut adam = Adam::new(cfg, &mut lin);
+    let stats = adam.step(&mut lin, 1e-3).unwrap();
+    assert_eq!(stats.grad_norm, 5.0);
+    assert!((stats.clip_scale - 0.2).abs() < 1e-12);
+    close("m0", adam.moments(0).0[0], 0.1 * 0.6, 0.06);
+    close("m1", adam.moments(0).0[1], 0.1 * 0.8, 0.08);
+    // Under the threshold nothing changes.
+    let mut lin = linear([0.0, 0.0], 0.0, [0.3, 0.4], 0.0);
+    let mut adam = Adam::new(AdamConfig { clip_norm: Some(1.0), ..AdamConfig::default() }, &mut lin);
+    assert_eq!(adam.step(&mut lin, 1e-3).unwrap().clip_scale, 1.0);
+}
+
+#[test]
+fn adam_state_must_match_the_module() {
+    let mut lin = linear([0.0, 0.0], 0.0, [0.0, 0.0], 0.0);
+    let mut adam = Adam::new(AdamConfig::default(), &mut lin);
+    let mut other = LinearConfig::new(3, 1).init(&RefOps, 1, &mut rng(0)).unwrap();
+    let err = adam.step(&mut other, 0.1).err().unwrap();
+    assert!(matches!(err, NnError::DimMismatch { layer: "Adam", lhs: "parameter length", lhs_dim: 3, .. }), "{err}");
+    assert!(adam.set_state(0, vec![], vec![]).is_err());
+}
+
+/// One table [6, 2], one single-valued feature; backward with a known `dout` so the
+/// sparse gradient is known: rows 1 and 4 touched (row 4 twice).
+fn embedding_with_grad() -> (EmbeddingCollection<RefOps>, Vec<f32>) {
+    let cfg =
+        EmbeddingCollectionConfig { tables: vec![TableConfig::new(6, 2)], features: vec![FeatureConfig::single(0)] };
+    let mut emb = cfg.init(&RefOps, 3, &mut rng(1)).unwrap();
+    let ids = vec![4u32, 1, 4];
+    emb.forward(&RefOps, &[FeatureInput::Single(&ids)], 3).unwrap();
+    let dout = vec![0.5, -1.0, 2.0, 0.25, 1.5, 3.0];
+    emb.backward(&RefOps, &[FeatureInput::Single(&ids)], &dout).unwrap();
+    let before = emb.tables()[0].value.clone();
+    (emb, before)
+}
+
+#[test]
+fn rowwise_adagrad_updates_touched_rows_only() {
+    let (mut emb, before) = embedding_with_grad();
+    let mut opt =
+        RowWiseAdagrad::new(RowWiseAdagradConfig { initial_accumulator: 0.1, ..RowWiseAdagradConfig::new(0.5) }, &emb);
+    opt.step(&mut emb).unwrap();
+    let after = &emb.tables()[0].value;
+    // Row 1: g = (2, 0.25); row 4: g = (0.5 + 1.5, -1 + 3) = (2, 2).
+    for (row, g) in [(1usize, [2.0f64, 0.25]), (4, [2.0, 2.0])] {
+        let s = 0.1 + (g[0] * g[0] + g[1] * g[1]) / 2.0;
+        close(&format!("acc {row}"), opt.accumulators(0)[row], s, s);
+        for j in 0..2 {
+            let w = before[row * 2 + j] as f64;
+            let want = w - 0.5 * g[j] / (s.sqrt() + 1e-8);
+            close(&format!("w[{row},{j}]"), after[row * 2 + j], want, w.abs() + (want - w).abs());
+        }
+    }
+    for row in [0, 2, 3, 5] {
+        assert_eq!(after[row * 2..row * 2 + 2], before[row * 2..row * 2 + 2], "row {row} must be bit-identical");
+        assert_eq!(opt.accumulators(0)[row], 0.1);
+    }
+}
+
+#[test]
+fn lazy_adam_touches_only_listed_rows_with_per_row_or_global_correction() {
+    for correction in [BiasCorrection::PerRow, BiasCorrection::GlobalStep] {
+        let (mut emb, before) = embedding_with_grad();
+        let cfg = LazyAdamConfig { bias_correction: correction, ..LazyAdamConfig::new(0.01) };
+        let mut opt = LazyAdam::new(cfg, &emb);
+        opt.step(&mut emb).unwrap();
+        let after1 = emb.tables()[0].value.clone();
+        for (row, g) in [(1usize, [2.0f64, 0.25]), (4, [2.0, 2.0])] {
+            for j in 0..2 {
+                let w = before[row * 2 + j] as f64;
+                let (want, m, v) = adam_ref(w, g[j], 0.0, 0.0, 1, 0.01, 0.0);
+                close(&format!("w[{row},{j}]"), after1[row * 2 + j], want, w.abs() + (want - w).abs());
+                close("m", opt.state(0).0[row * 2 + j], m, m.abs());
+                close("v", opt.state(0).1[row * 2 + j], v, v);
+            }
+        }
+        for row in [0, 2, 3, 5] {
+            assert_eq!(after1[row * 2..row * 2 + 2], before[row * 2..row * 2 + 2], "row {row} must be bit-identical");
+            assert_eq!(opt.state(0).0[row * 2..row * 2 + 2], [0.0, 0.0]);
+            assert_eq!(opt.state(0).2[row], 0);
+        }
+        // Step 2 touches only row 0 (first time): per-row correction uses k = 1, the
+        // global approximation k = 2.
+        let ids = vec![0u32];
+        emb.forward(&RefOps, &[FeatureInput::Single(&ids)], 1).unwrap();
+        emb.backward(&RefOps, &[FeatureInput::Single(&ids)], &vec![1.0, -1.0]).unwrap();
+        opt.step(&mut emb).unwrap();
+        let after2 = emb.tables()[0].value.clone();
+        let k = if correction == BiasCorrection::PerRow { 1 } else { 2 };
+        for j in 0..2 {
+            let w = before[j] as f64;
+            let g = if j == 0 { 1.0 } else { -1.0 };
+            let (want, _, _) = adam_ref(w, g, 0.0, 0.0, k, 0.01, 0.0);
+            close(&format!("{correction:?} w[0,{j}]"), after2[j], want, w.abs() + (want - w).abs());
+        }
+        assert_eq!(after2[2..], after1[2..], "rows 1..6 untouched in step 2");
+        assert_eq!(opt.state(0).2[..5], [1, 1, 0, 0, 1]);
+    }
+}
+
+#[test]
+fn features_sharing_a_table_update_it_once_with_the_summed_gradient() {
+    let cfg = EmbeddingCollectionConfig {
+        tables: vec![TableConfig::new(5, 1)],
+        features: vec![FeatureConfig::single(0), FeatureConfig::pooled(0, Pooling::Sum, 8)],
+    };
+    let mut emb = cfg.init(&RefOps, 2, &mut rng(2)).unwrap();
+    let single = vec![3u32, 1];
+    let (offsets, ids) = (vec![0u32, 2, 3], vec![3u32, 0, 3]);
+    let inputs = [FeatureInput::Single(&single), FeatureInput::Multi { offsets: &offsets, ids: &ids }];
+    emb.forward(&RefOps, &inputs, 2).unwrap();
+    // out columns: [single, pooled]; dout rows (1, 10), (2, 20)
+    emb.backward(&RefOps, &inputs, &vec![1.0, 10.0, 2.0, 20.0]).unwrap();
+    let mut opt = RowWiseAdagrad::new(RowWiseAdagradConfig::new(1.0), &emb);
+    opt.step(&mut emb).unwrap();
+    // Row 3: 1 (single, ex 0) + 10 (bag 0) + 20 (bag 1) = 31; row 0: 10; row 1: 2.
+    assert_eq!(opt.accumulators(0), &[100.0, 4.0, 0.0, 961.0, 0.0]);
+}
+
+#[test]
+fn sparse_state_round_trips_and_resumes_identically() {
+    // Two optimizers: one runs two steps, the other one step, is saved and restored into
+    // a fresh optimizer, then steps again; the tables must end bit-identical.
+    let run = |split: bool| {
+        let (mut emb, _) = embedding_with_grad();
+        let mut opt = LazyAdam::new(LazyAdamConfig::new(0.01), &emb);
+        let mut ada = RowWiseAdagrad::new(RowWiseAdagradConfig::new(0.1), &emb);
+        opt.step(&mut emb).unwrap();
+        ada.step(&mut emb).unwrap();
+        if split {
+            let (m, v, rs) = opt.state(0);
+            let (m, v, rs) = (m.to_vec(), v.to_vec(), rs.to_vec());
+            let acc = ada.accumulators(0).to_vec();
+            opt = LazyAdam::new(LazyAdamConfig::new(0.01), &emb);
+            opt.set_state(0, 1, &m, &v, &rs).unwrap();
+            ada = RowWiseAdagrad::new(RowWiseAdagradConfig::new(0.1), &emb);
+            ada.set_accumulators(0, &acc).unwrap();
+        }
+        opt.step(&mut emb).unwrap();
+        ada.step(&mut emb).unwrap();
+        emb.tables()[0].value.clone()
+    };
+    assert_eq!(run(false), run(true));
+    let (emb, _) = embedding_with_grad();
+    let mut ada = RowWiseAdagrad::new(RowWiseAdagradConfig::new(0.1), &emb);
+    assert!(ada.set_accumulators(0, &[0.0; 5]).is_err());
+}
+
+#[test]
+fn adam_is_independent_of_the_thread_count() {
+    // A weight spanning several parallel chunks, clipped (so the norm's partial sums
+    // matter): 1 and 2 threads must give bit-identical parameters and norms.
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut lin = LinearConfig::new(300, 200).init(&RefOps, 1, &mut rng(3)).unwrap();
+            lin.weight.grad = uniform32(&mut rng(4), 60_000, -1.0, 1.0);
+            let mut adam = Adam::new(AdamConfig { clip_norm: Some(1.0), ..AdamConfig::default() }, &mut lin);
+            let stats = adam.step(&mut lin, 1e-2).unwrap();
+            (stats.grad_norm, lin.weight.value)
+        })
+    };
+    const { assert!(60_000 > 3 * mixrank_nn::optim::CHUNK) };
+    let (n1, w1) = run(1);
+    let (n2, w2) = run(2);
+    assert_eq!(n1, n2);
+    assert_eq!(w1, w2);
+}

@@ -1,0 +1,41 @@
+//! Errors of training and evaluation.
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] mixrank_data::DataError),
+    #[error(transparent)]
+    Model(#[from] mixrank_model::ModelError),
+    #[error("{context}: {source}")]
+    Layer {
+        context: &'static str,
+        #[source]
+        source: Box<mixrank_nn::NnError>,
+    },
+    #[error("{context}: {source}")]
+    Engine {
+        context: &'static str,
+        #[source]
+        source: Box<mixrank_engine::EngineError>,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("training diverged at step {step}: task `{task}` loss is {loss}")]
+    Diverged { step: u64, task: String, loss: f32 },
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+pub(crate) fn layer(context: &'static str) -> impl Fn(mixrank_nn::NnError) -> TrainError {
+    move |source| TrainError::Layer { context, source: Box::new(source) }
+}
+
+pub(crate) fn engine(context: &'static str) -> impl Fn(mixrank_engine::EngineError) -> TrainError {
+    move |source| TrainError::Engine { context, source: Box::new(source) }
+}

@@ -1,0 +1,10 @@
+//! mixrank-train: trains a [`mixrank_model::RankingModel`] on a config's train split
+//! and validates it, logging JSON lines. Models return logits; the losses live here.
+
+pub mod error;
+pub mod evaluate;
+pub mod trainer;
+
+pub use error::{Result, TrainError};
+pub use evaluate::{evaluate, Predictions};
+pub use trainer::{train, TrainOptions, TrainSummary};

@@ -1,0 +1,97 @@
+//! `mixrank train CONFIG --out RUN_DIR`.
+
+use anyhow::Result;
+use mixrank_data::ExperimentConfig;
+use mixrank_metrics::{TaskMetrics, TaskReport};
+use mixrank_train::{train, TrainOptions};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Experiment config (TOML) with a [model] section (or give --model).
+    pub config: PathBuf,
+    /// Run directory: train_log.jsonl, metrics.json and dense_stats.json go here.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// A TOML file with [model] (and optionally [train]) replacing the config's.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Stop after this many steps (overrides [train].max_steps).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Progress and log interval, in steps.
+    #[arg(long, default_value_t = 50)]
+    pub log_every: u64,
+}
+
+fn progress(line: &str) {
+    eprintln!("  {line}");
+}
+
+pub fn run(a: &TrainArgs) -> Result<()> {
+    let mut cfg = ExperimentConfig::load(&a.config)?;
+    if let Some(m) = &a.model {
+        cfg = cfg.with_model_file(m)?;
+    }
+    let mut opts = TrainOptions::new(&a.out);
+    opts.max_steps = a.max_steps;
+    opts.log_every = a.log_every;
+    opts.progress = Some(progress);
+    let s = train(Arc::new(cfg), &opts)?;
+    crate::say!(
+        "trained {} steps, {} examples in {:.1} s ({:.0} examples/s); run dir {}",
+        s.steps,
+        s.examples,
+        s.seconds,
+        s.examples_per_second,
+        a.out.display()
+    );
+    crate::emit(&render_reports(&s.validation));
+    Ok(())
+}
+
+/// A table of per-task metrics, overall and per segment.
+pub fn render_reports(reports: &[TaskReport]) -> String {
+    let mut o = String::new();
+    if reports.is_empty() {
+        return o;
+    }
+    let _ = writeln!(
+        o,
+        "{:<12} {:<14} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9}",
+        "task", "segment", "rows", "AUC", "logloss", "NE", "calib", "RMSE"
+    );
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.5}"));
+    for r in reports {
+        let rows =
+            std::iter::once(("all".to_string(), &r.overall)).chain(r.segments.iter().map(|(k, v)| (k.clone(), v)));
+        for (seg, m) in rows {
+            match m {
+                TaskMetrics::Binary(b) => {
+                    let _ = writeln!(
+                        o,
+                        "{:<12} {:<14} {:>9} {:>9} {:>9.5} {:>8} {:>8} {:>9}",
+                        r.task,
+                        seg,
+                        b.rows,
+                        opt(b.auc),
+                        b.logloss,
+                        opt(b.ne).chars().take(7).collect::<String>(),
+                        opt(b.calibration).chars().take(7).collect::<String>(),
+                        "-"
+                    );
+                }
+                TaskMetrics::Regression(g) => {
+                    let _ = writeln!(
+                        o,
+                        "{:<12} {:<14} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9.5}",
+                        r.task, seg, g.rows, "-", "-", "-", "-", g.rmse
+                    );
+                }
+            }
+        }
+    }
+    o
+}
