@@ -57,6 +57,9 @@ pub struct TrainSummary {
     pub examples_per_second: f64,
     /// Reports of the last validation (empty without a validation split).
     pub validation: Vec<TaskReport>,
+    /// Predictions of the last validation, row by row in file order (for comparisons).
+    #[serde(skip)]
+    pub predictions: Option<crate::evaluate::Predictions>,
 }
 
 enum Sparse {
@@ -177,6 +180,9 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
     let start = Instant::now();
     let mut window = (0u64, vec![0f64; n_tasks], 0u64); // steps, loss sums, examples
     let mut last_reports = Vec::new();
+    let mut last_preds = None;
+    // The epoch in which the step budget ran out, if it did.
+    let mut stopped_in = None;
     'epochs: for epoch in 0..t.epochs.max(1) {
         let mut sopts = StreamOptions::from_config(&cfg, true);
         sopts.epoch = epoch as u64;
@@ -254,17 +260,14 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
                 window = (0, vec![0.0; n_tasks], 0);
             }
             if max_steps.is_some_and(|m| step >= m) {
-                if let Ok(v) = cfg.split("validation") {
-                    last_reports = evaluate(&mut model, &ops, enc.clone(), v)?.reports(&cfg);
-                    log.line(&ValidationLine { event: "validation", step, epoch, reports: &last_reports })?;
-                }
+                stopped_in = Some(epoch);
                 break 'epochs;
             }
         }
-        if let Ok(v) = cfg.split("validation") {
-            last_reports = evaluate(&mut model, &ops, enc.clone(), v)?.reports(&cfg);
-            log.line(&ValidationLine { event: "validation", step, epoch, reports: &last_reports })?;
-        }
+        validate(&mut model, &ops, &enc, &mut log, (step, epoch), &mut last_reports, &mut last_preds)?;
+    }
+    if let Some(epoch) = stopped_in {
+        validate(&mut model, &ops, &enc, &mut log, (step, epoch), &mut last_reports, &mut last_preds)?;
     }
     let seconds = start.elapsed().as_secs_f64();
     let summary = TrainSummary {
@@ -273,10 +276,31 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
         seconds,
         examples_per_second: examples as f64 / seconds.max(1e-9),
         validation: last_reports,
+        predictions: last_preds,
     };
     write_atomic(
         &opts.out_dir.join("metrics.json"),
         &serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Other(e.to_string()))?,
     )?;
     Ok(summary)
+}
+
+/// Scores the validation split (when the config has one) and logs the reports.
+fn validate(
+    model: &mut RankingModel<CpuOps>,
+    ops: &CpuOps,
+    enc: &Arc<Encoder>,
+    log: &mut Log,
+    (step, epoch): (u64, usize),
+    reports: &mut Vec<TaskReport>,
+    preds: &mut Option<crate::evaluate::Predictions>,
+) -> Result<()> {
+    let cfg = enc.config();
+    if let Ok(v) = cfg.split("validation") {
+        let p = evaluate(model, ops, enc.clone(), v)?;
+        *reports = p.reports(cfg);
+        *preds = Some(p);
+        log.line(&ValidationLine { event: "validation", step, epoch, reports })?;
+    }
+    Ok(())
 }

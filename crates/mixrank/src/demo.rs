@@ -1,12 +1,22 @@
-//! `mixrank demo`: the main job on the embedded default data.
-//!
-//! Today it simulates the default engagement data and summarises every split; model
-//! training, evaluation, comparison and the report join it as they land.
+//! `mixrank demo`: the main job on the embedded default data — simulate, summarise,
+//! train the shared-bottom DCNv2 baseline and a heterogeneous MMoE, then compare them
+//! per task and surface with paired bootstrap intervals.
 
-use anyhow::Result;
+use crate::train_cmd::render_reports;
+use anyhow::{Context, Result};
+use mixrank_data::config::TaskKind;
 use mixrank_data::simulate::{simulate_engagement, EngagementParams};
+use mixrank_data::ExperimentConfig;
+use mixrank_metrics::{compare_task, BootstrapConfig, TaskRows, TaskType};
+use mixrank_train::{train, TrainOptions, TrainSummary};
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+/// The two architectures the demo compares (the same files as configs/models/).
+const BASELINE: (&str, &str) =
+    ("shared_bottom_dcnv2", include_str!("../../../configs/models/shared_bottom_dcnv2.toml"));
+const CANDIDATE: (&str, &str) = ("mmoe_heterogeneous", include_str!("../../../configs/models/mmoe_heterogeneous.toml"));
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -16,21 +26,105 @@ pub struct DemoArgs {
     /// Random seed for the simulator.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Requests per simulated day (10 candidates each).
+    #[arg(long, default_value_t = 10_000)]
+    pub requests_per_day: usize,
+    /// Bootstrap resamples for the comparison.
+    #[arg(long, default_value_t = 200)]
+    pub resamples: usize,
+}
+
+fn progress(line: &str) {
+    eprintln!("      {line}");
 }
 
 pub fn run(a: &DemoArgs) -> Result<()> {
+    let t0 = std::time::Instant::now();
     let data_dir = a.out.join("data");
-    crate::say!("[1/2] simulating the default engagement data into {}", data_dir.display());
-    let t = std::time::Instant::now();
-    let p = EngagementParams { seed: a.seed, ..Default::default() };
+    crate::say!("[1/5] simulating the default engagement data into {}", data_dir.display());
+    let p = EngagementParams { seed: a.seed, requests_per_day: a.requests_per_day, ..Default::default() };
     let s = simulate_engagement(&p, &data_dir)?;
-    crate::say!("      {} rows, {} day partitions, {:.1} s", s.rows, s.files.len(), t.elapsed().as_secs_f64());
-    crate::say!("[2/2] summarising every split of {}", s.config.display());
-    let cfg = Arc::new(mixrank_data::ExperimentConfig::load(&s.config)?);
-    for split in cfg.data.splits.values() {
-        let st = mixrank_data::stats::split_stats(cfg.clone(), split, None)?;
-        crate::emit(&crate::stats_cmd::render(&st));
+    crate::say!("      {} rows, {} day partitions", s.rows, s.files.len());
+    let cfg = ExperimentConfig::load(&s.config)?;
+    crate::say!("[2/5] summarising the training split");
+    let st = mixrank_data::stats::split_stats(Arc::new(cfg.clone()), cfg.split("train")?, None)?;
+    crate::emit(&crate::stats_cmd::render(&st));
+
+    let mut runs: Vec<TrainSummary> = Vec::new();
+    for (i, (name, text)) in [BASELINE, CANDIDATE].into_iter().enumerate() {
+        crate::say!("[{}/5] training {name}", i + 3);
+        let model_file = a.out.join("models").join(format!("{name}.toml"));
+        std::fs::create_dir_all(model_file.parent().expect("has a parent"))?;
+        crate::stats_cmd::write_atomic(&model_file, text)
+            .with_context(|| format!("writing {}", model_file.display()))?;
+        let run_cfg = cfg.with_model_file(&model_file)?;
+        let mut opts = TrainOptions::new(a.out.join("runs").join(name));
+        opts.log_every = 100;
+        opts.progress = Some(progress);
+        let r = train(Arc::new(run_cfg), &opts)?;
+        crate::say!(
+            "      {} steps in {:.1} s ({:.0} examples/s); validation:",
+            r.steps,
+            r.seconds,
+            r.examples_per_second
+        );
+        crate::emit(&render_reports(&r.validation));
+        runs.push(r);
     }
-    crate::say!("done: data and config in {}", data_dir.display());
+    crate::say!("[5/5] comparing {} (B) against {} (A) on the validation day", CANDIDATE.0, BASELINE.0);
+    let (a_pred, b_pred) = match (&runs[0].predictions, &runs[1].predictions) {
+        (Some(x), Some(y)) => (x, y),
+        _ => anyhow::bail!("no validation predictions to compare"),
+    };
+    let names = cfg.columns.segment.as_ref().map(|s| s.values.clone()).unwrap_or_else(|| vec!["all".into()]);
+    let boot = BootstrapConfig { resamples: a.resamples, ..Default::default() };
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:<11} {:<13} {:<8} {:>9} {:>9} {:>8} {:>19}  sig",
+        "task", "segment", "metric", "A", "B", "lift", "95% CI"
+    );
+    for (t, task) in cfg.tasks.iter().enumerate() {
+        let kind = match task.kind {
+            TaskKind::Binary => TaskType::Binary,
+            TaskKind::Regression => TaskType::Regression,
+        };
+        let rows = TaskRows {
+            preds: &a_pred.preds[t],
+            labels: &a_pred.labels[t],
+            mask: Some(&a_pred.masks[t]),
+            weights: Some(&a_pred.weights),
+            segments: Some(&a_pred.segments),
+            groups: Some(&a_pred.requests),
+        };
+        let c = compare_task(&task.name, kind, &rows, &b_pred.preds[t], &names, &boot);
+        let all =
+            std::iter::once(("all".to_string(), &c.overall)).chain(c.segments.iter().map(|(k, v)| (k.clone(), v)));
+        for (seg, lifts) in all {
+            for l in lifts {
+                let _ = writeln!(
+                    o,
+                    "{:<11} {:<13} {:<8} {:>9.5} {:>9.5} {:>7.3}% [{:>7.3}%, {:>7.3}%]  {}",
+                    task.name,
+                    seg,
+                    format!("{:?}", l.metric).to_lowercase(),
+                    l.a,
+                    l.b,
+                    100.0 * l.lift,
+                    100.0 * l.ci_low,
+                    100.0 * l.ci_high,
+                    if l.significant { "*" } else { "" }
+                );
+            }
+        }
+    }
+    let _ = writeln!(o, "lift: relative improvement of B over A (positive = B better); * = |lift| >= 0.1% and the 95% paired-bootstrap interval (resampling requests) excludes 0");
+    crate::emit(&o);
+    crate::say!(
+        "done in {:.0} s: data in {}, runs in {}",
+        t0.elapsed().as_secs_f64(),
+        data_dir.display(),
+        a.out.join("runs").display()
+    );
     Ok(())
 }

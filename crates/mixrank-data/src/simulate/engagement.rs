@@ -559,6 +559,14 @@ column = "device"
 vocabulary = ["ios", "android", "web"]
 dim = 4
 
+# Position as a plain feature (scored at position 1 when ranking) until the shallow
+# position tower lands; without it the model cannot separate examination from appeal.
+[[features.categorical]]
+name = "position_id"
+column = "position"
+buckets = 64
+dim = 4
+
 [[features.dense]]
 name = "user_activity"
 log1p = true
