@@ -171,5 +171,35 @@ fn main() {
             };
             println!("infer f32@{b:<5} median {:.3} ms  p99 {:.3} ms", 1e3 * median(lat), 1e3 * p99);
         }
+        // The same weights in bf16 (f32 accumulation): latency and logit differences.
+        let probe = data(512, &mut rng);
+        model.forward(&ops, &probe, 512);
+        let f32_logits: Vec<Vec<f32>> = (0..TASKS).map(|t| model.head.logits(t)[..512].to_vec()).collect();
+        let kernel = mixrank_engine::bf16::Bf16Kernel::detect();
+        let converted = model.head.use_bf16(kernel).unwrap();
+        model.forward(&ops, &probe, 512);
+        let mut max_diff = 0f32;
+        for (t, f) in f32_logits.iter().enumerate() {
+            for (a, b) in f.iter().zip(&model.head.logits(t)[..512]) {
+                max_diff = max_diff.max((a - b).abs());
+            }
+        }
+        println!("bf16 kernel {}: {converted} Linear layers converted; max |logit(bf16) - logit(f32)| over 512 rows = {max_diff:.5}", kernel.name());
+        for b in [1usize, 64, 512, 2048] {
+            let d = data(b, &mut rng);
+            let reps = if b <= 64 { 200 } else { 50 };
+            let mut lat = Vec::new();
+            for r in 0..reps + 10 {
+                let t = Instant::now();
+                model.forward(&ops, &d, b);
+                if r >= 10 {
+                    lat.push(t.elapsed().as_secs_f64());
+                }
+            }
+            let mut v = lat.clone();
+            v.sort_by(f64::total_cmp);
+            let p99 = v[((v.len() - 1) as f64 * 0.99) as usize];
+            println!("infer bf16@{b:<4} median {:.3} ms  p99 {:.3} ms", 1e3 * median(lat), 1e3 * p99);
+        }
     });
 }

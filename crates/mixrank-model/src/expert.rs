@@ -164,6 +164,17 @@ where
     }
 }
 
+impl<B: Backend> Expert<B> {
+    /// Visits the Linear layers that may run in reduced precision (MLP experts, MLP
+    /// parts that expose them, and the projection).
+    pub fn visit_linears(&mut self, f: &mut dyn FnMut(&mut mixrank_nn::Linear<B>)) {
+        self.net.visit_linears(f);
+        if let Some(p) = &mut self.proj {
+            f(p);
+        }
+    }
+}
+
 impl<B: Backend> Parameters<B> for Expert<B> {
     fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
         self.net.visit_params(v);

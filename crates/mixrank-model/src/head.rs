@@ -265,6 +265,46 @@ where
     }
 }
 
+impl<B: mixrank_nn::HostBackend + 'static> MultiTaskHead<B> {
+    /// Switches inference to bf16 weights and activations with f32 accumulation for
+    /// every Linear the head exposes (shared layer, MLP experts and projections, gates,
+    /// towers); cross, mask and FinalMLP internals stay f32. Returns how many Linear
+    /// layers were converted. Inference only: `backward` then refuses.
+    pub fn use_bf16(&mut self, kernel: mixrank_engine::bf16::Bf16Kernel) -> Result<usize> {
+        let mut n = 0;
+        let mut err = None;
+        let mut convert = |l: &mut mixrank_nn::Linear<B>| {
+            if err.is_some() {
+                return;
+            }
+            let (k, m) = (l.config().d_in, l.config().d_out);
+            match mixrank_nn::HostBf16::new(kernel, k, m, &l.weight.value, l.max_batch_rows()) {
+                Ok(r) => {
+                    l.set_reduced(Some(Box::new(r)));
+                    n += 1;
+                }
+                Err(e) => err = Some(e),
+            }
+        };
+        if let Some(s) = &mut self.shared {
+            s.visit_linears(&mut convert);
+        }
+        for e in &mut self.experts {
+            e.visit_linears(&mut convert);
+        }
+        for g in &mut self.gates {
+            g.visit_linears(&mut convert);
+        }
+        for t in &mut self.towers {
+            t.visit_linears(&mut convert);
+        }
+        match err {
+            Some(e) => Err(e).at(|| "bf16 packing".into()),
+            None => Ok(n),
+        }
+    }
+}
+
 impl<B: Backend> Parameters<B> for MultiTaskHead<B> {
     fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
         if let Some(s) = &mut self.shared {

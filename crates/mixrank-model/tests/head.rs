@@ -126,3 +126,37 @@ fn unsupported_choices_are_refused_with_the_key() {
     let e = MultiTaskHead::new(&top, D_IN, TASKS, &ops, BATCH, &mut rng).err().unwrap().to_string();
     assert!(e.contains("model.gate.top_k"), "{e}");
 }
+
+#[test]
+fn bf16_inference_tracks_f32_and_refuses_backward() {
+    use mixrank_engine::{bf16::Bf16Kernel, CpuOps};
+    let ops = CpuOps::new();
+    let mut rng = StdRng::seed_from_u64(9);
+    let m = section(
+        "architecture = \"mmoe\"\nexpert_dim = 32\n[[experts]]\nkind = \"mlp\"\ncount = 3\nhidden = [64, 32]\n",
+    );
+    let (d_in, batch) = (40, 64);
+    let mut head = MultiTaskHead::new(&m, d_in, TASKS, &ops, batch, &mut rng).unwrap();
+    let x: Vec<f32> = (0..batch * d_in).map(|_| rng.random_range(-1.0..1.0)).collect();
+    head.forward(&ops, &x, batch).unwrap();
+    let want: Vec<Vec<f32>> = (0..TASKS).map(|t| head.logits(t)[..batch].to_vec()).collect();
+    for kernel in [Bf16Kernel::detect(), Bf16Kernel::portable()] {
+        let mut h2 = MultiTaskHead::new(&m, d_in, TASKS, &ops, batch, &mut StdRng::seed_from_u64(9)).unwrap();
+        // 3 experts x 2 Linear + 2 gates + 2 towers x 2 Linear.
+        assert_eq!(h2.use_bf16(kernel).unwrap(), 12, "{}", kernel.name());
+        h2.forward(&ops, &x, batch).unwrap();
+        let mut max = 0f32;
+        for (t, w) in want.iter().enumerate() {
+            for (a, b) in w.iter().zip(&h2.logits(t)[..batch]) {
+                max = max.max((a - b).abs());
+            }
+        }
+        // bf16 keeps 8 significant bits (relative rounding 2^-9 per operand); through
+        // four chained layers of |logit| ~ 1 that is a few 1e-2 at most, and it is not 0.
+        assert!(max > 0.0 && max < 0.05, "{}: max |Δlogit| {max}", kernel.name());
+        let g = vec![vec![1.0f32; batch]; TASKS];
+        let refs: Vec<&Vec<f32>> = g.iter().collect();
+        let e = h2.backward(&ops, &x, &refs).err().unwrap().to_string();
+        assert!(e.contains("inference only"), "{e}");
+    }
+}

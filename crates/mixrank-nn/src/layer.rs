@@ -25,6 +25,10 @@ pub trait Layer<B: Backend>: Parameters<B> {
     /// Given the forward's `input` and `d_output` (`[batch, d_out]`), accumulates the
     /// parameter gradients and returns `d_input` (`[batch, d_in]`, overwritten).
     fn backward(&mut self, ops: &B, input: &B::Buf, d_output: &B::Buf) -> Result<&B::Buf>;
+
+    /// Visits the [`Linear`](crate::Linear) sub-layers whose GEMMs may run in reduced
+    /// precision at inference. Default: none (the layer stays f32).
+    fn visit_linears(&mut self, _f: &mut dyn FnMut(&mut crate::Linear<B>)) {}
 }
 
 /// A configuration that builds a [`Layer`] on any backend, so generic code (tests,

@@ -51,7 +51,8 @@ pub use cross::{
     DcnStructure,
 };
 pub use dense::{
-    Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, Mlp, MlpConfig, Tower, TowerConfig,
+    Dropout, DropoutConfig, HostBf16, LayerNorm, LayerNormConfig, Linear, LinearConfig, Mlp, MlpConfig, ReducedGemm,
+    Tower, TowerConfig,
 };
 pub use embedding::{
     EmbeddingCollection, EmbeddingCollectionConfig, EmbeddingTable, FeatureConfig, FeatureInput, TableConfig,

@@ -68,6 +68,7 @@ impl LinearConfig {
             d_input: alloc(max_batch * self.d_in)?,
             dbias_tmp: alloc(if self.bias && !fused { self.d_out } else { 0 })?,
             batch: None,
+            reduced: None,
         })
     }
 }
@@ -96,11 +97,30 @@ pub struct Linear<B: Backend> {
     dbias_tmp: B::Buf,
     /// Rows of the last forward.
     batch: Option<usize>,
+    /// Reduced-precision GEMM for inference (bf16); `None` = f32.
+    reduced: Option<Box<dyn super::ReducedGemm<B>>>,
 }
 
 impl<B: Backend> Linear<B> {
     pub fn config(&self) -> &LinearConfig {
         &self.config
+    }
+
+    /// Runs later forwards through a reduced-precision GEMM (inference only; `None`
+    /// returns to f32). The weights are whatever `reduced` packed: re-pack after
+    /// changing them.
+    pub fn set_reduced(&mut self, reduced: Option<Box<dyn super::ReducedGemm<B>>>) {
+        self.reduced = reduced;
+    }
+
+    /// The reduced-precision kernel in use, if any.
+    pub fn reduced_name(&self) -> Option<&'static str> {
+        self.reduced.as_ref().map(|r| r.name())
+    }
+
+    /// Largest batch the workspaces hold.
+    pub fn max_batch_rows(&self) -> usize {
+        self.max_batch
     }
 
     /// The last forward's output.
@@ -128,6 +148,10 @@ impl<B: Backend> Parameters<B> for Linear<B> {
 }
 
 impl<B: Backend> Layer<B> for Linear<B> {
+    fn visit_linears(&mut self, f: &mut dyn FnMut(&mut Linear<B>)) {
+        f(self);
+    }
+
     fn d_in(&self) -> usize {
         self.config.d_in
     }
@@ -147,10 +171,16 @@ impl<B: Backend> Layer<B> for Linear<B> {
         let spec = GemmSpec::nn(batch, d_out, d_in);
         let bias = self.bias.as_ref().map(|b| &b.value);
         if self.fused() {
-            ops.gemm(&spec, input, &self.weight.value, &mut self.z).ctx(LAYER)?;
+            match &mut self.reduced {
+                Some(r) => r.gemm(batch, input, &mut self.z)?,
+                None => ops.gemm(&spec, input, &self.weight.value, &mut self.z).ctx(LAYER)?,
+            }
             ops.bias_act_forward(self.config.activation, shape, bias, &mut self.z, &mut self.out).ctx(LAYER)?;
         } else {
-            ops.gemm(&spec, input, &self.weight.value, &mut self.out).ctx(LAYER)?;
+            match &mut self.reduced {
+                Some(r) => r.gemm(batch, input, &mut self.out)?,
+                None => ops.gemm(&spec, input, &self.weight.value, &mut self.out).ctx(LAYER)?,
+            }
             if bias.is_some() {
                 ops.bias_act_inplace(Activation::Identity, shape, bias, &mut self.out).ctx(LAYER)?;
             }
@@ -161,6 +191,13 @@ impl<B: Backend> Layer<B> for Linear<B> {
 
     fn backward(&mut self, ops: &B, input: &B::Buf, d_output: &B::Buf) -> Result<&B::Buf> {
         let batch = self.batch.ok_or(NnError::NoForward { layer: LAYER })?;
+        if self.reduced.is_some() {
+            return Err(NnError::InvalidConfig {
+                layer: LAYER,
+                field: "reduced",
+                reason: "reduced precision is for inference only; backward needs f32".into(),
+            });
+        }
         let (d_in, d_out) = (self.config.d_in, self.config.d_out);
         let shape = Shape::new(batch, d_out);
         let dz = if self.fused() {

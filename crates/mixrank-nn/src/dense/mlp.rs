@@ -237,6 +237,15 @@ impl<B: Backend> Parameters<B> for Mlp<B> {
 }
 
 impl<B: Backend> Layer<B> for Mlp<B> {
+    fn visit_linears(&mut self, f: &mut dyn FnMut(&mut Linear<B>)) {
+        for b in &mut self.blocks {
+            f(&mut b.linear);
+        }
+        if let Some(o) = &mut self.output {
+            f(o);
+        }
+    }
+
     fn d_in(&self) -> usize {
         self.config.d_in
     }

@@ -4,10 +4,12 @@ mod dropout;
 mod layer_norm;
 mod linear;
 mod mlp;
+mod reduced;
 mod tower;
 
 pub use dropout::{Dropout, DropoutConfig};
 pub use layer_norm::{LayerNorm, LayerNormConfig};
 pub use linear::{Linear, LinearConfig};
 pub use mlp::{Mlp, MlpConfig};
+pub use reduced::{HostBf16, ReducedGemm};
 pub use tower::{Tower, TowerConfig};

@@ -135,6 +135,10 @@ impl<B: Backend> Parameters<B> for Gate<B> {
 }
 
 impl<B: Backend> Layer<B> for Gate<B> {
+    fn visit_linears(&mut self, f: &mut dyn FnMut(&mut crate::Linear<B>)) {
+        f(&mut self.linear);
+    }
+
     fn d_in(&self) -> usize {
         self.config.d_in
     }
