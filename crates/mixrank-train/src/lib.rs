@@ -1,6 +1,7 @@
 //! mixrank-train: trains a [`mixrank_model::RankingModel`] on a config's train split
 //! and validates it, logging JSON lines. Models return logits; the losses live here.
 
+pub mod checkpoint;
 pub mod error;
 pub mod evaluate;
 pub mod trainer;

@@ -6,7 +6,7 @@
 //! Writes `RUN_DIR/train_log.jsonl` (one JSON object per line: `{"event": "train", …}`
 //! every `log_every` steps, `{"event": "validation", …}` after each epoch) and
 //! `RUN_DIR/metrics.json` (the last validation's reports), each through a temporary
-//! file and a rename. Checkpoints are not written yet.
+//! file and a rename, and the final model to `RUN_DIR/checkpoint/` ([`crate::checkpoint`]).
 
 use crate::error::{engine, layer, Result, TrainError};
 use crate::evaluate::evaluate;
@@ -138,7 +138,7 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
         &opts.out_dir.join("dense_stats.json"),
         &serde_json::to_string_pretty(&stats).map_err(|e| TrainError::Other(e.to_string()))?,
     )?;
-    let enc = Arc::new(Encoder::new(cfg.clone(), DenseMode::Fitted(Arc::new(stats)))?);
+    let enc = Arc::new(Encoder::new(cfg.clone(), DenseMode::Fitted(Arc::new(stats.clone())))?);
     let ops = CpuOps::new();
     let bs = cfg.data.batch_size;
     let mut rng = rand::rngs::StdRng::seed_from_u64(t.seed);
@@ -269,6 +269,14 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
     if let Some(epoch) = stopped_in {
         validate(&mut model, &ops, &enc, &mut log, (step, epoch), &mut last_reports, &mut last_preds)?;
     }
+    let info = crate::checkpoint::CheckpointInfo {
+        config: &cfg,
+        dense_stats: &stats,
+        step,
+        examples,
+        lineage: crate::checkpoint::Lineage { parent: None, stage: "batch".into() },
+    };
+    crate::checkpoint::save(&opts.out_dir.join("checkpoint"), &mut model, &info)?;
     let seconds = start.elapsed().as_secs_f64();
     let summary = TrainSummary {
         steps: step,

@@ -72,3 +72,56 @@ fn label_std(dir: &Path, task: &str) -> f64 {
     let st = mixrank_data::stats::split_stats(cfg.clone(), cfg.split("validation").unwrap(), None).unwrap();
     st.tasks.iter().find(|t| t.name == task).unwrap().std
 }
+
+#[test]
+fn checkpoint_round_trip_is_bit_identical_and_corruption_is_refused() {
+    use mixrank_data::pipeline::{read_all, StreamOptions};
+    use mixrank_data::{DenseMode, Encoder};
+    use mixrank_engine::{Backend, CpuOps};
+    let d = tempfile::tempdir().unwrap();
+    let model = d.path().join("model.toml");
+    std::fs::write(
+        &model,
+        "[model]\narchitecture = \"single_task\"\nexpert_dim = 16\n[[model.experts]]\nkind = \"dcnv2\"\ncross_layers = 1\nhidden = [16]\n[train]\nthreads = 2\n",
+    )
+    .unwrap();
+    let cfg = ExperimentConfig::load(&repo().join("configs/frappe.toml")).unwrap().with_model_file(&model).unwrap();
+    let out = d.path().join("run");
+    let mut opts = TrainOptions::new(&out);
+    opts.max_steps = Some(3);
+    let s = train(Arc::new(cfg), &opts).unwrap();
+    let ops = CpuOps::new();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    pool.install(|| {
+        let mut loaded = mixrank_train::checkpoint::load(&out.join("checkpoint"), &ops, 4096).unwrap();
+        assert_eq!(loaded.manifest.step, 3);
+        assert_eq!(loaded.manifest.lineage.stage, "batch");
+        let stats = Arc::new(loaded.manifest.dense_stats.clone());
+        let enc = Arc::new(Encoder::new(loaded.config.clone(), DenseMode::Fitted(stats)).unwrap());
+        let (batches, _) = read_all(
+            enc,
+            loaded.config.split("validation").unwrap(),
+            StreamOptions::from_config(&loaded.config, false),
+        )
+        .unwrap();
+        let mut probs = Vec::new();
+        let mut host = vec![0f32; 4096];
+        for b in &batches {
+            loaded.model.forward(&ops, b).unwrap();
+            ops.read(loaded.model.logits(0), &mut host[..b.rows]).unwrap();
+            probs.extend(host[..b.rows].iter().map(|&z| 1.0 / (1.0 + (-z).exp())));
+        }
+        // The reloaded model reproduces the trained model's validation predictions bit for bit.
+        let trained = &s.predictions.as_ref().unwrap().preds[0];
+        assert_eq!(probs.len(), trained.len());
+        assert!(probs.iter().zip(trained).all(|(a, b)| a.to_bits() == b.to_bits()), "predictions differ after reload");
+    });
+    // Flip one byte of the weights: the checksum refuses the checkpoint.
+    let w = out.join("checkpoint/weights.safetensors");
+    let mut bytes = std::fs::read(&w).unwrap();
+    let i = bytes.len() - 3;
+    bytes[i] ^= 0x40;
+    std::fs::write(&w, &bytes).unwrap();
+    let e = mixrank_train::checkpoint::load(&out.join("checkpoint"), &ops, 16).err().unwrap().to_string();
+    assert!(e.contains("weights.safetensors is corrupt or partial") && e.contains("checksum"), "{e}");
+}
