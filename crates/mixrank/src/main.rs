@@ -1,6 +1,7 @@
 //! The `mixrank` command-line tool: a thin layer over the library crates.
 
 mod demo;
+mod eval_cmd;
 mod stats_cmd;
 mod train_cmd;
 
@@ -27,6 +28,8 @@ enum Command {
     },
     /// Train the model a config describes and validate it after every epoch.
     Train(train_cmd::TrainArgs),
+    /// Score a split with a trained checkpoint: per-task, per-surface metrics.
+    Eval(eval_cmd::EvalArgs),
     /// Run the main job end to end on the embedded default data.
     Demo(demo::DemoArgs),
 }
@@ -98,6 +101,7 @@ fn main() -> std::process::ExitCode {
         Command::Simulate(a) => simulate(&a),
         Command::Data { command: DataCommand::Stats(a) } => stats_cmd::run(&a),
         Command::Train(a) => train_cmd::run(&a),
+        Command::Eval(a) => eval_cmd::run(&a),
         Command::Demo(a) => demo::run(&a),
     };
     match result {

@@ -21,6 +21,7 @@ fn every_subcommand_has_help() {
         vec!["data", "stats", "--help"],
         vec!["demo", "--help"],
         vec!["train", "--help"],
+        vec!["eval", "--help"],
     ] {
         let (ok, out, err) = mixrank(&args);
         assert!(ok, "{args:?}: {err}");
@@ -140,6 +141,24 @@ fn train_with_a_model_file_writes_the_run_dir() {
     for f in ["train_log.jsonl", "metrics.json", "dense_stats.json"] {
         assert!(run.join(f).is_file(), "{f}");
     }
+    // Eval loads the verified checkpoint and scores the test split in f32 and bf16.
+    let json = d.path().join("eval.json");
+    let (ok, out, err) = mixrank(&[
+        "eval",
+        run.to_str().unwrap(),
+        "--split",
+        "test",
+        "--precision",
+        "bf16",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("click        all                28860") && out.contains("ΔAUC"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["split"], "test");
+    assert_eq!(v["f32"][0]["task"], "click");
+    assert_eq!(v["bf16"][0]["overall"]["type"], "binary");
     // A model file with a mistake names the file and the key.
     std::fs::write(&model, "[model]\narchitecture = \"mmoe\"\nexperts = []\n").unwrap();
     let (ok, _, err) =

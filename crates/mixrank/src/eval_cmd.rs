@@ -1,0 +1,91 @@
+//! `mixrank eval RUN_DIR`: scores a split with a trained checkpoint.
+
+use anyhow::{Context, Result};
+use clap::ValueEnum;
+use mixrank_data::{DenseMode, Encoder};
+use mixrank_engine::CpuOps;
+use mixrank_metrics::{TaskMetrics, TaskReport};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Precision {
+    /// f32 weights and activations.
+    F32,
+    /// bf16 weights and activations with f32 accumulation (AMX / AVX512-BF16 when the
+    /// CPU has them); also scores f32 and reports each task's metric deltas.
+    Bf16,
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// Run directory written by `mixrank train` (its checkpoint/ is loaded and verified).
+    pub run_dir: PathBuf,
+    /// Split of the stored config to score.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: Precision,
+    /// Also write the reports as JSON (per task: overall and per segment).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Compute threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+pub fn run(a: &EvalArgs) -> Result<()> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build()?;
+    pool.install(|| run_in_pool(a))
+}
+
+fn run_in_pool(a: &EvalArgs) -> Result<()> {
+    let ops = CpuOps::new();
+    let dir = a.run_dir.join("checkpoint");
+    let mut loaded = mixrank_train::checkpoint::load(&dir, &ops, 4096)
+        .with_context(|| format!("loading the checkpoint in {}", a.run_dir.display()))?;
+    let mut cfg = (*loaded.config).clone();
+    cfg.data.batch_size = 4096;
+    let cfg = Arc::new(cfg);
+    let split = cfg.split(&a.split)?;
+    let enc = Arc::new(Encoder::new(cfg.clone(), DenseMode::Fitted(Arc::new(loaded.manifest.dense_stats.clone())))?);
+    let f32_reports = mixrank_train::evaluate(&mut loaded.model, &ops, enc.clone(), split)?.reports(&cfg);
+    let mut out = serde_json::json!({ "split": a.split, "step": loaded.manifest.step, "f32": f32_reports });
+    crate::say!("checkpoint step {} — split `{}`, f32:", loaded.manifest.step, a.split);
+    crate::emit(&crate::train_cmd::render_reports(&f32_reports));
+    if a.precision == Precision::Bf16 {
+        let kernel = mixrank_engine::bf16::Bf16Kernel::detect();
+        let n = loaded.model.head.use_bf16(kernel)?;
+        let bf16_reports = mixrank_train::evaluate(&mut loaded.model, &ops, enc, split)?.reports(&cfg);
+        crate::say!("bf16 ({} kernel, {n} Linear layers):", kernel.name());
+        crate::emit(&crate::train_cmd::render_reports(&bf16_reports));
+        crate::emit(&render_deltas(&f32_reports, &bf16_reports));
+        out["bf16"] = serde_json::to_value(&bf16_reports)?;
+    }
+    if let Some(p) = &a.json {
+        crate::stats_cmd::write_atomic(p, &serde_json::to_string_pretty(&out)?)?;
+    }
+    Ok(())
+}
+
+/// Per task (overall): bf16 metric minus f32 metric.
+fn render_deltas(f: &[TaskReport], b: &[TaskReport]) -> String {
+    let mut o = String::from("bf16 - f32 (overall):\n");
+    for (x, y) in f.iter().zip(b) {
+        let _ = match (&x.overall, &y.overall) {
+            (TaskMetrics::Binary(p), TaskMetrics::Binary(q)) => writeln!(
+                o,
+                "  {:<12} ΔAUC {:+.6}  Δlogloss {:+.6}",
+                x.task,
+                q.auc.unwrap_or(f64::NAN) - p.auc.unwrap_or(f64::NAN),
+                q.logloss - p.logloss
+            ),
+            (TaskMetrics::Regression(p), TaskMetrics::Regression(q)) => {
+                writeln!(o, "  {:<12} ΔRMSE {:+.6}", x.task, q.rmse - p.rmse)
+            }
+            _ => Ok(()),
+        };
+    }
+    o
+}
