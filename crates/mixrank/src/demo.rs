@@ -4,12 +4,10 @@
 
 use crate::train_cmd::render_reports;
 use anyhow::{Context, Result};
-use mixrank_data::config::TaskKind;
 use mixrank_data::simulate::{simulate_engagement, EngagementParams};
 use mixrank_data::ExperimentConfig;
-use mixrank_metrics::{compare_task, BootstrapConfig, TaskRows, TaskType};
+use mixrank_metrics::BootstrapConfig;
 use mixrank_train::{train, TrainOptions, TrainSummary};
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -76,50 +74,8 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         (Some(x), Some(y)) => (x, y),
         _ => anyhow::bail!("no validation predictions to compare"),
     };
-    let names = cfg.columns.segment.as_ref().map(|s| s.values.clone()).unwrap_or_else(|| vec!["all".into()]);
     let boot = BootstrapConfig { resamples: a.resamples, ..Default::default() };
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "{:<11} {:<13} {:<8} {:>9} {:>9} {:>8} {:>19}  sig",
-        "task", "segment", "metric", "A", "B", "lift", "95% CI"
-    );
-    for (t, task) in cfg.tasks.iter().enumerate() {
-        let kind = match task.kind {
-            TaskKind::Binary => TaskType::Binary,
-            TaskKind::Regression => TaskType::Regression,
-        };
-        let rows = TaskRows {
-            preds: &a_pred.preds[t],
-            labels: &a_pred.labels[t],
-            mask: Some(&a_pred.masks[t]),
-            weights: Some(&a_pred.weights),
-            segments: Some(&a_pred.segments),
-            groups: Some(&a_pred.requests),
-        };
-        let c = compare_task(&task.name, kind, &rows, &b_pred.preds[t], &names, &boot);
-        let all =
-            std::iter::once(("all".to_string(), &c.overall)).chain(c.segments.iter().map(|(k, v)| (k.clone(), v)));
-        for (seg, lifts) in all {
-            for l in lifts {
-                let _ = writeln!(
-                    o,
-                    "{:<11} {:<13} {:<8} {:>9.5} {:>9.5} {:>7.3}% [{:>7.3}%, {:>7.3}%]  {}",
-                    task.name,
-                    seg,
-                    format!("{:?}", l.metric).to_lowercase(),
-                    l.a,
-                    l.b,
-                    100.0 * l.lift,
-                    100.0 * l.ci_low,
-                    100.0 * l.ci_high,
-                    if l.significant { "*" } else { "" }
-                );
-            }
-        }
-    }
-    let _ = writeln!(o, "lift: relative improvement of B over A (positive = B better); * = |lift| >= 0.1% and the 95% paired-bootstrap interval (resampling requests) excludes 0");
-    crate::emit(&o);
+    crate::emit(&crate::compare_cmd::render_comparison(&cfg, a_pred, b_pred, &boot));
     crate::say!(
         "done in {:.0} s: data in {}, runs in {}",
         t0.elapsed().as_secs_f64(),

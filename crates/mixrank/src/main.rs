@@ -1,5 +1,6 @@
 //! The `mixrank` command-line tool: a thin layer over the library crates.
 
+mod compare_cmd;
 mod demo;
 mod eval_cmd;
 mod stats_cmd;
@@ -30,6 +31,8 @@ enum Command {
     Train(train_cmd::TrainArgs),
     /// Score a split with a trained checkpoint: per-task, per-surface metrics.
     Eval(eval_cmd::EvalArgs),
+    /// Compare two trained runs on the same rows: lifts with paired bootstrap intervals.
+    Compare(compare_cmd::CompareArgs),
     /// Run the main job end to end on the embedded default data.
     Demo(demo::DemoArgs),
 }
@@ -102,6 +105,7 @@ fn main() -> std::process::ExitCode {
         Command::Data { command: DataCommand::Stats(a) } => stats_cmd::run(&a),
         Command::Train(a) => train_cmd::run(&a),
         Command::Eval(a) => eval_cmd::run(&a),
+        Command::Compare(a) => compare_cmd::run(&a),
         Command::Demo(a) => demo::run(&a),
     };
     match result {

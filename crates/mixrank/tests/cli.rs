@@ -22,6 +22,7 @@ fn every_subcommand_has_help() {
         vec!["demo", "--help"],
         vec!["train", "--help"],
         vec!["eval", "--help"],
+        vec!["compare", "--help"],
     ] {
         let (ok, out, err) = mixrank(&args);
         assert!(ok, "{args:?}: {err}");
@@ -159,6 +160,12 @@ fn train_with_a_model_file_writes_the_run_dir() {
     assert_eq!(v["split"], "test");
     assert_eq!(v["f32"][0]["task"], "click");
     assert_eq!(v["bf16"][0]["overall"]["type"], "binary");
+    // Compare: a run against itself has zero lift and nothing significant.
+    let (ok, out, err) =
+        mixrank(&["compare", run.to_str().unwrap(), run.to_str().unwrap(), "--split", "test", "--resamples", "50"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("click       all           auc") && out.contains("0.000% [  0.000%,   0.000%]"), "{out}");
+    assert!(!out.lines().any(|l| l.starts_with("click") && l.trim_end().ends_with('*')), "{out}");
     // A model file with a mistake names the file and the key.
     std::fs::write(&model, "[model]\narchitecture = \"mmoe\"\nexperts = []\n").unwrap();
     let (ok, _, err) =
