@@ -139,6 +139,16 @@ where
         self.experts.len()
     }
 
+    /// Number of gates (MMoE: one per task; OMoE: one; otherwise none).
+    pub fn n_gates(&self) -> usize {
+        self.gates.len()
+    }
+
+    /// Each expert's kind, lower case (`dcnv2`, `masknet`, `finalmlp`, `mlp`), in order.
+    pub fn expert_kinds(&self) -> Vec<String> {
+        self.experts.iter().map(|e| format!("{:?}", e.kind()).to_lowercase()).collect()
+    }
+
     pub fn d_in(&self) -> usize {
         self.d_in
     }

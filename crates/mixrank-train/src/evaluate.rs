@@ -19,6 +19,10 @@ pub struct Predictions {
     pub weights: Vec<f32>,
     pub segments: Vec<u32>,
     pub requests: Vec<u64>,
+    /// Mean gate weight `[gate][segment][expert]` (empty without gates).
+    pub gate_means: Vec<Vec<Vec<f64>>>,
+    /// Expert kinds, in expert order.
+    pub expert_kinds: Vec<String>,
 }
 
 impl Predictions {
@@ -67,9 +71,25 @@ pub fn evaluate(
         ..Default::default()
     };
     let mut host = vec![0f32; cfg.data.batch_size];
+    let n_seg = cfg.columns.segment.as_ref().map_or(1, |s| s.values.len());
+    let (n_gates, n_exp) = (model.head.n_gates(), model.head.n_experts());
+    let mut gate_sums = vec![vec![vec![0f64; n_exp]; n_seg]; n_gates];
+    let mut seg_rows = vec![0u64; n_seg];
     for b in BatchStream::start(enc, split, opts)? {
         let b = b?;
         model.forward(ops, &b)?;
+        for (g, sums) in gate_sums.iter_mut().enumerate() {
+            let w = model.head.gate_weights(g).expect("gate exists");
+            for r in 0..b.rows {
+                let seg = &mut sums[b.segment[r] as usize];
+                for (e, acc) in seg.iter_mut().enumerate() {
+                    *acc += w[r * n_exp + e] as f64;
+                }
+            }
+        }
+        for &s in &b.segment {
+            seg_rows[s as usize] += 1;
+        }
         for (t, task) in cfg.tasks.iter().enumerate() {
             ops.read(model.logits(t), &mut host[..b.rows]).map_err(engine("reading logits"))?;
             let out = &mut p.preds[t];
@@ -84,5 +104,90 @@ pub fn evaluate(
         p.segments.extend_from_slice(&b.segment);
         p.requests.extend_from_slice(&b.request_id);
     }
+    p.gate_means = gate_sums
+        .into_iter()
+        .map(|per_seg| {
+            per_seg
+                .into_iter()
+                .zip(&seg_rows)
+                .map(|(v, &n)| v.into_iter().map(|x| x / n.max(1) as f64).collect())
+                .collect()
+        })
+        .collect();
+    p.expert_kinds = model.head.expert_kinds();
     Ok(p)
+}
+
+impl Predictions {
+    /// The gate-utilisation table: per gate (task) and segment, the mean weight of each
+    /// expert; a gate whose overall mean on one expert exceeds 0.9 is flagged as
+    /// collapsed.
+    pub fn render_gates(&self, cfg: &ExperimentConfig) -> String {
+        use std::fmt::Write as _;
+        let mut o = String::new();
+        if self.gate_means.is_empty() {
+            return o;
+        }
+        let names: Vec<String> = match &cfg.columns.segment {
+            Some(s) => s.values.clone(),
+            None => vec!["all".into()],
+        };
+        let n_gates = self.gate_means.len();
+        let head: Vec<String> = self.expert_kinds.iter().enumerate().map(|(i, k)| format!("{i}:{k}")).collect();
+        let _ = writeln!(
+            o,
+            "mean gate weight per expert  {:<13} {}",
+            "segment",
+            head.iter().map(|h| format!("{h:>11}")).collect::<String>()
+        );
+        let rows_per_seg: Vec<f64> =
+            (0..names.len()).map(|s| self.segments.iter().filter(|&&x| x as usize == s).count() as f64).collect();
+        let total: f64 = rows_per_seg.iter().sum();
+        for (g, per_seg) in self.gate_means.iter().enumerate() {
+            let gate = if n_gates == cfg.tasks.len() { cfg.tasks[g].name.clone() } else { format!("gate {g}") };
+            let mut overall = vec![0f64; self.expert_kinds.len()];
+            for (s, means) in per_seg.iter().enumerate() {
+                for (e, m) in means.iter().enumerate() {
+                    overall[e] += m * rows_per_seg[s] / total.max(1.0);
+                }
+                let cells: String = means.iter().map(|m| format!("{m:>11.3}")).collect();
+                let _ = writeln!(o, "  {gate:<27} {:<13} {cells}", names[s]);
+            }
+            if let Some((e, m)) = overall.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)) {
+                if *m > 0.9 {
+                    let _ = writeln!(
+                        o,
+                        "  warning: gate `{gate}` has collapsed onto expert {e} ({}) — mean weight {m:.3}",
+                        self.expert_kinds[e]
+                    );
+                }
+            }
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collapsed_gates_are_flagged() {
+        let cfg = ExperimentConfig::parse(
+            "[data]\nformat = \"parquet\"\n[data.splits.train]\npaths = [\"x\"]\n[[features.dense]]\nname = \"a\"\n\
+             [[tasks]]\nname = \"click\"\nkind = \"binary\"\nlabel = \"y\"\n[[tasks]]\nname = \"save\"\nkind = \"binary\"\nlabel = \"z\"\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let p = Predictions {
+            segments: vec![0; 10],
+            gate_means: vec![vec![vec![0.95, 0.05]], vec![vec![0.5, 0.5]]],
+            expert_kinds: vec!["dcnv2".into(), "mlp".into()],
+            ..Default::default()
+        };
+        let text = p.render_gates(&cfg);
+        assert!(text.contains("gate `click` has collapsed onto expert 0 (dcnv2)"), "{text}");
+        assert!(!text.contains("gate `save` has collapsed"), "{text}");
+        assert!(Predictions::default().render_gates(&cfg).is_empty());
+    }
 }

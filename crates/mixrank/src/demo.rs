@@ -74,6 +74,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         (Some(x), Some(y)) => (x, y),
         _ => anyhow::bail!("no validation predictions to compare"),
     };
+    crate::emit(&b_pred.render_gates(&cfg));
     let boot = BootstrapConfig { resamples: a.resamples, ..Default::default() };
     crate::emit(&crate::compare_cmd::render_comparison(&cfg, a_pred, b_pred, &boot));
     crate::say!(

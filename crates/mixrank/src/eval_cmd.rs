@@ -50,10 +50,12 @@ fn run_in_pool(a: &EvalArgs) -> Result<()> {
     let cfg = Arc::new(cfg);
     let split = cfg.split(&a.split)?;
     let enc = Arc::new(Encoder::new(cfg.clone(), DenseMode::Fitted(Arc::new(loaded.manifest.dense_stats.clone())))?);
-    let f32_reports = mixrank_train::evaluate(&mut loaded.model, &ops, enc.clone(), split)?.reports(&cfg);
+    let f32_preds = mixrank_train::evaluate(&mut loaded.model, &ops, enc.clone(), split)?;
+    let f32_reports = f32_preds.reports(&cfg);
     let mut out = serde_json::json!({ "split": a.split, "step": loaded.manifest.step, "f32": f32_reports });
     crate::say!("checkpoint step {} — split `{}`, f32:", loaded.manifest.step, a.split);
     crate::emit(&crate::train_cmd::render_reports(&f32_reports));
+    crate::emit(&f32_preds.render_gates(&cfg));
     if a.precision == Precision::Bf16 {
         let kernel = mixrank_engine::bf16::Bf16Kernel::detect();
         let n = loaded.model.head.use_bf16(kernel)?;
