@@ -2,6 +2,7 @@
 //! libsvm/libFM, stable categorical hashing, the batching pipeline and the
 //! engagement simulator.
 
+pub mod atomic;
 pub mod batch;
 pub mod column;
 pub mod config;

@@ -162,10 +162,7 @@ pub fn split_stats(cfg: Arc<ExperimentConfig>, split: &Split, max_rows: Option<u
     for b in stream.by_ref() {
         acc.add(&cfg, &b?);
     }
-    let seg_names: Vec<String> = match &cfg.columns.segment {
-        Some(s) => s.values.clone(),
-        None => vec!["all".into()],
-    };
+    let seg_names = cfg.segment_names();
     let rows = acc.rows;
     Ok(SplitStats {
         split: split.name.clone(),

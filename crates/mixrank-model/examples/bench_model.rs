@@ -120,6 +120,24 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Median and p99 forward latency in seconds (10 warm-up calls, then 200 timed for
+/// small batches, 50 for large).
+fn latency(model: &mut BenchModel, ops: &CpuOps, d: &Data) -> (f64, f64) {
+    let b = d.labels[0].len();
+    let reps = if b <= 64 { 200 } else { 50 };
+    let mut lat = Vec::new();
+    for r in 0..reps + 10 {
+        let t = Instant::now();
+        model.forward(ops, d, b);
+        if r >= 10 {
+            lat.push(t.elapsed().as_secs_f64());
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    let p99 = lat[((lat.len() - 1) as f64 * 0.99) as usize];
+    (median(lat), p99)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let threads: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(2);
@@ -154,22 +172,8 @@ fn main() {
             1e3 * med
         );
         for b in [1usize, 64, 512, 2048] {
-            let d = data(b, &mut rng);
-            let reps = if b <= 64 { 200 } else { 50 };
-            let mut lat = Vec::new();
-            for r in 0..reps + 10 {
-                let t = Instant::now();
-                model.forward(&ops, &d, b);
-                if r >= 10 {
-                    lat.push(t.elapsed().as_secs_f64());
-                }
-            }
-            let p99 = {
-                let mut v = lat.clone();
-                v.sort_by(f64::total_cmp);
-                v[((v.len() - 1) as f64 * 0.99) as usize]
-            };
-            println!("infer f32@{b:<5} median {:.3} ms  p99 {:.3} ms", 1e3 * median(lat), 1e3 * p99);
+            let (med, p99) = latency(&mut model, &ops, &data(b, &mut rng));
+            println!("infer f32@{b:<5} median {:.3} ms  p99 {:.3} ms", 1e3 * med, 1e3 * p99);
         }
         // The same weights in bf16 (f32 accumulation): latency and logit differences.
         let probe = data(512, &mut rng);
@@ -186,20 +190,8 @@ fn main() {
         }
         println!("bf16 kernel {}: {converted} Linear layers converted; max |logit(bf16) - logit(f32)| over 512 rows = {max_diff:.5}", kernel.name());
         for b in [1usize, 64, 512, 2048] {
-            let d = data(b, &mut rng);
-            let reps = if b <= 64 { 200 } else { 50 };
-            let mut lat = Vec::new();
-            for r in 0..reps + 10 {
-                let t = Instant::now();
-                model.forward(&ops, &d, b);
-                if r >= 10 {
-                    lat.push(t.elapsed().as_secs_f64());
-                }
-            }
-            let mut v = lat.clone();
-            v.sort_by(f64::total_cmp);
-            let p99 = v[((v.len() - 1) as f64 * 0.99) as usize];
-            println!("infer bf16@{b:<4} median {:.3} ms  p99 {:.3} ms", 1e3 * median(lat), 1e3 * p99);
+            let (med, p99) = latency(&mut model, &ops, &data(b, &mut rng));
+            println!("infer bf16@{b:<4} median {:.3} ms  p99 {:.3} ms", 1e3 * med, 1e3 * p99);
         }
     });
 }

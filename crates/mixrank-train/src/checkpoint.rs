@@ -11,7 +11,7 @@
 //! leaves either the old checkpoint or weights whose checksum the (old) manifest does
 //! not match, which [`load`] refuses. Optimizer state is not saved yet.
 
-use crate::error::{Result, TrainError};
+use crate::error::{write_atomic, Result, TrainError};
 use mixrank_data::stats::DenseStats;
 use mixrank_data::ExperimentConfig;
 use mixrank_engine::CpuOps;
@@ -58,13 +58,6 @@ pub struct Manifest {
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     move |source| TrainError::Io { path: path.to_path_buf(), source }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
 fn to_bytes(v: &[f32]) -> Vec<u8> {

@@ -39,3 +39,8 @@ pub(crate) fn layer(context: &'static str) -> impl Fn(mixrank_nn::NnError) -> Tr
 pub(crate) fn engine(context: &'static str) -> impl Fn(mixrank_engine::EngineError) -> TrainError {
     move |source| TrainError::Engine { context, source: Box::new(source) }
 }
+
+/// [`mixrank_data::atomic::write_atomic`] with the error as a [`TrainError`].
+pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    mixrank_data::atomic::write_atomic(path, bytes).map_err(|(path, source)| TrainError::Io { path, source })
+}

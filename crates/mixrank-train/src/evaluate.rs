@@ -9,6 +9,14 @@ use mixrank_metrics::{task_report, TaskReport, TaskRows, TaskType};
 use mixrank_model::RankingModel;
 use std::sync::Arc;
 
+/// The metrics family of a config task.
+pub fn task_type(kind: TaskKind) -> TaskType {
+    match kind {
+        TaskKind::Binary => TaskType::Binary,
+        TaskKind::Regression => TaskType::Regression,
+    }
+}
+
 /// Predictions of every task over a split, with what the metrics need.
 #[derive(Debug, Clone, Default)]
 pub struct Predictions {
@@ -26,31 +34,62 @@ pub struct Predictions {
 }
 
 impl Predictions {
+    /// Task `t`'s rows for the metrics crate (segments and request groups only when the
+    /// config names those columns).
+    pub fn task_rows(&self, cfg: &ExperimentConfig, t: usize) -> TaskRows<'_> {
+        TaskRows {
+            preds: &self.preds[t],
+            labels: &self.labels[t],
+            mask: Some(&self.masks[t]),
+            weights: Some(&self.weights),
+            segments: cfg.columns.segment.as_ref().map(|_| self.segments.as_slice()),
+            groups: cfg.columns.request_id.as_ref().map(|_| self.requests.as_slice()),
+        }
+    }
+
     /// Per-task reports, overall and per segment (gAUC grouped by request id).
     pub fn reports(&self, cfg: &ExperimentConfig) -> Vec<TaskReport> {
-        let names: Vec<String> = match &cfg.columns.segment {
-            Some(s) => s.values.clone(),
-            None => vec!["all".into()],
-        };
+        let names = cfg.segment_names();
         cfg.tasks
             .iter()
             .enumerate()
             .map(|(t, task)| {
-                let kind = match task.kind {
-                    TaskKind::Binary => TaskType::Binary,
-                    TaskKind::Regression => TaskType::Regression,
-                };
-                let rows = TaskRows {
-                    preds: &self.preds[t],
-                    labels: &self.labels[t],
-                    mask: Some(&self.masks[t]),
-                    weights: Some(&self.weights),
-                    segments: cfg.columns.segment.as_ref().map(|_| self.segments.as_slice()),
-                    groups: cfg.columns.request_id.as_ref().map(|_| self.requests.as_slice()),
-                };
-                task_report(&task.name, kind, &rows, &names)
+                let rows = self.task_rows(cfg, t);
+                task_report(&task.name, task_type(task.kind), &rows, &names)
             })
             .collect()
+    }
+}
+
+/// Rows per batch when scoring a checkpoint.
+const EVAL_BATCH: usize = 4096;
+
+/// A verified checkpoint ready to score splits of its stored config.
+pub struct CheckpointScorer {
+    pub config: Arc<ExperimentConfig>,
+    pub loaded: crate::checkpoint::Loaded,
+    enc: Arc<Encoder>,
+}
+
+impl CheckpointScorer {
+    /// Loads `run_dir/checkpoint`. With `splits_from`, that config's split definitions
+    /// replace the stored ones (so two models score exactly the same rows).
+    pub fn open(run_dir: &std::path::Path, ops: &CpuOps, splits_from: Option<&ExperimentConfig>) -> Result<Self> {
+        let loaded = crate::checkpoint::load(&run_dir.join("checkpoint"), ops, EVAL_BATCH)?;
+        let mut cfg = (*loaded.config).clone();
+        cfg.data.batch_size = EVAL_BATCH;
+        if let Some(s) = splits_from {
+            cfg.data.splits = s.data.splits.clone();
+        }
+        let config = Arc::new(cfg);
+        let stats = Arc::new(loaded.manifest.dense_stats.clone());
+        let enc = Arc::new(Encoder::new(config.clone(), mixrank_data::DenseMode::Fitted(stats))?);
+        Ok(CheckpointScorer { config, loaded, enc })
+    }
+
+    /// Scores every row of the named split.
+    pub fn score(&mut self, ops: &CpuOps, split: &str) -> Result<Predictions> {
+        evaluate(&mut self.loaded.model, ops, self.enc.clone(), self.config.split(split)?)
     }
 }
 
@@ -128,10 +167,7 @@ impl Predictions {
         if self.gate_means.is_empty() {
             return o;
         }
-        let names: Vec<String> = match &cfg.columns.segment {
-            Some(s) => s.values.clone(),
-            None => vec!["all".into()],
-        };
+        let names = cfg.segment_names();
         let n_gates = self.gate_means.len();
         let head: Vec<String> = self.expert_kinds.iter().enumerate().map(|(i, k)| format!("{i}:{k}")).collect();
         let _ = writeln!(

@@ -107,10 +107,7 @@ impl Log {
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let io = |source| TrainError::Io { path: path.to_path_buf(), source };
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::error::write_atomic(path, text.as_bytes())
 }
 
 /// Trains the model the config describes and validates it after every epoch.
@@ -178,7 +175,8 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
     let mut step = 0u64;
     let mut examples = 0u64;
     let start = Instant::now();
-    let mut window = (0u64, vec![0f64; n_tasks], 0u64); // steps, loss sums, examples
+    // Steps and per-task loss sums since the last log line.
+    let (mut window_steps, mut window_loss) = (0u64, vec![0f64; n_tasks]);
     let mut last_reports = Vec::new();
     let mut last_preds = None;
     // The epoch in which the step budget ran out, if it did.
@@ -214,7 +212,7 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
                 if !loss.is_finite() {
                     return Err(TrainError::Diverged { step, task: task.name.clone(), loss });
                 }
-                window.1[ti] += loss as f64;
+                window_loss[ti] += loss as f64;
             }
             mixrank_nn::zero_grads(&ops, &mut model).map_err(layer("zeroing gradients"))?;
             let refs: Vec<&Vec<f32>> = grads.iter().collect();
@@ -230,12 +228,15 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
             }
             step += 1;
             examples += n as u64;
-            window.0 += 1;
-            window.2 += n as u64;
+            window_steps += 1;
             if step.is_multiple_of(opts.log_every.max(1)) {
                 let elapsed = start.elapsed().as_secs_f64();
-                let task_loss: Vec<(&str, f64)> =
-                    cfg.tasks.iter().zip(&window.1).map(|(t, l)| (t.name.as_str(), l / window.0 as f64)).collect();
+                let task_loss: Vec<(&str, f64)> = cfg
+                    .tasks
+                    .iter()
+                    .zip(&window_loss)
+                    .map(|(t, l)| (t.name.as_str(), l / window_steps as f64))
+                    .collect();
                 let line = TrainLine {
                     event: "train",
                     step,
@@ -257,7 +258,8 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
                         per.join(", ")
                     ));
                 }
-                window = (0, vec![0.0; n_tasks], 0);
+                window_steps = 0;
+                window_loss.iter_mut().for_each(|l| *l = 0.0);
             }
             if max_steps.is_some_and(|m| step >= m) {
                 stopped_in = Some(epoch);

@@ -2,14 +2,12 @@
 //! relative lift with a paired bootstrap 95% interval (resampling requests).
 
 use anyhow::{bail, Context, Result};
-use mixrank_data::config::TaskKind;
-use mixrank_data::{DenseMode, Encoder, ExperimentConfig};
+use mixrank_data::ExperimentConfig;
 use mixrank_engine::CpuOps;
-use mixrank_metrics::{compare_task, BootstrapConfig, TaskRows, TaskType};
-use mixrank_train::Predictions;
+use mixrank_metrics::{compare_task, BootstrapConfig};
+use mixrank_train::{task_type, CheckpointScorer, Predictions};
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct CompareArgs {
@@ -32,24 +30,16 @@ pub fn run(a: &CompareArgs) -> Result<()> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build()?;
     pool.install(|| {
         let ops = CpuOps::new();
-        let score = |dir: &PathBuf,
-                     split_cfg: Option<&ExperimentConfig>|
-         -> Result<(Arc<ExperimentConfig>, Predictions)> {
-            let mut l = mixrank_train::checkpoint::load(&dir.join("checkpoint"), &ops, 4096)
-                .with_context(|| format!("loading the checkpoint in {}", dir.display()))?;
-            let mut cfg = (*l.config).clone();
-            cfg.data.batch_size = 4096;
-            // B reads A's split definition so both score exactly the same rows.
-            if let Some(s) = split_cfg {
-                cfg.data.splits = s.data.splits.clone();
-            }
-            let cfg = Arc::new(cfg);
-            let enc = Arc::new(Encoder::new(cfg.clone(), DenseMode::Fitted(Arc::new(l.manifest.dense_stats.clone())))?);
-            let p = mixrank_train::evaluate(&mut l.model, &ops, enc, cfg.split(&a.split)?)?;
-            Ok((cfg, p))
+        let open = |dir: &PathBuf, splits_from| {
+            CheckpointScorer::open(dir, &ops, splits_from)
+                .with_context(|| format!("loading the checkpoint in {}", dir.display()))
         };
-        let (cfg_a, pa) = score(&a.run_a, None)?;
-        let (cfg_b, pb) = score(&a.run_b, Some(&cfg_a))?;
+        let mut a_model = open(&a.run_a, None)?;
+        // B reads A's split definitions so both score exactly the same rows.
+        let mut b_model = open(&a.run_b, Some(&a_model.config))?;
+        let pa = a_model.score(&ops, &a.split)?;
+        let pb = b_model.score(&ops, &a.split)?;
+        let (cfg_a, cfg_b) = (&a_model.config, &b_model.config);
         if cfg_a.tasks.iter().map(|t| &t.name).ne(cfg_b.tasks.iter().map(|t| &t.name)) {
             bail!("the two runs have different tasks");
         }
@@ -58,7 +48,7 @@ pub fn run(a: &CompareArgs) -> Result<()> {
         }
         let boot = BootstrapConfig { resamples: a.resamples, ..Default::default() };
         crate::say!("B = {} against A = {} on split `{}`", a.run_b.display(), a.run_a.display(), a.split);
-        crate::emit(&render_comparison(&cfg_a, &pa, &pb, &boot));
+        crate::emit(&render_comparison(cfg_a, &pa, &pb, &boot));
         Ok(())
     })
 }
@@ -66,7 +56,7 @@ pub fn run(a: &CompareArgs) -> Result<()> {
 /// The comparison table: per task, overall and per segment, each metric's A and B
 /// values, the relative lift of B and its 95% paired-bootstrap interval.
 pub fn render_comparison(cfg: &ExperimentConfig, a: &Predictions, b: &Predictions, boot: &BootstrapConfig) -> String {
-    let names = cfg.columns.segment.as_ref().map(|s| s.values.clone()).unwrap_or_else(|| vec!["all".into()]);
+    let names = cfg.segment_names();
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -74,19 +64,8 @@ pub fn render_comparison(cfg: &ExperimentConfig, a: &Predictions, b: &Prediction
         "task", "segment", "metric", "A", "B", "lift", "95% CI"
     );
     for (t, task) in cfg.tasks.iter().enumerate() {
-        let kind = match task.kind {
-            TaskKind::Binary => TaskType::Binary,
-            TaskKind::Regression => TaskType::Regression,
-        };
-        let rows = TaskRows {
-            preds: &a.preds[t],
-            labels: &a.labels[t],
-            mask: Some(&a.masks[t]),
-            weights: Some(&a.weights),
-            segments: cfg.columns.segment.as_ref().map(|_| a.segments.as_slice()),
-            groups: cfg.columns.request_id.as_ref().map(|_| a.requests.as_slice()),
-        };
-        let c = compare_task(&task.name, kind, &rows, &b.preds[t], &names, boot);
+        let rows = a.task_rows(cfg, t);
+        let c = compare_task(&task.name, task_type(task.kind), &rows, &b.preds[t], &names, boot);
         let all =
             std::iter::once(("all".to_string(), &c.overall)).chain(c.segments.iter().map(|(k, v)| (k.clone(), v)));
         for (seg, lifts) in all {

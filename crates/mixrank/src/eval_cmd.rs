@@ -2,12 +2,11 @@
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
-use mixrank_data::{DenseMode, Encoder};
 use mixrank_engine::CpuOps;
 use mixrank_metrics::{TaskMetrics, TaskReport};
+use mixrank_train::CheckpointScorer;
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Precision {
@@ -42,24 +41,20 @@ pub fn run(a: &EvalArgs) -> Result<()> {
 
 fn run_in_pool(a: &EvalArgs) -> Result<()> {
     let ops = CpuOps::new();
-    let dir = a.run_dir.join("checkpoint");
-    let mut loaded = mixrank_train::checkpoint::load(&dir, &ops, 4096)
+    let mut scorer = CheckpointScorer::open(&a.run_dir, &ops, None)
         .with_context(|| format!("loading the checkpoint in {}", a.run_dir.display()))?;
-    let mut cfg = (*loaded.config).clone();
-    cfg.data.batch_size = 4096;
-    let cfg = Arc::new(cfg);
-    let split = cfg.split(&a.split)?;
-    let enc = Arc::new(Encoder::new(cfg.clone(), DenseMode::Fitted(Arc::new(loaded.manifest.dense_stats.clone())))?);
-    let f32_preds = mixrank_train::evaluate(&mut loaded.model, &ops, enc.clone(), split)?;
+    let cfg = scorer.config.clone();
+    let f32_preds = scorer.score(&ops, &a.split)?;
     let f32_reports = f32_preds.reports(&cfg);
-    let mut out = serde_json::json!({ "split": a.split, "step": loaded.manifest.step, "f32": f32_reports });
-    crate::say!("checkpoint step {} — split `{}`, f32:", loaded.manifest.step, a.split);
+    let step = scorer.loaded.manifest.step;
+    let mut out = serde_json::json!({ "split": a.split, "step": step, "f32": f32_reports });
+    crate::say!("checkpoint step {step} — split `{}`, f32:", a.split);
     crate::emit(&crate::train_cmd::render_reports(&f32_reports));
     crate::emit(&f32_preds.render_gates(&cfg));
     if a.precision == Precision::Bf16 {
         let kernel = mixrank_engine::bf16::Bf16Kernel::detect();
-        let n = loaded.model.head.use_bf16(kernel)?;
-        let bf16_reports = mixrank_train::evaluate(&mut loaded.model, &ops, enc, split)?.reports(&cfg);
+        let n = scorer.loaded.model.head.use_bf16(kernel)?;
+        let bf16_reports = scorer.score(&ops, &a.split)?.reports(&cfg);
         crate::say!("bf16 ({} kernel, {n} Linear layers):", kernel.name());
         crate::emit(&crate::train_cmd::render_reports(&bf16_reports));
         crate::emit(&render_deltas(&f32_reports, &bf16_reports));

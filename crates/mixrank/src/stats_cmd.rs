@@ -40,11 +40,9 @@ pub fn run(a: &StatsArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes a file via a temporary name and a rename.
+/// Writes a file via a temporary name and a rename ([`mixrank_data::atomic`]).
 pub fn write_atomic(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    mixrank_data::atomic::write_atomic(path, text.as_bytes()).map_err(|(_, e)| e)
 }
 
 /// The human-readable summary of one split.

@@ -407,6 +407,14 @@ impl ExperimentConfig {
         self.dense.len() + self.dense.iter().filter(|d| d.missing_indicator).count()
     }
 
+    /// Segment (surface) names in id order; `["all"]` when no segment column is set.
+    pub fn segment_names(&self) -> Vec<String> {
+        match &self.columns.segment {
+            Some(s) => s.values.clone(),
+            None => vec!["all".into()],
+        }
+    }
+
     pub fn split(&self, name: &str) -> Result<&Split> {
         self.data.splits.get(name).ok_or_else(|| DataError::ConfigKey {
             file: self.path.clone(),

@@ -1,17 +1,12 @@
 //! Atomic file writes shared by the simulators.
 
+use crate::atomic::tmp_name;
 use crate::error::{DataError, Result};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
-use std::io::Write;
 use std::path::Path;
-
-fn tmp_name(path: &Path) -> std::path::PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> DataError + '_ {
     move |source| DataError::Io { file: path.to_path_buf(), source }
@@ -47,13 +42,5 @@ pub fn write_parquet_atomic(path: &Path, batches: &[RecordBatch], row_group_rows
 
 /// Writes a text file via a temporary file and a rename.
 pub fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-    }
-    let tmp = tmp_name(path);
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(text.as_bytes()).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    Ok(())
+    crate::atomic::write_atomic(path, text.as_bytes()).map_err(|(file, source)| DataError::Io { file, source })
 }
