@@ -43,7 +43,8 @@ pub struct Manifest {
     pub created_by: String,
     /// The experiment config as TOML (the parsed file, verbatim in content).
     pub config_toml: String,
-    /// Where that config was loaded from (relative data paths resolve against its directory).
+    /// Where that config was loaded from, made absolute (relative data paths resolve
+    /// against its directory, whatever the working directory of a later command).
     pub config_path: PathBuf,
     /// [`mixrank_data::hash::HASH_VERSION`] the embedding rows were trained with.
     pub hash_version: u32,
@@ -95,7 +96,7 @@ pub fn save(dir: &Path, model: &mut RankingModel<CpuOps>, info: &CheckpointInfo<
         created_by: format!("mixrank {}", env!("CARGO_PKG_VERSION")),
         config_toml: toml::to_string(&info.config.wire)
             .map_err(|e| TrainError::Other(format!("config to TOML: {e}")))?,
-        config_path: info.config.path.clone(),
+        config_path: std::path::absolute(&info.config.path).unwrap_or_else(|_| info.config.path.clone()),
         hash_version: mixrank_data::hash::HASH_VERSION,
         dense_stats: info.dense_stats.clone(),
         step: info.step,

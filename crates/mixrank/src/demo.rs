@@ -1,6 +1,7 @@
 //! `mixrank demo`: the main job on the embedded default data — simulate, summarise,
 //! train the shared-bottom DCNv2 baseline and a heterogeneous MMoE, then compare them
-//! per task and surface with paired bootstrap intervals.
+//! per task and surface with paired bootstrap intervals, and write an HTML report of
+//! each run.
 
 use crate::train_cmd::render_reports;
 use anyhow::{Context, Result};
@@ -39,18 +40,18 @@ fn progress(line: &str) {
 pub fn run(a: &DemoArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
     let data_dir = a.out.join("data");
-    crate::say!("[1/5] simulating the default engagement data into {}", data_dir.display());
+    crate::say!("[1/6] simulating the default engagement data into {}", data_dir.display());
     let p = EngagementParams { seed: a.seed, requests_per_day: a.requests_per_day, ..Default::default() };
     let s = simulate_engagement(&p, &data_dir)?;
     crate::say!("      {} rows, {} day partitions", s.rows, s.files.len());
     let cfg = ExperimentConfig::load(&s.config)?;
-    crate::say!("[2/5] summarising the training split");
+    crate::say!("[2/6] summarising the training split");
     let st = mixrank_data::stats::split_stats(Arc::new(cfg.clone()), cfg.split("train")?, None)?;
     crate::emit(&crate::stats_cmd::render(&st));
 
     let mut runs: Vec<TrainSummary> = Vec::new();
     for (i, (name, text)) in [BASELINE, CANDIDATE].into_iter().enumerate() {
-        crate::say!("[{}/5] training {name}", i + 3);
+        crate::say!("[{}/6] training {name}", i + 3);
         let model_file = a.out.join("models").join(format!("{name}.toml"));
         std::fs::create_dir_all(model_file.parent().expect("has a parent"))?;
         crate::stats_cmd::write_atomic(&model_file, text)
@@ -69,7 +70,16 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         crate::emit(&render_reports(&r.validation));
         runs.push(r);
     }
-    crate::say!("[5/5] comparing {} (B) against {} (A) on the validation day", CANDIDATE.0, BASELINE.0);
+    crate::say!("[5/6] writing the HTML reports");
+    let mut pages = Vec::new();
+    for (name, _) in [BASELINE, CANDIDATE] {
+        let run_dir = a.out.join("runs").join(name);
+        let page = run_dir.join("report.html");
+        let html = crate::report_cmd::build(&run_dir, "validation")?;
+        crate::stats_cmd::write_atomic(&page, &html).with_context(|| format!("writing {}", page.display()))?;
+        pages.push(page);
+    }
+    crate::say!("[6/6] comparing {} (B) against {} (A) on the validation day", CANDIDATE.0, BASELINE.0);
     let (a_pred, b_pred) = match (&runs[0].predictions, &runs[1].predictions) {
         (Some(x), Some(y)) => (x, y),
         _ => anyhow::bail!("no validation predictions to compare"),
@@ -83,5 +93,8 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         data_dir.display(),
         a.out.join("runs").display()
     );
+    for page in &pages {
+        crate::say!("report: {}", page.display());
+    }
     Ok(())
 }

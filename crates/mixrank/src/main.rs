@@ -3,6 +3,7 @@
 mod compare_cmd;
 mod demo;
 mod eval_cmd;
+mod report_cmd;
 mod stats_cmd;
 mod train_cmd;
 
@@ -33,6 +34,8 @@ enum Command {
     Eval(eval_cmd::EvalArgs),
     /// Compare two trained runs on the same rows: lifts with paired bootstrap intervals.
     Compare(compare_cmd::CompareArgs),
+    /// Write a self-contained HTML report of a run: curves, metrics, gates, calibration.
+    Report(report_cmd::ReportArgs),
     /// Run the main job end to end on the embedded default data.
     Demo(demo::DemoArgs),
 }
@@ -106,6 +109,7 @@ fn main() -> std::process::ExitCode {
         Command::Train(a) => train_cmd::run(&a),
         Command::Eval(a) => eval_cmd::run(&a),
         Command::Compare(a) => compare_cmd::run(&a),
+        Command::Report(a) => report_cmd::run(&a),
         Command::Demo(a) => demo::run(&a),
     };
     match result {

@@ -1,0 +1,102 @@
+//! `mixrank report` on a real MMoE run: every section is on the page and the SVG is
+//! well formed.
+
+use std::path::Path;
+use std::process::Command;
+
+fn mixrank(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mixrank")).args(args).output().expect("run mixrank");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every opened tag inside each `<svg>` is closed in order (self-closing tags aside).
+fn assert_balanced_svg(html: &str) {
+    for (k, part) in html.split("<svg").skip(1).enumerate() {
+        let body = &part[..part.find("</svg>").unwrap_or_else(|| panic!("svg {k} is not closed"))];
+        let mut stack: Vec<&str> = Vec::new();
+        for tag in body.split('<').skip(1) {
+            let tag = &tag[..tag.find('>').unwrap_or_else(|| panic!("svg {k}: unterminated tag"))];
+            if let Some(name) = tag.strip_prefix('/') {
+                assert_eq!(stack.pop(), Some(name), "svg {k}: </{name}> closes the wrong element");
+            } else if !tag.ends_with('/') {
+                stack.push(tag.split_whitespace().next().unwrap());
+            }
+        }
+        assert!(stack.is_empty(), "svg {k}: unclosed {stack:?}");
+    }
+}
+
+#[test]
+fn report_of_an_mmoe_run_has_every_section() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let (ok, _, err) =
+        mixrank(&["simulate", "--out", data.to_str().unwrap(), "--days", "3", "--requests-per-day", "300"]);
+    assert!(ok, "{err}");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/models/mmoe_heterogeneous.toml");
+    let run = d.path().join("run");
+    let cfg = data.join("mixrank.toml");
+    let (ok, _, err) = mixrank(&[
+        "train",
+        cfg.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--log-every",
+        "1",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = mixrank(&["report", run.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let page = run.join("report.html");
+    assert!(out.contains(&page.display().to_string()), "{out}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
+    // Self-contained: no scripts, no links out (the SVG namespace URI is not fetched).
+    assert!(!html.contains("<script"));
+    assert_eq!(html.matches("http").count(), html.matches("http://www.w3.org/2000/svg").count());
+    for section in ["Training", "Metrics on split", "Expert utilisation", "Calibration on split"] {
+        assert!(html.contains(section), "missing section {section}");
+    }
+    for t in ["training loss, binary tasks", "training loss, regression tasks", "validation AUC", "validation RMSE"] {
+        assert!(html.contains(t), "missing chart {t}");
+    }
+    // A heatmap per surface; a reliability diagram per binary task.
+    for s in ["home_feed", "related_pins", "search"] {
+        assert!(html.contains(&format!("segment {s}: gate × expert")), "no heatmap for {s}");
+    }
+    for t in ["click", "save", "conversion"] {
+        assert!(html.contains(&format!("{t}: observed rate vs mean prediction")), "no calibration for {t}");
+    }
+    assert!(!html.contains("dwell: observed rate"), "regression tasks get no reliability diagram");
+    assert_balanced_svg(&html);
+    // A run directory without a training log is refused with its path.
+    std::fs::remove_file(run.join("train_log.jsonl")).unwrap();
+    let (ok, _, err) = mixrank(&["report", run.to_str().unwrap()]);
+    assert!(!ok && err.contains("train_log.jsonl"), "{err}");
+}
+
+#[test]
+fn demo_runs_end_to_end_on_a_small_simulation() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("demo");
+    let (ok, stdout, err) =
+        mixrank(&["demo", "--out", out.to_str().unwrap(), "--requests-per-day", "150", "--resamples", "20"]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("[6/6] comparing mmoe_heterogeneous (B) against shared_bottom_dcnv2 (A)"), "{stdout}");
+    assert!(stdout.contains("mean gate weight per expert"), "{stdout}");
+    // It ends with the comparison table and the reports' paths.
+    let tail: Vec<&str> = stdout.lines().rev().take(2).collect();
+    for (line, name) in tail.iter().rev().zip(["shared_bottom_dcnv2", "mmoe_heterogeneous"]) {
+        let page = out.join("runs").join(name).join("report.html");
+        assert_eq!(*line, format!("report: {}", page.display()));
+        assert!(std::fs::read_to_string(&page).unwrap().contains("Metrics on split"));
+    }
+    let (ok, help, _) = mixrank(&["report", "--help"]);
+    assert!(ok && help.contains("Usage: mixrank report"));
+}
