@@ -7,10 +7,15 @@
 //! ```
 //! - single-task / shared-bottom: one expert (the bottom), no gate; every tower reads it;
 //! - OMoE: one gate and one mixture shared by every tower;
-//! - MMoE: a gate and a mixture per task (gates are lightweight: Linear + softmax).
+//! - MMoE: a gate and a mixture per task (gates are lightweight: Linear + softmax);
+//! - PLE: levels of task-specific and shared experts with per-task and shared gates
+//!   ([`crate::ple`]); the towers read the last level's task outputs.
+//!
+//! Gates may keep only their `top_k` largest weights per row (`[model.gate] top_k`).
 
 use crate::error::{Context, ModelError, Result};
 use crate::expert::{activation, Expert};
+use crate::ple::Ple;
 use mixrank_data::config::model::{Architecture, ModelSection};
 use mixrank_engine::{Backend, ColCopy};
 use mixrank_nn::{Gate, GateConfig, Layer, Mlp, MlpConfig, MoeMix, ParamVisitor, Parameters, Tower, TowerConfig};
@@ -31,6 +36,10 @@ pub struct MultiTaskHead<B: Backend> {
     gates: Vec<Gate<B>>,
     mixes: Vec<MoeMix<B>>,
     towers: Vec<Tower<B>>,
+    /// PLE's levels (architecture = "ple"; `experts`, `gates` and `mixes` are then empty).
+    ple: Option<Ple<B>>,
+    /// PLE: each tower's input gradient, copied out so the levels can read all at once.
+    d_tower_in: Vec<B::Buf>,
     /// Expert outputs, copied out of the experts so the mixtures can read all at once.
     expert_out: Vec<B::Buf>,
     /// Gradient w.r.t. each expert's output, summed over the tasks.
@@ -55,12 +64,6 @@ where
         max_batch: usize,
         rng: &mut R,
     ) -> Result<Self> {
-        if m.architecture == Architecture::Ple {
-            return Err(ModelError::Unsupported {
-                key: "architecture".into(),
-                message: "PLE is not built yet; use mmoe, omoe, shared_bottom or single_task".into(),
-            });
-        }
         let dropout_used =
             m.experts.iter().any(|e| e.dropout > 0.0) || m.shared.as_ref().is_some_and(|s| s.dropout > 0.0);
         if dropout_used {
@@ -80,8 +83,15 @@ where
             None => None,
         };
         let d_trunk = shared.as_ref().map_or(d_in, |s| s.d_out());
+        let ple = match (&m.ple, m.architecture) {
+            (Some(p), Architecture::Ple) => Some(Ple::new(m, p, d_trunk, n_tasks, ops, max_batch, rng)?),
+            (None, Architecture::Ple) => {
+                return Err(ModelError::Unsupported { key: "ple".into(), message: "required for PLE".into() })
+            }
+            _ => None,
+        };
         let mut experts = Vec::new();
-        for s in &m.experts {
+        for s in m.experts.iter().filter(|_| ple.is_none()) {
             for _ in 0..s.count {
                 experts.push(Expert::new(s, d_trunk, m.expert_dim, ops, max_batch, rng)?);
             }
@@ -95,15 +105,12 @@ where
         let mut gates = Vec::new();
         let mut mixes = Vec::new();
         for t in 0..n_mix {
-            let g = GateConfig::new(d_trunk, n_exp).with_temperature(m.gate.temperature as f32);
+            let mut g = GateConfig::new(d_trunk, n_exp).with_temperature(m.gate.temperature as f32);
+            if m.gate.top_k > 0 && m.gate.top_k < n_exp {
+                g = g.with_top_k(m.gate.top_k);
+            }
             gates.push(g.init(ops, max_batch, rng).at(|| format!("model.gate (task {t})"))?);
             mixes.push(MoeMix::new(ops, n_exp, m.expert_dim, max_batch).at(|| format!("mixture (task {t})"))?);
-        }
-        if m.gate.top_k > 0 && m.gate.top_k < n_exp {
-            return Err(ModelError::Unsupported {
-                key: "gate.top_k".into(),
-                message: "top-k gating is not built yet; use top_k = 0".into(),
-            });
         }
         let mut towers = Vec::new();
         for t in 0..n_tasks {
@@ -127,6 +134,8 @@ where
             gates,
             mixes,
             towers,
+            d_tower_in: (0..if ple.is_some() { n_tasks } else { 0 }).map(|_| buf(wide)).collect::<Result<_>>()?,
+            ple,
             batch: None,
         })
     }
@@ -197,10 +206,14 @@ where
             let w = g.forward(ops, trunk, batch).at(|| format!("gate {t} forward"))?;
             mix.forward(ops, &outs, w, batch).at(|| format!("mixture {t} forward"))?;
         }
+        if let Some(p) = &mut self.ple {
+            p.forward(ops, trunk, batch)?;
+        }
         for t in 0..self.towers.len() {
-            let input = match self.mixture_of(t) {
-                Some(m) => self.mixes[m].output(),
-                None => &self.expert_out[0],
+            let input = match (&self.ple, self.mixture_of(t)) {
+                (Some(p), _) => p.output(t),
+                (None, Some(m)) => self.mixes[m].output(),
+                (None, None) => &self.expert_out[0],
             };
             self.towers[t].forward(ops, input, batch).at(|| format!("tower {t} forward"))?;
         }
@@ -232,9 +245,27 @@ where
             Some(s) => s.output(),
             None => x,
         };
+        if let Some(p) = &mut self.ple {
+            let copy = ColCopy {
+                rows: batch,
+                cols: self.expert_dim,
+                src_ld: self.expert_dim,
+                src_col: 0,
+                dst_ld: self.expert_dim,
+                dst_col: 0,
+                accumulate: false,
+            };
+            for (t, d_logit) in d_logits.iter().enumerate() {
+                let d = self.towers[t].backward(ops, p.output(t), d_logit).at(|| format!("tower {t} backward"))?;
+                ops.copy_cols(&copy, d, &mut self.d_tower_in[t]).at(|| format!("tower {t} backward"))?;
+            }
+            let refs: Vec<&B::Buf> = self.d_tower_in.iter().collect();
+            let dt = p.backward(ops, trunk, &refs)?;
+            ops.axpy(batch * trunk_w, 1.0, dt, &mut self.d_trunk).at(|| "PLE".into())?;
+        }
         let outs: Vec<&B::Buf> = self.expert_out.iter().collect();
         // Towers, then mixtures and gates (MMoE), or accumulate (shared-bottom, OMoE).
-        for (t, d_logit) in d_logits.iter().enumerate() {
+        for (t, d_logit) in d_logits.iter().enumerate().filter(|_| self.ple.is_none()) {
             let input = match self.arch {
                 Architecture::Mmoe => self.mixes[t].output(),
                 Architecture::Omoe => self.mixes[0].output(),
@@ -305,6 +336,9 @@ impl<B: mixrank_nn::HostBackend + 'static> MultiTaskHead<B> {
         for g in &mut self.gates {
             g.visit_linears(&mut convert);
         }
+        if let Some(p) = &mut self.ple {
+            p.visit_linears(&mut convert);
+        }
         for t in &mut self.towers {
             t.visit_linears(&mut convert);
         }
@@ -325,6 +359,9 @@ impl<B: Backend> Parameters<B> for MultiTaskHead<B> {
         }
         for (g, gate) in self.gates.iter_mut().enumerate() {
             v.scope_indexed("gates", g, |v| gate.visit_params(v));
+        }
+        if let Some(p) = &mut self.ple {
+            v.scope("ple", |v| p.visit_params(v));
         }
         for (t, tw) in self.towers.iter_mut().enumerate() {
             v.scope_indexed("towers", t, |v| tw.visit_params(v));

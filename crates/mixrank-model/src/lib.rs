@@ -8,6 +8,7 @@
 pub mod error;
 pub mod expert;
 pub mod head;
+pub mod ple;
 pub mod ranking;
 
 pub use error::{ModelError, Result};

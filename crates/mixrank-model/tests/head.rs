@@ -114,17 +114,58 @@ fn heterogeneous_mmoe_with_shared_layer_gradients() {
 }
 
 #[test]
-fn unsupported_choices_are_refused_with_the_key() {
+fn ple_two_levels_heterogeneous_gradients() {
+    check(
+        "architecture = \"ple\"\nexpert_dim = 4\ntower = { hidden = [3], activation = \"tanh\" }\n\
+         ple = { levels = 2, shared_experts = 2, task_experts = 1 }\n\
+         [[experts]]\nkind = \"dcnv2\"\ncross_layers = 1\nhidden = [4]\nactivation = \"tanh\"\n\
+         [[experts]]\nkind = \"mlp\"\nhidden = [5]\nactivation = \"tanh\"\n",
+        4,
+    );
+}
+
+#[test]
+fn ple_with_shared_layer_and_three_levels_gradients() {
+    check(
+        "architecture = \"ple\"\nexpert_dim = 3\nshared = { hidden = [5], activation = \"tanh\" }\n\
+         tower = { hidden = [2], activation = \"tanh\" }\ngate = { temperature = 1.3 }\n\
+         ple = { levels = 3, shared_experts = 1, task_experts = 2 }\n\
+         [[experts]]\nkind = \"mlp\"\nhidden = [4]\nactivation = \"tanh\"\n\
+         [[experts]]\nkind = \"masknet\"\nblocks = 1\nblock_dim = 3\n",
+        5,
+    );
+}
+
+#[test]
+fn top_k_mmoe_gradients() {
+    // With top-k the gate is piecewise smooth; random logits keep the selection away
+    // from ties, so central differences see one piece.
+    check(
+        "architecture = \"mmoe\"\nexpert_dim = 4\ntower = { hidden = [3], activation = \"tanh\" }\n\
+         gate = { top_k = 2 }\n[[experts]]\nkind = \"mlp\"\ncount = 3\nhidden = [4]\nactivation = \"tanh\"\n",
+        6,
+    );
+}
+
+#[test]
+fn ple_parameters_follow_the_documented_expert_cycle() {
     let ops = RefOpsF64::new();
     let mut rng = StdRng::seed_from_u64(0);
-    let ple = section("architecture = \"ple\"\nple = { levels = 1, shared_experts = 1, task_experts = 1 }\n[[experts]]\nkind = \"mlp\"\nhidden = [4]\n");
-    let e = MultiTaskHead::new(&ple, D_IN, TASKS, &ops, BATCH, &mut rng).err().unwrap().to_string();
-    assert!(e.contains("model.architecture") && e.contains("PLE"), "{e}");
-    let top = section(
-        "architecture = \"mmoe\"\ngate = { top_k = 1 }\n[[experts]]\nkind = \"mlp\"\ncount = 2\nhidden = [4]\n",
+    let m = section(
+        "architecture = \"ple\"\nexpert_dim = 4\nple = { levels = 2, shared_experts = 2, task_experts = 1 }\n\
+         [[experts]]\nkind = \"dcnv2\"\ncross_layers = 1\nhidden = [4]\n[[experts]]\nkind = \"mlp\"\nhidden = [4]\n",
     );
-    let e = MultiTaskHead::new(&top, D_IN, TASKS, &ops, BATCH, &mut rng).err().unwrap().to_string();
-    assert!(e.contains("model.gate.top_k"), "{e}");
+    let mut head = MultiTaskHead::new(&m, D_IN, TASKS, &ops, BATCH, &mut rng).unwrap();
+    let mut names = Vec::new();
+    head.params(&mut |name, _| names.push(name.to_string()));
+    let has = |prefix: &str| names.iter().any(|n| n.starts_with(prefix));
+    // Shared experts 0 and 1 are dcnv2 and mlp; each task's one expert is the first kind.
+    assert!(has("ple.levels.0.shared_experts.0.cross"), "{names:?}");
+    assert!(!has("ple.levels.0.shared_experts.1.cross"), "{names:?}");
+    assert!(has("ple.levels.1.tasks.1.experts.0.cross") && has("ple.levels.1.tasks.1.gate.weight"), "{names:?}");
+    // Inner levels have a shared gate; the last level does not.
+    assert!(has("ple.levels.0.shared_gate") && !has("ple.levels.1.shared_gate"), "{names:?}");
+    assert_eq!(head.n_gates(), 0, "PLE's gates mix different expert sets; no uniform gate table");
 }
 
 #[test]
