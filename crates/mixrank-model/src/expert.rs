@@ -165,6 +165,11 @@ where
 }
 
 impl<B: Backend> Expert<B> {
+    /// Training (dropout on) or evaluation mode.
+    pub fn set_training(&mut self, training: bool) {
+        self.net.set_training(training);
+    }
+
     /// Visits the Linear layers that may run in reduced precision (MLP experts, MLP
     /// parts that expose them, and the projection).
     pub fn visit_linears(&mut self, f: &mut dyn FnMut(&mut mixrank_nn::Linear<B>)) {

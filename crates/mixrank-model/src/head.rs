@@ -64,18 +64,11 @@ where
         max_batch: usize,
         rng: &mut R,
     ) -> Result<Self> {
-        let dropout_used =
-            m.experts.iter().any(|e| e.dropout > 0.0) || m.shared.as_ref().is_some_and(|s| s.dropout > 0.0);
-        if dropout_used {
-            return Err(ModelError::Unsupported {
-                key: "experts.dropout".into(),
-                message: "dropout inside the multi-task head is not wired to train/eval mode yet; set it to 0".into(),
-            });
-        }
         let shared = match &m.shared {
             Some(s) => Some(
                 MlpConfig::new(d_in, &s.hidden)
                     .with_activation(activation(s.activation))
+                    .with_dropout(s.dropout as f32)
                     .with_layer_norm(s.layer_norm)
                     .init(ops, max_batch, rng)
                     .at(|| "model.shared".into())?,
@@ -142,6 +135,23 @@ where
 
     pub fn n_tasks(&self) -> usize {
         self.towers.len()
+    }
+
+    /// Training mode (dropout on, the default) or evaluation mode (dropout off) for
+    /// every layer of the head. Scoring code switches to evaluation and back.
+    pub fn set_training(&mut self, training: bool) {
+        if let Some(s) = &mut self.shared {
+            s.set_training(training);
+        }
+        for e in &mut self.experts {
+            e.set_training(training);
+        }
+        if let Some(p) = &mut self.ple {
+            p.set_training(training);
+        }
+        for t in &mut self.towers {
+            t.set_training(training);
+        }
     }
 
     pub fn n_experts(&self) -> usize {

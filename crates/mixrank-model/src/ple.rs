@@ -248,6 +248,15 @@ where
         Ok(&self.d_trunk_buf)
     }
 
+    /// Training (dropout on) or evaluation mode for every expert.
+    pub fn set_training(&mut self, training: bool) {
+        for lv in &mut self.levels {
+            for ex in lv.task_experts.iter_mut().flatten().chain(&mut lv.shared_experts) {
+                ex.set_training(training);
+            }
+        }
+    }
+
     /// Every Linear of every expert and gate (for bf16 inference).
     pub fn visit_linears(&mut self, f: &mut dyn FnMut(&mut mixrank_nn::Linear<B>)) {
         for lv in &mut self.levels {

@@ -125,6 +125,11 @@ where
             .collect()
     }
 
+    /// Training mode (dropout on, the default) or evaluation mode (dropout off).
+    pub fn set_training(&mut self, training: bool) {
+        self.head.set_training(training);
+    }
+
     /// Runs the model on a batch.
     pub fn forward(&mut self, ops: &B, b: &Batch) -> Result<()> {
         let n = b.rows;

@@ -201,3 +201,43 @@ fn bf16_inference_tracks_f32_and_refuses_backward() {
         assert!(e.contains("inference only"), "{e}");
     }
 }
+
+#[test]
+fn dropout_is_on_in_training_and_off_in_evaluation() {
+    let ops = RefOpsF64::new();
+    let text = |p: f64| {
+        format!(
+            "architecture = \"mmoe\"\nexpert_dim = 4\nshared = {{ hidden = [6], dropout = {p} }}\n\
+             [[experts]]\nkind = \"mlp\"\ncount = 2\nhidden = [5]\ndropout = {p}\n\
+             [[experts]]\nkind = \"dcnv2\"\ncross_layers = 1\nhidden = [5]\ndropout = {p}\n"
+        )
+    };
+    let mut with =
+        MultiTaskHead::new(&section(&text(0.5)), D_IN, TASKS, &ops, BATCH, &mut StdRng::seed_from_u64(1)).unwrap();
+    let mut without =
+        MultiTaskHead::new(&section(&text(0.0)), D_IN, TASKS, &ops, BATCH, &mut StdRng::seed_from_u64(2)).unwrap();
+    // Same weights in both (dropout has no parameters, so the lists line up).
+    let mut values = Vec::new();
+    with.params(&mut |_, p| values.push(p.value[..p.len()].to_vec()));
+    let mut i = 0;
+    without.params(&mut |_, p| {
+        let n = p.len();
+        p.value[..n].copy_from_slice(&values[i]);
+        i += 1;
+    });
+    let mut rng = StdRng::seed_from_u64(3);
+    let x: Vec<f64> = (0..BATCH * D_IN).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let logits = |h: &mut MultiTaskHead<RefOpsF64>| {
+        h.forward(&ops, &x, BATCH).unwrap();
+        (0..TASKS).flat_map(|t| h.logits(t)[..BATCH].to_vec()).collect::<Vec<f64>>()
+    };
+    let reference = logits(&mut without);
+    let train_a = logits(&mut with);
+    let train_b = logits(&mut with);
+    assert_ne!(train_a, reference, "training mode drops units");
+    assert_ne!(train_a, train_b, "each training step draws a new mask");
+    with.set_training(false);
+    assert_eq!(logits(&mut with), reference, "evaluation mode is the full network");
+    with.set_training(true);
+    assert_ne!(logits(&mut with), reference);
+}

@@ -29,6 +29,10 @@ pub trait Layer<B: Backend>: Parameters<B> {
     /// Visits the [`Linear`](crate::Linear) sub-layers whose GEMMs may run in reduced
     /// precision at inference. Default: none (the layer stays f32).
     fn visit_linears(&mut self, _f: &mut dyn FnMut(&mut crate::Linear<B>)) {}
+
+    /// Training mode (dropout on) or evaluation mode (dropout off). Default: no-op for
+    /// layers without dropout.
+    fn set_training(&mut self, _training: bool) {}
 }
 
 /// A configuration that builds a [`Layer`] on any backend, so generic code (tests,

@@ -93,13 +93,15 @@ impl CheckpointScorer {
     }
 }
 
-/// Scores every row of `split` (file order, no shuffling).
+/// Scores every row of `split` (file order, no shuffling) in evaluation mode (dropout
+/// off); the model is left in evaluation mode.
 pub fn evaluate(
     model: &mut RankingModel<CpuOps>,
     ops: &CpuOps,
     enc: Arc<Encoder>,
     split: &mixrank_data::config::Split,
 ) -> Result<Predictions> {
+    model.set_training(false);
     let cfg = enc.config().clone();
     let n_tasks = cfg.tasks.len();
     let opts = StreamOptions::from_config(&cfg, false);

@@ -308,6 +308,7 @@ fn validate(
     let cfg = enc.config();
     if let Ok(v) = cfg.split("validation") {
         let p = evaluate(model, ops, enc.clone(), v)?;
+        model.set_training(true);
         *reports = p.reports(cfg);
         *preds = Some(p);
         log.line(&ValidationLine { event: "validation", step, epoch, reports })?;

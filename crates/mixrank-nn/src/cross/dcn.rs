@@ -176,6 +176,10 @@ impl<B: Backend> Parameters<B> for Dcn<B> {
 }
 
 impl<B: Backend> Layer<B> for Dcn<B> {
+    fn set_training(&mut self, training: bool) {
+        Dcn::set_training(self, training)
+    }
+
     /// The deep network's Linear layers (the cross layers keep their own f32 GEMMs).
     fn visit_linears(&mut self, f: &mut dyn FnMut(&mut crate::Linear<B>)) {
         self.deep.visit_linears(f);

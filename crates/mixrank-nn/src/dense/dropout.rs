@@ -128,6 +128,10 @@ impl<B: Backend> Parameters<B> for Dropout<B> {
 }
 
 impl<B: Backend> Layer<B> for Dropout<B> {
+    fn set_training(&mut self, training: bool) {
+        Dropout::set_training(self, training)
+    }
+
     fn d_in(&self) -> usize {
         self.config.d
     }

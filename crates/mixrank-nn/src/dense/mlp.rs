@@ -237,6 +237,10 @@ impl<B: Backend> Parameters<B> for Mlp<B> {
 }
 
 impl<B: Backend> Layer<B> for Mlp<B> {
+    fn set_training(&mut self, training: bool) {
+        Mlp::set_training(self, training)
+    }
+
     fn visit_linears(&mut self, f: &mut dyn FnMut(&mut Linear<B>)) {
         for b in &mut self.blocks {
             f(&mut b.linear);

@@ -91,6 +91,10 @@ impl<B: Backend> Parameters<B> for Tower<B> {
 }
 
 impl<B: Backend> Layer<B> for Tower<B> {
+    fn set_training(&mut self, training: bool) {
+        Tower::set_training(self, training)
+    }
+
     fn visit_linears(&mut self, f: &mut dyn FnMut(&mut crate::Linear<B>)) {
         self.mlp.visit_linears(f);
     }

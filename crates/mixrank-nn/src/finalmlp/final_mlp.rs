@@ -193,6 +193,10 @@ impl<B: Backend> Parameters<B> for FinalMlp<B> {
 }
 
 impl<B: Backend> Layer<B> for FinalMlp<B> {
+    fn set_training(&mut self, training: bool) {
+        FinalMlp::set_training(self, training)
+    }
+
     fn d_in(&self) -> usize {
         self.config.d_in
     }

@@ -135,6 +135,10 @@ impl<B: Backend> Parameters<B> for MaskNet<B> {
 }
 
 impl<B: Backend> Layer<B> for MaskNet<B> {
+    fn set_training(&mut self, training: bool) {
+        MaskNet::set_training(self, training)
+    }
+
     fn d_in(&self) -> usize {
         self.config.d_emb
     }
