@@ -518,9 +518,10 @@ def sparse_optimizers(emb):
     c.save()
 
     for name, seed, per_row in [("lazy_adam_per_row", 61, True), ("lazy_adam_global", 62, False)]:
-        c = Case(name, seed, f"LazyAdam lr 0.01, {'per-row' if per_row else 'global-step'} bias correction, "
-                             "resumed at global step 5 from stored state")
-        lr, b1, b2, eps = f32(0.01), f32(0.9), f32(0.999), f32(1e-8)
+        # eps = 1e-3 (not 1e-8) so where eps enters the update is visible at f32 precision.
+        c = Case(name, seed, f"LazyAdam lr 0.01 eps 1e-3, {'per-row' if per_row else 'global-step'} bias "
+                             "correction, resumed at global step 5 from stored state")
+        lr, b1, b2, eps = f32(0.01), f32(0.9), f32(0.999), f32(1e-3)
         c.out["hyper"] = np.array([lr, b1, b2, eps], dtype=np.float32)
         t_global = 5 + 1
         for t in range(2):
