@@ -817,10 +817,10 @@ fn golden_lazy_adam_steps() {
                     BiasCorrection::PerRow => k0[r] as i32 + 1,
                     BiasCorrection::GlobalStep => 6,
                 };
-                for j in 0..dim {
+                for (j, gj) in gr.iter().enumerate() {
                     let i = r * dim + j;
                     let w = before[t][i] as f64;
-                    let b = adam_bound(w, gr[j].v, gr[j].e, m0[i] as f64, v0[i] as f64, hyper, k, 0.0);
+                    let b = adam_bound(w, gj.v, gj.e, m0[i] as f64, v0[i] as f64, hyper, k, 0.0);
                     for (tol, e) in tols.iter_mut().zip(b) {
                         tol[i] = e;
                     }
