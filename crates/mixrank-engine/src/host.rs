@@ -1,4 +1,4 @@
-//! Helpers shared by the two host-memory backends ([`crate::CpuOps`], [`crate::RefOps`]),
+//! Helpers shared by the two host-memory backends ([`crate::CpuOps`], [`crate::RefOps`](type@crate::RefOps)),
 //! whose buffers are plain `Vec`s.
 
 use crate::check;

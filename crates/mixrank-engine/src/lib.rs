@@ -4,7 +4,7 @@
 //! - [`Backend`] (in [`ops`]): the interface layer code calls. Row-major `f32`, explicit
 //!   shapes, workspaces allocated once and reused.
 //! - [`CpuOps`]: the fast host backend (`gemm` crate for GEMMs, rayon over rows).
-//! - [`RefOps`]: naive loops; the reference the tests compare against. It is
+//! - [`RefOps`](type@RefOps): naive loops; the reference the tests compare against. It is
 //!   [`RefOpsOf<f32>`]; [`RefOpsF64`] runs the same kernels in `f64` for
 //!   finite-difference gradient checks.
 //! - [`bf16`]: a bf16-weight, bf16-activation, f32-accumulate GEMM for inference

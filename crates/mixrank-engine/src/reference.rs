@@ -1,4 +1,4 @@
-//! [`RefOps`]: the obviously-correct backend. Naive loops, no parallelism, no cleverness;
+//! [`RefOps`](type@RefOps): the obviously-correct backend. Naive loops, no parallelism, no cleverness;
 //! the fast backends are tested against it, and its generic functions run in `f64` for
 //! finite-difference gradient checks.
 //!
@@ -477,7 +477,7 @@ pub fn sum<T: Float>(n: usize, x: &[T]) -> Result<f64> {
     Ok(x[..n].iter().map(|v| v.to_f64()).sum())
 }
 
-/// The reference backend over host `Vec<T>` buffers, `T` = `f32` ([`RefOps`]) or `f64`
+/// The reference backend over host `Vec<T>` buffers, `T` = `f32` ([`RefOps`](type@RefOps)) or `f64`
 /// ([`RefOpsF64`], for finite-difference gradient checks). Slow on purpose.
 ///
 /// Scalars the trait passes as `f32` (GEMM `alpha`/`beta`, layer-norm `eps`, `scale`,
