@@ -1,8 +1,9 @@
-//! Helpers shared by the two host-memory backends ([`crate::CpuOps`], [`crate::RefOps`]),
+//! Helpers shared by the two host-memory backends ([`crate::CpuOps`], [`crate::RefOps`](type@crate::RefOps)),
 //! whose buffers are plain `Vec`s.
 
 use crate::check;
 use crate::error::Result;
+use crate::float::Float;
 use crate::ops::{Backend, LossInput, SparseGrad};
 
 /// Copies `src` into the front of `dst`.
@@ -20,7 +21,7 @@ pub fn copy_out<T: Copy>(op: &'static str, src: &[T], dst: &mut [T]) -> Result<(
 }
 
 /// Borrows a loss input over `Vec`s as one over slices.
-pub fn loss_slices<'a>(input: &LossInput<'a, Vec<f32>>) -> LossInput<'a, [f32]> {
+pub fn loss_slices<'a, T>(input: &LossInput<'a, Vec<T>>) -> LossInput<'a, [T]> {
     LossInput {
         pred: input.pred.as_slice(),
         target: input.target.as_slice(),
@@ -30,9 +31,9 @@ pub fn loss_slices<'a>(input: &LossInput<'a, Vec<f32>>) -> LossInput<'a, [f32]> 
 }
 
 /// Makes room for `touched` positions (grows, i.e. allocates, only past capacity).
-pub fn reserve_sparse<B>(grad: &mut SparseGrad<B>, dim: usize, touched: usize)
+pub fn reserve_sparse<T: Float, B>(grad: &mut SparseGrad<B>, dim: usize, touched: usize)
 where
-    B: Backend<Buf = Vec<f32>, Ids = Vec<u32>>,
+    B: Backend<Buf = Vec<T>, Ids = Vec<u32>>,
 {
     grad.dim = dim;
     if grad.ids.len() < touched {
@@ -40,14 +41,14 @@ where
         grad.scratch.resize(touched, 0);
     }
     if grad.rows.len() < touched * dim {
-        grad.rows.resize(touched * dim, 0.0);
+        grad.rows.resize(touched * dim, T::ZERO);
     }
 }
 
 /// Stores distinct ids and their rows into `grad`.
-pub fn store_sparse<B>(dim: usize, ids: &[u32], rows: &[f32], grad: &mut SparseGrad<B>)
+pub fn store_sparse<T: Float, B>(dim: usize, ids: &[u32], rows: &[T], grad: &mut SparseGrad<B>)
 where
-    B: Backend<Buf = Vec<f32>, Ids = Vec<u32>>,
+    B: Backend<Buf = Vec<T>, Ids = Vec<u32>>,
 {
     reserve_sparse(grad, dim, ids.len());
     grad.ids[..ids.len()].copy_from_slice(ids);

@@ -4,8 +4,9 @@
 //! - [`Backend`] (in [`ops`]): the interface layer code calls. Row-major `f32`, explicit
 //!   shapes, workspaces allocated once and reused.
 //! - [`CpuOps`]: the fast host backend (`gemm` crate for GEMMs, rayon over rows).
-//! - [`RefOps`]: naive loops; the reference the tests compare against. Its generic
-//!   functions in [`reference`](mod@reference) also run in `f64` for finite-difference gradient checks.
+//! - [`RefOps`](type@RefOps): naive loops; the reference the tests compare against. It is
+//!   [`RefOpsOf<f32>`]; [`RefOpsF64`] runs the same kernels in `f64` for
+//!   finite-difference gradient checks.
 //! - [`bf16`]: a bf16-weight, bf16-activation, f32-accumulate GEMM for inference
 //!   (AMX-BF16 or AVX512-BF16, chosen at run time, with a portable fallback).
 //!
@@ -33,4 +34,4 @@ pub use ops::{
     Backend, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput, MatLayout, NormStats, Pooling, Shape,
     SparseGrad, Transpose,
 };
-pub use reference::RefOps;
+pub use reference::{RefOps, RefOpsF64, RefOpsOf};

@@ -1,9 +1,11 @@
-//! [`RefOps`]: the obviously-correct backend. Naive loops, no parallelism, no cleverness;
+//! [`RefOps`](type@RefOps): the obviously-correct backend. Naive loops, no parallelism, no cleverness;
 //! the fast backends are tested against it, and its generic functions run in `f64` for
 //! finite-difference gradient checks.
 //!
 //! The free functions are generic over [`Float`] and work on slices; they validate their
 //! arguments exactly like the backends do.
+
+use std::marker::PhantomData;
 
 use crate::activation::Activation;
 use crate::check;
@@ -475,32 +477,65 @@ pub fn sum<T: Float>(n: usize, x: &[T]) -> Result<f64> {
     Ok(x[..n].iter().map(|v| v.to_f64()).sum())
 }
 
-/// The reference backend over host `Vec`s. Slow on purpose.
+/// The reference backend over host `Vec<T>` buffers, `T` = `f32` ([`RefOps`](type@RefOps)) or `f64`
+/// ([`RefOpsF64`], for finite-difference gradient checks). Slow on purpose.
+///
+/// Scalars the trait passes as `f32` (GEMM `alpha`/`beta`, layer-norm `eps`, `scale`,
+/// `axpy`) are widened exactly. [`Backend::upload`]/[`Backend::read`] go through `f32`;
+/// code that needs full `f64` precision reads and writes the `Vec<T>` buffers directly.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RefOps;
+pub struct RefOpsOf<T>(PhantomData<T>);
 
-impl Backend for RefOps {
-    type Buf = Vec<f32>;
+impl<T> RefOpsOf<T> {
+    pub const fn new() -> Self {
+        RefOpsOf(PhantomData)
+    }
+}
+
+/// The reference backend in `f32`: the type, and (like a unit struct) its value.
+pub type RefOps = RefOpsOf<f32>;
+
+/// The `f32` reference backend's value, so `RefOps` reads as a unit struct.
+#[allow(non_upper_case_globals)]
+pub const RefOps: RefOps = RefOpsOf::new();
+
+/// The reference backend in `f64`, for gradient checks.
+pub type RefOpsF64 = RefOpsOf<f64>;
+
+fn widen<T: Float>(x: f32) -> T {
+    T::from_f64(x as f64)
+}
+
+impl<T: Float> Backend for RefOpsOf<T> {
+    type Buf = Vec<T>;
     type Ids = Vec<u32>;
 
-    fn alloc(&self, len: usize) -> Result<Vec<f32>> {
-        Ok(vec![0.0; len])
+    fn alloc(&self, len: usize) -> Result<Vec<T>> {
+        Ok(vec![T::ZERO; len])
     }
-    fn upload(&self, host: &[f32]) -> Result<Vec<f32>> {
-        Ok(host.to_vec())
+    fn upload(&self, host: &[f32]) -> Result<Vec<T>> {
+        Ok(host.iter().map(|&x| widen(x)).collect())
     }
-    fn write(&self, host: &[f32], dst: &mut Vec<f32>) -> Result<()> {
-        host::copy("write", host, dst)
+    fn write(&self, host: &[f32], dst: &mut Vec<T>) -> Result<()> {
+        check::vector("write", "dst", dst.len(), host.len())?;
+        for (d, &h) in dst.iter_mut().zip(host) {
+            *d = widen(h);
+        }
+        Ok(())
     }
-    fn read(&self, src: &Vec<f32>, host: &mut [f32]) -> Result<()> {
-        host::copy_out("read", src, host)
+    fn read(&self, src: &Vec<T>, host: &mut [f32]) -> Result<()> {
+        check::vector("read", "src", src.len(), host.len())?;
+        for (h, s) in host.iter_mut().zip(src) {
+            *h = s.to_f64() as f32;
+        }
+        Ok(())
     }
-    fn len(&self, buf: &Vec<f32>) -> usize {
+    fn len(&self, buf: &Vec<T>) -> usize {
         buf.len()
     }
-    fn fill(&self, n: usize, value: f32, buf: &mut Vec<f32>) -> Result<()> {
+    fn fill(&self, n: usize, value: f32, buf: &mut Vec<T>) -> Result<()> {
         check::vector("fill", "buf", buf.len(), n)?;
-        buf[..n].fill(value);
+        buf[..n].fill(widen(value));
         Ok(())
     }
     fn alloc_ids(&self, len: usize) -> Result<Vec<u32>> {
@@ -519,7 +554,7 @@ impl Backend for RefOps {
         ids.len()
     }
 
-    fn gemm(&self, spec: &GemmSpec, a: &Vec<f32>, b: &Vec<f32>, c: &mut Vec<f32>) -> Result<()> {
+    fn gemm(&self, spec: &GemmSpec, a: &Vec<T>, b: &Vec<T>, c: &mut Vec<T>) -> Result<()> {
         gemm(spec, a, b, c)
     }
 
@@ -527,71 +562,71 @@ impl Backend for RefOps {
         &self,
         act: Activation,
         shape: Shape,
-        bias: Option<&Vec<f32>>,
-        z: &mut Vec<f32>,
-        y: &mut Vec<f32>,
+        bias: Option<&Vec<T>>,
+        z: &mut Vec<T>,
+        y: &mut Vec<T>,
     ) -> Result<()> {
         bias_act_forward(act, shape, bias.map(|b| b.as_slice()), z, y)
     }
-    fn bias_act_inplace(&self, act: Activation, shape: Shape, bias: Option<&Vec<f32>>, x: &mut Vec<f32>) -> Result<()> {
+    fn bias_act_inplace(&self, act: Activation, shape: Shape, bias: Option<&Vec<T>>, x: &mut Vec<T>) -> Result<()> {
         bias_act_inplace(act, shape, bias.map(|b| b.as_slice()), x)
     }
     fn bias_act_backward(
         &self,
         act: Activation,
         shape: Shape,
-        z: &Vec<f32>,
-        dy: &Vec<f32>,
-        dz: &mut Vec<f32>,
-        dbias: Option<&mut Vec<f32>>,
+        z: &Vec<T>,
+        dy: &Vec<T>,
+        dz: &mut Vec<T>,
+        dbias: Option<&mut Vec<T>>,
     ) -> Result<()> {
         bias_act_backward(act, shape, z, dy, dz, dbias.map(|b| b.as_mut_slice()))
     }
 
-    fn add(&self, n: usize, a: &Vec<f32>, b: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+    fn add(&self, n: usize, a: &Vec<T>, b: &Vec<T>, out: &mut Vec<T>) -> Result<()> {
         add(n, a, b, out)
     }
-    fn mul(&self, n: usize, a: &Vec<f32>, b: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+    fn mul(&self, n: usize, a: &Vec<T>, b: &Vec<T>, out: &mut Vec<T>) -> Result<()> {
         mul(n, a, b, out)
     }
-    fn mul_acc(&self, n: usize, a: &Vec<f32>, b: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+    fn mul_acc(&self, n: usize, a: &Vec<T>, b: &Vec<T>, out: &mut Vec<T>) -> Result<()> {
         mul_acc(n, a, b, out)
     }
     fn mul_backward(
         &self,
         n: usize,
-        a: &Vec<f32>,
-        b: &Vec<f32>,
-        dout: &Vec<f32>,
-        da: &mut Vec<f32>,
-        db: &mut Vec<f32>,
+        a: &Vec<T>,
+        b: &Vec<T>,
+        dout: &Vec<T>,
+        da: &mut Vec<T>,
+        db: &mut Vec<T>,
     ) -> Result<()> {
         mul_backward(n, a, b, dout, da, db)
     }
-    fn scale(&self, n: usize, alpha: f32, x: &mut Vec<f32>) -> Result<()> {
-        scale(n, alpha, x)
+    fn scale(&self, n: usize, alpha: f32, x: &mut Vec<T>) -> Result<()> {
+        scale(n, widen(alpha), x)
     }
-    fn axpy(&self, n: usize, alpha: f32, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
-        axpy(n, alpha, x, y)
+    fn axpy(&self, n: usize, alpha: f32, x: &Vec<T>, y: &mut Vec<T>) -> Result<()> {
+        axpy(n, widen(alpha), x, y)
     }
-    fn copy_cols(&self, spec: &ColCopy, src: &Vec<f32>, dst: &mut Vec<f32>) -> Result<()> {
+    fn copy_cols(&self, spec: &ColCopy, src: &Vec<T>, dst: &mut Vec<T>) -> Result<()> {
         copy_cols(spec, src, dst)
     }
 
-    fn softmax_rows(&self, shape: Shape, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+    fn softmax_rows(&self, shape: Shape, x: &Vec<T>, y: &mut Vec<T>) -> Result<()> {
         softmax_rows(shape, x, y)
     }
-    fn softmax_rows_backward(&self, shape: Shape, y: &Vec<f32>, dy: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
+    fn softmax_rows_backward(&self, shape: Shape, y: &Vec<T>, dy: &Vec<T>, dx: &mut Vec<T>) -> Result<()> {
         softmax_rows_backward(shape, y, dy, dx)
     }
 
     fn layer_norm_forward(
         &self,
         spec: &LayerNormSpec,
-        x: &Vec<f32>,
-        gamma: &Vec<f32>,
-        beta: &Vec<f32>,
-        y: &mut Vec<f32>,
+        x: &Vec<T>,
+        gamma: &Vec<T>,
+        beta: &Vec<T>,
+        y: &mut Vec<T>,
         stats: &mut NormStats<Self>,
     ) -> Result<()> {
         layer_norm_forward(spec, x, gamma, beta, y, &mut stats.mean, &mut stats.rstd)
@@ -599,18 +634,18 @@ impl Backend for RefOps {
     fn layer_norm_backward(
         &self,
         spec: &LayerNormSpec,
-        x: &Vec<f32>,
-        gamma: &Vec<f32>,
+        x: &Vec<T>,
+        gamma: &Vec<T>,
         stats: &NormStats<Self>,
-        dy: &Vec<f32>,
-        dx: &mut Vec<f32>,
-        dgamma: &mut Vec<f32>,
-        dbeta: &mut Vec<f32>,
+        dy: &Vec<T>,
+        dx: &mut Vec<T>,
+        dgamma: &mut Vec<T>,
+        dbeta: &mut Vec<T>,
     ) -> Result<()> {
         layer_norm_backward(spec, x, gamma, &stats.mean, &stats.rstd, dy, dx, dgamma, dbeta)
     }
 
-    fn gather_rows(&self, spec: &GatherSpec, ids: &Vec<u32>, table: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+    fn gather_rows(&self, spec: &GatherSpec, ids: &Vec<u32>, table: &Vec<T>, out: &mut Vec<T>) -> Result<()> {
         gather_rows(spec, ids, table, out)
     }
     fn gather_pooled(
@@ -619,8 +654,8 @@ impl Backend for RefOps {
         pooling: Pooling,
         offsets: &Vec<u32>,
         ids: &Vec<u32>,
-        table: &Vec<f32>,
-        out: &mut Vec<f32>,
+        table: &Vec<T>,
+        out: &mut Vec<T>,
     ) -> Result<()> {
         gather_pooled(spec, pooling, offsets, ids, table, out)
     }
@@ -628,7 +663,7 @@ impl Backend for RefOps {
         &self,
         spec: &GatherSpec,
         ids: &Vec<u32>,
-        dout: &Vec<f32>,
+        dout: &Vec<T>,
         grad: &mut SparseGrad<Self>,
     ) -> Result<()> {
         let (unique, rows) = scatter_rows_grad(spec, ids, dout)?;
@@ -641,7 +676,7 @@ impl Backend for RefOps {
         pooling: Pooling,
         offsets: &Vec<u32>,
         ids: &Vec<u32>,
-        dout: &Vec<f32>,
+        dout: &Vec<T>,
         grad: &mut SparseGrad<Self>,
     ) -> Result<()> {
         let (unique, rows) = scatter_pooled_grad(spec, pooling, offsets, ids, dout)?;
@@ -649,26 +684,26 @@ impl Backend for RefOps {
         Ok(())
     }
 
-    fn sum_rows(&self, shape: Shape, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+    fn sum_rows(&self, shape: Shape, x: &Vec<T>, out: &mut Vec<T>) -> Result<()> {
         sum_rows(shape, x, out)
     }
-    fn sum_cols(&self, shape: Shape, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+    fn sum_cols(&self, shape: Shape, x: &Vec<T>, out: &mut Vec<T>) -> Result<()> {
         sum_cols(shape, x, out)
     }
-    fn sum(&self, n: usize, x: &Vec<f32>) -> Result<f32> {
+    fn sum(&self, n: usize, x: &Vec<T>) -> Result<f32> {
         Ok(sum(n, x)? as f32)
     }
 
     fn bce_with_logits(
         &self,
         n: usize,
-        input: LossInput<'_, Vec<f32>>,
-        grad: &mut Vec<f32>,
+        input: LossInput<'_, Vec<T>>,
+        grad: &mut Vec<T>,
         write: GradWrite,
     ) -> Result<f32> {
         Ok(loss::bce_with_logits(n, host::loss_slices(&input), grad, write)? as f32)
     }
-    fn mse(&self, n: usize, input: LossInput<'_, Vec<f32>>, grad: &mut Vec<f32>, write: GradWrite) -> Result<f32> {
+    fn mse(&self, n: usize, input: LossInput<'_, Vec<T>>, grad: &mut Vec<T>, write: GradWrite) -> Result<f32> {
         Ok(loss::mse(n, host::loss_slices(&input), grad, write)? as f32)
     }
 }

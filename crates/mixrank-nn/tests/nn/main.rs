@@ -5,6 +5,7 @@ mod cross;
 mod dense;
 mod embedding;
 mod finalmlp;
+mod golden;
 mod mask;
 mod moe;
 mod optim;
