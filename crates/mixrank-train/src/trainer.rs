@@ -150,9 +150,19 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
     let emb = model.emb.as_ref();
     let mut sparse = emb.map(|e| match t.sparse_optimizer {
         SparseOptimizer::RowwiseAdagrad => {
-            Sparse::Adagrad(RowWiseAdagrad::new(RowWiseAdagradConfig::new(t.sparse_lr as f32), e))
+            let c = RowWiseAdagradConfig {
+                weight_decay: t.sparse_weight_decay as f32,
+                ..RowWiseAdagradConfig::new(t.sparse_lr as f32)
+            };
+            Sparse::Adagrad(RowWiseAdagrad::new(c, e))
         }
-        SparseOptimizer::LazyAdam => Sparse::Lazy(LazyAdam::new(LazyAdamConfig::new(t.sparse_lr as f32), e)),
+        SparseOptimizer::LazyAdam => {
+            let c = LazyAdamConfig {
+                weight_decay: t.sparse_weight_decay as f32,
+                ..LazyAdamConfig::new(t.sparse_lr as f32)
+            };
+            Sparse::Lazy(LazyAdam::new(c, e))
+        }
     });
     let max_steps = opts.max_steps.or(t.max_steps);
     let schedule = LrSchedule {

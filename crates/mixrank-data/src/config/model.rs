@@ -232,6 +232,9 @@ pub struct TrainSection {
     pub sparse_optimizer: SparseOptimizer,
     #[serde(default = "default_sparse_lr")]
     pub sparse_lr: f64,
+    /// L2 penalty on the embedding rows each batch touches (added to their gradient).
+    #[serde(default)]
+    pub sparse_weight_decay: f64,
     #[serde(default = "default_loss_weighting")]
     pub loss_weighting: LossWeighting,
     /// Validate every N steps (0 = once per epoch).
@@ -388,8 +391,10 @@ pub fn validate_train(t: &TrainSection) -> Result<(), (String, String)> {
             return e(k, format!("expected a number > 0, found {v}"));
         }
     }
-    if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
-        return e("weight_decay", format!("expected a number >= 0, found {}", t.weight_decay));
+    for (k, v) in [("weight_decay", t.weight_decay), ("sparse_weight_decay", t.sparse_weight_decay)] {
+        if !(v.is_finite() && v >= 0.0) {
+            return e(k, format!("expected a number >= 0, found {v}"));
+        }
     }
     if t.grad_clip.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
         return e("grad_clip", "expected a number > 0".into());

@@ -108,19 +108,23 @@ pub struct RowWiseAdagradConfig {
     pub eps: f32,
     /// Starting value of every row's accumulator. Default 0.
     pub initial_accumulator: f32,
+    /// L2 penalty on the rows a batch touched: `g_r += weight_decay · w_r` before the
+    /// update (FuxiCTR's `embedding_regularizer`, restricted to looked-up rows). Default 0.
+    pub weight_decay: f32,
 }
 
 impl RowWiseAdagradConfig {
     pub fn new(lr: f32) -> Self {
-        RowWiseAdagradConfig { lr, eps: 1e-8, initial_accumulator: 0.0 }
+        RowWiseAdagradConfig { lr, eps: 1e-8, initial_accumulator: 0.0, weight_decay: 0.0 }
     }
 }
 
 /// Row-wise Adagrad (FBGEMM/torchrec's `ROWWISE_ADAGRAD`): one accumulator per row
 /// instead of per element, so the state is `rows` floats, not `rows × dim`.
 ///
-/// For each touched row `r` with gradient `g_r`: `s_r += mean_j(g_rj²)`,
-/// `w_rj -= lr · g_rj / (sqrt(s_r) + eps)`. Untouched rows are not read or written.
+/// For each touched row `r` with gradient `g_r` (plus `weight_decay · w_r`):
+/// `s_r += mean_j(g_rj²)`, `w_rj -= lr · g_rj / (sqrt(s_r) + eps)`. Untouched rows are
+/// not read or written.
 pub struct RowWiseAdagrad {
     config: RowWiseAdagradConfig,
     /// Per table: `[rows]` accumulators.
@@ -158,17 +162,27 @@ impl RowWiseAdagrad {
     /// Applies the last backward's sparse gradients to every table.
     pub fn step<B: HostBackend>(&mut self, emb: &mut EmbeddingCollection<B>) -> Result<()> {
         check_tables("RowWiseAdagrad", emb, self.state.iter().map(Vec::len))?;
-        let RowWiseAdagradConfig { lr, eps, .. } = self.config;
+        let RowWiseAdagradConfig { lr, eps, weight_decay: wd, .. } = self.config;
         for t in 0..self.state.len() {
             let dim = emb.tables()[t].dim;
             // The table is moved out while the gradient walk borrows the collection.
             let mut table = std::mem::take(&mut emb.tables_mut()[t].value);
             let state = &mut self.state[t];
+            let mut decayed = vec![0f32; if wd != 0.0 { dim } else { 0 }];
             for_each_row(emb, t, &mut self.merged, |id, g| {
+                let row = &mut table[id * dim..(id + 1) * dim];
+                let g: &[f32] = if wd != 0.0 {
+                    for ((d, &gj), &w) in decayed.iter_mut().zip(g).zip(row.iter()) {
+                        *d = gj + wd * w;
+                    }
+                    &decayed
+                } else {
+                    g
+                };
                 let mean_sq = g.iter().map(|&x| x as f64 * x as f64).sum::<f64>() / dim as f64;
                 state[id] += mean_sq as f32;
                 let step = lr / (state[id].sqrt() + eps);
-                for (w, &gj) in table[id * dim..(id + 1) * dim].iter_mut().zip(g) {
+                for (w, &gj) in row.iter_mut().zip(g) {
                     *w -= step * gj;
                 }
             });
@@ -197,11 +211,21 @@ pub struct LazyAdamConfig {
     pub beta2: f32,
     pub eps: f32,
     pub bias_correction: BiasCorrection,
+    /// L2 penalty on the rows a batch touched: `g += weight_decay · w` before the
+    /// moments (see [`RowWiseAdagradConfig::weight_decay`]). Default 0.
+    pub weight_decay: f32,
 }
 
 impl LazyAdamConfig {
     pub fn new(lr: f32) -> Self {
-        LazyAdamConfig { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, bias_correction: BiasCorrection::PerRow }
+        LazyAdamConfig {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            bias_correction: BiasCorrection::PerRow,
+            weight_decay: 0.0,
+        }
     }
 }
 
@@ -274,7 +298,7 @@ impl LazyAdam {
     pub fn step<B: HostBackend>(&mut self, emb: &mut EmbeddingCollection<B>) -> Result<()> {
         check_tables("LazyAdam", emb, self.row_steps.iter().map(Vec::len))?;
         self.t += 1;
-        let LazyAdamConfig { lr, beta1: b1, beta2: b2, eps, bias_correction } = self.config;
+        let LazyAdamConfig { lr, beta1: b1, beta2: b2, eps, bias_correction, weight_decay: wd } = self.config;
         for t in 0..self.m.len() {
             let dim = emb.tables()[t].dim;
             let mut table = std::mem::take(&mut emb.tables_mut()[t].value);
@@ -291,6 +315,7 @@ impl LazyAdam {
                 let step_size = (lr as f64 / bc1) as f32;
                 for (j, &gj) in g.iter().enumerate() {
                     let e = id * dim + j;
+                    let gj = gj + wd * table[e];
                     m[e] = b1 * m[e] + (1.0 - b1) * gj;
                     v[e] = b2 * v[e] + (1.0 - b2) * gj * gj;
                     table[e] -= step_size * m[e] / (v[e].sqrt() / bc2_sqrt + eps);

@@ -142,6 +142,46 @@ fn rowwise_adagrad_updates_touched_rows_only() {
 }
 
 #[test]
+fn sparse_weight_decay_adds_l2_on_touched_rows_only() {
+    let wd = 0.3f64;
+    // Row-wise Adagrad: g_r + wd·w_r feeds both the accumulator and the step.
+    let (mut emb, before) = embedding_with_grad();
+    let cfg = RowWiseAdagradConfig { weight_decay: wd as f32, ..RowWiseAdagradConfig::new(0.5) };
+    let mut opt = RowWiseAdagrad::new(cfg, &emb);
+    opt.step(&mut emb).unwrap();
+    let after = emb.tables()[0].value.clone();
+    for (row, g) in [(1usize, [2.0f64, 0.25]), (4, [2.0, 2.0])] {
+        let gd: Vec<f64> = (0..2).map(|j| g[j] + wd * before[row * 2 + j] as f64).collect();
+        let s = (gd[0] * gd[0] + gd[1] * gd[1]) / 2.0;
+        for j in 0..2 {
+            let w = before[row * 2 + j] as f64;
+            let want = w - 0.5 * gd[j] / (s.sqrt() + 1e-8);
+            close(&format!("adagrad w[{row},{j}]"), after[row * 2 + j], want, w.abs() + (want - w).abs());
+        }
+    }
+    for row in [0, 2, 3, 5] {
+        assert_eq!(after[row * 2..row * 2 + 2], before[row * 2..row * 2 + 2], "row {row} must be bit-identical");
+    }
+    // Lazy Adam: the decayed gradient enters the moments.
+    let (mut emb, before) = embedding_with_grad();
+    let cfg = LazyAdamConfig { weight_decay: wd as f32, ..LazyAdamConfig::new(0.01) };
+    let mut opt = LazyAdam::new(cfg, &emb);
+    opt.step(&mut emb).unwrap();
+    let after = emb.tables()[0].value.clone();
+    for (row, g) in [(1usize, [2.0f64, 0.25]), (4, [2.0, 2.0])] {
+        for j in 0..2 {
+            let w = before[row * 2 + j] as f64;
+            let (want, m, _) = adam_ref(w, g[j] + wd * w, 0.0, 0.0, 1, 0.01, 0.0);
+            close(&format!("lazy w[{row},{j}]"), after[row * 2 + j], want, w.abs() + (want - w).abs());
+            close("m", opt.state(0).0[row * 2 + j], m, m.abs());
+        }
+    }
+    for row in [0, 2, 3, 5] {
+        assert_eq!(after[row * 2..row * 2 + 2], before[row * 2..row * 2 + 2], "row {row} must be bit-identical");
+    }
+}
+
+#[test]
 fn lazy_adam_touches_only_listed_rows_with_per_row_or_global_correction() {
     for correction in [BiasCorrection::PerRow, BiasCorrection::GlobalStep] {
         let (mut emb, before) = embedding_with_grad();
