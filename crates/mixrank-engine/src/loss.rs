@@ -24,6 +24,35 @@ pub fn mse_term<T: Float>(p: T, t: T) -> (T, T) {
     (d * d, T::from_f64(2.0) * d)
 }
 
+/// `(ℓ, ∂ℓ/∂p)` of the Huber loss with threshold `delta` on prediction `p` and target
+/// `t`: `½d²` for `|d| ≤ δ`, `δ(|d| - ½δ)` beyond (PyTorch's `HuberLoss`); the gradient is
+/// `d` clamped to `[-δ, δ]`.
+#[inline]
+pub fn huber_term<T: Float>(p: T, t: T, delta: T) -> (T, T) {
+    let d = p - t;
+    let half = T::from_f64(0.5);
+    if d.abs() <= delta {
+        (half * d * d, d)
+    } else {
+        (delta * (d.abs() - half * delta), if d > T::ZERO { delta } else { T::ZERO - delta })
+    }
+}
+
+/// Huber loss over the first `n` examples; see [`crate::Backend::huber`].
+pub fn huber<T: Float>(
+    n: usize,
+    delta: f32,
+    input: LossInput<'_, [T]>,
+    grad: &mut [T],
+    write: GradWrite,
+) -> Result<f64> {
+    if !(delta.is_finite() && delta > 0.0) {
+        return Err(crate::EngineError::InvalidArgument { op: "huber", reason: "delta must be a finite number > 0" });
+    }
+    let d = T::from_f64(delta as f64);
+    weighted_mean("huber", n, input, grad, write, |p, t| huber_term(p, t, d))
+}
+
 /// BCE-with-logits over the first `n` examples; see [`crate::Backend::bce_with_logits`].
 pub fn bce_with_logits<T: Float>(n: usize, input: LossInput<'_, [T]>, grad: &mut [T], write: GradWrite) -> Result<f64> {
     weighted_mean("bce_with_logits", n, input, grad, write, bce_term)
@@ -111,6 +140,27 @@ mod tests {
         assert_eq!(d, -1.0);
         let (l, _) = bce_term(200.0f32, 1.0);
         assert_eq!(l, 0.0);
+    }
+
+    #[test]
+    fn huber_by_hand_and_against_finite_differences() {
+        // δ = 1: d = 0.5 is quadratic (0.125, 0.5); d = -3 is linear (2.5, -1).
+        assert_eq!(huber_term(1.5f64, 1.0, 1.0), (0.125, 0.5));
+        assert_eq!(huber_term(-1.0f64, 2.0, 1.0), (2.5, -1.0));
+        // Weighted, masked mean: rows 0 and 2 count with weights 1 and 3.
+        let (p, t) = ([1.5f64, 9.0, -1.0], [1.0, f64::NAN, 2.0]);
+        let mut g = [0.0; 3];
+        let l =
+            huber(3, 1.0, input(&p, &t, Some(&[1.0, 5.0, 3.0]), Some(&[1.0, 0.0, 1.0])), &mut g, GradWrite::default())
+                .unwrap();
+        assert!((l - (0.125 + 3.0 * 2.5) / 4.0).abs() < 1e-15, "{l}");
+        assert_eq!(g, [0.5 / 4.0, 0.0, -3.0 / 4.0]);
+        for &(p, t) in &[(0.2f64, -0.3), (2.0, 0.1), (-1.7, 0.4)] {
+            let h = 1e-6;
+            let fd = (huber_term(p + h, t, 0.8).0 - huber_term(p - h, t, 0.8).0) / (2.0 * h);
+            assert!((fd - huber_term(p, t, 0.8).1).abs() < 1e-8, "{p} {t}");
+        }
+        assert!(huber(1, 0.0, input(&[0.0], &[0.0], None, None), &mut [0.0], GradWrite::default()).is_err());
     }
 
     #[test]

@@ -481,4 +481,16 @@ pub trait Backend: Send + Sync {
     /// Mean squared error `ℓ = (p - t)²` (no ½), `∂ℓ/∂p = 2(p - t)`; weighting, masking
     /// and gradient writing as in [`Backend::bce_with_logits`]. Host sync point.
     fn mse(&self, n: usize, input: LossInput<'_, Self::Buf>, grad: &mut Self::Buf, write: GradWrite) -> Result<f32>;
+
+    /// Huber loss with threshold `delta > 0`: `ℓ = ½d²` for `|d| ≤ δ`, else
+    /// `δ(|d| - ½δ)`, `∂ℓ/∂p = clamp(d, -δ, δ)` with `d = p - t`; weighting, masking and
+    /// gradient writing as in [`Backend::bce_with_logits`]. Host sync point.
+    fn huber(
+        &self,
+        n: usize,
+        delta: f32,
+        input: LossInput<'_, Self::Buf>,
+        grad: &mut Self::Buf,
+        write: GradWrite,
+    ) -> Result<f32>;
 }

@@ -706,4 +706,14 @@ impl<T: Float> Backend for RefOpsOf<T> {
     fn mse(&self, n: usize, input: LossInput<'_, Vec<T>>, grad: &mut Vec<T>, write: GradWrite) -> Result<f32> {
         Ok(loss::mse(n, host::loss_slices(&input), grad, write)? as f32)
     }
+    fn huber(
+        &self,
+        n: usize,
+        delta: f32,
+        input: LossInput<'_, Vec<T>>,
+        grad: &mut Vec<T>,
+        write: GradWrite,
+    ) -> Result<f32> {
+        Ok(loss::huber(n, delta, host::loss_slices(&input), grad, write)? as f32)
+    }
 }

@@ -11,7 +11,7 @@
 use crate::error::{engine, layer, Result, TrainError};
 use crate::evaluate::evaluate;
 use mixrank_data::config::model::{DenseOptimizer, LrDecay, SparseOptimizer};
-use mixrank_data::config::{ExperimentConfig, TaskKind};
+use mixrank_data::config::{ExperimentConfig, RegressionLoss, TaskKind};
 use mixrank_data::pipeline::{BatchStream, StreamOptions};
 use mixrank_data::stats::{fit_dense_stats, DenseStats};
 use mixrank_data::{DenseMode, Encoder};
@@ -214,9 +214,12 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
                     mask: Some(&masks[ti]),
                 };
                 let write = GradWrite { scale: task.weight as f32, accumulate: false };
-                let loss = match task.kind {
-                    TaskKind::Binary => ops.bce_with_logits(n, input, &mut grads[ti], write),
-                    TaskKind::Regression => ops.mse(n, input, &mut grads[ti], write),
+                let loss = match (task.kind, task.regression_loss) {
+                    (TaskKind::Binary, _) => ops.bce_with_logits(n, input, &mut grads[ti], write),
+                    (TaskKind::Regression, RegressionLoss::Mse) => ops.mse(n, input, &mut grads[ti], write),
+                    (TaskKind::Regression, RegressionLoss::Huber { delta }) => {
+                        ops.huber(n, delta as f32, input, &mut grads[ti], write)
+                    }
                 }
                 .map_err(engine("loss"))?;
                 if !loss.is_finite() {

@@ -136,6 +136,17 @@ pub struct TaskSpec {
     pub mask: Option<String>,
     pub weight: f64,
     pub teacher: Option<Teacher>,
+    /// The loss of a regression task (binary tasks always use BCE).
+    pub regression_loss: RegressionLoss,
+}
+
+/// Loss of a regression task.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RegressionLoss {
+    /// `(p - t)²`.
+    Mse,
+    /// `½d²` for `|d| ≤ delta`, `delta·(|d| - ½delta)` beyond.
+    Huber { delta: f64 },
 }
 
 #[derive(Debug, Clone)]
@@ -340,7 +351,29 @@ impl ExperimentConfig {
                     v.err(&format!("{key}.weight"), format!("expected a finite number >= 0, found {}", t.weight))
                 );
             }
+            let regression_loss = match (t.kind, t.loss, t.huber_delta) {
+                (TaskKind::Binary, Some(_), _) | (TaskKind::Binary, _, Some(_)) => {
+                    return Err(v.err(
+                        &format!("{key}.loss"),
+                        "only regression tasks choose a loss (binary tasks use BCE)".into(),
+                    ))
+                }
+                (_, Some(wire::RegressionLossName::Huber), d) => {
+                    let delta = d.unwrap_or(1.0);
+                    if !(delta.is_finite() && delta > 0.0) {
+                        return Err(
+                            v.err(&format!("{key}.huber_delta"), format!("expected a number > 0, found {delta}"))
+                        );
+                    }
+                    RegressionLoss::Huber { delta }
+                }
+                (_, _, Some(_)) => {
+                    return Err(v.err(&format!("{key}.huber_delta"), "only with loss = \"huber\"".into()))
+                }
+                _ => RegressionLoss::Mse,
+            };
             tasks.push(TaskSpec {
+                regression_loss,
                 name: t.name.clone(),
                 kind: t.kind,
                 label: t.label.clone(),

@@ -265,6 +265,17 @@ pub struct TaskSection {
     #[serde(default = "unit_weight")]
     pub weight: f64,
     pub teacher: Option<TeacherSection>,
+    /// Regression tasks: `"mse"` (default) or `"huber"`.
+    pub loss: Option<RegressionLossName>,
+    /// Huber threshold δ (default 1.0).
+    pub huber_delta: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegressionLossName {
+    Mse,
+    Huber,
 }
 
 fn unit_weight() -> f64 {

@@ -211,3 +211,23 @@ fn model_errors_name_the_key() {
         assert!(e.contains(key) && e.contains(msg), "want {key} / {msg}, got: {e}");
     }
 }
+
+#[test]
+fn regression_loss_choice_is_validated() {
+    use mixrank_data::config::RegressionLoss;
+    let d = tempfile::tempdir().unwrap();
+    let reg =
+        |extra: &str| format!("{BASE}\n[[tasks]]\nname = \"dwell\"\nkind = \"regression\"\nlabel = \"dwell\"\n{extra}");
+    let c = load_config(d.path(), &reg("")).unwrap();
+    assert_eq!(c.tasks[1].regression_loss, RegressionLoss::Mse);
+    let c = load_config(d.path(), &reg("loss = \"huber\"")).unwrap();
+    assert_eq!(c.tasks[1].regression_loss, RegressionLoss::Huber { delta: 1.0 });
+    let c = load_config(d.path(), &reg("loss = \"huber\"\nhuber_delta = 2.5")).unwrap();
+    assert_eq!(c.tasks[1].regression_loss, RegressionLoss::Huber { delta: 2.5 });
+    let e = err_text(load_config(d.path(), &reg("loss = \"huber\"\nhuber_delta = 0.0")));
+    assert!(e.contains("tasks[1].huber_delta") && e.contains("> 0"), "{e}");
+    let e = err_text(load_config(d.path(), &reg("huber_delta = 2.0")));
+    assert!(e.contains("tasks[1].huber_delta"), "{e}");
+    let e = err_text(load_config(d.path(), &BASE.replace("label = \"click\"", "label = \"click\"\nloss = \"mse\"")));
+    assert!(e.contains("tasks[0].loss") && e.contains("binary"), "{e}");
+}

@@ -239,4 +239,14 @@ impl Backend for CpuOps {
     fn mse(&self, n: usize, input: LossInput<'_, Vec<f32>>, grad: &mut Vec<f32>, write: GradWrite) -> Result<f32> {
         Ok(loss::mse(n, host::loss_slices(&input), grad, write)? as f32)
     }
+    fn huber(
+        &self,
+        n: usize,
+        delta: f32,
+        input: LossInput<'_, Vec<f32>>,
+        grad: &mut Vec<f32>,
+        write: GradWrite,
+    ) -> Result<f32> {
+        Ok(loss::huber(n, delta, host::loss_slices(&input), grad, write)? as f32)
+    }
 }

@@ -588,6 +588,17 @@ impl Backend for BoundOps {
     ) -> Result<f32> {
         loss_bound(n, input, grad, write, 2.0, |p, t, g, w| loss::mse(n, inp(p, t, w), g, write))
     }
+    /// Huber's `∂ℓ/∂p` is 1-Lipschitz.
+    fn huber(
+        &self,
+        n: usize,
+        delta: f32,
+        input: LossInput<'_, Vec<Bounded>>,
+        grad: &mut Vec<Bounded>,
+        write: GradWrite,
+    ) -> Result<f32> {
+        loss_bound(n, input, grad, write, 1.0, |p, t, g, w| loss::huber(n, delta, inp(p, t, w), g, write))
+    }
 }
 
 type Weights<'a> = (Option<&'a [f64]>, Option<&'a [f64]>);
