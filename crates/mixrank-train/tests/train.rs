@@ -95,7 +95,7 @@ fn checkpoint_round_trip_is_bit_identical_and_corruption_is_refused() {
     pool.install(|| {
         let mut loaded = mixrank_train::checkpoint::load(&out.join("checkpoint"), &ops, 4096).unwrap();
         assert_eq!(loaded.manifest.step, 3);
-        assert_eq!(loaded.manifest.lineage.stage, "batch");
+        assert_eq!(loaded.manifest.lineage.stage, mixrank_train::Stage::Batch);
         let stats = Arc::new(loaded.manifest.dense_stats.clone());
         let enc = Arc::new(Encoder::new(loaded.config.clone(), DenseMode::Fitted(stats)).unwrap());
         let (batches, _) = read_all(
