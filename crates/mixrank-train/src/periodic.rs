@@ -48,8 +48,9 @@ impl Periodic {
             || self.every.is_some_and(|d| self.last.elapsed() >= d)
     }
 
-    /// Writes `checkpoints/step-<step>/`, points `LATEST` at it and deletes the oldest
-    /// beyond `keep`. Returns the new directory.
+    /// Writes `checkpoints/step-<step>/`, deletes the oldest beyond `keep` and points
+    /// `LATEST` at the new one. Returns the new directory. (A kill between the write
+    /// and the pruning leaves one extra directory, deleted by the next save.)
     pub fn save(
         &mut self,
         model: &mut RankingModel<CpuOps>,
@@ -59,10 +60,10 @@ impl Periodic {
         let name = format!("step-{}", info.step);
         let dir = self.run_dir.join(CHECKPOINTS).join(&name);
         save(&dir, model, optim, info)?;
-        write_atomic(&self.run_dir.join(CHECKPOINTS).join(LATEST), format!("{name}\n").as_bytes())?;
         for (_, old) in list(&self.run_dir).into_iter().skip(self.keep) {
             std::fs::remove_dir_all(&old).map_err(|source| TrainError::Io { path: old.clone(), source })?;
         }
+        write_atomic(&self.run_dir.join(CHECKPOINTS).join(LATEST), format!("{name}\n").as_bytes())?;
         self.last = Instant::now();
         Ok(dir)
     }
