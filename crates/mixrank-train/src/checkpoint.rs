@@ -239,7 +239,8 @@ impl Verified {
     /// The config the checkpoint was trained with.
     pub fn config(&self) -> Result<Arc<ExperimentConfig>> {
         let m = &self.manifest;
-        let wire = toml::from_str(&m.config_toml).map_err(|e| self.bad(format!("stored config does not parse: {e}")))?;
+        let wire =
+            toml::from_str(&m.config_toml).map_err(|e| self.bad(format!("stored config does not parse: {e}")))?;
         let base = m.config_path.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(Arc::new(ExperimentConfig::from_wire(wire, &m.config_path, &base)?))
     }

@@ -107,9 +107,11 @@ impl Optimizers {
         if let (Some(s), Some(e)) = (&self.sparse, model.emb.as_ref()) {
             for (t, table) in e.tables().iter().enumerate() {
                 match s {
-                    Sparse::Adagrad(o) => {
-                        out.push(Tensor::f32(format!("adagrad.acc.emb.tables.{t}"), vec![table.rows], o.accumulators(t)))
-                    }
+                    Sparse::Adagrad(o) => out.push(Tensor::f32(
+                        format!("adagrad.acc.emb.tables.{t}"),
+                        vec![table.rows],
+                        o.accumulators(t),
+                    )),
                     Sparse::Lazy(o) => {
                         let (m, v, steps) = o.state(t);
                         let shape = vec![table.rows, table.dim];

@@ -36,7 +36,8 @@ impl Periodic {
         Periodic {
             run_dir: run_dir.to_path_buf(),
             every_steps: t.checkpoint_every_steps,
-            every: (t.checkpoint_every_minutes > 0.0).then(|| Duration::from_secs_f64(t.checkpoint_every_minutes * 60.0)),
+            every: (t.checkpoint_every_minutes > 0.0)
+                .then(|| Duration::from_secs_f64(t.checkpoint_every_minutes * 60.0)),
             keep: t.keep_checkpoints.max(1),
             last: Instant::now(),
         }
@@ -80,7 +81,7 @@ pub fn list(run_dir: &Path) -> Vec<(u64, PathBuf)> {
             e.path().is_dir().then(|| (step, e.path()))
         })
         .collect();
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|e| std::cmp::Reverse(e.0));
     out
 }
 

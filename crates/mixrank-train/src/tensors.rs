@@ -57,12 +57,20 @@ impl<'a> TensorFile<'a> {
 
     /// Tensor `name` as f32, which must have `shape`.
     pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, String> {
-        Ok(self.raw(name, Dtype::F32, shape)?.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(self
+            .raw(name, Dtype::F32, shape)?
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
     }
 
     /// Tensor `name` as u32, which must have `shape`.
     pub fn u32(&self, name: &str, shape: &[usize]) -> Result<Vec<u32>, String> {
-        Ok(self.raw(name, Dtype::U32, shape)?.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(self
+            .raw(name, Dtype::U32, shape)?
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
     }
 
     /// Shape of tensor `name`, if present.

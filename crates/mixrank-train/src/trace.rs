@@ -26,13 +26,8 @@ impl RowTrace {
     /// Opens `path`, truncating it for a new run or appending for a resumed one.
     pub fn open(path: &Path, append: bool) -> Result<RowTrace> {
         let io = |source| TrainError::Io { path: path.to_path_buf(), source };
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(!append)
-            .open(path)
-            .map_err(io)?;
+        let mut file =
+            std::fs::OpenOptions::new().create(true).read(true).write(true).truncate(!append).open(path).map_err(io)?;
         let len = file.seek(SeekFrom::End(0)).map_err(io)?;
         if len > 0 {
             let mut last = [0u8];

@@ -130,8 +130,13 @@ impl Log {
     /// kill is terminated first.
     fn open(path: PathBuf, append: bool) -> Result<Log> {
         let io = |source| TrainError::Io { path: path.clone(), source };
-        let mut file =
-            std::fs::OpenOptions::new().create(true).append(append).write(true).truncate(!append).open(&path).map_err(io)?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(append)
+            .write(true)
+            .truncate(!append)
+            .open(&path)
+            .map_err(io)?;
         if append {
             let text = std::fs::read(&path).map_err(io)?;
             if text.last().is_some_and(|&b| b != b'\n') {

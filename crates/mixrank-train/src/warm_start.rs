@@ -66,7 +66,10 @@ fn table_map(old: &TableSpec, new: &TableSpec) -> (Option<RowMap>, Option<String
     let (o, n) = (old.rows() as usize, new.rows() as usize);
     let name = &new.name;
     if old.dim != new.dim {
-        return (Some(vec![Vec::new(); n]), Some(format!("table `{name}`: re-initialised (dim {} -> {})", old.dim, new.dim)));
+        return (
+            Some(vec![Vec::new(); n]),
+            Some(format!("table `{name}`: re-initialised (dim {} -> {})", old.dim, new.dim)),
+        );
     }
     match (&old.kind, &new.kind) {
         (TableKind::Hashed { .. }, TableKind::Hashed { .. }) if o == n => (None, None),

@@ -124,4 +124,41 @@ fn checkpoint_round_trip_is_bit_identical_and_corruption_is_refused() {
     std::fs::write(&w, &bytes).unwrap();
     let e = mixrank_train::checkpoint::load(&out.join("checkpoint"), &ops, 16).err().unwrap().to_string();
     assert!(e.contains("weights.safetensors is corrupt or partial") && e.contains("checksum"), "{e}");
+    std::fs::write(&w, &bytes[..]).unwrap();
+    bytes[i] ^= 0x40;
+    std::fs::write(&w, &bytes).unwrap();
+    let ck = out.join("checkpoint");
+    assert!(mixrank_train::checkpoint::load(&ck, &ops, 16).is_ok(), "restored");
+    let refused = |what: &str| {
+        let e = mixrank_train::checkpoint::load(&ck, &ops, 16).err().expect(what).to_string();
+        assert!(e.contains(&ck.display().to_string()), "{what}: names the checkpoint: {e}");
+        e
+    };
+    // A truncated optimizer file.
+    let o = ck.join("optimizer.safetensors");
+    let good = std::fs::read(&o).unwrap();
+    std::fs::write(&o, &good[..good.len() / 2]).unwrap();
+    let e = refused("truncated");
+    assert!(e.contains("optimizer.safetensors is corrupt or partial"), "{e}");
+    std::fs::write(&o, &good).unwrap();
+    // An edited manifest fails its own checksum; a missing checksum file is partial.
+    let m = ck.join("manifest.json");
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(&m, text.replace("\"step\": 3", "\"step\": 4")).unwrap();
+    let e = refused("edited manifest");
+    assert!(e.contains("manifest.json is corrupt or partial"), "{e}");
+    std::fs::write(&m, &text).unwrap();
+    let sum = std::fs::read(ck.join("manifest.xxh3")).unwrap();
+    std::fs::remove_file(ck.join("manifest.xxh3")).unwrap();
+    let e = refused("missing manifest.xxh3");
+    assert!(e.contains("cannot read manifest.xxh3"), "{e}");
+    // A format-1 manifest (weights only) is refused with the reason.
+    let v1 = text.replace("\"format_version\": 2", "\"format_version\": 1");
+    std::fs::write(&m, &v1).unwrap();
+    std::fs::write(ck.join("manifest.xxh3"), format!("{:016x}", xxhash_rust::xxh3::xxh3_64(v1.as_bytes()))).unwrap();
+    let e = refused("format 1");
+    assert!(e.contains("format 1 holds weights only"), "{e}");
+    std::fs::write(&m, &text).unwrap();
+    std::fs::write(ck.join("manifest.xxh3"), sum).unwrap();
+    assert!(mixrank_train::checkpoint::load(&ck, &ops, 16).is_ok(), "restored");
 }

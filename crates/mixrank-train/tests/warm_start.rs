@@ -71,8 +71,7 @@ fn child(p: &Parent, text: &str, model: &str) -> Result<Child, String> {
     let mut optim = Optimizers::new(&cfg.train, &mut m);
     let mut stats = DenseStats { mean: vec![-7.0; cfg.dense.len()], std: vec![7.0; cfg.dense.len()], rows: 0 };
     let parent = read_verified(&p.run.join("checkpoint")).unwrap();
-    let changes =
-        warm_start(&parent, &cfg, &mut m, &mut optim, &mut stats).map_err(|e| e.to_string())?;
+    let changes = warm_start(&parent, &cfg, &mut m, &mut optim, &mut stats).map_err(|e| e.to_string())?;
     Ok(Child { cfg, model: m, fresh, optim, stats, changes })
 }
 
@@ -119,10 +118,8 @@ fn resized_hash_tables_are_remapped_or_reinitialised() {
     let parent = parent_model(&p);
     let old_rows = parent.config.tables.iter().find(|t| t.name == "ad_id").unwrap().rows() as usize;
     let with_buckets = |n: usize| {
-        p.config_text.replace(
-            &format!("name = \"ad_id\"\nbuckets = {old_rows}"),
-            &format!("name = \"ad_id\"\nbuckets = {n}"),
-        )
+        p.config_text
+            .replace(&format!("name = \"ad_id\"\nbuckets = {old_rows}"), &format!("name = \"ad_id\"\nbuckets = {n}"))
     };
     let (old, dim) = table(&parent.model, &parent.config, "ad_id");
     // Doubled: new row r is old row r mod old_rows, exactly.
@@ -164,10 +161,22 @@ fn added_and_removed_features_remap_the_head_input_columns() {
     // a new dense feature, a dim change on position_id, a new vocabulary for surface_id.
     let text = p
         .config_text
-        .replace("[[features.categorical]]\nname = \"advertiser_id\"", "[[features.categorical]]\nname = \"advertiser_new\"\ncolumn = \"advertiser_id\"")
-        .replace("[[features.dense]]\nname = \"bid\"\nlog1p = true\nstandardize = true\n", "[[features.dense]]\nname = \"p_click_true\"\n")
-        .replace("name = \"position_id\"\ncolumn = \"position\"\nbuckets = 64\ndim = 4", "name = \"position_id\"\ncolumn = \"position\"\nbuckets = 64\ndim = 6")
-        .replace("vocabulary = [\"home_feed\", \"related_pins\", \"search\"]\ndim = 4", "vocabulary = [\"search\", \"home_feed\", \"shopping\"]\ndim = 4");
+        .replace(
+            "[[features.categorical]]\nname = \"advertiser_id\"",
+            "[[features.categorical]]\nname = \"advertiser_new\"\ncolumn = \"advertiser_id\"",
+        )
+        .replace(
+            "[[features.dense]]\nname = \"bid\"\nlog1p = true\nstandardize = true\n",
+            "[[features.dense]]\nname = \"p_click_true\"\n",
+        )
+        .replace(
+            "name = \"position_id\"\ncolumn = \"position\"\nbuckets = 64\ndim = 4",
+            "name = \"position_id\"\ncolumn = \"position\"\nbuckets = 64\ndim = 6",
+        )
+        .replace(
+            "vocabulary = [\"home_feed\", \"related_pins\", \"search\"]\ndim = 4",
+            "vocabulary = [\"search\", \"home_feed\", \"shopping\"]\ndim = 4",
+        );
     let mut c = child(&p, &text, MODEL).unwrap();
     for want in [
         "table `advertiser_id`: dropped",

@@ -44,8 +44,11 @@ fn simulate(dir: &Path, days: usize) -> PathBuf {
     let cfg = sim.join("mixrank.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
     assert!(text.contains("batch_size = 2048") && text.contains("shuffle_buffer = 65536"));
-    std::fs::write(&cfg, text.replace("batch_size = 2048", "batch_size = 64").replace("shuffle_buffer = 65536", "shuffle_buffer = 256"))
-        .unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("batch_size = 2048", "batch_size = 64").replace("shuffle_buffer = 65536", "shuffle_buffer = 256"),
+    )
+    .unwrap();
     cfg
 }
 
@@ -64,7 +67,12 @@ fn read_trace(path: &Path) -> (Vec<Step>, usize) {
             Ok(v) => out.push((
                 v["step"].as_u64().unwrap(),
                 v["epoch"].as_u64().unwrap(),
-                v["rows"].as_array().unwrap().iter().map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap())).collect(),
+                v["rows"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap()))
+                    .collect(),
             )),
             Err(_) => partial += 1,
         }
@@ -167,7 +175,7 @@ fn kill_corrupt_and_resume_sees_every_row_once_and_matches_an_uninterrupted_run(
         err.contains(&format!("step-{newest}")) && err.contains("weights.safetensors is corrupt or partial"),
         "{err}"
     );
-    assert!(err.contains(&format!("resuming from")) && err.contains(&format!("at step {fallback}")), "{err}");
+    assert!(err.contains("resuming from") && err.contains(&format!("at step {fallback}")), "{err}");
     assert!(run_b.join(format!("checkpoints/refused-step-{newest}")).is_dir(), "refused checkpoint moved aside");
     let refused = log_events(&run_b, "checkpoint_refused");
     assert_eq!(refused.len(), 1);
@@ -217,8 +225,7 @@ fn incremental_stage_warm_starts_across_config_changes_and_records_lineage() {
     assert!(ok, "{err}");
     // Incremental without a parent is refused.
     let child = d.path().join("child");
-    let (ok, _, err) =
-        mixrank(&["train", s(&cfg), "--model", s(&model), "--out", s(&child), "--stage", "incremental"]);
+    let (ok, _, err) = mixrank(&["train", s(&cfg), "--model", s(&model), "--out", s(&child), "--stage", "incremental"]);
     assert!(!ok && err.contains("--init"), "{err}");
 
     // The next day, with ad_id's table doubled, advertiser_id and bid removed and a new
@@ -236,14 +243,20 @@ fn incremental_stage_warm_starts_across_config_changes_and_records_lineage() {
             .find_map(|l| l.strip_prefix("days = { from = \"").map(|r| r[..10].to_string()))
             .unwrap()
     };
-    let mut new = text.replace(&format!("days = {{ from = \"{first}\", to = \"{last}\" }}"), &format!("days = {{ from = \"{next}\", to = \"{next}\" }}"));
+    let mut new = text.replace(
+        &format!("days = {{ from = \"{first}\", to = \"{last}\" }}"),
+        &format!("days = {{ from = \"{next}\", to = \"{next}\" }}"),
+    );
     assert_ne!(new, text);
     let ad = "name = \"ad_id\"\nbuckets = ";
     let at = new.find(ad).unwrap() + ad.len();
     let end = at + new[at..].find('\n').unwrap();
     let buckets: u64 = new[at..end].parse().unwrap();
     new.replace_range(at..end, &(buckets * 2).to_string());
-    new = new.replace("[[features.categorical]]\nname = \"advertiser_id\"", "[[features.categorical]]\nname = \"advertiser_gone\"\ncolumn = \"advertiser_id\"");
+    new = new.replace(
+        "[[features.categorical]]\nname = \"advertiser_id\"",
+        "[[features.categorical]]\nname = \"advertiser_gone\"\ncolumn = \"advertiser_id\"",
+    );
     new = new.replace("[[features.dense]]\nname = \"bid\"\nlog1p = true\nstandardize = true\n", "");
     let cfg2 = d.path().join("sim/next.toml");
     std::fs::write(&cfg2, new).unwrap();
