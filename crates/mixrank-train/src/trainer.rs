@@ -87,9 +87,13 @@ impl TrainOptions {
 /// What a training run did.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainSummary {
+    /// Updates in total (a resumed run includes those before its checkpoint).
     pub steps: u64,
+    /// Training examples in total (likewise).
     pub examples: u64,
+    /// Wall time of this process's run.
     pub seconds: f64,
+    /// Examples this process trained on per second.
     pub examples_per_second: f64,
     /// Reports of the last validation (empty without a validation split).
     pub validation: Vec<TaskReport>,
@@ -209,6 +213,8 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
     let (mut labels, mut masks, mut weights) = (vec![Vec::new(); n_tasks], vec![Vec::new(); n_tasks], Vec::new());
     let mut grads: Vec<Vec<f32>> = vec![vec![0.0; bs]; n_tasks];
     let start = Instant::now();
+    // Throughput counts this process's examples (a resumed run starts past zero).
+    let examples_at_start = examples;
     // Steps and per-task loss sums since the last log line.
     let (mut window_steps, mut window_loss) = (0u64, vec![0f64; n_tasks]);
     let mut last_reports = Vec::new();
@@ -225,8 +231,13 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
         // The data cursor: batches of this epoch already trained on (resume).
         sopts.skip_batches = if epoch as u64 == cursor.epoch { cursor.batch_in_epoch } else { 0 };
         cursor = Cursor { epoch: epoch as u64, batch_in_epoch: sopts.skip_batches };
+        let mut skipping = (sopts.skip_batches > 0).then(|| (sopts.skip_batches, Instant::now()));
         for b in BatchStream::start(enc.clone(), train_split, sopts)? {
             let b = b?;
+            if let Some((batches, t0)) = skipping.take() {
+                log.line(&serde_json::json!({"event": "data_cursor", "epoch": epoch, "skipped_batches": batches,
+                    "seconds_to_first_batch": t0.elapsed().as_secs_f64()}))?;
+            }
             let n = b.rows;
             model.forward(&ops, &b)?;
             for ti in 0..n_tasks {
@@ -287,7 +298,7 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
                     epoch,
                     examples,
                     elapsed_s: elapsed,
-                    examples_per_s: examples as f64 / elapsed,
+                    examples_per_s: (examples - examples_at_start) as f64 / elapsed,
                     lr,
                     loss: task_loss.iter().zip(&cfg.tasks).map(|((_, l), t)| l * t.weight).sum(),
                     task_loss,
@@ -322,7 +333,7 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
         steps: step,
         examples,
         seconds,
-        examples_per_second: examples as f64 / seconds.max(1e-9),
+        examples_per_second: (examples - examples_at_start) as f64 / seconds.max(1e-9),
         validation: last_reports,
         predictions: last_preds,
     };

@@ -162,3 +162,35 @@ fn checkpoint_round_trip_is_bit_identical_and_corruption_is_refused() {
     std::fs::write(ck.join("manifest.xxh3"), sum).unwrap();
     assert!(mixrank_train::checkpoint::load(&ck, &ops, 16).is_ok(), "restored");
 }
+
+#[test]
+fn time_based_periodic_checkpoints_keep_the_newest_and_resume_finds_them() {
+    let d = tempfile::tempdir().unwrap();
+    let p = mixrank_data::simulate::MmoePaperParams { seed: 2, train_rows: 600, ..Default::default() };
+    let sim = mixrank_data::simulate::simulate_mmoe_paper(&p, d.path()).unwrap();
+    let model = d.path().join("model.toml");
+    // A period far below one step's time: a checkpoint after every step.
+    std::fs::write(
+        &model,
+        "[model]\narchitecture = \"mmoe\"\nexpert_dim = 4\n[[model.experts]]\nkind = \"mlp\"\ncount = 2\nhidden = [8]\n\
+         [train]\ncheckpoint_every_minutes = 1e-12\nkeep_checkpoints = 2\nthreads = 1\n",
+    )
+    .unwrap();
+    let cfg = Arc::new(ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap());
+    let run = d.path().join("run");
+    let mut opts = TrainOptions::new(&run);
+    opts.max_steps = Some(4);
+    train(cfg.clone(), &opts).unwrap();
+    let steps: Vec<u64> = mixrank_train::periodic::list(&run).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(steps, [4, 3], "the newest two of steps 1..=4");
+    assert_eq!(std::fs::read_to_string(run.join("checkpoints/LATEST")).unwrap().trim(), "step-4");
+    // Without embeddings there is no sparse state; the checkpoint still round-trips.
+    let found = mixrank_train::periodic::newest_good(&run).unwrap();
+    assert!(found.refused.is_empty());
+    assert_eq!(found.checkpoint.manifest.step, 4);
+    assert_eq!(found.checkpoint.manifest.optimizer.sparse, None);
+    // Resuming a finished run trains nothing more and keeps the step count.
+    opts.resume = true;
+    let s = train(cfg, &opts).unwrap();
+    assert_eq!(s.steps, 4);
+}
