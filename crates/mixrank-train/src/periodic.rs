@@ -32,7 +32,20 @@ pub struct Periodic {
 }
 
 impl Periodic {
+    /// Also deletes what a killed save left behind: hidden `.<name>.tmp-<pid>` and
+    /// `.<name>.old-<pid>` directories under `checkpoints/` and of the final checkpoint
+    /// (one trainer per run directory is assumed).
     pub fn new(run_dir: &Path, t: &TrainSection) -> Periodic {
+        for dir in [run_dir.to_path_buf(), run_dir.join(CHECKPOINTS)] {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let leftover = name.starts_with('.') && (name.contains(".tmp-") || name.contains(".old-"));
+                let ours = dir != run_dir || name.starts_with(&format!(".{FINAL}."));
+                if leftover && ours && e.path().is_dir() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         Periodic {
             run_dir: run_dir.to_path_buf(),
             every_steps: t.checkpoint_every_steps,

@@ -120,10 +120,16 @@ fn table_map(old: &TableSpec, new: &TableSpec) -> (Option<RowMap>, Option<String
 /// sources, unmapped ones keep `dst` (fresh).
 fn map_rows(map: &RowMap, dim: usize, src: &[f32], dst: &mut [f32]) {
     for (r, from) in map.iter().enumerate() {
-        if from.is_empty() {
-            continue;
-        }
         let out = &mut dst[r * dim..(r + 1) * dim];
+        match from[..] {
+            [] => continue,
+            // One source: copied bit for bit (a sum from 0.0 would turn -0.0 into 0.0).
+            [o] => {
+                out.copy_from_slice(&src[o * dim..(o + 1) * dim]);
+                continue;
+            }
+            _ => {}
+        }
         out.fill(0.0);
         for &o in from {
             for (d, s) in out.iter_mut().zip(&src[o * dim..(o + 1) * dim]) {

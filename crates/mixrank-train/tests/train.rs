@@ -178,9 +178,13 @@ fn time_based_periodic_checkpoints_keep_the_newest_and_resume_finds_them() {
     .unwrap();
     let cfg = Arc::new(ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap());
     let run = d.path().join("run");
+    // What a save killed half-way leaves behind is cleaned up by the next run.
+    let leftover = run.join("checkpoints/.step-9.tmp-12345");
+    std::fs::create_dir_all(&leftover).unwrap();
     let mut opts = TrainOptions::new(&run);
     opts.max_steps = Some(4);
     train(cfg.clone(), &opts).unwrap();
+    assert!(!leftover.exists());
     let steps: Vec<u64> = mixrank_train::periodic::list(&run).into_iter().map(|(s, _)| s).collect();
     assert_eq!(steps, [4, 3], "the newest two of steps 1..=4");
     assert_eq!(std::fs::read_to_string(run.join("checkpoints/LATEST")).unwrap().trim(), "step-4");

@@ -258,6 +258,10 @@ fn incremental_stage_warm_starts_across_config_changes_and_records_lineage() {
         "[[features.categorical]]\nname = \"advertiser_gone\"\ncolumn = \"advertiser_id\"",
     );
     new = new.replace("[[features.dense]]\nname = \"bid\"\nlog1p = true\nstandardize = true\n", "");
+    // A teacher column: the incremental stage turns distillation off unless told not to.
+    let click = "name = \"click\"\nkind = \"binary\"\nlabel = \"click\"\n";
+    assert!(new.contains(click));
+    new = new.replace(click, &format!("{click}teacher = {{ column = \"p_click_true\", kind = \"probability\" }}\n"));
     let cfg2 = d.path().join("sim/next.toml");
     std::fs::write(&cfg2, new).unwrap();
     let (ok, _, err) = mixrank(&[
@@ -288,4 +292,29 @@ fn incremental_stage_warm_starts_across_config_changes_and_records_lineage() {
     assert_eq!(c["lineage"]["days"], serde_json::json!([days, format!("{next}..{next}")]));
     assert!(c["lineage"]["warm_start"].as_array().unwrap().len() >= 5);
     assert_eq!(log_events(&child, "warm_start").len(), 1);
+    assert!(err.contains("incremental stage: distillation is off"), "{err}");
+    assert_eq!(c["lineage"]["teacher"], serde_json::Value::Null);
+    assert_eq!(log_events(&child, "distillation")[0]["distillation"], "off");
+    // Kept on explicitly: a warning, and the teacher in the lineage.
+    let child2 = d.path().join("child2");
+    let (ok, _, err) = mixrank(&[
+        "train",
+        s(&cfg2),
+        "--model",
+        s(&model),
+        "--out",
+        s(&child2),
+        "--stage",
+        "incremental",
+        "--init",
+        s(&child),
+        "--distill-in-incremental",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("warning: distillation kept on in the incremental stage"), "{err}");
+    let c2 = manifest(&child2.join("checkpoint"));
+    assert_eq!(c2["lineage"]["teacher"], "click<-p_click_true");
+    assert_eq!(c2["lineage"]["parent"], s(&child.join("checkpoint")));
+    assert_eq!(c2["lineage"]["days"].as_array().unwrap().len(), 3, "parent's days, its parent's, this run's");
+    assert!(c2["lineage"]["warm_start"].as_array().unwrap().is_empty(), "same config as the parent");
 }
