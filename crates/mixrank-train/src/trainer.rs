@@ -324,6 +324,8 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
         validate(&mut model, &ops, &enc, &mut log, (step, epoch), &mut last_reports, &mut last_preds)?;
         cursor = Cursor { epoch: epoch as u64 + 1, batch_in_epoch: 0 };
     }
+    // A resumed run with nothing left to train still validates (metrics.json keeps reports).
+    let stopped_in = stopped_in.or_else(|| last_preds.is_none().then(|| (cursor.epoch as usize).saturating_sub(1)));
     if let Some(epoch) = stopped_in {
         validate(&mut model, &ops, &enc, &mut log, (step, epoch), &mut last_reports, &mut last_preds)?;
     }

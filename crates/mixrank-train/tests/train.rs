@@ -195,6 +195,14 @@ fn time_based_periodic_checkpoints_keep_the_newest_and_resume_finds_them() {
     assert_eq!(found.checkpoint.manifest.optimizer.sparse, None);
     // Resuming a finished run trains nothing more and keeps the step count.
     opts.resume = true;
-    let s = train(cfg, &opts).unwrap();
+    let s = train(cfg.clone(), &opts).unwrap();
     assert_eq!(s.steps, 4);
+    // Without the step limit it finishes the epoch; resumed again, nothing is left to
+    // train, yet the validation is still reported.
+    opts.max_steps = None;
+    let full = train(cfg.clone(), &opts).unwrap();
+    assert!(full.steps > 4);
+    let again = train(cfg, &opts).unwrap();
+    assert_eq!((again.steps, again.examples), (full.steps, full.examples));
+    assert_eq!(again.validation.len(), 2, "both tasks reported");
 }
