@@ -38,6 +38,10 @@ pub struct StreamOptions {
     pub seed: u64,
     /// Stop after this many rows.
     pub max_rows: Option<u64>,
+    /// Leave out the first N batches (a resumed run's data cursor). The rows are still
+    /// decoded and shuffled exactly as without the skip, so batch N + i is the same
+    /// batch either way; only the gather into batches and the hand-off are saved.
+    pub skip_batches: u64,
 }
 
 impl StreamOptions {
@@ -53,6 +57,7 @@ impl StreamOptions {
             epoch: 0,
             seed: d.seed,
             max_rows: None,
+            skip_batches: 0,
         }
     }
 }
@@ -104,7 +109,7 @@ impl BatchStream {
                 }
             }));
         }
-        let assembler = Assembler { opts: opts.clone(), rng, buf: None, emitted_rows: 0 };
+        let assembler = Assembler { opts: opts.clone(), rng, buf: None, emitted_rows: 0, skipped: 0 };
         threads.push(std::thread::spawn(move || assembler.run(order_rx, out_tx)));
         Ok(BatchStream { rx: Some(out_rx), bad, threads, units: n_units, done: false })
     }
@@ -158,6 +163,8 @@ struct Assembler {
     rng: rand::rngs::StdRng,
     buf: Option<Batch>,
     emitted_rows: u64,
+    /// Batches left out so far (up to `opts.skip_batches`).
+    skipped: u64,
 }
 
 impl Assembler {
@@ -203,6 +210,11 @@ impl Assembler {
                     return false;
                 }
                 end = end.min(start + left);
+            }
+            if self.skipped < self.opts.skip_batches {
+                self.skipped += 1;
+                self.emitted_rows += (end - start) as u64;
+                continue;
             }
             let batch = buf.gather(&idx[start..end]);
             self.emitted_rows += batch.rows as u64;

@@ -1,40 +1,60 @@
-//! Checkpoints: the model's weights in safetensors plus a JSON manifest (format
-//! version, the full config, the hash recipe version, dense statistics, progress,
-//! lineage and the weights' checksum), verified on load.
+//! Checkpoints (format 2): the model's weights and the optimizer state in safetensors
+//! plus a JSON manifest (format version, the full config, the hash recipe version,
+//! dense statistics, the data cursor, optimizer kinds and step counts, lineage and a
+//! checksum of every file), verified on load.
 //!
 //! Layout of a checkpoint directory:
 //! - `weights.safetensors`: every dense parameter as `head.<path>` and every embedding
 //!   table as `emb.tables.<i>`, f32;
-//! - `manifest.json`: [`Manifest`].
+//! - `optimizer.safetensors`: the optimizer state ([`crate::optimizers`] lists the names);
+//! - `manifest.json`: [`Manifest`], with the XXH3-64 and size of both files;
+//! - `manifest.xxh3`: the XXH3-64 of `manifest.json` (hex), written last.
 //!
-//! Writes go to temporary names and are renamed into place, the manifest last: a crash
-//! leaves either the old checkpoint or weights whose checksum the (old) manifest does
-//! not match, which [`load`] refuses. Optimizer state is not saved yet.
+//! [`save`] writes everything into a temporary sibling directory and renames it into
+//! place, so a crash leaves either the old directory or the new one complete; a
+//! checkpoint damaged later (a flipped byte, a truncated file, a missing file) fails a
+//! checksum and [`read_verified`] refuses it, naming the file.
+//!
+//! Format 1 checkpoints (weights only, no optimizer state or data cursor) are refused
+//! with a message saying so: they cannot be resumed exactly, and a weights-only warm
+//! start would silently reset the optimizer.
 
 use crate::error::{write_atomic, Result, TrainError};
+use crate::lineage::Lineage;
+use crate::optimizers::{OptimizerManifest, Optimizers};
+use crate::tensors::{serialize, Tensor, TensorFile};
 use mixrank_data::stats::DenseStats;
 use mixrank_data::ExperimentConfig;
 use mixrank_engine::CpuOps;
 use mixrank_model::RankingModel;
 use mixrank_nn::Parameters;
 use rand::SeedableRng;
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Version of the checkpoint layout.
-pub const FORMAT_VERSION: u32 = 1;
-const WEIGHTS: &str = "weights.safetensors";
-const MANIFEST: &str = "manifest.json";
+pub const FORMAT_VERSION: u32 = 2;
+pub const WEIGHTS: &str = "weights.safetensors";
+pub const OPTIMIZER: &str = "optimizer.safetensors";
+pub const MANIFEST: &str = "manifest.json";
+pub const MANIFEST_SUM: &str = "manifest.xxh3";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Lineage {
-    /// Checkpoint this one was warm-started from.
-    pub parent: Option<String>,
-    /// "batch" or "incremental".
-    pub stage: String,
+/// Where in the data a checkpoint was taken: training continues with batch
+/// `batch_in_epoch` (0-based) of epoch `epoch`'s stream, whose order depends only on
+/// (seed, epoch), so the batches before it are exactly the ones already trained on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Cursor {
+    pub epoch: u64,
+    pub batch_in_epoch: u64,
+}
+
+/// Size and XXH3-64 (hex) of one file of the checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSum {
+    pub bytes: u64,
+    pub xxh3: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,11 +69,16 @@ pub struct Manifest {
     /// [`mixrank_data::hash::HASH_VERSION`] the embedding rows were trained with.
     pub hash_version: u32,
     pub dense_stats: DenseStats,
+    /// Optimizer updates so far (also the learning-rate schedule's position).
     pub step: u64,
+    /// Training examples so far.
     pub examples: u64,
+    pub cursor: Cursor,
+    pub optimizer: OptimizerManifest,
     pub lineage: Lineage,
-    /// XXH3-64 of `weights.safetensors`, hex.
-    pub weights_xxh3: String,
+    /// Every other file of the checkpoint by name.
+    pub files: BTreeMap<String, FileSum>,
+    /// Tensors in `weights.safetensors`.
     pub tensors: usize,
 }
 
@@ -61,54 +86,216 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     move |source| TrainError::Io { path: path.to_path_buf(), source }
 }
 
-fn to_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+fn xxh3(bytes: &[u8]) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
 }
 
-/// Everything a checkpoint records besides the weights.
+/// Everything a checkpoint records besides the tensors.
 pub struct CheckpointInfo<'a> {
     pub config: &'a ExperimentConfig,
     pub dense_stats: &'a DenseStats,
     pub step: u64,
     pub examples: u64,
+    pub cursor: Cursor,
     pub lineage: Lineage,
 }
 
-/// Writes `model` into the checkpoint directory `dir` (created if needed).
-pub fn save(dir: &Path, model: &mut RankingModel<CpuOps>, info: &CheckpointInfo<'_>) -> Result<Manifest> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    model.params(&mut |name, p| tensors.push((format!("head.{name}"), p.shape.clone(), to_bytes(&p.value[..p.len()]))));
+/// The weights of `model` as named tensors.
+fn weight_tensors(model: &mut RankingModel<CpuOps>) -> Vec<Tensor> {
+    let mut out = Vec::new();
+    model.params(&mut |name, p| out.push(Tensor::f32(format!("head.{name}"), p.shape.clone(), &p.value[..p.len()])));
     if let Some(emb) = &mut model.emb {
         emb.visit_tables(&mut |name, t| {
-            tensors.push((format!("emb.{name}"), vec![t.rows, t.dim], to_bytes(&t.value[..t.rows * t.dim])))
+            out.push(Tensor::f32(format!("emb.{name}"), vec![t.rows, t.dim], &t.value[..t.rows * t.dim]))
         });
     }
-    let views = tensors
-        .iter()
-        .map(|(n, shape, data)| Ok((n.clone(), TensorView::new(Dtype::F32, shape.clone(), data)?)))
-        .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()
-        .map_err(|e| TrainError::Other(format!("building checkpoint tensors: {e}")))?;
-    let bytes =
-        safetensors::serialize(views, None).map_err(|e| TrainError::Other(format!("serializing weights: {e}")))?;
+    out
+}
+
+/// Writes `model` and `optim` as the checkpoint directory `dir`, replacing an existing
+/// one: everything goes to a temporary sibling directory first, which is renamed into
+/// place.
+pub fn save(
+    dir: &Path,
+    model: &mut RankingModel<CpuOps>,
+    optim: &Optimizers,
+    info: &CheckpointInfo<'_>,
+) -> Result<Manifest> {
+    let other = |m: String| TrainError::Checkpoint { path: dir.to_path_buf(), message: m };
+    let weights = weight_tensors(model);
+    let wbytes = serialize(&weights).map_err(other)?;
+    let obytes = serialize(&optim.tensors(model)).map_err(other)?;
+    let sum = |b: &[u8]| FileSum { bytes: b.len() as u64, xxh3: xxh3(b) };
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         created_by: format!("mixrank {}", env!("CARGO_PKG_VERSION")),
-        config_toml: toml::to_string(&info.config.wire)
-            .map_err(|e| TrainError::Other(format!("config to TOML: {e}")))?,
+        config_toml: toml::to_string(&info.config.wire).map_err(|e| other(format!("config to TOML: {e}")))?,
         config_path: std::path::absolute(&info.config.path).unwrap_or_else(|_| info.config.path.clone()),
         hash_version: mixrank_data::hash::HASH_VERSION,
         dense_stats: info.dense_stats.clone(),
         step: info.step,
         examples: info.examples,
+        cursor: info.cursor,
+        optimizer: optim.manifest(&info.config.train),
         lineage: info.lineage.clone(),
-        weights_xxh3: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)),
-        tensors: tensors.len(),
+        files: [(WEIGHTS.to_string(), sum(&wbytes)), (OPTIMIZER.to_string(), sum(&obytes))].into_iter().collect(),
+        tensors: weights.len(),
     };
-    write_atomic(&dir.join(WEIGHTS), &bytes)?;
-    let text = serde_json::to_string_pretty(&manifest).map_err(|e| TrainError::Other(e.to_string()))?;
-    write_atomic(&dir.join(MANIFEST), text.as_bytes())?;
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| other(e.to_string()))?;
+    let tmp = mixrank_data::atomic::tmp_name(dir);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    write_atomic(&tmp.join(WEIGHTS), &wbytes)?;
+    write_atomic(&tmp.join(OPTIMIZER), &obytes)?;
+    write_atomic(&tmp.join(MANIFEST), text.as_bytes())?;
+    write_atomic(&tmp.join(MANIFEST_SUM), xxh3(text.as_bytes()).as_bytes())?;
+    if dir.exists() {
+        // A directory cannot be renamed over a non-empty one: move the old one aside.
+        let old = dir.with_file_name(format!(
+            ".{}.old-{}",
+            dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            std::process::id()
+        ));
+        std::fs::rename(dir, &old).map_err(io(dir))?;
+        std::fs::rename(&tmp, dir).map_err(io(dir))?;
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    } else {
+        std::fs::rename(&tmp, dir).map_err(io(dir))?;
+    }
     Ok(manifest)
+}
+
+/// A checkpoint whose files all match their checksums, not yet turned into a model.
+pub struct Verified {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub weights: Vec<u8>,
+    pub optimizer: Vec<u8>,
+}
+
+/// Reads a checkpoint directory and checks the manifest's own checksum, its format and
+/// hash versions, and the size and checksum of every file it lists.
+pub fn read_verified(dir: &Path) -> Result<Verified> {
+    let bad = |message: String| TrainError::Checkpoint { path: dir.to_path_buf(), message };
+    let read = |name: &str| -> Result<Vec<u8>> {
+        let p = dir.join(name);
+        std::fs::read(&p).map_err(|e| bad(format!("cannot read {name}: {e}")))
+    };
+    let text = read(MANIFEST)?;
+    let want = read(MANIFEST_SUM)?;
+    let want = String::from_utf8_lossy(&want).trim().to_string();
+    let got = xxh3(&text);
+    if got != want {
+        return Err(bad(format!(
+            "{MANIFEST} is corrupt or partial: checksum {got} does not match {MANIFEST_SUM} ({want})"
+        )));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| bad(format!("{MANIFEST} is not valid JSON: {e}")))?;
+    match v.get("format_version").and_then(|f| f.as_u64()) {
+        Some(f) if f == FORMAT_VERSION as u64 => {}
+        Some(1) => {
+            return Err(bad(format!(
+                "checkpoint format 1 holds weights only (no optimizer state, data cursor or lineage); \
+                 this build reads format {FORMAT_VERSION}: retrain to get a resumable checkpoint"
+            )))
+        }
+        f => return Err(bad(format!("checkpoint format {f:?} (this build reads {FORMAT_VERSION})"))),
+    }
+    let manifest: Manifest =
+        serde_json::from_value(v).map_err(|e| bad(format!("{MANIFEST} is not a valid manifest: {e}")))?;
+    if manifest.hash_version != mixrank_data::hash::HASH_VERSION {
+        return Err(bad(format!(
+            "trained with hash recipe {} but this build hashes with {}",
+            manifest.hash_version,
+            mixrank_data::hash::HASH_VERSION
+        )));
+    }
+    let check = |name: &str| -> Result<Vec<u8>> {
+        let want = manifest.files.get(name).ok_or_else(|| bad(format!("{MANIFEST} does not list {name}")))?;
+        let bytes = read(name)?;
+        let got = xxh3(&bytes);
+        if bytes.len() as u64 != want.bytes || got != want.xxh3 {
+            return Err(bad(format!(
+                "{name} is corrupt or partial: {} bytes with checksum {got}, the manifest says {} bytes with {}",
+                bytes.len(),
+                want.bytes,
+                want.xxh3
+            )));
+        }
+        Ok(bytes)
+    };
+    let weights = check(WEIGHTS)?;
+    let optimizer = check(OPTIMIZER)?;
+    Ok(Verified { dir: dir.to_path_buf(), manifest, weights, optimizer })
+}
+
+impl Verified {
+    fn bad(&self, message: String) -> TrainError {
+        TrainError::Checkpoint { path: self.dir.clone(), message }
+    }
+
+    /// The config the checkpoint was trained with.
+    pub fn config(&self) -> Result<Arc<ExperimentConfig>> {
+        let m = &self.manifest;
+        let wire =
+            toml::from_str(&m.config_toml).map_err(|e| self.bad(format!("stored config does not parse: {e}")))?;
+        let base = m.config_path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(Arc::new(ExperimentConfig::from_wire(wire, &m.config_path, &base)?))
+    }
+
+    /// The parsed weights file.
+    pub fn weights(&self) -> Result<TensorFile<'_>> {
+        TensorFile::parse(WEIGHTS, &self.weights).map_err(|m| self.bad(m))
+    }
+
+    /// The parsed optimizer-state file.
+    pub fn optimizer(&self) -> Result<TensorFile<'_>> {
+        TensorFile::parse(OPTIMIZER, &self.optimizer).map_err(|m| self.bad(m))
+    }
+
+    /// Copies the weights into `model`, which must be the model the stored config
+    /// builds: every tensor present with the model's shape, and no others.
+    pub fn fill_model(&self, model: &mut RankingModel<CpuOps>) -> Result<()> {
+        let file = self.weights()?;
+        let mut expected = HashSet::new();
+        let mut err = None;
+        let mut fill = |name: String, shape: &[usize], dst: &mut [f32]| match file.f32(&name, shape) {
+            Ok(v) => {
+                dst.copy_from_slice(&v);
+                expected.insert(name);
+            }
+            Err(e) => {
+                err.get_or_insert(e);
+            }
+        };
+        model.params(&mut |name, p| {
+            let n = p.len();
+            fill(format!("head.{name}"), &p.shape.clone(), &mut p.value[..n]);
+        });
+        if let Some(emb) = &mut model.emb {
+            emb.visit_tables(&mut |name, t| {
+                let n = t.rows * t.dim;
+                fill(format!("emb.{name}"), &[t.rows, t.dim], &mut t.value[..n]);
+            });
+        }
+        if let Some(e) = err {
+            return Err(self.bad(e));
+        }
+        if let Some(extra) = file.names().into_iter().find(|n| !expected.contains(*n)) {
+            return Err(self.bad(format!("tensor `{extra}` is not part of the model the stored config builds")));
+        }
+        Ok(())
+    }
+
+    /// Restores the optimizer state of the same model.
+    pub fn restore_optimizers(&self, model: &mut RankingModel<CpuOps>, optim: &mut Optimizers) -> Result<()> {
+        let file = self.optimizer()?;
+        let cfg = self.config()?;
+        optim.restore(model, &file, &self.manifest.optimizer, &cfg.train).map_err(|m| self.bad(m))
+    }
 }
 
 /// A loaded, verified checkpoint.
@@ -121,70 +308,9 @@ pub struct Loaded {
 /// Reads and verifies a checkpoint directory and rebuilds its model with workspaces
 /// for `max_batch` rows.
 pub fn load(dir: &Path, ops: &CpuOps, max_batch: usize) -> Result<Loaded> {
-    let bad = |message: String| TrainError::Other(format!("{}: {message}", dir.display()));
-    let mpath = dir.join(MANIFEST);
-    let text = std::fs::read_to_string(&mpath).map_err(io(&mpath))?;
-    let manifest: Manifest =
-        serde_json::from_str(&text).map_err(|e| bad(format!("{MANIFEST} is not a valid manifest: {e}")))?;
-    if manifest.format_version != FORMAT_VERSION {
-        return Err(bad(format!("checkpoint format {} (this build reads {FORMAT_VERSION})", manifest.format_version)));
-    }
-    if manifest.hash_version != mixrank_data::hash::HASH_VERSION {
-        return Err(bad(format!(
-            "trained with hash recipe {} but this build hashes with {}",
-            manifest.hash_version,
-            mixrank_data::hash::HASH_VERSION
-        )));
-    }
-    let wpath = dir.join(WEIGHTS);
-    let bytes = std::fs::read(&wpath).map_err(io(&wpath))?;
-    let sum = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes));
-    if sum != manifest.weights_xxh3 {
-        return Err(bad(format!(
-            "{WEIGHTS} is corrupt or partial: checksum {sum} does not match the manifest's {}",
-            manifest.weights_xxh3
-        )));
-    }
-    let wire = toml::from_str(&manifest.config_toml).map_err(|e| bad(format!("stored config does not parse: {e}")))?;
-    let base = manifest.config_path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let config = Arc::new(ExperimentConfig::from_wire(wire, &manifest.config_path, &base)?);
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("{WEIGHTS}: {e}")))?;
+    let v = read_verified(dir)?;
+    let config = v.config()?;
     let mut model = RankingModel::new(&config, ops, max_batch, &mut rand::rngs::StdRng::seed_from_u64(0))?;
-    let mut expected: HashMap<String, Vec<usize>> = HashMap::new();
-    let mut missing = None;
-    let mut fill = |name: String, shape: &[usize], dst: &mut [f32]| match st.tensor(&name) {
-        Ok(t) if t.dtype() == Dtype::F32 && t.shape() == shape => {
-            for (d, c) in dst.iter_mut().zip(t.data().chunks_exact(4)) {
-                *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-            expected.insert(name, shape.to_vec());
-        }
-        Ok(t) => {
-            missing.get_or_insert(format!(
-                "tensor `{name}` has {:?} {:?}, the model wants F32 {shape:?}",
-                t.dtype(),
-                t.shape()
-            ));
-        }
-        Err(_) => {
-            missing.get_or_insert(format!("tensor `{name}` is missing"));
-        }
-    };
-    model.params(&mut |name, p| {
-        let n = p.len();
-        fill(format!("head.{name}"), &p.shape.clone(), &mut p.value[..n]);
-    });
-    if let Some(emb) = &mut model.emb {
-        emb.visit_tables(&mut |name, t| {
-            let n = t.rows * t.dim;
-            fill(format!("emb.{name}"), &[t.rows, t.dim], &mut t.value[..n]);
-        });
-    }
-    if let Some(m) = missing {
-        return Err(bad(m));
-    }
-    if let Some(extra) = st.names().into_iter().find(|n| !expected.contains_key(*n)) {
-        return Err(bad(format!("tensor `{extra}` is not part of the model the stored config builds")));
-    }
-    Ok(Loaded { config, model, manifest })
+    v.fill_model(&mut model)?;
+    Ok(Loaded { config, model, manifest: v.manifest })
 }

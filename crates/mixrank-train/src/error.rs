@@ -24,6 +24,15 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
+    /// A checkpoint that cannot be used: corrupt, partial, of another format or another model.
+    #[error("checkpoint {}: {message}", path.display())]
+    Checkpoint { path: std::path::PathBuf, message: String },
+    /// `--resume` found nothing usable, or the config differs from the checkpoint's.
+    #[error("cannot resume: {0}")]
+    Resume(String),
+    /// `--init` cannot map the parent onto the new config (e.g. the head changed).
+    #[error("cannot warm-start from {}: {message}", parent.display())]
+    WarmStart { parent: std::path::PathBuf, message: String },
     #[error("training diverged at step {step}: task `{task}` loss is {loss}")]
     Diverged { step: u64, task: String, loss: f32 },
     #[error("{0}")]

@@ -1,11 +1,25 @@
 //! mixrank-train: trains a [`mixrank_model::RankingModel`] on a config's train split
 //! and validates it, logging JSON lines. Models return logits; the losses live here.
+//!
+//! Checkpoints ([`checkpoint`]) hold weights, optimizer state ([`optimizers`]), the data
+//! cursor and lineage ([`lineage`]); [`periodic`] writes them during training and finds
+//! the newest good one for `--resume`; [`warm_start`] carries a parent into a changed
+//! config for `--init`; [`trace`] is a row-level debugging aid.
 
 pub mod checkpoint;
 pub mod error;
 pub mod evaluate;
+pub mod lineage;
+pub mod optimizers;
+pub mod periodic;
+mod start;
+pub mod tensors;
+pub mod trace;
 pub mod trainer;
+pub mod warm_start;
 
 pub use error::{Result, TrainError};
 pub use evaluate::{evaluate, task_type, CheckpointScorer, Predictions};
+pub use lineage::{Lineage, Stage};
+pub use start::checkpoint_dir;
 pub use trainer::{train, TrainOptions, TrainSummary};

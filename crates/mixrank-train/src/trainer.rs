@@ -6,22 +6,25 @@
 //! Writes `RUN_DIR/train_log.jsonl` (one JSON object per line: `{"event": "train", …}`
 //! every `log_every` steps, `{"event": "validation", …}` after each epoch) and
 //! `RUN_DIR/metrics.json` (the last validation's reports), each through a temporary
-//! file and a rename, and the final model to `RUN_DIR/checkpoint/` ([`crate::checkpoint`]).
+//! file and a rename, periodic checkpoints to `RUN_DIR/checkpoints/step-<N>/`
+//! ([`crate::periodic`]) and the final model to `RUN_DIR/checkpoint/` ([`crate::checkpoint`]).
+//! How a run starts (fresh, `--resume`, `--init`) is [`crate::start`]'s business.
 
+use crate::checkpoint::{CheckpointInfo, Cursor};
 use crate::error::{engine, layer, Result, TrainError};
 use crate::evaluate::evaluate;
-use mixrank_data::config::model::{DenseOptimizer, LrDecay, SparseOptimizer};
+use crate::lineage::Stage;
+use crate::periodic::{Periodic, FINAL};
+use crate::start::Start;
+use crate::trace::RowTrace;
+use mixrank_data::config::model::LrDecay;
 use mixrank_data::config::{ExperimentConfig, RegressionLoss, TaskKind};
 use mixrank_data::pipeline::{BatchStream, StreamOptions};
-use mixrank_data::stats::{fit_dense_stats, DenseStats};
 use mixrank_data::{DenseMode, Encoder};
 use mixrank_engine::{Backend, CpuOps, GradWrite, LossInput};
 use mixrank_metrics::TaskReport;
 use mixrank_model::RankingModel;
-use mixrank_nn::{
-    Adam, AdamConfig, Decay, LazyAdam, LazyAdamConfig, LrSchedule, RowWiseAdagrad, RowWiseAdagradConfig, WeightDecay,
-};
-use rand::SeedableRng;
+use mixrank_nn::{Decay, LrSchedule};
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -38,33 +41,65 @@ pub struct TrainOptions {
     pub log_every: u64,
     /// Rows used to fit dense standardisation statistics.
     pub stats_rows: u64,
-    /// Called with a one-line progress message every `log_every` steps.
+    /// Called with a one-line progress message every `log_every` steps, and with
+    /// notices (refused checkpoints, resume point, warm-start changes, stage notes).
     pub progress: Option<fn(&str)>,
+    /// Training stage, recorded in the lineage; `Incremental` needs `init`.
+    pub stage: Stage,
+    /// Parent checkpoint (or run directory) to warm-start from ([`crate::warm_start`]).
+    pub init: Option<PathBuf>,
+    /// Continue from the newest checkpoint of `out_dir` that verifies, at its exact
+    /// data cursor; the train log is appended.
+    pub resume: bool,
+    /// Keep distillation on in the incremental stage (off by default there).
+    pub allow_distill_in_incremental: bool,
+    /// Debugging aid: record the rows of every step ([`crate::trace`]).
+    pub trace_rows: Option<PathBuf>,
+    /// Debugging aid for crash tests: sleep this long after every step.
+    pub step_delay: Option<std::time::Duration>,
 }
 
 impl TrainOptions {
     pub fn new(out_dir: impl Into<PathBuf>) -> Self {
-        TrainOptions { out_dir: out_dir.into(), max_steps: None, log_every: 50, stats_rows: 1_000_000, progress: None }
+        TrainOptions {
+            out_dir: out_dir.into(),
+            max_steps: None,
+            log_every: 50,
+            stats_rows: 1_000_000,
+            progress: None,
+            stage: Stage::Batch,
+            init: None,
+            resume: false,
+            allow_distill_in_incremental: false,
+            trace_rows: None,
+            step_delay: None,
+        }
+    }
+
+    /// Whether the distillation loss applies: the config names teacher columns, and the
+    /// stage is batch or the incremental stage was explicitly allowed to distill.
+    pub fn distillation_enabled(&self, cfg: &ExperimentConfig) -> bool {
+        crate::lineage::teacher_columns(cfg).is_some()
+            && (self.stage == Stage::Batch || self.allow_distill_in_incremental)
     }
 }
 
 /// What a training run did.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainSummary {
+    /// Updates in total (a resumed run includes those before its checkpoint).
     pub steps: u64,
+    /// Training examples in total (likewise).
     pub examples: u64,
+    /// Wall time of this process's run.
     pub seconds: f64,
+    /// Examples this process trained on per second.
     pub examples_per_second: f64,
     /// Reports of the last validation (empty without a validation split).
     pub validation: Vec<TaskReport>,
     /// Predictions of the last validation, row by row in file order (for comparisons).
     #[serde(skip)]
     pub predictions: Option<crate::evaluate::Predictions>,
-}
-
-enum Sparse {
-    Adagrad(RowWiseAdagrad),
-    Lazy(LazyAdam),
 }
 
 #[derive(Serialize)]
@@ -95,8 +130,23 @@ struct Log {
 }
 
 impl Log {
-    fn create(path: PathBuf) -> Result<Log> {
-        let file = std::fs::File::create(&path).map_err(|source| TrainError::Io { path: path.clone(), source })?;
+    /// A new log, or the existing one continued (a resumed run); a line cut short by a
+    /// kill is terminated first.
+    fn open(path: PathBuf, append: bool) -> Result<Log> {
+        let io = |source| TrainError::Io { path: path.clone(), source };
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(append)
+            .write(true)
+            .truncate(!append)
+            .open(&path)
+            .map_err(io)?;
+        if append {
+            let text = std::fs::read(&path).map_err(io)?;
+            if text.last().is_some_and(|&b| b != b'\n') {
+                file.write_all(b"\n").map_err(io)?;
+            }
+        }
         Ok(Log { path, file })
     }
 
@@ -126,44 +176,11 @@ pub fn train(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<TrainSum
 fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<TrainSummary> {
     let t = &cfg.train;
     let train_split = cfg.split("train")?;
-    let stats = if cfg.dense.iter().any(|d| d.standardize) {
-        fit_dense_stats(cfg.clone(), train_split, Some(opts.stats_rows))?
-    } else {
-        DenseStats { mean: vec![0.0; cfg.dense.len()], std: vec![1.0; cfg.dense.len()], rows: 0 }
-    };
-    write_atomic(
-        &opts.out_dir.join("dense_stats.json"),
-        &serde_json::to_string_pretty(&stats).map_err(|e| TrainError::Other(e.to_string()))?,
-    )?;
-    let enc = Arc::new(Encoder::new(cfg.clone(), DenseMode::Fitted(Arc::new(stats.clone())))?);
     let ops = CpuOps::new();
     let bs = cfg.data.batch_size;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(t.seed);
-    let mut model = RankingModel::new(&cfg, &ops, bs, &mut rng)?;
-    let weight_decay = match (t.optimizer, t.weight_decay) {
-        (_, 0.0) => WeightDecay::None,
-        (DenseOptimizer::Adam, w) => WeightDecay::L2(w as f32),
-        (DenseOptimizer::Adamw, w) => WeightDecay::Decoupled(w as f32),
-    };
-    let adam_cfg = AdamConfig { weight_decay, clip_norm: t.grad_clip.map(|c| c as f32), ..AdamConfig::default() };
-    let mut adam = Adam::new(adam_cfg, &mut model);
-    let emb = model.emb.as_ref();
-    let mut sparse = emb.map(|e| match t.sparse_optimizer {
-        SparseOptimizer::RowwiseAdagrad => {
-            let c = RowWiseAdagradConfig {
-                weight_decay: t.sparse_weight_decay as f32,
-                ..RowWiseAdagradConfig::new(t.sparse_lr as f32)
-            };
-            Sparse::Adagrad(RowWiseAdagrad::new(c, e))
-        }
-        SparseOptimizer::LazyAdam => {
-            let c = LazyAdamConfig {
-                weight_decay: t.sparse_weight_decay as f32,
-                ..LazyAdamConfig::new(t.sparse_lr as f32)
-            };
-            Sparse::Lazy(LazyAdam::new(c, e))
-        }
-    });
+    let Start { stats, mut model, mut optim, mut step, mut examples, mut cursor, lineage, events } =
+        crate::start::start(&cfg, opts, &ops)?;
+    let enc = Arc::new(Encoder::new(cfg.clone(), DenseMode::Fitted(Arc::new(stats.clone())))?);
     let max_steps = opts.max_steps.or(t.max_steps);
     let schedule = LrSchedule {
         peak: t.lr as f32,
@@ -179,23 +196,48 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
     schedule.validate().map_err(layer("learning-rate schedule"))?;
 
     let n_tasks = cfg.tasks.len();
-    let mut log = Log::create(opts.out_dir.join("train_log.jsonl"))?;
+    let mut log = Log::open(opts.out_dir.join("train_log.jsonl"), opts.resume)?;
+    for e in &events {
+        log.line(e)?;
+    }
+    let mut trace = opts.trace_rows.as_deref().map(|p| RowTrace::open(p, opts.resume)).transpose()?;
+    let mut periodic = Periodic::new(&opts.out_dir, t);
+    let info = |step, examples, cursor| CheckpointInfo {
+        config: &cfg,
+        dense_stats: &stats,
+        step,
+        examples,
+        cursor,
+        lineage: lineage.clone(),
+    };
     let (mut labels, mut masks, mut weights) = (vec![Vec::new(); n_tasks], vec![Vec::new(); n_tasks], Vec::new());
     let mut grads: Vec<Vec<f32>> = vec![vec![0.0; bs]; n_tasks];
-    let mut step = 0u64;
-    let mut examples = 0u64;
     let start = Instant::now();
+    // Throughput counts this process's examples (a resumed run starts past zero).
+    let examples_at_start = examples;
     // Steps and per-task loss sums since the last log line.
     let (mut window_steps, mut window_loss) = (0u64, vec![0f64; n_tasks]);
     let mut last_reports = Vec::new();
     let mut last_preds = None;
     // The epoch in which the step budget ran out, if it did.
     let mut stopped_in = None;
-    'epochs: for epoch in 0..t.epochs.max(1) {
+    'epochs: for epoch in cursor.epoch as usize..t.epochs.max(1) {
+        if max_steps.is_some_and(|m| step >= m) {
+            stopped_in = Some(epoch);
+            break 'epochs;
+        }
         let mut sopts = StreamOptions::from_config(&cfg, true);
         sopts.epoch = epoch as u64;
+        // The data cursor: batches of this epoch already trained on (resume).
+        sopts.skip_batches = if epoch as u64 == cursor.epoch { cursor.batch_in_epoch } else { 0 };
+        cursor = Cursor { epoch: epoch as u64, batch_in_epoch: sopts.skip_batches };
+        let mut skipping = (sopts.skip_batches > 0).then(|| (sopts.skip_batches, Instant::now()));
         for b in BatchStream::start(enc.clone(), train_split, sopts)? {
             let b = b?;
+            if let Some((batches, t0)) = skipping.take() {
+                log.line(&serde_json::json!({"event": "data_cursor", "epoch": epoch, "skipped_batches": batches,
+                    "seconds_to_first_batch": t0.elapsed().as_secs_f64()}))?;
+            }
             let n = b.rows;
             model.forward(&ops, &b)?;
             for ti in 0..n_tasks {
@@ -231,17 +273,20 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
             let refs: Vec<&Vec<f32>> = grads.iter().collect();
             model.backward(&ops, &b, &refs)?;
             let lr = schedule.lr(step);
-            adam.step(&mut model, lr).map_err(layer("Adam step"))?;
-            if let (Some(s), Some(e)) = (&mut sparse, model.emb.as_mut()) {
-                match s {
-                    Sparse::Adagrad(o) => o.step(e),
-                    Sparse::Lazy(o) => o.step(e),
-                }
-                .map_err(layer("sparse optimizer step"))?;
-            }
+            optim.step(&mut model, lr)?;
             step += 1;
             examples += n as u64;
+            cursor.batch_in_epoch += 1;
             window_steps += 1;
+            if let Some(tr) = &mut trace {
+                tr.record(step, epoch as u64, &b)?;
+            }
+            if periodic.due(step) {
+                periodic.save(&mut model, &optim, &info(step, examples, cursor))?;
+            }
+            if let Some(d) = opts.step_delay {
+                std::thread::sleep(d);
+            }
             if step.is_multiple_of(opts.log_every.max(1)) {
                 let elapsed = start.elapsed().as_secs_f64();
                 let task_loss: Vec<(&str, f64)> = cfg
@@ -256,7 +301,7 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
                     epoch,
                     examples,
                     elapsed_s: elapsed,
-                    examples_per_s: examples as f64 / elapsed,
+                    examples_per_s: (examples - examples_at_start) as f64 / elapsed,
                     lr,
                     loss: task_loss.iter().zip(&cfg.tasks).map(|((_, l), t)| l * t.weight).sum(),
                     task_loss,
@@ -280,24 +325,20 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
             }
         }
         validate(&mut model, &ops, &enc, &mut log, (step, epoch), &mut last_reports, &mut last_preds)?;
+        cursor = Cursor { epoch: epoch as u64 + 1, batch_in_epoch: 0 };
     }
+    // A resumed run with nothing left to train still validates (metrics.json keeps reports).
+    let stopped_in = stopped_in.or_else(|| last_preds.is_none().then(|| (cursor.epoch as usize).saturating_sub(1)));
     if let Some(epoch) = stopped_in {
         validate(&mut model, &ops, &enc, &mut log, (step, epoch), &mut last_reports, &mut last_preds)?;
     }
-    let info = crate::checkpoint::CheckpointInfo {
-        config: &cfg,
-        dense_stats: &stats,
-        step,
-        examples,
-        lineage: crate::checkpoint::Lineage { parent: None, stage: "batch".into() },
-    };
-    crate::checkpoint::save(&opts.out_dir.join("checkpoint"), &mut model, &info)?;
+    crate::checkpoint::save(&opts.out_dir.join(FINAL), &mut model, &optim, &info(step, examples, cursor))?;
     let seconds = start.elapsed().as_secs_f64();
     let summary = TrainSummary {
         steps: step,
         examples,
         seconds,
-        examples_per_second: examples as f64 / seconds.max(1e-9),
+        examples_per_second: (examples - examples_at_start) as f64 / seconds.max(1e-9),
         validation: last_reports,
         predictions: last_preds,
     };

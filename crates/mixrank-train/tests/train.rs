@@ -95,7 +95,7 @@ fn checkpoint_round_trip_is_bit_identical_and_corruption_is_refused() {
     pool.install(|| {
         let mut loaded = mixrank_train::checkpoint::load(&out.join("checkpoint"), &ops, 4096).unwrap();
         assert_eq!(loaded.manifest.step, 3);
-        assert_eq!(loaded.manifest.lineage.stage, "batch");
+        assert_eq!(loaded.manifest.lineage.stage, mixrank_train::Stage::Batch);
         let stats = Arc::new(loaded.manifest.dense_stats.clone());
         let enc = Arc::new(Encoder::new(loaded.config.clone(), DenseMode::Fitted(stats)).unwrap());
         let (batches, _) = read_all(
@@ -124,4 +124,85 @@ fn checkpoint_round_trip_is_bit_identical_and_corruption_is_refused() {
     std::fs::write(&w, &bytes).unwrap();
     let e = mixrank_train::checkpoint::load(&out.join("checkpoint"), &ops, 16).err().unwrap().to_string();
     assert!(e.contains("weights.safetensors is corrupt or partial") && e.contains("checksum"), "{e}");
+    std::fs::write(&w, &bytes[..]).unwrap();
+    bytes[i] ^= 0x40;
+    std::fs::write(&w, &bytes).unwrap();
+    let ck = out.join("checkpoint");
+    assert!(mixrank_train::checkpoint::load(&ck, &ops, 16).is_ok(), "restored");
+    let refused = |what: &str| {
+        let e = mixrank_train::checkpoint::load(&ck, &ops, 16).err().expect(what).to_string();
+        assert!(e.contains(&ck.display().to_string()), "{what}: names the checkpoint: {e}");
+        e
+    };
+    // A truncated optimizer file.
+    let o = ck.join("optimizer.safetensors");
+    let good = std::fs::read(&o).unwrap();
+    std::fs::write(&o, &good[..good.len() / 2]).unwrap();
+    let e = refused("truncated");
+    assert!(e.contains("optimizer.safetensors is corrupt or partial"), "{e}");
+    std::fs::write(&o, &good).unwrap();
+    // An edited manifest fails its own checksum; a missing checksum file is partial.
+    let m = ck.join("manifest.json");
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(&m, text.replace("\"step\": 3", "\"step\": 4")).unwrap();
+    let e = refused("edited manifest");
+    assert!(e.contains("manifest.json is corrupt or partial"), "{e}");
+    std::fs::write(&m, &text).unwrap();
+    let sum = std::fs::read(ck.join("manifest.xxh3")).unwrap();
+    std::fs::remove_file(ck.join("manifest.xxh3")).unwrap();
+    let e = refused("missing manifest.xxh3");
+    assert!(e.contains("cannot read manifest.xxh3"), "{e}");
+    // A format-1 manifest (weights only) is refused with the reason.
+    let v1 = text.replace("\"format_version\": 2", "\"format_version\": 1");
+    std::fs::write(&m, &v1).unwrap();
+    std::fs::write(ck.join("manifest.xxh3"), format!("{:016x}", xxhash_rust::xxh3::xxh3_64(v1.as_bytes()))).unwrap();
+    let e = refused("format 1");
+    assert!(e.contains("format 1 holds weights only"), "{e}");
+    std::fs::write(&m, &text).unwrap();
+    std::fs::write(ck.join("manifest.xxh3"), sum).unwrap();
+    assert!(mixrank_train::checkpoint::load(&ck, &ops, 16).is_ok(), "restored");
+}
+
+#[test]
+fn time_based_periodic_checkpoints_keep_the_newest_and_resume_finds_them() {
+    let d = tempfile::tempdir().unwrap();
+    let p = mixrank_data::simulate::MmoePaperParams { seed: 2, train_rows: 600, ..Default::default() };
+    let sim = mixrank_data::simulate::simulate_mmoe_paper(&p, d.path()).unwrap();
+    let model = d.path().join("model.toml");
+    // A period far below one step's time: a checkpoint after every step.
+    std::fs::write(
+        &model,
+        "[model]\narchitecture = \"mmoe\"\nexpert_dim = 4\n[[model.experts]]\nkind = \"mlp\"\ncount = 2\nhidden = [8]\n\
+         [train]\ncheckpoint_every_minutes = 1e-12\nkeep_checkpoints = 2\nthreads = 1\n",
+    )
+    .unwrap();
+    let cfg = Arc::new(ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap());
+    let run = d.path().join("run");
+    // What a save killed half-way leaves behind is cleaned up by the next run.
+    let leftover = run.join("checkpoints/.step-9.tmp-12345");
+    std::fs::create_dir_all(&leftover).unwrap();
+    let mut opts = TrainOptions::new(&run);
+    opts.max_steps = Some(4);
+    train(cfg.clone(), &opts).unwrap();
+    assert!(!leftover.exists());
+    let steps: Vec<u64> = mixrank_train::periodic::list(&run).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(steps, [4, 3], "the newest two of steps 1..=4");
+    assert_eq!(std::fs::read_to_string(run.join("checkpoints/LATEST")).unwrap().trim(), "step-4");
+    // Without embeddings there is no sparse state; the checkpoint still round-trips.
+    let found = mixrank_train::periodic::newest_good(&run).unwrap();
+    assert!(found.refused.is_empty());
+    assert_eq!(found.checkpoint.manifest.step, 4);
+    assert_eq!(found.checkpoint.manifest.optimizer.sparse, None);
+    // Resuming a finished run trains nothing more and keeps the step count.
+    opts.resume = true;
+    let s = train(cfg.clone(), &opts).unwrap();
+    assert_eq!(s.steps, 4);
+    // Without the step limit it finishes the epoch; resumed again, nothing is left to
+    // train, yet the validation is still reported.
+    opts.max_steps = None;
+    let full = train(cfg.clone(), &opts).unwrap();
+    assert!(full.steps > 4);
+    let again = train(cfg, &opts).unwrap();
+    assert_eq!((again.steps, again.examples), (full.steps, full.examples));
+    assert_eq!(again.validation.len(), 2, "both tasks reported");
 }

@@ -52,10 +52,24 @@ pub fn build(run_dir: &Path, split: &str) -> Result<String> {
         ("run".to_string(), run_dir.display().to_string()),
         ("config".to_string(), m.config_path.display().to_string()),
         ("model".to_string(), describe_model(&cfg)),
-        ("trained".to_string(), format!("{} steps, {} examples (stage {})", m.step, m.examples, m.lineage.stage)),
+        ("trained".to_string(), format!("{} steps, {} examples (stage {:?})", m.step, m.examples, m.lineage.stage)),
         ("scored".to_string(), format!("split `{split}`, {} rows", preds.weights.len())),
-        ("checkpoint".to_string(), format!("weights xxh3 {}, written by {}", m.weights_xxh3, m.created_by)),
+        (
+            "checkpoint".to_string(),
+            format!(
+                "format {}, weights xxh3 {}, written by {}",
+                m.format_version,
+                m.files.get("weights.safetensors").map_or("?", |f| f.xxh3.as_str()),
+                m.created_by
+            ),
+        ),
     ];
+    if !m.lineage.days.is_empty() {
+        facts.push(("days trained on".into(), m.lineage.days.join(", ")));
+    }
+    if let Some(t) = &m.lineage.teacher {
+        facts.push(("teacher".into(), t.clone()));
+    }
     if let Some(p) = &m.lineage.parent {
         facts.push(("parent".into(), p.clone()));
     }

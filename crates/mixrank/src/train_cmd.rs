@@ -3,7 +3,7 @@
 use anyhow::Result;
 use mixrank_data::ExperimentConfig;
 use mixrank_metrics::{TaskMetrics, TaskReport};
-use mixrank_train::{train, TrainOptions};
+use mixrank_train::{train, Stage, TrainOptions};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +24,34 @@ pub struct TrainArgs {
     /// Progress and log interval, in steps.
     #[arg(long, default_value_t = 50)]
     pub log_every: u64,
+    /// Training stage: `batch` (from scratch or --init; distillation on when the config
+    /// has teachers) or `incremental` (needs --init; distillation off by default).
+    #[arg(long, value_enum, default_value = "batch")]
+    pub stage: StageArg,
+    /// Warm-start from this checkpoint (or run directory): weights, optimizer state and
+    /// dense statistics, mapped onto this config; every change is reported.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Continue the run in --out from its newest checkpoint that verifies, at its exact
+    /// data cursor (refused checkpoints are reported and moved aside).
+    #[arg(long)]
+    pub resume: bool,
+    /// Keep distillation on in the incremental stage (logged as a warning).
+    #[arg(long)]
+    pub distill_in_incremental: bool,
+    /// Debugging aid: write the (request id, position) of every row of every step to
+    /// this JSON-lines file (appended on --resume).
+    #[arg(long, hide = true)]
+    pub trace_rows: Option<PathBuf>,
+    /// Debugging aid for crash tests: sleep this many milliseconds after every step.
+    #[arg(long, hide = true)]
+    pub debug_step_delay_ms: Option<u64>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum StageArg {
+    Batch,
+    Incremental,
 }
 
 fn progress(line: &str) {
@@ -39,6 +67,15 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     opts.max_steps = a.max_steps;
     opts.log_every = a.log_every;
     opts.progress = Some(progress);
+    opts.stage = match a.stage {
+        StageArg::Batch => Stage::Batch,
+        StageArg::Incremental => Stage::Incremental,
+    };
+    opts.init = a.init.clone();
+    opts.resume = a.resume;
+    opts.allow_distill_in_incremental = a.distill_in_incremental;
+    opts.trace_rows = a.trace_rows.clone();
+    opts.step_delay = a.debug_step_delay_ms.map(std::time::Duration::from_millis);
     let s = train(Arc::new(cfg), &opts)?;
     crate::say!(
         "trained {} steps, {} examples in {:.1} s ({:.0} examples/s); run dir {}",

@@ -243,9 +243,17 @@ pub struct TrainSection {
     /// Stop after this many validations without improvement (0 = never).
     #[serde(default)]
     pub early_stopping_patience: u32,
-    /// Checkpoint every N steps (0 = at the end and at each validation).
+    /// Write a periodic checkpoint (`RUN_DIR/checkpoints/step-<N>/`) every N steps
+    /// (0 = no step-based checkpoints). The final model always goes to `RUN_DIR/checkpoint/`.
     #[serde(default)]
     pub checkpoint_every_steps: u64,
+    /// Also write a periodic checkpoint when this many minutes have passed since the
+    /// last one (0 = no time-based checkpoints).
+    #[serde(default)]
+    pub checkpoint_every_minutes: f64,
+    /// Periodic checkpoints kept; older ones are deleted (at least 1).
+    #[serde(default = "default_keep_checkpoints")]
+    pub keep_checkpoints: usize,
     #[serde(default = "default_seed")]
     pub seed: u64,
     /// Compute threads (0 = one per core).
@@ -273,6 +281,9 @@ fn default_loss_weighting() -> LossWeighting {
 }
 fn default_seed() -> u64 {
     1
+}
+fn default_keep_checkpoints() -> usize {
+    3
 }
 
 impl Default for TrainSection {
@@ -398,6 +409,12 @@ pub fn validate_train(t: &TrainSection) -> Result<(), (String, String)> {
     }
     if t.grad_clip.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
         return e("grad_clip", "expected a number > 0".into());
+    }
+    if !(t.checkpoint_every_minutes.is_finite() && t.checkpoint_every_minutes >= 0.0) {
+        return e("checkpoint_every_minutes", format!("expected a number >= 0, found {}", t.checkpoint_every_minutes));
+    }
+    if t.keep_checkpoints == 0 {
+        return e("keep_checkpoints", "expected >= 1".into());
     }
     Ok(())
 }

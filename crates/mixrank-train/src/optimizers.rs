@@ -1,0 +1,195 @@
+//! The trainer's optimizers as one value: Adam/AdamW for the dense parameters and a
+//! sparse optimizer for the embedding tables, with their state as named tensors for
+//! checkpoints.
+//!
+//! State tensors (names in `optimizer.safetensors`):
+//! - `adam.m.head.<param>`, `adam.v.head.<param>`: f32, the parameter's shape;
+//! - row-wise Adagrad: `adagrad.acc.emb.tables.<t>`: f32 `[rows]`;
+//! - lazy Adam: `lazy_adam.m.emb.tables.<t>`, `lazy_adam.v.emb.tables.<t>`: f32
+//!   `[rows, dim]`, `lazy_adam.steps.emb.tables.<t>`: u32 `[rows]`.
+//!
+//! Step counts (Adam's `t`, lazy Adam's global step) go to the manifest
+//! ([`OptimizerManifest`]).
+
+use crate::error::{layer, Result};
+use crate::tensors::{Tensor, TensorFile};
+use mixrank_data::config::model::{DenseOptimizer, SparseOptimizer, TrainSection};
+use mixrank_engine::CpuOps;
+use mixrank_model::RankingModel;
+use mixrank_nn::{
+    Adam, AdamConfig, LazyAdam, LazyAdamConfig, Parameters, RowWiseAdagrad, RowWiseAdagradConfig, WeightDecay,
+};
+use serde::{Deserialize, Serialize};
+
+/// The sparse optimizer of the embedding tables.
+pub enum Sparse {
+    Adagrad(RowWiseAdagrad),
+    Lazy(LazyAdam),
+}
+
+/// Dense and sparse optimizers of one model.
+pub struct Optimizers {
+    pub adam: Adam,
+    pub sparse: Option<Sparse>,
+}
+
+/// Optimizer kinds and step counts, stored in the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OptimizerManifest {
+    pub dense: DenseOptimizer,
+    /// Adam's step count `t` (bias correction).
+    pub dense_steps: u64,
+    /// `None` for a model without embedding tables.
+    pub sparse: Option<SparseOptimizer>,
+    /// Lazy Adam's global step count (0 for row-wise Adagrad).
+    pub sparse_steps: u64,
+}
+
+impl Optimizers {
+    /// Fresh (zero) state for `model` as `[train]` configures it.
+    pub fn new(t: &TrainSection, model: &mut RankingModel<CpuOps>) -> Self {
+        let weight_decay = match (t.optimizer, t.weight_decay) {
+            (_, 0.0) => WeightDecay::None,
+            (DenseOptimizer::Adam, w) => WeightDecay::L2(w as f32),
+            (DenseOptimizer::Adamw, w) => WeightDecay::Decoupled(w as f32),
+        };
+        let adam_cfg = AdamConfig { weight_decay, clip_norm: t.grad_clip.map(|c| c as f32), ..AdamConfig::default() };
+        let adam = Adam::new(adam_cfg, model);
+        let sparse = model.emb.as_ref().map(|e| match t.sparse_optimizer {
+            SparseOptimizer::RowwiseAdagrad => {
+                let c = RowWiseAdagradConfig {
+                    weight_decay: t.sparse_weight_decay as f32,
+                    ..RowWiseAdagradConfig::new(t.sparse_lr as f32)
+                };
+                Sparse::Adagrad(RowWiseAdagrad::new(c, e))
+            }
+            SparseOptimizer::LazyAdam => {
+                let c = LazyAdamConfig {
+                    weight_decay: t.sparse_weight_decay as f32,
+                    ..LazyAdamConfig::new(t.sparse_lr as f32)
+                };
+                Sparse::Lazy(LazyAdam::new(c, e))
+            }
+        });
+        Optimizers { adam, sparse }
+    }
+
+    /// One update of the dense parameters (learning rate `lr`) and of the embedding
+    /// rows the last backward touched.
+    pub fn step(&mut self, model: &mut RankingModel<CpuOps>, lr: f32) -> Result<()> {
+        self.adam.step(model, lr).map_err(layer("Adam step"))?;
+        if let (Some(s), Some(e)) = (&mut self.sparse, model.emb.as_mut()) {
+            match s {
+                Sparse::Adagrad(o) => o.step(e),
+                Sparse::Lazy(o) => o.step(e),
+            }
+            .map_err(layer("sparse optimizer step"))?;
+        }
+        Ok(())
+    }
+
+    /// Kinds and step counts for the manifest.
+    pub fn manifest(&self, t: &TrainSection) -> OptimizerManifest {
+        OptimizerManifest {
+            dense: t.optimizer,
+            dense_steps: self.adam.steps(),
+            sparse: self.sparse.as_ref().map(|s| match s {
+                Sparse::Adagrad(_) => SparseOptimizer::RowwiseAdagrad,
+                Sparse::Lazy(_) => SparseOptimizer::LazyAdam,
+            }),
+            sparse_steps: match &self.sparse {
+                Some(Sparse::Lazy(o)) => o.steps(),
+                _ => 0,
+            },
+        }
+    }
+
+    /// The state as named tensors (see the module docs).
+    pub fn tensors(&self, model: &mut RankingModel<CpuOps>) -> Vec<Tensor> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        model.params(&mut |name, p| {
+            let (m, v) = self.adam.moments(i);
+            out.push(Tensor::f32(format!("adam.m.head.{name}"), p.shape.clone(), m));
+            out.push(Tensor::f32(format!("adam.v.head.{name}"), p.shape.clone(), v));
+            i += 1;
+        });
+        if let (Some(s), Some(e)) = (&self.sparse, model.emb.as_ref()) {
+            for (t, table) in e.tables().iter().enumerate() {
+                match s {
+                    Sparse::Adagrad(o) => out.push(Tensor::f32(
+                        format!("adagrad.acc.emb.tables.{t}"),
+                        vec![table.rows],
+                        o.accumulators(t),
+                    )),
+                    Sparse::Lazy(o) => {
+                        let (m, v, steps) = o.state(t);
+                        let shape = vec![table.rows, table.dim];
+                        out.push(Tensor::f32(format!("lazy_adam.m.emb.tables.{t}"), shape.clone(), m));
+                        out.push(Tensor::f32(format!("lazy_adam.v.emb.tables.{t}"), shape, v));
+                        out.push(Tensor::u32(format!("lazy_adam.steps.emb.tables.{t}"), vec![table.rows], steps));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Restores state written by [`Optimizers::tensors`] for the same model; every
+    /// tensor must be present with the model's shapes and the kinds must match.
+    pub fn restore(
+        &mut self,
+        model: &mut RankingModel<CpuOps>,
+        file: &TensorFile<'_>,
+        om: &OptimizerManifest,
+        t: &TrainSection,
+    ) -> std::result::Result<(), String> {
+        if om.dense != t.optimizer {
+            return Err(format!("dense optimizer {:?} in the checkpoint, {:?} in the config", om.dense, t.optimizer));
+        }
+        let (mut ms, mut vs) = (Vec::new(), Vec::new());
+        let mut err = None;
+        model.params(&mut |name, p| {
+            let got = file
+                .f32(&format!("adam.m.head.{name}"), &p.shape)
+                .and_then(|m| Ok((m, file.f32(&format!("adam.v.head.{name}"), &p.shape)?)));
+            match got {
+                Ok((m, v)) => {
+                    ms.push(m);
+                    vs.push(v);
+                }
+                Err(e) => {
+                    err.get_or_insert(e);
+                }
+            }
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        self.adam.set_state(om.dense_steps, ms, vs).map_err(|e| e.to_string())?;
+        let (Some(s), Some(e)) = (&mut self.sparse, model.emb.as_ref()) else { return Ok(()) };
+        let kind = match s {
+            Sparse::Adagrad(_) => SparseOptimizer::RowwiseAdagrad,
+            Sparse::Lazy(_) => SparseOptimizer::LazyAdam,
+        };
+        if om.sparse != Some(kind) {
+            return Err(format!("sparse optimizer {:?} in the checkpoint, {kind:?} in the config", om.sparse));
+        }
+        for (ti, table) in e.tables().iter().enumerate() {
+            match s {
+                Sparse::Adagrad(o) => {
+                    let acc = file.f32(&format!("adagrad.acc.emb.tables.{ti}"), &[table.rows])?;
+                    o.set_accumulators(ti, &acc).map_err(|e| e.to_string())?;
+                }
+                Sparse::Lazy(o) => {
+                    let shape = [table.rows, table.dim];
+                    let m = file.f32(&format!("lazy_adam.m.emb.tables.{ti}"), &shape)?;
+                    let v = file.f32(&format!("lazy_adam.v.emb.tables.{ti}"), &shape)?;
+                    let steps = file.u32(&format!("lazy_adam.steps.emb.tables.{ti}"), &[table.rows])?;
+                    o.set_state(ti, om.sparse_steps, &m, &v, &steps).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,167 @@
+//! How a training run starts: from scratch, resumed from its own newest good checkpoint
+//! (`--resume`), or warm-started from a parent checkpoint (`--init`).
+
+use crate::checkpoint::{read_verified, Cursor, MANIFEST};
+use crate::error::{write_atomic, Result, TrainError};
+use crate::lineage::{teacher_columns, train_days, Lineage, Stage};
+use crate::optimizers::Optimizers;
+use crate::periodic::{newest_good, CHECKPOINTS};
+use crate::trainer::TrainOptions;
+use crate::warm_start::{differing_keys, toml_value, warm_start};
+use mixrank_data::stats::{fit_dense_stats, DenseStats};
+use mixrank_data::ExperimentConfig;
+use mixrank_engine::CpuOps;
+use mixrank_model::RankingModel;
+use rand::SeedableRng;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The state a run's training loop starts from.
+pub(crate) struct Start {
+    pub stats: DenseStats,
+    pub model: RankingModel<CpuOps>,
+    pub optim: Optimizers,
+    pub step: u64,
+    pub examples: u64,
+    pub cursor: Cursor,
+    pub lineage: Lineage,
+    /// JSON lines for the train log (refused checkpoints, resume, warm-start changes,
+    /// distillation notices); each is also passed to the progress callback.
+    pub events: Vec<serde_json::Value>,
+}
+
+/// `dir` itself when it holds a manifest, else `dir/checkpoint` (a run directory).
+pub fn checkpoint_dir(dir: &Path) -> PathBuf {
+    if dir.join(MANIFEST).is_file() {
+        dir.to_path_buf()
+    } else {
+        dir.join(crate::periodic::FINAL)
+    }
+}
+
+pub(crate) fn start(cfg: &Arc<ExperimentConfig>, opts: &TrainOptions, ops: &CpuOps) -> Result<Start> {
+    let t = &cfg.train;
+    let bs = cfg.data.batch_size;
+    let mut events = Vec::new();
+    let say = |events: &mut Vec<serde_json::Value>, v: serde_json::Value, line: String| {
+        if let Some(p) = opts.progress {
+            p(&line);
+        }
+        events.push(v);
+    };
+    let mut model = RankingModel::new(cfg, ops, bs, &mut rand::rngs::StdRng::seed_from_u64(t.seed))?;
+    let mut optim = Optimizers::new(t, &mut model);
+    if opts.resume {
+        let found = newest_good(&opts.out_dir)?;
+        for (dir, reason) in &found.refused {
+            let mut moved = None;
+            // A refused periodic checkpoint is moved aside so it is neither retried nor
+            // counted among the kept ones; the evidence stays on disk.
+            if dir.parent().is_some_and(|p| p.ends_with(CHECKPOINTS)) {
+                if let Some(name) = dir.file_name().and_then(|n| n.to_str()) {
+                    let to = dir.with_file_name(format!("refused-{name}"));
+                    if std::fs::rename(dir, &to).is_ok() {
+                        moved = Some(to);
+                    }
+                }
+            }
+            say(
+                &mut events,
+                json!({"event": "checkpoint_refused", "dir": dir, "reason": reason, "moved_to": moved}),
+                format!("refused checkpoint {}: {reason}", dir.display()),
+            );
+        }
+        let v = found.checkpoint;
+        let here = toml::to_string(&cfg.wire).map_err(|e| TrainError::Other(format!("config to TOML: {e}")))?;
+        if v.manifest.config_toml != here {
+            let stored: toml::Value =
+                toml::from_str(&v.manifest.config_toml).unwrap_or(toml::Value::String("(unreadable)".into()));
+            let diff = differing_keys("", &stored, &toml_value(&cfg.wire));
+            return Err(TrainError::Resume(format!(
+                "the config differs from the one {} was trained with ({}); use --init to warm-start a new run instead",
+                v.dir.display(),
+                if diff.is_empty() { "formatting".into() } else { diff.join("; ") }
+            )));
+        }
+        v.fill_model(&mut model)?;
+        v.restore_optimizers(&mut model, &mut optim)?;
+        let m = &v.manifest;
+        say(
+            &mut events,
+            json!({"event": "resume", "from": v.dir, "step": m.step, "examples": m.examples,
+                   "epoch": m.cursor.epoch, "batch_in_epoch": m.cursor.batch_in_epoch}),
+            format!(
+                "resuming from {} at step {} (epoch {}, batch {} of the epoch)",
+                v.dir.display(),
+                m.step,
+                m.cursor.epoch,
+                m.cursor.batch_in_epoch
+            ),
+        );
+        return Ok(Start {
+            stats: m.dense_stats.clone(),
+            model,
+            optim,
+            step: m.step,
+            examples: m.examples,
+            cursor: m.cursor,
+            lineage: m.lineage.clone(),
+            events,
+        });
+    }
+
+    let mut stats = if cfg.dense.iter().any(|d| d.standardize) {
+        fit_dense_stats(cfg.clone(), cfg.split("train")?, Some(opts.stats_rows))?
+    } else {
+        DenseStats { mean: vec![0.0; cfg.dense.len()], std: vec![1.0; cfg.dense.len()], rows: 0 }
+    };
+    let teachers = teacher_columns(cfg);
+    let mut lineage = Lineage {
+        parent: None,
+        stage: opts.stage,
+        days: vec![train_days(cfg)],
+        teacher: if opts.distillation_enabled(cfg) { teachers.clone() } else { None },
+        warm_start: Vec::new(),
+    };
+    if opts.stage == Stage::Incremental && teachers.is_some() {
+        let (v, line) = if opts.allow_distill_in_incremental {
+            ("on", "warning: distillation kept on in the incremental stage (--distill-in-incremental)")
+        } else {
+            ("off", "incremental stage: distillation is off (pass --distill-in-incremental to keep it)")
+        };
+        say(&mut events, json!({"event": "distillation", "stage": "incremental", "distillation": v}), line.into());
+    }
+    match &opts.init {
+        Some(init) => {
+            let dir = checkpoint_dir(init);
+            let parent = read_verified(&dir)?;
+            let changes = warm_start(&parent, cfg, &mut model, &mut optim, &mut stats)?;
+            let mut days = parent.manifest.lineage.days.clone();
+            days.push(train_days(cfg));
+            lineage.parent = Some(dir.display().to_string());
+            lineage.days = days;
+            lineage.warm_start = changes.clone();
+            let mut line = format!("warm start from {} (step {})", dir.display(), parent.manifest.step);
+            if changes.is_empty() {
+                line.push_str(": same features and tables");
+            }
+            for c in &changes {
+                line.push_str("\n    ");
+                line.push_str(c);
+            }
+            say(&mut events, json!({"event": "warm_start", "parent": dir, "changes": changes}), line);
+        }
+        None if opts.stage == Stage::Incremental => {
+            return Err(TrainError::Other(
+                "--stage incremental warm-starts from a parent: give --init CHECKPOINT".into(),
+            ))
+        }
+        None => {}
+    }
+    write_atomic(
+        &opts.out_dir.join("dense_stats.json"),
+        serde_json::to_string_pretty(&stats).map_err(|e| TrainError::Other(e.to_string()))?.as_bytes(),
+    )?;
+    Ok(Start { stats, model, optim, step: 0, examples: 0, cursor: Cursor::default(), lineage, events })
+}
