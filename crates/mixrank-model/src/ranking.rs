@@ -37,6 +37,11 @@ pub struct RankingModel<B: Backend> {
     dense: B::Buf,
     d_emb_buf: B::Buf,
     ids: Vec<FeatureIds<B>>,
+    /// `[train] loss_weighting = "uncertainty"`: one learned log-variance `s_t` per task
+    /// (Kendall et al., 2018). Not used by the forward pass; the trainer weights task
+    /// losses by `exp(-s_t)` and adds `s_t`. A parameter so that Adam updates it and
+    /// checkpoints carry it.
+    pub task_log_var: Option<mixrank_nn::Param<B>>,
 }
 
 impl<B: Backend + 'static> RankingModel<B>
@@ -77,6 +82,14 @@ where
         let d_in = d_emb + dense_width;
         let head = MultiTaskHead::new(m, d_in, cfg.tasks.len(), ops, max_batch, rng)?;
         let buf = |n: usize| ops.alloc(n).at(|| "model workspaces".into());
+        let n_tasks = cfg.tasks.len();
+        let task_log_var = match cfg.train.loss_weighting {
+            mixrank_data::config::model::LossWeighting::Fixed => None,
+            mixrank_data::config::model::LossWeighting::Uncertainty => Some(
+                mixrank_nn::Param::new(ops, &vec![0.0; n_tasks], &[n_tasks], false, "loss weighting")
+                    .at(|| "train.loss_weighting".into())?,
+            ),
+        };
         Ok(RankingModel {
             emb,
             head,
@@ -87,6 +100,7 @@ where
             dense: buf(max_batch * dense_width)?,
             d_emb_buf: buf(max_batch * d_emb)?,
             ids: Vec::new(),
+            task_log_var,
         })
     }
 
@@ -188,5 +202,8 @@ impl<B: Backend> Parameters<B> for RankingModel<B> {
     /// Dense parameters only; the embedding tables have their own sparse optimizer.
     fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
         self.head.visit_params(v);
+        if let Some(p) = &mut self.task_log_var {
+            v.param("task_log_var", p);
+        }
     }
 }

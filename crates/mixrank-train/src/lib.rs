@@ -17,6 +17,7 @@ pub mod tensors;
 pub mod trace;
 pub mod trainer;
 pub mod warm_start;
+pub mod weighting;
 
 pub use error::{Result, TrainError};
 pub use evaluate::{evaluate, task_type, CheckpointScorer, Predictions};

@@ -212,6 +212,9 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
     };
     let (mut labels, mut masks, mut weights) = (vec![Vec::new(); n_tasks], vec![Vec::new(); n_tasks], Vec::new());
     let mut grads: Vec<Vec<f32>> = vec![vec![0.0; bs]; n_tasks];
+    let mut weighting = crate::weighting::TaskWeighting::new(n_tasks);
+    let task_weights: Vec<f64> = cfg.tasks.iter().map(|t| t.weight).collect();
+    let mut step_loss = vec![0f32; n_tasks];
     let start = Instant::now();
     // Throughput counts this process's examples (a resumed run starts past zero).
     let examples_at_start = examples;
@@ -248,6 +251,7 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
             }
             weights.clear();
             weights.extend_from_slice(&b.weights);
+            weighting.refresh(&ops, &model)?;
             for (ti, task) in cfg.tasks.iter().enumerate() {
                 let input = LossInput {
                     pred: model.logits(ti),
@@ -255,7 +259,7 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
                     weight: Some(&weights),
                     mask: Some(&masks[ti]),
                 };
-                let write = GradWrite { scale: task.weight as f32, accumulate: false };
+                let write = GradWrite { scale: task.weight as f32 * weighting.factor(ti), accumulate: false };
                 let loss = match (task.kind, task.regression_loss) {
                     (TaskKind::Binary, _) => ops.bce_with_logits(n, input, &mut grads[ti], write),
                     (TaskKind::Regression, RegressionLoss::Mse) => ops.mse(n, input, &mut grads[ti], write),
@@ -268,10 +272,12 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
                     return Err(TrainError::Diverged { step, task: task.name.clone(), loss });
                 }
                 window_loss[ti] += loss as f64;
+                step_loss[ti] = loss;
             }
             mixrank_nn::zero_grads(&ops, &mut model).map_err(layer("zeroing gradients"))?;
             let refs: Vec<&Vec<f32>> = grads.iter().collect();
             model.backward(&ops, &b, &refs)?;
+            weighting.write_grads(&ops, &mut model, &task_weights, &step_loss)?;
             let lr = schedule.lr(step);
             optim.step(&mut model, lr)?;
             step += 1;

@@ -206,3 +206,34 @@ fn time_based_periodic_checkpoints_keep_the_newest_and_resume_finds_them() {
     assert_eq!((again.steps, again.examples), (full.steps, full.examples));
     assert_eq!(again.validation.len(), 2, "both tasks reported");
 }
+
+#[test]
+fn uncertainty_weighting_learns_one_log_variance_per_task() {
+    let d = tempfile::tempdir().unwrap();
+    let p = mixrank_data::simulate::EngagementParams { requests_per_day: 200, days: 3, ..Default::default() };
+    let sim = mixrank_data::simulate::simulate_engagement(&p, &d.path().join("data")).unwrap();
+    let model = d.path().join("model.toml");
+    std::fs::write(
+        &model,
+        "[model]\narchitecture = \"shared_bottom\"\nexpert_dim = 8\ntower = { hidden = [4] }\n\
+         [[model.experts]]\nkind = \"mlp\"\nhidden = [8]\n[train]\nepochs = 3\nlr = 0.05\nloss_weighting = \"uncertainty\"\n",
+    )
+    .unwrap();
+    let cfg = ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap();
+    let names: Vec<String> = cfg.tasks.iter().map(|t| t.name.clone()).collect();
+    let out = d.path().join("run");
+    train(Arc::new(cfg), &TrainOptions::new(&out)).unwrap();
+    // The log-variances are a checkpointed parameter: ∂L/∂s = 1 - e^{-s}·L_t pushes s
+    // below 0 for the binary tasks (BCE < 1) and above 0 for dwell time (MSE ≫ 1).
+    let ops = mixrank_engine::CpuOps::new();
+    let loaded = mixrank_train::checkpoint::load(&out.join("checkpoint"), &ops, 16).unwrap();
+    let s = loaded.model.task_log_var.as_ref().expect("uncertainty weighting keeps log-variances");
+    for (t, name) in names.iter().enumerate() {
+        let v = s.value[t];
+        if name == "dwell" {
+            assert!(v > 0.0, "{name}: s = {v}");
+        } else {
+            assert!(v < 0.0, "{name}: s = {v}");
+        }
+    }
+}
