@@ -7,5 +7,5 @@ pub mod evaluate;
 pub mod trainer;
 
 pub use error::{Result, TrainError};
-pub use evaluate::{evaluate, task_type, CheckpointScorer, Predictions};
+pub use evaluate::{evaluate, read_predictions, task_type, CheckpointScorer, Predictions};
 pub use trainer::{train, TrainOptions, TrainSummary};
