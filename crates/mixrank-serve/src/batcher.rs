@@ -50,11 +50,14 @@ pub struct Batcher {
     tx: Mutex<Option<Sender<Job>>>,
     worker: Mutex<Option<JoinHandle<()>>>,
     capacity: usize,
+    gate: Arc<Mutex<()>>,
 }
 
 impl Batcher {
     pub fn start(cfg: BatcherConfig, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = bounded::<Job>(cfg.queue_capacity.max(1));
+        let gate = Arc::new(Mutex::new(()));
+        let worker_gate = gate.clone();
         let worker = std::thread::Builder::new()
             .name("mixrank-batcher".into())
             .spawn(move || {
@@ -67,6 +70,8 @@ impl Batcher {
                             Err(_) => break,
                         },
                     };
+                    // Held by `pause`: the taken request waits here.
+                    drop(worker_gate.lock().unwrap_or_else(|e| e.into_inner()));
                     if first.reply.is_closed() {
                         continue;
                     }
@@ -94,7 +99,12 @@ impl Batcher {
                 }
             })
             .expect("spawning the batcher thread");
-        Batcher { tx: Mutex::new(Some(tx)), worker: Mutex::new(Some(worker)), capacity: cfg.queue_capacity.max(1) }
+        Batcher {
+            tx: Mutex::new(Some(tx)),
+            worker: Mutex::new(Some(worker)),
+            capacity: cfg.queue_capacity.max(1),
+            gate,
+        }
     }
 
     /// Queues an encoded request; the receiver yields its predictions.
@@ -107,6 +117,12 @@ impl Batcher {
             Err(TrySendError::Full(_)) => Err(ServeError::Overloaded { capacity: self.capacity }),
             Err(TrySendError::Disconnected(_)) => Err(ServeError::ShuttingDown),
         }
+    }
+
+    /// Stops the worker before its next batch until the guard is dropped (requests
+    /// queue up meanwhile): for tests of back-pressure, timeouts and shutdown.
+    pub fn pause(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.gate.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Requests waiting in the queue.

@@ -48,8 +48,12 @@ pub struct RequestEncoder {
 
 impl RequestEncoder {
     pub fn new(cfg: Arc<ExperimentConfig>, encoder: Encoder) -> Self {
-        let features: BTreeSet<String> =
-            cfg.categorical.iter().map(|c| c.column.clone()).chain(cfg.dense.iter().map(|d| d.column.clone())).collect();
+        let features: BTreeSet<String> = cfg
+            .categorical
+            .iter()
+            .map(|c| c.column.clone())
+            .chain(cfg.dense.iter().map(|d| d.column.clone()))
+            .collect();
         let s = &cfg.columns;
         let roles = encoder
             .column_names()
@@ -71,9 +75,11 @@ impl RequestEncoder {
                     Fill::Str("request".into())
                 } else if s.keep.iter().any(|k| k == c) {
                     Fill::NullF64
-                } else if let Some(te) = cfg.tasks.iter().filter_map(|t| t.teacher.as_ref()).find(|te| &te.column == c) {
+                } else if let Some(te) = cfg.tasks.iter().filter_map(|t| t.teacher.as_ref()).find(|te| &te.column == c)
+                {
                     Fill::F64(if te.kind == TeacherKind::Probability { 0.5 } else { 0.0 })
-                } else if cfg.tasks.iter().any(|t| t.mask.as_deref() == Some(c)) || s.sample_weight.as_deref() == Some(c)
+                } else if cfg.tasks.iter().any(|t| t.mask.as_deref() == Some(c))
+                    || s.sample_weight.as_deref() == Some(c)
                 {
                     Fill::F64(1.0)
                 } else {
@@ -150,7 +156,9 @@ impl RequestEncoder {
         let cols = arrays
             .iter()
             .zip(names)
-            .map(|(a, name)| Col::from_arrow(a).map_err(|t| ServeError::bad(field(name, None), format!("unsupported type {t}"))))
+            .map(|(a, name)| {
+                Col::from_arrow(a).map_err(|t| ServeError::bad(field(name, None), format!("unsupported type {t}")))
+            })
             .collect::<Result<Vec<_>>>()?;
         let file = Path::new("request");
         let map = |e: DataError| match e {
@@ -260,7 +268,8 @@ fn build(vals: &[&Value], at: &dyn Fn(usize) -> String) -> Result<ArrayRef> {
         }
         Some(Kind::StrList) => str_list(vals),
         None if any_list => str_list(vals),
-        None => Arc::new(StringArray::from(vec![None::<&str>; vals.len()])),
+        // All null: Int64 nulls are accepted by every use (key, number, position).
+        None => Arc::new(Int64Array::from(vec![None::<i64>; vals.len()])),
     })
 }
 

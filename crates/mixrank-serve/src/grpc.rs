@@ -48,6 +48,31 @@ pub fn from_proto(r: proto::ScoreRequest, limits: &Limits) -> Result<ScoreReques
     Ok(ScoreRequest { request_id: r.request_id, context, candidates })
 }
 
+/// The proto form of a request (for clients and tests).
+pub fn request_to_proto(r: &ScoreRequest) -> proto::ScoreRequest {
+    let f = |f: &Features| proto::Features {
+        values: f
+            .iter()
+            .map(|(k, v)| {
+                let kind = match v {
+                    Value::Null => Kind::NullValue(true),
+                    Value::Int(i) => Kind::IntValue(*i),
+                    Value::Float(d) => Kind::DoubleValue(*d),
+                    Value::Str(s) => Kind::StringValue(s.clone()),
+                    Value::IntList(l) => Kind::IntList(proto::IntList { values: l.clone() }),
+                    Value::StrList(l) => Kind::StringList(proto::StringList { values: l.clone() }),
+                };
+                (k.clone(), proto::Value { kind: Some(kind) })
+            })
+            .collect(),
+    };
+    proto::ScoreRequest {
+        request_id: r.request_id.clone(),
+        context: Some(f(&r.context)),
+        candidates: r.candidates.iter().map(f).collect(),
+    }
+}
+
 /// Converts a response to proto.
 pub fn to_proto(r: crate::request::ScoreResponse) -> proto::ScoreResponse {
     proto::ScoreResponse {

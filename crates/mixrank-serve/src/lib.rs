@@ -13,7 +13,8 @@
 //! - [`batcher`]: micro-batching with a bounded wait and a bounded queue;
 //! - [`reload`]: atomic model swap, refusing checkpoints that fail verification;
 //! - [`service`], [`http`], [`grpc`], [`server`]: the front ends and their lifecycle;
-//! - [`metrics`]: Prometheus text.
+//! - [`metrics`]: Prometheus text;
+//! - [`replay`]: requests rebuilt from logged Parquet rows (tests, load generator).
 
 pub mod batcher;
 pub mod encode;
@@ -22,6 +23,7 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod reload;
+pub mod replay;
 pub mod request;
 pub mod score;
 pub mod server;

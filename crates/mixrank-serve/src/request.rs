@@ -63,6 +63,32 @@ pub struct ScoreRequest {
     pub candidates: Vec<Features>,
 }
 
+impl Value {
+    /// The JSON form [`parse_json`] reads back to the same value.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Null => serde_json::Value::Null,
+            Value::Int(v) => (*v).into(),
+            Value::Float(v) => serde_json::Number::from_f64(*v).map_or(serde_json::Value::Null, Into::into),
+            Value::Str(s) => s.clone().into(),
+            Value::IntList(l) => l.clone().into(),
+            Value::StrList(l) => l.clone().into(),
+        }
+    }
+}
+
+impl ScoreRequest {
+    /// The JSON body of this request.
+    pub fn to_json(&self) -> serde_json::Value {
+        let obj = |f: &Features| f.iter().map(|(k, v)| (k.clone(), v.to_json())).collect::<serde_json::Map<_, _>>();
+        serde_json::json!({
+            "request_id": self.request_id,
+            "context": obj(&self.context),
+            "candidates": self.candidates.iter().map(obj).collect::<Vec<_>>(),
+        })
+    }
+}
+
 /// Size limits applied while parsing.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -184,23 +210,23 @@ fn value(field: &str, v: serde_json::Value, limits: &Limits) -> Result<Value> {
         J::Array(items) => {
             limits.check_list(field, items.len())?;
             if items.iter().all(|x| x.is_string()) {
-                Value::StrList(items.into_iter().map(|x| if let J::String(s) = x { s } else { String::new() }).collect())
+                Value::StrList(
+                    items.into_iter().map(|x| if let J::String(s) = x { s } else { String::new() }).collect(),
+                )
             } else if items.iter().all(|x| x.is_i64()) {
                 Value::IntList(items.iter().map(|x| x.as_i64().unwrap_or_default()).collect())
             } else {
-                let bad = items.iter().position(|x| !x.is_string() && !x.is_i64()).unwrap_or(0);
+                // The first element whose kind differs from the first element's.
+                let first_is_string = items.first().is_some_and(|x| x.is_string());
+                let bad =
+                    items.iter().position(|x| if first_is_string { !x.is_string() } else { !x.is_i64() }).unwrap_or(0);
                 return Err(ServeError::bad(
                     format!("{field}[{bad}]"),
                     "list elements must be all strings or all integers",
                 ));
             }
         }
-        J::Object(_) => {
-            return Err(ServeError::bad(
-                field,
-                "expected a string, number, list or null, found an object",
-            ))
-        }
+        J::Object(_) => return Err(ServeError::bad(field, "expected a string, number, list or null, found an object")),
     })
 }
 
@@ -278,6 +304,8 @@ mod tests {
         let many = r#"{"candidates":[{},{},{}]}"#;
         assert!(matches!(parse_json(many.as_bytes(), &l), Err(ServeError::TooLarge(_))));
         let long = r#"{"candidates":[{"x":[1,2,3,4]}]}"#;
-        assert!(matches!(parse_json(long.as_bytes(), &l), Err(ServeError::TooLarge(m)) if m.contains("candidates[0].x")));
+        assert!(
+            matches!(parse_json(long.as_bytes(), &l), Err(ServeError::TooLarge(m)) if m.contains("candidates[0].x"))
+        );
     }
 }

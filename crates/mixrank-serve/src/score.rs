@@ -196,20 +196,19 @@ mod tests {
     fn weighted_product_and_sum_with_transforms() {
         let (t, k) = tasks();
         let p = Path::new("s.toml");
-        let prod = ScoreConfig::parse(
-            "[tasks.click]\nweight = 2.0\n[tasks.dwell]\nweight = 0.5\ntransform = \"expm1\"\n",
-            p,
-        )
-        .unwrap()
-        .resolve(&t, &k)
-        .unwrap();
+        let prod =
+            ScoreConfig::parse("[tasks.click]\nweight = 2.0\n[tasks.dwell]\nweight = 0.5\ntransform = \"expm1\"\n", p)
+                .unwrap()
+                .resolve(&t, &k)
+                .unwrap();
         let preds = vec![vec![0.5f32], vec![0.1], vec![(9.0f32).ln_1p()]];
         // 0.5^2 * 9^0.5 = 0.75
         assert!((prod.score(&preds, 0, None) - 0.75).abs() < 1e-5, "{}", prod.score(&preds, 0, None));
-        let sum = ScoreConfig::parse("combine = \"sum\"\n[tasks.click]\nweight = 2.0\n[tasks.save]\nweight = -1.0\n", p)
-            .unwrap()
-            .resolve(&t, &k)
-            .unwrap();
+        let sum =
+            ScoreConfig::parse("combine = \"sum\"\n[tasks.click]\nweight = 2.0\n[tasks.save]\nweight = -1.0\n", p)
+                .unwrap()
+                .resolve(&t, &k)
+                .unwrap();
         assert!((sum.score(&preds, 0, Some(2.0)) - 2.0 * (1.0 - 0.1)).abs() < 1e-6);
     }
 

@@ -90,11 +90,18 @@ impl Service {
             None => None,
             Some(col) => Some(bids(&req, col)?),
         };
-        let batch = s.encode(&req, &extra)?;
         let n = req.candidates.len();
         let preds = if n == 0 {
+            // Nothing to score; the context is still checked for unknown features.
+            s.encode(&ScoreRequest { candidates: vec![Default::default()], ..req.clone() }, &extra)
+                .map(|_| ())
+                .or_else(|e| match e {
+                    ServeError::BadRequest { ref field, .. } if field.starts_with("candidates[0]") => Ok(()),
+                    other => Err(other),
+                })?;
             vec![Vec::new(); s.config.tasks.len()]
         } else {
+            let batch = s.encode(&req, &extra)?;
             self.batcher
                 .submit(s.clone(), batch)?
                 .await
@@ -118,7 +125,12 @@ impl Service {
     /// The Prometheus exposition text.
     pub fn metrics_text(&self) -> String {
         let s = self.slot.current();
-        self.metrics.render(self.batcher.depth(), &s.session.version, s.session.precision.name(), s.session.manifest.step)
+        self.metrics.render(
+            self.batcher.depth(),
+            &s.session.version,
+            s.session.precision.name(),
+            s.session.manifest.step,
+        )
     }
 
     /// Checks the admin bearer token (`Authorization` header value).
