@@ -14,13 +14,15 @@
 //! - [`reload`]: atomic model swap, refusing checkpoints that fail verification;
 //! - [`service`], [`http`], [`grpc`], [`server`]: the front ends and their lifecycle;
 //! - [`metrics`]: Prometheus text;
-//! - [`replay`]: requests rebuilt from logged Parquet rows (tests, load generator).
+//! - [`replay`]: requests rebuilt from logged Parquet rows (tests, load generator);
+//! - [`loadgen`]: a bounded keep-alive HTTP load generator (`mixrank bench serve`).
 
 pub mod batcher;
 pub mod encode;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod loadgen;
 pub mod metrics;
 pub mod reload;
 pub mod replay;

@@ -85,7 +85,30 @@ impl InferenceSession {
         let fail = |message: String| ServeError::Checkpoint { dir: dir.clone(), message };
         let ops = CpuOps::new();
         let loaded = mixrank_train::checkpoint::load(&dir, &ops, max_batch.max(1)).map_err(|e| fail(e.to_string()))?;
-        let mut model = loaded.model;
+        let run = run_dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".into());
+        let m = &loaded.manifest;
+        let version = format!("{run}@{}#{}", m.step, &m.weights_xxh3[..m.weights_xxh3.len().min(8)]);
+        let mut s = Self::from_parts(loaded.config, loaded.model, loaded.manifest, precision, max_batch, version)?;
+        s.run_dir = run_dir.to_path_buf();
+        Ok(s)
+    }
+
+    /// A session around a model already in memory (its workspaces must hold
+    /// `max_batch` rows): `mixrank bench infer` scores a randomly initialised model
+    /// through the same path as a loaded one.
+    pub fn from_parts(
+        config: Arc<ExperimentConfig>,
+        mut model: RankingModel<CpuOps>,
+        manifest: Manifest,
+        precision: Precision,
+        max_batch: usize,
+        version: String,
+    ) -> Result<Self> {
+        let fail = |message: String| ServeError::Checkpoint { dir: PathBuf::from(&version), message };
         let mut released_grad_floats = 0;
         model.params(&mut |_, p| {
             released_grad_floats += p.grad.len();
@@ -99,27 +122,19 @@ impl InferenceSession {
                 Some(k.name())
             }
         };
-        let config = loaded.config;
-        let stats = Arc::new(loaded.manifest.dense_stats.clone());
+        let stats = Arc::new(manifest.dense_stats.clone());
         let encoder = Encoder::new(config.clone(), DenseMode::Fitted(stats)).map_err(|e| fail(e.to_string()))?;
-        let run = run_dir
-            .canonicalize()
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "model".into());
-        let m = &loaded.manifest;
-        let version = format!("{run}@{}#{}", m.step, &m.weights_xxh3[..m.weights_xxh3.len().min(8)]);
         Ok(InferenceSession {
             encoder: RequestEncoder::new(config.clone(), encoder),
             config,
-            manifest: loaded.manifest,
+            manifest,
             version,
             precision,
             kernel,
             max_batch: max_batch.max(1),
-            run_dir: run_dir.to_path_buf(),
+            run_dir: PathBuf::new(),
             released_grad_floats,
-            ops,
+            ops: CpuOps::new(),
             runner: Mutex::new(Runner { model, host: Vec::new() }),
         })
     }

@@ -1,8 +1,10 @@
 //! The `mixrank` command-line tool: a thin layer over the library crates.
 
+mod bench_cmd;
 mod compare_cmd;
 mod demo;
 mod eval_cmd;
+mod serve_cmd;
 mod stats_cmd;
 mod train_cmd;
 
@@ -35,6 +37,13 @@ enum Command {
     Compare(compare_cmd::CompareArgs),
     /// Run the main job end to end on the embedded default data.
     Demo(demo::DemoArgs),
+    /// Serve a trained model over HTTP/JSON and gRPC.
+    Serve(serve_cmd::ServeArgs),
+    /// Speed figures: inference latency per batch size and precision, server load test.
+    Bench {
+        #[command(subcommand)]
+        command: bench_cmd::BenchCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -107,6 +116,8 @@ fn main() -> std::process::ExitCode {
         Command::Eval(a) => eval_cmd::run(&a),
         Command::Compare(a) => compare_cmd::run(&a),
         Command::Demo(a) => demo::run(&a),
+        Command::Serve(a) => serve_cmd::run(&a),
+        Command::Bench { command } => bench_cmd::run(&command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
