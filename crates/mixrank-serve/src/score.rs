@@ -107,7 +107,11 @@ impl ScoreConfig {
 
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let bad = |message: String| ServeError::Config { file: path.to_path_buf(), message };
-        let w: WireScore = toml::from_str(text).map_err(|e| bad(format!("{}", e.message())))?;
+        let de = toml::Deserializer::parse(text).map_err(|e| bad(format!("invalid TOML: {}", e.message())))?;
+        let w: WireScore = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            bad(format!("at `{key}`: {}", e.into_inner().message()))
+        })?;
         let floor = w.floor.unwrap_or(1e-12);
         if !(floor.is_finite() && floor >= 0.0) {
             return Err(bad(format!("floor: must be finite and >= 0, found {floor}")));
@@ -220,6 +224,8 @@ mod tests {
         assert!(e.to_string().contains("tasks.like") && e.to_string().contains("s.toml"), "{e}");
         let e = ScoreConfig::parse("combine = \"product\"\nbids = \"x\"\n", p).unwrap_err();
         assert!(e.to_string().contains("bids"), "{e}");
+        let e = ScoreConfig::parse("[tasks.click]\nwieght = 1.0\n", p).unwrap_err();
+        assert!(e.to_string().contains("tasks.click") && e.to_string().contains("wieght"), "{e}");
         let e = ScoreConfig::parse("combine = \"max\"\n", p).unwrap_err();
         assert!(e.to_string().contains("max"), "{e}");
     }

@@ -12,7 +12,7 @@ use crate::metrics::Metrics;
 use crate::reload::ModelSlot;
 use crate::request::Limits;
 use crate::score::ScoreConfig;
-use crate::service::Service;
+use crate::service::{Service, ServiceConfig};
 use crate::session::Precision;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -82,15 +82,14 @@ pub async fn start(opts: ServeOptions) -> Result<RunningServer> {
     let slot = Arc::new(slot);
     let mut batcher = opts.batcher;
     batcher.max_batch_rows = max_batch;
-    let service = Arc::new(Service::new(
-        slot.clone(),
+    let cfg = ServiceConfig {
         batcher,
-        metrics,
-        opts.limits,
-        opts.timeout,
-        opts.admin_token.clone(),
-        opts.score.bid.clone(),
-    ));
+        limits: opts.limits,
+        timeout: opts.timeout,
+        admin_token: opts.admin_token.clone(),
+        bid: opts.score.bid.clone(),
+    };
+    let service = Arc::new(Service::new(slot.clone(), metrics, cfg));
     let (stop, stop_rx) = watch::channel(false);
     let signal = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

@@ -27,24 +27,29 @@ pub struct Service {
     ready: AtomicBool,
 }
 
+/// The service's limits and policies.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub batcher: BatcherConfig,
+    pub limits: Limits,
+    /// Per-request timeout (encode + queue + forward).
+    pub timeout: Duration,
+    /// Bearer token required by the admin endpoint, if any.
+    pub admin_token: Option<String>,
+    /// Column of the ranking score's bid, if any.
+    pub bid: Option<String>,
+}
+
 impl Service {
-    pub fn new(
-        slot: Arc<ModelSlot>,
-        batcher_cfg: BatcherConfig,
-        metrics: Arc<Metrics>,
-        limits: Limits,
-        timeout: Duration,
-        admin_token: Option<String>,
-        bid: Option<String>,
-    ) -> Self {
+    pub fn new(slot: Arc<ModelSlot>, metrics: Arc<Metrics>, cfg: ServiceConfig) -> Self {
         Service {
             slot,
-            batcher: Batcher::start(batcher_cfg, metrics.clone()),
+            batcher: Batcher::start(cfg.batcher, metrics.clone()),
             metrics,
-            limits,
-            timeout,
-            admin_token,
-            bid,
+            limits: cfg.limits,
+            timeout: cfg.timeout,
+            admin_token: cfg.admin_token,
+            bid: cfg.bid,
             ready: AtomicBool::new(true),
         }
     }

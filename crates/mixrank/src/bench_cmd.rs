@@ -169,6 +169,13 @@ fn random_batch(cfg: &ExperimentConfig, rows: usize, rng: &mut rand::rngs::StdRn
     }
 }
 
+/// Resident set size of this process (Linux), MiB.
+fn rss_mib() -> Option<f64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096.0 / (1 << 20) as f64)
+}
+
 fn pct(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
@@ -186,10 +193,11 @@ fn infer_in_pool(a: &InferArgs) -> Result<()> {
         let s = session(a, precision, max_batch)?;
         if precision == Precision::F32 {
             crate::say!(
-                "model {} — {} threads; released {:.1} MiB of gradient buffers at load",
+                "model {} — {} threads; {:.1} MiB of gradient buffers released at load; resident set {}",
                 s.version,
                 a.threads,
-                s.released_grad_floats as f64 * 4.0 / (1 << 20) as f64
+                s.released_grad_floats as f64 * 4.0 / (1 << 20) as f64,
+                rss_mib().map(|m| format!("{m:.0} MiB")).unwrap_or_else(|| "unknown".into())
             );
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
