@@ -89,7 +89,7 @@ fn serve_scores_over_http_and_stops_cleanly_on_sigterm() {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    assert!(line.starts_with("serving run@2#") && line.contains("bf16"), "{line}");
+    assert!(line.starts_with("serving run@") && line.contains("bf16"), "{line}");
     let addr = line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
     assert_eq!(http(&addr, "GET", "/readyz", "").0, 200);
     let body = r#"{"context": {"user_id": 1, "surface": "search", "device": "web", "context_category": 2,
