@@ -32,7 +32,8 @@ pub struct InferArgs {
     /// Batch sizes.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256,512,2048")]
     pub batches: Vec<usize>,
-    /// Timed repetitions per point (0: 200 up to batch 64, 50 above).
+    /// Timed repetitions per point and precision (0: 200 up to batch 64, 50 above),
+    /// in 5 rounds alternating f32 and bf16.
     #[arg(long, default_value_t = 0)]
     pub reps: usize,
     /// Compute threads.
@@ -185,59 +186,68 @@ fn infer(a: &InferArgs) -> Result<()> {
     pool.install(|| infer_in_pool(a))
 }
 
+/// Rounds per point: f32 and bf16 alternate round by round, so both see the same
+/// background load on a shared machine.
+const ROUNDS: usize = 5;
+
 fn infer_in_pool(a: &InferArgs) -> Result<()> {
     let max_batch = a.batches.iter().copied().max().unwrap_or(1);
+    let sessions = [session(a, Precision::F32, max_batch)?, session(a, Precision::Bf16, max_batch)?];
+    crate::say!(
+        "model {} — {} threads; {:.1} MiB of gradient buffers released per session at load; resident set {} (both sessions)",
+        sessions[0].version,
+        a.threads,
+        sessions[0].released_grad_floats as f64 * 4.0 / (1 << 20) as f64,
+        rss_mib().map(|m| format!("{m:.0} MiB")).unwrap_or_else(|| "unknown".into())
+    );
     let mut rows_out = Vec::new();
-    let mut p50 = std::collections::BTreeMap::new();
-    for precision in [Precision::F32, Precision::Bf16] {
-        let s = session(a, precision, max_batch)?;
-        if precision == Precision::F32 {
-            crate::say!(
-                "model {} — {} threads; {:.1} MiB of gradient buffers released at load; resident set {}",
-                s.version,
-                a.threads,
-                s.released_grad_floats as f64 * 4.0 / (1 << 20) as f64,
-                rss_mib().map(|m| format!("{m:.0} MiB")).unwrap_or_else(|| "unknown".into())
-            );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for &b in &a.batches {
+        let batches: Vec<Batch> = (0..4).map(|_| random_batch(&sessions[0].config, b, &mut rng)).collect();
+        let reps = if a.reps > 0 {
+            a.reps
+        } else if b <= 64 {
+            200
+        } else {
+            50
+        };
+        let per_round = reps.div_ceil(ROUNDS);
+        let mut lat = [Vec::with_capacity(reps), Vec::with_capacity(reps)];
+        for s in &sessions {
+            for batch in &batches {
+                std::hint::black_box(s.predict(batch)?);
+            }
         }
-        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        for &b in &a.batches {
-            let batches: Vec<Batch> = (0..4).map(|_| random_batch(&s.config, b, &mut rng)).collect();
-            let reps = if a.reps > 0 {
-                a.reps
-            } else if b <= 64 {
-                200
-            } else {
-                50
-            };
-            let mut lat = Vec::with_capacity(reps);
-            for r in 0..reps + 10 {
-                let t = Instant::now();
-                let out = s.predict(&batches[r % batches.len()])?;
-                let e = t.elapsed().as_secs_f64();
-                std::hint::black_box(out);
-                if r >= 10 {
-                    lat.push(e * 1e3);
+        for _ in 0..ROUNDS {
+            for (s, l) in sessions.iter().zip(&mut lat) {
+                for r in 0..per_round {
+                    let t = Instant::now();
+                    let out = s.predict(&batches[r % batches.len()])?;
+                    l.push(t.elapsed().as_secs_f64() * 1e3);
+                    std::hint::black_box(out);
                 }
             }
-            lat.sort_by(f64::total_cmp);
-            let (m, p) = (pct(&lat, 0.5), pct(&lat, 0.99));
-            p50.insert((precision.name(), b), m);
-            let vs = match precision {
-                Precision::Bf16 => {
-                    p50.get(&("f32", b)).map(|f| format!("{:+.0}%", 100.0 * (m / f - 1.0))).unwrap_or_default()
+        }
+        let mut f32_p50 = f64::NAN;
+        for (s, l) in sessions.iter().zip(&mut lat) {
+            l.sort_by(f64::total_cmp);
+            let (m, p) = (pct(l, 0.5), pct(l, 0.99));
+            let vs = match s.precision {
+                Precision::F32 => {
+                    f32_p50 = m;
+                    String::new()
                 }
-                Precision::F32 => String::new(),
+                Precision::Bf16 => format!("{:+.0}% p50 vs f32", 100.0 * (m / f32_p50 - 1.0)),
             };
             let kernel = s.kernel.unwrap_or("-");
             crate::say!(
                 "{:<5} {:<11} batch {b:>5}: p50 {m:>8.3} ms  p99 {p:>8.3} ms  {:>10.0} rows/s  {vs}",
-                precision.name(),
+                s.precision.name(),
                 kernel,
                 b as f64 / (m / 1e3)
             );
             rows_out.push(serde_json::json!({
-                "precision": precision.name(), "kernel": kernel, "batch": b,
+                "precision": s.precision.name(), "kernel": kernel, "batch": b,
                 "p50_ms": m, "p99_ms": p, "rows_per_s": b as f64 / (m / 1e3),
             }));
         }
