@@ -29,8 +29,8 @@ pub struct Fixture {
     pub config: ExperimentConfig,
 }
 
-/// Simulates a small engagement log and trains a small heterogeneous MMoE on it
-/// (a DCNv2 and an MLP expert, so bf16 converts real Linear layers).
+/// Simulates a small engagement log and trains `mixrank demo`'s heterogeneous MMoE on
+/// it for a step (so bf16 reaches the Linear layers of every expert kind).
 pub fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
@@ -44,15 +44,8 @@ pub fn fixture() -> &'static Fixture {
             ..Default::default()
         };
         let sim = simulate_engagement(&p, &dir.join("data")).unwrap();
-        let model = dir.join("model.toml");
-        std::fs::write(
-            &model,
-            "[model]\narchitecture = \"mmoe\"\nexpert_dim = 16\n\
-             [[model.experts]]\nkind = \"dcnv2\"\ncross_layers = 1\nhidden = [32]\n\
-             [[model.experts]]\nkind = \"mlp\"\nhidden = [32]\n\
-             [model.tower]\nhidden = [8]\n[train]\nthreads = 2\n",
-        )
-        .unwrap();
+        // The demo's candidate model: DCNv2, MaskNet, FinalMLP and MLP experts.
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/models/mmoe_heterogeneous.toml");
         let cfg = ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap();
         let run = dir.join("run");
         let mut opts = TrainOptions::new(&run);
