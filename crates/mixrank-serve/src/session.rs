@@ -4,8 +4,9 @@
 //! - `f32`: the trained weights as they are.
 //! - `bf16`: every Linear of the head converted to bf16 weights; activations are
 //!   rounded to bf16 at each GEMM input and the GEMM accumulates in f32
-//!   (AMX-BF16 / AVX512-BF16 / portable kernel, picked at run time). Cross, mask and
-//!   FinalMLP internals and the embeddings stay f32 (see `MultiTaskHead::use_bf16`).
+//!   (AMX-BF16 / AVX512-BF16 / portable kernel, picked at run time). The embeddings,
+//!   DCNv2 cross layers, layer norms and FinalMLP's bilinear term stay f32 (the
+//!   Linear layers are those each layer exposes through `Layer::visit_linears`).
 //!
 //! The session keeps no gradients: the dense parameters' gradient buffers that the
 //! layer constructors allocate are released right after loading (`[rows, d_in]`
