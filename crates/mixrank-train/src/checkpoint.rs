@@ -82,11 +82,19 @@ pub struct Manifest {
     pub tensors: usize,
 }
 
+impl Manifest {
+    /// XXH3-64 (hex) of the weights file, the short identity of a model version.
+    pub fn weights_xxh3(&self) -> &str {
+        self.files.get(WEIGHTS).map_or("", |f| f.xxh3.as_str())
+    }
+}
+
 fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     move |source| TrainError::Io { path: path.to_path_buf(), source }
 }
 
-fn xxh3(bytes: &[u8]) -> String {
+/// The checksum a manifest records for a file: XXH3-64 of its bytes, 16 hex digits.
+pub fn xxh3(bytes: &[u8]) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
 }
 

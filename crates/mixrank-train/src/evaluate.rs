@@ -93,6 +93,32 @@ impl CheckpointScorer {
     }
 }
 
+/// Appends the last forward's predictions of its first `rows` rows to `out[task]`:
+/// `sigmoid(logit)` for binary tasks, the raw output (label-transform space) for
+/// regression tasks. `host` is scratch of at least `rows` floats. Shared by
+/// [`evaluate`] and the serving session, so both report exactly the same numbers.
+pub fn read_predictions(
+    model: &RankingModel<CpuOps>,
+    ops: &CpuOps,
+    tasks: &[mixrank_data::config::TaskSpec],
+    rows: usize,
+    host: &mut Vec<f32>,
+    out: &mut [Vec<f32>],
+) -> Result<()> {
+    if host.len() < rows {
+        host.resize(rows, 0.0);
+    }
+    for (t, task) in tasks.iter().enumerate() {
+        ops.read(model.logits(t), &mut host[..rows]).map_err(engine("reading logits"))?;
+        let o = &mut out[t];
+        match task.kind {
+            TaskKind::Binary => o.extend(host[..rows].iter().map(|&z| 1.0 / (1.0 + (-z).exp()))),
+            TaskKind::Regression => o.extend_from_slice(&host[..rows]),
+        }
+    }
+    Ok(())
+}
+
 /// Scores every row of `split` (file order, no shuffling) in evaluation mode (dropout
 /// off); the model is left in evaluation mode.
 pub fn evaluate(
@@ -131,13 +157,8 @@ pub fn evaluate(
         for &s in &b.segment {
             seg_rows[s as usize] += 1;
         }
-        for (t, task) in cfg.tasks.iter().enumerate() {
-            ops.read(model.logits(t), &mut host[..b.rows]).map_err(engine("reading logits"))?;
-            let out = &mut p.preds[t];
-            match task.kind {
-                TaskKind::Binary => out.extend(host[..b.rows].iter().map(|&z| 1.0 / (1.0 + (-z).exp()))),
-                TaskKind::Regression => out.extend_from_slice(&host[..b.rows]),
-            }
+        read_predictions(model, ops, &cfg.tasks, b.rows, &mut host, &mut p.preds)?;
+        for t in 0..n_tasks {
             p.labels[t].extend_from_slice(b.label(t));
             p.masks[t].extend_from_slice(b.mask(t));
         }

@@ -20,7 +20,7 @@ pub mod warm_start;
 pub mod weighting;
 
 pub use error::{Result, TrainError};
-pub use evaluate::{evaluate, task_type, CheckpointScorer, Predictions};
+pub use evaluate::{evaluate, read_predictions, task_type, CheckpointScorer, Predictions};
 pub use lineage::{Lineage, Stage};
 pub use start::checkpoint_dir;
 pub use trainer::{train, TrainOptions, TrainSummary};

@@ -1,9 +1,11 @@
 //! The `mixrank` command-line tool: a thin layer over the library crates.
 
+mod bench_cmd;
 mod compare_cmd;
 mod demo;
 mod eval_cmd;
 mod report_cmd;
+mod serve_cmd;
 mod stats_cmd;
 mod train_cmd;
 
@@ -38,6 +40,13 @@ enum Command {
     Report(report_cmd::ReportArgs),
     /// Run the main job end to end on the embedded default data.
     Demo(demo::DemoArgs),
+    /// Serve a trained model over HTTP/JSON and gRPC.
+    Serve(serve_cmd::ServeArgs),
+    /// Speed figures: inference latency per batch size and precision, server load test.
+    Bench {
+        #[command(subcommand)]
+        command: bench_cmd::BenchCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -111,6 +120,8 @@ fn main() -> std::process::ExitCode {
         Command::Compare(a) => compare_cmd::run(&a),
         Command::Report(a) => report_cmd::run(&a),
         Command::Demo(a) => demo::run(&a),
+        Command::Serve(a) => serve_cmd::run(&a),
+        Command::Bench { command } => bench_cmd::run(&command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

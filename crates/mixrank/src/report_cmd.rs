@@ -56,12 +56,7 @@ pub fn build(run_dir: &Path, split: &str) -> Result<String> {
         ("scored".to_string(), format!("split `{split}`, {} rows", preds.weights.len())),
         (
             "checkpoint".to_string(),
-            format!(
-                "format {}, weights xxh3 {}, written by {}",
-                m.format_version,
-                m.files.get("weights.safetensors").map_or("?", |f| f.xxh3.as_str()),
-                m.created_by
-            ),
+            format!("format {}, weights xxh3 {}, written by {}", m.format_version, m.weights_xxh3(), m.created_by),
         ),
     ];
     if !m.lineage.days.is_empty() {

@@ -23,6 +23,9 @@ fn every_subcommand_has_help() {
         vec!["train", "--help"],
         vec!["eval", "--help"],
         vec!["compare", "--help"],
+        vec!["serve", "--help"],
+        vec!["bench", "infer", "--help"],
+        vec!["bench", "serve", "--help"],
     ] {
         let (ok, out, err) = mixrank(&args);
         assert!(ok, "{args:?}: {err}");

@@ -197,6 +197,17 @@ impl<B: Backend> Layer<B> for FinalMlp<B> {
         FinalMlp::set_training(self, training)
     }
 
+    /// Both feature gates' MLPs, both streams and the fusion's linear terms; the
+    /// bilinear term and the gates' sigmoid stay f32.
+    fn visit_linears(&mut self, f: &mut dyn FnMut(&mut crate::Linear<B>)) {
+        self.gate1.mlp.visit_linears(f);
+        self.gate2.mlp.visit_linears(f);
+        self.mlp1.visit_linears(f);
+        self.mlp2.visit_linears(f);
+        f(&mut self.fusion.w_x);
+        f(&mut self.fusion.w_y);
+    }
+
     fn d_in(&self) -> usize {
         self.config.d_in
     }

@@ -107,6 +107,14 @@ pub struct MaskBlock<B: Backend> {
 }
 
 impl<B: Backend> MaskBlock<B> {
+    /// The block's Linear layers (mask aggregation, mask projection, hidden), for
+    /// reduced-precision inference; the layer norms stay f32.
+    pub fn visit_linears(&mut self, f: &mut dyn FnMut(&mut Linear<B>)) {
+        f(&mut self.mask_agg);
+        f(&mut self.mask_proj);
+        f(&mut self.hidden);
+    }
+
     pub fn config(&self) -> &MaskBlockConfig {
         &self.config
     }

@@ -139,6 +139,11 @@ impl<B: Backend> Layer<B> for MaskNet<B> {
         MaskNet::set_training(self, training)
     }
 
+    /// Every block's Linear layers (the layer norms stay f32).
+    fn visit_linears(&mut self, f: &mut dyn FnMut(&mut crate::Linear<B>)) {
+        self.blocks.iter_mut().for_each(|b| b.visit_linears(f));
+    }
+
     fn d_in(&self) -> usize {
         self.config.d_emb
     }

@@ -1,0 +1,60 @@
+//! bf16 inference reaches the Linear layers inside MaskNet and FinalMLP experts (and
+//! DCNv2's deep part), and tracks the f32 logits.
+
+use mixrank_data::config::model::ModelSection;
+use mixrank_engine::bf16::Bf16Kernel;
+use mixrank_engine::CpuOps;
+use mixrank_model::MultiTaskHead;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const TASKS: usize = 2;
+
+fn head(text: &str, d_in: usize, batch: usize) -> MultiTaskHead<CpuOps> {
+    let m: ModelSection = toml::from_str(text).expect("valid [model] section");
+    MultiTaskHead::new(&m, d_in, TASKS, &CpuOps::new(), batch, &mut StdRng::seed_from_u64(3)).unwrap()
+}
+
+/// (Linear layers converted, max |Δlogit| between f32 and bf16).
+fn convert_and_compare(text: &str) -> (usize, f32) {
+    let ops = CpuOps::new();
+    let (d_in, batch) = (24, 32);
+    let mut rng = StdRng::seed_from_u64(4);
+    let x: Vec<f32> = (0..batch * d_in).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let mut f = head(text, d_in, batch);
+    f.forward(&ops, &x, batch).unwrap();
+    let mut b = head(text, d_in, batch);
+    let n = b.use_bf16(Bf16Kernel::detect()).unwrap();
+    b.forward(&ops, &x, batch).unwrap();
+    let mut max = 0f32;
+    for t in 0..TASKS {
+        for (p, q) in f.logits(t)[..batch].iter().zip(&b.logits(t)[..batch]) {
+            max = max.max((p - q).abs());
+        }
+    }
+    (n, max)
+}
+
+const TOWERS_AND_GATES: usize = 2 * 2 + 2; // 2 towers x (hidden + out) + 2 gates
+
+#[test]
+fn masknet_blocks_run_in_bf16() {
+    // 2 blocks x (mask_agg, mask_proj, hidden) + the projection to expert_dim.
+    let (n, max) = convert_and_compare(
+        "architecture = \"mmoe\"\nexpert_dim = 16\ntower = { hidden = [8] }\n\
+         [[experts]]\nkind = \"masknet\"\nblocks = 2\nblock_dim = 12\nstructure = \"stacked\"\n",
+    );
+    assert_eq!(n, 2 * 3 + 1 + TOWERS_AND_GATES);
+    assert!(max > 0.0 && max < 0.05, "max |Δlogit| {max}");
+}
+
+#[test]
+fn finalmlp_streams_gates_and_fusion_terms_run_in_bf16() {
+    // 2 gate MLPs (hidden + out) + 2 streams (1 hidden Linear each) + fusion w_x, w_y.
+    let (n, max) = convert_and_compare(
+        "architecture = \"mmoe\"\nexpert_dim = 16\ntower = { hidden = [8] }\n\
+         [[experts]]\nkind = \"finalmlp\"\nhidden = [16]\nstream2 = [16]\nheads = 2\n",
+    );
+    assert!(n > TOWERS_AND_GATES + 4, "{n} Linear layers converted");
+    assert!(max > 0.0 && max < 0.05, "max |Δlogit| {max}");
+}

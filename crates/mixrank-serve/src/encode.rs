@@ -1,0 +1,291 @@
+//! Request → [`Batch`], through the training [`Encoder`], so a served row is encoded
+//! exactly like a training row (same hashing, vocabularies, dense transforms and
+//! standardisation statistics).
+//!
+//! The request becomes an Arrow chunk with one array per column the encoder reads:
+//! feature columns from the request (a context value repeated for every candidate),
+//! label-side columns (labels, masks, teachers, weights, the segment and device enums
+//! when they are not features, position, request id) filled with neutral values the
+//! model never reads. An integer becomes Int64, a number Float64, a string Utf8, a
+//! list a List of Utf8 or Int64, mirroring the types of the Parquet training data:
+//! send categorical values with the JSON type of their training column.
+
+use crate::error::{Result, ServeError};
+use crate::request::{ScoreRequest, Value};
+use arrow::array::{ArrayRef, Float64Array, Int64Array, ListBuilder, StringArray, StringBuilder};
+use mixrank_data::column::Col;
+use mixrank_data::config::{ExperimentConfig, TeacherKind};
+use mixrank_data::encode::ChunkOrigin;
+use mixrank_data::error::Location;
+use mixrank_data::{BadRows, Batch, DataError, Encoder};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+/// What fills a column the request does not carry.
+#[derive(Debug, Clone)]
+enum Fill {
+    F64(f64),
+    I64(i64),
+    Str(String),
+    NullF64,
+}
+
+#[derive(Debug, Clone)]
+enum Role {
+    Feature,
+    Fill(Fill),
+}
+
+/// Encodes requests for one model config.
+pub struct RequestEncoder {
+    encoder: Encoder,
+    /// Per encoder column, in [`Encoder::column_names`] order.
+    roles: Vec<Role>,
+    /// Source columns of the model's features.
+    features: BTreeSet<String>,
+}
+
+impl RequestEncoder {
+    pub fn new(cfg: Arc<ExperimentConfig>, encoder: Encoder) -> Self {
+        let features: BTreeSet<String> = cfg
+            .categorical
+            .iter()
+            .map(|c| c.column.clone())
+            .chain(cfg.dense.iter().map(|d| d.column.clone()))
+            .collect();
+        let s = &cfg.columns;
+        let roles = encoder
+            .column_names()
+            .iter()
+            .map(|c| {
+                if features.contains(c) {
+                    return Role::Feature;
+                }
+                let enum_first = [&s.segment, &s.device]
+                    .into_iter()
+                    .flatten()
+                    .find(|e| &e.column == c)
+                    .map(|e| e.values.first().cloned().unwrap_or_default());
+                Role::Fill(if let Some(v) = enum_first {
+                    Fill::Str(v)
+                } else if s.position.as_ref().is_some_and(|p| &p.column == c) {
+                    Fill::I64(1)
+                } else if s.request_id.as_deref() == Some(c) {
+                    Fill::Str("request".into())
+                } else if s.keep.iter().any(|k| k == c) {
+                    Fill::NullF64
+                } else if let Some(te) = cfg.tasks.iter().filter_map(|t| t.teacher.as_ref()).find(|te| &te.column == c)
+                {
+                    Fill::F64(if te.kind == TeacherKind::Probability { 0.5 } else { 0.0 })
+                } else if cfg.tasks.iter().any(|t| t.mask.as_deref() == Some(c))
+                    || s.sample_weight.as_deref() == Some(c)
+                {
+                    Fill::F64(1.0)
+                } else {
+                    // Labels: 0 is valid for binary tasks and under log1p.
+                    Fill::F64(0.0)
+                })
+            })
+            .collect();
+        RequestEncoder { encoder, roles, features }
+    }
+
+    /// Source columns the model reads as features.
+    pub fn feature_columns(&self) -> &BTreeSet<String> {
+        &self.features
+    }
+
+    /// Validates `req` and encodes its candidates, in order. `extra` names columns the
+    /// request may carry besides features (e.g. the bid of the ranking score).
+    pub fn encode(&self, req: &ScoreRequest, extra: &BTreeSet<String>) -> Result<Batch> {
+        let n = req.candidates.len();
+        let known = |k: &String| self.features.contains(k) || extra.contains(k);
+        let list_known = || {
+            let mut v: Vec<&str> = self.features.iter().map(String::as_str).collect();
+            v.extend(extra.iter().map(String::as_str));
+            v.join(", ")
+        };
+        if let Some(k) = req.context.keys().find(|k| !known(k)) {
+            return Err(ServeError::bad(
+                format!("context.{k}"),
+                format!("unknown feature; the model reads {}", list_known()),
+            ));
+        }
+        for (i, c) in req.candidates.iter().enumerate() {
+            if let Some(k) = c.keys().find(|k| !known(k)) {
+                return Err(ServeError::bad(
+                    format!("candidates[{i}].{k}"),
+                    format!("unknown feature; the model reads {}", list_known()),
+                ));
+            }
+            if let Some(k) = c.keys().find(|k| req.context.contains_key(*k)) {
+                return Err(ServeError::bad(format!("candidates[{i}].{k}"), "also given in context; give it once"));
+            }
+        }
+        let names = self.encoder.column_names();
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(names.len());
+        for (name, role) in names.iter().zip(&self.roles) {
+            arrays.push(match role {
+                Role::Fill(f) => fill(f, n),
+                Role::Feature => match req.context.get(name) {
+                    Some(v) => build(&vec![v; n], &|_| format!("context.{name}"))?,
+                    None => {
+                        let mut vals = Vec::with_capacity(n);
+                        for (i, c) in req.candidates.iter().enumerate() {
+                            match c.get(name) {
+                                Some(v) => vals.push(v),
+                                None => {
+                                    return Err(ServeError::bad(
+                                        format!("candidates[{i}].{name}"),
+                                        "missing feature (give it in the context or in every candidate; null for a missing value)",
+                                    ))
+                                }
+                            }
+                        }
+                        build(&vals, &|i| format!("candidates[{i}].{name}"))?
+                    }
+                },
+            });
+        }
+        let field = |column: &str, row: Option<u64>| match (req.context.contains_key(column), row) {
+            (true, _) => format!("context.{column}"),
+            (false, Some(r)) => format!("candidates[{r}].{column}"),
+            (false, None) => format!("candidates[*].{column}"),
+        };
+        let cols = arrays
+            .iter()
+            .zip(names)
+            .map(|(a, name)| {
+                Col::from_arrow(a).map_err(|t| ServeError::bad(field(name, None), format!("unsupported type {t}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let file = Path::new("request");
+        let map = |e: DataError| match e {
+            DataError::WrongType { column, expected, found, .. } => {
+                ServeError::bad(field(&column, None), format!("expected {expected}, found {found}"))
+            }
+            DataError::BadValue { location, column, message, .. } => {
+                let row = match location {
+                    Location::ParquetRow { row, .. } => Some(row),
+                    _ => None,
+                };
+                ServeError::bad(field(&column, row), message)
+            }
+            other => ServeError::bad("", other.to_string()),
+        };
+        self.encoder.check_types(file, &cols).map_err(map)?;
+        let origin = ChunkOrigin { file, file_key: 0, first_row: 0, row_group: None, lines: None };
+        let batch = self.encoder.encode(&cols, n, &origin, None, &BadRows::new(0)).map_err(map)?;
+        if batch.rows != n {
+            return Err(ServeError::Internal(format!("encoded {} rows for {n} candidates", batch.rows)));
+        }
+        Ok(batch)
+    }
+}
+
+fn fill(f: &Fill, n: usize) -> ArrayRef {
+    match f {
+        Fill::F64(v) => Arc::new(Float64Array::from(vec![*v; n])),
+        Fill::I64(v) => Arc::new(Int64Array::from(vec![*v; n])),
+        Fill::Str(s) => Arc::new(StringArray::from(vec![s.as_str(); n])),
+        Fill::NullF64 => Arc::new(Float64Array::from(vec![None::<f64>; n])),
+    }
+}
+
+/// Kind of a column's values, nulls and empty lists aside.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Int,
+    Float,
+    Str,
+    IntList,
+    StrList,
+}
+
+fn kind(v: &Value) -> Option<Kind> {
+    match v {
+        Value::Null => None,
+        Value::Int(_) => Some(Kind::Int),
+        Value::Float(_) => Some(Kind::Float),
+        Value::Str(_) => Some(Kind::Str),
+        Value::IntList(l) if l.is_empty() => None,
+        Value::StrList(l) if l.is_empty() => None,
+        Value::IntList(_) => Some(Kind::IntList),
+        Value::StrList(_) => Some(Kind::StrList),
+    }
+}
+
+/// One Arrow array from one column's values; `at(i)` names value `i` in messages.
+fn build(vals: &[&Value], at: &dyn Fn(usize) -> String) -> Result<ArrayRef> {
+    let mut col_kind: Option<(Kind, usize)> = None;
+    for (i, v) in vals.iter().enumerate() {
+        let Some(k) = kind(v) else { continue };
+        match col_kind {
+            None => col_kind = Some((k, i)),
+            Some((c, _)) if c == k => {}
+            // Integers and numbers mix into a Float64 column.
+            Some((Kind::Int, j)) if k == Kind::Float => col_kind = Some((Kind::Float, j)),
+            Some((Kind::Float, _)) if k == Kind::Int => {}
+            Some((_, j)) => {
+                return Err(ServeError::bad(
+                    at(i),
+                    format!("is {} but {} is {}; one feature takes one type", v.kind(), at(j), vals[j].kind()),
+                ))
+            }
+        }
+    }
+    let any_list = vals.iter().any(|v| matches!(v, Value::IntList(_) | Value::StrList(_)));
+    Ok(match col_kind.map(|c| c.0) {
+        Some(Kind::Int) => Arc::new(Int64Array::from(
+            vals.iter().map(|v| if let Value::Int(x) = v { Some(*x) } else { None }).collect::<Vec<_>>(),
+        )),
+        Some(Kind::Float) => Arc::new(Float64Array::from(
+            vals.iter()
+                .map(|v| match v {
+                    Value::Int(x) => Some(*x as f64),
+                    Value::Float(x) => Some(*x),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+        )),
+        Some(Kind::Str) => Arc::new(StringArray::from(
+            vals.iter().map(|v| if let Value::Str(x) = v { Some(x.as_str()) } else { None }).collect::<Vec<_>>(),
+        )),
+        Some(Kind::IntList) => {
+            let mut b = ListBuilder::new(arrow::array::Int64Builder::new());
+            for v in vals {
+                match v {
+                    Value::IntList(l) => {
+                        b.values().append_slice(l);
+                        b.append(true);
+                    }
+                    Value::StrList(_) => b.append(true),
+                    _ => b.append(false),
+                }
+            }
+            Arc::new(b.finish())
+        }
+        Some(Kind::StrList) => str_list(vals),
+        None if any_list => str_list(vals),
+        // All null: Int64 nulls are accepted by every use (key, number, position).
+        None => Arc::new(Int64Array::from(vec![None::<i64>; vals.len()])),
+    })
+}
+
+fn str_list(vals: &[&Value]) -> ArrayRef {
+    let mut b = ListBuilder::new(StringBuilder::new());
+    for v in vals {
+        match v {
+            Value::StrList(l) => {
+                for s in l {
+                    b.values().append_value(s);
+                }
+                b.append(true);
+            }
+            Value::IntList(_) => b.append(true),
+            _ => b.append(false),
+        }
+    }
+    Arc::new(b.finish())
+}

@@ -1,0 +1,134 @@
+//! The serving model and its atomic replacement.
+//!
+//! [`ModelSlot`] holds the current [`Served`] (session + bound ranking score) behind
+//! an `ArcSwap`: a request takes one snapshot when it starts and keeps it to the end,
+//! so a swap never changes the model under a request, and the old session is freed
+//! when its last request finishes. A reload loads and verifies the new checkpoint on
+//! a blocking thread while the old one keeps serving, binds the score config to its
+//! tasks, and only then swaps; any failure leaves the old model in place. Reloads are
+//! serialised. [`ModelSlot::watch`] polls `checkpoint/manifest.xxh3` (written last by
+//! a checkpoint save) and reloads when its content changes.
+
+use crate::error::{Result, ServeError};
+use crate::metrics::Metrics;
+use crate::score::{ResolvedScore, ScoreConfig};
+use crate::session::{InferenceSession, Precision};
+use arc_swap::ArcSwap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A session with the score bound to its tasks.
+pub struct Served {
+    pub session: Arc<InferenceSession>,
+    pub score: ResolvedScore,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    pub previous: String,
+    pub version: String,
+}
+
+pub struct ModelSlot {
+    current: ArcSwap<Served>,
+    run_dir: std::sync::Mutex<PathBuf>,
+    precision: Precision,
+    max_batch: usize,
+    score: ScoreConfig,
+    lock: tokio::sync::Mutex<()>,
+    metrics: Arc<Metrics>,
+}
+
+fn bind(session: InferenceSession, score: &ScoreConfig) -> Result<Served> {
+    let resolved = score.resolve(&session.tasks(), &session.task_kinds())?;
+    Ok(Served { session: Arc::new(session), score: resolved })
+}
+
+impl ModelSlot {
+    /// Loads the first model (blocking).
+    pub fn open(
+        run_dir: &Path,
+        precision: Precision,
+        max_batch: usize,
+        score: ScoreConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self> {
+        let served = bind(InferenceSession::open(run_dir, precision, max_batch)?, &score)?;
+        Ok(ModelSlot {
+            current: ArcSwap::from_pointee(served),
+            run_dir: std::sync::Mutex::new(run_dir.to_path_buf()),
+            precision,
+            max_batch,
+            score,
+            lock: tokio::sync::Mutex::new(()),
+            metrics,
+        })
+    }
+
+    /// The serving model, for one request.
+    pub fn current(&self) -> Arc<Served> {
+        self.current.load_full()
+    }
+
+    /// Loads `run_dir` (default: the directory served now) and swaps it in; on any
+    /// error the old model keeps serving and the error is returned.
+    pub async fn reload(&self, run_dir: Option<PathBuf>) -> Result<ReloadReport> {
+        let _guard = self.lock.lock().await;
+        let dir = match run_dir {
+            Some(d) => d,
+            None => self.run_dir.lock().map_err(|_| ServeError::Internal("lock poisoned".into()))?.clone(),
+        };
+        let (precision, max_batch, score) = (self.precision, self.max_batch, self.score.clone());
+        let d = dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            InferenceSession::open(&d, precision, max_batch).and_then(|s| bind(s, &score))
+        })
+        .await
+        .map_err(|e| ServeError::Internal(format!("reload task: {e}")))?;
+        match loaded {
+            Ok(served) => {
+                let version = served.session.version.clone();
+                let old = self.current.swap(Arc::new(served));
+                if let Ok(mut r) = self.run_dir.lock() {
+                    *r = dir;
+                }
+                self.metrics.reload(true);
+                tracing::info!(previous = %old.session.version, %version, "model reloaded");
+                Ok(ReloadReport { previous: old.session.version.clone(), version })
+            }
+            Err(e) => {
+                self.metrics.reload(false);
+                tracing::warn!(error = %e, "reload refused; the previous model keeps serving");
+                Err(e)
+            }
+        }
+    }
+
+    /// Polls the served run's manifest every `every` and reloads when it changes,
+    /// until `stop` resolves.
+    pub async fn watch(self: Arc<Self>, every: Duration, stop: impl std::future::Future<Output = ()>) {
+        let manifest = |slot: &ModelSlot| {
+            slot.run_dir
+                .lock()
+                .ok()
+                .map(|d| d.join("checkpoint").join(mixrank_train::checkpoint::MANIFEST_SUM))
+                .unwrap_or_default()
+        };
+        let read = |p: PathBuf| async move { tokio::fs::read(p).await.ok() };
+        let mut seen = read(manifest(&self)).await;
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let now = read(manifest(&self)).await;
+            if now.is_some() && now != seen {
+                seen = now;
+                let _ = self.reload(None).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! An inference session: a verified checkpoint loaded for scoring only, at a
+//! precision chosen at load.
+//!
+//! - `f32`: the trained weights as they are.
+//! - `bf16`: every Linear of the head converted to bf16 weights; activations are
+//!   rounded to bf16 at each GEMM input and the GEMM accumulates in f32
+//!   (AMX-BF16 / AVX512-BF16 / portable kernel, picked at run time). The embeddings,
+//!   DCNv2 cross layers, layer norms and FinalMLP's bilinear term stay f32 (the
+//!   Linear layers are those each layer exposes through `Layer::visit_linears`).
+//!
+//! The session keeps no gradients: the dense parameters' gradient buffers that the
+//! layer constructors allocate are released right after loading (`[rows, d_in]`
+//! backward workspaces inside the layers remain; see docs/serving.md for the
+//! measured overhead). Predictions go through
+//! [`mixrank_train::read_predictions`], the function `mixrank eval` uses.
+
+use crate::encode::RequestEncoder;
+use crate::error::{Result, ServeError};
+use crate::request::ScoreRequest;
+use mixrank_data::config::TaskKind;
+use mixrank_data::{Batch, DenseMode, Encoder, ExperimentConfig};
+use mixrank_engine::CpuOps;
+use mixrank_model::RankingModel;
+use mixrank_nn::Parameters;
+use mixrank_train::checkpoint::Manifest;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Numeric precision of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(format!("unknown precision {other:?}; expected f32 or bf16 (this engine has no f16 path)")),
+        }
+    }
+}
+
+struct Runner {
+    model: RankingModel<CpuOps>,
+    host: Vec<f32>,
+}
+
+/// A loaded checkpoint ready to score batches of up to `max_batch` rows.
+pub struct InferenceSession {
+    pub config: Arc<ExperimentConfig>,
+    pub manifest: Manifest,
+    /// `<run name>@<step>#<first 8 hex digits of the weights' xxh3>`.
+    pub version: String,
+    pub precision: Precision,
+    /// The bf16 kernel in use (`None` at f32).
+    pub kernel: Option<&'static str>,
+    pub max_batch: usize,
+    /// The run directory the checkpoint was loaded from.
+    pub run_dir: PathBuf,
+    /// Floats released by dropping the dense parameters' gradient buffers.
+    pub released_grad_floats: usize,
+    encoder: RequestEncoder,
+    ops: CpuOps,
+    runner: Mutex<Runner>,
+}
+
+impl InferenceSession {
+    /// Loads and verifies `run_dir/checkpoint` (checksum, format and hash versions,
+    /// every tensor's name and shape) and prepares it at `precision`.
+    pub fn open(run_dir: &Path, precision: Precision, max_batch: usize) -> Result<Self> {
+        let dir = run_dir.join("checkpoint");
+        let fail = |message: String| ServeError::Checkpoint { dir: dir.clone(), message };
+        let ops = CpuOps::new();
+        let loaded = mixrank_train::checkpoint::load(&dir, &ops, max_batch.max(1)).map_err(|e| fail(e.to_string()))?;
+        let run = run_dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".into());
+        let m = &loaded.manifest;
+        let version = format!("{run}@{}#{}", m.step, &m.weights_xxh3()[..m.weights_xxh3().len().min(8)]);
+        let mut s = Self::from_parts(loaded.config, loaded.model, loaded.manifest, precision, max_batch, version)?;
+        s.run_dir = run_dir.to_path_buf();
+        Ok(s)
+    }
+
+    /// A session around a model already in memory (its workspaces must hold
+    /// `max_batch` rows): `mixrank bench infer` scores a randomly initialised model
+    /// through the same path as a loaded one.
+    pub fn from_parts(
+        config: Arc<ExperimentConfig>,
+        mut model: RankingModel<CpuOps>,
+        manifest: Manifest,
+        precision: Precision,
+        max_batch: usize,
+        version: String,
+    ) -> Result<Self> {
+        let fail = |message: String| ServeError::Checkpoint { dir: PathBuf::from(&version), message };
+        // Inference: dropout off (the model is never switched back).
+        model.set_training(false);
+        let mut released_grad_floats = 0;
+        model.params(&mut |_, p| {
+            released_grad_floats += p.grad.len();
+            p.grad = Vec::new();
+        });
+        let kernel = match precision {
+            Precision::F32 => None,
+            Precision::Bf16 => {
+                let k = mixrank_engine::bf16::Bf16Kernel::detect();
+                model.head.use_bf16(k).map_err(|e| fail(format!("switching to bf16: {e}")))?;
+                Some(k.name())
+            }
+        };
+        let stats = Arc::new(manifest.dense_stats.clone());
+        let encoder = Encoder::new(config.clone(), DenseMode::Fitted(stats)).map_err(|e| fail(e.to_string()))?;
+        Ok(InferenceSession {
+            encoder: RequestEncoder::new(config.clone(), encoder),
+            config,
+            manifest,
+            version,
+            precision,
+            kernel,
+            max_batch: max_batch.max(1),
+            run_dir: PathBuf::new(),
+            released_grad_floats,
+            ops: CpuOps::new(),
+            runner: Mutex::new(Runner { model, host: Vec::new() }),
+        })
+    }
+
+    /// Task names, in prediction order.
+    pub fn tasks(&self) -> Vec<String> {
+        self.config.tasks.iter().map(|t| t.name.clone()).collect()
+    }
+
+    /// Task kinds, in prediction order.
+    pub fn task_kinds(&self) -> Vec<TaskKind> {
+        self.config.tasks.iter().map(|t| t.kind).collect()
+    }
+
+    /// Source columns the model reads.
+    pub fn feature_columns(&self) -> &BTreeSet<String> {
+        self.encoder.feature_columns()
+    }
+
+    /// Validates and encodes a request (see [`RequestEncoder::encode`]).
+    pub fn encode(&self, req: &ScoreRequest, extra: &BTreeSet<String>) -> Result<Batch> {
+        self.encoder.encode(req, extra)
+    }
+
+    /// Predictions `[task][row]` for every row of `batch`, in chunks of `max_batch`.
+    pub fn predict(&self, batch: &Batch) -> Result<Vec<Vec<f32>>> {
+        let mut out = vec![Vec::with_capacity(batch.rows); self.config.tasks.len()];
+        let mut r = self.runner.lock().map_err(|_| ServeError::Internal("model lock poisoned".into()))?;
+        let Runner { model, host } = &mut *r;
+        let mut run = |b: &Batch| -> Result<()> {
+            model.forward(&self.ops, b).map_err(|e| ServeError::Internal(format!("forward: {e}")))?;
+            mixrank_train::read_predictions(model, &self.ops, &self.config.tasks, b.rows, host, &mut out)
+                .map_err(|e| ServeError::Internal(e.to_string()))
+        };
+        if batch.rows <= self.max_batch {
+            run(batch)?;
+        } else {
+            for start in (0..batch.rows).step_by(self.max_batch) {
+                let idx: Vec<usize> = (start..(start + self.max_batch).min(batch.rows)).collect();
+                run(&batch.gather(&idx))?;
+            }
+        }
+        Ok(out)
+    }
+}

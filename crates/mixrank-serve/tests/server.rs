@@ -1,0 +1,486 @@
+//! A real server on 127.0.0.1:0 around a small trained model: HTTP and gRPC results
+//! equal to `mixrank eval`'s, malformed requests, back-pressure, limits, timeouts,
+//! reload under load, refused checkpoints, the watcher and graceful shutdown.
+
+mod common;
+
+use common::*;
+use mixrank_engine::CpuOps;
+use mixrank_serve::grpc::request_to_proto;
+use mixrank_serve::proto::ranker_client::RankerClient;
+use mixrank_serve::replay::{requests_from_parquet, split_files, Grouping};
+use mixrank_serve::request::ScoreRequest;
+use mixrank_serve::{Precision, ServeOptions};
+use mixrank_train::CheckpointScorer;
+use std::time::{Duration, Instant};
+
+/// Requests rebuilt from the first `rows` rows of the test split, grouped by request id.
+fn test_requests(rows: usize) -> Vec<ScoreRequest> {
+    let f = fixture();
+    let files = split_files(&f.config, "test").unwrap();
+    requests_from_parquet(&files[0], &f.config, Grouping::RequestId, rows).unwrap()
+}
+
+/// `mixrank eval`'s predictions `[task][row]` of the test split at `precision`: with
+/// its own batching (`batch_rows = None`, 4096 rows) or in batches of `batch_rows`.
+fn eval_predictions(precision: Precision, batch_rows: Option<usize>) -> Vec<Vec<f32>> {
+    let f = fixture();
+    let ops = CpuOps::new();
+    let mut s = CheckpointScorer::open(&f.run, &ops, None).unwrap();
+    if precision == Precision::Bf16 {
+        s.loaded.model.head.use_bf16(mixrank_engine::bf16::Bf16Kernel::detect()).unwrap();
+    }
+    match batch_rows {
+        None => s.score(&ops, "test").unwrap().preds,
+        Some(n) => {
+            let mut cfg = (*s.config).clone();
+            cfg.data.batch_size = n;
+            let stats = std::sync::Arc::new(s.loaded.manifest.dense_stats.clone());
+            let cfg = std::sync::Arc::new(cfg);
+            let enc = mixrank_data::Encoder::new(cfg.clone(), mixrank_data::DenseMode::Fitted(stats)).unwrap();
+            mixrank_train::evaluate(&mut s.loaded.model, &ops, std::sync::Arc::new(enc), cfg.split("test").unwrap())
+                .unwrap()
+                .preds
+        }
+    }
+}
+
+#[test]
+fn http_and_grpc_scores_equal_eval_on_the_same_rows() {
+    let f = fixture();
+    let reqs = test_requests(400);
+    let n_rows: usize = reqs.iter().map(|r| r.candidates.len()).sum();
+    assert!(reqs.len() >= 20 && reqs.iter().any(|r| !r.context.is_empty()), "replay groups requests with a context");
+    let rt = runtime();
+    for precision in [Precision::F32, Precision::Bf16] {
+        // The simulator's requests have 10 candidates each, in file order, and are
+        // sent one at a time: eval in batches of 10 runs the very same forwards.
+        assert!(reqs.iter().all(|r| r.candidates.len() == 10));
+        let same_batches = eval_predictions(precision, Some(10));
+        let eval_default = eval_predictions(precision, None);
+        let mut opts = ServeOptions::new(&f.run);
+        opts.precision = precision;
+        let server = start(&rt, opts);
+        let mut grpc = rt.block_on(RankerClient::connect(format!("http://{}", server.grpc_addr.unwrap()))).unwrap();
+        let mut row = 0;
+        let (mut max_diff, mut max_diff_default) = (0f32, 0f32);
+        for req in &reqs {
+            let http = post_json(server.http_addr, "/v1/score", &req.to_json().to_string());
+            assert_eq!(http.status, 200, "{}", http.body);
+            let h = http.json();
+            let g = rt.block_on(grpc.score(request_to_proto(req))).unwrap().into_inner();
+            assert_eq!(h["model_version"], g.model_version.as_str());
+            assert_eq!(g.precision, precision.name());
+            assert_eq!(g.tasks, ["click", "save", "dwell", "conversion"]);
+            assert_eq!(g.candidates.len(), req.candidates.len());
+            for (i, gc) in g.candidates.iter().enumerate() {
+                let hc: Vec<f32> = h["candidates"][i]["predictions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect();
+                // HTTP and gRPC: the same bits.
+                assert_eq!(hc, gc.predictions, "request {} candidate {i}", req.request_id);
+                // (serde_json's default float parser may be 1 ulp off on the client side.)
+                let hs = h["candidates"][i]["score"].as_f64().unwrap();
+                assert!((hs - gc.score).abs() <= 2.0 * f64::EPSILON * gc.score.abs(), "{hs} vs {}", gc.score);
+                for (t, &p) in gc.predictions.iter().enumerate() {
+                    max_diff = max_diff.max((p - same_batches[t][row]).abs());
+                    max_diff_default = max_diff_default.max((p - eval_default[t][row]).abs());
+                }
+                // Default score: product of the binary tasks' probabilities.
+                let prod = gc.predictions[0] as f64 * gc.predictions[1] as f64 * gc.predictions[3] as f64;
+                assert!((gc.score - prod).abs() <= 1e-12 * prod.max(1.0), "{} vs {prod}", gc.score);
+                row += 1;
+            }
+        }
+        assert_eq!(row, n_rows);
+        // Same rows, same batches, same precision: bit-identical to evaluate().
+        assert_eq!(max_diff, 0.0, "{precision:?}: served predictions differ from eval's by up to {max_diff}");
+        // Against eval's 4096-row batches a row can land in a different GEMM block
+        // (f32: the reduction is blocked differently; bf16: an AMX tile instead of the
+        // AVX512-BF16 edge kernel), which changes the last f32 bit of an accumulation.
+        // f32 keeps that at a few ulps; bf16 re-rounds every activation to 8 bits, so
+        // one flipped rounding can carry a bf16 ulp (2^-8 relative) to the output.
+        let bound = if precision == Precision::F32 { 1e-6 } else { 2f32.powi(-8) };
+        assert!(max_diff_default <= bound, "{precision:?}: {max_diff_default}");
+        eprintln!("{precision:?}: max |served - eval(4096-row batches)| = {max_diff_default:e}");
+        server.shutdown();
+        rt.block_on(server.wait()).unwrap();
+    }
+}
+
+/// A deterministic generator of malformed and odd requests from a valid one.
+fn mutations(valid: &serde_json::Value, n: usize) -> Vec<Vec<u8>> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let text = valid.to_string();
+    let cands = valid["candidates"].as_array().unwrap();
+    let cand_keys: Vec<String> = cands[0].as_object().unwrap().keys().cloned().collect();
+    let ctx_keys: Vec<String> = valid["context"].as_object().unwrap().keys().cloned().collect();
+    let odd_values = [
+        serde_json::json!({"a": 1}),
+        serde_json::json!([[1, 2]]),
+        serde_json::json!([1, "x"]),
+        serde_json::json!(true),
+        serde_json::json!(1e308),
+        serde_json::json!(-1.5),
+        serde_json::json!(""),
+        serde_json::json!("not a number"),
+        serde_json::json!(null),
+        serde_json::json!(u64::MAX),
+        serde_json::json!(i64::MIN),
+        serde_json::json!([]),
+        serde_json::json!(vec!["x"; 2000]),
+        serde_json::json!(0),
+    ];
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut v = valid.clone();
+        let body = match i % 10 {
+            0 => text.as_bytes()[..rng.random_range(0..text.len())].to_vec(),
+            1 => (0..rng.random_range(0..64)).map(|_| rng.random::<u8>()).collect(),
+            2 => {
+                let k = &cand_keys[rng.random_range(0..cand_keys.len())];
+                let c = rng.random_range(0..cands.len());
+                v["candidates"][c].as_object_mut().unwrap().remove(k);
+                v.to_string().into_bytes()
+            }
+            3 => {
+                let c = rng.random_range(0..cands.len());
+                v["candidates"][c]["no_such_feature"] = serde_json::json!(1);
+                v.to_string().into_bytes()
+            }
+            4 => {
+                let k = &cand_keys[rng.random_range(0..cand_keys.len())];
+                let c = rng.random_range(0..cands.len());
+                v["candidates"][c][k] = odd_values[rng.random_range(0..odd_values.len())].clone();
+                v.to_string().into_bytes()
+            }
+            5 if !ctx_keys.is_empty() => {
+                let k = &ctx_keys[rng.random_range(0..ctx_keys.len())];
+                v["context"][k] = odd_values[rng.random_range(0..odd_values.len())].clone();
+                v.to_string().into_bytes()
+            }
+            6 => match rng.random_range(0..6) {
+                0 => br#"{"candidates": []}"#.to_vec(),
+                1 => br#"{"candidates": [{"x": NaN}]}"#.to_vec(),
+                2 => format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into_bytes(),
+                3 => b"null".to_vec(),
+                4 => br#"{"candidates": null}"#.to_vec(),
+                _ => text.replace("candidates", "kandidates").into_bytes(),
+            },
+            7 => {
+                // Context and candidate both give a feature.
+                let k = &cand_keys[rng.random_range(0..cand_keys.len())];
+                v["context"][k] = cands[0][k].clone();
+                v.to_string().into_bytes()
+            }
+            8 => {
+                let many: Vec<serde_json::Value> = (0..2000).map(|_| cands[0].clone()).collect();
+                v["candidates"] = many.into();
+                v.to_string().into_bytes()
+            }
+            _ => {
+                // Flip a few bytes.
+                let mut b = text.clone().into_bytes();
+                for _ in 0..3 {
+                    let at = rng.random_range(0..b.len());
+                    b[at] = rng.random_range(32..127);
+                }
+                b
+            }
+        };
+        out.push(body);
+    }
+    out
+}
+
+#[test]
+fn malformed_requests_are_rejected_and_never_take_the_server_down() {
+    let f = fixture();
+    let valid = test_requests(40).remove(0).to_json();
+    let rt = runtime();
+    let server = start(&rt, ServeOptions::new(&f.run));
+    let mut statuses = std::collections::BTreeMap::new();
+    for body in mutations(&valid, 400) {
+        let r = http(server.http_addr, "POST", "/v1/score", &[("Content-Type", "application/json")], &body);
+        assert!(
+            matches!(r.status, 200 | 400 | 413),
+            "status {} for {}: {}",
+            r.status,
+            String::from_utf8_lossy(&body[..body.len().min(300)]),
+            r.body
+        );
+        if r.status == 400 {
+            let e = r.json();
+            assert_eq!(e["error"]["code"], "bad_request", "{}", r.body);
+            assert!(!e["error"]["message"].as_str().unwrap().is_empty());
+        }
+        *statuses.entry(r.status).or_insert(0) += 1;
+    }
+    assert!(statuses.get(&400).copied().unwrap_or(0) > 100, "{statuses:?}");
+    assert!(statuses.get(&413).copied().unwrap_or(0) > 0, "{statuses:?}");
+    // Field names in errors.
+    let mut v = valid.clone();
+    let key = v["candidates"][1].as_object().unwrap().keys().next().unwrap().clone();
+    v["candidates"][1].as_object_mut().unwrap().remove(&key);
+    let r = post_json(server.http_addr, "/v1/score", &v.to_string());
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].as_str().unwrap()),
+        (400, format!("candidates[1].{key}").as_str())
+    );
+    let mut v = valid.clone();
+    v["context"]["surface"] = "moon".into();
+    v["candidates"].as_array_mut().unwrap().iter_mut().for_each(|c| {
+        c.as_object_mut().unwrap().remove("surface");
+    });
+    let r = post_json(server.http_addr, "/v1/score", &v.to_string());
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["field"], "context.surface", "{}", r.body);
+    assert!(r.body.contains("home_feed"), "{}", r.body);
+    // An empty candidate list is a valid, empty answer.
+    let r = post_json(server.http_addr, "/v1/score", r#"{"context": {}, "candidates": []}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["candidates"].as_array().unwrap().len(), 0);
+    // gRPC: NaN, a missing value kind and a wrong kind are INVALID_ARGUMENT.
+    let mut grpc = rt.block_on(RankerClient::connect(format!("http://{}", server.grpc_addr.unwrap()))).unwrap();
+    let req = test_requests(40).remove(0);
+    let dense_col = f.config.dense[0].column.clone();
+    for bad in [
+        mixrank_serve::proto::value::Kind::DoubleValue(f64::NAN),
+        mixrank_serve::proto::value::Kind::StringValue("abc".into()),
+        mixrank_serve::proto::value::Kind::IntList(mixrank_serve::proto::IntList { values: vec![1, 2] }),
+    ] {
+        let mut p = request_to_proto(&req);
+        let target = if p.context.as_ref().unwrap().values.contains_key(&dense_col) {
+            p.context.as_mut().unwrap()
+        } else {
+            &mut p.candidates[0]
+        };
+        target.values.insert(dense_col.clone(), mixrank_serve::proto::Value { kind: Some(bad) });
+        let e = rt.block_on(grpc.score(p)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(&dense_col), "{}", e.message());
+    }
+    // Still serving, and every rejection was counted.
+    let ok = post_json(server.http_addr, "/v1/score", &valid.to_string());
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(get(server.http_addr, "/healthz").status, 200);
+    let m = get(server.http_addr, "/metrics").body;
+    assert!(m.contains("outcome=\"bad_request\""), "{m}");
+    server.shutdown();
+    rt.block_on(server.wait()).unwrap();
+}
+
+#[test]
+fn backpressure_timeouts_and_size_limits() {
+    let f = fixture();
+    let req = test_requests(40).remove(0);
+    let body = req.to_json().to_string();
+    let rt = runtime();
+    let mut opts = ServeOptions::new(&f.run);
+    opts.batcher.queue_capacity = 1;
+    opts.timeout = Duration::from_secs(20);
+    opts.limits.max_candidates = 50;
+    opts.max_body_bytes = 64 << 10;
+    let server = start(&rt, opts);
+    let addr = server.http_addr;
+    {
+        // With the worker paused, at most two requests fit (one taken, one queued).
+        let _pause = server.service.batcher.pause();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let b = body.clone();
+                std::thread::spawn(move || post_json(addr, "/v1/score", &b))
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while server.service.metrics.requests_with("overloaded") < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(_pause);
+        let replies: Vec<Reply> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let n429 = replies.iter().filter(|r| r.status == 429).count();
+        let n200 = replies.iter().filter(|r| r.status == 200).count();
+        // One request taken by the paused worker and one queued, or (when the worker
+        // had not taken the first yet) just one queued; the rest are turned away.
+        assert!(n429 + n200 == 4 && (n200 == 1 || n200 == 2), "{replies:?}");
+        let over = replies.iter().find(|r| r.status == 429).unwrap();
+        assert_eq!(over.json()["error"]["code"], "overloaded");
+    }
+    // Too many candidates and too large a body: 413.
+    let mut big = req.clone();
+    while big.candidates.len() <= 50 {
+        big.candidates.extend(req.candidates.clone());
+    }
+    let r = post_json(addr, "/v1/score", &big.to_json().to_string());
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(r.body.contains("limit of 50"), "{}", r.body);
+    let huge = format!(r#"{{"candidates": [{{"x": "{}"}}]}}"#, "y".repeat(100 << 10));
+    assert_eq!(post_json(addr, "/v1/score", &huge).status, 413);
+    let mut grpc = rt.block_on(RankerClient::connect(format!("http://{}", server.grpc_addr.unwrap()))).unwrap();
+    let e = rt.block_on(grpc.score(request_to_proto(&big))).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    server.shutdown();
+    rt.block_on(server.wait()).unwrap();
+
+    // A request that cannot be scored in time: 504 / DEADLINE_EXCEEDED.
+    let mut opts = ServeOptions::new(&f.run);
+    opts.timeout = Duration::from_millis(200);
+    let server = start(&rt, opts);
+    {
+        let _pause = server.service.batcher.pause();
+        let r = post_json(server.http_addr, "/v1/score", &body);
+        assert_eq!(r.status, 504, "{}", r.body);
+        let mut grpc = rt.block_on(RankerClient::connect(format!("http://{}", server.grpc_addr.unwrap()))).unwrap();
+        let e = rt.block_on(grpc.score(request_to_proto(&req))).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    }
+    assert_eq!(post_json(server.http_addr, "/v1/score", &body).status, 200);
+    server.shutdown();
+    rt.block_on(server.wait()).unwrap();
+}
+
+#[test]
+fn reload_under_load_fails_no_request_and_refuses_a_corrupt_checkpoint() {
+    let f = fixture();
+    let run_b = f.dir.join("run-b");
+    copy_run(&f.run, &run_b);
+    let bad = f.dir.join("run-bad");
+    copy_run(&f.run, &bad);
+    let w = bad.join("checkpoint/weights.safetensors");
+    let mut bytes = std::fs::read(&w).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0xff;
+    std::fs::write(&w, bytes).unwrap();
+
+    let bodies: Vec<String> = test_requests(200).iter().map(|r| r.to_json().to_string()).collect();
+    let rt = runtime();
+    let mut opts = ServeOptions::new(&f.run);
+    opts.admin_token = Some("s3cret".into());
+    let server = start(&rt, opts);
+    let addr = server.http_addr;
+    let v0 = get(addr, "/v1/model").json()["version"].as_str().unwrap().to_string();
+    let auth = [("Authorization", "Bearer s3cret")];
+    assert_eq!(http(addr, "POST", "/admin/reload", &[], b"").status, 401);
+    assert_eq!(http(addr, "POST", "/admin/reload", &[("Authorization", "Bearer nope")], b"").status, 401);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let bodies = bodies.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut seen = std::collections::BTreeSet::new();
+                let mut failures = Vec::new();
+                let mut n = 0;
+                // Bounded: at most 400 requests per client.
+                while n < 400 && !(stop.load(std::sync::atomic::Ordering::SeqCst) && n >= 20) {
+                    let r = post_json(addr, "/v1/score", &bodies[(c * 7 + n) % bodies.len()]);
+                    if r.status == 200 {
+                        seen.insert(r.json()["model_version"].as_str().unwrap().to_string());
+                    } else {
+                        failures.push((r.status, r.body));
+                    }
+                    n += 1;
+                }
+                (n, seen, failures)
+            })
+        })
+        .collect();
+    // Alternate between two checkpoints, with a corrupt one refused in between.
+    for i in 0..6 {
+        let target = if i % 2 == 0 { &run_b } else { &f.run };
+        let body = format!(r#"{{"model": "{}"}}"#, target.display());
+        let r = http(addr, "POST", "/admin/reload", &auth, body.as_bytes());
+        assert_eq!(r.status, 200, "{}", r.body);
+        let body = format!(r#"{{"model": "{}"}}"#, bad.display());
+        let r = http(addr, "POST", "/admin/reload", &auth, body.as_bytes());
+        assert_eq!(r.status, 422, "{}", r.body);
+        assert!(r.body.contains("corrupt or partial"), "{}", r.body);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut total = 0;
+    let mut versions = std::collections::BTreeSet::new();
+    for c in clients {
+        let (n, seen, failures) = c.join().unwrap();
+        assert!(failures.is_empty(), "failed requests during reload: {failures:?}");
+        total += n;
+        versions.extend(seen);
+    }
+    assert!(total >= 80, "{total}");
+    let v_end = get(addr, "/v1/model").json()["version"].as_str().unwrap().to_string();
+    assert_eq!(v_end, v0, "six reloads end on the first run");
+    assert!(versions.iter().all(|v| v.starts_with("run@") || v.starts_with("run-b@")), "{versions:?}");
+    let m = get(addr, "/metrics").body;
+    assert!(m.contains("mixrank_reloads_total{outcome=\"ok\"} 6"), "{m}");
+    assert!(m.contains("mixrank_reloads_total{outcome=\"refused\"} 6"), "{m}");
+    assert!(!m.contains("outcome=\"internal\""), "{m}");
+    server.shutdown();
+    rt.block_on(server.wait()).unwrap();
+}
+
+#[test]
+fn a_changed_manifest_is_picked_up_by_the_watcher() {
+    let f = fixture();
+    let run = f.dir.join("run-watch");
+    copy_run(&f.run, &run);
+    let rt = runtime();
+    let mut opts = ServeOptions::new(&run);
+    opts.watch = Some(Duration::from_millis(50));
+    let server = start(&rt, opts);
+    let v0 = get(server.http_addr, "/v1/model").json()["version"].as_str().unwrap().to_string();
+    // A new checkpoint with the same weights at a later step.
+    let mpath = run.join("checkpoint/manifest.json");
+    let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+    let step = m["step"].as_u64().unwrap();
+    m["step"] = (step + 100).into();
+    let text = m.to_string();
+    mixrank_data::atomic::write_atomic(&mpath, text.as_bytes()).unwrap();
+    // The manifest's own checksum is written last, as the trainer does.
+    let sum = mixrank_train::checkpoint::xxh3(text.as_bytes());
+    mixrank_data::atomic::write_atomic(&run.join("checkpoint/manifest.xxh3"), sum.as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut v = v0.clone();
+    while v == v0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        v = get(server.http_addr, "/v1/model").json()["version"].as_str().unwrap().to_string();
+    }
+    assert!(v.starts_with(&format!("run-watch@{}#", step + 100)), "{v0} -> {v}");
+    server.shutdown();
+    rt.block_on(server.wait()).unwrap();
+}
+
+#[test]
+fn graceful_shutdown_answers_requests_in_flight() {
+    let f = fixture();
+    let body = test_requests(40).remove(0).to_json().to_string();
+    let rt = runtime();
+    let server = start(&rt, ServeOptions::new(&f.run));
+    let addr = server.http_addr;
+    let pause = server.service.batcher.pause();
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let b = body.clone();
+            std::thread::spawn(move || post_json(addr, "/v1/score", &b))
+        })
+        .collect();
+    // Wait until at least two requests are queued (the paused worker may or may not
+    // have taken the first one yet; either way all three are in flight at shutdown).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.service.batcher.depth() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!((2..=3).contains(&server.service.batcher.depth()), "{}", server.service.batcher.depth());
+    server.shutdown();
+    assert!(!server.service.is_ready());
+    drop(pause);
+    for t in threads {
+        let r = t.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    rt.block_on(server.wait()).unwrap();
+    assert!(std::net::TcpStream::connect(addr).is_err(), "closed after shutdown");
+}
