@@ -2,6 +2,7 @@
 //! and validates it, logging JSON lines. Models return logits; the losses live here.
 
 pub mod checkpoint;
+pub mod distill;
 pub mod error;
 pub mod evaluate;
 pub mod trainer;

@@ -78,6 +78,9 @@ struct TrainLine<'a> {
     lr: f32,
     loss: f64,
     task_loss: Vec<(&'a str, f64)>,
+    /// Mean distillation loss per distilled task (absent without `[distill]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    distill_loss: Vec<(&'a str, f64)>,
 }
 
 #[derive(Serialize)]
@@ -177,6 +180,8 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
     let start = Instant::now();
     // Steps and per-task loss sums since the last log line.
     let (mut window_steps, mut window_loss) = (0u64, vec![0f64; n_tasks]);
+    let mut distiller = crate::distill::Distiller::new(&cfg, &ops)?;
+    let mut window_distill = vec![0f64; n_tasks];
     let mut last_reports = Vec::new();
     let mut last_preds = None;
     // The epoch in which the step budget ran out, if it did.
@@ -184,7 +189,7 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
     'epochs: for epoch in 0..t.epochs.max(1) {
         let mut sopts = StreamOptions::from_config(&cfg, true);
         sopts.epoch = epoch as u64;
-        for b in BatchStream::start(enc.clone(), train_split, sopts)? {
+        for b in BatchStream::start(enc.clone(), train_split, sopts.clone())? {
             let b = b?;
             let n = b.rows;
             model.forward(&ops, &b)?;
@@ -213,6 +218,11 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
                     return Err(TrainError::Diverged { step, task: task.name.clone(), loss });
                 }
                 window_loss[ti] += loss as f64;
+            }
+            // Distillation: added into the same per-task logit gradients.
+            if let Some(d) = &mut distiller {
+                let dl = d.apply(&ops, &b, (train_split, &sopts), &model, &mut grads, step)?;
+                window_distill.iter_mut().zip(dl).for_each(|(w, l)| *w += l);
             }
             mixrank_nn::zero_grads(&ops, &mut model).map_err(layer("zeroing gradients"))?;
             let refs: Vec<&Vec<f32>> = grads.iter().collect();
@@ -247,6 +257,12 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
                     lr,
                     loss: task_loss.iter().zip(&cfg.tasks).map(|((_, l), t)| l * t.weight).sum(),
                     task_loss,
+                    distill_loss: cfg
+                        .distill
+                        .iter()
+                        .flat_map(|d| &d.tasks)
+                        .map(|d| (cfg.tasks[d.task].name.as_str(), window_distill[d.task] / window_steps as f64))
+                        .collect(),
                 };
                 log.line(&line)?;
                 if let Some(p) = opts.progress {
@@ -260,6 +276,7 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
                 }
                 window_steps = 0;
                 window_loss.iter_mut().for_each(|l| *l = 0.0);
+                window_distill.iter_mut().for_each(|l| *l = 0.0);
             }
             if max_steps.is_some_and(|m| step >= m) {
                 stopped_in = Some(epoch);
