@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod distill;
 pub mod error;
 pub mod evaluate;
+pub mod experiment;
 pub mod trainer;
 
 pub use error::{Result, TrainError};

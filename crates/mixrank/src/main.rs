@@ -3,6 +3,7 @@
 mod compare_cmd;
 mod demo;
 mod eval_cmd;
+mod experiment_cmd;
 mod stats_cmd;
 mod train_cmd;
 
@@ -35,6 +36,11 @@ enum Command {
     Compare(compare_cmd::CompareArgs),
     /// Run the main job end to end on the embedded default data.
     Demo(demo::DemoArgs),
+    /// End-to-end studies over the simulator (e.g. the data-retention experiment).
+    Experiment {
+        #[command(subcommand)]
+        command: experiment_cmd::ExperimentCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -107,6 +113,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(a) => eval_cmd::run(&a),
         Command::Compare(a) => compare_cmd::run(&a),
         Command::Demo(a) => demo::run(&a),
+        Command::Experiment { command } => experiment_cmd::run(&command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -218,3 +218,69 @@ pub fn validate_distill(
     }
     Ok(DistillConfig { source, tasks: out })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ExperimentConfig;
+
+    const BASE: &str = "[data]\nformat = \"parquet\"\n[data.splits.train]\npaths = [\"x\"]\n\
+        [[features.dense]]\nname = \"a\"\n\
+        [[tasks]]\nname = \"click\"\nkind = \"binary\"\nlabel = \"y\"\nteacher = { column = \"prod\", kind = \"probability\" }\n\
+        [[tasks]]\nname = \"dwell\"\nkind = \"regression\"\nlabel = \"d\"\n";
+
+    fn parse(extra: &str) -> Result<ExperimentConfig, String> {
+        ExperimentConfig::parse(&format!("{BASE}{extra}"), Path::new("/cfg/exp.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn valid_sections_are_typed() {
+        let c = parse(
+            "[distill]\nsource = \"checkpoint\"\ncheckpoint = \"runs/prod\"\n\
+             [[distill.tasks]]\ntask = \"dwell\"\nloss = \"pairwise\"\nweight = 0.5\ntemperature = 2.0\npairs_per_row = 8\n\
+             [[distill.tasks]]\ntask = \"click\"\nloss = \"pointwise_bce\"\nteacher_task = \"ctr\"\n",
+        )
+        .unwrap();
+        let d = c.distill.unwrap();
+        assert_eq!(d.source, TeacherSource::Checkpoint(PathBuf::from("/cfg/runs/prod")));
+        // No request id column: pairs are sampled in the batch.
+        assert_eq!(d.tasks[0].loss, DistillLoss::Pairwise { sampling: PairSampling::Batch, per_row: 8 });
+        assert_eq!((d.tasks[0].task, d.tasks[0].weight, d.tasks[0].temperature), (1, 0.5, 2.0));
+        assert_eq!(d.tasks[0].teacher_task, "dwell");
+        assert_eq!((d.tasks[1].task, d.tasks[1].teacher_task.as_str()), (0, "ctr"));
+        let c = parse("[columns]\nrequest_id = \"r\"\n[distill]\nsource = \"columns\"\n[[distill.tasks]]\ntask = \"click\"\nloss = \"pairwise\"\n")
+            .unwrap();
+        let d = c.distill.unwrap();
+        assert_eq!(d.source, TeacherSource::Columns);
+        assert_eq!(
+            d.tasks[0].loss,
+            DistillLoss::Pairwise { sampling: PairSampling::Request, per_row: DEFAULT_PAIRS_PER_ROW }
+        );
+        assert!(parse("").unwrap().distill.is_none());
+    }
+
+    #[test]
+    fn bad_sections_name_the_key() {
+        let cases = [
+            ("[distill]\nsource = \"checkpoint\"\n[[distill.tasks]]\ntask = \"click\"\nloss = \"logit_mse\"\n", "distill.checkpoint"),
+            ("[distill]\nsource = \"columns\"\ncheckpoint = \"x\"\n[[distill.tasks]]\ntask = \"click\"\nloss = \"logit_mse\"\n", "distill.checkpoint"),
+            ("[distill]\nsource = \"columns\"\ntasks = []\n", "distill.tasks"),
+            ("[distill]\nsource = \"columns\"\n[[distill.tasks]]\ntask = \"ctr\"\nloss = \"logit_mse\"\n", "no task `ctr`"),
+            ("[distill]\nsource = \"columns\"\n[[distill.tasks]]\ntask = \"dwell\"\nloss = \"logit_mse\"\n", "has no `teacher"),
+            ("[distill]\nsource = \"checkpoint\"\ncheckpoint = \"p\"\n[[distill.tasks]]\ntask = \"dwell\"\nloss = \"pointwise_bce\"\n", "needs a binary task"),
+            ("[distill]\nsource = \"columns\"\n[[distill.tasks]]\ntask = \"click\"\nloss = \"listwise\"\n", "request_id"),
+            ("[distill]\nsource = \"columns\"\n[[distill.tasks]]\ntask = \"click\"\nloss = \"pairwise\"\npairs = \"request\"\n", "distill.tasks[0].pairs"),
+            ("[distill]\nsource = \"columns\"\n[[distill.tasks]]\ntask = \"click\"\nloss = \"pairwise\"\npairs_per_row = 0\n", "pairs_per_row"),
+            ("[distill]\nsource = \"columns\"\n[[distill.tasks]]\ntask = \"click\"\nloss = \"logit_mse\"\npairs_per_row = 2\n", "only for loss = \"pairwise\""),
+            ("[distill]\nsource = \"columns\"\n[[distill.tasks]]\ntask = \"click\"\nloss = \"logit_mse\"\ntemperature = 0.0\n", "distill.tasks[0].temperature"),
+            ("[distill]\nsource = \"columns\"\n[[distill.tasks]]\ntask = \"click\"\nloss = \"logit_mse\"\nweight = -1.0\n", "distill.tasks[0].weight"),
+            ("[distill]\nsource = \"columns\"\n[[distill.tasks]]\ntask = \"click\"\nloss = \"logit_mse\"\nteacher_task = \"x\"\n", "teacher_task"),
+            ("[distill]\nsource = \"columns\"\n[[distill.tasks]]\ntask = \"click\"\nloss = \"logit_mse\"\n[[distill.tasks]]\ntask = \"click\"\nloss = \"pairwise\"\n", "distilled twice"),
+            ("[distill]\nsource = \"columns\"\n[[distill.tasks]]\ntask = \"click\"\nloss = \"ranknet\"\n", "distill.tasks[0].loss"),
+        ];
+        for (extra, want) in cases {
+            let e = parse(extra).expect_err(extra);
+            assert!(e.contains(want) && e.contains("exp.toml"), "{extra}\n-> {e}\n(wanted `{want}`)");
+        }
+    }
+}
