@@ -90,7 +90,7 @@ fn column_teacher_alone_teaches_click() {
         let a = (i * 7919 % 1000) as f64 / 500.0 - 1.0;
         let b = (i * 104_729 % 997) as f64 / 997.0;
         let t = 1.0 / (1.0 + (-(3.0 * a - 1.0 + b)).exp());
-        csv.push_str(&format!("{a},{b},{},{t}\n", (i * 2_654_435_761 >> 7) % 2));
+        csv.push_str(&format!("{a},{b},{},{t}\n", ((i * 2_654_435_761) >> 7) % 2));
     }
     std::fs::write(d.path().join("rows.csv"), csv).unwrap();
     let cfg = |distill: &str| {

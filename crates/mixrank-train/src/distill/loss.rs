@@ -82,12 +82,11 @@ fn weighted_rows<T: Real>(r: &Rows<'_, T>, scale: f64, grad: &mut [T], term: imp
     }
     let g_scale = T::from_f64(scale / wsum);
     let mut loss = 0.0;
-    for i in 0..n {
-        let w = r.weight[i];
+    for (((g, &w), &s), &t) in grad[..n].iter_mut().zip(r.weight).zip(r.student).zip(r.teacher) {
         if w > T::ZERO {
-            let (l, d) = term(r.student[i], r.teacher[i]);
+            let (l, d) = term(s, t);
             loss += w.to_f64() * l.to_f64();
-            grad[i] += g_scale * w * d;
+            *g += g_scale * w * d;
         }
     }
     loss / wsum
