@@ -2,6 +2,7 @@
 //! own feature config, a misaligned teacher refused, and the retention experiment in its
 //! quick form (with a stand-in warm start so the incremental part runs too).
 
+use mixrank_data::config::distill::{DistillLoss, PairSampling};
 use mixrank_data::config::wire::ConfigFile;
 use mixrank_data::ExperimentConfig;
 use mixrank_metrics::TaskMetrics;
@@ -29,7 +30,8 @@ fn sim(dir: &Path) -> (ConfigFile, std::path::PathBuf) {
     let model = dir.join("model.toml");
     std::fs::write(&model, TINY_MODEL).unwrap();
     let mut w = ExperimentConfig::load(&s.config).unwrap().with_model_file(&model).unwrap().wire;
-    w.data.batch_size = 256;
+    // 6000 rows a day (one unit) cut into whole batches: see `pairs` on request groups.
+    w.data.batch_size = 250;
     (w, s.config)
 }
 
@@ -62,6 +64,19 @@ fn logit_corr(a: &[f32], b: &[f32]) -> f64 {
 
 fn click_preds(s: &TrainSummary) -> &[f32] {
     &s.predictions.as_ref().unwrap().preds[0]
+}
+
+/// Rows and request groups over the shuffled training batches of `cfg`.
+fn request_groups(cfg: &ExperimentConfig) -> (usize, usize) {
+    use mixrank_data::pipeline::{read_all, StreamOptions};
+    let n = cfg.dense.len();
+    let stats = mixrank_data::stats::DenseStats { mean: vec![0.0; n], std: vec![1.0; n], rows: 0 };
+    let enc = mixrank_data::Encoder::new(Arc::new(cfg.clone()), mixrank_data::DenseMode::Fitted(Arc::new(stats)));
+    let split = cfg.split("train").unwrap();
+    let (batches, _) = read_all(Arc::new(enc.unwrap()), split, StreamOptions::from_config(cfg, true)).unwrap();
+    let groups =
+        batches.iter().map(|b| mixrank_train::distill::pairs::Groups::by_request(&b.request_id, |_| true).len()).sum();
+    (batches.iter().map(|b| b.rows).sum(), groups)
 }
 
 /// Mean distillation loss of `task` in the first and the last train-log line.
@@ -142,6 +157,7 @@ fn checkpoint_teacher_with_other_features_drives_every_loss() {
     s.features.categorical.retain(|c| c.name != "device_id");
     s.features.dense.retain(|x| x.name != "bid" && x.name != "user_activity");
     s.data.shuffle_buffer = 0;
+    s.data.chunk_rows = s.data.batch_size;
     s.tasks.iter_mut().find(|t| t.name == "click").unwrap().weight = 0.0;
     s.distill = Some(
         toml::from_str(&format!(
@@ -155,6 +171,9 @@ fn checkpoint_teacher_with_other_features_drives_every_loss() {
         .unwrap(),
     );
     let cfg = load(&s, &cfg_path.with_file_name("student.toml"));
+    // With that layout a shuffled training batch holds whole requests (10 candidates).
+    let (rows, groups) = request_groups(&cfg);
+    assert!(rows as f64 / groups as f64 > 9.5, "{rows} rows in {groups} request groups");
     let run = d.path().join("student");
     let mut opts = TrainOptions::new(&run);
     opts.log_every = 5;
@@ -245,11 +264,11 @@ fn retention_experiment_quick_runs_end_to_end() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.path().join("report.json")).unwrap()).unwrap();
     assert_eq!(json["verdicts"], r.json["verdicts"]);
-    // Teacher and three students, 4 tasks each.
-    assert_eq!(json["metrics"].as_array().unwrap().len(), 4 * 4);
-    assert_eq!(json["comparisons"].as_array().unwrap().len(), 4);
+    // Teacher and four students, 4 tasks each.
+    assert_eq!(json["metrics"].as_array().unwrap().len(), 5 * 4);
+    assert_eq!(json["comparisons"].as_array().unwrap().len(), 6);
     let runs: Vec<&str> = json["runs"].as_array().unwrap().iter().map(|r| r["run"].as_str().unwrap()).collect();
-    assert_eq!(runs, ["teacher", "a_labels", "b_pointwise", "c_pairwise"]);
+    assert_eq!(runs, ["teacher", "a_labels", "b_pointwise", "c_pairwise", "c_request_pairs"]);
     assert!(json["incremental"]["on_vs_off"]["lifts"].as_array().is_some_and(|l| !l.is_empty()));
     for i in 0..plan.incremental_days {
         for tag in ["off", "on"] {
@@ -266,4 +285,8 @@ fn retention_experiment_quick_runs_end_to_end() {
         c.distill.is_some()
             && ExperimentConfig::load(&d.path().join("configs/a_labels.toml")).unwrap().distill.is_none()
     );
+    let r = ExperimentConfig::load(&d.path().join("configs/c_request_pairs.toml")).unwrap();
+    assert_eq!((r.data.shuffle_buffer, r.data.chunk_rows), (0, r.data.batch_size));
+    let loss = r.distill.unwrap().tasks[0].loss;
+    assert!(matches!(loss, DistillLoss::Pairwise { sampling: PairSampling::Request, .. }), "{loss:?}");
 }

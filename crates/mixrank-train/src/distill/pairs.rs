@@ -3,8 +3,13 @@
 //! - Request groups: the rows of a batch that share a request id. The training
 //!   pipeline shuffles rows within its shuffle window, so a request's rows are usually
 //!   spread over several batches; a group is the part of the request that this batch
-//!   holds (set `data.shuffle_buffer = 0` to keep requests together: units are still
-//!   shuffled, and rows within each batch).
+//!   holds. To keep requests together, set `data.shuffle_buffer = 0` and
+//!   `data.chunk_rows = data.batch_size`, with units (Parquet row groups, text files)
+//!   whose row counts are multiples of the batch size: each batch is then a run of
+//!   consecutive rows (units are still shuffled, and rows within each batch). With
+//!   larger chunks the rows of a chunk are shuffled across its batches; with a unit that
+//!   does not end on a batch boundary, its last rows are carried, shuffled, into the
+//!   following batches.
 //! - Pairs within requests: each row is paired with up to `k` other rows of its group
 //!   (all of them when the group is small, else `k` drawn without replacement).
 //! - Pairs within the batch: each row is paired with `k` rows drawn uniformly from the

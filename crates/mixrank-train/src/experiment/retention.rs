@@ -47,6 +47,9 @@ pub const TEACHER_MODEL: &str = include_str!("../../../../configs/models/shared_
 /// The new model: heterogeneous MMoE.
 pub const STUDENT_MODEL: &str = include_str!("../../../../configs/models/mmoe_heterogeneous.toml");
 
+/// Candidates per simulated request.
+const CANDIDATES: usize = 10;
+
 /// Sizes and settings of one run of the experiment.
 #[derive(Debug, Clone)]
 pub struct RetentionPlan {
@@ -65,6 +68,9 @@ pub struct RetentionPlan {
     /// Days of incremental training from (c) (each then evaluated on the day after).
     pub incremental_days: usize,
     pub batch_size: usize,
+    /// Parquet row-group size: a multiple of `batch_size` dividing a day's rows, so
+    /// batches of the request-pair student hold whole requests.
+    pub row_group_rows: usize,
     pub teacher_epochs: usize,
     pub student_epochs: usize,
     /// Distillation weight λ of both the pointwise and the pairwise student.
@@ -82,7 +88,7 @@ impl RetentionPlan {
     pub fn full() -> Self {
         RetentionPlan {
             seed: 11,
-            requests_per_day: 6_000,
+            requests_per_day: 8_000,
             users: 20_000,
             initial_ads: 5_000,
             new_ads_per_day: 500,
@@ -90,7 +96,8 @@ impl RetentionPlan {
             student_days: 2,
             eval_days: 2,
             incremental_days: 3,
-            batch_size: 1024,
+            batch_size: 1000,
+            row_group_rows: 20_000,
             teacher_epochs: 1,
             student_epochs: 2,
             distill_weight: 1.0,
@@ -111,7 +118,8 @@ impl RetentionPlan {
             teacher_days: 4,
             student_days: 1,
             eval_days: 1,
-            batch_size: 256,
+            batch_size: 250,
+            row_group_rows: 1_500,
             student_epochs: 1,
             resamples: 20,
             ..Self::full()
@@ -127,6 +135,13 @@ impl RetentionPlan {
             return Err(TrainError::Other(format!(
                 "the students' window ({} days) must be 1..={} (the teacher's window)",
                 self.student_days, self.teacher_days
+            )));
+        }
+        let day_rows = self.requests_per_day * CANDIDATES;
+        if self.row_group_rows % self.batch_size != 0 || day_rows % self.row_group_rows != 0 {
+            return Err(TrainError::Other(format!(
+                "row groups of {} rows must hold whole batches ({}) and divide a day's {day_rows} rows",
+                self.row_group_rows, self.batch_size
             )));
         }
         if self.eval_days == 0 {
@@ -197,6 +212,8 @@ impl<'a> Experiment<'a> {
             users: plan.users,
             initial_ads: plan.initial_ads,
             new_ads_per_day: plan.new_ads_per_day,
+            candidates: CANDIDATES,
+            row_group_rows: plan.row_group_rows,
             ..Default::default()
         };
         if let Some(f) = progress {
@@ -258,15 +275,24 @@ impl<'a> Experiment<'a> {
             ("eval".to_string(), self.split(eval.0, eval.1)),
         ]);
         w.distill = distill;
+        self.write_config(name, &w)
+    }
+
+    fn write_config(&self, name: &str, w: &ConfigFile) -> Result<Arc<ExperimentConfig>> {
         let dir = self.out.join("configs");
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let path = dir.join(format!("{name}.toml"));
-        let text = toml::to_string(&w).map_err(|e| TrainError::Other(format!("config to TOML: {e}")))?;
+        let text = toml::to_string(w).map_err(|e| TrainError::Other(format!("config to TOML: {e}")))?;
         crate::error::write_atomic(&path, text.as_bytes())?;
         Ok(Arc::new(ExperimentConfig::load(&path)?))
     }
 
-    fn distill(&self, loss: DistillLossKind, cfg_tasks: &[(String, TaskKind)]) -> DistillSection {
+    fn distill(
+        &self,
+        loss: DistillLossKind,
+        sampling: PairSampling,
+        cfg_tasks: &[(String, TaskKind)],
+    ) -> DistillSection {
         let tasks = cfg_tasks
             .iter()
             .map(|(name, kind)| {
@@ -281,7 +307,7 @@ impl<'a> Experiment<'a> {
                     loss,
                     weight: self.plan.distill_weight,
                     temperature: self.plan.temperature,
-                    pairs: pairwise.then_some(PairSampling::Batch),
+                    pairs: pairwise.then_some(sampling),
                     pairs_per_row: pairwise.then_some(self.plan.pairs_per_row),
                     teacher_task: None,
                 }
@@ -322,22 +348,32 @@ impl<'a> Experiment<'a> {
         let teacher_cfg = self.config("teacher", TEACHER_MODEL, p.teacher_epochs, (0, t - 1), eval, None)?;
         let tasks: Vec<(String, TaskKind)> = teacher_cfg.tasks.iter().map(|x| (x.name.clone(), x.kind)).collect();
         let teacher = self.train("teacher", teacher_cfg.clone())?;
+        let (batch, request) = (PairSampling::Batch, PairSampling::Request);
         let variants = [
-            ("a_labels", "(a) labels only", None),
-            ("b_pointwise", "(b) + pointwise distillation", Some(DistillLossKind::PointwiseBce)),
-            ("c_pairwise", "(c) + pairwise distillation", Some(DistillLossKind::Pairwise)),
+            ("a_labels", "(a) labels only", None, batch),
+            ("b_pointwise", "(b) + pointwise distillation", Some(DistillLossKind::PointwiseBce), batch),
+            ("c_pairwise", "(c) + pairwise distillation", Some(DistillLossKind::Pairwise), batch),
+            // Pairs within requests need a request's rows in one batch: this run shuffles
+            // units and rows within each batch only (batches of consecutive requests).
+            ("c_request_pairs", "(c') + pairwise, pairs within requests", Some(DistillLossKind::Pairwise), request),
         ];
         let mut summaries = vec![("teacher".to_string(), teacher)];
-        for (run, _, loss) in &variants {
-            let d = loss.map(|l| self.distill(l, &tasks));
-            let cfg = self.config(run, STUDENT_MODEL, p.student_epochs, recent, eval, d)?;
+        for (run, _, loss, sampling) in &variants {
+            let d = loss.map(|l| self.distill(l, *sampling, &tasks));
+            let mut cfg = self.config(run, STUDENT_MODEL, p.student_epochs, recent, eval, d)?;
+            if *sampling == PairSampling::Request {
+                let mut w = cfg.wire.clone();
+                w.data.shuffle_buffer = 0;
+                w.data.chunk_rows = w.data.batch_size;
+                cfg = self.write_config(run, &w)?;
+            }
             let s = self.train(run, cfg)?;
             summaries.push((run.to_string(), s));
         }
         self.say("scoring the following days");
         let ops = CpuOps::new();
         let mut scored = vec![self.score(&ops, "production teacher (long window)", "teacher", &teacher_cfg)?];
-        for (run, label, _) in &variants {
+        for (run, label, _, _) in &variants {
             scored.push(self.score(&ops, label, run, &teacher_cfg)?);
         }
         if scored.iter().any(|s| s.preds.requests != scored[0].preds.requests) {
@@ -349,7 +385,7 @@ impl<'a> Experiment<'a> {
         let mut lifts_md = String::new();
         let mut lifts_js = Vec::new();
         let mut verdicts = Vec::new();
-        for (a, b) in [(1, 2), (1, 3), (2, 3), (0, 3)] {
+        for (a, b) in [(1, 2), (1, 3), (2, 3), (1, 4), (3, 4), (0, 3)] {
             let (md, js, cmp) = lift_table(&teacher_cfg, &scored[a], &scored[b], &boot);
             let (win, loss, n) = tally(&cmp);
             verdicts.push(format!(
@@ -442,7 +478,7 @@ impl<'a> Experiment<'a> {
             let mut parent = self.run_dir("c_pairwise");
             for i in 0..p.incremental_days {
                 let name = format!("inc_{tag}_{i}");
-                let d = distill.then(|| self.distill(DistillLossKind::Pairwise, tasks));
+                let d = distill.then(|| self.distill(DistillLossKind::Pairwise, PairSampling::Batch, tasks));
                 let cfg = self.config(&name, STUDENT_MODEL, 1, (t + i, t + i), test, d)?;
                 self.say(&format!("incremental {name} from {}", parent.display()));
                 let mut opts = TrainOptions::new(self.run_dir(&name));
