@@ -186,6 +186,7 @@ fn experiment_retention_quick_writes_its_report() {
     assert!(stdout.contains("# Data-retention experiment") && stdout.contains("report:"), "{stdout}");
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("(b) + pointwise distillation") && md.contains("Not run"), "{md}");
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert!(json["incremental"].is_null());
 }

@@ -138,7 +138,7 @@ impl RetentionPlan {
             )));
         }
         let day_rows = self.requests_per_day * CANDIDATES;
-        if self.row_group_rows % self.batch_size != 0 || day_rows % self.row_group_rows != 0 {
+        if !self.row_group_rows.is_multiple_of(self.batch_size) || !day_rows.is_multiple_of(self.row_group_rows) {
             return Err(TrainError::Other(format!(
                 "row groups of {} rows must hold whole batches ({}) and divide a day's {day_rows} rows",
                 self.row_group_rows, self.batch_size
