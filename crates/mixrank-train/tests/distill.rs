@@ -2,7 +2,7 @@
 //! own feature config, a misaligned teacher refused, and the retention experiment in its
 //! quick form (with a stand-in warm start so the incremental part runs too).
 
-use mixrank_data::config::distill::{DistillLoss, PairSampling};
+use mixrank_data::config::distill::{DistillLoss, PairSampling, TeacherPrecision};
 use mixrank_data::config::wire::ConfigFile;
 use mixrank_data::ExperimentConfig;
 use mixrank_metrics::TaskMetrics;
@@ -187,6 +187,13 @@ fn checkpoint_teacher_with_other_features_drives_every_loss() {
     }
     let (first, last) = distill_losses(&run, "click");
     assert!(last < first, "click pairwise distillation loss {first} -> {last}");
+
+    // The same with the teacher in bf16: the student still follows it.
+    s.distill.as_mut().unwrap().teacher_precision = Some(TeacherPrecision::Bf16);
+    let cfg = load(&s, &cfg_path.with_file_name("student_bf16.toml"));
+    let r16 = train(Arc::new(cfg), &TrainOptions::new(d.path().join("student_bf16"))).unwrap();
+    let agree16 = logit_corr(click_preds(&r16), click_preds(&t));
+    assert!(agree16 > 0.7, "bf16 teacher: student and teacher click logits correlate {agree16}");
 
     // A teacher directory without a checkpoint is refused with the key's value.
     s.distill.as_mut().unwrap().checkpoint = Some(d.path().join("nowhere").to_string_lossy().into_owned());

@@ -7,6 +7,7 @@
 //! [distill]
 //! source = "checkpoint"          # or "columns" (each task's `teacher = { column, kind }`)
 //! checkpoint = "runs/production" # a run directory (or its checkpoint/), relative to this file
+//! teacher_precision = "f32"      # checkpoint: "f32" | "bf16" (the teacher's inference)
 //!
 //! [[distill.tasks]]
 //! task = "click"
@@ -29,6 +30,17 @@ pub enum TeacherSourceKind {
     Columns,
     /// A mixrank checkpoint scored beside the student.
     Checkpoint,
+}
+
+/// Arithmetic of a checkpoint teacher's forward pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TeacherPrecision {
+    #[default]
+    F32,
+    /// bf16 weights and activations with f32 accumulation in the head's Linear layers
+    /// (as `mixrank eval --precision bf16`): a cheaper teacher, scores within bf16 noise.
+    Bf16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -60,6 +72,8 @@ pub struct DistillSection {
     pub source: TeacherSourceKind,
     /// Run or checkpoint directory; required for `source = "checkpoint"`.
     pub checkpoint: Option<String>,
+    /// Checkpoint source only; default f32.
+    pub teacher_precision: Option<TeacherPrecision>,
     pub tasks: Vec<DistillTaskSection>,
 }
 
@@ -119,6 +133,7 @@ pub struct DistillTask {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DistillConfig {
     pub source: TeacherSource,
+    pub teacher_precision: TeacherPrecision,
     pub tasks: Vec<DistillTask>,
 }
 
@@ -150,6 +165,9 @@ pub fn validate_distill(
         }
         (TeacherSourceKind::Columns, None) => TeacherSource::Columns,
     };
+    if source == TeacherSource::Columns && d.teacher_precision.is_some() {
+        return err("teacher_precision".into(), "only for source = \"checkpoint\"".into());
+    }
     if d.tasks.is_empty() {
         return err("tasks".into(), "expected at least one [[distill.tasks]] entry".into());
     }
@@ -216,7 +234,7 @@ pub fn validate_distill(
         };
         out.push(DistillTask { task: ti, loss, weight: t.weight, temperature: t.temperature, teacher_task });
     }
-    Ok(DistillConfig { source, tasks: out })
+    Ok(DistillConfig { source, teacher_precision: d.teacher_precision.unwrap_or_default(), tasks: out })
 }
 
 #[cfg(test)]
@@ -243,6 +261,7 @@ mod tests {
         .unwrap();
         let d = c.distill.unwrap();
         assert_eq!(d.source, TeacherSource::Checkpoint(PathBuf::from("/cfg/runs/prod")));
+        assert_eq!(d.teacher_precision, TeacherPrecision::F32);
         // No request id column: pairs are sampled in the batch.
         assert_eq!(d.tasks[0].loss, DistillLoss::Pairwise { sampling: PairSampling::Batch, per_row: 8 });
         assert_eq!((d.tasks[0].task, d.tasks[0].weight, d.tasks[0].temperature), (1, 0.5, 2.0));
@@ -265,6 +284,7 @@ mod tests {
             ("[distill]\nsource = \"checkpoint\"\n[[distill.tasks]]\ntask = \"click\"\nloss = \"logit_mse\"\n", "distill.checkpoint"),
             ("[distill]\nsource = \"columns\"\ncheckpoint = \"x\"\n[[distill.tasks]]\ntask = \"click\"\nloss = \"logit_mse\"\n", "distill.checkpoint"),
             ("[distill]\nsource = \"columns\"\ntasks = []\n", "distill.tasks"),
+            ("[distill]\nsource = \"columns\"\nteacher_precision = \"bf16\"\n[[distill.tasks]]\ntask = \"click\"\nloss = \"logit_mse\"\n", "distill.teacher_precision"),
             ("[distill]\nsource = \"columns\"\n[[distill.tasks]]\ntask = \"ctr\"\nloss = \"logit_mse\"\n", "no task `ctr`"),
             ("[distill]\nsource = \"columns\"\n[[distill.tasks]]\ntask = \"dwell\"\nloss = \"logit_mse\"\n", "has no `teacher"),
             ("[distill]\nsource = \"checkpoint\"\ncheckpoint = \"p\"\n[[distill.tasks]]\ntask = \"dwell\"\nloss = \"pointwise_bce\"\n", "needs a binary task"),

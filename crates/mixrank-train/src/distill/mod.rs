@@ -59,7 +59,7 @@ impl Distiller {
         let source = match &d.source {
             TeacherSource::Columns => Source::Columns,
             TeacherSource::Checkpoint(p) => {
-                Source::Checkpoint(Box::new(CheckpointTeacher::open(p, cfg, &d.tasks, ops)?))
+                Source::Checkpoint(Box::new(CheckpointTeacher::open(p, cfg, &d.tasks, d.teacher_precision, ops)?))
             }
         };
         Ok(Some(Distiller {

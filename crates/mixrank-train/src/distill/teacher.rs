@@ -11,7 +11,7 @@
 //! mismatch fails the run.
 
 use crate::error::{engine, Result, TrainError};
-use mixrank_data::config::distill::DistillTask;
+use mixrank_data::config::distill::{DistillTask, TeacherPrecision};
 use mixrank_data::config::{ExperimentConfig, Split};
 use mixrank_data::pipeline::{BatchStream, StreamOptions};
 use mixrank_data::{Batch, DenseMode, Encoder};
@@ -48,17 +48,27 @@ pub fn checkpoint_dir(path: &Path) -> PathBuf {
 }
 
 impl CheckpointTeacher {
-    /// Loads and verifies the checkpoint at `path` (a run or checkpoint directory) and
-    /// maps the distilled tasks onto the teacher's tasks by name.
-    pub fn open(path: &Path, student: &ExperimentConfig, tasks: &[DistillTask], ops: &CpuOps) -> Result<Self> {
+    /// Loads and verifies the checkpoint at `path` (a run or checkpoint directory),
+    /// switches it to bf16 inference when asked, and maps the distilled tasks onto the
+    /// teacher's tasks by name.
+    pub fn open(
+        path: &Path,
+        student: &ExperimentConfig,
+        tasks: &[DistillTask],
+        precision: TeacherPrecision,
+        ops: &CpuOps,
+    ) -> Result<Self> {
         let dir = checkpoint_dir(path);
         let bs = student.data.batch_size;
-        let loaded = crate::checkpoint::load(&dir, ops, bs).map_err(|e| {
+        let mut loaded = crate::checkpoint::load(&dir, ops, bs).map_err(|e| {
             TrainError::Other(format!(
                 "loading the distillation teacher (distill.checkpoint = {}): {e}",
                 path.display()
             ))
         })?;
+        if precision == TeacherPrecision::Bf16 {
+            loaded.model.head.use_bf16(mixrank_engine::bf16::Bf16Kernel::detect())?;
+        }
         let mut tcfg = (*loaded.config).clone();
         // The teacher reads the student's files exactly as the student does.
         tcfg.data = student.data.clone();

@@ -316,6 +316,7 @@ impl<'a> Experiment<'a> {
         DistillSection {
             source: TeacherSourceKind::Checkpoint,
             checkpoint: Some(self.run_dir("teacher").to_string_lossy().into_owned()),
+            teacher_precision: None,
             tasks,
         }
     }
