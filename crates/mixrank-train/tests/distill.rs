@@ -244,6 +244,26 @@ fn teacher_reading_other_rows_is_refused() {
         .unwrap()
         .to_string();
     assert!(e.contains("batch 0 does not hold the student's rows"), "{e}");
+
+    // Rows the student skips at the very end (its `c` does not parse in the last 16
+    // rows) leave the teacher a whole extra batch: caught when the next epoch starts.
+    let mut tail = String::from("a,b,c,y\n");
+    for i in 0..64 {
+        let c = if i >= 48 { "bad".to_string() } else { i.to_string() };
+        tail.push_str(&format!("{},{},{c},{}\n", i as f64 / 64.0, i % 7, i % 2));
+    }
+    std::fs::write(d.path().join("tail.csv"), tail).unwrap();
+    let text = format!(
+        "{}[distill]\nsource = \"checkpoint\"\ncheckpoint = \"teacher\"\n[[distill.tasks]]\ntask = \"y\"\nloss = \"logit_mse\"\n",
+        head("tail.csv", "[[features.dense]]\nname = \"a\"\n[[features.dense]]\nname = \"c\"\n")
+    )
+    .replace("max_bad_rows = 1", "max_bad_rows = 16\nshuffle_buffer = 0\nchunk_rows = 16");
+    std::fs::write(&student_cfg, text).unwrap();
+    let e = train(Arc::new(ExperimentConfig::load(&student_cfg).unwrap()), &TrainOptions::new(d.path().join("s2")))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("batch 3 does not hold") && e.contains("rows after the student's epoch ended"), "{e}");
 }
 
 /// Stands in for the trainer's warm start (not in this crate yet): trains from scratch,

@@ -139,6 +139,14 @@ impl CheckpointTeacher {
         out: &mut [Vec<f32>],
     ) -> Result<()> {
         if self.epoch != Some(opts.epoch) {
+            // The previous epoch's stream must have ended with the student's.
+            if let Some(mut old) = self.stream.take() {
+                if old.next().is_some() {
+                    return Err(
+                        self.misaligned(self.batches, "the teacher has rows after the student's epoch ended".into())
+                    );
+                }
+            }
             self.stream = Some(BatchStream::start(self.enc.clone(), split, opts.clone())?);
             self.epoch = Some(opts.epoch);
             self.batches = 0;
