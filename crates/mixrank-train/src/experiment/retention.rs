@@ -406,7 +406,7 @@ impl<'a> Experiment<'a> {
         let _ = writeln!(md, "# Data-retention experiment\n");
         let _ = writeln!(
             md,
-            "Simulated engagement data, {} requests/day x 10 candidates, seed {}. Teacher (production, shared-bottom DCNv2): days {}..{} ({} days, {} epoch(s)). Students (heterogeneous MMoE): the recent days {}..{} only ({} epoch(s)), distillation weight {}, temperature {}, pairwise: {} partners per row sampled in the batch. Evaluation: days {}..{}.\n",
+            "Simulated engagement data, {} requests/day x {CANDIDATES} candidates, seed {}. Teacher (production, shared-bottom DCNv2): days {}..{} ({} days, {} epoch(s)). Students (heterogeneous MMoE): the recent days {}..{} only ({} epoch(s)), distillation weight {}, temperature {}, pairwise: {} partners per row, sampled in the batch for (c), within requests on whole-request batches for (c'). Evaluation: days {}..{}.\n",
             p.requests_per_day,
             p.seed,
             self.days[0],
