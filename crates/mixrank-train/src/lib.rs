@@ -7,8 +7,10 @@
 //! config for `--init`; [`trace`] is a row-level debugging aid.
 
 pub mod checkpoint;
+pub mod distill;
 pub mod error;
 pub mod evaluate;
+pub mod experiment;
 pub mod lineage;
 pub mod optimizers;
 pub mod periodic;

@@ -58,9 +58,22 @@ pub fn train_days(cfg: &ExperimentConfig) -> String {
     }
 }
 
-/// `task<-column` for every task with a teacher column, or `None` without teachers.
+/// The teacher of a config with a `[distill]` section: `checkpoint <dir>`, or
+/// `task<-column` for every distilled task's teacher column; `None` without distillation.
 pub fn teacher_columns(cfg: &ExperimentConfig) -> Option<String> {
-    let t: Vec<String> =
-        cfg.tasks.iter().filter_map(|t| t.teacher.as_ref().map(|x| format!("{}<-{}", t.name, x.column))).collect();
-    (!t.is_empty()).then(|| t.join(","))
+    let d = cfg.distill.as_ref()?;
+    match &d.source {
+        mixrank_data::config::distill::TeacherSource::Checkpoint(p) => Some(format!("checkpoint {}", p.display())),
+        mixrank_data::config::distill::TeacherSource::Columns => {
+            let t: Vec<String> = d
+                .tasks
+                .iter()
+                .filter_map(|dt| {
+                    let task = &cfg.tasks[dt.task];
+                    task.teacher.as_ref().map(|x| format!("{}<-{}", task.name, x.column))
+                })
+                .collect();
+            (!t.is_empty()).then(|| t.join(","))
+        }
+    }
 }

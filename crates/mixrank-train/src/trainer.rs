@@ -113,6 +113,9 @@ struct TrainLine<'a> {
     lr: f32,
     loss: f64,
     task_loss: Vec<(&'a str, f64)>,
+    /// Mean distillation loss per distilled task (absent without `[distill]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    distill_loss: Vec<(&'a str, f64)>,
 }
 
 #[derive(Serialize)]
@@ -220,6 +223,11 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
     let examples_at_start = examples;
     // Steps and per-task loss sums since the last log line.
     let (mut window_steps, mut window_loss) = (0u64, vec![0f64; n_tasks]);
+    // `[distill]` applies in the batch stage; the incremental stage only with
+    // --distill-in-incremental (the seed found it overfits there).
+    let mut distiller =
+        if opts.distillation_enabled(&cfg) { crate::distill::Distiller::new(&cfg, &ops)? } else { None };
+    let mut window_distill = vec![0f64; n_tasks];
     let mut last_reports = Vec::new();
     let mut last_preds = None;
     // The epoch in which the step budget ran out, if it did.
@@ -235,7 +243,7 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
         sopts.skip_batches = if epoch as u64 == cursor.epoch { cursor.batch_in_epoch } else { 0 };
         cursor = Cursor { epoch: epoch as u64, batch_in_epoch: sopts.skip_batches };
         let mut skipping = (sopts.skip_batches > 0).then(|| (sopts.skip_batches, Instant::now()));
-        for b in BatchStream::start(enc.clone(), train_split, sopts)? {
+        for b in BatchStream::start(enc.clone(), train_split, sopts.clone())? {
             let b = b?;
             if let Some((batches, t0)) = skipping.take() {
                 log.line(&serde_json::json!({"event": "data_cursor", "epoch": epoch, "skipped_batches": batches,
@@ -274,6 +282,11 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
                 window_loss[ti] += loss as f64;
                 step_loss[ti] = loss;
             }
+            // Distillation: added into the same per-task logit gradients.
+            if let Some(d) = &mut distiller {
+                let dl = d.apply(&ops, &b, (train_split, &sopts), &model, &mut grads, step)?;
+                window_distill.iter_mut().zip(dl).for_each(|(w, l)| *w += l);
+            }
             mixrank_nn::zero_grads(&ops, &mut model).map_err(layer("zeroing gradients"))?;
             let refs: Vec<&Vec<f32>> = grads.iter().collect();
             model.backward(&ops, &b, &refs)?;
@@ -311,6 +324,12 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
                     lr,
                     loss: task_loss.iter().zip(&cfg.tasks).map(|((_, l), t)| l * t.weight).sum(),
                     task_loss,
+                    distill_loss: cfg
+                        .distill
+                        .iter()
+                        .flat_map(|d| &d.tasks)
+                        .map(|d| (cfg.tasks[d.task].name.as_str(), window_distill[d.task] / window_steps as f64))
+                        .collect(),
                 };
                 log.line(&line)?;
                 if let Some(p) = opts.progress {
@@ -324,6 +343,7 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
                 }
                 window_steps = 0;
                 window_loss.iter_mut().for_each(|l| *l = 0.0);
+                window_distill.iter_mut().for_each(|l| *l = 0.0);
             }
             if max_steps.is_some_and(|m| step >= m) {
                 stopped_in = Some(epoch);

@@ -4,6 +4,7 @@ mod bench_cmd;
 mod compare_cmd;
 mod demo;
 mod eval_cmd;
+mod experiment_cmd;
 mod report_cmd;
 mod serve_cmd;
 mod stats_cmd;
@@ -46,6 +47,11 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: bench_cmd::BenchCommand,
+    },
+    /// End-to-end studies over the simulator (e.g. the data-retention experiment).
+    Experiment {
+        #[command(subcommand)]
+        command: experiment_cmd::ExperimentCommand,
     },
 }
 
@@ -122,6 +128,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo(a) => demo::run(&a),
         Command::Serve(a) => serve_cmd::run(&a),
         Command::Bench { command } => bench_cmd::run(&command),
+        Command::Experiment { command } => experiment_cmd::run(&command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

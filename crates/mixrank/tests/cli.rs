@@ -26,6 +26,8 @@ fn every_subcommand_has_help() {
         vec!["serve", "--help"],
         vec!["bench", "infer", "--help"],
         vec!["bench", "serve", "--help"],
+        vec!["experiment", "--help"],
+        vec!["experiment", "retention", "--help"],
     ] {
         let (ok, out, err) = mixrank(&args);
         assert!(ok, "{args:?}: {err}");
@@ -175,4 +177,19 @@ fn train_with_a_model_file_writes_the_run_dir() {
         mixrank(&["train", cfg.to_str().unwrap(), "--model", model.to_str().unwrap(), "--out", run.to_str().unwrap()]);
     assert!(!ok);
     assert!(err.contains("m.toml") && err.contains("model.experts"), "{err}");
+}
+
+#[test]
+fn experiment_retention_quick_writes_its_report() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("ret");
+    let (ok, stdout, err) =
+        mixrank(&["experiment", "retention", "--out", out.to_str().unwrap(), "--quick", "--threads", "2"]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("# Data-retention experiment") && stdout.contains("report:"), "{stdout}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("(b) + pointwise distillation") && md.contains("Not run"), "{md}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert!(json["incremental"].is_null());
 }

@@ -263,6 +263,7 @@ fn incremental_stage_warm_starts_across_config_changes_and_records_lineage() {
     let click = "name = \"click\"\nkind = \"binary\"\nlabel = \"click\"\n";
     assert!(new.contains(click));
     new = new.replace(click, &format!("{click}teacher = {{ column = \"p_click_true\", kind = \"probability\" }}\n"));
+    new.push_str("\n[distill]\nsource = \"columns\"\n[[distill.tasks]]\ntask = \"click\"\nloss = \"pointwise_bce\"\n");
     let cfg2 = d.path().join("sim/next.toml");
     std::fs::write(&cfg2, new).unwrap();
     let (ok, _, err) = mixrank(&[

@@ -2,6 +2,7 @@
 //! then validated into [`ExperimentConfig`]. Every error names the file and the key
 //! path (`features.categorical[2].dim`) and says what was expected.
 
+pub mod distill;
 pub mod model;
 pub mod wire;
 
@@ -27,6 +28,8 @@ pub struct ExperimentConfig {
     pub model: Option<model::ModelSection>,
     /// `[train]`, validated (all keys have defaults).
     pub train: model::TrainSection,
+    /// `[distill]`, validated; `None` when the file has none.
+    pub distill: Option<distill::DistillConfig>,
     /// The file as parsed, kept verbatim for checkpoint manifests.
     pub wire: wire::ConfigFile,
 }
@@ -419,6 +422,20 @@ impl ExperimentConfig {
             model::validate_model(m, tasks.len()).map_err(|(key, message)| v.err(&key, message))?;
         }
         model::validate_train(&wire.train).map_err(|(key, message)| v.err(&key, message))?;
+        let distill = match &wire.distill {
+            Some(d) => {
+                let info: Vec<distill::TaskInfo<'_>> = tasks
+                    .iter()
+                    .map(|t| distill::TaskInfo { name: &t.name, kind: t.kind, has_teacher_column: t.teacher.is_some() })
+                    .collect();
+                let has_request = columns.request_id.is_some();
+                Some(
+                    distill::validate_distill(d, &info, has_request, base_dir)
+                        .map_err(|(key, message)| v.err(&key, message))?,
+                )
+            }
+            None => None,
+        };
         Ok(ExperimentConfig {
             path: path.to_path_buf(),
             base_dir: base_dir.to_path_buf(),
@@ -430,6 +447,7 @@ impl ExperimentConfig {
             columns,
             model: wire.model.clone(),
             train: wire.train.clone(),
+            distill,
             wire,
         })
     }

@@ -26,6 +26,8 @@ pub struct ConfigFile {
     pub model: Option<super::model::ModelSection>,
     #[serde(default)]
     pub train: super::model::TrainSection,
+    /// Knowledge distillation from a teacher; absent = labels only.
+    pub distill: Option<super::distill::DistillSection>,
 }
 
 fn one() -> u32 {

@@ -1,0 +1,7 @@
+//! Experiments that run end to end over the simulator: the data-retention study of
+//! distillation (`mixrank experiment retention`).
+
+pub mod retention;
+pub mod tables;
+
+pub use retention::{run_retention, RetentionPlan, RetentionReport, WarmStart};
