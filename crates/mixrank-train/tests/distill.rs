@@ -266,11 +266,10 @@ fn teacher_reading_other_rows_is_refused() {
     assert!(e.contains("batch 3 does not hold") && e.contains("rows after the student's epoch ended"), "{e}");
 }
 
-/// Stands in for the trainer's warm start (not in this crate yet): trains from scratch,
-/// so the test covers the incremental part's plumbing, not its numbers.
-struct FromScratch;
+/// The trainer's warm start, checking that each increment's parent is a finished run.
+struct Checked;
 
-impl WarmStart for FromScratch {
+impl WarmStart for Checked {
     fn train_incremental(
         &self,
         cfg: Arc<ExperimentConfig>,
@@ -278,7 +277,7 @@ impl WarmStart for FromScratch {
         opts: &TrainOptions,
     ) -> Result<TrainSummary> {
         assert!(parent.join("checkpoint/manifest.json").is_file(), "parent {} has a checkpoint", parent.display());
-        train(cfg, opts)
+        mixrank_train::experiment::StageWarmStart.train_incremental(cfg, parent, opts)
     }
 }
 
@@ -287,7 +286,7 @@ fn retention_experiment_quick_runs_end_to_end() {
     let d = tempfile::tempdir().unwrap();
     let mut plan = RetentionPlan::quick();
     plan.threads = 2;
-    let r = run_retention(&plan, d.path(), Some(&FromScratch), None).unwrap();
+    let r = run_retention(&plan, d.path(), Some(&Checked), None).unwrap();
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.path().join("report.json")).unwrap()).unwrap();
     assert_eq!(json["verdicts"], r.json["verdicts"]);

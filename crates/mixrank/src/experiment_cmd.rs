@@ -40,8 +40,9 @@ pub fn run(cmd: &ExperimentCommand) -> Result<()> {
                 plan.seed = s;
             }
             plan.threads = a.threads;
-            // The incremental part needs a warm start from a checkpoint (training stages).
-            let r = run_retention(&plan, &a.out, None, Some(progress))?;
+            // The incremental part warm-starts from (c) through the trainer's stages.
+            let warm = mixrank_train::experiment::StageWarmStart;
+            let r = run_retention(&plan, &a.out, Some(&warm), Some(progress))?;
             crate::emit(&r.markdown);
             crate::say!("report: {} (and report.json), {:.0} s", a.out.join("report.md").display(), r.seconds);
             Ok(())

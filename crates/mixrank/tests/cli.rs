@@ -188,8 +188,8 @@ fn experiment_retention_quick_writes_its_report() {
     assert!(ok, "{err}");
     assert!(stdout.contains("# Data-retention experiment") && stdout.contains("report:"), "{stdout}");
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(md.contains("(b) + pointwise distillation") && md.contains("Not run"), "{md}");
+    assert!(md.contains("(b) + pointwise distillation") && md.contains("Distillation on vs off"), "{md}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
-    assert!(json["incremental"].is_null());
+    assert!(json["incremental"]["on_vs_off"]["lifts"].as_array().is_some_and(|l| !l.is_empty()), "{json}");
 }

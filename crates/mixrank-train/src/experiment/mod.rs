@@ -4,4 +4,4 @@
 pub mod retention;
 pub mod tables;
 
-pub use retention::{run_retention, RetentionPlan, RetentionReport, WarmStart};
+pub use retention::{run_retention, RetentionPlan, RetentionReport, StageWarmStart, WarmStart};

@@ -159,6 +159,26 @@ pub trait WarmStart: Sync {
         -> Result<TrainSummary>;
 }
 
+/// The trainer's own warm start: `--stage incremental --init PARENT`, loading the
+/// parent's weights and optimizer state. A config with a `[distill]` section keeps
+/// distillation on (as `--distill-in-incremental` would); one without trains on labels.
+pub struct StageWarmStart;
+
+impl WarmStart for StageWarmStart {
+    fn train_incremental(
+        &self,
+        cfg: Arc<ExperimentConfig>,
+        parent: &Path,
+        opts: &TrainOptions,
+    ) -> Result<TrainSummary> {
+        let mut o = opts.clone();
+        o.stage = crate::Stage::Incremental;
+        o.init = Some(parent.to_path_buf());
+        o.allow_distill_in_incremental = cfg.distill.is_some();
+        crate::train(cfg, &o)
+    }
+}
+
 /// What the experiment wrote.
 pub struct RetentionReport {
     /// `report.md`: the plan, timings and every table.
