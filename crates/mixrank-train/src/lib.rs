@@ -8,12 +8,14 @@
 
 pub mod checkpoint;
 pub mod distill;
+pub mod early_stop;
 pub mod error;
 pub mod evaluate;
 pub mod experiment;
 pub mod lineage;
 pub mod optimizers;
 pub mod periodic;
+pub mod progress;
 mod start;
 pub mod tensors;
 pub mod trace;

@@ -221,6 +221,9 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
     let start = Instant::now();
     // Throughput counts this process's examples (a resumed run starts past zero).
     let examples_at_start = examples;
+    let steps_at_start = step;
+    // Steps of one whole epoch, once one has been seen (for the progress ETA).
+    let mut epoch_steps: Option<u64> = None;
     // Steps and per-task loss sums since the last log line.
     let (mut window_steps, mut window_loss) = (0u64, vec![0f64; n_tasks]);
     // `[distill]` applies in the batch stage; the incremental stage only with
@@ -232,6 +235,32 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
     let mut last_preds = None;
     // The epoch in which the step budget ran out, if it did.
     let mut stopped_in = None;
+    let mut early = crate::early_stop::EarlyStopping::new(t.early_stopping_patience);
+    let best_dir = opts.out_dir.join(crate::early_stop::BEST);
+    let (mut best_reports, mut best_preds) = (None, None);
+    let mut last_validated = None;
+    let eval_every = t.eval_every_steps;
+    // Validates at (step, epoch) and applies early stopping; evaluates to `true` when
+    // training should stop.
+    macro_rules! validate_now {
+        ($epoch:expr) => {{
+            validate(&mut model, &ops, &enc, &mut log, (step, $epoch), &mut last_reports, &mut last_preds)?;
+            last_validated = Some(step);
+            match &mut early {
+                Some(es) if last_preds.is_some() => {
+                    let v = es.observe(crate::early_stop::EarlyStopping::monitored(&last_reports), step);
+                    log.line(&serde_json::json!({"event": "early_stopping", "step": step, "verdict": v}))?;
+                    if v.improved {
+                        crate::checkpoint::save(&best_dir, &mut model, &optim, &info(step, examples, cursor))?;
+                        best_reports = Some(last_reports.clone());
+                        best_preds = last_preds.clone();
+                    }
+                    v.stop
+                }
+                _ => false,
+            }
+        }};
+    }
     'epochs: for epoch in cursor.epoch as usize..t.epochs.max(1) {
         if max_steps.is_some_and(|m| step >= m) {
             stopped_in = Some(epoch);
@@ -243,6 +272,7 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
         sopts.skip_batches = if epoch as u64 == cursor.epoch { cursor.batch_in_epoch } else { 0 };
         cursor = Cursor { epoch: epoch as u64, batch_in_epoch: sopts.skip_batches };
         let mut skipping = (sopts.skip_batches > 0).then(|| (sopts.skip_batches, Instant::now()));
+        let sopts_skipped = sopts.skip_batches;
         for b in BatchStream::start(enc.clone(), train_split, sopts.clone())? {
             let b = b?;
             if let Some((batches, t0)) = skipping.take() {
@@ -334,8 +364,13 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
                 log.line(&line)?;
                 if let Some(p) = opts.progress {
                     let per: Vec<String> = line.task_loss.iter().map(|(n, l)| format!("{n} {l:.4}")).collect();
+                    // Total steps: the step budget, else epochs × the first epoch's length.
+                    let total = max_steps.or(epoch_steps.map(|e| e * t.epochs.max(1) as u64));
                     p(&format!(
-                        "epoch {epoch} step {step}: {:.0} ex/s, loss {:.4} ({})",
+                        "{} epoch {}/{} step {step}: {:.0} ex/s, loss {:.4} ({})",
+                        crate::progress::bar(step, total, (step - steps_at_start, elapsed)),
+                        epoch + 1,
+                        t.epochs.max(1),
                         line.examples_per_s,
                         line.loss,
                         per.join(", ")
@@ -349,16 +384,47 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
                 stopped_in = Some(epoch);
                 break 'epochs;
             }
+            if eval_every > 0 && step.is_multiple_of(eval_every) && validate_now!(epoch) {
+                log.line(&serde_json::json!({"event": "early_stop", "step": step, "epoch": epoch}))?;
+                stopped_in = Some(epoch);
+                break 'epochs;
+            }
         }
-        validate(&mut model, &ops, &enc, &mut log, (step, epoch), &mut last_reports, &mut last_preds)?;
+        if cursor.batch_in_epoch > 0 && epoch_steps.is_none() && sopts_skipped == 0 {
+            epoch_steps = Some(cursor.batch_in_epoch);
+        }
         cursor = Cursor { epoch: epoch as u64 + 1, batch_in_epoch: 0 };
+        if eval_every == 0 && validate_now!(epoch) {
+            log.line(&serde_json::json!({"event": "early_stop", "step": step, "epoch": epoch}))?;
+            stopped_in = Some(epoch);
+            break 'epochs;
+        }
     }
-    // A resumed run with nothing left to train still validates (metrics.json keeps reports).
-    let stopped_in = stopped_in.or_else(|| last_preds.is_none().then(|| (cursor.epoch as usize).saturating_sub(1)));
-    if let Some(epoch) = stopped_in {
-        validate(&mut model, &ops, &enc, &mut log, (step, epoch), &mut last_reports, &mut last_preds)?;
+    // The last step is validated once (a resumed run with nothing left to train too, so
+    // metrics.json keeps reports).
+    let last_epoch = stopped_in.unwrap_or_else(|| (cursor.epoch as usize).saturating_sub(1));
+    if last_validated != Some(step) {
+        validate_now!(last_epoch);
+        debug_assert_eq!(last_validated, Some(step));
     }
-    crate::checkpoint::save(&opts.out_dir.join(FINAL), &mut model, &optim, &info(step, examples, cursor))?;
+    let final_dir = opts.out_dir.join(FINAL);
+    match (early.as_ref().and_then(|e| e.best_step()), best_reports.take()) {
+        // Early stopping: the best validation's checkpoint is the run's model.
+        (Some(best_step), Some(reports)) => {
+            if final_dir.exists() {
+                std::fs::remove_dir_all(&final_dir)
+                    .map_err(|source| TrainError::Io { path: final_dir.clone(), source })?;
+            }
+            std::fs::rename(&best_dir, &final_dir)
+                .map_err(|source| TrainError::Io { path: best_dir.clone(), source })?;
+            log.line(&serde_json::json!({"event": "best_model", "step": best_step}))?;
+            last_reports = reports;
+            last_preds = best_preds.take();
+        }
+        _ => {
+            crate::checkpoint::save(&final_dir, &mut model, &optim, &info(step, examples, cursor))?;
+        }
+    }
     let seconds = start.elapsed().as_secs_f64();
     let summary = TrainSummary {
         steps: step,

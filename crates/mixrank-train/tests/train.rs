@@ -237,3 +237,46 @@ fn uncertainty_weighting_learns_one_log_variance_per_task() {
         }
     }
 }
+
+#[test]
+fn early_stopping_validates_every_n_steps_and_keeps_the_best_model() {
+    let d = tempfile::tempdir().unwrap();
+    let p = mixrank_data::simulate::EngagementParams { requests_per_day: 150, days: 3, ..Default::default() };
+    let sim = mixrank_data::simulate::simulate_engagement(&p, &d.path().join("data")).unwrap();
+    let model = d.path().join("model.toml");
+    // A learning rate this large makes validation AUC wander, so patience 1 stops early.
+    std::fs::write(
+        &model,
+        "[model]\narchitecture = \"shared_bottom\"\nexpert_dim = 8\ntower = { hidden = [4] }\n\
+         [[model.experts]]\nkind = \"mlp\"\nhidden = [16]\n\
+         [train]\nepochs = 30\nlr = 0.05\neval_every_steps = 1\nearly_stopping_patience = 1\n",
+    )
+    .unwrap();
+    let cfg = ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap();
+    let steps_per_epoch = 1500u64.div_ceil(cfg.data.batch_size as u64);
+    let out = d.path().join("run");
+    let s = train(Arc::new(cfg), &TrainOptions::new(&out)).unwrap();
+    assert!(s.steps < 30 * steps_per_epoch, "stopped early: {} steps", s.steps);
+    let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let events = |e: &str| lines.iter().filter(|l| l["event"] == e).cloned().collect::<Vec<_>>();
+    // One validation per step, each followed by a verdict.
+    assert_eq!(events("validation").len() as u64, s.steps);
+    let verdicts = events("early_stopping");
+    assert_eq!(verdicts.len() as u64, s.steps);
+    assert_eq!(events("early_stop").len(), 1);
+    // The run's model is the best validation's: its step and its metrics.
+    let best = verdicts.iter().filter(|v| v["verdict"]["improved"] == true).last().unwrap();
+    let best_step = best["step"].as_u64().unwrap();
+    assert!(best_step < s.steps, "the last validation was not the best");
+    assert_eq!(events("best_model")[0]["step"], best_step);
+    let auc = |r: &[mixrank_metrics::TaskReport]| match &r[0].overall {
+        TaskMetrics::Binary(b) => b.auc.unwrap(),
+        _ => panic!("click is binary"),
+    };
+    assert_eq!(auc(&s.validation), best["verdict"]["monitored"].as_f64().unwrap());
+    let ops = mixrank_engine::CpuOps::new();
+    let loaded = mixrank_train::checkpoint::load(&out.join("checkpoint"), &ops, 16).unwrap();
+    assert_eq!(loaded.manifest.step, best_step);
+    assert!(!out.join("best").exists());
+}
