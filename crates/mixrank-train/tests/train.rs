@@ -266,7 +266,7 @@ fn early_stopping_validates_every_n_steps_and_keeps_the_best_model() {
     assert_eq!(verdicts.len() as u64, s.steps);
     assert_eq!(events("early_stop").len(), 1);
     // The run's model is the best validation's: its step and its metrics.
-    let best = verdicts.iter().filter(|v| v["verdict"]["improved"] == true).last().unwrap();
+    let best = verdicts.iter().rfind(|v| v["verdict"]["improved"] == true).unwrap();
     let best_step = best["step"].as_u64().unwrap();
     assert!(best_step < s.steps, "the last validation was not the best");
     assert_eq!(events("best_model")[0]["step"], best_step);
