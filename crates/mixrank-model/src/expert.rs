@@ -170,6 +170,11 @@ impl<B: Backend> Expert<B> {
         self.net.set_training(training);
     }
 
+    /// Dropout mask streams continue from `step` (resume).
+    pub fn set_dropout_step(&mut self, step: u64) {
+        self.net.set_dropout_step(step);
+    }
+
     /// Visits the Linear layers that may run in reduced precision (MLP experts, MLP
     /// parts that expose them, and the projection).
     pub fn visit_linears(&mut self, f: &mut dyn FnMut(&mut mixrank_nn::Linear<B>)) {

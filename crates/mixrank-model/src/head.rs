@@ -137,6 +137,24 @@ where
         self.towers.len()
     }
 
+    /// Dropout mask streams of every layer continue from `step`: masks are a function of
+    /// (seed, step), and each training forward advances the step by one, so setting
+    /// the trainer's step on resume reproduces an uninterrupted run's masks.
+    pub fn set_dropout_step(&mut self, step: u64) {
+        if let Some(s) = &mut self.shared {
+            s.set_dropout_step(step);
+        }
+        for e in &mut self.experts {
+            e.set_dropout_step(step);
+        }
+        if let Some(p) = &mut self.ple {
+            p.set_dropout_step(step);
+        }
+        for t in &mut self.towers {
+            t.set_dropout_step(step);
+        }
+    }
+
     /// Training mode (dropout on, the default) or evaluation mode (dropout off) for
     /// every layer of the head. Scoring code switches to evaluation and back.
     pub fn set_training(&mut self, training: bool) {

@@ -257,6 +257,15 @@ where
         }
     }
 
+    /// Dropout mask streams of every expert continue from `step` (resume).
+    pub fn set_dropout_step(&mut self, step: u64) {
+        for lv in &mut self.levels {
+            for ex in lv.task_experts.iter_mut().flatten().chain(&mut lv.shared_experts) {
+                ex.set_dropout_step(step);
+            }
+        }
+    }
+
     /// Every Linear of every expert and gate (for bf16 inference).
     pub fn visit_linears(&mut self, f: &mut dyn FnMut(&mut mixrank_nn::Linear<B>)) {
         for lv in &mut self.levels {

@@ -33,6 +33,11 @@ pub trait Layer<B: Backend>: Parameters<B> {
     /// Training mode (dropout on) or evaluation mode (dropout off). Default: no-op for
     /// layers without dropout.
     fn set_training(&mut self, _training: bool) {}
+
+    /// Sets the step counter of every dropout mask stream (masks are a function of
+    /// (seed, step)), so a resumed run draws the masks an uninterrupted run would.
+    /// Default: no-op for layers without dropout.
+    fn set_dropout_step(&mut self, _step: u64) {}
 }
 
 /// A configuration that builds a [`Layer`] on any backend, so generic code (tests,

@@ -280,3 +280,47 @@ fn early_stopping_validates_every_n_steps_and_keeps_the_best_model() {
     assert_eq!(loaded.manifest.step, best_step);
     assert!(!out.join("best").exists());
 }
+
+#[test]
+fn a_resumed_run_with_dropout_matches_an_uninterrupted_one_bit_for_bit() {
+    let d = tempfile::tempdir().unwrap();
+    let p = mixrank_data::simulate::EngagementParams { requests_per_day: 400, days: 3, ..Default::default() };
+    let sim = mixrank_data::simulate::simulate_engagement(&p, &d.path().join("data")).unwrap();
+    let model = d.path().join("model.toml");
+    std::fs::write(
+        &model,
+        "[model]\narchitecture = \"mmoe\"\nexpert_dim = 8\nshared = { hidden = [16], dropout = 0.3 }\n\
+         tower = { hidden = [4] }\n[[model.experts]]\nkind = \"mlp\"\ncount = 2\nhidden = [16]\ndropout = 0.5\n\
+         [train]\nepochs = 1\ncheckpoint_every_steps = 3\n",
+    )
+    .unwrap();
+    let mut cfg = ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap();
+    cfg.data.batch_size = 256;
+    let cfg = Arc::new(cfg);
+    let whole = d.path().join("whole");
+    let mut o = TrainOptions::new(&whole);
+    o.max_steps = Some(8);
+    train(cfg.clone(), &o).unwrap();
+    // Stop after 4 steps (checkpoint at 3), then resume to 8 from the step-3 checkpoint.
+    let split = d.path().join("split");
+    let mut o = TrainOptions::new(&split);
+    o.max_steps = Some(4);
+    train(cfg.clone(), &o).unwrap();
+    std::fs::remove_dir_all(split.join("checkpoint")).unwrap();
+    let mut o = TrainOptions::new(&split);
+    o.max_steps = Some(8);
+    o.resume = true;
+    train(cfg.clone(), &o).unwrap();
+    let ops = mixrank_engine::CpuOps::new();
+    let mut a = mixrank_train::checkpoint::load(&whole.join("checkpoint"), &ops, 16).unwrap().model;
+    let mut b = mixrank_train::checkpoint::load(&split.join("checkpoint"), &ops, 16).unwrap().model;
+    let mut wa = Vec::new();
+    mixrank_nn::Parameters::params(&mut a, &mut |n, p| wa.push((n.to_string(), p.value.clone())));
+    let mut i = 0;
+    mixrank_nn::Parameters::params(&mut b, &mut |n, p| {
+        assert_eq!(wa[i].0, n);
+        assert!(wa[i].1 == p.value, "{n} differs after resume");
+        i += 1;
+    });
+    assert_eq!(i, wa.len());
+}

@@ -176,6 +176,10 @@ impl<B: Backend> Parameters<B> for Dcn<B> {
 }
 
 impl<B: Backend> Layer<B> for Dcn<B> {
+    fn set_dropout_step(&mut self, step: u64) {
+        Dcn::set_dropout_step(self, step)
+    }
+
     fn set_training(&mut self, training: bool) {
         Dcn::set_training(self, training)
     }

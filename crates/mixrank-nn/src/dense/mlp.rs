@@ -237,6 +237,10 @@ impl<B: Backend> Parameters<B> for Mlp<B> {
 }
 
 impl<B: Backend> Layer<B> for Mlp<B> {
+    fn set_dropout_step(&mut self, step: u64) {
+        Mlp::set_dropout_step(self, step)
+    }
+
     fn set_training(&mut self, training: bool) {
         Mlp::set_training(self, training)
     }

@@ -91,6 +91,10 @@ impl<B: Backend> Parameters<B> for Tower<B> {
 }
 
 impl<B: Backend> Layer<B> for Tower<B> {
+    fn set_dropout_step(&mut self, step: u64) {
+        Tower::set_dropout_step(self, step)
+    }
+
     fn set_training(&mut self, training: bool) {
         Tower::set_training(self, training)
     }

@@ -193,6 +193,10 @@ impl<B: Backend> Parameters<B> for FinalMlp<B> {
 }
 
 impl<B: Backend> Layer<B> for FinalMlp<B> {
+    fn set_dropout_step(&mut self, step: u64) {
+        FinalMlp::set_dropout_step(self, step)
+    }
+
     fn set_training(&mut self, training: bool) {
         FinalMlp::set_training(self, training)
     }

@@ -135,6 +135,10 @@ impl<B: Backend> Parameters<B> for MaskNet<B> {
 }
 
 impl<B: Backend> Layer<B> for MaskNet<B> {
+    fn set_dropout_step(&mut self, step: u64) {
+        MaskNet::set_dropout_step(self, step)
+    }
+
     fn set_training(&mut self, training: bool) {
         MaskNet::set_training(self, training)
     }
