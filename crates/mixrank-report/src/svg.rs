@@ -63,15 +63,27 @@ pub fn ticks(lo: f64, hi: f64, target: usize) -> Vec<f64> {
     (first..=last).map(|k| k as f64 * step).collect()
 }
 
-fn fmt_tick(v: f64) -> String {
+/// A tick label with as many decimals as the tick spacing `step` needs (so adjacent
+/// ticks never print the same text).
+fn fmt_tick(v: f64, step: f64) -> String {
     let a = v.abs();
-    if a != 0.0 && !(1e-3..1e6).contains(&a) {
-        format!("{v:.1e}")
-    } else if a >= 1000.0 {
-        format!("{v:.0}")
-    } else {
-        let s = format!("{v:.4}");
+    if a != 0.0 && !(1e-3..1e7).contains(&a) {
+        return format!("{v:.2e}");
+    }
+    let decimals = if step > 0.0 { (-step.log10().floor()).clamp(0.0, 6.0) as usize } else { 4 };
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
         s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+fn spacing(t: &[f64]) -> f64 {
+    if t.len() > 1 {
+        t[1] - t[0]
+    } else {
+        0.0
     }
 }
 
@@ -104,7 +116,9 @@ pub fn line_chart(chart: &Chart, series: &[Series]) -> String {
         t = escape(&chart.title),
         tx = LEFT
     );
-    for t in ticks(y0, y1, 5) {
+    let yt = ticks(y0, y1, 5);
+    let ys = spacing(&yt);
+    for t in yt {
         let y = sy(t);
         let _ = write!(
             o,
@@ -112,17 +126,19 @@ pub fn line_chart(chart: &Chart, series: &[Series]) -> String {
             x2 = LEFT + pw,
             tx = LEFT - 6.0,
             ty = y + 4.0,
-            v = fmt_tick(t)
+            v = fmt_tick(t, ys)
         );
     }
-    for t in ticks(x0, x1, 6) {
+    let xt = ticks(x0, x1, 6);
+    let xs = spacing(&xt);
+    for t in xt {
         let x = sx(t);
         let _ = write!(
             o,
             r##"<line x1="{x:.1}" x2="{x:.1}" y1="{TOP}" y2="{yb}" stroke="#f0f0f0"/><text x="{x:.1}" y="{ty}" class="tk" text-anchor="middle">{v}</text>"##,
             yb = TOP + ph,
             ty = TOP + ph + 16.0,
-            v = fmt_tick(t)
+            v = fmt_tick(t, xs)
         );
     }
     let _ = write!(
@@ -242,6 +258,12 @@ mod tests {
         let t = ticks(0.63, 0.71, 5);
         assert!(t.iter().all(|&v| (0.63..=0.71).contains(&v)) && t.len() >= 3, "{t:?}");
         assert_eq!(ticks(3.0, 3.0, 5), vec![3.0]);
+        // Adjacent ticks never print the same label.
+        let t = ticks(7843.6, 7845.1, 5);
+        let labels: Vec<String> = t.iter().map(|&v| fmt_tick(v, spacing(&t))).collect();
+        assert_eq!(labels, ["7844", "7844.5", "7845"]);
+        assert_eq!(fmt_tick(0.2, 0.2), "0.2");
+        assert_eq!(fmt_tick(1500.0, 500.0), "1500");
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub fn build(run_dir: &Path, split: &str) -> Result<String> {
         ("run".to_string(), run_dir.display().to_string()),
         ("config".to_string(), m.config_path.display().to_string()),
         ("model".to_string(), describe_model(&cfg)),
-        ("trained".to_string(), format!("{} steps, {} examples (stage {:?})", m.step, m.examples, m.lineage.stage)),
+        ("trained".to_string(), format!("{} steps, {} examples (stage {})", m.step, m.examples, m.lineage.stage)),
         ("scored".to_string(), format!("split `{split}`, {} rows", preds.weights.len())),
         (
             "checkpoint".to_string(),
