@@ -17,6 +17,7 @@
 
 pub mod activation;
 pub mod bf16;
+pub mod block;
 mod check;
 pub mod cpu;
 pub mod error;
@@ -31,7 +32,7 @@ pub use cpu::CpuOps;
 pub use error::{EngineError, Result};
 pub use float::Float;
 pub use ops::{
-    Backend, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput, MatLayout, NormStats, Pooling, Shape,
-    SparseGrad, Transpose,
+    Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput, MatLayout, NormStats,
+    Pooling, Shape, SparseGrad, Transpose,
 };
 pub use reference::{RefOps, RefOpsF64, RefOpsOf};

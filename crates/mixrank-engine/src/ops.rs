@@ -131,6 +131,16 @@ impl GemmSpec {
     }
 }
 
+/// Per-row blocks: a `[rows, blocks·width]` matrix read as `blocks` blocks of `width`
+/// per row, beside a `[rows, width]` vector per row and a `[rows, blocks]` weight per
+/// row and block (FinalMLP's bilinear fusion: one `[blocks, width]` matrix per row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockShape {
+    pub rows: usize,
+    pub blocks: usize,
+    pub width: usize,
+}
+
 /// `[rows, cols]` of a dense row-major matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shape {
@@ -456,6 +466,25 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
 
     // ---- reductions -----------------------------------------------------------------
+
+    /// Per-row block dot products: `out[r, k] (+)= Σ_j t[r, k·w + j] · y[r, j]` for
+    /// `t`: `[rows, blocks·w]`, `y`: `[rows, w]`, `out`: `[rows, blocks]` (overwritten, or
+    /// added to with `accumulate`). Each row's `[blocks, w]` matrix times its vector.
+    fn block_dot(
+        &self,
+        s: BlockShape,
+        t: &Self::Buf,
+        y: &Self::Buf,
+        out: &mut Self::Buf,
+        accumulate: bool,
+    ) -> Result<()>;
+    /// Per-row outer products: `out[r, k·w + j] = d[r, k] · y[r, j]` (overwrite) for `d`:
+    /// `[rows, blocks]`, `y`: `[rows, w]`, `out`: `[rows, blocks·w]` — the gradient of
+    /// [`Backend::block_dot`] w.r.t. `t`.
+    fn block_outer(&self, s: BlockShape, d: &Self::Buf, y: &Self::Buf, out: &mut Self::Buf) -> Result<()>;
+    /// Per-row transposed block products: `out[r, j] = Σ_k d[r, k] · t[r, k·w + j]`
+    /// (overwrite) — the gradient of [`Backend::block_dot`] w.r.t. `y`.
+    fn block_dot_t(&self, s: BlockShape, d: &Self::Buf, t: &Self::Buf, out: &mut Self::Buf) -> Result<()>;
 
     /// `out[r] = Σ_c x[r, c]`; `out`: `[rows]`.
     fn sum_rows(&self, shape: Shape, x: &Self::Buf, out: &mut Self::Buf) -> Result<()>;

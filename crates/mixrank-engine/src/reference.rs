@@ -14,8 +14,8 @@ use crate::float::Float;
 use crate::host;
 use crate::loss;
 use crate::ops::{
-    Backend, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput, NormStats, Pooling, Shape, SparseGrad,
-    Transpose,
+    Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput, NormStats, Pooling, Shape,
+    SparseGrad, Transpose,
 };
 
 /// `C = alpha · op(A) · op(B) + beta · C`, one dot product per element.
@@ -684,6 +684,15 @@ impl<T: Float> Backend for RefOpsOf<T> {
         Ok(())
     }
 
+    fn block_dot(&self, s: BlockShape, t: &Vec<T>, y: &Vec<T>, out: &mut Vec<T>, accumulate: bool) -> Result<()> {
+        crate::block::block_dot(s, t, y, out, accumulate)
+    }
+    fn block_outer(&self, s: BlockShape, d: &Vec<T>, y: &Vec<T>, out: &mut Vec<T>) -> Result<()> {
+        crate::block::block_outer(s, d, y, out)
+    }
+    fn block_dot_t(&self, s: BlockShape, d: &Vec<T>, t: &Vec<T>, out: &mut Vec<T>) -> Result<()> {
+        crate::block::block_dot_t(s, d, t, out)
+    }
     fn sum_rows(&self, shape: Shape, x: &Vec<T>, out: &mut Vec<T>) -> Result<()> {
         sum_rows(shape, x, out)
     }

@@ -1,6 +1,7 @@
 //! [`CpuOps`]: the fast host backend. GEMMs go to the `gemm` crate; every other op is a
 //! row- or column-parallel loop over rayon's current pool, run inline when small.
 
+mod block;
 mod embedding;
 mod gemm;
 mod layer_norm;
@@ -17,7 +18,8 @@ use crate::error::Result;
 use crate::host;
 use crate::loss;
 use crate::ops::{
-    Backend, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput, NormStats, Pooling, Shape, SparseGrad,
+    Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput, NormStats, Pooling, Shape,
+    SparseGrad,
 };
 
 /// The fast CPU backend over host `Vec`s. Threads come from rayon's current pool (build a
@@ -217,6 +219,15 @@ impl Backend for CpuOps {
         embedding::scatter_pooled_grad(spec, pooling, offsets, ids, dout, grad)
     }
 
+    fn block_dot(&self, s: BlockShape, t: &Vec<f32>, y: &Vec<f32>, out: &mut Vec<f32>, accumulate: bool) -> Result<()> {
+        block::block_dot(s, t, y, out, accumulate)
+    }
+    fn block_outer(&self, s: BlockShape, d: &Vec<f32>, y: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        block::block_outer(s, d, y, out)
+    }
+    fn block_dot_t(&self, s: BlockShape, d: &Vec<f32>, t: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        block::block_dot_t(s, d, t, out)
+    }
     fn sum_rows(&self, shape: Shape, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
         reduce::sum_rows(shape, x, out)
     }

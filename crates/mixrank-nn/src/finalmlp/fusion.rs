@@ -1,6 +1,6 @@
 //! FinalMLP's multi-head bilinear fusion of two streams.
 
-use mixrank_engine::{Backend, ColCopy, GemmSpec, Transpose};
+use mixrank_engine::{Backend, BlockShape, ColCopy, GemmSpec, Transpose};
 use rand::Rng;
 
 use crate::dense::{Linear, LinearConfig};
@@ -67,12 +67,8 @@ impl BilinearFusionConfig {
             w_x,
             w_y,
             w_xy,
-            ones: ops.upload(&vec![1.0; self.d_out.max(hy)]).ctx(LAYER)?,
             t: (0..self.heads).map(|_| alloc(max_batch * self.d_out * hy)).collect::<Result<_>>()?,
             y_head: alloc(max_batch * hy)?,
-            prod: alloc(max_batch * hy)?,
-            bcast: alloc(max_batch * hy)?,
-            t_block: alloc(max_batch * hy)?,
             dt: alloc(max_batch * self.d_out * hy)?,
             dy_head: alloc(max_batch * hy)?,
             out: alloc(max_batch * self.d_out)?,
@@ -89,11 +85,12 @@ impl BilinearFusionConfig {
 ///
 /// where head `h` takes columns `h·hx … (h+1)·hx` of `x` and `h·hy …` of `y`
 /// (`hx = d_x / heads`, `hy = d_y / heads`). Per head, `T_h = x_h · W_h`
-/// (`[batch, d_out·hy]`) is kept, then `out[:, o] += Σ_j T_h[:, o·hy + j] ⊙ y_h[:, j]`.
+/// (`[batch, d_out·hy]`, one GEMM) is kept, then every row's `[d_out, hy]` block of
+/// `T_h` times its `y_h` is added to the output (`Backend::block_dot`).
 ///
-/// Backward per head and output `o`: `dT_h[:, o·hy + j] = dout[:, o] ⊙ y_h[:, j]`,
-/// `dy_h += dout[:, o] ⊙ T_h[:, o·hy …]`; then `dW_h += x_hᵀ · dT_h`,
-/// `dx_h += dT_h · W_hᵀ`.
+/// Backward per head: `dT_h[b, o·hy + j] = dout[b, o] · y_h[b, j]` (`block_outer`),
+/// `dy_h[b, j] = Σ_o dout[b, o] · T_h[b, o·hy + j]` (`block_dot_t`); then
+/// `dW_h += x_hᵀ · dT_h`, `dx_h += dT_h · W_hᵀ` (GEMMs).
 ///
 /// # Shapes
 /// - x: `[batch, d_x]`, y: `[batch, d_y]`
@@ -105,14 +102,9 @@ pub struct BilinearFusion<B: Backend> {
     pub w_x: Linear<B>,
     pub w_y: Linear<B>,
     pub w_xy: Param<B>,
-    /// `[max(d_out, hy)]` ones for broadcasts and row sums.
-    ones: B::Buf,
     /// `T_h` per head, `[max_batch, d_out·hy]` each.
     t: Vec<B::Buf>,
     y_head: B::Buf,
-    prod: B::Buf,
-    bcast: B::Buf,
-    t_block: B::Buf,
     dt: B::Buf,
     dy_head: B::Buf,
     out: B::Buf,
@@ -141,13 +133,6 @@ impl<B: Backend> BilinearFusion<B> {
         }
     }
 
-    /// `bcast = v[:, col] · 1ᵀ`: a `[batch, 1]` column of a `[batch, ld]` matrix broadcast
-    /// to `[batch, width]`.
-    fn broadcast(&mut self, ops: &B, v: &B::Buf, col: usize, ld: usize, width: usize, batch: usize) -> Result<()> {
-        let spec = GemmSpec::nn(batch, width, 1).a_layout(col, ld).b_layout(0, width);
-        ops.gemm(&spec, v, &self.ones, &mut self.bcast).ctx(LAYER)
-    }
-
     /// Computes the fused output for the first `batch` rows.
     pub fn forward(&mut self, ops: &B, x: &B::Buf, y: &B::Buf, batch: usize) -> Result<&B::Buf> {
         batch_fits(LAYER, batch, self.max_batch)?;
@@ -164,22 +149,9 @@ impl<B: Backend> BilinearFusion<B> {
                 GemmSpec::nn(batch, d_out * hy, hx).a_layout(h * hx, d_x).b_layout(h * hx * d_out * hy, d_out * hy);
             ops.gemm(&spec, x, &self.w_xy.value, &mut self.t[h]).ctx(LAYER)?;
             ops.copy_cols(&Self::block(batch, hy, d_y, h * hy, false), y, &mut self.y_head).ctx(LAYER)?;
-            for o in 0..d_out {
-                // out[:, o] += (T_h[:, o·hy …] ⊙ y_h) · 1
-                let t_o = ColCopy {
-                    rows: batch,
-                    cols: hy,
-                    src_ld: d_out * hy,
-                    src_col: o * hy,
-                    dst_ld: hy,
-                    dst_col: 0,
-                    accumulate: false,
-                };
-                ops.copy_cols(&t_o, &self.t[h], &mut self.t_block).ctx(LAYER)?;
-                ops.mul(batch * hy, &self.t_block, &self.y_head, &mut self.prod).ctx(LAYER)?;
-                let spec = GemmSpec::nn(batch, 1, hy).b_layout(0, 1).c_layout(o, d_out).beta(1.0);
-                ops.gemm(&spec, &self.prod, &self.ones, &mut self.out).ctx(LAYER)?;
-            }
+            // out[b, o] += Σ_j T_h[b, o·hy + j] · y_h[b, j]
+            let bs = BlockShape { rows: batch, blocks: d_out, width: hy };
+            ops.block_dot(bs, &self.t[h], &self.y_head, &mut self.out, true).ctx(LAYER)?;
         }
         self.batch = Some(batch);
         Ok(&self.out)
@@ -197,34 +169,9 @@ impl<B: Backend> BilinearFusion<B> {
         ops.copy_cols(&Self::block(batch, d_y, d_y, 0, false), gy, &mut self.d_y).ctx(LAYER)?;
         for h in 0..heads {
             ops.copy_cols(&Self::block(batch, hy, d_y, h * hy, false), y, &mut self.y_head).ctx(LAYER)?;
-            ops.fill(batch * hy, 0.0, &mut self.dy_head).ctx(LAYER)?;
-            for o in 0..d_out {
-                // dT_h[:, o·hy + j] = dout[:, o] ⊙ y_h[:, j]
-                self.broadcast(ops, d_output, o, d_out, hy, batch)?;
-                ops.mul(batch * hy, &self.bcast, &self.y_head, &mut self.prod).ctx(LAYER)?;
-                let into_dt = ColCopy {
-                    rows: batch,
-                    cols: hy,
-                    src_ld: hy,
-                    src_col: 0,
-                    dst_ld: d_out * hy,
-                    dst_col: o * hy,
-                    accumulate: false,
-                };
-                ops.copy_cols(&into_dt, &self.prod, &mut self.dt).ctx(LAYER)?;
-                // dy_h += dout[:, o] ⊙ T_h[:, o·hy …]
-                let t_o = ColCopy {
-                    rows: batch,
-                    cols: hy,
-                    src_ld: d_out * hy,
-                    src_col: o * hy,
-                    dst_ld: hy,
-                    dst_col: 0,
-                    accumulate: false,
-                };
-                ops.copy_cols(&t_o, &self.t[h], &mut self.t_block).ctx(LAYER)?;
-                ops.mul_acc(batch * hy, &self.bcast, &self.t_block, &mut self.dy_head).ctx(LAYER)?;
-            }
+            let bs = BlockShape { rows: batch, blocks: d_out, width: hy };
+            ops.block_outer(bs, d_output, &self.y_head, &mut self.dt).ctx(LAYER)?;
+            ops.block_dot_t(bs, d_output, &self.t[h], &mut self.dy_head).ctx(LAYER)?;
             ops.copy_cols(&Self::block(batch, hy, d_y, h * hy, true), &self.dy_head, &mut self.d_y).ctx(LAYER)?;
             // dW_h += x_hᵀ · dT_h: [hx, batch] · [batch, d_out·hy]
             let dw = GemmSpec::new(Transpose::Yes, Transpose::No, hx, d_out * hy, batch)

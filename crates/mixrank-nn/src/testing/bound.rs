@@ -22,8 +22,8 @@
 use mixrank_engine::error::Result;
 use mixrank_engine::reference as r;
 use mixrank_engine::{
-    loss, Activation, Backend, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput, NormStats, Pooling,
-    Shape, SparseGrad, Transpose,
+    loss, Activation, Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput,
+    NormStats, Pooling, Shape, SparseGrad, Transpose,
 };
 
 /// Unit roundoff of f32.
@@ -540,6 +540,70 @@ impl Backend for BoundOps {
         Ok(())
     }
 
+    /// A `w`-term dot product (plus the old value when accumulating): the operands'
+    /// propagated errors plus `γ_{w+1}` of the sum of |terms|.
+    fn block_dot(
+        &self,
+        s: BlockShape,
+        t: &Vec<Bounded>,
+        y: &Vec<Bounded>,
+        out: &mut Vec<Bounded>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let mut ov = vals(out);
+        mixrank_engine::block::block_dot(s, &vals(t), &vals(y), &mut ov, accumulate)?;
+        let (k, w) = (s.blocks, s.width);
+        for r in 0..s.rows {
+            for b in 0..k {
+                let (mut e, mut mag) = (0.0, 0.0);
+                for j in 0..w {
+                    let (a, c) = (t[r * k * w + b * w + j], y[r * w + j]);
+                    e += prod_err(a, c);
+                    mag += (a.v * c.v).abs();
+                }
+                let o = &mut out[r * k + b];
+                if accumulate {
+                    e += o.e;
+                    mag += o.v.abs();
+                }
+                *o = Bounded { v: ov[r * k + b], e: e + gamma(w + 1) * mag };
+            }
+        }
+        Ok(())
+    }
+    /// One product per element.
+    fn block_outer(&self, s: BlockShape, d: &Vec<Bounded>, y: &Vec<Bounded>, out: &mut Vec<Bounded>) -> Result<()> {
+        let mut ov = vals(out);
+        mixrank_engine::block::block_outer(s, &vals(d), &vals(y), &mut ov)?;
+        let (k, w) = (s.blocks, s.width);
+        for r in 0..s.rows {
+            for b in 0..k {
+                for j in 0..w {
+                    let i = r * k * w + b * w + j;
+                    out[i] = Bounded { v: ov[i], e: prod_err(d[r * k + b], y[r * w + j]) + U * ov[i].abs() };
+                }
+            }
+        }
+        Ok(())
+    }
+    /// A `blocks`-term dot product per element.
+    fn block_dot_t(&self, s: BlockShape, d: &Vec<Bounded>, t: &Vec<Bounded>, out: &mut Vec<Bounded>) -> Result<()> {
+        let mut ov = vals(out);
+        mixrank_engine::block::block_dot_t(s, &vals(d), &vals(t), &mut ov)?;
+        let (k, w) = (s.blocks, s.width);
+        for r in 0..s.rows {
+            for j in 0..w {
+                let (mut e, mut mag) = (0.0, 0.0);
+                for b in 0..k {
+                    let (a, c) = (d[r * k + b], t[r * k * w + b * w + j]);
+                    e += prod_err(a, c);
+                    mag += (a.v * c.v).abs();
+                }
+                out[r * w + j] = Bounded { v: ov[r * w + j], e: e + gamma(k) * mag };
+            }
+        }
+        Ok(())
+    }
     fn sum_rows(&self, shape: Shape, x: &Vec<Bounded>, out: &mut Vec<Bounded>) -> Result<()> {
         let mut ov = vals(out);
         r::sum_rows(shape, &vals(x), &mut ov)?;
