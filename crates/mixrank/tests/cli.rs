@@ -193,3 +193,13 @@ fn experiment_retention_quick_writes_its_report() {
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert!(json["incremental"]["on_vs_off"]["lifts"].as_array().is_some_and(|l| !l.is_empty()), "{json}");
 }
+
+#[test]
+fn a_missing_config_file_is_named_once_with_its_cause() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = d.path().join("nope.toml");
+    let (ok, _, err) = mixrank(&["data", "stats", missing.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("nope.toml") && err.contains("cannot read"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
