@@ -7,38 +7,30 @@ use crate::error::Result;
 use crate::float::Float;
 use crate::ops::{BlockShape, Shape};
 
-fn checks(op: &'static str, s: BlockShape, (a, an): (&'static str, usize), b: usize, out: usize) -> Result<()> {
-    let (kw, w, k) = (s.blocks * s.width, s.width, s.blocks);
-    let m = |cols| Shape::new(s.rows, cols);
-    match op {
-        "block_dot" => {
-            check::matrix(op, a, an, m(kw))?;
-            check::matrix(op, "y", b, m(w))?;
-            check::matrix(op, "out", out, m(k))
-        }
-        "block_outer" => {
-            check::matrix(op, a, an, m(k))?;
-            check::matrix(op, "y", b, m(w))?;
-            check::matrix(op, "out", out, m(kw))
-        }
-        _ => {
-            check::matrix(op, a, an, m(k))?;
-            check::matrix(op, "t", b, m(kw))?;
-            check::matrix(op, "out", out, m(w))
-        }
-    }
+/// `[rows, cols]` of a block shape.
+fn m(s: BlockShape, cols: usize) -> Shape {
+    Shape::new(s.rows, cols)
 }
 
 pub fn check_dot(s: BlockShape, t: usize, y: usize, out: usize) -> Result<()> {
-    checks("block_dot", s, ("t", t), y, out)
+    const OP: &str = "block_dot";
+    check::matrix(OP, "t", t, m(s, s.blocks * s.width))?;
+    check::matrix(OP, "y", y, m(s, s.width))?;
+    check::matrix(OP, "out", out, m(s, s.blocks))
 }
 
 pub fn check_outer(s: BlockShape, d: usize, y: usize, out: usize) -> Result<()> {
-    checks("block_outer", s, ("d", d), y, out)
+    const OP: &str = "block_outer";
+    check::matrix(OP, "d", d, m(s, s.blocks))?;
+    check::matrix(OP, "y", y, m(s, s.width))?;
+    check::matrix(OP, "out", out, m(s, s.blocks * s.width))
 }
 
 pub fn check_dot_t(s: BlockShape, d: usize, t: usize, out: usize) -> Result<()> {
-    checks("block_dot_t", s, ("d", d), t, out)
+    const OP: &str = "block_dot_t";
+    check::matrix(OP, "d", d, m(s, s.blocks))?;
+    check::matrix(OP, "t", t, m(s, s.blocks * s.width))?;
+    check::matrix(OP, "out", out, m(s, s.width))
 }
 
 /// One row of `block_dot`: `out[k] (+)= Σ_j t[k·w + j] · y[j]`.

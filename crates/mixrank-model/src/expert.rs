@@ -3,7 +3,7 @@
 //! output width differs, so heterogeneous experts can be mixed.
 
 use crate::error::{Context, Result};
-use mixrank_data::config::model::{ActivationName, ExpertKind, ExpertSection, Structure};
+use mixrank_data::config::model::{ActivationName, ExpertKind, ExpertSection, ModelSection, Structure};
 use mixrank_engine::{Activation, Backend, ColCopy};
 use mixrank_nn::cross::{CrossNetV2Config, CrossRank, DcnConfig, DcnStructure};
 use mixrank_nn::mask::{MaskNetConfig, MaskNetStructure};
@@ -21,6 +21,12 @@ pub fn activation(a: ActivationName) -> Activation {
         ActivationName::Sigmoid => Activation::Sigmoid,
         ActivationName::Identity => Activation::Identity,
     }
+}
+
+/// The `[[model.experts]]` list with each entry repeated `count` times, in order: the
+/// experts MMoE/OMoE/shared-bottom build, and the kinds PLE cycles through.
+pub fn expanded(m: &ModelSection) -> Vec<&ExpertSection> {
+    m.experts.iter().flat_map(|e| std::iter::repeat_n(e, e.count)).collect()
 }
 
 /// An expert network with an optional projection to the common width.
@@ -165,14 +171,10 @@ where
 }
 
 impl<B: Backend> Expert<B> {
-    /// Training (dropout on) or evaluation mode.
-    pub fn set_training(&mut self, training: bool) {
-        self.net.set_training(training);
-    }
-
-    /// Dropout mask streams continue from `step` (resume).
-    pub fn set_dropout_step(&mut self, step: u64) {
-        self.net.set_dropout_step(step);
+    /// Calls `f` on the expert's network (the projection has no dropout): how train/eval
+    /// mode and dropout steps reach it.
+    pub fn visit_net(&mut self, f: &mut dyn FnMut(&mut dyn Layer<B>)) {
+        f(&mut *self.net);
     }
 
     /// Visits the Linear layers that may run in reduced precision (MLP experts, MLP

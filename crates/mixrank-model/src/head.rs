@@ -14,7 +14,7 @@
 //! Gates may keep only their `top_k` largest weights per row (`[model.gate] top_k`).
 
 use crate::error::{Context, ModelError, Result};
-use crate::expert::{activation, Expert};
+use crate::expert::{activation, expanded, Expert};
 use crate::ple::Ple;
 use mixrank_data::config::model::{Architecture, ModelSection};
 use mixrank_engine::{Backend, ColCopy};
@@ -84,10 +84,8 @@ where
             _ => None,
         };
         let mut experts = Vec::new();
-        for s in m.experts.iter().filter(|_| ple.is_none()) {
-            for _ in 0..s.count {
-                experts.push(Expert::new(s, d_trunk, m.expert_dim, ops, max_batch, rng)?);
-            }
+        for s in expanded(m).into_iter().filter(|_| ple.is_none()) {
+            experts.push(Expert::new(s, d_trunk, m.expert_dim, ops, max_batch, rng)?);
         }
         let n_exp = experts.len();
         let n_mix = match m.architecture {
@@ -137,39 +135,32 @@ where
         self.towers.len()
     }
 
+    /// Calls `f` on every part of the head that may hold dropout: the shared layer, each
+    /// expert's network (PLE's too) and the towers.
+    fn visit_dropout_layers(&mut self, f: &mut dyn FnMut(&mut dyn Layer<B>)) {
+        if let Some(s) = &mut self.shared {
+            f(s);
+        }
+        let ple_experts = self.ple.iter_mut().flat_map(|p| p.experts_mut());
+        for e in self.experts.iter_mut().chain(ple_experts) {
+            e.visit_net(f);
+        }
+        for t in &mut self.towers {
+            f(t);
+        }
+    }
+
     /// Dropout mask streams of every layer continue from `step`: masks are a function of
     /// (seed, step), and each training forward advances the step by one, so setting
     /// the trainer's step on resume reproduces an uninterrupted run's masks.
     pub fn set_dropout_step(&mut self, step: u64) {
-        if let Some(s) = &mut self.shared {
-            s.set_dropout_step(step);
-        }
-        for e in &mut self.experts {
-            e.set_dropout_step(step);
-        }
-        if let Some(p) = &mut self.ple {
-            p.set_dropout_step(step);
-        }
-        for t in &mut self.towers {
-            t.set_dropout_step(step);
-        }
+        self.visit_dropout_layers(&mut |l| l.set_dropout_step(step));
     }
 
     /// Training mode (dropout on, the default) or evaluation mode (dropout off) for
     /// every layer of the head. Scoring code switches to evaluation and back.
     pub fn set_training(&mut self, training: bool) {
-        if let Some(s) = &mut self.shared {
-            s.set_training(training);
-        }
-        for e in &mut self.experts {
-            e.set_training(training);
-        }
-        if let Some(p) = &mut self.ple {
-            p.set_training(training);
-        }
-        for t in &mut self.towers {
-            t.set_training(training);
-        }
+        self.visit_dropout_layers(&mut |l| l.set_training(training));
     }
 
     pub fn n_experts(&self) -> usize {

@@ -23,8 +23,8 @@
 //! all of them flow into the trunk.
 
 use crate::error::{Context, Result};
-use crate::expert::Expert;
-use mixrank_data::config::model::{ExpertSection, ModelSection, PleSection};
+use crate::expert::{expanded, Expert};
+use mixrank_data::config::model::{ModelSection, PleSection};
 use mixrank_engine::{Backend, ColCopy};
 use mixrank_nn::{Gate, GateConfig, Layer, MoeMix, ParamVisitor, Parameters};
 use rand::Rng;
@@ -58,11 +58,6 @@ pub struct Ple<B: Backend> {
     /// Gradient w.r.t. the trunk.
     d_trunk_buf: B::Buf,
     batch: Option<usize>,
-}
-
-/// The `[[model.experts]]` list with each entry repeated `count` times.
-fn expanded(m: &ModelSection) -> Vec<&ExpertSection> {
-    m.experts.iter().flat_map(|e| std::iter::repeat_n(e, e.count)).collect()
 }
 
 impl<B: Backend + 'static> Ple<B>
@@ -248,30 +243,17 @@ where
         Ok(&self.d_trunk_buf)
     }
 
-    /// Training (dropout on) or evaluation mode for every expert.
-    pub fn set_training(&mut self, training: bool) {
-        for lv in &mut self.levels {
-            for ex in lv.task_experts.iter_mut().flatten().chain(&mut lv.shared_experts) {
-                ex.set_training(training);
-            }
-        }
-    }
-
-    /// Dropout mask streams of every expert continue from `step` (resume).
-    pub fn set_dropout_step(&mut self, step: u64) {
-        for lv in &mut self.levels {
-            for ex in lv.task_experts.iter_mut().flatten().chain(&mut lv.shared_experts) {
-                ex.set_dropout_step(step);
-            }
-        }
+    /// Every expert of every level, task-specific and shared.
+    pub fn experts_mut(&mut self) -> impl Iterator<Item = &mut Expert<B>> {
+        self.levels.iter_mut().flat_map(|lv| lv.task_experts.iter_mut().flatten().chain(&mut lv.shared_experts))
     }
 
     /// Every Linear of every expert and gate (for bf16 inference).
     pub fn visit_linears(&mut self, f: &mut dyn FnMut(&mut mixrank_nn::Linear<B>)) {
+        for ex in self.experts_mut() {
+            ex.visit_linears(f);
+        }
         for lv in &mut self.levels {
-            for ex in lv.task_experts.iter_mut().flatten().chain(&mut lv.shared_experts) {
-                ex.visit_linears(f);
-            }
             for g in lv.task_gates.iter_mut().chain(lv.shared.as_mut().map(|s| &mut s.0)) {
                 g.visit_linears(f);
             }

@@ -159,20 +159,28 @@ pub fn save(
     write_atomic(&tmp.join(OPTIMIZER), &obytes)?;
     write_atomic(&tmp.join(MANIFEST), text.as_bytes())?;
     write_atomic(&tmp.join(MANIFEST_SUM), xxh3(text.as_bytes()).as_bytes())?;
+    replace_dir(&tmp, dir)?;
+    Ok(manifest)
+}
+
+/// Moves the complete checkpoint directory `src` to `dir`, replacing any checkpoint
+/// there. A directory cannot be renamed over a non-empty one, so the old one is moved
+/// aside first and removed last: at every moment `dir` is either the old checkpoint or
+/// the new one (or, between the two renames, absent while both exist on disk).
+pub fn replace_dir(src: &Path, dir: &Path) -> Result<()> {
     if dir.exists() {
-        // A directory cannot be renamed over a non-empty one: move the old one aside.
         let old = dir.with_file_name(format!(
             ".{}.old-{}",
             dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
             std::process::id()
         ));
         std::fs::rename(dir, &old).map_err(io(dir))?;
-        std::fs::rename(&tmp, dir).map_err(io(dir))?;
+        std::fs::rename(src, dir).map_err(io(dir))?;
         std::fs::remove_dir_all(&old).map_err(io(&old))?;
     } else {
-        std::fs::rename(&tmp, dir).map_err(io(dir))?;
+        std::fs::rename(src, dir).map_err(io(dir))?;
     }
-    Ok(manifest)
+    Ok(())
 }
 
 /// A checkpoint whose files all match their checksums, not yet turned into a model.

@@ -181,6 +181,17 @@ pub fn evaluate(
 }
 
 impl Predictions {
+    /// One name per gate: the task it serves (MMoE), or `gate i` (OMoE's single gate).
+    pub fn gate_names(&self, cfg: &ExperimentConfig) -> Vec<String> {
+        let n = self.gate_means.len();
+        (0..n).map(|g| if n == cfg.tasks.len() { cfg.tasks[g].name.clone() } else { format!("gate {g}") }).collect()
+    }
+
+    /// One name per expert, `index:kind`.
+    pub fn expert_names(&self) -> Vec<String> {
+        self.expert_kinds.iter().enumerate().map(|(i, k)| format!("{i}:{k}")).collect()
+    }
+
     /// The gate-utilisation table: per gate (task) and segment, the mean weight of each
     /// expert; a gate whose overall mean on one expert exceeds 0.9 is flagged as
     /// collapsed.
@@ -191,8 +202,8 @@ impl Predictions {
             return o;
         }
         let names = cfg.segment_names();
-        let n_gates = self.gate_means.len();
-        let head: Vec<String> = self.expert_kinds.iter().enumerate().map(|(i, k)| format!("{i}:{k}")).collect();
+        let gate_names = self.gate_names(cfg);
+        let head = self.expert_names();
         let _ = writeln!(
             o,
             "mean gate weight per expert  {:<13} {}",
@@ -203,7 +214,7 @@ impl Predictions {
             (0..names.len()).map(|s| self.segments.iter().filter(|&&x| x as usize == s).count() as f64).collect();
         let total: f64 = rows_per_seg.iter().sum();
         for (g, per_seg) in self.gate_means.iter().enumerate() {
-            let gate = if n_gates == cfg.tasks.len() { cfg.tasks[g].name.clone() } else { format!("gate {g}") };
+            let gate = &gate_names[g];
             let mut overall = vec![0f64; self.expert_kinds.len()];
             for (s, means) in per_seg.iter().enumerate() {
                 for (e, m) in means.iter().enumerate() {

@@ -413,12 +413,7 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
     match (early.as_ref().and_then(|e| e.best_step()), best_reports.take()) {
         // Early stopping: the best validation's checkpoint is the run's model.
         (Some(best_step), Some(reports)) => {
-            if final_dir.exists() {
-                std::fs::remove_dir_all(&final_dir)
-                    .map_err(|source| TrainError::Io { path: final_dir.clone(), source })?;
-            }
-            std::fs::rename(&best_dir, &final_dir)
-                .map_err(|source| TrainError::Io { path: best_dir.clone(), source })?;
+            crate::checkpoint::replace_dir(&best_dir, &final_dir)?;
             log.line(&serde_json::json!({"event": "best_model", "step": best_step}))?;
             last_reports = reports;
             last_preds = best_preds.take();

@@ -94,12 +94,9 @@ fn gate_table(p: &Predictions, cfg: &mixrank_data::ExperimentConfig) -> Option<G
     if p.gate_means.is_empty() {
         return None;
     }
-    let n = p.gate_means.len();
-    let gates =
-        (0..n).map(|g| if n == cfg.tasks.len() { cfg.tasks[g].name.clone() } else { format!("gate {g}") }).collect();
     Some(GateTable {
-        gates,
-        experts: p.expert_kinds.iter().enumerate().map(|(i, k)| format!("{i}:{k}")).collect(),
+        gates: p.gate_names(cfg),
+        experts: p.expert_names(),
         segments: cfg.segment_names(),
         means: p.gate_means.clone(),
     })
