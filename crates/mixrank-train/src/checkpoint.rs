@@ -1,7 +1,7 @@
 //! Checkpoints (format 2): the model's weights and the optimizer state in safetensors
 //! plus a JSON manifest (format version, the full config, the hash recipe version,
-//! dense statistics, the data cursor, optimizer kinds and step counts, lineage and a
-//! checksum of every file), verified on load.
+//! dense statistics, the data cursor, optimizer kinds and step counts, lineage, the
+//! early-stopping state and a checksum of every file), verified on load.
 //!
 //! Layout of a checkpoint directory:
 //! - `weights.safetensors`: every dense parameter as `head.<path>` and every embedding
@@ -19,6 +19,7 @@
 //! with a message saying so: they cannot be resumed exactly, and a weights-only warm
 //! start would silently reset the optimizer.
 
+use crate::early_stop::EarlyStopState;
 use crate::error::{write_atomic, Result, TrainError};
 use crate::lineage::Lineage;
 use crate::optimizers::{OptimizerManifest, Optimizers};
@@ -76,6 +77,11 @@ pub struct Manifest {
     pub cursor: Cursor,
     pub optimizer: OptimizerManifest,
     pub lineage: Lineage,
+    /// Early-stopping bookkeeping at this step, restored by `--resume`; absent when early
+    /// stopping is off (and in manifests written before it was recorded: such a
+    /// checkpoint resumes with monitoring started afresh, and says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStopState>,
     /// Every other file of the checkpoint by name.
     pub files: BTreeMap<String, FileSum>,
     /// Tensors in `weights.safetensors`.
@@ -106,6 +112,7 @@ pub struct CheckpointInfo<'a> {
     pub examples: u64,
     pub cursor: Cursor,
     pub lineage: Lineage,
+    pub early_stopping: Option<EarlyStopState>,
 }
 
 /// The weights of `model` as named tensors.
@@ -146,6 +153,7 @@ pub fn save(
         cursor: info.cursor,
         optimizer: optim.manifest(&info.config.train),
         lineage: info.lineage.clone(),
+        early_stopping: info.early_stopping,
         files: [(WEIGHTS.to_string(), sum(&wbytes)), (OPTIMIZER.to_string(), sum(&obytes))].into_iter().collect(),
         tensors: weights.len(),
     };

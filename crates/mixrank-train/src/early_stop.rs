@@ -5,11 +5,14 @@
 //! a row without a strictly better value, training stops. Every improvement is saved as
 //! a full checkpoint under `RUN_DIR/best/`; at the end of the run that checkpoint
 //! becomes the run's final `checkpoint/`, so eval, compare, report and serve load the
-//! best model, not the last one. The counters are not part of the checkpoint: a resumed
-//! run starts monitoring afresh.
+//! best model, not the last one.
+//!
+//! The bookkeeping ([`EarlyStopState`]) is part of every checkpoint's manifest, so a
+//! run resumed with `--resume` goes on counting where it left off: it stops at the step
+//! an uninterrupted run stops at, and its model is the same best validation's.
 
 use mixrank_metrics::{TaskMetrics, TaskReport};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Directory (under the run directory) of the best checkpoint so far.
 pub const BEST: &str = "best";
@@ -17,10 +20,23 @@ pub const BEST: &str = "best";
 /// Patience bookkeeping.
 #[derive(Debug, Clone)]
 pub struct EarlyStopping {
-    patience: u32,
-    best: Option<f64>,
-    best_step: u64,
-    bad: u32,
+    state: EarlyStopState,
+}
+
+/// The early-stopping state as a checkpoint manifest records it (`early_stopping`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EarlyStopState {
+    /// Validations without improvement that stop training (`[train].early_stopping_patience`).
+    pub patience: u32,
+    /// Best monitored value so far; `None` before the first improvement.
+    pub best: Option<f64>,
+    /// Step of that validation (meaningless while `best` is `None`).
+    pub best_step: u64,
+    /// Validations since the last improvement.
+    pub without_improvement: u32,
+    /// Step of the latest validation counted: validating the same step again (a resumed
+    /// run that had nothing left to train) is not counted twice.
+    pub last_step: Option<u64>,
 }
 
 /// What one validation meant.
@@ -38,7 +54,19 @@ pub struct Verdict {
 impl EarlyStopping {
     /// `None` for `patience = 0` (early stopping off).
     pub fn new(patience: u32) -> Option<Self> {
-        (patience > 0).then_some(EarlyStopping { patience, best: None, best_step: 0, bad: 0 })
+        (patience > 0).then_some(EarlyStopping {
+            state: EarlyStopState { patience, best: None, best_step: 0, without_improvement: 0, last_step: None },
+        })
+    }
+
+    /// Continues from a checkpoint's state (a resumed run).
+    pub fn restore(state: EarlyStopState) -> Self {
+        EarlyStopping { state }
+    }
+
+    /// The state to record in a checkpoint.
+    pub fn state(&self) -> EarlyStopState {
+        self.state
     }
 
     /// The first task's AUC, or minus its RMSE; `None` when it has no value (e.g. a
@@ -50,33 +78,43 @@ impl EarlyStopping {
         }
     }
 
-    /// Records the validation at `step`. A missing value never counts as an improvement.
+    /// Records the validation at `step`. A missing value never counts as an improvement;
+    /// a step already recorded is not recorded again (the verdict is `improved: false`).
     pub fn observe(&mut self, value: Option<f64>, step: u64) -> Verdict {
-        let improved = match (value, self.best) {
-            (Some(v), Some(b)) => v > b,
-            (Some(v), None) => v.is_finite(),
-            (None, _) => false,
-        };
+        let s = &mut self.state;
+        let repeated = s.last_step == Some(step);
+        let improved = !repeated
+            && match (value, s.best) {
+                (Some(v), Some(b)) => v > b,
+                (Some(v), None) => v.is_finite(),
+                (None, _) => false,
+            };
         if improved {
-            self.best = value;
-            self.best_step = step;
-            self.bad = 0;
-        } else {
-            self.bad += 1;
+            s.best = value;
+            s.best_step = step;
+            s.without_improvement = 0;
+        } else if !repeated {
+            s.without_improvement += 1;
         }
+        s.last_step = Some(step);
         Verdict {
             monitored: value.unwrap_or(f64::NAN),
-            best: self.best.unwrap_or(f64::NAN),
-            best_step: self.best_step,
-            without_improvement: self.bad,
+            best: s.best.unwrap_or(f64::NAN),
+            best_step: s.best_step,
+            without_improvement: s.without_improvement,
             improved,
-            stop: self.bad >= self.patience,
+            stop: self.stopped(),
         }
+    }
+
+    /// Whether `patience` validations in a row have not improved.
+    pub fn stopped(&self) -> bool {
+        self.state.without_improvement >= self.state.patience
     }
 
     /// Step of the best validation so far (`None` before the first improvement).
     pub fn best_step(&self) -> Option<u64> {
-        self.best.map(|_| self.best_step)
+        self.state.best.map(|_| self.state.best_step)
     }
 }
 
@@ -96,5 +134,27 @@ mod tests {
         assert!(!e.observe(None, 40).stop);
         let v = e.observe(Some(0.71), 50);
         assert!(v.stop && v.best == 0.72 && v.best_step == 30, "{v:?}");
+        // The same step validated again is not counted again.
+        assert_eq!(e.observe(Some(0.99), 50), Verdict { monitored: 0.99, improved: false, ..v });
+        assert_eq!(e.state().without_improvement, 2);
+    }
+
+    #[test]
+    fn a_restored_state_continues_the_count() {
+        let mut whole = EarlyStopping::new(3).unwrap();
+        let mut first = EarlyStopping::new(3).unwrap();
+        let values = [0.6, 0.7, 0.65, 0.66, 0.69, 0.71, 0.5, 0.5, 0.5];
+        for (k, &v) in values.iter().enumerate().take(4) {
+            whole.observe(Some(v), k as u64);
+            first.observe(Some(v), k as u64);
+        }
+        // Through the manifest's JSON, as a resumed run reads it.
+        let json = serde_json::to_string(&first.state()).unwrap();
+        let mut resumed = EarlyStopping::restore(serde_json::from_str(&json).unwrap());
+        for (k, &v) in values.iter().enumerate().skip(4) {
+            assert_eq!(resumed.observe(Some(v), k as u64), whole.observe(Some(v), k as u64), "step {k}");
+        }
+        assert_eq!(resumed.state(), whole.state());
+        assert!(resumed.stopped() && resumed.best_step() == Some(5));
     }
 }

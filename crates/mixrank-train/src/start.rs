@@ -2,6 +2,7 @@
 //! (`--resume`), or warm-started from a parent checkpoint (`--init`).
 
 use crate::checkpoint::{read_verified, Cursor, MANIFEST};
+use crate::early_stop::EarlyStopState;
 use crate::error::{write_atomic, Result, TrainError};
 use crate::lineage::{teacher_columns, train_days, Lineage, Stage};
 use crate::optimizers::Optimizers;
@@ -26,6 +27,9 @@ pub(crate) struct Start {
     pub examples: u64,
     pub cursor: Cursor,
     pub lineage: Lineage,
+    /// Early-stopping bookkeeping to continue from (`--resume` of a checkpoint that
+    /// recorded it); `None` starts monitoring afresh.
+    pub early_stopping: Option<EarlyStopState>,
     /// JSON lines for the train log (refused checkpoints, resume, warm-start changes,
     /// distillation notices); each is also passed to the progress callback.
     pub events: Vec<serde_json::Value>,
@@ -87,12 +91,24 @@ pub(crate) fn start(cfg: &Arc<ExperimentConfig>, opts: &TrainOptions, ops: &CpuO
         v.fill_model(&mut model)?;
         v.restore_optimizers(&mut model, &mut optim)?;
         let m = &v.manifest;
+        let early = match (t.early_stopping_patience, m.early_stopping) {
+            (0, _) => String::new(),
+            (_, Some(e)) => match e.best {
+                Some(_) => format!(
+                    "; early stopping: best at step {}, then {} of {} validations without improvement",
+                    e.best_step, e.without_improvement, e.patience
+                ),
+                None => format!("; early stopping: no improvement yet ({} validations)", e.without_improvement),
+            },
+            (_, None) => "; early stopping starts afresh (the checkpoint has no early-stopping state)".into(),
+        };
         say(
             &mut events,
             json!({"event": "resume", "from": v.dir, "step": m.step, "examples": m.examples,
-                   "epoch": m.cursor.epoch, "batch_in_epoch": m.cursor.batch_in_epoch}),
+                   "epoch": m.cursor.epoch, "batch_in_epoch": m.cursor.batch_in_epoch,
+                   "early_stopping": m.early_stopping}),
             format!(
-                "resuming from {} at step {} (epoch {}, batch {} of the epoch)",
+                "resuming from {} at step {} (epoch {}, batch {} of the epoch){early}",
                 v.dir.display(),
                 m.step,
                 m.cursor.epoch,
@@ -107,6 +123,7 @@ pub(crate) fn start(cfg: &Arc<ExperimentConfig>, opts: &TrainOptions, ops: &CpuO
             examples: m.examples,
             cursor: m.cursor,
             lineage: m.lineage.clone(),
+            early_stopping: m.early_stopping,
             events,
         });
     }
@@ -163,5 +180,15 @@ pub(crate) fn start(cfg: &Arc<ExperimentConfig>, opts: &TrainOptions, ops: &CpuO
         &opts.out_dir.join("dense_stats.json"),
         serde_json::to_string_pretty(&stats).map_err(|e| TrainError::Other(e.to_string()))?.as_bytes(),
     )?;
-    Ok(Start { stats, model, optim, step: 0, examples: 0, cursor: Cursor::default(), lineage, events })
+    Ok(Start {
+        stats,
+        model,
+        optim,
+        step: 0,
+        examples: 0,
+        cursor: Cursor::default(),
+        lineage,
+        early_stopping: None,
+        events,
+    })
 }

@@ -11,6 +11,7 @@
 //! How a run starts (fresh, `--resume`, `--init`) is [`crate::start`]'s business.
 
 use crate::checkpoint::{CheckpointInfo, Cursor};
+use crate::early_stop::{EarlyStopState, EarlyStopping};
 use crate::error::{engine, layer, Result, TrainError};
 use crate::evaluate::evaluate;
 use crate::lineage::Stage;
@@ -181,7 +182,7 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
     let train_split = cfg.split("train")?;
     let ops = CpuOps::new();
     let bs = cfg.data.batch_size;
-    let Start { stats, mut model, mut optim, mut step, mut examples, mut cursor, lineage, events } =
+    let Start { stats, mut model, mut optim, mut step, mut examples, mut cursor, lineage, early_stopping, events } =
         crate::start::start(&cfg, opts, &ops)?;
     let enc = Arc::new(Encoder::new(cfg.clone(), DenseMode::Fitted(Arc::new(stats.clone())))?);
     // Dropout masks continue where the checkpoint left off (a no-op for a fresh run).
@@ -207,13 +208,14 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
     }
     let mut trace = opts.trace_rows.as_deref().map(|p| RowTrace::open(p, opts.resume)).transpose()?;
     let mut periodic = Periodic::new(&opts.out_dir, t);
-    let info = |step, examples, cursor| CheckpointInfo {
+    let info = |step, examples, cursor, early_stopping: Option<EarlyStopState>| CheckpointInfo {
         config: &cfg,
         dense_stats: &stats,
         step,
         examples,
         cursor,
         lineage: lineage.clone(),
+        early_stopping,
     };
     let (mut labels, mut masks, mut weights) = (vec![Vec::new(); n_tasks], vec![Vec::new(); n_tasks], Vec::new());
     let mut grads: Vec<Vec<f32>> = vec![vec![0.0; bs]; n_tasks];
@@ -237,7 +239,13 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
     let mut last_preds = None;
     // The epoch in which the step budget ran out, if it did.
     let mut stopped_in = None;
-    let mut early = crate::early_stop::EarlyStopping::new(t.early_stopping_patience);
+    // A resumed run continues the count of the run it resumes (the config, so the
+    // patience, is the same: `start` refuses a changed one).
+    let mut early = EarlyStopping::new(t.early_stopping_patience).map(|fresh| match early_stopping {
+        Some(s) => EarlyStopping::restore(EarlyStopState { patience: t.early_stopping_patience, ..s }),
+        None => fresh,
+    });
+    let early_state = |e: &Option<EarlyStopping>| e.as_ref().map(EarlyStopping::state);
     let best_dir = opts.out_dir.join(crate::early_stop::BEST);
     let (mut best_reports, mut best_preds) = (None, None);
     let mut last_validated = None;
@@ -250,10 +258,11 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
             last_validated = Some(step);
             match &mut early {
                 Some(es) if last_preds.is_some() => {
-                    let v = es.observe(crate::early_stop::EarlyStopping::monitored(&last_reports), step);
+                    let v = es.observe(EarlyStopping::monitored(&last_reports), step);
                     log.line(&serde_json::json!({"event": "early_stopping", "step": step, "verdict": v}))?;
                     if v.improved {
-                        crate::checkpoint::save(&best_dir, &mut model, &optim, &info(step, examples, cursor))?;
+                        let info = info(step, examples, cursor, Some(es.state()));
+                        crate::checkpoint::save(&best_dir, &mut model, &optim, &info)?;
                         best_reports = Some(last_reports.clone());
                         best_preds = last_preds.clone();
                     }
@@ -264,7 +273,9 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
         }};
     }
     'epochs: for epoch in cursor.epoch as usize..t.epochs.max(1) {
-        if max_steps.is_some_and(|m| step >= m) {
+        // Out of steps, or resumed from a checkpoint written when early stopping had
+        // already decided to stop.
+        if max_steps.is_some_and(|m| step >= m) || early.as_ref().is_some_and(EarlyStopping::stopped) {
             stopped_in = Some(epoch);
             break 'epochs;
         }
@@ -332,12 +343,6 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
             if let Some(tr) = &mut trace {
                 tr.record(step, epoch as u64, &b)?;
             }
-            if periodic.due(step) {
-                periodic.save(&mut model, &optim, &info(step, examples, cursor))?;
-            }
-            if let Some(d) = opts.step_delay {
-                std::thread::sleep(d);
-            }
             if step.is_multiple_of(opts.log_every.max(1)) {
                 let elapsed = start.elapsed().as_secs_f64();
                 let task_loss: Vec<(&str, f64)> = cfg
@@ -382,12 +387,20 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
                 window_loss.iter_mut().for_each(|l| *l = 0.0);
                 window_distill.iter_mut().for_each(|l| *l = 0.0);
             }
-            if max_steps.is_some_and(|m| step >= m) {
-                stopped_in = Some(epoch);
-                break 'epochs;
+            // Validation before the periodic checkpoint, so that the checkpoint records
+            // the early-stopping state with this step's validation counted: a run
+            // resumed from it does not validate this step again.
+            let stop_early = eval_every > 0 && step.is_multiple_of(eval_every) && validate_now!(epoch);
+            if periodic.due(step) {
+                periodic.save(&mut model, &optim, &info(step, examples, cursor, early_state(&early)))?;
             }
-            if eval_every > 0 && step.is_multiple_of(eval_every) && validate_now!(epoch) {
+            if let Some(d) = opts.step_delay {
+                std::thread::sleep(d);
+            }
+            if stop_early {
                 log.line(&serde_json::json!({"event": "early_stop", "step": step, "epoch": epoch}))?;
+            }
+            if stop_early || max_steps.is_some_and(|m| step >= m) {
                 stopped_in = Some(epoch);
                 break 'epochs;
             }
@@ -410,16 +423,46 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
         debug_assert_eq!(last_validated, Some(step));
     }
     let final_dir = opts.out_dir.join(FINAL);
-    match (early.as_ref().and_then(|e| e.best_step()), best_reports.take()) {
-        // Early stopping: the best validation's checkpoint is the run's model.
-        (Some(best_step), Some(reports)) => {
-            crate::checkpoint::replace_dir(&best_dir, &final_dir)?;
+    // Early stopping: the best validation's checkpoint is the run's model.
+    let best = match early.as_ref().and_then(EarlyStopping::best_step) {
+        None => None,
+        Some(b) if best_reports.is_some() => Some((b, best_dir.clone())),
+        // The best validation came before this process resumed: its checkpoint is on
+        // disk (`best/`, or `checkpoint/` when an earlier process of the run finished),
+        // and is scored again for the run's reports.
+        Some(b) => match find_best(&cfg, b, [&best_dir, &final_dir]) {
+            Ok(v) => {
+                v.fill_model(&mut model)?;
+                let p = evaluate(&mut model, &ops, enc.clone(), cfg.split("validation")?)?;
+                best_reports = Some(p.reports(&cfg));
+                best_preds = Some(p);
+                Some((b, v.dir))
+            }
+            Err(reason) => {
+                let line = format!(
+                    "warning: the best validation's checkpoint (step {b}) is not on disk ({reason}); \
+                     the run's model is the last one"
+                );
+                log.line(&serde_json::json!({"event": "best_model_missing", "step": b, "reason": reason}))?;
+                if let Some(p) = opts.progress {
+                    p(&line);
+                }
+                None
+            }
+        },
+    };
+    match best {
+        Some((best_step, dir)) => {
+            if dir != final_dir {
+                crate::checkpoint::replace_dir(&dir, &final_dir)?;
+            }
             log.line(&serde_json::json!({"event": "best_model", "step": best_step}))?;
-            last_reports = reports;
+            last_reports = best_reports.take().unwrap_or_default();
             last_preds = best_preds.take();
         }
-        _ => {
-            crate::checkpoint::save(&final_dir, &mut model, &optim, &info(step, examples, cursor))?;
+        None => {
+            let info = info(step, examples, cursor, early_state(&early));
+            crate::checkpoint::save(&final_dir, &mut model, &optim, &info)?;
         }
     }
     let seconds = start.elapsed().as_secs_f64();
@@ -436,6 +479,26 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
         &serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Other(e.to_string()))?,
     )?;
     Ok(summary)
+}
+
+/// The first of `dirs` holding a verified checkpoint of this config at `step` (the best
+/// validation's), or why none does.
+fn find_best<'a>(
+    cfg: &ExperimentConfig,
+    step: u64,
+    dirs: impl IntoIterator<Item = &'a PathBuf>,
+) -> std::result::Result<crate::checkpoint::Verified, String> {
+    let here = toml::to_string(&cfg.wire).map_err(|e| format!("config to TOML: {e}"))?;
+    let mut why = Vec::new();
+    for dir in dirs {
+        match crate::checkpoint::read_verified(dir) {
+            Ok(v) if v.manifest.config_toml != here => why.push(format!("{} has another config", dir.display())),
+            Ok(v) if v.manifest.step == step => return Ok(v),
+            Ok(v) => why.push(format!("{} holds step {}", dir.display(), v.manifest.step)),
+            Err(e) => why.push(e.to_string()),
+        }
+    }
+    Err(why.join("; "))
 }
 
 /// Scores the validation split (when the config has one) and logs the reports.

@@ -324,3 +324,103 @@ fn a_resumed_run_with_dropout_matches_an_uninterrupted_one_bit_for_bit() {
     });
     assert_eq!(i, wa.len());
 }
+
+/// The step at which [`crash_at`] panics (`u64::MAX`: never).
+static CRASH_AT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// A progress callback that panics on the progress line of step [`CRASH_AT`]: like a
+/// kill after that step's update, before its validation and checkpoint.
+fn crash_at(line: &str) {
+    let step = line.split(" step ").nth(1).and_then(|r| r.split(':').next()).and_then(|n| n.parse::<u64>().ok());
+    if step == Some(CRASH_AT.load(std::sync::atomic::Ordering::SeqCst)) {
+        panic!("simulated crash at step {}", step.unwrap());
+    }
+}
+
+#[test]
+fn a_resumed_run_stops_early_at_the_step_and_with_the_model_of_an_uninterrupted_one() {
+    let d = tempfile::tempdir().unwrap();
+    let p = mixrank_data::simulate::EngagementParams { requests_per_day: 150, days: 3, ..Default::default() };
+    let sim = mixrank_data::simulate::simulate_engagement(&p, &d.path().join("data")).unwrap();
+    let model = d.path().join("model.toml");
+    // As in the early-stopping test: a large learning rate makes validation AUC wander.
+    std::fs::write(
+        &model,
+        "[model]\narchitecture = \"shared_bottom\"\nexpert_dim = 8\ntower = { hidden = [4] }\n\
+         [[model.experts]]\nkind = \"mlp\"\nhidden = [16]\n\
+         [train]\nepochs = 30\nlr = 0.05\neval_every_steps = 1\nearly_stopping_patience = 3\n\
+         checkpoint_every_steps = 1\nkeep_checkpoints = 2\nthreads = 1\n",
+    )
+    .unwrap();
+    let mut cfg = ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap();
+    cfg.data.batch_size = 512; // 3 steps an epoch
+    let cfg = Arc::new(cfg);
+    let log = |dir: &Path| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(dir.join("train_log.jsonl")).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let steps_of = |lines: &[serde_json::Value], event: &str| -> Vec<u64> {
+        lines.iter().filter(|l| l["event"] == event).map(|l| l["step"].as_u64().unwrap()).collect()
+    };
+    let manifest = |dir: &Path| -> mixrank_train::checkpoint::Manifest {
+        mixrank_train::checkpoint::read_verified(dir).unwrap().manifest
+    };
+
+    let whole = d.path().join("whole");
+    let s = train(cfg.clone(), &TrainOptions::new(&whole)).unwrap();
+    let stop = s.steps;
+    let best = manifest(&whole.join("checkpoint")).step;
+    assert_eq!(steps_of(&log(&whole), "early_stop"), [stop], "stopped early");
+    assert_eq!(best + 3, stop, "patience 3 after the best validation");
+
+    // Killed after the update of step stop - 1: the newest checkpoint is stop - 2's, when
+    // one validation since the best had not improved.
+    let split = d.path().join("split");
+    CRASH_AT.store(stop - 1, std::sync::atomic::Ordering::SeqCst);
+    let mut opts = TrainOptions::new(&split);
+    opts.log_every = 1;
+    opts.progress = Some(crash_at);
+    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train(cfg.clone(), &opts)));
+    assert!(crashed.is_err(), "the run crashed");
+    assert!(!split.join("checkpoint").exists());
+    let newest = mixrank_train::periodic::newest_good(&split).unwrap().checkpoint.manifest;
+    assert_eq!(newest.step, stop - 2);
+    let state = newest.early_stopping.expect("the checkpoint records the early-stopping state");
+    assert_eq!((state.best_step, state.without_improvement, state.patience), (best, 1, 3), "{state:?}");
+    assert_eq!(state.last_step, Some(stop - 2));
+
+    // Resumed, it goes on counting: it stops at the same step with the same model.
+    CRASH_AT.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+    opts.resume = true;
+    let r = train(cfg.clone(), &opts).unwrap();
+    assert_eq!(r.steps, stop, "the resumed run stops where the uninterrupted one did");
+    let lines = log(&split);
+    assert_eq!(steps_of(&lines, "early_stop"), [stop]);
+    assert_eq!(steps_of(&lines, "best_model"), [best]);
+    let (a, b) = (manifest(&whole.join("checkpoint")), manifest(&split.join("checkpoint")));
+    assert_eq!((b.step, b.weights_xxh3()), (a.step, a.weights_xxh3()), "the best validation's model");
+    assert_eq!(b.early_stopping, a.early_stopping);
+    assert_eq!(r.validation, s.validation, "the best validation's reports");
+    assert!(!split.join("best").exists());
+
+    // Resumed once more (from the checkpoint of the stopping step), a stopped run trains
+    // nothing, counts no validation twice and keeps its model.
+    let again = train(cfg.clone(), &opts).unwrap();
+    assert_eq!((again.steps, &again.validation), (stop, &s.validation));
+    let c = manifest(&split.join("checkpoint"));
+    assert_eq!((c.step, c.weights_xxh3(), c.early_stopping), (a.step, a.weights_xxh3(), a.early_stopping));
+    let lines = log(&split);
+    assert_eq!(steps_of(&lines, "best_model"), [best, best]);
+    let last = lines.iter().rfind(|l| l["event"] == "early_stopping").unwrap();
+    assert_eq!(last["verdict"]["without_improvement"], 3, "{last}");
+
+    // A manifest written before the state was recorded still loads, without it.
+    let ck = mixrank_train::periodic::newest_good(&split).unwrap().checkpoint.dir;
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ck.join("manifest.json")).unwrap()).unwrap();
+    assert!(m.as_object_mut().unwrap().remove("early_stopping").is_some());
+    let text = serde_json::to_string_pretty(&m).unwrap();
+    std::fs::write(ck.join("manifest.json"), &text).unwrap();
+    std::fs::write(ck.join("manifest.xxh3"), mixrank_train::checkpoint::xxh3(text.as_bytes())).unwrap();
+    assert_eq!(manifest(&ck).early_stopping, None);
+}

@@ -130,6 +130,7 @@ fn session(a: &InferArgs, precision: Precision, max_batch: usize) -> Result<Infe
                     teacher: None,
                     warm_start: Vec::new(),
                 },
+                early_stopping: None,
                 files: Default::default(),
                 tensors: 0,
             };
