@@ -423,4 +423,9 @@ fn a_resumed_run_stops_early_at_the_step_and_with_the_model_of_an_uninterrupted_
     std::fs::write(ck.join("manifest.json"), &text).unwrap();
     std::fs::write(ck.join("manifest.xxh3"), mixrank_train::checkpoint::xxh3(text.as_bytes())).unwrap();
     assert_eq!(manifest(&ck).early_stopping, None);
+    // Resumed from it, a run starts monitoring afresh (so it trains on) and logs so.
+    let afresh = train(cfg.clone(), &opts).unwrap();
+    assert!(afresh.steps > stop, "monitoring restarted: {} steps", afresh.steps);
+    let resume = log(&split).into_iter().rfind(|l| l["event"] == "resume").unwrap();
+    assert!(resume["step"] == stop && resume["early_stopping"].is_null(), "{resume}");
 }
