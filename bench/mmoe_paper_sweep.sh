@@ -3,10 +3,11 @@
 # for task correlation p in {1.0, 0.9, 0.5} and seeds 1..5, simulate the two-task
 # regression data, train Shared-Bottom (113 bottom units) and MMoE (8 experts × 16
 # units), towers of 8 units, and score the test split. Writes OUT/results.tsv
-# (p, seed, model, task, test RMSE).
-# Usage: bench/mmoe_paper_sweep.sh MIXRANK_BINARY OUT_DIR [ROWS] [EPOCHS]
+# (p, seed, model, task, test RMSE); each run's training loss every LOG_EVERY steps is in
+# its train_log.jsonl. bench/mmoe_paper_plot.py OUT_DIR draws the curves and the gap.
+# Usage: bench/mmoe_paper_sweep.sh MIXRANK_BINARY OUT_DIR [ROWS] [EPOCHS] [SEEDS] [LOG_EVERY]
 set -euo pipefail
-BIN=$1; OUT=$2; ROWS=${3:-10000}; EPOCHS=${4:-40}
+BIN=$1; OUT=$2; ROWS=${3:-10000}; EPOCHS=${4:-40}; SEEDS=${5:-5}; LOG_EVERY=${6:-20}
 mkdir -p "$OUT"
 cat > "$OUT/shared_bottom.toml" <<EOT
 [model]
@@ -35,11 +36,11 @@ lr = 0.002
 EOT
 printf "p\tseed\tmodel\ttask\ttest_rmse\n" > "$OUT/results.tsv"
 for p in 1.0 0.9 0.5; do
-  for seed in 1 2 3 4 5; do
+  for seed in $(seq 1 "$SEEDS"); do
     d="$OUT/p$p-s$seed"
     "$BIN" simulate --kind mmoe-paper --correlation "$p" --seed "$seed" --rows "$ROWS" --out "$d/data" > /dev/null
     for m in shared_bottom mmoe; do
-      "$BIN" train "$d/data/mixrank.toml" --model "$OUT/$m.toml" --out "$d/$m" --log-every 100000 > /dev/null 2>&1
+      "$BIN" train "$d/data/mixrank.toml" --model "$OUT/$m.toml" --out "$d/$m" --log-every "$LOG_EVERY" > /dev/null 2>&1
       "$BIN" eval "$d/$m" --split test --json "$d/$m/test.json" > /dev/null
       python3 - "$d/$m/test.json" "$p" "$seed" "$m" >> "$OUT/results.tsv" <<'PY'
 import json, sys
