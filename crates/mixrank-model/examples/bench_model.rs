@@ -188,7 +188,7 @@ fn main() {
                 max_diff = max_diff.max((a - b).abs());
             }
         }
-        println!("bf16 kernel {}: {converted} Linear layers converted; max |logit(bf16) - logit(f32)| over 512 rows = {max_diff:.5}", kernel.name());
+        println!("bf16 kernel {}: {converted} GEMMs converted; max |logit(bf16) - logit(f32)| over 512 rows = {max_diff:.5}", kernel.name());
         for b in [1usize, 64, 512, 2048] {
             let (med, p99) = latency(&mut model, &ops, &data(b, &mut rng));
             println!("infer bf16@{b:<4} median {:.3} ms  p99 {:.3} ms", 1e3 * med, 1e3 * p99);

@@ -177,12 +177,12 @@ impl<B: Backend> Expert<B> {
         f(&mut *self.net);
     }
 
-    /// Visits the Linear layers that may run in reduced precision (MLP experts, MLP
-    /// parts that expose them, and the projection).
-    pub fn visit_linears(&mut self, f: &mut dyn FnMut(&mut mixrank_nn::Linear<B>)) {
-        self.net.visit_linears(f);
+    /// Visits the GEMMs that may run in reduced precision (what the expert's network
+    /// exposes, and the projection).
+    pub fn visit_reduced(&mut self, f: &mut dyn FnMut(mixrank_nn::ReducedSite<'_, B>)) {
+        self.net.visit_reduced(f);
         if let Some(p) = &mut self.proj {
-            f(p);
+            p.visit_reduced(f);
         }
     }
 }

@@ -327,39 +327,41 @@ where
 
 impl<B: mixrank_nn::HostBackend + 'static> MultiTaskHead<B> {
     /// Switches inference to bf16 weights and activations with f32 accumulation for
-    /// every Linear the head exposes (shared layer, MLP experts and projections, gates,
-    /// towers); cross, mask and FinalMLP internals stay f32. Returns how many Linear
-    /// layers were converted. Inference only: `backward` then refuses.
+    /// every GEMM the head's layers expose through `Layer::visit_reduced`: the shared
+    /// layer, gates, towers, projections, MLP experts, DCNv2's full-rank cross layers
+    /// and deep MLP, MaskNet's block Linears, FinalMLP's streams, gates and fusion
+    /// terms. Low-rank and mixture cross layers, layer norms, softmax and mixtures stay
+    /// f32. Returns how many GEMMs were converted. Inference only: `backward` then
+    /// refuses.
     pub fn use_bf16(&mut self, kernel: mixrank_engine::bf16::Bf16Kernel) -> Result<usize> {
         let mut n = 0;
         let mut err = None;
-        let mut convert = |l: &mut mixrank_nn::Linear<B>| {
+        let mut convert = |site: mixrank_nn::ReducedSite<'_, B>| {
             if err.is_some() {
                 return;
             }
-            let (k, m) = (l.config().d_in, l.config().d_out);
-            match mixrank_nn::HostBf16::new(kernel, k, m, &l.weight.value, l.max_batch_rows()) {
+            match mixrank_nn::HostBf16::new(kernel, site.k, site.n, &site.dense_weight(), site.max_batch) {
                 Ok(r) => {
-                    l.set_reduced(Some(Box::new(r)));
+                    *site.slot = Some(Box::new(r));
                     n += 1;
                 }
                 Err(e) => err = Some(e),
             }
         };
         if let Some(s) = &mut self.shared {
-            s.visit_linears(&mut convert);
+            s.visit_reduced(&mut convert);
         }
         for e in &mut self.experts {
-            e.visit_linears(&mut convert);
+            e.visit_reduced(&mut convert);
         }
         for g in &mut self.gates {
-            g.visit_linears(&mut convert);
+            g.visit_reduced(&mut convert);
         }
         if let Some(p) = &mut self.ple {
-            p.visit_linears(&mut convert);
+            p.visit_reduced(&mut convert);
         }
         for t in &mut self.towers {
-            t.visit_linears(&mut convert);
+            t.visit_reduced(&mut convert);
         }
         match err {
             Some(e) => Err(e).at(|| "bf16 packing".into()),

@@ -249,13 +249,13 @@ where
     }
 
     /// Every Linear of every expert and gate (for bf16 inference).
-    pub fn visit_linears(&mut self, f: &mut dyn FnMut(&mut mixrank_nn::Linear<B>)) {
+    pub fn visit_reduced(&mut self, f: &mut dyn FnMut(mixrank_nn::ReducedSite<'_, B>)) {
         for ex in self.experts_mut() {
-            ex.visit_linears(f);
+            ex.visit_reduced(f);
         }
         for lv in &mut self.levels {
             for g in lv.task_gates.iter_mut().chain(lv.shared.as_mut().map(|s| &mut s.0)) {
-                g.visit_linears(f);
+                g.visit_reduced(f);
             }
         }
     }

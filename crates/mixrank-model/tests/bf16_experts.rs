@@ -1,5 +1,5 @@
-//! bf16 inference reaches the Linear layers inside MaskNet and FinalMLP experts (and
-//! DCNv2's deep part), and tracks the f32 logits.
+//! bf16 inference reaches the Linear layers inside MaskNet and FinalMLP experts and
+//! DCNv2's full-rank cross layers and deep part, and tracks the f32 logits.
 
 use mixrank_data::config::model::ModelSection;
 use mixrank_engine::bf16::Bf16Kernel;
@@ -56,5 +56,20 @@ fn finalmlp_streams_gates_and_fusion_terms_run_in_bf16() {
          [[experts]]\nkind = \"finalmlp\"\nhidden = [16]\nstream2 = [16]\nheads = 2\n",
     );
     assert!(n > TOWERS_AND_GATES + 4, "{n} Linear layers converted");
+    assert!(max > 0.0 && max < 0.05, "max |Δlogit| {max}");
+}
+
+#[test]
+fn dcnv2_full_rank_cross_layers_run_in_bf16_and_low_rank_stays_f32() {
+    let full = "architecture = \"mmoe\"\nexpert_dim = 16\ntower = { hidden = [8] }\n\
+                [[experts]]\nkind = \"dcnv2\"\ncross_layers = 3\nhidden = [16]\n";
+    // Stacked (the default): 3 cross layers + 1 deep Linear, whose 16 outputs are
+    // expert_dim already (no projection).
+    let (n, max) = convert_and_compare(full);
+    assert_eq!(n, 3 + 1 + TOWERS_AND_GATES);
+    assert!(max > 0.0 && max < 0.05, "max |Δlogit| {max}");
+    // Low-rank cross layers keep their f32 GEMMs: only the deep Linear.
+    let (n, max) = convert_and_compare(&full.replace("hidden = [16]\n", "hidden = [16]\nlow_rank = 4\n"));
+    assert_eq!(n, 1 + TOWERS_AND_GATES);
     assert!(max > 0.0 && max < 0.05, "max |Δlogit| {max}");
 }

@@ -26,9 +26,10 @@ pub trait Layer<B: Backend>: Parameters<B> {
     /// parameter gradients and returns `d_input` (`[batch, d_in]`, overwritten).
     fn backward(&mut self, ops: &B, input: &B::Buf, d_output: &B::Buf) -> Result<&B::Buf>;
 
-    /// Visits the [`Linear`](crate::Linear) sub-layers whose GEMMs may run in reduced
-    /// precision at inference. Default: none (the layer stays f32).
-    fn visit_linears(&mut self, _f: &mut dyn FnMut(&mut crate::Linear<B>)) {}
+    /// Visits every GEMM of the forward pass that may run in reduced precision at
+    /// inference ([`Linear`](crate::Linear) layers, full-rank cross layers). Default:
+    /// none (the layer stays f32).
+    fn visit_reduced(&mut self, _f: &mut dyn FnMut(crate::ReducedSite<'_, B>)) {}
 
     /// Training mode (dropout on) or evaluation mode (dropout off). Default: no-op for
     /// layers without dropout.

@@ -52,7 +52,7 @@ pub use cross::{
 };
 pub use dense::{
     Dropout, DropoutConfig, HostBf16, LayerNorm, LayerNormConfig, Linear, LinearConfig, Mlp, MlpConfig, ReducedGemm,
-    Tower, TowerConfig,
+    ReducedSite, Tower, TowerConfig, WeightLayout,
 };
 pub use embedding::{
     EmbeddingCollection, EmbeddingCollectionConfig, EmbeddingTable, FeatureConfig, FeatureInput, TableConfig,

@@ -2,11 +2,12 @@
 //! precision chosen at load.
 //!
 //! - `f32`: the trained weights as they are.
-//! - `bf16`: every Linear of the head converted to bf16 weights; activations are
-//!   rounded to bf16 at each GEMM input and the GEMM accumulates in f32
-//!   (AMX-BF16 / AVX512-BF16 / portable kernel, picked at run time). The embeddings,
-//!   DCNv2 cross layers, layer norms and FinalMLP's bilinear term stay f32 (the
-//!   Linear layers are those each layer exposes through `Layer::visit_linears`).
+//! - `bf16`: every GEMM the head's layers expose through `Layer::visit_reduced`
+//!   (Linear layers and DCNv2's full-rank cross layers) converted to bf16 weights;
+//!   activations are rounded to bf16 at each GEMM input and the GEMM accumulates in
+//!   f32 (AMX-BF16 / AVX512-BF16 / portable kernel, picked at run time). The
+//!   embeddings, low-rank and mixture cross layers, layer norms, gates' softmax,
+//!   mixtures and FinalMLP's bilinear products stay f32.
 //!
 //! The session keeps no gradients: the dense parameters' gradient buffers that the
 //! layer constructors allocate are released right after loading (`[rows, d_in]`

@@ -3,6 +3,7 @@
 use mixrank_engine::{Activation, Backend, ColCopy, GemmSpec, Shape, Transpose};
 use rand::Rng;
 
+use crate::dense::{ReducedGemm, ReducedSite, WeightLayout};
 use crate::error::{batch_fits, positive, Ctx, NnError, Result};
 use crate::layer::Layer;
 use crate::param::{Init, Param, ParamVisitor, Parameters};
@@ -62,9 +63,10 @@ impl CrossNetV2Config {
         let mut layers = Vec::with_capacity(self.layers);
         for _ in 0..self.layers {
             let weights = match self.rank {
-                CrossRank::Full => {
-                    CrossWeights::Full { w: Param::new(ops, &self.init.sample(d, d, rng), &[d, d], true, LAYER)? }
-                }
+                CrossRank::Full => CrossWeights::Full {
+                    w: Param::new(ops, &self.init.sample(d, d, rng), &[d, d], true, LAYER)?,
+                    reduced: None,
+                },
                 CrossRank::LowRank { rank } => CrossWeights::LowRank {
                     v: Param::new(ops, &self.init.sample(d, rank, rng), &[d, rank], true, LAYER)?,
                     u: Param::new(ops, &self.init.sample(d, rank, rng), &[d, rank], true, LAYER)?,
@@ -93,8 +95,9 @@ impl CrossNetV2Config {
 }
 
 enum CrossWeights<B: Backend> {
-    /// `w`: `[d, d]`, applied as `x · w`.
-    Full { w: Param<B> },
+    /// `w`: `[d, d]`, applied as `x · w`; `reduced`: the same GEMM in reduced precision
+    /// at inference, when set through [`Layer::visit_reduced`].
+    Full { w: Param<B>, reduced: Option<Box<dyn ReducedGemm<B>>> },
     /// `v`, `u`: `[d, rank]`; `W x = U (Vᵀ x)`, i.e. row-wise `(x · V) · Uᵀ`.
     /// `t = x · V` is kept for `dU`.
     LowRank { v: Param<B>, u: Param<B>, t: B::Buf, dt: B::Buf },
@@ -154,7 +157,7 @@ impl<B: Backend> Parameters<B> for CrossNetV2<B> {
         for (i, l) in self.layers.iter_mut().enumerate() {
             v.scope_indexed("layers", i, |v| {
                 match &mut l.weights {
-                    CrossWeights::Full { w } => v.param("w", w),
+                    CrossWeights::Full { w, .. } => v.param("w", w),
                     CrossWeights::LowRank { v: vv, u, .. } => {
                         v.param("u", u);
                         v.param("v", vv);
@@ -179,6 +182,16 @@ impl<B: Backend> Layer<B> for CrossNetV2<B> {
         self.max_batch
     }
 
+    /// The full-rank cross matrices (`u = x_l · W_l`); low-rank layers stay f32.
+    fn visit_reduced(&mut self, f: &mut dyn FnMut(ReducedSite<'_, B>)) {
+        let (d, max_batch) = (self.config.d, self.max_batch);
+        for l in &mut self.layers {
+            if let CrossWeights::Full { w, reduced } = &mut l.weights {
+                f(ReducedSite { k: d, n: d, max_batch, weight: &w.value, layout: WeightLayout::Dense, slot: reduced });
+            }
+        }
+    }
+
     fn forward(&mut self, ops: &B, input: &B::Buf, batch: usize) -> Result<&B::Buf> {
         batch_fits(LAYER, batch, self.max_batch)?;
         let d = self.config.d;
@@ -188,9 +201,10 @@ impl<B: Backend> Layer<B> for CrossNetV2<B> {
             let l = &mut rest[0];
             let x = if i == 0 { input } else { &before[i - 1].x_next };
             match &mut l.weights {
-                CrossWeights::Full { w } => {
-                    ops.gemm(&GemmSpec::nn(batch, d, d), x, &w.value, &mut l.u_out).ctx(LAYER)?;
-                }
+                CrossWeights::Full { w, reduced } => match reduced {
+                    Some(r) => r.gemm(batch, x, &mut l.u_out)?,
+                    None => ops.gemm(&GemmSpec::nn(batch, d, d), x, &w.value, &mut l.u_out).ctx(LAYER)?,
+                },
                 CrossWeights::LowRank { v, u, t, .. } => {
                     let r = v.shape[1];
                     // t = x · V: [batch, rank]
@@ -212,6 +226,13 @@ impl<B: Backend> Layer<B> for CrossNetV2<B> {
 
     fn backward(&mut self, ops: &B, input: &B::Buf, d_output: &B::Buf) -> Result<&B::Buf> {
         let batch = self.batch.ok_or(NnError::NoForward { layer: LAYER })?;
+        if self.layers.iter().any(|l| matches!(l.weights, CrossWeights::Full { reduced: Some(_), .. })) {
+            return Err(NnError::InvalidConfig {
+                layer: LAYER,
+                field: "reduced",
+                reason: "reduced precision is for inference only; backward needs f32".into(),
+            });
+        }
         let d = self.config.d;
         let n = batch * d;
         let shape = Shape::new(batch, d);
@@ -236,7 +257,7 @@ impl<B: Backend> Layer<B> for CrossNetV2<B> {
             ops.axpy(d, 1.0, &self.db_tmp, &mut l.b.grad).ctx(LAYER)?;
             ops.copy_cols(&copy, g, g_next).ctx(LAYER)?;
             match &mut l.weights {
-                CrossWeights::Full { w } => {
+                CrossWeights::Full { w, .. } => {
                     let dw = GemmSpec::new(Transpose::Yes, Transpose::No, d, d, batch).beta(1.0);
                     ops.gemm(&dw, x, &self.du, &mut w.grad).ctx(LAYER)?;
                     let dx = GemmSpec::new(Transpose::No, Transpose::Yes, batch, d, d).beta(1.0);

@@ -184,9 +184,11 @@ impl<B: Backend> Layer<B> for Dcn<B> {
         Dcn::set_training(self, training)
     }
 
-    /// The deep network's Linear layers (the cross layers keep their own f32 GEMMs).
-    fn visit_linears(&mut self, f: &mut dyn FnMut(&mut crate::Linear<B>)) {
-        self.deep.visit_linears(f);
+    /// The full-rank cross layers and the deep network's Linear layers (low-rank and
+    /// mixture cross layers stay f32).
+    fn visit_reduced(&mut self, f: &mut dyn FnMut(crate::ReducedSite<'_, B>)) {
+        self.cross.layer().visit_reduced(f);
+        self.deep.visit_reduced(f);
     }
 
     fn d_in(&self) -> usize {

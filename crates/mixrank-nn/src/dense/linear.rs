@@ -148,8 +148,16 @@ impl<B: Backend> Parameters<B> for Linear<B> {
 }
 
 impl<B: Backend> Layer<B> for Linear<B> {
-    fn visit_linears(&mut self, f: &mut dyn FnMut(&mut Linear<B>)) {
-        f(self);
+    fn visit_reduced(&mut self, f: &mut dyn FnMut(super::ReducedSite<'_, B>)) {
+        let (k, n) = (self.config.d_in, self.config.d_out);
+        f(super::ReducedSite {
+            k,
+            n,
+            max_batch: self.max_batch,
+            weight: &self.weight.value,
+            layout: super::WeightLayout::Dense,
+            slot: &mut self.reduced,
+        });
     }
 
     fn d_in(&self) -> usize {

@@ -245,12 +245,12 @@ impl<B: Backend> Layer<B> for Mlp<B> {
         Mlp::set_training(self, training)
     }
 
-    fn visit_linears(&mut self, f: &mut dyn FnMut(&mut Linear<B>)) {
+    fn visit_reduced(&mut self, f: &mut dyn FnMut(crate::ReducedSite<'_, B>)) {
         for b in &mut self.blocks {
-            f(&mut b.linear);
+            b.linear.visit_reduced(f);
         }
         if let Some(o) = &mut self.output {
-            f(o);
+            o.visit_reduced(f);
         }
     }
 

@@ -11,5 +11,5 @@ pub use dropout::{Dropout, DropoutConfig};
 pub use layer_norm::{LayerNorm, LayerNormConfig};
 pub use linear::{Linear, LinearConfig};
 pub use mlp::{Mlp, MlpConfig};
-pub use reduced::{HostBf16, ReducedGemm};
+pub use reduced::{HostBf16, ReducedGemm, ReducedSite, WeightLayout};
 pub use tower::{Tower, TowerConfig};

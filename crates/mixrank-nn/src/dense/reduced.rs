@@ -15,6 +15,55 @@ pub trait ReducedGemm<B: Backend>: Send {
     fn name(&self) -> &'static str;
 }
 
+/// One GEMM `out[..batch, ..n] = input[..batch, ..k] · W` that may run in reduced
+/// precision at inference, as a layer exposes it through
+/// [`Layer::visit_reduced`](crate::Layer::visit_reduced): the f32 weight to pack (in
+/// the layer's storage `layout`), and the slot the layer's forward reads. Filling the
+/// slot switches that GEMM; the layer's backward then refuses (inference only).
+pub struct ReducedSite<'a, B: Backend> {
+    pub k: usize,
+    pub n: usize,
+    /// Rows per call the packed GEMM must accept (the layer's `max_batch`).
+    pub max_batch: usize,
+    pub weight: &'a B::Buf,
+    pub layout: WeightLayout,
+    pub slot: &'a mut Option<Box<dyn ReducedGemm<B>>>,
+}
+
+/// How a [`ReducedSite`]'s weight is stored relative to the GEMM's row-major `[k, n]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// Stored as the GEMM's row-major `[k, n]`.
+    Dense,
+    /// Head `head` of a bilinear tensor stored `[heads·hx, n·hy]`
+    /// ([`BilinearFusion`](crate::finalmlp::BilinearFusion)'s `w_xy`), used as the
+    /// weight of `(x_h ⊗ y_h) · W'` with `k = hx·hy`:
+    /// `W'[i·hy + j, o] = W[head·hx + i, o·hy + j]`.
+    BilinearHead { head: usize, hx: usize, hy: usize },
+}
+
+impl<B: HostBackend> ReducedSite<'_, B> {
+    /// The weight as the GEMM's row-major `[k, n]` (borrowed when stored that way).
+    pub fn dense_weight(&self) -> std::borrow::Cow<'_, [f32]> {
+        match self.layout {
+            WeightLayout::Dense => std::borrow::Cow::Borrowed(&self.weight[..self.k * self.n]),
+            WeightLayout::BilinearHead { head, hx, hy } => {
+                let n = self.n;
+                let mut w = vec![0f32; hx * hy * n];
+                for i in 0..hx {
+                    let row = &self.weight[(head * hx + i) * n * hy..(head * hx + i + 1) * n * hy];
+                    for o in 0..n {
+                        for j in 0..hy {
+                            w[(i * hy + j) * n + o] = row[o * hy + j];
+                        }
+                    }
+                }
+                std::borrow::Cow::Owned(w)
+            }
+        }
+    }
+}
+
 /// bf16 weights and activations, f32 accumulation, on host memory.
 pub struct HostBf16 {
     kernel: Bf16Kernel,

@@ -99,8 +99,8 @@ impl<B: Backend> Layer<B> for Tower<B> {
         Tower::set_training(self, training)
     }
 
-    fn visit_linears(&mut self, f: &mut dyn FnMut(&mut crate::Linear<B>)) {
-        self.mlp.visit_linears(f);
+    fn visit_reduced(&mut self, f: &mut dyn FnMut(crate::ReducedSite<'_, B>)) {
+        self.mlp.visit_reduced(f);
     }
 
     fn d_in(&self) -> usize {

@@ -203,13 +203,12 @@ impl<B: Backend> Layer<B> for FinalMlp<B> {
 
     /// Both feature gates' MLPs, both streams and the fusion's linear terms; the
     /// bilinear term and the gates' sigmoid stay f32.
-    fn visit_linears(&mut self, f: &mut dyn FnMut(&mut crate::Linear<B>)) {
-        self.gate1.mlp.visit_linears(f);
-        self.gate2.mlp.visit_linears(f);
-        self.mlp1.visit_linears(f);
-        self.mlp2.visit_linears(f);
-        f(&mut self.fusion.w_x);
-        f(&mut self.fusion.w_y);
+    fn visit_reduced(&mut self, f: &mut dyn FnMut(crate::ReducedSite<'_, B>)) {
+        self.gate1.mlp.visit_reduced(f);
+        self.gate2.mlp.visit_reduced(f);
+        self.mlp1.visit_reduced(f);
+        self.mlp2.visit_reduced(f);
+        self.fusion.visit_reduced(f);
     }
 
     fn d_in(&self) -> usize {

@@ -3,7 +3,7 @@
 use mixrank_engine::{Backend, BlockShape, ColCopy, GemmSpec, Transpose};
 use rand::Rng;
 
-use crate::dense::{Linear, LinearConfig};
+use crate::dense::{Linear, LinearConfig, ReducedGemm, ReducedSite, WeightLayout};
 use crate::error::{batch_fits, positive, Ctx, NnError, Result};
 use crate::layer::Layer;
 use crate::param::{Init, Param, ParamVisitor, Parameters};
@@ -74,6 +74,8 @@ impl BilinearFusionConfig {
             out: alloc(max_batch * self.d_out)?,
             d_x: alloc(max_batch * self.d_x)?,
             d_y: alloc(max_batch * self.d_y)?,
+            reduced: (0..self.heads).map(|_| None).collect(),
+            reduced_ws: None,
             batch: None,
         })
     }
@@ -87,6 +89,10 @@ impl BilinearFusionConfig {
 /// (`hx = d_x / heads`, `hy = d_y / heads`). Per head, `T_h = x_h · W_h`
 /// (`[batch, d_out·hy]`, one GEMM) is kept, then every row's `[d_out, hy]` block of
 /// `T_h` times its `y_h` is added to the output (`Backend::block_dot`).
+///
+/// At inference the bilinear term can instead run as `(x_h ⊗ y_h) · W'_h` (`block_outer`
+/// then one GEMM with `k = hx·hy`, `n = d_out`; [`WeightLayout::BilinearHead`]), the
+/// form a reduced-precision GEMM takes ([`BilinearFusion::visit_reduced`]).
 ///
 /// Backward per head: `dT_h[b, o·hy + j] = dout[b, o] · y_h[b, j]` (`block_outer`),
 /// `dy_h[b, j] = Σ_o dout[b, o] · T_h[b, o·hy + j]` (`block_dot_t`); then
@@ -110,6 +116,11 @@ pub struct BilinearFusion<B: Backend> {
     out: B::Buf,
     d_x: B::Buf,
     d_y: B::Buf,
+    /// Per head, `(x_h ⊗ y_h) · W'_h` in reduced precision, when set.
+    reduced: Vec<Option<Box<dyn ReducedGemm<B>>>>,
+    /// Workspaces of the reduced path (`x_h`, `x_h ⊗ y_h`, the head's GEMM output),
+    /// allocated by its first forward so training never holds them.
+    reduced_ws: Option<[B::Buf; 3]>,
     batch: Option<usize>,
 }
 
@@ -144,11 +155,29 @@ impl<B: Backend> BilinearFusion<B> {
         let ly = self.w_y.forward(ops, y, batch)?;
         ops.axpy(n_out, 1.0, ly, &mut self.out).ctx(LAYER)?;
         for h in 0..heads {
+            ops.copy_cols(&Self::block(batch, hy, d_y, h * hy, false), y, &mut self.y_head).ctx(LAYER)?;
+            if let Some(r) = &mut self.reduced[h] {
+                let ws = match &mut self.reduced_ws {
+                    Some(ws) => ws,
+                    None => {
+                        let m = self.max_batch;
+                        let alloc = |n: usize| ops.alloc(n).ctx(LAYER);
+                        self.reduced_ws.insert([alloc(m * hx)?, alloc(m * hx * hy)?, alloc(m * d_out)?])
+                    }
+                };
+                let [x_head, z, zo] = ws;
+                ops.copy_cols(&Self::block(batch, hx, d_x, h * hx, false), x, x_head).ctx(LAYER)?;
+                // z[b, i·hy + j] = x_h[b, i] · y_h[b, j]; out += z · W'_h
+                let bs = BlockShape { rows: batch, blocks: hx, width: hy };
+                ops.block_outer(bs, x_head, &self.y_head, z).ctx(LAYER)?;
+                r.gemm(batch, z, zo)?;
+                ops.axpy(n_out, 1.0, zo, &mut self.out).ctx(LAYER)?;
+                continue;
+            }
             // T_h = x_h · W_h: [batch, hx] · [hx, d_out·hy]
             let spec =
                 GemmSpec::nn(batch, d_out * hy, hx).a_layout(h * hx, d_x).b_layout(h * hx * d_out * hy, d_out * hy);
             ops.gemm(&spec, x, &self.w_xy.value, &mut self.t[h]).ctx(LAYER)?;
-            ops.copy_cols(&Self::block(batch, hy, d_y, h * hy, false), y, &mut self.y_head).ctx(LAYER)?;
             // out[b, o] += Σ_j T_h[b, o·hy + j] · y_h[b, j]
             let bs = BlockShape { rows: batch, blocks: d_out, width: hy };
             ops.block_dot(bs, &self.t[h], &self.y_head, &mut self.out, true).ctx(LAYER)?;
@@ -161,6 +190,13 @@ impl<B: Backend> BilinearFusion<B> {
     /// [`BilinearFusion::d_y`] hold the input gradients (overwritten).
     pub fn backward(&mut self, ops: &B, x: &B::Buf, y: &B::Buf, d_output: &B::Buf) -> Result<()> {
         let batch = self.batch.ok_or(NnError::NoForward { layer: LAYER })?;
+        if self.reduced.iter().any(Option::is_some) {
+            return Err(NnError::InvalidConfig {
+                layer: LAYER,
+                field: "reduced",
+                reason: "reduced precision is for inference only; backward needs f32".into(),
+            });
+        }
         let (heads, hx, hy, d_out) = self.dims();
         let (d_x, d_y) = (self.config.d_x, self.config.d_y);
         let gx = self.w_x.backward(ops, x, d_output)?;
@@ -191,6 +227,18 @@ impl<B: Backend> BilinearFusion<B> {
 
     pub fn output(&self) -> &B::Buf {
         &self.out
+    }
+
+    /// The GEMMs that may run in reduced precision at inference: the two linear terms
+    /// and, per head, the bilinear term as `(x_h ⊗ y_h) · W'_h`.
+    pub fn visit_reduced(&mut self, f: &mut dyn FnMut(ReducedSite<'_, B>)) {
+        self.w_x.visit_reduced(f);
+        self.w_y.visit_reduced(f);
+        let (_, hx, hy, d_out) = self.dims();
+        for (head, slot) in self.reduced.iter_mut().enumerate() {
+            let layout = WeightLayout::BilinearHead { head, hx, hy };
+            f(ReducedSite { k: hx * hy, n: d_out, max_batch: self.max_batch, weight: &self.w_xy.value, layout, slot });
+        }
     }
 
     pub fn d_x(&self) -> &B::Buf {

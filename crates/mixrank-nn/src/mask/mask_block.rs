@@ -109,10 +109,10 @@ pub struct MaskBlock<B: Backend> {
 impl<B: Backend> MaskBlock<B> {
     /// The block's Linear layers (mask aggregation, mask projection, hidden), for
     /// reduced-precision inference; the layer norms stay f32.
-    pub fn visit_linears(&mut self, f: &mut dyn FnMut(&mut Linear<B>)) {
-        f(&mut self.mask_agg);
-        f(&mut self.mask_proj);
-        f(&mut self.hidden);
+    pub fn visit_reduced(&mut self, f: &mut dyn FnMut(crate::ReducedSite<'_, B>)) {
+        self.mask_agg.visit_reduced(f);
+        self.mask_proj.visit_reduced(f);
+        self.hidden.visit_reduced(f);
     }
 
     pub fn config(&self) -> &MaskBlockConfig {

@@ -144,8 +144,8 @@ impl<B: Backend> Layer<B> for MaskNet<B> {
     }
 
     /// Every block's Linear layers (the layer norms stay f32).
-    fn visit_linears(&mut self, f: &mut dyn FnMut(&mut crate::Linear<B>)) {
-        self.blocks.iter_mut().for_each(|b| b.visit_linears(f));
+    fn visit_reduced(&mut self, f: &mut dyn FnMut(crate::ReducedSite<'_, B>)) {
+        self.blocks.iter_mut().for_each(|b| b.visit_reduced(f));
     }
 
     fn d_in(&self) -> usize {

@@ -135,8 +135,8 @@ impl<B: Backend> Parameters<B> for Gate<B> {
 }
 
 impl<B: Backend> Layer<B> for Gate<B> {
-    fn visit_linears(&mut self, f: &mut dyn FnMut(&mut crate::Linear<B>)) {
-        f(&mut self.linear);
+    fn visit_reduced(&mut self, f: &mut dyn FnMut(crate::ReducedSite<'_, B>)) {
+        self.linear.visit_reduced(f);
     }
 
     fn d_in(&self) -> usize {

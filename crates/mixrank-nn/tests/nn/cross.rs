@@ -83,6 +83,40 @@ fn cross_net_matches_formula() {
     assert_eq!(&y[..2], &[-3.5, 12.0]);
 }
 
+#[test]
+fn cross_net_runs_its_full_rank_gemms_in_bf16_and_refuses_backward() {
+    // The hand example above has bf16-exact operands, so the bf16 GEMM (f32
+    // accumulation) reproduces it exactly; backward then refuses.
+    use mixrank_engine::bf16::Bf16Kernel;
+    let ops = mixrank_engine::CpuOps::new();
+    for kernel in [Bf16Kernel::detect(), Bf16Kernel::portable()] {
+        let mut net = CrossNetV2Config::new(2, 1).init(&ops, 1, &mut rng(0)).unwrap();
+        net.params(&mut |name, p| match name {
+            "layers.0.w" => p.value.copy_from_slice(&[1.0, 2.0, 3.0, 4.0]),
+            "layers.0.b" => p.value.copy_from_slice(&[0.5, -1.0]),
+            other => panic!("unexpected {other}"),
+        });
+        let mut sites = 0;
+        net.visit_reduced(&mut |site| {
+            assert_eq!((site.k, site.n, site.max_batch), (2, 2, 1));
+            *site.slot =
+                Some(Box::new(HostBf16::new(kernel, site.k, site.n, &site.dense_weight(), site.max_batch).unwrap()));
+            sites += 1;
+        });
+        assert_eq!(sites, 1);
+        let x = vec![1.0f32, -2.0];
+        assert_eq!(&net.forward(&ops, &x, 1).unwrap()[..2], &[-3.5, 12.0], "{}", kernel.name());
+        let e = net.backward(&ops, &x, &vec![1.0, 1.0]).err().unwrap().to_string();
+        assert!(e.contains("inference only"), "{e}");
+    }
+    // Low-rank layers expose no reduced GEMM.
+    let mut low =
+        CrossNetV2Config::new(4, 2).with_rank(CrossRank::LowRank { rank: 2 }).init(&ops, 1, &mut rng(0)).unwrap();
+    let mut sites = 0;
+    low.visit_reduced(&mut |_| sites += 1);
+    assert_eq!(sites, 0);
+}
+
 fn dcn_config(structure: DcnStructure, act: Activation, dropout: f32) -> DcnConfig {
     DcnConfig {
         cross: CrossNetV2Config::new(6, 2).with_rank(CrossRank::LowRank { rank: 3 }).into(),

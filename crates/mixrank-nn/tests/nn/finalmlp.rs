@@ -48,6 +48,88 @@ fn bilinear_fusion_matches_formula() {
     assert_eq!(out[0], 0.5 - 6.0);
 }
 
+/// A "reduced" GEMM that is exact (f64 accumulation of the f32 weight the site hands
+/// over), so the reduced path's reordering `(x_h ⊗ y_h) · W'_h` is checked on its own.
+struct ExactGemm {
+    w: Vec<f32>,
+    k: usize,
+    n: usize,
+}
+
+impl ReducedGemm<mixrank_engine::CpuOps> for ExactGemm {
+    fn gemm(&mut self, batch: usize, input: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        for b in 0..batch {
+            for o in 0..self.n {
+                let s: f64 = (0..self.k).map(|i| input[b * self.k + i] as f64 * self.w[i * self.n + o] as f64).sum();
+                out[b * self.n + o] = s as f32;
+            }
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "exact"
+    }
+}
+
+#[test]
+fn bilinear_fusion_reduced_path_reorders_exactly_and_bf16_tracks_f32() {
+    use mixrank_engine::bf16::Bf16Kernel;
+    let ops = mixrank_engine::CpuOps::new();
+    let (d_x, d_y, heads, d_out, batch) = (6, 4, 2, 5, 7);
+    let make = || {
+        let mut f = BilinearFusionConfig::new(d_x, d_y, heads, d_out).init(&ops, batch, &mut rng(3)).unwrap();
+        let mut g = rng(4);
+        f.params(&mut |_, p| {
+            let n = p.value.len();
+            p.value.copy_from_slice(&uniform32(&mut g, n, -1.0, 1.0));
+        });
+        f
+    };
+    let mut g = rng(5);
+    let (x, y) = (uniform32(&mut g, batch * d_x, -1.0, 1.0), uniform32(&mut g, batch * d_y, -1.0, 1.0));
+    let want = make().forward(&ops, &x, &y, batch).unwrap()[..batch * d_out].to_vec();
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+
+    // Exact GEMMs behind every site: only the summation order differs from f32.
+    let mut exact = make();
+    let mut layouts = Vec::new();
+    exact.visit_reduced(&mut |site| {
+        layouts.push(site.layout);
+        let w = site.dense_weight().into_owned();
+        *site.slot = Some(Box::new(ExactGemm { w, k: site.k, n: site.n }));
+    });
+    let (hx, hy) = (d_x / heads, d_y / heads);
+    assert_eq!(
+        layouts,
+        vec![
+            WeightLayout::Dense,
+            WeightLayout::Dense,
+            WeightLayout::BilinearHead { head: 0, hx, hy },
+            WeightLayout::BilinearHead { head: 1, hx, hy }
+        ]
+    );
+    let got = exact.forward(&ops, &x, &y, batch).unwrap();
+    for (i, (a, b)) in want.iter().zip(&got[..batch * d_out]).enumerate() {
+        assert!((a - b).abs() <= 1e-5 * scale, "row {} out {}: f32 {a} vs reordered {b}", i / d_out, i % d_out);
+    }
+    let e = exact.backward(&ops, &x, &y, &vec![1.0; batch * d_out]).err().unwrap().to_string();
+    assert!(e.contains("inference only"), "{e}");
+
+    // bf16 behind every site: close to f32, not equal.
+    for kernel in [Bf16Kernel::detect(), Bf16Kernel::portable()] {
+        let mut f = make();
+        f.visit_reduced(&mut |site| {
+            let r = HostBf16::new(kernel, site.k, site.n, &site.dense_weight(), site.max_batch).unwrap();
+            *site.slot = Some(Box::new(r));
+        });
+        let got = f.forward(&ops, &x, &y, batch).unwrap();
+        let max = want.iter().zip(&got[..batch * d_out]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        // bf16 rounds each operand to 8 significant bits: ~2^-8 relative per product.
+        assert!(max > 0.0 && max < 0.02 * scale, "{}: max |Δ| {max} (scale {scale})", kernel.name());
+    }
+}
+
 fn final_cfg(context: GateContext, d_in: usize, dropout: f32) -> FinalMlpConfig {
     FinalMlpConfig {
         d_in,
