@@ -7,6 +7,10 @@
 //! becomes the run's final `checkpoint/`, so eval, compare, report and serve load the
 //! best model, not the last one.
 //!
+//! With `[train].lr_plateau_factor` below 1, every validation that does not improve
+//! also multiplies the learning rates by that factor (reduce on plateau); the
+//! accumulated scale is part of the state.
+//!
 //! The bookkeeping ([`EarlyStopState`]) is part of every checkpoint's manifest, so a
 //! run resumed with `--resume` goes on counting where it left off: it stops at the step
 //! an uninterrupted run stops at, and its model is the same best validation's.
@@ -21,6 +25,8 @@ pub const BEST: &str = "best";
 #[derive(Debug, Clone)]
 pub struct EarlyStopping {
     state: EarlyStopState,
+    /// Learning-rate factor per validation without improvement (1 = no reduction).
+    plateau_factor: f64,
 }
 
 /// The early-stopping state as a checkpoint manifest records it (`early_stopping`).
@@ -37,6 +43,14 @@ pub struct EarlyStopState {
     /// Step of the latest validation counted: validating the same step again (a resumed
     /// run that had nothing left to train) is not counted twice.
     pub last_step: Option<u64>,
+    /// Product of the plateau reductions so far: the learning rates in use are the
+    /// configured ones times this (1 in manifests written before it existed).
+    #[serde(default = "one")]
+    pub lr_scale: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// What one validation meant.
@@ -49,19 +63,39 @@ pub struct Verdict {
     pub without_improvement: u32,
     pub improved: bool,
     pub stop: bool,
+    /// The learning-rate scale from now on.
+    pub lr_scale: f64,
 }
 
 impl EarlyStopping {
     /// `None` for `patience = 0` (early stopping off).
     pub fn new(patience: u32) -> Option<Self> {
-        (patience > 0).then_some(EarlyStopping {
-            state: EarlyStopState { patience, best: None, best_step: 0, without_improvement: 0, last_step: None },
-        })
+        let state = EarlyStopState {
+            patience,
+            best: None,
+            best_step: 0,
+            without_improvement: 0,
+            last_step: None,
+            lr_scale: 1.0,
+        };
+        (patience > 0).then_some(EarlyStopping { state, plateau_factor: 1.0 })
     }
 
     /// Continues from a checkpoint's state (a resumed run).
     pub fn restore(state: EarlyStopState) -> Self {
-        EarlyStopping { state }
+        EarlyStopping { state, plateau_factor: 1.0 }
+    }
+
+    /// Reduce on plateau: each validation without improvement multiplies the
+    /// learning-rate scale by `factor` (in (0, 1]; 1 = off).
+    pub fn with_plateau_factor(mut self, factor: f64) -> Self {
+        self.plateau_factor = factor;
+        self
+    }
+
+    /// The factor the configured learning rates are multiplied by now.
+    pub fn lr_scale(&self) -> f64 {
+        self.state.lr_scale
     }
 
     /// The state to record in a checkpoint.
@@ -81,6 +115,7 @@ impl EarlyStopping {
     /// Records the validation at `step`. A missing value never counts as an improvement;
     /// a step already recorded is not recorded again (the verdict is `improved: false`).
     pub fn observe(&mut self, value: Option<f64>, step: u64) -> Verdict {
+        let factor = self.plateau_factor;
         let s = &mut self.state;
         let repeated = s.last_step == Some(step);
         let improved = !repeated
@@ -95,6 +130,7 @@ impl EarlyStopping {
             s.without_improvement = 0;
         } else if !repeated {
             s.without_improvement += 1;
+            s.lr_scale *= factor;
         }
         s.last_step = Some(step);
         Verdict {
@@ -103,7 +139,8 @@ impl EarlyStopping {
             best_step: s.best_step,
             without_improvement: s.without_improvement,
             improved,
-            stop: self.stopped(),
+            stop: s.without_improvement >= s.patience,
+            lr_scale: s.lr_scale,
         }
     }
 
@@ -137,6 +174,24 @@ mod tests {
         // The same step validated again is not counted again.
         assert_eq!(e.observe(Some(0.99), 50), Verdict { monitored: 0.99, improved: false, ..v });
         assert_eq!(e.state().without_improvement, 2);
+    }
+
+    #[test]
+    fn plateau_factor_multiplies_the_scale_on_each_validation_without_improvement() {
+        let mut e = EarlyStopping::new(5).unwrap().with_plateau_factor(0.1);
+        assert_eq!(e.observe(Some(0.70), 1).lr_scale, 1.0);
+        assert_eq!(e.observe(Some(0.69), 2).lr_scale, 0.1);
+        assert!((e.observe(None, 3).lr_scale - 0.01).abs() < 1e-15);
+        // An improvement keeps the scale; the same step again changes nothing.
+        assert!((e.observe(Some(0.71), 4).lr_scale - 0.01).abs() < 1e-15);
+        assert!((e.observe(Some(0.60), 4).lr_scale - 0.01).abs() < 1e-15);
+        // The scale is state: a restored monitor continues from it.
+        let restored = EarlyStopping::restore(e.state()).with_plateau_factor(0.1);
+        assert_eq!(restored.lr_scale(), e.lr_scale());
+        // Without a factor the scale stays 1.
+        let mut off = EarlyStopping::new(2).unwrap();
+        off.observe(Some(0.5), 1);
+        assert_eq!(off.observe(Some(0.4), 2).lr_scale, 1.0);
     }
 
     #[test]

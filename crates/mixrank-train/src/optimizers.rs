@@ -75,13 +75,19 @@ impl Optimizers {
     }
 
     /// One update of the dense parameters (learning rate `lr`) and of the embedding
-    /// rows the last backward touched.
-    pub fn step(&mut self, model: &mut RankingModel<CpuOps>, lr: f32) -> Result<()> {
+    /// rows the last backward touched (learning rate `sparse_lr`).
+    pub fn step(&mut self, model: &mut RankingModel<CpuOps>, lr: f32, sparse_lr: f32) -> Result<()> {
         self.adam.step(model, lr).map_err(layer("Adam step"))?;
         if let (Some(s), Some(e)) = (&mut self.sparse, model.emb.as_mut()) {
             match s {
-                Sparse::Adagrad(o) => o.step(e),
-                Sparse::Lazy(o) => o.step(e),
+                Sparse::Adagrad(o) => {
+                    o.set_lr(sparse_lr);
+                    o.step(e)
+                }
+                Sparse::Lazy(o) => {
+                    o.set_lr(sparse_lr);
+                    o.step(e)
+                }
             }
             .map_err(layer("sparse optimizer step"))?;
         }

@@ -112,6 +112,9 @@ struct TrainLine<'a> {
     elapsed_s: f64,
     examples_per_s: f64,
     lr: f32,
+    /// The embedding optimizer's learning rate (absent for a model without tables).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sparse_lr: Option<f32>,
     loss: f64,
     task_loss: Vec<(&'a str, f64)>,
     /// Mean distillation loss per distilled task (absent without `[distill]`).
@@ -241,10 +244,12 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
     let mut stopped_in = None;
     // A resumed run continues the count of the run it resumes (the config, so the
     // patience, is the same: `start` refuses a changed one).
-    let mut early = EarlyStopping::new(t.early_stopping_patience).map(|fresh| match early_stopping {
-        Some(s) => EarlyStopping::restore(EarlyStopState { patience: t.early_stopping_patience, ..s }),
-        None => fresh,
-    });
+    let mut early = EarlyStopping::new(t.early_stopping_patience)
+        .map(|fresh| match early_stopping {
+            Some(s) => EarlyStopping::restore(EarlyStopState { patience: t.early_stopping_patience, ..s }),
+            None => fresh,
+        })
+        .map(|e| e.with_plateau_factor(t.lr_plateau_factor));
     let early_state = |e: &Option<EarlyStopping>| e.as_ref().map(EarlyStopping::state);
     let best_dir = opts.out_dir.join(crate::early_stop::BEST);
     let (mut best_reports, mut best_preds) = (None, None);
@@ -334,8 +339,11 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
             let refs: Vec<&Vec<f32>> = grads.iter().collect();
             model.backward(&ops, &b, &refs)?;
             weighting.write_grads(&ops, &mut model, &task_weights, &step_loss)?;
-            let lr = schedule.lr(step);
-            optim.step(&mut model, lr)?;
+            // Reduce on plateau scales both optimizers' rates (1 without it).
+            let scale = early.as_ref().map_or(1.0, EarlyStopping::lr_scale);
+            let lr = schedule.lr(step) * scale as f32;
+            let sparse_lr = (t.sparse_lr * scale) as f32;
+            optim.step(&mut model, lr, sparse_lr)?;
             step += 1;
             examples += n as u64;
             cursor.batch_in_epoch += 1;
@@ -359,6 +367,7 @@ fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<Trai
                     elapsed_s: elapsed,
                     examples_per_s: (examples - examples_at_start) as f64 / elapsed,
                     lr,
+                    sparse_lr: model.emb.is_some().then_some(sparse_lr),
                     loss: task_loss.iter().zip(&cfg.tasks).map(|((_, l), t)| l * t.weight).sum(),
                     task_loss,
                     distill_loss: cfg

@@ -282,6 +282,53 @@ fn early_stopping_validates_every_n_steps_and_keeps_the_best_model() {
 }
 
 #[test]
+fn reduce_on_plateau_scales_the_learning_rate_after_each_validation_without_improvement() {
+    let d = tempfile::tempdir().unwrap();
+    let p = mixrank_data::simulate::EngagementParams { requests_per_day: 150, days: 3, ..Default::default() };
+    let sim = mixrank_data::simulate::simulate_engagement(&p, &d.path().join("data")).unwrap();
+    let model = d.path().join("model.toml");
+    std::fs::write(
+        &model,
+        "[model]\narchitecture = \"shared_bottom\"\nexpert_dim = 8\ntower = { hidden = [4] }\n\
+         [[model.experts]]\nkind = \"mlp\"\nhidden = [16]\n\
+         [train]\nepochs = 30\nlr = 0.05\nsparse_lr = 0.04\neval_every_steps = 1\nearly_stopping_patience = 3\n\
+         lr_plateau_factor = 0.5\n",
+    )
+    .unwrap();
+    let cfg = ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap();
+    let out = d.path().join("run");
+    let mut opts = TrainOptions::new(&out);
+    opts.log_every = 1;
+    let s = train(Arc::new(cfg), &opts).unwrap();
+    let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // Scale after each validation, by step; the scale halves exactly on the verdicts
+    // without improvement.
+    let mut scale_after = std::collections::BTreeMap::new();
+    let mut expected = 1.0f64;
+    for l in lines.iter().filter(|l| l["event"] == "early_stopping") {
+        let v = &l["verdict"];
+        if v["improved"] == false {
+            expected *= 0.5;
+        }
+        assert_eq!(v["lr_scale"].as_f64().unwrap(), expected, "{l}");
+        scale_after.insert(l["step"].as_u64().unwrap(), expected);
+    }
+    assert!(expected <= 0.125, "the run stopped after 3 validations without improvement: scale {expected}");
+    // Every step's logged learning rate is the configured one times the scale of the
+    // latest validation before it.
+    let trains: Vec<_> = lines.iter().filter(|l| l["event"] == "train").collect();
+    assert_eq!(trains.len() as u64, s.steps);
+    for l in trains {
+        let step = l["step"].as_u64().unwrap();
+        let scale = scale_after.range(..step).next_back().map_or(1.0, |(_, s)| *s);
+        let (lr, sparse_lr) = (l["lr"].as_f64().unwrap(), l["sparse_lr"].as_f64().unwrap());
+        assert!((lr - 0.05 * scale).abs() <= 1e-6 * 0.05, "step {step}: lr {lr}, scale {scale}");
+        assert!((sparse_lr - 0.04 * scale).abs() <= 1e-6 * 0.04, "step {step}: sparse_lr {sparse_lr}, scale {scale}");
+    }
+}
+
+#[test]
 fn a_resumed_run_with_dropout_matches_an_uninterrupted_one_bit_for_bit() {
     let d = tempfile::tempdir().unwrap();
     let p = mixrank_data::simulate::EngagementParams { requests_per_day: 400, days: 3, ..Default::default() };

@@ -243,6 +243,12 @@ pub struct TrainSection {
     /// Stop after this many validations without improvement (0 = never).
     #[serde(default)]
     pub early_stopping_patience: u32,
+    /// Reduce on plateau: every validation that does not improve the monitored metric
+    /// (the one early stopping watches) multiplies the dense and sparse learning rates
+    /// by this factor, as FuxiCTR's `reduce_lr_on_plateau` (0.1) does. 1 = off (the
+    /// default); needs `early_stopping_patience > 0`.
+    #[serde(default = "one_f64")]
+    pub lr_plateau_factor: f64,
     /// Write a periodic checkpoint (`RUN_DIR/checkpoints/step-<N>/`) every N steps
     /// (0 = no step-based checkpoints). The final model always goes to `RUN_DIR/checkpoint/`.
     #[serde(default)]
@@ -261,6 +267,9 @@ pub struct TrainSection {
     pub threads: usize,
 }
 
+fn one_f64() -> f64 {
+    1.0
+}
 fn default_lr() -> f64 {
     1e-3
 }
@@ -415,6 +424,16 @@ pub fn validate_train(t: &TrainSection) -> Result<(), (String, String)> {
     }
     if t.keep_checkpoints == 0 {
         return e("keep_checkpoints", "expected >= 1".into());
+    }
+    let f = t.lr_plateau_factor;
+    if !(f.is_finite() && f > 0.0 && f <= 1.0) {
+        return e("lr_plateau_factor", format!("expected a number in (0, 1], found {f}"));
+    }
+    if f < 1.0 && t.early_stopping_patience == 0 {
+        return e(
+            "lr_plateau_factor",
+            "needs early_stopping_patience > 0 (it reduces on the validations early stopping monitors)".into(),
+        );
     }
     Ok(())
 }

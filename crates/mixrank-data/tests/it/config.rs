@@ -203,6 +203,8 @@ fn model_errors_name_the_key() {
         (MMOE.replace("top_k = 2", "top_k = 9"), "model.gate.top_k", "exceeds the 5 experts"),
         (MMOE.replace("temperature = 0.5", "temperature = 0.0"), "model.gate.temperature", "> 0"),
         (MMOE.replace("lr = 0.002", "lr = -1.0"), "train.lr", "> 0"),
+        (MMOE.replace("lr = 0.002", "lr = 0.002\nlr_plateau_factor = 1.5"), "train.lr_plateau_factor", "(0, 1]"),
+        (MMOE.replace("lr = 0.002", "lr = 0.002\nlr_plateau_factor = 0.1"), "train.lr_plateau_factor", "patience"),
         (MMOE.replace("kind = \"masknet\"", "kind = \"transformer\""), "model.experts[1].kind", "transformer"),
         (MMOE.replace("architecture = \"mmoe\"", "architecture = \"ple\""), "model.ple", "required"),
     ];

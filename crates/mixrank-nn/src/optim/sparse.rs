@@ -133,6 +133,11 @@ pub struct RowWiseAdagrad {
 }
 
 impl RowWiseAdagrad {
+    /// Sets the learning rate of later steps (a plateau reduction, for example).
+    pub fn set_lr(&mut self, lr: f32) {
+        self.config.lr = lr;
+    }
+
     pub fn new<B: HostBackend>(config: RowWiseAdagradConfig, emb: &EmbeddingCollection<B>) -> Self {
         let state = emb.tables().iter().map(|t| vec![config.initial_accumulator; t.rows]).collect();
         RowWiseAdagrad { config, state, merged: Merged::default() }
@@ -246,6 +251,11 @@ pub struct LazyAdam {
 }
 
 impl LazyAdam {
+    /// Sets the learning rate of later steps (a plateau reduction, for example).
+    pub fn set_lr(&mut self, lr: f32) {
+        self.config.lr = lr;
+    }
+
     pub fn new<B: HostBackend>(config: LazyAdamConfig, emb: &EmbeddingCollection<B>) -> Self {
         let tables = emb.tables();
         LazyAdam {
