@@ -123,6 +123,11 @@ where
         Ok(Expert { kind: s.kind, net, proj, net_out, max_batch })
     }
 
+    /// The kind in lower case (`dcnv2`, `masknet`, `finalmlp`, `mlp`), for reports.
+    pub fn kind_name(&self) -> String {
+        format!("{:?}", self.kind()).to_lowercase()
+    }
+
     pub fn kind(&self) -> ExpertKind {
         self.kind
     }

@@ -167,14 +167,22 @@ where
         self.experts.len()
     }
 
-    /// Number of gates (MMoE: one per task; OMoE: one; otherwise none).
-    pub fn n_gates(&self) -> usize {
-        self.gates.len()
-    }
-
-    /// Each expert's kind, lower case (`dcnv2`, `masknet`, `finalmlp`, `mlp`), in order.
-    pub fn expert_kinds(&self) -> Vec<String> {
-        self.experts.iter().map(|e| format!("{:?}", e.kind()).to_lowercase()).collect()
+    /// Every gate and the experts it mixes (MMoE: one per task; OMoE: one; PLE: per
+    /// level, one per task plus the shared gate of inner levels; otherwise none), in
+    /// the order [`MultiTaskHead::gate_weights`] indexes them.
+    pub fn gates(&self) -> Vec<crate::GateInfo> {
+        use crate::{ExpertOwner, ExpertRef, GateInfo, GateRole};
+        if let Some(p) = &self.ple {
+            return p.gates();
+        }
+        let experts: Vec<ExpertRef> = self
+            .experts
+            .iter()
+            .enumerate()
+            .map(|(index, e)| ExpertRef { owner: ExpertOwner::Head, index, kind: e.kind_name() })
+            .collect();
+        let role = |g| if self.arch == Architecture::Mmoe { GateRole::Task(g) } else { GateRole::AllTasks };
+        (0..self.gates.len()).map(|g| GateInfo { role: role(g), experts: experts.clone() }).collect()
     }
 
     pub fn d_in(&self) -> usize {
@@ -186,10 +194,13 @@ where
         self.towers[t].output()
     }
 
-    /// Gate weights of mixture `g` from the last forward, `[batch, n_experts]` (MMoE:
-    /// one mixture per task; OMoE: one; shared-bottom: none).
+    /// Weights of gate `g` (numbered as [`MultiTaskHead::gates`] lists them) from the
+    /// last forward, `[batch, experts of that gate]`.
     pub fn gate_weights(&self, g: usize) -> Option<&B::Buf> {
-        self.gates.get(g).map(|x| x.output())
+        match &self.ple {
+            Some(p) => p.gate_weights(g),
+            None => self.gates.get(g).map(|x| x.output()),
+        }
     }
 
     /// Which mixture (if any) feeds task `t`'s tower.

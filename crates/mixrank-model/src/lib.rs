@@ -7,11 +7,13 @@
 
 pub mod error;
 pub mod expert;
+pub mod gates;
 pub mod head;
 pub mod ple;
 pub mod ranking;
 
 pub use error::{ModelError, Result};
 pub use expert::Expert;
+pub use gates::{ExpertOwner, ExpertRef, GateInfo, GateRole};
 pub use head::MultiTaskHead;
 pub use ranking::RankingModel;

@@ -130,6 +130,48 @@ where
         Ok(Ple { levels, expert_dim: d, d_trunk, d_trunk_buf: buf(max_batch * d_trunk)?, batch: None })
     }
 
+    /// Per level: each task's gate (its own experts, then the shared ones), then the
+    /// shared gate of inner levels (every task's experts, then the shared ones).
+    pub fn gates(&self) -> Vec<crate::GateInfo> {
+        use crate::{ExpertOwner, ExpertRef, GateInfo, GateRole};
+        let mut out = Vec::new();
+        for (level, lv) in self.levels.iter().enumerate() {
+            let of = |owner: ExpertOwner, list: &[Expert<B>]| -> Vec<ExpertRef> {
+                list.iter().enumerate().map(|(index, e)| ExpertRef { owner, index, kind: e.kind_name() }).collect()
+            };
+            let shared = of(ExpertOwner::PleShared, &lv.shared_experts);
+            for (task, own) in lv.task_experts.iter().enumerate() {
+                let experts = [of(ExpertOwner::PleTask(task), own), shared.clone()].concat();
+                out.push(GateInfo { role: GateRole::PleTask { level, task }, experts });
+            }
+            if lv.shared.is_some() {
+                let mut experts: Vec<ExpertRef> =
+                    lv.task_experts.iter().enumerate().flat_map(|(t, own)| of(ExpertOwner::PleTask(t), own)).collect();
+                experts.extend(shared);
+                out.push(GateInfo { role: GateRole::PleShared { level }, experts });
+            }
+        }
+        out
+    }
+
+    /// Weights of gate `g` in [`Ple::gates`]'s order, from the last forward.
+    pub fn gate_weights(&self, g: usize) -> Option<&B::Buf> {
+        let mut i = g;
+        for lv in &self.levels {
+            if i < lv.task_gates.len() {
+                return Some(lv.task_gates[i].output());
+            }
+            i -= lv.task_gates.len();
+            if let Some((gate, _)) = &lv.shared {
+                if i == 0 {
+                    return Some(gate.output());
+                }
+                i -= 1;
+            }
+        }
+        None
+    }
+
     /// Task `t`'s output of the last level, `[batch, expert_dim]`.
     pub fn output(&self, t: usize) -> &B::Buf {
         self.levels.last().expect("at least one level").task_mixes[t].output()

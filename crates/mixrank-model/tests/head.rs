@@ -165,7 +165,39 @@ fn ple_parameters_follow_the_documented_expert_cycle() {
     assert!(has("ple.levels.1.tasks.1.experts.0.cross") && has("ple.levels.1.tasks.1.gate.weight"), "{names:?}");
     // Inner levels have a shared gate; the last level does not.
     assert!(has("ple.levels.0.shared_gate") && !has("ple.levels.1.shared_gate"), "{names:?}");
-    assert_eq!(head.n_gates(), 0, "PLE's gates mix different expert sets; no uniform gate table");
+    // Per level a gate per task; the inner level also has the shared gate.
+    use mixrank_model::{ExpertOwner, GateRole};
+    let gates = head.gates();
+    assert_eq!(gates.len(), 2 * TASKS + 1, "{gates:?}");
+    let roles: Vec<GateRole> = gates.iter().map(|g| g.role).collect();
+    let mut want: Vec<GateRole> = (0..TASKS).map(|task| GateRole::PleTask { level: 0, task }).collect();
+    want.push(GateRole::PleShared { level: 0 });
+    want.extend((0..TASKS).map(|task| GateRole::PleTask { level: 1, task }));
+    assert_eq!(roles, want);
+    // Task 1's gate mixes its own expert (dcnv2), then the shared dcnv2 and mlp.
+    let own: Vec<(ExpertOwner, usize, &str)> =
+        gates[1].experts.iter().map(|e| (e.owner, e.index, e.kind.as_str())).collect();
+    assert_eq!(
+        own,
+        vec![
+            (ExpertOwner::PleTask(1), 0, "dcnv2"),
+            (ExpertOwner::PleShared, 0, "dcnv2"),
+            (ExpertOwner::PleShared, 1, "mlp")
+        ]
+    );
+    assert_eq!(gates[TASKS].experts.len(), TASKS + 2, "the shared gate mixes every expert of its level");
+    // Each gate's weights, after a forward, are one softmax row per example over its experts.
+    let x: Vec<f64> = (0..BATCH * D_IN).map(|i| (i as f64 * 0.37).sin()).collect();
+    head.forward(&ops, &x, BATCH).unwrap();
+    for (g, info) in gates.iter().enumerate() {
+        let w = head.gate_weights(g).unwrap();
+        let n = info.experts.len();
+        for r in 0..BATCH {
+            let sum: f64 = w[r * n..(r + 1) * n].iter().sum();
+            assert!((sum - 1.0).abs() < 1e-12, "gate {g} row {r}: {sum}");
+        }
+    }
+    assert!(head.gate_weights(gates.len()).is_none());
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 /// Mean gate weights of a scored split.
 #[derive(Debug, Clone)]
 pub struct GateTable {
-    /// One name per gate (the task it serves, or "gate i").
+    /// One name per gate (the task it serves; PLE: `L<level> <task>` / `L<level> shared`).
     pub gates: Vec<String>,
     /// One name per expert (`index:kind`).
     pub experts: Vec<String>,
@@ -39,7 +39,9 @@ pub struct ReportInput {
     /// The split the metrics, gates and calibration were computed on.
     pub split: String,
     pub reports: Vec<TaskReport>,
-    pub gates: Option<GateTable>,
+    /// One table per set of gates that mix the same experts (MMoE: one; PLE: one per
+    /// gate); empty without gates.
+    pub gates: Vec<GateTable>,
     pub calibration: Vec<TaskCalibration>,
 }
 
@@ -66,8 +68,15 @@ pub fn render(r: &ReportInput) -> String {
     o.push_str("</table>");
     curves(&mut o, &r.log);
     metrics_table(&mut o, &r.split, &r.reports);
-    if let Some(g) = &r.gates {
-        gates(&mut o, g);
+    if !r.gates.is_empty() {
+        o.push_str("<h2>Expert utilisation (mean gate weight)</h2><div class=\"grid\">");
+        for g in &r.gates {
+            gates(&mut o, g);
+        }
+        o.push_str("</div>");
+        for g in &r.gates {
+            collapse_warnings(&mut o, g);
+        }
     }
     calibration(&mut o, &r.split, &r.calibration);
     o.push_str("</body></html>\n");
@@ -220,12 +229,21 @@ fn metrics_table(o: &mut String, split: &str, reports: &[TaskReport]) {
 }
 
 fn gates(o: &mut String, g: &GateTable) {
-    o.push_str("<h2>Expert utilisation (mean gate weight)</h2><div class=\"grid\">");
-    for (s, seg) in g.segments.iter().enumerate() {
-        let values: Vec<Vec<f64>> = g.means.iter().map(|per_seg| per_seg[s].clone()).collect();
-        o.push_str(&heatmap(&format!("segment {seg}: gate × expert"), &g.gates, &g.experts, &values));
+    match g.gates.as_slice() {
+        // One gate (PLE: each mixes its own experts): one heatmap, a row per segment.
+        [one] => o.push_str(&heatmap(&format!("gate {one}: segment × expert"), &g.segments, &g.experts, &g.means[0])),
+        // Gates over the same experts (MMoE): a heatmap per segment, a row per gate.
+        _ => {
+            for (s, seg) in g.segments.iter().enumerate() {
+                let values: Vec<Vec<f64>> = g.means.iter().map(|per_seg| per_seg[s].clone()).collect();
+                o.push_str(&heatmap(&format!("segment {seg}: gate × expert"), &g.gates, &g.experts, &values));
+            }
+        }
     }
-    o.push_str("</div>");
+}
+
+/// Names every gate that put more than 0.9 of its weight on one expert in a segment.
+fn collapse_warnings(o: &mut String, g: &GateTable) {
     for (gi, per_seg) in g.means.iter().enumerate() {
         for (s, means) in per_seg.iter().enumerate() {
             if let Some((e, m)) = means.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)) {

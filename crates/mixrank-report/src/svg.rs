@@ -205,7 +205,9 @@ fn heat(v: f64) -> String {
 
 /// A heatmap of `values[row][col]` (each in [0, 1]) with the value printed in each cell.
 pub fn heatmap(title: &str, rows: &[String], cols: &[String], values: &[Vec<f64>]) -> String {
-    let (cw, ch, lw, th) = (74.0, 26.0, 150.0, 44.0);
+    // Cells wide enough for the longest column label (11 px text, ~6.2 px a character).
+    let longest = cols.iter().map(|c| c.chars().count()).max().unwrap_or(0) as f64;
+    let (cw, ch, lw, th) = ((6.2 * longest + 10.0).max(74.0), 26.0, 150.0, 44.0);
     let w = lw + cw * cols.len() as f64 + 10.0;
     let h = th + ch * rows.len() as f64 + 10.0;
     let mut o = String::new();

@@ -27,10 +27,45 @@ pub struct Predictions {
     pub weights: Vec<f32>,
     pub segments: Vec<u32>,
     pub requests: Vec<u64>,
-    /// Mean gate weight `[gate][segment][expert]` (empty without gates).
-    pub gate_means: Vec<Vec<Vec<f64>>>,
-    /// Expert kinds, in expert order.
-    pub expert_kinds: Vec<String>,
+    /// Mean weights of every gate (empty without gates).
+    pub gates: Vec<GateMeans>,
+}
+
+/// One gate's mean weight per segment and expert.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GateMeans {
+    /// The task it serves (MMoE), `all tasks` (OMoE), `L<level> <task>` or
+    /// `L<level> shared` (PLE).
+    pub name: String,
+    /// The experts it mixes, in weight order: `index:kind` (MMoE, OMoE) or
+    /// `<task>.<index>:kind` / `shared.<index>:kind` (PLE).
+    pub experts: Vec<String>,
+    /// `[segment][expert]`.
+    pub means: Vec<Vec<f64>>,
+}
+
+impl GateMeans {
+    fn named(info: &mixrank_model::GateInfo, cfg: &ExperimentConfig, segments: usize) -> Self {
+        use mixrank_model::{ExpertOwner, GateRole};
+        let task = |t: usize| cfg.tasks[t].name.clone();
+        let name = match info.role {
+            GateRole::Task(t) => task(t),
+            GateRole::AllTasks => "all tasks".into(),
+            GateRole::PleTask { level, task: t } => format!("L{level} {}", task(t)),
+            GateRole::PleShared { level } => format!("L{level} shared"),
+        };
+        let experts = info
+            .experts
+            .iter()
+            .map(|e| match e.owner {
+                ExpertOwner::Head => format!("{}:{}", e.index, e.kind),
+                ExpertOwner::PleTask(t) => format!("{}.{}:{}", task(t), e.index, e.kind),
+                ExpertOwner::PleShared => format!("shared.{}:{}", e.index, e.kind),
+            })
+            .collect::<Vec<_>>();
+        let means = vec![vec![0.0; experts.len()]; segments];
+        GateMeans { name, experts, means }
+    }
 }
 
 impl Predictions {
@@ -139,16 +174,17 @@ pub fn evaluate(
     };
     let mut host = vec![0f32; cfg.data.batch_size];
     let n_seg = cfg.columns.segment.as_ref().map_or(1, |s| s.values.len());
-    let (n_gates, n_exp) = (model.head.n_gates(), model.head.n_experts());
-    let mut gate_sums = vec![vec![vec![0f64; n_exp]; n_seg]; n_gates];
+    // Sums first, divided by the segment's rows at the end.
+    let mut gates: Vec<GateMeans> = model.head.gates().iter().map(|g| GateMeans::named(g, &cfg, n_seg)).collect();
     let mut seg_rows = vec![0u64; n_seg];
     for b in BatchStream::start(enc, split, opts)? {
         let b = b?;
         model.forward(ops, &b)?;
-        for (g, sums) in gate_sums.iter_mut().enumerate() {
+        for (g, gate) in gates.iter_mut().enumerate() {
             let w = model.head.gate_weights(g).expect("gate exists");
+            let n_exp = gate.experts.len();
             for r in 0..b.rows {
-                let seg = &mut sums[b.segment[r] as usize];
+                let seg = &mut gate.means[b.segment[r] as usize];
                 for (e, acc) in seg.iter_mut().enumerate() {
                     *acc += w[r * n_exp + e] as f64;
                 }
@@ -166,70 +202,67 @@ pub fn evaluate(
         p.segments.extend_from_slice(&b.segment);
         p.requests.extend_from_slice(&b.request_id);
     }
-    p.gate_means = gate_sums
-        .into_iter()
-        .map(|per_seg| {
-            per_seg
-                .into_iter()
-                .zip(&seg_rows)
-                .map(|(v, &n)| v.into_iter().map(|x| x / n.max(1) as f64).collect())
-                .collect()
-        })
-        .collect();
-    p.expert_kinds = model.head.expert_kinds();
+    for gate in &mut gates {
+        for (per_seg, &n) in gate.means.iter_mut().zip(&seg_rows) {
+            per_seg.iter_mut().for_each(|x| *x /= n.max(1) as f64);
+        }
+    }
+    p.gates = gates;
     Ok(p)
 }
 
 impl Predictions {
-    /// One name per gate: the task it serves (MMoE), or `gate i` (OMoE's single gate).
-    pub fn gate_names(&self, cfg: &ExperimentConfig) -> Vec<String> {
-        let n = self.gate_means.len();
-        (0..n).map(|g| if n == cfg.tasks.len() { cfg.tasks[g].name.clone() } else { format!("gate {g}") }).collect()
+    /// The gates in tables: consecutive gates that mix the same experts share one
+    /// (MMoE's task gates: one table; PLE: one per gate, as each mixes its own set).
+    pub fn gate_groups(&self) -> Vec<&[GateMeans]> {
+        let mut out: Vec<&[GateMeans]> = Vec::new();
+        let mut start = 0;
+        for i in 1..=self.gates.len() {
+            if i == self.gates.len() || self.gates[i].experts != self.gates[start].experts {
+                out.push(&self.gates[start..i]);
+                start = i;
+            }
+        }
+        out
     }
 
-    /// One name per expert, `index:kind`.
-    pub fn expert_names(&self) -> Vec<String> {
-        self.expert_kinds.iter().enumerate().map(|(i, k)| format!("{i}:{k}")).collect()
-    }
-
-    /// The gate-utilisation table: per gate (task) and segment, the mean weight of each
+    /// The gate-utilisation tables: per gate and segment, the mean weight of each
     /// expert; a gate whose overall mean on one expert exceeds 0.9 is flagged as
     /// collapsed.
     pub fn render_gates(&self, cfg: &ExperimentConfig) -> String {
         use std::fmt::Write as _;
         let mut o = String::new();
-        if self.gate_means.is_empty() {
-            return o;
-        }
         let names = cfg.segment_names();
-        let gate_names = self.gate_names(cfg);
-        let head = self.expert_names();
-        let _ = writeln!(
-            o,
-            "mean gate weight per expert  {:<13} {}",
-            "segment",
-            head.iter().map(|h| format!("{h:>11}")).collect::<String>()
-        );
         let rows_per_seg: Vec<f64> =
             (0..names.len()).map(|s| self.segments.iter().filter(|&&x| x as usize == s).count() as f64).collect();
         let total: f64 = rows_per_seg.iter().sum();
-        for (g, per_seg) in self.gate_means.iter().enumerate() {
-            let gate = &gate_names[g];
-            let mut overall = vec![0f64; self.expert_kinds.len()];
-            for (s, means) in per_seg.iter().enumerate() {
-                for (e, m) in means.iter().enumerate() {
-                    overall[e] += m * rows_per_seg[s] / total.max(1.0);
+        for group in self.gate_groups() {
+            let experts = &group[0].experts;
+            // Columns as wide as the widest expert name (PLE's are `task.j:kind`), at least 11.
+            let w = experts.iter().map(|h| h.chars().count() + 1).max().unwrap_or(0).max(11);
+            let _ = writeln!(
+                o,
+                "mean gate weight per expert  {:<13} {}",
+                "segment",
+                experts.iter().map(|h| format!("{h:>w$}")).collect::<String>()
+            );
+            for gate in group {
+                let mut overall = vec![0f64; experts.len()];
+                for (s, means) in gate.means.iter().enumerate() {
+                    for (e, m) in means.iter().enumerate() {
+                        overall[e] += m * rows_per_seg[s] / total.max(1.0);
+                    }
+                    let cells: String = means.iter().map(|m| format!("{m:>w$.3}")).collect();
+                    let _ = writeln!(o, "  {:<27} {:<13} {cells}", gate.name, names[s]);
                 }
-                let cells: String = means.iter().map(|m| format!("{m:>11.3}")).collect();
-                let _ = writeln!(o, "  {gate:<27} {:<13} {cells}", names[s]);
-            }
-            if let Some((e, m)) = overall.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)) {
-                if *m > 0.9 {
-                    let _ = writeln!(
-                        o,
-                        "  warning: gate `{gate}` has collapsed onto expert {e} ({}) — mean weight {m:.3}",
-                        self.expert_kinds[e]
-                    );
+                if let Some((e, m)) = overall.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)) {
+                    if *m > 0.9 {
+                        let _ = writeln!(
+                            o,
+                            "  warning: gate `{}` has collapsed onto expert {} — mean weight {m:.3}",
+                            gate.name, experts[e]
+                        );
+                    }
                 }
             }
         }
@@ -249,14 +282,17 @@ mod tests {
             std::path::Path::new("t.toml"),
         )
         .unwrap();
+        let experts = vec!["0:dcnv2".to_string(), "1:mlp".into()];
+        let gate =
+            |name: &str, means: Vec<f64>| GateMeans { name: name.into(), experts: experts.clone(), means: vec![means] };
         let p = Predictions {
             segments: vec![0; 10],
-            gate_means: vec![vec![vec![0.95, 0.05]], vec![vec![0.5, 0.5]]],
-            expert_kinds: vec!["dcnv2".into(), "mlp".into()],
+            gates: vec![gate("click", vec![0.95, 0.05]), gate("save", vec![0.5, 0.5])],
             ..Default::default()
         };
         let text = p.render_gates(&cfg);
-        assert!(text.contains("gate `click` has collapsed onto expert 0 (dcnv2)"), "{text}");
+        assert_eq!(text.matches("mean gate weight per expert").count(), 1, "one table for gates over the same experts");
+        assert!(text.contains("gate `click` has collapsed onto expert 0:dcnv2"), "{text}");
         assert!(!text.contains("gate `save` has collapsed"), "{text}");
         assert!(Predictions::default().render_gates(&cfg).is_empty());
     }

@@ -74,7 +74,7 @@ pub fn build(run_dir: &Path, split: &str) -> Result<String> {
         log,
         split: split.to_string(),
         reports: preds.reports(&cfg),
-        gates: gate_table(&preds, &cfg),
+        gates: gate_tables(&preds, &cfg),
         calibration: calibration(&preds, &cfg),
     };
     Ok(mixrank_report::render(&input))
@@ -90,16 +90,16 @@ fn describe_model(cfg: &mixrank_data::ExperimentConfig) -> String {
     }
 }
 
-fn gate_table(p: &Predictions, cfg: &mixrank_data::ExperimentConfig) -> Option<GateTable> {
-    if p.gate_means.is_empty() {
-        return None;
-    }
-    Some(GateTable {
-        gates: p.gate_names(cfg),
-        experts: p.expert_names(),
-        segments: cfg.segment_names(),
-        means: p.gate_means.clone(),
-    })
+fn gate_tables(p: &Predictions, cfg: &mixrank_data::ExperimentConfig) -> Vec<GateTable> {
+    p.gate_groups()
+        .into_iter()
+        .map(|group| GateTable {
+            gates: group.iter().map(|g| g.name.clone()).collect(),
+            experts: group[0].experts.clone(),
+            segments: cfg.segment_names(),
+            means: group.iter().map(|g| g.means.clone()).collect(),
+        })
+        .collect()
 }
 
 fn calibration(p: &Predictions, cfg: &mixrank_data::ExperimentConfig) -> Vec<TaskCalibration> {

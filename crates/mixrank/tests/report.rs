@@ -79,6 +79,29 @@ fn report_of_an_mmoe_run_has_every_section() {
     std::fs::remove_file(run.join("train_log.jsonl")).unwrap();
     let (ok, _, err) = mixrank(&["report", run.to_str().unwrap()]);
     assert!(!ok && err.contains("train_log.jsonl"), "{err}");
+
+    // PLE: every gate mixes its own experts, so each gets its own table and heatmap.
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/models/ple.toml");
+    let run = d.path().join("ple");
+    let args = ["train", cfg.to_str().unwrap(), "--model", model.to_str().unwrap(), "--max-steps", "3"];
+    let (ok, _, err) = mixrank(&[&args[..], &["--out", run.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    let (ok, out, err) = mixrank(&["eval", run.to_str().unwrap(), "--split", "validation"]);
+    assert!(ok, "{err}");
+    // configs/models/ple.toml: 2 levels, 1 task expert, 3 shared; 4 tasks.
+    assert_eq!(out.matches("mean gate weight per expert").count(), 2 * 4 + 1, "{out}");
+    for row in ["L0 click", "L0 shared", "L1 conversion"] {
+        assert!(out.contains(&format!("  {row} ")), "no gate row {row}: {out}");
+    }
+    assert!(out.contains("click.0:mlp") && out.contains("shared.1:dcnv2"), "{out}");
+    let (ok, _, err) = mixrank(&["report", run.to_str().unwrap(), "--split", "validation"]);
+    assert!(ok, "{err}");
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    for gate in ["L0 click", "L0 shared", "L1 dwell"] {
+        assert!(html.contains(&format!("gate {gate}: segment × expert")), "no heatmap for gate {gate}");
+    }
+    assert!(!html.contains("L1 shared"), "the last level has no shared gate");
+    assert_balanced_svg(&html);
 }
 
 #[test]
