@@ -171,6 +171,7 @@ impl<B: Backend> FinalMlp<B> {
     pub fn set_training(&mut self, training: bool) {
         self.mlp1.set_training(training);
         self.mlp2.set_training(training);
+        self.fusion.set_training(training);
     }
 
     pub fn set_dropout_step(&mut self, step: u64) {

@@ -1,6 +1,6 @@
 //! FinalMLP's multi-head bilinear fusion of two streams.
 
-use mixrank_engine::{Backend, BlockShape, ColCopy, GemmSpec, Transpose};
+use mixrank_engine::{Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, Transpose};
 use rand::Rng;
 
 use crate::dense::{Linear, LinearConfig, ReducedGemm, ReducedSite, WeightLayout};
@@ -61,21 +61,52 @@ impl BilinearFusionConfig {
             LAYER,
         )?;
         let alloc = |n: usize| ops.alloc(n).ctx(LAYER);
+        // Element (r, o, j) of w_xy (r = h·hx + i < heads·hx) sits at r·d_out·hy + o·hy + j.
+        // `w_t` = W'ᵀ ([d_out, heads·hx·hy]) holds it at o·heads·hx·hy + r·hy + j: the hy-wide
+        // block (r, o) moves whole, from block r·d_out + o to block o·heads·hx + r.
+        // `w_r` = the stacked W'_h ([heads·hx·hy, d_out]) holds it at (r·hy + j)·d_out + o.
+        let (rows, d_out) = (self.heads * hx, self.d_out);
+        let mut to_t = vec![0u32; rows * d_out];
+        let mut from_t = vec![0u32; rows * d_out];
+        let mut to_r = vec![0u32; rows * hy * d_out];
+        for r in 0..rows {
+            for o in 0..d_out {
+                to_t[o * rows + r] = (r * d_out + o) as u32;
+                from_t[r * d_out + o] = (o * rows + r) as u32;
+                for j in 0..hy {
+                    to_r[(r * hy + j) * d_out + o] = (r * d_out * hy + o * hy + j) as u32;
+                }
+            }
+        }
+        let ids = |v: &[u32]| ops.upload_ids(v).ctx(LAYER);
+        let k = hx * hy;
         Ok(BilinearFusion {
             config: self.clone(),
             max_batch,
             w_x,
             w_y,
             w_xy,
-            t: (0..self.heads).map(|_| alloc(max_batch * self.d_out * hy)).collect::<Result<_>>()?,
+            training: true,
+            w_t_current: false,
+            w_r_current: false,
+            to_t: ids(&to_t)?,
+            from_t: ids(&from_t)?,
+            to_r: ids(&to_r)?,
+            w_t: alloc(rows * hy * d_out)?,
+            w_r: alloc(rows * hy * d_out)?,
+            dw_t: alloc(rows * hy * d_out)?,
+            dw_back: alloc(rows * hy * d_out)?,
+            z: (0..self.heads).map(|_| alloc(max_batch * k)).collect::<Result<_>>()?,
+            dz: alloc(max_batch * k)?,
+            x_head: alloc(max_batch * hx)?,
+            dx_head: alloc(max_batch * hx)?,
             y_head: alloc(max_batch * hy)?,
-            dt: alloc(max_batch * self.d_out * hy)?,
             dy_head: alloc(max_batch * hy)?,
-            out: alloc(max_batch * self.d_out)?,
+            zo: alloc(max_batch * d_out)?,
+            out: alloc(max_batch * d_out)?,
             d_x: alloc(max_batch * self.d_x)?,
             d_y: alloc(max_batch * self.d_y)?,
             reduced: (0..self.heads).map(|_| None).collect(),
-            reduced_ws: None,
             batch: None,
         })
     }
@@ -86,17 +117,22 @@ impl BilinearFusionConfig {
 /// `out[b, o] = w_xᵀ x_b + b_x + w_yᵀ y_b + Σ_h Σ_{i,j} x_{b,h,i} · W_h[i, o, j] · y_{b,h,j}`
 ///
 /// where head `h` takes columns `h·hx … (h+1)·hx` of `x` and `h·hy …` of `y`
-/// (`hx = d_x / heads`, `hy = d_y / heads`). Per head, `T_h = x_h · W_h`
-/// (`[batch, d_out·hy]`, one GEMM) is kept, then every row's `[d_out, hy]` block of
-/// `T_h` times its `y_h` is added to the output (`Backend::block_dot`).
+/// (`hx = d_x / heads`, `hy = d_y / heads`). The bilinear term runs as
+/// `Z_h · W'_h` with `Z_h[b, i·hy + j] = x_{b,h,i} · y_{b,h,j}` (`block_outer`,
+/// `[batch, hx·hy]`) and `W'_h[i·hy + j, o] = W_h[i, o, j]`: one GEMM per head with
+/// `k = hx·hy`, `n = d_out`. `w_xy` keeps FuxiCTR's storage (below) and is gathered
+/// into a GEMM-friendly copy whenever it has changed: in training mode `w_t = W'ᵀ`
+/// (`[d_out, heads·hx·hy]`; hy-wide blocks, a cheap gather, needed by backward anyway),
+/// in evaluation mode `w_r` = the stacked `W'_h` (`[heads·hx·hy, d_out]`; an element
+/// gather, paid once per weight change, for the faster non-transposed GEMM at small
+/// batches).
 ///
-/// At inference the bilinear term can instead run as `(x_h ⊗ y_h) · W'_h` (`block_outer`
-/// then one GEMM with `k = hx·hy`, `n = d_out`; [`WeightLayout::BilinearHead`]), the
-/// form a reduced-precision GEMM takes ([`BilinearFusion::visit_reduced`]).
+/// Backward per head: `dW'_hᵀ = doutᵀ · Z_h`, `dZ_h = dout · W'_hᵀ` (GEMMs),
+/// `dx_h[b, i] = Σ_j dZ_h[b, i·hy + j] · y_{b,h,j}` (`block_dot`),
+/// `dy_h[b, j] = Σ_i x_{b,h,i} · dZ_h[b, i·hy + j]` (`block_dot_t`).
 ///
-/// Backward per head: `dT_h[b, o·hy + j] = dout[b, o] · y_h[b, j]` (`block_outer`),
-/// `dy_h[b, j] = Σ_o dout[b, o] · T_h[b, o·hy + j]` (`block_dot_t`); then
-/// `dW_h += x_hᵀ · dT_h`, `dx_h += dT_h · W_hᵀ` (GEMMs).
+/// At inference the per-head GEMM can run in reduced precision
+/// ([`BilinearFusion::visit_reduced`], [`WeightLayout::BilinearHead`]).
 ///
 /// # Shapes
 /// - x: `[batch, d_x]`, y: `[batch, d_y]`
@@ -107,26 +143,70 @@ pub struct BilinearFusion<B: Backend> {
     max_batch: usize,
     pub w_x: Linear<B>,
     pub w_y: Linear<B>,
-    pub w_xy: Param<B>,
-    /// `T_h` per head, `[max_batch, d_out·hy]` each.
-    t: Vec<B::Buf>,
+    /// Private so every change goes through [`Parameters::visit_params`], which marks
+    /// the copies stale.
+    w_xy: Param<B>,
+    /// Training mode (forward through `w_t`) or evaluation (through `w_r`).
+    training: bool,
+    /// Whether `w_t` / `w_r` hold the current `w_xy` (set by their gathers, cleared by
+    /// every parameter visit: optimizer steps, checkpoint loads).
+    w_t_current: bool,
+    w_r_current: bool,
+    /// Gather indices: blocks `w_xy → w_t`, blocks `dw_t → w_xy`'s layout, elements
+    /// `w_xy → w_r`.
+    to_t: B::Ids,
+    from_t: B::Ids,
+    to_r: B::Ids,
+    /// `W'ᵀ`: `[d_out, heads·hx·hy]`, head `h` in columns `h·hx·hy …`; its gradient; and
+    /// that gradient in `w_xy`'s layout.
+    w_t: B::Buf,
+    w_r: B::Buf,
+    dw_t: B::Buf,
+    dw_back: B::Buf,
+    /// `Z_h` per head, `[max_batch, hx·hy]` each, kept for backward; `dZ_h`.
+    z: Vec<B::Buf>,
+    dz: B::Buf,
+    x_head: B::Buf,
+    dx_head: B::Buf,
     y_head: B::Buf,
-    dt: B::Buf,
     dy_head: B::Buf,
+    /// A head's reduced-precision GEMM output before it is added to `out`.
+    zo: B::Buf,
     out: B::Buf,
     d_x: B::Buf,
     d_y: B::Buf,
-    /// Per head, `(x_h ⊗ y_h) · W'_h` in reduced precision, when set.
+    /// Per head, `Z_h · W'_h` in reduced precision, when set.
     reduced: Vec<Option<Box<dyn ReducedGemm<B>>>>,
-    /// Workspaces of the reduced path (`x_h`, `x_h ⊗ y_h`, the head's GEMM output),
-    /// allocated by its first forward so training never holds them.
-    reduced_ws: Option<[B::Buf; 3]>,
     batch: Option<usize>,
 }
 
 impl<B: Backend> BilinearFusion<B> {
     pub fn config(&self) -> &BilinearFusionConfig {
         &self.config
+    }
+
+    /// The permuting gathers: `w_xy` as `heads·hx·d_out` hy-wide blocks (`dim = hy`) or
+    /// as single elements (`dim = 1`).
+    fn gather_spec(&self, dim: usize) -> GatherSpec {
+        let (heads, hx, hy, d_out) = self.dims();
+        let n = heads * hx * hy * d_out / dim;
+        GatherSpec { batch: n, dim, table_rows: n, out_cols: dim, col_offset: 0 }
+    }
+
+    /// Refreshes `w_t` from `w_xy` if it has changed.
+    fn ensure_w_t(&mut self, ops: &B) -> Result<()> {
+        if !self.w_t_current {
+            let spec = self.gather_spec(self.dims().2);
+            ops.gather_rows(&spec, &self.to_t, &self.w_xy.value, &mut self.w_t).ctx(LAYER)?;
+            self.w_t_current = true;
+        }
+        Ok(())
+    }
+
+    /// Training mode (the default) or evaluation mode: which copy of the bilinear weight
+    /// the forward reads (see the type's docs).
+    pub fn set_training(&mut self, training: bool) {
+        self.training = training;
     }
 
     fn dims(&self) -> (usize, usize, usize, usize) {
@@ -154,33 +234,41 @@ impl<B: Backend> BilinearFusion<B> {
         ops.copy_cols(&Self::block(batch, d_out, d_out, 0, false), lx, &mut self.out).ctx(LAYER)?;
         let ly = self.w_y.forward(ops, y, batch)?;
         ops.axpy(n_out, 1.0, ly, &mut self.out).ctx(LAYER)?;
-        for h in 0..heads {
-            ops.copy_cols(&Self::block(batch, hy, d_y, h * hy, false), y, &mut self.y_head).ctx(LAYER)?;
-            if let Some(r) = &mut self.reduced[h] {
-                let ws = match &mut self.reduced_ws {
-                    Some(ws) => ws,
-                    None => {
-                        let m = self.max_batch;
-                        let alloc = |n: usize| ops.alloc(n).ctx(LAYER);
-                        self.reduced_ws.insert([alloc(m * hx)?, alloc(m * hx * hy)?, alloc(m * d_out)?])
-                    }
-                };
-                let [x_head, z, zo] = ws;
-                ops.copy_cols(&Self::block(batch, hx, d_x, h * hx, false), x, x_head).ctx(LAYER)?;
-                // z[b, i·hy + j] = x_h[b, i] · y_h[b, j]; out += z · W'_h
-                let bs = BlockShape { rows: batch, blocks: hx, width: hy };
-                ops.block_outer(bs, x_head, &self.y_head, z).ctx(LAYER)?;
-                r.gemm(batch, z, zo)?;
-                ops.axpy(n_out, 1.0, zo, &mut self.out).ctx(LAYER)?;
-                continue;
+        let k = hx * hy;
+        if self.reduced.iter().any(Option::is_none) {
+            if self.training {
+                self.ensure_w_t(ops)?;
+            } else if !self.w_r_current {
+                ops.gather_rows(&self.gather_spec(1), &self.to_r, &self.w_xy.value, &mut self.w_r).ctx(LAYER)?;
+                self.w_r_current = true;
             }
-            // T_h = x_h · W_h: [batch, hx] · [hx, d_out·hy]
-            let spec =
-                GemmSpec::nn(batch, d_out * hy, hx).a_layout(h * hx, d_x).b_layout(h * hx * d_out * hy, d_out * hy);
-            ops.gemm(&spec, x, &self.w_xy.value, &mut self.t[h]).ctx(LAYER)?;
-            // out[b, o] += Σ_j T_h[b, o·hy + j] · y_h[b, j]
-            let bs = BlockShape { rows: batch, blocks: d_out, width: hy };
-            ops.block_dot(bs, &self.t[h], &self.y_head, &mut self.out, true).ctx(LAYER)?;
+        }
+        for h in 0..heads {
+            ops.copy_cols(&Self::block(batch, hx, d_x, h * hx, false), x, &mut self.x_head).ctx(LAYER)?;
+            ops.copy_cols(&Self::block(batch, hy, d_y, h * hy, false), y, &mut self.y_head).ctx(LAYER)?;
+            // Z_h[b, i·hy + j] = x_h[b, i] · y_h[b, j]; a reduced head (inference only, no
+            // backward to keep Z_h for) reuses the first buffer, which stays in cache.
+            let zi = if self.reduced[h].is_some() { 0 } else { h };
+            let bs = BlockShape { rows: batch, blocks: hx, width: hy };
+            ops.block_outer(bs, &self.x_head, &self.y_head, &mut self.z[zi]).ctx(LAYER)?;
+            match &mut self.reduced[h] {
+                Some(r) => {
+                    r.gemm(batch, &self.z[zi], &mut self.zo)?;
+                    ops.axpy(n_out, 1.0, &self.zo, &mut self.out).ctx(LAYER)?;
+                }
+                // out += Z_h · W'_h: [batch, k] · [k, d_out], as W'_hᵀ (w_t's columns h·k …)
+                // or W'_h (w_r's rows h·k …)
+                None if self.training => {
+                    let spec = GemmSpec::new(Transpose::No, Transpose::Yes, batch, d_out, k)
+                        .b_layout(h * k, heads * k)
+                        .beta(1.0);
+                    ops.gemm(&spec, &self.z[h], &self.w_t, &mut self.out).ctx(LAYER)?;
+                }
+                None => {
+                    let spec = GemmSpec::nn(batch, d_out, k).b_layout(h * k * d_out, d_out).beta(1.0);
+                    ops.gemm(&spec, &self.z[h], &self.w_r, &mut self.out).ctx(LAYER)?;
+                }
+            }
         }
         self.batch = Some(batch);
         Ok(&self.out)
@@ -203,25 +291,28 @@ impl<B: Backend> BilinearFusion<B> {
         ops.copy_cols(&Self::block(batch, d_x, d_x, 0, false), gx, &mut self.d_x).ctx(LAYER)?;
         let gy = self.w_y.backward(ops, y, d_output)?;
         ops.copy_cols(&Self::block(batch, d_y, d_y, 0, false), gy, &mut self.d_y).ctx(LAYER)?;
+        let k = hx * hy;
+        // The weights of the forward (nothing can change them in between).
+        self.ensure_w_t(ops)?;
         for h in 0..heads {
+            ops.copy_cols(&Self::block(batch, hx, d_x, h * hx, false), x, &mut self.x_head).ctx(LAYER)?;
             ops.copy_cols(&Self::block(batch, hy, d_y, h * hy, false), y, &mut self.y_head).ctx(LAYER)?;
-            let bs = BlockShape { rows: batch, blocks: d_out, width: hy };
-            ops.block_outer(bs, d_output, &self.y_head, &mut self.dt).ctx(LAYER)?;
-            ops.block_dot_t(bs, d_output, &self.t[h], &mut self.dy_head).ctx(LAYER)?;
+            // dW'_hᵀ = doutᵀ · Z_h: [d_out, batch] · [batch, k], w_t's layout
+            let dw = GemmSpec::new(Transpose::Yes, Transpose::No, d_out, k, batch).c_layout(h * k, heads * k);
+            ops.gemm(&dw, d_output, &self.z[h], &mut self.dw_t).ctx(LAYER)?;
+            // dZ_h = dout · W'_hᵀ: [batch, d_out] · [d_out, k]
+            let dz = GemmSpec::nn(batch, k, d_out).b_layout(h * k, heads * k);
+            ops.gemm(&dz, d_output, &self.w_t, &mut self.dz).ctx(LAYER)?;
+            let bs = BlockShape { rows: batch, blocks: hx, width: hy };
+            ops.block_dot(bs, &self.dz, &self.y_head, &mut self.dx_head, false).ctx(LAYER)?;
+            ops.copy_cols(&Self::block(batch, hx, d_x, h * hx, true), &self.dx_head, &mut self.d_x).ctx(LAYER)?;
+            ops.block_dot_t(bs, &self.x_head, &self.dz, &mut self.dy_head).ctx(LAYER)?;
             ops.copy_cols(&Self::block(batch, hy, d_y, h * hy, true), &self.dy_head, &mut self.d_y).ctx(LAYER)?;
-            // dW_h += x_hᵀ · dT_h: [hx, batch] · [batch, d_out·hy]
-            let dw = GemmSpec::new(Transpose::Yes, Transpose::No, hx, d_out * hy, batch)
-                .a_layout(h * hx, d_x)
-                .c_layout(h * hx * d_out * hy, d_out * hy)
-                .beta(1.0);
-            ops.gemm(&dw, x, &self.dt, &mut self.w_xy.grad).ctx(LAYER)?;
-            // dx_h += dT_h · W_hᵀ: [batch, d_out·hy] · [d_out·hy, hx]
-            let dx = GemmSpec::new(Transpose::No, Transpose::Yes, batch, hx, d_out * hy)
-                .b_layout(h * hx * d_out * hy, d_out * hy)
-                .c_layout(h * hx, d_x)
-                .beta(1.0);
-            ops.gemm(&dx, &self.dt, &self.w_xy.value, &mut self.d_x).ctx(LAYER)?;
         }
+        // Back to w_xy's layout, added to its gradient.
+        let spec = self.gather_spec(hy);
+        ops.gather_rows(&spec, &self.from_t, &self.dw_t, &mut self.dw_back).ctx(LAYER)?;
+        ops.axpy(heads * k * d_out, 1.0, &self.dw_back, &mut self.w_xy.grad).ctx(LAYER)?;
         Ok(())
     }
 
@@ -255,5 +346,8 @@ impl<B: Backend> Parameters<B> for BilinearFusion<B> {
         v.scope("w_x", |v| self.w_x.visit_params(v));
         v.scope("w_y", |v| self.w_y.visit_params(v));
         v.param("w_xy", &mut self.w_xy);
+        // The visitor may have changed w_xy (optimizer step, checkpoint load).
+        self.w_t_current = false;
+        self.w_r_current = false;
     }
 }

@@ -48,6 +48,45 @@ fn bilinear_fusion_matches_formula() {
     assert_eq!(out[0], 0.5 - 6.0);
 }
 
+#[test]
+fn bilinear_fusion_sees_weights_changed_between_forwards_in_both_modes() {
+    // The layer keeps reordered copies of w_xy (one per mode); a parameter visit must
+    // refresh them, and both modes compute the same function.
+    let ops = mixrank_engine::CpuOps::new();
+    let (d_x, d_y, heads, d_out, batch) = (4, 6, 2, 3, 5);
+    let mut g = rng(8);
+    let (x, y) = (uniform32(&mut g, batch * d_x, -1.0, 1.0), uniform32(&mut g, batch * d_y, -1.0, 1.0));
+    let mut outputs = Vec::new();
+    for training in [true, false] {
+        let mut f = BilinearFusionConfig::new(d_x, d_y, heads, d_out).init(&ops, batch, &mut rng(1)).unwrap();
+        f.set_training(training);
+        let before = f.forward(&ops, &x, &y, batch).unwrap()[..batch * d_out].to_vec();
+        f.params(&mut |name, p| {
+            if name == "w_xy" {
+                p.value.iter_mut().for_each(|v| *v = -2.0 * *v + 0.25);
+            }
+        });
+        let after = f.forward(&ops, &x, &y, batch).unwrap()[..batch * d_out].to_vec();
+        let mut values = Vec::new();
+        f.params(&mut |_, p| values.push(p.value.clone()));
+        let mut fresh = BilinearFusionConfig::new(d_x, d_y, heads, d_out).init(&ops, batch, &mut rng(2)).unwrap();
+        fresh.set_training(training);
+        let mut i = 0;
+        fresh.params(&mut |_, p| {
+            p.value.copy_from_slice(&values[i]);
+            i += 1;
+        });
+        let want = fresh.forward(&ops, &x, &y, batch).unwrap()[..batch * d_out].to_vec();
+        assert_ne!(before, after, "training = {training}");
+        assert_eq!(after, want, "training = {training}");
+        outputs.push(after);
+    }
+    let scale = outputs[0].iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (a, b) in outputs[0].iter().zip(&outputs[1]) {
+        assert!((a - b).abs() <= 1e-5 * scale, "training {a} vs evaluation {b}");
+    }
+}
+
 /// A "reduced" GEMM that is exact (f64 accumulation of the f32 weight the site hands
 /// over), so the reduced path's reordering `(x_h ⊗ y_h) · W'_h` is checked on its own.
 struct ExactGemm {
