@@ -62,6 +62,57 @@ impl Bf16Matrix {
         Ok(())
     }
 
+    /// Overwrites the first `rows` rows with the row-wise outer products of `x`
+    /// (`[rows, bx]`) and `y` (`[rows, cols / bx]`): row `r` holds `x[r, i] · y[r, j]` at
+    /// column `i·by + j`, each f32 product rounded to nearest even — the same values as
+    /// forming the products in f32 and calling [`Bf16Matrix::copy_from_f32`], without the
+    /// f32 matrix.
+    pub fn copy_outer_from_f32(
+        &mut self,
+        kernel: Bf16Kernel,
+        rows: usize,
+        bx: usize,
+        x: &[f32],
+        y: &[f32],
+    ) -> Result<()> {
+        const OP: &str = "Bf16Matrix::copy_outer_from_f32";
+        if bx == 0 || !self.cols.is_multiple_of(bx) {
+            return Err(crate::EngineError::ShapeMismatch {
+                op: OP,
+                lhs: "x",
+                lhs_shape: vec![rows, bx],
+                rhs: "self",
+                rhs_shape: vec![self.rows, self.cols],
+            });
+        }
+        let (cols, ld, by) = (self.cols, self.ld, self.cols / bx);
+        check::holds(OP, "self", self.rows, &[rows, cols], rows)?;
+        check::holds(OP, "x", x.len(), &[rows, bx], rows * bx)?;
+        check::holds(OP, "y", y.len(), &[rows, by], rows * by)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let per = (8192 / cols).max(1);
+        let band = |(r0, d): (usize, &mut [bf16])| {
+            let mut tmp = vec![0f32; by];
+            for (k, d) in d.chunks_mut(ld).enumerate() {
+                let r = r0 + k;
+                let (xr, yr) = (&x[r * bx..(r + 1) * bx], &y[r * by..(r + 1) * by]);
+                for (i, &xi) in xr.iter().enumerate() {
+                    tmp.iter_mut().zip(yr).for_each(|(t, &yj)| *t = xi * yj);
+                    kernel.convert(&tmp, &mut d[i * by..(i + 1) * by]);
+                }
+            }
+        };
+        let dst = &mut self.data.as_mut_slice()[..rows * ld];
+        if !worth_splitting(rows * cols) {
+            band((0, dst));
+        } else {
+            dst.par_chunks_mut(per * ld).enumerate().map(|(c, d)| (c * per, d)).for_each(band);
+        }
+        Ok(())
+    }
+
     /// Back to f32 (exact), `[rows, cols]` dense.
     pub fn to_f32(&self) -> Vec<f32> {
         (0..self.rows)
@@ -239,5 +290,36 @@ mod tests {
         assert_eq!(m.clone().data().as_ptr() as usize % 64, 0);
         let m = Bf16Matrix::from_f32(1, 1, &[1.0 + 3.0 / 256.0]).unwrap();
         assert_eq!(m.to_f32(), vec![1.0 + 1.0 / 64.0]); // 1+3/256 ties up to 1+4/256
+    }
+
+    #[test]
+    fn outer_products_round_like_the_f32_matrix_would() {
+        // Small (one band) and large (split over threads) row counts, odd widths, values
+        // whose products need rounding; every kernel.
+        let kernels = [Some(Bf16Kernel::detect()), Some(Bf16Kernel::portable()), Bf16Kernel::avx512bf16().ok()];
+        for (rows, bx, by) in [(3, 3, 5), (700, 16, 24)] {
+            let val =
+                |n: usize, s: f32| (0..n).map(|i| ((i as f32 * s).sin() * 3.0) + 1.0 / 300.0).collect::<Vec<f32>>();
+            let (x, y) = (val(rows * bx, 0.77), val(rows * by, 1.31));
+            let z: Vec<f32> = (0..rows)
+                .flat_map(|r| {
+                    let (x, y) = (&x, &y);
+                    (0..bx).flat_map(move |i| (0..by).map(move |j| x[r * bx + i] * y[r * by + j]))
+                })
+                .collect();
+            for kernel in kernels.into_iter().flatten() {
+                let mut want = Bf16Matrix::zeros(rows, bx * by);
+                want.copy_from_f32(kernel, rows, &z).unwrap();
+                let mut got = Bf16Matrix::zeros(rows, bx * by);
+                got.copy_outer_from_f32(kernel, rows, bx, &x, &y).unwrap();
+                assert_eq!(got, want, "{} rows {rows}", kernel.name());
+            }
+        }
+        let mut m = Bf16Matrix::zeros(2, 6);
+        assert!(
+            m.copy_outer_from_f32(Bf16Kernel::portable(), 2, 4, &[0.0; 8], &[0.0; 4]).is_err(),
+            "4 does not divide 6"
+        );
+        assert!(m.copy_outer_from_f32(Bf16Kernel::portable(), 2, 3, &[0.0; 5], &[0.0; 4]).is_err(), "x too short");
     }
 }

@@ -11,6 +11,23 @@ use crate::optim::HostBackend;
 /// `out[..batch, ..n] = input[..batch, ..k] · W` in reduced precision.
 pub trait ReducedGemm<B: Backend>: Send {
     fn gemm(&mut self, batch: usize, input: &B::Buf, out: &mut B::Buf) -> Result<()>;
+
+    /// `out = (x ⊗ y) · W`: row `b` of the input is `x[b, i] · y[b, j]` at column
+    /// `i·by + j` (`x`: `[batch, bx]`, `y`: `[batch, by]`, `k = bx·by`). The default forms
+    /// it in `z` (f32, `[batch, k]`) and calls [`ReducedGemm::gemm`]; a kernel may form
+    /// it in its own precision directly (then `z` is left alone).
+    fn gemm_outer(
+        &mut self,
+        ops: &B,
+        shape: mixrank_engine::BlockShape,
+        x: &B::Buf,
+        y: &B::Buf,
+        z: &mut B::Buf,
+        out: &mut B::Buf,
+    ) -> Result<()> {
+        ops.block_outer(shape, x, y, z).ctx("ReducedGemm::gemm_outer")?;
+        self.gemm(shape.rows, z, out)
+    }
     /// Kernel name, for reports.
     fn name(&self) -> &'static str;
 }
@@ -87,6 +104,22 @@ impl<B: HostBackend> ReducedGemm<B> for HostBf16 {
     fn gemm(&mut self, batch: usize, input: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
         let k = self.packed.k();
         self.scratch.copy_from_f32(self.kernel, batch, &input[..batch * k]).ctx("HostBf16")?;
+        let n = self.packed.n();
+        self.kernel.gemm(batch, &self.scratch, &self.packed, &mut out[..batch * n]).ctx("HostBf16")
+    }
+
+    /// The outer products go straight to bf16 (no f32 `[batch, k]` matrix).
+    fn gemm_outer(
+        &mut self,
+        _ops: &B,
+        shape: mixrank_engine::BlockShape,
+        x: &Vec<f32>,
+        y: &Vec<f32>,
+        _z: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let (batch, bx, by) = (shape.rows, shape.blocks, shape.width);
+        self.scratch.copy_outer_from_f32(self.kernel, batch, bx, &x[..batch * bx], &y[..batch * by]).ctx("HostBf16")?;
         let n = self.packed.n();
         self.kernel.gemm(batch, &self.scratch, &self.packed, &mut out[..batch * n]).ctx("HostBf16")
     }

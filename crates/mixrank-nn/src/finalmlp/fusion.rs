@@ -246,28 +246,25 @@ impl<B: Backend> BilinearFusion<B> {
         for h in 0..heads {
             ops.copy_cols(&Self::block(batch, hx, d_x, h * hx, false), x, &mut self.x_head).ctx(LAYER)?;
             ops.copy_cols(&Self::block(batch, hy, d_y, h * hy, false), y, &mut self.y_head).ctx(LAYER)?;
-            // Z_h[b, i·hy + j] = x_h[b, i] · y_h[b, j]; a reduced head (inference only, no
-            // backward to keep Z_h for) reuses the first buffer, which stays in cache.
-            let zi = if self.reduced[h].is_some() { 0 } else { h };
+            // Z_h[b, i·hy + j] = x_h[b, i] · y_h[b, j]
             let bs = BlockShape { rows: batch, blocks: hx, width: hy };
-            ops.block_outer(bs, &self.x_head, &self.y_head, &mut self.z[zi]).ctx(LAYER)?;
-            match &mut self.reduced[h] {
-                Some(r) => {
-                    r.gemm(batch, &self.z[zi], &mut self.zo)?;
-                    ops.axpy(n_out, 1.0, &self.zo, &mut self.out).ctx(LAYER)?;
-                }
-                // out += Z_h · W'_h: [batch, k] · [k, d_out], as W'_hᵀ (w_t's columns h·k …)
-                // or W'_h (w_r's rows h·k …)
-                None if self.training => {
-                    let spec = GemmSpec::new(Transpose::No, Transpose::Yes, batch, d_out, k)
-                        .b_layout(h * k, heads * k)
-                        .beta(1.0);
-                    ops.gemm(&spec, &self.z[h], &self.w_t, &mut self.out).ctx(LAYER)?;
-                }
-                None => {
-                    let spec = GemmSpec::nn(batch, d_out, k).b_layout(h * k * d_out, d_out).beta(1.0);
-                    ops.gemm(&spec, &self.z[h], &self.w_r, &mut self.out).ctx(LAYER)?;
-                }
+            if let Some(r) = &mut self.reduced[h] {
+                // Inference only: the kernel may form Z_h in its own precision; z[0] is
+                // scratch for those that do not.
+                r.gemm_outer(ops, bs, &self.x_head, &self.y_head, &mut self.z[0], &mut self.zo)?;
+                ops.axpy(n_out, 1.0, &self.zo, &mut self.out).ctx(LAYER)?;
+                continue;
+            }
+            ops.block_outer(bs, &self.x_head, &self.y_head, &mut self.z[h]).ctx(LAYER)?;
+            // out += Z_h · W'_h: [batch, k] · [k, d_out], as W'_hᵀ (w_t's columns h·k …) in
+            // training or W'_h (w_r's rows h·k …) in evaluation
+            if self.training {
+                let spec =
+                    GemmSpec::new(Transpose::No, Transpose::Yes, batch, d_out, k).b_layout(h * k, heads * k).beta(1.0);
+                ops.gemm(&spec, &self.z[h], &self.w_t, &mut self.out).ctx(LAYER)?;
+            } else {
+                let spec = GemmSpec::nn(batch, d_out, k).b_layout(h * k * d_out, d_out).beta(1.0);
+                ops.gemm(&spec, &self.z[h], &self.w_r, &mut self.out).ctx(LAYER)?;
             }
         }
         self.batch = Some(batch);

@@ -111,6 +111,19 @@ impl ReducedGemm<mixrank_engine::CpuOps> for ExactGemm {
     }
 }
 
+/// HostBf16 through the trait's default `gemm_outer` (outer product in f32 first).
+struct ViaF32(HostBf16);
+
+impl ReducedGemm<mixrank_engine::CpuOps> for ViaF32 {
+    fn gemm(&mut self, batch: usize, input: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        ReducedGemm::<mixrank_engine::CpuOps>::gemm(&mut self.0, batch, input, out)
+    }
+
+    fn name(&self) -> &'static str {
+        "via-f32"
+    }
+}
+
 #[test]
 fn bilinear_fusion_reduced_path_reorders_exactly_and_bf16_tracks_f32() {
     use mixrank_engine::bf16::Bf16Kernel;
@@ -155,14 +168,22 @@ fn bilinear_fusion_reduced_path_reorders_exactly_and_bf16_tracks_f32() {
     let e = exact.backward(&ops, &x, &y, &vec![1.0; batch * d_out]).err().unwrap().to_string();
     assert!(e.contains("inference only"), "{e}");
 
-    // bf16 behind every site: close to f32, not equal.
+    // bf16 behind every site: close to f32, not equal; and HostBf16's direct bf16 outer
+    // products give exactly what the f32 outer product plus its GEMM gives.
     for kernel in [Bf16Kernel::detect(), Bf16Kernel::portable()] {
+        let mut via_f32 = make();
+        via_f32.visit_reduced(&mut |site| {
+            let r = HostBf16::new(kernel, site.k, site.n, &site.dense_weight(), site.max_batch).unwrap();
+            *site.slot = Some(Box::new(ViaF32(r)));
+        });
+        let plain = via_f32.forward(&ops, &x, &y, batch).unwrap()[..batch * d_out].to_vec();
         let mut f = make();
         f.visit_reduced(&mut |site| {
             let r = HostBf16::new(kernel, site.k, site.n, &site.dense_weight(), site.max_batch).unwrap();
             *site.slot = Some(Box::new(r));
         });
         let got = f.forward(&ops, &x, &y, batch).unwrap();
+        assert_eq!(&got[..batch * d_out], &plain[..], "{}", kernel.name());
         let max = want.iter().zip(&got[..batch * d_out]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         // bf16 rounds each operand to 8 significant bits: ~2^-8 relative per product.
         assert!(max > 0.0 && max < 0.02 * scale, "{}: max |Δ| {max} (scale {scale})", kernel.name());
