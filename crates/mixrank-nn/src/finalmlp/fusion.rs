@@ -157,10 +157,11 @@ pub struct BilinearFusion<B: Backend> {
     to_t: B::Ids,
     from_t: B::Ids,
     to_r: B::Ids,
-    /// `W'ᵀ`: `[d_out, heads·hx·hy]`, head `h` in columns `h·hx·hy …`; its gradient; and
-    /// that gradient in `w_xy`'s layout.
+    /// `W'ᵀ`: `[d_out, heads·hx·hy]`, head `h` in columns `h·hx·hy …`.
     w_t: B::Buf,
+    /// The `W'_h` stacked: `[heads·hx·hy, d_out]`, head `h` in rows `h·hx·hy …`.
     w_r: B::Buf,
+    /// The gradient in `w_t`'s layout, and gathered back into `w_xy`'s.
     dw_t: B::Buf,
     dw_back: B::Buf,
     /// `Z_h` per head, `[max_batch, hx·hy]` each, kept for backward; `dZ_h`.
