@@ -11,6 +11,23 @@ fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
+/// Simulates 3 days of engagement data (`requests_per_day` each) under `dir/data` and
+/// returns its config with the `[model]`/`[train]` file `model` (written to
+/// `dir/model.toml`).
+fn engagement_config(dir: &Path, requests_per_day: usize, model: &str) -> ExperimentConfig {
+    let p = mixrank_data::simulate::EngagementParams { requests_per_day, days: 3, ..Default::default() };
+    let sim = mixrank_data::simulate::simulate_engagement(&p, &dir.join("data")).unwrap();
+    let path = dir.join("model.toml");
+    std::fs::write(&path, model).unwrap();
+    ExperimentConfig::load(&sim.config).unwrap().with_model_file(&path).unwrap()
+}
+
+/// The run's `train_log.jsonl`, one JSON value per line.
+fn train_log(run: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run.join("train_log.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
 #[test]
 fn frappe_dcnv2_learns() {
     let d = tempfile::tempdir().unwrap();
@@ -32,8 +49,7 @@ fn frappe_dcnv2_learns() {
     let auc = m.auc.unwrap();
     assert!(auc > 0.85, "validation AUC {auc}");
     // The log has train lines and one validation line per epoch; the files parse.
-    let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
-    let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines = train_log(&out);
     assert_eq!(lines.iter().filter(|l| l["event"] == "validation").count(), 3);
     let first = lines.iter().find(|l| l["event"] == "train").unwrap()["loss"].as_f64().unwrap();
     let last = lines.iter().rev().find(|l| l["event"] == "train").unwrap()["loss"].as_f64().unwrap();
@@ -210,16 +226,12 @@ fn time_based_periodic_checkpoints_keep_the_newest_and_resume_finds_them() {
 #[test]
 fn uncertainty_weighting_learns_one_log_variance_per_task() {
     let d = tempfile::tempdir().unwrap();
-    let p = mixrank_data::simulate::EngagementParams { requests_per_day: 200, days: 3, ..Default::default() };
-    let sim = mixrank_data::simulate::simulate_engagement(&p, &d.path().join("data")).unwrap();
-    let model = d.path().join("model.toml");
-    std::fs::write(
-        &model,
+    let cfg = engagement_config(
+        d.path(),
+        200,
         "[model]\narchitecture = \"shared_bottom\"\nexpert_dim = 8\ntower = { hidden = [4] }\n\
          [[model.experts]]\nkind = \"mlp\"\nhidden = [8]\n[train]\nepochs = 3\nlr = 0.05\nloss_weighting = \"uncertainty\"\n",
-    )
-    .unwrap();
-    let cfg = ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap();
+    );
     let names: Vec<String> = cfg.tasks.iter().map(|t| t.name.clone()).collect();
     let out = d.path().join("run");
     train(Arc::new(cfg), &TrainOptions::new(&out)).unwrap();
@@ -241,24 +253,19 @@ fn uncertainty_weighting_learns_one_log_variance_per_task() {
 #[test]
 fn early_stopping_validates_every_n_steps_and_keeps_the_best_model() {
     let d = tempfile::tempdir().unwrap();
-    let p = mixrank_data::simulate::EngagementParams { requests_per_day: 150, days: 3, ..Default::default() };
-    let sim = mixrank_data::simulate::simulate_engagement(&p, &d.path().join("data")).unwrap();
-    let model = d.path().join("model.toml");
     // A learning rate this large makes validation AUC wander, so patience 1 stops early.
-    std::fs::write(
-        &model,
+    let cfg = engagement_config(
+        d.path(),
+        150,
         "[model]\narchitecture = \"shared_bottom\"\nexpert_dim = 8\ntower = { hidden = [4] }\n\
          [[model.experts]]\nkind = \"mlp\"\nhidden = [16]\n\
          [train]\nepochs = 30\nlr = 0.05\neval_every_steps = 1\nearly_stopping_patience = 1\n",
-    )
-    .unwrap();
-    let cfg = ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap();
+    );
     let steps_per_epoch = 1500u64.div_ceil(cfg.data.batch_size as u64);
     let out = d.path().join("run");
     let s = train(Arc::new(cfg), &TrainOptions::new(&out)).unwrap();
     assert!(s.steps < 30 * steps_per_epoch, "stopped early: {} steps", s.steps);
-    let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
-    let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines = train_log(&out);
     let events = |e: &str| lines.iter().filter(|l| l["event"] == e).cloned().collect::<Vec<_>>();
     // One validation per step, each followed by a verdict.
     assert_eq!(events("validation").len() as u64, s.steps);
@@ -284,24 +291,19 @@ fn early_stopping_validates_every_n_steps_and_keeps_the_best_model() {
 #[test]
 fn reduce_on_plateau_scales_the_learning_rate_after_each_validation_without_improvement() {
     let d = tempfile::tempdir().unwrap();
-    let p = mixrank_data::simulate::EngagementParams { requests_per_day: 150, days: 3, ..Default::default() };
-    let sim = mixrank_data::simulate::simulate_engagement(&p, &d.path().join("data")).unwrap();
-    let model = d.path().join("model.toml");
-    std::fs::write(
-        &model,
+    let cfg = engagement_config(
+        d.path(),
+        150,
         "[model]\narchitecture = \"shared_bottom\"\nexpert_dim = 8\ntower = { hidden = [4] }\n\
          [[model.experts]]\nkind = \"mlp\"\nhidden = [16]\n\
          [train]\nepochs = 30\nlr = 0.05\nsparse_lr = 0.04\neval_every_steps = 1\nearly_stopping_patience = 3\n\
          lr_plateau_factor = 0.5\n",
-    )
-    .unwrap();
-    let cfg = ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap();
+    );
     let out = d.path().join("run");
     let mut opts = TrainOptions::new(&out);
     opts.log_every = 1;
     let s = train(Arc::new(cfg), &opts).unwrap();
-    let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
-    let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines = train_log(&out);
     // Scale after each validation, by step; the scale halves exactly on the verdicts
     // without improvement.
     let mut scale_after = std::collections::BTreeMap::new();
@@ -331,17 +333,13 @@ fn reduce_on_plateau_scales_the_learning_rate_after_each_validation_without_impr
 #[test]
 fn a_resumed_run_with_dropout_matches_an_uninterrupted_one_bit_for_bit() {
     let d = tempfile::tempdir().unwrap();
-    let p = mixrank_data::simulate::EngagementParams { requests_per_day: 400, days: 3, ..Default::default() };
-    let sim = mixrank_data::simulate::simulate_engagement(&p, &d.path().join("data")).unwrap();
-    let model = d.path().join("model.toml");
-    std::fs::write(
-        &model,
+    let mut cfg = engagement_config(
+        d.path(),
+        400,
         "[model]\narchitecture = \"mmoe\"\nexpert_dim = 8\nshared = { hidden = [16], dropout = 0.3 }\n\
          tower = { hidden = [4] }\n[[model.experts]]\nkind = \"mlp\"\ncount = 2\nhidden = [16]\ndropout = 0.5\n\
          [train]\nepochs = 1\ncheckpoint_every_steps = 3\n",
-    )
-    .unwrap();
-    let mut cfg = ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap();
+    );
     cfg.data.batch_size = 256;
     let cfg = Arc::new(cfg);
     let whole = d.path().join("whole");
@@ -387,25 +385,17 @@ fn crash_at(line: &str) {
 #[test]
 fn a_resumed_run_stops_early_at_the_step_and_with_the_model_of_an_uninterrupted_one() {
     let d = tempfile::tempdir().unwrap();
-    let p = mixrank_data::simulate::EngagementParams { requests_per_day: 150, days: 3, ..Default::default() };
-    let sim = mixrank_data::simulate::simulate_engagement(&p, &d.path().join("data")).unwrap();
-    let model = d.path().join("model.toml");
     // As in the early-stopping test: a large learning rate makes validation AUC wander.
-    std::fs::write(
-        &model,
+    let mut cfg = engagement_config(
+        d.path(),
+        150,
         "[model]\narchitecture = \"shared_bottom\"\nexpert_dim = 8\ntower = { hidden = [4] }\n\
          [[model.experts]]\nkind = \"mlp\"\nhidden = [16]\n\
          [train]\nepochs = 30\nlr = 0.05\neval_every_steps = 1\nearly_stopping_patience = 3\n\
          checkpoint_every_steps = 1\nkeep_checkpoints = 2\nthreads = 1\n",
-    )
-    .unwrap();
-    let mut cfg = ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap();
+    );
     cfg.data.batch_size = 512; // 3 steps an epoch
     let cfg = Arc::new(cfg);
-    let log = |dir: &Path| -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(dir.join("train_log.jsonl")).unwrap();
-        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-    };
     let steps_of = |lines: &[serde_json::Value], event: &str| -> Vec<u64> {
         lines.iter().filter(|l| l["event"] == event).map(|l| l["step"].as_u64().unwrap()).collect()
     };
@@ -417,7 +407,7 @@ fn a_resumed_run_stops_early_at_the_step_and_with_the_model_of_an_uninterrupted_
     let s = train(cfg.clone(), &TrainOptions::new(&whole)).unwrap();
     let stop = s.steps;
     let best = manifest(&whole.join("checkpoint")).step;
-    assert_eq!(steps_of(&log(&whole), "early_stop"), [stop], "stopped early");
+    assert_eq!(steps_of(&train_log(&whole), "early_stop"), [stop], "stopped early");
     assert_eq!(best + 3, stop, "patience 3 after the best validation");
 
     // Killed after the update of step stop - 1: the newest checkpoint is stop - 2's, when
@@ -441,7 +431,7 @@ fn a_resumed_run_stops_early_at_the_step_and_with_the_model_of_an_uninterrupted_
     opts.resume = true;
     let r = train(cfg.clone(), &opts).unwrap();
     assert_eq!(r.steps, stop, "the resumed run stops where the uninterrupted one did");
-    let lines = log(&split);
+    let lines = train_log(&split);
     assert_eq!(steps_of(&lines, "early_stop"), [stop]);
     assert_eq!(steps_of(&lines, "best_model"), [best]);
     let (a, b) = (manifest(&whole.join("checkpoint")), manifest(&split.join("checkpoint")));
@@ -456,7 +446,7 @@ fn a_resumed_run_stops_early_at_the_step_and_with_the_model_of_an_uninterrupted_
     assert_eq!((again.steps, &again.validation), (stop, &s.validation));
     let c = manifest(&split.join("checkpoint"));
     assert_eq!((c.step, c.weights_xxh3(), c.early_stopping), (a.step, a.weights_xxh3(), a.early_stopping));
-    let lines = log(&split);
+    let lines = train_log(&split);
     assert_eq!(steps_of(&lines, "best_model"), [best, best]);
     let last = lines.iter().rfind(|l| l["event"] == "early_stopping").unwrap();
     assert_eq!(last["verdict"]["without_improvement"], 3, "{last}");
@@ -473,6 +463,6 @@ fn a_resumed_run_stops_early_at_the_step_and_with_the_model_of_an_uninterrupted_
     // Resumed from it, a run starts monitoring afresh (so it trains on) and logs so.
     let afresh = train(cfg.clone(), &opts).unwrap();
     assert!(afresh.steps > stop, "monitoring restarted: {} steps", afresh.steps);
-    let resume = log(&split).into_iter().rfind(|l| l["event"] == "resume").unwrap();
+    let resume = train_log(&split).into_iter().rfind(|l| l["event"] == "resume").unwrap();
     assert!(resume["step"] == stop && resume["early_stopping"].is_null(), "{resume}");
 }
