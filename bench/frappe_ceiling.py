@@ -9,8 +9,7 @@ This script prints s, the AUC of logistic regression on one-hot fields overall a
 non-memorisable rows, and the AUC of LR with perfect memorisation added (the memorisable rows
 scored above everything): an estimate of the ceiling for models that generalise like LR.
 
-Split: like configs/frappe.toml (90% of frappe.validation.libfm to train, test on
-frappe.test.libfm), but a seeded random 90% rather than mixrank's hash of (file, row).
+Split: bench/frappe_split.py.
 Usage: python bench/frappe_ceiling.py [SHARED_DATA_DIR]   (needs numpy, scipy, scikit-learn)
 """
 
@@ -21,29 +20,16 @@ import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from frappe_split import split
+
 data = sys.argv[1] if len(sys.argv) > 1 else "../shared/data/frappe"
 
 
-def load(path):
-    xs, ys = [], []
-    for line in open(path):
-        t = line.split()
-        ys.append(1.0 if t[0] == "1" else 0.0)
-        xs.append([int(a.split(":")[0]) for a in t[1:]])
-    return np.array(xs), np.array(ys)
-
-
-xv, yv = load(f"{data}/frappe.validation.libfm")
-xt, yt = load(f"{data}/frappe.test.libfm")
-perm = np.random.default_rng(0).permutation(len(yv))
-ntr = int(0.9 * len(yv))
-xtr, ytr = xv[perm[:ntr]], yv[perm[:ntr]]
-vocab = int(max(xv.max(), xt.max())) + 1
-
-train_pos_pairs = set(map(tuple, xtr[ytr == 1][:, :2]))
-train_neg_pairs = set(map(tuple, xtr[ytr == 0][:, :2]))
-seen_pos = np.array([tuple(p) in train_pos_pairs for p in xt[:, :2]])
-seen_neg = np.array([tuple(p) in train_neg_pairs for p in xt[:, :2]])
+fs = split(data)
+xtr, ytr, xt, yt, vocab = fs.xtr, fs.ytr, fs.xt, fs.yt, fs.vocab
+ntr = len(ytr)
+seen_pos = fs.test_rows_in(fs.train_pairs(1))
+seen_neg = fs.test_rows_in(fs.train_pairs(0))
 s = seen_pos[yt == 1].mean()
 print(f"training rows {ntr}, test rows {len(yt)}, test label rate {yt.mean():.4f}")
 print(f"test rows whose (user, item) is a training positive: {seen_pos.mean():.4f} of rows, "

@@ -7,7 +7,7 @@ after 2 epochs without improvement (BARS's Frappe_x1 settings). Prints validatio
 AUC per epoch, and test AUC on the rows whose (user, item) pair is not a training positive
 (see bench/frappe_ceiling.py).
 
-Split: seeded random 90% / 10% of frappe.validation.libfm, test frappe.test.libfm.
+Split: bench/frappe_split.py.
 Usage: python bench/frappe_torch_dcnv2.py [EMB_DIM=10] [EMB_L2=0.05] [dcn|dnn] [SHARED_DATA_DIR]
 """
 
@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 from sklearn.metrics import roc_auc_score
 
+from frappe_split import split
+
 dim = int(sys.argv[1]) if len(sys.argv) > 1 else 10
 emb_l2 = float(sys.argv[2]) if len(sys.argv) > 2 else 0.05
 kind = sys.argv[3] if len(sys.argv) > 3 else "dcn"
@@ -26,24 +28,11 @@ torch.set_num_threads(2)
 torch.manual_seed(0)
 
 
-def load(path):
-    xs, ys = [], []
-    for line in open(path):
-        t = line.split()
-        ys.append(1.0 if t[0] == "1" else 0.0)
-        xs.append([int(a.split(":")[0]) for a in t[1:]])
-    return np.array(xs), np.array(ys, dtype=np.float32)
-
-
-xv, yv = load(f"{data}/frappe.validation.libfm")
-xt, yt = load(f"{data}/frappe.test.libfm")
-perm = np.random.default_rng(0).permutation(len(yv))
-ntr = int(0.9 * len(yv))
-xtr, ytr, xva, yva = xv[perm[:ntr]], yv[perm[:ntr]], xv[perm[ntr:]], yv[perm[ntr:]]
-pos_pairs = set(map(tuple, xtr[ytr == 1][:, :2]))
-unseen = np.array([tuple(p) not in pos_pairs for p in xt[:, :2]])
-vocab = int(max(xv.max(), xt.max())) + 1
-xtr, ytr, xva, xt_t = map(torch.tensor, (xtr, ytr, xva, xt))
+fs = split(data)
+xtr, ytr, xva, yva, xt, yt, vocab = fs.xtr, fs.ytr, fs.xva, fs.yva, fs.xt, fs.yt, fs.vocab
+ntr = len(ytr)
+unseen = ~fs.test_rows_in(fs.train_pairs(1))
+xtr, ytr, xva, xt_t = map(torch.tensor, (xtr, ytr.astype(np.float32), xva, xt))
 
 
 class Model(nn.Module):
