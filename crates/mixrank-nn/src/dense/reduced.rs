@@ -66,12 +66,14 @@ impl<B: HostBackend> ReducedSite<'_, B> {
             WeightLayout::Dense => std::borrow::Cow::Borrowed(&self.weight[..self.k * self.n]),
             WeightLayout::BilinearHead { head, hx, hy } => {
                 let n = self.n;
+                // Head `head`'s rows of the stacked W'.
+                let first = head * hx * hy * n;
                 let mut w = vec![0f32; hx * hy * n];
-                for i in 0..hx {
-                    let row = &self.weight[(head * hx + i) * n * hy..(head * hx + i + 1) * n * hy];
+                for r in head * hx..(head + 1) * hx {
                     for o in 0..n {
                         for j in 0..hy {
-                            w[(i * hy + j) * n + o] = row[o * hy + j];
+                            let (old, new) = crate::finalmlp::w_prime_index(r, o, j, hy, n);
+                            w[new - first] = self.weight[old];
                         }
                     }
                 }

@@ -74,7 +74,8 @@ impl BilinearFusionConfig {
                 to_t[o * rows + r] = (r * d_out + o) as u32;
                 from_t[r * d_out + o] = (o * rows + r) as u32;
                 for j in 0..hy {
-                    to_r[(r * hy + j) * d_out + o] = (r * d_out * hy + o * hy + j) as u32;
+                    let (old, new) = w_prime_index(r, o, j, hy, d_out);
+                    to_r[new] = old as u32;
                 }
             }
         }
@@ -110,6 +111,12 @@ impl BilinearFusionConfig {
             batch: None,
         })
     }
+}
+
+/// Element `(r, o, j)` of `w_xy` (`[heads·hx, d_out·hy]`, `r = h·hx + i`): its index
+/// there and in the stacked `W'_h` (`[heads·hx·hy, d_out]`, `W'_h[i·hy + j, o]`).
+pub(crate) fn w_prime_index(r: usize, o: usize, j: usize, hy: usize, d_out: usize) -> (usize, usize) {
+    (r * d_out * hy + o * hy + j, (r * hy + j) * d_out + o)
 }
 
 /// Multi-head bilinear fusion (FinalMLP, Mao et al. 2023):
