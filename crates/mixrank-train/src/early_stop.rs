@@ -1,7 +1,9 @@
 //! Early stopping on the validation split.
 //!
-//! The monitored value is the first task's validation AUC (binary) or its negated RMSE
-//! (regression), overall: higher is better either way. After `patience` validations in
+//! The monitored value is `[train] early_stopping_metric` on `early_stopping_task` (a
+//! task, or the mean over the tasks the metric applies to), overall; by default the
+//! first task's validation AUC (binary) or RMSE (regression). Lower-is-better metrics
+//! are negated, so higher is better throughout. After `patience` validations in
 //! a row without a strictly better value, training stops. Every improvement is saved as
 //! a full checkpoint under `RUN_DIR/best/`; at the end of the run that checkpoint
 //! becomes the run's final `checkpoint/`, so eval, compare, report and serve load the
@@ -15,6 +17,7 @@
 //! run resumed with `--resume` goes on counting where it left off: it stops at the step
 //! an uninterrupted run stops at, and its model is the same best validation's.
 
+use mixrank_data::config::model::{Monitor, MonitorMetric};
 use mixrank_metrics::{TaskMetrics, TaskReport};
 use serde::{Deserialize, Serialize};
 
@@ -103,13 +106,25 @@ impl EarlyStopping {
         self.state
     }
 
-    /// The first task's AUC, or minus its RMSE; `None` when it has no value (e.g. a
-    /// single-class validation split).
-    pub fn monitored(reports: &[TaskReport]) -> Option<f64> {
-        match &reports.first()?.overall {
-            TaskMetrics::Binary(b) => b.auc,
-            TaskMetrics::Regression(r) => Some(-r.rmse),
+    /// The monitored value, oriented so that higher is better (a lower-is-better metric
+    /// is negated): the monitor's metric on its task, or its mean over its tasks; `None`
+    /// when a task has no value (e.g. AUC of a single-class validation split).
+    pub fn monitored(monitor: &Monitor, reports: &[TaskReport]) -> Option<f64> {
+        let mut sum = 0.0;
+        for &t in &monitor.tasks {
+            let v = match (&reports.get(t)?.overall, monitor.metric) {
+                (TaskMetrics::Binary(b), MonitorMetric::Auc) => b.auc?,
+                (TaskMetrics::Binary(b), MonitorMetric::Gauc) => b.gauc?,
+                (TaskMetrics::Binary(b), MonitorMetric::Logloss) => b.logloss,
+                (TaskMetrics::Binary(b), MonitorMetric::Ne) => b.ne?,
+                (TaskMetrics::Regression(r), MonitorMetric::Rmse) => r.rmse,
+                (TaskMetrics::Regression(r), MonitorMetric::Mae) => r.mae,
+                _ => return None,
+            };
+            sum += v;
         }
+        let mean = sum / monitor.tasks.len().max(1) as f64;
+        Some(if monitor.metric.higher_is_better() { mean } else { -mean })
     }
 
     /// Records the validation at `step`. A missing value never counts as an improvement;
@@ -192,6 +207,53 @@ mod tests {
         let mut off = EarlyStopping::new(2).unwrap();
         off.observe(Some(0.5), 1);
         assert_eq!(off.observe(Some(0.4), 2).lr_scale, 1.0);
+    }
+
+    #[test]
+    fn monitored_value_follows_the_task_and_metric() {
+        use mixrank_data::config::model::{resolve_monitor, TrainSection};
+        use mixrank_metrics::{binary::binary_metrics, regression::regression_metrics};
+        let tasks = [("click", true), ("save", true), ("dwell", false)];
+        let bin = |p: &[f32], y: &[f32]| TaskMetrics::Binary(binary_metrics(p, y, None, None));
+        let reports = vec![
+            TaskReport {
+                task: "click".into(),
+                overall: bin(&[0.9, 0.2, 0.6], &[1.0, 0.0, 0.0]),
+                segments: Default::default(),
+            },
+            TaskReport {
+                task: "save".into(),
+                overall: bin(&[0.1, 0.8, 0.7], &[1.0, 0.0, 0.0]),
+                segments: Default::default(),
+            },
+            TaskReport {
+                task: "dwell".into(),
+                overall: TaskMetrics::Regression(regression_metrics(&[1.0, 2.0], &[1.0, 4.0], None)),
+                segments: Default::default(),
+            },
+        ];
+        let monitor = |task: Option<&str>, metric: Option<MonitorMetric>| {
+            let t = TrainSection {
+                early_stopping_task: task.map(str::to_string),
+                early_stopping_metric: metric,
+                ..TrainSection::default()
+            };
+            resolve_monitor(&t, &tasks)
+        };
+        let v = |m: Monitor| EarlyStopping::monitored(&m, &reports).unwrap();
+        // Default: the first task's AUC (click: the positive 0.9 is above both negatives → 1).
+        assert_eq!(v(monitor(None, None).unwrap()), 1.0);
+        // save: 0.1 below both negatives → AUC 0.
+        assert_eq!(v(monitor(Some("save"), None).unwrap()), 0.0);
+        assert_eq!(v(monitor(Some("mean"), None).unwrap()), 0.5);
+        assert_eq!(monitor(Some("mean"), None).unwrap().label, "mean auc (click, save)");
+        // Lower-is-better metrics are negated: RMSE of (0, 2) = sqrt(2).
+        assert!((v(monitor(Some("dwell"), None).unwrap()) + 2f64.sqrt()).abs() < 1e-12);
+        assert!(v(monitor(Some("click"), Some(MonitorMetric::Logloss)).unwrap()) < 0.0);
+        // Errors name the key.
+        assert_eq!(monitor(Some("ctr"), None).unwrap_err().0, "train.early_stopping_task");
+        let e = monitor(Some("dwell"), Some(MonitorMetric::Auc)).unwrap_err();
+        assert!(e.0 == "train.early_stopping_metric" && e.1.contains("regression task `dwell`"), "{e:?}");
     }
 
     #[test]

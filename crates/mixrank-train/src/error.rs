@@ -33,6 +33,9 @@ pub enum TrainError {
     /// `--init` cannot map the parent onto the new config (e.g. the head changed).
     #[error("cannot warm-start from {}: {message}", parent.display())]
     WarmStart { parent: std::path::PathBuf, message: String },
+    /// The run directory holds another run, or another process writes it.
+    #[error("{0}")]
+    RunDir(String),
     #[error("training diverged at step {step}: task `{task}` loss is {loss}")]
     Diverged { step: u64, task: String, loss: f32 },
     #[error("{0}")]

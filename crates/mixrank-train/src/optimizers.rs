@@ -53,7 +53,7 @@ impl Optimizers {
             (DenseOptimizer::Adam, w) => WeightDecay::L2(w as f32),
             (DenseOptimizer::Adamw, w) => WeightDecay::Decoupled(w as f32),
         };
-        let adam_cfg = AdamConfig { weight_decay, clip_norm: t.grad_clip.map(|c| c as f32), ..AdamConfig::default() };
+        let adam_cfg = AdamConfig { weight_decay, clip_norm: t.clip_norm().map(|c| c as f32), ..AdamConfig::default() };
         let adam = Adam::new(adam_cfg, model);
         let sparse = model.emb.as_ref().map(|e| match t.sparse_optimizer {
             SparseOptimizer::RowwiseAdagrad => {

@@ -1,33 +1,38 @@
-//! The training loop: batches from the pipeline, forward, per-task losses (BCE for
-//! binary tasks, MSE for regression; label masks and sample weights applied; task
-//! weights scale the gradients), backward, Adam for dense parameters and a sparse
-//! optimizer for the embedding rows a batch touched; validation after every epoch.
+//! The training loop. [`train`] claims the run directory ([`crate::run_dir`]), starts
+//! the run ([`crate::start`]: fresh, `--resume` or `--init`) and drives [`Run`]: epochs
+//! of batches from the pipeline, each one [`Run::step`] (forward, label losses
+//! ([`crate::losses`]), distillation, backward, optimizer step), and the phases around
+//! it — progress and log lines, [`Run::validate`] (with early stopping), periodic
+//! checkpoints, and [`Run::finish`] (the final model, `metrics.json`). Training stops at
+//! the first bound reached — `epochs`, `max_steps` or early stopping — and says which
+//! ([`StopReason`]).
 //!
-//! Writes `RUN_DIR/train_log.jsonl` (one JSON object per line: `{"event": "train", …}`
-//! every `log_every` steps, `{"event": "validation", …}` after each epoch) and
-//! `RUN_DIR/metrics.json` (the last validation's reports), each through a temporary
-//! file and a rename, periodic checkpoints to `RUN_DIR/checkpoints/step-<N>/`
-//! ([`crate::periodic`]) and the final model to `RUN_DIR/checkpoint/` ([`crate::checkpoint`]).
-//! How a run starts (fresh, `--resume`, `--init`) is [`crate::start`]'s business.
+//! Writes `RUN_DIR/train_log.jsonl` ([`crate::train_log`]), `RUN_DIR/metrics.json`,
+//! periodic checkpoints to `RUN_DIR/checkpoints/step-<N>/` ([`crate::periodic`]) and the
+//! final model to `RUN_DIR/checkpoint/` ([`crate::checkpoint`]).
 
 use crate::checkpoint::{CheckpointInfo, Cursor};
 use crate::early_stop::{EarlyStopState, EarlyStopping};
-use crate::error::{engine, layer, Result, TrainError};
+use crate::error::{layer, Result, TrainError};
 use crate::evaluate::evaluate;
-use crate::lineage::Stage;
+use crate::lineage::{Lineage, Stage};
+use crate::losses::TaskLosses;
+use crate::optimizers::Optimizers;
 use crate::periodic::{Periodic, FINAL};
+use crate::run_dir::Claim;
 use crate::start::Start;
 use crate::trace::RowTrace;
+use crate::train_log::{Log, TrainLine, ValidationLine};
 use mixrank_data::config::model::LrDecay;
-use mixrank_data::config::{ExperimentConfig, RegressionLoss, TaskKind};
+use mixrank_data::config::{ExperimentConfig, Split};
 use mixrank_data::pipeline::{BatchStream, StreamOptions};
+use mixrank_data::stats::DenseStats;
 use mixrank_data::{DenseMode, Encoder};
-use mixrank_engine::{Backend, CpuOps, GradWrite, LossInput};
+use mixrank_engine::CpuOps;
 use mixrank_metrics::TaskReport;
 use mixrank_model::RankingModel;
 use mixrank_nn::{Decay, LrSchedule};
 use serde::Serialize;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -52,6 +57,9 @@ pub struct TrainOptions {
     /// Continue from the newest checkpoint of `out_dir` that verifies, at its exact
     /// data cursor; the train log is appended.
     pub resume: bool,
+    /// Replace a run already in `out_dir` (its files are deleted first); without it, and
+    /// without `resume`, a directory holding a run is refused.
+    pub overwrite: bool,
     /// Keep distillation on in the incremental stage (off by default there).
     pub allow_distill_in_incremental: bool,
     /// Debugging aid: record the rows of every step ([`crate::trace`]).
@@ -71,6 +79,7 @@ impl TrainOptions {
             stage: Stage::Batch,
             init: None,
             resume: false,
+            overwrite: false,
             allow_distill_in_incremental: false,
             trace_rows: None,
             step_delay: None,
@@ -85,6 +94,43 @@ impl TrainOptions {
     }
 }
 
+/// Why a run stopped training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum StopReason {
+    /// Every one of `[train] epochs` was trained.
+    Epochs { epochs: usize },
+    /// The step budget (`max_steps`) ran out first.
+    MaxSteps { max_steps: u64 },
+    /// Early stopping: `patience` validations in a row without improvement.
+    EarlyStopping { best_step: u64 },
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::Epochs { epochs } => write!(f, "all {epochs} epoch(s) done"),
+            StopReason::MaxSteps { max_steps } => write!(f, "max_steps = {max_steps} reached"),
+            StopReason::EarlyStopping { best_step } => {
+                write!(f, "early stopping (best validation at step {best_step})")
+            }
+        }
+    }
+}
+
+/// What the run's closing metrics scored.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scored {
+    /// The split (`validation`).
+    pub split: String,
+    /// The checkpoint whose predictions the reports are (`RUN_DIR/checkpoint`).
+    pub checkpoint: PathBuf,
+    /// Its step.
+    pub step: u64,
+    /// Whether it is the best validation's model (early stopping) rather than the last.
+    pub best: bool,
+}
+
 /// What a training run did.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainSummary {
@@ -94,73 +140,19 @@ pub struct TrainSummary {
     pub examples: u64,
     /// Wall time of this process's run.
     pub seconds: f64,
-    /// Examples this process trained on per second.
+    /// Of that, time spent training (validation and checkpoint writes excluded).
+    pub train_seconds: f64,
+    /// Examples this process trained on per second of training time.
     pub examples_per_second: f64,
-    /// Reports of the last validation (empty without a validation split).
+    /// Which bound ended training.
+    pub stop: StopReason,
+    /// What `validation` scored (absent without a validation split).
+    pub scored: Option<Scored>,
+    /// Reports of the run's model on the validation split (empty without one).
     pub validation: Vec<TaskReport>,
     /// Predictions of the last validation, row by row in file order (for comparisons).
     #[serde(skip)]
     pub predictions: Option<crate::evaluate::Predictions>,
-}
-
-#[derive(Serialize)]
-struct TrainLine<'a> {
-    event: &'static str,
-    step: u64,
-    epoch: usize,
-    examples: u64,
-    elapsed_s: f64,
-    examples_per_s: f64,
-    lr: f32,
-    /// The embedding optimizer's learning rate (absent for a model without tables).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sparse_lr: Option<f32>,
-    loss: f64,
-    task_loss: Vec<(&'a str, f64)>,
-    /// Mean distillation loss per distilled task (absent without `[distill]`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    distill_loss: Vec<(&'a str, f64)>,
-}
-
-#[derive(Serialize)]
-struct ValidationLine<'a> {
-    event: &'static str,
-    step: u64,
-    epoch: usize,
-    reports: &'a [TaskReport],
-}
-
-/// Appends JSON lines to the train log.
-struct Log {
-    path: PathBuf,
-    file: std::fs::File,
-}
-
-impl Log {
-    /// A new log, or the existing one continued (a resumed run); a line cut short by a
-    /// kill is terminated first.
-    fn open(path: PathBuf, append: bool) -> Result<Log> {
-        let io = |source| TrainError::Io { path: path.clone(), source };
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(append)
-            .write(true)
-            .truncate(!append)
-            .open(&path)
-            .map_err(io)?;
-        if append {
-            let text = std::fs::read(&path).map_err(io)?;
-            if text.last().is_some_and(|&b| b != b'\n') {
-                file.write_all(b"\n").map_err(io)?;
-            }
-        }
-        Ok(Log { path, file })
-    }
-
-    fn line(&mut self, v: &impl Serialize) -> Result<()> {
-        let text = serde_json::to_string(v).map_err(|e| TrainError::Other(e.to_string()))?;
-        writeln!(self.file, "{text}").map_err(|source| TrainError::Io { path: self.path.clone(), source })
-    }
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
@@ -169,7 +161,17 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
 
 /// Trains the model the config describes and validates it after every epoch.
 pub fn train(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<TrainSummary> {
-    std::fs::create_dir_all(&opts.out_dir).map_err(|source| TrainError::Io { path: opts.out_dir.clone(), source })?;
+    let claim = match (opts.resume, opts.overwrite) {
+        (true, true) => return Err(TrainError::RunDir("--resume and --overwrite exclude each other".into())),
+        (true, false) => Claim::Resume,
+        (false, true) => Claim::Overwrite,
+        (false, false) => Claim::Fresh,
+    };
+    // Held until the run ends: a second writer of this directory fails at once.
+    let lock = crate::run_dir::claim(&opts.out_dir, claim)?;
+    if let (Some(pid), Some(p)) = (lock.took_over_from, opts.progress) {
+        p(&format!("took over the lock of {} left by pid {pid}, which no longer runs", opts.out_dir.display()));
+    }
     let threads = match cfg.train.threads {
         0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         n => n,
@@ -181,313 +183,502 @@ pub fn train(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<TrainSum
 }
 
 fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<TrainSummary> {
-    let t = &cfg.train;
-    let train_split = cfg.split("train")?;
     let ops = CpuOps::new();
-    let bs = cfg.data.batch_size;
-    let Start { stats, mut model, mut optim, mut step, mut examples, mut cursor, lineage, early_stopping, events } =
-        crate::start::start(&cfg, opts, &ops)?;
-    let enc = Arc::new(Encoder::new(cfg.clone(), DenseMode::Fitted(Arc::new(stats.clone())))?);
-    // Dropout masks continue where the checkpoint left off (a no-op for a fresh run).
-    model.head.set_dropout_step(step);
-    let max_steps = opts.max_steps.or(t.max_steps);
-    let schedule = LrSchedule {
-        peak: t.lr as f32,
-        warmup_steps: t.warmup_steps,
-        total_steps: max_steps.unwrap_or(0).max(t.warmup_steps),
-        decay: match (t.decay, max_steps) {
-            (LrDecay::None, _) | (_, None) => Decay::Constant,
-            (LrDecay::Linear, Some(_)) => Decay::Linear,
-            (LrDecay::Cosine, Some(_)) => Decay::Cosine,
-        },
-        min_ratio: if t.decay == LrDecay::None { 1.0 } else { 0.0 },
-    };
-    schedule.validate().map_err(layer("learning-rate schedule"))?;
+    let mut run = Run::start(cfg, opts, &ops)?;
+    let stop = run.train()?;
+    run.finish(stop)
+}
 
-    let n_tasks = cfg.tasks.len();
-    let mut log = Log::open(opts.out_dir.join("train_log.jsonl"), opts.resume)?;
-    for e in &events {
-        log.line(e)?;
+/// Time spent training, as opposed to validating or writing checkpoints.
+struct Clock {
+    start: Instant,
+    /// Training time of this process before the current stretch.
+    train: f64,
+    /// When the current training stretch began (`None` while validating or saving).
+    since: Option<Instant>,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let now = Instant::now();
+        Clock { start: now, train: 0.0, since: Some(now) }
     }
-    let mut trace = opts.trace_rows.as_deref().map(|p| RowTrace::open(p, opts.resume)).transpose()?;
-    let mut periodic = Periodic::new(&opts.out_dir, t);
-    let info = |step, examples, cursor, early_stopping: Option<EarlyStopState>| CheckpointInfo {
-        config: &cfg,
-        dense_stats: &stats,
-        step,
-        examples,
-        cursor,
-        lineage: lineage.clone(),
-        early_stopping,
-    };
-    let (mut labels, mut masks, mut weights) = (vec![Vec::new(); n_tasks], vec![Vec::new(); n_tasks], Vec::new());
-    let mut grads: Vec<Vec<f32>> = vec![vec![0.0; bs]; n_tasks];
-    let mut weighting = crate::weighting::TaskWeighting::new(n_tasks);
-    let task_weights: Vec<f64> = cfg.tasks.iter().map(|t| t.weight).collect();
-    let mut step_loss = vec![0f32; n_tasks];
-    let start = Instant::now();
-    // Throughput counts this process's examples (a resumed run starts past zero).
-    let examples_at_start = examples;
-    let steps_at_start = step;
-    // Steps of one whole epoch, once one has been seen (for the progress ETA).
-    let mut epoch_steps: Option<u64> = None;
-    // Steps and per-task loss sums since the last log line.
-    let (mut window_steps, mut window_loss) = (0u64, vec![0f64; n_tasks]);
-    // `[distill]` applies in the batch stage; the incremental stage only with
-    // --distill-in-incremental (the seed found it overfits there).
-    let mut distiller =
-        if opts.distillation_enabled(&cfg) { crate::distill::Distiller::new(&cfg, &ops)? } else { None };
-    let mut window_distill = vec![0f64; n_tasks];
-    let mut last_reports = Vec::new();
-    let mut last_preds = None;
-    // The epoch in which the step budget ran out, if it did.
-    let mut stopped_in = None;
-    // A resumed run continues the count of the run it resumes (the config, so the
-    // patience, is the same: `start` refuses a changed one).
-    let mut early = EarlyStopping::new(t.early_stopping_patience)
-        .map(|fresh| match early_stopping {
-            Some(s) => EarlyStopping::restore(EarlyStopState { patience: t.early_stopping_patience, ..s }),
-            None => fresh,
-        })
-        .map(|e| e.with_plateau_factor(t.lr_plateau_factor));
-    let early_state = |e: &Option<EarlyStopping>| e.as_ref().map(EarlyStopping::state);
-    let best_dir = opts.out_dir.join(crate::early_stop::BEST);
-    let (mut best_reports, mut best_preds) = (None, None);
-    let mut last_validated = None;
-    let eval_every = t.eval_every_steps;
-    // Validates at (step, epoch) and applies early stopping; evaluates to `true` when
-    // training should stop.
-    macro_rules! validate_now {
-        ($epoch:expr) => {{
-            validate(&mut model, &ops, &enc, &mut log, (step, $epoch), &mut last_reports, &mut last_preds)?;
-            last_validated = Some(step);
-            match &mut early {
-                Some(es) if last_preds.is_some() => {
-                    let v = es.observe(EarlyStopping::monitored(&last_reports), step);
-                    log.line(&serde_json::json!({"event": "early_stopping", "step": step, "verdict": v}))?;
-                    if v.improved {
-                        let info = info(step, examples, cursor, Some(es.state()));
-                        crate::checkpoint::save(&best_dir, &mut model, &optim, &info)?;
-                        best_reports = Some(last_reports.clone());
-                        best_preds = last_preds.clone();
-                    }
-                    v.stop
-                }
-                _ => false,
-            }
-        }};
+    /// Seconds of training so far.
+    fn train_seconds(&self) -> f64 {
+        self.train + self.since.map_or(0.0, |s| s.elapsed().as_secs_f64())
     }
-    'epochs: for epoch in cursor.epoch as usize..t.epochs.max(1) {
-        // Out of steps, or resumed from a checkpoint written when early stopping had
-        // already decided to stop.
-        if max_steps.is_some_and(|m| step >= m) || early.as_ref().is_some_and(EarlyStopping::stopped) {
-            stopped_in = Some(epoch);
-            break 'epochs;
+    /// Stops counting training time (a validation or a checkpoint write begins).
+    fn pause(&mut self) {
+        if let Some(s) = self.since.take() {
+            self.train += s.elapsed().as_secs_f64();
         }
-        let mut sopts = StreamOptions::from_config(&cfg, true);
+    }
+    fn resume(&mut self) {
+        self.since.get_or_insert_with(Instant::now);
+    }
+}
+
+/// Steps and per-task loss sums since the last log line.
+struct Window {
+    steps: u64,
+    loss: Vec<f64>,
+    distill: Vec<f64>,
+}
+
+impl Window {
+    fn clear(&mut self) {
+        self.steps = 0;
+        self.loss.iter_mut().for_each(|l| *l = 0.0);
+        self.distill.iter_mut().for_each(|l| *l = 0.0);
+    }
+}
+
+/// The last validation and the best one (early stopping).
+#[derive(Default)]
+struct Validations {
+    last_step: Option<u64>,
+    reports: Vec<TaskReport>,
+    preds: Option<crate::evaluate::Predictions>,
+    best_reports: Option<Vec<TaskReport>>,
+    best_preds: Option<crate::evaluate::Predictions>,
+}
+
+/// One training run: the model and optimizer state, the data cursor and the run's
+/// bookkeeping. [`Run::train`] is the loop over epochs and batches; [`Run::step`] one
+/// update; the phases around it are [`Run::validate`] (with early stopping),
+/// [`Run::checkpoint_if_due`] and [`Run::finish`].
+struct Run<'a> {
+    cfg: Arc<ExperimentConfig>,
+    opts: &'a TrainOptions,
+    ops: &'a CpuOps,
+    enc: Arc<Encoder>,
+    stats: DenseStats,
+    model: RankingModel<CpuOps>,
+    optim: Optimizers,
+    step: u64,
+    examples: u64,
+    cursor: Cursor,
+    lineage: Lineage,
+    max_steps: Option<u64>,
+    schedule: LrSchedule,
+    log: Log,
+    trace: Option<RowTrace>,
+    periodic: Periodic,
+    losses: TaskLosses,
+    distiller: Option<crate::distill::Distiller>,
+    window: Window,
+    early: Option<EarlyStopping>,
+    monitor: mixrank_data::config::model::Monitor,
+    validations: Validations,
+    clock: Clock,
+    /// Throughput counts this process's examples and steps (a resumed run starts past zero).
+    examples_at_start: u64,
+    steps_at_start: u64,
+    /// Steps of one whole epoch, once one has been seen (the progress total).
+    epoch_steps: Option<u64>,
+}
+
+/// The checkpoint metadata of a [`Run`] now (borrowing only the fields it reads, so the
+/// model can be borrowed mutably beside it).
+macro_rules! info {
+    ($run:ident) => {
+        CheckpointInfo {
+            config: &$run.cfg,
+            dense_stats: &$run.stats,
+            step: $run.step,
+            examples: $run.examples,
+            cursor: $run.cursor,
+            lineage: $run.lineage.clone(),
+            early_stopping: $run.early.as_ref().map(EarlyStopping::state),
+        }
+    };
+}
+
+impl<'a> Run<'a> {
+    fn start(cfg: Arc<ExperimentConfig>, opts: &'a TrainOptions, ops: &'a CpuOps) -> Result<Run<'a>> {
+        let t = &cfg.train;
+        cfg.split("train")?;
+        let Start { stats, mut model, optim, step, examples, cursor, lineage, early_stopping, events } =
+            crate::start::start(&cfg, opts, ops)?;
+        let enc = Arc::new(Encoder::new(cfg.clone(), DenseMode::Fitted(Arc::new(stats.clone())))?);
+        // Dropout masks continue where the checkpoint left off (a no-op for a fresh run).
+        model.head.set_dropout_step(step);
+        let max_steps = opts.max_steps.or(t.max_steps);
+        let schedule = LrSchedule {
+            peak: t.lr as f32,
+            warmup_steps: t.warmup_steps,
+            total_steps: max_steps.unwrap_or(0).max(t.warmup_steps),
+            decay: match (t.decay, max_steps) {
+                (LrDecay::None, _) | (_, None) => Decay::Constant,
+                (LrDecay::Linear, Some(_)) => Decay::Linear,
+                (LrDecay::Cosine, Some(_)) => Decay::Cosine,
+            },
+            min_ratio: if t.decay == LrDecay::None { 1.0 } else { 0.0 },
+        };
+        schedule.validate().map_err(layer("learning-rate schedule"))?;
+        let mut log = Log::open(opts.out_dir.join("train_log.jsonl"), opts.resume)?;
+        for e in &events {
+            log.line(e)?;
+        }
+        let trace = opts.trace_rows.as_deref().map(|p| RowTrace::open(p, opts.resume)).transpose()?;
+        // `[distill]` applies in the batch stage; the incremental stage only with
+        // --distill-in-incremental (the seed found it overfits there).
+        let distiller = if opts.distillation_enabled(&cfg) { crate::distill::Distiller::new(&cfg, ops)? } else { None };
+        // A resumed run continues the count of the run it resumes (the config, so the
+        // patience, is the same: `start` refuses a changed one).
+        let early = EarlyStopping::new(t.early_stopping_patience)
+            .map(|fresh| match early_stopping {
+                Some(s) => EarlyStopping::restore(EarlyStopState { patience: t.early_stopping_patience, ..s }),
+                None => fresh,
+            })
+            .map(|e| e.with_plateau_factor(t.lr_plateau_factor));
+        let n_tasks = cfg.tasks.len();
+        Ok(Run {
+            monitor: cfg.monitor(),
+            periodic: Periodic::new(&opts.out_dir, t),
+            losses: TaskLosses::new(&cfg),
+            window: Window { steps: 0, loss: vec![0.0; n_tasks], distill: vec![0.0; n_tasks] },
+            cfg,
+            opts,
+            ops,
+            enc,
+            stats,
+            model,
+            optim,
+            step,
+            examples,
+            cursor,
+            lineage,
+            max_steps,
+            schedule,
+            log,
+            trace,
+            distiller,
+            early,
+            validations: Validations::default(),
+            clock: Clock::new(),
+            examples_at_start: examples,
+            steps_at_start: step,
+            epoch_steps: None,
+        })
+    }
+
+    /// Writes the model, optimizer state and run state to a checkpoint directory
+    /// (`best/` or the final `checkpoint/`).
+    fn save(&mut self, dir: &Path) -> Result<()> {
+        let info = info!(self);
+        crate::checkpoint::save(dir, &mut self.model, &self.optim, &info).map(|_| ())
+    }
+
+    fn budget_spent(&self) -> bool {
+        self.max_steps.is_some_and(|m| self.step >= m)
+    }
+
+    /// The loop: epochs from the data cursor on, batches of each, until a bound stops it.
+    fn train(&mut self) -> Result<StopReason> {
+        let epochs = self.cfg.train.epochs.max(1);
+        for epoch in self.cursor.epoch as usize..epochs {
+            // Out of steps, or resumed from a checkpoint written when early stopping had
+            // already decided to stop.
+            if let Some(stop) = self.stopped() {
+                return self.stop(stop, epoch);
+            }
+            if let Some(stop) = self.epoch(epoch)? {
+                return self.stop(stop, epoch);
+            }
+        }
+        let last = (self.cursor.epoch as usize).saturating_sub(1);
+        self.stop(self.stopped().unwrap_or(StopReason::Epochs { epochs }), last)
+    }
+
+    /// A bound already reached before training on: early stopping decided, or the step
+    /// budget is spent.
+    fn stopped(&self) -> Option<StopReason> {
+        match &self.early {
+            Some(e) if e.stopped() => Some(StopReason::EarlyStopping { best_step: e.best_step().unwrap_or(0) }),
+            _ if self.budget_spent() => Some(StopReason::MaxSteps { max_steps: self.max_steps.unwrap_or(0) }),
+            _ => None,
+        }
+    }
+
+    /// Validates the last step if that has not happened, and logs why training stopped.
+    fn stop(&mut self, why: StopReason, epoch: usize) -> Result<StopReason> {
+        if self.validations.last_step != Some(self.step) {
+            // The last step is validated once (a resumed run with nothing left to train
+            // too, so metrics.json keeps reports).
+            self.validate(epoch)?;
+        }
+        self.log.line(&serde_json::json!({"event": "stop", "step": self.step, "epoch": epoch, "stop": why}))?;
+        Ok(why)
+    }
+
+    /// One epoch (from the cursor's batch on a resumed run); `Some` when a bound stopped it.
+    fn epoch(&mut self, epoch: usize) -> Result<Option<StopReason>> {
+        let mut sopts = StreamOptions::from_config(&self.cfg, true);
         sopts.epoch = epoch as u64;
         // The data cursor: batches of this epoch already trained on (resume).
-        sopts.skip_batches = if epoch as u64 == cursor.epoch { cursor.batch_in_epoch } else { 0 };
-        cursor = Cursor { epoch: epoch as u64, batch_in_epoch: sopts.skip_batches };
+        sopts.skip_batches = if epoch as u64 == self.cursor.epoch { self.cursor.batch_in_epoch } else { 0 };
+        self.cursor = Cursor { epoch: epoch as u64, batch_in_epoch: sopts.skip_batches };
         let mut skipping = (sopts.skip_batches > 0).then(|| (sopts.skip_batches, Instant::now()));
-        let sopts_skipped = sopts.skip_batches;
-        for b in BatchStream::start(enc.clone(), train_split, sopts.clone())? {
+        let (epoch_train_s, epoch_examples) = (self.clock.train_seconds(), self.examples);
+        let cfg = self.cfg.clone();
+        let split = cfg.split("train")?;
+        for b in BatchStream::start(self.enc.clone(), split, sopts.clone())? {
             let b = b?;
             if let Some((batches, t0)) = skipping.take() {
-                log.line(&serde_json::json!({"event": "data_cursor", "epoch": epoch, "skipped_batches": batches,
+                self.log
+                    .line(&serde_json::json!({"event": "data_cursor", "epoch": epoch, "skipped_batches": batches,
                     "seconds_to_first_batch": t0.elapsed().as_secs_f64()}))?;
             }
-            let n = b.rows;
-            model.forward(&ops, &b)?;
-            for ti in 0..n_tasks {
-                labels[ti].clear();
-                labels[ti].extend_from_slice(b.label(ti));
-                masks[ti].clear();
-                masks[ti].extend_from_slice(b.mask(ti));
+            self.step(&b, (split, &sopts))?;
+            if let Some(tr) = &mut self.trace {
+                tr.record(self.step, epoch as u64, &b)?;
             }
-            weights.clear();
-            weights.extend_from_slice(&b.weights);
-            weighting.refresh(&ops, &model)?;
-            for (ti, task) in cfg.tasks.iter().enumerate() {
-                let input = LossInput {
-                    pred: model.logits(ti),
-                    target: &labels[ti],
-                    weight: Some(&weights),
-                    mask: Some(&masks[ti]),
-                };
-                let write = GradWrite { scale: task.weight as f32 * weighting.factor(ti), accumulate: false };
-                let loss = match (task.kind, task.regression_loss) {
-                    (TaskKind::Binary, _) => ops.bce_with_logits(n, input, &mut grads[ti], write),
-                    (TaskKind::Regression, RegressionLoss::Mse) => ops.mse(n, input, &mut grads[ti], write),
-                    (TaskKind::Regression, RegressionLoss::Huber { delta }) => {
-                        ops.huber(n, delta as f32, input, &mut grads[ti], write)
-                    }
-                }
-                .map_err(engine("loss"))?;
-                if !loss.is_finite() {
-                    return Err(TrainError::Diverged { step, task: task.name.clone(), loss });
-                }
-                window_loss[ti] += loss as f64;
-                step_loss[ti] = loss;
-            }
-            // Distillation: added into the same per-task logit gradients.
-            if let Some(d) = &mut distiller {
-                let dl = d.apply(&ops, &b, (train_split, &sopts), &model, &mut grads, step)?;
-                window_distill.iter_mut().zip(dl).for_each(|(w, l)| *w += l);
-            }
-            mixrank_nn::zero_grads(&ops, &mut model).map_err(layer("zeroing gradients"))?;
-            let refs: Vec<&Vec<f32>> = grads.iter().collect();
-            model.backward(&ops, &b, &refs)?;
-            weighting.write_grads(&ops, &mut model, &task_weights, &step_loss)?;
-            // Reduce on plateau scales both optimizers' rates (1 without it).
-            let scale = early.as_ref().map_or(1.0, EarlyStopping::lr_scale);
-            let lr = schedule.lr(step) * scale as f32;
-            let sparse_lr = (t.sparse_lr * scale) as f32;
-            optim.step(&mut model, lr, sparse_lr)?;
-            step += 1;
-            examples += n as u64;
-            cursor.batch_in_epoch += 1;
-            window_steps += 1;
-            if let Some(tr) = &mut trace {
-                tr.record(step, epoch as u64, &b)?;
-            }
-            if step.is_multiple_of(opts.log_every.max(1)) {
-                let elapsed = start.elapsed().as_secs_f64();
-                let task_loss: Vec<(&str, f64)> = cfg
-                    .tasks
-                    .iter()
-                    .zip(&window_loss)
-                    .map(|(t, l)| (t.name.as_str(), l / window_steps as f64))
-                    .collect();
-                let line = TrainLine {
-                    event: "train",
-                    step,
-                    epoch,
-                    examples,
-                    elapsed_s: elapsed,
-                    examples_per_s: (examples - examples_at_start) as f64 / elapsed,
-                    lr,
-                    sparse_lr: model.emb.is_some().then_some(sparse_lr),
-                    loss: task_loss.iter().zip(&cfg.tasks).map(|((_, l), t)| l * t.weight).sum(),
-                    task_loss,
-                    distill_loss: cfg
-                        .distill
-                        .iter()
-                        .flat_map(|d| &d.tasks)
-                        .map(|d| (cfg.tasks[d.task].name.as_str(), window_distill[d.task] / window_steps as f64))
-                        .collect(),
-                };
-                log.line(&line)?;
-                if let Some(p) = opts.progress {
-                    let per: Vec<String> = line.task_loss.iter().map(|(n, l)| format!("{n} {l:.4}")).collect();
-                    // Total steps: the step budget, else epochs × the first epoch's length.
-                    let total = max_steps.or(epoch_steps.map(|e| e * t.epochs.max(1) as u64));
-                    p(&format!(
-                        "{} epoch {}/{} step {step}: {:.0} ex/s, loss {:.4} ({})",
-                        crate::progress::bar(step, total, (step - steps_at_start, elapsed)),
-                        epoch + 1,
-                        t.epochs.max(1),
-                        line.examples_per_s,
-                        line.loss,
-                        per.join(", ")
-                    ));
-                }
-                window_steps = 0;
-                window_loss.iter_mut().for_each(|l| *l = 0.0);
-                window_distill.iter_mut().for_each(|l| *l = 0.0);
+            if self.step.is_multiple_of(self.opts.log_every.max(1)) {
+                self.log_progress(epoch)?;
             }
             // Validation before the periodic checkpoint, so that the checkpoint records
             // the early-stopping state with this step's validation counted: a run
             // resumed from it does not validate this step again.
-            let stop_early = eval_every > 0 && step.is_multiple_of(eval_every) && validate_now!(epoch);
-            if periodic.due(step) {
-                periodic.save(&mut model, &optim, &info(step, examples, cursor, early_state(&early)))?;
-            }
-            if let Some(d) = opts.step_delay {
+            let every = self.cfg.train.eval_every_steps;
+            let stop_early = every > 0 && self.step.is_multiple_of(every) && self.validate(epoch)?;
+            self.checkpoint_if_due()?;
+            if let Some(d) = self.opts.step_delay {
                 std::thread::sleep(d);
             }
             if stop_early {
-                log.line(&serde_json::json!({"event": "early_stop", "step": step, "epoch": epoch}))?;
+                self.log.line(&serde_json::json!({"event": "early_stop", "step": self.step, "epoch": epoch}))?;
             }
-            if stop_early || max_steps.is_some_and(|m| step >= m) {
-                stopped_in = Some(epoch);
-                break 'epochs;
+            if let Some(stop) = self.stopped() {
+                return Ok(Some(stop));
             }
         }
-        if cursor.batch_in_epoch > 0 && epoch_steps.is_none() && sopts_skipped == 0 {
-            epoch_steps = Some(cursor.batch_in_epoch);
+        let skipped = sopts.skip_batches > 0;
+        if self.cursor.batch_in_epoch > 0 && self.epoch_steps.is_none() && !skipped {
+            self.epoch_steps = Some(self.cursor.batch_in_epoch);
         }
-        cursor = Cursor { epoch: epoch as u64 + 1, batch_in_epoch: 0 };
-        if eval_every == 0 && validate_now!(epoch) {
-            log.line(&serde_json::json!({"event": "early_stop", "step": step, "epoch": epoch}))?;
-            stopped_in = Some(epoch);
-            break 'epochs;
+        let train_s = self.clock.train_seconds() - epoch_train_s;
+        let n = self.examples - epoch_examples;
+        self.log.line(&serde_json::json!({"event": "epoch", "epoch": epoch, "step": self.step,
+            "examples": n, "train_s": train_s, "examples_per_s": n as f64 / train_s.max(1e-9),
+            "resumed_mid_epoch": skipped}))?;
+        self.cursor = Cursor { epoch: epoch as u64 + 1, batch_in_epoch: 0 };
+        if self.cfg.train.eval_every_steps == 0 && self.validate(epoch)? {
+            self.log.line(&serde_json::json!({"event": "early_stop", "step": self.step, "epoch": epoch}))?;
+            return Ok(self.stopped());
+        }
+        Ok(None)
+    }
+
+    /// One update: forward, label losses, distillation, backward, optimizer step.
+    fn step(&mut self, b: &mixrank_data::Batch, stream: (&Split, &StreamOptions)) -> Result<()> {
+        let ops = self.ops;
+        self.model.forward(ops, b)?;
+        self.losses.compute(&self.cfg, ops, &self.model, b, self.step)?;
+        for (w, l) in self.window.loss.iter_mut().zip(&self.losses.step_loss) {
+            *w += *l as f64;
+        }
+        // Distillation: added into the same per-task logit gradients.
+        if let Some(d) = &mut self.distiller {
+            let dl = d.apply(ops, b, stream, &self.model, &mut self.losses.grads, self.step)?;
+            self.window.distill.iter_mut().zip(dl).for_each(|(w, l)| *w += l);
+        }
+        mixrank_nn::zero_grads(ops, &mut self.model).map_err(layer("zeroing gradients"))?;
+        let refs: Vec<&Vec<f32>> = self.losses.grads.iter().collect();
+        self.model.backward(ops, b, &refs)?;
+        self.losses.write_weighting_grads(ops, &mut self.model)?;
+        let (lr, sparse_lr) = self.rates(self.step);
+        self.optim.step(&mut self.model, lr, sparse_lr)?;
+        self.step += 1;
+        self.examples += b.rows as u64;
+        self.cursor.batch_in_epoch += 1;
+        self.window.steps += 1;
+        Ok(())
+    }
+
+    /// The dense and sparse learning rates of update `step` (0-based; reduce on plateau
+    /// scales both, by 1 without it).
+    fn rates(&self, step: u64) -> (f32, f32) {
+        let scale = self.early.as_ref().map_or(1.0, EarlyStopping::lr_scale);
+        (self.schedule.lr(step) * scale as f32, (self.cfg.train.sparse_lr * scale) as f32)
+    }
+
+    /// The step count the run will end at, when it is known: the step budget and
+    /// epochs × the epoch length (once one epoch has been seen), whichever is smaller;
+    /// `(total, exact)` — with only the step budget known it is an upper bound.
+    fn total_steps(&self) -> Option<(u64, bool)> {
+        let by_epochs = self.epoch_steps.map(|e| e * self.cfg.train.epochs.max(1) as u64);
+        match (self.max_steps, by_epochs) {
+            (Some(m), Some(e)) => Some((m.min(e), true)),
+            (None, Some(e)) => Some((e, true)),
+            (Some(m), None) => Some((m, false)),
+            (None, None) => None,
         }
     }
-    // The last step is validated once (a resumed run with nothing left to train too, so
-    // metrics.json keeps reports).
-    let last_epoch = stopped_in.unwrap_or_else(|| (cursor.epoch as usize).saturating_sub(1));
-    if last_validated != Some(step) {
-        validate_now!(last_epoch);
-        debug_assert_eq!(last_validated, Some(step));
+
+    fn log_progress(&mut self, epoch: usize) -> Result<()> {
+        let cfg = self.cfg.clone();
+        let w = &self.window;
+        let steps = w.steps.max(1) as f64;
+        let task_loss: Vec<(&str, f64)> =
+            cfg.tasks.iter().zip(&w.loss).map(|(t, l)| (t.name.as_str(), l / steps)).collect();
+        let train_s = self.clock.train_seconds();
+        // The rates of the update just taken.
+        let (lr, sparse_lr) = self.rates(self.step.saturating_sub(1));
+        let line = TrainLine {
+            event: "train",
+            step: self.step,
+            epoch,
+            examples: self.examples,
+            elapsed_s: self.clock.start.elapsed().as_secs_f64(),
+            train_s,
+            examples_per_s: (self.examples - self.examples_at_start) as f64 / train_s.max(1e-9),
+            lr,
+            sparse_lr: self.model.emb.is_some().then_some(sparse_lr),
+            loss: task_loss.iter().zip(&cfg.tasks).map(|((_, l), t)| l * t.weight).sum(),
+            task_loss,
+            distill_loss: cfg
+                .distill
+                .iter()
+                .flat_map(|d| &d.tasks)
+                .map(|d| (cfg.tasks[d.task].name.as_str(), w.distill[d.task] / steps))
+                .collect(),
+        };
+        self.log.line(&line)?;
+        if let Some(p) = self.opts.progress {
+            let per: Vec<String> = line.task_loss.iter().map(|(n, l)| format!("{n} {l:.4}")).collect();
+            p(&format!(
+                "{} epoch {}/{} step {}: {:.0} ex/s, loss {:.4} ({})",
+                crate::progress::bar(self.step, self.total_steps(), (self.step - self.steps_at_start, train_s)),
+                epoch + 1,
+                cfg.train.epochs.max(1),
+                self.step,
+                line.examples_per_s,
+                line.loss,
+                per.join(", ")
+            ));
+        }
+        self.window.clear();
+        Ok(())
     }
-    let final_dir = opts.out_dir.join(FINAL);
-    // Early stopping: the best validation's checkpoint is the run's model.
-    let best = match early.as_ref().and_then(EarlyStopping::best_step) {
-        None => None,
-        Some(b) if best_reports.is_some() => Some((b, best_dir.clone())),
-        // The best validation came before this process resumed: its checkpoint is on
-        // disk (`best/`, or `checkpoint/` when an earlier process of the run finished),
-        // and is scored again for the run's reports.
-        Some(b) => match find_best(&cfg, b, [&best_dir, &final_dir]) {
-            Ok(v) => {
-                v.fill_model(&mut model)?;
-                let p = evaluate(&mut model, &ops, enc.clone(), cfg.split("validation")?)?;
-                best_reports = Some(p.reports(&cfg));
-                best_preds = Some(p);
-                Some((b, v.dir))
-            }
-            Err(reason) => {
-                let line = format!(
-                    "warning: the best validation's checkpoint (step {b}) is not on disk ({reason}); \
-                     the run's model is the last one"
-                );
-                log.line(&serde_json::json!({"event": "best_model_missing", "step": b, "reason": reason}))?;
-                if let Some(p) = opts.progress {
-                    p(&line);
+
+    /// Scores the validation split (when the config has one), logs it and applies early
+    /// stopping: an improvement saves `best/`; `true` when training should stop.
+    fn validate(&mut self, epoch: usize) -> Result<bool> {
+        self.clock.pause();
+        let r = self.validate_inner(epoch);
+        self.clock.resume();
+        r
+    }
+
+    fn validate_inner(&mut self, epoch: usize) -> Result<bool> {
+        let cfg = self.cfg.clone();
+        self.validations.last_step = Some(self.step);
+        let Ok(split) = cfg.split("validation") else { return Ok(false) };
+        let p = evaluate(&mut self.model, self.ops, self.enc.clone(), split)?;
+        self.model.set_training(true);
+        self.validations.reports = p.reports(&cfg);
+        self.validations.preds = Some(p);
+        let v = &self.validations;
+        self.log.line(&ValidationLine { event: "validation", step: self.step, epoch, reports: &v.reports })?;
+        let Some(es) = &mut self.early else { return Ok(false) };
+        let verdict = es.observe(EarlyStopping::monitored(&self.monitor, &v.reports), self.step);
+        self.log.line(&serde_json::json!({"event": "early_stopping", "step": self.step,
+            "monitor": self.monitor.label, "verdict": verdict}))?;
+        if verdict.improved {
+            let dir = self.opts.out_dir.join(crate::early_stop::BEST);
+            self.save(&dir)?;
+            self.validations.best_reports = Some(self.validations.reports.clone());
+            self.validations.best_preds = self.validations.preds.clone();
+        }
+        Ok(verdict.stop)
+    }
+
+    fn checkpoint_if_due(&mut self) -> Result<()> {
+        if self.periodic.due(self.step) {
+            self.clock.pause();
+            let info = info!(self);
+            let r = self.periodic.save(&mut self.model, &self.optim, &info);
+            self.clock.resume();
+            r?;
+        }
+        Ok(())
+    }
+
+    /// The run's model: the best validation's checkpoint under early stopping, else the
+    /// last step's, written to `RUN_DIR/checkpoint/`; `metrics.json`; the summary.
+    fn finish(mut self, stop: StopReason) -> Result<TrainSummary> {
+        self.clock.pause();
+        let final_dir = self.opts.out_dir.join(FINAL);
+        let best_dir = self.opts.out_dir.join(crate::early_stop::BEST);
+        let best = match self.early.as_ref().and_then(EarlyStopping::best_step) {
+            None => None,
+            Some(b) if self.validations.best_reports.is_some() => Some((b, best_dir.clone())),
+            // The best validation came before this process resumed: its checkpoint is on
+            // disk (`best/`, or `checkpoint/` when an earlier process of the run finished),
+            // and is scored again for the run's reports.
+            Some(b) => match find_best(&self.cfg, b, [&best_dir, &final_dir]) {
+                Ok(v) => {
+                    v.fill_model(&mut self.model)?;
+                    let p = evaluate(&mut self.model, self.ops, self.enc.clone(), self.cfg.split("validation")?)?;
+                    self.validations.best_reports = Some(p.reports(&self.cfg));
+                    self.validations.best_preds = Some(p);
+                    Some((b, v.dir))
                 }
-                None
+                Err(reason) => {
+                    let line = format!(
+                        "warning: the best validation's checkpoint (step {b}) is not on disk ({reason}); \
+                         the run's model is the last one"
+                    );
+                    self.log.line(&serde_json::json!({"event": "best_model_missing", "step": b, "reason": reason}))?;
+                    if let Some(p) = self.opts.progress {
+                        p(&line);
+                    }
+                    None
+                }
+            },
+        };
+        let is_best = best.is_some();
+        let model_step = match best {
+            Some((best_step, dir)) => {
+                if dir != final_dir {
+                    crate::checkpoint::replace_dir(&dir, &final_dir)?;
+                }
+                self.log.line(&serde_json::json!({"event": "best_model", "step": best_step}))?;
+                self.validations.reports = self.validations.best_reports.take().unwrap_or_default();
+                self.validations.preds = self.validations.best_preds.take();
+                best_step
             }
-        },
-    };
-    match best {
-        Some((best_step, dir)) => {
-            if dir != final_dir {
-                crate::checkpoint::replace_dir(&dir, &final_dir)?;
+            None => {
+                self.save(&final_dir)?;
+                self.step
             }
-            log.line(&serde_json::json!({"event": "best_model", "step": best_step}))?;
-            last_reports = best_reports.take().unwrap_or_default();
-            last_preds = best_preds.take();
-        }
-        None => {
-            let info = info(step, examples, cursor, early_state(&early));
-            crate::checkpoint::save(&final_dir, &mut model, &optim, &info)?;
-        }
+        };
+        let seconds = self.clock.start.elapsed().as_secs_f64();
+        let train_seconds = self.clock.train_seconds();
+        let scored = self.validations.preds.is_some().then(|| Scored {
+            split: "validation".into(),
+            checkpoint: final_dir.clone(),
+            step: model_step,
+            best: is_best,
+        });
+        let summary = TrainSummary {
+            steps: self.step,
+            examples: self.examples,
+            seconds,
+            train_seconds,
+            examples_per_second: (self.examples - self.examples_at_start) as f64 / train_seconds.max(1e-9),
+            stop,
+            scored,
+            validation: std::mem::take(&mut self.validations.reports),
+            predictions: self.validations.preds.take(),
+        };
+        write_atomic(
+            &self.opts.out_dir.join("metrics.json"),
+            &serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Other(e.to_string()))?,
+        )?;
+        Ok(summary)
     }
-    let seconds = start.elapsed().as_secs_f64();
-    let summary = TrainSummary {
-        steps: step,
-        examples,
-        seconds,
-        examples_per_second: (examples - examples_at_start) as f64 / seconds.max(1e-9),
-        validation: last_reports,
-        predictions: last_preds,
-    };
-    write_atomic(
-        &opts.out_dir.join("metrics.json"),
-        &serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Other(e.to_string()))?,
-    )?;
-    Ok(summary)
 }
 
 /// The first of `dirs` holding a verified checkpoint of this config at `step` (the best
@@ -508,25 +699,4 @@ fn find_best<'a>(
         }
     }
     Err(why.join("; "))
-}
-
-/// Scores the validation split (when the config has one) and logs the reports.
-fn validate(
-    model: &mut RankingModel<CpuOps>,
-    ops: &CpuOps,
-    enc: &Arc<Encoder>,
-    log: &mut Log,
-    (step, epoch): (u64, usize),
-    reports: &mut Vec<TaskReport>,
-    preds: &mut Option<crate::evaluate::Predictions>,
-) -> Result<()> {
-    let cfg = enc.config();
-    if let Ok(v) = cfg.split("validation") {
-        let p = evaluate(model, ops, enc.clone(), v)?;
-        model.set_training(true);
-        *reports = p.reports(cfg);
-        *preds = Some(p);
-        log.line(&ValidationLine { event: "validation", step, epoch, reports })?;
-    }
-    Ok(())
 }

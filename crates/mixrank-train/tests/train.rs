@@ -29,6 +29,7 @@ fn train_log(run: &Path) -> Vec<serde_json::Value> {
 }
 
 #[test]
+#[ignore = "real-data suite: needs ../shared/data beside the repository (cargo test --workspace -- --ignored)"]
 fn frappe_dcnv2_learns() {
     let d = tempfile::tempdir().unwrap();
     let model = d.path().join("model.toml");
@@ -95,13 +96,12 @@ fn checkpoint_round_trip_is_bit_identical_and_corruption_is_refused() {
     use mixrank_data::{DenseMode, Encoder};
     use mixrank_engine::{Backend, CpuOps};
     let d = tempfile::tempdir().unwrap();
-    let model = d.path().join("model.toml");
-    std::fs::write(
-        &model,
-        "[model]\narchitecture = \"single_task\"\nexpert_dim = 16\n[[model.experts]]\nkind = \"dcnv2\"\ncross_layers = 1\nhidden = [16]\n[train]\nthreads = 2\n",
-    )
-    .unwrap();
-    let cfg = ExperimentConfig::load(&repo().join("configs/frappe.toml")).unwrap().with_model_file(&model).unwrap();
+    // Simulated engagement data (generated here: the test needs nothing beside the clone).
+    let cfg = engagement_config(
+        d.path(),
+        1000,
+        "[model]\narchitecture = \"shared_bottom\"\nexpert_dim = 16\n[[model.experts]]\nkind = \"dcnv2\"\ncross_layers = 1\nhidden = [16]\n[train]\nthreads = 2\n",
+    );
     let out = d.path().join("run");
     let mut opts = TrainOptions::new(&out);
     opts.max_steps = Some(3);
@@ -465,4 +465,52 @@ fn a_resumed_run_stops_early_at_the_step_and_with_the_model_of_an_uninterrupted_
     assert!(afresh.steps > stop, "monitoring restarted: {} steps", afresh.steps);
     let resume = train_log(&split).into_iter().rfind(|l| l["event"] == "resume").unwrap();
     assert!(resume["step"] == stop && resume["early_stopping"].is_null(), "{resume}");
+}
+
+#[test]
+fn epochs_and_max_steps_stop_at_the_first_bound_and_say_which() {
+    let d = tempfile::tempdir().unwrap();
+    let p = mixrank_data::simulate::MmoePaperParams { seed: 4, train_rows: 600, ..Default::default() };
+    let sim = mixrank_data::simulate::simulate_mmoe_paper(&p, d.path()).unwrap();
+    let model = d.path().join("model.toml");
+    std::fs::write(
+        &model,
+        "[model]\narchitecture = \"mmoe\"\nexpert_dim = 4\n[[model.experts]]\nkind = \"mlp\"\ncount = 2\nhidden = [8]\n\
+         [train]\nepochs = 2\nmax_steps = 1000\nthreads = 1\n",
+    )
+    .unwrap();
+    let cfg = Arc::new(ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap());
+    let batches_per_epoch = 600u64.div_ceil(cfg.data.batch_size as u64);
+    // max_steps far above 2 epochs: the epochs stop the run, and it says so.
+    let run = d.path().join("run");
+    let mut opts = TrainOptions::new(&run);
+    opts.log_every = 1;
+    let s = train(cfg.clone(), &opts).unwrap();
+    assert_eq!(s.steps, 2 * batches_per_epoch);
+    assert_eq!(s.stop, mixrank_train::StopReason::Epochs { epochs: 2 });
+    let log = train_log(&run);
+    let stop: Vec<_> = log.iter().filter(|l| l["event"] == "stop").collect();
+    assert_eq!(stop.len(), 1);
+    assert_eq!(stop[0]["stop"]["reason"], "epochs");
+    // Training-only time: one `epoch` line per epoch, and every train line's training
+    // time within its wall time.
+    let epochs: Vec<_> = log.iter().filter(|l| l["event"] == "epoch").collect();
+    assert_eq!(epochs.len(), 2);
+    assert!(epochs.iter().all(|e| e["examples"] == 600 && e["train_s"].as_f64().unwrap() > 0.0), "{epochs:?}");
+    for l in log.iter().filter(|l| l["event"] == "train") {
+        assert!(l["train_s"].as_f64().unwrap() <= l["elapsed_s"].as_f64().unwrap(), "{l}");
+    }
+    assert!(s.train_seconds <= s.seconds && s.train_seconds > 0.0);
+    let scored = s.scored.as_ref().unwrap();
+    assert_eq!((scored.split.as_str(), scored.step, scored.best), ("validation", s.steps, false));
+    // A step budget inside the first epoch stops it there.
+    let mut opts = TrainOptions::new(d.path().join("run3"));
+    opts.max_steps = Some(3);
+    let s = train(cfg.clone(), &opts).unwrap();
+    assert_eq!((s.steps, s.stop), (3, mixrank_train::StopReason::MaxSteps { max_steps: 3 }));
+    // The same --out again is refused, and --overwrite replaces it.
+    let e = train(cfg.clone(), &opts).unwrap_err().to_string();
+    assert!(e.contains("already holds a run") && e.contains("--overwrite"), "{e}");
+    opts.overwrite = true;
+    assert_eq!(train(cfg, &opts).unwrap().steps, 3);
 }

@@ -58,6 +58,8 @@ pub fn run(a: &DemoArgs) -> Result<()> {
             .with_context(|| format!("writing {}", model_file.display()))?;
         let run_cfg = cfg.with_model_file(&model_file)?;
         let mut opts = TrainOptions::new(a.out.join("runs").join(name));
+        // The demo owns its output directory: a second `mixrank demo` replaces its runs.
+        opts.overwrite = true;
         opts.log_every = 25;
         opts.progress = Some(progress);
         let r = train(Arc::new(run_cfg), &opts)?;

@@ -69,17 +69,18 @@ fn run_in_pool(a: &EvalArgs) -> Result<()> {
 /// Per task (overall): bf16 metric minus f32 metric.
 fn render_deltas(f: &[TaskReport], b: &[TaskReport]) -> String {
     let mut o = String::from("bf16 - f32 (overall):\n");
+    let tw = crate::train_cmd::task_width(f.iter().map(|r| r.task.as_str()));
     for (x, y) in f.iter().zip(b) {
         let _ = match (&x.overall, &y.overall) {
             (TaskMetrics::Binary(p), TaskMetrics::Binary(q)) => writeln!(
                 o,
-                "  {:<12} ΔAUC {:+.6}  Δlogloss {:+.6}",
+                "  {:<tw$} ΔAUC {:+.6}  Δlogloss {:+.6}",
                 x.task,
                 q.auc.unwrap_or(f64::NAN) - p.auc.unwrap_or(f64::NAN),
                 q.logloss - p.logloss
             ),
             (TaskMetrics::Regression(p), TaskMetrics::Regression(q)) => {
-                writeln!(o, "  {:<12} ΔRMSE {:+.6}", x.task, q.rmse - p.rmse)
+                writeln!(o, "  {:<tw$} ΔRMSE {:+.6}", x.task, q.rmse - p.rmse)
             }
             _ => Ok(()),
         };

@@ -21,6 +21,10 @@ pub struct TrainArgs {
     /// Stop after this many steps (overrides [train].max_steps).
     #[arg(long)]
     pub max_steps: Option<u64>,
+    /// One seed for the run: sets both `[data] seed` (shuffling) and `[train] seed`
+    /// (initialisation, dropout); the checkpoint's manifest records the config with both.
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Progress and log interval, in steps.
     #[arg(long, default_value_t = 50)]
     pub log_every: u64,
@@ -34,8 +38,12 @@ pub struct TrainArgs {
     pub init: Option<PathBuf>,
     /// Continue the run in --out from its newest checkpoint that verifies, at its exact
     /// data cursor (refused checkpoints are reported and moved aside).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Replace the run already in --out (its files are deleted first). Without it (or
+    /// --resume), an --out that holds a run is refused.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Keep distillation on in the incremental stage (logged as a warning).
     #[arg(long)]
     pub distill_in_incremental: bool,
@@ -63,6 +71,9 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     if let Some(m) = &a.model {
         cfg = cfg.with_model_file(m)?;
     }
+    if let Some(seed) = a.seed {
+        cfg = cfg.with_seed(seed)?;
+    }
     let mut opts = TrainOptions::new(&a.out);
     opts.max_steps = a.max_steps;
     opts.log_every = a.log_every;
@@ -73,31 +84,46 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     };
     opts.init = a.init.clone();
     opts.resume = a.resume;
+    opts.overwrite = a.overwrite;
     opts.allow_distill_in_incremental = a.distill_in_incremental;
     opts.trace_rows = a.trace_rows.clone();
     opts.step_delay = a.debug_step_delay_ms.map(std::time::Duration::from_millis);
     let s = train(Arc::new(cfg), &opts)?;
     crate::say!(
-        "trained {} steps, {} examples in {:.1} s ({:.0} examples/s); run dir {}",
+        "trained {} steps, {} examples in {:.1} s ({:.1} s training: {:.0} examples/s); stopped: {}; run dir {}",
         s.steps,
         s.examples,
         s.seconds,
+        s.train_seconds,
         s.examples_per_second,
+        s.stop,
         a.out.display()
     );
+    if let Some(sc) = &s.scored {
+        crate::say!(
+            "{} split, scored by {} (step {}{}):",
+            sc.split,
+            sc.checkpoint.display(),
+            sc.step,
+            if sc.best { ", the best validation's model" } else { ", the last step's model" }
+        );
+    }
     crate::emit(&render_reports(&s.validation));
     Ok(())
 }
 
-/// A table of per-task metrics, overall and per segment.
+/// A table of per-task metrics, overall and per segment. The task and segment columns
+/// are as wide as their longest name (at least 12 and 14).
 pub fn render_reports(reports: &[TaskReport]) -> String {
     let mut o = String::new();
     if reports.is_empty() {
         return o;
     }
+    let tw = task_width(reports.iter().map(|r| r.task.as_str()));
+    let sw = reports.iter().flat_map(|r| r.segments.keys()).map(|s| s.chars().count()).max().unwrap_or(0).max(14);
     let _ = writeln!(
         o,
-        "{:<12} {:<14} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9}",
+        "{:<tw$} {:<sw$} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9}",
         "task", "segment", "rows", "AUC", "logloss", "NE", "calib", "RMSE"
     );
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.5}"));
@@ -109,7 +135,7 @@ pub fn render_reports(reports: &[TaskReport]) -> String {
                 TaskMetrics::Binary(b) => {
                     let _ = writeln!(
                         o,
-                        "{:<12} {:<14} {:>9} {:>9} {:>9.5} {:>8} {:>8} {:>9}",
+                        "{:<tw$} {:<sw$} {:>9} {:>9} {:>9.5} {:>8} {:>8} {:>9}",
                         r.task,
                         seg,
                         b.rows,
@@ -123,7 +149,7 @@ pub fn render_reports(reports: &[TaskReport]) -> String {
                 TaskMetrics::Regression(g) => {
                     let _ = writeln!(
                         o,
-                        "{:<12} {:<14} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9.5}",
+                        "{:<tw$} {:<sw$} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9.5}",
                         r.task, seg, g.rows, "-", "-", "-", "-", g.rmse
                     );
                 }
@@ -131,4 +157,39 @@ pub fn render_reports(reports: &[TaskReport]) -> String {
         }
     }
     o
+}
+
+/// Width of a task-name column: the longest name, at least 12.
+pub fn task_width<'a>(names: impl Iterator<Item = &'a str>) -> usize {
+    names.map(|n| n.chars().count()).max().unwrap_or(0).max(12)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mixrank_metrics::{binary_metrics, regression_metrics};
+
+    #[test]
+    fn long_task_and_segment_names_keep_the_columns_aligned() {
+        let bin = TaskMetrics::Binary(binary_metrics(&[0.9, 0.2], &[1.0, 0.0], None, None));
+        let reg = TaskMetrics::Regression(regression_metrics(&[1.0], &[2.0], None));
+        let reports = vec![
+            TaskReport {
+                task: "click".into(),
+                overall: bin.clone(),
+                segments: [("a_very_long_segment_name".to_string(), bin.clone())].into(),
+            },
+            TaskReport { task: "time_spent_after_click_seconds".into(), overall: reg, segments: Default::default() },
+        ];
+        let text = render_reports(&reports);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        // Every column ends where the header's does: "rows" is right-aligned over the counts.
+        let end = lines[0].find("rows").unwrap() + 4;
+        for l in &lines[1..] {
+            assert_eq!(l.chars().count(), lines[0].chars().count(), "{text}");
+            assert!(l[..end].ends_with('2') || l[..end].ends_with('1'), "{text}");
+        }
+        assert!(lines[3].starts_with("time_spent_after_click_seconds all"), "{text}");
+    }
 }

@@ -17,23 +17,20 @@ fn mixrank(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `mixrank simulate` of 3 small days (500 users, 300 ads) into `out`.
+fn simulate_small(out: &Path, requests_per_day: usize) -> (bool, String, String) {
+    let rpd = requests_per_day.to_string();
+    let args = ["--days", "3", "--requests-per-day", &rpd, "--users", "500", "--initial-ads", "300"];
+    let mut all = vec!["simulate", "--out", out.to_str().unwrap()];
+    all.extend_from_slice(&args);
+    mixrank(&all)
+}
+
 #[test]
 fn simulate_then_stats_with_json() {
     let d = tempfile::tempdir().unwrap();
     let sim = d.path().join("sim");
-    let (ok, out, err) = mixrank(&[
-        "simulate",
-        "--out",
-        sim.to_str().unwrap(),
-        "--days",
-        "3",
-        "--requests-per-day",
-        "400",
-        "--users",
-        "500",
-        "--initial-ads",
-        "300",
-    ]);
+    let (ok, out, err) = simulate_small(&sim, 400);
     assert!(ok, "{err}");
     assert!(out.contains("wrote 12000 rows in 3 files"), "{out}");
     let cfg = sim.join("mixrank.toml");
@@ -102,6 +99,39 @@ fn bad_data_exits_non_zero_naming_file_row_and_column() {
     assert!(err.contains("data.csv") && err.contains("line 3") && err.contains("column `click`"), "{err}");
 }
 
+/// The committed `configs/frappe.toml` over synthetic files of Frappe's shape written to
+/// `dir` (20,000 rows to split 90/10 into train and validation, 5,000 test rows; ten
+/// one-hot fields of disjoint index ranges, the label a noisy function of three of them),
+/// so the CLI's train, eval and compare paths run with nothing beside the repository.
+fn frappe_shaped(dir: &Path) -> std::path::PathBuf {
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/frappe.toml");
+    let text = std::fs::read_to_string(committed).unwrap();
+    assert!(text.contains("../../shared/data/frappe/"), "configs/frappe.toml changed its paths");
+    // The data in `dir/frappe/`, as in ../shared/data/frappe/: the row-fraction split
+    // hashes (parent directory, file name, row), so the split does not depend on `dir`.
+    std::fs::write(dir.join("frappe.toml"), text.replace("../../shared/data/frappe/", "frappe/")).unwrap();
+    std::fs::create_dir_all(dir.join("frappe")).unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |m: u64| {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) % m
+    };
+    for (name, rows) in [("frappe.validation.libfm", 20_000), ("frappe.test.libfm", 5_000)] {
+        let mut out = String::new();
+        for _ in 0..rows {
+            let fields: Vec<u64> = (0..10u64).map(|f| f * 100 + next(20)).collect();
+            let score = (fields[0] % 7) as i64 + (fields[1] % 5) as i64 - (fields[2] % 3) as i64 + next(6) as i64;
+            out.push_str(if score > 6 { "1" } else { "-1" });
+            for f in fields {
+                out.push_str(&format!(" {f}:1"));
+            }
+            out.push('\n');
+        }
+        std::fs::write(dir.join("frappe").join(name), out).unwrap();
+    }
+    dir.join("frappe.toml")
+}
+
 #[test]
 fn train_with_a_model_file_writes_the_run_dir() {
     let d = tempfile::tempdir().unwrap();
@@ -111,7 +141,7 @@ fn train_with_a_model_file_writes_the_run_dir() {
         "[model]\narchitecture = \"single_task\"\nexpert_dim = 16\n[[model.experts]]\nkind = \"mlp\"\nhidden = [16]\n",
     )
     .unwrap();
-    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/frappe.toml");
+    let cfg = frappe_shaped(d.path());
     let run = d.path().join("run");
     let (ok, out, err) = mixrank(&[
         "train",
@@ -125,7 +155,7 @@ fn train_with_a_model_file_writes_the_run_dir() {
     ]);
     assert!(ok, "{err}");
     assert!(out.contains("trained 4 steps, 16384 examples"), "{out}");
-    assert!(out.contains("click        all                 5764"), "{out}");
+    assert!(out.contains("click        all                 1976"), "{out}");
     for f in ["train_log.jsonl", "metrics.json", "dense_stats.json"] {
         assert!(run.join(f).is_file(), "{f}");
     }
@@ -142,7 +172,7 @@ fn train_with_a_model_file_writes_the_run_dir() {
         json.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
-    assert!(out.contains("click        all                28860") && out.contains("ΔAUC"), "{out}");
+    assert!(out.contains("click        all                 5000") && out.contains("ΔAUC"), "{out}");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(v["split"], "test");
     assert_eq!(v["f32"][0]["task"], "click");
@@ -307,4 +337,57 @@ fn error_messages_match_their_snapshots() {
         snapshot::check("error_missing_config", &failing(&["data", "stats", &p("nope.toml")])),
         snapshot::check("error_missing_run_dir", &failing(&["eval", &p("no_run")])),
     ]);
+}
+
+#[test]
+fn simulated_config_trains_as_is_with_one_seed_and_one_writer_per_run_dir() {
+    let d = tempfile::tempdir().unwrap();
+    let sim = d.path().join("sim");
+    let (ok, _, err) = simulate_small(&sim, 300);
+    assert!(ok, "{err}");
+    let cfg = sim.join("mixrank.toml");
+    let run = d.path().join("run");
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        mixrank(&args)
+    };
+    // The simulator's config has a model: it trains as is; --seed sets both seeds.
+    let (ok, out, err) = train(&["--seed", "9", "--max-steps", "2"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("stopped: max_steps = 2 reached"), "{out}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint/manifest.json")).unwrap()).unwrap();
+    // The config as trained, with `seed = 9` in [data] and in [train] and no other seed.
+    let config = manifest["config_toml"].as_str().unwrap();
+    let seeds: Vec<&str> = config.lines().filter(|l| l.starts_with("seed = ")).collect();
+    assert_eq!(seeds, ["seed = 9", "seed = 9"], "{config}");
+    // The same --out again: refused, naming the way out.
+    let (ok, _, err) = train(&["--max-steps", "2"]);
+    assert!(!ok && err.contains("already holds a run") && err.contains("--overwrite"), "{err}");
+    // A second writer while the first runs fails at once naming the first's pid.
+    let slow = std::process::Command::new(env!("CARGO_BIN_EXE_mixrank"))
+        .args(["train", cfg.to_str().unwrap(), "--out", run.to_str().unwrap(), "--overwrite"])
+        .args(["--debug-step-delay-ms", "200", "--max-steps", "1000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = run.join(".mixrank.lock");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&lock).map_or(true, |t| t.trim() != slow.id().to_string()) {
+        assert!(t0.elapsed().as_secs() < 60, "the first writer never took the lock");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (ok, _, err) = train(&["--overwrite", "--max-steps", "2"]);
+    assert!(!ok && err.contains(&format!("pid {}", slow.id())), "{err}");
+    // Killed (-9): its lock stays behind, is found stale and taken over.
+    let mut slow = slow;
+    slow.kill().unwrap();
+    slow.wait().unwrap();
+    assert!(lock.is_file());
+    let (ok, _, err) = train(&["--overwrite", "--max-steps", "2"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("took over the lock") && err.contains(&format!("pid {}", slow.id())), "{err}");
+    assert!(!lock.exists(), "released at the end");
 }

@@ -210,6 +210,22 @@ impl ExperimentConfig {
         Self::from_wire(wire, path, &base_dir)
     }
 
+    /// What early stopping watches (validated when the config loaded).
+    pub fn monitor(&self) -> model::Monitor {
+        let kinds: Vec<(&str, bool)> =
+            self.tasks.iter().map(|t| (t.name.as_str(), t.kind == TaskKind::Binary)).collect();
+        model::resolve_monitor(&self.train, &kinds).expect("validated when the config was loaded")
+    }
+
+    /// The same experiment with one seed for everything random: `[data] seed`
+    /// (shuffling, sampling) and `[train] seed` (initialisation, dropout). `train --seed`.
+    pub fn with_seed(&self, seed: u64) -> Result<Self> {
+        let mut wire = self.wire.clone();
+        wire.data.seed = seed;
+        wire.train.seed = seed;
+        Self::from_wire(wire, &self.path, &self.base_dir)
+    }
+
     /// Replaces `[model]` (and `[train]`, when given) with those of a separate TOML
     /// file holding only those sections, and validates the result.
     pub fn with_model_file(&self, path: &Path) -> Result<Self> {
@@ -422,6 +438,9 @@ impl ExperimentConfig {
             model::validate_model(m, tasks.len()).map_err(|(key, message)| v.err(&key, message))?;
         }
         model::validate_train(&wire.train).map_err(|(key, message)| v.err(&key, message))?;
+        let task_kinds: Vec<(&str, bool)> =
+            tasks.iter().map(|t| (t.name.as_str(), t.kind == TaskKind::Binary)).collect();
+        model::resolve_monitor(&wire.train, &task_kinds).map_err(|(key, message)| v.err(&key, message))?;
         let distill = match &wire.distill {
             Some(d) => {
                 let info: Vec<distill::TaskInfo<'_>> = tasks

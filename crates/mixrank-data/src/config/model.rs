@@ -199,6 +199,108 @@ pub enum LrDecay {
     Cosine,
 }
 
+/// A validation metric early stopping can watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MonitorMetric {
+    /// Binary tasks; higher is better.
+    Auc,
+    /// Binary tasks with a request id (group AUC); higher is better.
+    Gauc,
+    /// Binary tasks; lower is better.
+    Logloss,
+    /// Binary tasks (normalised entropy); lower is better.
+    Ne,
+    /// Regression tasks; lower is better.
+    Rmse,
+    /// Regression tasks; lower is better.
+    Mae,
+}
+
+impl MonitorMetric {
+    /// Whether the metric is defined for binary tasks (else for regression tasks).
+    pub fn for_binary(self) -> bool {
+        matches!(self, MonitorMetric::Auc | MonitorMetric::Gauc | MonitorMetric::Logloss | MonitorMetric::Ne)
+    }
+
+    /// Whether a larger value is better.
+    pub fn higher_is_better(self) -> bool {
+        matches!(self, MonitorMetric::Auc | MonitorMetric::Gauc)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MonitorMetric::Auc => "auc",
+            MonitorMetric::Gauc => "gauc",
+            MonitorMetric::Logloss => "logloss",
+            MonitorMetric::Ne => "ne",
+            MonitorMetric::Rmse => "rmse",
+            MonitorMetric::Mae => "mae",
+        }
+    }
+}
+
+/// What early stopping watches, resolved against the tasks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Monitor {
+    /// Task indices averaged (one for a named task or the first task).
+    pub tasks: Vec<usize>,
+    pub metric: MonitorMetric,
+    /// `click auc`, `mean auc (click, save)`.
+    pub label: String,
+}
+
+/// Resolves `early_stopping_task` / `early_stopping_metric` over the tasks (name, binary?);
+/// `Err((key, message))` names the key.
+pub fn resolve_monitor(t: &TrainSection, tasks: &[(&str, bool)]) -> Result<Monitor, (String, String)> {
+    let key = |k: &str| format!("train.{k}");
+    let default_metric = |binary: bool| if binary { MonitorMetric::Auc } else { MonitorMetric::Rmse };
+    let fits = |m: MonitorMetric, binary: bool| m.for_binary() == binary;
+    let (tasks, metric, label) = match t.early_stopping_task.as_deref() {
+        Some("mean") => {
+            let metric = t.early_stopping_metric.unwrap_or_else(|| default_metric(tasks.iter().any(|t| t.1)));
+            let picked: Vec<usize> = (0..tasks.len()).filter(|&i| fits(metric, tasks[i].1)).collect();
+            if picked.is_empty() {
+                return Err((
+                    key("early_stopping_metric"),
+                    format!("`{}` applies to no task of this config", metric.name()),
+                ));
+            }
+            let names: Vec<&str> = picked.iter().map(|&i| tasks[i].0).collect();
+            let label = format!("mean {} ({})", metric.name(), names.join(", "));
+            (picked, metric, label)
+        }
+        named => {
+            let i = match named {
+                None => 0,
+                Some(n) => tasks.iter().position(|t| t.0 == n).ok_or_else(|| {
+                    let all: Vec<&str> = tasks.iter().map(|t| t.0).collect();
+                    (
+                        key("early_stopping_task"),
+                        format!("no task `{n}`; expected \"mean\" or one of: {}", all.join(", ")),
+                    )
+                })?,
+            };
+            let Some(&(name, binary)) = tasks.get(i) else {
+                return Err((key("early_stopping_task"), "the config has no tasks".into()));
+            };
+            let metric = t.early_stopping_metric.unwrap_or(default_metric(binary));
+            if !fits(metric, binary) {
+                return Err((
+                    key("early_stopping_metric"),
+                    format!(
+                        "`{}` does not apply to the {} task `{name}`",
+                        metric.name(),
+                        if binary { "binary" } else { "regression" }
+                    ),
+                ));
+            }
+            (vec![i], metric, format!("{name} {}", metric.name()))
+        }
+    };
+    Ok(Monitor { tasks, metric, label })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LossWeighting {
@@ -222,7 +324,8 @@ pub struct TrainSection {
     pub optimizer: DenseOptimizer,
     #[serde(default)]
     pub weight_decay: f64,
-    /// Global gradient-norm clip; absent = no clipping.
+    /// Clip the dense gradients to this global L2 norm (all dense parameters together,
+    /// before the optimizer step); absent or 0 = no clipping.
     pub grad_clip: Option<f64>,
     #[serde(default)]
     pub warmup_steps: u64,
@@ -243,6 +346,12 @@ pub struct TrainSection {
     /// Stop after this many validations without improvement (0 = never).
     #[serde(default)]
     pub early_stopping_patience: u32,
+    /// Which task early stopping (and reduce on plateau) watches: a task's name, or
+    /// `"mean"` for the mean over the tasks the metric applies to; absent = the first task.
+    pub early_stopping_task: Option<String>,
+    /// Which validation metric it watches; absent = AUC for a binary task, RMSE for a
+    /// regression task (for `"mean"`: AUC over the binary tasks, else RMSE).
+    pub early_stopping_metric: Option<MonitorMetric>,
     /// Reduce on plateau: every validation that does not improve the monitored metric
     /// (the one early stopping watches) multiplies the dense and sparse learning rates
     /// by this factor, as FuxiCTR's `reduce_lr_on_plateau` (0.1) does. 1 = off (the
@@ -293,6 +402,13 @@ fn default_seed() -> u64 {
 }
 fn default_keep_checkpoints() -> usize {
     3
+}
+
+impl TrainSection {
+    /// The global-norm clip in force: `None` when `grad_clip` is absent or 0.
+    pub fn clip_norm(&self) -> Option<f64> {
+        self.grad_clip.filter(|&c| c > 0.0)
+    }
 }
 
 impl Default for TrainSection {
@@ -416,14 +532,24 @@ pub fn validate_train(t: &TrainSection) -> Result<(), (String, String)> {
             return e(k, format!("expected a number >= 0, found {v}"));
         }
     }
-    if t.grad_clip.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
-        return e("grad_clip", "expected a number > 0".into());
+    if t.grad_clip.is_some_and(|c| !(c.is_finite() && c >= 0.0)) {
+        return e("grad_clip", "expected a number >= 0 (0 = no clipping)".into());
     }
     if !(t.checkpoint_every_minutes.is_finite() && t.checkpoint_every_minutes >= 0.0) {
         return e("checkpoint_every_minutes", format!("expected a number >= 0, found {}", t.checkpoint_every_minutes));
     }
     if t.keep_checkpoints == 0 {
         return e("keep_checkpoints", "expected >= 1".into());
+    }
+    if t.early_stopping_patience == 0 {
+        for (k, given) in [
+            ("early_stopping_task", t.early_stopping_task.is_some()),
+            ("early_stopping_metric", t.early_stopping_metric.is_some()),
+        ] {
+            if given {
+                return e(k, "needs early_stopping_patience > 0 (early stopping is off)".into());
+            }
+        }
     }
     let f = t.lr_plateau_factor;
     if !(f.is_finite() && f > 0.0 && f <= 1.0) {

@@ -485,11 +485,17 @@ pub fn simulate_engagement(p: &EngagementParams, out: &Path) -> Result<SimSummar
         rows += n;
     }
     let config = out.join("mixrank.toml");
-    write_text_atomic(&config, &engagement_config(p, &days))?;
+    write_text_atomic(&config, &(engagement_config(p, &days) + DEFAULT_MODEL))?;
     Ok(SimSummary { rows, files, config })
 }
 
-/// The config text written beside the simulated data.
+/// The model the written config trains unless `--model FILE` replaces it: the
+/// shared-bottom DCNv2 baseline (the same text as configs/models/shared_bottom_dcnv2.toml),
+/// so `mixrank simulate --out sim && mixrank train sim/mixrank.toml --out run` works as is.
+pub const DEFAULT_MODEL: &str = concat!("\n", include_str!("../../../../configs/models/shared_bottom_dcnv2.toml"));
+
+/// The config text written beside the simulated data (data, features and tasks; the
+/// simulator appends [`DEFAULT_MODEL`]).
 pub fn engagement_config(p: &EngagementParams, days: &[String]) -> String {
     let n = days.len();
     format!(

@@ -149,5 +149,13 @@ fn mmoe_paper_config(p: &MmoePaperParams) -> String {
     }
     s.push_str("[[tasks]]\nname = \"y1\"\nkind = \"regression\"\nlabel = \"y1\"\n\n");
     s.push_str("[[tasks]]\nname = \"y2\"\nkind = \"regression\"\nlabel = \"y2\"\n");
+    // The paper's MMoE (8 experts of 16 units, towers of 8), so the written config
+    // trains as is; `mixrank train --model FILE` replaces it.
+    s.push_str(
+        "\n# The paper's MMoE: 8 experts x 16 units, towers of 8 (--model FILE replaces it).\n\
+         [model]\narchitecture = \"mmoe\"\nexpert_dim = 16\ntower = { hidden = [8] }\n\n\
+         [[model.experts]]\nkind = \"mlp\"\ncount = 8\nhidden = [16]\n\n\
+         [train]\nepochs = 40\nlr = 0.002\n",
+    );
     s
 }

@@ -233,3 +233,44 @@ fn regression_loss_choice_is_validated() {
     let e = err_text(load_config(d.path(), &BASE.replace("label = \"click\"", "label = \"click\"\nloss = \"mse\"")));
     assert!(e.contains("tasks[0].loss") && e.contains("binary"), "{e}");
 }
+
+#[test]
+fn grad_clip_zero_switches_clipping_off_and_negative_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let with = |train: &str| load_config(d.path(), &format!("{BASE}\n[train]\n{train}\n"));
+    assert_eq!(with("grad_clip = 0.0").unwrap().train.clip_norm(), None);
+    assert_eq!(with("").unwrap().train.clip_norm(), None);
+    assert_eq!(with("grad_clip = 5.0").unwrap().train.clip_norm(), Some(5.0));
+    let e = err_text(with("grad_clip = -1.0"));
+    assert!(e.contains("train.grad_clip") && e.contains("0 = no clipping"), "{e}");
+}
+
+#[test]
+fn early_stopping_monitor_keys_are_checked_against_the_tasks() {
+    let d = tempfile::tempdir().unwrap();
+    let two = BASE.to_string() + "\n[[tasks]]\nname = \"dwell\"\nkind = \"regression\"\nlabel = \"dwell\"\n";
+    let with = |train: &str| load_config(d.path(), &format!("{two}\n[train]\n{train}\n"));
+    let c = with("early_stopping_patience = 2\nearly_stopping_task = \"dwell\"").unwrap();
+    assert_eq!(c.monitor().label, "dwell rmse");
+    let c = with("early_stopping_patience = 2\nearly_stopping_task = \"mean\"\nearly_stopping_metric = \"logloss\"")
+        .unwrap();
+    assert_eq!((c.monitor().tasks, c.monitor().label), (vec![0], "mean logloss (click)".to_string()));
+    assert_eq!(with("").unwrap().monitor().label, "click auc");
+    let e = err_text(with("early_stopping_patience = 2\nearly_stopping_task = \"ctr\""));
+    assert!(e.contains("train.early_stopping_task") && e.contains("no task `ctr`"), "{e}");
+    let e =
+        err_text(with("early_stopping_patience = 2\nearly_stopping_task = \"click\"\nearly_stopping_metric = \"mae\""));
+    assert!(e.contains("train.early_stopping_metric") && e.contains("binary task `click`"), "{e}");
+    // Without early stopping the keys would have no effect: refused.
+    let e = err_text(with("early_stopping_task = \"click\""));
+    assert!(e.contains("train.early_stopping_task") && e.contains("early_stopping_patience > 0"), "{e}");
+}
+
+#[test]
+fn with_seed_sets_the_data_and_the_training_seed() {
+    let d = tempfile::tempdir().unwrap();
+    let c = load_config(d.path(), BASE).unwrap().with_seed(42).unwrap();
+    assert_eq!((c.data.seed, c.train.seed), (42, 42));
+    let text = toml::to_string(&c.wire).unwrap();
+    assert_eq!(text.matches("seed = 42").count(), 2, "{text}");
+}

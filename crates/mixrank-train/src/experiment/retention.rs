@@ -348,6 +348,8 @@ impl<'a> Experiment<'a> {
     fn train(&mut self, name: &str, cfg: Arc<ExperimentConfig>) -> Result<TrainSummary> {
         self.say(&format!("training {name}"));
         let mut opts = TrainOptions::new(self.run_dir(name));
+        // The experiment owns its output directory: a rerun replaces its runs.
+        opts.overwrite = true;
         opts.log_every = 100;
         opts.progress = self.progress;
         let s = train(cfg, &opts)?;
@@ -503,6 +505,7 @@ impl<'a> Experiment<'a> {
                 let cfg = self.config(&name, STUDENT_MODEL, 1, (t + i, t + i), test, d)?;
                 self.say(&format!("incremental {name} from {}", parent.display()));
                 let mut opts = TrainOptions::new(self.run_dir(&name));
+                opts.overwrite = true;
                 opts.progress = self.progress;
                 warm.train_incremental(cfg, &parent, &opts)?;
                 parent = self.run_dir(&name);

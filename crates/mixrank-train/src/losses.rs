@@ -1,0 +1,90 @@
+//! The label losses of one step: per task BCE (binary), MSE or Huber (regression) on
+//! the model's logits with the batch's label masks and sample weights, scaled by the
+//! task's weight (fixed, or learned uncertainty weights: [`crate::weighting`]), written
+//! as per-task logit gradients for the backward pass.
+
+use crate::error::{engine, Result, TrainError};
+use crate::weighting::TaskWeighting;
+use mixrank_data::config::{ExperimentConfig, RegressionLoss, TaskKind};
+use mixrank_data::Batch;
+use mixrank_engine::{Backend, CpuOps, GradWrite, LossInput};
+use mixrank_model::RankingModel;
+
+/// Buffers reused every step: labels, masks and weights of the batch, and the per-task
+/// logit gradients.
+pub(crate) struct TaskLosses {
+    labels: Vec<Vec<f32>>,
+    masks: Vec<Vec<f32>>,
+    weights: Vec<f32>,
+    /// `∂L/∂logit_t`, one buffer per task (the distiller adds into them).
+    pub grads: Vec<Vec<f32>>,
+    weighting: TaskWeighting,
+    task_weights: Vec<f64>,
+    /// This step's loss per task (unweighted).
+    pub step_loss: Vec<f32>,
+}
+
+impl TaskLosses {
+    pub fn new(cfg: &ExperimentConfig) -> Self {
+        let n = cfg.tasks.len();
+        TaskLosses {
+            labels: vec![Vec::new(); n],
+            masks: vec![Vec::new(); n],
+            weights: Vec::new(),
+            grads: vec![vec![0.0; cfg.data.batch_size]; n],
+            weighting: TaskWeighting::new(n),
+            task_weights: cfg.tasks.iter().map(|t| t.weight).collect(),
+            step_loss: vec![0.0; n],
+        }
+    }
+
+    /// Computes every task's loss on the forward pass's logits and writes the logit
+    /// gradients; fails on a non-finite loss (divergence) naming the task and step.
+    pub fn compute(
+        &mut self,
+        cfg: &ExperimentConfig,
+        ops: &CpuOps,
+        model: &RankingModel<CpuOps>,
+        b: &Batch,
+        step: u64,
+    ) -> Result<()> {
+        let n = b.rows;
+        for ti in 0..cfg.tasks.len() {
+            self.labels[ti].clear();
+            self.labels[ti].extend_from_slice(b.label(ti));
+            self.masks[ti].clear();
+            self.masks[ti].extend_from_slice(b.mask(ti));
+        }
+        self.weights.clear();
+        self.weights.extend_from_slice(&b.weights);
+        self.weighting.refresh(ops, model)?;
+        for (ti, task) in cfg.tasks.iter().enumerate() {
+            let input = LossInput {
+                pred: model.logits(ti),
+                target: &self.labels[ti],
+                weight: Some(&self.weights),
+                mask: Some(&self.masks[ti]),
+            };
+            let write = GradWrite { scale: task.weight as f32 * self.weighting.factor(ti), accumulate: false };
+            let grads = &mut self.grads[ti];
+            let loss = match (task.kind, task.regression_loss) {
+                (TaskKind::Binary, _) => ops.bce_with_logits(n, input, grads, write),
+                (TaskKind::Regression, RegressionLoss::Mse) => ops.mse(n, input, grads, write),
+                (TaskKind::Regression, RegressionLoss::Huber { delta }) => {
+                    ops.huber(n, delta as f32, input, grads, write)
+                }
+            }
+            .map_err(engine("loss"))?;
+            if !loss.is_finite() {
+                return Err(TrainError::Diverged { step, task: task.name.clone(), loss });
+            }
+            self.step_loss[ti] = loss;
+        }
+        Ok(())
+    }
+
+    /// After the model's backward: the learned task weights' own gradients.
+    pub fn write_weighting_grads(&self, ops: &CpuOps, model: &mut RankingModel<CpuOps>) -> Result<()> {
+        self.weighting.write_grads(ops, model, &self.task_weights, &self.step_loss)
+    }
+}
