@@ -2,11 +2,11 @@
 //! categorical feature, concatenation with the dense features, and the multi-task head.
 //!
 //! ```text
-//! batch ─► EmbeddingCollection ─► [emb | dense] = x ─► MultiTaskHead ─► logit per task
+//! batch ─► EmbeddingCollection ─► [emb | dense] = x ─► Head ─► logit per task
 //! ```
 
 use crate::error::{Context, ModelError, Result};
-use crate::head::MultiTaskHead;
+use crate::head::{build_head, Head};
 use mixrank_data::config::model::ModelSection;
 use mixrank_data::config::{ExperimentConfig, Pooling as CfgPooling};
 use mixrank_data::Batch;
@@ -29,7 +29,7 @@ enum FeatureIds<B: Backend> {
 /// - logits: one `[batch, 1]` buffer per task
 pub struct RankingModel<B: Backend> {
     pub emb: Option<EmbeddingCollection<B>>,
-    pub head: MultiTaskHead<B>,
+    pub head: Box<dyn Head<B>>,
     d_emb: usize,
     dense_width: usize,
     max_batch: usize,
@@ -80,7 +80,7 @@ where
         let d_emb = emb.as_ref().map_or(0, |e| e.output_dim());
         let dense_width = cfg.dense_width();
         let d_in = d_emb + dense_width;
-        let head = MultiTaskHead::new(m, d_in, cfg.tasks.len(), ops, max_batch, rng)?;
+        let head = build_head(m, d_in, cfg.tasks.len(), ops, max_batch, rng)?;
         let buf = |n: usize| ops.alloc(n).at(|| "model workspaces".into());
         let n_tasks = cfg.tasks.len();
         let task_log_var = match cfg.train.loss_weighting {
