@@ -5,12 +5,14 @@
 //! dense features): an optional shared layer ([`trunk`]), the architecture's experts,
 //! gates and mixing, and the towers ([`towers`]). One type per architecture
 //! ([`SharedBottom`], [`Moe`], [`Ple`]); [`build_head`] picks it from the config.
-//! [`RankingModel`] puts the embeddings in front.
+//! [`RankingModel`] puts the embeddings in front and may add [`LogitSource`]s' logits
+//! to chosen tasks in training.
 
 pub mod error;
 pub mod expert;
 pub mod gates;
 pub mod head;
+pub mod logit_source;
 pub mod moe;
 pub mod ple;
 pub mod ranking;
@@ -22,6 +24,7 @@ pub use error::{ModelError, Result};
 pub use expert::Expert;
 pub use gates::{ExpertOwner, ExpertRef, GateInfo, GateRole};
 pub use head::{build_head, Head};
+pub use logit_source::{LogitSource, LogitSources};
 pub use moe::{Gating, Moe};
 pub use ple::Ple;
 pub use ranking::RankingModel;
