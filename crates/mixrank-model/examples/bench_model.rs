@@ -9,7 +9,7 @@
 
 use mixrank_data::config::model::ModelSection;
 use mixrank_engine::{Backend, ColCopy, CpuOps, GradWrite, LossInput};
-use mixrank_model::MultiTaskHead;
+use mixrank_model::{build_head, Head};
 use mixrank_nn::{
     Adam, AdamConfig, EmbeddingCollection, EmbeddingCollectionConfig, FeatureConfig, FeatureInput, LazyAdam,
     LazyAdamConfig, TableConfig,
@@ -50,7 +50,7 @@ fn data(batch: usize, rng: &mut rand::rngs::StdRng) -> Data {
 
 struct BenchModel {
     emb: EmbeddingCollection<CpuOps>,
-    head: MultiTaskHead<CpuOps>,
+    head: Box<dyn Head<CpuOps>>,
     x: Vec<f32>,
     d_emb: Vec<f32>,
     d_logits: Vec<Vec<f32>>,
@@ -65,7 +65,7 @@ impl BenchModel {
         };
         let emb = cfg.init(ops, max_batch, &mut rng).unwrap();
         let m: ModelSection = toml::from_str(MODEL).unwrap();
-        let head = MultiTaskHead::new(&m, D_IN, TASKS, ops, max_batch, &mut rng).unwrap();
+        let head = build_head(&m, D_IN, TASKS, ops, max_batch, &mut rng).unwrap();
         BenchModel {
             emb,
             head,
@@ -101,7 +101,7 @@ impl BenchModel {
             let input = LossInput { pred: self.head.logits(t), target: &d.labels[t], weight: None, mask: None };
             loss += ops.bce_with_logits(batch, input, &mut self.d_logits[t], GradWrite::default()).unwrap();
         }
-        mixrank_nn::zero_grads(ops, &mut self.head).unwrap();
+        mixrank_nn::zero_grads(ops, &mut *self.head).unwrap();
         let refs: Vec<&Vec<f32>> = self.d_logits.iter().collect();
         let dx = self.head.backward(ops, &self.x, &refs).unwrap();
         let w = FIELDS * DIM;
@@ -109,7 +109,7 @@ impl BenchModel {
         ops.copy_cols(&spec, dx, &mut self.d_emb).unwrap();
         let inputs: Vec<FeatureInput<'_, CpuOps>> = d.ids.iter().map(FeatureInput::Single).collect();
         self.emb.backward(ops, &inputs, &self.d_emb).unwrap();
-        adam.step(&mut self.head, 1e-3).unwrap();
+        adam.step(&mut *self.head, 1e-3).unwrap();
         sparse.step(&mut self.emb).unwrap();
         loss
     }
@@ -148,7 +148,7 @@ fn main() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let bs = 2048;
         let mut model = BenchModel::new(&ops, bs);
-        let mut adam = Adam::new(AdamConfig::default(), &mut model.head);
+        let mut adam = Adam::new(AdamConfig::default(), &mut *model.head);
         let mut sparse = LazyAdam::new(LazyAdamConfig::new(1e-3), &model.emb);
         let batches: Vec<Data> = (0..8).map(|_| data(bs, &mut rng)).collect();
         let mut times = Vec::new();

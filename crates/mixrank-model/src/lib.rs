@@ -1,19 +1,31 @@
 //! mixrank-model: multi-task architectures assembled from `mixrank-nn` layers as the
 //! config's `[model]` section says. Models return logits; they never own a loss.
 //!
-//! The [`MultiTaskHead`] is everything after the input features (the concatenated
-//! embeddings and dense features): an optional shared layer, the experts, the gates and
-//! per-task mixing, and the towers.
+//! A [`Head`] is everything after the input features (the concatenated embeddings and
+//! dense features): an optional shared layer ([`trunk`]), the architecture's experts,
+//! gates and mixing, and the towers ([`towers`]). One type per architecture
+//! ([`SharedBottom`], [`Moe`], [`Ple`]); [`build_head`] picks it from the config.
+//! [`RankingModel`] puts the embeddings in front and may add [`LogitSource`]s' logits
+//! to chosen tasks in training.
 
 pub mod error;
 pub mod expert;
 pub mod gates;
 pub mod head;
+pub mod logit_source;
+pub mod moe;
 pub mod ple;
 pub mod ranking;
+pub mod shared_bottom;
+pub mod towers;
+pub mod trunk;
 
 pub use error::{ModelError, Result};
 pub use expert::Expert;
 pub use gates::{ExpertOwner, ExpertRef, GateInfo, GateRole};
-pub use head::MultiTaskHead;
+pub use head::{build_head, Head};
+pub use logit_source::{LogitSource, LogitSources};
+pub use moe::{Gating, Moe};
+pub use ple::Ple;
 pub use ranking::RankingModel;
+pub use shared_bottom::SharedBottom;

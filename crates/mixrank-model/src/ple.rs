@@ -24,10 +24,118 @@
 
 use crate::error::{Context, Result};
 use crate::expert::{expanded, Expert};
+use crate::gates::{ExpertOwner, ExpertRef, GateInfo, GateRole};
+use crate::head::{check_backward, check_batch, Head};
+use crate::towers::Towers;
+use crate::trunk::Trunk;
 use mixrank_data::config::model::{ModelSection, PleSection};
 use mixrank_engine::{Backend, ColCopy};
-use mixrank_nn::{Gate, GateConfig, Layer, MoeMix, ParamVisitor, Parameters};
+use mixrank_nn::{Gate, GateConfig, Layer, MoeMix, ParamVisitor, Parameters, ReducedSite};
 use rand::Rng;
+
+/// The PLE head: trunk, levels, towers. Parameters: `shared.*`, `ple.levels.<l>.*`,
+/// `towers.<t>.*`.
+pub struct Ple<B: Backend> {
+    trunk: Trunk<B>,
+    levels: Levels<B>,
+    towers: Towers<B>,
+    max_batch: usize,
+}
+
+impl<B: Backend + 'static> Ple<B>
+where
+    B::Buf: Send,
+{
+    /// Builds the trunk, `p.levels` CGC levels over it and the towers.
+    pub fn new<R: Rng + ?Sized>(
+        m: &ModelSection,
+        p: &PleSection,
+        d_in: usize,
+        n_tasks: usize,
+        ops: &B,
+        max_batch: usize,
+        rng: &mut R,
+    ) -> Result<Self> {
+        let trunk = Trunk::new(m, d_in, ops, max_batch, rng)?;
+        let levels = Levels::new(m, p, trunk.d_out(), n_tasks, ops, max_batch, rng)?;
+        let towers = Towers::new(m, n_tasks, ops, max_batch, rng)?;
+        Ok(Ple { trunk, levels, towers, max_batch })
+    }
+}
+
+impl<B: Backend + 'static> Head<B> for Ple<B>
+where
+    B::Buf: Send,
+{
+    fn d_in(&self) -> usize {
+        self.trunk.d_in()
+    }
+
+    fn n_tasks(&self) -> usize {
+        self.towers.len()
+    }
+
+    fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    fn forward(&mut self, ops: &B, x: &B::Buf, batch: usize) -> Result<()> {
+        check_batch(batch, self.max_batch)?;
+        self.trunk.forward(ops, x, batch)?;
+        self.levels.forward(ops, self.trunk.output(x), batch)?;
+        for t in 0..self.towers.len() {
+            self.towers.forward(ops, t, self.levels.output(t), batch)?;
+        }
+        Ok(())
+    }
+
+    fn logits(&self, t: usize) -> &B::Buf {
+        self.towers.logits(t)
+    }
+
+    fn backward(&mut self, ops: &B, x: &B::Buf, d_logits: &[&B::Buf]) -> Result<&B::Buf> {
+        check_backward(self.levels.batch, d_logits.len(), self.towers.len())?;
+        for (t, d_logit) in d_logits.iter().enumerate() {
+            self.towers.backward(ops, t, self.levels.output(t), d_logit)?;
+        }
+        // Each tower keeps its input gradient: the levels read them all at once.
+        let d_out: Vec<&B::Buf> = (0..self.towers.len()).map(|t| self.towers.d_input(t)).collect();
+        let d_trunk = self.levels.backward(ops, self.trunk.output(x), &d_out)?;
+        self.trunk.backward(ops, x, d_trunk)
+    }
+
+    fn visit_layers(&mut self, f: &mut dyn FnMut(&mut dyn Layer<B>)) {
+        self.trunk.visit_layers(f);
+        for e in self.levels.experts_mut() {
+            e.visit_net(f);
+        }
+        self.towers.visit_layers(f);
+    }
+
+    fn visit_reduced(&mut self, f: &mut dyn FnMut(ReducedSite<'_, B>)) {
+        self.trunk.visit_reduced(f);
+        self.levels.visit_reduced(f);
+        self.towers.visit_reduced(f);
+    }
+
+    /// Per level: each task's gate (its own experts, then the shared ones), then the
+    /// shared gate of inner levels (every task's experts, then the shared ones).
+    fn gates(&self) -> Vec<GateInfo> {
+        self.levels.gates()
+    }
+
+    fn gate_weights(&self, g: usize) -> Option<&B::Buf> {
+        self.levels.gate_weights(g)
+    }
+}
+
+impl<B: Backend> Parameters<B> for Ple<B> {
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
+        self.trunk.visit_params(v);
+        v.scope("ple", |v| self.levels.visit_params(v));
+        self.towers.visit_params(v);
+    }
+}
 
 /// One CGC level.
 struct Level<B: Backend> {
@@ -50,8 +158,8 @@ struct Level<B: Backend> {
     d_shared_in: B::Buf,
 }
 
-/// The PLE stack between the trunk and the towers.
-pub struct Ple<B: Backend> {
+/// The CGC levels between the trunk and the towers; parameters under `levels.<l>.*`.
+struct Levels<B: Backend> {
     levels: Vec<Level<B>>,
     expert_dim: usize,
     d_trunk: usize,
@@ -60,11 +168,11 @@ pub struct Ple<B: Backend> {
     batch: Option<usize>,
 }
 
-impl<B: Backend + 'static> Ple<B>
+impl<B: Backend + 'static> Levels<B>
 where
     B::Buf: Send,
 {
-    pub fn new<R: Rng + ?Sized>(
+    fn new<R: Rng + ?Sized>(
         m: &ModelSection,
         p: &PleSection,
         d_trunk: usize,
@@ -127,13 +235,12 @@ where
                 shared,
             });
         }
-        Ok(Ple { levels, expert_dim: d, d_trunk, d_trunk_buf: buf(max_batch * d_trunk)?, batch: None })
+        Ok(Levels { levels, expert_dim: d, d_trunk, d_trunk_buf: buf(max_batch * d_trunk)?, batch: None })
     }
 
     /// Per level: each task's gate (its own experts, then the shared ones), then the
     /// shared gate of inner levels (every task's experts, then the shared ones).
-    pub fn gates(&self) -> Vec<crate::GateInfo> {
-        use crate::{ExpertOwner, ExpertRef, GateInfo, GateRole};
+    fn gates(&self) -> Vec<GateInfo> {
         let mut out = Vec::new();
         for (level, lv) in self.levels.iter().enumerate() {
             let of = |owner: ExpertOwner, list: &[Expert<B>]| -> Vec<ExpertRef> {
@@ -154,8 +261,8 @@ where
         out
     }
 
-    /// Weights of gate `g` in [`Ple::gates`]'s order, from the last forward.
-    pub fn gate_weights(&self, g: usize) -> Option<&B::Buf> {
+    /// Weights of gate `g` in [`Levels::gates`]'s order, from the last forward.
+    fn gate_weights(&self, g: usize) -> Option<&B::Buf> {
         let mut i = g;
         for lv in &self.levels {
             if i < lv.task_gates.len() {
@@ -173,11 +280,11 @@ where
     }
 
     /// Task `t`'s output of the last level, `[batch, expert_dim]`.
-    pub fn output(&self, t: usize) -> &B::Buf {
+    fn output(&self, t: usize) -> &B::Buf {
         self.levels.last().expect("at least one level").task_mixes[t].output()
     }
 
-    pub fn forward(&mut self, ops: &B, trunk: &B::Buf, batch: usize) -> Result<()> {
+    fn forward(&mut self, ops: &B, trunk: &B::Buf, batch: usize) -> Result<()> {
         let d = self.expert_dim;
         let copy = ColCopy { rows: batch, cols: d, src_ld: d, src_col: 0, dst_ld: d, dst_col: 0, accumulate: false };
         for l in 0..self.levels.len() {
@@ -212,9 +319,9 @@ where
         Ok(())
     }
 
-    /// Back-propagates `d_out[t]` (`[batch, expert_dim]`, w.r.t. [`Ple::output`]) and
+    /// Back-propagates `d_out[t]` (`[batch, expert_dim]`, w.r.t. [`Levels::output`]) and
     /// returns the gradient w.r.t. the trunk, `[batch, d_trunk]`.
-    pub fn backward(&mut self, ops: &B, trunk: &B::Buf, d_out: &[&B::Buf]) -> Result<&B::Buf> {
+    fn backward(&mut self, ops: &B, trunk: &B::Buf, d_out: &[&B::Buf]) -> Result<&B::Buf> {
         let batch = self.batch.ok_or_else(|| crate::ModelError::Mismatch("PLE backward before forward".into()))?;
         let wide = batch * self.expert_dim;
         for l in (0..self.levels.len()).rev() {
@@ -286,12 +393,12 @@ where
     }
 
     /// Every expert of every level, task-specific and shared.
-    pub fn experts_mut(&mut self) -> impl Iterator<Item = &mut Expert<B>> {
+    fn experts_mut(&mut self) -> impl Iterator<Item = &mut Expert<B>> {
         self.levels.iter_mut().flat_map(|lv| lv.task_experts.iter_mut().flatten().chain(&mut lv.shared_experts))
     }
 
     /// Every Linear of every expert and gate (for bf16 inference).
-    pub fn visit_reduced(&mut self, f: &mut dyn FnMut(mixrank_nn::ReducedSite<'_, B>)) {
+    fn visit_reduced(&mut self, f: &mut dyn FnMut(ReducedSite<'_, B>)) {
         for ex in self.experts_mut() {
             ex.visit_reduced(f);
         }
@@ -303,7 +410,7 @@ where
     }
 }
 
-impl<B: Backend> Parameters<B> for Ple<B> {
+impl<B: Backend> Parameters<B> for Levels<B> {
     fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
         for (l, lv) in self.levels.iter_mut().enumerate() {
             v.scope_indexed("levels", l, |v| {

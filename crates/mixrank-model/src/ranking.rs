@@ -2,11 +2,13 @@
 //! categorical feature, concatenation with the dense features, and the multi-task head.
 //!
 //! ```text
-//! batch ─► EmbeddingCollection ─► [emb | dense] = x ─► MultiTaskHead ─► logit per task
+//! batch ─► EmbeddingCollection ─► [emb | dense] = x ─► Head ─► logit per task
+//!   └────► logit sources (training only) ──────────────────────────► + chosen tasks
 //! ```
 
 use crate::error::{Context, ModelError, Result};
-use crate::head::MultiTaskHead;
+use crate::head::{build_head, Head};
+use crate::logit_source::{LogitSource, LogitSources};
 use mixrank_data::config::model::ModelSection;
 use mixrank_data::config::{ExperimentConfig, Pooling as CfgPooling};
 use mixrank_data::Batch;
@@ -22,14 +24,18 @@ enum FeatureIds<B: Backend> {
     Multi { offsets: B::Ids, ids: B::Ids },
 }
 
-/// Embeddings + dense features + multi-task head.
+/// Embeddings + dense features + multi-task head (+ additive logit sources in training).
 ///
 /// # Shapes
 /// - x: `[batch, d_emb + dense_width]`
 /// - logits: one `[batch, 1]` buffer per task
 pub struct RankingModel<B: Backend> {
     pub emb: Option<EmbeddingCollection<B>>,
-    pub head: MultiTaskHead<B>,
+    pub head: Box<dyn Head<B>>,
+    /// Extra logits added to chosen tasks in training mode ([`RankingModel::add_logit_source`]).
+    logit_sources: LogitSources<B>,
+    /// Training mode (the default) or evaluation mode.
+    training: bool,
     d_emb: usize,
     dense_width: usize,
     max_batch: usize,
@@ -80,7 +86,7 @@ where
         let d_emb = emb.as_ref().map_or(0, |e| e.output_dim());
         let dense_width = cfg.dense_width();
         let d_in = d_emb + dense_width;
-        let head = MultiTaskHead::new(m, d_in, cfg.tasks.len(), ops, max_batch, rng)?;
+        let head = build_head(m, d_in, cfg.tasks.len(), ops, max_batch, rng)?;
         let buf = |n: usize| ops.alloc(n).at(|| "model workspaces".into());
         let n_tasks = cfg.tasks.len();
         let task_log_var = match cfg.train.loss_weighting {
@@ -93,6 +99,8 @@ where
         Ok(RankingModel {
             emb,
             head,
+            logit_sources: LogitSources::new(ops, n_tasks, max_batch)?,
+            training: true,
             d_emb,
             dense_width,
             max_batch,
@@ -109,9 +117,17 @@ where
         self.d_emb + self.dense_width
     }
 
-    /// Task `t`'s logits from the last forward (`[batch, 1]`).
+    /// Task `t`'s logits from the last forward (`[batch, 1]`): the head's, plus in
+    /// training mode the logit sources feeding task `t`.
     pub fn logits(&self, t: usize) -> &B::Buf {
-        self.head.logits(t)
+        self.logit_sources.logits(&*self.head, t)
+    }
+
+    /// Adds a network whose logit is added to the tasks its mask names, in training mode
+    /// only (see [`crate::logit_source`]); its parameters are visited after the head's,
+    /// as `logit_sources.<s>.*`.
+    pub fn add_logit_source(&mut self, ops: &B, source: Box<dyn LogitSource<B>>) -> Result<()> {
+        self.logit_sources.add(ops, source)
     }
 
     fn upload_ids(&mut self, ops: &B, b: &Batch) -> Result<()> {
@@ -140,8 +156,17 @@ where
     }
 
     /// Training mode (dropout on, the default) or evaluation mode (dropout off).
+    /// Logit sources are added in training mode only.
     pub fn set_training(&mut self, training: bool) {
         self.head.set_training(training);
+        self.training = training;
+    }
+
+    /// Dropout mask streams of the head and the logit sources continue from `step`
+    /// (see [`Head::set_dropout_step`]).
+    pub fn set_dropout_step(&mut self, step: u64) {
+        self.head.set_dropout_step(step);
+        self.logit_sources.set_dropout_step(step);
     }
 
     /// Runs the model on a batch.
@@ -173,7 +198,8 @@ where
             ops.copy_cols(&copy(self.dense_width, self.dense_width, self.d_emb), &self.dense, &mut self.x)
                 .at(|| "concat".into())?;
         }
-        self.head.forward(ops, &self.x, n)
+        self.head.forward(ops, &self.x, n)?;
+        self.logit_sources.forward(ops, &*self.head, b, self.training)
     }
 
     /// Back-propagates the logit gradients of the last forward's batch, accumulating
@@ -194,7 +220,7 @@ where
             let inputs = Self::inputs(&self.ids);
             emb.backward(ops, &inputs, &self.d_emb_buf).at(|| "embeddings backward".into())?;
         }
-        Ok(())
+        self.logit_sources.backward(ops, b, d_logits)
     }
 }
 
@@ -205,5 +231,6 @@ impl<B: Backend> Parameters<B> for RankingModel<B> {
         if let Some(p) = &mut self.task_log_var {
             v.param("task_log_var", p);
         }
+        self.logit_sources.visit_params(v);
     }
 }

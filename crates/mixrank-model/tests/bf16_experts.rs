@@ -4,15 +4,15 @@
 use mixrank_data::config::model::ModelSection;
 use mixrank_engine::bf16::Bf16Kernel;
 use mixrank_engine::CpuOps;
-use mixrank_model::MultiTaskHead;
+use mixrank_model::{build_head, Head};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const TASKS: usize = 2;
 
-fn head(text: &str, d_in: usize, batch: usize) -> MultiTaskHead<CpuOps> {
+fn head(text: &str, d_in: usize, batch: usize) -> Box<dyn Head<CpuOps>> {
     let m: ModelSection = toml::from_str(text).expect("valid [model] section");
-    MultiTaskHead::new(&m, d_in, TASKS, &CpuOps::new(), batch, &mut StdRng::seed_from_u64(3)).unwrap()
+    build_head(&m, d_in, TASKS, &CpuOps::new(), batch, &mut StdRng::seed_from_u64(3)).unwrap()
 }
 
 /// (Linear layers converted, max |Δlogit| between f32 and bf16).

@@ -1,10 +1,13 @@
-//! The multi-task head's backward against central finite differences in f64, for every
-//! architecture it builds, including heterogeneous experts and a shared layer.
+//! The heads' backward against finite differences in f64, for every architecture
+//! `build_head` builds (single-task, shared-bottom, OMoE, MMoE, MMoE top-k, PLE),
+//! including heterogeneous experts (DCNv2, MaskNet, FinalMLP, MLP) and a shared layer:
+//! every parameter's gradient and the input gradient, with the stencil and tolerance of
+//! the layer-level checks (`mixrank_nn::testing::gradcheck`), and every parameter must
+//! receive a non-zero gradient.
 
 use mixrank_data::config::model::ModelSection;
-use mixrank_model::MultiTaskHead;
-use mixrank_nn::testing::RefOpsF64;
-use mixrank_nn::Parameters;
+use mixrank_model::{build_head, Head};
+use mixrank_nn::testing::{check_grads, RefOpsF64};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -12,21 +15,25 @@ const D_IN: usize = 7;
 const BATCH: usize = 3;
 const TASKS: usize = 2;
 
+/// A boxed head's type (`'static` objects, as `build_head` returns).
+type DynHead = dyn Head<RefOpsF64>;
+
 fn section(text: &str) -> ModelSection {
     toml::from_str(text).expect("valid [model] section")
 }
 
-/// L = Σ_t Σ_b c[t][b] · logit_t[b].
-fn loss(head: &mut MultiTaskHead<RefOpsF64>, ops: &RefOpsF64, x: &Vec<f64>, c: &[Vec<f64>]) -> f64 {
-    head.forward(ops, x, BATCH).unwrap();
-    (0..TASKS).map(|t| head.logits(t)[..BATCH].iter().zip(&c[t]).map(|(a, b)| a * b).sum::<f64>()).sum()
+fn check(text: &str, seed: u64) {
+    check_tasks(text, TASKS, seed);
 }
 
-fn check(text: &str, seed: u64) {
+/// Checks `L = Σ_t Σ_b r[t][b] · logit_t[b]` (random `r`) against the analytic gradients
+/// of every parameter and of `x`.
+fn check_tasks(text: &str, tasks: usize, seed: u64) {
     let ops = RefOpsF64::new();
     let mut rng = StdRng::seed_from_u64(seed);
     let m = section(text);
-    let mut head = MultiTaskHead::new(&m, D_IN, TASKS, &ops, BATCH, &mut rng).unwrap();
+    let mut head = build_head(&m, D_IN, tasks, &ops, BATCH, &mut rng).unwrap();
+    assert_eq!((head.d_in(), head.n_tasks(), head.max_batch()), (D_IN, tasks, BATCH));
     // Random parameters everywhere (biases and norm scales too), so no term hides at 0/1.
     head.params(&mut |name, p| {
         let n = p.len();
@@ -35,51 +42,96 @@ fn check(text: &str, seed: u64) {
             *v = rng.random_range(lo..hi);
         }
     });
+    let n_params = head.num_params();
+    assert!(n_params > 50, "only {n_params} parameters");
     let x: Vec<f64> = (0..BATCH * D_IN).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let c: Vec<Vec<f64>> = (0..TASKS).map(|_| (0..BATCH).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
+    let forward = |h: &mut DynHead, inputs: &[Vec<f64>]| -> Vec<f64> {
+        h.forward(&ops, &inputs[0], BATCH).unwrap();
+        (0..tasks).flat_map(|t| h.logits(t)[..BATCH].to_vec()).collect()
+    };
+    let backward = |h: &mut DynHead, inputs: &[Vec<f64>], r: &[f64]| -> Vec<Vec<f64>> {
+        h.forward(&ops, &inputs[0], BATCH).unwrap();
+        let d_logits: Vec<Vec<f64>> = r.chunks(BATCH).map(<[f64]>::to_vec).collect();
+        assert_eq!(d_logits.len(), tasks);
+        let refs: Vec<&Vec<f64>> = d_logits.iter().collect();
+        vec![h.backward(&ops, &inputs[0], &refs).unwrap()[..BATCH * D_IN].to_vec()]
+    };
+    check_grads(text, &mut *head, &[x], forward, backward, seed);
+}
 
-    head.forward(&ops, &x, BATCH).unwrap();
-    head.params(&mut |_, p| p.grad.iter_mut().for_each(|g| *g = 0.0));
-    let d_logits: Vec<Vec<f64>> = c.clone();
-    let refs: Vec<&Vec<f64>> = d_logits.iter().collect();
-    let dx = head.backward(&ops, &x, &refs).unwrap()[..BATCH * D_IN].to_vec();
+#[test]
+fn single_task_finalmlp_with_shared_layer_gradients() {
+    check_tasks(
+        "architecture = \"single_task\"\nexpert_dim = 4\nshared = { hidden = [6], activation = \"tanh\" }\n\
+         tower = { hidden = [3], activation = \"tanh\" }\n\
+         [[experts]]\nkind = \"finalmlp\"\nhidden = [4]\nstream2 = [6]\nheads = 2\nactivation = \"tanh\"\n",
+        1,
+        11,
+    );
+}
 
-    let h = 1e-6;
-    let tol = |g: f64| 1e-6 * (1.0 + g.abs());
-    // Input gradient.
-    for i in 0..x.len() {
-        let (mut xp, mut xm) = (x.clone(), x.clone());
-        xp[i] += h;
-        xm[i] -= h;
-        let fd = (loss(&mut head, &ops, &xp, &c) - loss(&mut head, &ops, &xm, &c)) / (2.0 * h);
-        assert!((fd - dx[i]).abs() <= tol(dx[i]), "{text}\nd_x[{i}]: analytic {} vs numeric {fd}", dx[i]);
-    }
-    // Parameter gradients: collect analytic values, then perturb one value at a time.
-    let mut analytic: Vec<(String, Vec<f64>)> = Vec::new();
-    head.params(&mut |name, p| analytic.push((name.to_string(), p.grad[..p.len()].to_vec())));
-    let mut checked = 0;
-    for (k, (name, g)) in analytic.iter().enumerate() {
-        for (i, &gi) in g.iter().enumerate() {
-            let nudge = |head: &mut MultiTaskHead<RefOpsF64>, delta: f64| {
-                let mut j = 0;
-                head.params(&mut |_, p| {
-                    if j == k {
-                        p.value[i] += delta;
-                    }
-                    j += 1;
-                });
-            };
-            nudge(&mut head, h);
-            let lp = loss(&mut head, &ops, &x, &c);
-            nudge(&mut head, -2.0 * h);
-            let lm = loss(&mut head, &ops, &x, &c);
-            nudge(&mut head, h);
-            let fd = (lp - lm) / (2.0 * h);
-            assert!((fd - gi).abs() <= tol(gi), "{text}\n{name}[{i}]: analytic {gi} vs numeric {fd}");
-            checked += 1;
-        }
-    }
-    assert!(checked > 50, "only {checked} parameters checked");
+#[test]
+fn single_task_masknet_gradients() {
+    check_tasks(
+        "architecture = \"single_task\"\nexpert_dim = 4\ntower = { hidden = [3], activation = \"tanh\" }\n\
+         [[experts]]\nkind = \"masknet\"\nblocks = 2\nblock_dim = 3\n",
+        1,
+        12,
+    );
+}
+
+#[test]
+fn shared_bottom_mlp_with_shared_layer_gradients() {
+    check(
+        "architecture = \"shared_bottom\"\nexpert_dim = 4\nshared = { hidden = [5], activation = \"tanh\", layer_norm = true }\n\
+         tower = { hidden = [3], activation = \"tanh\" }\n\
+         [[experts]]\nkind = \"mlp\"\nhidden = [6]\nactivation = \"tanh\"\n",
+        13,
+    );
+}
+
+#[test]
+fn heterogeneous_omoe_gradients() {
+    check(
+        "architecture = \"omoe\"\nexpert_dim = 4\ntower = { hidden = [3], activation = \"tanh\" }\n\
+         [[experts]]\nkind = \"dcnv2\"\ncross_layers = 1\nhidden = [4]\nactivation = \"tanh\"\n\
+         [[experts]]\nkind = \"masknet\"\nblocks = 2\nblock_dim = 3\nstructure = \"parallel\"\n\
+         [[experts]]\nkind = \"finalmlp\"\nhidden = [4]\nstream2 = [2]\nheads = 2\nactivation = \"tanh\"\n\
+         [[experts]]\nkind = \"mlp\"\nhidden = [4]\nactivation = \"tanh\"\n",
+        14,
+    );
+}
+
+#[test]
+fn heterogeneous_top_k_mmoe_gradients() {
+    // Top-k gates are piecewise smooth; random logits keep the selection away from
+    // ties, so the differences see one piece. Three tasks, so each expert is picked by
+    // some (task, row) and every parameter gets a gradient.
+    check_tasks(
+        "architecture = \"mmoe\"\nexpert_dim = 4\ntower = { hidden = [3], activation = \"tanh\" }\n\
+         gate = { top_k = 2, temperature = 0.8 }\n\
+         [[experts]]\nkind = \"dcnv2\"\ncross_layers = 1\nlow_rank = 2\nhidden = [4]\nactivation = \"tanh\"\n\
+         [[experts]]\nkind = \"masknet\"\nblocks = 1\nblock_dim = 3\n\
+         [[experts]]\nkind = \"finalmlp\"\nhidden = [4]\nactivation = \"tanh\"\n\
+         [[experts]]\nkind = \"mlp\"\nhidden = [4]\nactivation = \"tanh\"\n",
+        3,
+        15,
+    );
+}
+
+#[test]
+fn ple_every_expert_kind_gradients() {
+    // Shared experts cycle through all four kinds; each task's two are dcnv2, masknet.
+    check(
+        "architecture = \"ple\"\nexpert_dim = 3\nshared = { hidden = [5], activation = \"tanh\" }\n\
+         tower = { hidden = [2], activation = \"tanh\" }\n\
+         ple = { levels = 2, shared_experts = 4, task_experts = 2 }\n\
+         [[experts]]\nkind = \"dcnv2\"\ncross_layers = 1\nhidden = [4]\nactivation = \"tanh\"\n\
+         [[experts]]\nkind = \"masknet\"\nblocks = 1\nblock_dim = 3\n\
+         [[experts]]\nkind = \"finalmlp\"\nhidden = [3]\nactivation = \"tanh\"\n\
+         [[experts]]\nkind = \"mlp\"\nhidden = [4]\nactivation = \"tanh\"\n",
+        16,
+    );
 }
 
 #[test]
@@ -155,7 +207,7 @@ fn ple_parameters_follow_the_documented_expert_cycle() {
         "architecture = \"ple\"\nexpert_dim = 4\nple = { levels = 2, shared_experts = 2, task_experts = 1 }\n\
          [[experts]]\nkind = \"dcnv2\"\ncross_layers = 1\nhidden = [4]\n[[experts]]\nkind = \"mlp\"\nhidden = [4]\n",
     );
-    let mut head = MultiTaskHead::new(&m, D_IN, TASKS, &ops, BATCH, &mut rng).unwrap();
+    let mut head = build_head(&m, D_IN, TASKS, &ops, BATCH, &mut rng).unwrap();
     let mut names = Vec::new();
     head.params(&mut |name, _| names.push(name.to_string()));
     let has = |prefix: &str| names.iter().any(|n| n.starts_with(prefix));
@@ -209,12 +261,12 @@ fn bf16_inference_tracks_f32_and_refuses_backward() {
         "architecture = \"mmoe\"\nexpert_dim = 32\n[[experts]]\nkind = \"mlp\"\ncount = 3\nhidden = [64, 32]\n",
     );
     let (d_in, batch) = (40, 64);
-    let mut head = MultiTaskHead::new(&m, d_in, TASKS, &ops, batch, &mut rng).unwrap();
+    let mut head = build_head(&m, d_in, TASKS, &ops, batch, &mut rng).unwrap();
     let x: Vec<f32> = (0..batch * d_in).map(|_| rng.random_range(-1.0..1.0)).collect();
     head.forward(&ops, &x, batch).unwrap();
     let want: Vec<Vec<f32>> = (0..TASKS).map(|t| head.logits(t)[..batch].to_vec()).collect();
     for kernel in [Bf16Kernel::detect(), Bf16Kernel::portable()] {
-        let mut h2 = MultiTaskHead::new(&m, d_in, TASKS, &ops, batch, &mut StdRng::seed_from_u64(9)).unwrap();
+        let mut h2 = build_head(&m, d_in, TASKS, &ops, batch, &mut StdRng::seed_from_u64(9)).unwrap();
         // 3 experts x 2 Linear + 2 gates + 2 towers x 2 Linear.
         assert_eq!(h2.use_bf16(kernel).unwrap(), 12, "{}", kernel.name());
         h2.forward(&ops, &x, batch).unwrap();
@@ -244,10 +296,9 @@ fn dropout_is_on_in_training_and_off_in_evaluation() {
              [[experts]]\nkind = \"dcnv2\"\ncross_layers = 1\nhidden = [5]\ndropout = {p}\n"
         )
     };
-    let mut with =
-        MultiTaskHead::new(&section(&text(0.5)), D_IN, TASKS, &ops, BATCH, &mut StdRng::seed_from_u64(1)).unwrap();
+    let mut with = build_head(&section(&text(0.5)), D_IN, TASKS, &ops, BATCH, &mut StdRng::seed_from_u64(1)).unwrap();
     let mut without =
-        MultiTaskHead::new(&section(&text(0.0)), D_IN, TASKS, &ops, BATCH, &mut StdRng::seed_from_u64(2)).unwrap();
+        build_head(&section(&text(0.0)), D_IN, TASKS, &ops, BATCH, &mut StdRng::seed_from_u64(2)).unwrap();
     // Same weights in both (dropout has no parameters, so the lists line up).
     let mut values = Vec::new();
     with.params(&mut |_, p| values.push(p.value[..p.len()].to_vec()));
@@ -259,7 +310,7 @@ fn dropout_is_on_in_training_and_off_in_evaluation() {
     });
     let mut rng = StdRng::seed_from_u64(3);
     let x: Vec<f64> = (0..BATCH * D_IN).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let logits = |h: &mut MultiTaskHead<RefOpsF64>| {
+    let logits = |h: &mut Box<dyn Head<RefOpsF64>>| {
         h.forward(&ops, &x, BATCH).unwrap();
         (0..TASKS).flat_map(|t| h.logits(t)[..BATCH].to_vec()).collect::<Vec<f64>>()
     };
@@ -272,4 +323,63 @@ fn dropout_is_on_in_training_and_off_in_evaluation() {
     assert_eq!(logits(&mut with), reference, "evaluation mode is the full network");
     with.set_training(true);
     assert_ne!(logits(&mut with), reference);
+}
+
+#[test]
+fn build_head_maps_each_architecture_to_its_gates() {
+    use mixrank_model::GateRole;
+    let ops = RefOpsF64::new();
+    let experts = "[[experts]]\nkind = \"mlp\"\ncount = 3\nhidden = [4]\n";
+    let one = "[[experts]]\nkind = \"mlp\"\nhidden = [4]\n";
+    let cases: [(&str, &str, Vec<GateRole>); 5] = [
+        ("single_task", one, vec![]),
+        ("shared_bottom", one, vec![]),
+        ("omoe", experts, vec![GateRole::AllTasks]),
+        ("mmoe", experts, vec![GateRole::Task(0), GateRole::Task(1)]),
+        ("ple", experts, vec![GateRole::PleTask { level: 0, task: 0 }, GateRole::PleTask { level: 0, task: 1 }]),
+    ];
+    for (arch, experts, roles) in cases {
+        let ple = if arch == "ple" { "ple = { levels = 1, shared_experts = 1, task_experts = 1 }\n" } else { "" };
+        let m = section(&format!("architecture = \"{arch}\"\nexpert_dim = 4\n{ple}{experts}"));
+        let mut head = build_head(&m, D_IN, TASKS, &ops, BATCH, &mut StdRng::seed_from_u64(0)).unwrap();
+        let gates = head.gates();
+        assert_eq!(gates.iter().map(|g| g.role).collect::<Vec<_>>(), roles, "{arch}");
+        let x: Vec<f64> = (0..BATCH * D_IN).map(|i| (i as f64 * 0.61).cos()).collect();
+        head.forward(&ops, &x, BATCH).unwrap();
+        for (g, info) in gates.iter().enumerate() {
+            let w = head.gate_weights(g).unwrap();
+            let n = info.experts.len();
+            assert_eq!(n, if arch == "ple" { 2 } else { 3 }, "{arch}");
+            for r in 0..BATCH {
+                let sum: f64 = w[r * n..(r + 1) * n].iter().sum();
+                assert!((sum - 1.0).abs() < 1e-12, "{arch} gate {g} row {r}: {sum}");
+            }
+        }
+        assert!(head.gate_weights(gates.len()).is_none(), "{arch}");
+    }
+}
+
+#[test]
+fn heads_refuse_what_they_cannot_build_or_run() {
+    let ops = RefOpsF64::new();
+    let build = |text: &str| {
+        build_head(&section(text), D_IN, TASKS, &ops, BATCH, &mut StdRng::seed_from_u64(0)).err().map(|e| e.to_string())
+    };
+    let two = "[[experts]]\nkind = \"mlp\"\ncount = 2\nhidden = [4]\n";
+    let e = build(&format!("architecture = \"shared_bottom\"\n{two}")).expect("two bottoms refused");
+    assert!(e.contains("model.experts") && e.contains("exactly one expert"), "{e}");
+    let e = build(&format!("architecture = \"ple\"\n{two}")).expect("PLE without [model.ple] refused");
+    assert!(e.contains("model.ple"), "{e}");
+
+    let m = section(&format!("architecture = \"mmoe\"\nexpert_dim = 4\n{two}"));
+    let mut head = build_head(&m, D_IN, TASKS, &ops, BATCH, &mut StdRng::seed_from_u64(0)).unwrap();
+    let x = vec![0.5; BATCH * D_IN];
+    let g = vec![1.0; BATCH];
+    let e = head.backward(&ops, &x, &[&g, &g]).err().unwrap().to_string();
+    assert!(e.contains("before forward"), "{e}");
+    let e = head.forward(&ops, &x, BATCH + 1).err().unwrap().to_string();
+    assert!(e.contains("exceeds max_batch"), "{e}");
+    head.forward(&ops, &x, BATCH).unwrap();
+    let e = head.backward(&ops, &x, &[&g]).err().unwrap().to_string();
+    assert!(e.contains("1 logit gradients for 2 tasks"), "{e}");
 }

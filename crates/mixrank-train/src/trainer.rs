@@ -302,7 +302,7 @@ impl<'a> Run<'a> {
             crate::start::start(&cfg, opts, ops)?;
         let enc = Arc::new(Encoder::new(cfg.clone(), DenseMode::Fitted(Arc::new(stats.clone())))?);
         // Dropout masks continue where the checkpoint left off (a no-op for a fresh run).
-        model.head.set_dropout_step(step);
+        model.set_dropout_step(step);
         let max_steps = opts.max_steps.or(t.max_steps);
         let schedule = LrSchedule {
             peak: t.lr as f32,

@@ -1,0 +1,282 @@
+//! Mixture-of-experts heads: experts over the trunk, softmax gates (Linear + softmax,
+//! optionally keeping their `top_k` largest weights per row) and mixtures the towers
+//! read.
+//!
+//! ```text
+//! x ─► [shared MLP] ─► trunk ─┬─► expert_0 ─┐
+//!                             ├─► …         ├─► mix_g (gate_g(trunk)) ─► tower_t ─► logit_t
+//!                             └─► expert_E ─┘
+//! ```
+//! - OMoE ([`Gating::Shared`]): one gate and one mixture, read by every tower;
+//! - MMoE ([`Gating::PerTask`]; Ma et al., KDD 2018): a gate and a mixture per task.
+//!
+//! Backward hands each mixture the gradient of the towers that read it (summed when
+//! several do), sums the mixtures' expert gradients per expert, and the gates' and
+//! experts' input gradients into the trunk's.
+
+use crate::error::{Context, Result};
+use crate::expert::{expanded, Expert};
+use crate::gates::{ExpertOwner, ExpertRef, GateInfo, GateRole};
+use crate::head::{check_backward, check_batch, Head};
+use crate::towers::Towers;
+use crate::trunk::Trunk;
+use mixrank_data::config::model::ModelSection;
+use mixrank_engine::{Backend, ColCopy};
+use mixrank_nn::{Gate, GateConfig, Layer, MoeMix, ParamVisitor, Parameters, ReducedSite};
+use rand::Rng;
+
+/// How many gates a [`Moe`] has and which tower reads which mixture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gating {
+    /// OMoE: one gate, one mixture, every tower reads it.
+    Shared,
+    /// MMoE: task `t`'s tower reads mixture `t`, weighted by gate `t`.
+    PerTask,
+}
+
+/// Experts, gates, mixtures and towers. Parameters: `shared.*`, `experts.<e>.*`,
+/// `gates.<g>.*`, `towers.<t>.*`.
+pub struct Moe<B: Backend> {
+    gating: Gating,
+    trunk: Trunk<B>,
+    experts: Vec<Expert<B>>,
+    gates: Vec<Gate<B>>,
+    mixes: Vec<MoeMix<B>>,
+    towers: Towers<B>,
+    expert_dim: usize,
+    max_batch: usize,
+    /// Expert outputs, copied out of the experts so the mixtures can read all at once.
+    expert_out: Vec<B::Buf>,
+    /// Gradient w.r.t. each expert's output, summed over the mixtures.
+    d_expert_out: Vec<B::Buf>,
+    /// OMoE: gradient w.r.t. the one mixture, summed over the towers (empty for MMoE,
+    /// whose mixtures take their tower's input gradient as it is).
+    d_mix: B::Buf,
+    /// Gradient w.r.t. the trunk (the experts' and gates' input).
+    d_trunk: B::Buf,
+    batch: Option<usize>,
+}
+
+impl<B: Backend + 'static> Moe<B>
+where
+    B::Buf: Send,
+{
+    /// Builds the `[[model.experts]]` list (expanded by `count`), one gate and mixture
+    /// (OMoE) or one per task (MMoE), and the towers.
+    pub fn new<R: Rng + ?Sized>(
+        m: &ModelSection,
+        gating: Gating,
+        d_in: usize,
+        n_tasks: usize,
+        ops: &B,
+        max_batch: usize,
+        rng: &mut R,
+    ) -> Result<Self> {
+        let trunk = Trunk::new(m, d_in, ops, max_batch, rng)?;
+        let d_trunk = trunk.d_out();
+        let mut experts = Vec::new();
+        for s in expanded(m) {
+            experts.push(Expert::new(s, d_trunk, m.expert_dim, ops, max_batch, rng)?);
+        }
+        let n_exp = experts.len();
+        let n_mix = match gating {
+            Gating::Shared => 1,
+            Gating::PerTask => n_tasks,
+        };
+        let mut gates = Vec::with_capacity(n_mix);
+        let mut mixes = Vec::with_capacity(n_mix);
+        for t in 0..n_mix {
+            let mut g = GateConfig::new(d_trunk, n_exp).with_temperature(m.gate.temperature as f32);
+            if m.gate.top_k > 0 && m.gate.top_k < n_exp {
+                g = g.with_top_k(m.gate.top_k);
+            }
+            gates.push(g.init(ops, max_batch, rng).at(|| format!("model.gate (task {t})"))?);
+            mixes.push(MoeMix::new(ops, n_exp, m.expert_dim, max_batch).at(|| format!("mixture (task {t})"))?);
+        }
+        let towers = Towers::new(m, n_tasks, ops, max_batch, rng)?;
+        let buf = |n: usize| ops.alloc(n).at(|| "head workspaces".into());
+        let wide = max_batch * m.expert_dim;
+        Ok(Moe {
+            gating,
+            trunk,
+            expert_out: (0..n_exp).map(|_| buf(wide)).collect::<Result<_>>()?,
+            d_expert_out: (0..n_exp).map(|_| buf(wide)).collect::<Result<_>>()?,
+            d_mix: buf(if gating == Gating::Shared { wide } else { 0 })?,
+            d_trunk: buf(max_batch * d_trunk)?,
+            experts,
+            gates,
+            mixes,
+            towers,
+            expert_dim: m.expert_dim,
+            max_batch,
+            batch: None,
+        })
+    }
+
+    /// The mixture task `t`'s tower reads.
+    fn mixture_of(&self, t: usize) -> usize {
+        match self.gating {
+            Gating::Shared => 0,
+            Gating::PerTask => t,
+        }
+    }
+
+    /// Back-propagates mixture `g` from its output gradient (the gate's weights are
+    /// the forward's): expert gradients into `d_expert_out`, the gate's input gradient
+    /// into `d_trunk`.
+    #[allow(clippy::too_many_arguments)]
+    fn mixture_backward(
+        ops: &B,
+        g: usize,
+        mix: &mut MoeMix<B>,
+        gate: &mut Gate<B>,
+        outs: &[&B::Buf],
+        trunk: &B::Buf,
+        d_mix: &B::Buf,
+        d_expert_out: &mut [B::Buf],
+        d_trunk: &mut B::Buf,
+        batch: usize,
+        wide: usize,
+    ) -> Result<()> {
+        mix.backward(ops, outs, gate.output(), d_mix).at(|| format!("mixture {g} backward"))?;
+        for (e, d) in d_expert_out.iter_mut().enumerate() {
+            ops.axpy(wide, 1.0, mix.d_expert(e), d).at(|| format!("mixture {g} expert {e}"))?;
+        }
+        let n = batch * gate.d_in();
+        let dt = gate.backward(ops, trunk, mix.d_gates()).at(|| format!("gate {g} backward"))?;
+        ops.axpy(n, 1.0, dt, d_trunk).at(|| format!("gate {g}"))?;
+        Ok(())
+    }
+}
+
+impl<B: Backend + 'static> Head<B> for Moe<B>
+where
+    B::Buf: Send,
+{
+    fn d_in(&self) -> usize {
+        self.trunk.d_in()
+    }
+
+    fn n_tasks(&self) -> usize {
+        self.towers.len()
+    }
+
+    fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    fn forward(&mut self, ops: &B, x: &B::Buf, batch: usize) -> Result<()> {
+        check_batch(batch, self.max_batch)?;
+        self.trunk.forward(ops, x, batch)?;
+        let trunk = self.trunk.output(x);
+        let d = self.expert_dim;
+        let copy = ColCopy { rows: batch, cols: d, src_ld: d, src_col: 0, dst_ld: d, dst_col: 0, accumulate: false };
+        for (e, (ex, out)) in self.experts.iter_mut().zip(&mut self.expert_out).enumerate() {
+            let y = ex.forward(ops, trunk, batch)?;
+            ops.copy_cols(&copy, y, out).at(|| format!("expert {e} output"))?;
+        }
+        let outs: Vec<&B::Buf> = self.expert_out.iter().collect();
+        for (g, (gate, mix)) in self.gates.iter_mut().zip(&mut self.mixes).enumerate() {
+            let w = gate.forward(ops, trunk, batch).at(|| format!("gate {g} forward"))?;
+            mix.forward(ops, &outs, w, batch).at(|| format!("mixture {g} forward"))?;
+        }
+        for t in 0..self.towers.len() {
+            let m = self.mixture_of(t);
+            self.towers.forward(ops, t, self.mixes[m].output(), batch)?;
+        }
+        self.batch = Some(batch);
+        Ok(())
+    }
+
+    fn logits(&self, t: usize) -> &B::Buf {
+        self.towers.logits(t)
+    }
+
+    fn backward(&mut self, ops: &B, x: &B::Buf, d_logits: &[&B::Buf]) -> Result<&B::Buf> {
+        let batch = check_backward(self.batch, d_logits.len(), self.towers.len())?;
+        let wide = batch * self.expert_dim;
+        let trunk_w = self.trunk.d_out();
+        for b in self.d_expert_out.iter_mut() {
+            ops.fill(wide, 0.0, b).at(|| "zeroing head gradients".into())?;
+        }
+        ops.fill(batch * trunk_w, 0.0, &mut self.d_trunk).at(|| "zeroing head gradients".into())?;
+        let trunk = self.trunk.output(x);
+        let outs: Vec<&B::Buf> = self.expert_out.iter().collect();
+        match self.gating {
+            Gating::PerTask => {
+                for (t, d_logit) in d_logits.iter().enumerate() {
+                    let d_mix = self.towers.backward(ops, t, self.mixes[t].output(), d_logit)?;
+                    let (mix, gate) = (&mut self.mixes[t], &mut self.gates[t]);
+                    let (d_exp, d_trunk) = (&mut self.d_expert_out, &mut self.d_trunk);
+                    Self::mixture_backward(ops, t, mix, gate, &outs, trunk, d_mix, d_exp, d_trunk, batch, wide)?;
+                }
+            }
+            Gating::Shared => {
+                ops.fill(wide, 0.0, &mut self.d_mix).at(|| "zeroing head gradients".into())?;
+                for (t, d_logit) in d_logits.iter().enumerate() {
+                    let d = self.towers.backward(ops, t, self.mixes[0].output(), d_logit)?;
+                    ops.axpy(wide, 1.0, d, &mut self.d_mix).at(|| format!("tower {t}"))?;
+                }
+                let (mix, gate) = (&mut self.mixes[0], &mut self.gates[0]);
+                let (d_exp, d_trunk) = (&mut self.d_expert_out, &mut self.d_trunk);
+                Self::mixture_backward(ops, 0, mix, gate, &outs, trunk, &self.d_mix, d_exp, d_trunk, batch, wide)?;
+            }
+        }
+        for (e, ex) in self.experts.iter_mut().enumerate() {
+            let dt = ex.backward(ops, trunk, &self.d_expert_out[e])?;
+            ops.axpy(batch * trunk_w, 1.0, dt, &mut self.d_trunk).at(|| format!("expert {e}"))?;
+        }
+        self.trunk.backward(ops, x, &self.d_trunk)
+    }
+
+    fn visit_layers(&mut self, f: &mut dyn FnMut(&mut dyn Layer<B>)) {
+        self.trunk.visit_layers(f);
+        for e in &mut self.experts {
+            e.visit_net(f);
+        }
+        self.towers.visit_layers(f);
+    }
+
+    fn visit_reduced(&mut self, f: &mut dyn FnMut(ReducedSite<'_, B>)) {
+        self.trunk.visit_reduced(f);
+        for e in &mut self.experts {
+            e.visit_reduced(f);
+        }
+        for g in &mut self.gates {
+            g.visit_reduced(f);
+        }
+        self.towers.visit_reduced(f);
+    }
+
+    /// MMoE: a gate per task; OMoE: one gate for all tasks. Each mixes every expert.
+    fn gates(&self) -> Vec<GateInfo> {
+        let experts: Vec<ExpertRef> = self
+            .experts
+            .iter()
+            .enumerate()
+            .map(|(index, e)| ExpertRef { owner: ExpertOwner::Head, index, kind: e.kind_name() })
+            .collect();
+        let role = |g| match self.gating {
+            Gating::PerTask => GateRole::Task(g),
+            Gating::Shared => GateRole::AllTasks,
+        };
+        (0..self.gates.len()).map(|g| GateInfo { role: role(g), experts: experts.clone() }).collect()
+    }
+
+    fn gate_weights(&self, g: usize) -> Option<&B::Buf> {
+        self.gates.get(g).map(|x| x.output())
+    }
+}
+
+impl<B: Backend> Parameters<B> for Moe<B> {
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
+        self.trunk.visit_params(v);
+        for (e, ex) in self.experts.iter_mut().enumerate() {
+            v.scope_indexed("experts", e, |v| ex.visit_params(v));
+        }
+        for (g, gate) in self.gates.iter_mut().enumerate() {
+            v.scope_indexed("gates", g, |v| gate.visit_params(v));
+        }
+        self.towers.visit_params(v);
+    }
+}
