@@ -26,7 +26,7 @@ pub fn activation(a: ActivationName) -> Activation {
 /// The `[[model.experts]]` list with each entry repeated `count` times, in order: the
 /// experts MMoE/OMoE/shared-bottom build, and the kinds PLE cycles through.
 pub fn expanded(m: &ModelSection) -> Vec<&ExpertSection> {
-    m.experts.iter().flat_map(|e| std::iter::repeat_n(e, e.count)).collect()
+    m.experts.iter().flat_map(|e| std::iter::repeat_n(e, e.count())).collect()
 }
 
 /// An expert network with an optional projection to the common width.
@@ -57,14 +57,16 @@ where
         max_batch: usize,
         rng: &mut R,
     ) -> Result<Self> {
-        let at = || format!("expert ({:?})", s.kind).to_lowercase();
-        let act = activation(s.activation);
-        let net: Box<dyn Layer<B> + Send> = match s.kind {
-            ExpertKind::Mlp => {
-                let c = MlpConfig::new(d_in, &s.hidden).with_activation(act).with_dropout(s.dropout as f32);
+        let kind = s.kind();
+        let at = || format!("expert ({kind})");
+        let net: Box<dyn Layer<B> + Send> = match s {
+            ExpertSection::Mlp(s) => {
+                let c = MlpConfig::new(d_in, &s.hidden)
+                    .with_activation(activation(s.activation))
+                    .with_dropout(s.dropout as f32);
                 Box::new(c.init(ops, max_batch, rng).at(at)?)
             }
-            ExpertKind::Dcnv2 => {
+            ExpertSection::Dcnv2(s) => {
                 let rank = match s.low_rank {
                     Some(r) => CrossRank::LowRank { rank: r },
                     None => CrossRank::Full,
@@ -72,7 +74,9 @@ where
                 let hidden = if s.hidden.is_empty() { vec![expert_dim] } else { s.hidden.clone() };
                 let c = DcnConfig {
                     cross: CrossConfig::V2(CrossNetV2Config::new(d_in, s.cross_layers.unwrap_or(3)).with_rank(rank)),
-                    deep: MlpConfig::new(d_in, &hidden).with_activation(act).with_dropout(s.dropout as f32),
+                    deep: MlpConfig::new(d_in, &hidden)
+                        .with_activation(activation(s.activation))
+                        .with_dropout(s.dropout as f32),
                     structure: match s.structure.unwrap_or(Structure::Stacked) {
                         Structure::Stacked => DcnStructure::Stacked,
                         Structure::Parallel => DcnStructure::Parallel,
@@ -80,26 +84,34 @@ where
                 };
                 Box::new(c.init(ops, max_batch, rng).at(at)?)
             }
-            ExpertKind::Masknet => {
+            ExpertSection::Masknet(s) => {
                 let ratio = s.reduction_ratio.unwrap_or(2.0);
                 let d_mask = ((d_in as f64 * ratio).round() as usize).max(1);
                 let structure = match s.structure.unwrap_or(Structure::Stacked) {
                     Structure::Stacked => MaskNetStructure::Serial,
                     Structure::Parallel => MaskNetStructure::Parallel,
                 };
-                let c = MaskNetConfig::new(
-                    d_in,
-                    s.blocks.unwrap_or(2),
-                    s.block_dim.unwrap_or(expert_dim),
-                    d_mask,
-                    structure,
-                );
+                // FuxiCTR's MaskNet: `activation` and `dropout` in every block (and in the
+                // MLP), `hidden` the MLP after parallel blocks.
+                let c = MaskNetConfig {
+                    activation: activation(s.activation),
+                    dropout: s.dropout as f32,
+                    mlp_hidden: s.hidden.clone(),
+                    ..MaskNetConfig::new(
+                        d_in,
+                        s.blocks.unwrap_or(2),
+                        s.block_dim.unwrap_or(expert_dim),
+                        d_mask,
+                        structure,
+                    )
+                };
                 Box::new(c.init(ops, max_batch, rng).at(at)?)
             }
-            ExpertKind::Finalmlp => {
+            ExpertSection::Finalmlp(s) => {
                 // Two MLP streams over the same input, each behind a feature-selection
                 // gate conditioned on the input, fused by multi-head bilinear fusion
                 // straight to `expert_dim` (so no projection is needed).
+                let act = activation(s.activation);
                 let stream2 = s.stream2.clone().unwrap_or_else(|| s.hidden.clone());
                 let c = FinalMlpConfig {
                     d_in,
@@ -120,12 +132,12 @@ where
             Some(LinearConfig::new(d_net, expert_dim).init(ops, max_batch, rng).at(|| format!("{} projection", at()))?)
         };
         let net_out = ops.alloc(if proj.is_some() { max_batch * d_net } else { 0 }).at(at)?;
-        Ok(Expert { kind: s.kind, net, proj, net_out, max_batch })
+        Ok(Expert { kind, net, proj, net_out, max_batch })
     }
 
     /// The kind in lower case (`dcnv2`, `masknet`, `finalmlp`, `mlp`), for reports.
     pub fn kind_name(&self) -> String {
-        format!("{:?}", self.kind()).to_lowercase()
+        self.kind.name().to_string()
     }
 
     pub fn kind(&self) -> ExpertKind {

@@ -166,6 +166,17 @@ fn heterogeneous_mmoe_with_shared_layer_gradients() {
 }
 
 #[test]
+fn masknet_with_mlp_activation_and_both_structures_gradients() {
+    check(
+        "architecture = \"mmoe\"\nexpert_dim = 4\ntower = { hidden = [3], activation = \"tanh\" }\n\
+         [[experts]]\nkind = \"masknet\"\nblocks = 2\nblock_dim = 3\nstructure = \"parallel\"\nhidden = [5, 4]\n\
+         activation = \"tanh\"\n\
+         [[experts]]\nkind = \"masknet\"\nblocks = 2\nblock_dim = 3\nactivation = \"gelu\"\n",
+        6,
+    );
+}
+
+#[test]
 fn ple_two_levels_heterogeneous_gradients() {
     check(
         "architecture = \"ple\"\nexpert_dim = 4\ntower = { hidden = [3], activation = \"tanh\" }\n\

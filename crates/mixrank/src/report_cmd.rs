@@ -84,7 +84,7 @@ fn describe_model(cfg: &mixrank_data::ExperimentConfig) -> String {
     match &cfg.model {
         None => "default (config has no [model] section)".into(),
         Some(m) => {
-            let experts: Vec<String> = m.experts.iter().map(|e| format!("{}×{:?}", e.count, e.kind)).collect();
+            let experts: Vec<String> = m.experts.iter().map(|e| format!("{}×{:?}", e.count(), e.kind())).collect();
             format!("{:?}, experts {}, expert_dim {}", m.architecture, experts.join(" + "), m.expert_dim)
         }
     }

@@ -3,6 +3,7 @@
 //! path (`features.categorical[2].dim`) and says what was expected.
 
 pub mod distill;
+pub mod keys;
 pub mod model;
 pub mod wire;
 
@@ -186,6 +187,32 @@ pub struct SpecialColumns {
     pub keep: Vec<String>,
 }
 
+/// A file that does not match the schema, as a [`DataError::ConfigKey`] naming the key.
+/// An expert table's error names the key inside the table and the kind
+/// (`model.experts[1].cross_layers`: "does not apply to a masknet expert"): the table
+/// is read whole before its `kind` is known, so serde's path ends at the table and the
+/// table is read again here, through [`model::ExpertSection::from_table`].
+fn schema_error(file: &Path, text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> DataError {
+    use serde_path_to_error::Segment;
+    let mut key = e.path().to_string();
+    let segments: Vec<&Segment> = e.path().iter().collect();
+    // toml's message carries a source excerpt; keep only the reason.
+    let mut message = e.inner().message().trim().to_string();
+    if let [Segment::Map { key: m }, Segment::Map { key: x }, Segment::Seq { index }] = segments[..] {
+        let table = (m == "model" && x == "experts")
+            .then(|| text.parse::<toml::Table>().ok())
+            .flatten()
+            .and_then(|doc| doc.get("model")?.get("experts")?.get(*index)?.as_table().cloned());
+        if let Some(Err(inner)) = table.map(model::ExpertSection::from_table) {
+            if !inner.key.is_empty() {
+                key = format!("{key}.{}", inner.key);
+            }
+            message = inner.message;
+        }
+    }
+    DataError::ConfigKey { file: file.to_path_buf(), key, message }
+}
+
 impl ExperimentConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self> {
@@ -199,13 +226,7 @@ impl ExperimentConfig {
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let de = toml::Deserializer::parse(text)
             .map_err(|e| DataError::Config { file: path.to_path_buf(), message: format!("invalid TOML: {e}") })?;
-        let wire: wire::ConfigFile = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner();
-            // toml's message carries a source excerpt; keep only its last line (the reason).
-            let msg = inner.message().trim().to_string();
-            DataError::ConfigKey { file: path.to_path_buf(), key, message: msg }
-        })?;
+        let wire: wire::ConfigFile = serde_path_to_error::deserialize(de).map_err(|e| schema_error(path, text, e))?;
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Self::from_wire(wire, path, &base_dir)
     }
@@ -239,10 +260,7 @@ impl ExperimentConfig {
             std::fs::read_to_string(path).map_err(|source| DataError::Io { file: path.to_path_buf(), source })?;
         let de = toml::Deserializer::parse(&text)
             .map_err(|e| DataError::Config { file: path.to_path_buf(), message: format!("invalid TOML: {e}") })?;
-        let f: ModelFile = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            DataError::ConfigKey { file: path.to_path_buf(), key, message: e.into_inner().message().trim().to_string() }
-        })?;
+        let f: ModelFile = serde_path_to_error::deserialize(de).map_err(|e| schema_error(path, &text, e))?;
         let mut wire = self.wire.clone();
         wire.model = Some(f.model);
         if let Some(t) = f.train {

@@ -2,7 +2,9 @@
 //! it. Wire structs (TOML shape, unknown keys rejected) and their validation; the model
 //! crate maps the validated types onto layers.
 
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use std::sync::OnceLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -39,6 +41,27 @@ pub enum ExpertKind {
     Mlp,
 }
 
+impl ExpertKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [ExpertKind; 4] = [ExpertKind::Dcnv2, ExpertKind::Masknet, ExpertKind::Finalmlp, ExpertKind::Mlp];
+
+    /// The name in config files (`dcnv2`, `masknet`, `finalmlp`, `mlp`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ExpertKind::Dcnv2 => "dcnv2",
+            ExpertKind::Masknet => "masknet",
+            ExpertKind::Finalmlp => "finalmlp",
+            ExpertKind::Mlp => "mlp",
+        }
+    }
+}
+
+impl std::fmt::Display for ExpertKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Structure {
@@ -67,8 +90,9 @@ pub struct ModelSection {
     pub tower: TowerSection,
     /// PLE only.
     pub ple: Option<PleSection>,
-    /// Optional shallow tower on position and device whose logit is added during training
-    /// and dropped at serving (YouTube's position-bias correction).
+    /// Reserved: a shallow tower on position and device whose logit would be added during
+    /// training and dropped at serving (YouTube's position-bias correction). Not built
+    /// yet, so validation refuses it; parsed so that the message can say so.
     pub position_tower: Option<MlpSection>,
 }
 
@@ -92,35 +116,239 @@ fn relu() -> ActivationName {
     ActivationName::Relu
 }
 
+/// One `[[model.experts]]` entry. `kind` selects the variant, and each kind accepts only
+/// its own keys: a key of another kind is an error naming the key and the kind.
+///
+/// Serialised internally tagged (`kind` first, then the variant's fields in order), which
+/// is the text earlier versions wrote into checkpoint manifests. Deserialised by
+/// [`ExpertSection::from_table`] (buffered, since `kind` may come after other keys).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ExpertSection {
+    Dcnv2(Dcnv2Expert),
+    Masknet(MaskNetExpert),
+    Finalmlp(FinalMlpExpert),
+    Mlp(MlpExpert),
+}
+
+/// `kind = "dcnv2"`: a cross network and an MLP, stacked or in parallel.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct ExpertSection {
-    pub kind: ExpertKind,
+pub struct Dcnv2Expert {
     #[serde(default = "one")]
     pub count: usize,
-    /// MLP hidden sizes (all kinds; FinalMLP: both streams unless `stream2` is given).
+    /// The MLP's hidden sizes; empty = one layer of `expert_dim`.
+    #[serde(default)]
+    pub hidden: Vec<usize>,
+    /// The MLP's activation.
+    #[serde(default = "relu")]
+    pub activation: ActivationName,
+    /// Dropout after each MLP layer.
+    #[serde(default)]
+    pub dropout: f64,
+    /// Number of cross layers (default 3).
+    pub cross_layers: Option<usize>,
+    /// Rank of W = U·Vᵀ; absent for full rank.
+    pub low_rank: Option<usize>,
+    /// Cross net then MLP (`stacked`, the default) or beside it (`parallel`).
+    pub structure: Option<Structure>,
+}
+
+/// `kind = "masknet"`: MaskBlocks one after another or side by side (FuxiCTR's
+/// `SerialMaskNet` / `ParallelMaskNet`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskNetExpert {
+    #[serde(default = "one")]
+    pub count: usize,
+    /// `structure = "parallel"` only: an MLP over the concatenated block outputs
+    /// (FuxiCTR's `ParallelMaskNet` `dnn_hidden_units`); empty = none.
+    #[serde(default)]
+    pub hidden: Vec<usize>,
+    /// After each block's output layer norm, and in the MLP.
+    #[serde(default = "relu")]
+    pub activation: ActivationName,
+    /// After each block's output, and after each MLP layer.
+    #[serde(default)]
+    pub dropout: f64,
+    /// `stacked` (default) or `parallel`.
+    pub structure: Option<Structure>,
+    /// Number of MaskBlocks (default 2).
+    pub blocks: Option<usize>,
+    /// Output width of each block (default `expert_dim`).
+    pub block_dim: Option<usize>,
+    /// Mask hidden width = reduction_ratio × input width (default 2).
+    pub reduction_ratio: Option<f64>,
+}
+
+/// `kind = "finalmlp"`: two MLP streams behind feature-selection gates, fused by
+/// multi-head bilinear fusion.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinalMlpExpert {
+    #[serde(default = "one")]
+    pub count: usize,
+    /// The first stream's hidden sizes (and the second's unless `stream2` is given).
     #[serde(default)]
     pub hidden: Vec<usize>,
     #[serde(default = "relu")]
     pub activation: ActivationName,
     #[serde(default)]
     pub dropout: f64,
-    /// DCNv2: number of cross layers.
-    pub cross_layers: Option<usize>,
-    /// DCNv2: rank of W = U·Vᵀ; absent for full rank.
-    pub low_rank: Option<usize>,
-    /// DCNv2 and MaskNet.
-    pub structure: Option<Structure>,
-    /// MaskNet: number of MaskBlocks.
-    pub blocks: Option<usize>,
-    /// MaskNet: output width of each block.
-    pub block_dim: Option<usize>,
-    /// MaskNet: mask hidden width = reduction_ratio × input width.
-    pub reduction_ratio: Option<f64>,
-    /// FinalMLP: second stream's hidden sizes.
+    /// The second stream's hidden sizes.
     pub stream2: Option<Vec<usize>>,
-    /// FinalMLP: heads of the bilinear fusion.
+    /// Heads of the bilinear fusion (default 1).
     pub heads: Option<usize>,
+}
+
+/// `kind = "mlp"`: a plain MLP.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpExpert {
+    #[serde(default = "one")]
+    pub count: usize,
+    #[serde(default)]
+    pub hidden: Vec<usize>,
+    #[serde(default = "relu")]
+    pub activation: ActivationName,
+    #[serde(default)]
+    pub dropout: f64,
+}
+
+/// Why a `[[model.experts]]` table is not an expert: the key inside the table (`kind`,
+/// `cross_layers`, `hidden[1]`; empty for the table as a whole) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpertKeyError {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ExpertKeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.key.as_str() {
+            "" => f.write_str(&self.message),
+            key => write!(f, "`{key}`: {}", self.message),
+        }
+    }
+}
+
+impl std::error::Error for ExpertKeyError {}
+
+impl ExpertSection {
+    pub fn kind(&self) -> ExpertKind {
+        match self {
+            ExpertSection::Dcnv2(_) => ExpertKind::Dcnv2,
+            ExpertSection::Masknet(_) => ExpertKind::Masknet,
+            ExpertSection::Finalmlp(_) => ExpertKind::Finalmlp,
+            ExpertSection::Mlp(_) => ExpertKind::Mlp,
+        }
+    }
+
+    /// How many experts this entry stands for.
+    pub fn count(&self) -> usize {
+        match self {
+            ExpertSection::Dcnv2(x) => x.count,
+            ExpertSection::Masknet(x) => x.count,
+            ExpertSection::Finalmlp(x) => x.count,
+            ExpertSection::Mlp(x) => x.count,
+        }
+    }
+
+    /// The keys a `kind` accepts besides `kind` itself, read from its struct.
+    pub fn keys(kind: ExpertKind) -> &'static [&'static str] {
+        use super::keys::struct_fields;
+        match kind {
+            ExpertKind::Dcnv2 => struct_fields::<Dcnv2Expert>(),
+            ExpertKind::Masknet => struct_fields::<MaskNetExpert>(),
+            ExpertKind::Finalmlp => struct_fields::<FinalMlpExpert>(),
+            ExpertKind::Mlp => struct_fields::<MlpExpert>(),
+        }
+    }
+
+    /// `kind` and every key of any kind.
+    fn all_keys() -> &'static [&'static str] {
+        static ALL: OnceLock<Vec<&'static str>> = OnceLock::new();
+        ALL.get_or_init(|| {
+            let mut all = vec!["kind"];
+            for k in ExpertKind::ALL {
+                for key in Self::keys(k) {
+                    if !all.contains(key) {
+                        all.push(key);
+                    }
+                }
+            }
+            all
+        })
+    }
+
+    /// Reads an expert from its table: `kind`, then that kind's keys only.
+    pub fn from_table(mut t: toml::Table) -> Result<Self, ExpertKeyError> {
+        let names = || ExpertKind::ALL.map(|k| format!("\"{k}\"")).join(", ");
+        let kind = match t.remove("kind") {
+            None => {
+                return Err(ExpertKeyError {
+                    key: String::new(),
+                    message: format!("missing `kind` (one of {})", names()),
+                })
+            }
+            Some(v) => ExpertKind::deserialize(v)
+                .map_err(|e| ExpertKeyError { key: "kind".into(), message: e.message().trim().to_string() })?,
+        };
+        let own = Self::keys(kind);
+        if let Some(key) = t.keys().find(|k| !own.contains(&k.as_str())) {
+            let takes = format!("a {kind} expert takes `kind`, `{}`", own.join("`, `"));
+            let owners: Vec<&str> = ExpertKind::ALL
+                .into_iter()
+                .filter(|&o| Self::keys(o).contains(&key.as_str()))
+                .map(ExpertKind::name)
+                .collect();
+            let message = if owners.is_empty() {
+                format!("unknown key for a {kind} expert ({takes})")
+            } else {
+                format!("does not apply to a {kind} expert (it is a key of {}; {takes})", owners.join(", "))
+            };
+            return Err(ExpertKeyError { key: key.clone(), message });
+        }
+        fn variant<T: DeserializeOwned>(t: toml::Table) -> Result<T, ExpertKeyError> {
+            serde_path_to_error::deserialize(toml::Value::Table(t)).map_err(|e| {
+                let key = e.path().to_string();
+                ExpertKeyError {
+                    key: if key == "." { String::new() } else { key },
+                    message: e.into_inner().message().trim().to_string(),
+                }
+            })
+        }
+        Ok(match kind {
+            ExpertKind::Dcnv2 => ExpertSection::Dcnv2(variant(t)?),
+            ExpertKind::Masknet => ExpertSection::Masknet(variant(t)?),
+            ExpertKind::Finalmlp => ExpertSection::Finalmlp(variant(t)?),
+            ExpertKind::Mlp => ExpertSection::Mlp(variant(t)?),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for ExpertSection {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Table;
+        impl<'de> Visitor<'de> for Table {
+            type Value = ExpertSection;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an expert table with a `kind`")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ExpertSection, A::Error> {
+                let mut t = toml::Table::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value = map.next_value::<toml::Value>()?;
+                    t.insert(key, value);
+                }
+                ExpertSection::from_table(t).map_err(de::Error::custom)
+            }
+        }
+        // A struct request (rather than a map) names the keys, for `keys::accepted_keys`.
+        d.deserialize_struct("ExpertSection", ExpertSection::all_keys(), Table)
+    }
 }
 
 fn one() -> usize {
@@ -426,7 +654,7 @@ pub fn validate_model(m: &ModelSection, n_tasks: usize) -> Result<(), (String, S
     if m.experts.is_empty() {
         return e("experts", "expected at least one [[model.experts]] entry".into());
     }
-    let total: usize = m.experts.iter().map(|x| x.count).sum();
+    let total: usize = m.experts.iter().map(ExpertSection::count).sum();
     match m.architecture {
         Architecture::SingleTask if n_tasks != 1 => {
             return e("architecture", format!("single_task needs exactly one task, the config has {n_tasks}"))
@@ -463,51 +691,55 @@ pub fn validate_model(m: &ModelSection, n_tasks: usize) -> Result<(), (String, S
     if let Some(s) = &m.shared {
         mlp("shared", s)?;
     }
-    if let Some(s) = &m.position_tower {
-        mlp("position_tower", s)?;
+    if m.position_tower.is_some() {
+        return e(
+            "position_tower",
+            "not supported yet: the position/device tower is not built by this version (remove the key)".into(),
+        );
     }
     if m.tower.hidden.contains(&0) {
         return e("tower.hidden", "expected positive sizes".into());
     }
     for (i, x) in m.experts.iter().enumerate() {
-        let k = |f: &str| format!("experts[{i}].{f}");
-        let fail = |f: &str, msg: &str| Err((format!("model.{}", k(f)), msg.to_string()));
-        if x.count == 0 {
+        let fail = |f: &str, msg: &str| Err((format!("model.experts[{i}].{f}"), msg.to_string()));
+        // The keys every kind has.
+        let (count, hidden, dropout) = match x {
+            ExpertSection::Dcnv2(d) => (d.count, &d.hidden, d.dropout),
+            ExpertSection::Masknet(d) => (d.count, &d.hidden, d.dropout),
+            ExpertSection::Finalmlp(d) => (d.count, &d.hidden, d.dropout),
+            ExpertSection::Mlp(d) => (d.count, &d.hidden, d.dropout),
+        };
+        if count == 0 {
             return fail("count", "expected a positive integer");
         }
-        if x.hidden.contains(&0) {
+        if hidden.contains(&0) {
             return fail("hidden", "expected positive sizes");
         }
-        if !(0.0..1.0).contains(&x.dropout) {
+        if !(0.0..1.0).contains(&dropout) {
             return fail("dropout", "expected 0 <= dropout < 1");
         }
-        let only = |name: &str, given: bool, kinds: &[ExpertKind]| -> Result<(), (String, String)> {
-            if given && !kinds.contains(&x.kind) {
-                return Err((format!("model.{}", k(name)), format!("does not apply to a {:?} expert", x.kind)));
-            }
-            Ok(())
-        };
-        only("cross_layers", x.cross_layers.is_some(), &[ExpertKind::Dcnv2])?;
-        only("low_rank", x.low_rank.is_some(), &[ExpertKind::Dcnv2])?;
-        only("structure", x.structure.is_some(), &[ExpertKind::Dcnv2, ExpertKind::Masknet])?;
-        only("blocks", x.blocks.is_some(), &[ExpertKind::Masknet])?;
-        only("block_dim", x.block_dim.is_some(), &[ExpertKind::Masknet])?;
-        only("reduction_ratio", x.reduction_ratio.is_some(), &[ExpertKind::Masknet])?;
-        only("stream2", x.stream2.is_some(), &[ExpertKind::Finalmlp])?;
-        only("heads", x.heads.is_some(), &[ExpertKind::Finalmlp])?;
-        match x.kind {
-            ExpertKind::Dcnv2 if x.cross_layers == Some(0) => return fail("cross_layers", "expected >= 1"),
-            ExpertKind::Dcnv2 if x.low_rank == Some(0) => {
+        match x {
+            ExpertSection::Dcnv2(d) if d.cross_layers == Some(0) => return fail("cross_layers", "expected >= 1"),
+            ExpertSection::Dcnv2(d) if d.low_rank == Some(0) => {
                 return fail("low_rank", "expected >= 1 (omit for full rank)")
             }
-            ExpertKind::Masknet if x.blocks == Some(0) || x.block_dim == Some(0) => {
-                return fail("blocks", "blocks and block_dim must be >= 1")
-            }
-            ExpertKind::Masknet if x.reduction_ratio.is_some_and(|r| !(r.is_finite() && r > 0.0)) => {
+            ExpertSection::Masknet(d) if d.blocks == Some(0) => return fail("blocks", "expected >= 1"),
+            ExpertSection::Masknet(d) if d.block_dim == Some(0) => return fail("block_dim", "expected >= 1"),
+            ExpertSection::Masknet(d) if d.reduction_ratio.is_some_and(|r| !(r.is_finite() && r > 0.0)) => {
                 return fail("reduction_ratio", "expected a number > 0")
             }
-            ExpertKind::Finalmlp if x.heads == Some(0) => return fail("heads", "expected >= 1"),
-            ExpertKind::Mlp | ExpertKind::Finalmlp if x.hidden.is_empty() => {
+            ExpertSection::Masknet(d) if !d.hidden.is_empty() && d.structure != Some(Structure::Parallel) => {
+                return fail(
+                    "hidden",
+                    "a masknet expert's MLP follows parallel blocks only (structure = \"parallel\"); \
+                     stacked blocks are sized by blocks and block_dim",
+                )
+            }
+            ExpertSection::Finalmlp(d) if d.heads == Some(0) => return fail("heads", "expected >= 1"),
+            ExpertSection::Finalmlp(d) if d.stream2.as_ref().is_some_and(|s| s.contains(&0)) => {
+                return fail("stream2", "expected positive sizes")
+            }
+            ExpertSection::Mlp(_) | ExpertSection::Finalmlp(_) if hidden.is_empty() => {
                 return fail("hidden", "expected at least one hidden size")
             }
             _ => {}

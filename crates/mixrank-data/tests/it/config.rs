@@ -177,8 +177,8 @@ fn heterogeneous_mmoe_and_train_sections_load() {
     let c = load_config(d.path(), &format!("{BASE}{MMOE}")).unwrap();
     let m = c.model.as_ref().unwrap();
     assert_eq!(m.architecture, Architecture::Mmoe);
-    assert_eq!(m.experts.iter().map(|e| e.count).sum::<usize>(), 5);
-    assert_eq!(m.experts[1].kind, ExpertKind::Masknet);
+    assert_eq!(m.experts.iter().map(|e| e.count()).sum::<usize>(), 5);
+    assert_eq!(m.experts[1].kind(), ExpertKind::Masknet);
     assert_eq!(m.tower.hidden, vec![64], "tower defaults");
     assert_eq!(
         (c.train.epochs, c.train.sparse_optimizer, c.train.decay),
@@ -199,13 +199,17 @@ fn model_errors_name_the_key() {
             "model.experts",
             "exactly one expert",
         ),
-        (MMOE.replace("heads = 2", "heads = 2\ncross_layers = 2"), "model.experts[2].cross_layers", "does not apply"),
+        (
+            MMOE.replace("heads = 2", "heads = 2\ncross_layers = 2"),
+            "at `model.experts[2].cross_layers`",
+            "does not apply to a finalmlp expert (it is a key of dcnv2;",
+        ),
         (MMOE.replace("top_k = 2", "top_k = 9"), "model.gate.top_k", "exceeds the 5 experts"),
         (MMOE.replace("temperature = 0.5", "temperature = 0.0"), "model.gate.temperature", "> 0"),
         (MMOE.replace("lr = 0.002", "lr = -1.0"), "train.lr", "> 0"),
         (MMOE.replace("lr = 0.002", "lr = 0.002\nlr_plateau_factor = 1.5"), "train.lr_plateau_factor", "(0, 1]"),
         (MMOE.replace("lr = 0.002", "lr = 0.002\nlr_plateau_factor = 0.1"), "train.lr_plateau_factor", "patience"),
-        (MMOE.replace("kind = \"masknet\"", "kind = \"transformer\""), "model.experts[1].kind", "transformer"),
+        (MMOE.replace("kind = \"masknet\"", "kind = \"transformer\""), "at `model.experts[1].kind`", "transformer"),
         (MMOE.replace("architecture = \"mmoe\"", "architecture = \"ple\""), "model.ple", "required"),
     ];
     for (text, key, msg) in cases {
@@ -273,4 +277,155 @@ fn with_seed_sets_the_data_and_the_training_seed() {
     assert_eq!((c.data.seed, c.train.seed), (42, 42));
     let text = toml::to_string(&c.wire).unwrap();
     assert_eq!(text.matches("seed = 42").count(), 2, "{text}");
+}
+
+/// Each expert kind takes its own keys only; the error names the key path inside the
+/// table and the kind, wherever `kind` stands in the table.
+#[test]
+fn expert_keys_of_another_kind_are_refused_naming_key_and_kind() {
+    let d = tempfile::tempdir().unwrap();
+    let masknet = "kind = \"masknet\"\nblocks = 2";
+    let cases = [
+        // `cross_layers` sorts before `kind`: the table is read whole, then checked.
+        (
+            masknet.to_string() + "\ncross_layers = 3",
+            "model.experts[1].cross_layers",
+            "a masknet expert (it is a key of dcnv2;",
+        ),
+        (
+            "low_rank = 4\n".to_string() + masknet,
+            "model.experts[1].low_rank",
+            "a masknet expert (it is a key of dcnv2;",
+        ),
+        (masknet.to_string() + "\nheads = 2", "model.experts[1].heads", "a masknet expert (it is a key of finalmlp;"),
+        (
+            masknet.to_string() + "\nstream2 = [4]",
+            "model.experts[1].stream2",
+            "a masknet expert (it is a key of finalmlp;",
+        ),
+        (masknet.to_string() + "\nhiden = [4]", "model.experts[1].hiden", "unknown key for a masknet expert"),
+        (masknet.replace("masknet", "mlp") + "\nhidden = [4]", "model.experts[1].blocks", "it is a key of masknet;"),
+        (masknet.replace("masknet", "mlp"), "model.experts[1].blocks", "a mlp expert takes `kind`, `count`, `hidden`"),
+        (masknet.replace("kind = \"masknet\"\n", ""), "model.experts[1]`", "missing `kind`"),
+        (masknet.to_string() + "\nblocks_dim = 4", "model.experts[1].blocks_dim", "unknown key"),
+        (masknet.replace("blocks = 2", "blocks = \"two\""), "model.experts[1].blocks", "invalid type"),
+        (masknet.replace("blocks = 2", "blocks = -1"), "model.experts[1].blocks", "-1"),
+    ];
+    let second = "kind = \"masknet\"\nblocks = 2\nblock_dim = 64\nstructure = \"parallel\"";
+    assert!(MMOE.contains(second));
+    for (entry, key, msg) in cases {
+        let text = format!("{BASE}{}", MMOE.replace(second, &entry));
+        let e = err_text(load_config(d.path(), &text));
+        assert!(
+            e.contains(&format!("at `{}", key.trim_end_matches('`'))) && e.contains(msg),
+            "want {key} / {msg}, got: {e}"
+        );
+        assert!(e.contains(key), "want {key}, got: {e}");
+    }
+    // A separate model file (`--model`) reports the same path.
+    let cfg = load_config(d.path(), BASE).unwrap();
+    let model = d.path().join("model.toml");
+    std::fs::write(&model, MMOE.replace(second, &format!("{masknet}\ncross_layers = 3"))).unwrap();
+    let e = err_text(cfg.with_model_file(&model));
+    assert!(
+        e.contains("model.toml") && e.contains("at `model.experts[1].cross_layers`: does not apply to a masknet"),
+        "{e}"
+    );
+}
+
+#[test]
+fn expert_values_are_checked_per_kind() {
+    let d = tempfile::tempdir().unwrap();
+    let masknet = "kind = \"masknet\"\nblocks = 2\nblock_dim = 64\nstructure = \"parallel\"";
+    let cases = [
+        (masknet.replace("blocks = 2", "blocks = 0"), "model.experts[1].blocks", ">= 1"),
+        (masknet.replace("block_dim = 64", "block_dim = 0"), "model.experts[1].block_dim", ">= 1"),
+        (masknet.to_string() + "\nreduction_ratio = 0.0", "model.experts[1].reduction_ratio", "> 0"),
+        (masknet.to_string() + "\ndropout = 1.0", "model.experts[1].dropout", "dropout < 1"),
+        (masknet.to_string() + "\nhidden = [8, 0]", "model.experts[1].hidden", "positive"),
+        // A MaskNet's MLP follows parallel blocks only (FuxiCTR's ParallelMaskNet).
+        (masknet.replace("parallel", "stacked") + "\nhidden = [8]", "model.experts[1].hidden", "parallel"),
+        (masknet.replace("structure = \"parallel\"", "hidden = [8]"), "model.experts[1].hidden", "parallel"),
+        (
+            masknet
+                .replace("masknet", "mlp")
+                .replace("blocks = 2\nblock_dim = 64\nstructure = \"parallel\"", "count = 0\nhidden = [4]"),
+            "model.experts[1].count",
+            "positive",
+        ),
+    ];
+    let second = "kind = \"masknet\"\nblocks = 2\nblock_dim = 64\nstructure = \"parallel\"";
+    for (entry, key, msg) in cases {
+        let e = err_text(load_config(d.path(), &format!("{BASE}{}", MMOE.replace(second, &entry))));
+        assert!(e.contains(&format!("at `{key}`")) && e.contains(msg), "want {key} / {msg}, got: {e}");
+    }
+    // Parallel blocks with an MLP, activation and dropout are a valid masknet expert.
+    let ok = format!("{masknet}\nhidden = [32]\nactivation = \"gelu\"\ndropout = 0.1");
+    let c = load_config(d.path(), &format!("{BASE}{}", MMOE.replace(second, &ok))).unwrap();
+    match &c.model.unwrap().experts[1] {
+        mixrank_data::config::model::ExpertSection::Masknet(m) => {
+            assert_eq!((m.hidden.clone(), m.dropout, m.blocks), (vec![32], 0.1, Some(2)))
+        }
+        other => panic!("expected a masknet expert, got {other:?}"),
+    }
+}
+
+#[test]
+fn position_tower_is_refused_as_not_supported_yet() {
+    let d = tempfile::tempdir().unwrap();
+    let text = format!("{BASE}{}", MMOE.replace("shared = { hidden = [128] }", "position_tower = { hidden = [16] }"));
+    let e = err_text(load_config(d.path(), &text));
+    assert!(e.contains("at `model.position_tower`") && e.contains("not supported yet"), "{e}");
+}
+
+/// `[[model.experts]]` as an earlier version wrote it into checkpoint manifests
+/// (`toml::to_string(&cfg.wire)`): every kind carried `hidden`, `activation` and
+/// `dropout`, a MaskNet too (then ignored; now its defaults: no MLP, ReLU, no dropout).
+const MANIFEST_EXPERTS: &str = r#"[[model.experts]]
+kind = "dcnv2"
+count = 1
+hidden = [128, 64]
+activation = "relu"
+dropout = 0.0
+cross_layers = 3
+low_rank = 32
+structure = "stacked"
+
+[[model.experts]]
+kind = "masknet"
+count = 1
+hidden = []
+activation = "relu"
+dropout = 0.0
+structure = "parallel"
+blocks = 2
+block_dim = 64
+
+[[model.experts]]
+kind = "finalmlp"
+count = 1
+hidden = [128]
+activation = "relu"
+dropout = 0.0
+stream2 = [64]
+heads = 2
+
+[[model.experts]]
+kind = "mlp"
+count = 2
+hidden = [128, 64]
+activation = "relu"
+dropout = 0.0
+"#;
+
+#[test]
+fn manifest_config_text_of_earlier_versions_parses_and_is_written_identically() {
+    let d = tempfile::tempdir().unwrap();
+    let c = load_config(d.path(), &format!("{BASE}{MMOE}")).unwrap();
+    let text = toml::to_string(&c.wire).unwrap();
+    assert!(text.contains(MANIFEST_EXPERTS), "the manifest text changed:\n{text}");
+    // Read back as a checkpoint does (`toml::from_str` + `from_wire`) and written again.
+    let wire: mixrank_data::config::wire::ConfigFile = toml::from_str(&text).unwrap();
+    assert_eq!(toml::to_string(&wire).unwrap(), text);
+    mixrank_data::ExperimentConfig::from_wire(wire, &d.path().join("config.toml"), d.path()).unwrap();
 }

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod config;
+mod config_docs;
 mod pipeline;
 mod readers;
 mod simulate;

@@ -25,7 +25,9 @@ pub struct MaskBlockConfig {
     /// Layer-normalise `V_hidden` before masking (the paper does for the embedding
     /// input; a previous MaskBlock's output is already normalised). Default true.
     pub norm_hidden: bool,
-    /// Dropout after the output ReLU (FuxiCTR's `net_dropout`), in `[0, 1)`. Default 0.
+    /// Activation after `LN_out` (FuxiCTR's `hidden_activations`). Default ReLU.
+    pub activation: Activation,
+    /// Dropout after the output activation (FuxiCTR's `net_dropout`), in `[0, 1)`. Default 0.
     pub dropout: f32,
     /// Weight initialisation. Default Xavier uniform.
     pub init: Init,
@@ -33,7 +35,16 @@ pub struct MaskBlockConfig {
 
 impl MaskBlockConfig {
     pub fn new(d_emb: usize, d_hidden: usize, d_mask: usize, d_out: usize) -> Self {
-        MaskBlockConfig { d_emb, d_hidden, d_mask, d_out, norm_hidden: true, dropout: 0.0, init: Init::XavierUniform }
+        MaskBlockConfig {
+            d_emb,
+            d_hidden,
+            d_mask,
+            d_out,
+            norm_hidden: true,
+            activation: Activation::Relu,
+            dropout: 0.0,
+            init: Init::XavierUniform,
+        }
     }
 
     pub fn init<B: Backend, R: Rng + ?Sized>(&self, ops: &B, max_batch: usize, rng: &mut R) -> Result<MaskBlock<B>> {
@@ -60,7 +71,7 @@ impl MaskBlockConfig {
                 .with_bias(false)
                 .with_init(init)
                 .init(ops, max_batch, rng)?,
-            norm_out: LayerNormConfig::new(self.d_out).with_activation(Activation::Relu).init(ops, max_batch)?,
+            norm_out: LayerNormConfig::new(self.d_out).with_activation(self.activation).init(ops, max_batch)?,
             dropout: if self.dropout != 0.0 {
                 Some(DropoutConfig { d: self.d_out, p: self.dropout, seed: rng.random() }.init(ops, max_batch)?)
             } else {
@@ -78,10 +89,10 @@ impl MaskBlockConfig {
 /// MaskBlock (Wang et al., 2021, "MaskNet"):
 ///
 /// `m = W₂ · ReLU(W₁ · V_emb + b₁) + b₂` (instance-guided mask, `[batch, d_hidden]`),
-/// `y = dropout(ReLU(LN_out(W_h · (m ⊙ LN_in(V_hidden)))))` (`W_h` without bias: the
-/// norm's `β` replaces it).
+/// `y = dropout(act(LN_out(W_h · (m ⊙ LN_in(V_hidden)))))` (`W_h` without bias: the
+/// norm's `β` replaces it; `act` is ReLU unless configured).
 ///
-/// Backward: through `LN_out`+ReLU and `W_h` to `d(m ⊙ h)`, then `dm = d(m⊙h) ⊙ h`,
+/// Backward: through `LN_out`+act and `W_h` to `d(m ⊙ h)`, then `dm = d(m⊙h) ⊙ h`,
 /// `dh = d(m⊙h) ⊙ m`, and each branch through its own layers.
 ///
 /// # Shapes

@@ -49,6 +49,70 @@ fn mask_net_gradients() {
 }
 
 #[test]
+fn mask_net_activation_and_parallel_mlp_gradients() {
+    let ops = RefOpsF64::new();
+    let cases = [
+        (MaskNetStructure::Serial, vec![], 0.0),
+        (MaskNetStructure::Parallel, vec![5], 0.0),
+        (MaskNetStructure::Parallel, vec![5, 3], 0.3),
+    ];
+    for (i, (structure, mlp_hidden, dropout)) in cases.into_iter().enumerate() {
+        let cfg = MaskNetConfig {
+            activation: mixrank_engine::Activation::Tanh,
+            dropout,
+            mlp_hidden: mlp_hidden.clone(),
+            ..MaskNetConfig::new(6, 2, 4, 3, structure)
+        };
+        let mut net = cfg.init(&ops, 3, &mut rng(70 + i as u64)).unwrap();
+        let concat = if structure == MaskNetStructure::Serial { 4 } else { 8 };
+        assert_eq!(net.d_out(), mlp_hidden.last().copied().unwrap_or(concat));
+        assert_eq!(net.mlp.is_some(), !mlp_hidden.is_empty());
+        randomize_by(&mut net, &mut rng(80 + i as u64), norm_relu_ranges);
+        let what = format!("MaskNet {structure:?} tanh mlp {mlp_hidden:?} p{dropout}");
+        check_layer(&what, &mut net, 3, 90 + i as u64, |m| m.set_dropout_step(0));
+    }
+}
+
+#[test]
+fn mask_net_activation_reaches_every_block() {
+    // Same seed, same weights: only the blocks' output activation differs.
+    let ops = mixrank_engine::RefOps;
+    let x: Vec<f32> = (0..12).map(|i| (i as f32 - 5.5) / 4.0).collect();
+    for structure in [MaskNetStructure::Serial, MaskNetStructure::Parallel] {
+        let out = |activation| {
+            let cfg = MaskNetConfig { activation, ..MaskNetConfig::new(6, 2, 4, 3, structure) };
+            let mut net = cfg.init(&ops, 2, &mut rng(5)).unwrap();
+            let n = 2 * net.d_out();
+            net.forward(&ops, &x, 2).unwrap()[..n].to_vec()
+        };
+        let relu = out(mixrank_engine::Activation::Relu);
+        let tanh = out(mixrank_engine::Activation::Tanh);
+        assert!(relu.iter().all(|&v| v >= 0.0), "{structure:?}: ReLU output {relu:?}");
+        assert!(tanh.iter().any(|&v| v < 0.0), "{structure:?}: tanh output has no negative value: {tanh:?}");
+    }
+}
+
+#[test]
+fn parallel_mask_net_mlp_parameters_and_serial_refusal() {
+    let ops = mixrank_engine::RefOps;
+    let cfg = MaskNetConfig { mlp_hidden: vec![7, 2], ..MaskNetConfig::new(8, 3, 5, 3, MaskNetStructure::Parallel) };
+    let mut net = cfg.init(&ops, 1, &mut rng(0)).unwrap();
+    assert_eq!(net.d_out(), 2);
+    let mut mlp = Vec::new();
+    net.params(&mut |n, p| {
+        if n.starts_with("mlp.") {
+            mlp.push(p.shape.to_vec());
+        }
+    });
+    assert_eq!(mlp, [vec![15, 7], vec![7], vec![7, 2], vec![2]], "MLP over the 3 × 5 concatenation");
+    let serial = MaskNetConfig { mlp_hidden: vec![7], ..MaskNetConfig::new(8, 2, 5, 3, MaskNetStructure::Serial) };
+    assert!(matches!(
+        serial.init(&ops, 1, &mut rng(0)),
+        Err(NnError::InvalidConfig { layer: "MaskNet", field: "mlp_hidden", .. })
+    ));
+}
+
+#[test]
 fn mask_net_parameter_names_and_serial_widths() {
     let ops = mixrank_engine::RefOps;
     let mut net = MaskNetConfig::new(8, 2, 5, 3, MaskNetStructure::Serial).init(&ops, 1, &mut rng(0)).unwrap();
