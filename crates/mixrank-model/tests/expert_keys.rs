@@ -29,10 +29,12 @@ fn build(entry: &str) -> (usize, Vec<f32>) {
     (experts.len(), e.forward(&ops, &x, BATCH).unwrap()[..BATCH * EXPERT_DIM].to_vec())
 }
 
+/// An expert kind, its base entry, and for every key a line that changes it from the base.
+type KeyCase = (ExpertKind, &'static str, &'static [(&'static str, &'static str)]);
+
 #[test]
 fn every_expert_key_changes_the_expert() {
-    // Per kind: a base entry, and for every key a line that changes it from the base.
-    let cases: [(ExpertKind, &str, &[(&str, &str)]); 4] = [
+    let cases: [KeyCase; 4] = [
         (
             ExpertKind::Dcnv2,
             "kind = \"dcnv2\"\nhidden = [8]",
