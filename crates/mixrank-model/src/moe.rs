@@ -20,6 +20,7 @@ use crate::gates::{ExpertOwner, ExpertRef, GateInfo, GateRole};
 use crate::head::{check_backward, check_batch, Head};
 use crate::towers::Towers;
 use crate::trunk::Trunk;
+use mixrank_data::config::model::ActivationName;
 use mixrank_data::config::model::ModelSection;
 use mixrank_engine::{Backend, ColCopy};
 use mixrank_nn::{Gate, GateConfig, Layer, MoeMix, ParamVisitor, Parameters, ReducedSite};
@@ -86,7 +87,10 @@ where
         let mut gates = Vec::with_capacity(n_mix);
         let mut mixes = Vec::with_capacity(n_mix);
         for t in 0..n_mix {
-            let mut g = GateConfig::new(d_trunk, n_exp).with_temperature(m.gate.temperature as f32);
+            let mut g = GateConfig::new(d_trunk, n_exp).with_temperature(m.gate.temperature as f32).with_hidden(
+                &m.gate.hidden,
+                crate::expert::activation(m.gate.activation.unwrap_or(ActivationName::Relu)),
+            );
             if m.gate.top_k > 0 && m.gate.top_k < n_exp {
                 g = g.with_top_k(m.gate.top_k);
             }

@@ -28,6 +28,7 @@ use crate::gates::{ExpertOwner, ExpertRef, GateInfo, GateRole};
 use crate::head::{check_backward, check_batch, Head};
 use crate::towers::Towers;
 use crate::trunk::Trunk;
+use mixrank_data::config::model::ActivationName;
 use mixrank_data::config::model::{ModelSection, PleSection};
 use mixrank_engine::{Backend, ColCopy};
 use mixrank_nn::{Gate, GateConfig, Layer, MoeMix, ParamVisitor, Parameters, ReducedSite};
@@ -204,7 +205,10 @@ where
             let per_task = p.task_experts + p.shared_experts;
             let all = n_tasks * p.task_experts + p.shared_experts;
             let gate = |n_exp: usize, what: String, rng: &mut R| -> Result<(Gate<B>, MoeMix<B>)> {
-                let mut g = GateConfig::new(d_in, n_exp).with_temperature(m.gate.temperature as f32);
+                let mut g = GateConfig::new(d_in, n_exp).with_temperature(m.gate.temperature as f32).with_hidden(
+                    &m.gate.hidden,
+                    crate::expert::activation(m.gate.activation.unwrap_or(ActivationName::Relu)),
+                );
                 if m.gate.top_k > 0 && m.gate.top_k < n_exp {
                     g = g.with_top_k(m.gate.top_k);
                 }

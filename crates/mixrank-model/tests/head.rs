@@ -211,6 +211,16 @@ fn top_k_mmoe_gradients() {
 }
 
 #[test]
+fn mmoe_with_gate_hidden_layers_gradients() {
+    check(
+        "architecture = \"mmoe\"\nexpert_dim = 4\ntower = { hidden = [3], activation = \"tanh\" }\n\
+         gate = { hidden = [5], activation = \"tanh\" }\n[[experts]]\nkind = \"mlp\"\ncount = 2\nhidden = [4]\nactivation = \"tanh\"\n\
+         [[experts]]\nkind = \"dcnv2\"\ncross_layers = 1\nhidden = [4]\nactivation = \"tanh\"\n",
+        7,
+    );
+}
+
+#[test]
 fn ple_parameters_follow_the_documented_expert_cycle() {
     let ops = RefOpsF64::new();
     let mut rng = StdRng::seed_from_u64(0);

@@ -364,11 +364,19 @@ pub struct GateSection {
     /// Keep the k largest gate weights per example (renormalised); 0 keeps all.
     #[serde(default)]
     pub top_k: usize,
+    /// Hidden layers of the gate before its linear map to expert logits (empty: the
+    /// lightweight Linear + softmax gate). Not written when empty, so configs without
+    /// it serialise as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hidden: Vec<usize>,
+    /// Activation of the hidden layers (default relu; needs `hidden`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<ActivationName>,
 }
 
 impl Default for GateSection {
     fn default() -> Self {
-        GateSection { temperature: 1.0, top_k: 0 }
+        GateSection { temperature: 1.0, top_k: 0, hidden: Vec::new(), activation: None }
     }
 }
 
@@ -675,6 +683,12 @@ pub fn validate_model(m: &ModelSection, n_tasks: usize) -> Result<(), (String, S
     }
     if !(m.gate.temperature.is_finite() && m.gate.temperature > 0.0) {
         return e("gate.temperature", format!("expected a number > 0, found {}", m.gate.temperature));
+    }
+    if m.gate.hidden.contains(&0) {
+        return e("gate.hidden", "expected positive sizes".into());
+    }
+    if m.gate.activation.is_some() && m.gate.hidden.is_empty() {
+        return e("gate.activation", "needs gate.hidden (the lightweight gate has no hidden layer)".into());
     }
     if m.gate.top_k > total {
         return e("gate.top_k", format!("top_k = {} exceeds the {total} experts", m.gate.top_k));

@@ -429,3 +429,24 @@ fn manifest_config_text_of_earlier_versions_parses_and_is_written_identically() 
     assert_eq!(toml::to_string(&wire).unwrap(), text);
     mixrank_data::ExperimentConfig::from_wire(wire, &d.path().join("config.toml"), d.path()).unwrap();
 }
+
+#[test]
+fn gate_hidden_layers_are_checked() {
+    let d = tempfile::tempdir().unwrap();
+    let model = |gate: &str| {
+        format!(
+            "{BASE}\n[model]\narchitecture = \"mmoe\"\n{gate}\n[[model.experts]]\nkind = \"mlp\"\ncount = 2\nhidden = [8]\n"
+        )
+    };
+    let c = load_config(d.path(), &model("gate = { hidden = [16], activation = \"gelu\" }")).unwrap();
+    assert_eq!(c.model.as_ref().unwrap().gate.hidden, vec![16]);
+    let e = err_text(load_config(d.path(), &model("gate = { hidden = [0] }")));
+    assert!(e.contains("model.gate.hidden"), "{e}");
+    let e = err_text(load_config(d.path(), &model("gate = { activation = \"tanh\" }")));
+    assert!(e.contains("model.gate.activation") && e.contains("needs gate.hidden"), "{e}");
+    // Without hidden layers the config text is as before (checkpoint manifests compare it).
+    let c = load_config(d.path(), &model("gate = { top_k = 1 }")).unwrap();
+    let v: toml::Value = toml::from_str(&toml::to_string(&c.wire).unwrap()).unwrap();
+    let keys: Vec<&String> = v["model"]["gate"].as_table().unwrap().keys().collect();
+    assert_eq!(keys, ["temperature", "top_k"]);
+}

@@ -1,9 +1,10 @@
-//! The lightweight MMoE gate: one linear map to expert logits and a softmax.
+//! The MMoE gate: one linear map to expert logits and a softmax (the lightweight gate),
+//! optionally after hidden layers (an MLP on the gate's input).
 
-use mixrank_engine::{Backend, ColCopy, Shape};
+use mixrank_engine::{Activation, Backend, ColCopy, Shape};
 use rand::Rng;
 
-use crate::dense::{Linear, LinearConfig};
+use crate::dense::{Linear, LinearConfig, Mlp, MlpConfig};
 use crate::error::{batch_fits, positive, Ctx, NnError, Result};
 use crate::layer::Layer;
 use crate::param::{Init, ParamVisitor, Parameters};
@@ -25,11 +26,23 @@ pub struct GateConfig {
     pub top_k: Option<usize>,
     /// Weight initialisation. Default Xavier uniform.
     pub init: Init,
+    /// Hidden layers before the linear map (empty: the lightweight gate) and their
+    /// activation.
+    pub hidden: Vec<usize>,
+    pub activation: Activation,
 }
 
 impl GateConfig {
     pub fn new(d_in: usize, n_experts: usize) -> Self {
-        GateConfig { d_in, n_experts, temperature: 1.0, top_k: None, init: Init::XavierUniform }
+        GateConfig {
+            d_in,
+            n_experts,
+            temperature: 1.0,
+            top_k: None,
+            init: Init::XavierUniform,
+            hidden: Vec::new(),
+            activation: Activation::Relu,
+        }
     }
 
     pub fn with_temperature(mut self, temperature: f32) -> Self {
@@ -39,6 +52,13 @@ impl GateConfig {
 
     pub fn with_top_k(mut self, k: usize) -> Self {
         self.top_k = Some(k);
+        self
+    }
+
+    /// Hidden layers (an MLP) between the gate's input and its linear map.
+    pub fn with_hidden(mut self, hidden: &[usize], activation: Activation) -> Self {
+        self.hidden = hidden.to_vec();
+        self.activation = activation;
         self
     }
 
@@ -66,12 +86,20 @@ impl GateConfig {
                 });
             }
         }
-        let linear = LinearConfig::new(self.d_in, self.n_experts).with_init(self.init).init(ops, max_batch, rng)?;
+        let hidden = match self.hidden.is_empty() {
+            true => None,
+            false => Some(
+                MlpConfig::new(self.d_in, &self.hidden).with_activation(self.activation).init(ops, max_batch, rng)?,
+            ),
+        };
+        let d_linear = hidden.as_ref().map_or(self.d_in, |h| h.d_out());
+        let linear = LinearConfig::new(d_linear, self.n_experts).with_init(self.init).init(ops, max_batch, rng)?;
         let n = max_batch * self.n_experts;
         let sparse = self.top_k.is_some_and(|k| k < self.n_experts);
         Ok(Gate {
             config: self.clone(),
             max_batch,
+            hidden,
             linear,
             logits: ops.alloc(n).ctx(LAYER)?,
             masked: ops.alloc(if sparse { n } else { 0 }).ctx(LAYER)?,
@@ -100,6 +128,8 @@ impl GateConfig {
 pub struct Gate<B: Backend> {
     config: GateConfig,
     max_batch: usize,
+    /// Hidden layers before `linear` (parameters `hidden.*`); `None` for the lightweight gate.
+    hidden: Option<Mlp<B>>,
     pub linear: Linear<B>,
     /// `(x·W + b) / T`.
     logits: B::Buf,
@@ -124,18 +154,27 @@ impl<B: Backend> Gate<B> {
     }
 
     pub fn d_input(&self) -> &B::Buf {
-        self.linear.d_input()
+        match &self.hidden {
+            Some(h) => h.d_input(),
+            None => self.linear.d_input(),
+        }
     }
 }
 
 impl<B: Backend> Parameters<B> for Gate<B> {
     fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
+        if let Some(h) = &mut self.hidden {
+            v.scope("hidden", |v| h.visit_params(v));
+        }
         self.linear.visit_params(v);
     }
 }
 
 impl<B: Backend> Layer<B> for Gate<B> {
     fn visit_reduced(&mut self, f: &mut dyn FnMut(crate::ReducedSite<'_, B>)) {
+        if let Some(h) = &mut self.hidden {
+            h.visit_reduced(f);
+        }
         self.linear.visit_reduced(f);
     }
 
@@ -154,7 +193,11 @@ impl<B: Backend> Layer<B> for Gate<B> {
     fn forward(&mut self, ops: &B, input: &B::Buf, batch: usize) -> Result<&B::Buf> {
         batch_fits(LAYER, batch, self.max_batch)?;
         let e = self.config.n_experts;
-        let z = self.linear.forward(ops, input, batch)?;
+        let x = match &mut self.hidden {
+            Some(h) => h.forward(ops, input, batch)?,
+            None => input,
+        };
+        let z = self.linear.forward(ops, x, batch)?;
         // A [batch, n_experts] copy: a few floats per row, so not worth a fused kernel.
         let copy = ColCopy { rows: batch, cols: e, src_ld: e, src_col: 0, dst_ld: e, dst_col: 0, accumulate: false };
         ops.copy_cols(&copy, z, &mut self.logits).ctx(LAYER)?;
@@ -184,7 +227,13 @@ impl<B: Backend> Layer<B> for Gate<B> {
         if self.config.temperature != 1.0 {
             ops.scale(batch * e, 1.0 / self.config.temperature, &mut self.d_logits).ctx(LAYER)?;
         }
-        self.linear.backward(ops, input, &self.d_logits)
+        match &mut self.hidden {
+            Some(h) => {
+                let d_h = self.linear.backward(ops, h.output(), &self.d_logits)?;
+                h.backward(ops, input, d_h)
+            }
+            None => self.linear.backward(ops, input, &self.d_logits),
+        }
     }
 }
 

@@ -26,6 +26,31 @@ fn gate_gradients() {
 }
 
 #[test]
+fn gate_with_hidden_layers_gradients_and_parameter_names() {
+    let ops = RefOpsF64::new();
+    for (i, &(d_in, hidden, e, act)) in
+        [(5, &[4][..], 3, mixrank_engine::Activation::Tanh), (3, &[6, 2][..], 4, mixrank_engine::Activation::GeluTanh)]
+            .iter()
+            .enumerate()
+    {
+        let cfg = GateConfig::new(d_in, e).with_temperature(0.7).with_hidden(hidden, act);
+        let mut gate = cfg.init(&ops, 3, &mut rng(20 + i as u64)).unwrap();
+        randomize(&mut gate, &mut rng(30 + i as u64), -1.0, 1.0);
+        check_layer(&format!("Gate {d_in}->{hidden:?}->{e}"), &mut gate, 3, i as u64, |_| {});
+        let mut names = Vec::new();
+        gate.params(&mut |n, _| names.push(n.to_string()));
+        // The hidden layers come first under `hidden.`; the final map keeps the names
+        // of the lightweight gate.
+        assert!(names.first().is_some_and(|n| n.starts_with("hidden.")), "{names:?}");
+        let light = GateConfig::new(d_in, e).init(&ops, 3, &mut rng(0)).unwrap();
+        let mut light_names = Vec::new();
+        let mut light = light;
+        light.params(&mut |n, _| light_names.push(n.to_string()));
+        assert!(names.ends_with(&light_names), "{names:?} vs {light_names:?}");
+    }
+}
+
+#[test]
 fn top_k_gate_gradients_and_sparsity() {
     // The selection is piecewise constant; the fixed seeds keep every kept/dropped pair of
     // logits far more than the stencil width (4e-4) apart, or the check would fail loudly.
