@@ -297,6 +297,7 @@ macro_rules! info {
 impl<'a> Run<'a> {
     fn start(cfg: Arc<ExperimentConfig>, opts: &'a TrainOptions, ops: &'a CpuOps) -> Result<Run<'a>> {
         let t = &cfg.train;
+        // A config without a train split fails here, before the statistics pass.
         cfg.split("train")?;
         let Start { stats, mut model, optim, step, examples, cursor, lineage, early_stopping, events } =
             crate::start::start(&cfg, opts, ops)?;
@@ -370,10 +371,6 @@ impl<'a> Run<'a> {
         crate::checkpoint::save(dir, &mut self.model, &self.optim, &info).map(|_| ())
     }
 
-    fn budget_spent(&self) -> bool {
-        self.max_steps.is_some_and(|m| self.step >= m)
-    }
-
     /// The loop: epochs from the data cursor on, batches of each, until a bound stops it.
     fn train(&mut self) -> Result<StopReason> {
         let epochs = self.cfg.train.epochs.max(1);
@@ -394,11 +391,10 @@ impl<'a> Run<'a> {
     /// A bound already reached before training on: early stopping decided, or the step
     /// budget is spent.
     fn stopped(&self) -> Option<StopReason> {
-        match &self.early {
-            Some(e) if e.stopped() => Some(StopReason::EarlyStopping { best_step: e.best_step().unwrap_or(0) }),
-            _ if self.budget_spent() => Some(StopReason::MaxSteps { max_steps: self.max_steps.unwrap_or(0) }),
-            _ => None,
+        if let Some(e) = self.early.as_ref().filter(|e| e.stopped()) {
+            return Some(StopReason::EarlyStopping { best_step: e.best_step().unwrap_or(0) });
         }
+        self.max_steps.filter(|&m| self.step >= m).map(|max_steps| StopReason::MaxSteps { max_steps })
     }
 
     /// Validates the last step if that has not happened, and logs why training stopped.
