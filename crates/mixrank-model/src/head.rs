@@ -21,7 +21,7 @@
 //! A new architecture is a new type implementing [`Head`] plus an arm in
 //! [`build_head`] (and its config variant).
 
-use crate::error::{Context, ModelError, Result};
+use crate::error::{ModelError, Result};
 use crate::gates::GateInfo;
 use crate::moe::{Gating, Moe};
 use crate::ple::Ple;
@@ -145,23 +145,6 @@ impl<B: HostBackend + 'static> dyn Head<B> + '_ {
     /// f32. Returns how many GEMMs were converted. Inference only: `backward` then
     /// refuses.
     pub fn use_bf16(&mut self, kernel: mixrank_engine::bf16::Bf16Kernel) -> Result<usize> {
-        let mut n = 0;
-        let mut err = None;
-        self.visit_reduced(&mut |site: ReducedSite<'_, B>| {
-            if err.is_some() {
-                return;
-            }
-            match mixrank_nn::HostBf16::new(kernel, site.k, site.n, &site.dense_weight(), site.max_batch) {
-                Ok(r) => {
-                    *site.slot = Some(Box::new(r));
-                    n += 1;
-                }
-                Err(e) => err = Some(e),
-            }
-        });
-        match err {
-            Some(e) => Err(e).at(|| "bf16 packing".into()),
-            None => Ok(n),
-        }
+        crate::model::pack_bf16(kernel, &mut |f| self.visit_reduced(f))
     }
 }

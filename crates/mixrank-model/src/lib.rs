@@ -6,13 +6,15 @@
 //! gates and mixing, and the towers ([`towers`]). One type per architecture
 //! ([`SharedBottom`], [`Moe`], [`Ple`]); [`build_head`] picks it from the config.
 //! [`RankingModel`] puts the embeddings in front and may add [`LogitSource`]s' logits
-//! to chosen tasks in training.
+//! to chosen tasks in training. Everything above this crate holds a model as a
+//! `Box<dyn` [`Model`]`<B>>` built by [`build_model`], on any backend `B`.
 
 pub mod error;
 pub mod expert;
 pub mod gates;
 pub mod head;
 pub mod logit_source;
+pub mod model;
 pub mod moe;
 pub mod ple;
 pub mod ranking;
@@ -25,6 +27,7 @@ pub use expert::Expert;
 pub use gates::{ExpertOwner, ExpertRef, GateInfo, GateRole};
 pub use head::{build_head, Head};
 pub use logit_source::{LogitSource, LogitSources};
+pub use model::{build_model, InputGroup, Model, ModelIo};
 pub use moe::{Gating, Moe};
 pub use ple::Ple;
 pub use ranking::RankingModel;

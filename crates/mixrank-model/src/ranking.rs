@@ -7,14 +7,17 @@
 //! ```
 
 use crate::error::{Context, ModelError, Result};
+use crate::gates::GateInfo;
 use crate::head::{build_head, Head};
 use crate::logit_source::{LogitSource, LogitSources};
+use crate::model::{InputGroup, Model, ModelIo};
 use mixrank_data::config::model::ModelSection;
 use mixrank_data::config::{ExperimentConfig, Pooling as CfgPooling};
 use mixrank_data::Batch;
 use mixrank_engine::{Backend, ColCopy, Pooling};
 use mixrank_nn::{
-    EmbeddingCollection, EmbeddingCollectionConfig, FeatureConfig, FeatureInput, ParamVisitor, Parameters, TableConfig,
+    EmbeddingCollection, EmbeddingCollectionConfig, FeatureConfig, FeatureInput, Param, ParamVisitor, Parameters,
+    ReducedSite, TableConfig,
 };
 use rand::Rng;
 
@@ -36,6 +39,7 @@ pub struct RankingModel<B: Backend> {
     logit_sources: LogitSources<B>,
     /// Training mode (the default) or evaluation mode.
     training: bool,
+    io: ModelIo,
     d_emb: usize,
     dense_width: usize,
     max_batch: usize,
@@ -96,11 +100,25 @@ where
                     .at(|| "train.loss_weighting".into())?,
             ),
         };
+        let io = ModelIo {
+            tasks: cfg.tasks.iter().map(|t| t.name.clone()).collect(),
+            inputs: vec![InputGroup {
+                name: "all".into(),
+                features: cfg
+                    .categorical
+                    .iter()
+                    .map(|f| f.name.clone())
+                    .chain(cfg.dense.iter().map(|d| d.name.clone()))
+                    .collect(),
+                width: d_in,
+            }],
+        };
         Ok(RankingModel {
             emb,
             head,
             logit_sources: LogitSources::new(ops, n_tasks, max_batch)?,
             training: true,
+            io,
             d_emb,
             dense_width,
             max_batch,
@@ -232,5 +250,66 @@ impl<B: Backend> Parameters<B> for RankingModel<B> {
             v.param("task_log_var", p);
         }
         self.logit_sources.visit_params(v);
+    }
+}
+
+impl<B: Backend + 'static> Model<B> for RankingModel<B>
+where
+    B::Buf: Send,
+{
+    fn io(&self) -> &ModelIo {
+        &self.io
+    }
+
+    fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    fn forward(&mut self, ops: &B, batch: &Batch) -> Result<()> {
+        RankingModel::forward(self, ops, batch)
+    }
+
+    fn logits(&self, t: usize) -> &B::Buf {
+        RankingModel::logits(self, t)
+    }
+
+    fn backward(&mut self, ops: &B, batch: &Batch, d_logits: &[&B::Buf]) -> Result<()> {
+        RankingModel::backward(self, ops, batch, d_logits)
+    }
+
+    fn set_training(&mut self, training: bool) {
+        RankingModel::set_training(self, training)
+    }
+
+    fn set_dropout_step(&mut self, step: u64) {
+        RankingModel::set_dropout_step(self, step)
+    }
+
+    fn embeddings(&self) -> Option<&EmbeddingCollection<B>> {
+        self.emb.as_ref()
+    }
+
+    fn embeddings_mut(&mut self) -> Option<&mut EmbeddingCollection<B>> {
+        self.emb.as_mut()
+    }
+
+    fn task_log_var(&self) -> Option<&Param<B>> {
+        self.task_log_var.as_ref()
+    }
+
+    fn task_log_var_mut(&mut self) -> Option<&mut Param<B>> {
+        self.task_log_var.as_mut()
+    }
+
+    fn gates(&self) -> Vec<GateInfo> {
+        self.head.gates()
+    }
+
+    fn gate_weights(&self, g: usize) -> Option<&B::Buf> {
+        self.head.gate_weights(g)
+    }
+
+    fn visit_reduced(&mut self, f: &mut dyn FnMut(ReducedSite<'_, B>)) {
+        self.head.visit_reduced(f)
     }
 }

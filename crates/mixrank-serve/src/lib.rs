@@ -40,4 +40,4 @@ pub mod proto {
 
 pub use error::{Result, ServeError};
 pub use server::{start, RunningServer, ServeOptions};
-pub use session::{InferenceSession, Precision};
+pub use session::{Engine, InferenceSession, Precision};

@@ -12,7 +12,7 @@
 use crate::error::{Result, ServeError};
 use crate::metrics::Metrics;
 use crate::score::{ResolvedScore, ScoreConfig};
-use crate::session::{InferenceSession, Precision};
+use crate::session::{Engine, InferenceSession, Precision};
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +34,7 @@ pub struct ReloadReport {
 pub struct ModelSlot {
     current: ArcSwap<Served>,
     run_dir: std::sync::Mutex<PathBuf>,
+    engine: Engine,
     precision: Precision,
     max_batch: usize,
     score: ScoreConfig,
@@ -50,15 +51,17 @@ impl ModelSlot {
     /// Loads the first model (blocking).
     pub fn open(
         run_dir: &Path,
+        engine: Engine,
         precision: Precision,
         max_batch: usize,
         score: ScoreConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self> {
-        let served = bind(InferenceSession::open(run_dir, precision, max_batch)?, &score)?;
+        let served = bind(engine.open(run_dir, precision, max_batch)?, &score)?;
         Ok(ModelSlot {
             current: ArcSwap::from_pointee(served),
             run_dir: std::sync::Mutex::new(run_dir.to_path_buf()),
+            engine,
             precision,
             max_batch,
             score,
@@ -80,13 +83,13 @@ impl ModelSlot {
             Some(d) => d,
             None => self.run_dir.lock().map_err(|_| ServeError::Internal("lock poisoned".into()))?.clone(),
         };
-        let (precision, max_batch, score) = (self.precision, self.max_batch, self.score.clone());
+        let (engine, precision, max_batch, score) =
+            (self.engine.clone(), self.precision, self.max_batch, self.score.clone());
         let d = dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || {
-            InferenceSession::open(&d, precision, max_batch).and_then(|s| bind(s, &score))
-        })
-        .await
-        .map_err(|e| ServeError::Internal(format!("reload task: {e}")))?;
+        let loaded =
+            tokio::task::spawn_blocking(move || engine.open(&d, precision, max_batch).and_then(|s| bind(s, &score)))
+                .await
+                .map_err(|e| ServeError::Internal(format!("reload task: {e}")))?;
         match loaded {
             Ok(served) => {
                 let version = served.session.version.clone();

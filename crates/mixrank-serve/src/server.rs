@@ -13,7 +13,7 @@ use crate::reload::ModelSlot;
 use crate::request::Limits;
 use crate::score::ScoreConfig;
 use crate::service::{Service, ServiceConfig};
-use crate::session::Precision;
+use crate::session::{Engine, Precision};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +24,8 @@ use tokio::sync::watch;
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub run_dir: PathBuf,
+    /// The backend the model runs on.
+    pub engine: Engine,
     pub precision: Precision,
     pub http_addr: SocketAddr,
     /// `None`: no gRPC listener.
@@ -40,10 +42,11 @@ pub struct ServeOptions {
 }
 
 impl ServeOptions {
-    /// Loopback on ephemeral ports and the default limits.
-    pub fn new(run_dir: impl Into<PathBuf>) -> Self {
+    /// Loopback on ephemeral ports and the default limits, on the backend `engine`.
+    pub fn new(run_dir: impl Into<PathBuf>, engine: Engine) -> Self {
         ServeOptions {
             run_dir: run_dir.into(),
+            engine,
             precision: Precision::F32,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             grpc_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -75,8 +78,9 @@ fn io(what: &str, addr: SocketAddr) -> impl Fn(std::io::Error) -> ServeError + '
 pub async fn start(opts: ServeOptions) -> Result<RunningServer> {
     let metrics = Arc::new(Metrics::default());
     let max_batch = opts.batcher.max_batch_rows.max(opts.limits.max_candidates).max(1);
-    let (dir, precision, score, m) = (opts.run_dir.clone(), opts.precision, opts.score.clone(), metrics.clone());
-    let slot = tokio::task::spawn_blocking(move || ModelSlot::open(&dir, precision, max_batch, score, m))
+    let (dir, engine, precision, score, m) =
+        (opts.run_dir.clone(), opts.engine.clone(), opts.precision, opts.score.clone(), metrics.clone());
+    let slot = tokio::task::spawn_blocking(move || ModelSlot::open(&dir, engine, precision, max_batch, score, m))
         .await
         .map_err(|e| ServeError::Internal(e.to_string()))??;
     let slot = Arc::new(slot);

@@ -18,11 +18,10 @@
 use crate::encode::RequestEncoder;
 use crate::error::{Result, ServeError};
 use crate::request::ScoreRequest;
-use mixrank_data::config::TaskKind;
+use mixrank_data::config::{TaskKind, TaskSpec};
 use mixrank_data::{Batch, DenseMode, Encoder, ExperimentConfig};
-use mixrank_engine::CpuOps;
-use mixrank_model::RankingModel;
-use mixrank_nn::Parameters;
+use mixrank_model::Model;
+use mixrank_nn::HostBackend;
 use mixrank_train::checkpoint::Manifest;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -55,9 +54,68 @@ impl std::str::FromStr for Precision {
     }
 }
 
-struct Runner {
-    model: RankingModel<CpuOps>,
+/// The backend sessions run on. The caller picks it (the CLI: the CPU backend); this crate
+/// names no backend. Cheap to clone; the server reopens sessions through it on reload.
+#[derive(Clone)]
+pub struct Engine(Arc<dyn OpenSession>);
+
+trait OpenSession: Send + Sync {
+    fn open(&self, run_dir: &Path, precision: Precision, max_batch: usize) -> Result<InferenceSession>;
+    fn name(&self) -> &'static str;
+}
+
+struct On<B>(Arc<B>);
+
+impl<B: HostBackend + 'static> OpenSession for On<B> {
+    fn open(&self, run_dir: &Path, precision: Precision, max_batch: usize) -> Result<InferenceSession> {
+        InferenceSession::open(run_dir, precision, max_batch, self.0.clone())
+    }
+    fn name(&self) -> &'static str {
+        std::any::type_name::<B>()
+    }
+}
+
+impl Engine {
+    pub fn new<B: HostBackend + 'static>(ops: B) -> Self {
+        Engine(Arc::new(On(Arc::new(ops))))
+    }
+
+    /// [`InferenceSession::open`] on this backend.
+    pub fn open(&self, run_dir: &Path, precision: Precision, max_batch: usize) -> Result<InferenceSession> {
+        self.0.open(run_dir, precision, max_batch)
+    }
+
+    /// The backend's type name.
+    pub fn name(&self) -> &'static str {
+        self.0.name()
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Engine({})", self.name())
+    }
+}
+
+/// A model and its backend, behind the session's lock.
+trait Runner: Send {
+    /// Appends the predictions of `b`'s rows to `out[task]`.
+    fn predict(&mut self, b: &Batch, tasks: &[TaskSpec], out: &mut [Vec<f32>]) -> Result<()>;
+}
+
+struct Loaded<B: HostBackend> {
+    ops: Arc<B>,
+    model: Box<dyn Model<B>>,
     host: Vec<f32>,
+}
+
+impl<B: HostBackend + 'static> Runner for Loaded<B> {
+    fn predict(&mut self, b: &Batch, tasks: &[TaskSpec], out: &mut [Vec<f32>]) -> Result<()> {
+        let ops = &*self.ops;
+        self.model.forward(ops, b).map_err(|e| ServeError::Internal(format!("forward: {e}")))?;
+        mixrank_train::read_predictions(&*self.model, ops, tasks, b.rows, &mut self.host, out)
+            .map_err(|e| ServeError::Internal(e.to_string()))
+    }
 }
 
 /// A loaded checkpoint ready to score batches of up to `max_batch` rows.
@@ -75,18 +133,22 @@ pub struct InferenceSession {
     /// Floats released by dropping the dense parameters' gradient buffers.
     pub released_grad_floats: usize,
     encoder: RequestEncoder,
-    ops: CpuOps,
-    runner: Mutex<Runner>,
+    runner: Mutex<Box<dyn Runner>>,
 }
 
 impl InferenceSession {
     /// Loads and verifies `run_dir/checkpoint` (checksum, format and hash versions,
-    /// every tensor's name and shape) and prepares it at `precision`.
-    pub fn open(run_dir: &Path, precision: Precision, max_batch: usize) -> Result<Self> {
+    /// every tensor's name and shape) and prepares it at `precision`, on the backend
+    /// `ops`.
+    pub fn open<B: HostBackend + 'static>(
+        run_dir: &Path,
+        precision: Precision,
+        max_batch: usize,
+        ops: Arc<B>,
+    ) -> Result<Self> {
         let dir = run_dir.join("checkpoint");
         let fail = |message: String| ServeError::Checkpoint { dir: dir.clone(), message };
-        let ops = CpuOps::new();
-        let loaded = mixrank_train::checkpoint::load(&dir, &ops, max_batch.max(1)).map_err(|e| fail(e.to_string()))?;
+        let loaded = mixrank_train::checkpoint::load(&dir, &*ops, max_batch.max(1)).map_err(|e| fail(e.to_string()))?;
         let run = run_dir
             .canonicalize()
             .ok()
@@ -94,7 +156,7 @@ impl InferenceSession {
             .unwrap_or_else(|| "model".into());
         let m = &loaded.manifest;
         let version = format!("{run}@{}#{}", m.step, &m.weights_xxh3()[..m.weights_xxh3().len().min(8)]);
-        let mut s = Self::from_parts(loaded.config, loaded.model, loaded.manifest, precision, max_batch, version)?;
+        let mut s = Self::from_parts(loaded.config, loaded.model, ops, loaded.manifest, precision, max_batch, version)?;
         s.run_dir = run_dir.to_path_buf();
         Ok(s)
     }
@@ -102,9 +164,11 @@ impl InferenceSession {
     /// A session around a model already in memory (its workspaces must hold
     /// `max_batch` rows): `mixrank bench infer` scores a randomly initialised model
     /// through the same path as a loaded one.
-    pub fn from_parts(
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_parts<B: HostBackend + 'static>(
         config: Arc<ExperimentConfig>,
-        mut model: RankingModel<CpuOps>,
+        mut model: Box<dyn Model<B>>,
+        ops: Arc<B>,
         manifest: Manifest,
         precision: Precision,
         max_batch: usize,
@@ -122,7 +186,7 @@ impl InferenceSession {
             Precision::F32 => None,
             Precision::Bf16 => {
                 let k = mixrank_engine::bf16::Bf16Kernel::detect();
-                model.head.use_bf16(k).map_err(|e| fail(format!("switching to bf16: {e}")))?;
+                model.use_bf16(k).map_err(|e| fail(format!("switching to bf16: {e}")))?;
                 Some(k.name())
             }
         };
@@ -138,8 +202,7 @@ impl InferenceSession {
             max_batch: max_batch.max(1),
             run_dir: PathBuf::new(),
             released_grad_floats,
-            ops: CpuOps::new(),
-            runner: Mutex::new(Runner { model, host: Vec::new() }),
+            runner: Mutex::new(Box::new(Loaded { ops, model, host: Vec::new() })),
         })
     }
 
@@ -167,12 +230,7 @@ impl InferenceSession {
     pub fn predict(&self, batch: &Batch) -> Result<Vec<Vec<f32>>> {
         let mut out = vec![Vec::with_capacity(batch.rows); self.config.tasks.len()];
         let mut r = self.runner.lock().map_err(|_| ServeError::Internal("model lock poisoned".into()))?;
-        let Runner { model, host } = &mut *r;
-        let mut run = |b: &Batch| -> Result<()> {
-            model.forward(&self.ops, b).map_err(|e| ServeError::Internal(format!("forward: {e}")))?;
-            mixrank_train::read_predictions(model, &self.ops, &self.config.tasks, b.rows, host, &mut out)
-                .map_err(|e| ServeError::Internal(e.to_string()))
-        };
+        let mut run = |b: &Batch| r.predict(b, &self.config.tasks, &mut out);
         if batch.rows <= self.max_batch {
             run(batch)?;
         } else {

@@ -28,7 +28,7 @@ fn eval_predictions(precision: Precision, batch_rows: Option<usize>) -> Vec<Vec<
     let ops = CpuOps::new();
     let mut s = CheckpointScorer::open(&f.run, &ops, None).unwrap();
     if precision == Precision::Bf16 {
-        s.loaded.model.head.use_bf16(mixrank_engine::bf16::Bf16Kernel::detect()).unwrap();
+        s.loaded.model.use_bf16(mixrank_engine::bf16::Bf16Kernel::detect()).unwrap();
     }
     match batch_rows {
         None => s.score(&ops, "test").unwrap().preds,
@@ -38,7 +38,7 @@ fn eval_predictions(precision: Precision, batch_rows: Option<usize>) -> Vec<Vec<
             let stats = std::sync::Arc::new(s.loaded.manifest.dense_stats.clone());
             let cfg = std::sync::Arc::new(cfg);
             let enc = mixrank_data::Encoder::new(cfg.clone(), mixrank_data::DenseMode::Fitted(stats)).unwrap();
-            mixrank_train::evaluate(&mut s.loaded.model, &ops, std::sync::Arc::new(enc), cfg.split("test").unwrap())
+            mixrank_train::evaluate(&mut *s.loaded.model, &ops, std::sync::Arc::new(enc), cfg.split("test").unwrap())
                 .unwrap()
                 .preds
         }
@@ -58,7 +58,7 @@ fn http_and_grpc_scores_equal_eval_on_the_same_rows() {
         assert!(reqs.iter().all(|r| r.candidates.len() == 10));
         let same_batches = eval_predictions(precision, Some(10));
         let eval_default = eval_predictions(precision, None);
-        let mut opts = ServeOptions::new(&f.run);
+        let mut opts = ServeOptions::new(&f.run, engine());
         opts.precision = precision;
         let server = start(&rt, opts);
         let mut grpc = rt.block_on(RankerClient::connect(format!("http://{}", server.grpc_addr.unwrap()))).unwrap();
@@ -202,7 +202,7 @@ fn malformed_requests_are_rejected_and_never_take_the_server_down() {
     let f = fixture();
     let valid = test_requests(40).remove(0).to_json();
     let rt = runtime();
-    let server = start(&rt, ServeOptions::new(&f.run));
+    let server = start(&rt, ServeOptions::new(&f.run, engine()));
     let mut statuses = std::collections::BTreeMap::new();
     for body in mutations(&valid, 400) {
         let r = http(server.http_addr, "POST", "/v1/score", &[("Content-Type", "application/json")], &body);
@@ -280,7 +280,7 @@ fn backpressure_timeouts_and_size_limits() {
     let req = test_requests(40).remove(0);
     let body = req.to_json().to_string();
     let rt = runtime();
-    let mut opts = ServeOptions::new(&f.run);
+    let mut opts = ServeOptions::new(&f.run, engine());
     opts.batcher.queue_capacity = 1;
     opts.timeout = Duration::from_secs(20);
     opts.limits.max_candidates = 50;
@@ -327,7 +327,7 @@ fn backpressure_timeouts_and_size_limits() {
     rt.block_on(server.wait()).unwrap();
 
     // A request that cannot be scored in time: 504 / DEADLINE_EXCEEDED.
-    let mut opts = ServeOptions::new(&f.run);
+    let mut opts = ServeOptions::new(&f.run, engine());
     opts.timeout = Duration::from_millis(200);
     let server = start(&rt, opts);
     {
@@ -358,7 +358,7 @@ fn reload_under_load_fails_no_request_and_refuses_a_corrupt_checkpoint() {
 
     let bodies: Vec<String> = test_requests(200).iter().map(|r| r.to_json().to_string()).collect();
     let rt = runtime();
-    let mut opts = ServeOptions::new(&f.run);
+    let mut opts = ServeOptions::new(&f.run, engine());
     opts.admin_token = Some("s3cret".into());
     let server = start(&rt, opts);
     let addr = server.http_addr;
@@ -428,7 +428,7 @@ fn a_changed_manifest_is_picked_up_by_the_watcher() {
     let run = f.dir.join("run-watch");
     copy_run(&f.run, &run);
     let rt = runtime();
-    let mut opts = ServeOptions::new(&run);
+    let mut opts = ServeOptions::new(&run, engine());
     opts.watch = Some(Duration::from_millis(50));
     let server = start(&rt, opts);
     let v0 = get(server.http_addr, "/v1/model").json()["version"].as_str().unwrap().to_string();
@@ -458,7 +458,7 @@ fn graceful_shutdown_answers_requests_in_flight() {
     let f = fixture();
     let body = test_requests(40).remove(0).to_json().to_string();
     let rt = runtime();
-    let server = start(&rt, ServeOptions::new(&f.run));
+    let server = start(&rt, ServeOptions::new(&f.run, engine()));
     let addr = server.http_addr;
     let pause = server.service.batcher.pause();
     let threads: Vec<_> = (0..3)

@@ -26,9 +26,9 @@ use crate::optimizers::{OptimizerManifest, Optimizers};
 use crate::tensors::{serialize, Tensor, TensorFile};
 use mixrank_data::stats::DenseStats;
 use mixrank_data::ExperimentConfig;
-use mixrank_engine::CpuOps;
-use mixrank_model::RankingModel;
-use mixrank_nn::Parameters;
+use mixrank_engine::Backend;
+use mixrank_model::{build_model, Model};
+use mixrank_nn::HostBackend;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -116,10 +116,10 @@ pub struct CheckpointInfo<'a> {
 }
 
 /// The weights of `model` as named tensors.
-fn weight_tensors(model: &mut RankingModel<CpuOps>) -> Vec<Tensor> {
+fn weight_tensors<B: HostBackend>(model: &mut dyn Model<B>) -> Vec<Tensor> {
     let mut out = Vec::new();
     model.params(&mut |name, p| out.push(Tensor::f32(format!("head.{name}"), p.shape.clone(), &p.value[..p.len()])));
-    if let Some(emb) = &mut model.emb {
+    if let Some(emb) = model.embeddings_mut() {
         emb.visit_tables(&mut |name, t| {
             out.push(Tensor::f32(format!("emb.{name}"), vec![t.rows, t.dim], &t.value[..t.rows * t.dim]))
         });
@@ -130,9 +130,9 @@ fn weight_tensors(model: &mut RankingModel<CpuOps>) -> Vec<Tensor> {
 /// Writes `model` and `optim` as the checkpoint directory `dir`, replacing an existing
 /// one: everything goes to a temporary sibling directory first, which is renamed into
 /// place.
-pub fn save(
+pub fn save<B: HostBackend>(
     dir: &Path,
-    model: &mut RankingModel<CpuOps>,
+    model: &mut dyn Model<B>,
     optim: &Optimizers,
     info: &CheckpointInfo<'_>,
 ) -> Result<Manifest> {
@@ -280,30 +280,27 @@ impl Verified {
         TensorFile::parse(OPTIMIZER, &self.optimizer).map_err(|m| self.bad(m))
     }
 
-    /// Copies the weights into `model`, which must be the model the stored config
-    /// builds: every tensor present with the model's shape, and no others.
-    pub fn fill_model(&self, model: &mut RankingModel<CpuOps>) -> Result<()> {
+    /// Copies the weights into `model` (on any backend, through `ops.write`), which
+    /// must be the model the stored config builds: every tensor present with the
+    /// model's shape, and no others.
+    pub fn fill_model<B: Backend>(&self, ops: &B, model: &mut dyn Model<B>) -> Result<()> {
         let file = self.weights()?;
         let mut expected = HashSet::new();
         let mut err = None;
-        let mut fill = |name: String, shape: &[usize], dst: &mut [f32]| match file.f32(&name, shape) {
-            Ok(v) => {
-                dst.copy_from_slice(&v);
-                expected.insert(name);
-            }
-            Err(e) => {
-                err.get_or_insert(e);
+        let mut fill = |name: String, shape: &[usize], dst: &mut B::Buf| {
+            let r = file.f32(&name, shape).and_then(|v| ops.write(&v, dst).map_err(|e| format!("`{name}`: {e}")));
+            match r {
+                Ok(()) => {
+                    expected.insert(name);
+                }
+                Err(e) => {
+                    err.get_or_insert(e);
+                }
             }
         };
-        model.params(&mut |name, p| {
-            let n = p.len();
-            fill(format!("head.{name}"), &p.shape.clone(), &mut p.value[..n]);
-        });
-        if let Some(emb) = &mut model.emb {
-            emb.visit_tables(&mut |name, t| {
-                let n = t.rows * t.dim;
-                fill(format!("emb.{name}"), &[t.rows, t.dim], &mut t.value[..n]);
-            });
+        model.params(&mut |name, p| fill(format!("head.{name}"), &p.shape.clone(), &mut p.value));
+        if let Some(emb) = model.embeddings_mut() {
+            emb.visit_tables(&mut |name, t| fill(format!("emb.{name}"), &[t.rows, t.dim], &mut t.value));
         }
         if let Some(e) = err {
             return Err(self.bad(e));
@@ -315,7 +312,7 @@ impl Verified {
     }
 
     /// Restores the optimizer state of the same model.
-    pub fn restore_optimizers(&self, model: &mut RankingModel<CpuOps>, optim: &mut Optimizers) -> Result<()> {
+    pub fn restore_optimizers<B: HostBackend>(&self, model: &mut dyn Model<B>, optim: &mut Optimizers) -> Result<()> {
         let file = self.optimizer()?;
         let cfg = self.config()?;
         optim.restore(model, &file, &self.manifest.optimizer, &cfg.train).map_err(|m| self.bad(m))
@@ -323,18 +320,21 @@ impl Verified {
 }
 
 /// A loaded, verified checkpoint.
-pub struct Loaded {
+pub struct Loaded<B: Backend> {
     pub config: Arc<ExperimentConfig>,
-    pub model: RankingModel<CpuOps>,
+    pub model: Box<dyn Model<B>>,
     pub manifest: Manifest,
 }
 
 /// Reads and verifies a checkpoint directory and rebuilds its model with workspaces
 /// for `max_batch` rows.
-pub fn load(dir: &Path, ops: &CpuOps, max_batch: usize) -> Result<Loaded> {
+pub fn load<B: Backend + 'static>(dir: &Path, ops: &B, max_batch: usize) -> Result<Loaded<B>>
+where
+    B::Buf: Send,
+{
     let v = read_verified(dir)?;
     let config = v.config()?;
-    let mut model = RankingModel::new(&config, ops, max_batch, &mut rand::rngs::StdRng::seed_from_u64(0))?;
-    v.fill_model(&mut model)?;
+    let mut model = build_model(&config, ops, max_batch, &mut rand::rngs::StdRng::seed_from_u64(0))?;
+    v.fill_model(ops, &mut *model)?;
     Ok(Loaded { config, model, manifest: v.manifest })
 }

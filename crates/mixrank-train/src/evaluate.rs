@@ -4,9 +4,10 @@ use crate::error::{engine, Result};
 use mixrank_data::config::{ExperimentConfig, TaskKind};
 use mixrank_data::pipeline::{BatchStream, StreamOptions};
 use mixrank_data::Encoder;
-use mixrank_engine::{Backend, CpuOps};
+use mixrank_engine::Backend;
 use mixrank_metrics::{task_report, TaskReport, TaskRows, TaskType};
-use mixrank_model::RankingModel;
+use mixrank_model::Model;
+use mixrank_nn::HostBackend;
 use std::sync::Arc;
 
 /// The metrics family of a config task.
@@ -100,16 +101,16 @@ impl Predictions {
 const EVAL_BATCH: usize = 4096;
 
 /// A verified checkpoint ready to score splits of its stored config.
-pub struct CheckpointScorer {
+pub struct CheckpointScorer<B: HostBackend> {
     pub config: Arc<ExperimentConfig>,
-    pub loaded: crate::checkpoint::Loaded,
+    pub loaded: crate::checkpoint::Loaded<B>,
     enc: Arc<Encoder>,
 }
 
-impl CheckpointScorer {
+impl<B: HostBackend + 'static> CheckpointScorer<B> {
     /// Loads `run_dir/checkpoint`. With `splits_from`, that config's split definitions
     /// replace the stored ones (so two models score exactly the same rows).
-    pub fn open(run_dir: &std::path::Path, ops: &CpuOps, splits_from: Option<&ExperimentConfig>) -> Result<Self> {
+    pub fn open(run_dir: &std::path::Path, ops: &B, splits_from: Option<&ExperimentConfig>) -> Result<Self> {
         let loaded = crate::checkpoint::load(&run_dir.join("checkpoint"), ops, EVAL_BATCH)?;
         let mut cfg = (*loaded.config).clone();
         cfg.data.batch_size = EVAL_BATCH;
@@ -123,8 +124,8 @@ impl CheckpointScorer {
     }
 
     /// Scores every row of the named split.
-    pub fn score(&mut self, ops: &CpuOps, split: &str) -> Result<Predictions> {
-        evaluate(&mut self.loaded.model, ops, self.enc.clone(), self.config.split(split)?)
+    pub fn score(&mut self, ops: &B, split: &str) -> Result<Predictions> {
+        evaluate(&mut *self.loaded.model, ops, self.enc.clone(), self.config.split(split)?)
     }
 }
 
@@ -132,9 +133,9 @@ impl CheckpointScorer {
 /// `sigmoid(logit)` for binary tasks, the raw output (label-transform space) for
 /// regression tasks. `host` is scratch of at least `rows` floats. Shared by
 /// [`evaluate`] and the serving session, so both report exactly the same numbers.
-pub fn read_predictions(
-    model: &RankingModel<CpuOps>,
-    ops: &CpuOps,
+pub fn read_predictions<B: Backend>(
+    model: &dyn Model<B>,
+    ops: &B,
     tasks: &[mixrank_data::config::TaskSpec],
     rows: usize,
     host: &mut Vec<f32>,
@@ -156,9 +157,9 @@ pub fn read_predictions(
 
 /// Scores every row of `split` (file order, no shuffling) in evaluation mode (dropout
 /// off); the model is left in evaluation mode.
-pub fn evaluate(
-    model: &mut RankingModel<CpuOps>,
-    ops: &CpuOps,
+pub fn evaluate<B: Backend>(
+    model: &mut dyn Model<B>,
+    ops: &B,
     enc: Arc<Encoder>,
     split: &mixrank_data::config::Split,
 ) -> Result<Predictions> {
@@ -175,14 +176,16 @@ pub fn evaluate(
     let mut host = vec![0f32; cfg.data.batch_size];
     let n_seg = cfg.columns.segment.as_ref().map_or(1, |s| s.values.len());
     // Sums first, divided by the segment's rows at the end.
-    let mut gates: Vec<GateMeans> = model.head.gates().iter().map(|g| GateMeans::named(g, &cfg, n_seg)).collect();
+    let mut gates: Vec<GateMeans> = model.gates().iter().map(|g| GateMeans::named(g, &cfg, n_seg)).collect();
     let mut seg_rows = vec![0u64; n_seg];
+    let mut w = Vec::new();
     for b in BatchStream::start(enc, split, opts)? {
         let b = b?;
         model.forward(ops, &b)?;
         for (g, gate) in gates.iter_mut().enumerate() {
-            let w = model.head.gate_weights(g).expect("gate exists");
             let n_exp = gate.experts.len();
+            w.resize(b.rows * n_exp, 0.0);
+            ops.read(model.gate_weights(g).expect("gate exists"), &mut w).map_err(engine("reading gate weights"))?;
             for r in 0..b.rows {
                 let seg = &mut gate.means[b.segment[r] as usize];
                 for (e, acc) in seg.iter_mut().enumerate() {

@@ -7,8 +7,9 @@ use crate::error::{engine, Result, TrainError};
 use crate::weighting::TaskWeighting;
 use mixrank_data::config::{ExperimentConfig, RegressionLoss, TaskKind};
 use mixrank_data::Batch;
-use mixrank_engine::{Backend, CpuOps, GradWrite, LossInput};
-use mixrank_model::RankingModel;
+use mixrank_engine::{GradWrite, LossInput};
+use mixrank_model::Model;
+use mixrank_nn::HostBackend;
 
 /// Buffers reused every step: labels, masks and weights of the batch, and the per-task
 /// logit gradients.
@@ -40,11 +41,11 @@ impl TaskLosses {
 
     /// Computes every task's loss on the forward pass's logits and writes the logit
     /// gradients; fails on a non-finite loss (divergence) naming the task and step.
-    pub fn compute(
+    pub fn compute<B: HostBackend>(
         &mut self,
         cfg: &ExperimentConfig,
-        ops: &CpuOps,
-        model: &RankingModel<CpuOps>,
+        ops: &B,
+        model: &dyn Model<B>,
         b: &Batch,
         step: u64,
     ) -> Result<()> {
@@ -84,7 +85,7 @@ impl TaskLosses {
     }
 
     /// After the model's backward: the learned task weights' own gradients.
-    pub fn write_weighting_grads(&self, ops: &CpuOps, model: &mut RankingModel<CpuOps>) -> Result<()> {
+    pub fn write_weighting_grads<B: HostBackend>(&self, ops: &B, model: &mut dyn Model<B>) -> Result<()> {
         self.weighting.write_grads(ops, model, &self.task_weights, &self.step_loss)
     }
 }

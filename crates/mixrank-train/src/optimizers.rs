@@ -14,10 +14,9 @@
 use crate::error::{layer, Result};
 use crate::tensors::{Tensor, TensorFile};
 use mixrank_data::config::model::{DenseOptimizer, SparseOptimizer, TrainSection};
-use mixrank_engine::CpuOps;
-use mixrank_model::RankingModel;
+use mixrank_model::Model;
 use mixrank_nn::{
-    Adam, AdamConfig, LazyAdam, LazyAdamConfig, Parameters, RowWiseAdagrad, RowWiseAdagradConfig, WeightDecay,
+    Adam, AdamConfig, HostBackend, LazyAdam, LazyAdamConfig, RowWiseAdagrad, RowWiseAdagradConfig, WeightDecay,
 };
 use serde::{Deserialize, Serialize};
 
@@ -47,7 +46,7 @@ pub struct OptimizerManifest {
 
 impl Optimizers {
     /// Fresh (zero) state for `model` as `[train]` configures it.
-    pub fn new(t: &TrainSection, model: &mut RankingModel<CpuOps>) -> Self {
+    pub fn new<B: HostBackend>(t: &TrainSection, model: &mut dyn Model<B>) -> Self {
         let weight_decay = match (t.optimizer, t.weight_decay) {
             (_, 0.0) => WeightDecay::None,
             (DenseOptimizer::Adam, w) => WeightDecay::L2(w as f32),
@@ -55,7 +54,7 @@ impl Optimizers {
         };
         let adam_cfg = AdamConfig { weight_decay, clip_norm: t.clip_norm().map(|c| c as f32), ..AdamConfig::default() };
         let adam = Adam::new(adam_cfg, model);
-        let sparse = model.emb.as_ref().map(|e| match t.sparse_optimizer {
+        let sparse = model.embeddings().map(|e| match t.sparse_optimizer {
             SparseOptimizer::RowwiseAdagrad => {
                 let c = RowWiseAdagradConfig {
                     weight_decay: t.sparse_weight_decay as f32,
@@ -76,9 +75,9 @@ impl Optimizers {
 
     /// One update of the dense parameters (learning rate `lr`) and of the embedding
     /// rows the last backward touched (learning rate `sparse_lr`).
-    pub fn step(&mut self, model: &mut RankingModel<CpuOps>, lr: f32, sparse_lr: f32) -> Result<()> {
+    pub fn step<B: HostBackend>(&mut self, model: &mut dyn Model<B>, lr: f32, sparse_lr: f32) -> Result<()> {
         self.adam.step(model, lr).map_err(layer("Adam step"))?;
-        if let (Some(s), Some(e)) = (&mut self.sparse, model.emb.as_mut()) {
+        if let (Some(s), Some(e)) = (&mut self.sparse, model.embeddings_mut()) {
             match s {
                 Sparse::Adagrad(o) => {
                     o.set_lr(sparse_lr);
@@ -111,7 +110,7 @@ impl Optimizers {
     }
 
     /// The state as named tensors (see the module docs).
-    pub fn tensors(&self, model: &mut RankingModel<CpuOps>) -> Vec<Tensor> {
+    pub fn tensors<B: HostBackend>(&self, model: &mut dyn Model<B>) -> Vec<Tensor> {
         let mut out = Vec::new();
         let mut i = 0;
         model.params(&mut |name, p| {
@@ -120,7 +119,7 @@ impl Optimizers {
             out.push(Tensor::f32(format!("adam.v.head.{name}"), p.shape.clone(), v));
             i += 1;
         });
-        if let (Some(s), Some(e)) = (&self.sparse, model.emb.as_ref()) {
+        if let (Some(s), Some(e)) = (&self.sparse, model.embeddings()) {
             for (t, table) in e.tables().iter().enumerate() {
                 match s {
                     Sparse::Adagrad(o) => out.push(Tensor::f32(
@@ -143,9 +142,9 @@ impl Optimizers {
 
     /// Restores state written by [`Optimizers::tensors`] for the same model; every
     /// tensor must be present with the model's shapes and the kinds must match.
-    pub fn restore(
+    pub fn restore<B: HostBackend>(
         &mut self,
-        model: &mut RankingModel<CpuOps>,
+        model: &mut dyn Model<B>,
         file: &TensorFile<'_>,
         om: &OptimizerManifest,
         t: &TrainSection,
@@ -173,7 +172,7 @@ impl Optimizers {
             return Err(e);
         }
         self.adam.set_state(om.dense_steps, ms, vs).map_err(|e| e.to_string())?;
-        let (Some(s), Some(e)) = (&mut self.sparse, model.emb.as_ref()) else { return Ok(()) };
+        let (Some(s), Some(e)) = (&mut self.sparse, model.embeddings()) else { return Ok(()) };
         let kind = match s {
             Sparse::Adagrad(_) => SparseOptimizer::RowwiseAdagrad,
             Sparse::Lazy(_) => SparseOptimizer::LazyAdam,

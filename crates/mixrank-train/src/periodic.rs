@@ -12,8 +12,8 @@ use crate::checkpoint::{read_verified, save, CheckpointInfo, Verified};
 use crate::error::{write_atomic, Result, TrainError};
 use crate::optimizers::Optimizers;
 use mixrank_data::config::model::TrainSection;
-use mixrank_engine::CpuOps;
-use mixrank_model::RankingModel;
+use mixrank_model::Model;
+use mixrank_nn::HostBackend;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -65,9 +65,9 @@ impl Periodic {
     /// Writes `checkpoints/step-<step>/`, deletes the oldest beyond `keep` and points
     /// `LATEST` at the new one. Returns the new directory. (A kill between the write
     /// and the pruning leaves one extra directory, deleted by the next save.)
-    pub fn save(
+    pub fn save<B: HostBackend>(
         &mut self,
-        model: &mut RankingModel<CpuOps>,
+        model: &mut dyn Model<B>,
         optim: &Optimizers,
         info: &CheckpointInfo<'_>,
     ) -> Result<PathBuf> {

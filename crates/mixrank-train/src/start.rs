@@ -11,17 +11,17 @@ use crate::trainer::TrainOptions;
 use crate::warm_start::{differing_keys, toml_value, warm_start};
 use mixrank_data::stats::{fit_dense_stats, DenseStats};
 use mixrank_data::ExperimentConfig;
-use mixrank_engine::CpuOps;
-use mixrank_model::RankingModel;
+use mixrank_model::{build_model, Model};
+use mixrank_nn::HostBackend;
 use rand::SeedableRng;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The state a run's training loop starts from.
-pub(crate) struct Start {
+pub(crate) struct Start<B: HostBackend> {
     pub stats: DenseStats,
-    pub model: RankingModel<CpuOps>,
+    pub model: Box<dyn Model<B>>,
     pub optim: Optimizers,
     pub step: u64,
     pub examples: u64,
@@ -44,7 +44,11 @@ pub fn checkpoint_dir(dir: &Path) -> PathBuf {
     }
 }
 
-pub(crate) fn start(cfg: &Arc<ExperimentConfig>, opts: &TrainOptions, ops: &CpuOps) -> Result<Start> {
+pub(crate) fn start<B: HostBackend + 'static>(
+    cfg: &Arc<ExperimentConfig>,
+    opts: &TrainOptions,
+    ops: &B,
+) -> Result<Start<B>> {
     let t = &cfg.train;
     let bs = cfg.data.batch_size;
     let mut events = Vec::new();
@@ -54,8 +58,8 @@ pub(crate) fn start(cfg: &Arc<ExperimentConfig>, opts: &TrainOptions, ops: &CpuO
         }
         events.push(v);
     };
-    let mut model = RankingModel::new(cfg, ops, bs, &mut rand::rngs::StdRng::seed_from_u64(t.seed))?;
-    let mut optim = Optimizers::new(t, &mut model);
+    let mut model = build_model(cfg, ops, bs, &mut rand::rngs::StdRng::seed_from_u64(t.seed))?;
+    let mut optim = Optimizers::new(t, &mut *model);
     if opts.resume {
         let found = newest_good(&opts.out_dir)?;
         for (dir, reason) in &found.refused {
@@ -88,8 +92,8 @@ pub(crate) fn start(cfg: &Arc<ExperimentConfig>, opts: &TrainOptions, ops: &CpuO
                 if diff.is_empty() { "formatting".into() } else { diff.join("; ") }
             )));
         }
-        v.fill_model(&mut model)?;
-        v.restore_optimizers(&mut model, &mut optim)?;
+        v.fill_model(ops, &mut *model)?;
+        v.restore_optimizers(&mut *model, &mut optim)?;
         let m = &v.manifest;
         let early = match (t.early_stopping_patience, m.early_stopping) {
             (0, _) => String::new(),
@@ -153,7 +157,7 @@ pub(crate) fn start(cfg: &Arc<ExperimentConfig>, opts: &TrainOptions, ops: &CpuO
         Some(init) => {
             let dir = checkpoint_dir(init);
             let parent = read_verified(&dir)?;
-            let changes = warm_start(&parent, cfg, &mut model, &mut optim, &mut stats)?;
+            let changes = warm_start(&parent, cfg, &mut *model, &mut optim, &mut stats)?;
             let mut days = parent.manifest.lineage.days.clone();
             days.push(train_days(cfg));
             lineage.parent = Some(dir.display().to_string());

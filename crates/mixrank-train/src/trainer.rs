@@ -28,10 +28,9 @@ use mixrank_data::config::{ExperimentConfig, Split};
 use mixrank_data::pipeline::{BatchStream, StreamOptions};
 use mixrank_data::stats::DenseStats;
 use mixrank_data::{DenseMode, Encoder};
-use mixrank_engine::CpuOps;
 use mixrank_metrics::TaskReport;
-use mixrank_model::RankingModel;
-use mixrank_nn::{Decay, LrSchedule};
+use mixrank_model::Model;
+use mixrank_nn::{Decay, HostBackend, LrSchedule};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -159,8 +158,13 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     crate::error::write_atomic(path, text.as_bytes())
 }
 
-/// Trains the model the config describes and validates it after every epoch.
-pub fn train(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<TrainSummary> {
+/// Trains the model the config describes on the backend `ops` and validates it after
+/// every epoch.
+pub fn train<B: HostBackend + 'static>(
+    cfg: Arc<ExperimentConfig>,
+    opts: &TrainOptions,
+    ops: &B,
+) -> Result<TrainSummary> {
     let claim = match (opts.resume, opts.overwrite) {
         (true, true) => return Err(TrainError::RunDir("--resume and --overwrite exclude each other".into())),
         (true, false) => Claim::Resume,
@@ -179,12 +183,15 @@ pub fn train(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<TrainSum
     let pool =
         rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| TrainError::Other(e.to_string()))?;
     // Engine ops run inside the pool (they are ~10x slower called from outside it).
-    pool.install(|| train_in_pool(cfg, opts))
+    pool.install(|| train_in_pool(cfg, opts, ops))
 }
 
-fn train_in_pool(cfg: Arc<ExperimentConfig>, opts: &TrainOptions) -> Result<TrainSummary> {
-    let ops = CpuOps::new();
-    let mut run = Run::start(cfg, opts, &ops)?;
+fn train_in_pool<B: HostBackend + 'static>(
+    cfg: Arc<ExperimentConfig>,
+    opts: &TrainOptions,
+    ops: &B,
+) -> Result<TrainSummary> {
+    let mut run = Run::start(cfg, opts, ops)?;
     let stop = run.train()?;
     run.finish(stop)
 }
@@ -247,13 +254,13 @@ struct Validations {
 /// bookkeeping. [`Run::train`] is the loop over epochs and batches; [`Run::step`] one
 /// update; the phases around it are [`Run::validate`] (with early stopping),
 /// [`Run::checkpoint_if_due`] and [`Run::finish`].
-struct Run<'a> {
+struct Run<'a, B: HostBackend> {
     cfg: Arc<ExperimentConfig>,
     opts: &'a TrainOptions,
-    ops: &'a CpuOps,
+    ops: &'a B,
     enc: Arc<Encoder>,
     stats: DenseStats,
-    model: RankingModel<CpuOps>,
+    model: Box<dyn Model<B>>,
     optim: Optimizers,
     step: u64,
     examples: u64,
@@ -265,7 +272,7 @@ struct Run<'a> {
     trace: Option<RowTrace>,
     periodic: Periodic,
     losses: TaskLosses,
-    distiller: Option<crate::distill::Distiller>,
+    distiller: Option<crate::distill::Distiller<B>>,
     window: Window,
     early: Option<EarlyStopping>,
     monitor: mixrank_data::config::model::Monitor,
@@ -294,8 +301,8 @@ macro_rules! info {
     };
 }
 
-impl<'a> Run<'a> {
-    fn start(cfg: Arc<ExperimentConfig>, opts: &'a TrainOptions, ops: &'a CpuOps) -> Result<Run<'a>> {
+impl<'a, B: HostBackend + 'static> Run<'a, B> {
+    fn start(cfg: Arc<ExperimentConfig>, opts: &'a TrainOptions, ops: &'a B) -> Result<Run<'a, B>> {
         let t = &cfg.train;
         // A config without a train split fails here, before the statistics pass.
         cfg.split("train")?;
@@ -368,7 +375,7 @@ impl<'a> Run<'a> {
     /// (`best/` or the final `checkpoint/`).
     fn save(&mut self, dir: &Path) -> Result<()> {
         let info = info!(self);
-        crate::checkpoint::save(dir, &mut self.model, &self.optim, &info).map(|_| ())
+        crate::checkpoint::save(dir, &mut *self.model, &self.optim, &info).map(|_| ())
     }
 
     /// The loop: epochs from the data cursor on, batches of each, until a bound stops it.
@@ -470,21 +477,21 @@ impl<'a> Run<'a> {
     fn step(&mut self, b: &mixrank_data::Batch, stream: (&Split, &StreamOptions)) -> Result<()> {
         let ops = self.ops;
         self.model.forward(ops, b)?;
-        self.losses.compute(&self.cfg, ops, &self.model, b, self.step)?;
+        self.losses.compute(&self.cfg, ops, &*self.model, b, self.step)?;
         for (w, l) in self.window.loss.iter_mut().zip(&self.losses.step_loss) {
             *w += *l as f64;
         }
         // Distillation: added into the same per-task logit gradients.
         if let Some(d) = &mut self.distiller {
-            let dl = d.apply(ops, b, stream, &self.model, &mut self.losses.grads, self.step)?;
+            let dl = d.apply(ops, b, stream, &*self.model, &mut self.losses.grads, self.step)?;
             self.window.distill.iter_mut().zip(dl).for_each(|(w, l)| *w += l);
         }
-        mixrank_nn::zero_grads(ops, &mut self.model).map_err(layer("zeroing gradients"))?;
+        mixrank_nn::zero_grads(ops, &mut *self.model).map_err(layer("zeroing gradients"))?;
         let refs: Vec<&Vec<f32>> = self.losses.grads.iter().collect();
         self.model.backward(ops, b, &refs)?;
-        self.losses.write_weighting_grads(ops, &mut self.model)?;
+        self.losses.write_weighting_grads(ops, &mut *self.model)?;
         let (lr, sparse_lr) = self.rates(self.step);
-        self.optim.step(&mut self.model, lr, sparse_lr)?;
+        self.optim.step(&mut *self.model, lr, sparse_lr)?;
         self.step += 1;
         self.examples += b.rows as u64;
         self.cursor.batch_in_epoch += 1;
@@ -530,7 +537,7 @@ impl<'a> Run<'a> {
             train_s,
             examples_per_s: (self.examples - self.examples_at_start) as f64 / train_s.max(1e-9),
             lr,
-            sparse_lr: self.model.emb.is_some().then_some(sparse_lr),
+            sparse_lr: self.model.embeddings().is_some().then_some(sparse_lr),
             loss: task_loss.iter().zip(&cfg.tasks).map(|((_, l), t)| l * t.weight).sum(),
             task_loss,
             distill_loss: cfg
@@ -571,7 +578,7 @@ impl<'a> Run<'a> {
         let cfg = self.cfg.clone();
         self.validations.last_step = Some(self.step);
         let Ok(split) = cfg.split("validation") else { return Ok(false) };
-        let p = evaluate(&mut self.model, self.ops, self.enc.clone(), split)?;
+        let p = evaluate(&mut *self.model, self.ops, self.enc.clone(), split)?;
         self.model.set_training(true);
         self.validations.reports = p.reports(&cfg);
         self.validations.preds = Some(p);
@@ -594,7 +601,7 @@ impl<'a> Run<'a> {
         if self.periodic.due(self.step) {
             self.clock.pause();
             let info = info!(self);
-            let r = self.periodic.save(&mut self.model, &self.optim, &info);
+            let r = self.periodic.save(&mut *self.model, &self.optim, &info);
             self.clock.resume();
             r?;
         }
@@ -615,8 +622,8 @@ impl<'a> Run<'a> {
             // and is scored again for the run's reports.
             Some(b) => match find_best(&self.cfg, b, [&best_dir, &final_dir]) {
                 Ok(v) => {
-                    v.fill_model(&mut self.model)?;
-                    let p = evaluate(&mut self.model, self.ops, self.enc.clone(), self.cfg.split("validation")?)?;
+                    v.fill_model(self.ops, &mut *self.model)?;
+                    let p = evaluate(&mut *self.model, self.ops, self.enc.clone(), self.cfg.split("validation")?)?;
                     self.validations.best_reports = Some(p.reports(&self.cfg));
                     self.validations.best_preds = Some(p);
                     Some((b, v.dir))

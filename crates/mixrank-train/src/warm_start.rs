@@ -38,9 +38,8 @@ use crate::optimizers::{Optimizers, Sparse};
 use mixrank_data::config::model::SparseOptimizer;
 use mixrank_data::config::{ExperimentConfig, TableKind, TableSpec};
 use mixrank_data::stats::DenseStats;
-use mixrank_engine::CpuOps;
-use mixrank_model::RankingModel;
-use mixrank_nn::Parameters;
+use mixrank_model::Model;
+use mixrank_nn::HostBackend;
 use std::collections::{BTreeMap, HashMap};
 
 /// Keys of the head's input columns, in order: `[emb | dense]`.
@@ -222,10 +221,10 @@ pub(crate) fn differing_keys(prefix: &str, a: &toml::Value, b: &toml::Value) -> 
 
 /// Carries `parent` into `model`, `optim` and `stats` (built and fitted for `cfg`) and
 /// returns one line per change. Refuses a changed head architecture or task list.
-pub fn warm_start(
+pub fn warm_start<B: HostBackend>(
     parent: &Verified,
     cfg: &ExperimentConfig,
-    model: &mut RankingModel<CpuOps>,
+    model: &mut dyn Model<B>,
     optim: &mut Optimizers,
     stats: &mut DenseStats,
 ) -> Result<Vec<String>> {
@@ -281,7 +280,7 @@ pub fn warm_start(
             }
         };
         let (orows, dim) = (old.rows() as usize, old.dim);
-        let emb = model.emb.as_mut().ok_or_else(|| bad("the new model has no embeddings".into()))?;
+        let emb = model.embeddings_mut().ok_or_else(|| bad("the new model has no embeddings".into()))?;
         if old.dim == spec.dim {
             let src = weights.f32(&format!("emb.tables.{oi}"), &[orows, dim]).map_err(bad)?;
             let table = &mut emb.tables_mut()[ti];

@@ -3,14 +3,14 @@
 //! - `fixed`: `L = Σ_t w_t · L_t` with the tasks' configured weights `w_t`;
 //! - `uncertainty` (Kendall, Gal & Cipolla, CVPR 2018, in the form most multi-task
 //!   libraries use): `L = Σ_t w_t · (exp(-s_t) · L_t + s_t)` with one learned
-//!   log-variance `s_t` per task ([`mixrank_model::RankingModel::task_log_var`]). A task
+//!   log-variance `s_t` per task ([`mixrank_model::Model::task_log_var`]). A task
 //!   whose loss stays high gets a larger `s_t`, hence a smaller weight `exp(-s_t)`; the
 //!   `+ s_t` term keeps the weights from collapsing to zero. Gradients:
 //!   `∂L/∂z_t = w_t · exp(-s_t) · ∂L_t/∂z_t` and `∂L/∂s_t = w_t · (1 - exp(-s_t) · L_t)`.
 
 use crate::error::{engine, Result};
-use mixrank_engine::{Backend, CpuOps};
-use mixrank_model::RankingModel;
+use mixrank_engine::Backend;
+use mixrank_model::Model;
 
 /// Per-task loss weights for the current step.
 pub struct TaskWeighting {
@@ -25,8 +25,8 @@ impl TaskWeighting {
     }
 
     /// Reads the current `exp(-s_t)`; call once per step before the losses.
-    pub fn refresh(&mut self, ops: &CpuOps, model: &RankingModel<CpuOps>) -> Result<()> {
-        if let Some(p) = &model.task_log_var {
+    pub fn refresh<B: Backend>(&mut self, ops: &B, model: &dyn Model<B>) -> Result<()> {
+        if let Some(p) = model.task_log_var() {
             ops.read(&p.value, &mut self.host).map_err(engine("reading task log-variances"))?;
             for (f, s) in self.factors.iter_mut().zip(&self.host) {
                 *f = (-s).exp();
@@ -42,14 +42,14 @@ impl TaskWeighting {
 
     /// Writes `∂L/∂s_t = w_t · (1 - exp(-s_t) · L_t)` into the log-variances' gradient
     /// (after the model's gradients were zeroed, before the optimizer step).
-    pub fn write_grads(
+    pub fn write_grads<B: Backend>(
         &self,
-        ops: &CpuOps,
-        model: &mut RankingModel<CpuOps>,
+        ops: &B,
+        model: &mut dyn Model<B>,
         task_weights: &[f64],
         losses: &[f32],
     ) -> Result<()> {
-        if let Some(p) = &mut model.task_log_var {
+        if let Some(p) = model.task_log_var_mut() {
             let g: Vec<f32> = (0..self.factors.len())
                 .map(|t| (task_weights[t] * (1.0 - self.factors[t] as f64 * losses[t] as f64)) as f32)
                 .collect();

@@ -5,6 +5,7 @@
 use mixrank_data::config::distill::{DistillLoss, PairSampling, TeacherPrecision};
 use mixrank_data::config::wire::ConfigFile;
 use mixrank_data::ExperimentConfig;
+use mixrank_engine::CpuOps;
 use mixrank_metrics::TaskMetrics;
 use mixrank_train::experiment::{run_retention, RetentionPlan, WarmStart};
 use mixrank_train::{train, Result, TrainOptions, TrainSummary};
@@ -124,7 +125,7 @@ fn column_teacher_alone_teaches_click() {
         std::fs::write(&path, cfg(distill).replace("epochs = 4", "epochs = 8")).unwrap();
         let mut opts = TrainOptions::new(d.path().join(name));
         opts.log_every = 5;
-        train(Arc::new(ExperimentConfig::load(&path).unwrap()), &opts).unwrap()
+        train(Arc::new(ExperimentConfig::load(&path).unwrap()), &opts, &CpuOps::new()).unwrap()
     };
     let s = run(
         "distilled",
@@ -149,7 +150,12 @@ fn checkpoint_teacher_with_other_features_drives_every_loss() {
     let d = tempfile::tempdir().unwrap();
     let (w, cfg_path) = sim(d.path());
     let teacher = d.path().join("teacher");
-    let t = train(Arc::new(load(&w, &cfg_path.with_file_name("teacher.toml"))), &TrainOptions::new(&teacher)).unwrap();
+    let t = train(
+        Arc::new(load(&w, &cfg_path.with_file_name("teacher.toml"))),
+        &TrainOptions::new(&teacher),
+        &CpuOps::new(),
+    )
+    .unwrap();
 
     // The student sees fewer features than the teacher (no device, activity, bid) and
     // no click labels; a different loss per task, request pairs on unshuffled batches.
@@ -177,7 +183,7 @@ fn checkpoint_teacher_with_other_features_drives_every_loss() {
     let run = d.path().join("student");
     let mut opts = TrainOptions::new(&run);
     opts.log_every = 5;
-    let r = train(Arc::new(cfg), &opts).unwrap();
+    let r = train(Arc::new(cfg), &opts, &CpuOps::new()).unwrap();
     let agree = logit_corr(click_preds(&r), click_preds(&t));
     eprintln!("checkpoint teacher: corr {agree}; auc student {} teacher {}", click_auc(&r), click_auc(&t));
     assert!(agree > 0.7, "student and teacher click logits correlate {agree}");
@@ -191,14 +197,14 @@ fn checkpoint_teacher_with_other_features_drives_every_loss() {
     // The same with the teacher in bf16: the student still follows it.
     s.distill.as_mut().unwrap().teacher_precision = Some(TeacherPrecision::Bf16);
     let cfg = load(&s, &cfg_path.with_file_name("student_bf16.toml"));
-    let r16 = train(Arc::new(cfg), &TrainOptions::new(d.path().join("student_bf16"))).unwrap();
+    let r16 = train(Arc::new(cfg), &TrainOptions::new(d.path().join("student_bf16")), &CpuOps::new()).unwrap();
     let agree16 = logit_corr(click_preds(&r16), click_preds(&t));
     assert!(agree16 > 0.7, "bf16 teacher: student and teacher click logits correlate {agree16}");
 
     // A teacher directory without a checkpoint is refused with the key's value.
     s.distill.as_mut().unwrap().checkpoint = Some(d.path().join("nowhere").to_string_lossy().into_owned());
     let cfg = load(&s, &cfg_path.with_file_name("missing.toml"));
-    let e = train(Arc::new(cfg), &TrainOptions::new(d.path().join("x"))).err().unwrap().to_string();
+    let e = train(Arc::new(cfg), &TrainOptions::new(d.path().join("x")), &CpuOps::new()).err().unwrap().to_string();
     assert!(e.contains("distill.checkpoint") && e.contains("nowhere"), "{e}");
 }
 
@@ -229,7 +235,8 @@ fn teacher_reading_other_rows_is_refused() {
     )
     .unwrap();
     let teacher = d.path().join("teacher");
-    train(Arc::new(ExperimentConfig::load(&teacher_cfg).unwrap()), &TrainOptions::new(&teacher)).unwrap();
+    train(Arc::new(ExperimentConfig::load(&teacher_cfg).unwrap()), &TrainOptions::new(&teacher), &CpuOps::new())
+        .unwrap();
     let student_cfg = d.path().join("student.toml");
     std::fs::write(
         &student_cfg,
@@ -239,10 +246,14 @@ fn teacher_reading_other_rows_is_refused() {
         ),
     )
     .unwrap();
-    let e = train(Arc::new(ExperimentConfig::load(&student_cfg).unwrap()), &TrainOptions::new(d.path().join("s")))
-        .err()
-        .unwrap()
-        .to_string();
+    let e = train(
+        Arc::new(ExperimentConfig::load(&student_cfg).unwrap()),
+        &TrainOptions::new(d.path().join("s")),
+        &CpuOps::new(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(e.contains("batch 0 does not hold the student's rows"), "{e}");
 
     // Rows the student skips at the very end (its `c` does not parse in the last 16
@@ -259,10 +270,14 @@ fn teacher_reading_other_rows_is_refused() {
     )
     .replace("max_bad_rows = 1", "max_bad_rows = 16\nshuffle_buffer = 0\nchunk_rows = 16");
     std::fs::write(&student_cfg, text).unwrap();
-    let e = train(Arc::new(ExperimentConfig::load(&student_cfg).unwrap()), &TrainOptions::new(d.path().join("s2")))
-        .err()
-        .unwrap()
-        .to_string();
+    let e = train(
+        Arc::new(ExperimentConfig::load(&student_cfg).unwrap()),
+        &TrainOptions::new(d.path().join("s2")),
+        &CpuOps::new(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(e.contains("batch 3 does not hold") && e.contains("rows after the student's epoch ended"), "{e}");
 }
 
@@ -277,7 +292,7 @@ impl WarmStart for Checked {
         opts: &TrainOptions,
     ) -> Result<TrainSummary> {
         assert!(parent.join("checkpoint/manifest.json").is_file(), "parent {} has a checkpoint", parent.display());
-        mixrank_train::experiment::StageWarmStart.train_incremental(cfg, parent, opts)
+        mixrank_train::experiment::StageWarmStart(CpuOps::new()).train_incremental(cfg, parent, opts)
     }
 }
 
@@ -286,7 +301,7 @@ fn retention_experiment_quick_runs_end_to_end() {
     let d = tempfile::tempdir().unwrap();
     let mut plan = RetentionPlan::quick();
     plan.threads = 2;
-    let r = run_retention(&plan, d.path(), Some(&Checked), None).unwrap();
+    let r = run_retention(&plan, d.path(), Some(&Checked), None, &CpuOps::new()).unwrap();
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.path().join("report.json")).unwrap()).unwrap();
     assert_eq!(json["verdicts"], r.json["verdicts"]);

@@ -2,6 +2,7 @@
 //! paper's synthetic data.
 
 use mixrank_data::ExperimentConfig;
+use mixrank_engine::CpuOps;
 use mixrank_metrics::TaskMetrics;
 use mixrank_train::{train, TrainOptions};
 use std::path::Path;
@@ -43,7 +44,7 @@ fn frappe_dcnv2_learns() {
     let out = d.path().join("run");
     let mut opts = TrainOptions::new(&out);
     opts.log_every = 5;
-    let s = train(Arc::new(cfg), &opts).unwrap();
+    let s = train(Arc::new(cfg), &opts, &CpuOps::new()).unwrap();
     assert_eq!(s.steps, 3 * 51_958u64.div_ceil(4096));
     let TaskMetrics::Binary(m) = &s.validation[0].overall else { panic!("binary task") };
     assert_eq!(m.rows, 5764);
@@ -76,7 +77,7 @@ fn mmoe_on_the_papers_data_beats_the_mean() {
     )
     .unwrap();
     let cfg = ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap();
-    let s = train(Arc::new(cfg), &TrainOptions::new(d.path().join("run"))).unwrap();
+    let s = train(Arc::new(cfg), &TrainOptions::new(d.path().join("run")), &CpuOps::new()).unwrap();
     for r in &s.validation {
         let TaskMetrics::Regression(m) = &r.overall else { panic!("regression task") };
         // Predicting the label mean scores RMSE = std(label); the model must do better.
@@ -105,7 +106,7 @@ fn checkpoint_round_trip_is_bit_identical_and_corruption_is_refused() {
     let out = d.path().join("run");
     let mut opts = TrainOptions::new(&out);
     opts.max_steps = Some(3);
-    let s = train(Arc::new(cfg), &opts).unwrap();
+    let s = train(Arc::new(cfg), &opts, &CpuOps::new()).unwrap();
     let ops = CpuOps::new();
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     pool.install(|| {
@@ -199,7 +200,7 @@ fn time_based_periodic_checkpoints_keep_the_newest_and_resume_finds_them() {
     std::fs::create_dir_all(&leftover).unwrap();
     let mut opts = TrainOptions::new(&run);
     opts.max_steps = Some(4);
-    train(cfg.clone(), &opts).unwrap();
+    train(cfg.clone(), &opts, &CpuOps::new()).unwrap();
     assert!(!leftover.exists());
     let steps: Vec<u64> = mixrank_train::periodic::list(&run).into_iter().map(|(s, _)| s).collect();
     assert_eq!(steps, [4, 3], "the newest two of steps 1..=4");
@@ -211,14 +212,14 @@ fn time_based_periodic_checkpoints_keep_the_newest_and_resume_finds_them() {
     assert_eq!(found.checkpoint.manifest.optimizer.sparse, None);
     // Resuming a finished run trains nothing more and keeps the step count.
     opts.resume = true;
-    let s = train(cfg.clone(), &opts).unwrap();
+    let s = train(cfg.clone(), &opts, &CpuOps::new()).unwrap();
     assert_eq!(s.steps, 4);
     // Without the step limit it finishes the epoch; resumed again, nothing is left to
     // train, yet the validation is still reported.
     opts.max_steps = None;
-    let full = train(cfg.clone(), &opts).unwrap();
+    let full = train(cfg.clone(), &opts, &CpuOps::new()).unwrap();
     assert!(full.steps > 4);
-    let again = train(cfg, &opts).unwrap();
+    let again = train(cfg, &opts, &CpuOps::new()).unwrap();
     assert_eq!((again.steps, again.examples), (full.steps, full.examples));
     assert_eq!(again.validation.len(), 2, "both tasks reported");
 }
@@ -234,12 +235,12 @@ fn uncertainty_weighting_learns_one_log_variance_per_task() {
     );
     let names: Vec<String> = cfg.tasks.iter().map(|t| t.name.clone()).collect();
     let out = d.path().join("run");
-    train(Arc::new(cfg), &TrainOptions::new(&out)).unwrap();
+    train(Arc::new(cfg), &TrainOptions::new(&out), &CpuOps::new()).unwrap();
     // The log-variances are a checkpointed parameter: ∂L/∂s = 1 - e^{-s}·L_t pushes s
     // below 0 for the binary tasks (BCE < 1) and above 0 for dwell time (MSE ≫ 1).
     let ops = mixrank_engine::CpuOps::new();
     let loaded = mixrank_train::checkpoint::load(&out.join("checkpoint"), &ops, 16).unwrap();
-    let s = loaded.model.task_log_var.as_ref().expect("uncertainty weighting keeps log-variances");
+    let s = loaded.model.task_log_var().expect("uncertainty weighting keeps log-variances");
     for (t, name) in names.iter().enumerate() {
         let v = s.value[t];
         if name == "dwell" {
@@ -263,7 +264,7 @@ fn early_stopping_validates_every_n_steps_and_keeps_the_best_model() {
     );
     let steps_per_epoch = 1500u64.div_ceil(cfg.data.batch_size as u64);
     let out = d.path().join("run");
-    let s = train(Arc::new(cfg), &TrainOptions::new(&out)).unwrap();
+    let s = train(Arc::new(cfg), &TrainOptions::new(&out), &CpuOps::new()).unwrap();
     assert!(s.steps < 30 * steps_per_epoch, "stopped early: {} steps", s.steps);
     let lines = train_log(&out);
     let events = |e: &str| lines.iter().filter(|l| l["event"] == e).cloned().collect::<Vec<_>>();
@@ -302,7 +303,7 @@ fn reduce_on_plateau_scales_the_learning_rate_after_each_validation_without_impr
     let out = d.path().join("run");
     let mut opts = TrainOptions::new(&out);
     opts.log_every = 1;
-    let s = train(Arc::new(cfg), &opts).unwrap();
+    let s = train(Arc::new(cfg), &opts, &CpuOps::new()).unwrap();
     let lines = train_log(&out);
     // Scale after each validation, by step; the scale halves exactly on the verdicts
     // without improvement.
@@ -345,24 +346,24 @@ fn a_resumed_run_with_dropout_matches_an_uninterrupted_one_bit_for_bit() {
     let whole = d.path().join("whole");
     let mut o = TrainOptions::new(&whole);
     o.max_steps = Some(8);
-    train(cfg.clone(), &o).unwrap();
+    train(cfg.clone(), &o, &CpuOps::new()).unwrap();
     // Stop after 4 steps (checkpoint at 3), then resume to 8 from the step-3 checkpoint.
     let split = d.path().join("split");
     let mut o = TrainOptions::new(&split);
     o.max_steps = Some(4);
-    train(cfg.clone(), &o).unwrap();
+    train(cfg.clone(), &o, &CpuOps::new()).unwrap();
     std::fs::remove_dir_all(split.join("checkpoint")).unwrap();
     let mut o = TrainOptions::new(&split);
     o.max_steps = Some(8);
     o.resume = true;
-    train(cfg.clone(), &o).unwrap();
+    train(cfg.clone(), &o, &CpuOps::new()).unwrap();
     let ops = mixrank_engine::CpuOps::new();
     let mut a = mixrank_train::checkpoint::load(&whole.join("checkpoint"), &ops, 16).unwrap().model;
     let mut b = mixrank_train::checkpoint::load(&split.join("checkpoint"), &ops, 16).unwrap().model;
     let mut wa = Vec::new();
-    mixrank_nn::Parameters::params(&mut a, &mut |n, p| wa.push((n.to_string(), p.value.clone())));
+    a.params(&mut |n, p| wa.push((n.to_string(), p.value.clone())));
     let mut i = 0;
-    mixrank_nn::Parameters::params(&mut b, &mut |n, p| {
+    b.params(&mut |n, p| {
         assert_eq!(wa[i].0, n);
         assert!(wa[i].1 == p.value, "{n} differs after resume");
         i += 1;
@@ -404,7 +405,7 @@ fn a_resumed_run_stops_early_at_the_step_and_with_the_model_of_an_uninterrupted_
     };
 
     let whole = d.path().join("whole");
-    let s = train(cfg.clone(), &TrainOptions::new(&whole)).unwrap();
+    let s = train(cfg.clone(), &TrainOptions::new(&whole), &CpuOps::new()).unwrap();
     let stop = s.steps;
     let best = manifest(&whole.join("checkpoint")).step;
     assert_eq!(steps_of(&train_log(&whole), "early_stop"), [stop], "stopped early");
@@ -417,7 +418,7 @@ fn a_resumed_run_stops_early_at_the_step_and_with_the_model_of_an_uninterrupted_
     let mut opts = TrainOptions::new(&split);
     opts.log_every = 1;
     opts.progress = Some(crash_at);
-    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train(cfg.clone(), &opts)));
+    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train(cfg.clone(), &opts, &CpuOps::new())));
     assert!(crashed.is_err(), "the run crashed");
     assert!(!split.join("checkpoint").exists());
     let newest = mixrank_train::periodic::newest_good(&split).unwrap().checkpoint.manifest;
@@ -429,7 +430,7 @@ fn a_resumed_run_stops_early_at_the_step_and_with_the_model_of_an_uninterrupted_
     // Resumed, it goes on counting: it stops at the same step with the same model.
     CRASH_AT.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
     opts.resume = true;
-    let r = train(cfg.clone(), &opts).unwrap();
+    let r = train(cfg.clone(), &opts, &CpuOps::new()).unwrap();
     assert_eq!(r.steps, stop, "the resumed run stops where the uninterrupted one did");
     let lines = train_log(&split);
     assert_eq!(steps_of(&lines, "early_stop"), [stop]);
@@ -442,7 +443,7 @@ fn a_resumed_run_stops_early_at_the_step_and_with_the_model_of_an_uninterrupted_
 
     // Resumed once more (from the checkpoint of the stopping step), a stopped run trains
     // nothing, counts no validation twice and keeps its model.
-    let again = train(cfg.clone(), &opts).unwrap();
+    let again = train(cfg.clone(), &opts, &CpuOps::new()).unwrap();
     assert_eq!((again.steps, &again.validation), (stop, &s.validation));
     let c = manifest(&split.join("checkpoint"));
     assert_eq!((c.step, c.weights_xxh3(), c.early_stopping), (a.step, a.weights_xxh3(), a.early_stopping));
@@ -461,7 +462,7 @@ fn a_resumed_run_stops_early_at_the_step_and_with_the_model_of_an_uninterrupted_
     std::fs::write(ck.join("manifest.xxh3"), mixrank_train::checkpoint::xxh3(text.as_bytes())).unwrap();
     assert_eq!(manifest(&ck).early_stopping, None);
     // Resumed from it, a run starts monitoring afresh (so it trains on) and logs so.
-    let afresh = train(cfg.clone(), &opts).unwrap();
+    let afresh = train(cfg.clone(), &opts, &CpuOps::new()).unwrap();
     assert!(afresh.steps > stop, "monitoring restarted: {} steps", afresh.steps);
     let resume = train_log(&split).into_iter().rfind(|l| l["event"] == "resume").unwrap();
     assert!(resume["step"] == stop && resume["early_stopping"].is_null(), "{resume}");
@@ -485,7 +486,7 @@ fn epochs_and_max_steps_stop_at_the_first_bound_and_say_which() {
     let run = d.path().join("run");
     let mut opts = TrainOptions::new(&run);
     opts.log_every = 1;
-    let s = train(cfg.clone(), &opts).unwrap();
+    let s = train(cfg.clone(), &opts, &CpuOps::new()).unwrap();
     assert_eq!(s.steps, 2 * batches_per_epoch);
     assert_eq!(s.stop, mixrank_train::StopReason::Epochs { epochs: 2 });
     let log = train_log(&run);
@@ -506,11 +507,11 @@ fn epochs_and_max_steps_stop_at_the_first_bound_and_say_which() {
     // A step budget inside the first epoch stops it there.
     let mut opts = TrainOptions::new(d.path().join("run3"));
     opts.max_steps = Some(3);
-    let s = train(cfg.clone(), &opts).unwrap();
+    let s = train(cfg.clone(), &opts, &CpuOps::new()).unwrap();
     assert_eq!((s.steps, s.stop), (3, mixrank_train::StopReason::MaxSteps { max_steps: 3 }));
     // The same --out again is refused, and --overwrite replaces it.
-    let e = train(cfg.clone(), &opts).unwrap_err().to_string();
+    let e = train(cfg.clone(), &opts, &CpuOps::new()).unwrap_err().to_string();
     assert!(e.contains("already holds a run") && e.contains("--overwrite"), "{e}");
     opts.overwrite = true;
-    assert_eq!(train(cfg, &opts).unwrap().steps, 3);
+    assert_eq!(train(cfg, &opts, &CpuOps::new()).unwrap().steps, 3);
 }

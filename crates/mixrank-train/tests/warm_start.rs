@@ -6,8 +6,7 @@ use mixrank_data::simulate::{simulate_engagement, EngagementParams};
 use mixrank_data::stats::DenseStats;
 use mixrank_data::ExperimentConfig;
 use mixrank_engine::CpuOps;
-use mixrank_model::RankingModel;
-use mixrank_nn::Parameters;
+use mixrank_model::{build_model, Model};
 use mixrank_train::checkpoint::{load, read_verified, Loaded};
 use mixrank_train::optimizers::{Optimizers, Sparse};
 use mixrank_train::warm_start::{input_columns, warm_start};
@@ -43,7 +42,7 @@ fn parent() -> Parent {
     let run = dir.path().join("run");
     let mut opts = TrainOptions::new(&run);
     opts.max_steps = Some(4);
-    train(cfg, &opts).unwrap();
+    train(cfg, &opts, &CpuOps::new()).unwrap();
     Parent { config_text: text, run, dir }
 }
 
@@ -56,8 +55,8 @@ fn config(dir: &Path, text: &str, model: &str) -> Arc<ExperimentConfig> {
 
 struct Child {
     cfg: Arc<ExperimentConfig>,
-    model: RankingModel<CpuOps>,
-    fresh: RankingModel<CpuOps>,
+    model: Box<dyn Model<CpuOps>>,
+    fresh: Box<dyn Model<CpuOps>>,
     optim: Optimizers,
     stats: DenseStats,
     changes: Vec<String>,
@@ -66,26 +65,26 @@ struct Child {
 fn child(p: &Parent, text: &str, model: &str) -> Result<Child, String> {
     let cfg = config(p.dir.path(), text, model);
     let ops = CpuOps::new();
-    let build = || RankingModel::new(&cfg, &ops, 64, &mut rand::rngs::StdRng::seed_from_u64(cfg.train.seed)).unwrap();
+    let build = || build_model(&cfg, &ops, 64, &mut rand::rngs::StdRng::seed_from_u64(cfg.train.seed)).unwrap();
     let (mut m, fresh) = (build(), build());
-    let mut optim = Optimizers::new(&cfg.train, &mut m);
+    let mut optim = Optimizers::new(&cfg.train, &mut *m);
     let mut stats = DenseStats { mean: vec![-7.0; cfg.dense.len()], std: vec![7.0; cfg.dense.len()], rows: 0 };
     let parent = read_verified(&p.run.join("checkpoint")).unwrap();
-    let changes = warm_start(&parent, &cfg, &mut m, &mut optim, &mut stats).map_err(|e| e.to_string())?;
+    let changes = warm_start(&parent, &cfg, &mut *m, &mut optim, &mut stats).map_err(|e| e.to_string())?;
     Ok(Child { cfg, model: m, fresh, optim, stats, changes })
 }
 
-fn parent_model(p: &Parent) -> Loaded {
+fn parent_model(p: &Parent) -> Loaded<CpuOps> {
     load(&p.run.join("checkpoint"), &CpuOps::new(), 64).unwrap()
 }
 
-fn table<'a>(m: &'a RankingModel<CpuOps>, cfg: &ExperimentConfig, name: &str) -> (&'a [f32], usize) {
+fn table<'a>(m: &'a dyn Model<CpuOps>, cfg: &ExperimentConfig, name: &str) -> (&'a [f32], usize) {
     let i = cfg.tables.iter().position(|t| t.name == name).unwrap();
-    let t = &m.emb.as_ref().unwrap().tables()[i];
+    let t = &m.embeddings().unwrap().tables()[i];
     (&t.value[..t.rows * t.dim], t.dim)
 }
 
-fn head(m: &mut RankingModel<CpuOps>) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+fn head(m: &mut dyn Model<CpuOps>) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let mut out = Vec::new();
     m.params(&mut |n, p| out.push((n.to_string(), p.shape.clone(), p.value[..p.len()].to_vec())));
     out
@@ -101,9 +100,9 @@ fn same_config_copies_everything_and_reports_nothing() {
     let mut c = child(&p, &p.config_text, MODEL).unwrap();
     assert!(c.changes.is_empty(), "{:?}", c.changes);
     let mut parent = parent_model(&p);
-    assert_eq!(head(&mut c.model), head(&mut parent.model));
+    assert_eq!(head(&mut *c.model), head(&mut *parent.model));
     for t in &c.cfg.tables {
-        assert_eq!(table(&c.model, &c.cfg, &t.name), table(&parent.model, &parent.config, &t.name));
+        assert_eq!(table(&*c.model, &c.cfg, &t.name), table(&*parent.model, &parent.config, &t.name));
     }
     assert_eq!(c.optim.adam.steps(), 4);
     let Some(Sparse::Lazy(o)) = &c.optim.sparse else { panic!("lazy adam") };
@@ -121,11 +120,11 @@ fn resized_hash_tables_are_remapped_or_reinitialised() {
         p.config_text
             .replace(&format!("name = \"ad_id\"\nbuckets = {old_rows}"), &format!("name = \"ad_id\"\nbuckets = {n}"))
     };
-    let (old, dim) = table(&parent.model, &parent.config, "ad_id");
+    let (old, dim) = table(&*parent.model, &parent.config, "ad_id");
     // Doubled: new row r is old row r mod old_rows, exactly.
     let c = child(&p, &with_buckets(old_rows * 2), MODEL).unwrap();
     assert!(has(&c.changes, "table `ad_id`: remapped, buckets"), "{:?}", c.changes);
-    let (new, _) = table(&c.model, &c.cfg, "ad_id");
+    let (new, _) = table(&*c.model, &c.cfg, "ad_id");
     for r in 0..old_rows * 2 {
         assert_eq!(new[r * dim..(r + 1) * dim], old[(r % old_rows) * dim..(r % old_rows + 1) * dim], "row {r}");
     }
@@ -138,7 +137,7 @@ fn resized_hash_tables_are_remapped_or_reinitialised() {
     let half = old_rows / 2;
     let c = child(&p, &with_buckets(half), MODEL).unwrap();
     assert!(has(&c.changes, "the 2 old rows"), "{:?}", c.changes);
-    let (new, _) = table(&c.model, &c.cfg, "ad_id");
+    let (new, _) = table(&*c.model, &c.cfg, "ad_id");
     for r in 0..half {
         for j in 0..dim {
             let want = (old[r * dim + j] + old[(r + half) * dim + j]) / 2.0;
@@ -148,9 +147,9 @@ fn resized_hash_tables_are_remapped_or_reinitialised() {
     // Not a multiple either way: re-initialised (the fresh model's values).
     let c = child(&p, &with_buckets(old_rows + 3), MODEL).unwrap();
     assert!(has(&c.changes, "table `ad_id`: re-initialised, buckets"), "{:?}", c.changes);
-    assert_eq!(table(&c.model, &c.cfg, "ad_id"), table(&c.fresh, &c.cfg, "ad_id"));
+    assert_eq!(table(&*c.model, &c.cfg, "ad_id"), table(&*c.fresh, &c.cfg, "ad_id"));
     // The other tables are untouched copies in every case.
-    assert_eq!(table(&c.model, &c.cfg, "user_id"), table(&parent.model, &parent.config, "user_id"));
+    assert_eq!(table(&*c.model, &c.cfg, "user_id"), table(&*parent.model, &parent.config, "user_id"));
 }
 
 #[test]
@@ -193,16 +192,16 @@ fn added_and_removed_features_remap_the_head_input_columns() {
         assert!(has(&c.changes, want), "missing {want:?} in {:#?}", c.changes);
     }
     // Vocabulary rows follow their values; the new value and OOV rows as documented.
-    let (old, dim) = table(&parent.model, &parent.config, "surface_id");
-    let (new, _) = table(&c.model, &c.cfg, "surface_id");
+    let (old, dim) = table(&*parent.model, &parent.config, "surface_id");
+    let (new, _) = table(&*c.model, &c.cfg, "surface_id");
     let row = |v: &[f32], r: usize| v[r * dim..(r + 1) * dim].to_vec();
     assert_eq!(row(new, 0), row(old, 2), "search");
     assert_eq!(row(new, 1), row(old, 0), "home_feed");
-    assert_eq!(row(new, 2), row(table(&c.fresh, &c.cfg, "surface_id").0, 2), "shopping is fresh");
+    assert_eq!(row(new, 2), row(table(&*c.fresh, &c.cfg, "surface_id").0, 2), "shopping is fresh");
     assert_eq!(row(new, 3), row(old, 3), "out-of-vocabulary row");
     // Head input columns: kept features keep their weights, new ones are fresh.
     let (oc, nc) = (input_columns(&parent.config), input_columns(&c.cfg));
-    let (ph, ch, fh) = (head(&mut parent.model), head(&mut c.model), head(&mut c.fresh));
+    let (ph, ch, fh) = (head(&mut *parent.model), head(&mut *c.model), head(&mut *c.fresh));
     let mut checked = 0;
     for ((name, shape, v), (_, _, f)) in ch.iter().zip(&fh) {
         let (_, pshape, pv) = ph.iter().find(|(n, _, _)| n == name).unwrap();

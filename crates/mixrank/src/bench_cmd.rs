@@ -3,8 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use mixrank_data::{Batch, CatColumn, ExperimentConfig};
-use mixrank_engine::CpuOps;
-use mixrank_model::RankingModel;
+use mixrank_model::build_model;
 use mixrank_serve::loadgen::{run_load, LoadConfig};
 use mixrank_serve::replay::{requests_from_parquet, split_files, Grouping};
 use mixrank_serve::{InferenceSession, Precision, ServeOptions};
@@ -101,11 +100,11 @@ fn bench_config() -> Result<ExperimentConfig> {
 
 fn session(a: &InferArgs, precision: Precision, max_batch: usize) -> Result<InferenceSession> {
     Ok(match &a.model {
-        Some(run) => InferenceSession::open(run, precision, max_batch)?,
+        Some(run) => crate::backend::engine().open(run, precision, max_batch)?,
         None => {
             let cfg = Arc::new(bench_config()?);
-            let ops = CpuOps::new();
-            let model = RankingModel::new(&cfg, &ops, max_batch, &mut rand::rngs::StdRng::seed_from_u64(0))?;
+            let ops = Arc::new(crate::backend::ops());
+            let model = build_model(&cfg, &*ops, max_batch, &mut rand::rngs::StdRng::seed_from_u64(0))?;
             let n = cfg.dense.len();
             let manifest = mixrank_train::checkpoint::Manifest {
                 format_version: mixrank_train::checkpoint::FORMAT_VERSION,
@@ -134,7 +133,15 @@ fn session(a: &InferArgs, precision: Precision, max_batch: usize) -> Result<Infe
                 files: Default::default(),
                 tensors: 0,
             };
-            InferenceSession::from_parts(cfg, model, manifest, precision, max_batch, "bench-model@0#random".into())?
+            InferenceSession::from_parts(
+                cfg,
+                model,
+                ops,
+                manifest,
+                precision,
+                max_batch,
+                "bench-model@0#random".into(),
+            )?
         }
     })
 }
@@ -274,7 +281,7 @@ fn infer_in_pool(a: &InferArgs) -> Result<()> {
 
 fn serve(a: &ServeBenchArgs) -> Result<()> {
     rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global().ok();
-    let cfg = InferenceSession::open(&a.model, Precision::F32, 1)?.config.clone();
+    let cfg = crate::backend::engine().open(&a.model, Precision::F32, 1)?.config.clone();
     let files = split_files(&cfg, "test").or_else(|_| split_files(&cfg, "validation"))?;
     let Some(file) = files.first() else { bail!("the run's config has no test or validation files") };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -289,7 +296,7 @@ fn serve(a: &ServeBenchArgs) -> Result<()> {
         }
         for p in &a.precisions {
             let precision: Precision = p.parse().map_err(anyhow::Error::msg)?;
-            let mut opts = ServeOptions::new(&a.model);
+            let mut opts = ServeOptions::new(&a.model, crate::backend::engine());
             opts.precision = precision;
             opts.grpc_addr = None;
             opts.limits.max_candidates = n.max(1024);

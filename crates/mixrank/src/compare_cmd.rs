@@ -3,7 +3,6 @@
 
 use anyhow::{bail, Context, Result};
 use mixrank_data::ExperimentConfig;
-use mixrank_engine::CpuOps;
 use mixrank_metrics::{compare_task, BootstrapConfig};
 use mixrank_train::{task_type, CheckpointScorer, Predictions};
 use std::fmt::Write as _;
@@ -29,7 +28,7 @@ pub struct CompareArgs {
 pub fn run(a: &CompareArgs) -> Result<()> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build()?;
     pool.install(|| {
-        let ops = CpuOps::new();
+        let ops = crate::backend::ops();
         let open = |dir: &PathBuf, splits_from| {
             CheckpointScorer::open(dir, &ops, splits_from)
                 .with_context(|| format!("loading the checkpoint in {}", dir.display()))

@@ -62,7 +62,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         opts.overwrite = true;
         opts.log_every = 25;
         opts.progress = Some(progress);
-        let r = train(Arc::new(run_cfg), &opts)?;
+        let r = train(Arc::new(run_cfg), &opts, &crate::backend::ops())?;
         crate::say!(
             "      {} steps in {:.1} s ({:.0} examples/s); validation:",
             r.steps,

@@ -2,7 +2,6 @@
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
-use mixrank_engine::CpuOps;
 use mixrank_metrics::{TaskMetrics, TaskReport};
 use mixrank_train::CheckpointScorer;
 use std::fmt::Write as _;
@@ -40,7 +39,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
 }
 
 fn run_in_pool(a: &EvalArgs) -> Result<()> {
-    let ops = CpuOps::new();
+    let ops = crate::backend::ops();
     let mut scorer = CheckpointScorer::open(&a.run_dir, &ops, None)
         .with_context(|| format!("loading the checkpoint in {}", a.run_dir.display()))?;
     let cfg = scorer.config.clone();
@@ -53,7 +52,7 @@ fn run_in_pool(a: &EvalArgs) -> Result<()> {
     crate::emit(&f32_preds.render_gates(&cfg));
     if a.precision == Precision::Bf16 {
         let kernel = mixrank_engine::bf16::Bf16Kernel::detect();
-        let n = scorer.loaded.model.head.use_bf16(kernel)?;
+        let n = scorer.loaded.model.use_bf16(kernel)?;
         let bf16_reports = scorer.score(&ops, &a.split)?.reports(&cfg);
         crate::say!("bf16 ({} kernel, {n} GEMMs):", kernel.name());
         crate::emit(&crate::train_cmd::render_reports(&bf16_reports));

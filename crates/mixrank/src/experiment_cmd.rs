@@ -41,8 +41,8 @@ pub fn run(cmd: &ExperimentCommand) -> Result<()> {
             }
             plan.threads = a.threads;
             // The incremental part warm-starts from (c) through the trainer's stages.
-            let warm = mixrank_train::experiment::StageWarmStart;
-            let r = run_retention(&plan, &a.out, Some(&warm), Some(progress))?;
+            let warm = mixrank_train::experiment::StageWarmStart(crate::backend::ops());
+            let r = run_retention(&plan, &a.out, Some(&warm), Some(progress), &crate::backend::ops())?;
             crate::emit(&r.markdown);
             crate::say!("report: {} (and report.json), {:.0} s", a.out.join("report.md").display(), r.seconds);
             Ok(())

@@ -1,5 +1,6 @@
 //! The `mixrank` command-line tool: a thin layer over the library crates.
 
+mod backend;
 mod bench_cmd;
 mod compare_cmd;
 mod demo;

@@ -4,7 +4,6 @@
 
 use anyhow::{Context, Result};
 use mixrank_data::config::TaskKind;
-use mixrank_engine::CpuOps;
 use mixrank_report::{calibration_bins, parse_train_log, GateTable, ReportInput, TaskCalibration};
 use mixrank_train::evaluate::Predictions;
 use mixrank_train::CheckpointScorer;
@@ -42,7 +41,7 @@ pub fn build(run_dir: &Path, split: &str) -> Result<String> {
     let log_path = run_dir.join("train_log.jsonl");
     let log_text = std::fs::read_to_string(&log_path).with_context(|| format!("reading {}", log_path.display()))?;
     let log = parse_train_log(&log_text, &log_path.display().to_string())?;
-    let ops = CpuOps::new();
+    let ops = crate::backend::ops();
     let mut scorer = CheckpointScorer::open(run_dir, &ops, None)
         .with_context(|| format!("loading the checkpoint in {}", run_dir.display()))?;
     let cfg = scorer.config.clone();

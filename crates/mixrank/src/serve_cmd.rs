@@ -66,7 +66,7 @@ pub fn precision(p: crate::eval_cmd::Precision) -> Precision {
 
 pub fn run(a: &ServeArgs) -> Result<()> {
     rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global().ok();
-    let mut opts = ServeOptions::new(&a.model);
+    let mut opts = ServeOptions::new(&a.model, crate::backend::engine());
     opts.precision = precision(a.precision);
     opts.http_addr = a.addr;
     opts.grpc_addr = (!a.no_grpc).then_some(a.grpc_addr);

@@ -88,7 +88,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     opts.allow_distill_in_incremental = a.distill_in_incremental;
     opts.trace_rows = a.trace_rows.clone();
     opts.step_delay = a.debug_step_delay_ms.map(std::time::Duration::from_millis);
-    let s = train(Arc::new(cfg), &opts)?;
+    let s = train(Arc::new(cfg), &opts, &crate::backend::ops())?;
     crate::say!(
         "trained {} steps, {} examples in {:.1} s ({:.1} s training: {:.0} examples/s); stopped: {}; run dir {}",
         s.steps,

@@ -4,6 +4,7 @@
 
 use mixrank_data::simulate::{simulate_engagement, EngagementParams};
 use mixrank_data::ExperimentConfig;
+use mixrank_engine::CpuOps;
 use mixrank_serve::{RunningServer, ServeOptions};
 use mixrank_train::{train, TrainOptions};
 use std::io::{Read, Write};
@@ -50,7 +51,7 @@ pub fn fixture() -> &'static Fixture {
         let run = dir.join("run");
         let mut opts = TrainOptions::new(&run);
         opts.max_steps = Some(3);
-        train(Arc::new(cfg.clone()), &opts).unwrap();
+        train(Arc::new(cfg.clone()), &opts, &CpuOps::new()).unwrap();
         Fixture { dir, run, config: cfg }
     })
 }
@@ -127,4 +128,9 @@ pub fn post_json(addr: SocketAddr, path: &str, body: &str) -> Reply {
 
 pub fn get(addr: SocketAddr, path: &str) -> Reply {
     http(addr, "GET", path, &[], b"")
+}
+
+/// The serving engine of the tests: the CPU backend.
+pub fn engine() -> mixrank_serve::Engine {
+    mixrank_serve::Engine::new(CpuOps::new())
 }

@@ -27,21 +27,21 @@ use mixrank_data::config::distill::{DistillLoss, DistillTask, PairSampling, Teac
 use mixrank_data::config::{ExperimentConfig, Split};
 use mixrank_data::pipeline::StreamOptions;
 use mixrank_data::Batch;
-use mixrank_engine::{Backend, CpuOps};
-use mixrank_model::RankingModel;
+use mixrank_model::Model;
+use mixrank_nn::HostBackend;
 use rand::SeedableRng;
 use teacher::CheckpointTeacher;
 
-enum Source {
+enum Source<B: HostBackend> {
     Columns,
-    Checkpoint(Box<CheckpointTeacher>),
+    Checkpoint(Box<CheckpointTeacher<B>>),
 }
 
 /// The distillation term of a training run, built from `[distill]`.
-pub struct Distiller {
+pub struct Distiller<B: HostBackend> {
     tasks: Vec<DistillTask>,
     task_names: Vec<String>,
-    source: Source,
+    source: Source<B>,
     seed: u64,
     /// `[config task][row]` teacher logits of the current batch (checkpoint source).
     teacher: Vec<Vec<f32>>,
@@ -51,10 +51,10 @@ pub struct Distiller {
     pairs: Vec<(u32, u32)>,
 }
 
-impl Distiller {
+impl<B: HostBackend + 'static> Distiller<B> {
     /// The config's distillation, or `None` without a `[distill]` section. Loads and
     /// verifies a checkpoint teacher.
-    pub fn new(cfg: &ExperimentConfig, ops: &CpuOps) -> Result<Option<Distiller>> {
+    pub fn new(cfg: &ExperimentConfig, ops: &B) -> Result<Option<Self>> {
         let Some(d) = &cfg.distill else { return Ok(None) };
         let source = match &d.source {
             TeacherSource::Columns => Source::Columns,
@@ -81,10 +81,10 @@ impl Distiller {
     /// a checkpoint teacher reads the same rows with them.
     pub fn apply(
         &mut self,
-        ops: &CpuOps,
+        ops: &B,
         b: &Batch,
         stream: (&Split, &StreamOptions),
-        model: &RankingModel<CpuOps>,
+        model: &dyn Model<B>,
         grads: &mut [Vec<f32>],
         step: u64,
     ) -> Result<Vec<f64>> {

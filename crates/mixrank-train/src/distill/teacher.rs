@@ -15,15 +15,15 @@ use mixrank_data::config::distill::{DistillTask, TeacherPrecision};
 use mixrank_data::config::{ExperimentConfig, Split};
 use mixrank_data::pipeline::{BatchStream, StreamOptions};
 use mixrank_data::{Batch, DenseMode, Encoder};
-use mixrank_engine::{Backend, CpuOps};
-use mixrank_model::RankingModel;
+use mixrank_model::Model;
+use mixrank_nn::HostBackend;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A verified checkpoint run in inference mode beside the student.
-pub struct CheckpointTeacher {
+pub struct CheckpointTeacher<B: HostBackend> {
     dir: PathBuf,
-    model: RankingModel<CpuOps>,
+    model: Box<dyn Model<B>>,
     enc: Arc<Encoder>,
     /// `(student task, teacher task)` for each distilled task.
     tasks: Vec<(usize, usize)>,
@@ -47,7 +47,7 @@ pub fn checkpoint_dir(path: &Path) -> PathBuf {
     }
 }
 
-impl CheckpointTeacher {
+impl<B: HostBackend + 'static> CheckpointTeacher<B> {
     /// Loads and verifies the checkpoint at `path` (a run or checkpoint directory),
     /// switches it to bf16 inference when asked, and maps the distilled tasks onto the
     /// teacher's tasks by name.
@@ -56,7 +56,7 @@ impl CheckpointTeacher {
         student: &ExperimentConfig,
         tasks: &[DistillTask],
         precision: TeacherPrecision,
-        ops: &CpuOps,
+        ops: &B,
     ) -> Result<Self> {
         let dir = checkpoint_dir(path);
         let bs = student.data.batch_size;
@@ -67,7 +67,7 @@ impl CheckpointTeacher {
             ))
         })?;
         if precision == TeacherPrecision::Bf16 {
-            loaded.model.head.use_bf16(mixrank_engine::bf16::Bf16Kernel::detect())?;
+            loaded.model.use_bf16(mixrank_engine::bf16::Bf16Kernel::detect())?;
         }
         let mut tcfg = (*loaded.config).clone();
         // The teacher reads the student's files exactly as the student does.
@@ -132,7 +132,7 @@ impl CheckpointTeacher {
     /// teacher's stream over `split` when `opts.epoch` begins.
     pub fn score(
         &mut self,
-        ops: &CpuOps,
+        ops: &B,
         b: &Batch,
         split: &Split,
         opts: &StreamOptions,

@@ -33,8 +33,8 @@ use mixrank_data::config::TaskKind;
 use mixrank_data::simulate::engagement::add_days;
 use mixrank_data::simulate::{simulate_engagement, EngagementParams};
 use mixrank_data::ExperimentConfig;
-use mixrank_engine::CpuOps;
 use mixrank_metrics::BootstrapConfig;
+use mixrank_nn::HostBackend;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -162,9 +162,9 @@ pub trait WarmStart: Sync {
 /// The trainer's own warm start: `--stage incremental --init PARENT`, loading the
 /// parent's weights and optimizer state. A config with a `[distill]` section keeps
 /// distillation on (as `--distill-in-incremental` would); one without trains on labels.
-pub struct StageWarmStart;
+pub struct StageWarmStart<B>(pub B);
 
-impl WarmStart for StageWarmStart {
+impl<B: HostBackend + 'static> WarmStart for StageWarmStart<B> {
     fn train_incremental(
         &self,
         cfg: Arc<ExperimentConfig>,
@@ -175,7 +175,7 @@ impl WarmStart for StageWarmStart {
         o.stage = crate::Stage::Incremental;
         o.init = Some(parent.to_path_buf());
         o.allow_distill_in_incremental = cfg.distill.is_some();
-        crate::train(cfg, &o)
+        crate::train(cfg, &o, &self.0)
     }
 }
 
@@ -190,22 +190,24 @@ pub struct RetentionReport {
 /// Simulates the data, trains the teacher and the three students, evaluates them on the
 /// following days and (with `warm`) runs the incremental part. Writes everything under
 /// `out` (`data/`, `configs/`, `runs/`, `report.md`, `report.json`).
-pub fn run_retention(
+pub fn run_retention<B: HostBackend + 'static>(
     plan: &RetentionPlan,
     out: &Path,
     warm: Option<&dyn WarmStart>,
     progress: Option<fn(&str)>,
+    ops: &B,
 ) -> Result<RetentionReport> {
     plan.validate()?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(plan.threads)
         .build()
         .map_err(|e| TrainError::Other(e.to_string()))?;
-    pool.install(|| Experiment::new(plan, out, progress).and_then(|mut e| e.run(warm)))
+    pool.install(|| Experiment::new(plan, out, progress, ops).and_then(|mut e| e.run(warm)))
 }
 
-struct Experiment<'a> {
+struct Experiment<'a, B> {
     plan: &'a RetentionPlan,
+    ops: &'a B,
     out: PathBuf,
     days: Vec<String>,
     base: ConfigFile,
@@ -219,8 +221,8 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     move |source| TrainError::Io { path: path.to_path_buf(), source }
 }
 
-impl<'a> Experiment<'a> {
-    fn new(plan: &'a RetentionPlan, out: &Path, progress: Option<fn(&str)>) -> Result<Self> {
+impl<'a, B: HostBackend + 'static> Experiment<'a, B> {
+    fn new(plan: &'a RetentionPlan, out: &Path, progress: Option<fn(&str)>, ops: &'a B) -> Result<Self> {
         std::fs::create_dir_all(out).map_err(io(out))?;
         let out = out.canonicalize().map_err(io(out))?;
         let start = Instant::now();
@@ -243,7 +245,7 @@ impl<'a> Experiment<'a> {
         let base = ExperimentConfig::load(&sim.config)?.wire;
         let days = (0..p.days).map(|d| add_days(&p.start_day, d)).collect::<mixrank_data::Result<Vec<_>>>()?;
         let data_glob = data.join("day=*").join("*.parquet").to_string_lossy().into_owned();
-        let mut e = Experiment { plan, out, days, base, data_glob, progress, start, timings: Vec::new() };
+        let mut e = Experiment { plan, ops, out, days, base, data_glob, progress, start, timings: Vec::new() };
         e.lap("simulate");
         Ok(e)
     }
@@ -352,13 +354,14 @@ impl<'a> Experiment<'a> {
         opts.overwrite = true;
         opts.log_every = 100;
         opts.progress = self.progress;
-        let s = train(cfg, &opts)?;
+        let s = train(cfg, &opts, self.ops)?;
         self.say(&format!("  {name}: {} steps, {:.1} s ({:.0} examples/s)", s.steps, s.seconds, s.examples_per_second));
         self.lap(&format!("train {name}"));
         Ok(s)
     }
 
-    fn score(&self, ops: &CpuOps, name: &str, run: &str, eval_cfg: &ExperimentConfig) -> Result<Scored> {
+    fn score(&self, name: &str, run: &str, eval_cfg: &ExperimentConfig) -> Result<Scored> {
+        let ops = self.ops;
         let mut s = CheckpointScorer::open(&self.run_dir(run), ops, Some(eval_cfg))?;
         Ok(Scored { name: name.to_string(), preds: s.score(ops, "eval")? })
     }
@@ -394,10 +397,9 @@ impl<'a> Experiment<'a> {
             summaries.push((run.to_string(), s));
         }
         self.say("scoring the following days");
-        let ops = CpuOps::new();
-        let mut scored = vec![self.score(&ops, "production teacher (long window)", "teacher", &teacher_cfg)?];
+        let mut scored = vec![self.score("production teacher (long window)", "teacher", &teacher_cfg)?];
         for (run, label, _, _) in &variants {
-            scored.push(self.score(&ops, label, run, &teacher_cfg)?);
+            scored.push(self.score(label, run, &teacher_cfg)?);
         }
         if scored.iter().any(|s| s.preds.requests != scored[0].preds.requests) {
             return Err(TrainError::Other("the models scored different rows".into()));
@@ -513,11 +515,10 @@ impl<'a> Experiment<'a> {
             finals.push(parent);
         }
         let eval_cfg = self.config("incremental_eval", STUDENT_MODEL, 1, test, test, None)?;
-        let ops = CpuOps::new();
-        let c = self.score(&ops, "(c) before incremental", "c_pairwise", &eval_cfg)?;
+        let c = self.score("(c) before incremental", "c_pairwise", &eval_cfg)?;
         let name = |d: &Path| d.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-        let off = self.score(&ops, "(c) + 3 days, distillation off", &name(&finals[0]), &eval_cfg)?;
-        let on = self.score(&ops, "(c) + 3 days, distillation on", &name(&finals[1]), &eval_cfg)?;
+        let off = self.score("(c) + 3 days, distillation off", &name(&finals[0]), &eval_cfg)?;
+        let on = self.score("(c) + 3 days, distillation on", &name(&finals[1]), &eval_cfg)?;
         let scored = [c, off, on];
         let (m, mjs) = metrics_tables(&eval_cfg, &scored);
         let mut md = format!("Evaluated on {}.\n{m}", self.days[test.0]);

@@ -1,0 +1,146 @@
+//! The one interface every model of mixrank implements, and the one constructor that
+//! maps a config to a model.
+//!
+//! The trainer, evaluation, checkpoints (save, load, verify, warm start, resume),
+//! distillation (student and checkpoint teacher), the serving session, `bench infer` and
+//! the retention experiment hold a `Box<dyn Model<B>>` and use only this trait, on any
+//! [`Backend`] `B`. [`RankingModel`] (embeddings → input features → [`crate::Head`]) is
+//! today's one implementation; a model of another shape (the two-tower light ranker)
+//! is a new type implementing [`Model`] plus an arm in [`build_model`].
+//!
+//! # Contract
+//! - [`Model::forward`] runs on a [`Batch`] of at most [`Model::max_batch`] rows and
+//!   leaves one `[rows, 1]` logit buffer per task ([`Model::logits`]), in the order of
+//!   [`ModelIo::tasks`];
+//! - [`Model::backward`] takes the same batch and one `[rows, 1]` gradient per task,
+//!   **accumulates** dense parameter gradients (callers zero them with
+//!   `mixrank_nn::zero_grads`) and **overwrites** the embeddings' sparse gradients;
+//! - dense parameters are visited by [`Parameters::visit_params`] in a fixed order with
+//!   stable names (the keys of checkpoints and optimizer state); the embedding tables
+//!   (sparse parameters, their own optimizer) are reached through
+//!   [`Model::embeddings`] and named `emb.tables.<t>`;
+//! - a new model starts in training mode.
+
+use crate::error::{Context, ModelError, Result};
+use crate::gates::GateInfo;
+use crate::ranking::RankingModel;
+use mixrank_data::{Batch, ExperimentConfig};
+use mixrank_engine::Backend;
+use mixrank_nn::{EmbeddingCollection, HostBackend, Param, Parameters, ReducedSite};
+use rand::Rng;
+
+/// What a model reads and what it returns: the description serving, evaluation and
+/// reports print, and checkpoints are checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelIo {
+    /// Output tasks, in logit order.
+    pub tasks: Vec<String>,
+    /// Input groups the model reads, in the order it concatenates them.
+    pub inputs: Vec<InputGroup>,
+}
+
+/// One named group of input features and the width it contributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputGroup {
+    pub name: String,
+    /// Categorical and dense feature names, in column order.
+    pub features: Vec<String>,
+    /// Columns of the group's input (embedding dims plus dense widths).
+    pub width: usize,
+}
+
+/// A multi-task model on backend `B` (see the module docs for the contract).
+pub trait Model<B: Backend>: Parameters<B> + Send {
+    /// Tasks and input groups.
+    fn io(&self) -> &ModelIo;
+    /// Largest batch the workspaces hold.
+    fn max_batch(&self) -> usize;
+
+    /// Runs the model on `batch` (uploading its ids and dense values).
+    fn forward(&mut self, ops: &B, batch: &Batch) -> Result<()>;
+    /// Task `t`'s logits from the last forward, `[rows, 1]`.
+    fn logits(&self, t: usize) -> &B::Buf;
+    /// Back-propagates one `[rows, 1]` logit gradient per task for the last forward's
+    /// batch.
+    fn backward(&mut self, ops: &B, batch: &Batch, d_logits: &[&B::Buf]) -> Result<()>;
+
+    /// Training mode (dropout and training-only logit sources on) or evaluation mode.
+    fn set_training(&mut self, training: bool);
+    /// Dropout mask streams continue from `step` (masks are a function of seed and
+    /// step, so a resumed run reproduces an uninterrupted one's).
+    fn set_dropout_step(&mut self, step: u64);
+
+    /// The embedding tables (the sparse parameters), if the model has any.
+    fn embeddings(&self) -> Option<&EmbeddingCollection<B>>;
+    fn embeddings_mut(&mut self) -> Option<&mut EmbeddingCollection<B>>;
+
+    /// `[train] loss_weighting = "uncertainty"`: the learned per-task log-variances
+    /// (also visited as the dense parameter `task_log_var`).
+    fn task_log_var(&self) -> Option<&Param<B>>;
+    fn task_log_var_mut(&mut self) -> Option<&mut Param<B>>;
+
+    /// Every gate and the experts it mixes (none for models without gates).
+    fn gates(&self) -> Vec<GateInfo>;
+    /// Gate `g`'s weights from the last forward, `[rows, experts of that gate]`.
+    fn gate_weights(&self, g: usize) -> Option<&B::Buf>;
+
+    /// Visits every GEMM of the inference forward pass that may run in reduced
+    /// precision (see `mixrank_nn::Layer::visit_reduced`).
+    fn visit_reduced(&mut self, f: &mut dyn FnMut(ReducedSite<'_, B>));
+}
+
+impl<B: HostBackend + 'static> dyn Model<B> + '_ {
+    /// Switches inference to bf16 weights and activations with f32 accumulation for
+    /// every GEMM [`Model::visit_reduced`] exposes (see `crate::Head::use_bf16` for
+    /// which stay f32). Returns how many GEMMs were converted. Inference only:
+    /// `backward` then refuses.
+    pub fn use_bf16(&mut self, kernel: mixrank_engine::bf16::Bf16Kernel) -> Result<usize> {
+        pack_bf16(kernel, &mut |f| self.visit_reduced(f))
+    }
+}
+
+/// A callback over reduced-precision sites (what `visit_reduced` takes).
+type SiteFn<'a, B> = dyn FnMut(ReducedSite<'_, B>) + 'a;
+
+/// Packs bf16 weights for every site `visit` reaches (the body of `use_bf16` for models
+/// and heads). Returns how many GEMMs were converted.
+pub(crate) fn pack_bf16<B: HostBackend + 'static>(
+    kernel: mixrank_engine::bf16::Bf16Kernel,
+    visit: &mut dyn FnMut(&mut SiteFn<'_, B>),
+) -> Result<usize> {
+    let mut n = 0;
+    let mut err = None;
+    visit(&mut |site: ReducedSite<'_, B>| {
+        if err.is_some() {
+            return;
+        }
+        match mixrank_nn::HostBf16::new(kernel, site.k, site.n, &site.dense_weight(), site.max_batch) {
+            Ok(r) => {
+                *site.slot = Some(Box::new(r));
+                n += 1;
+            }
+            Err(e) => err = Some(e),
+        }
+    });
+    match err {
+        Some(e) => Err(e).at(|| "bf16 packing".into()),
+        None => Ok(n),
+    }
+}
+
+/// Builds the model the config's `[model]` section describes, with workspaces for
+/// `max_batch` rows: the one place that maps a config to a model type.
+pub fn build_model<B, R>(cfg: &ExperimentConfig, ops: &B, max_batch: usize, rng: &mut R) -> Result<Box<dyn Model<B>>>
+where
+    B: Backend + 'static,
+    B::Buf: Send,
+    R: Rng + ?Sized,
+{
+    if cfg.model.is_none() {
+        return Err(ModelError::Unsupported {
+            key: "architecture".into(),
+            message: format!("{} has no [model] section", cfg.path.display()),
+        });
+    }
+    Ok(Box::new(RankingModel::new(cfg, ops, max_batch, rng)?))
+}
