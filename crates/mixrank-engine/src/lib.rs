@@ -7,6 +7,9 @@
 //! - [`RefOps`](type@RefOps): naive loops; the reference the tests compare against. It is
 //!   [`RefOpsOf<f32>`]; [`RefOpsF64`] runs the same kernels in `f64` for
 //!   finite-difference gradient checks.
+//! - [`counting::Counting`]: forwards to a host backend and counts allocations, uploads
+//!   and readbacks — what a device backend would move — for tests.
+//! - [`mask`]: dropout and top-k masks as ops, so they are made where the data lives.
 //! - [`bf16`]: a bf16-weight, bf16-activation, f32-accumulate GEMM for inference
 //!   (AMX-BF16 or AVX512-BF16, chosen at run time, with a portable fallback).
 //!
@@ -19,11 +22,13 @@ pub mod activation;
 pub mod bf16;
 pub mod block;
 mod check;
+pub mod counting;
 pub mod cpu;
 pub mod error;
 pub mod float;
 mod host;
 pub mod loss;
+pub mod mask;
 pub mod ops;
 pub mod reference;
 

@@ -493,6 +493,18 @@ pub trait Backend: Send + Sync {
     /// `Σ_i x[i]` over the first `n` elements (accumulated in f64). Host sync point.
     fn sum(&self, n: usize, x: &Self::Buf) -> Result<f32>;
 
+    // ---- masks made on the device (`crate::mask`) -------------------------------------
+
+    /// Writes the first `n` elements of the dropout mask of (`seed`, `step`) with drop
+    /// probability `p` into `mask`: `0` or `1 / (1 - p)` per element, a function of
+    /// (seed, step, index) only ([`crate::mask::dropout_mask`]), identical on every
+    /// backend.
+    fn dropout_mask(&self, n: usize, p: f32, seed: u64, step: u64, mask: &mut Self::Buf) -> Result<()>;
+
+    /// Per row of `x` (`[rows, cols]`): `0` at the `k` largest values (ties to the lower
+    /// index), [`crate::mask::MASKED`] elsewhere — the additive mask of top-k gating.
+    fn top_k_mask(&self, shape: Shape, k: usize, x: &Self::Buf, mask: &mut Self::Buf) -> Result<()>;
+
     // ---- losses ---------------------------------------------------------------------
 
     /// Binary cross-entropy on logits `z` with labels `y ∈ [0, 1]`, computed stably as

@@ -699,6 +699,15 @@ impl<T: Float> Backend for RefOpsOf<T> {
     fn sum_cols(&self, shape: Shape, x: &Vec<T>, out: &mut Vec<T>) -> Result<()> {
         sum_cols(shape, x, out)
     }
+    fn dropout_mask(&self, n: usize, p: f32, seed: u64, step: u64, mask: &mut Vec<T>) -> Result<()> {
+        crate::mask::dropout_mask(n, p, seed, step, mask, |v| T::from_f64(v as f64))
+    }
+
+    fn top_k_mask(&self, shape: Shape, k: usize, x: &Vec<T>, mask: &mut Vec<T>) -> Result<()> {
+        let masked = T::from_f64(crate::mask::MASKED as f64);
+        crate::mask::top_k_mask(shape.rows, shape.cols, k, x, mask, T::from_f64(0.0), masked)
+    }
+
     fn sum(&self, n: usize, x: &Vec<T>) -> Result<f32> {
         Ok(sum(n, x)? as f32)
     }

@@ -148,18 +148,39 @@ where
         self.logit_sources.add(ops, source)
     }
 
+    /// Writes the batch's ids into the buffers of the previous batch, allocating only
+    /// on the first batch or when a bag list outgrows its buffer (ops read only the
+    /// prefix the batch names, so a longer buffer is fine).
     fn upload_ids(&mut self, ops: &B, b: &Batch) -> Result<()> {
         let at = || "uploading ids".to_string();
-        self.ids.clear();
-        for c in &b.cat {
-            self.ids.push(match &c.offsets {
-                None => FeatureIds::Single(ops.upload_ids(&c.ids).at(at)?),
-                Some(off) => FeatureIds::Multi {
-                    offsets: ops.upload_ids(off).at(at)?,
-                    // An empty bag list still needs a non-empty buffer.
-                    ids: ops.upload_ids(if c.ids.is_empty() { &[0] } else { &c.ids }).at(at)?,
-                },
-            });
+        let put = |host: &[u32], buf: &mut B::Ids, min: usize| -> Result<()> {
+            if ops.ids_len(buf) < host.len() {
+                *buf = ops.alloc_ids(host.len().max(min).max(2 * ops.ids_len(buf))).at(at)?;
+            }
+            ops.write_ids(host, buf).at(at)
+        };
+        if self.ids.len() != b.cat.len() {
+            self.ids.clear();
+            for c in &b.cat {
+                self.ids.push(match &c.offsets {
+                    None => FeatureIds::Single(ops.alloc_ids(self.max_batch).at(at)?),
+                    Some(_) => FeatureIds::Multi {
+                        offsets: ops.alloc_ids(self.max_batch + 1).at(at)?,
+                        ids: ops.alloc_ids(self.max_batch).at(at)?,
+                    },
+                });
+            }
+        }
+        for (c, f) in b.cat.iter().zip(&mut self.ids) {
+            match (&c.offsets, f) {
+                (None, FeatureIds::Single(ids)) => put(&c.ids, ids, self.max_batch)?,
+                (Some(off), FeatureIds::Multi { offsets, ids }) => {
+                    put(off, offsets, self.max_batch + 1)?;
+                    // An empty bag list still writes one (unread) id.
+                    put(if c.ids.is_empty() { &[0] } else { &c.ids }, ids, self.max_batch)?;
+                }
+                _ => return Err(ModelError::Mismatch("a feature changed between single- and multi-valued".into())),
+            }
         }
         Ok(())
     }

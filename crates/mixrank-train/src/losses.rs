@@ -11,37 +11,45 @@ use mixrank_engine::{GradWrite, LossInput};
 use mixrank_model::Model;
 use mixrank_nn::HostBackend;
 
-/// Buffers reused every step: labels, masks and weights of the batch, and the per-task
-/// logit gradients.
-pub(crate) struct TaskLosses {
-    labels: Vec<Vec<f32>>,
-    masks: Vec<Vec<f32>>,
-    weights: Vec<f32>,
+/// Backend buffers reused every step: the batch's labels, masks and sample weights
+/// (uploaded once per step: the batch's inputs), and the per-task logit gradients.
+pub(crate) struct TaskLosses<B: HostBackend> {
+    labels: Vec<B::Buf>,
+    masks: Vec<B::Buf>,
+    weights: B::Buf,
     /// `∂L/∂logit_t`, one buffer per task (the distiller adds into them).
-    pub grads: Vec<Vec<f32>>,
+    pub grads: Vec<B::Buf>,
     weighting: TaskWeighting,
     task_weights: Vec<f64>,
     /// This step's loss per task (unweighted).
     pub step_loss: Vec<f32>,
 }
 
-impl TaskLosses {
-    pub fn new(cfg: &ExperimentConfig) -> Self {
+impl<B: HostBackend> TaskLosses<B> {
+    pub fn new(cfg: &ExperimentConfig, ops: &B) -> Result<Self> {
         let n = cfg.tasks.len();
-        TaskLosses {
-            labels: vec![Vec::new(); n],
-            masks: vec![Vec::new(); n],
-            weights: Vec::new(),
-            grads: vec![vec![0.0; cfg.data.batch_size]; n],
+        let bs = cfg.data.batch_size;
+        let alloc = || ops.alloc(bs).map_err(engine("loss buffers"));
+        Ok(TaskLosses {
+            labels: (0..n).map(|_| alloc()).collect::<Result<_>>()?,
+            masks: (0..n).map(|_| alloc()).collect::<Result<_>>()?,
+            weights: alloc()?,
+            grads: (0..n).map(|_| alloc()).collect::<Result<_>>()?,
             weighting: TaskWeighting::new(n),
             task_weights: cfg.tasks.iter().map(|t| t.weight).collect(),
             step_loss: vec![0.0; n],
-        }
+        })
+    }
+
+    /// Task `t`'s label mask and the batch's sample weights (uploaded by
+    /// [`TaskLosses::compute`]) beside its logit gradient, for the distiller to add into.
+    pub fn task(&mut self, t: usize) -> (&B::Buf, &B::Buf, &mut B::Buf) {
+        (&self.masks[t], &self.weights, &mut self.grads[t])
     }
 
     /// Computes every task's loss on the forward pass's logits and writes the logit
     /// gradients; fails on a non-finite loss (divergence) naming the task and step.
-    pub fn compute<B: HostBackend>(
+    pub fn compute(
         &mut self,
         cfg: &ExperimentConfig,
         ops: &B,
@@ -51,13 +59,10 @@ impl TaskLosses {
     ) -> Result<()> {
         let n = b.rows;
         for ti in 0..cfg.tasks.len() {
-            self.labels[ti].clear();
-            self.labels[ti].extend_from_slice(b.label(ti));
-            self.masks[ti].clear();
-            self.masks[ti].extend_from_slice(b.mask(ti));
+            ops.write(b.label(ti), &mut self.labels[ti]).map_err(engine("uploading labels"))?;
+            ops.write(b.mask(ti), &mut self.masks[ti]).map_err(engine("uploading label masks"))?;
         }
-        self.weights.clear();
-        self.weights.extend_from_slice(&b.weights);
+        ops.write(&b.weights, &mut self.weights).map_err(engine("uploading sample weights"))?;
         self.weighting.refresh(ops, model)?;
         for (ti, task) in cfg.tasks.iter().enumerate() {
             let input = LossInput {
@@ -85,7 +90,7 @@ impl TaskLosses {
     }
 
     /// After the model's backward: the learned task weights' own gradients.
-    pub fn write_weighting_grads<B: HostBackend>(&self, ops: &B, model: &mut dyn Model<B>) -> Result<()> {
+    pub fn write_weighting_grads(&self, ops: &B, model: &mut dyn Model<B>) -> Result<()> {
         self.weighting.write_grads(ops, model, &self.task_weights, &self.step_loss)
     }
 }

@@ -65,6 +65,9 @@ pub struct TrainOptions {
     pub trace_rows: Option<PathBuf>,
     /// Debugging aid for crash tests: sleep this long after every step.
     pub step_delay: Option<std::time::Duration>,
+    /// Called with the step count right after each update, before any logging,
+    /// validation or checkpoint of that step (tests observe one step's traffic with it).
+    pub after_step: Option<fn(u64)>,
 }
 
 impl TrainOptions {
@@ -82,6 +85,7 @@ impl TrainOptions {
             allow_distill_in_incremental: false,
             trace_rows: None,
             step_delay: None,
+            after_step: None,
         }
     }
 
@@ -271,7 +275,7 @@ struct Run<'a, B: HostBackend> {
     log: Log,
     trace: Option<RowTrace>,
     periodic: Periodic,
-    losses: TaskLosses,
+    losses: TaskLosses<B>,
     distiller: Option<crate::distill::Distiller<B>>,
     window: Window,
     early: Option<EarlyStopping>,
@@ -344,7 +348,7 @@ impl<'a, B: HostBackend + 'static> Run<'a, B> {
         Ok(Run {
             monitor: cfg.monitor(),
             periodic: Periodic::new(&opts.out_dir, t),
-            losses: TaskLosses::new(&cfg),
+            losses: TaskLosses::new(&cfg, ops)?,
             window: Window { steps: 0, loss: vec![0.0; n_tasks], distill: vec![0.0; n_tasks] },
             cfg,
             opts,
@@ -434,6 +438,9 @@ impl<'a, B: HostBackend + 'static> Run<'a, B> {
                     "seconds_to_first_batch": t0.elapsed().as_secs_f64()}))?;
             }
             self.step(&b, (split, &sopts))?;
+            if let Some(f) = self.opts.after_step {
+                f(self.step);
+            }
             if let Some(tr) = &mut self.trace {
                 tr.record(self.step, epoch as u64, &b)?;
             }
@@ -483,7 +490,7 @@ impl<'a, B: HostBackend + 'static> Run<'a, B> {
         }
         // Distillation: added into the same per-task logit gradients.
         if let Some(d) = &mut self.distiller {
-            let dl = d.apply(ops, b, stream, &*self.model, &mut self.losses.grads, self.step)?;
+            let dl = d.apply(ops, b, stream, &*self.model, &mut self.losses, self.step)?;
             self.window.distill.iter_mut().zip(dl).for_each(|(w, l)| *w += l);
         }
         mixrank_nn::zero_grads(ops, &mut *self.model).map_err(layer("zeroing gradients"))?;

@@ -148,7 +148,8 @@ pub fn scatter_pooled_grad(
     check::gather(OP, spec, spec.table_rows * spec.dim, dout.len())?;
     let nnz = check::offsets(OP, offsets, spec.batch, ids.len())?;
     check::ids_in_range(OP, &ids[..nnz], spec.table_rows)?;
-    scatter(spec, pooling, Some(offsets), ids, nnz, dout, grad);
+    // Only the batch's offsets: a reused, longer buffer holds stale ones after them.
+    scatter(spec, pooling, Some(&offsets[..=spec.batch]), ids, nnz, dout, grad);
     Ok(())
 }
 
@@ -161,5 +162,25 @@ mod tests {
         let offsets = [0u32, 2, 2, 2, 5];
         let bags: Vec<usize> = (0..5).map(|p| bag_of(&offsets, p)).collect();
         assert_eq!(bags, [0, 0, 3, 3, 3]);
+    }
+
+    /// Prefix semantics: offsets and ids buffers longer than the batch needs (reused
+    /// from a larger batch, stale values after the prefix) give the exact-length result.
+    #[test]
+    fn pooled_scatter_reads_only_the_batchs_offsets() {
+        use crate::Backend;
+        let ops = CpuOps::new();
+        let spec = GatherSpec { batch: 2, dim: 2, table_rows: 4, out_cols: 2, col_offset: 0 };
+        let dout = vec![1.0, 2.0, 3.0, 4.0];
+        let run = |offsets: &[u32], ids: &[u32]| {
+            let mut g = SparseGrad::new(&ops, 2, 8).unwrap();
+            scatter_pooled_grad(&spec, Pooling::Sum, offsets, ids, &dout, &mut g).unwrap();
+            (g.ids[..g.len].to_vec(), g.rows[..g.len * 2].to_vec())
+        };
+        let exact = run(&[0, 2, 3], &[1, 3, 1]);
+        let stale = run(&[0, 2, 3, 1, 0, 9], &[1, 3, 1, 0, 2, 2]);
+        assert_eq!(exact, stale);
+        assert_eq!(exact.0, [1, 3]);
+        assert_eq!(ops.ids_len(&exact.0), 2);
     }
 }

@@ -234,6 +234,14 @@ impl Backend for CpuOps {
     fn sum_cols(&self, shape: Shape, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
         reduce::sum_cols(shape, x, out)
     }
+    fn dropout_mask(&self, n: usize, p: f32, seed: u64, step: u64, mask: &mut Vec<f32>) -> Result<()> {
+        crate::mask::dropout_mask(n, p, seed, step, mask, |v| v)
+    }
+
+    fn top_k_mask(&self, shape: Shape, k: usize, x: &Vec<f32>, mask: &mut Vec<f32>) -> Result<()> {
+        crate::mask::top_k_mask(shape.rows, shape.cols, k, x, mask, 0.0, crate::mask::MASKED)
+    }
+
     fn sum(&self, n: usize, x: &Vec<f32>) -> Result<f32> {
         Ok(reduce::sum(n, x)? as f32)
     }

@@ -36,7 +36,6 @@ impl DropoutConfig {
             max_batch,
             training: true,
             step: 0,
-            mask_host: vec![0.0; n],
             mask: ops.alloc(n).ctx(LAYER)?,
             out: ops.alloc(n).ctx(LAYER)?,
             d_input: ops.alloc(n).ctx(LAYER)?,
@@ -61,19 +60,11 @@ pub struct Dropout<B: Backend> {
     max_batch: usize,
     training: bool,
     step: u64,
-    mask_host: Vec<f32>,
     mask: B::Buf,
     out: B::Buf,
     d_input: B::Buf,
     /// Elements of the last forward and whether the mask was applied.
     last: Option<(usize, bool)>,
-}
-
-/// SplitMix64 finaliser.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 impl<B: Backend> Dropout<B> {
@@ -110,17 +101,6 @@ impl<B: Backend> Dropout<B> {
     pub fn set_step(&mut self, step: u64) {
         self.step = step;
     }
-
-    fn fill_mask(&mut self, n: usize) {
-        let p = self.config.p as f64;
-        let keep_scale = (1.0 / (1.0 - p)) as f32;
-        let base = mix(self.config.seed ^ mix(self.step.wrapping_add(0x9E37_79B9_7F4A_7C15)));
-        for (i, m) in self.mask_host[..n].iter_mut().enumerate() {
-            // Top 53 bits → uniform in [0, 1).
-            let u = (mix(base.wrapping_add(i as u64)) >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
-            *m = if u < p { 0.0 } else { keep_scale };
-        }
-    }
 }
 
 impl<B: Backend> Parameters<B> for Dropout<B> {
@@ -151,8 +131,7 @@ impl<B: Backend> Layer<B> for Dropout<B> {
         let n = batch * self.config.d;
         let active = self.active();
         if active {
-            self.fill_mask(n);
-            ops.write(&self.mask_host[..n], &mut self.mask).ctx(LAYER)?;
+            ops.dropout_mask(n, self.config.p, self.config.seed, self.step, &mut self.mask).ctx(LAYER)?;
             ops.mul(n, input, &self.mask, &mut self.out).ctx(LAYER)?;
             self.step += 1;
         } else {

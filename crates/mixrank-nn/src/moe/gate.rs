@@ -104,8 +104,6 @@ impl GateConfig {
             logits: ops.alloc(n).ctx(LAYER)?,
             masked: ops.alloc(if sparse { n } else { 0 }).ctx(LAYER)?,
             mask: ops.alloc(if sparse { n } else { 0 }).ctx(LAYER)?,
-            host_logits: vec![0.0; if sparse { n } else { 0 }],
-            host_mask: vec![0.0; if sparse { n } else { 0 }],
             weights: ops.alloc(n).ctx(LAYER)?,
             d_logits: ops.alloc(n).ctx(LAYER)?,
             batch: None,
@@ -136,8 +134,6 @@ pub struct Gate<B: Backend> {
     /// `logits + M` and `M` (top-k only).
     masked: B::Buf,
     mask: B::Buf,
-    host_logits: Vec<f32>,
-    host_mask: Vec<f32>,
     weights: B::Buf,
     d_logits: B::Buf,
     batch: Option<usize>,
@@ -208,9 +204,7 @@ impl<B: Backend> Layer<B> for Gate<B> {
         match self.config.top_k {
             Some(k) if k < e => {
                 let n = batch * e;
-                ops.read(&self.logits, &mut self.host_logits[..n]).ctx(LAYER)?;
-                top_k_mask(&self.host_logits[..n], e, k, &mut self.host_mask[..n]);
-                ops.write(&self.host_mask[..n], &mut self.mask).ctx(LAYER)?;
+                ops.top_k_mask(shape, k, &self.logits, &mut self.mask).ctx(LAYER)?;
                 ops.add(n, &self.logits, &self.mask, &mut self.masked).ctx(LAYER)?;
                 ops.softmax_rows(shape, &self.masked, &mut self.weights).ctx(LAYER)?;
             }
@@ -234,40 +228,5 @@ impl<B: Backend> Layer<B> for Gate<B> {
             }
             None => self.linear.backward(ops, input, &self.d_logits),
         }
-    }
-}
-
-/// Value added to the logits outside the top k: `exp` of it underflows to exactly 0.
-const MASKED: f32 = -1e30;
-
-/// Per row of `[rows, e]` `logits`: 0 for the `k` largest entries (ties to the lower
-/// index), [`MASKED`] for the rest. O(e·k) per row; `e` is a handful of experts.
-fn top_k_mask(logits: &[f32], e: usize, k: usize, mask: &mut [f32]) {
-    for (row, m) in logits.chunks_exact(e).zip(mask.chunks_exact_mut(e)) {
-        m.fill(MASKED);
-        for _ in 0..k {
-            let mut best: Option<usize> = None;
-            for j in 0..e {
-                if m[j] == MASKED && best.is_none_or(|b| row[j] > row[b]) {
-                    best = Some(j);
-                }
-            }
-            if let Some(b) = best {
-                m[b] = 0.0;
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn top_k_mask_keeps_the_largest_with_ties_to_the_lower_index() {
-        let logits = [0.5, 2.0, -1.0, 2.0, 3.0, 3.0, 3.0, 0.0];
-        let mut mask = [1.0; 8];
-        top_k_mask(&logits, 4, 2, &mut mask);
-        assert_eq!(mask, [MASKED, 0.0, MASKED, 0.0, 0.0, 0.0, MASKED, MASKED]);
     }
 }

@@ -628,6 +628,32 @@ impl Backend for BoundOps {
         }
         Ok(())
     }
+    /// Exact: a mask holds `0` or `1 / (1 - p)`, rounded to f32 as every backend does.
+    fn dropout_mask(&self, n: usize, p: f32, seed: u64, step: u64, mask: &mut Vec<Bounded>) -> Result<()> {
+        mixrank_engine::mask::dropout_mask(n, p, seed, step, mask, |v| Bounded { v: v as f64, e: 0.0 })
+    }
+
+    /// Selected on the values `v`: where two logits lie within their error bounds of
+    /// each other an f32 backend may select the other one (a discontinuity no bound
+    /// covers); the mask itself is exact.
+    fn top_k_mask(&self, shape: Shape, k: usize, x: &Vec<Bounded>, mask: &mut Vec<Bounded>) -> Result<()> {
+        let v = vals(x);
+        let mut m = vec![0f64; mask.len()];
+        mixrank_engine::mask::top_k_mask(
+            shape.rows,
+            shape.cols,
+            k,
+            &v,
+            &mut m,
+            0.0,
+            mixrank_engine::mask::MASKED as f64,
+        )?;
+        for (d, x) in mask.iter_mut().zip(m) {
+            *d = Bounded { v: x, e: 0.0 };
+        }
+        Ok(())
+    }
+
     fn sum(&self, n: usize, x: &Vec<Bounded>) -> Result<f32> {
         Ok(r::sum(n, &vals(x))? as f32)
     }

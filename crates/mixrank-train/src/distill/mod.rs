@@ -22,11 +22,13 @@ pub mod pairs;
 pub mod teacher;
 
 use crate::error::{engine, Result, TrainError};
+use crate::losses::TaskLosses;
 use loss::Rows;
 use mixrank_data::config::distill::{DistillLoss, DistillTask, PairSampling, TeacherSource};
 use mixrank_data::config::{ExperimentConfig, Split};
 use mixrank_data::pipeline::StreamOptions;
 use mixrank_data::Batch;
+use mixrank_engine::{GradWrite, LossInput};
 use mixrank_model::Model;
 use mixrank_nn::HostBackend;
 use rand::SeedableRng;
@@ -49,6 +51,11 @@ pub struct Distiller<B: HostBackend> {
     weight: Vec<f32>,
     eligible: Vec<u32>,
     pairs: Vec<(u32, u32)>,
+    /// Pointwise losses on the backend: the teacher's targets (host staging and
+    /// buffer) and the student's logits over the temperature.
+    host: Vec<f32>,
+    target: B::Buf,
+    scaled: B::Buf,
 }
 
 impl<B: HostBackend + 'static> Distiller<B> {
@@ -72,20 +79,28 @@ impl<B: HostBackend + 'static> Distiller<B> {
             weight: Vec::new(),
             eligible: Vec::new(),
             pairs: Vec::new(),
+            host: Vec::with_capacity(cfg.data.batch_size),
+            target: ops.alloc(cfg.data.batch_size).map_err(engine("distillation buffers"))?,
+            scaled: ops.alloc(cfg.data.batch_size).map_err(engine("distillation buffers"))?,
         }))
     }
 
-    /// Adds the distillation gradients of batch `b` into `grads[task][..rows]` (after the
-    /// label losses wrote theirs) and returns each config task's distillation loss
-    /// (0 for tasks without one). `stream` is the student's split and stream options:
-    /// a checkpoint teacher reads the same rows with them.
-    pub fn apply(
+    /// Adds the distillation gradients of batch `b` into the per-task logit gradients
+    /// of `losses` (after the label losses wrote theirs) and returns each config task's
+    /// distillation loss (0 for tasks without one). `stream` is the student's split and
+    /// stream options: a checkpoint teacher reads the same rows with them.
+    ///
+    /// The pointwise losses (soft-label BCE, logit MSE) run as backend ops on the
+    /// student's logits where they are: only the teacher's scores go up, one scalar per
+    /// task comes back. The pairwise and listwise losses read the student's logits back
+    /// and run on the host (pair construction is not a backend op yet).
+    pub(crate) fn apply(
         &mut self,
         ops: &B,
         b: &Batch,
         stream: (&Split, &StreamOptions),
         model: &dyn Model<B>,
-        grads: &mut [Vec<f32>],
+        losses: &mut TaskLosses<B>,
         step: u64,
     ) -> Result<Vec<f64>> {
         let n = b.rows;
@@ -99,8 +114,6 @@ impl<B: HostBackend + 'static> Distiller<B> {
                 Source::Columns => b.teacher(ti),
                 Source::Checkpoint(_) => &self.teacher[ti][..n],
             };
-            self.student.resize(n, 0.0);
-            ops.read(model.logits(ti), &mut self.student).map_err(engine("reading student logits"))?;
             self.weight.clear();
             self.weight.extend(b.weights.iter().zip(b.mask(ti)).map(|(w, m)| if *m != 0.0 { *w } else { 0.0 }));
             if let Some(r) = (0..n).find(|&r| self.weight[r] > 0.0 && !teacher[r].is_finite()) {
@@ -109,14 +122,62 @@ impl<B: HostBackend + 'static> Distiller<B> {
                     self.task_names[ti], teacher[r]
                 )));
             }
+            let (mask, weights, grad) = losses.task(ti);
+            let pointwise = match d.loss {
+                DistillLoss::PointwiseBce => {
+                    // T² · BCE(s/T, σ(t/T)), gradient T · w(σ(s/T) − q) / Σw: the BCE op on
+                    // the scaled logits with the gradient scaled by T.
+                    let t = d.temperature;
+                    self.host.clear();
+                    self.host.extend(teacher.iter().map(|&x| (1.0 / (1.0 + (-(x as f64) / t).exp())) as f32));
+                    ops.write(&self.host, &mut self.target).map_err(engine("uploading teacher soft labels"))?;
+                    ops.fill(n, 0.0, &mut self.scaled).map_err(engine("scaling student logits"))?;
+                    ops.axpy(n, (1.0 / t) as f32, model.logits(ti), &mut self.scaled)
+                        .map_err(engine("scaling student logits"))?;
+                    let input =
+                        LossInput { pred: &self.scaled, target: &self.target, weight: Some(weights), mask: Some(mask) };
+                    let write = GradWrite { scale: (d.weight * t) as f32, accumulate: true };
+                    Some(
+                        ops.bce_with_logits(n, input, grad, write).map_err(engine("distillation loss"))? as f64 * t * t,
+                    )
+                }
+                DistillLoss::LogitMse => {
+                    ops.write(teacher, &mut self.target).map_err(engine("uploading teacher scores"))?;
+                    let input = LossInput {
+                        pred: model.logits(ti),
+                        target: &self.target,
+                        weight: Some(weights),
+                        mask: Some(mask),
+                    };
+                    let write = GradWrite { scale: d.weight as f32, accumulate: true };
+                    Some(ops.mse(n, input, grad, write).map_err(engine("distillation loss"))? as f64)
+                }
+                _ => None,
+            };
+            if let Some(l) = pointwise {
+                if !l.is_finite() {
+                    return Err(TrainError::Diverged {
+                        step,
+                        task: format!("{} (distillation)", self.task_names[ti]),
+                        loss: l as f32,
+                    });
+                }
+                out[ti] = l;
+                continue;
+            }
+            self.student.resize(n, 0.0);
+            ops.read(model.logits(ti), &mut self.student).map_err(engine("reading student logits"))?;
             let rows = Rows { student: &self.student, teacher, weight: &self.weight };
-            let grad = &mut grads[ti][..n];
+            let grad = &mut grad[..n];
             let mut rng = rand::rngs::StdRng::seed_from_u64(
                 self.seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (k as u64).wrapping_mul(0xd1b5_4a32_d192_ed03),
             );
             let l = match d.loss {
-                DistillLoss::PointwiseBce => loss::pointwise_bce(&rows, d.temperature, d.weight, grad),
-                DistillLoss::LogitMse => loss::logit_mse(&rows, d.weight, grad),
+                // On the backend above; `loss::pointwise_bce` / `loss::logit_mse` are their
+                // host references (tests compare the two).
+                DistillLoss::PointwiseBce | DistillLoss::LogitMse => {
+                    unreachable!("pointwise losses run as backend ops")
+                }
                 DistillLoss::Pairwise { sampling: PairSampling::Request, per_row } => {
                     let groups = pairs::Groups::by_request(&b.request_id, |r| self.weight[r] > 0.0);
                     pairs::request_pairs(&groups, per_row, &mut rng, &mut self.pairs);

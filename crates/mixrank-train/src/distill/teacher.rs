@@ -66,6 +66,9 @@ impl<B: HostBackend + 'static> CheckpointTeacher<B> {
                 path.display()
             ))
         })?;
+        // A frozen teacher scores as it would serve: dropout off, training-only logit
+        // sources (the position tower) off.
+        loaded.model.set_training(false);
         if precision == TeacherPrecision::Bf16 {
             loaded.model.use_bf16(mixrank_engine::bf16::Bf16Kernel::detect())?;
         }

@@ -1,0 +1,339 @@
+//! [`Counting`]: a backend that forwards every op to a host-memory backend and counts
+//! the traffic a device backend would pay for — buffer allocations, uploads (host →
+//! device writes) and readbacks (device → host reads, including the scalars `sum` and
+//! the losses return). Tests run real code on it to prove what a training step or an
+//! inference call moves across the bus.
+
+use crate::activation::Activation;
+use crate::error::Result;
+use crate::ops::{
+    Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput, NormStats, Pooling, Shape,
+    SparseGrad,
+};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Traffic counts (events and elements).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Buffers allocated (`alloc`, `upload`, their id forms, a `SparseGrad` growing).
+    pub allocs: u64,
+    pub alloc_elems: u64,
+    /// `write` / `write_ids` calls and elements.
+    pub uploads: u64,
+    pub upload_elems: u64,
+    /// `read` / `read_ids` calls and elements, plus one per returned scalar.
+    pub readbacks: u64,
+    pub readback_elems: u64,
+}
+
+impl std::ops::Sub for Traffic {
+    type Output = Traffic;
+    fn sub(self, o: Traffic) -> Traffic {
+        Traffic {
+            allocs: self.allocs - o.allocs,
+            alloc_elems: self.alloc_elems - o.alloc_elems,
+            uploads: self.uploads - o.uploads,
+            upload_elems: self.upload_elems - o.upload_elems,
+            readbacks: self.readbacks - o.readbacks,
+            readback_elems: self.readback_elems - o.readback_elems,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    allocs: AtomicU64,
+    alloc_elems: AtomicU64,
+    uploads: AtomicU64,
+    upload_elems: AtomicU64,
+    readbacks: AtomicU64,
+    readback_elems: AtomicU64,
+}
+
+/// Forwards to `B` and counts traffic; see the module docs.
+#[derive(Default)]
+pub struct Counting<B> {
+    pub inner: B,
+    c: Counters,
+}
+
+impl<B> Counting<B> {
+    pub fn new(inner: B) -> Self {
+        Counting { inner, c: Counters::default() }
+    }
+
+    /// The counts so far.
+    pub fn traffic(&self) -> Traffic {
+        Traffic {
+            allocs: self.c.allocs.load(Relaxed),
+            alloc_elems: self.c.alloc_elems.load(Relaxed),
+            uploads: self.c.uploads.load(Relaxed),
+            upload_elems: self.c.upload_elems.load(Relaxed),
+            readbacks: self.c.readbacks.load(Relaxed),
+            readback_elems: self.c.readback_elems.load(Relaxed),
+        }
+    }
+
+    fn alloc_event(&self, n: usize) {
+        self.c.allocs.fetch_add(1, Relaxed);
+        self.c.alloc_elems.fetch_add(n as u64, Relaxed);
+    }
+    fn upload_event(&self, n: usize) {
+        self.c.uploads.fetch_add(1, Relaxed);
+        self.c.upload_elems.fetch_add(n as u64, Relaxed);
+    }
+    fn readback_event(&self, n: usize) {
+        self.c.readbacks.fetch_add(1, Relaxed);
+        self.c.readback_elems.fetch_add(n as u64, Relaxed);
+    }
+}
+
+type Host = Vec<f32>;
+type HostIds = Vec<u32>;
+
+/// Runs `f` on the same buffers viewed as the inner backend's statistics.
+fn with_stats<B: Backend<Buf = Host, Ids = HostIds>, R>(
+    stats: &mut NormStats<Counting<B>>,
+    f: impl FnOnce(&mut NormStats<B>) -> R,
+) -> R {
+    let mut inner = NormStats::<B> { mean: std::mem::take(&mut stats.mean), rstd: std::mem::take(&mut stats.rstd) };
+    let r = f(&mut inner);
+    stats.mean = inner.mean;
+    stats.rstd = inner.rstd;
+    r
+}
+
+impl<B: Backend<Buf = Host, Ids = HostIds>> Counting<B> {
+    /// Runs `f` on the same buffers viewed as the inner backend's sparse gradient,
+    /// counting an allocation when it grows.
+    fn with_grad<R>(&self, grad: &mut SparseGrad<Self>, f: impl FnOnce(&mut SparseGrad<B>) -> R) -> R {
+        let cap = (grad.ids.len(), grad.rows.len(), grad.scratch.len());
+        let mut inner = SparseGrad::<B> {
+            ids: std::mem::take(&mut grad.ids),
+            rows: std::mem::take(&mut grad.rows),
+            len: grad.len,
+            dim: grad.dim,
+            scratch: std::mem::take(&mut grad.scratch),
+        };
+        let r = f(&mut inner);
+        let grown = [(cap.0, inner.ids.len()), (cap.1, inner.rows.len()), (cap.2, inner.scratch.len())];
+        for (before, after) in grown {
+            if after > before {
+                self.alloc_event(after);
+            }
+        }
+        grad.ids = inner.ids;
+        grad.rows = inner.rows;
+        grad.len = inner.len;
+        grad.dim = inner.dim;
+        grad.scratch = inner.scratch;
+        r
+    }
+}
+
+impl<B: Backend<Buf = Host, Ids = HostIds>> Backend for Counting<B> {
+    type Buf = Host;
+    type Ids = HostIds;
+
+    fn alloc(&self, len: usize) -> Result<Host> {
+        self.alloc_event(len);
+        self.inner.alloc(len)
+    }
+    fn upload(&self, host: &[f32]) -> Result<Host> {
+        self.alloc_event(host.len());
+        self.inner.upload(host)
+    }
+    fn write(&self, host: &[f32], dst: &mut Host) -> Result<()> {
+        self.upload_event(host.len());
+        self.inner.write(host, dst)
+    }
+    fn read(&self, src: &Host, host: &mut [f32]) -> Result<()> {
+        self.readback_event(host.len());
+        self.inner.read(src, host)
+    }
+    fn len(&self, buf: &Host) -> usize {
+        self.inner.len(buf)
+    }
+    fn fill(&self, n: usize, value: f32, buf: &mut Host) -> Result<()> {
+        self.inner.fill(n, value, buf)
+    }
+    fn alloc_ids(&self, len: usize) -> Result<HostIds> {
+        self.alloc_event(len);
+        self.inner.alloc_ids(len)
+    }
+    fn upload_ids(&self, host: &[u32]) -> Result<HostIds> {
+        self.alloc_event(host.len());
+        self.inner.upload_ids(host)
+    }
+    fn write_ids(&self, host: &[u32], dst: &mut HostIds) -> Result<()> {
+        self.upload_event(host.len());
+        self.inner.write_ids(host, dst)
+    }
+    fn read_ids(&self, src: &HostIds, host: &mut [u32]) -> Result<()> {
+        self.readback_event(host.len());
+        self.inner.read_ids(src, host)
+    }
+    fn ids_len(&self, ids: &HostIds) -> usize {
+        self.inner.ids_len(ids)
+    }
+    fn gemm(&self, spec: &GemmSpec, a: &Host, b: &Host, c: &mut Host) -> Result<()> {
+        self.inner.gemm(spec, a, b, c)
+    }
+    fn bias_act_forward(
+        &self,
+        act: Activation,
+        shape: Shape,
+        bias: Option<&Host>,
+        z: &mut Host,
+        y: &mut Host,
+    ) -> Result<()> {
+        self.inner.bias_act_forward(act, shape, bias, z, y)
+    }
+    fn bias_act_inplace(&self, act: Activation, shape: Shape, bias: Option<&Host>, x: &mut Host) -> Result<()> {
+        self.inner.bias_act_inplace(act, shape, bias, x)
+    }
+    fn bias_act_backward(
+        &self,
+        act: Activation,
+        shape: Shape,
+        z: &Host,
+        dy: &Host,
+        dz: &mut Host,
+        dbias: Option<&mut Host>,
+    ) -> Result<()> {
+        self.inner.bias_act_backward(act, shape, z, dy, dz, dbias)
+    }
+    fn add(&self, n: usize, a: &Host, b: &Host, out: &mut Host) -> Result<()> {
+        self.inner.add(n, a, b, out)
+    }
+    fn mul(&self, n: usize, a: &Host, b: &Host, out: &mut Host) -> Result<()> {
+        self.inner.mul(n, a, b, out)
+    }
+    fn mul_acc(&self, n: usize, a: &Host, b: &Host, out: &mut Host) -> Result<()> {
+        self.inner.mul_acc(n, a, b, out)
+    }
+    fn mul_backward(&self, n: usize, a: &Host, b: &Host, dout: &Host, da: &mut Host, db: &mut Host) -> Result<()> {
+        self.inner.mul_backward(n, a, b, dout, da, db)
+    }
+    fn scale(&self, n: usize, alpha: f32, x: &mut Host) -> Result<()> {
+        self.inner.scale(n, alpha, x)
+    }
+    fn axpy(&self, n: usize, alpha: f32, x: &Host, y: &mut Host) -> Result<()> {
+        self.inner.axpy(n, alpha, x, y)
+    }
+    fn copy_cols(&self, spec: &ColCopy, src: &Host, dst: &mut Host) -> Result<()> {
+        self.inner.copy_cols(spec, src, dst)
+    }
+    fn softmax_rows(&self, shape: Shape, x: &Host, y: &mut Host) -> Result<()> {
+        self.inner.softmax_rows(shape, x, y)
+    }
+    fn softmax_rows_backward(&self, shape: Shape, y: &Host, dy: &Host, dx: &mut Host) -> Result<()> {
+        self.inner.softmax_rows_backward(shape, y, dy, dx)
+    }
+    fn layer_norm_forward(
+        &self,
+        spec: &LayerNormSpec,
+        x: &Host,
+        gamma: &Host,
+        beta: &Host,
+        y: &mut Host,
+        stats: &mut NormStats<Self>,
+    ) -> Result<()> {
+        with_stats(stats, |s| self.inner.layer_norm_forward(spec, x, gamma, beta, y, s))
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm_backward(
+        &self,
+        spec: &LayerNormSpec,
+        x: &Host,
+        gamma: &Host,
+        stats: &NormStats<Self>,
+        dy: &Host,
+        dx: &mut Host,
+        dgamma: &mut Host,
+        dbeta: &mut Host,
+    ) -> Result<()> {
+        // The statistics are only read, and borrowed immutably: the wrapper passes a
+        // host copy (its own overhead, not traffic a device backend would pay).
+        let inner = NormStats::<B> { mean: stats.mean.clone(), rstd: stats.rstd.clone() };
+        self.inner.layer_norm_backward(spec, x, gamma, &inner, dy, dx, dgamma, dbeta)
+    }
+    fn gather_rows(&self, spec: &GatherSpec, ids: &HostIds, table: &Host, out: &mut Host) -> Result<()> {
+        self.inner.gather_rows(spec, ids, table, out)
+    }
+    fn gather_pooled(
+        &self,
+        spec: &GatherSpec,
+        pooling: Pooling,
+        offsets: &HostIds,
+        ids: &HostIds,
+        table: &Host,
+        out: &mut Host,
+    ) -> Result<()> {
+        self.inner.gather_pooled(spec, pooling, offsets, ids, table, out)
+    }
+    fn scatter_rows_grad(
+        &self,
+        spec: &GatherSpec,
+        ids: &HostIds,
+        dout: &Host,
+        grad: &mut SparseGrad<Self>,
+    ) -> Result<()> {
+        self.with_grad(grad, |g| self.inner.scatter_rows_grad(spec, ids, dout, g))
+    }
+    fn scatter_pooled_grad(
+        &self,
+        spec: &GatherSpec,
+        pooling: Pooling,
+        offsets: &HostIds,
+        ids: &HostIds,
+        dout: &Host,
+        grad: &mut SparseGrad<Self>,
+    ) -> Result<()> {
+        self.with_grad(grad, |g| self.inner.scatter_pooled_grad(spec, pooling, offsets, ids, dout, g))
+    }
+    fn block_dot(&self, s: BlockShape, t: &Host, y: &Host, out: &mut Host, accumulate: bool) -> Result<()> {
+        self.inner.block_dot(s, t, y, out, accumulate)
+    }
+    fn block_outer(&self, s: BlockShape, d: &Host, y: &Host, out: &mut Host) -> Result<()> {
+        self.inner.block_outer(s, d, y, out)
+    }
+    fn block_dot_t(&self, s: BlockShape, d: &Host, t: &Host, out: &mut Host) -> Result<()> {
+        self.inner.block_dot_t(s, d, t, out)
+    }
+    fn sum_rows(&self, shape: Shape, x: &Host, out: &mut Host) -> Result<()> {
+        self.inner.sum_rows(shape, x, out)
+    }
+    fn sum_cols(&self, shape: Shape, x: &Host, out: &mut Host) -> Result<()> {
+        self.inner.sum_cols(shape, x, out)
+    }
+    fn sum(&self, n: usize, x: &Host) -> Result<f32> {
+        self.readback_event(1);
+        self.inner.sum(n, x)
+    }
+    fn dropout_mask(&self, n: usize, p: f32, seed: u64, step: u64, mask: &mut Host) -> Result<()> {
+        self.inner.dropout_mask(n, p, seed, step, mask)
+    }
+    fn top_k_mask(&self, shape: Shape, k: usize, x: &Host, mask: &mut Host) -> Result<()> {
+        self.inner.top_k_mask(shape, k, x, mask)
+    }
+    fn bce_with_logits(&self, n: usize, input: LossInput<'_, Host>, grad: &mut Host, write: GradWrite) -> Result<f32> {
+        self.readback_event(1);
+        self.inner.bce_with_logits(n, input, grad, write)
+    }
+    fn mse(&self, n: usize, input: LossInput<'_, Host>, grad: &mut Host, write: GradWrite) -> Result<f32> {
+        self.readback_event(1);
+        self.inner.mse(n, input, grad, write)
+    }
+    fn huber(
+        &self,
+        n: usize,
+        delta: f32,
+        input: LossInput<'_, Host>,
+        grad: &mut Host,
+        write: GradWrite,
+    ) -> Result<f32> {
+        self.readback_event(1);
+        self.inner.huber(n, delta, input, grad, write)
+    }
+}

@@ -1,0 +1,117 @@
+//! Masks made on the device rather than uploaded: counter-based dropout masks and the
+//! top-k mask of gate logits. Host formulas shared by the host-memory backends; a
+//! device backend implements the same arithmetic in a kernel, so masks are identical
+//! across backends for the same (seed, step) and the same logits.
+
+use crate::check;
+use crate::error::Result;
+
+/// The additive mask value of an excluded expert (softmax weight exactly 0 in f32).
+pub const MASKED: f32 = -1e30;
+
+/// SplitMix64's finaliser: a bijective 64-bit mix.
+pub fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Element `i` of the dropout mask of (`seed`, `step`) with drop probability `p`:
+/// `0` when `u_i < p`, else `1 / (1 - p)`, with `u_i` uniform in [0, 1) from 53 bits of
+/// `mix(base + i)`, `base = mix(seed ^ mix(step + φ))`. A function of (seed, step, i)
+/// only: a resumed run sets the step and gets the uninterrupted run's masks.
+#[inline]
+pub fn dropout_keep(base: u64, i: usize, p: f64, keep_scale: f32) -> f32 {
+    let u = (mix(base.wrapping_add(i as u64)) >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+    if u < p {
+        0.0
+    } else {
+        keep_scale
+    }
+}
+
+/// The per-(seed, step) stream offset of [`dropout_keep`].
+#[inline]
+pub fn dropout_base(seed: u64, step: u64) -> u64 {
+    mix(seed ^ mix(step.wrapping_add(0x9E37_79B9_7F4A_7C15)))
+}
+
+/// Writes the first `n` elements of the dropout mask of (`seed`, `step`) into `mask`.
+pub fn dropout_mask<T: Copy>(
+    n: usize,
+    p: f32,
+    seed: u64,
+    step: u64,
+    mask: &mut [T],
+    to: impl Fn(f32) -> T,
+) -> Result<()> {
+    check::vector("dropout_mask", "mask", mask.len(), n)?;
+    let p = p as f64;
+    let keep_scale = (1.0 / (1.0 - p)) as f32;
+    let base = dropout_base(seed, step);
+    for (i, m) in mask[..n].iter_mut().enumerate() {
+        *m = to(dropout_keep(base, i, p, keep_scale));
+    }
+    Ok(())
+}
+
+/// For each of `rows` rows of `cols` values: `0` at the `k` largest (ties to the lower
+/// index), [`MASKED`] elsewhere.
+pub fn top_k_mask<T: Copy + PartialOrd>(
+    rows: usize,
+    cols: usize,
+    k: usize,
+    x: &[T],
+    mask: &mut [T],
+    zero: T,
+    masked: T,
+) -> Result<()> {
+    check::vector("top_k_mask", "x", x.len(), rows * cols)?;
+    check::vector("top_k_mask", "mask", mask.len(), rows * cols)?;
+    if cols == 0 {
+        return Ok(());
+    }
+    // The mask itself marks what is taken (`zero`), so nothing is allocated.
+    for (row, m) in x[..rows * cols].chunks_exact(cols).zip(mask[..rows * cols].chunks_exact_mut(cols)) {
+        m.fill(masked);
+        for _ in 0..k.min(cols) {
+            let mut best: Option<usize> = None;
+            for j in 0..cols {
+                if m[j] == masked && best.is_none_or(|b| row[j] > row[b]) {
+                    best = Some(j);
+                }
+            }
+            if let Some(b) = best {
+                m[b] = zero;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_keeps_the_largest_with_ties_to_the_lower_index() {
+        let x = [0.5f32, 2.0, -1.0, 2.0, 3.0, 3.0, 3.0, 0.0];
+        let mut mask = [1.0f32; 8];
+        top_k_mask(2, 4, 2, &x, &mut mask, 0.0, MASKED).unwrap();
+        assert_eq!(mask, [MASKED, 0.0, MASKED, 0.0, 0.0, 0.0, MASKED, MASKED]);
+    }
+
+    #[test]
+    fn dropout_drops_about_p_and_scales_the_rest() {
+        let mut m = vec![0f32; 100_000];
+        dropout_mask(m.len(), 0.25, 7, 3, &mut m, |v| v).unwrap();
+        let dropped = m.iter().filter(|&&v| v == 0.0).count() as f64 / m.len() as f64;
+        assert!((dropped - 0.25).abs() < 0.01, "{dropped}");
+        assert!(m.iter().all(|&v| v == 0.0 || v == 1.0 / 0.75));
+        let mut again = vec![0f32; 1000];
+        dropout_mask(1000, 0.25, 7, 3, &mut again, |v| v).unwrap();
+        assert_eq!(&m[..1000], &again[..], "a function of (seed, step, i)");
+        dropout_mask(1000, 0.25, 7, 4, &mut again, |v| v).unwrap();
+        assert_ne!(&m[..1000], &again[..], "another step, another mask");
+    }
+}

@@ -1,0 +1,166 @@
+//! What a training step moves between host and device, counted on the real trainer.
+//!
+//! The trainer runs on `Counting<CpuOps>` (every op forwarded to the CPU backend; every
+//! allocation, upload and readback counted) and trains the demo's kind of model — an
+//! MMoE with DCNv2, MaskNet, FinalMLP and MLP experts, dropout in the shared layer and
+//! the experts, top-2 gates — with distillation from teacher columns (soft-label BCE on
+//! `click`, logit MSE on `save`). After each step the test reads the counters.
+//!
+//! The budget, exactly, for every step after the first:
+//! - **allocations: 0** (every buffer, the embedding ids' included, is reused);
+//! - **uploads**: the batch's inputs only — one write per single-valued categorical
+//!   feature (its ids), two per multi-valued one (offsets and ids), one for the dense
+//!   block, two per task (labels, label mask), one for the sample weights, and one per
+//!   distilled task (the teacher's targets);
+//! - **readbacks: one scalar per task and one per distilled task** (the losses' values);
+//!   dropout and top-k masks are made by backend ops, not uploaded.
+//!
+//! What the counters cannot see: the dense and sparse optimizers still update host
+//! memory directly (`HostBackend`), so a device backend needs them as ops (issue 11
+//! item 4, not done).
+
+use mixrank_data::simulate::{simulate_engagement, EngagementParams};
+use mixrank_data::ExperimentConfig;
+use mixrank_engine::counting::{Counting, Traffic};
+use mixrank_engine::CpuOps;
+use mixrank_train::{train, TrainOptions};
+use std::sync::{Arc, Mutex, OnceLock};
+
+const DISTILL: &str = r#"
+[distill]
+source = "columns"
+
+[[distill.tasks]]
+task = "click"
+loss = "pointwise_bce"
+temperature = 2.0
+
+[[distill.tasks]]
+task = "save"
+loss = "logit_mse"
+weight = 0.5
+"#;
+
+const MODEL: &str = r#"
+[model]
+architecture = "mmoe"
+expert_dim = 8
+shared = { hidden = [16], dropout = 0.2 }
+
+[[model.experts]]
+kind = "dcnv2"
+cross_layers = 2
+low_rank = 4
+hidden = [16]
+dropout = 0.1
+
+[[model.experts]]
+kind = "masknet"
+blocks = 2
+block_dim = 8
+structure = "parallel"
+hidden = [8]
+dropout = 0.1
+
+[[model.experts]]
+kind = "finalmlp"
+hidden = [16]
+stream2 = [8]
+heads = 2
+dropout = 0.1
+
+[[model.experts]]
+kind = "mlp"
+count = 2
+hidden = [16]
+dropout = 0.1
+
+[model.gate]
+top_k = 2
+
+[model.tower]
+hidden = [8]
+
+[train]
+epochs = 1
+lr = 0.01
+sparse_optimizer = "rowwise_adagrad"
+sparse_lr = 0.05
+
+"#;
+
+static OPS: OnceLock<Counting<CpuOps>> = OnceLock::new();
+static SEEN: Mutex<Vec<(u64, Traffic)>> = Mutex::new(Vec::new());
+
+fn record(step: u64) {
+    SEEN.lock().unwrap().push((step, OPS.get().unwrap().traffic()));
+}
+
+#[test]
+fn a_training_step_allocates_nothing_uploads_only_the_batch_and_reads_back_the_losses() {
+    let d = tempfile::tempdir().unwrap();
+    let p = EngagementParams {
+        days: 3,
+        requests_per_day: 200,
+        users: 200,
+        initial_ads: 100,
+        new_ads_per_day: 10,
+        ..Default::default()
+    };
+    let sim = simulate_engagement(&p, &d.path().join("data")).unwrap();
+    // The simulator's true probabilities stand in for a production model's scores.
+    let text = std::fs::read_to_string(&sim.config).unwrap();
+    let text = text
+        .replace(
+            "name = \"click\"\nkind = \"binary\"\nlabel = \"click\"\n",
+            "name = \"click\"\nkind = \"binary\"\nlabel = \"click\"\nteacher = { column = \"p_click_true\", kind = \"probability\" }\n",
+        )
+        .replace(
+            "name = \"save\"\nkind = \"binary\"\nlabel = \"save\"\n",
+            "name = \"save\"\nkind = \"binary\"\nlabel = \"save\"\nteacher = { column = \"p_save_true\", kind = \"probability\" }\n",
+        );
+    assert_eq!(text.matches("teacher = {").count(), 2, "teacher columns added");
+    let text = text + DISTILL;
+    let data_cfg = d.path().join("data/teacher.toml");
+    std::fs::write(&data_cfg, text).unwrap();
+    let model = d.path().join("model.toml");
+    std::fs::write(&model, MODEL).unwrap();
+    let mut cfg = ExperimentConfig::load(&data_cfg).unwrap().with_model_file(&model).unwrap();
+    cfg.data.batch_size = 256;
+    let rows = cfg.data.batch_size as u64;
+    let cfg = Arc::new(cfg);
+
+    let ops = OPS.get_or_init(|| Counting::new(CpuOps::new()));
+    let mut o = TrainOptions::new(d.path().join("run"));
+    o.max_steps = Some(6);
+    o.after_step = Some(record);
+    let s = train(cfg.clone(), &o, ops).unwrap();
+    assert_eq!(s.steps, 6);
+    let seen = SEEN.lock().unwrap().clone();
+    assert_eq!(seen.iter().map(|x| x.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
+
+    // The batch's inputs, from the config.
+    let singles = cfg.categorical.iter().filter(|f| f.pooling.is_none()).count() as u64;
+    let multis = cfg.categorical.len() as u64 - singles;
+    assert!(singles > 0 && multis > 0, "the simulator has both kinds of features");
+    let tasks = cfg.tasks.len() as u64;
+    let distilled = 2;
+    let dense_width = cfg.dense_width() as u64;
+    let uploads = singles + 2 * multis + 1 + 2 * tasks + 1 + distilled;
+    // Every upload but the bags' ids has a fixed length.
+    let fixed_elems =
+        singles * rows + multis * (rows + 1) + rows * dense_width + 2 * tasks * rows + rows + distilled * rows;
+
+    for w in seen.windows(2) {
+        let ((_, before), (step, after)) = (w[0], w[1]);
+        let t = after - before;
+        eprintln!("step {step}: {t:?}");
+        assert_eq!(t.allocs, 0, "step {step} allocated {} buffers ({} elements)", t.allocs, t.alloc_elems);
+        assert_eq!(t.uploads, uploads, "step {step}: uploads (the batch's inputs)");
+        assert!(t.upload_elems > fixed_elems, "step {step}: {} elements up, plus the bags' ids", t.upload_elems);
+        // The bags: at most one id per (row, possible value) — the user's interests.
+        assert!(t.upload_elems <= fixed_elems + multis * rows * 16, "step {step}: {} elements up", t.upload_elems);
+        assert_eq!(t.readbacks, tasks + distilled, "step {step}: readbacks (one loss scalar each)");
+        assert_eq!(t.readback_elems, tasks + distilled, "step {step}: scalars only");
+    }
+}
