@@ -76,6 +76,27 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The counter-based uniform numbers behind every dropout mask: number `i` of step
+/// `step` is a pure function of `(seed, step, i)` (SplitMix64 of a counter), so masks
+/// need no RNG state and a resumed run draws the same ones. [`Dropout`] draws one per
+/// element; other masks (the position tower's feature dropout) one per block.
+#[derive(Debug, Clone, Copy)]
+pub struct MaskStream {
+    base: u64,
+}
+
+impl MaskStream {
+    pub fn new(seed: u64, step: u64) -> Self {
+        MaskStream { base: mix(seed ^ mix(step.wrapping_add(0x9E37_79B9_7F4A_7C15))) }
+    }
+
+    /// Number `i` of the stream, uniform in `[0, 1)`.
+    pub fn uniform(&self, i: u64) -> f64 {
+        // Top 53 bits → uniform in [0, 1).
+        (mix(self.base.wrapping_add(i)) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
 impl<B: Backend> Dropout<B> {
     /// Training (mask applied) or evaluation (identity) mode. Default: training.
     pub fn set_training(&mut self, training: bool) {
@@ -114,11 +135,9 @@ impl<B: Backend> Dropout<B> {
     fn fill_mask(&mut self, n: usize) {
         let p = self.config.p as f64;
         let keep_scale = (1.0 / (1.0 - p)) as f32;
-        let base = mix(self.config.seed ^ mix(self.step.wrapping_add(0x9E37_79B9_7F4A_7C15)));
+        let stream = MaskStream::new(self.config.seed, self.step);
         for (i, m) in self.mask_host[..n].iter_mut().enumerate() {
-            // Top 53 bits → uniform in [0, 1).
-            let u = (mix(base.wrapping_add(i as u64)) >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
-            *m = if u < p { 0.0 } else { keep_scale };
+            *m = if stream.uniform(i as u64) < p { 0.0 } else { keep_scale };
         }
     }
 }
