@@ -253,14 +253,17 @@ impl ExperimentConfig {
         Self::from_wire(wire, &self.path, &self.base_dir)
     }
 
-    /// Replaces `[model]` (and `[train]`, when given) with those of a separate TOML
-    /// file holding only those sections, and validates the result.
+    /// Replaces `[model]` (and `[train]` and `[feature_groups]`, when given) with those of
+    /// a separate TOML file holding only those sections, and validates the result. A
+    /// model file's groups name the data config's features, so such a file fits the data
+    /// it was written for (e.g. a position tower over the simulator's features).
     pub fn with_model_file(&self, path: &Path) -> Result<Self> {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct ModelFile {
             model: model::ModelSection,
             train: Option<model::TrainSection>,
+            feature_groups: Option<BTreeMap<String, Vec<String>>>,
         }
         let text =
             std::fs::read_to_string(path).map_err(|source| DataError::Io { file: path.to_path_buf(), source })?;
@@ -271,6 +274,9 @@ impl ExperimentConfig {
         wire.model = Some(f.model);
         if let Some(t) = f.train {
             wire.train = t;
+        }
+        if let Some(g) = f.feature_groups {
+            wire.feature_groups = g;
         }
         Self::from_wire(wire, &self.path, &self.base_dir).map_err(|e| match e {
             DataError::ConfigKey { key, message, .. } => {

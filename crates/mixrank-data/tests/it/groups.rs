@@ -260,3 +260,27 @@ fn bad_groups_inputs_and_tower_keys_are_refused_naming_the_key() {
     // FeatureRef order: categorical before dense.
     assert!(FeatureRef::Categorical(5) < FeatureRef::Dense(0));
 }
+
+#[test]
+fn a_model_file_may_bring_its_feature_groups() {
+    let d = tempfile::tempdir().unwrap();
+    let data = load_config(d.path(), &config(GROUPS, "", "")).unwrap();
+    let file = d.path().join("model.toml");
+    // Groups in the model file replace the data config's.
+    std::fs::write(&file, format!("[feature_groups]\nbias = [\"position\"]\n{MODEL}[model.position_tower]\n")).unwrap();
+    let c = data.with_model_file(&file).unwrap();
+    assert_eq!(c.feature_groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["bias"]);
+    let inputs = c.inputs.as_ref().unwrap();
+    assert_eq!(names(&c, &inputs.position_tower.as_ref().unwrap().input), ["position"]);
+    assert_eq!(names(&c, &inputs.head), ["user", "ad", "device", "bid", "age"]);
+    // Without groups, the data config's stay; a bad group names the model file and key.
+    std::fs::write(&file, format!("{MODEL}[model.position_tower]\n")).unwrap();
+    let c = data.with_model_file(&file).unwrap();
+    assert_eq!(names(&c, &c.inputs.clone().unwrap().position_tower.unwrap().input), ["position", "device"]);
+    std::fs::write(&file, format!("[feature_groups]\nbias = [\"pos\"]\n{MODEL}")).unwrap();
+    let e = err_text(data.with_model_file(&file));
+    assert!(
+        e.contains("model.toml") && e.contains("at `feature_groups.bias`") && e.contains("no feature `pos`"),
+        "{e}"
+    );
+}
