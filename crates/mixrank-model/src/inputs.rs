@@ -55,6 +55,9 @@ pub struct InputLayout {
     width: usize,
     d_emb: usize,
     dense_width: usize,
+    /// Whether the runs are exactly `[emb | dense]` (decided once: the model asks every
+    /// step).
+    identity: bool,
 }
 
 impl InputLayout {
@@ -99,7 +102,16 @@ impl InputLayout {
             }
             width += cols;
         }
-        InputLayout { groups, runs, slots, width, d_emb, dense_width: cfg.dense_width() }
+        let dense_width = cfg.dense_width();
+        let mut identity = Vec::new();
+        if d_emb > 0 {
+            identity.push(Run { source: Source::Emb, src_col: 0, dst_col: 0, cols: d_emb });
+        }
+        if dense_width > 0 {
+            identity.push(Run { source: Source::Dense, src_col: 0, dst_col: d_emb, cols: dense_width });
+        }
+        let identity = runs == identity;
+        InputLayout { groups, runs, slots, width, d_emb, dense_width, identity }
     }
 
     /// Columns of the assembled input.
@@ -120,14 +132,7 @@ impl InputLayout {
     /// Whether the input is exactly `[emb | dense]` (every feature in config order): the
     /// model then concatenates as it did before feature groups, op for op.
     pub fn is_identity(&self) -> bool {
-        let mut want = Vec::new();
-        if self.d_emb > 0 {
-            want.push(Run { source: Source::Emb, src_col: 0, dst_col: 0, cols: self.d_emb });
-        }
-        if self.dense_width > 0 {
-            want.push(Run { source: Source::Dense, src_col: 0, dst_col: self.d_emb, cols: self.dense_width });
-        }
-        self.runs == want
+        self.identity
     }
 
     fn spec(&self, r: &Run, rows: usize, to_x: bool, accumulate: bool) -> ColCopy {
