@@ -9,8 +9,10 @@
 //! Backward hands the head every task's logit gradient unchanged (∂logit_t/∂head_t = 1)
 //! and each source the sum of the gradients of the tasks it feeds.
 //!
-//! A source reads the [`Batch`] (positions, devices, its own columns), not the head's
-//! input, and returns no input gradient.
+//! A source reads a [`SourceInput`]: the [`Batch`] (positions, devices, its own
+//! columns) and the model's embedding output and dense features, from which it may
+//! assemble its own feature groups (the position tower does); it adds its gradient
+//! w.r.t. the embeddings into the model's, so the tables it reads train with it.
 
 use crate::error::{Context, ModelError, Result};
 use crate::head::Head;
@@ -18,19 +20,41 @@ use mixrank_data::Batch;
 use mixrank_engine::{Backend, ColCopy};
 use mixrank_nn::{ParamVisitor, Parameters};
 
+/// What a logit source reads: the batch, and the model's features for it.
+pub struct SourceInput<'a, B: Backend> {
+    pub batch: &'a Batch,
+    /// The embedding collection's output, `[rows, d_emb]`; `None` without categorical
+    /// features.
+    pub emb: Option<&'a B::Buf>,
+    /// The dense features, `[rows, dense_width]` (values, then missing indicators).
+    pub dense: &'a B::Buf,
+}
+
 /// A network whose `[rows, 1]` logit is added to the logits of the tasks in
 /// [`LogitSource::tasks`], in training mode only.
 pub trait LogitSource<B: Backend>: Parameters<B> + Send {
     /// Per task: whether this source's logit is added to it (one entry per task).
     fn tasks(&self) -> &[bool];
-    /// Runs on the first `batch.rows` rows and returns their logits, `[rows, 1]`.
-    fn forward(&mut self, ops: &B, batch: &Batch) -> Result<&B::Buf>;
-    /// Given the gradient w.r.t. the last forward's logit (`[rows, 1]`, summed over its
-    /// tasks), accumulates parameter gradients.
-    fn backward(&mut self, ops: &B, batch: &Batch, d_logit: &B::Buf) -> Result<()>;
+    /// Runs on the first `input.batch.rows` rows and returns their logits, `[rows, 1]`.
+    fn forward(&mut self, ops: &B, input: &SourceInput<'_, B>) -> Result<&B::Buf>;
+    /// Given the same input and the gradient w.r.t. the last forward's logit
+    /// (`[rows, 1]`, summed over its tasks), accumulates parameter gradients and, when
+    /// it reads embeddings, adds its gradient w.r.t. `input.emb` into `d_emb`
+    /// (`[rows, d_emb]`; `None` without embeddings).
+    fn backward(
+        &mut self,
+        ops: &B,
+        input: &SourceInput<'_, B>,
+        d_logit: &B::Buf,
+        d_emb: Option<&mut B::Buf>,
+    ) -> Result<()>;
     /// Dropout mask streams continue from `step` (see `Head::set_dropout_step`).
     /// Default: no-op for sources without dropout.
     fn set_dropout_step(&mut self, _step: u64) {}
+    /// The feature groups it reads (none for sources that read only the batch).
+    fn input_groups(&self) -> &[crate::inputs::InputGroup] {
+        &[]
+    }
 }
 
 /// The sources a model adds, and the sums they make. Without sources, or outside
@@ -97,12 +121,12 @@ impl<B: Backend> LogitSources<B> {
 
     /// After the head's forward on `batch`: in training mode, adds every source's logit
     /// to its tasks' logits; otherwise the head's logits stand.
-    pub fn forward(&mut self, ops: &B, head: &dyn Head<B>, batch: &Batch, training: bool) -> Result<()> {
+    pub fn forward(&mut self, ops: &B, head: &dyn Head<B>, input: &SourceInput<'_, B>, training: bool) -> Result<()> {
         self.added = training && !self.sources.is_empty();
         if !self.added {
             return Ok(());
         }
-        let n = batch.rows;
+        let n = input.batch.rows;
         let copy = ColCopy { rows: n, cols: 1, src_ld: 1, src_col: 0, dst_ld: 1, dst_col: 0, accumulate: false };
         for (t, sum) in self.sums.iter_mut().enumerate() {
             if let Some(sum) = sum {
@@ -110,7 +134,7 @@ impl<B: Backend> LogitSources<B> {
             }
         }
         for (s, (source, mask)) in self.sources.iter_mut().zip(&self.masks).enumerate() {
-            let y = source.forward(ops, batch)?;
+            let y = source.forward(ops, input)?;
             for (t, sum) in self.sums.iter_mut().enumerate().filter(|(t, _)| mask[*t]) {
                 let sum = sum.as_mut().expect("allocated for every task a source feeds");
                 ops.axpy(n, 1.0, y, sum).at(|| format!("logit source {s} into task {t}"))?;
@@ -128,18 +152,25 @@ impl<B: Backend> LogitSources<B> {
     }
 
     /// After the head's backward: hands each source added by the last forward the sum
-    /// of its tasks' logit gradients.
-    pub fn backward(&mut self, ops: &B, batch: &Batch, d_logits: &[&B::Buf]) -> Result<()> {
+    /// of its tasks' logit gradients; sources that read embeddings add their gradient
+    /// into `d_emb`.
+    pub fn backward(
+        &mut self,
+        ops: &B,
+        input: &SourceInput<'_, B>,
+        d_logits: &[&B::Buf],
+        mut d_emb: Option<&mut B::Buf>,
+    ) -> Result<()> {
         if !self.added {
             return Ok(());
         }
-        let n = batch.rows;
+        let n = input.batch.rows;
         for (s, (source, mask)) in self.sources.iter_mut().zip(&self.masks).enumerate() {
             ops.fill(n, 0.0, &mut self.d_source).at(|| format!("logit source {s} gradient"))?;
             for (t, d) in d_logits.iter().enumerate().filter(|(t, _)| mask[*t]) {
                 ops.axpy(n, 1.0, d, &mut self.d_source).at(|| format!("logit source {s} from task {t}"))?;
             }
-            source.backward(ops, batch, &self.d_source)?;
+            source.backward(ops, input, &self.d_source, d_emb.as_deref_mut())?;
         }
         Ok(())
     }
@@ -148,6 +179,11 @@ impl<B: Backend> LogitSources<B> {
         for s in &mut self.sources {
             s.set_dropout_step(step);
         }
+    }
+
+    /// The sources, in the order their parameters are visited.
+    pub fn sources(&self) -> &[Box<dyn LogitSource<B>>] {
+        &self.sources
     }
 }
 
@@ -199,14 +235,22 @@ mod tests {
             &self.mask
         }
 
-        fn forward(&mut self, _ops: &F, batch: &Batch) -> Result<&Vec<f64>> {
+        fn forward(&mut self, _ops: &F, input: &SourceInput<'_, F>) -> Result<&Vec<f64>> {
+            let batch = input.batch;
             for (o, &p) in self.out.iter_mut().zip(&batch.position[..batch.rows]) {
                 *o = self.w.value[p as usize - 1];
             }
             Ok(&self.out)
         }
 
-        fn backward(&mut self, _ops: &F, batch: &Batch, d_logit: &Vec<f64>) -> Result<()> {
+        fn backward(
+            &mut self,
+            _ops: &F,
+            input: &SourceInput<'_, F>,
+            d_logit: &Vec<f64>,
+            _d_emb: Option<&mut Vec<f64>>,
+        ) -> Result<()> {
+            let batch = input.batch;
             for (&d, &p) in d_logit.iter().zip(&batch.position[..batch.rows]) {
                 self.w.grad[p as usize - 1] += d;
             }

@@ -23,6 +23,7 @@
 
 use crate::error::{Context, ModelError, Result};
 use crate::gates::GateInfo;
+use crate::inputs::InputGroup;
 use crate::ranking::RankingModel;
 use mixrank_data::{Batch, ExperimentConfig};
 use mixrank_engine::Backend;
@@ -30,23 +31,15 @@ use mixrank_nn::{EmbeddingCollection, HostBackend, Param, Parameters, ReducedSit
 use rand::Rng;
 
 /// What a model reads and what it returns: the description serving, evaluation and
-/// reports print, and checkpoints are checked against.
+/// reports print.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelIo {
     /// Output tasks, in logit order.
     pub tasks: Vec<String>,
-    /// Input groups the model reads, in the order it concatenates them.
-    pub inputs: Vec<InputGroup>,
-}
-
-/// One named group of input features and the width it contributes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InputGroup {
-    pub name: String,
-    /// Categorical and dense feature names, in column order.
-    pub features: Vec<String>,
-    /// Columns of the group's input (embedding dims plus dense widths).
-    pub width: usize,
+    /// What each part of the model reads: `("head", groups)`, then
+    /// `("logit_sources.<s>", groups)` for a logit source over feature groups (the
+    /// position tower), each list in concatenation order.
+    pub inputs: Vec<(String, Vec<InputGroup>)>,
 }
 
 /// A multi-task model on backend `B` (see the module docs for the contract).

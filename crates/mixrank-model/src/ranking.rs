@@ -1,16 +1,22 @@
 //! The whole ranking model for one experiment config: embedding lookup of every
-//! categorical feature, concatenation with the dense features, and the multi-task head.
+//! categorical feature, the head's input assembled from feature groups, the multi-task
+//! head, and the position tower when the config asks for one.
 //!
 //! ```text
-//! batch ─► EmbeddingCollection ─► [emb | dense] = x ─► Head ─► logit per task
-//!   └────► logit sources (training only) ──────────────────────────► + chosen tasks
+//! batch ─► EmbeddingCollection ─► emb ─┬─► head input (its groups) = x ─► Head ─► logit per task
+//!   └────► dense ──────────────────────┴─► logit sources (training only) ───────► + chosen tasks
 //! ```
+//! Without `[model] inputs` and without a position tower the head's input is
+//! `[emb | dense]`, concatenated as before feature groups existed (the same ops, so
+//! results are bit-identical).
 
 use crate::error::{Context, ModelError, Result};
 use crate::gates::GateInfo;
 use crate::head::{build_head, Head};
-use crate::logit_source::{LogitSource, LogitSources};
-use crate::model::{InputGroup, Model, ModelIo};
+use crate::inputs::{InputGroup, InputLayout};
+use crate::logit_source::{LogitSource, LogitSources, SourceInput};
+use crate::model::{Model, ModelIo};
+use crate::position_tower::PositionTower;
 use mixrank_data::config::model::ModelSection;
 use mixrank_data::config::{ExperimentConfig, Pooling as CfgPooling};
 use mixrank_data::Batch;
@@ -30,7 +36,8 @@ enum FeatureIds<B: Backend> {
 /// Embeddings + dense features + multi-task head (+ additive logit sources in training).
 ///
 /// # Shapes
-/// - x: `[batch, d_emb + dense_width]`
+/// - x: `[batch, d_in]`, the head's feature groups (`[batch, d_emb + dense_width]` by
+///   default)
 /// - logits: one `[batch, 1]` buffer per task
 pub struct RankingModel<B: Backend> {
     pub emb: Option<EmbeddingCollection<B>>,
@@ -39,7 +46,10 @@ pub struct RankingModel<B: Backend> {
     logit_sources: LogitSources<B>,
     /// Training mode (the default) or evaluation mode.
     training: bool,
+    /// Tasks and what each part reads ([`Model::io`]).
     io: ModelIo,
+    /// Which columns of `[emb | dense]` the head reads, in which order.
+    head_input: InputLayout,
     d_emb: usize,
     dense_width: usize,
     max_batch: usize,
@@ -58,7 +68,9 @@ impl<B: Backend + 'static> RankingModel<B>
 where
     B::Buf: Send,
 {
-    /// Builds the model the config describes (its `[model]` section is required).
+    /// Builds the model the config describes (its `[model]` section is required): the
+    /// embeddings, the head over its input groups, and the position tower (a logit
+    /// source, initialised after the head) when `[model] position_tower` is set.
     pub fn new<R: Rng + ?Sized>(cfg: &ExperimentConfig, ops: &B, max_batch: usize, rng: &mut R) -> Result<Self> {
         let m: &ModelSection = cfg.model.as_ref().ok_or_else(|| ModelError::Unsupported {
             key: "architecture".into(),
@@ -89,7 +101,8 @@ where
         };
         let d_emb = emb.as_ref().map_or(0, |e| e.output_dim());
         let dense_width = cfg.dense_width();
-        let d_in = d_emb + dense_width;
+        let head_input = InputLayout::new(cfg, &cfg.head_input());
+        let d_in = head_input.width();
         let head = build_head(m, d_in, cfg.tasks.len(), ops, max_batch, rng)?;
         let buf = |n: usize| ops.alloc(n).at(|| "model workspaces".into());
         let n_tasks = cfg.tasks.len();
@@ -100,25 +113,13 @@ where
                     .at(|| "train.loss_weighting".into())?,
             ),
         };
-        let io = ModelIo {
-            tasks: cfg.tasks.iter().map(|t| t.name.clone()).collect(),
-            inputs: vec![InputGroup {
-                name: "all".into(),
-                features: cfg
-                    .categorical
-                    .iter()
-                    .map(|f| f.name.clone())
-                    .chain(cfg.dense.iter().map(|d| d.name.clone()))
-                    .collect(),
-                width: d_in,
-            }],
-        };
-        Ok(RankingModel {
+        let mut model = RankingModel {
             emb,
             head,
             logit_sources: LogitSources::new(ops, n_tasks, max_batch)?,
             training: true,
-            io,
+            io: ModelIo { tasks: cfg.tasks.iter().map(|t| t.name.clone()).collect(), inputs: Vec::new() },
+            head_input,
             d_emb,
             dense_width,
             max_batch,
@@ -127,12 +128,37 @@ where
             d_emb_buf: buf(max_batch * d_emb)?,
             ids: Vec::new(),
             task_log_var,
-        })
+        };
+        let tower = cfg.inputs.as_ref().and_then(|i| i.position_tower.as_ref());
+        if let (Some(section), Some(inputs)) = (&m.position_tower, tower) {
+            let tower = PositionTower::new(cfg, section, inputs, ops, max_batch, rng)?;
+            model.add_logit_source(ops, Box::new(tower))?;
+        }
+        model.io.inputs = model.describe_inputs();
+        Ok(model)
     }
 
     /// Input width of the head.
     pub fn d_in(&self) -> usize {
-        self.d_emb + self.dense_width
+        self.head_input.width()
+    }
+
+    /// The feature groups the head reads, in order (one group named `default` without
+    /// `[model] inputs`).
+    pub fn input_groups(&self) -> &[InputGroup] {
+        self.head_input.groups()
+    }
+
+    /// What each part of the model reads: `("head", groups)`, then
+    /// `("logit_sources.<s>", groups)` for each logit source that reads feature groups.
+    pub fn describe_inputs(&self) -> Vec<(String, Vec<InputGroup>)> {
+        let mut out = vec![("head".to_string(), self.head_input.groups().to_vec())];
+        for (s, source) in self.logit_sources.sources().iter().enumerate() {
+            if !source.input_groups().is_empty() {
+                out.push((format!("logit_sources.{s}"), source.input_groups().to_vec()));
+            }
+        }
+        out
     }
 
     /// Task `t`'s logits from the last forward (`[batch, 1]`): the head's, plus in
@@ -224,42 +250,68 @@ where
             dst_col,
             accumulate: false,
         };
+        // `[emb | dense]`: two copies, as before feature groups; otherwise the layout's.
+        let identity = self.head_input.is_identity();
         if self.emb.is_some() {
             self.upload_ids(ops, b)?;
         }
         if let Some(emb) = &mut self.emb {
             let inputs = Self::inputs(&self.ids);
             let e = emb.forward(ops, &inputs, n).at(|| "embeddings forward".into())?;
-            ops.copy_cols(&copy(self.d_emb, self.d_emb, 0), e, &mut self.x).at(|| "concat".into())?;
+            if identity {
+                ops.copy_cols(&copy(self.d_emb, self.d_emb, 0), e, &mut self.x).at(|| "concat".into())?;
+            }
         }
         if self.dense_width > 0 {
             ops.write(&b.dense[..n * self.dense_width], &mut self.dense).at(|| "uploading dense".into())?;
-            ops.copy_cols(&copy(self.dense_width, self.dense_width, self.d_emb), &self.dense, &mut self.x)
-                .at(|| "concat".into())?;
+            if identity {
+                ops.copy_cols(&copy(self.dense_width, self.dense_width, self.d_emb), &self.dense, &mut self.x)
+                    .at(|| "concat".into())?;
+            }
+        }
+        let emb_out = self.emb.as_ref().map(|e| e.output());
+        if !identity {
+            self.head_input.assemble(ops, n, emb_out, &self.dense, &mut self.x)?;
         }
         self.head.forward(ops, &self.x, n)?;
-        self.logit_sources.forward(ops, &*self.head, b, self.training)
+        let input = SourceInput { batch: b, emb: emb_out, dense: &self.dense };
+        self.logit_sources.forward(ops, &*self.head, &input, self.training)
     }
 
     /// Back-propagates the logit gradients of the last forward's batch, accumulating
     /// dense gradients and overwriting the embeddings' sparse gradients.
+    ///
+    /// The embeddings' output gradient is the head's (its input gradient's embedding
+    /// columns, copied back to where each group took them from) plus, in training, the
+    /// logit sources' (the position tower's input gradient).
     pub fn backward(&mut self, ops: &B, b: &Batch, d_logits: &[&B::Buf]) -> Result<()> {
         let dx = self.head.backward(ops, &self.x, d_logits)?;
+        if self.emb.is_some() {
+            if self.head_input.is_identity() {
+                let spec = ColCopy {
+                    rows: b.rows,
+                    cols: self.d_emb,
+                    src_ld: self.d_emb + self.dense_width,
+                    src_col: 0,
+                    dst_ld: self.d_emb,
+                    dst_col: 0,
+                    accumulate: false,
+                };
+                ops.copy_cols(&spec, dx, &mut self.d_emb_buf).at(|| "split gradient".into())?;
+            } else {
+                // Columns the head does not read (features only the tower reads) get 0.
+                ops.fill(b.rows * self.d_emb, 0.0, &mut self.d_emb_buf).at(|| "split gradient".into())?;
+                self.head_input.add_emb_grad(ops, b.rows, dx, &mut self.d_emb_buf)?;
+            }
+        }
+        let input = SourceInput { batch: b, emb: self.emb.as_ref().map(|e| e.output()), dense: &self.dense };
+        let d_emb = self.emb.is_some().then_some(&mut self.d_emb_buf);
+        self.logit_sources.backward(ops, &input, d_logits, d_emb)?;
         if let Some(emb) = &mut self.emb {
-            let spec = ColCopy {
-                rows: b.rows,
-                cols: self.d_emb,
-                src_ld: self.d_emb + self.dense_width,
-                src_col: 0,
-                dst_ld: self.d_emb,
-                dst_col: 0,
-                accumulate: false,
-            };
-            ops.copy_cols(&spec, dx, &mut self.d_emb_buf).at(|| "split gradient".into())?;
             let inputs = Self::inputs(&self.ids);
             emb.backward(ops, &inputs, &self.d_emb_buf).at(|| "embeddings backward".into())?;
         }
-        self.logit_sources.backward(ops, b, d_logits)
+        Ok(())
     }
 }
 

@@ -51,8 +51,8 @@ pub use cross::{
     DcnStructure,
 };
 pub use dense::{
-    Dropout, DropoutConfig, HostBf16, LayerNorm, LayerNormConfig, Linear, LinearConfig, Mlp, MlpConfig, ReducedGemm,
-    ReducedSite, Tower, TowerConfig, WeightLayout,
+    Dropout, DropoutConfig, HostBf16, LayerNorm, LayerNormConfig, Linear, LinearConfig, MaskStream, Mlp, MlpConfig,
+    ReducedGemm, ReducedSite, Tower, TowerConfig, WeightLayout,
 };
 pub use embedding::{
     EmbeddingCollection, EmbeddingCollectionConfig, EmbeddingTable, FeatureConfig, FeatureInput, TableConfig,

@@ -13,7 +13,8 @@
 //!   `r` takes the mean of old rows `r, r + new, …` (the vectors of the values that now
 //!   collide); otherwise a value's old row cannot be found without its hash, and the
 //!   table is re-initialised.
-//! - **Head input columns by feature.** The head's input is `[emb | dense]`; each input
+//! - **Head input columns by feature.** The head's input is its feature groups'
+//!   columns (`[emb | dense]` without `[model] inputs`); each input
 //!   column is keyed by its feature (and table and dim for embeddings). When that
 //!   layout changes, every axis of a head parameter whose length is the input width
 //!   (old width in the parent, new width in the new model) is remapped column by
@@ -42,17 +43,21 @@ use mixrank_model::Model;
 use mixrank_nn::HostBackend;
 use std::collections::{BTreeMap, HashMap};
 
-/// Keys of the head's input columns, in order: `[emb | dense]`.
+/// Keys of the head's input columns, in order: its feature groups' layout
+/// (`[emb | dense]` by default).
 pub fn input_columns(cfg: &ExperimentConfig) -> Vec<String> {
+    use mixrank_data::config::groups::BlockSource;
     let mut out = Vec::new();
-    for f in &cfg.categorical {
-        let t = &cfg.tables[f.table];
-        for j in 0..t.dim {
-            out.push(format!("cat:{}:{}:{}:{j}", f.name, t.name, t.dim));
+    for block in cfg.head_input().blocks(&cfg.dense) {
+        match block.source {
+            BlockSource::Embedding(i) => {
+                let (f, t) = (&cfg.categorical[i], &cfg.tables[cfg.categorical[i].table]);
+                out.extend((0..t.dim).map(|j| format!("cat:{}:{}:{}:{j}", f.name, t.name, t.dim)));
+            }
+            BlockSource::DenseValue(i) => out.push(format!("dense:{}", cfg.dense[i].name)),
+            BlockSource::MissingIndicator(i) => out.push(format!("missing:{}", cfg.dense[i].name)),
         }
     }
-    out.extend(cfg.dense.iter().map(|d| format!("dense:{}", d.name)));
-    out.extend(cfg.dense.iter().filter(|d| d.missing_indicator).map(|d| format!("missing:{}", d.name)));
     out
 }
 

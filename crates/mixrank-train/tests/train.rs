@@ -334,21 +334,45 @@ fn reduce_on_plateau_scales_the_learning_rate_after_each_validation_without_impr
 #[test]
 fn a_resumed_run_with_dropout_matches_an_uninterrupted_one_bit_for_bit() {
     let d = tempfile::tempdir().unwrap();
-    let mut cfg = engagement_config(
+    let cfg = engagement_config(
         d.path(),
         400,
         "[model]\narchitecture = \"mmoe\"\nexpert_dim = 8\nshared = { hidden = [16], dropout = 0.3 }\n\
          tower = { hidden = [4] }\n[[model.experts]]\nkind = \"mlp\"\ncount = 2\nhidden = [16]\ndropout = 0.5\n\
          [train]\nepochs = 1\ncheckpoint_every_steps = 3\n",
     );
+    assert_resume_is_exact(d.path(), cfg);
+}
+
+#[test]
+fn a_resumed_run_with_the_position_towers_feature_dropout_matches_an_uninterrupted_one() {
+    let d = tempfile::tempdir().unwrap();
+    let p = mixrank_data::simulate::EngagementParams { requests_per_day: 400, days: 3, ..Default::default() };
+    let sim = mixrank_data::simulate::simulate_engagement(&p, &d.path().join("data")).unwrap();
+    let mut text = std::fs::read_to_string(&sim.config).unwrap();
+    text.push_str("\n[feature_groups]\nbias = [\"position_id\", \"device_id\"]\n");
+    std::fs::write(&sim.config, text).unwrap();
+    let model = d.path().join("model.toml");
+    std::fs::write(
+        &model,
+        "[model]\narchitecture = \"shared_bottom\"\nexpert_dim = 8\nposition_tower = { hidden = [4], dropout = 0.5 }\n\
+         [[model.experts]]\nkind = \"mlp\"\nhidden = [16]\n[train]\nepochs = 1\ncheckpoint_every_steps = 3\n",
+    )
+    .unwrap();
+    assert_resume_is_exact(d.path(), ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap());
+}
+
+/// Trains `cfg` 8 steps in one go, and 4 steps (checkpoint at 3) then resumed from step
+/// 3 to 8: the two final models are the same bit for bit.
+fn assert_resume_is_exact(d: &Path, mut cfg: ExperimentConfig) {
     cfg.data.batch_size = 256;
     let cfg = Arc::new(cfg);
-    let whole = d.path().join("whole");
+    let whole = d.join("whole");
     let mut o = TrainOptions::new(&whole);
     o.max_steps = Some(8);
     train(cfg.clone(), &o, &CpuOps::new()).unwrap();
     // Stop after 4 steps (checkpoint at 3), then resume to 8 from the step-3 checkpoint.
-    let split = d.path().join("split");
+    let split = d.join("split");
     let mut o = TrainOptions::new(&split);
     o.max_steps = Some(4);
     train(cfg.clone(), &o, &CpuOps::new()).unwrap();
@@ -514,4 +538,101 @@ fn epochs_and_max_steps_stop_at_the_first_bound_and_say_which() {
     assert!(e.contains("already holds a run") && e.contains("--overwrite"), "{e}");
     opts.overwrite = true;
     assert_eq!(train(cfg, &opts, &CpuOps::new()).unwrap().steps, 3);
+}
+
+#[test]
+fn the_position_tower_is_checkpointed_and_off_at_evaluation() {
+    use mixrank_data::pipeline::{read_all, StreamOptions};
+    use mixrank_data::{DenseMode, Encoder};
+    use mixrank_engine::{Backend, CpuOps};
+    let d = tempfile::tempdir().unwrap();
+    let p = mixrank_data::simulate::EngagementParams { requests_per_day: 400, days: 3, ..Default::default() };
+    let sim = mixrank_data::simulate::simulate_engagement(&p, &d.path().join("data")).unwrap();
+    // The tower reads position and device; device also feeds the head (`context`).
+    let mut text = std::fs::read_to_string(&sim.config).unwrap();
+    text.push_str("\n[feature_groups]\nbias = [\"position_id\", \"device_id\"]\ncontext = [\"device_id\"]\n");
+    std::fs::write(&sim.config, text).unwrap();
+    let model = d.path().join("model.toml");
+    std::fs::write(
+        &model,
+        "[model]\narchitecture = \"shared_bottom\"\nexpert_dim = 8\nposition_tower = { hidden = [4], tasks = [\"click\", \"save\"] }\n\
+         [[model.experts]]\nkind = \"mlp\"\nhidden = [8]\n[train]\nthreads = 2\nlr = 0.01\n",
+    )
+    .unwrap();
+    let cfg = ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap();
+    let out = d.path().join("run");
+    let mut opts = TrainOptions::new(&out);
+    opts.max_steps = Some(3);
+    let s = train(Arc::new(cfg.clone()), &opts, &CpuOps::new()).unwrap();
+
+    // The weights file carries the tower: every `logit_sources.0.*` tensor, trained.
+    let ck = out.join("checkpoint");
+    let v = mixrank_train::checkpoint::read_verified(&ck).unwrap();
+    let weights = v.weights().unwrap();
+    let names: Vec<&str> = weights.names().into_iter().filter(|n| n.starts_with("head.logit_sources.0.")).collect();
+    assert_eq!(names.len(), 4, "{:?}", weights.names());
+    let ops = CpuOps::new();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(cfg.train.seed);
+    let mut fresh = mixrank_model::RankingModel::new(&cfg, &ops, 16, &mut rng).unwrap();
+    let mut loaded = mixrank_train::checkpoint::load(&ck, &ops, 4096).unwrap();
+    let tower = |m: &mut dyn mixrank_model::Model<CpuOps>| {
+        let mut out = Vec::new();
+        m.params(&mut |n, p| {
+            if n.starts_with("logit_sources.0.") {
+                out.push((n.to_string(), p.value[..p.len()].to_vec()));
+            }
+        });
+        out
+    };
+    let (initial, restored) = (tower(&mut fresh), tower(&mut *loaded.model));
+    assert_eq!(restored.len(), 4);
+    for ((name, init), (_, value)) in initial.iter().zip(&restored) {
+        let key = format!("head.{name}");
+        let stored = weights.f32(&key, &weights.shape(&key).unwrap()).unwrap();
+        assert_eq!(&stored, value, "{name}: loaded from the file");
+        assert_ne!(init, value, "{name}: trained");
+    }
+    let described = loaded.model.io().inputs.clone();
+    assert_eq!(described[1].0, "logit_sources.0");
+    assert_eq!(described[1].1[0].features, ["position_id", "device_id"]);
+    assert!(!described[0].1[0].features.contains(&"position_id".to_string()), "position does not feed the head");
+
+    // Evaluation: the reloaded model reproduces the run's validation predictions (made
+    // without the tower) bit for bit, and moving every row to another position changes
+    // nothing; in training mode the tower's logit is added.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    pool.install(|| {
+        let stats = Arc::new(loaded.manifest.dense_stats.clone());
+        let enc = Arc::new(Encoder::new(loaded.config.clone(), DenseMode::Fitted(stats)).unwrap());
+        let (batches, _) = read_all(
+            enc,
+            loaded.config.split("validation").unwrap(),
+            StreamOptions::from_config(&loaded.config, false),
+        )
+        .unwrap();
+        let pos = loaded.config.categorical.iter().position(|f| f.name == "position_id").unwrap();
+        let mut host = vec![0f32; 4096];
+        let mut score = |m: &mut dyn mixrank_model::Model<CpuOps>, b: &mixrank_data::Batch| {
+            m.forward(&ops, b).unwrap();
+            ops.read(m.logits(0), &mut host[..b.rows]).unwrap();
+            host[..b.rows].to_vec()
+        };
+        let m = &mut *loaded.model;
+        m.set_training(false);
+        let mut probs = Vec::new();
+        for b in &batches {
+            let eval = score(m, b);
+            probs.extend(eval.iter().map(|&z| 1.0 / (1.0 + (-z).exp())));
+            let mut moved = b.clone();
+            moved.cat[pos].ids.iter_mut().for_each(|i| *i = (*i + 3) % 64);
+            moved.position.iter_mut().for_each(|p| *p = *p % 10 + 1);
+            assert_eq!(score(m, &moved), eval, "evaluation does not read position");
+            m.set_training(true);
+            assert_ne!(score(m, b), eval, "training adds the tower");
+            m.set_training(false);
+        }
+        let trained = &s.predictions.as_ref().unwrap().preds[0];
+        assert_eq!(probs.len(), trained.len());
+        assert!(probs.iter().zip(trained).all(|(a, b)| a.to_bits() == b.to_bits()), "predictions differ after reload");
+    });
 }

@@ -26,6 +26,11 @@ struct Parent {
 
 /// A parent trained for 4 steps on simulated engagement data.
 fn parent() -> Parent {
+    parent_with("", MODEL)
+}
+
+/// A parent with `extra` appended to the simulator's config and model file `model`.
+fn parent_with(extra: &str, model: &str) -> Parent {
     let dir = tempfile::tempdir().unwrap();
     let p = EngagementParams {
         days: 3,
@@ -36,9 +41,9 @@ fn parent() -> Parent {
         ..Default::default()
     };
     let sim = simulate_engagement(&p, &dir.path().join("sim")).unwrap();
-    let text = std::fs::read_to_string(&sim.config).unwrap().replace("batch_size = 2048", "batch_size = 64");
+    let text = std::fs::read_to_string(&sim.config).unwrap().replace("batch_size = 2048", "batch_size = 64") + extra;
     std::fs::write(&sim.config, &text).unwrap();
-    let cfg = config(dir.path(), &text, MODEL);
+    let cfg = config(dir.path(), &text, model);
     let run = dir.path().join("run");
     let mut opts = TrainOptions::new(&run);
     opts.max_steps = Some(4);
@@ -239,4 +244,45 @@ fn head_changes_are_refused_and_optimizer_kind_changes_are_reported() {
     assert!(has(&c.changes, "sparse optimizer changed from LazyAdam"), "{:?}", c.changes);
     let Some(Sparse::Adagrad(o)) = &c.optim.sparse else { panic!("row-wise adagrad") };
     assert!(o.accumulators(0).iter().all(|&a| a == 0.0), "fresh sparse state");
+}
+
+#[test]
+fn the_position_tower_is_carried_and_a_grouped_head_input_is_remapped_by_feature() {
+    // The tower reads position and device; position leaves the head, so the head's input
+    // is not `[emb | dense]` and its columns are keyed through the groups' layout.
+    let groups = "\n[feature_groups]\nbias = [\"position_id\", \"device_id\"]\ncontext = [\"device_id\"]\n";
+    let model = MODEL.replace("[[model.experts]]", "position_tower = { hidden = [4] }\n[[model.experts]]");
+    let p = parent_with(groups, &model);
+    let mut parent = parent_model(&p);
+    assert!(!input_columns(&parent.config).iter().any(|c| c.starts_with("cat:position_id")));
+    // advertiser_id removed from the data config.
+    let text = p.config_text.replace(
+        "[[features.categorical]]\nname = \"advertiser_id\"",
+        "[[features.categorical]]\nname = \"advertiser_gone\"\ncolumn = \"advertiser_id\"",
+    );
+    let mut c = child(&p, &text, &model).unwrap();
+    assert!(has(&c.changes, "categorical feature `advertiser_id`: removed"), "{:?}", c.changes);
+    let (oc, nc) = (input_columns(&parent.config), input_columns(&c.cfg));
+    let (ph, ch) = (head(&mut *parent.model), head(&mut *c.model));
+    let mut tower = 0;
+    for (name, shape, v) in &ch {
+        let (_, pshape, pv) = ph.iter().find(|(n, _, _)| n == name).unwrap();
+        if name.starts_with("logit_sources.0.") {
+            assert_eq!((shape, v), (pshape, pv), "{name}: the tower is copied");
+            tower += 1;
+        } else if shape.len() == 2 && shape[0] == nc.len() {
+            let w = shape[1];
+            for (r, key) in nc.iter().enumerate() {
+                if let Some(o) = oc.iter().position(|k| k == key) {
+                    assert_eq!(&v[r * w..(r + 1) * w], &pv[o * w..(o + 1) * w], "{name} row {r} ({key})");
+                }
+            }
+        }
+    }
+    assert_eq!(tower, 4);
+    // A changed bias group changes the tower's width: refused, naming the parameter.
+    let wider = text
+        .replace("bias = [\"position_id\", \"device_id\"]", "bias = [\"position_id\", \"device_id\", \"surface_id\"]");
+    let e = child(&p, &wider, &model).err().unwrap();
+    assert!(e.contains("logit_sources.0.blocks.0.linear.weight"), "{e}");
 }

@@ -3,6 +3,7 @@
 //! path (`features.categorical[2].dim`) and says what was expected.
 
 pub mod distill;
+pub mod groups;
 pub mod keys;
 pub mod model;
 pub mod wire;
@@ -23,10 +24,15 @@ pub struct ExperimentConfig {
     pub tables: Vec<TableSpec>,
     pub categorical: Vec<CategoricalFeature>,
     pub dense: Vec<DenseFeature>,
+    /// `[feature_groups]`, validated, in name order; empty when the file has none.
+    pub feature_groups: Vec<groups::FeatureGroup>,
     pub tasks: Vec<TaskSpec>,
     pub columns: SpecialColumns,
     /// `[model]`, validated against the tasks; `None` when the file has none.
     pub model: Option<model::ModelSection>,
+    /// What the head and the position tower read (resolved feature groups); `None`
+    /// when the file has no `[model]`.
+    pub inputs: Option<groups::ModelInputs>,
     /// `[train]`, validated (all keys have defaults).
     pub train: model::TrainSection,
     /// `[distill]`, validated; `None` when the file has none.
@@ -247,14 +253,17 @@ impl ExperimentConfig {
         Self::from_wire(wire, &self.path, &self.base_dir)
     }
 
-    /// Replaces `[model]` (and `[train]`, when given) with those of a separate TOML
-    /// file holding only those sections, and validates the result.
+    /// Replaces `[model]` (and `[train]` and `[feature_groups]`, when given) with those of
+    /// a separate TOML file holding only those sections, and validates the result. A
+    /// model file's groups name the data config's features, so such a file fits the data
+    /// it was written for (e.g. a position tower over the simulator's features).
     pub fn with_model_file(&self, path: &Path) -> Result<Self> {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct ModelFile {
             model: model::ModelSection,
             train: Option<model::TrainSection>,
+            feature_groups: Option<BTreeMap<String, Vec<String>>>,
         }
         let text =
             std::fs::read_to_string(path).map_err(|source| DataError::Io { file: path.to_path_buf(), source })?;
@@ -265,6 +274,9 @@ impl ExperimentConfig {
         wire.model = Some(f.model);
         if let Some(t) = f.train {
             wire.train = t;
+        }
+        if let Some(g) = f.feature_groups {
+            wire.feature_groups = g;
         }
         Self::from_wire(wire, &self.path, &self.base_dir).map_err(|e| match e {
             DataError::ConfigKey { key, message, .. } => {
@@ -452,9 +464,18 @@ impl ExperimentConfig {
             request_id: c.request_id.clone(),
             keep: c.keep.clone(),
         };
-        if let Some(m) = &wire.model {
-            model::validate_model(m, tasks.len()).map_err(|(key, message)| v.err(&key, message))?;
-        }
+        let feature_groups = groups::validate_groups(&wire.feature_groups, &categorical, &dense)
+            .map_err(|(key, message)| v.err(&key, message))?;
+        let inputs = match &wire.model {
+            Some(m) => {
+                model::validate_model(m, tasks.len()).map_err(|(key, message)| v.err(&key, message))?;
+                Some(
+                    groups::resolve_inputs(m, &feature_groups, &categorical, &dense, &tasks)
+                        .map_err(|(key, message)| v.err(&key, message))?,
+                )
+            }
+            None => None,
+        };
         model::validate_train(&wire.train).map_err(|(key, message)| v.err(&key, message))?;
         let task_kinds: Vec<(&str, bool)> =
             tasks.iter().map(|t| (t.name.as_str(), t.kind == TaskKind::Binary)).collect();
@@ -480,9 +501,11 @@ impl ExperimentConfig {
             tables,
             categorical,
             dense,
+            feature_groups,
             tasks,
             columns,
             model: wire.model.clone(),
+            inputs,
             train: wire.train.clone(),
             distill,
             wire,
@@ -493,6 +516,28 @@ impl ExperimentConfig {
     /// missing indicator (indicators follow all the values, in feature order).
     pub fn dense_width(&self) -> usize {
         self.dense.len() + self.dense.iter().filter(|d| d.missing_indicator).count()
+    }
+
+    /// What the head reads: `[model] inputs` resolved, or (without `[model]`) every
+    /// feature in config order.
+    pub fn head_input(&self) -> groups::InputSpec {
+        match &self.inputs {
+            Some(i) => i.head.clone(),
+            None => groups::InputSpec {
+                groups: vec![groups::FeatureGroup {
+                    name: groups::DEFAULT_GROUP.into(),
+                    features: groups::all_features(self.categorical.len(), self.dense.len()),
+                }],
+            },
+        }
+    }
+
+    /// A feature's config name.
+    pub fn feature_name(&self, f: groups::FeatureRef) -> &str {
+        match f {
+            groups::FeatureRef::Categorical(i) => &self.categorical[i].name,
+            groups::FeatureRef::Dense(i) => &self.dense[i].name,
+        }
     }
 
     /// Segment (surface) names in id order; `["all"]` when no segment column is set.

@@ -79,6 +79,11 @@ pub struct ModelSection {
     /// Width every expert's output is projected to, so heterogeneous experts can be mixed.
     #[serde(default = "default_expert_dim")]
     pub expert_dim: usize,
+    /// The `[feature_groups]` the head reads, concatenated in this order. Absent: every
+    /// feature in config order, less the features only the position tower's groups
+    /// hold. Not written when absent, so configs without it serialise as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<String>>,
     /// Optional layer shared by all experts, applied to the input first (YouTube, seed 003).
     pub shared: Option<MlpSection>,
     /// The experts: a kind and a count each. Shared-bottom and single-task take exactly
@@ -90,10 +95,49 @@ pub struct ModelSection {
     pub tower: TowerSection,
     /// PLE only.
     pub ple: Option<PleSection>,
-    /// Reserved: a shallow tower on position and device whose logit would be added during
-    /// training and dropped at serving (YouTube's position-bias correction). Not built
-    /// yet, so validation refuses it; parsed so that the message can say so.
-    pub position_tower: Option<MlpSection>,
+    /// YouTube's shallow position-bias tower (seed 003): a small MLP over bias features
+    /// (position, device) whose logit is added to chosen tasks' logits in training only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_tower: Option<PositionTowerSection>,
+}
+
+/// `[model.position_tower]`: a small MLP over feature groups (default: the group
+/// `bias`) whose logit is added to the chosen tasks' logits in training and not at
+/// evaluation or serving, where position is treated as missing (Zhao et al. 2019, the
+/// shallow tower). Trained jointly, it absorbs the examination effect of position so
+/// the head learns appeal. Parameters `logit_sources.0.*`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PositionTowerSection {
+    /// Hidden sizes before the logit; empty = a linear map to the logit. Default `[16]`.
+    #[serde(default = "default_position_hidden")]
+    pub hidden: Vec<usize>,
+    /// Activation of the hidden layers.
+    #[serde(default = "relu")]
+    pub activation: ActivationName,
+    /// Feature dropout on the tower's input: each feature of each row is zeroed (read as
+    /// missing) with this probability, so the tower does not lean on position alone
+    /// (YouTube: 10%). In `[0, 1)`.
+    #[serde(default = "default_feature_dropout")]
+    pub dropout: f64,
+    /// The tasks whose logits it adds to; absent = every task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<Vec<String>>,
+    /// The `[feature_groups]` it reads, concatenated in this order. Default `["bias"]`.
+    #[serde(default = "default_position_inputs")]
+    pub inputs: Vec<String>,
+}
+
+fn default_position_hidden() -> Vec<usize> {
+    vec![16]
+}
+
+fn default_feature_dropout() -> f64 {
+    0.1
+}
+
+fn default_position_inputs() -> Vec<String> {
+    vec!["bias".into()]
 }
 
 fn default_expert_dim() -> usize {
@@ -705,11 +749,13 @@ pub fn validate_model(m: &ModelSection, n_tasks: usize) -> Result<(), (String, S
     if let Some(s) = &m.shared {
         mlp("shared", s)?;
     }
-    if m.position_tower.is_some() {
-        return e(
-            "position_tower",
-            "not supported yet: the position/device tower is not built by this version (remove the key)".into(),
-        );
+    if let Some(p) = &m.position_tower {
+        if p.hidden.contains(&0) {
+            return e("position_tower.hidden", "expected positive sizes (empty: a linear tower)".into());
+        }
+        if !(0.0..1.0).contains(&p.dropout) {
+            return e("position_tower.dropout", format!("expected 0 <= dropout < 1, found {}", p.dropout));
+        }
     }
     if m.tower.hidden.contains(&0) {
         return e("tower.hidden", "expected positive sizes".into());

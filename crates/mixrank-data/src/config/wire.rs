@@ -19,6 +19,12 @@ pub struct ConfigFile {
     #[serde(default)]
     pub tables: BTreeMap<String, TableSection>,
     pub features: FeaturesSection,
+    /// Named groups of features (`user = ["user_id", "user_activity"]`) that parts of the
+    /// model read: `[model] inputs`, `[model.position_tower] inputs`. Absent: the head
+    /// reads every feature. Not written when empty, so configs without it serialise as
+    /// before.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub feature_groups: BTreeMap<String, Vec<String>>,
     pub tasks: Vec<TaskSection>,
     #[serde(default)]
     pub columns: ColumnsSection,

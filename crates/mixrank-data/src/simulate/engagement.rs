@@ -565,8 +565,9 @@ column = "device"
 vocabulary = ["ios", "android", "web"]
 dim = 4
 
-# Position as a plain feature (scored at position 1 when ranking) until the shallow
-# position tower lands; without it the model cannot separate examination from appeal.
+# Position as a plain feature: the head then learns examination with appeal, and scores
+# at each row's logged position. With configs/models/shared_bottom_position_tower.toml it
+# feeds only the shallow position tower, which is off at evaluation and serving.
 [[features.categorical]]
 name = "position_id"
 column = "position"

@@ -371,11 +371,18 @@ fn expert_values_are_checked_per_kind() {
 }
 
 #[test]
-fn position_tower_is_refused_as_not_supported_yet() {
+fn position_tower_needs_its_feature_group() {
+    // No longer refused as "not supported yet": built, and validated against the groups
+    // (tests/it/groups.rs has the rest).
     let d = tempfile::tempdir().unwrap();
     let text = format!("{BASE}{}", MMOE.replace("shared = { hidden = [128] }", "position_tower = { hidden = [16] }"));
     let e = err_text(load_config(d.path(), &text));
-    assert!(e.contains("at `model.position_tower`") && e.contains("not supported yet"), "{e}");
+    assert!(e.contains("at `model.position_tower.inputs`") && e.contains("`bias`"), "{e}");
+    let grouped = text.replace("[model]", "[feature_groups]\nbias = [\"user\"]\n\n[model]\ninputs = [\"bias\"]");
+    // The head and the tower may read the same group.
+    let c = load_config(d.path(), &grouped).unwrap();
+    let inputs = c.inputs.unwrap();
+    assert_eq!(inputs.head.features(), inputs.position_tower.unwrap().input.features());
 }
 
 /// `[[model.experts]]` as an earlier version wrote it into checkpoint manifests

@@ -3,6 +3,7 @@
 mod bad_input;
 mod config;
 mod config_docs;
+mod groups;
 mod pipeline;
 mod readers;
 mod simulate;

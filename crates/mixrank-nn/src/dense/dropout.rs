@@ -67,6 +67,28 @@ pub struct Dropout<B: Backend> {
     last: Option<(usize, bool)>,
 }
 
+/// The counter-based uniform numbers behind every dropout mask
+/// ([`mixrank_engine::mask`]): number `i` of step `step` is a pure function of
+/// `(seed, step, i)`, so masks need no RNG state and a resumed run draws the same ones.
+/// [`Dropout`] draws one per element through `Backend::dropout_mask`; other masks (the
+/// position tower's feature dropout) one per block, here.
+#[derive(Debug, Clone, Copy)]
+pub struct MaskStream {
+    base: u64,
+}
+
+impl MaskStream {
+    pub fn new(seed: u64, step: u64) -> Self {
+        MaskStream { base: mixrank_engine::mask::dropout_base(seed, step) }
+    }
+
+    /// Number `i` of the stream, uniform in `[0, 1)`.
+    pub fn uniform(&self, i: u64) -> f64 {
+        // Top 53 bits → uniform in [0, 1).
+        (mixrank_engine::mask::mix(self.base.wrapping_add(i)) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
 impl<B: Backend> Dropout<B> {
     /// Training (mask applied) or evaluation (identity) mode. Default: training.
     pub fn set_training(&mut self, training: bool) {

@@ -1,0 +1,224 @@
+//! YouTube's shallow position-bias tower (Zhao et al. 2019, seed 003): a small MLP
+//! over bias features (position, device) whose logit is added to chosen tasks' logits
+//! in training only. Trained jointly with the head, it explains the part of a click
+//! that comes from being seen (position 1 is examined more), so the head learns appeal;
+//! at evaluation and serving it is not run, i.e. position is treated as missing.
+//!
+//! ```text
+//! emb, dense ─► assemble [feature_groups] ─► feature dropout ─► MLP ─► logit [rows, 1]
+//! ```
+//! Feature dropout zeroes a whole feature (all its columns: an embedding, or a dense
+//! value and its missing indicator) of a row with probability `p`, so the tower also
+//! learns to score a row whose position is missing and does not lean on position
+//! alone (YouTube drops 10%). A dropped feature reads as missing (zeros) and the kept
+//! ones are not rescaled: the tower never runs without dropout, so there is no
+//! train/eval scale to match. The mask is a function of (seed, step, row, feature),
+//! like every dropout mask ([`MaskStream`]).
+
+use crate::error::{Context, Result};
+use crate::expert::activation;
+use crate::inputs::{InputGroup, InputLayout};
+use crate::logit_source::{LogitSource, SourceInput};
+use mixrank_data::config::groups::PositionTowerInputs;
+use mixrank_data::config::model::PositionTowerSection;
+use mixrank_data::ExperimentConfig;
+use mixrank_engine::Backend;
+use mixrank_nn::{Layer, MaskStream, ParamVisitor, Parameters, Tower, TowerConfig};
+use rand::Rng;
+
+/// The position tower; a [`LogitSource`] (parameters `logit_sources.<s>.*`, the MLP's
+/// `blocks.<i>.linear.*` and `output.*`).
+///
+/// # Shapes
+/// - input: its feature groups, `[rows, width]`
+/// - output: `[rows, 1]`
+pub struct PositionTower<B: Backend> {
+    layout: InputLayout,
+    tasks: Vec<bool>,
+    mlp: Tower<B>,
+    /// Feature dropout rate.
+    p: f64,
+    seed: u64,
+    /// Index of the next mask (advances after every forward).
+    step: u64,
+    max_batch: usize,
+    mask_host: Vec<f32>,
+    /// `[max_batch, width]`: 1 where a feature is kept, 0 where dropped.
+    mask: B::Buf,
+    /// The assembled input, then (with dropout) the masked input the MLP reads.
+    x: B::Buf,
+    x_drop: B::Buf,
+    d_x: B::Buf,
+    /// Rows of the last forward.
+    rows: Option<usize>,
+}
+
+impl<B: Backend> PositionTower<B> {
+    /// Builds the tower `section` describes over the inputs the config resolved for it;
+    /// draws its initial weights, then its mask seed, from `rng`.
+    pub fn new<R: Rng + ?Sized>(
+        cfg: &ExperimentConfig,
+        section: &PositionTowerSection,
+        inputs: &PositionTowerInputs,
+        ops: &B,
+        max_batch: usize,
+        rng: &mut R,
+    ) -> Result<Self> {
+        let at = || "model.position_tower".to_string();
+        let layout = InputLayout::new(cfg, &inputs.input);
+        let width = layout.width();
+        let mut tc = TowerConfig::new(width, &section.hidden);
+        tc.activation = activation(section.activation);
+        let mlp = tc.init(ops, max_batch, rng).at(at)?;
+        let n = max_batch * width;
+        let buf = |n: usize| ops.alloc(n).at(at);
+        Ok(PositionTower {
+            tasks: inputs.tasks.clone(),
+            mlp,
+            p: section.dropout,
+            seed: rng.random(),
+            step: 0,
+            max_batch,
+            mask_host: vec![0.0; if section.dropout > 0.0 { n } else { 0 }],
+            mask: buf(if section.dropout > 0.0 { n } else { 0 })?,
+            x: buf(n)?,
+            x_drop: buf(if section.dropout > 0.0 { n } else { 0 })?,
+            d_x: buf(n)?,
+            rows: None,
+            layout,
+        })
+    }
+
+    /// Input width.
+    pub fn width(&self) -> usize {
+        self.layout.width()
+    }
+
+    /// Feature dropout mask for `rows` rows at the current step.
+    fn fill_mask(&mut self, rows: usize) {
+        let stream = MaskStream::new(self.seed, self.step);
+        let (width, slots) = (self.layout.width(), self.layout.slots());
+        for r in 0..rows {
+            let row = &mut self.mask_host[r * width..(r + 1) * width];
+            for (s, cols) in slots.iter().enumerate() {
+                let keep = stream.uniform((r * slots.len() + s) as u64) >= self.p;
+                for &(first, n) in cols {
+                    row[first..first + n].fill(if keep { 1.0 } else { 0.0 });
+                }
+            }
+        }
+    }
+}
+
+impl<B: Backend> Parameters<B> for PositionTower<B> {
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
+        self.mlp.visit_params(v);
+    }
+}
+
+impl<B: Backend> LogitSource<B> for PositionTower<B> {
+    fn tasks(&self) -> &[bool] {
+        &self.tasks
+    }
+
+    fn forward(&mut self, ops: &B, input: &SourceInput<'_, B>) -> Result<&B::Buf> {
+        let rows = input.batch.rows;
+        crate::head::check_batch(rows, self.max_batch)?;
+        let n = rows * self.layout.width();
+        self.layout.assemble(ops, rows, input.emb, input.dense, &mut self.x)?;
+        let x = if self.p > 0.0 {
+            self.fill_mask(rows);
+            let at = || "position tower feature dropout".to_string();
+            ops.write(&self.mask_host[..n], &mut self.mask).at(at)?;
+            ops.mul(n, &self.x, &self.mask, &mut self.x_drop).at(at)?;
+            self.step += 1;
+            &self.x_drop
+        } else {
+            &self.x
+        };
+        self.rows = Some(rows);
+        self.mlp.forward(ops, x, rows).at(|| "position tower forward".into())
+    }
+
+    fn backward(
+        &mut self,
+        ops: &B,
+        _input: &SourceInput<'_, B>,
+        d_logit: &B::Buf,
+        d_emb: Option<&mut B::Buf>,
+    ) -> Result<()> {
+        let rows = self.rows.ok_or_else(|| crate::ModelError::Mismatch("backward called before forward".into()))?;
+        let n = rows * self.layout.width();
+        let x = if self.p > 0.0 { &self.x_drop } else { &self.x };
+        let dx = self.mlp.backward(ops, x, d_logit).at(|| "position tower backward".into())?;
+        let Some(d_emb) = d_emb else { return Ok(()) };
+        // Through the mask: a dropped feature gets no gradient.
+        let dx = if self.p > 0.0 {
+            ops.mul(n, dx, &self.mask, &mut self.d_x).at(|| "position tower feature dropout".into())?;
+            &self.d_x
+        } else {
+            dx
+        };
+        self.layout.add_emb_grad(ops, rows, dx, d_emb)
+    }
+
+    fn set_dropout_step(&mut self, step: u64) {
+        self.step = step;
+    }
+
+    fn input_groups(&self) -> &[InputGroup] {
+        self.layout.groups()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mixrank_engine::RefOps;
+    use rand::SeedableRng;
+
+    /// Feature dropout drops whole features (an embedding's columns; a dense value with
+    /// its indicator), at rate p, differently per step, the same for a repeated step.
+    #[test]
+    fn feature_dropout_drops_whole_features_at_its_rate() {
+        let cfg = ExperimentConfig::parse(
+            "[data]\nformat = \"parquet\"\n[data.splits.train]\npaths = [\"x\"]\n\
+             [[features.categorical]]\nname = \"position\"\nbuckets = 4\ndim = 3\n\
+             [[features.categorical]]\nname = \"user\"\nbuckets = 4\ndim = 2\n\
+             [[features.dense]]\nname = \"a\"\nmissing_indicator = true\n\
+             [[tasks]]\nname = \"click\"\nkind = \"binary\"\nlabel = \"y\"\n\
+             [feature_groups]\nbias = [\"position\", \"a\"]\n\
+             [model]\narchitecture = \"single_task\"\nposition_tower = { dropout = 0.25 }\n\
+             [[model.experts]]\nkind = \"mlp\"\nhidden = [2]\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let section = cfg.model.as_ref().unwrap().position_tower.clone().unwrap();
+        let inputs = cfg.inputs.as_ref().unwrap().position_tower.clone().unwrap();
+        let rows = 2000;
+        let mut t =
+            PositionTower::new(&cfg, &section, &inputs, &RefOps, rows, &mut rand::rngs::StdRng::seed_from_u64(1))
+                .unwrap();
+        assert_eq!(t.width(), 3 + 1 + 1);
+        t.fill_mask(rows);
+        let first = t.mask_host.clone();
+        let mut dropped = [0usize; 2];
+        for row in first.chunks(5) {
+            // Position: columns 0..3 together; `a`: its value (3) and indicator (4) together.
+            assert!(row[..3].iter().all(|&m| m == row[0]) && row[3] == row[4], "{row:?}");
+            assert!(row.iter().all(|&m| m == 0.0 || m == 1.0), "not rescaled: {row:?}");
+            dropped[0] += (row[0] == 0.0) as usize;
+            dropped[1] += (row[3] == 0.0) as usize;
+        }
+        // Binomial(2000, 0.25): sd ≈ 19, so ±100 is a ~5σ band.
+        for d in dropped {
+            assert!((400..=600).contains(&d), "{dropped:?}");
+        }
+        t.step = 1;
+        t.fill_mask(rows);
+        assert_ne!(t.mask_host, first, "the next step draws another mask");
+        t.set_dropout_step(0);
+        t.fill_mask(rows);
+        assert_eq!(t.mask_host, first, "a step repeats its mask");
+    }
+}
