@@ -3,6 +3,7 @@
 //! path (`features.categorical[2].dim`) and says what was expected.
 
 pub mod distill;
+pub mod eval;
 pub mod keys;
 pub mod model;
 pub mod wire;
@@ -31,6 +32,8 @@ pub struct ExperimentConfig {
     pub train: model::TrainSection,
     /// `[distill]`, validated; `None` when the file has none.
     pub distill: Option<distill::DistillConfig>,
+    /// `[eval]`, validated; `None` when the file has none.
+    pub eval: Option<eval::EvalConfig>,
     /// The file as parsed, kept verbatim for checkpoint manifests.
     pub wire: wire::ConfigFile,
 }
@@ -184,6 +187,7 @@ pub struct SpecialColumns {
     pub device: Option<EnumColumn>,
     pub position: Option<PositionColumn>,
     pub request_id: Option<String>,
+    /// `columns.keep`, then the columns `[eval]` reads that it does not list.
     pub keep: Vec<String>,
 }
 
@@ -473,6 +477,8 @@ impl ExperimentConfig {
             }
             None => None,
         };
+        let mut columns = columns;
+        let eval = eval::validate(&wire, &tasks, &mut columns).map_err(|(key, message)| v.err(&key, message))?;
         Ok(ExperimentConfig {
             path: path.to_path_buf(),
             base_dir: base_dir.to_path_buf(),
@@ -485,6 +491,7 @@ impl ExperimentConfig {
             model: wire.model.clone(),
             train: wire.train.clone(),
             distill,
+            eval,
             wire,
         })
     }
@@ -493,6 +500,12 @@ impl ExperimentConfig {
     /// missing indicator (indicators follow all the values, in feature order).
     pub fn dense_width(&self) -> usize {
         self.dense.len() + self.dense.iter().filter(|d| d.missing_indicator).count()
+    }
+
+    /// Index of `column` among the carried numeric columns (`columns.keep` and those of
+    /// `[eval]`; [`crate::Batch::kept`]).
+    pub fn kept_index(&self, column: &str) -> Option<usize> {
+        self.columns.keep.iter().position(|k| k == column)
     }
 
     /// Segment (surface) names in id order; `["all"]` when no segment column is set.
