@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 /// The metric being compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Metric {
     /// Higher is better.
     Auc,
@@ -24,11 +24,74 @@ pub enum Metric {
     Logloss,
     /// Lower is better.
     Rmse,
+    /// AUC against labels drawn from the true probabilities, in expectation
+    /// ([`crate::truth::expected_auc`]). Higher is better.
+    ExpectedAuc,
+    /// Mean per-request NDCG@K with the true probability as gain. Higher is better.
+    Ndcg,
+    /// Auction winners' CTR. Higher is better.
+    Ctr,
+    /// Auction winners' expected clicks. Higher is better.
+    Clicks,
+    /// Auction cost per click. Lower is better (advertisers pay less per click).
+    Cpc,
+    /// Auction revenue per 1000 requests. Higher is better.
+    Ecpm,
+    /// Auction winners' mean pCTR minus their mean true CTR. Nearer zero is better.
+    CalibrationError,
+}
+
+/// Which way a metric improves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    Higher,
+    Lower,
+    /// A signed error: smaller magnitude is better.
+    NearZero,
 }
 
 impl Metric {
+    pub fn better(self) -> Better {
+        match self {
+            Metric::Auc | Metric::ExpectedAuc | Metric::Ndcg | Metric::Ctr | Metric::Clicks | Metric::Ecpm => {
+                Better::Higher
+            }
+            Metric::Logloss | Metric::Rmse | Metric::Cpc => Better::Lower,
+            Metric::CalibrationError => Better::NearZero,
+        }
+    }
+
     pub fn higher_is_better(self) -> bool {
-        matches!(self, Metric::Auc)
+        self.better() == Better::Higher
+    }
+
+    /// Short name for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Auc => "auc",
+            Metric::Logloss => "logloss",
+            Metric::Rmse => "rmse",
+            Metric::ExpectedAuc => "exp_auc",
+            Metric::Ndcg => "ndcg",
+            Metric::Ctr => "ctr",
+            Metric::Clicks => "clicks",
+            Metric::Cpc => "cpc",
+            Metric::Ecpm => "ecpm",
+            Metric::CalibrationError => "calib_err",
+        }
+    }
+
+    /// Relative improvement of `b` over `a`, positive when `b` is better:
+    /// `(b − a)/|a|` (higher is better), `(a − b)/|a|` (lower is better),
+    /// `(|a| − |b|)/max(|a|, |b|)` (nearer zero is better: the share of the larger error
+    /// that the other removes, in [−1, 1]; relative to `|a|` alone it would explode when
+    /// A's error happens to be near 0).
+    pub fn relative_lift(self, a: f64, b: f64) -> f64 {
+        match self.better() {
+            Better::Higher => (b - a) / a.abs(),
+            Better::Lower => (a - b) / a.abs(),
+            Better::NearZero => (a.abs() - b.abs()) / a.abs().max(b.abs()),
+        }
     }
 }
 
@@ -54,8 +117,8 @@ pub struct Lift {
     pub metric: Metric,
     pub a: f64,
     pub b: f64,
-    /// Relative improvement of B over A, positive when B is better: (b − a)/a for AUC,
-    /// (a − b)/a for losses.
+    /// Relative improvement of B over A, positive when B is better
+    /// ([`Metric::relative_lift`]).
     pub lift: f64,
     pub ci_low: f64,
     pub ci_high: f64,
@@ -74,25 +137,15 @@ pub struct Paired<'a> {
     pub groups: Option<&'a [u64]>,
 }
 
-/// Compares B with A. `None` when the metric is undefined on the full data (e.g. AUC
-/// on a single class).
+/// Compares B with A on a row-level metric (AUC, logloss, RMSE). `None` when the
+/// metric is undefined on the full data (e.g. AUC on a single class).
 pub fn paired_bootstrap(metric: Metric, d: &Paired<'_>, cfg: &BootstrapConfig) -> Option<Lift> {
     let n = d.labels.len();
     assert!(d.a.len() == n && d.b.len() == n, "paired predictions differ in length");
     let base_w = |i: usize| d.weights.map_or(1.0, |w| w[i] as f64);
     // Unit index per row.
     let (unit, n_units) = match d.groups {
-        Some(g) => {
-            let mut ids = HashMap::new();
-            let u: Vec<u32> = g
-                .iter()
-                .map(|x| {
-                    let k = ids.len() as u32;
-                    *ids.entry(*x).or_insert(k)
-                })
-                .collect();
-            (u, ids.len())
-        }
+        Some(g) => units_of(g),
         None => ((0..n as u32).collect(), n),
     };
     let sort = |p: &[f32]| {
@@ -102,12 +155,14 @@ pub fn paired_bootstrap(metric: Metric, d: &Paired<'_>, cfg: &BootstrapConfig) -
     };
     let (oa, ob) = match metric {
         Metric::Auc => (sort(d.a), sort(d.b)),
-        _ => (Vec::new(), Vec::new()),
+        Metric::Logloss | Metric::Rmse => (Vec::new(), Vec::new()),
+        other => panic!("paired_bootstrap: {other:?} is not a row-level metric of predictions and labels"),
     };
-    let eval = |w: &dyn Fn(usize) -> f64| -> Option<(f64, f64)> {
+    paired_bootstrap_units(metric, n_units, cfg, |k| {
+        let w = |i: usize| base_w(i) * k[unit[i] as usize];
         match metric {
             Metric::Auc => Some((auc_sorted(&oa, d.a, d.labels, w)?, auc_sorted(&ob, d.b, d.labels, w)?)),
-            Metric::Logloss | Metric::Rmse => {
+            _ => {
                 let (mut sa, mut sb, mut sw) = (0.0, 0.0, 0.0);
                 for i in 0..n {
                     let wi = w(i);
@@ -132,23 +187,43 @@ pub fn paired_bootstrap(metric: Metric, d: &Paired<'_>, cfg: &BootstrapConfig) -
                 Some(if metric == Metric::Rmse { (ma.sqrt(), mb.sqrt()) } else { (ma, mb) })
             }
         }
-    };
-    let rel = |a: f64, b: f64| {
-        if metric.higher_is_better() {
-            (b - a) / a
-        } else {
-            (a - b) / a
-        }
-    };
-    let (a, b) = eval(&base_w)?;
+    })
+}
+
+/// Dense unit indices of group ids, in order of first appearance: (unit per row, units).
+pub fn units_of(groups: &[u64]) -> (Vec<u32>, usize) {
+    let mut ids = HashMap::new();
+    let u: Vec<u32> = groups
+        .iter()
+        .map(|x| {
+            let k = ids.len() as u32;
+            *ids.entry(*x).or_insert(k)
+        })
+        .collect();
+    (u, ids.len())
+}
+
+/// The paired bootstrap of any statistic of `n_units` resampling units (requests, or
+/// rows): `eval(k)` computes the metric of A and of B with unit `u` counted `k[u]`
+/// times (all ones for the full data; `None` where the metric is undefined). Every
+/// resample draws one Poisson(1) count per unit from its own RNG stream, derived from
+/// (seed, resample index), and the same counts serve both models.
+pub fn paired_bootstrap_units<F>(metric: Metric, n_units: usize, cfg: &BootstrapConfig, eval: F) -> Option<Lift>
+where
+    F: Fn(&[f64]) -> Option<(f64, f64)> + Sync,
+{
+    let (a, b) = eval(&vec![1.0; n_units])?;
+    let lift = metric.relative_lift(a, b);
+    if !lift.is_finite() {
+        return None;
+    }
     let poisson = Poisson::new(1.0).expect("valid");
     let mut lifts: Vec<f64> = (0..cfg.resamples)
         .into_par_iter()
         .filter_map(|r| {
             let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ (r as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let k: Vec<f64> = (0..n_units).map(|_| poisson.sample(&mut rng)).collect();
-            let w = |i: usize| base_w(i) * k[unit[i] as usize];
-            eval(&w).map(|(a, b)| rel(a, b))
+            eval(&k).map(|(a, b)| metric.relative_lift(a, b)).filter(|l| l.is_finite())
         })
         .collect();
     lifts.sort_by(f64::total_cmp);
@@ -157,7 +232,6 @@ pub fn paired_bootstrap(metric: Metric, d: &Paired<'_>, cfg: &BootstrapConfig) -
     }
     let q = |p: f64| lifts[((p * (lifts.len() - 1) as f64).round() as usize).min(lifts.len() - 1)];
     let (lo, hi) = (q(cfg.alpha / 2.0), q(1.0 - cfg.alpha / 2.0));
-    let lift = rel(a, b);
     Some(Lift {
         metric,
         a,
@@ -226,5 +300,17 @@ mod tests {
                 .unwrap();
         assert!(ab.lift > 0.0 && ba.lift < 0.0);
         assert_eq!(ab.a, ba.b);
+    }
+
+    #[test]
+    fn lifts_follow_each_metric_direction() {
+        assert_eq!(Metric::Auc.relative_lift(0.5, 0.625), 0.25);
+        assert_eq!(Metric::Cpc.relative_lift(2.0, 1.5), 0.25);
+        assert_eq!(Metric::Ecpm.relative_lift(200.0, 150.0), -0.25);
+        // Calibration error: relative to the larger magnitude, sign ignored.
+        assert_eq!(Metric::CalibrationError.relative_lift(-0.5, 0.125), 0.75);
+        assert_eq!(Metric::CalibrationError.relative_lift(0.0625, -0.5), -0.875);
+        assert_eq!(Metric::CalibrationError.relative_lift(0.0, 0.2), -1.0);
+        assert!(Metric::CalibrationError.relative_lift(0.0, 0.0).is_nan());
     }
 }

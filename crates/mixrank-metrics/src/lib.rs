@@ -6,13 +6,19 @@
 //! on the given rows (AUC on a single class) is `None`, never NaN.
 
 pub mod auc;
+pub mod auction;
 pub mod binary;
 pub mod bootstrap;
 pub mod regression;
+pub mod truth;
 
 pub use auc::{auc, gauc, GroupAuc};
+pub use auction::{
+    auction_report, compare_auction, AuctionComparison, AuctionMetrics, AuctionReport, AuctionRows, AuctionRules,
+};
 pub use binary::{binary_metrics, BinaryMetrics};
-pub use bootstrap::{paired_bootstrap, BootstrapConfig, Lift, Metric, Paired};
+pub use bootstrap::{paired_bootstrap, paired_bootstrap_units, Better, BootstrapConfig, Lift, Metric, Paired};
 pub use regression::{regression_metrics, RegressionMetrics};
 pub mod report;
 pub use report::{compare_task, task_report, TaskComparison, TaskMetrics, TaskReport, TaskRows, TaskType};
+pub use truth::{compare_truth, expected_auc, truth_report, TruthComparison, TruthMetrics, TruthReport};

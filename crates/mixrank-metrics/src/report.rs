@@ -45,7 +45,7 @@ pub struct TaskRows<'a> {
 
 impl TaskRows<'_> {
     /// Indices of labelled rows, overall and per segment.
-    fn partition(&self, n_segments: usize) -> (Vec<usize>, Vec<Vec<usize>>) {
+    pub(crate) fn partition(&self, n_segments: usize) -> (Vec<usize>, Vec<Vec<usize>>) {
         let mut all = Vec::new();
         let mut per = vec![Vec::new(); n_segments];
         for i in 0..self.labels.len() {
@@ -61,7 +61,7 @@ impl TaskRows<'_> {
     }
 }
 
-fn pick<T: Copy>(v: &[T], idx: &[usize]) -> Vec<T> {
+pub(crate) fn pick<T: Copy>(v: &[T], idx: &[usize]) -> Vec<T> {
     idx.iter().map(|&i| v[i]).collect()
 }
 

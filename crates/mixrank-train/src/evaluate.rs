@@ -28,6 +28,10 @@ pub struct Predictions {
     pub weights: Vec<f32>,
     pub segments: Vec<u32>,
     pub requests: Vec<u64>,
+    /// `[column][row]`: the carried numeric columns (`columns.keep`, then those `[eval]`
+    /// reads: bids, true probabilities), in the config's `columns.keep` order; NaN where
+    /// a cell is missing. [`Predictions::column`] finds one by name.
+    pub kept: Vec<Vec<f32>>,
     /// Mean weights of every gate (empty without gates).
     pub gates: Vec<GateMeans>,
 }
@@ -81,6 +85,12 @@ impl Predictions {
             segments: cfg.columns.segment.as_ref().map(|_| self.segments.as_slice()),
             groups: cfg.columns.request_id.as_ref().map(|_| self.requests.as_slice()),
         }
+    }
+
+    /// The values of carried column `name` (`columns.keep` or a column of `[eval]`),
+    /// one per row; `None` when the config does not carry it.
+    pub fn column(&self, cfg: &ExperimentConfig, name: &str) -> Option<&[f32]> {
+        cfg.kept_index(name).and_then(|k| self.kept.get(k)).map(Vec::as_slice)
     }
 
     /// Per-task reports, overall and per segment (gAUC grouped by request id).
@@ -171,6 +181,7 @@ pub fn evaluate<B: Backend>(
         preds: vec![Vec::new(); n_tasks],
         labels: vec![Vec::new(); n_tasks],
         masks: vec![Vec::new(); n_tasks],
+        kept: vec![Vec::new(); cfg.columns.keep.len()],
         ..Default::default()
     };
     let mut host = vec![0f32; cfg.data.batch_size];
@@ -204,6 +215,9 @@ pub fn evaluate<B: Backend>(
         p.weights.extend_from_slice(&b.weights);
         p.segments.extend_from_slice(&b.segment);
         p.requests.extend_from_slice(&b.request_id);
+        for (k, col) in p.kept.iter_mut().enumerate() {
+            col.extend_from_slice(b.kept(k));
+        }
     }
     for gate in &mut gates {
         for (per_seg, &n) in gate.means.iter_mut().zip(&seg_rows) {

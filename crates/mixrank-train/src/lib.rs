@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod distill;
 pub mod early_stop;
 pub mod error;
+pub mod eval_section;
 pub mod evaluate;
 pub mod experiment;
 pub mod lineage;

@@ -3,7 +3,8 @@
 
 use anyhow::{bail, Context, Result};
 use mixrank_data::ExperimentConfig;
-use mixrank_metrics::{compare_task, BootstrapConfig};
+use mixrank_metrics::{compare_task, BootstrapConfig, Lift, Metric};
+use mixrank_train::eval_section::{describe_auction, section_comparison, SectionComparison};
 use mixrank_train::{task_type, CheckpointScorer, Predictions};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -48,6 +49,10 @@ pub fn run(a: &CompareArgs) -> Result<()> {
         let boot = BootstrapConfig { resamples: a.resamples, ..Default::default() };
         crate::say!("B = {} against A = {} on split `{}`", a.run_b.display(), a.run_a.display(), a.split);
         crate::emit(&render_comparison(cfg_a, &pa, &pb, &boot));
+        // A's config says what `[eval]` measures; A's rows carry the bids and truths.
+        if let Some(section) = section_comparison(cfg_a, &pa, &pb, &boot).context("the [eval] metrics")? {
+            crate::emit(&render_section_comparison(cfg_a, &section));
+        }
         Ok(())
     })
 }
@@ -69,12 +74,79 @@ pub fn render_comparison(cfg: &ExperimentConfig, a: &Predictions, b: &Prediction
             std::iter::once(("all".to_string(), &c.overall)).chain(c.segments.iter().map(|(k, v)| (k.clone(), v)));
         for (seg, lifts) in all {
             for l in lifts {
+                lift_row(&mut o, &task.name, &seg, l.metric.name(), l);
+            }
+        }
+    }
+    let _ = writeln!(
+        o,
+        "lift: relative improvement of B over A (positive = B better); * = |lift| >= 0.1% and the 95% paired-bootstrap interval (resampling requests) excludes 0"
+    );
+    o
+}
+
+/// One row of a comparison table: task, segment, metric, A, B, lift, 95% interval, `*`.
+fn lift_row(o: &mut String, task: &str, seg: &str, metric: &str, l: &Lift) {
+    let _ = writeln!(
+        o,
+        "{:<11} {:<13} {:<8} {:>9.5} {:>9.5} {:>7.3}% [{:>7.3}%, {:>7.3}%]  {}",
+        task,
+        seg,
+        metric,
+        l.a,
+        l.b,
+        100.0 * l.lift,
+        100.0 * l.ci_low,
+        100.0 * l.ci_high,
+        if l.significant { "*" } else { "" }
+    );
+}
+
+/// The `[eval]` comparisons: per task with a truth column, the expected AUC and NDCG@K
+/// against the true probabilities; then the auction replay's metrics, with B's
+/// predictions in A's auctions. Same columns and lift convention as
+/// [`render_comparison`].
+pub fn render_section_comparison(cfg: &ExperimentConfig, c: &SectionComparison) -> String {
+    let mut o = String::new();
+    if !c.truth.is_empty() {
+        let _ = writeln!(o, "against the true probabilities ([eval] truth; docs/metrics.md):");
+        let _ = writeln!(
+            o,
+            "{:<11} {:<13} {:<8} {:>9} {:>9} {:>8} {:>19}  sig",
+            "task", "segment", "metric", "A", "B", "lift", "95% CI"
+        );
+        for t in &c.truth {
+            let all =
+                std::iter::once(("all".to_string(), &t.overall)).chain(t.segments.iter().map(|(k, v)| (k.clone(), v)));
+            for (seg, lifts) in all {
+                for l in lifts {
+                    let name = match l.metric {
+                        Metric::Ndcg => format!("ndcg@{}", t.k),
+                        m => m.name().to_string(),
+                    };
+                    lift_row(&mut o, &t.task, &seg, &name, l);
+                }
+            }
+        }
+    }
+    if let Some(a) = &c.auction {
+        // Lift columns two characters wider than the task table's: revenue and clicks
+        // can move by more than the AUC ever does.
+        let _ = writeln!(o, "{} (docs/auction.md):", describe_auction(cfg).unwrap_or_default());
+        let _ = writeln!(
+            o,
+            "{:<13} {:<9} {:>11} {:>11} {:>10} {:>23}  sig",
+            "segment", "metric", "A", "B", "lift", "95% CI"
+        );
+        let all =
+            std::iter::once(("all".to_string(), &a.overall)).chain(a.segments.iter().map(|(k, v)| (k.clone(), v)));
+        for (seg, lifts) in all {
+            for l in lifts {
                 let _ = writeln!(
                     o,
-                    "{:<11} {:<13} {:<8} {:>9.5} {:>9.5} {:>7.3}% [{:>7.3}%, {:>7.3}%]  {}",
-                    task.name,
+                    "{:<13} {:<9} {:>11.5} {:>11.5} {:>9.3}% [{:>9.3}%, {:>9.3}%]  {}",
                     seg,
-                    format!("{:?}", l.metric).to_lowercase(),
+                    l.metric.name(),
                     l.a,
                     l.b,
                     100.0 * l.lift,
@@ -84,10 +156,10 @@ pub fn render_comparison(cfg: &ExperimentConfig, a: &Predictions, b: &Prediction
                 );
             }
         }
+        let _ = writeln!(
+            o,
+            "auction lift: positive = B better: (B - A)/A for ctr, clicks and ecpm; (A - B)/A for cpc (cheaper clicks); (|A| - |B|)/max(|A|, |B|) for calib_err"
+        );
     }
-    let _ = writeln!(
-        o,
-        "lift: relative improvement of B over A (positive = B better); * = |lift| >= 0.1% and the 95% paired-bootstrap interval (resampling requests) excludes 0"
-    );
     o
 }

@@ -2,7 +2,8 @@
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
-use mixrank_metrics::{TaskMetrics, TaskReport};
+use mixrank_metrics::{AuctionReport, TaskMetrics, TaskReport, TruthReport};
+use mixrank_train::eval_section::{describe_auction, section_report};
 use mixrank_train::CheckpointScorer;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -25,7 +26,8 @@ pub struct EvalArgs {
     pub split: String,
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: Precision,
-    /// Also write the reports as JSON (per task: overall and per segment).
+    /// Also write the reports as JSON (per task: overall and per segment; with `[eval]`,
+    /// `truth` and `auction` of the f32 model too).
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Compute threads (0 = one per core).
@@ -50,6 +52,17 @@ fn run_in_pool(a: &EvalArgs) -> Result<()> {
     crate::say!("checkpoint step {step} — split `{}`, f32:", a.split);
     crate::emit(&crate::train_cmd::render_reports(&f32_reports));
     crate::emit(&f32_preds.render_gates(&cfg));
+    if let Some(section) = section_report(&cfg, &f32_preds).context("the [eval] metrics")? {
+        if !section.truth.is_empty() {
+            crate::emit(&render_truth(&section.truth));
+            out["truth"] = serde_json::to_value(&section.truth)?;
+        }
+        if let Some(a) = &section.auction {
+            crate::say!("{}:", describe_auction(&cfg).unwrap_or_default());
+            crate::emit(&render_auction(a));
+            out["auction"] = serde_json::to_value(a)?;
+        }
+    }
     if a.precision == Precision::Bf16 {
         let kernel = mixrank_engine::bf16::Bf16Kernel::detect();
         let n = scorer.loaded.model.use_bf16(kernel)?;
@@ -63,6 +76,77 @@ fn run_in_pool(a: &EvalArgs) -> Result<()> {
         crate::stats_cmd::write_atomic(p, &serde_json::to_string_pretty(&out)?)?;
     }
     Ok(())
+}
+
+/// Per task with a truth column, overall and per segment: the expected AUC against
+/// labels drawn from the true probabilities, the mean per-request NDCG@K with the true
+/// probability as gain (and the requests it averages), mean prediction and mean truth.
+pub fn render_truth(reports: &[TruthReport]) -> String {
+    let mut o = String::new();
+    let Some(first) = reports.first() else { return o };
+    let tw = crate::train_cmd::task_width(reports.iter().map(|r| r.task.as_str()));
+    let sw = reports.iter().flat_map(|r| r.segments.keys()).map(|s| s.chars().count()).max().unwrap_or(0).max(14);
+    let ndcg = format!("NDCG@{}", first.k);
+    let _ = writeln!(o, "against the true probabilities ([eval] truth; docs/metrics.md):");
+    let _ = writeln!(
+        o,
+        "{:<tw$} {:<sw$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "task", "segment", "rows", "exp AUC", ndcg, "requests", "mean p", "mean true"
+    );
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.5}"));
+    for r in reports {
+        let rows =
+            std::iter::once(("all".to_string(), &r.overall)).chain(r.segments.iter().map(|(k, v)| (k.clone(), v)));
+        for (seg, m) in rows {
+            let _ = writeln!(
+                o,
+                "{:<tw$} {:<sw$} {:>9} {:>9} {:>9} {:>9} {:>9.5} {:>10.5}",
+                r.task,
+                seg,
+                m.rows,
+                opt(m.expected_auc),
+                opt(m.ndcg),
+                m.ndcg_requests,
+                m.mean_prediction,
+                m.mean_truth
+            );
+        }
+    }
+    o
+}
+
+/// The auction replay overall and per segment: requests, filled slots, the winners'
+/// CTR, expected clicks, cost per click, revenue per 1000 requests, and the winners'
+/// mean pCTR minus their mean CTR.
+pub fn render_auction(r: &AuctionReport) -> String {
+    let mut o = String::new();
+    let sw = r.segments.keys().map(|s| s.chars().count()).max().unwrap_or(0).max(14);
+    let _ = writeln!(
+        o,
+        "{:<sw$} {:>9} {:>9} {:>9} {:>11} {:>9} {:>11} {:>10}",
+        "segment", "requests", "winners", "CTR", "clicks", "CPC", "eCPM", "calib err"
+    );
+    let opt = |v: Option<f64>, signed: bool| match v {
+        Some(x) if signed => format!("{x:+.5}"),
+        Some(x) => format!("{x:.5}"),
+        None => "-".to_string(),
+    };
+    let rows = std::iter::once(("all".to_string(), &r.overall)).chain(r.segments.iter().map(|(k, v)| (k.clone(), v)));
+    for (seg, m) in rows {
+        let _ = writeln!(
+            o,
+            "{:<sw$} {:>9} {:>9} {:>9} {:>11.5} {:>9} {:>11} {:>10}",
+            seg,
+            m.requests,
+            m.winners,
+            opt(m.ctr, false),
+            m.clicks,
+            opt(m.cpc, false),
+            opt(m.ecpm, false),
+            opt(m.calibration_error, true)
+        );
+    }
+    o
 }
 
 /// Per task (overall): bf16 metric minus f32 metric.

@@ -305,6 +305,21 @@ fn the_main_workflow_matches_its_snapshots() {
     exact(&["train", &cfg, "--model", &base_model, "--out", &base]);
     results.push(snapshot::check("train_mmoe", &masked(&["train", &cfg, "--model", &mmoe_model, "--out", &mmoe])));
     results.push(snapshot::check("eval_mmoe", &masked(&["eval", &mmoe, "--split", "test"])));
+    // The simulator's [eval] section in the JSON: truth metrics for click and save, and a
+    // one-slot auction with one winner per request whose sums agree.
+    let json = p("eval.json");
+    let (ok, _, err) = mixrank(&["eval", &mmoe, "--split", "test", "--json", &json]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let truth: Vec<&str> = v["truth"].as_array().unwrap().iter().map(|t| t["task"].as_str().unwrap()).collect();
+    assert_eq!(truth, ["click", "save"]);
+    assert_eq!(v["truth"][0]["overall"]["ndcg_requests"], 100);
+    let a = &v["auction"]["overall"];
+    assert_eq!((a["requests"].as_u64(), a["winners"].as_u64()), (Some(100), Some(100)));
+    let f = |k: &str| a[k].as_f64().unwrap();
+    assert!((f("cpc") * f("clicks") - f("revenue")).abs() < 1e-9 * f("revenue"), "{a}");
+    assert!((f("ecpm") - 1000.0 * f("revenue") / 100.0).abs() < 1e-9 * f("ecpm"), "{a}");
+    assert!((f("calibration_error") - (f("mean_pctr") - f("ctr"))).abs() < 1e-12, "{a}");
     // The legend's constants stay exact; the significance marker depends on the values,
     // so it is masked with them.
     let compare = exact(&["compare", &base, &mmoe, "--split", "test", "--resamples", "50"]);

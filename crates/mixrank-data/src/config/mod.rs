@@ -3,6 +3,7 @@
 //! path (`features.categorical[2].dim`) and says what was expected.
 
 pub mod distill;
+pub mod eval;
 pub mod groups;
 pub mod keys;
 pub mod model;
@@ -37,6 +38,8 @@ pub struct ExperimentConfig {
     pub train: model::TrainSection,
     /// `[distill]`, validated; `None` when the file has none.
     pub distill: Option<distill::DistillConfig>,
+    /// `[eval]`, validated; `None` when the file has none.
+    pub eval: Option<eval::EvalConfig>,
     /// The file as parsed, kept verbatim for checkpoint manifests.
     pub wire: wire::ConfigFile,
 }
@@ -190,6 +193,7 @@ pub struct SpecialColumns {
     pub device: Option<EnumColumn>,
     pub position: Option<PositionColumn>,
     pub request_id: Option<String>,
+    /// `columns.keep`, then the columns `[eval]` reads that it does not list.
     pub keep: Vec<String>,
 }
 
@@ -494,6 +498,8 @@ impl ExperimentConfig {
             }
             None => None,
         };
+        let mut columns = columns;
+        let eval = eval::validate(&wire, &tasks, &mut columns).map_err(|(key, message)| v.err(&key, message))?;
         Ok(ExperimentConfig {
             path: path.to_path_buf(),
             base_dir: base_dir.to_path_buf(),
@@ -508,6 +514,7 @@ impl ExperimentConfig {
             inputs,
             train: wire.train.clone(),
             distill,
+            eval,
             wire,
         })
     }
@@ -538,6 +545,12 @@ impl ExperimentConfig {
             groups::FeatureRef::Categorical(i) => &self.categorical[i].name,
             groups::FeatureRef::Dense(i) => &self.dense[i].name,
         }
+    }
+
+    /// Index of `column` among the carried numeric columns (`columns.keep` and those of
+    /// `[eval]`; [`crate::Batch::kept`]).
+    pub fn kept_index(&self, column: &str) -> Option<usize> {
+        self.columns.keep.iter().position(|k| k == column)
     }
 
     /// Segment (surface) names in id order; `["all"]` when no segment column is set.

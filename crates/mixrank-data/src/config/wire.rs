@@ -34,6 +34,8 @@ pub struct ConfigFile {
     pub train: super::model::TrainSection,
     /// Knowledge distillation from a teacher; absent = labels only.
     pub distill: Option<super::distill::DistillSection>,
+    /// Metrics against ground truth and the auction replay of `eval` / `compare`.
+    pub eval: Option<super::eval::EvalSection>,
 }
 
 fn one() -> u32 {

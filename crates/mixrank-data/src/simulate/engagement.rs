@@ -626,6 +626,14 @@ device = {{ column = "device", values = ["ios", "android", "web"] }}
 position = {{ column = "position", max = {k} }}
 request_id = "request_id"
 keep = ["p_click_true", "p_save_true"]
+
+# What `mixrank eval` / `compare` add with the simulator's ground truth: expected AUC and
+# per-request NDCG@5 against the true probabilities (docs/metrics.md), and each request
+# replayed as a one-slot second-price auction on bid x pCTR (docs/auction.md).
+[eval]
+truth = {{ click = "p_click_true", save = "p_save_true" }}
+ndcg_k = 5
+auction = {{ bid = "bid", click_task = "click", slots = 1, reserve = 0.0 }}
 "#,
         seed = p.seed,
         req = p.requests_per_day,
