@@ -2,7 +2,7 @@
 
 use std::borrow::Borrow;
 
-use mixrank_engine::{Backend, GemmSpec};
+use mixrank_engine::{Backend, BlockShape, ColCopy};
 
 use crate::error::{batch_fits, positive, same_dim, Ctx, NnError, Result};
 
@@ -12,13 +12,14 @@ const LAYER: &str = "MoeMix";
 /// gate weights. No parameters.
 ///
 /// Each expert output is its own `[batch, d]` buffer (heterogeneous experts are separate
-/// layers, so that is how their outputs arrive; a fused `[batch, n_experts·d]` buffer
-/// splits into those with `copy_cols`).
-///
-/// The engine has no row-broadcast multiply, so the column `g[:, e]` is broadcast to
-/// `[batch, d]` by a `k = 1` GEMM with a ones row (`G_e = g[:, e] · 1ᵀ`), then
-/// `y += G_e ⊙ X_e`. Backward: `dX_e = G_e ⊙ dy`, `dg[:, e] = (dy ⊙ X_e) · 1` (a GEMM
-/// that writes straight into column `e` of `dg`).
+/// layers, so that is how their outputs arrive). They are copied side by side into one
+/// `[batch, n_experts·d]` buffer, read per row as an `[n_experts, d]` matrix, and the
+/// mixture is the per-row product with the gate row: `y[b] = g[b] · X[b]`
+/// ([`Backend::block_dot_t`]). Backward: `dX[b] = g[b]ᵀ · dy[b]` (per-row outer product,
+/// [`Backend::block_outer`], then split back per expert) and `dg[b, e] = X_e[b] · dy[b]`
+/// (per-row block dot products, [`Backend::block_dot`]). Three row-wise ops and
+/// `2·n_experts` column copies per forward and backward, where a broadcast through
+/// `k = 1` GEMMs against a vector of ones took `2·n_experts` GEMMs.
 ///
 /// # Shapes
 /// - experts: `n_experts` buffers of `[batch, d]`
@@ -28,11 +29,10 @@ pub struct MoeMix<B: Backend> {
     n_experts: usize,
     d: usize,
     max_batch: usize,
-    /// `[d]` ones (read as a `[1, d]` row or a `[d, 1]` column).
-    ones: B::Buf,
-    /// `G_e`, recomputed per expert.
-    broadcast: B::Buf,
-    prod: B::Buf,
+    /// The experts' outputs side by side, `[batch, n_experts·d]` (kept for backward).
+    fused: B::Buf,
+    /// Their gradient, `[batch, n_experts·d]`.
+    d_fused: B::Buf,
     out: B::Buf,
     d_gates: B::Buf,
     d_experts: Vec<B::Buf>,
@@ -50,9 +50,8 @@ impl<B: Backend> MoeMix<B> {
             n_experts,
             d,
             max_batch,
-            ones: ops.upload(&vec![1.0; d]).ctx(LAYER)?,
-            broadcast: alloc(n)?,
-            prod: alloc(n)?,
+            fused: alloc(n * n_experts)?,
+            d_fused: alloc(n * n_experts)?,
             out: alloc(n)?,
             d_gates: alloc(max_batch * n_experts)?,
             d_experts: (0..n_experts).map(|_| alloc(n)).collect::<Result<_>>()?,
@@ -68,10 +67,15 @@ impl<B: Backend> MoeMix<B> {
         self.d
     }
 
-    /// `G_e = g[:, e] · 1ᵀ`: `[batch, 1] · [1, d]`.
-    fn broadcast_gate(&mut self, ops: &B, gates: &B::Buf, e: usize, batch: usize) -> Result<()> {
-        let spec = GemmSpec::nn(batch, self.d, 1).a_layout(e, self.n_experts).b_layout(0, self.d);
-        ops.gemm(&spec, gates, &self.ones, &mut self.broadcast).ctx(LAYER)
+    fn shape(&self, batch: usize) -> BlockShape {
+        BlockShape { rows: batch, blocks: self.n_experts, width: self.d }
+    }
+
+    /// Column copy of expert `e`'s `[batch, d]` block to or from the fused buffer.
+    fn block(&self, batch: usize, e: usize, into_fused: bool) -> ColCopy {
+        let (d, wide) = (self.d, self.n_experts * self.d);
+        let (src_ld, src_col, dst_ld, dst_col) = if into_fused { (d, 0, wide, e * d) } else { (wide, e * d, d, 0) };
+        ColCopy { rows: batch, cols: d, src_ld, src_col, dst_ld, dst_col, accumulate: false }
     }
 
     fn check_experts<E>(&self, experts: &[E]) -> Result<()> {
@@ -89,18 +93,17 @@ impl<B: Backend> MoeMix<B> {
     ) -> Result<&B::Buf> {
         self.check_experts(experts)?;
         batch_fits(LAYER, batch, self.max_batch)?;
-        let n = batch * self.d;
-        ops.fill(n, 0.0, &mut self.out).ctx(LAYER)?;
         for (e, x) in experts.iter().enumerate() {
-            self.broadcast_gate(ops, gates, e, batch)?;
-            ops.mul_acc(n, &self.broadcast, x.borrow(), &mut self.out).ctx(LAYER)?;
+            ops.copy_cols(&self.block(batch, e, true), x.borrow(), &mut self.fused).ctx(LAYER)?;
         }
+        ops.block_dot_t(self.shape(batch), gates, &self.fused, &mut self.out).ctx(LAYER)?;
         self.batch = Some(batch);
         Ok(&self.out)
     }
 
     /// Computes `dX_e` (see [`MoeMix::d_expert`]) and `dg` (see [`MoeMix::d_gates`]), both
-    /// overwritten, from the forward's inputs and `dy` (`[batch, d]`).
+    /// overwritten, from the forward's inputs and `dy` (`[batch, d]`). The expert outputs
+    /// are the forward's (kept side by side); `experts` is checked for its count only.
     pub fn backward<E: Borrow<B::Buf>>(
         &mut self,
         ops: &B,
@@ -110,16 +113,12 @@ impl<B: Backend> MoeMix<B> {
     ) -> Result<()> {
         self.check_experts(experts)?;
         let batch = self.batch.ok_or(NnError::NoForward { layer: LAYER })?;
-        let n = batch * self.d;
-        for (e, x) in experts.iter().enumerate() {
-            self.broadcast_gate(ops, gates, e, batch)?;
-            ops.mul(n, &self.broadcast, d_output, &mut self.d_experts[e]).ctx(LAYER)?;
-            ops.mul(n, d_output, x.borrow(), &mut self.prod).ctx(LAYER)?;
-            // dg[:, e] = prod · 1: [batch, d] · [d, 1] into column e of [batch, n_experts]
-            let spec = GemmSpec::nn(batch, 1, self.d).b_layout(0, 1).c_layout(e, self.n_experts);
-            ops.gemm(&spec, &self.prod, &self.ones, &mut self.d_gates).ctx(LAYER)?;
+        let shape = self.shape(batch);
+        ops.block_outer(shape, gates, d_output, &mut self.d_fused).ctx(LAYER)?;
+        for e in 0..self.n_experts {
+            ops.copy_cols(&self.block(batch, e, false), &self.d_fused, &mut self.d_experts[e]).ctx(LAYER)?;
         }
-        Ok(())
+        ops.block_dot(shape, &self.fused, d_output, &mut self.d_gates, false).ctx(LAYER)
     }
 
     /// The last forward's output `[batch, d]`.
