@@ -597,3 +597,45 @@ fn a_model_without_a_tower_still_requires_position() {
     server.shutdown();
     rt.block_on(server.wait()).unwrap();
 }
+
+/// `serve_position = 2`: the tower runs at serving with position 2 for every row. A
+/// request needs no position (one sent is ignored and counted), and the served
+/// predictions equal `mixrank eval`'s on the same rows (which run the tower the same way).
+#[test]
+fn serve_position_serves_like_eval_and_needs_no_position() {
+    let f = tower_fixture_with("tower-serve-position", Some(2));
+    let files = split_files(&f.config, "test").unwrap();
+    let reqs = requests_from_parquet(&files[0], &f.config, Grouping::RequestId, 30).unwrap();
+    // eval's predictions of the test split, in batches of one request (10 rows).
+    let ops = CpuOps::new();
+    let mut s = CheckpointScorer::open(&f.run, &ops, None).unwrap();
+    let mut cfg = (*s.config).clone();
+    cfg.data.batch_size = 10;
+    let stats = std::sync::Arc::new(s.loaded.manifest.dense_stats.clone());
+    let cfg = std::sync::Arc::new(cfg);
+    let enc = mixrank_data::Encoder::new(cfg.clone(), mixrank_data::DenseMode::Fitted(stats)).unwrap();
+    let eval =
+        mixrank_train::evaluate(&mut *s.loaded.model, &ops, std::sync::Arc::new(enc), cfg.split("test").unwrap())
+            .unwrap()
+            .preds;
+    let rt = runtime();
+    let server = start(&rt, ServeOptions::new(&f.run, engine()));
+    let addr = server.http_addr;
+    assert_eq!(get(addr, "/v1/model").json()["ignored"], serde_json::json!(["position"]));
+    let mut row = 0;
+    for (k, req) in reqs.iter().enumerate() {
+        let logged = req.to_json();
+        let base = predictions(&post_json(addr, "/v1/score", &without(&logged, "position").to_string()));
+        assert_eq!(predictions(&post_json(addr, "/v1/score", &logged.to_string())), base);
+        assert_eq!(ignored_position(addr), Some(k as u64 + 1));
+        for p in &base {
+            for (t, v) in p.as_array().unwrap().iter().enumerate() {
+                assert_eq!(v.as_f64().unwrap() as f32, eval[t][row], "request {k}, row {row}, task {t}");
+            }
+            row += 1;
+        }
+    }
+    assert!(row >= 20);
+    server.shutdown();
+    rt.block_on(server.wait()).unwrap();
+}
