@@ -4,8 +4,10 @@
 //!
 //! ```text
 //! training:    logit_t = head_t(x) + Σ_{s : mask_s[t]} source_s(batch)
-//! evaluation:  logit_t = head_t(x)
+//! evaluation:  logit_t = head_t(x) + Σ_{s : mask_s[t], s runs in evaluation} source_s(batch)
 //! ```
+//! A source runs in evaluation only when it says so ([`LogitSource::runs_in_evaluation`]:
+//! the position tower with `serve_position`, at a fixed position).
 //! Backward hands the head every task's logit gradient unchanged (∂logit_t/∂head_t = 1)
 //! and each source the sum of the gradients of the tasks it feeds.
 //!
@@ -51,6 +53,12 @@ pub trait LogitSource<B: Backend>: Parameters<B> + Send {
     /// Dropout mask streams continue from `step` (see `Head::set_dropout_step`).
     /// Default: no-op for sources without dropout.
     fn set_dropout_step(&mut self, _step: u64) {}
+    /// Whether it also runs (and is added) in evaluation mode. Default: no.
+    fn runs_in_evaluation(&self) -> bool {
+        false
+    }
+    /// Training mode (the default) or evaluation mode (e.g. dropout off).
+    fn set_training(&mut self, _training: bool) {}
     /// The feature groups it reads (none for sources that read only the batch).
     fn input_groups(&self) -> &[crate::inputs::InputGroup] {
         &[]
@@ -70,8 +78,10 @@ pub struct LogitSources<B: Backend> {
     sums: Vec<Option<B::Buf>>,
     /// A source's logit gradient: the sum over its tasks, `[max_batch]`.
     d_source: B::Buf,
-    /// Whether the last forward added the sources (training mode, some source).
+    /// Whether the last forward added some source.
     added: bool,
+    /// Per source: whether the last forward ran it.
+    ran: Vec<bool>,
 }
 
 impl<B: Backend> LogitSources<B> {
@@ -84,6 +94,7 @@ impl<B: Backend> LogitSources<B> {
             sums: (0..n_tasks).map(|_| None).collect(),
             d_source: ops.alloc(0).at(|| "logit source workspaces".into())?,
             added: false,
+            ran: Vec::new(),
         })
     }
 
@@ -116,13 +127,18 @@ impl<B: Backend> LogitSources<B> {
         }
         self.sources.push(source);
         self.masks.push(mask);
+        self.ran.push(false);
         Ok(())
     }
 
     /// After the head's forward on `batch`: in training mode, adds every source's logit
-    /// to its tasks' logits; otherwise the head's logits stand.
+    /// to its tasks' logits; in evaluation mode, those of the sources that run in
+    /// evaluation; with none, the head's logits stand.
     pub fn forward(&mut self, ops: &B, head: &dyn Head<B>, input: &SourceInput<'_, B>, training: bool) -> Result<()> {
-        self.added = training && !self.sources.is_empty();
+        for (ran, source) in self.ran.iter_mut().zip(&self.sources) {
+            *ran = training || source.runs_in_evaluation();
+        }
+        self.added = self.ran.iter().any(|&r| r);
         if !self.added {
             return Ok(());
         }
@@ -134,6 +150,9 @@ impl<B: Backend> LogitSources<B> {
             }
         }
         for (s, (source, mask)) in self.sources.iter_mut().zip(&self.masks).enumerate() {
+            if !self.ran[s] {
+                continue;
+            }
             let y = source.forward(ops, input)?;
             for (t, sum) in self.sums.iter_mut().enumerate().filter(|(t, _)| mask[*t]) {
                 let sum = sum.as_mut().expect("allocated for every task a source feeds");
@@ -166,6 +185,9 @@ impl<B: Backend> LogitSources<B> {
         }
         let n = input.batch.rows;
         for (s, (source, mask)) in self.sources.iter_mut().zip(&self.masks).enumerate() {
+            if !self.ran[s] {
+                continue;
+            }
             ops.fill(n, 0.0, &mut self.d_source).at(|| format!("logit source {s} gradient"))?;
             for (t, d) in d_logits.iter().enumerate().filter(|(t, _)| mask[*t]) {
                 ops.axpy(n, 1.0, d, &mut self.d_source).at(|| format!("logit source {s} from task {t}"))?;
@@ -178,6 +200,12 @@ impl<B: Backend> LogitSources<B> {
     pub fn set_dropout_step(&mut self, step: u64) {
         for s in &mut self.sources {
             s.set_dropout_step(step);
+        }
+    }
+
+    pub fn set_training(&mut self, training: bool) {
+        for s in &mut self.sources {
+            s.set_training(training);
         }
     }
 

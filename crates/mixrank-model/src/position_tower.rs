@@ -2,7 +2,10 @@
 //! over bias features (position, device) whose logit is added to chosen tasks' logits
 //! in training only. Trained jointly with the head, it explains the part of a click
 //! that comes from being seen (position 1 is examined more), so the head learns appeal;
-//! at evaluation and serving it is not run, i.e. position is treated as missing.
+//! at evaluation and serving it is not run, i.e. position is treated as missing —
+//! unless `serve_position = N` is set: then it runs there too, without dropout, with its
+//! position features set to N for every row (by the model, which swaps their ids for
+//! N's table row), and its logit is added.
 //!
 //! ```text
 //! emb, dense ─► assemble [feature_groups] ─► feature dropout ─► MLP ─► logit [rows, 1]
@@ -51,6 +54,13 @@ pub struct PositionTower<B: Backend> {
     d_x: B::Buf,
     /// Rows of the last forward.
     rows: Option<usize>,
+    /// Whether the last forward applied feature dropout.
+    dropped: bool,
+    /// Training mode (feature dropout on).
+    training: bool,
+    /// `serve_position`: the tower also runs in evaluation mode (the model sets its
+    /// position features to the fixed position there).
+    in_evaluation: bool,
 }
 
 impl<B: Backend> PositionTower<B> {
@@ -85,6 +95,9 @@ impl<B: Backend> PositionTower<B> {
             x_drop: buf(if section.dropout > 0.0 { n } else { 0 })?,
             d_x: buf(n)?,
             rows: None,
+            dropped: false,
+            training: true,
+            in_evaluation: inputs.serve_position.is_some(),
             layout,
         })
     }
@@ -126,7 +139,8 @@ impl<B: Backend> LogitSource<B> for PositionTower<B> {
         crate::head::check_batch(rows, self.max_batch)?;
         let n = rows * self.layout.width();
         self.layout.assemble(ops, rows, input.emb, input.dense, &mut self.x)?;
-        let x = if self.p > 0.0 {
+        self.dropped = self.p > 0.0 && self.training;
+        let x = if self.dropped {
             self.fill_mask(rows);
             let at = || "position tower feature dropout".to_string();
             ops.write(&self.mask_host[..n], &mut self.mask).at(at)?;
@@ -149,11 +163,11 @@ impl<B: Backend> LogitSource<B> for PositionTower<B> {
     ) -> Result<()> {
         let rows = self.rows.ok_or_else(|| crate::ModelError::Mismatch("backward called before forward".into()))?;
         let n = rows * self.layout.width();
-        let x = if self.p > 0.0 { &self.x_drop } else { &self.x };
+        let x = if self.dropped { &self.x_drop } else { &self.x };
         let dx = self.mlp.backward(ops, x, d_logit).at(|| "position tower backward".into())?;
         let Some(d_emb) = d_emb else { return Ok(()) };
         // Through the mask: a dropped feature gets no gradient.
-        let dx = if self.p > 0.0 {
+        let dx = if self.dropped {
             ops.mul(n, dx, &self.mask, &mut self.d_x).at(|| "position tower feature dropout".into())?;
             &self.d_x
         } else {
@@ -164,6 +178,16 @@ impl<B: Backend> LogitSource<B> for PositionTower<B> {
 
     fn set_dropout_step(&mut self, step: u64) {
         self.step = step;
+    }
+
+    fn runs_in_evaluation(&self) -> bool {
+        self.in_evaluation
+    }
+
+    /// Feature dropout only in training mode (evaluation runs the tower only with
+    /// `serve_position`).
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
     }
 
     fn input_groups(&self) -> &[InputGroup] {
@@ -220,5 +244,92 @@ mod tests {
         t.set_dropout_step(0);
         t.fill_mask(rows);
         assert_eq!(t.mask_host, first, "a step repeats its mask");
+    }
+
+    /// Two tasks; `user` feeds the head, `position` only the tower, `device` both; the
+    /// tower feeds `click` only.
+    fn serve_model(serve_position: &str, dropout: f64) -> (ExperimentConfig, crate::RankingModel<RefOps>) {
+        let cfg = ExperimentConfig::parse(
+            &format!(
+                "[data]\nformat = \"parquet\"\n[data.splits.train]\npaths = [\"x\"]\n\
+                 [[features.categorical]]\nname = \"user\"\nbuckets = 8\ndim = 3\n\
+                 [[features.categorical]]\nname = \"position\"\nbuckets = 16\ndim = 3\n\
+                 [[features.categorical]]\nname = \"device\"\nbuckets = 4\ndim = 2\n\
+                 [[features.dense]]\nname = \"a\"\n\
+                 [[tasks]]\nname = \"click\"\nkind = \"binary\"\nlabel = \"y\"\n\
+                 [[tasks]]\nname = \"save\"\nkind = \"binary\"\nlabel = \"z\"\n\
+                 [columns]\nposition = {{ column = \"position\", max = 10 }}\n\
+                 [feature_groups]\nbias = [\"position\", \"device\"]\ncontext = [\"device\"]\n\
+                 [model]\narchitecture = \"shared_bottom\"\nexpert_dim = 4\n\
+                 position_tower = {{ hidden = [3], dropout = {dropout}, tasks = [\"click\"]{serve_position} }}\n\
+                 [[model.experts]]\nkind = \"mlp\"\nhidden = [5]\n"
+            ),
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let m = crate::RankingModel::new(&cfg, &RefOps, 6, &mut rand::rngs::StdRng::seed_from_u64(3)).unwrap();
+        (cfg, m)
+    }
+
+    fn serve_batch() -> mixrank_data::Batch {
+        let col = |ids: &[u32]| mixrank_data::CatColumn { ids: ids.to_vec(), offsets: None };
+        mixrank_data::Batch {
+            rows: 6,
+            cat: vec![col(&[1, 5, 2, 7, 0, 3]), col(&[4, 9, 1, 12, 4, 6]), col(&[0, 1, 2, 3, 1, 0])],
+            dense: vec![0.5, -1.0, 0.25, 2.0, -0.5, 0.0],
+            dense_width: 1,
+            n_tasks: 2,
+            position: vec![1, 2, 3, 4, 5, 6],
+            ..Default::default()
+        }
+    }
+
+    fn logits(m: &mut crate::RankingModel<RefOps>, b: &mixrank_data::Batch) -> [Vec<f32>; 2] {
+        m.forward(&RefOps, b).unwrap();
+        [0, 1].map(|t| m.logits(t)[..b.rows].to_vec())
+    }
+
+    /// `serve_position = N`: evaluation adds the tower's logit (scores differ from a
+    /// tower that is off, on its tasks only), does not read the logged position, and
+    /// equals training mode (tower dropout off) on the batch whose position feature
+    /// holds N's table row; dropout does not run in evaluation.
+    #[test]
+    fn serve_position_runs_the_tower_at_evaluation_at_a_fixed_position() {
+        let (cfg, mut served) = serve_model(", serve_position = 3", 0.0);
+        let (_, mut off) = serve_model("", 0.0);
+        let b = serve_batch();
+        served.set_training(false);
+        off.set_training(false);
+        let eval = logits(&mut served, &b);
+        let [off_click, off_save] = logits(&mut off, &b);
+        assert!(eval[0].iter().zip(&off_click).all(|(a, b)| a != b), "click: the tower's logit is added");
+        assert_eq!(eval[1], off_save, "save: not a tower task");
+
+        // The logged position (its feature's ids and the batch's positions) is not read.
+        let mut moved = b.clone();
+        moved.cat[1].ids.iter_mut().for_each(|i| *i = (*i + 5) % 16);
+        moved.position.iter_mut().for_each(|p| *p = *p % 10 + 1);
+        assert_eq!(logits(&mut served, &moved), eval);
+
+        // Training mode with position 3 written into the batch: the same logits.
+        let kind = &cfg.tables[cfg.categorical[1].table].kind;
+        let row3 = mixrank_data::encode::table_row(kind, &mixrank_data::column::Key::Int(3));
+        let mut at3 = b.clone();
+        at3.cat[1].ids.iter_mut().for_each(|i| *i = row3);
+        served.set_training(true);
+        assert_eq!(logits(&mut served, &at3), eval);
+        // ... and not with the logged positions (a position that matters).
+        assert_ne!(logits(&mut served, &b)[0], eval[0]);
+        // A different N gives different scores.
+        let (_, mut at5) = serve_model(", serve_position = 5", 0.0);
+        at5.set_training(false);
+        assert_ne!(logits(&mut at5, &b)[0], eval[0]);
+
+        // With feature dropout: evaluation is deterministic and equals the no-dropout
+        // tower's (same weights: dropout draws nothing at initialisation).
+        let (_, mut dropped) = serve_model(", serve_position = 3", 0.5);
+        dropped.set_training(false);
+        assert_eq!(logits(&mut dropped, &b), eval);
+        assert_eq!(logits(&mut dropped, &b), eval);
     }
 }

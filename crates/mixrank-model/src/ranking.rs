@@ -53,6 +53,11 @@ pub struct RankingModel<B: Backend> {
     d_emb: usize,
     dense_width: usize,
     max_batch: usize,
+    /// `serve_position`: in evaluation mode, these categorical features (position,
+    /// read only by the position tower) take this table row for every row.
+    fixed_ids: Vec<(usize, u32)>,
+    /// Host scratch for the fixed ids.
+    fixed_host: Vec<u32>,
     x: B::Buf,
     dense: B::Buf,
     d_emb_buf: B::Buf,
@@ -123,6 +128,8 @@ where
             d_emb,
             dense_width,
             max_batch,
+            fixed_ids: Vec::new(),
+            fixed_host: Vec::new(),
             x: buf(max_batch * d_in)?,
             dense: buf(max_batch * dense_width)?,
             d_emb_buf: buf(max_batch * d_emb)?,
@@ -133,6 +140,15 @@ where
         if let (Some(section), Some(inputs)) = (&m.position_tower, tower) {
             let tower = PositionTower::new(cfg, section, inputs, ops, max_batch, rng)?;
             model.add_logit_source(ops, Box::new(tower))?;
+            if let Some(sp) = &inputs.serve_position {
+                // N's table row, as the encoder maps an integer position N.
+                let key = mixrank_data::column::Key::Int(i64::from(sp.position));
+                model.fixed_ids = sp
+                    .features
+                    .iter()
+                    .map(|&i| (i, mixrank_data::encode::table_row(&cfg.tables[cfg.categorical[i].table].kind, &key)))
+                    .collect();
+            }
         }
         model.io.inputs = model.describe_inputs();
         Ok(model)
@@ -178,6 +194,7 @@ where
     /// on the first batch or when a bag list outgrows its buffer (ops read only the
     /// prefix the batch names, so a longer buffer is fine).
     fn upload_ids(&mut self, ops: &B, b: &Batch) -> Result<()> {
+        let fixed = if self.training { &[][..] } else { &self.fixed_ids[..] };
         let at = || "uploading ids".to_string();
         let put = |host: &[u32], buf: &mut B::Ids, min: usize| -> Result<()> {
             if ops.ids_len(buf) < host.len() {
@@ -197,9 +214,16 @@ where
                 });
             }
         }
-        for (c, f) in b.cat.iter().zip(&mut self.ids) {
+        for (i, (c, f)) in b.cat.iter().zip(&mut self.ids).enumerate() {
             match (&c.offsets, f) {
-                (None, FeatureIds::Single(ids)) => put(&c.ids, ids, self.max_batch)?,
+                (None, FeatureIds::Single(ids)) => match fixed.iter().find(|(j, _)| *j == i) {
+                    Some(&(_, row)) => {
+                        self.fixed_host.clear();
+                        self.fixed_host.resize(b.rows, row);
+                        put(&self.fixed_host, ids, self.max_batch)?
+                    }
+                    None => put(&c.ids, ids, self.max_batch)?,
+                },
                 (Some(off), FeatureIds::Multi { offsets, ids }) => {
                     put(off, offsets, self.max_batch + 1)?;
                     // An empty bag list still writes one (unread) id.
@@ -224,6 +248,7 @@ where
     /// Logit sources are added in training mode only.
     pub fn set_training(&mut self, training: bool) {
         self.head.set_training(training);
+        self.logit_sources.set_training(training);
         self.training = training;
     }
 

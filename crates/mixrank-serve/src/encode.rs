@@ -9,6 +9,12 @@
 //! model never reads. An integer becomes Int64, a number Float64, a string Utf8, a
 //! list a List of Utf8 or Int64, mirroring the types of the Parquet training data:
 //! send categorical values with the JSON type of their training column.
+//!
+//! Feature columns that only the position tower reads
+//! ([`ExperimentConfig::request_free_columns`]; the tower is off at serving) are not
+//! part of the request: they are filled with the integer 1 (position 1) for every row,
+//! or the neutral value of their label-side role, and a request that sends them has
+//! them ignored (the service counts it in `/metrics`).
 
 use crate::error::{Result, ServeError};
 use crate::request::{ScoreRequest, Value};
@@ -35,6 +41,9 @@ enum Fill {
 enum Role {
     Feature,
     Fill(Fill),
+    /// A feature column the served model does not read (only the position tower
+    /// reads it, and the tower is off at serving): filled, and ignored when sent.
+    Ignored(Fill),
 }
 
 /// Encodes requests for one model config.
@@ -42,8 +51,11 @@ pub struct RequestEncoder {
     encoder: Encoder,
     /// Per encoder column, in [`Encoder::column_names`] order.
     roles: Vec<Role>,
-    /// Source columns of the model's features.
+    /// Source columns of the model's features a request must carry.
     features: BTreeSet<String>,
+    /// Feature columns a request need not carry ([`ExperimentConfig::request_free_columns`]):
+    /// filled with a neutral value; ignored (and counted) when sent.
+    free: BTreeSet<String>,
 }
 
 impl RequestEncoder {
@@ -55,52 +67,79 @@ impl RequestEncoder {
             .chain(cfg.dense.iter().map(|d| d.column.clone()))
             .collect();
         let s = &cfg.columns;
+        // The value a column the request does not carry takes, by its label-side role.
+        let label_fill = |c: &String| -> Option<Fill> {
+            let enum_first = [&s.segment, &s.device]
+                .into_iter()
+                .flatten()
+                .find(|e| &e.column == c)
+                .map(|e| e.values.first().cloned().unwrap_or_default());
+            Some(if let Some(v) = enum_first {
+                Fill::Str(v)
+            } else if s.position.as_ref().is_some_and(|p| &p.column == c) {
+                Fill::I64(1)
+            } else if s.request_id.as_deref() == Some(c) {
+                Fill::Str("request".into())
+            } else if s.keep.iter().any(|k| k == c) {
+                Fill::NullF64
+            } else if let Some(te) = cfg.tasks.iter().filter_map(|t| t.teacher.as_ref()).find(|te| &te.column == c) {
+                Fill::F64(if te.kind == TeacherKind::Probability { 0.5 } else { 0.0 })
+            } else if cfg.tasks.iter().any(|t| t.mask.as_deref() == Some(c)) || s.sample_weight.as_deref() == Some(c) {
+                Fill::F64(1.0)
+            } else if cfg.tasks.iter().any(|t| &t.label == c) {
+                // Labels: 0 is valid for binary tasks and under log1p.
+                Fill::F64(0.0)
+            } else {
+                return None;
+            })
+        };
+        let free: BTreeSet<String> = cfg.request_free_columns().into_iter().collect();
         let roles = encoder
             .column_names()
             .iter()
             .map(|c| {
-                if features.contains(c) {
-                    return Role::Feature;
-                }
-                let enum_first = [&s.segment, &s.device]
-                    .into_iter()
-                    .flatten()
-                    .find(|e| &e.column == c)
-                    .map(|e| e.values.first().cloned().unwrap_or_default());
-                Role::Fill(if let Some(v) = enum_first {
-                    Fill::Str(v)
-                } else if s.position.as_ref().is_some_and(|p| &p.column == c) {
-                    Fill::I64(1)
-                } else if s.request_id.as_deref() == Some(c) {
-                    Fill::Str("request".into())
-                } else if s.keep.iter().any(|k| k == c) {
-                    Fill::NullF64
-                } else if let Some(te) = cfg.tasks.iter().filter_map(|t| t.teacher.as_ref()).find(|te| &te.column == c)
-                {
-                    Fill::F64(if te.kind == TeacherKind::Probability { 0.5 } else { 0.0 })
-                } else if cfg.tasks.iter().any(|t| t.mask.as_deref() == Some(c))
-                    || s.sample_weight.as_deref() == Some(c)
-                {
-                    Fill::F64(1.0)
+                if free.contains(c) {
+                    // Read only by the position tower, which does not run at serving:
+                    // the integer 1 (position 1) for every row, unless a label-side
+                    // role of the column needs another value.
+                    Role::Ignored(label_fill(c).unwrap_or(Fill::I64(1)))
+                } else if features.contains(c) {
+                    Role::Feature
                 } else {
-                    // Labels: 0 is valid for binary tasks and under log1p.
-                    Fill::F64(0.0)
-                })
+                    Role::Fill(label_fill(c).unwrap_or(Fill::F64(0.0)))
+                }
             })
             .collect();
-        RequestEncoder { encoder, roles, features }
+        let features = features.difference(&free).cloned().collect();
+        RequestEncoder { encoder, roles, features, free }
     }
 
-    /// Source columns the model reads as features.
+    /// Source columns the model reads as features (a request must carry them).
     pub fn feature_columns(&self) -> &BTreeSet<String> {
         &self.features
+    }
+
+    /// Feature columns the served model does not read (only the position tower reads
+    /// them): a request need not carry them, and one it sends is ignored.
+    pub fn ignored_columns(&self) -> &BTreeSet<String> {
+        &self.free
+    }
+
+    /// The columns of [`RequestEncoder::ignored_columns`] that `req` carries (in its
+    /// context or in any candidate).
+    pub fn ignored_in<'a>(&'a self, req: &ScoreRequest) -> Vec<&'a str> {
+        self.free
+            .iter()
+            .filter(|c| req.context.contains_key(*c) || req.candidates.iter().any(|f| f.contains_key(*c)))
+            .map(String::as_str)
+            .collect()
     }
 
     /// Validates `req` and encodes its candidates, in order. `extra` names columns the
     /// request may carry besides features (e.g. the bid of the ranking score).
     pub fn encode(&self, req: &ScoreRequest, extra: &BTreeSet<String>) -> Result<Batch> {
         let n = req.candidates.len();
-        let known = |k: &String| self.features.contains(k) || extra.contains(k);
+        let known = |k: &String| self.features.contains(k) || self.free.contains(k) || extra.contains(k);
         let list_known = || {
             let mut v: Vec<&str> = self.features.iter().map(String::as_str).collect();
             v.extend(extra.iter().map(String::as_str));
@@ -119,7 +158,7 @@ impl RequestEncoder {
                     format!("unknown feature; the model reads {}", list_known()),
                 ));
             }
-            if let Some(k) = c.keys().find(|k| req.context.contains_key(*k)) {
+            if let Some(k) = c.keys().find(|k| req.context.contains_key(*k) && !self.free.contains(*k)) {
                 return Err(ServeError::bad(format!("candidates[{i}].{k}"), "also given in context; give it once"));
             }
         }
@@ -127,7 +166,7 @@ impl RequestEncoder {
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(names.len());
         for (name, role) in names.iter().zip(&self.roles) {
             arrays.push(match role {
-                Role::Fill(f) => fill(f, n),
+                Role::Fill(f) | Role::Ignored(f) => fill(f, n),
                 Role::Feature => match req.context.get(name) {
                     Some(v) => build(&vec![v; n], &|_| format!("context.{name}"))?,
                     None => {

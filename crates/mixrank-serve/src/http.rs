@@ -106,6 +106,7 @@ async fn model(State(s): State<Arc<Service>>) -> Response {
             "run_dir": m.run_dir,
             "tasks": m.tasks(),
             "features": m.feature_columns(),
+            "ignored": m.ignored_columns(),
             "bid": s.bid,
             "max_candidates": s.limits.max_candidates,
         }),

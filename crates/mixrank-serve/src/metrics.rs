@@ -13,6 +13,7 @@
 //! | `mixrank_model_info` | gauge (1) | `version`, `precision` |
 //! | `mixrank_model_step` | gauge | training step of the serving checkpoint |
 //! | `mixrank_reloads_total` | counter | `outcome` (ok, refused) |
+//! | `mixrank_ignored_fields_total` | counter | `column`: scored requests that sent a column the served model does not read (only its position tower does), ignored |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -78,6 +79,7 @@ pub struct Metrics {
     pub batch_requests: Histogram,
     pub forward_seconds: Histogram,
     reloads: Mutex<BTreeMap<&'static str, u64>>,
+    ignored: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Default for Metrics {
@@ -89,6 +91,7 @@ impl Default for Metrics {
             batch_requests: Histogram::new(size_bounds()),
             forward_seconds: Histogram::new(latency_bounds()),
             reloads: Mutex::default(),
+            ignored: Mutex::default(),
         }
     }
 }
@@ -121,6 +124,19 @@ impl Metrics {
     /// Requests counted so far with this outcome (any protocol).
     pub fn requests_with(&self, outcome: &str) -> u64 {
         self.requests.lock().map(|m| m.iter().filter(|((_, o), _)| *o == outcome).map(|(_, c)| c).sum()).unwrap_or(0)
+    }
+
+    /// Counts one scored request that sent `column`, which the served model does not
+    /// read (it was ignored).
+    pub fn ignored_field(&self, column: &str) {
+        if let Ok(mut m) = self.ignored.lock() {
+            *m.entry(column.to_string()).or_default() += 1;
+        }
+    }
+
+    /// Requests counted so far that sent the ignored `column`.
+    pub fn ignored_count(&self, column: &str) -> u64 {
+        self.ignored.lock().map(|m| m.get(column).copied().unwrap_or(0)).unwrap_or(0)
     }
 
     pub fn reload(&self, ok: bool) {
@@ -174,6 +190,18 @@ impl Metrics {
                 let _ = writeln!(o, "mixrank_reloads_total{{outcome=\"{out}\"}} {c}");
             }
         }
+        let _ = writeln!(
+            o,
+            "# HELP mixrank_ignored_fields_total Scored requests that sent a column the served model does not read \
+             (only its position tower does, which is off at serving), by column; the values were ignored."
+        );
+        let _ = writeln!(o, "# TYPE mixrank_ignored_fields_total counter");
+        if let Ok(m) = self.ignored.lock() {
+            for (col, c) in m.iter() {
+                let col = col.replace('\\', "\\\\").replace('"', "\\\"");
+                let _ = writeln!(o, "mixrank_ignored_fields_total{{column=\"{col}\"}} {c}");
+            }
+        }
         o
     }
 }
@@ -190,6 +218,8 @@ mod tests {
         m.request(Protocol::Grpc, "bad_request", Duration::from_micros(100));
         m.batch_rows.observe(100.0);
         m.reload(false);
+        m.ignored_field("position");
+        m.ignored_field("position");
         let t = m.render(2, "run@7#abc", "bf16", 7);
         assert!(t.contains("mixrank_requests_total{protocol=\"http\",outcome=\"ok\"} 2"), "{t}");
         assert!(t.contains("mixrank_requests_total{protocol=\"grpc\",outcome=\"bad_request\"} 1"), "{t}");
@@ -200,6 +230,8 @@ mod tests {
         assert!(t.contains("mixrank_queue_depth 2"), "{t}");
         assert!(t.contains("mixrank_model_info{version=\"run@7#abc\",precision=\"bf16\"} 1"), "{t}");
         assert!(t.contains("mixrank_reloads_total{outcome=\"refused\"} 1"), "{t}");
+        assert!(t.contains("mixrank_ignored_fields_total{column=\"position\"} 2"), "{t}");
+        assert_eq!(m.ignored_count("position"), 2);
         assert_eq!(m.requests_with("ok"), 2);
         for line in t.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();

@@ -112,6 +112,11 @@ impl Service {
                 .await
                 .map_err(|_| ServeError::Internal("the batcher dropped the request".into()))??
         };
+        // Columns only the position tower reads were filled, not read: count the
+        // requests that sent them anyway.
+        for c in s.ignored_in(&req) {
+            self.metrics.ignored_field(c);
+        }
         let candidates = (0..n)
             .map(|r| CandidateScores {
                 predictions: preds.iter().map(|p| p[r]).collect(),

@@ -221,6 +221,17 @@ impl InferenceSession {
         self.encoder.feature_columns()
     }
 
+    /// Feature columns the served model does not read (only its position tower does,
+    /// which is off at serving): a request need not carry them; one it sends is ignored.
+    pub fn ignored_columns(&self) -> &BTreeSet<String> {
+        self.encoder.ignored_columns()
+    }
+
+    /// The ignored columns `req` carries.
+    pub fn ignored_in(&self, req: &ScoreRequest) -> Vec<&str> {
+        self.encoder.ignored_in(req)
+    }
+
     /// Validates and encodes a request (see [`RequestEncoder::encode`]).
     pub fn encode(&self, req: &ScoreRequest, extra: &BTreeSet<String>) -> Result<Batch> {
         self.encoder.encode(req, extra)

@@ -484,3 +484,158 @@ fn graceful_shutdown_answers_requests_in_flight() {
     rt.block_on(server.wait()).unwrap();
     assert!(std::net::TcpStream::connect(addr).is_err(), "closed after shutdown");
 }
+
+/// `v` with `column` removed from the context and every candidate.
+fn without(v: &serde_json::Value, column: &str) -> serde_json::Value {
+    let mut v = v.clone();
+    v["context"].as_object_mut().unwrap().remove(column);
+    for c in v["candidates"].as_array_mut().unwrap() {
+        c.as_object_mut().unwrap().remove(column);
+    }
+    v
+}
+
+/// Every candidate's predictions, as the JSON numbers the server wrote.
+fn predictions(r: &Reply) -> Vec<serde_json::Value> {
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["candidates"].as_array().unwrap().iter().map(|c| c["predictions"].clone()).collect()
+}
+
+fn ignored_position(addr: std::net::SocketAddr) -> Option<u64> {
+    let m = get(addr, "/metrics").body;
+    m.lines()
+        .find_map(|l| l.strip_prefix("mixrank_ignored_fields_total{column=\"position\"} "))
+        .map(|v| v.parse().unwrap())
+}
+
+/// A model whose position feeds only the position tower (off at serving) scores a
+/// request without position; the same request with positions (logged, or all moved)
+/// gets the same predictions bit for bit, over HTTP and gRPC, and each such request is
+/// counted in /metrics.
+#[test]
+fn a_position_tower_model_needs_no_position_and_ignores_a_sent_one() {
+    let f = tower_fixture();
+    let files = split_files(&f.config, "test").unwrap();
+    let reqs = requests_from_parquet(&files[0], &f.config, Grouping::RequestId, 40).unwrap();
+    let logged = reqs[0].to_json();
+    let sent = |v: &serde_json::Value| {
+        v["context"].get("position").is_some()
+            || v["candidates"].as_array().unwrap().iter().any(|c| c.get("position").is_some())
+    };
+    assert!(sent(&logged), "the replayed request carries the logged position: {logged}");
+    let no_position = without(&logged, "position");
+    assert!(!sent(&no_position));
+    let mut moved = no_position.clone();
+    for (i, c) in moved["candidates"].as_array_mut().unwrap().iter_mut().enumerate() {
+        c["position"] = serde_json::json!((i * 7) % 10 + 1);
+    }
+    let rt = runtime();
+    let server = start(&rt, ServeOptions::new(&f.run, engine()));
+    let addr = server.http_addr;
+    let model = get(addr, "/v1/model").json();
+    assert_eq!(model["ignored"], serde_json::json!(["position"]), "{model}");
+    assert!(!model["features"].as_array().unwrap().contains(&"position".into()), "{model}");
+    assert!(model["features"].as_array().unwrap().contains(&"device".into()), "device feeds the head: {model}");
+
+    let base = predictions(&post_json(addr, "/v1/score", &no_position.to_string()));
+    assert_eq!(base.len(), reqs[0].candidates.len());
+    assert_eq!(ignored_position(addr), None, "nothing ignored yet");
+    assert_eq!(predictions(&post_json(addr, "/v1/score", &logged.to_string())), base, "logged positions ignored");
+    assert_eq!(ignored_position(addr), Some(1));
+    assert_eq!(predictions(&post_json(addr, "/v1/score", &moved.to_string())), base, "moved positions ignored");
+    assert_eq!(ignored_position(addr), Some(2));
+    // A position in the context is ignored too (not "given twice" with the candidates').
+    let mut in_context = logged.clone();
+    in_context["context"]["position"] = 3.into();
+    assert_eq!(predictions(&post_json(addr, "/v1/score", &in_context.to_string())), base);
+    assert_eq!(ignored_position(addr), Some(3));
+    // gRPC: the same bits, with and without position.
+    let mut grpc = rt.block_on(RankerClient::connect(format!("http://{}", server.grpc_addr.unwrap()))).unwrap();
+    let mut stripped = reqs[0].clone();
+    stripped.context.remove("position");
+    stripped.candidates.iter_mut().for_each(|c| {
+        c.remove("position");
+    });
+    for req in [&reqs[0], &stripped] {
+        let g = rt.block_on(grpc.score(request_to_proto(req))).unwrap().into_inner();
+        for (gc, h) in g.candidates.iter().zip(&base) {
+            let h: Vec<f32> = h.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            assert_eq!(gc.predictions, h);
+        }
+    }
+    assert_eq!(ignored_position(addr), Some(4), "the gRPC request with positions");
+    // Other features are still required.
+    let r = post_json(addr, "/v1/score", &without(&logged, "device").to_string());
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["field"], "candidates[0].device", "{}", r.body);
+    server.shutdown();
+    rt.block_on(server.wait()).unwrap();
+}
+
+/// Without a position tower, position is a head feature: a request without it is
+/// refused as before, naming the field, and /v1/model lists nothing as ignored.
+#[test]
+fn a_model_without_a_tower_still_requires_position() {
+    let f = fixture();
+    let v = without(&test_requests(40).remove(0).to_json(), "position");
+    let rt = runtime();
+    let server = start(&rt, ServeOptions::new(&f.run, engine()));
+    let r = post_json(server.http_addr, "/v1/score", &v.to_string());
+    assert_eq!(r.status, 400, "{}", r.body);
+    let e = r.json();
+    assert_eq!(e["error"]["field"], "candidates[0].position", "{}", r.body);
+    assert_eq!(
+        e["error"]["message"],
+        "missing feature (give it in the context or in every candidate; null for a missing value)",
+        "{}",
+        r.body
+    );
+    let model = get(server.http_addr, "/v1/model").json();
+    assert_eq!(model["ignored"], serde_json::json!([]), "{model}");
+    assert!(model["features"].as_array().unwrap().contains(&"position".into()), "{model}");
+    assert_eq!(ignored_position(server.http_addr), None);
+    server.shutdown();
+    rt.block_on(server.wait()).unwrap();
+}
+
+/// `serve_position = 2`: the tower runs at serving with position 2 for every row. A
+/// request needs no position (one sent is ignored and counted), and the served
+/// predictions equal `mixrank eval`'s on the same rows (which run the tower the same way).
+#[test]
+fn serve_position_serves_like_eval_and_needs_no_position() {
+    let f = tower_fixture_with("tower-serve-position", Some(2));
+    let files = split_files(&f.config, "test").unwrap();
+    let reqs = requests_from_parquet(&files[0], &f.config, Grouping::RequestId, 30).unwrap();
+    // eval's predictions of the test split, in batches of one request (10 rows).
+    let ops = CpuOps::new();
+    let mut s = CheckpointScorer::open(&f.run, &ops, None).unwrap();
+    let mut cfg = (*s.config).clone();
+    cfg.data.batch_size = 10;
+    let stats = std::sync::Arc::new(s.loaded.manifest.dense_stats.clone());
+    let cfg = std::sync::Arc::new(cfg);
+    let enc = mixrank_data::Encoder::new(cfg.clone(), mixrank_data::DenseMode::Fitted(stats)).unwrap();
+    let eval =
+        mixrank_train::evaluate(&mut *s.loaded.model, &ops, std::sync::Arc::new(enc), cfg.split("test").unwrap())
+            .unwrap()
+            .preds;
+    let rt = runtime();
+    let server = start(&rt, ServeOptions::new(&f.run, engine()));
+    let addr = server.http_addr;
+    assert_eq!(get(addr, "/v1/model").json()["ignored"], serde_json::json!(["position"]));
+    let mut row = 0;
+    for (k, req) in reqs.iter().enumerate() {
+        let logged = req.to_json();
+        let base = predictions(&post_json(addr, "/v1/score", &without(&logged, "position").to_string()));
+        assert_eq!(predictions(&post_json(addr, "/v1/score", &logged.to_string())), base);
+        assert_eq!(ignored_position(addr), Some(k as u64 + 1));
+        for p in &base {
+            for (t, v) in p.as_array().unwrap().iter().enumerate() {
+                assert_eq!(v.as_f64().unwrap() as f32, eval[t][row], "request {k}, row {row}, task {t}");
+            }
+            row += 1;
+        }
+    }
+    assert!(row >= 20);
+    server.shutdown();
+    rt.block_on(server.wait()).unwrap();
+}

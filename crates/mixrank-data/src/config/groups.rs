@@ -104,6 +104,20 @@ pub struct PositionTowerInputs {
     pub input: InputSpec,
     /// Per task: whether the tower's logit is added to it.
     pub tasks: Vec<bool>,
+    /// `serve_position`, resolved: the tower also runs at evaluation and serving, with
+    /// its position features set to a fixed position.
+    pub serve_position: Option<ServePosition>,
+}
+
+/// `[model.position_tower] serve_position = N`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServePosition {
+    /// N (>= 1).
+    pub position: u32,
+    /// The tower's position features: its single-valued categorical features that read
+    /// the `[columns] position` column (indices into `ExperimentConfig::categorical`);
+    /// none of them feeds the head.
+    pub features: Vec<usize>,
 }
 
 /// What each part of the model reads, resolved against the features and tasks.
@@ -208,6 +222,7 @@ pub(crate) fn resolve_inputs(
     categorical: &[CategoricalFeature],
     dense: &[DenseFeature],
     tasks: &[TaskSpec],
+    position_column: Option<&str>,
 ) -> Result<ModelInputs, KeyError> {
     let name = |f: FeatureRef| match f {
         FeatureRef::Categorical(i) => categorical[i].name.clone(),
@@ -248,7 +263,11 @@ pub(crate) fn resolve_inputs(
                     mask
                 }
             };
-            Some(PositionTowerInputs { input, tasks: mask })
+            let serve_position = match p.serve_position {
+                None => None,
+                Some(n) => Some(serve_position(n, &input, categorical, dense, position_column, &name)?),
+            };
+            Some(PositionTowerInputs { input, tasks: mask, serve_position })
         }
     };
     let head = match &m.inputs {
@@ -287,5 +306,68 @@ pub(crate) fn resolve_inputs(
             ),
         ));
     }
+    if let Some(sp) = position_tower.as_ref().and_then(|p| p.serve_position.as_ref()) {
+        let head_features = head.features();
+        if let Some(&i) = sp.features.iter().find(|&&i| head_features.contains(&FeatureRef::Categorical(i))) {
+            return Err((
+                "model.position_tower.serve_position".into(),
+                format!(
+                    "the position feature `{}` also feeds the head: serve_position fixes the position the \
+                     tower sees, so position must feed only the tower (take its group out of `[model] inputs`)",
+                    categorical[i].name
+                ),
+            ));
+        }
+    }
     Ok(ModelInputs { head, position_tower })
+}
+
+/// Resolves `serve_position = n`: the tower's features reading the `[columns] position`
+/// column, which must exist and be single-valued categorical features.
+fn serve_position(
+    n: i64,
+    input: &InputSpec,
+    categorical: &[CategoricalFeature],
+    dense: &[DenseFeature],
+    position_column: Option<&str>,
+    name: &dyn Fn(FeatureRef) -> String,
+) -> Result<ServePosition, KeyError> {
+    let key = "model.position_tower.serve_position";
+    let err = |m: String| (key.to_string(), m);
+    let column = position_column.ok_or_else(|| {
+        err("the position feature is the tower's feature that reads the `[columns] position` column, \
+             and the config sets no `[columns] position`"
+            .into())
+    })?;
+    let mut features = Vec::new();
+    for f in input.features() {
+        match f {
+            FeatureRef::Categorical(i) if categorical[i].column == column => {
+                if categorical[i].pooling.is_some() {
+                    return Err(err(format!(
+                        "the position feature `{}` is multi-valued; a position is one value",
+                        categorical[i].name
+                    )));
+                }
+                features.push(i);
+            }
+            FeatureRef::Dense(i) if dense[i].column == column => {
+                return Err(err(format!(
+                    "the position feature `{}` is dense; serve_position needs position as a categorical \
+                     feature (a dense value would need the run's fitted statistics)",
+                    dense[i].name
+                )));
+            }
+            _ => {}
+        }
+    }
+    if features.is_empty() {
+        let read: Vec<String> = input.features().into_iter().map(name).collect();
+        return Err(err(format!(
+            "the tower's groups hold no feature reading the `[columns] position` column `{column}` (they \
+             hold {}): nothing to set to position {n}",
+            read.join(", ")
+        )));
+    }
+    Ok(ServePosition { position: n as u32, features })
 }

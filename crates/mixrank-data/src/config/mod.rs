@@ -474,8 +474,15 @@ impl ExperimentConfig {
             Some(m) => {
                 model::validate_model(m, tasks.len()).map_err(|(key, message)| v.err(&key, message))?;
                 Some(
-                    groups::resolve_inputs(m, &feature_groups, &categorical, &dense, &tasks)
-                        .map_err(|(key, message)| v.err(&key, message))?,
+                    groups::resolve_inputs(
+                        m,
+                        &feature_groups,
+                        &categorical,
+                        &dense,
+                        &tasks,
+                        columns.position.as_ref().map(|p| p.column.as_str()),
+                    )
+                    .map_err(|(key, message)| v.err(&key, message))?,
                 )
             }
             None => None,
@@ -537,6 +544,43 @@ impl ExperimentConfig {
                 }],
             },
         }
+    }
+
+    /// Features a scoring request need not carry: those only the position tower reads
+    /// (not the head), since the tower does not run at evaluation and serving. Serving
+    /// fills their columns with a neutral value and ignores them when sent.
+    /// With `serve_position` the tower runs at serving, so only its position features
+    /// (which the model sets to the fixed position) are free.
+    pub fn request_free_features(&self) -> Vec<groups::FeatureRef> {
+        let Some(tower) = self.inputs.as_ref().and_then(|i| i.position_tower.as_ref()) else { return Vec::new() };
+        if let Some(sp) = &tower.serve_position {
+            return sp.features.iter().map(|&i| groups::FeatureRef::Categorical(i)).collect();
+        }
+        let head = self.head_input().features();
+        tower.input.features().into_iter().filter(|f| !head.contains(f)).collect()
+    }
+
+    /// Source columns a scoring request need not carry: every feature reading them is in
+    /// [`ExperimentConfig::request_free_features`].
+    pub fn request_free_columns(&self) -> Vec<String> {
+        let free = self.request_free_features();
+        let column = |f: groups::FeatureRef| match f {
+            groups::FeatureRef::Categorical(i) => &self.categorical[i].column,
+            groups::FeatureRef::Dense(i) => &self.dense[i].column,
+        };
+        let mut out: Vec<String> = free
+            .iter()
+            .map(|&f| column(f).clone())
+            .filter(|c| {
+                groups::all_features(self.categorical.len(), self.dense.len())
+                    .into_iter()
+                    .filter(|&f| column(f) == c)
+                    .all(|f| free.contains(&f))
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// A feature's config name.

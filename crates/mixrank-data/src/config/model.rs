@@ -126,6 +126,12 @@ pub struct PositionTowerSection {
     /// The `[feature_groups]` it reads, concatenated in this order. Default `["bias"]`.
     #[serde(default = "default_position_inputs")]
     pub inputs: Vec<String>,
+    /// Absent (default): the tower is off at evaluation and serving (position treated
+    /// as missing, the paper's choice). An integer N >= 1: at evaluation and serving the
+    /// tower runs with its position feature (the feature of its groups that reads the
+    /// `[columns] position` column) set to N for every row, and its logit is added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve_position: Option<i64>,
 }
 
 fn default_position_hidden() -> Vec<usize> {
@@ -755,6 +761,17 @@ pub fn validate_model(m: &ModelSection, n_tasks: usize) -> Result<(), (String, S
         }
         if !(0.0..1.0).contains(&p.dropout) {
             return e("position_tower.dropout", format!("expected 0 <= dropout < 1, found {}", p.dropout));
+        }
+        if let Some(n) = p.serve_position {
+            if !(1..=i64::from(u32::MAX)).contains(&n) {
+                return e(
+                    "position_tower.serve_position",
+                    format!(
+                        "expected a position >= 1 (1 = the top slot), found {n}; without the key the tower \
+                         is off at evaluation and serving"
+                    ),
+                );
+            }
         }
     }
     if m.tower.hidden.contains(&0) {

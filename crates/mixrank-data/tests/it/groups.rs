@@ -144,6 +144,39 @@ fn the_position_tower_reads_bias_and_its_features_leave_the_head() {
     assert_eq!(names(&cfg, &cfg.head_input()), ["user", "age", "ad", "bid", "device"]);
 }
 
+/// `groups` (a `[feature_groups]` table, last) and `[columns] position` on the column
+/// `position`.
+fn with_position(groups: &str) -> String {
+    format!("{groups}\n[columns]\nposition = {{ column = \"position\", max = 10 }}\n")
+}
+
+#[test]
+fn serve_position_names_the_position_feature_and_frees_only_it_at_serving() {
+    use mixrank_data::config::groups::ServePosition;
+    // Off at serving: every feature only the tower reads is free (here: position).
+    let cfg = load(&config(&with_position(GROUPS), "", "[model.position_tower]\n"));
+    assert_eq!(cfg.inputs.as_ref().unwrap().position_tower.as_ref().unwrap().serve_position, None);
+    assert_eq!(cfg.request_free_features(), [FeatureRef::Categorical(2)]);
+    assert_eq!(cfg.request_free_columns(), ["position"]);
+    // A tower-only `age` too: free while the tower is off ...
+    let groups = "\n[feature_groups]\nuser = [\"user\"]\nad = [\"ad\", \"bid\"]\nbias = [\"position\", \"device\", \"age\"]\ncontext = [\"device\"]\n";
+    let cfg = load(&config(&with_position(groups), "", "[model.position_tower]\n"));
+    assert_eq!(cfg.request_free_columns(), ["age", "position"]);
+    // ... but the tower runs at serving with serve_position: only position is free.
+    let cfg = load(&config(&with_position(groups), "", "[model.position_tower]\nserve_position = 3\n"));
+    let tower = cfg.inputs.as_ref().unwrap().position_tower.clone().unwrap();
+    assert_eq!(tower.serve_position, Some(ServePosition { position: 3, features: vec![2] }));
+    assert_eq!(cfg.request_free_columns(), ["position"]);
+    // It round-trips through the manifest's config text.
+    let d = tempfile::tempdir().unwrap();
+    let again = load_config(d.path(), &toml::to_string(&cfg.wire).unwrap()).unwrap();
+    assert_eq!(again.inputs, cfg.inputs);
+    // Without a tower nothing is free.
+    assert!(load(&config(&with_position(GROUPS), "inputs = [\"user\", \"ad\", \"bias\"]\n", ""))
+        .request_free_columns()
+        .is_empty());
+}
+
 #[test]
 fn configs_without_groups_serialise_as_before() {
     let cfg = load(&config("", "", ""));
@@ -241,6 +274,50 @@ fn bad_groups_inputs_and_tower_keys_are_refused_naming_the_key() {
             &["0 <= dropout < 1"],
         ),
         (config(GROUPS, "", "[model.position_tower]\nhidden = [8, 0]\n"), "model.position_tower.hidden", &["positive"]),
+        // serve_position
+        (
+            config(&with_position(GROUPS), "", "[model.position_tower]\nserve_position = 0\n"),
+            "model.position_tower.serve_position",
+            &["expected a position >= 1", "found 0"],
+        ),
+        (
+            config(&with_position(GROUPS), "", "[model.position_tower]\nserve_position = -2\n"),
+            "model.position_tower.serve_position",
+            &["expected a position >= 1", "found -2"],
+        ),
+        (
+            config(GROUPS, "", "[model.position_tower]\nserve_position = 1\n"),
+            "model.position_tower.serve_position",
+            &["sets no `[columns] position`"],
+        ),
+        (
+            config(
+                &format!("{GROUPS}\n[columns]\nposition = {{ column = \"user\", max = 10 }}\n"),
+                "",
+                "[model.position_tower]\nserve_position = 1\n",
+            ),
+            "model.position_tower.serve_position",
+            &["hold no feature reading the `[columns] position` column `user`", "position, device"],
+        ),
+        (
+            config(
+                "\n[feature_groups]\nuser = [\"user\", \"age\"]\nad = [\"ad\", \"bid\"]\nbias = [\"position\", \"device\", \"bid\"]\n\
+                 [columns]\nposition = { column = \"bid\", max = 10 }\n",
+                "",
+                "[model.position_tower]\nserve_position = 1\n",
+            ),
+            "model.position_tower.serve_position",
+            &["`bid` is dense"],
+        ),
+        (
+            config(
+                &with_position(&format!("{GROUPS}pos = [\"position\"]\n")),
+                "inputs = [\"user\", \"ad\", \"context\", \"pos\"]\n",
+                "[model.position_tower]\nserve_position = 1\n",
+            ),
+            "model.position_tower.serve_position",
+            &["`position` also feeds the head"],
+        ),
         (
             config(GROUPS, "", "[model.position_tower]\nlayer_norm = true\n"),
             "model.position_tower.layer_norm",

@@ -56,6 +56,50 @@ pub fn fixture() -> &'static Fixture {
     })
 }
 
+/// A small shared-bottom model with the position-bias tower over `bias = [position_id,
+/// device_id]` (device also feeds the head through `context`), trained for a few steps
+/// on its own simulated log: position feeds only the tower. `serve_position`, when
+/// given, is written as `[model.position_tower] serve_position`.
+pub fn tower_fixture_with(name: &str, serve_position: Option<u32>) -> Fixture {
+    let dir = root().join(name);
+    let p = EngagementParams {
+        days: 3,
+        requests_per_day: 150,
+        users: 300,
+        initial_ads: 200,
+        new_ads_per_day: 20,
+        ..Default::default()
+    };
+    let sim = simulate_engagement(&p, &dir.join("data")).unwrap();
+    let mut text = std::fs::read_to_string(&sim.config).unwrap();
+    text.push_str("\n[feature_groups]\nbias = [\"position_id\", \"device_id\"]\ncontext = [\"device_id\"]\n");
+    std::fs::write(&sim.config, text).unwrap();
+    let model = dir.join("model.toml");
+    let serve = serve_position.map(|n| format!(", serve_position = {n}")).unwrap_or_default();
+    std::fs::write(
+        &model,
+        format!(
+            "[model]\narchitecture = \"shared_bottom\"\nexpert_dim = 8\n\
+             position_tower = {{ hidden = [4], tasks = [\"click\", \"save\"]{serve} }}\n\
+             [[model.experts]]\nkind = \"mlp\"\nhidden = [8]\n[train]\nthreads = 2\nlr = 0.01\n"
+        ),
+    )
+    .unwrap();
+    let cfg = ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap();
+    let run = dir.join("run");
+    let mut opts = TrainOptions::new(&run);
+    opts.max_steps = Some(3);
+    train(Arc::new(cfg.clone()), &opts, &CpuOps::new()).unwrap();
+    Fixture { dir, run, config: cfg }
+}
+
+/// [`tower_fixture_with`] without `serve_position` (the tower is off at serving),
+/// trained once per test binary.
+pub fn tower_fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| tower_fixture_with("tower", None))
+}
+
 /// A copy of `run` (checkpoint only) at `to`.
 pub fn copy_run(run: &Path, to: &Path) {
     std::fs::create_dir_all(to.join("checkpoint")).unwrap();
