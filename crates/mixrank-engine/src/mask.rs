@@ -22,12 +22,18 @@ pub fn mix(mut z: u64) -> u64 {
 /// only: a resumed run sets the step and gets the uninterrupted run's masks.
 #[inline]
 pub fn dropout_keep(base: u64, i: usize, p: f64, keep_scale: f32) -> f32 {
-    let u = (mix(base.wrapping_add(i as u64)) >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
-    if u < p {
+    if uniform(base, i as u64) < p {
         0.0
     } else {
         keep_scale
     }
+}
+
+/// Number `i` of the counter-based stream starting at `base`: uniform in [0, 1) from the
+/// top 53 bits of `mix(base + i)`.
+#[inline]
+pub fn uniform(base: u64, i: u64) -> f64 {
+    (mix(base.wrapping_add(i)) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
 /// The per-(seed, step) stream offset of [`dropout_keep`].

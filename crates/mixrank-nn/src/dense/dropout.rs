@@ -84,8 +84,7 @@ impl MaskStream {
 
     /// Number `i` of the stream, uniform in `[0, 1)`.
     pub fn uniform(&self, i: u64) -> f64 {
-        // Top 53 bits → uniform in [0, 1).
-        (mixrank_engine::mask::mix(self.base.wrapping_add(i)) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        mixrank_engine::mask::uniform(self.base, i)
     }
 }
 

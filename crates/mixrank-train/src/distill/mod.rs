@@ -19,6 +19,7 @@
 
 pub mod loss;
 pub mod pairs;
+mod pointwise;
 pub mod teacher;
 
 use crate::error::{engine, Result, TrainError};
@@ -28,7 +29,6 @@ use mixrank_data::config::distill::{DistillLoss, DistillTask, PairSampling, Teac
 use mixrank_data::config::{ExperimentConfig, Split};
 use mixrank_data::pipeline::StreamOptions;
 use mixrank_data::Batch;
-use mixrank_engine::{GradWrite, LossInput};
 use mixrank_model::Model;
 use mixrank_nn::HostBackend;
 use rand::SeedableRng;
@@ -51,11 +51,8 @@ pub struct Distiller<B: HostBackend> {
     weight: Vec<f32>,
     eligible: Vec<u32>,
     pairs: Vec<(u32, u32)>,
-    /// Pointwise losses on the backend: the teacher's targets (host staging and
-    /// buffer) and the student's logits over the temperature.
-    host: Vec<f32>,
-    target: B::Buf,
-    scaled: B::Buf,
+    /// Pointwise losses on the backend.
+    pointwise: pointwise::Pointwise<B>,
 }
 
 impl<B: HostBackend + 'static> Distiller<B> {
@@ -79,9 +76,7 @@ impl<B: HostBackend + 'static> Distiller<B> {
             weight: Vec::new(),
             eligible: Vec::new(),
             pairs: Vec::new(),
-            host: Vec::with_capacity(cfg.data.batch_size),
-            target: ops.alloc(cfg.data.batch_size).map_err(engine("distillation buffers"))?,
-            scaled: ops.alloc(cfg.data.batch_size).map_err(engine("distillation buffers"))?,
+            pointwise: pointwise::Pointwise::new(ops, cfg.data.batch_size)?,
         }))
     }
 
@@ -123,46 +118,18 @@ impl<B: HostBackend + 'static> Distiller<B> {
                 )));
             }
             let (mask, weights, grad) = losses.task(ti);
-            let pointwise = match d.loss {
-                DistillLoss::PointwiseBce => {
-                    // T² · BCE(s/T, σ(t/T)), gradient T · w(σ(s/T) − q) / Σw: the BCE op on
-                    // the scaled logits with the gradient scaled by T.
-                    let t = d.temperature;
-                    self.host.clear();
-                    self.host.extend(teacher.iter().map(|&x| (1.0 / (1.0 + (-(x as f64) / t).exp())) as f32));
-                    ops.write(&self.host, &mut self.target).map_err(engine("uploading teacher soft labels"))?;
-                    ops.fill(n, 0.0, &mut self.scaled).map_err(engine("scaling student logits"))?;
-                    ops.axpy(n, (1.0 / t) as f32, model.logits(ti), &mut self.scaled)
-                        .map_err(engine("scaling student logits"))?;
-                    let input =
-                        LossInput { pred: &self.scaled, target: &self.target, weight: Some(weights), mask: Some(mask) };
-                    let write = GradWrite { scale: (d.weight * t) as f32, accumulate: true };
-                    Some(
-                        ops.bce_with_logits(n, input, grad, write).map_err(engine("distillation loss"))? as f64 * t * t,
-                    )
-                }
-                DistillLoss::LogitMse => {
-                    ops.write(teacher, &mut self.target).map_err(engine("uploading teacher scores"))?;
-                    let input = LossInput {
-                        pred: model.logits(ti),
-                        target: &self.target,
-                        weight: Some(weights),
-                        mask: Some(mask),
-                    };
-                    let write = GradWrite { scale: d.weight as f32, accumulate: true };
-                    Some(ops.mse(n, input, grad, write).map_err(engine("distillation loss"))? as f64)
-                }
-                _ => None,
+            let task = pointwise::Task {
+                loss: d.loss,
+                weight: d.weight,
+                temperature: d.temperature,
+                teacher,
+                student: model.logits(ti),
+                mask,
+                weights,
+                rows: n,
             };
-            if let Some(l) = pointwise {
-                if !l.is_finite() {
-                    return Err(TrainError::Diverged {
-                        step,
-                        task: format!("{} (distillation)", self.task_names[ti]),
-                        loss: l as f32,
-                    });
-                }
-                out[ti] = l;
+            if let Some(l) = self.pointwise.apply(ops, &task, grad)? {
+                out[ti] = finite(l, step, &self.task_names[ti])?;
                 continue;
             }
             self.student.resize(n, 0.0);
@@ -173,8 +140,7 @@ impl<B: HostBackend + 'static> Distiller<B> {
                 self.seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (k as u64).wrapping_mul(0xd1b5_4a32_d192_ed03),
             );
             let l = match d.loss {
-                // On the backend above; `loss::pointwise_bce` / `loss::logit_mse` are their
-                // host references (tests compare the two).
+                // Handled by `self.pointwise` above (`pointwise.rs`).
                 DistillLoss::PointwiseBce | DistillLoss::LogitMse => {
                     unreachable!("pointwise losses run as backend ops")
                 }
@@ -194,15 +160,17 @@ impl<B: HostBackend + 'static> Distiller<B> {
                     loss::listwise(&rows, &groups, d.temperature, d.weight, grad)
                 }
             };
-            if !l.is_finite() {
-                return Err(TrainError::Diverged {
-                    step,
-                    task: format!("{} (distillation)", self.task_names[ti]),
-                    loss: l as f32,
-                });
-            }
-            out[ti] = l;
+            out[ti] = finite(l, step, &self.task_names[ti])?;
         }
         Ok(out)
+    }
+}
+
+/// A distillation loss value, or the divergence error naming the task and step.
+fn finite(l: f64, step: u64, task: &str) -> Result<f64> {
+    if l.is_finite() {
+        Ok(l)
+    } else {
+        Err(TrainError::Diverged { step, task: format!("{task} (distillation)"), loss: l as f32 })
     }
 }
