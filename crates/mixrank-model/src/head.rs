@@ -103,20 +103,58 @@ where
     B::Buf: Send,
     R: Rng + ?Sized,
 {
+    build_head_with_outputs(m, d_in, n_tasks, 1, ops, max_batch, rng)
+}
+
+/// [`build_head`] whose towers end in `d_out` units per task instead of one logit (a
+/// two-tower model's towers: one embedding per task). [`Head::logits`] then holds
+/// `[batch, d_out]` per task and [`Head::backward`] takes gradients of that shape.
+pub fn build_head_with_outputs<B, R>(
+    m: &ModelSection,
+    d_in: usize,
+    n_tasks: usize,
+    d_out: usize,
+    ops: &B,
+    max_batch: usize,
+    rng: &mut R,
+) -> Result<Box<dyn Head<B>>>
+where
+    B: Backend + 'static,
+    B::Buf: Send,
+    R: Rng + ?Sized,
+{
+    let shape = HeadShape { d_in, n_tasks, d_out };
     Ok(match m.architecture {
         Architecture::SingleTask | Architecture::SharedBottom => {
-            Box::new(SharedBottom::new(m, d_in, n_tasks, ops, max_batch, rng)?)
+            Box::new(SharedBottom::new(m, shape, ops, max_batch, rng)?)
         }
-        Architecture::Omoe => Box::new(Moe::new(m, Gating::Shared, d_in, n_tasks, ops, max_batch, rng)?),
-        Architecture::Mmoe => Box::new(Moe::new(m, Gating::PerTask, d_in, n_tasks, ops, max_batch, rng)?),
+        Architecture::Omoe => Box::new(Moe::new(m, Gating::Shared, shape, ops, max_batch, rng)?),
+        Architecture::Mmoe => Box::new(Moe::new(m, Gating::PerTask, shape, ops, max_batch, rng)?),
         Architecture::Ple => {
             let p = m
                 .ple
                 .as_ref()
                 .ok_or_else(|| ModelError::Unsupported { key: "ple".into(), message: "required for PLE".into() })?;
-            Box::new(Ple::new(m, p, d_in, n_tasks, ops, max_batch, rng)?)
+            Box::new(Ple::new(m, p, shape, ops, max_batch, rng)?)
+        }
+        Architecture::TwoTower => {
+            return Err(ModelError::Unsupported {
+                key: "architecture".into(),
+                message: "two_tower is a model of two heads, not a head (build it with build_model)".into(),
+            })
         }
     })
+}
+
+/// The widths a head is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadShape {
+    /// Input features.
+    pub d_in: usize,
+    /// Tasks (towers).
+    pub n_tasks: usize,
+    /// Each tower's output: 1 (a logit) or a two-tower model's embedding width.
+    pub d_out: usize,
 }
 
 /// Checks a forward's batch against the workspaces.

@@ -4,9 +4,10 @@
 //! The trainer, evaluation, checkpoints (save, load, verify, warm start, resume),
 //! distillation (student and checkpoint teacher), the serving session, `bench infer` and
 //! the retention experiment hold a `Box<dyn Model<B>>` and use only this trait, on any
-//! [`Backend`] `B`. [`RankingModel`] (embeddings → input features → [`crate::Head`]) is
-//! today's one implementation; a model of another shape (the two-tower light ranker)
-//! is a new type implementing [`Model`] plus an arm in [`build_model`].
+//! [`Backend`] `B`. [`RankingModel`] (embeddings → input features → [`crate::Head`]) and
+//! [`TwoTowerModel`] (embeddings → a user head and an item head → dot products) implement
+//! it; a model of another shape is a new type implementing [`Model`] plus an arm in
+//! [`build_model`].
 //!
 //! # Contract
 //! - [`Model::forward`] runs on a [`Batch`] of at most [`Model::max_batch`] rows and
@@ -25,6 +26,8 @@ use crate::error::{Context, ModelError, Result};
 use crate::gates::GateInfo;
 use crate::inputs::InputGroup;
 use crate::ranking::RankingModel;
+use crate::two_tower::TwoTowerModel;
+use mixrank_data::config::model::{Architecture, LossWeighting};
 use mixrank_data::{Batch, ExperimentConfig};
 use mixrank_engine::Backend;
 use mixrank_nn::{EmbeddingCollection, HostBackend, Param, Parameters, ReducedSite};
@@ -135,5 +138,23 @@ where
             message: format!("{} has no [model] section", cfg.path.display()),
         });
     }
-    Ok(Box::new(RankingModel::new(cfg, ops, max_batch, rng)?))
+    let two_tower = cfg.model.as_ref().is_some_and(|m| m.architecture == Architecture::TwoTower);
+    Ok(if two_tower {
+        Box::new(TwoTowerModel::new(cfg, ops, max_batch, rng)?)
+    } else {
+        Box::new(RankingModel::new(cfg, ops, max_batch, rng)?)
+    })
+}
+
+/// `[train] loss_weighting = "uncertainty"`: one learned log-variance per task, starting
+/// at 0 (see [`Model::task_log_var`]); none with fixed weights.
+pub(crate) fn task_log_var<B: Backend>(cfg: &ExperimentConfig, ops: &B) -> Result<Option<Param<B>>> {
+    let n_tasks = cfg.tasks.len();
+    Ok(match cfg.train.loss_weighting {
+        LossWeighting::Fixed => None,
+        LossWeighting::Uncertainty => Some(
+            Param::new(ops, &vec![0.0; n_tasks], &[n_tasks], false, "loss weighting")
+                .at(|| "train.loss_weighting".into())?,
+        ),
+    })
 }

@@ -17,7 +17,7 @@
 use crate::error::{Context, Result};
 use crate::expert::{expanded, Expert};
 use crate::gates::{ExpertOwner, ExpertRef, GateInfo, GateRole};
-use crate::head::{check_backward, check_batch, Head};
+use crate::head::{check_backward, check_batch, Head, HeadShape};
 use crate::towers::Towers;
 use crate::trunk::Trunk;
 use mixrank_data::config::model::ActivationName;
@@ -67,12 +67,12 @@ where
     pub fn new<R: Rng + ?Sized>(
         m: &ModelSection,
         gating: Gating,
-        d_in: usize,
-        n_tasks: usize,
+        shape: HeadShape,
         ops: &B,
         max_batch: usize,
         rng: &mut R,
     ) -> Result<Self> {
+        let HeadShape { d_in, n_tasks, d_out } = shape;
         let trunk = Trunk::new(m, d_in, ops, max_batch, rng)?;
         let d_trunk = trunk.d_out();
         let mut experts = Vec::new();
@@ -97,7 +97,7 @@ where
             gates.push(g.init(ops, max_batch, rng).at(|| format!("model.gate (task {t})"))?);
             mixes.push(MoeMix::new(ops, n_exp, m.expert_dim, max_batch).at(|| format!("mixture (task {t})"))?);
         }
-        let towers = Towers::new(m, n_tasks, ops, max_batch, rng)?;
+        let towers = Towers::new(m, n_tasks, d_out, ops, max_batch, rng)?;
         let buf = |n: usize| ops.alloc(n).at(|| "head workspaces".into());
         let wide = max_batch * m.expert_dim;
         Ok(Moe {

@@ -25,7 +25,7 @@
 use crate::error::{Context, Result};
 use crate::expert::{expanded, Expert};
 use crate::gates::{ExpertOwner, ExpertRef, GateInfo, GateRole};
-use crate::head::{check_backward, check_batch, Head};
+use crate::head::{check_backward, check_batch, Head, HeadShape};
 use crate::towers::Towers;
 use crate::trunk::Trunk;
 use mixrank_data::config::model::ActivationName;
@@ -51,15 +51,15 @@ where
     pub fn new<R: Rng + ?Sized>(
         m: &ModelSection,
         p: &PleSection,
-        d_in: usize,
-        n_tasks: usize,
+        shape: HeadShape,
         ops: &B,
         max_batch: usize,
         rng: &mut R,
     ) -> Result<Self> {
+        let HeadShape { d_in, n_tasks, d_out } = shape;
         let trunk = Trunk::new(m, d_in, ops, max_batch, rng)?;
         let levels = Levels::new(m, p, trunk.d_out(), n_tasks, ops, max_batch, rng)?;
-        let towers = Towers::new(m, n_tasks, ops, max_batch, rng)?;
+        let towers = Towers::new(m, n_tasks, d_out, ops, max_batch, rng)?;
         Ok(Ple { trunk, levels, towers, max_batch })
     }
 }

@@ -15,23 +15,15 @@ use crate::gates::GateInfo;
 use crate::head::{build_head, Head};
 use crate::inputs::{InputGroup, InputLayout};
 use crate::logit_source::{LogitSource, LogitSources, SourceInput};
+use crate::lookup::{build_embeddings, BatchIds};
 use crate::model::{Model, ModelIo};
 use crate::position_tower::PositionTower;
 use mixrank_data::config::model::ModelSection;
-use mixrank_data::config::{ExperimentConfig, Pooling as CfgPooling};
+use mixrank_data::config::ExperimentConfig;
 use mixrank_data::Batch;
-use mixrank_engine::{Backend, ColCopy, Pooling};
-use mixrank_nn::{
-    EmbeddingCollection, EmbeddingCollectionConfig, FeatureConfig, FeatureInput, Param, ParamVisitor, Parameters,
-    ReducedSite, TableConfig,
-};
+use mixrank_engine::{Backend, ColCopy};
+use mixrank_nn::{EmbeddingCollection, Param, ParamVisitor, Parameters, ReducedSite};
 use rand::Rng;
-
-/// Ids of one feature for the current batch, in backend memory.
-enum FeatureIds<B: Backend> {
-    Single(B::Ids),
-    Multi { offsets: B::Ids, ids: B::Ids },
-}
 
 /// Embeddings + dense features + multi-task head (+ additive logit sources in training).
 ///
@@ -56,12 +48,10 @@ pub struct RankingModel<B: Backend> {
     /// `serve_position`: in evaluation mode, these categorical features (position,
     /// read only by the position tower) take this table row for every row.
     fixed_ids: Vec<(usize, u32)>,
-    /// Host scratch for the fixed ids.
-    fixed_host: Vec<u32>,
     x: B::Buf,
     dense: B::Buf,
     d_emb_buf: B::Buf,
-    ids: Vec<FeatureIds<B>>,
+    ids: BatchIds<B>,
     /// `[train] loss_weighting = "uncertainty"`: one learned log-variance `s_t` per task
     /// (Kendall et al., 2018). Not used by the forward pass; the trainer weights task
     /// losses by `exp(-s_t)` and adds `s_t`. A parameter so that Adam updates it and
@@ -81,29 +71,7 @@ where
             key: "architecture".into(),
             message: format!("{} has no [model] section", cfg.path.display()),
         })?;
-        let emb = if cfg.categorical.is_empty() {
-            None
-        } else {
-            let ec = EmbeddingCollectionConfig {
-                tables: cfg.tables.iter().map(|t| TableConfig::new(t.rows() as usize, t.dim)).collect(),
-                features: cfg
-                    .categorical
-                    .iter()
-                    .map(|f| match f.pooling {
-                        None => FeatureConfig::single(f.table),
-                        Some(p) => FeatureConfig::pooled(
-                            f.table,
-                            match p {
-                                CfgPooling::Sum => Pooling::Sum,
-                                CfgPooling::Mean => Pooling::Mean,
-                            },
-                            max_batch * 8,
-                        ),
-                    })
-                    .collect(),
-            };
-            Some(ec.init(ops, max_batch, rng).at(|| "embeddings".into())?)
-        };
+        let emb = build_embeddings(cfg, ops, max_batch, rng)?;
         let d_emb = emb.as_ref().map_or(0, |e| e.output_dim());
         let dense_width = cfg.dense_width();
         let head_input = InputLayout::new(cfg, &cfg.head_input());
@@ -111,13 +79,7 @@ where
         let head = build_head(m, d_in, cfg.tasks.len(), ops, max_batch, rng)?;
         let buf = |n: usize| ops.alloc(n).at(|| "model workspaces".into());
         let n_tasks = cfg.tasks.len();
-        let task_log_var = match cfg.train.loss_weighting {
-            mixrank_data::config::model::LossWeighting::Fixed => None,
-            mixrank_data::config::model::LossWeighting::Uncertainty => Some(
-                mixrank_nn::Param::new(ops, &vec![0.0; n_tasks], &[n_tasks], false, "loss weighting")
-                    .at(|| "train.loss_weighting".into())?,
-            ),
-        };
+        let task_log_var = crate::model::task_log_var(cfg, ops)?;
         let mut model = RankingModel {
             emb,
             head,
@@ -129,11 +91,10 @@ where
             dense_width,
             max_batch,
             fixed_ids: Vec::new(),
-            fixed_host: Vec::new(),
             x: buf(max_batch * d_in)?,
             dense: buf(max_batch * dense_width)?,
             d_emb_buf: buf(max_batch * d_emb)?,
-            ids: Vec::new(),
+            ids: BatchIds::new(max_batch),
             task_log_var,
         };
         let tower = cfg.inputs.as_ref().and_then(|i| i.position_tower.as_ref());
@@ -190,60 +151,6 @@ where
         self.logit_sources.add(ops, source)
     }
 
-    /// Writes the batch's ids into the buffers of the previous batch, allocating only
-    /// on the first batch or when a bag list outgrows its buffer (ops read only the
-    /// prefix the batch names, so a longer buffer is fine).
-    fn upload_ids(&mut self, ops: &B, b: &Batch) -> Result<()> {
-        let fixed = if self.training { &[][..] } else { &self.fixed_ids[..] };
-        let at = || "uploading ids".to_string();
-        let put = |host: &[u32], buf: &mut B::Ids, min: usize| -> Result<()> {
-            if ops.ids_len(buf) < host.len() {
-                *buf = ops.alloc_ids(host.len().max(min).max(2 * ops.ids_len(buf))).at(at)?;
-            }
-            ops.write_ids(host, buf).at(at)
-        };
-        if self.ids.len() != b.cat.len() {
-            self.ids.clear();
-            for c in &b.cat {
-                self.ids.push(match &c.offsets {
-                    None => FeatureIds::Single(ops.alloc_ids(self.max_batch).at(at)?),
-                    Some(_) => FeatureIds::Multi {
-                        offsets: ops.alloc_ids(self.max_batch + 1).at(at)?,
-                        ids: ops.alloc_ids(self.max_batch).at(at)?,
-                    },
-                });
-            }
-        }
-        for (i, (c, f)) in b.cat.iter().zip(&mut self.ids).enumerate() {
-            match (&c.offsets, f) {
-                (None, FeatureIds::Single(ids)) => match fixed.iter().find(|(j, _)| *j == i) {
-                    Some(&(_, row)) => {
-                        self.fixed_host.clear();
-                        self.fixed_host.resize(b.rows, row);
-                        put(&self.fixed_host, ids, self.max_batch)?
-                    }
-                    None => put(&c.ids, ids, self.max_batch)?,
-                },
-                (Some(off), FeatureIds::Multi { offsets, ids }) => {
-                    put(off, offsets, self.max_batch + 1)?;
-                    // An empty bag list still writes one (unread) id.
-                    put(if c.ids.is_empty() { &[0] } else { &c.ids }, ids, self.max_batch)?;
-                }
-                _ => return Err(ModelError::Mismatch("a feature changed between single- and multi-valued".into())),
-            }
-        }
-        Ok(())
-    }
-
-    fn inputs(ids: &[FeatureIds<B>]) -> Vec<FeatureInput<'_, B>> {
-        ids.iter()
-            .map(|f| match f {
-                FeatureIds::Single(ids) => FeatureInput::Single(ids),
-                FeatureIds::Multi { offsets, ids } => FeatureInput::Multi { offsets, ids },
-            })
-            .collect()
-    }
-
     /// Training mode (dropout on, the default) or evaluation mode (dropout off).
     /// Logit sources are added in training mode only.
     pub fn set_training(&mut self, training: bool) {
@@ -278,10 +185,11 @@ where
         // `[emb | dense]`: two copies, as before feature groups; otherwise the layout's.
         let identity = self.head_input.is_identity();
         if self.emb.is_some() {
-            self.upload_ids(ops, b)?;
+            let fixed = if self.training { &[][..] } else { &self.fixed_ids[..] };
+            self.ids.upload(ops, b, fixed)?;
         }
         if let Some(emb) = &mut self.emb {
-            let inputs = Self::inputs(&self.ids);
+            let inputs = self.ids.inputs();
             let e = emb.forward(ops, &inputs, n).at(|| "embeddings forward".into())?;
             if identity {
                 ops.copy_cols(&copy(self.d_emb, self.d_emb, 0), e, &mut self.x).at(|| "concat".into())?;
@@ -333,7 +241,7 @@ where
         let d_emb = self.emb.is_some().then_some(&mut self.d_emb_buf);
         self.logit_sources.backward(ops, &input, d_logits, d_emb)?;
         if let Some(emb) = &mut self.emb {
-            let inputs = Self::inputs(&self.ids);
+            let inputs = self.ids.inputs();
             emb.backward(ops, &inputs, &self.d_emb_buf).at(|| "embeddings backward".into())?;
         }
         Ok(())

@@ -10,7 +10,7 @@
 use crate::error::{Context, ModelError, Result};
 use crate::expert::{expanded, Expert};
 use crate::gates::GateInfo;
-use crate::head::{check_backward, check_batch, Head};
+use crate::head::{check_backward, check_batch, Head, HeadShape};
 use crate::towers::Towers;
 use crate::trunk::Trunk;
 use mixrank_data::config::model::ModelSection;
@@ -40,12 +40,12 @@ where
     /// Builds the head; `m.experts` must expand to exactly one expert.
     pub fn new<R: Rng + ?Sized>(
         m: &ModelSection,
-        d_in: usize,
-        n_tasks: usize,
+        shape: HeadShape,
         ops: &B,
         max_batch: usize,
         rng: &mut R,
     ) -> Result<Self> {
+        let HeadShape { d_in, n_tasks, d_out } = shape;
         let trunk = Trunk::new(m, d_in, ops, max_batch, rng)?;
         let [bottom] = expanded(m)[..] else {
             return Err(ModelError::Unsupported {
@@ -54,7 +54,7 @@ where
             });
         };
         let bottom = Expert::new(bottom, trunk.d_out(), m.expert_dim, ops, max_batch, rng)?;
-        let towers = Towers::new(m, n_tasks, ops, max_batch, rng)?;
+        let towers = Towers::new(m, n_tasks, d_out, ops, max_batch, rng)?;
         let buf = |n: usize| ops.alloc(n).at(|| "head workspaces".into());
         let wide = max_batch * m.expert_dim;
         Ok(SharedBottom {

@@ -1,5 +1,6 @@
 //! The towers: one `[model.tower]` MLP per task from an `expert_dim`-wide input to the
-//! task's logit. Every head ends in them.
+//! task's logit (or, in a two-tower model's towers, the task's `d_out`-wide embedding).
+//! Every head ends in them.
 
 use crate::error::{Context, Result};
 use crate::expert::activation;
@@ -12,7 +13,8 @@ use rand::Rng;
 ///
 /// # Shapes
 /// - input of tower `t`: `[batch, expert_dim]`
-/// - output of tower `t` (its logits): `[batch, 1]`
+/// - output of tower `t` (its logits): `[batch, d_out]` (`d_out = 1` but in a two-tower
+///   model's towers)
 pub struct Towers<B: Backend> {
     towers: Vec<Tower<B>>,
 }
@@ -21,6 +23,7 @@ impl<B: Backend> Towers<B> {
     pub fn new<R: Rng + ?Sized>(
         m: &ModelSection,
         n_tasks: usize,
+        d_out: usize,
         ops: &B,
         max_batch: usize,
         rng: &mut R,
@@ -29,6 +32,7 @@ impl<B: Backend> Towers<B> {
         for t in 0..n_tasks {
             let mut c = TowerConfig::new(m.expert_dim, &m.tower.hidden);
             c.activation = activation(m.tower.activation);
+            c.d_out = d_out;
             towers.push(c.init(ops, max_batch, rng).at(|| format!("model.tower (task {t})"))?);
         }
         Ok(Towers { towers })
@@ -48,7 +52,7 @@ impl<B: Backend> Towers<B> {
         Ok(())
     }
 
-    /// Task `t`'s logits from the last forward, `[batch, 1]`.
+    /// Task `t`'s logits from the last forward, `[batch, d_out]`.
     pub fn logits(&self, t: usize) -> &B::Buf {
         self.towers[t].output()
     }

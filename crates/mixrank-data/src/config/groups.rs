@@ -15,7 +15,7 @@
 //! features that only groups read by the position tower hold: with no position tower
 //! (or no groups) that is every feature, today's layout exactly.
 
-use super::model::ModelSection;
+use super::model::{ModelSection, TwoTowerSection};
 use super::{CategoricalFeature, DenseFeature, TaskSpec};
 use std::collections::{BTreeMap, HashMap};
 
@@ -123,8 +123,20 @@ pub struct ServePosition {
 /// What each part of the model reads, resolved against the features and tasks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelInputs {
+    /// The head's input; for a two-tower model, the user tower's groups then the item
+    /// tower's (every feature the model reads).
     pub head: InputSpec,
     pub position_tower: Option<PositionTowerInputs>,
+    /// `architecture = "two_tower"`: what each tower reads.
+    pub two_tower: Option<TwoTowerInputs>,
+}
+
+/// The towers' inputs of a two-tower model: no feature in both, none reading the
+/// position column, and no group named `bias` in the item tower.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TwoTowerInputs {
+    pub user: InputSpec,
+    pub item: InputSpec,
 }
 
 /// The name the head's input carries when `[model] inputs` is absent.
@@ -270,9 +282,14 @@ pub(crate) fn resolve_inputs(
             Some(PositionTowerInputs { input, tasks: mask, serve_position })
         }
     };
-    let head = match &m.inputs {
-        Some(names) => resolve_input("model.inputs", names, groups, &name)?,
-        None => {
+    let two_tower = match &m.two_tower {
+        None => None,
+        Some(tt) => Some(two_tower_inputs(tt, groups, categorical, dense, position_column, &name)?),
+    };
+    let head = match (&m.inputs, &two_tower) {
+        (_, Some(tt)) => InputSpec { groups: tt.user.groups.iter().chain(&tt.item.groups).cloned().collect() },
+        (Some(names), None) => resolve_input("model.inputs", names, groups, &name)?,
+        (None, None) => {
             // Every feature, less those only the tower's groups hold.
             let tower_groups: Vec<&str> =
                 m.position_tower.iter().flat_map(|p| p.inputs.iter().map(String::as_str)).collect();
@@ -293,10 +310,20 @@ pub(crate) fn resolve_inputs(
             InputSpec { groups: vec![FeatureGroup { name: DEFAULT_GROUP.into(), features }] }
         }
     };
-    // Every feature feeds some part of the model.
+    // Every feature feeds some part of the model, but a two-tower model's position
+    // features (which no tower may read).
     let read: Vec<FeatureRef> =
         head.features().into_iter().chain(position_tower.iter().flat_map(|p| p.input.features())).collect();
-    if let Some(f) = all_features(categorical.len(), dense.len()).into_iter().find(|f| !read.contains(f)) {
+    let reads_position = |f: &FeatureRef| {
+        let column = match *f {
+            FeatureRef::Categorical(i) => categorical[i].column.as_str(),
+            FeatureRef::Dense(i) => dense[i].column.as_str(),
+        };
+        two_tower.is_some() && Some(column) == position_column
+    };
+    if let Some(f) =
+        all_features(categorical.len(), dense.len()).into_iter().find(|f| !read.contains(f) && !reads_position(f))
+    {
         return Err((
             "model.inputs".into(),
             format!(
@@ -319,7 +346,55 @@ pub(crate) fn resolve_inputs(
             ));
         }
     }
-    Ok(ModelInputs { head, position_tower })
+    Ok(ModelInputs { head, position_tower, two_tower })
+}
+
+/// Resolves `[model.two_tower.user] inputs` and `[model.two_tower.item] inputs`.
+fn two_tower_inputs(
+    tt: &TwoTowerSection,
+    groups: &[FeatureGroup],
+    categorical: &[CategoricalFeature],
+    dense: &[DenseFeature],
+    position_column: Option<&str>,
+    name: &dyn Fn(FeatureRef) -> String,
+) -> Result<TwoTowerInputs, KeyError> {
+    let user = resolve_input("model.two_tower.user.inputs", &tt.user.inputs, groups, name)?;
+    let item = resolve_input("model.two_tower.item.inputs", &tt.item.inputs, groups, name)?;
+    let column = |f: FeatureRef| match f {
+        FeatureRef::Categorical(i) => categorical[i].column.as_str(),
+        FeatureRef::Dense(i) => dense[i].column.as_str(),
+    };
+    for (side, spec) in [("user", &user), ("item", &item)] {
+        let key = format!("model.two_tower.{side}.inputs");
+        if let Some(f) = spec.features().into_iter().find(|&f| Some(column(f)) == position_column) {
+            return Err((
+                key,
+                format!(
+                    "feature `{}` reads the position column: position is per candidate and unknown when \
+                     the light ranker scores, so neither tower may read it",
+                    name(f)
+                ),
+            ));
+        }
+    }
+    if let Some(g) = item.groups.iter().find(|g| g.name == "bias") {
+        return Err((
+            "model.two_tower.item.inputs".into(),
+            format!("group `{}` holds bias features; the item tower reads only the item's features", g.name),
+        ));
+    }
+    let user_features = user.features();
+    if let Some(f) = item.features().into_iter().find(|f| user_features.contains(f)) {
+        return Err((
+            "model.two_tower.item.inputs".into(),
+            format!(
+                "feature `{}` is in both towers' groups: the item tower must read only the item's features \
+                 (its embeddings are computed once per item, without the request)",
+                name(f)
+            ),
+        ));
+    }
+    Ok(TwoTowerInputs { user, item })
 }
 
 /// Resolves `serve_position = n`: the tower's features reading the `[columns] position`

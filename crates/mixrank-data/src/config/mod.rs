@@ -208,11 +208,17 @@ fn schema_error(file: &Path, text: &str, e: serde_path_to_error::Error<toml::de:
     let segments: Vec<&Segment> = e.path().iter().collect();
     // toml's message carries a source excerpt; keep only the reason.
     let mut message = e.inner().message().trim().to_string();
-    if let [Segment::Map { key: m }, Segment::Map { key: x }, Segment::Seq { index }] = segments[..] {
-        let table = (m == "model" && x == "experts")
-            .then(|| text.parse::<toml::Table>().ok())
-            .flatten()
-            .and_then(|doc| doc.get("model")?.get("experts")?.get(*index)?.as_table().cloned());
+    // `model.experts[i]`, or a two-tower's `model.two_tower.<side>.experts[i]`.
+    if let [Segment::Map { key: m }, ref tables @ .., Segment::Map { key: x }, Segment::Seq { index }] = segments[..] {
+        let table =
+            (m == "model" && x == "experts").then(|| text.parse::<toml::Table>().ok()).flatten().and_then(|doc| {
+                let mut at = doc.get("model")?;
+                for t in tables {
+                    let Segment::Map { key } = t else { return None };
+                    at = at.get(key.as_str())?;
+                }
+                at.get("experts")?.get(*index)?.as_table().cloned()
+            });
         if let Some(Err(inner)) = table.map(model::ExpertSection::from_table) {
             if !inner.key.is_empty() {
                 key = format!("{key}.{}", inner.key);
@@ -547,11 +553,20 @@ impl ExperimentConfig {
     }
 
     /// Features a scoring request need not carry: those only the position tower reads
-    /// (not the head), since the tower does not run at evaluation and serving. Serving
+    /// (not the head), since the tower does not run at evaluation and serving; for a
+    /// two-tower model, the position features neither tower reads. Serving
     /// fills their columns with a neutral value and ignores them when sent.
     /// With `serve_position` the tower runs at serving, so only its position features
     /// (which the model sets to the fixed position) are free.
     pub fn request_free_features(&self) -> Vec<groups::FeatureRef> {
+        if self.inputs.as_ref().is_some_and(|i| i.two_tower.is_some()) {
+            // A two-tower model's position features: no tower reads them.
+            let read = self.head_input().features();
+            return groups::all_features(self.categorical.len(), self.dense.len())
+                .into_iter()
+                .filter(|f| !read.contains(f))
+                .collect();
+        }
         let Some(tower) = self.inputs.as_ref().and_then(|i| i.position_tower.as_ref()) else { return Vec::new() };
         if let Some(sp) = &tower.serve_position {
             return sp.features.iter().map(|&i| groups::FeatureRef::Categorical(i)).collect();

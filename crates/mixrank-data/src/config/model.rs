@@ -19,6 +19,9 @@ pub enum Architecture {
     Mmoe,
     /// Progressive layered extraction: shared and task-specific experts per level.
     Ple,
+    /// The light ranker: a user tower and an item tower (each any of the heads above),
+    /// one embedding per task each, scored by their dot product (`[model.two_tower]`).
+    TwoTower,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -72,33 +75,181 @@ pub enum Structure {
 }
 
 /// `[model]`.
+///
+/// Read through [`ModelSectionFile`] (the file's shape), which also tells which of the
+/// keys with defaults (`expert_dim`, `gate`, `tower`) the file gave: a two-tower model
+/// takes its heads' keys inside `[model.two_tower.user]` and `[model.two_tower.item]`
+/// and refuses them at the top, so it must know whether they were written.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "ModelSectionFile", into = "ModelSectionFile")]
 pub struct ModelSection {
     pub architecture: Architecture,
     /// Width every expert's output is projected to, so heterogeneous experts can be mixed.
-    #[serde(default = "default_expert_dim")]
     pub expert_dim: usize,
     /// The `[feature_groups]` the head reads, concatenated in this order. Absent: every
     /// feature in config order, less the features only the position tower's groups
     /// hold. Not written when absent, so configs without it serialise as before.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inputs: Option<Vec<String>>,
     /// Optional layer shared by all experts, applied to the input first (YouTube, seed 003).
     pub shared: Option<MlpSection>,
     /// The experts: a kind and a count each. Shared-bottom and single-task take exactly
-    /// one expert.
+    /// one expert; a two-tower model takes none here (its towers list theirs).
     pub experts: Vec<ExpertSection>,
-    #[serde(default)]
     pub gate: GateSection,
-    #[serde(default)]
     pub tower: TowerSection,
     /// PLE only.
     pub ple: Option<PleSection>,
     /// YouTube's shallow position-bias tower (seed 003): a small MLP over bias features
     /// (position, device) whose logit is added to chosen tasks' logits in training only.
+    pub position_tower: Option<PositionTowerSection>,
+    /// `architecture = "two_tower"` only: the user and item towers and the score.
+    pub two_tower: Option<TwoTowerSection>,
+    /// Which keys with defaults the file gave.
+    given: GivenKeys,
+}
+
+/// Which of `[model]`'s keys with defaults a file gave.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct GivenKeys {
+    expert_dim: bool,
+    gate: bool,
+    tower: bool,
+}
+
+impl ModelSection {
+    /// The keys with defaults the file gave, of `expert_dim`, `gate` and `tower`.
+    pub fn given_head_keys(&self) -> Vec<&'static str> {
+        let g = self.given;
+        [("expert_dim", g.expert_dim), ("gate", g.gate), ("tower", g.tower)]
+            .into_iter()
+            .filter_map(|(k, given)| given.then_some(k))
+            .collect()
+    }
+}
+
+/// `[model]` as the file holds it (see [`ModelSection`]).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSectionFile {
+    pub architecture: Architecture,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expert_dim: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<String>>,
+    pub shared: Option<MlpSection>,
+    #[serde(default)]
+    pub experts: Vec<ExpertSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tower: Option<TowerSection>,
+    pub ple: Option<PleSection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position_tower: Option<PositionTowerSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub two_tower: Option<TwoTowerSection>,
+}
+
+impl From<ModelSectionFile> for ModelSection {
+    fn from(f: ModelSectionFile) -> Self {
+        let given = GivenKeys { expert_dim: f.expert_dim.is_some(), gate: f.gate.is_some(), tower: f.tower.is_some() };
+        ModelSection {
+            architecture: f.architecture,
+            expert_dim: f.expert_dim.unwrap_or_else(default_expert_dim),
+            inputs: f.inputs,
+            shared: f.shared,
+            experts: f.experts,
+            gate: f.gate.unwrap_or_default(),
+            tower: f.tower.unwrap_or_default(),
+            ple: f.ple,
+            position_tower: f.position_tower,
+            two_tower: f.two_tower,
+            given,
+        }
+    }
+}
+
+impl From<ModelSection> for ModelSectionFile {
+    /// Writes the keys with defaults the file gave, and for the heads (every
+    /// architecture but two-tower) always, as earlier versions did.
+    fn from(m: ModelSection) -> Self {
+        let head = m.architecture != Architecture::TwoTower;
+        let g = m.given;
+        ModelSectionFile {
+            architecture: m.architecture,
+            expert_dim: (head || g.expert_dim).then_some(m.expert_dim),
+            inputs: m.inputs,
+            shared: m.shared,
+            experts: m.experts,
+            gate: (head || g.gate).then_some(m.gate),
+            tower: (head || g.tower).then_some(m.tower),
+            ple: m.ple,
+            position_tower: m.position_tower,
+            two_tower: m.two_tower,
+        }
+    }
+}
+
+/// `[model.two_tower]`: the light ranker (Pinterest's two-tower, seed 002). A user
+/// tower over the request's feature groups and an item tower over the ad's, each any
+/// head of mixrank ending in one `dim`-wide embedding per task; task `t`'s logit is
+/// `⟨u_t, v_t⟩ (+ b_t)`, trained pointwise with the tasks' losses, so its outputs are
+/// calibrated like the full ranker's. Parameters `user.*`, `item.*`, `score.<t>.bias`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwoTowerSection {
+    /// Width of each task's embedding (each tower's towers end in `dim` units).
+    pub dim: usize,
+    /// A learned bias per task added to the dot product. Default true.
+    #[serde(default = "yes")]
+    pub bias: bool,
+    /// The user/context tower (computed once per request at serving).
+    pub user: TowerHeadSection,
+    /// The item (ad) tower (its embeddings can be computed offline and cached).
+    pub item: TowerHeadSection,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[model.two_tower.user]` / `[model.two_tower.item]`: one tower, any head of mixrank
+/// (the keys of `[model]` for that architecture), reading the named feature groups.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TowerHeadSection {
+    /// The `[feature_groups]` this tower reads, concatenated in this order.
+    pub inputs: Vec<String>,
+    /// Any architecture but `two_tower`.
+    pub architecture: Architecture,
+    #[serde(default = "default_expert_dim")]
+    pub expert_dim: usize,
+    pub shared: Option<MlpSection>,
+    pub experts: Vec<ExpertSection>,
+    #[serde(default)]
+    pub gate: GateSection,
+    #[serde(default)]
+    pub tower: TowerSection,
+    pub ple: Option<PleSection>,
+}
+
+impl TowerHeadSection {
+    /// The tower's head as a `[model]` section (what `build_head` reads).
+    pub fn head(&self) -> ModelSection {
+        ModelSection {
+            architecture: self.architecture,
+            expert_dim: self.expert_dim,
+            inputs: Some(self.inputs.clone()),
+            shared: self.shared.clone(),
+            experts: self.experts.clone(),
+            gate: self.gate.clone(),
+            tower: self.tower.clone(),
+            ple: self.ple.clone(),
+            position_tower: None,
+            two_tower: None,
+            given: GivenKeys { expert_dim: true, gate: true, tower: true },
+        }
+    }
 }
 
 /// `[model.position_tower]`: a small MLP over feature groups (default: the group
@@ -706,6 +857,17 @@ impl Default for TrainSection {
 /// Validates `[model]` against the tasks; `Err((key, message))`.
 pub fn validate_model(m: &ModelSection, n_tasks: usize) -> Result<(), (String, String)> {
     let e = |k: &str, msg: String| Err((format!("model.{k}"), msg));
+    match (m.architecture, &m.two_tower) {
+        (Architecture::TwoTower, None) => {
+            return e(
+                "two_tower",
+                "required for architecture = \"two_tower\" (its dim and its user and item towers)".into(),
+            )
+        }
+        (Architecture::TwoTower, Some(tt)) => return validate_two_tower(m, tt, n_tasks),
+        (_, Some(_)) => return e("two_tower", "only for architecture = \"two_tower\"".into()),
+        (_, None) => {}
+    }
     if m.expert_dim == 0 {
         return e("expert_dim", "expected a positive integer".into());
     }
@@ -821,6 +983,52 @@ pub fn validate_model(m: &ModelSection, n_tasks: usize) -> Result<(), (String, S
             }
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// Validates a two-tower `[model]`: nothing of a head at the top (each tower has its
+/// own), a positive `dim`, and each tower a valid head of another architecture.
+fn validate_two_tower(m: &ModelSection, tt: &TwoTowerSection, n_tasks: usize) -> Result<(), (String, String)> {
+    let e = |k: &str, msg: String| Err((format!("model.{k}"), msg));
+    let at_top = |k: &str| {
+        e(
+            k,
+            format!(
+                "a two-tower model has no head at the top of [model]: set `{k}` inside \
+                 [model.two_tower.user] or [model.two_tower.item]"
+            ),
+        )
+    };
+    if !m.experts.is_empty() {
+        return at_top("experts");
+    }
+    if let Some(k) = m.given_head_keys().first() {
+        return at_top(k);
+    }
+    for (k, given) in [("shared", m.shared.is_some()), ("ple", m.ple.is_some()), ("inputs", m.inputs.is_some())] {
+        if given {
+            return at_top(k);
+        }
+    }
+    if m.position_tower.is_some() {
+        return e(
+            "position_tower",
+            "not yet for a two-tower model (its logit would have to join the dot product of the towers)".into(),
+        );
+    }
+    if tt.dim == 0 {
+        return e("two_tower.dim", "expected a positive integer".into());
+    }
+    for (side, t) in [("user", &tt.user), ("item", &tt.item)] {
+        if t.architecture == Architecture::TwoTower {
+            return e(
+                &format!("two_tower.{side}.architecture"),
+                "a tower is a head: any architecture but two_tower".into(),
+            );
+        }
+        validate_model(&t.head(), n_tasks)
+            .map_err(|(k, msg)| (k.replacen("model.", &format!("model.two_tower.{side}."), 1), msg))?;
     }
     Ok(())
 }

@@ -23,6 +23,9 @@ pub struct TowerConfig {
     pub layer_norm: bool,
     /// Weight initialisation. Default Xavier uniform.
     pub init: Init,
+    /// Output width: 1 (a logit, the default), or an embedding's width (a two-tower
+    /// model's towers).
+    pub d_out: usize,
 }
 
 impl TowerConfig {
@@ -34,10 +37,11 @@ impl TowerConfig {
             dropout: 0.0,
             layer_norm: false,
             init: Init::XavierUniform,
+            d_out: 1,
         }
     }
 
-    /// The equivalent MLP configuration (hidden blocks plus a 1-wide projection).
+    /// The equivalent MLP configuration (hidden blocks plus a `d_out`-wide projection).
     pub fn mlp(&self) -> MlpConfig {
         MlpConfig {
             d_in: self.d_in,
@@ -45,7 +49,7 @@ impl TowerConfig {
             activation: self.activation,
             dropout: self.dropout,
             layer_norm: self.layer_norm,
-            d_out: Some(1),
+            d_out: Some(self.d_out),
             init: self.init,
         }
     }
@@ -108,7 +112,7 @@ impl<B: Backend> Layer<B> for Tower<B> {
     }
 
     fn d_out(&self) -> usize {
-        1
+        self.mlp.d_out()
     }
 
     fn max_batch(&self) -> usize {

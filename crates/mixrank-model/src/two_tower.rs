@@ -1,0 +1,333 @@
+//! The two-tower light ranker (Pinterest's, seed 002): a user tower over the request's
+//! feature groups and an item tower over the ad's, each any head of mixrank (MLP,
+//! DCNv2, MMoE with heterogeneous experts, PLE) whose towers end in one `dim`-wide
+//! embedding per task; task `t`'s logit is their dot product plus a learned bias.
+//!
+//! ```text
+//! batch ─► EmbeddingCollection ─► emb ─┬─► user groups ─► user head ─► u_t [batch, dim] ─┐
+//!   └────► dense ──────────────────────┴─► item groups ─► item head ─► v_t [batch, dim] ─┴─► ⟨u_t, v_t⟩ + b_t = logit_t
+//! ```
+//! Trained pointwise with the tasks' losses (the trainer's, as for every model), so its
+//! outputs are calibrated CTRs like the full ranker's. The item tower reads only the
+//! item's features (validated: no feature in both towers, no position, no `bias`
+//! group), so an item's embeddings do not depend on the request and can be computed
+//! once and cached.
+//!
+//! Parameters: `user.*` and `item.*` (each head's own names: `shared.*`, `experts.<e>.*`,
+//! `gates.<g>.*`, `towers.<t>.*`), then `score.<t>.bias`, then `task_log_var`.
+
+use crate::error::{Context, ModelError, Result};
+use crate::gates::GateInfo;
+use crate::head::{build_head_with_outputs, Head};
+use crate::inputs::InputLayout;
+use crate::lookup::{build_embeddings, BatchIds};
+use crate::model::{task_log_var, Model, ModelIo};
+use mixrank_data::config::groups::{InputSpec, TwoTowerInputs};
+use mixrank_data::config::model::{TowerHeadSection, TwoTowerSection};
+use mixrank_data::config::ExperimentConfig;
+use mixrank_data::Batch;
+use mixrank_engine::{Activation, Backend, BlockShape, Shape};
+use mixrank_nn::{EmbeddingCollection, Param, ParamVisitor, Parameters, ReducedSite};
+use rand::Rng;
+
+/// One tower: its input layout, its head (ending in `dim` units per task), its input
+/// workspace and its output gradients.
+struct Side<B: Backend> {
+    layout: InputLayout,
+    head: Box<dyn Head<B>>,
+    /// The assembled input, `[max_batch, layout.width()]`.
+    x: B::Buf,
+    /// Per task: the gradient w.r.t. the tower's embedding, `[max_batch, dim]`.
+    d_out: Vec<B::Buf>,
+}
+
+impl<B: Backend + 'static> Side<B>
+where
+    B::Buf: Send,
+{
+    #[allow(clippy::too_many_arguments)]
+    fn new<R: Rng + ?Sized>(
+        name: &str,
+        cfg: &ExperimentConfig,
+        section: &TowerHeadSection,
+        spec: &InputSpec,
+        dim: usize,
+        ops: &B,
+        max_batch: usize,
+        rng: &mut R,
+    ) -> Result<Self> {
+        let layout = InputLayout::new(cfg, spec);
+        let head = build_head_with_outputs(&section.head(), layout.width(), cfg.tasks.len(), dim, ops, max_batch, rng)?;
+        let buf = |n: usize| ops.alloc(n).at(|| format!("{name} tower workspaces"));
+        let x = buf(max_batch * layout.width())?;
+        let d_out = (0..cfg.tasks.len()).map(|_| buf(max_batch * dim)).collect::<Result<_>>()?;
+        Ok(Side { layout, head, x, d_out })
+    }
+}
+
+/// Embeddings, a user tower, an item tower and a dot-product score per task.
+///
+/// # Shapes
+/// - user tower input: `[batch, d_user]`, item tower input: `[batch, d_item]` (their
+///   feature groups)
+/// - `u_t`, `v_t`: `[batch, dim]` per task; logits: one `[batch, 1]` buffer per task
+pub struct TwoTowerModel<B: Backend> {
+    emb: Option<EmbeddingCollection<B>>,
+    ids: BatchIds<B>,
+    user: Side<B>,
+    item: Side<B>,
+    /// Per task: the score's bias (`[model.two_tower] bias`), `[1]`.
+    bias: Vec<Param<B>>,
+    dim: usize,
+    logits: Vec<B::Buf>,
+    /// Scratch for the bias gradient, `[max_batch]`.
+    d_bias_scratch: B::Buf,
+    dense: B::Buf,
+    d_emb: B::Buf,
+    dense_width: usize,
+    max_batch: usize,
+    /// Rows of the last forward.
+    batch: Option<usize>,
+    io: ModelIo,
+    task_log_var: Option<Param<B>>,
+}
+
+impl<B: Backend + 'static> TwoTowerModel<B>
+where
+    B::Buf: Send,
+{
+    /// Builds the model of a config with `architecture = "two_tower"`: the embeddings,
+    /// then the user head, the item head and the biases, in that order from `rng`.
+    pub fn new<R: Rng + ?Sized>(cfg: &ExperimentConfig, ops: &B, max_batch: usize, rng: &mut R) -> Result<Self> {
+        let unsupported = |message: &str| ModelError::Unsupported { key: "two_tower".into(), message: message.into() };
+        let section: &TwoTowerSection = cfg
+            .model
+            .as_ref()
+            .and_then(|m| m.two_tower.as_ref())
+            .ok_or_else(|| unsupported("the config has no [model.two_tower]"))?;
+        let inputs: &TwoTowerInputs = cfg
+            .inputs
+            .as_ref()
+            .and_then(|i| i.two_tower.as_ref())
+            .ok_or_else(|| unsupported("the config's two-tower inputs were not resolved"))?;
+        let emb = build_embeddings(cfg, ops, max_batch, rng)?;
+        let dim = section.dim;
+        let user = Side::new("user", cfg, &section.user, &inputs.user, dim, ops, max_batch, rng)?;
+        let item = Side::new("item", cfg, &section.item, &inputs.item, dim, ops, max_batch, rng)?;
+        let n_tasks = cfg.tasks.len();
+        let bias = if section.bias {
+            (0..n_tasks)
+                .map(|_| Param::new(ops, &[0.0], &[1], false, "score bias").at(|| "model.two_tower.bias".into()))
+                .collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        };
+        let buf = |n: usize| ops.alloc(n).at(|| "model workspaces".into());
+        let d_emb_width = emb.as_ref().map_or(0, |e| e.output_dim());
+        let dense_width = cfg.dense_width();
+        let io = ModelIo {
+            tasks: cfg.tasks.iter().map(|t| t.name.clone()).collect(),
+            inputs: vec![
+                ("user".to_string(), user.layout.groups().to_vec()),
+                ("item".to_string(), item.layout.groups().to_vec()),
+            ],
+        };
+        Ok(TwoTowerModel {
+            emb,
+            ids: BatchIds::new(max_batch),
+            user,
+            item,
+            bias,
+            dim,
+            logits: (0..n_tasks).map(|_| buf(max_batch)).collect::<Result<_>>()?,
+            d_bias_scratch: buf(max_batch)?,
+            dense: buf(max_batch * dense_width)?,
+            d_emb: buf(max_batch * d_emb_width)?,
+            dense_width,
+            max_batch,
+            batch: None,
+            io,
+            task_log_var: task_log_var(cfg, ops)?,
+        })
+    }
+
+    /// Width of each task's embedding.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Task `t`'s user embeddings from the last forward, `[batch, dim]`.
+    pub fn user_embedding(&self, t: usize) -> &B::Buf {
+        self.user.head.logits(t)
+    }
+
+    /// Task `t`'s item embeddings from the last forward, `[batch, dim]`.
+    pub fn item_embedding(&self, t: usize) -> &B::Buf {
+        self.item.head.logits(t)
+    }
+
+    fn shape(&self, rows: usize) -> BlockShape {
+        BlockShape { rows, blocks: 1, width: self.dim }
+    }
+
+    /// Runs both towers and the score on a batch.
+    pub fn forward(&mut self, ops: &B, b: &Batch) -> Result<()> {
+        let n = b.rows;
+        if n > self.max_batch {
+            return Err(ModelError::Mismatch(format!("batch of {n} rows exceeds max_batch {}", self.max_batch)));
+        }
+        if let Some(emb) = &mut self.emb {
+            self.ids.upload(ops, b, &[])?;
+            emb.forward(ops, &self.ids.inputs(), n).at(|| "embeddings forward".into())?;
+        }
+        if self.dense_width > 0 {
+            ops.write(&b.dense[..n * self.dense_width], &mut self.dense).at(|| "uploading dense".into())?;
+        }
+        let emb_out = self.emb.as_ref().map(|e| e.output());
+        for side in [&mut self.user, &mut self.item] {
+            side.layout.assemble(ops, n, emb_out, &self.dense, &mut side.x)?;
+            side.head.forward(ops, &side.x, n)?;
+        }
+        let s = self.shape(n);
+        for (t, logit) in self.logits.iter_mut().enumerate() {
+            let (u, v) = (self.user.head.logits(t), self.item.head.logits(t));
+            ops.block_dot(s, u, v, logit, false).at(|| format!("score of task {t}"))?;
+            if let Some(bias) = self.bias.get(t) {
+                ops.bias_act_inplace(Activation::Identity, Shape { rows: n, cols: 1 }, Some(&bias.value), logit)
+                    .at(|| format!("score bias of task {t}"))?;
+            }
+        }
+        self.batch = Some(n);
+        Ok(())
+    }
+
+    /// Back-propagates one `[rows, 1]` logit gradient per task: `∂/∂u_t = d_t · v_t`,
+    /// `∂/∂v_t = d_t · u_t`, `∂/∂b_t = Σ d_t`, then through each head into the
+    /// embeddings (whose sparse gradients it overwrites).
+    pub fn backward(&mut self, ops: &B, b: &Batch, d_logits: &[&B::Buf]) -> Result<()> {
+        let n = self.batch.ok_or_else(|| ModelError::Mismatch("backward called before forward".into()))?;
+        if n != b.rows {
+            return Err(ModelError::Mismatch(format!("backward on {} rows after a forward on {n}", b.rows)));
+        }
+        if d_logits.len() != self.logits.len() {
+            return Err(ModelError::Mismatch(format!(
+                "{} logit gradients for {} tasks",
+                d_logits.len(),
+                self.logits.len()
+            )));
+        }
+        let s = self.shape(n);
+        for (t, d) in d_logits.iter().enumerate() {
+            let (u, v) = (self.user.head.logits(t), self.item.head.logits(t));
+            ops.block_outer(s, d, v, &mut self.user.d_out[t]).at(|| format!("score gradient of task {t}"))?;
+            ops.block_outer(s, d, u, &mut self.item.d_out[t]).at(|| format!("score gradient of task {t}"))?;
+            if let Some(bias) = self.bias.get_mut(t) {
+                let shape = Shape { rows: n, cols: 1 };
+                ops.bias_act_backward(
+                    Activation::Identity,
+                    shape,
+                    &self.logits[t],
+                    d,
+                    &mut self.d_bias_scratch,
+                    Some(&mut bias.grad),
+                )
+                .at(|| format!("score bias gradient of task {t}"))?;
+            }
+        }
+        if self.emb.is_some() {
+            ops.fill(n * self.emb.as_ref().map_or(0, |e| e.output_dim()), 0.0, &mut self.d_emb)
+                .at(|| "embedding gradient".into())?;
+        }
+        for side in [&mut self.user, &mut self.item] {
+            let d_out: Vec<&B::Buf> = side.d_out.iter().collect();
+            let dx = side.head.backward(ops, &side.x, &d_out)?;
+            if self.emb.is_some() {
+                side.layout.add_emb_grad(ops, n, dx, &mut self.d_emb)?;
+            }
+        }
+        if let Some(emb) = &mut self.emb {
+            emb.backward(ops, &self.ids.inputs(), &self.d_emb).at(|| "embeddings backward".into())?;
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> Parameters<B> for TwoTowerModel<B> {
+    /// Dense parameters only; the embedding tables have their own sparse optimizer.
+    fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
+        v.scope("user", |v| self.user.head.visit_params(v));
+        v.scope("item", |v| self.item.head.visit_params(v));
+        for (t, b) in self.bias.iter_mut().enumerate() {
+            v.scope_indexed("score", t, |v| v.param("bias", b));
+        }
+        if let Some(p) = &mut self.task_log_var {
+            v.param("task_log_var", p);
+        }
+    }
+}
+
+impl<B: Backend + 'static> Model<B> for TwoTowerModel<B>
+where
+    B::Buf: Send,
+{
+    fn io(&self) -> &ModelIo {
+        &self.io
+    }
+
+    fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    fn forward(&mut self, ops: &B, batch: &Batch) -> Result<()> {
+        TwoTowerModel::forward(self, ops, batch)
+    }
+
+    fn logits(&self, t: usize) -> &B::Buf {
+        &self.logits[t]
+    }
+
+    fn backward(&mut self, ops: &B, batch: &Batch, d_logits: &[&B::Buf]) -> Result<()> {
+        TwoTowerModel::backward(self, ops, batch, d_logits)
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.user.head.set_training(training);
+        self.item.head.set_training(training);
+    }
+
+    fn set_dropout_step(&mut self, step: u64) {
+        self.user.head.set_dropout_step(step);
+        self.item.head.set_dropout_step(step);
+    }
+
+    fn embeddings(&self) -> Option<&EmbeddingCollection<B>> {
+        self.emb.as_ref()
+    }
+
+    fn embeddings_mut(&mut self) -> Option<&mut EmbeddingCollection<B>> {
+        self.emb.as_mut()
+    }
+
+    fn task_log_var(&self) -> Option<&Param<B>> {
+        self.task_log_var.as_ref()
+    }
+
+    fn task_log_var_mut(&mut self) -> Option<&mut Param<B>> {
+        self.task_log_var.as_mut()
+    }
+
+    /// None yet: the expert-utilisation report names a gate by its task, and a
+    /// two-tower model has a gate per task in each tower.
+    fn gates(&self) -> Vec<GateInfo> {
+        Vec::new()
+    }
+
+    fn gate_weights(&self, _g: usize) -> Option<&B::Buf> {
+        None
+    }
+
+    fn visit_reduced(&mut self, f: &mut dyn FnMut(ReducedSite<'_, B>)) {
+        self.user.head.visit_reduced(f);
+        self.item.head.visit_reduced(f);
+    }
+}
