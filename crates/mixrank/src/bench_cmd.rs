@@ -188,6 +188,7 @@ fn random_batch(cfg: &ExperimentConfig, rows: usize, rng: &mut rand::rngs::StdRn
         request_id: vec![0; rows],
         keep: Vec::new(),
         n_keep: 0,
+        passthrough: Vec::new(),
     }
 }
 
