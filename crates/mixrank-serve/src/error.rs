@@ -36,7 +36,7 @@ pub enum ServeError {
     #[error(
         "reload refused: the new model changes the request schema ({0}); send {{\"force\": true}} to reload anyway"
     )]
-    SchemaChanged(crate::reload::SchemaDiff),
+    SchemaChanged(Box<crate::reload::SchemaDiff>),
     /// A listener on a non-loopback address while the admin endpoint has no token.
     #[error(
         "refusing to listen on {addr}: it is not a loopback address and the admin endpoint has no token; \

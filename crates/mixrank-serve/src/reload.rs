@@ -164,7 +164,7 @@ impl ModelSlot {
             if diff.is_empty() || force {
                 Ok((served, diff))
             } else {
-                Err(ServeError::SchemaChanged(diff))
+                Err(ServeError::SchemaChanged(Box::new(diff)))
             }
         });
         match checked {

@@ -6,6 +6,15 @@ use mixrank_data::config::Split;
 use mixrank_train::{CheckpointScorer, PredictOptions};
 use std::path::PathBuf;
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    /// f32 weights and activations (the scores `mixrank eval` reports).
+    F32,
+    /// bf16 weights and activations with f32 accumulation, as `eval --precision bf16`
+    /// (AMX / AVX512-BF16 when the CPU has them).
+    Bf16,
+}
+
 #[derive(clap::Args)]
 pub struct PredictArgs {
     /// Run directory written by `mixrank train` (its checkpoint/ is loaded and verified).
@@ -24,9 +33,8 @@ pub struct PredictArgs {
     /// Replace an existing --out.
     #[arg(long)]
     pub overwrite: bool,
-    /// f32, or bf16 weights and activations with f32 accumulation (as `eval --precision bf16`).
     #[arg(long, value_enum, default_value = "f32")]
-    pub precision: crate::eval_cmd::Precision,
+    pub precision: Precision,
     /// Source columns copied unchanged into the output, after the request id column
     /// (comma-separated; each must exist in every file).
     #[arg(long, value_delimiter = ',')]
@@ -62,8 +70,8 @@ fn run_in_pool(a: &PredictArgs) -> Result<()> {
         (None, None) => unreachable!("clap requires --split or --data"),
     };
     let kernel = match a.precision {
-        crate::eval_cmd::Precision::F32 => None,
-        crate::eval_cmd::Precision::Bf16 => {
+        Precision::F32 => None,
+        Precision::Bf16 => {
             let k = mixrank_engine::bf16::Bf16Kernel::detect();
             scorer.loaded.model.use_bf16(k)?;
             Some(k.name())
