@@ -1,6 +1,8 @@
 //! The batch layout handed to the engine: one contiguous buffer per field, so the
 //! embedding gather and the dense GEMM read memory in order.
 
+use arrow::array::ArrayRef;
+
 /// Ids of one categorical field for a batch.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CatColumn {
@@ -43,6 +45,9 @@ pub struct Batch {
     /// `[n_keep, rows]` numeric pass-through columns (`columns.keep`).
     pub keep: Vec<f32>,
     pub n_keep: usize,
+    /// Source columns carried unchanged, one Arrow array of `rows` cells each (empty
+    /// unless the encoder was asked for them: [`crate::Encoder::with_passthrough`]).
+    pub passthrough: Vec<ArrayRef>,
 }
 
 impl Batch {
@@ -99,6 +104,11 @@ impl Batch {
         self.device.extend_from_slice(&other.device);
         self.position.extend_from_slice(&other.position);
         self.request_id.extend_from_slice(&other.request_id);
+        debug_assert_eq!(self.passthrough.len(), other.passthrough.len());
+        for (a, b) in self.passthrough.iter_mut().zip(&other.passthrough) {
+            *a = arrow::compute::concat(&[a.as_ref(), b.as_ref()])
+                .expect("pass-through columns have one type in every file (reader::Passthrough::plan)");
+        }
         self.rows += other.rows;
     }
 
@@ -151,6 +161,15 @@ impl Batch {
             request_id: idx.iter().map(|&i| self.request_id[i]).collect(),
             keep: per_task(&self.keep, self.n_keep),
             n_keep: self.n_keep,
+            passthrough: if self.passthrough.is_empty() {
+                Vec::new()
+            } else {
+                let take = arrow::array::UInt64Array::from_iter_values(idx.iter().map(|&i| i as u64));
+                self.passthrough
+                    .iter()
+                    .map(|a| arrow::compute::take(a.as_ref(), &take, None).expect("row indices within the batch"))
+                    .collect()
+            },
         }
     }
 }
@@ -211,5 +230,28 @@ mod tests {
         assert_eq!(g.cat[1].offsets, Some(vec![0, 2, 2, 4]));
         assert_eq!(g.label(1), &[6.0, 1.0, 3.0]);
         assert_eq!(g.dense, vec![5.0, -5.0, 0.0, -0.0, 2.0, -2.0]);
+    }
+
+    #[test]
+    fn passthrough_columns_follow_append_and_gather() {
+        use arrow::array::{Array, AsArray, Int64Array, StringArray};
+        use arrow::datatypes::Int64Type;
+        let with = |rows: usize, start: u32| {
+            let mut b = tiny(rows, start);
+            let ids: Vec<i64> = (start..start + rows as u32).map(|v| 1000 + v as i64).collect();
+            let names: Vec<Option<String>> =
+                (start..start + rows as u32).map(|v| (v % 2 == 0).then(|| format!("r{v}"))).collect();
+            b.passthrough =
+                vec![std::sync::Arc::new(Int64Array::from(ids)), std::sync::Arc::new(StringArray::from(names))];
+            b
+        };
+        let mut a = with(3, 0);
+        a.append(&with(4, 3));
+        assert_eq!(a.passthrough, with(7, 0).passthrough);
+        let g = a.gather(&[5, 0, 3]);
+        assert_eq!(g.passthrough[0].as_primitive::<Int64Type>().values().to_vec(), vec![1005, 1000, 1003]);
+        let s = g.passthrough[1].as_string::<i32>();
+        assert_eq!((s.is_null(0), s.value(1), s.is_null(2)), (true, "r0", true));
+        assert!(tiny(2, 0).gather(&[1]).passthrough.is_empty());
     }
 }

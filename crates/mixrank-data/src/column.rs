@@ -104,6 +104,31 @@ impl<'a> Col<'a> {
         })
     }
 
+    /// The column's first `rows` cells as an Arrow array, to carry them unchanged beside
+    /// the encoded rows ([`crate::Encoder::with_passthrough`]): an Arrow column as it is
+    /// (a reference-counted copy), text cells as strings (an empty cell, which every
+    /// reader takes as missing, as null).
+    pub fn to_arrow(&self, rows: usize) -> ArrayRef {
+        use std::sync::Arc;
+        match self {
+            Col::Text { records, idx, .. } => Arc::new(arrow::array::StringArray::from_iter(
+                records[..rows].iter().map(|r| r.get(*idx).filter(|c| !c.is_empty()).map(String::from_utf8_lossy)),
+            )),
+            Col::F64(a) => Arc::new((*a).clone()),
+            Col::F32(a) => Arc::new((*a).clone()),
+            Col::I64(a) => Arc::new((*a).clone()),
+            Col::I32(a) => Arc::new((*a).clone()),
+            Col::U64(a) => Arc::new((*a).clone()),
+            Col::U32(a) => Arc::new((*a).clone()),
+            Col::Bool(a) => Arc::new((*a).clone()),
+            Col::Utf8(a) => Arc::new((*a).clone()),
+            Col::LargeUtf8(a) => Arc::new((*a).clone()),
+            Col::Utf8View(a) => Arc::new((*a).clone()),
+            Col::Dict { array, .. } => arrow::array::make_array(array.to_data()),
+            Col::List { array, .. } => Arc::new((*array).clone()),
+        }
+    }
+
     /// The Arrow type name or "text".
     pub fn type_name(&self) -> &'static str {
         match self {

@@ -109,6 +109,8 @@ struct ColumnIndex {
     position: Option<usize>,
     request: Option<usize>,
     keep: Vec<usize>,
+    /// Carried unchanged ([`Encoder::with_passthrough`]).
+    passthrough: Vec<usize>,
 }
 
 impl Encoder {
@@ -138,10 +140,29 @@ impl Encoder {
             position: s.position.as_ref().map(|p| at(&p.column)),
             request: s.request_id.as_deref().map(at),
             keep: s.keep.iter().map(|k| at(k)).collect(),
+            passthrough: Vec::new(),
             names,
         };
         let libsvm_labels = matches!(cfg.data.format, SourceFormat::Libsvm(_));
         Ok(Encoder { cfg, mode, cols, libsvm_labels })
+    }
+
+    /// Also carries `columns` unchanged in every batch (`Batch::passthrough`, in this
+    /// order), read beside the columns the config needs (a column may be both). For
+    /// writing rows out with their scores (`mixrank predict`); the encoded fields do not
+    /// change.
+    pub fn with_passthrough(mut self, columns: &[String]) -> Self {
+        self.cols.passthrough = columns
+            .iter()
+            .map(|c| match self.cols.names.iter().position(|n| n == c) {
+                Some(i) => i,
+                None => {
+                    self.cols.names.push(c.clone());
+                    self.cols.names.len() - 1
+                }
+            })
+            .collect();
+        self
     }
 
     pub fn config(&self) -> &ExperimentConfig {
@@ -467,6 +488,8 @@ impl Encoder {
                 }
             }
         }
+
+        b.passthrough = self.cols.passthrough.iter().map(|&ci| cols[ci].to_arrow(rows)).collect();
 
         // Drop rows outside the split's fraction, then bad rows (recording them).
         let in_split = |r: usize| match fraction {

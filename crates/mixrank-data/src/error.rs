@@ -59,6 +59,18 @@ pub enum DataError {
     #[error("too many bad rows: {count} exceeds max_bad_rows = {max}; first: {first}")]
     TooManyBadRows { count: u64, max: u64, first: String },
 
+    /// An output file that exists and was not to be replaced.
+    #[error("{}: already exists; not overwritten (overwriting must be asked for)", file.display())]
+    OutputExists { file: PathBuf },
+
+    /// An output file whose directory does not exist.
+    #[error("{}: the output directory {} does not exist", file.display(), dir.display())]
+    NoOutputDir { file: PathBuf, dir: PathBuf },
+
+    /// Two output columns of one name.
+    #[error("{}: column `{column}` would be written twice ({why})", file.display())]
+    DuplicateColumn { file: PathBuf, column: String, why: String },
+
     #[error("{0}")]
     Other(String),
 }

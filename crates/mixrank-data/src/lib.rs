@@ -9,6 +9,7 @@ pub mod config;
 pub mod encode;
 pub mod error;
 pub mod hash;
+pub mod output;
 pub mod pipeline;
 pub mod reader;
 pub mod stats;

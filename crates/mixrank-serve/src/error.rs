@@ -25,6 +25,24 @@ pub enum ServeError {
     /// Admin endpoint without the right bearer token.
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// The admin endpoint is off: the server was started without an admin token.
+    #[error(
+        "the admin endpoint is off: this server was started without an admin token \
+         (start it with --admin-token or MIXRANK_ADMIN_TOKEN to enable POST /admin/reload)"
+    )]
+    AdminDisabled,
+    /// A reload whose model would change what requests carry or what answers hold
+    /// (feature columns, tasks); refused unless forced.
+    #[error(
+        "reload refused: the new model changes the request schema ({0}); send {{\"force\": true}} to reload anyway"
+    )]
+    SchemaChanged(Box<crate::reload::SchemaDiff>),
+    /// A listener on a non-loopback address while the admin endpoint has no token.
+    #[error(
+        "refusing to listen on {addr}: it is not a loopback address and the admin endpoint has no token; \
+         give an admin token (--admin-token or MIXRANK_ADMIN_TOKEN), or turn the endpoint off (--no-admin)"
+    )]
+    InsecureBind { addr: std::net::SocketAddr },
     /// Loading or verifying a checkpoint failed.
     #[error("{}: {message}", dir.display())]
     Checkpoint { dir: PathBuf, message: String },
@@ -48,6 +66,9 @@ impl ServeError {
             ServeError::Timeout(_) => "timeout",
             ServeError::ShuttingDown => "shutting_down",
             ServeError::Unauthorized => "unauthorized",
+            ServeError::AdminDisabled => "admin_disabled",
+            ServeError::SchemaChanged(_) => "schema_changed",
+            ServeError::InsecureBind { .. } => "insecure_bind",
             ServeError::Checkpoint { .. } => "checkpoint",
             ServeError::Config { .. } => "config",
             ServeError::Internal(_) => "internal",
@@ -63,6 +84,9 @@ impl ServeError {
             ServeError::Timeout(_) => 504,
             ServeError::ShuttingDown => 503,
             ServeError::Unauthorized => 401,
+            ServeError::AdminDisabled => 403,
+            ServeError::SchemaChanged(_) => 409,
+            ServeError::InsecureBind { .. } => 500,
             ServeError::Checkpoint { .. } | ServeError::Config { .. } => 422,
             ServeError::Internal(_) => 500,
         }
@@ -77,6 +101,9 @@ impl ServeError {
             ServeError::Timeout(_) => tonic::Status::deadline_exceeded(m),
             ServeError::ShuttingDown => tonic::Status::unavailable(m),
             ServeError::Unauthorized => tonic::Status::unauthenticated(m),
+            ServeError::AdminDisabled => tonic::Status::permission_denied(m),
+            ServeError::SchemaChanged(_) => tonic::Status::failed_precondition(m),
+            ServeError::InsecureBind { .. } => tonic::Status::internal(m),
             ServeError::Checkpoint { .. } | ServeError::Config { .. } => tonic::Status::failed_precondition(m),
             ServeError::Internal(_) => tonic::Status::internal(m),
         }

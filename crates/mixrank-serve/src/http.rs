@@ -7,15 +7,18 @@
 //! | `GET /healthz` | liveness: 200 while the process serves HTTP |
 //! | `GET /readyz` | readiness: 200 with a model, 503 once shutdown has begun |
 //! | `GET /metrics` | Prometheus text |
-//! | `POST /admin/reload` | reload (body optional: `{"model": "RUN_DIR"}`); bearer token when configured |
+//! | `POST /admin/reload` | reload (body optional: `{"model": "RUN_DIR", "force": false}`); needs the bearer token; off (403) without one, not routed (404) with the route off |
 //!
 //! Errors are `{"error": {"code", "field", "message"}}` with status 400 (validation,
 //! `field` names the offending value), 413 (body or request too large), 429 (queue
-//! full, with `Retry-After`), 504 (timeout), 503 (shutting down), 401, 422 (reload
-//! refused) or 500.
+//! full, with `Retry-After`), 504 (timeout), 503 (shutting down), 401 (wrong token),
+//! 403 (admin endpoint off), 409 (reload refused: the request schema would change; the
+//! body also has `schema_changes`), 422 (reload refused: checkpoint or config) or 500.
 
 use crate::error::ServeError;
 use crate::metrics::Protocol;
+use crate::reload::SchemaDiff;
+use crate::request::ReloadRequest;
 use crate::service::Service;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -27,17 +30,28 @@ use axum::Router;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// The router, with request bodies limited to `max_body_bytes`.
-pub fn router(service: Arc<Service>, max_body_bytes: usize) -> Router {
-    Router::new()
+/// The router, with request bodies limited to `max_body_bytes`; `admin_route: false`
+/// leaves `POST /admin/reload` out (404).
+pub fn router(service: Arc<Service>, max_body_bytes: usize, admin_route: bool) -> Router {
+    let r = Router::new()
         .route("/v1/score", post(score))
         .route("/v1/model", get(model))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/admin/reload", post(reload))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(service)
+        .route("/metrics", get(metrics));
+    let r = if admin_route { r.route("/admin/reload", post(reload)) } else { r };
+    r.layer(DefaultBodyLimit::max(max_body_bytes)).with_state(service)
+}
+
+/// The schema differences as JSON (the 409 body's `schema_changes`, a forced reload's answer).
+fn schema_json(d: &SchemaDiff) -> serde_json::Value {
+    serde_json::json!({
+        "features_added": d.features_added,
+        "features_removed": d.features_removed,
+        "tasks_added": d.tasks_added,
+        "tasks_removed": d.tasks_removed,
+        "tasks_reordered": d.tasks_reordered.as_ref().map(|(old, new)| serde_json::json!({"old": old, "new": new})),
+    })
 }
 
 fn json(status: StatusCode, v: &impl serde::Serialize) -> Response {
@@ -58,7 +72,10 @@ pub fn error_response(e: &ServeError) -> Response {
         ServeError::BadRequest { message, .. } => message.clone(),
         other => other.to_string(),
     };
-    let body = serde_json::json!({ "error": { "code": e.code(), "field": field, "message": message } });
+    let mut body = serde_json::json!({ "error": { "code": e.code(), "field": field, "message": message } });
+    if let ServeError::SchemaChanged(d) = e {
+        body["schema_changes"] = schema_json(d);
+    }
     let mut r = json(status, &body);
     if matches!(e, ServeError::Overloaded { .. }) {
         r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
@@ -130,20 +147,19 @@ async fn reload(State(s): State<Arc<Service>>, headers: HeaderMap, body: Bytes) 
     if let Err(e) = s.authorize(auth) {
         return error_response(&e);
     }
-    let dir = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        match serde_json::from_slice::<serde_json::Value>(&body) {
-            Ok(serde_json::Value::Object(m)) => match m.get("model") {
-                Some(serde_json::Value::String(p)) if m.len() == 1 => Some(std::path::PathBuf::from(p)),
-                None if m.is_empty() => None,
-                _ => return error_response(&ServeError::bad("model", "expected {\"model\": \"RUN_DIR\"} or no body")),
-            },
-            _ => return error_response(&ServeError::bad("", "expected {\"model\": \"RUN_DIR\"} or no body")),
-        }
+    let req = match ReloadRequest::parse(&body) {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
     };
-    match s.slot.reload(dir).await {
-        Ok(r) => json(StatusCode::OK, &serde_json::json!({ "previous": r.previous, "version": r.version })),
+    match s.slot.reload(req.model.map(std::path::PathBuf::from), req.force).await {
+        Ok(r) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "previous": r.previous,
+                "version": r.version,
+                "schema_changes": (!r.schema_changes.is_empty()).then(|| schema_json(&r.schema_changes)),
+            }),
+        ),
         Err(e) => error_response(&e),
     }
 }

@@ -5,7 +5,10 @@
 //! so a swap never changes the model under a request, and the old session is freed
 //! when its last request finishes. A reload loads and verifies the new checkpoint on
 //! a blocking thread while the old one keeps serving, binds the score config to its
-//! tasks, and only then swaps; any failure leaves the old model in place. Reloads are
+//! tasks, and only then swaps; any failure leaves the old model in place. A new model
+//! that changes the request schema (the feature columns a request must carry, the task
+//! names and their order in answers: [`SchemaDiff`]) is refused unless the reload is
+//! forced, so a reload cannot silently break every client. Reloads are
 //! serialised. [`ModelSlot::watch`] polls `checkpoint/manifest.xxh3` (written last by
 //! a checkpoint save) and reloads when its content changes.
 
@@ -14,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::score::{ResolvedScore, ScoreConfig};
 use crate::session::{Engine, InferenceSession, Precision};
 use arc_swap::ArcSwap;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +33,69 @@ pub struct Served {
 pub struct ReloadReport {
     pub previous: String,
     pub version: String,
+    /// The schema changes a forced reload went through with (empty otherwise).
+    pub schema_changes: SchemaDiff,
+}
+
+/// How a new model's request schema differs from the served one's: the feature columns
+/// a request must carry (`GET /v1/model`'s `features`) and the tasks an answer's
+/// `predictions` follow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchemaDiff {
+    /// Columns the new model requires that the served one does not.
+    pub features_added: Vec<String>,
+    /// Columns the served model requires that the new one does not.
+    pub features_removed: Vec<String>,
+    pub tasks_added: Vec<String>,
+    pub tasks_removed: Vec<String>,
+    /// Same task names in another order (predictions are positional): `(old, new)`.
+    pub tasks_reordered: Option<(Vec<String>, Vec<String>)>,
+}
+
+impl SchemaDiff {
+    /// The differences from `old` to `new`.
+    pub fn between(old: &InferenceSession, new: &InferenceSession) -> Self {
+        let minus = |a: &BTreeSet<String>, b: &BTreeSet<String>| a.difference(b).cloned().collect::<Vec<_>>();
+        let (fo, fn_) = (old.feature_columns(), new.feature_columns());
+        let (to, tn) = (old.tasks(), new.tasks());
+        let (so, sn): (BTreeSet<String>, BTreeSet<String>) =
+            (to.iter().cloned().collect(), tn.iter().cloned().collect());
+        let tasks_reordered = (so == sn && to != tn).then(|| (to.clone(), tn.clone()));
+        SchemaDiff {
+            features_added: minus(fn_, fo),
+            features_removed: minus(fo, fn_),
+            tasks_added: tn.iter().filter(|t| !so.contains(*t)).cloned().collect(),
+            tasks_removed: to.iter().filter(|t| !sn.contains(*t)).cloned().collect(),
+            tasks_reordered,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == SchemaDiff::default()
+    }
+}
+
+impl std::fmt::Display for SchemaDiff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        for (what, v) in [
+            ("feature columns added", &self.features_added),
+            ("feature columns removed", &self.features_removed),
+            ("tasks added", &self.tasks_added),
+            ("tasks removed", &self.tasks_removed),
+        ] {
+            if !v.is_empty() {
+                parts.push(format!("{what}: {}", v.join(", ")));
+            }
+        }
+        if let Some((old, new)) = &self.tasks_reordered {
+            parts.push(format!("task order changed: {} -> {}", old.join(", "), new.join(", ")));
+        }
+        if parts.is_empty() {
+            return write!(f, "no changes");
+        }
+        write!(f, "{}", parts.join("; "))
+    }
 }
 
 pub struct ModelSlot {
@@ -76,8 +143,10 @@ impl ModelSlot {
     }
 
     /// Loads `run_dir` (default: the directory served now) and swaps it in; on any
-    /// error the old model keeps serving and the error is returned.
-    pub async fn reload(&self, run_dir: Option<PathBuf>) -> Result<ReloadReport> {
+    /// error the old model keeps serving and the error is returned. A model whose
+    /// request schema differs from the served one's is refused
+    /// ([`ServeError::SchemaChanged`]) unless `force`.
+    pub async fn reload(&self, run_dir: Option<PathBuf>, force: bool) -> Result<ReloadReport> {
         let _guard = self.lock.lock().await;
         let dir = match run_dir {
             Some(d) => d,
@@ -90,16 +159,29 @@ impl ModelSlot {
             tokio::task::spawn_blocking(move || engine.open(&d, precision, max_batch).and_then(|s| bind(s, &score)))
                 .await
                 .map_err(|e| ServeError::Internal(format!("reload task: {e}")))?;
-        match loaded {
-            Ok(served) => {
+        let checked = loaded.and_then(|served| {
+            let diff = SchemaDiff::between(&self.current().session, &served.session);
+            if diff.is_empty() || force {
+                Ok((served, diff))
+            } else {
+                Err(ServeError::SchemaChanged(Box::new(diff)))
+            }
+        });
+        match checked {
+            Ok((served, schema_changes)) => {
                 let version = served.session.version.clone();
                 let old = self.current.swap(Arc::new(served));
                 if let Ok(mut r) = self.run_dir.lock() {
                     *r = dir;
                 }
                 self.metrics.reload(true);
-                tracing::info!(previous = %old.session.version, %version, "model reloaded");
-                Ok(ReloadReport { previous: old.session.version.clone(), version })
+                if schema_changes.is_empty() {
+                    tracing::info!(previous = %old.session.version, %version, "model reloaded");
+                } else {
+                    tracing::warn!(previous = %old.session.version, %version, changes = %schema_changes,
+                        "model reloaded with a changed request schema (forced)");
+                }
+                Ok(ReloadReport { previous: old.session.version.clone(), version, schema_changes })
             }
             Err(e) => {
                 self.metrics.reload(false);
@@ -110,7 +192,8 @@ impl ModelSlot {
     }
 
     /// Polls the served run's manifest every `every` and reloads when it changes,
-    /// until `stop` resolves.
+    /// until `stop` resolves. A new checkpoint that changes the request schema is
+    /// refused (logged, counted as refused); a forced admin reload can take it.
     pub async fn watch(self: Arc<Self>, every: Duration, stop: impl std::future::Future<Output = ()>) {
         let manifest = |slot: &ModelSlot| {
             slot.run_dir
@@ -130,7 +213,7 @@ impl ModelSlot {
             let now = read(manifest(&self)).await;
             if now.is_some() && now != seen {
                 seen = now;
-                let _ = self.reload(None).await;
+                let _ = self.reload(None, false).await;
             }
         }
     }

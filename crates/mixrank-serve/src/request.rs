@@ -309,3 +309,29 @@ mod tests {
         );
     }
 }
+
+/// The body of `POST /admin/reload` (empty, or this object; both keys optional).
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadRequest {
+    /// Run directory to switch to (default: the one served now).
+    pub model: Option<String>,
+    /// Reload even when the new model changes the request schema.
+    #[serde(default)]
+    pub force: bool,
+}
+
+impl ReloadRequest {
+    /// Parses a reload body; an empty or blank body is the default request.
+    pub fn parse(body: &[u8]) -> Result<Self> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(ReloadRequest::default());
+        }
+        serde_json::from_slice(body).map_err(|e| {
+            ServeError::bad(
+                "",
+                format!("expected {{\"model\": \"RUN_DIR\", \"force\": true|false}} (both optional) or no body: {e}"),
+            )
+        })
+    }
+}

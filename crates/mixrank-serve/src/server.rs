@@ -36,7 +36,12 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     pub batcher: BatcherConfig,
     pub timeout: Duration,
+    /// Bearer token of `POST /admin/reload`. Without one the endpoint is off (403).
     pub admin_token: Option<String>,
+    /// Route `POST /admin/reload` at all (false: 404, as `mixrank serve --no-admin`).
+    /// A non-loopback HTTP address is refused at start while the route is on without a
+    /// token: an exposed server either authenticates its admin endpoint or has none.
+    pub admin_route: bool,
     /// Poll the run's manifest and reload on change.
     pub watch: Option<Duration>,
 }
@@ -56,6 +61,7 @@ impl ServeOptions {
             batcher: BatcherConfig::default(),
             timeout: Duration::from_secs(2),
             admin_token: None,
+            admin_route: true,
             watch: None,
         }
     }
@@ -74,8 +80,19 @@ fn io(what: &str, addr: SocketAddr) -> impl Fn(std::io::Error) -> ServeError + '
     move |e| ServeError::Internal(format!("{what} {addr}: {e}"))
 }
 
-/// Loads the model and starts listening (call inside a tokio runtime).
+/// Refuses a non-loopback HTTP address while the admin route is on without a token
+/// (the gRPC service has no admin call, so its address is not checked).
+pub fn check_exposure(opts: &ServeOptions) -> Result<()> {
+    if opts.admin_route && opts.admin_token.is_none() && !opts.http_addr.ip().is_loopback() {
+        return Err(ServeError::InsecureBind { addr: opts.http_addr });
+    }
+    Ok(())
+}
+
+/// Checks the exposure rule ([`check_exposure`]), loads the model and starts listening
+/// (call inside a tokio runtime).
 pub async fn start(opts: ServeOptions) -> Result<RunningServer> {
+    check_exposure(&opts)?;
     let metrics = Arc::new(Metrics::default());
     let max_batch = opts.batcher.max_batch_rows.max(opts.limits.max_candidates).max(1);
     let (dir, engine, precision, score, m) =
@@ -102,7 +119,7 @@ pub async fn start(opts: ServeOptions) -> Result<RunningServer> {
 
     let http = tokio::net::TcpListener::bind(opts.http_addr).await.map_err(io("binding HTTP to", opts.http_addr))?;
     let http_addr = http.local_addr().map_err(io("reading the address of", opts.http_addr))?;
-    let app = crate::http::router(service.clone(), opts.max_body_bytes);
+    let app = crate::http::router(service.clone(), opts.max_body_bytes, opts.admin_route);
     let sig = signal(stop_rx.clone());
     tasks.push(tokio::spawn(async move {
         axum::serve(http, app).with_graceful_shutdown(sig).await.map_err(|e| format!("HTTP server: {e}"))

@@ -20,7 +20,7 @@ pub struct Service {
     pub limits: Limits,
     /// Per-request timeout (encode + queue + forward).
     pub timeout: Duration,
-    /// Bearer token required by the admin endpoint, if any.
+    /// Bearer token required by the admin endpoint; `None`: the endpoint is off.
     pub admin_token: Option<String>,
     /// Column of the ranking score's bid, if any.
     pub bid: Option<String>,
@@ -34,7 +34,7 @@ pub struct ServiceConfig {
     pub limits: Limits,
     /// Per-request timeout (encode + queue + forward).
     pub timeout: Duration,
-    /// Bearer token required by the admin endpoint, if any.
+    /// Bearer token required by the admin endpoint; `None`: the endpoint is off.
     pub admin_token: Option<String>,
     /// Column of the ranking score's bid, if any.
     pub bid: Option<String>,
@@ -143,10 +143,11 @@ impl Service {
         )
     }
 
-    /// Checks the admin bearer token (`Authorization` header value).
+    /// Checks the admin bearer token (`Authorization` header value). Without a
+    /// configured token the admin endpoint is off: every call is refused.
     pub fn authorize(&self, header: Option<&str>) -> Result<()> {
         match &self.admin_token {
-            None => Ok(()),
+            None => Err(ServeError::AdminDisabled),
             Some(t) => match header.and_then(|h| h.strip_prefix("Bearer ")) {
                 Some(given) if constant_time_eq(given.as_bytes(), t.as_bytes()) => Ok(()),
                 _ => Err(ServeError::Unauthorized),

@@ -639,3 +639,130 @@ fn serve_position_serves_like_eval_and_needs_no_position() {
     server.shutdown();
     rt.block_on(server.wait()).unwrap();
 }
+
+fn version(addr: std::net::SocketAddr) -> String {
+    get(addr, "/v1/model").json()["version"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn the_admin_endpoint_is_off_without_a_token_and_absent_with_the_route_off() {
+    let f = fixture();
+    let run_b = f.dir.join("run-admin-off");
+    copy_run(&f.run, &run_b);
+    let rt = runtime();
+    let server = start(&rt, ServeOptions::new(&f.run, engine()));
+    let addr = server.http_addr;
+    let v0 = version(addr);
+    // No token configured: every reload is refused, whatever it carries.
+    let body = format!(r#"{{"model": "{}"}}"#, run_b.display());
+    for (headers, body) in [
+        (vec![], ""),
+        (vec![], body.as_str()),
+        (vec![("Authorization", "Bearer anything")], body.as_str()),
+        (vec![("Authorization", "Bearer ")], r#"{"force": true}"#),
+    ] {
+        let r = http(addr, "POST", "/admin/reload", &headers, body.as_bytes());
+        assert_eq!(r.status, 403, "{}", r.body);
+        let e = &r.json()["error"];
+        assert_eq!(e["code"], "admin_disabled", "{}", r.body);
+        assert!(e["message"].as_str().unwrap().contains("--admin-token"), "{}", r.body);
+    }
+    assert_eq!(version(addr), v0, "the served model did not change");
+    let m = get(addr, "/metrics").body;
+    assert!(!m.contains("mixrank_reloads_total{outcome=\"ok\"}"), "{m}");
+    server.shutdown();
+    rt.block_on(server.wait()).unwrap();
+
+    // With the route off the path does not exist.
+    let mut opts = ServeOptions::new(&f.run, engine());
+    opts.admin_route = false;
+    opts.admin_token = None;
+    let server = start(&rt, opts);
+    assert_eq!(http(server.http_addr, "POST", "/admin/reload", &[], b"").status, 404);
+    assert_eq!(get(server.http_addr, "/healthz").status, 200);
+    server.shutdown();
+    rt.block_on(server.wait()).unwrap();
+}
+
+#[test]
+fn a_reload_changing_the_request_schema_is_refused_with_409_unless_forced() {
+    let f = fixture();
+    let other = schema_fixture();
+    let rt = runtime();
+    let mut opts = ServeOptions::new(&f.run, engine());
+    opts.admin_token = Some("s3cret".into());
+    let server = start(&rt, opts);
+    let addr = server.http_addr;
+    let v0 = version(addr);
+    let auth = [("Authorization", "Bearer s3cret")];
+    let target = format!(r#"{{"model": "{}"}}"#, other.run.display());
+    // A wrong token is 401 before anything is loaded.
+    assert_eq!(http(addr, "POST", "/admin/reload", &[("Authorization", "Bearer nope")], target.as_bytes()).status, 401);
+    // Unknown keys and wrong types are 400.
+    assert_eq!(http(addr, "POST", "/admin/reload", &auth, br#"{"modle": "x"}"#).status, 400);
+    assert_eq!(http(addr, "POST", "/admin/reload", &auth, br#"{"force": "yes"}"#).status, 400);
+
+    let r = http(addr, "POST", "/admin/reload", &auth, target.as_bytes());
+    assert_eq!(r.status, 409, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "schema_changed", "{}", r.body);
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("feature columns removed: ad_age_days") && msg.contains("tasks removed: conversion"), "{msg}");
+    let ch = &v["schema_changes"];
+    assert_eq!(ch["features_removed"], serde_json::json!(["ad_age_days"]), "{}", r.body);
+    assert_eq!(ch["features_added"], serde_json::json!([]), "{}", r.body);
+    assert_eq!(ch["tasks_removed"], serde_json::json!(["conversion"]), "{}", r.body);
+    assert_eq!(ch["tasks_added"], serde_json::json!([]), "{}", r.body);
+    assert!(ch["tasks_reordered"].is_null(), "{}", r.body);
+    // The old model still serves, with its four tasks.
+    assert_eq!(version(addr), v0);
+    let body = test_requests(40).remove(0).to_json().to_string();
+    let s = post_json(addr, "/v1/score", &body);
+    assert_eq!(s.status, 200, "{}", s.body);
+    assert_eq!(s.json()["tasks"].as_array().unwrap().len(), 4, "{}", s.body);
+    assert_eq!(s.json()["model_version"], v0.as_str());
+
+    // Forced: swapped, and the answer says what changed.
+    let forced = format!(r#"{{"model": "{}", "force": true}}"#, other.run.display());
+    let r = http(addr, "POST", "/admin/reload", &auth, forced.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["previous"], v0.as_str());
+    assert!(v["version"].as_str().unwrap().starts_with("run-schema@"), "{}", r.body);
+    assert_eq!(v["schema_changes"]["tasks_removed"], serde_json::json!(["conversion"]), "{}", r.body);
+    let model = get(addr, "/v1/model").json();
+    assert_eq!(model["tasks"], serde_json::json!(["click", "save", "dwell"]), "{model}");
+    // A reload that keeps the schema (the same run again) needs no force and reports no changes.
+    let r = http(addr, "POST", "/admin/reload", &auth, b"");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.json()["schema_changes"].is_null(), "{}", r.body);
+    let m = get(addr, "/metrics").body;
+    assert!(m.contains("mixrank_reloads_total{outcome=\"ok\"} 2"), "{m}");
+    assert!(m.contains("mixrank_reloads_total{outcome=\"refused\"} 1"), "{m}");
+    server.shutdown();
+    rt.block_on(server.wait()).unwrap();
+}
+
+#[test]
+fn a_non_loopback_address_without_a_token_is_refused_at_start() {
+    let f = fixture();
+    let rt = runtime();
+    let mut opts = ServeOptions::new(&f.run, engine());
+    opts.http_addr = "0.0.0.0:0".parse().unwrap();
+    let e = rt.block_on(mixrank_serve::start(opts.clone())).err().expect("refused");
+    assert!(matches!(e, mixrank_serve::ServeError::InsecureBind { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("0.0.0.0:0") && msg.contains("--admin-token") && msg.contains("--no-admin"), "{msg}");
+    // The rule itself (checked without binding a public port): a token, or no admin
+    // route, makes the address acceptable; loopback needs neither.
+    opts.admin_token = Some("t".into());
+    mixrank_serve::server::check_exposure(&opts).unwrap();
+    opts.admin_token = None;
+    opts.admin_route = false;
+    mixrank_serve::server::check_exposure(&opts).unwrap();
+    opts.admin_route = true;
+    opts.http_addr = "[::1]:0".parse().unwrap();
+    mixrank_serve::server::check_exposure(&opts).unwrap();
+    opts.http_addr = "192.168.1.10:8080".parse().unwrap();
+    assert!(mixrank_serve::server::check_exposure(&opts).is_err());
+}

@@ -33,6 +33,9 @@ pub enum TrainError {
     /// `--init` cannot map the parent onto the new config (e.g. the head changed).
     #[error("cannot warm-start from {}: {message}", parent.display())]
     WarmStart { parent: std::path::PathBuf, message: String },
+    /// A run directory that is not there.
+    #[error("{}: no such run directory", path.display())]
+    NoRunDir { path: std::path::PathBuf },
     /// The run directory holds another run, or another process writes it.
     #[error("{0}")]
     RunDir(String),

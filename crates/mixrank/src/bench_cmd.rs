@@ -188,6 +188,7 @@ fn random_batch(cfg: &ExperimentConfig, rows: usize, rng: &mut rand::rngs::StdRn
         request_id: vec![0; rows],
         keep: Vec::new(),
         n_keep: 0,
+        passthrough: Vec::new(),
     }
 }
 
@@ -297,6 +298,10 @@ fn serve(a: &ServeBenchArgs) -> Result<()> {
         for p in &a.precisions {
             let precision: Precision = p.parse().map_err(anyhow::Error::msg)?;
             let mut opts = ServeOptions::new(&a.model, crate::backend::engine());
+            // The reloader authenticates with a token made for this run (the admin
+            // endpoint is off without one).
+            let token = (a.reload_every_ms > 0).then(|| format!("bench-{:016x}", rand::random::<u64>()));
+            opts.admin_token = token.clone();
             opts.precision = precision;
             opts.grpc_addr = None;
             opts.limits.max_candidates = n.max(1024);
@@ -308,7 +313,7 @@ fn serve(a: &ServeBenchArgs) -> Result<()> {
                 requests: a.requests,
                 max_time: Duration::from_secs(a.max_seconds),
                 reload_every: (a.reload_every_ms > 0).then(|| Duration::from_millis(a.reload_every_ms)),
-                admin_token: None,
+                admin_token: token,
             };
             let r = run_load(&lc, Arc::new(bodies.clone()));
             let batch_rows = server.service.metrics.batch_rows.count();

@@ -6,6 +6,7 @@ mod compare_cmd;
 mod demo;
 mod eval_cmd;
 mod experiment_cmd;
+mod predict_cmd;
 mod report_cmd;
 mod serve_cmd;
 mod stats_cmd;
@@ -36,6 +37,8 @@ enum Command {
     Train(train_cmd::TrainArgs),
     /// Score a split with a trained checkpoint: per-task, per-surface metrics.
     Eval(eval_cmd::EvalArgs),
+    /// Score a split or files with a trained checkpoint into a Parquet file: one column per task.
+    Predict(predict_cmd::PredictArgs),
     /// Compare two trained runs on the same rows: lifts with paired bootstrap intervals.
     Compare(compare_cmd::CompareArgs),
     /// Write a self-contained HTML report of a run: curves, metrics, gates, calibration.
@@ -124,6 +127,7 @@ fn main() -> std::process::ExitCode {
         Command::Data { command: DataCommand::Stats(a) } => stats_cmd::run(&a),
         Command::Train(a) => train_cmd::run(&a),
         Command::Eval(a) => eval_cmd::run(&a),
+        Command::Predict(a) => predict_cmd::run(&a),
         Command::Compare(a) => compare_cmd::run(&a),
         Command::Report(a) => report_cmd::run(&a),
         Command::Demo(a) => demo::run(&a),

@@ -14,7 +14,8 @@ pub struct ServeArgs {
     pub model: PathBuf,
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: crate::eval_cmd::Precision,
-    /// HTTP/JSON address. Loopback by default; a non-loopback address is served with a warning.
+    /// HTTP/JSON address. Loopback by default; a non-loopback address needs --admin-token
+    /// (or MIXRANK_ADMIN_TOKEN) or --no-admin, and is served with a warning.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
     /// gRPC address (`mixrank.v1.Ranker`).
@@ -44,10 +45,14 @@ pub struct ServeArgs {
     /// Per-request timeout, milliseconds (504 / DEADLINE_EXCEEDED).
     #[arg(long, default_value_t = 2000)]
     pub timeout_ms: u64,
-    /// Bearer token required by POST /admin/reload (default: none; also read from
-    /// the MIXRANK_ADMIN_TOKEN environment variable, which keeps it out of `ps`).
+    /// Bearer token required by POST /admin/reload (also read from the
+    /// MIXRANK_ADMIN_TOKEN environment variable, which keeps it out of `ps`). Without a
+    /// token the endpoint is off (403).
     #[arg(long)]
     pub admin_token: Option<String>,
+    /// Leave POST /admin/reload out entirely (404); a non-loopback --addr then needs no token.
+    #[arg(long, conflicts_with = "admin_token")]
+    pub no_admin: bool,
     /// Poll RUN_DIR/checkpoint/manifest.json every this many milliseconds and reload
     /// when it changes (0: off).
     #[arg(long, default_value_t = 0)]
@@ -79,8 +84,13 @@ pub fn run(a: &ServeArgs) -> Result<()> {
     opts.batcher.max_wait = Duration::from_micros(a.max_wait_us);
     opts.batcher.queue_capacity = a.queue;
     opts.timeout = Duration::from_millis(a.timeout_ms);
-    opts.admin_token =
-        a.admin_token.clone().or_else(|| std::env::var("MIXRANK_ADMIN_TOKEN").ok()).filter(|t| !t.is_empty());
+    opts.admin_route = !a.no_admin;
+    opts.admin_token = if a.no_admin {
+        None
+    } else {
+        a.admin_token.clone().or_else(|| std::env::var("MIXRANK_ADMIN_TOKEN").ok()).filter(|t| !t.is_empty())
+    };
+    mixrank_serve::server::check_exposure(&opts)?;
     opts.watch = (a.watch_ms > 0).then(|| Duration::from_millis(a.watch_ms));
     for addr in [Some(a.addr), opts.grpc_addr].into_iter().flatten() {
         if !addr.ip().is_loopback() {

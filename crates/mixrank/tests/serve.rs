@@ -153,3 +153,34 @@ fn bench_commands_run_bounded_smoke_loads() {
     assert_eq!(v[0]["reloads_failed"], 0, "{out}");
     assert!(v[0]["ok"].as_u64().unwrap() > 0, "{out}");
 }
+
+#[test]
+fn serve_refuses_a_non_loopback_address_without_an_admin_token() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("no-run");
+    let serve = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mixrank"))
+            .args(["serve", "--model", run.to_str().unwrap(), "--no-grpc"])
+            .args(extra)
+            .env_remove("MIXRANK_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // Refused before anything is loaded or bound, saying how to proceed.
+    let (ok, err) = serve(&["--addr", "0.0.0.0:0"]);
+    assert!(!ok);
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0")
+            && err.contains("--admin-token")
+            && err.contains("--no-admin")
+            && !err.contains("no-run"),
+        "{err}"
+    );
+    // A token and --no-admin are exclusive.
+    let (ok, err) = serve(&["--addr", "127.0.0.1:0", "--no-admin", "--admin-token", "t"]);
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+    // On loopback without a token the rule passes and the missing run is what fails.
+    let (ok, err) = serve(&["--addr", "127.0.0.1:0"]);
+    assert!(!ok && err.contains("no-run") && !err.contains("refusing to listen"), "{err}");
+}

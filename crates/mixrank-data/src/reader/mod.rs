@@ -58,6 +58,80 @@ pub fn day_of(path: &Path) -> Option<&str> {
     })
 }
 
+/// The columns of a source file with the Arrow type its reader gives them: a Parquet
+/// file's schema (footer only); the header (or `columns`) of a CSV file and the label
+/// and fields of a libsvm file, all text (`Utf8`).
+pub fn source_fields(cfg: &ExperimentConfig, file: &Path) -> Result<Vec<(String, arrow::datatypes::DataType)>> {
+    use arrow::datatypes::DataType;
+    let text = |names: Vec<String>| names.into_iter().map(|n| (n, DataType::Utf8)).collect();
+    match &cfg.data.format {
+        SourceFormat::Parquet => {
+            Ok(parquet::schema(file)?.fields().iter().map(|f| (f.name().clone(), f.data_type().clone())).collect())
+        }
+        SourceFormat::Csv(opts) if opts.header => {
+            let mut rdr =
+                csv::ReaderBuilder::new().delimiter(opts.delimiter).has_headers(true).from_reader(open_text(file)?);
+            let h = rdr.byte_headers().map_err(|e| DataError::Io {
+                file: file.to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            Ok(text(h.iter().map(|c| String::from_utf8_lossy(c).trim().to_string()).collect()))
+        }
+        SourceFormat::Csv(opts) => Ok(text(opts.columns.clone().unwrap_or_default())),
+        SourceFormat::Libsvm(opts) => {
+            Ok(text(std::iter::once(opts.label.clone()).chain(opts.fields.iter().cloned()).collect()))
+        }
+    }
+}
+
+/// Source columns carried unchanged beside the encoded rows
+/// ([`Encoder::with_passthrough`]), with the one Arrow type every file of a split gives
+/// each of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Passthrough {
+    pub fields: Vec<(String, arrow::datatypes::DataType)>,
+}
+
+impl Passthrough {
+    /// Checks, before any row is read (footers and headers only), that every file of
+    /// `split` has each of `columns` and gives it one type: a missing column is
+    /// [`DataError::MissingColumn`] naming the file, a type that differs between files
+    /// [`DataError::WrongType`] naming the second file.
+    pub fn plan(cfg: &ExperimentConfig, split: &Split, columns: &[String]) -> Result<Passthrough> {
+        let mut fields: Vec<(String, arrow::datatypes::DataType)> = Vec::new();
+        let mut first: Option<PathBuf> = None;
+        for file in split_files(split)? {
+            let have = source_fields(cfg, &file)?;
+            for (k, c) in columns.iter().enumerate() {
+                let Some((_, t)) = have.iter().find(|(n, _)| n == c) else {
+                    let available: Vec<&str> = have.iter().map(|(n, _)| n.as_str()).collect();
+                    return Err(DataError::MissingColumn { file, column: c.clone(), available: available.join(", ") });
+                };
+                match fields.get(k) {
+                    None => fields.push((c.clone(), t.clone())),
+                    Some((_, t0)) if t0 == t => {}
+                    Some((_, t0)) => {
+                        let first = first.as_deref().unwrap_or(Path::new("")).display().to_string();
+                        return Err(DataError::WrongType {
+                            file,
+                            column: c.clone(),
+                            expected: format!("{t0} (its type in {first})"),
+                            found: t.to_string(),
+                        });
+                    }
+                }
+            }
+            first.get_or_insert(file);
+        }
+        Ok(Passthrough { fields })
+    }
+
+    /// The carried columns' names, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.fields.iter().map(|(n, _)| n.clone()).collect()
+    }
+}
+
 /// Cuts a split into units. Parquet files are opened (footer only) to count row groups,
 /// so a truncated file fails here, before training starts.
 pub fn plan_units(cfg: &ExperimentConfig, split: &Split) -> Result<Vec<Unit>> {

@@ -20,6 +20,11 @@ fn open(file: &Path) -> Result<(File, ArrowReaderMetadata)> {
     Ok((f, meta))
 }
 
+/// The file's Arrow schema (reads the footer only).
+pub(super) fn schema(file: &Path) -> Result<arrow::datatypes::SchemaRef> {
+    Ok(open(file)?.1.schema().clone())
+}
+
 /// Row counts of the file's row groups (reads the footer only).
 pub(super) fn row_groups(file: &Path) -> Result<Vec<u64>> {
     let (_, meta) = open(file)?;

@@ -215,3 +215,52 @@ fn string_column_used_as_label() {
     let e = err_text(read_split(cfg, "train"));
     assert!(e.contains("row 1 (row group 0)") && e.contains("column `click`") && e.contains("found \"yes\""), "{e}");
 }
+
+/// Pass-through columns (`Encoder::with_passthrough`, what `mixrank predict` keeps) hold
+/// exactly the rows the encoder keeps: bad rows skipped, rows outside the split's
+/// fraction dropped, across chunk and batch boundaries; text cells as strings, an
+/// empty cell as null.
+#[test]
+fn passthrough_columns_follow_the_rows_the_encoder_keeps() {
+    use arrow::array::{Array, AsArray};
+    let d = tempfile::tempdir().unwrap();
+    let mut body = String::from("user,price,click,note\n");
+    for i in 0..40 {
+        // Every 7th row has a bad label; every 5th an empty note.
+        let click = if i % 7 == 3 { "5" } else { "1" };
+        let note = if i % 5 == 0 { String::new() } else { format!("n{i}") };
+        body.push_str(&format!("u{i},{i},{click},{note}\n"));
+    }
+    std::fs::write(d.path().join("data.csv"), &body).unwrap();
+    let text = format!(
+        "[data]\nformat = \"csv\"\nmax_bad_rows = 10\nchunk_rows = 3\nbatch_size = 4\n\
+         [data.splits.train]\npaths = [\"data.csv\"]\nrows = {{ from = 0.0, to = 0.6 }}\n\n{USER}\n\
+         [[features.dense]]\nname = \"price\"\n\n{TASK}"
+    );
+    let cfg = Arc::new(load_config(d.path(), &text).unwrap());
+    let enc = mixrank_data::Encoder::new(cfg.clone(), mixrank_data::DenseMode::Raw)
+        .unwrap()
+        .with_passthrough(&["note".to_string(), "user".to_string()]);
+    let opts = mixrank_data::StreamOptions::from_config(&cfg, false);
+    let (batches, bad) = mixrank_data::pipeline::read_all(Arc::new(enc), cfg.split("train").unwrap(), opts).unwrap();
+    assert!(batches.len() > 2 && bad > 0, "{} batches, {bad} bad", batches.len());
+    let mut kept = 0;
+    for b in &batches {
+        assert_eq!(b.passthrough.len(), 2);
+        let (note, user) = (b.passthrough[0].as_string::<i32>(), b.passthrough[1].as_string::<i32>());
+        assert_eq!((note.len(), user.len()), (b.rows, b.rows));
+        for r in 0..b.rows {
+            // The encoded price is the row number: the carried cells are that row's.
+            let i = b.dense[r * b.dense_width] as usize;
+            assert_eq!(user.value(r), format!("u{i}"));
+            assert_ne!(i % 7, 3, "a bad row was carried");
+            if i.is_multiple_of(5) {
+                assert!(note.is_null(r), "row {i}: an empty cell is null");
+            } else {
+                assert_eq!(note.value(r), format!("n{i}"));
+            }
+        }
+        kept += b.rows;
+    }
+    assert!(kept < 40 - bad as usize, "the row fraction dropped rows ({kept} kept)");
+}

@@ -178,3 +178,43 @@ pub fn get(addr: SocketAddr, path: &str) -> Reply {
 pub fn engine() -> mixrank_serve::Engine {
     mixrank_serve::Engine::new(CpuOps::new())
 }
+
+/// A model whose request schema differs from [`fixture`]'s: its own small simulated log
+/// with the `conversion` task and the `ad_age_days` feature taken out of the config, a
+/// shared-bottom model trained for a few steps. Trained once per test binary.
+pub fn schema_fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = root().join("schema");
+        let p = EngagementParams {
+            days: 3,
+            requests_per_day: 100,
+            users: 300,
+            initial_ads: 200,
+            new_ads_per_day: 20,
+            ..Default::default()
+        };
+        let sim = simulate_engagement(&p, &dir.join("data")).unwrap();
+        let text = std::fs::read_to_string(&sim.config).unwrap();
+        let cut = |text: String, block: &str| {
+            assert!(text.contains(block), "the simulator's config changed: no {block:?}");
+            text.replace(block, "")
+        };
+        let text = cut(text, "[[tasks]]\nname = \"conversion\"\nkind = \"binary\"\nlabel = \"conversion\"\nmask = \"click\"\n");
+        let text = cut(text, "[[features.dense]]\nname = \"ad_age_days\"\nlog1p = true\nstandardize = true\n");
+        std::fs::write(&sim.config, text).unwrap();
+        let model = dir.join("model.toml");
+        std::fs::write(
+            &model,
+            "[model]\narchitecture = \"shared_bottom\"\nexpert_dim = 8\n[[model.experts]]\nkind = \"mlp\"\nhidden = [8]\n\
+             [train]\nthreads = 2\n",
+        )
+        .unwrap();
+        let cfg = ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap();
+        let run = dir.join("run-schema");
+        let mut opts = TrainOptions::new(&run);
+        opts.max_steps = Some(2);
+        train(Arc::new(cfg.clone()), &opts, &CpuOps::new()).unwrap();
+        Fixture { dir, run, config: cfg }
+    })
+}
