@@ -59,6 +59,9 @@ pub enum DataError {
     #[error("too many bad rows: {count} exceeds max_bad_rows = {max}; first: {first}")]
     TooManyBadRows { count: u64, max: u64, first: String },
 
+    #[error("learned vocabulary of table `{table}`: {message}")]
+    Vocabulary { table: String, message: String },
+
     #[error("{0}")]
     Other(String),
 }
