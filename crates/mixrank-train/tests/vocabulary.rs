@@ -133,6 +133,16 @@ fn a_learned_vocabulary_is_built_stored_and_reused_as_stored() {
     assert_eq!(read_verified(&c.join("checkpoint")).unwrap().manifest.vocabularies, built);
     std::fs::remove_file(days[1].join("extra.parquet")).unwrap();
 
+    // A warm start keeps the parent's vocabularies (same table names and rules), and says so.
+    let w = d.path().join("w");
+    let mut o = TrainOptions::new(&w);
+    o.max_steps = Some(1);
+    o.init = Some(a.clone());
+    train(Arc::new(cfg.clone()), &o, &CpuOps::new()).unwrap();
+    assert_eq!(read_verified(&w.join("checkpoint")).unwrap().manifest.vocabularies, built);
+    let log = std::fs::read_to_string(w.join("train_log.jsonl")).unwrap();
+    assert!(log.contains("table `advertiser_id`: the parent's learned vocabulary (60 values), not rebuilt"), "{log}");
+
     // Evaluation reads the vocabularies from the checkpoint, not the training data (the
     // training days are gone), and scores the validation split as the end of training did.
     for day in &days[..2] {

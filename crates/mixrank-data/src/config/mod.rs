@@ -608,7 +608,7 @@ impl ExperimentConfig {
     /// value is a [`DataError::Vocabulary`].
     pub fn with_vocabularies(&self, vocabularies: &BTreeMap<String, Vec<String>>) -> Result<Self> {
         let mut out = self.clone();
-        for (name, _) in vocabularies {
+        for name in vocabularies.keys() {
             if !self.learned_tables().iter().any(|t| &t.name == name) {
                 return Err(DataError::Vocabulary {
                     table: name.clone(),
