@@ -94,6 +94,48 @@ pub struct Encoder {
     /// Column index (into `required_columns`) for each consumer, resolved once.
     cols: ColumnIndex,
     libsvm_labels: bool,
+    /// The statistics pass ([`Encoder::interning`]): ids of learned vocabularies not
+    /// built yet.
+    interners: Option<Arc<Interners>>,
+}
+
+/// The statistics pass's ids for the values of learned vocabularies not built yet
+/// (`vocabulary = { from = "train" }`): each distinct value of such a table gets the next
+/// id when a chunk is encoded (the ids depend on thread timing; the values they name do
+/// not), so the pass counts values from the batches it is given and names them after.
+#[derive(Debug, Default)]
+pub struct Interners {
+    /// Per table of the config (`None` for tables that are not interned).
+    tables: Vec<Option<Mutex<Interner>>>,
+}
+
+/// Distinct values in first-seen order.
+#[derive(Debug, Default)]
+pub struct Interner {
+    index: std::collections::HashMap<String, u32>,
+    values: Vec<String>,
+}
+
+impl Interner {
+    fn intern(&mut self, v: &str) -> u32 {
+        if let Some(&id) = self.index.get(v) {
+            return id;
+        }
+        let id = self.values.len() as u32;
+        self.index.insert(v.to_string(), id);
+        self.values.push(v.to_string());
+        id
+    }
+}
+
+impl Interners {
+    /// Table `t`'s values by id (empty for a table that is not interned).
+    pub fn values(&self, t: usize) -> Vec<String> {
+        match self.tables.get(t) {
+            Some(Some(m)) => m.lock().expect("interner poisoned").values.clone(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 struct ColumnIndex {
@@ -114,8 +156,36 @@ struct ColumnIndex {
 }
 
 impl Encoder {
-    /// Fails when a feature needs standardisation and `mode` is not `Fitted`.
+    /// The statistics pass's encoder: dense values raw ([`DenseMode::Raw`]), and every
+    /// value of a learned vocabulary not built yet given an id of the returned
+    /// [`Interners`] (so the pass can count values by id and name them after).
+    pub fn interning(cfg: Arc<ExperimentConfig>) -> Result<(Encoder, Arc<Interners>)> {
+        let interners = Arc::new(Interners {
+            tables: cfg
+                .tables
+                .iter()
+                .map(|t| matches!(t.kind, TableKind::Learned { built: None, .. }).then(Default::default))
+                .collect(),
+        });
+        let mut enc = Encoder::new(cfg, DenseMode::Raw)?;
+        enc.interners = Some(interners.clone());
+        Ok((enc, interners))
+    }
+
+    /// Fails when a feature needs standardisation and `mode` is not `Fitted`, and (in
+    /// `Fitted` mode) when a learned vocabulary is not built: training, evaluation and
+    /// serving map values with the vocabulary the run built or stored. In `Raw` mode
+    /// (`data stats`) a value of an unbuilt learned vocabulary reads as its only row, the
+    /// out-of-vocabulary row 0.
     pub fn new(cfg: Arc<ExperimentConfig>, mode: DenseMode) -> Result<Encoder> {
+        if let (DenseMode::Fitted(_), Some(t)) = (&mode, cfg.unbuilt_vocabularies().first()) {
+            return Err(DataError::Vocabulary {
+                table: t.to_string(),
+                message: "not built: its values come from the statistics pass over the training split \
+                          (a run builds it and stores it with its checkpoints)"
+                    .into(),
+            });
+        }
         if let DenseMode::Fitted(s) = &mode {
             if s.mean.len() != cfg.dense.len() {
                 return Err(DataError::Other(format!(
@@ -144,7 +214,7 @@ impl Encoder {
             names,
         };
         let libsvm_labels = matches!(cfg.data.format, SourceFormat::Libsvm(_));
-        Ok(Encoder { cfg, mode, cols, libsvm_labels })
+        Ok(Encoder { cfg, mode, cols, libsvm_labels, interners: None })
     }
 
     /// Also carries `columns` unchanged in every batch (`Batch::passthrough`, in this
@@ -249,12 +319,22 @@ impl Encoder {
             let table = &cfg.tables[f.table];
             let col = &cols[ci];
             let mut out = CatColumn::default();
+            // The statistics pass: interned ids for an unbuilt learned vocabulary.
+            let mut interner = self
+                .interners
+                .as_ref()
+                .and_then(|i| i.tables[f.table].as_ref())
+                .map(|m| m.lock().expect("interner poisoned"));
+            let mut row_of = |k: &Key<'_>| match interner.as_deref_mut() {
+                Some(i) => i.intern(k.text().as_ref()),
+                None => table_row(&table.kind, k),
+            };
             match f.pooling {
                 None => {
                     out.ids.reserve(rows);
                     for r in 0..rows {
                         match col.key(r) {
-                            Ok(k) => out.ids.push(table_row(&table.kind, &k)),
+                            Ok(k) => out.ids.push(row_of(&k)),
                             Err(m) => {
                                 out.ids.push(0);
                                 fail(r, ci, m, &mut row_err);
@@ -267,7 +347,7 @@ impl Encoder {
                     offsets.push(0u32);
                     for r in 0..rows {
                         let ids = &mut out.ids;
-                        if let Err(m) = col.keys(r, |k| ids.push(table_row(&table.kind, &k))) {
+                        if let Err(m) = col.keys(r, |k| ids.push(row_of(&k))) {
                             fail(r, ci, m, &mut row_err);
                         }
                         offsets.push(out.ids.len() as u32);
@@ -525,6 +605,11 @@ pub fn table_row(kind: &TableKind, key: &Key<'_>) -> u32 {
         TableKind::Vocabulary { values, index } => {
             index.get(key.text().as_ref()).copied().unwrap_or(values.len() as u32)
         }
+        TableKind::Learned { built: Some(v), .. } => {
+            v.index.get(key.text().as_ref()).copied().unwrap_or(v.values.len() as u32)
+        }
+        // Not built: the table's one row (only a `Raw` encoder gets here; see `Encoder::new`).
+        TableKind::Learned { built: None, .. } => 0,
     }
 }
 

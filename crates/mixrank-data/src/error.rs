@@ -71,6 +71,9 @@ pub enum DataError {
     #[error("{}: column `{column}` would be written twice ({why})", file.display())]
     DuplicateColumn { file: PathBuf, column: String, why: String },
 
+    #[error("learned vocabulary of table `{table}`: {message}")]
+    Vocabulary { table: String, message: String },
+
     #[error("{0}")]
     Other(String),
 }

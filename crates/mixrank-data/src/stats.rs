@@ -2,12 +2,12 @@
 //! and the per-column summary printed by `mixrank data stats`.
 
 use crate::batch::Batch;
-use crate::config::{ExperimentConfig, Split, TaskKind};
+use crate::config::{ExperimentConfig, LearnedVocabulary, Split, TableKind, TaskKind};
 use crate::encode::{DenseMode, Encoder};
 use crate::error::Result;
 use crate::pipeline::{BatchStream, StreamOptions};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 /// Mean and standard deviation of each dense feature after log1p/clip, over the
@@ -55,17 +55,59 @@ impl Moments {
 
 /// Fits [`DenseStats`] with one pass over `split` (at most `max_rows` rows).
 pub fn fit_dense_stats(cfg: Arc<ExperimentConfig>, split: &Split, max_rows: Option<u64>) -> Result<DenseStats> {
+    let mut no_tables = cfg.as_ref().clone();
+    // Only the dense values are read: learned vocabularies are not counted here.
+    for t in &mut no_tables.tables {
+        if let crate::config::TableKind::Learned { built: None, .. } = t.kind {
+            t.kind = crate::config::TableKind::Hashed { buckets: 1 };
+        }
+    }
+    Ok(fit_train_stats(Arc::new(no_tables), split, max_rows)?.dense)
+}
+
+/// Learned vocabularies, table name → values in row order.
+pub type Vocabularies = BTreeMap<String, Vec<String>>;
+
+/// What the statistics pass over the training split fits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainStats {
+    /// Over the first `max_rows` rows of the split (file order).
+    pub dense: DenseStats,
+    /// Every learned vocabulary of the config not built yet (`vocabulary = { from =
+    /// "train" }`), over the whole split: [`select_vocabulary`] of its value counts.
+    pub vocabularies: Vocabularies,
+}
+
+/// One pass over `split` (unshuffled): dense standardisation statistics over its first
+/// `max_rows` rows (as [`fit_dense_stats`]), and the vocabulary of every learned table
+/// not built yet over all its rows (every feature reading the table counts, each value
+/// of a multi-valued cell once; rows outside the split's row fraction and skipped bad
+/// rows do not count). Without learned tables the pass stops after `max_rows` rows.
+pub fn fit_train_stats(cfg: Arc<ExperimentConfig>, split: &Split, max_rows: Option<u64>) -> Result<TrainStats> {
     let n = cfg.dense.len();
     let mut m = vec![Moments::default(); n];
-    let enc = Arc::new(Encoder::new(cfg.clone(), DenseMode::Raw)?);
+    let (enc, interners) = Encoder::interning(cfg.clone())?;
+    let learned: Vec<(usize, LearnedVocabulary)> = cfg
+        .tables
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| match t.kind {
+            TableKind::Learned { rule, built: None } => Some((i, rule)),
+            _ => None,
+        })
+        .collect();
     let mut opts = StreamOptions::from_config(&cfg, false);
-    opts.max_rows = max_rows;
+    opts.max_rows = if learned.is_empty() { max_rows } else { None };
     opts.batch_size = 8192;
-    let mut rows = 0;
-    for b in BatchStream::start(enc, split, opts)? {
+    let dense_rows = max_rows.unwrap_or(u64::MAX);
+    let mut rows = 0u64;
+    // Per table of the config: counts by interned id.
+    let mut counts: Vec<Vec<u64>> = vec![Vec::new(); cfg.tables.len()];
+    for b in BatchStream::start(Arc::new(enc), split, opts)? {
         let b = b?;
-        rows += b.rows as u64;
-        for r in 0..b.rows {
+        let take = (dense_rows.saturating_sub(rows)).min(b.rows as u64) as usize;
+        rows += take as u64;
+        for r in 0..take {
             for (j, mj) in m.iter_mut().enumerate() {
                 let v = b.dense[r * b.dense_width + j];
                 if !v.is_nan() {
@@ -73,12 +115,46 @@ pub fn fit_dense_stats(cfg: Arc<ExperimentConfig>, split: &Split, max_rows: Opti
                 }
             }
         }
+        for (f, c) in cfg.categorical.iter().zip(&b.cat) {
+            if !learned.iter().any(|&(t, _)| t == f.table) {
+                continue;
+            }
+            let counts = &mut counts[f.table];
+            for &id in &c.ids {
+                let id = id as usize;
+                if id >= counts.len() {
+                    counts.resize(id + 1, 0);
+                }
+                counts[id] += 1;
+            }
+        }
     }
-    Ok(DenseStats {
-        mean: m.iter().map(|x| x.mean).collect(),
-        std: m.iter().map(|x| if x.std() > 1e-12 { x.std() } else { 1.0 }).collect(),
-        rows,
+    let mut vocabularies = Vocabularies::new();
+    for (t, rule) in learned {
+        let values = interners.values(t);
+        let seen = values.into_iter().zip(counts[t].iter().copied().chain(std::iter::repeat(0)));
+        vocabularies.insert(cfg.tables[t].name.clone(), select_vocabulary(seen, rule));
+    }
+    Ok(TrainStats {
+        dense: DenseStats {
+            mean: m.iter().map(|x| x.mean).collect(),
+            std: m.iter().map(|x| if x.std() > 1e-12 { x.std() } else { 1.0 }).collect(),
+            rows,
+        },
+        vocabularies,
     })
+}
+
+/// The values a learned vocabulary keeps from `(value, count)` pairs (each value once):
+/// count ≥ `min_count`, sorted by count descending, ties by the value's text ascending
+/// (byte order), the first `max_size` of them. Row `i` of the table is the `i`-th value.
+pub fn select_vocabulary(counts: impl IntoIterator<Item = (String, u64)>, rule: LearnedVocabulary) -> Vec<String> {
+    let mut kept: Vec<(String, u64)> = counts.into_iter().filter(|(_, c)| *c >= rule.min_count.max(1)).collect();
+    kept.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    if let Some(max) = rule.max_size {
+        kept.truncate(max as usize);
+    }
+    kept.into_iter().map(|(v, _)| v).collect()
 }
 
 /// `mixrank data stats` output for one split. The JSON shape is documented in

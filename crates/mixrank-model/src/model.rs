@@ -27,10 +27,10 @@ use crate::gates::GateInfo;
 use crate::inputs::InputGroup;
 use crate::ranking::RankingModel;
 use crate::two_tower::TwoTowerModel;
-use mixrank_data::config::model::{Architecture, LossWeighting};
+use mixrank_data::config::model::{Architecture, InitSection, LossWeighting};
 use mixrank_data::{Batch, ExperimentConfig};
 use mixrank_engine::Backend;
-use mixrank_nn::{EmbeddingCollection, HostBackend, Param, Parameters, ReducedSite};
+use mixrank_nn::{EmbeddingCollection, HostBackend, Init, Param, Parameters, ReducedSite};
 use rand::Rng;
 
 /// What a model reads and what it returns: the description serving, evaluation and
@@ -139,11 +139,13 @@ where
         });
     }
     let two_tower = cfg.model.as_ref().is_some_and(|m| m.architecture == Architecture::TwoTower);
-    Ok(if two_tower {
+    let mut model: Box<dyn Model<B>> = if two_tower {
         Box::new(TwoTowerModel::new(cfg, ops, max_batch, rng)?)
     } else {
         Box::new(RankingModel::new(cfg, ops, max_batch, rng)?)
-    })
+    };
+    initialise(cfg, &mut *model, ops, rng)?;
+    Ok(model)
 }
 
 /// `[train] loss_weighting = "uncertainty"`: one learned log-variance per task, starting
@@ -157,4 +159,66 @@ pub(crate) fn task_log_var<B: Backend>(cfg: &ExperimentConfig, ops: &B) -> Resul
                 .at(|| "train.loss_weighting".into())?,
         ),
     })
+}
+
+/// A config initialiser as the layers' [`Init`].
+pub fn init_of(s: InitSection) -> Init {
+    match s {
+        InitSection::XavierUniform => Init::XavierUniform,
+        InitSection::XavierNormal => Init::XavierNormal,
+        InitSection::HeUniform => Init::HeUniform,
+        InitSection::HeNormal => Init::HeNormal,
+        InitSection::Normal { std } => Init::Normal { std: std as f32 },
+        InitSection::Uniform { a } => Init::Uniform { bound: a as f32 },
+    }
+}
+
+/// `[model] init` and `embedding_init`, for any model type: after the model is built with
+/// its layers' defaults, every dense weight matrix (a parameter with weight decay, shape
+/// `[fan_in, fan_out]`: what the layers draw from `Init`) is drawn again from `init`, in
+/// visiting order, then every embedding table `[rows, dim]` from `embedding_init`
+/// (`fan_in = dim`, `fan_out = rows`), from the same generator. Written through
+/// `visit_params` (layers keeping derived copies mark them stale there). Without either
+/// key nothing is drawn, so the default model is bit for bit the one built before these
+/// keys existed.
+fn initialise<B: Backend, R: Rng + ?Sized>(
+    cfg: &ExperimentConfig,
+    model: &mut dyn Model<B>,
+    ops: &B,
+    rng: &mut R,
+) -> Result<()> {
+    let Some(m) = &cfg.model else { return Ok(()) };
+    let mut err = None;
+    if let Some(init) = m.init.map(init_of) {
+        model.params(&mut |name, p| {
+            if !p.decay || err.is_some() {
+                return;
+            }
+            let [fan_in, fan_out] = p.shape[..] else {
+                err = Some(ModelError::Unsupported {
+                    key: "init".into(),
+                    message: format!("weight `{name}` has shape {:?}, not [fan_in, fan_out]", p.shape),
+                });
+                return;
+            };
+            if let Err(e) =
+                ops.write(&init.sample(fan_in, fan_out, rng), &mut p.value).at(|| format!("model.init ({name})"))
+            {
+                err = Some(e);
+            }
+        });
+    }
+    if let (Some(init), Some(emb)) = (m.embedding_init.map(init_of), model.embeddings_mut()) {
+        emb.visit_tables(&mut |name, t| {
+            if err.is_none() {
+                if let Err(e) = ops
+                    .write(&init.sample(t.dim, t.rows, rng), &mut t.value)
+                    .at(|| format!("model.embedding_init ({name})"))
+                {
+                    err = Some(e);
+                }
+            }
+        });
+    }
+    err.map_or(Ok(()), Err)
 }

@@ -50,8 +50,12 @@ pub enum Init {
     /// Glorot/Xavier uniform: `U(-a, a)`, `a = sqrt(6 / (fan_in + fan_out))`. The default
     /// of the reference CTR implementations (FuxiCTR, DeepCTR).
     XavierUniform,
+    /// Glorot/Xavier normal: `N(0, std²)`, `std = sqrt(2 / (fan_in + fan_out))`.
+    XavierNormal,
     /// He/Kaiming uniform for ReLU: `a = sqrt(6 / fan_in)`.
     HeUniform,
+    /// He/Kaiming normal for ReLU: `std = sqrt(2 / fan_in)`.
+    HeNormal,
     /// `U(-bound, bound)`.
     Uniform { bound: f32 },
     /// `N(0, std²)`.
@@ -65,11 +69,15 @@ impl Init {
         let uniform = |bound: f64, rng: &mut R| -> Vec<f32> {
             (0..n).map(|_| if bound > 0.0 { rng.random_range(-bound..bound) as f32 } else { 0.0 }).collect()
         };
+        let normal =
+            |std: f64, rng: &mut R| -> Vec<f32> { (0..n).map(|_| (std * standard_normal(rng)) as f32).collect() };
         match self {
             Init::XavierUniform => uniform((6.0 / (fan_in + fan_out).max(1) as f64).sqrt(), rng),
             Init::HeUniform => uniform((6.0 / fan_in.max(1) as f64).sqrt(), rng),
             Init::Uniform { bound } => uniform(bound as f64, rng),
-            Init::Normal { std } => (0..n).map(|_| (std as f64 * standard_normal(rng)) as f32).collect(),
+            Init::Normal { std } => normal(std as f64, rng),
+            Init::XavierNormal => normal((2.0 / (fan_in + fan_out).max(1) as f64).sqrt(), rng),
+            Init::HeNormal => normal((2.0 / fan_in.max(1) as f64).sqrt(), rng),
         }
     }
 }

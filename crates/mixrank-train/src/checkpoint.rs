@@ -70,6 +70,12 @@ pub struct Manifest {
     /// [`mixrank_data::hash::HASH_VERSION`] the embedding rows were trained with.
     pub hash_version: u32,
     pub dense_stats: DenseStats,
+    /// The learned vocabularies (`vocabulary = { from = "train" }`), table name → values
+    /// in row order, as the run's statistics pass built them: [`Verified::config`] maps
+    /// values with them, so evaluation, serving, `--resume` and `--init` use the rows
+    /// training used without reading the training data. Absent when there are none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vocabularies: BTreeMap<String, Vec<String>>,
     /// Optimizer updates so far (also the learning-rate schedule's position).
     pub step: u64,
     /// Training examples so far.
@@ -148,6 +154,7 @@ pub fn save<B: HostBackend>(
         config_path: std::path::absolute(&info.config.path).unwrap_or_else(|_| info.config.path.clone()),
         hash_version: mixrank_data::hash::HASH_VERSION,
         dense_stats: info.dense_stats.clone(),
+        vocabularies: info.config.learned_vocabularies(),
         step: info.step,
         examples: info.examples,
         cursor: info.cursor,
@@ -261,13 +268,22 @@ impl Verified {
         TrainError::Checkpoint { path: self.dir.clone(), message }
     }
 
-    /// The config the checkpoint was trained with.
+    /// The config the checkpoint was trained with, its learned vocabularies set from the
+    /// manifest.
     pub fn config(&self) -> Result<Arc<ExperimentConfig>> {
         let m = &self.manifest;
         let wire =
             toml::from_str(&m.config_toml).map_err(|e| self.bad(format!("stored config does not parse: {e}")))?;
         let base = m.config_path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Ok(Arc::new(ExperimentConfig::from_wire(wire, &m.config_path, &base)?))
+        let cfg = ExperimentConfig::from_wire(wire, &m.config_path, &base)?;
+        if cfg.learned_tables().is_empty() && m.vocabularies.is_empty() {
+            return Ok(Arc::new(cfg));
+        }
+        let cfg = cfg.with_vocabularies(&m.vocabularies).map_err(|e| self.bad(format!("{MANIFEST}: {e}")))?;
+        if let Some(t) = cfg.unbuilt_vocabularies().first() {
+            return Err(self.bad(format!("{MANIFEST} stores no vocabulary for the learned table `{t}`")));
+        }
+        Ok(Arc::new(cfg))
     }
 
     /// The parsed weights file.

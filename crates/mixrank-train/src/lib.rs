@@ -32,5 +32,5 @@ pub use error::{Result, TrainError};
 pub use evaluate::{evaluate, read_predictions, task_type, CheckpointScorer, Predictions};
 pub use lineage::{Lineage, Stage};
 pub use predict::{score_column, PredictOptions, PredictSummary};
-pub use start::checkpoint_dir;
+pub use start::{checkpoint_dir, VOCABULARIES};
 pub use trainer::{train, Scored, StopReason, TrainOptions, TrainSummary};

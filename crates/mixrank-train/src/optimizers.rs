@@ -13,10 +13,11 @@
 
 use crate::error::{layer, Result};
 use crate::tensors::{Tensor, TensorFile};
-use mixrank_data::config::model::{DenseOptimizer, SparseOptimizer, TrainSection};
+use mixrank_data::config::model::{DenseOptimizer, SparseDecayScope, SparseOptimizer, TrainSection};
 use mixrank_model::Model;
 use mixrank_nn::{
-    Adam, AdamConfig, HostBackend, LazyAdam, LazyAdamConfig, RowWiseAdagrad, RowWiseAdagradConfig, WeightDecay,
+    Adam, AdamConfig, DecayScope, HostBackend, LazyAdam, LazyAdamConfig, RowWiseAdagrad, RowWiseAdagradConfig,
+    WeightDecay,
 };
 use serde::{Deserialize, Serialize};
 
@@ -54,10 +55,15 @@ impl Optimizers {
         };
         let adam_cfg = AdamConfig { weight_decay, clip_norm: t.clip_norm().map(|c| c as f32), ..AdamConfig::default() };
         let adam = Adam::new(adam_cfg, model);
+        let decay_scope = match t.sparse_weight_decay_scope.unwrap_or_default() {
+            SparseDecayScope::Touched => DecayScope::Touched,
+            SparseDecayScope::Table => DecayScope::Table,
+        };
         let sparse = model.embeddings().map(|e| match t.sparse_optimizer {
             SparseOptimizer::RowwiseAdagrad => {
                 let c = RowWiseAdagradConfig {
                     weight_decay: t.sparse_weight_decay as f32,
+                    decay_scope,
                     ..RowWiseAdagradConfig::new(t.sparse_lr as f32)
                 };
                 Sparse::Adagrad(RowWiseAdagrad::new(c, e))
@@ -65,6 +71,7 @@ impl Optimizers {
             SparseOptimizer::LazyAdam => {
                 let c = LazyAdamConfig {
                     weight_decay: t.sparse_weight_decay as f32,
+                    decay_scope,
                     ..LazyAdamConfig::new(t.sparse_lr as f32)
                 };
                 Sparse::Lazy(LazyAdam::new(c, e))

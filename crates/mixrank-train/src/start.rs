@@ -9,17 +9,26 @@ use crate::optimizers::Optimizers;
 use crate::periodic::{newest_good, CHECKPOINTS};
 use crate::trainer::TrainOptions;
 use crate::warm_start::{differing_keys, toml_value, warm_start};
-use mixrank_data::stats::{fit_dense_stats, DenseStats};
+use mixrank_data::config::TableKind;
+use mixrank_data::stats::{fit_train_stats, DenseStats};
 use mixrank_data::ExperimentConfig;
 use mixrank_model::{build_model, Model};
 use mixrank_nn::HostBackend;
 use rand::SeedableRng;
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// `RUN/vocabularies.json`: the run's learned vocabularies (table name → values in row
+/// order), written when the run starts; checkpoint manifests hold the same.
+pub const VOCABULARIES: &str = "vocabularies.json";
+
 /// The state a run's training loop starts from.
 pub(crate) struct Start<B: HostBackend> {
+    /// The run's config with its learned vocabularies built (fresh run), inherited
+    /// (`--init`) or restored (`--resume`): what every encoder of the run uses.
+    pub cfg: Arc<ExperimentConfig>,
     pub stats: DenseStats,
     pub model: Box<dyn Model<B>>,
     pub optim: Optimizers,
@@ -58,8 +67,11 @@ pub(crate) fn start<B: HostBackend + 'static>(
         }
         events.push(v);
     };
-    let mut model = build_model(cfg, ops, bs, &mut rand::rngs::StdRng::seed_from_u64(t.seed))?;
-    let mut optim = Optimizers::new(t, &mut *model);
+    let model_of = |cfg: &ExperimentConfig| -> Result<(Box<dyn Model<B>>, Optimizers)> {
+        let mut model = build_model(cfg, ops, bs, &mut rand::rngs::StdRng::seed_from_u64(t.seed))?;
+        let optim = Optimizers::new(t, &mut *model);
+        Ok((model, optim))
+    };
     if opts.resume {
         let found = newest_good(&opts.out_dir)?;
         for (dir, reason) in &found.refused {
@@ -92,6 +104,15 @@ pub(crate) fn start<B: HostBackend + 'static>(
                 if diff.is_empty() { "formatting".into() } else { diff.join("; ") }
             )));
         }
+        // The stored vocabularies, not rebuilt: the rows are the ones trained so far.
+        let cfg = Arc::new(cfg.with_vocabularies(&v.manifest.vocabularies)?);
+        if let Some(t) = cfg.unbuilt_vocabularies().first() {
+            return Err(TrainError::Resume(format!(
+                "{} stores no vocabulary for the learned table `{t}`",
+                v.dir.display()
+            )));
+        }
+        let (mut model, mut optim) = model_of(&cfg)?;
         v.fill_model(ops, &mut *model)?;
         v.restore_optimizers(&mut *model, &mut optim)?;
         let m = &v.manifest;
@@ -120,6 +141,7 @@ pub(crate) fn start<B: HostBackend + 'static>(
             ),
         );
         return Ok(Start {
+            cfg,
             stats: m.dense_stats.clone(),
             model,
             optim,
@@ -132,17 +154,56 @@ pub(crate) fn start<B: HostBackend + 'static>(
         });
     }
 
-    let mut stats = if cfg.dense.iter().any(|d| d.standardize) {
-        fit_dense_stats(cfg.clone(), cfg.split("train")?, Some(opts.stats_rows))?
-    } else {
-        DenseStats { mean: vec![0.0; cfg.dense.len()], std: vec![1.0; cfg.dense.len()], rows: 0 }
+    // A warm start keeps the parent's learned vocabularies (for tables of the same name
+    // and rule): the parent's rows were trained with them. The others are built here.
+    let parent = match &opts.init {
+        Some(init) => Some(read_verified(&checkpoint_dir(init))?),
+        None => None,
     };
-    let teachers = teacher_columns(cfg);
+    let mut vocabulary_changes = Vec::new();
+    let mut inherited = BTreeMap::new();
+    if let Some(p) = &parent {
+        let pcfg = p.config()?;
+        for table in cfg.learned_tables() {
+            let TableKind::Learned { rule, .. } = &table.kind else { continue };
+            let from_parent = pcfg.tables.iter().find(|o| o.name == table.name).and_then(|o| match &o.kind {
+                TableKind::Learned { rule: r, built: Some(v) } if r == rule => Some(v),
+                _ => None,
+            });
+            match from_parent {
+                Some(v) => {
+                    vocabulary_changes.push(format!(
+                        "table `{}`: the parent's learned vocabulary ({} values), not rebuilt",
+                        table.name,
+                        v.values.len()
+                    ));
+                    inherited.insert(table.name.clone(), v.values.clone());
+                }
+                None => vocabulary_changes.push(format!(
+                    "table `{}`: vocabulary learned from this run's training split (the parent has no \
+                     learned vocabulary of that name and rule)",
+                    table.name
+                )),
+            }
+        }
+    }
+    let cfg = Arc::new(cfg.with_vocabularies(&inherited)?);
+    let standardize = cfg.dense.iter().any(|d| d.standardize);
+    let fresh_stats = || DenseStats { mean: vec![0.0; cfg.dense.len()], std: vec![1.0; cfg.dense.len()], rows: 0 };
+    let (mut stats, cfg) = if standardize || !cfg.unbuilt_vocabularies().is_empty() {
+        let fitted = fit_train_stats(cfg.clone(), cfg.split("train")?, Some(opts.stats_rows))?;
+        let dense = if standardize { fitted.dense } else { fresh_stats() };
+        (dense, Arc::new(cfg.with_vocabularies(&fitted.vocabularies)?))
+    } else {
+        (fresh_stats(), cfg)
+    };
+    let (mut model, mut optim) = model_of(&cfg)?;
+    let teachers = teacher_columns(&cfg);
     let mut lineage = Lineage {
         parent: None,
         stage: opts.stage,
-        days: vec![train_days(cfg)],
-        teacher: if opts.distillation_enabled(cfg) { teachers.clone() } else { None },
+        days: vec![train_days(&cfg)],
+        teacher: if opts.distillation_enabled(&cfg) { teachers.clone() } else { None },
         warm_start: Vec::new(),
     };
     if opts.stage == Stage::Incremental && teachers.is_some() {
@@ -153,13 +214,13 @@ pub(crate) fn start<B: HostBackend + 'static>(
         };
         say(&mut events, json!({"event": "distillation", "stage": "incremental", "distillation": v}), line.into());
     }
-    match &opts.init {
-        Some(init) => {
-            let dir = checkpoint_dir(init);
-            let parent = read_verified(&dir)?;
-            let changes = warm_start(&parent, cfg, &mut *model, &mut optim, &mut stats)?;
+    match &parent {
+        Some(parent) => {
+            let dir = parent.dir.clone();
+            let mut changes = vocabulary_changes;
+            changes.extend(warm_start(parent, &cfg, &mut *model, &mut optim, &mut stats)?);
             let mut days = parent.manifest.lineage.days.clone();
-            days.push(train_days(cfg));
+            days.push(train_days(&cfg));
             lineage.parent = Some(dir.display().to_string());
             lineage.days = days;
             lineage.warm_start = changes.clone();
@@ -184,7 +245,16 @@ pub(crate) fn start<B: HostBackend + 'static>(
         &opts.out_dir.join("dense_stats.json"),
         serde_json::to_string_pretty(&stats).map_err(|e| TrainError::Other(e.to_string()))?.as_bytes(),
     )?;
+    let vocabularies = cfg.learned_vocabularies();
+    if !vocabularies.is_empty() {
+        // For people and tools; the run reads its vocabularies from checkpoint manifests.
+        write_atomic(
+            &opts.out_dir.join(VOCABULARIES),
+            serde_json::to_string_pretty(&vocabularies).map_err(|e| TrainError::Other(e.to_string()))?.as_bytes(),
+        )?;
+    }
     Ok(Start {
+        cfg,
         stats,
         model,
         optim,

@@ -307,11 +307,12 @@ macro_rules! info {
 
 impl<'a, B: HostBackend + 'static> Run<'a, B> {
     fn start(cfg: Arc<ExperimentConfig>, opts: &'a TrainOptions, ops: &'a B) -> Result<Run<'a, B>> {
-        let t = &cfg.train;
         // A config without a train split fails here, before the statistics pass.
         cfg.split("train")?;
-        let Start { stats, mut model, optim, step, examples, cursor, lineage, early_stopping, events } =
+        // From here on the config has its learned vocabularies built.
+        let Start { cfg, stats, mut model, optim, step, examples, cursor, lineage, early_stopping, events } =
             crate::start::start(&cfg, opts, ops)?;
+        let t = &cfg.train;
         let enc = Arc::new(Encoder::new(cfg.clone(), DenseMode::Fitted(Arc::new(stats.clone())))?);
         // Dropout masks continue where the checkpoint left off (a no-op for a fresh run).
         model.set_dropout_step(step);

@@ -7,7 +7,9 @@
 //!   Added: fresh (the new model's initialisation). Removed: dropped. Different `dim`
 //!   or hashed ↔ vocabulary: re-initialised. Vocabulary changed: rows remapped by
 //!   value (new values and the out-of-vocabulary row start fresh / from the old OOV
-//!   row). Hashed, `buckets` changed: a value's row is `h mod buckets`, so when the new
+//!   row); a vocabulary learned from the training split is one too (`start` keeps the
+//!   parent's learned vocabulary when the table's name and rule are unchanged, so its
+//!   rows are copied as they are). Hashed, `buckets` changed: a value's row is `h mod buckets`, so when the new
 //!   size is a multiple `k·old`, new row `r` takes old row `r mod old` (exact: every
 //!   value keeps its trained vector); when the old size is a multiple `k·new`, new row
 //!   `r` takes the mean of old rows `r, r + new, …` (the vectors of the values that now
@@ -75,6 +77,23 @@ fn table_map(old: &TableSpec, new: &TableSpec) -> (Option<RowMap>, Option<String
             Some(format!("table `{name}`: re-initialised (dim {} -> {})", old.dim, new.dim)),
         );
     }
+    if let (Some((ov, oi)), Some((nv, _))) = (old.kind.vocabulary(), new.kind.vocabulary()) {
+        if ov == nv {
+            return (None, None);
+        }
+        let mut map: RowMap = nv.iter().map(|v| oi.get(v).map(|&i| vec![i as usize]).unwrap_or_default()).collect();
+        map.push(vec![ov.len()]); // out-of-vocabulary row
+        let kept = map[..nv.len()].iter().filter(|m| !m.is_empty()).count();
+        return (
+            Some(map),
+            Some(format!(
+                "table `{name}`: vocabulary remapped by value ({kept} of {} values kept, {} new, {} dropped)",
+                nv.len(),
+                nv.len() - kept,
+                ov.len() - kept
+            )),
+        );
+    }
     match (&old.kind, &new.kind) {
         (TableKind::Hashed { .. }, TableKind::Hashed { .. }) if o == n => (None, None),
         (TableKind::Hashed { .. }, TableKind::Hashed { .. }) if n % o == 0 => (
@@ -96,23 +115,6 @@ fn table_map(old: &TableSpec, new: &TableSpec) -> (Option<RowMap>, Option<String
                 "table `{name}`: re-initialised, buckets {o} -> {n} (neither a multiple of the other, so a value's old row is unknown)"
             )),
         ),
-        (TableKind::Vocabulary { values: ov, index: oi }, TableKind::Vocabulary { values: nv, .. }) => {
-            if ov == nv {
-                return (None, None);
-            }
-            let mut map: RowMap = nv.iter().map(|v| oi.get(v).map(|&i| vec![i as usize]).unwrap_or_default()).collect();
-            map.push(vec![ov.len()]); // out-of-vocabulary row
-            let kept = map[..nv.len()].iter().filter(|m| !m.is_empty()).count();
-            (
-                Some(map),
-                Some(format!(
-                    "table `{name}`: vocabulary remapped by value ({kept} of {} values kept, {} new, {} dropped)",
-                    nv.len(),
-                    nv.len() - kept,
-                    ov.len() - kept
-                )),
-            )
-        }
         _ => (
             Some(vec![Vec::new(); n]),
             Some(format!("table `{name}`: re-initialised (switched between hashed and vocabulary)")),

@@ -113,6 +113,7 @@ fn session(a: &InferArgs, precision: Precision, max_batch: usize) -> Result<Infe
                 config_path: cfg.path.clone(),
                 hash_version: mixrank_data::hash::HASH_VERSION,
                 dense_stats: mixrank_data::stats::DenseStats { mean: vec![0.0; n], std: vec![1.0; n], rows: 0 },
+                vocabularies: Default::default(),
                 step: 0,
                 examples: 0,
                 cursor: Default::default(),

@@ -83,10 +83,33 @@ fn a_two_tower_model_trains_evaluates_predicts_and_distils_from_a_full_ranker() 
         );
     std::fs::write(&distill_cfg, text).unwrap();
     let student = d.path().join("student");
-    let (ok, out, err) =
-        mixrank(&["train", s(&distill_cfg), "--model", s(&tt_model), "--max-steps", "2", "--out", s(&student)]);
+    let (ok, out, err) = mixrank(&[
+        "train",
+        s(&distill_cfg),
+        "--model",
+        s(&tt_model),
+        "--max-steps",
+        "2",
+        "--log-every",
+        "1",
+        "--out",
+        s(&student),
+    ]);
     assert!(ok, "{err}");
     assert!(out.contains("trained 2 steps"), "{out}");
+    // Every step's log line carries a positive distillation loss for click and save.
     let log = std::fs::read_to_string(student.join("train_log.jsonl")).unwrap();
-    assert!(log.contains("distill_loss"), "the student's log carries the distillation loss");
+    let steps: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "train")
+        .collect();
+    assert_eq!(steps.len(), 2, "{log}");
+    for v in &steps {
+        for (k, task) in ["click", "save"].into_iter().enumerate() {
+            assert_eq!(v["distill_loss"][k][0], task, "{v}");
+            let loss = v["distill_loss"][k][1].as_f64().unwrap_or(f64::NAN);
+            assert!(loss.is_finite() && loss > 0.0, "{v}");
+        }
+    }
 }

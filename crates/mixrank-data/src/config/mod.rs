@@ -107,14 +107,64 @@ pub enum TableKind {
     /// Row = position in `values`; anything else maps to the out-of-vocabulary row
     /// `values.len()`.
     Vocabulary { values: Vec<String>, index: HashMap<String, u32> },
+    /// `vocabulary = { from = "train", … }`: the values of the training split that
+    /// `rule` keeps, built by the statistics pass ([`crate::stats::fit_train_stats`])
+    /// and stored with the run, then mapped like [`TableKind::Vocabulary`]. `built` is
+    /// `None` until [`ExperimentConfig::with_vocabularies`] fills it in; until then the
+    /// table has only its out-of-vocabulary row, and only the statistics pass may encode
+    /// it ([`crate::Encoder::new`] refuses it otherwise).
+    Learned { rule: LearnedVocabulary, built: Option<Vocabulary> },
+}
+
+/// Which values of the training split a learned vocabulary keeps: those seen at least
+/// `min_count` times, the `max_size` most frequent of them (ties broken by the value's
+/// text, ascending), in that order (row 0 is the most frequent value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LearnedVocabulary {
+    pub min_count: u64,
+    pub max_size: Option<u64>,
+}
+
+/// A vocabulary: `values` in row order and its index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vocabulary {
+    pub values: Vec<String>,
+    pub index: HashMap<String, u32>,
+}
+
+impl Vocabulary {
+    /// Indexes `values` (row = position); `Err(value)` names a duplicate.
+    pub fn new(values: Vec<String>) -> std::result::Result<Self, String> {
+        let mut index = HashMap::with_capacity(values.len());
+        for (i, v) in values.iter().enumerate() {
+            if index.insert(v.clone(), i as u32).is_some() {
+                return Err(v.clone());
+            }
+        }
+        Ok(Vocabulary { values, index })
+    }
+}
+
+impl TableKind {
+    /// The values and index of a vocabulary table (given or built); `None` for hashed
+    /// tables and learned ones not built yet.
+    pub fn vocabulary(&self) -> Option<(&[String], &HashMap<String, u32>)> {
+        match self {
+            TableKind::Vocabulary { values, index } => Some((values, index)),
+            TableKind::Learned { built: Some(v), .. } => Some((&v.values, &v.index)),
+            _ => None,
+        }
+    }
 }
 
 impl TableSpec {
-    /// Number of embedding rows.
+    /// Number of embedding rows (a vocabulary's values plus the out-of-vocabulary row;
+    /// 1 for a learned vocabulary not built yet).
     pub fn rows(&self) -> u64 {
         match &self.kind {
             TableKind::Hashed { buckets } => *buckets,
             TableKind::Vocabulary { values, .. } => values.len() as u64 + 1,
+            TableKind::Learned { built, .. } => built.as_ref().map_or(0, |v| v.values.len() as u64) + 1,
         }
     }
 }
@@ -532,6 +582,59 @@ impl ExperimentConfig {
         })
     }
 
+    /// Tables whose vocabulary is learned from the training split (`vocabulary = { from =
+    /// "train" }`), built or not, by name.
+    pub fn learned_tables(&self) -> Vec<&TableSpec> {
+        self.tables.iter().filter(|t| matches!(t.kind, TableKind::Learned { .. })).collect()
+    }
+
+    /// The learned vocabularies not built yet, by table name.
+    pub fn unbuilt_vocabularies(&self) -> Vec<&str> {
+        let unbuilt = |t: &&TableSpec| matches!(t.kind, TableKind::Learned { built: None, .. });
+        self.tables.iter().filter(unbuilt).map(|t| t.name.as_str()).collect()
+    }
+
+    /// The built learned vocabularies, table name → values in row order: what a run
+    /// stores (checkpoint manifest, `RUN/vocabularies.json`) so that evaluation, serving,
+    /// `--resume` and `--init` map values to the rows training used.
+    pub fn learned_vocabularies(&self) -> BTreeMap<String, Vec<String>> {
+        self.tables
+            .iter()
+            .filter_map(|t| match &t.kind {
+                TableKind::Learned { built: Some(v), .. } => Some((t.name.clone(), v.values.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The same config with the learned vocabularies `vocabularies` names set (table name
+    /// → values in row order, as the statistics pass built them or a run stored them);
+    /// learned tables it does not name stay as they were ([`Self::unbuilt_vocabularies`]).
+    /// A name that is not a learned table, more than `max_size` values or a duplicate
+    /// value is a [`DataError::Vocabulary`].
+    pub fn with_vocabularies(&self, vocabularies: &BTreeMap<String, Vec<String>>) -> Result<Self> {
+        let mut out = self.clone();
+        for name in vocabularies.keys() {
+            if !self.learned_tables().iter().any(|t| &t.name == name) {
+                return Err(DataError::Vocabulary {
+                    table: name.clone(),
+                    message: "no table of this config learns its vocabulary from the training split".into(),
+                });
+            }
+        }
+        for t in &mut out.tables {
+            let TableKind::Learned { rule, built } = &mut t.kind else { continue };
+            let bad = |message: String| DataError::Vocabulary { table: t.name.clone(), message };
+            let Some(values) = vocabularies.get(&t.name) else { continue };
+            if rule.max_size.is_some_and(|m| values.len() as u64 > m) {
+                return Err(bad(format!("{} values exceed max_size = {}", values.len(), rule.max_size.unwrap_or(0))));
+            }
+            let vocab = Vocabulary::new(values.clone()).map_err(|v| bad(format!("duplicate value `{v}`")))?;
+            *built = Some(vocab);
+        }
+        Ok(out)
+    }
+
     /// Width of the dense matrix in a batch: one column per dense feature plus one per
     /// missing indicator (indicators follow all the values, in feature order).
     pub fn dense_width(&self) -> usize {
@@ -707,7 +810,7 @@ impl Validator<'_> {
         &self,
         key: &str,
         buckets: Option<u64>,
-        vocab: &Option<Vec<String>>,
+        vocab: &Option<wire::VocabularySection>,
         vocab_file: &Option<String>,
         base_dir: &Path,
     ) -> Result<Option<TableKind>> {
@@ -722,7 +825,23 @@ impl Validator<'_> {
             return Ok(Some(TableKind::Hashed { buckets: b }));
         }
         let values = match (vocab, vocab_file) {
-            (Some(v), _) => v.clone(),
+            (Some(wire::VocabularySection::Learned(l)), _) => {
+                if l.min_count == 0 {
+                    return Err(self.err(
+                        &format!("{key}.vocabulary.min_count"),
+                        "expected an integer >= 1 (values seen fewer times map to the out-of-vocabulary row)".into(),
+                    ));
+                }
+                if l.max_size == Some(0) || l.max_size.is_some_and(|m| m >= u32::MAX as u64) {
+                    return Err(self.err(
+                        &format!("{key}.vocabulary.max_size"),
+                        format!("expected 1..=4294967294 (absent = no cap), found {}", l.max_size.unwrap_or(0)),
+                    ));
+                }
+                let rule = LearnedVocabulary { min_count: l.min_count, max_size: l.max_size };
+                return Ok(Some(TableKind::Learned { rule, built: None }));
+            }
+            (Some(wire::VocabularySection::Values(v)), _) => v.clone(),
             (_, Some(f)) => {
                 let p = base_dir.join(f);
                 let text = std::fs::read_to_string(&p).map_err(|e| {
@@ -732,12 +851,8 @@ impl Validator<'_> {
             }
             (None, None) => return Ok(None),
         };
-        let mut index = HashMap::new();
-        for (i, v) in values.iter().enumerate() {
-            if index.insert(v.clone(), i as u32).is_some() {
-                return Err(self.err(&format!("{key}.vocabulary"), format!("duplicate value `{v}`")));
-            }
-        }
+        let Vocabulary { values, index } = Vocabulary::new(values)
+            .map_err(|v| self.err(&format!("{key}.vocabulary"), format!("duplicate value `{v}`")))?;
         Ok(Some(TableKind::Vocabulary { values, index }))
     }
 

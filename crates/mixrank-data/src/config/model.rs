@@ -104,6 +104,12 @@ pub struct ModelSection {
     pub position_tower: Option<PositionTowerSection>,
     /// `architecture = "two_tower"` only: the user and item towers and the score.
     pub two_tower: Option<TwoTowerSection>,
+    /// Initialiser of every dense weight matrix (linear maps, cross weights, bilinear
+    /// fusion): absent = each layer's default, Xavier uniform. For a two-tower model,
+    /// both towers' weights.
+    pub init: Option<InitSection>,
+    /// Initialiser of the embedding tables: absent = `N(0, 0.01²)`.
+    pub embedding_init: Option<InitSection>,
     /// Which keys with defaults the file gave.
     given: GivenKeys,
 }
@@ -146,6 +152,14 @@ pub struct ModelSectionFile {
     pub ple: Option<PleSection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position_tower: Option<PositionTowerSection>,
+    /// Initialiser of every dense weight matrix (linear maps, cross weights, bilinear
+    /// fusion): absent = each layer's default, Xavier uniform. Biases start at zero and
+    /// normalisation scales at one whatever this says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitSection>,
+    /// Initialiser of the embedding tables: absent = `N(0, 0.01²)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_init: Option<InitSection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub two_tower: Option<TwoTowerSection>,
 }
@@ -164,6 +178,8 @@ impl From<ModelSectionFile> for ModelSection {
             ple: f.ple,
             position_tower: f.position_tower,
             two_tower: f.two_tower,
+            init: f.init,
+            embedding_init: f.embedding_init,
             given,
         }
     }
@@ -185,6 +201,8 @@ impl From<ModelSection> for ModelSectionFile {
             tower: (head || g.tower).then_some(m.tower),
             ple: m.ple,
             position_tower: m.position_tower,
+            init: m.init,
+            embedding_init: m.embedding_init,
             two_tower: m.two_tower,
         }
     }
@@ -247,9 +265,33 @@ impl TowerHeadSection {
             ple: self.ple.clone(),
             position_tower: None,
             two_tower: None,
+            init: None,
+            embedding_init: None,
             given: GivenKeys { expert_dim: true, gate: true, tower: true },
         }
     }
+}
+
+/// `[model] init` / `embedding_init`: a weight initialiser. A name for the fan-based
+/// schemes (`"xavier_uniform"`), a one-key table for those with a parameter
+/// (`{ normal = { std = 0.01 } }`). Fans of a weight `[fan_in, fan_out]` are its input
+/// and output widths; of an embedding table `[rows, dim]`, `fan_in = dim` and
+/// `fan_out = rows` (PyTorch's fans of an `nn.Embedding` weight).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum InitSection {
+    /// `U(-a, a)`, `a = sqrt(6 / (fan_in + fan_out))`.
+    XavierUniform,
+    /// `N(0, std²)`, `std = sqrt(2 / (fan_in + fan_out))`.
+    XavierNormal,
+    /// `U(-a, a)`, `a = sqrt(6 / fan_in)`.
+    HeUniform,
+    /// `N(0, std²)`, `std = sqrt(2 / fan_in)`.
+    HeNormal,
+    /// `N(0, std²)`; std > 0.
+    Normal { std: f64 },
+    /// `U(-a, a)`; a > 0.
+    Uniform { a: f64 },
 }
 
 /// `[model.position_tower]`: a small MLP over feature groups (default: the group
@@ -628,6 +670,17 @@ pub enum SparseOptimizer {
     LazyAdam,
 }
 
+/// `[train] sparse_weight_decay_scope`: the embedding rows the L2 penalty applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SparseDecayScope {
+    /// The rows a batch looked up (their gradient gets `λ·w`).
+    #[default]
+    Touched,
+    /// Every row of every table, every step: the gradient of `λ/2·‖W‖²` over the table.
+    Table,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LrDecay {
@@ -772,9 +825,16 @@ pub struct TrainSection {
     pub sparse_optimizer: SparseOptimizer,
     #[serde(default = "default_sparse_lr")]
     pub sparse_lr: f64,
-    /// L2 penalty on the embedding rows each batch touches (added to their gradient).
+    /// L2 penalty on embedding rows (added to their gradient): on the rows each batch
+    /// touches, or on every row of every table (`sparse_weight_decay_scope`).
     #[serde(default)]
     pub sparse_weight_decay: f64,
+    /// Which rows `sparse_weight_decay` applies to: `touched` (the default) or `table`
+    /// (every row each step, at the cost of a pass over every table). Needs
+    /// `sparse_weight_decay > 0`. Not written when absent, so configs without it
+    /// serialise as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparse_weight_decay_scope: Option<SparseDecayScope>,
     #[serde(default = "default_loss_weighting")]
     pub loss_weighting: LossWeighting,
     /// Validate every N steps (0 = once per epoch).
@@ -939,6 +999,16 @@ pub fn validate_model(m: &ModelSection, n_tasks: usize) -> Result<(), (String, S
     if m.tower.hidden.contains(&0) {
         return e("tower.hidden", "expected positive sizes".into());
     }
+    for (key, init) in [("init", m.init), ("embedding_init", m.embedding_init)] {
+        let (name, v) = match init {
+            Some(InitSection::Normal { std }) => ("normal.std", std),
+            Some(InitSection::Uniform { a }) => ("uniform.a", a),
+            _ => continue,
+        };
+        if !(v.is_finite() && v > 0.0 && v <= f32::MAX as f64) {
+            return e(&format!("{key}.{name}"), format!("expected a finite number > 0, found {v}"));
+        }
+    }
     for (i, x) in m.experts.iter().enumerate() {
         let fail = |f: &str, msg: &str| Err((format!("model.experts[{i}].{f}"), msg.to_string()));
         // The keys every kind has.
@@ -1048,6 +1118,12 @@ pub fn validate_train(t: &TrainSection) -> Result<(), (String, String)> {
         if !(v.is_finite() && v >= 0.0) {
             return e(k, format!("expected a number >= 0, found {v}"));
         }
+    }
+    if t.sparse_weight_decay_scope.is_some() && t.sparse_weight_decay == 0.0 {
+        return e(
+            "sparse_weight_decay_scope",
+            "needs sparse_weight_decay > 0 (the scope says which rows that L2 penalty applies to)".into(),
+        );
     }
     if t.grad_clip.is_some_and(|c| !(c.is_finite() && c >= 0.0)) {
         return e("grad_clip", "expected a number >= 0 (0 = no clipping)".into());

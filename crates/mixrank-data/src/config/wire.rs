@@ -172,10 +172,87 @@ pub struct RowFraction {
 #[serde(deny_unknown_fields)]
 pub struct TableSection {
     pub buckets: Option<u64>,
-    pub vocabulary: Option<Vec<String>>,
+    pub vocabulary: Option<VocabularySection>,
     /// A text file, one value per line, relative to the config file's directory.
     pub vocabulary_file: Option<String>,
     pub dim: usize,
+}
+
+/// `vocabulary = …` of a table or an inline categorical feature: the values themselves
+/// (`["de", "fr"]`), or a vocabulary built from the training split (`"train"`, short for
+/// `{ from = "train" }`, or `{ from = "train", min_count = 2, max_size = 100000 }`).
+///
+/// Written back as a list or as the full table (`"train"` becomes `{ from = "train",
+/// min_count = 1 }`). Read through a struct request, so [`super::keys`] records the
+/// table form's keys.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum VocabularySection {
+    Values(Vec<String>),
+    Learned(LearnedVocabularySection),
+}
+
+/// `vocabulary = { from = "train", min_count = N, max_size = M }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LearnedVocabularySection {
+    /// Where the values come from: only `"train"` (the training split).
+    pub from: VocabularySource,
+    /// Values seen fewer times go to the out-of-vocabulary row (default 1, at least 1).
+    #[serde(default = "one_u64")]
+    pub min_count: u64,
+    /// At most this many values (the most frequent; ties by value); absent = no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<u64>,
+}
+
+fn one_u64() -> u64 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VocabularySource {
+    /// The `train` split, in the statistics pass before training.
+    Train,
+}
+
+impl<'de> Deserialize<'de> for VocabularySection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, value::MapAccessDeserializer, MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = VocabularySection;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of values, \"train\", or { from = \"train\", min_count = N, max_size = M }")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<VocabularySection, E> {
+                match v {
+                    "train" => Ok(VocabularySection::Learned(LearnedVocabularySection {
+                        from: VocabularySource::Train,
+                        min_count: 1,
+                        max_size: None,
+                    })),
+                    other => Err(E::invalid_value(de::Unexpected::Str(other), &self)),
+                }
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<VocabularySection, A::Error> {
+                let mut values = Vec::new();
+                while let Some(v) = seq.next_element::<String>()? {
+                    values.push(v);
+                }
+                Ok(VocabularySection::Values(values))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<VocabularySection, A::Error> {
+                LearnedVocabularySection::deserialize(MapAccessDeserializer::new(map)).map(VocabularySection::Learned)
+            }
+        }
+        d.deserialize_struct("LearnedVocabularySection", &["from", "min_count", "max_size"], V)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -207,7 +284,7 @@ pub struct CategoricalSection {
     /// Source column; defaults to `name`.
     pub column: Option<String>,
     pub buckets: Option<u64>,
-    pub vocabulary: Option<Vec<String>>,
+    pub vocabulary: Option<VocabularySection>,
     pub vocabulary_file: Option<String>,
     pub dim: Option<usize>,
     /// Name of a shared table under `[tables]`.

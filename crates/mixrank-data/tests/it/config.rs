@@ -250,6 +250,52 @@ fn grad_clip_zero_switches_clipping_off_and_negative_is_refused() {
 }
 
 #[test]
+fn sparse_weight_decay_scope_is_typed_and_needs_a_decay() {
+    use mixrank_data::config::model::SparseDecayScope;
+    let d = tempfile::tempdir().unwrap();
+    let with = |train: &str| load_config(d.path(), &format!("{BASE}\n[train]\n{train}\n"));
+    assert_eq!(with("sparse_weight_decay = 1e-6").unwrap().train.sparse_weight_decay_scope, None);
+    let c = with("sparse_weight_decay = 1e-6\nsparse_weight_decay_scope = \"table\"").unwrap();
+    assert_eq!(c.train.sparse_weight_decay_scope, Some(SparseDecayScope::Table));
+    // Written back only when given.
+    assert!(toml::to_string(&c.wire).unwrap().contains("sparse_weight_decay_scope = \"table\""));
+    assert!(!toml::to_string(&with("").unwrap().wire).unwrap().contains("sparse_weight_decay_scope"));
+    let e = err_text(with("sparse_weight_decay_scope = \"table\""));
+    assert!(e.contains("train.sparse_weight_decay_scope") && e.contains("sparse_weight_decay > 0"), "{e}");
+    let e = err_text(with("sparse_weight_decay = 1e-6\nsparse_weight_decay_scope = \"rows\""));
+    assert!(e.contains("train.sparse_weight_decay_scope") && e.contains("rows"), "{e}");
+}
+
+#[test]
+fn initialisers_are_typed_and_checked_naming_the_key() {
+    use mixrank_data::config::model::InitSection;
+    let d = tempfile::tempdir().unwrap();
+    let with = |keys: &str| {
+        load_config(
+            d.path(),
+            &format!("{BASE}\n[model]\narchitecture = \"single_task\"\n{keys}\n[[model.experts]]\nkind = \"mlp\"\nhidden = [4]\n"),
+        )
+    };
+    let c = with("init = \"he_normal\"\nembedding_init = { uniform = { a = 0.05 } }").unwrap();
+    let m = c.model.as_ref().unwrap();
+    assert_eq!(m.init, Some(InitSection::HeNormal));
+    assert_eq!(m.embedding_init, Some(InitSection::Uniform { a: 0.05 }));
+    let text = toml::to_string(&c.wire).unwrap();
+    let back: mixrank_data::config::wire::ConfigFile = toml::from_str(&text).unwrap();
+    assert_eq!(back.model.unwrap().embedding_init, Some(InitSection::Uniform { a: 0.05 }), "round trip:\n{text}");
+    assert!(!toml::to_string(&with("").unwrap().wire).unwrap().contains("init"), "absent keys are not written");
+    for (keys, key, says) in [
+        ("init = { normal = { std = 0.0 } }", "model.init.normal.std", "> 0"),
+        ("embedding_init = { uniform = { a = -1.0 } }", "model.embedding_init.uniform.a", "> 0"),
+        ("init = \"orthogonal\"", "model.init", "orthogonal"),
+        ("init = { normal = { sd = 0.1 } }", "model.init", "sd"),
+    ] {
+        let e = err_text(with(keys));
+        assert!(e.contains(key) && e.contains(says), "{keys}: {e}");
+    }
+}
+
+#[test]
 fn early_stopping_monitor_keys_are_checked_against_the_tasks() {
     let d = tempfile::tempdir().unwrap();
     let two = BASE.to_string() + "\n[[tasks]]\nname = \"dwell\"\nkind = \"regression\"\nlabel = \"dwell\"\n";

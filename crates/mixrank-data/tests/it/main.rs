@@ -8,3 +8,4 @@ mod pipeline;
 mod readers;
 mod simulate;
 mod util;
+mod vocabulary;

@@ -11,7 +11,7 @@ mod sparse;
 
 pub use adam::{Adam, AdamConfig, StepStats, WeightDecay, CHUNK};
 pub use schedule::{Decay, LrSchedule};
-pub use sparse::{BiasCorrection, LazyAdam, LazyAdamConfig, RowWiseAdagrad, RowWiseAdagradConfig};
+pub use sparse::{BiasCorrection, DecayScope, LazyAdam, LazyAdamConfig, RowWiseAdagrad, RowWiseAdagradConfig};
 
 use mixrank_engine::Backend;
 

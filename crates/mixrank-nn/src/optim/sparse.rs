@@ -71,6 +71,60 @@ fn for_each_row<B: HostBackend>(
     }
 }
 
+/// Which rows the L2 penalty (`weight_decay`) of a sparse optimizer applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DecayScope {
+    /// The rows a batch touched (FuxiCTR's `embedding_regularizer` over looked-up rows):
+    /// `g_r += weight_decay · w_r` for those rows only; untouched rows are not read.
+    #[default]
+    Touched,
+    /// Every row of every table, every step: the gradient of `weight_decay/2 · ‖W‖²` over
+    /// the whole table, so row `r` is updated with `g_r + weight_decay · w_r` (`g_r = 0`
+    /// for a row the batch did not touch). Costs a pass over all `rows × dim` weights (and
+    /// optimizer state) per step instead of the touched rows only.
+    Table,
+}
+
+/// A table's touched rows copied out (ascending ids), for a walk over every row.
+#[derive(Default)]
+struct Touched {
+    ids: Vec<u32>,
+    rows: Vec<f32>,
+    zeros: Vec<f32>,
+}
+
+impl Touched {
+    /// Calls `f(row, grad)` for every row `0..rows` of table `t`: the touched rows' summed
+    /// gradients, zeros for the others.
+    fn for_every_row<B: HostBackend>(
+        &mut self,
+        emb: &EmbeddingCollection<B>,
+        t: usize,
+        merged: &mut Merged,
+        mut f: impl FnMut(usize, &[f32]),
+    ) {
+        let (rows, dim) = (emb.tables()[t].rows, emb.tables()[t].dim);
+        let (ids, grads) = (&mut self.ids, &mut self.rows);
+        ids.clear();
+        grads.clear();
+        for_each_row(emb, t, merged, |id, g| {
+            ids.push(id as u32);
+            grads.extend_from_slice(g);
+        });
+        self.zeros.clear();
+        self.zeros.resize(dim, 0.0);
+        let mut k = 0;
+        for r in 0..rows {
+            if k < self.ids.len() && self.ids[k] as usize == r {
+                f(r, &self.rows[k * dim..(k + 1) * dim]);
+                k += 1;
+            } else {
+                f(r, &self.zeros);
+            }
+        }
+    }
+}
+
 /// The optimizer state (`rows` per table) was built for this collection.
 fn check_tables<B: HostBackend>(
     opt: &'static str,
@@ -108,14 +162,22 @@ pub struct RowWiseAdagradConfig {
     pub eps: f32,
     /// Starting value of every row's accumulator. Default 0.
     pub initial_accumulator: f32,
-    /// L2 penalty on the rows a batch touched: `g_r += weight_decay · w_r` before the
-    /// update (FuxiCTR's `embedding_regularizer`, restricted to looked-up rows). Default 0.
+    /// L2 penalty: `g_r += weight_decay · w_r` before the update (FuxiCTR's
+    /// `embedding_regularizer`) on the rows `decay_scope` says. Default 0.
     pub weight_decay: f32,
+    /// The rows `weight_decay` applies to. Default [`DecayScope::Touched`].
+    pub decay_scope: DecayScope,
 }
 
 impl RowWiseAdagradConfig {
     pub fn new(lr: f32) -> Self {
-        RowWiseAdagradConfig { lr, eps: 1e-8, initial_accumulator: 0.0, weight_decay: 0.0 }
+        RowWiseAdagradConfig {
+            lr,
+            eps: 1e-8,
+            initial_accumulator: 0.0,
+            weight_decay: 0.0,
+            decay_scope: DecayScope::Touched,
+        }
     }
 }
 
@@ -124,12 +186,14 @@ impl RowWiseAdagradConfig {
 ///
 /// For each touched row `r` with gradient `g_r` (plus `weight_decay · w_r`):
 /// `s_r += mean_j(g_rj²)`, `w_rj -= lr · g_rj / (sqrt(s_r) + eps)`. Untouched rows are
-/// not read or written.
+/// not read or written (unless `decay_scope` is [`DecayScope::Table`], which updates
+/// every row with its L2 gradient).
 pub struct RowWiseAdagrad {
     config: RowWiseAdagradConfig,
     /// Per table: `[rows]` accumulators.
     state: Vec<Vec<f32>>,
     merged: Merged,
+    touched: Touched,
 }
 
 impl RowWiseAdagrad {
@@ -140,7 +204,7 @@ impl RowWiseAdagrad {
 
     pub fn new<B: HostBackend>(config: RowWiseAdagradConfig, emb: &EmbeddingCollection<B>) -> Self {
         let state = emb.tables().iter().map(|t| vec![config.initial_accumulator; t.rows]).collect();
-        RowWiseAdagrad { config, state, merged: Merged::default() }
+        RowWiseAdagrad { config, state, merged: Merged::default(), touched: Touched::default() }
     }
 
     /// Accumulator of table `t` (for checkpoints and tests).
@@ -167,14 +231,14 @@ impl RowWiseAdagrad {
     /// Applies the last backward's sparse gradients to every table.
     pub fn step<B: HostBackend>(&mut self, emb: &mut EmbeddingCollection<B>) -> Result<()> {
         check_tables("RowWiseAdagrad", emb, self.state.iter().map(Vec::len))?;
-        let RowWiseAdagradConfig { lr, eps, weight_decay: wd, .. } = self.config;
+        let RowWiseAdagradConfig { lr, eps, weight_decay: wd, decay_scope, .. } = self.config;
         for t in 0..self.state.len() {
             let dim = emb.tables()[t].dim;
             // The table is moved out while the gradient walk borrows the collection.
             let mut table = std::mem::take(&mut emb.tables_mut()[t].value);
             let state = &mut self.state[t];
             let mut decayed = vec![0f32; if wd != 0.0 { dim } else { 0 }];
-            for_each_row(emb, t, &mut self.merged, |id, g| {
+            let update = |id: usize, g: &[f32]| {
                 let row = &mut table[id * dim..(id + 1) * dim];
                 let g: &[f32] = if wd != 0.0 {
                     for ((d, &gj), &w) in decayed.iter_mut().zip(g).zip(row.iter()) {
@@ -190,7 +254,12 @@ impl RowWiseAdagrad {
                 for (w, &gj) in row.iter_mut().zip(g) {
                     *w -= step * gj;
                 }
-            });
+            };
+            if decay_scope == DecayScope::Table && wd != 0.0 {
+                self.touched.for_every_row(emb, t, &mut self.merged, update);
+            } else {
+                for_each_row(emb, t, &mut self.merged, update);
+            }
             emb.tables_mut()[t].value = table;
         }
         Ok(())
@@ -216,9 +285,13 @@ pub struct LazyAdamConfig {
     pub beta2: f32,
     pub eps: f32,
     pub bias_correction: BiasCorrection,
-    /// L2 penalty on the rows a batch touched: `g += weight_decay · w` before the
-    /// moments (see [`RowWiseAdagradConfig::weight_decay`]). Default 0.
+    /// L2 penalty: `g += weight_decay · w` before the moments, on the rows
+    /// `decay_scope` says (see [`RowWiseAdagradConfig::weight_decay`]). Default 0.
     pub weight_decay: f32,
+    /// The rows `weight_decay` applies to. Default [`DecayScope::Touched`]; with
+    /// [`DecayScope::Table`] every row's moments take its L2 gradient every step, so the
+    /// optimizer is no longer lazy.
+    pub decay_scope: DecayScope,
 }
 
 impl LazyAdamConfig {
@@ -230,6 +303,7 @@ impl LazyAdamConfig {
             eps: 1e-8,
             bias_correction: BiasCorrection::PerRow,
             weight_decay: 0.0,
+            decay_scope: DecayScope::Touched,
         }
     }
 }
@@ -248,6 +322,7 @@ pub struct LazyAdam {
     row_steps: Vec<Vec<u32>>,
     t: u64,
     merged: Merged,
+    touched: Touched,
 }
 
 impl LazyAdam {
@@ -265,6 +340,7 @@ impl LazyAdam {
             row_steps: tables.iter().map(|t| vec![0; t.rows]).collect(),
             t: 0,
             merged: Merged::default(),
+            touched: Touched::default(),
         }
     }
 
@@ -308,13 +384,14 @@ impl LazyAdam {
     pub fn step<B: HostBackend>(&mut self, emb: &mut EmbeddingCollection<B>) -> Result<()> {
         check_tables("LazyAdam", emb, self.row_steps.iter().map(Vec::len))?;
         self.t += 1;
-        let LazyAdamConfig { lr, beta1: b1, beta2: b2, eps, bias_correction, weight_decay: wd } = self.config;
+        let LazyAdamConfig { lr, beta1: b1, beta2: b2, eps, bias_correction, weight_decay: wd, decay_scope } =
+            self.config;
         for t in 0..self.m.len() {
             let dim = emb.tables()[t].dim;
             let mut table = std::mem::take(&mut emb.tables_mut()[t].value);
             let (m, v, steps) = (&mut self.m[t], &mut self.v[t], &mut self.row_steps[t]);
             let global = self.t;
-            for_each_row(emb, t, &mut self.merged, |id, g| {
+            let update = |id: usize, g: &[f32]| {
                 steps[id] += 1;
                 let k = match bias_correction {
                     BiasCorrection::PerRow => steps[id] as i32,
@@ -330,7 +407,12 @@ impl LazyAdam {
                     v[e] = b2 * v[e] + (1.0 - b2) * gj * gj;
                     table[e] -= step_size * m[e] / (v[e].sqrt() / bc2_sqrt + eps);
                 }
-            });
+            };
+            if decay_scope == DecayScope::Table && wd != 0.0 {
+                self.touched.for_every_row(emb, t, &mut self.merged, update);
+            } else {
+                for_each_row(emb, t, &mut self.merged, update);
+            }
             emb.tables_mut()[t].value = table;
         }
         Ok(())

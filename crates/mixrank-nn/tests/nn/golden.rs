@@ -745,10 +745,8 @@ fn golden_rowwise_adagrad_step() {
     let ops = CpuOps::new();
     let (mut emb, _) = pool().install(|| embedding_run(&ops, &ge));
     let before: Vec<Vec<f32>> = emb.tables().iter().map(|t| t.value.clone()).collect();
-    let mut opt = RowWiseAdagrad::new(
-        RowWiseAdagradConfig { lr: h[0], eps: h[1], initial_accumulator: 0.0, weight_decay: 0.0 },
-        &emb,
-    );
+    let mut opt =
+        RowWiseAdagrad::new(RowWiseAdagradConfig { lr: h[0], eps: h[1], ..RowWiseAdagradConfig::new(h[0]) }, &emb);
     for t in 0..2 {
         opt.set_accumulators(t, &g.f32(&format!("state0.{t}"))).unwrap();
     }
@@ -805,7 +803,7 @@ fn golden_lazy_adam_steps() {
             beta2: h[2],
             eps: h[3],
             bias_correction: correction,
-            weight_decay: 0.0,
+            ..LazyAdamConfig::new(h[0])
         };
         let mut opt = LazyAdam::new(config, &emb);
         for t in 0..2 {

@@ -181,6 +181,88 @@ fn sparse_weight_decay_adds_l2_on_touched_rows_only() {
     }
 }
 
+/// `decay_scope = Table`: the update of every row is the optimizer applied to the
+/// gradient of `J(W) = Σ dout·lookup(W) + wd/2·‖W‖²` over the whole table. The gradient
+/// is read back from row-wise Adagrad's update (`g = Δw·(sqrt(s) + eps)/lr`, `s` the
+/// accumulator after the step) and compared with central finite differences of `J`
+/// (exact for a quadratic up to f32 rounding of the lookup). Under `Touched` the
+/// untouched rows stay bit-identical; under `Table` they decay.
+#[test]
+fn table_scope_decay_applies_the_whole_table_l2_gradient_to_every_row() {
+    let wd = 0.3f64;
+    let (lr, eps) = (0.5f64, 1e-8f64);
+    let ids = vec![4u32, 1, 4];
+    let dout = vec![0.5f32, -1.0, 2.0, 0.25, 1.5, 3.0];
+    // J in f64 from the collection's own forward.
+    let objective = |table: &[f32]| -> f64 {
+        let cfg = EmbeddingCollectionConfig {
+            tables: vec![TableConfig::new(6, 2)],
+            features: vec![FeatureConfig::single(0)],
+        };
+        let mut emb = cfg.init(&RefOps, 3, &mut rng(1)).unwrap();
+        emb.tables_mut()[0].value.copy_from_slice(table);
+        let out = emb.forward(&RefOps, &[FeatureInput::Single(&ids)], 3).unwrap().clone();
+        let lin: f64 = out.iter().zip(&dout).map(|(&o, &d)| o as f64 * d as f64).sum();
+        lin + wd / 2.0 * table.iter().map(|&w| w as f64 * w as f64).sum::<f64>()
+    };
+    for scope in [DecayScope::Touched, DecayScope::Table] {
+        let (mut emb, before) = embedding_with_grad();
+        let cfg = RowWiseAdagradConfig {
+            weight_decay: wd as f32,
+            decay_scope: scope,
+            ..RowWiseAdagradConfig::new(lr as f32)
+        };
+        let mut opt = RowWiseAdagrad::new(cfg, &emb);
+        opt.step(&mut emb).unwrap();
+        let after = emb.tables()[0].value.clone();
+        for row in 0..6 {
+            let touched = row == 1 || row == 4;
+            if scope == DecayScope::Touched && !touched {
+                assert_eq!(after[row * 2..row * 2 + 2], before[row * 2..row * 2 + 2], "touched scope: row {row} kept");
+                assert_eq!(opt.accumulators(0)[row], 0.0);
+                continue;
+            }
+            let s = opt.accumulators(0)[row] as f64;
+            assert!(s > 0.0, "{scope:?}: row {row} was updated");
+            for j in 0..2 {
+                let e = row * 2 + j;
+                let g = (before[e] as f64 - after[e] as f64) * (s.sqrt() + eps) / lr;
+                let h = 1e-2f32;
+                let (mut up, mut down) = (before.clone(), before.clone());
+                up[e] += h;
+                down[e] -= h;
+                let fd = (objective(&up) - objective(&down)) / (up[e] as f64 - down[e] as f64);
+                let tol = 1e-3 * (1.0 + fd.abs());
+                assert!(
+                    (g - fd).abs() <= tol,
+                    "{scope:?} row {row} col {j}: update's gradient {g}, finite differences {fd}"
+                );
+                if !touched {
+                    // Closed form: an untouched row's gradient is wd·w alone.
+                    let want = wd * before[e] as f64;
+                    assert!((g - want).abs() <= 1e-4 * (1.0 + want.abs()), "row {row}: {g} vs wd·w = {want}");
+                    assert_ne!(after[e], before[e], "table scope: untouched row {row} decays");
+                }
+            }
+        }
+    }
+    // Lazy Adam under `Table`: an untouched row's moments take its L2 gradient.
+    let (mut emb, before) = embedding_with_grad();
+    let cfg = LazyAdamConfig { weight_decay: wd as f32, decay_scope: DecayScope::Table, ..LazyAdamConfig::new(0.01) };
+    let mut opt = LazyAdam::new(cfg, &emb);
+    opt.step(&mut emb).unwrap();
+    let after = emb.tables()[0].value.clone();
+    for row in [0usize, 2, 3, 5] {
+        for j in 0..2 {
+            let w = before[row * 2 + j] as f64;
+            let (want, m, _) = adam_ref(w, wd * w, 0.0, 0.0, 1, 0.01, 0.0);
+            close(&format!("lazy w[{row},{j}]"), after[row * 2 + j], want, w.abs() + (want - w).abs());
+            close("m", opt.state(0).0[row * 2 + j], m, m.abs());
+        }
+        assert_eq!(opt.state(0).2[row], 1, "row {row} counted as updated");
+    }
+}
+
 #[test]
 fn lazy_adam_touches_only_listed_rows_with_per_row_or_global_correction() {
     for correction in [BiasCorrection::PerRow, BiasCorrection::GlobalStep] {
