@@ -111,7 +111,14 @@ fn demo_runs_end_to_end_on_a_small_simulation() {
     let (ok, stdout, err) =
         mixrank(&["demo", "--out", out.to_str().unwrap(), "--requests-per-day", "150", "--resamples", "20"]);
     assert!(ok, "{err}");
-    assert!(stdout.contains("[6/6] comparing mmoe_heterogeneous (B) against shared_bottom_dcnv2 (A)"), "{stdout}");
+    assert!(stdout.contains("[6/7] comparing mmoe_heterogeneous (B) against shared_bottom_dcnv2 (A)"), "{stdout}");
+    // The light ranker, distilled from the MMoE, then compared with it.
+    assert!(stdout.contains("[7/7] training the light ranker two_tower_distilled distilled from mmoe_heterogeneous"));
+    assert!(stdout.contains("two_tower_distilled (B) against its teacher mmoe_heterogeneous (A)"), "{stdout}");
+    let manifest = std::fs::read_to_string(out.join("runs/two_tower_distilled/checkpoint/manifest.json")).unwrap();
+    let teacher = format!("\"teacher\": \"checkpoint {}\"", out.join("runs/mmoe_heterogeneous").display());
+    assert!(manifest.contains(&teacher), "the light ranker's lineage names its teacher: {manifest}");
+    assert!(manifest.contains("two_tower"), "{manifest}");
     assert!(stdout.contains("mean gate weight per expert"), "{stdout}");
     // It ends with the comparison table and the reports' paths.
     let tail: Vec<&str> = stdout.lines().rev().take(2).collect();
