@@ -97,6 +97,8 @@ pub struct Encoder {
     /// The statistics pass ([`Encoder::interning`]): ids of learned vocabularies not
     /// built yet.
     interners: Option<Arc<Interners>>,
+    /// [`Encoder::at_position`]: every row read as if shown at this position.
+    at_position: Option<u32>,
 }
 
 /// The statistics pass's ids for the values of learned vocabularies not built yet
@@ -214,7 +216,26 @@ impl Encoder {
             names,
         };
         let libsvm_labels = matches!(cfg.data.format, SourceFormat::Libsvm(_));
-        Ok(Encoder { cfg, mode, cols, libsvm_labels, interners: None })
+        Ok(Encoder { cfg, mode, cols, libsvm_labels, interners: None, at_position: None })
+    }
+
+    /// Reads every row as if it had been shown at `position` (`mixrank eval --at-position`):
+    /// the `[columns] position` column's value is replaced by `position` before it is
+    /// encoded, both for `Batch::position` and for every categorical feature reading that
+    /// column (so a model with position as a plain feature scores "shown at position N").
+    /// Fails when the config names no position column or `position` is 0.
+    pub fn at_position(mut self, position: u32) -> Result<Self> {
+        if self.cols.position.is_none() {
+            return Err(DataError::Other(format!(
+                "scoring at a fixed position needs a position column ([columns] position) in {}",
+                self.cfg.path.display()
+            )));
+        }
+        if position == 0 {
+            return Err(DataError::Other("positions start at 1, found 0".into()));
+        }
+        self.at_position = Some(position);
+        Ok(self)
     }
 
     /// Also carries `columns` unchanged in every batch (`Batch::passthrough`, in this
@@ -329,8 +350,14 @@ impl Encoder {
                 Some(i) => i.intern(k.text().as_ref()),
                 None => table_row(&table.kind, k),
             };
-            match f.pooling {
-                None => {
+            let fixed = self.at_position.filter(|_| Some(ci) == self.cols.position);
+            match (&f.pooling, fixed) {
+                (None, Some(n)) => out.ids = vec![row_of(&Key::Int(i64::from(n))); rows],
+                (Some(_), Some(n)) => {
+                    out.ids = vec![row_of(&Key::Int(i64::from(n))); rows];
+                    out.offsets = Some((0..=rows as u32).collect());
+                }
+                (None, None) => {
                     out.ids.reserve(rows);
                     for r in 0..rows {
                         match col.key(r) {
@@ -342,7 +369,7 @@ impl Encoder {
                         }
                     }
                 }
-                Some(_) => {
+                (Some(_), None) => {
                     let mut offsets = Vec::with_capacity(rows + 1);
                     offsets.push(0u32);
                     for r in 0..rows {
@@ -532,7 +559,9 @@ impl Encoder {
         }
 
         b.position = vec![0u32; rows];
-        if let (Some(spec), Some(pi)) = (&cfg.columns.position, self.cols.position) {
+        if let (Some(spec), Some(n)) = (&cfg.columns.position, self.at_position) {
+            b.position = vec![n.min(spec.max); rows];
+        } else if let (Some(spec), Some(pi)) = (&cfg.columns.position, self.cols.position) {
             for r in 0..rows {
                 match cols[pi].num(r) {
                     Ok(Some(v)) if v >= 1.0 && v.fract() == 0.0 => {

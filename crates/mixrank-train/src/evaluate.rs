@@ -133,6 +133,15 @@ impl<B: HostBackend + 'static> CheckpointScorer<B> {
         Ok(CheckpointScorer { config, loaded, enc })
     }
 
+    /// Scores every row as if it had been shown at `position` ([`Encoder::at_position`]):
+    /// how a model that reads position as a plain feature is scored "at position N".
+    pub fn at_position(mut self, position: u32) -> Result<Self> {
+        let stats = Arc::new(self.loaded.manifest.dense_stats.clone());
+        let enc = Encoder::new(self.config.clone(), mixrank_data::DenseMode::Fitted(stats))?.at_position(position)?;
+        self.enc = Arc::new(enc);
+        Ok(self)
+    }
+
     /// Scores every row of the named split.
     pub fn score(&mut self, ops: &B, split: &str) -> Result<Predictions> {
         evaluate(&mut *self.loaded.model, ops, self.enc.clone(), self.config.split(split)?)

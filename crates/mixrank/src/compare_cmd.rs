@@ -21,6 +21,12 @@ pub struct CompareArgs {
     /// Bootstrap resamples.
     #[arg(long, default_value_t = 1000)]
     pub resamples: usize,
+    /// Score A's rows as if shown at this position (`mixrank eval --at-position`).
+    #[arg(long)]
+    pub a_at_position: Option<u32>,
+    /// Score B's rows as if shown at this position.
+    #[arg(long)]
+    pub b_at_position: Option<u32>,
     /// Compute threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -30,13 +36,17 @@ pub fn run(a: &CompareArgs) -> Result<()> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build()?;
     pool.install(|| {
         let ops = crate::backend::ops();
-        let open = |dir: &PathBuf, splits_from| {
-            CheckpointScorer::open(dir, &ops, splits_from)
-                .with_context(|| format!("loading the checkpoint in {}", dir.display()))
+        let open = |dir: &PathBuf, splits_from, position: Option<u32>| {
+            let s = CheckpointScorer::open(dir, &ops, splits_from)
+                .with_context(|| format!("loading the checkpoint in {}", dir.display()))?;
+            match position {
+                Some(n) => s.at_position(n).with_context(|| format!("scoring {} at position {n}", dir.display())),
+                None => Ok(s),
+            }
         };
-        let mut a_model = open(&a.run_a, None)?;
+        let mut a_model = open(&a.run_a, None, a.a_at_position)?;
         // B reads A's split definitions so both score exactly the same rows.
-        let mut b_model = open(&a.run_b, Some(&a_model.config))?;
+        let mut b_model = open(&a.run_b, Some(&a_model.config), a.b_at_position)?;
         let pa = a_model.score(&ops, &a.split)?;
         let pb = b_model.score(&ops, &a.split)?;
         let (cfg_a, cfg_b) = (&a_model.config, &b_model.config);

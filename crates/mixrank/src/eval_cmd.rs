@@ -30,6 +30,11 @@ pub struct EvalArgs {
     /// `truth` and `auction` of the f32 model too).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Score every row as if shown at this position (the `[columns] position` column's
+    /// value replaced before encoding): how a model that reads position as a plain
+    /// feature is scored "at position N". Labels and truths are unchanged.
+    #[arg(long)]
+    pub at_position: Option<u32>,
     /// Compute threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -44,6 +49,9 @@ fn run_in_pool(a: &EvalArgs) -> Result<()> {
     let ops = crate::backend::ops();
     let mut scorer = CheckpointScorer::open(&a.run_dir, &ops, None)
         .with_context(|| format!("loading the checkpoint in {}", a.run_dir.display()))?;
+    if let Some(n) = a.at_position {
+        scorer = scorer.at_position(n).context("--at-position")?;
+    }
     let cfg = scorer.config.clone();
     let f32_preds = scorer.score(&ops, &a.split)?;
     let f32_reports = f32_preds.reports(&cfg);

@@ -108,6 +108,11 @@ struct SimulateArgs {
     /// Engagement: correlation ρ between the save and click affinities.
     #[arg(long, default_value_t = 0.5)]
     save_click_correlation: f64,
+    /// Engagement: order each request's candidates by a production ranker's noisy
+    /// estimate of their click logit (`z + σ·N(0,1)`, best first) with this σ, so better
+    /// ads are shown higher (selection bias); absent: random order.
+    #[arg(long)]
+    logged_ranking_noise: Option<f64>,
     /// MMoE paper: task correlation p in [-1, 1].
     #[arg(long, default_value_t = 0.5)]
     correlation: f64,
@@ -193,6 +198,7 @@ fn simulate(a: &SimulateArgs) -> Result<()> {
                 initial_ads: a.initial_ads,
                 new_ads_per_day: a.new_ads_per_day,
                 save_click_correlation: a.save_click_correlation,
+                logged_ranking_noise: a.logged_ranking_noise,
                 ..Default::default()
             };
             simulate_engagement(&p, &a.out)?

@@ -60,6 +60,12 @@ pub struct EngagementParams {
     /// ρ in the save task's construction.
     pub save_click_correlation: f64,
     pub row_group_rows: usize,
+    /// How each request's candidates are ordered into positions 1..=K. `None`: at
+    /// random, so position is independent of appeal. `Some(σ)`: by a production ranker's
+    /// noisy estimate of the click logit, `z_click + σ·N(0, 1)`, best first, so better
+    /// ads are shown higher and examined more — the selection bias of real logs, which a
+    /// model that reads position (or ignores it) confounds with appeal.
+    pub logged_ranking_noise: Option<f64>,
 }
 
 impl Default for EngagementParams {
@@ -77,6 +83,7 @@ impl Default for EngagementParams {
             categories: 32,
             save_click_correlation: 0.5,
             row_group_rows: 32_768,
+            logged_ranking_noise: None,
         }
     }
 }
@@ -287,15 +294,18 @@ fn simulate_day(p: &EngagementParams, w: &World, day: usize) -> DayCols {
         } else {
             rng.random_range(0..p.categories as i64)
         };
-        for pos in 1..=p.candidates {
-            // Candidate generation: mostly from the context (or an interest), else any live ad.
+        // Candidate generation: mostly from the context (or an interest), else any live ad.
+        let pick = |rng: &mut rand::rngs::StdRng| -> usize {
             let focus = if s == 0 { u.interests[rng.random_range(0..3)] } else { ctx };
             let pool = &w.live_by_cat[day][focus as usize];
-            let aid = if !pool.is_empty() && rng.random::<f64>() < 0.55 {
+            (if !pool.is_empty() && rng.random::<f64>() < 0.55 {
                 pool[rng.random_range(0..pool.len())]
             } else {
                 live[rng.random_range(0..live.len())]
-            } as usize;
+            }) as usize
+        };
+        // The click logit of an ad in this request (before position bias), its age and affinities.
+        let appeal = |aid: usize| {
             let a = &w.ads[aid];
             let pop = w.popularity[day][aid];
             let age = (day - a.created_day) as f64;
@@ -314,6 +324,11 @@ fn simulate_day(p: &EngagementParams, w: &World, day: usize) -> DayCols {
                 + novelty
                 + device_eff[d]
                 + 0.5 * (2.0 * c1).sin();
+            (z_click, age, c1, c2)
+        };
+        let mut show = |rng: &mut rand::rngs::StdRng, aid: usize, pos: usize| {
+            let a = &w.ads[aid];
+            let (z_click, age, c1, c2) = appeal(aid);
             let p_click = sigmoid(z_click);
             let examined = rng.random::<f64>() < (1.0 / pos as f64).powf(eta[d]);
             let clicked = examined && rng.random::<f64>() < p_click;
@@ -322,7 +337,7 @@ fn simulate_day(p: &EngagementParams, w: &World, day: usize) -> DayCols {
             let saved = examined && rng.random::<f64>() < sigmoid(z_save + if clicked { 1.0 } else { 0.0 });
             let (dwell, converted) = if clicked {
                 let mu = 2.5 + 0.6 * c1 + if s == 2 { 0.5 } else { 0.0 } + a.quality;
-                let dwell = (mu + dwell_noise.sample(&mut rng)).exp();
+                let dwell = (mu + dwell_noise.sample(rng)).exp();
                 let p_conv = sigmoid(-5.0 + 0.8 * c1 + w.advertiser_conv[a.advertiser as usize] + 0.4 * a.bid.ln());
                 (dwell, rng.random::<f64>() < p_conv)
             } else {
@@ -330,7 +345,7 @@ fn simulate_day(p: &EngagementParams, w: &World, day: usize) -> DayCols {
             };
             // A noisy, lagged popularity estimate; unknown for ads younger than a day.
             let hist_ctr = (age >= 1.0).then(|| {
-                let g: f64 = StandardNormal.sample(&mut rng);
+                let g: f64 = StandardNormal.sample(rng);
                 sigmoid(-2.0 + w.popularity[day - 1][aid] + a.quality + 0.2 * g)
             });
             c.request_id.push(request_id);
@@ -353,6 +368,30 @@ fn simulate_day(p: &EngagementParams, w: &World, day: usize) -> DayCols {
             c.conversion.push(converted as i32);
             c.p_click_true.push(p_click);
             c.p_save_true.push(p_save);
+        };
+        match p.logged_ranking_noise {
+            // Random order: position independent of appeal.
+            None => {
+                for pos in 1..=p.candidates {
+                    let aid = pick(&mut rng);
+                    show(&mut rng, aid, pos);
+                }
+            }
+            // A production ranker orders the candidates by a noisy estimate of their click
+            // logit, best first: better ads are shown higher (the selection bias of logs).
+            Some(sigma) => {
+                let mut ranked: Vec<(f64, usize)> = (0..p.candidates)
+                    .map(|_| {
+                        let aid = pick(&mut rng);
+                        let g: f64 = StandardNormal.sample(&mut rng);
+                        (appeal(aid).0 + sigma * g, aid)
+                    })
+                    .collect();
+                ranked.sort_by(|x, y| y.0.total_cmp(&x.0));
+                for (i, &(_, aid)) in ranked.iter().enumerate() {
+                    show(&mut rng, aid, i + 1);
+                }
+            }
         }
     }
     c
@@ -457,6 +496,9 @@ pub fn simulate_engagement(p: &EngagementParams, out: &Path) -> Result<SimSummar
         return Err(DataError::Other(
             "candidates, requests, users, ads, categories and advertisers must be positive".into(),
         ));
+    }
+    if let Some(sigma) = p.logged_ranking_noise.filter(|s| !(s.is_finite() && *s >= 0.0)) {
+        return Err(DataError::Other(format!("logged_ranking_noise must be a finite number >= 0, found {sigma}")));
     }
     if !(-1.0..=1.0).contains(&p.save_click_correlation) {
         return Err(DataError::Other(format!(

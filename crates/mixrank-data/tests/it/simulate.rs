@@ -132,3 +132,72 @@ fn committed_engagement_config_matches_the_generator() {
     let (_, body) = committed.split_once('\n').unwrap();
     assert_eq!(body, generated, "configs/engagement.toml is out of date: regenerate it from `mixrank simulate`");
 }
+
+/// Mean of `p_click_true` over the rows shown at `pos`, and the squared standard error
+/// of that mean.
+fn truth_at(b: &mixrank_data::Batch, pos: u32) -> (f64, f64) {
+    let v: Vec<f64> = (0..b.rows).filter(|&r| b.position[r] == pos).map(|r| b.kept(0)[r] as f64).collect();
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, var / n)
+}
+
+#[test]
+fn logged_ranking_shows_better_ads_higher_and_random_order_does_not() {
+    let read = |noise: Option<f64>| {
+        let d = tempfile::tempdir().unwrap();
+        let p = EngagementParams { logged_ranking_noise: noise, ..small() };
+        let s = simulate_engagement(&p, d.path()).unwrap();
+        let cfg = mixrank_data::ExperimentConfig::load(&s.config).unwrap();
+        concat(&read_split(cfg, "train").unwrap().0)
+    };
+    // Mean truth at position 1 minus at position 10, and 4 standard errors of that
+    // difference (6,000 rows per position).
+    let gap = |b: &mixrank_data::Batch| {
+        let ((m1, s1), (m10, s10)) = (truth_at(b, 1), truth_at(b, 10));
+        (m1 - m10, 4.0 * (s1 + s10).sqrt())
+    };
+    // Random order: the true click probability does not depend on position.
+    let (d, bound) = gap(&read(None));
+    assert!(d.abs() < bound, "random order: truth@1 - truth@10 = {d}, 4 s.e. = {bound}");
+    // Ranked by a noisy estimate of appeal: better ads first.
+    let (d, bound) = gap(&read(Some(0.5)));
+    assert!(d > bound.max(0.05), "ranked: truth@1 - truth@10 = {d}, 4 s.e. = {bound}");
+    let bad = EngagementParams { logged_ranking_noise: Some(f64::NAN), ..small() };
+    let e = simulate_engagement(&bad, tempfile::tempdir().unwrap().path()).unwrap_err().to_string();
+    assert!(e.contains("logged_ranking_noise"), "{e}");
+}
+
+#[test]
+fn at_position_reads_every_row_as_shown_there() {
+    let d = tempfile::tempdir().unwrap();
+    let s = simulate_engagement(&small(), d.path()).unwrap();
+    let cfg = Arc::new(mixrank_data::ExperimentConfig::load(&s.config).unwrap());
+    let f = cfg.categorical.iter().position(|f| f.name == "position_id").expect("the simulator's position feature");
+    let read = |enc: mixrank_data::Encoder| {
+        let mut opts = mixrank_data::pipeline::StreamOptions::from_config(&cfg, false);
+        opts.batch_size = 1 << 20;
+        concat(&mixrank_data::pipeline::read_all(Arc::new(enc), cfg.split("test").unwrap(), opts).unwrap().0)
+    };
+    let plain = read(mixrank_data::Encoder::new(cfg.clone(), mixrank_data::DenseMode::Raw).unwrap());
+    let at = |n| {
+        read(mixrank_data::Encoder::new(cfg.clone(), mixrank_data::DenseMode::Raw).unwrap().at_position(n).unwrap())
+    };
+    for n in [1u32, 3] {
+        let fixed = at(n);
+        // The id position n has in the plain encoding, now on every row.
+        let r = (0..plain.rows).find(|&r| plain.position[r] == n).unwrap();
+        let id = plain.cat[f].ids[r];
+        assert!(fixed.position.iter().all(|&p| p == n));
+        assert!(fixed.cat[f].ids.iter().all(|&i| i == id), "position {n}");
+        // Everything else is read as before.
+        assert_eq!(fixed.rows, plain.rows);
+        assert_eq!(fixed.label(0), plain.label(0));
+        for g in (0..cfg.categorical.len()).filter(|&g| g != f) {
+            assert_eq!(fixed.cat[g].ids, plain.cat[g].ids);
+        }
+    }
+    let e = mixrank_data::Encoder::new(cfg.clone(), mixrank_data::DenseMode::Raw).unwrap().at_position(0);
+    assert!(e.is_err());
+}
