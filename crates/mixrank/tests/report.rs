@@ -111,18 +111,25 @@ fn demo_runs_end_to_end_on_a_small_simulation() {
     let (ok, stdout, err) =
         mixrank(&["demo", "--out", out.to_str().unwrap(), "--requests-per-day", "150", "--resamples", "20"]);
     assert!(ok, "{err}");
-    assert!(stdout.contains("[6/7] comparing mmoe_heterogeneous (B) against shared_bottom_dcnv2 (A)"), "{stdout}");
+    assert!(
+        stdout.contains("[6/7] comparing mmoe_position_tower (B) against shared_bottom_position_tower (A)"),
+        "{stdout}"
+    );
     // The light ranker, distilled from the MMoE, then compared with it.
-    assert!(stdout.contains("[7/7] training the light ranker two_tower_distilled distilled from mmoe_heterogeneous"));
-    assert!(stdout.contains("two_tower_distilled (B) against its teacher mmoe_heterogeneous (A)"), "{stdout}");
+    assert!(stdout.contains("[7/7] training the light ranker two_tower_distilled distilled from mmoe_position_tower"));
+    assert!(stdout.contains("two_tower_distilled (B) against its teacher mmoe_position_tower (A)"), "{stdout}");
     let manifest = std::fs::read_to_string(out.join("runs/two_tower_distilled/checkpoint/manifest.json")).unwrap();
-    let teacher = format!("\"teacher\": \"checkpoint {}\"", out.join("runs/mmoe_heterogeneous").display());
+    let teacher = format!("\"teacher\": \"checkpoint {}\"", out.join("runs/mmoe_position_tower").display());
     assert!(manifest.contains(&teacher), "the light ranker's lineage names its teacher: {manifest}");
     assert!(manifest.contains("two_tower"), "{manifest}");
     assert!(stdout.contains("mean gate weight per expert"), "{stdout}");
+    // The MMoE against the baseline also against the simulator's true probabilities and
+    // in the replayed auction (the simulator's [eval] section).
+    assert!(stdout.contains("against the true probabilities"), "{stdout}");
+    assert!(stdout.contains("auction per request"), "{stdout}");
     // It ends with the comparison table and the reports' paths.
     let tail: Vec<&str> = stdout.lines().rev().take(2).collect();
-    for (line, name) in tail.iter().rev().zip(["shared_bottom_dcnv2", "mmoe_heterogeneous"]) {
+    for (line, name) in tail.iter().rev().zip(["shared_bottom_position_tower", "mmoe_position_tower"]) {
         let page = out.join("runs").join(name).join("report.html");
         assert_eq!(*line, format!("report: {}", page.display()));
         assert!(std::fs::read_to_string(&page).unwrap().contains("Metrics on split"));
