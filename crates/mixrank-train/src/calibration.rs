@@ -164,7 +164,10 @@ impl Calibration {
             split: split.into(),
             tasks,
         };
-        Self::from_file(cfg, file).map_err(TrainError::Other)
+        // Through the file's text, so the layer in memory is the one stored (serde_json
+        // may read a float back one ulp away from the one it wrote).
+        let text = serde_json::to_string_pretty(&file).expect("plain data serialises");
+        Self::parse(cfg, text.as_bytes()).map_err(TrainError::Other)
     }
 
     /// Checks `file` against the config (its binary tasks, in order; its segment names)
