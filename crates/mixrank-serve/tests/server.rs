@@ -773,7 +773,8 @@ fn a_non_loopback_address_without_a_token_is_refused_at_start() {
 /// from the model's own.
 #[test]
 fn a_calibrated_model_serves_evals_calibrated_scores() {
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("serve-calibrated-{}", std::process::id()));
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("serve-calibrated-{}", std::process::id()));
     let p = mixrank_data::simulate::EngagementParams {
         days: 3,
         requests_per_day: 300,

@@ -265,8 +265,9 @@ pub fn report(cfg: &ExperimentConfig, cal: &Predictions, raw: &[Vec<f32>]) -> Ve
         if task.kind != TaskKind::Binary {
             continue;
         }
-        let groups = std::iter::once(("all".to_string(), None))
-            .chain(cfg.columns.segment.iter().flat_map(|_| names.iter().enumerate().map(|(s, n)| (n.clone(), Some(s)))));
+        let groups = std::iter::once(("all".to_string(), None)).chain(
+            cfg.columns.segment.iter().flat_map(|_| names.iter().enumerate().map(|(s, n)| (n.clone(), Some(s)))),
+        );
         for (segment, seg) in groups {
             let idx: Vec<usize> = (0..raw[t].len())
                 .filter(|&i| cal.masks[t][i] > 0.0 && seg.is_none_or(|s| cal.segments[i] as usize == s))

@@ -670,9 +670,11 @@ fn calibration_is_fitted_on_validation_stored_verified_and_applied_per_surface()
     assert_eq!(fitted.file.tasks.iter().map(|t| t.task.as_str()).collect::<Vec<_>>(), ["click", "save", "conversion"]);
     assert_eq!(fitted.report.len(), 3 * 4);
     for r in &fitted.report {
-        let fallback = fitted.file.tasks.iter().any(|t| {
-            t.task == r.task && t.surfaces.iter().any(|m| m.segment == r.segment && m.fallback.is_some())
-        });
+        let fallback = fitted
+            .file
+            .tasks
+            .iter()
+            .any(|t| t.task == r.task && t.surfaces.iter().any(|m| m.segment == r.segment && m.fallback.is_some()));
         if r.segment != "all" && !fallback {
             assert!(r.logloss[1] <= r.logloss[0] + 1e-9, "{r:?}");
         }

@@ -99,7 +99,8 @@ mod tests {
 
     #[test]
     fn calibration_needs_a_validation_split() {
-        let text = "[data]\nformat = \"parquet\"\n[data.splits.train]\npaths = [\"x\"]\n[[features.dense]]\nname = \"a\"\n\
+        let text =
+            "[data]\nformat = \"parquet\"\n[data.splits.train]\npaths = [\"x\"]\n[[features.dense]]\nname = \"a\"\n\
                     [[tasks]]\nname = \"click\"\nkind = \"binary\"\nlabel = \"y\"\n[calibration]\nmethod = \"platt\"\n";
         let e = ExperimentConfig::parse(text, std::path::Path::new("t.toml")).unwrap_err().to_string();
         assert!(e.contains("validation"), "{e}");
