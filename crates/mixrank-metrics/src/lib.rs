@@ -9,6 +9,7 @@ pub mod auc;
 pub mod auction;
 pub mod binary;
 pub mod bootstrap;
+pub mod calibrate;
 pub mod regression;
 pub mod truth;
 
@@ -18,6 +19,7 @@ pub use auction::{
 };
 pub use binary::{binary_metrics, BinaryMetrics};
 pub use bootstrap::{paired_bootstrap, paired_bootstrap_units, Better, BootstrapConfig, Lift, Metric, Paired};
+pub use calibrate::{ece, FitError, Isotonic, Platt, ECE_BINS};
 pub use regression::{regression_metrics, RegressionMetrics};
 pub mod report;
 pub use report::{compare_task, task_report, TaskComparison, TaskMetrics, TaskReport, TaskRows, TaskType};

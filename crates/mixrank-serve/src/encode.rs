@@ -44,6 +44,10 @@ enum Role {
     /// A feature column the served model does not read (only the position tower
     /// reads it, and the tower is off at serving): filled, and ignored when sent.
     Ignored(Fill),
+    /// The surface (`[columns] segment`) when it is not a feature: read from the request
+    /// when it carries it (the calibration layer maps each row by its surface), else
+    /// filled.
+    Surface(Fill),
 }
 
 /// Encodes requests for one model config.
@@ -56,6 +60,8 @@ pub struct RequestEncoder {
     /// Feature columns a request need not carry ([`ExperimentConfig::request_free_columns`]):
     /// filled with a neutral value; ignored (and counted) when sent.
     free: BTreeSet<String>,
+    /// The segment column when it is not a feature: optional in a request.
+    surface: Option<String>,
 }
 
 impl RequestEncoder {
@@ -98,7 +104,9 @@ impl RequestEncoder {
             .column_names()
             .iter()
             .map(|c| {
-                if free.contains(c) {
+                if !features.contains(c) && s.segment.as_ref().is_some_and(|e| &e.column == c) {
+                    Role::Surface(label_fill(c).unwrap_or(Fill::F64(0.0)))
+                } else if free.contains(c) {
                     // Read only by the position tower, which does not run at serving:
                     // the integer 1 (position 1) for every row, unless a label-side
                     // role of the column needs another value.
@@ -110,8 +118,14 @@ impl RequestEncoder {
                 }
             })
             .collect();
+        let surface = s.segment.as_ref().map(|e| e.column.clone()).filter(|c| !features.contains(c));
         let features = features.difference(&free).cloned().collect();
-        RequestEncoder { encoder, roles, features, free }
+        RequestEncoder { encoder, roles, features, free, surface }
+    }
+
+    /// The segment column when a request may carry it without it being a feature.
+    pub fn surface_column(&self) -> Option<&str> {
+        self.surface.as_deref()
     }
 
     /// Source columns the model reads as features (a request must carry them).
@@ -139,7 +153,9 @@ impl RequestEncoder {
     /// request may carry besides features (e.g. the bid of the ranking score).
     pub fn encode(&self, req: &ScoreRequest, extra: &BTreeSet<String>) -> Result<Batch> {
         let n = req.candidates.len();
-        let known = |k: &String| self.features.contains(k) || self.free.contains(k) || extra.contains(k);
+        let known = |k: &String| {
+            self.features.contains(k) || self.free.contains(k) || extra.contains(k) || self.surface.as_ref() == Some(k)
+        };
         let list_known = || {
             let mut v: Vec<&str> = self.features.iter().map(String::as_str).collect();
             v.extend(extra.iter().map(String::as_str));
@@ -167,7 +183,10 @@ impl RequestEncoder {
         for (name, role) in names.iter().zip(&self.roles) {
             arrays.push(match role {
                 Role::Fill(f) | Role::Ignored(f) => fill(f, n),
-                Role::Feature => match req.context.get(name) {
+                Role::Surface(f) if !req.context.contains_key(name) && !req.candidates.iter().any(|c| c.contains_key(name)) => {
+                    fill(f, n)
+                }
+                Role::Feature | Role::Surface(_) => match req.context.get(name) {
                     Some(v) => build(&vec![v; n], &|_| format!("context.{name}"))?,
                     None => {
                         let mut vals = Vec::with_capacity(n);

@@ -132,6 +132,8 @@ pub struct InferenceSession {
     pub run_dir: PathBuf,
     /// Floats released by dropping the dense parameters' gradient buffers.
     pub released_grad_floats: usize,
+    /// The checkpoint's calibration layer, applied after the model (as in `mixrank eval`).
+    pub calibration: Option<Arc<mixrank_train::calibration::Calibration>>,
     encoder: RequestEncoder,
     runner: Mutex<Box<dyn Runner>>,
 }
@@ -158,6 +160,7 @@ impl InferenceSession {
         let version = format!("{run}@{}#{}", m.step, &m.weights_xxh3()[..m.weights_xxh3().len().min(8)]);
         let mut s = Self::from_parts(loaded.config, loaded.model, ops, loaded.manifest, precision, max_batch, version)?;
         s.run_dir = run_dir.to_path_buf();
+        s.calibration = loaded.calibration;
         Ok(s)
     }
 
@@ -202,6 +205,7 @@ impl InferenceSession {
             max_batch: max_batch.max(1),
             run_dir: PathBuf::new(),
             released_grad_floats,
+            calibration: None,
             runner: Mutex::new(Box::new(Loaded { ops, model, host: Vec::new() })),
         })
     }
@@ -232,12 +236,27 @@ impl InferenceSession {
         self.encoder.ignored_in(req)
     }
 
-    /// Validates and encodes a request (see [`RequestEncoder::encode`]).
+    /// Validates and encodes a request (see [`RequestEncoder::encode`]). With a
+    /// per-surface calibration layer the request must name its surface (the segment
+    /// column, in the context or in every candidate).
     pub fn encode(&self, req: &ScoreRequest, extra: &BTreeSet<String>) -> Result<Batch> {
+        let per_surface = self
+            .calibration
+            .as_ref()
+            .is_some_and(|c| c.file.per == mixrank_data::config::calibration::CalibrationScope::Surface);
+        if let (true, Some(col)) = (per_surface, self.encoder.surface_column()) {
+            if !req.context.contains_key(col) && !req.candidates.iter().all(|c| c.contains_key(col)) {
+                return Err(ServeError::bad(
+                    format!("context.{col}"),
+                    "missing surface: the model is calibrated per surface (give it in the context or in every candidate)",
+                ));
+            }
+        }
         self.encoder.encode(req, extra)
     }
 
-    /// Predictions `[task][row]` for every row of `batch`, in chunks of `max_batch`.
+    /// Predictions `[task][row]` for every row of `batch`, in chunks of `max_batch`,
+    /// through the calibration layer (each row by its surface) when the checkpoint has one.
     pub fn predict(&self, batch: &Batch) -> Result<Vec<Vec<f32>>> {
         let mut out = vec![Vec::with_capacity(batch.rows); self.config.tasks.len()];
         let mut r = self.runner.lock().map_err(|_| ServeError::Internal("model lock poisoned".into()))?;
@@ -249,6 +268,9 @@ impl InferenceSession {
                 let idx: Vec<usize> = (start..(start + self.max_batch).min(batch.rows)).collect();
                 run(&batch.gather(&idx))?;
             }
+        }
+        if let Some(cal) = &self.calibration {
+            cal.apply_all(&batch.segment, &mut out);
         }
         Ok(out)
     }

@@ -766,3 +766,74 @@ fn a_non_loopback_address_without_a_token_is_refused_at_start() {
     opts.http_addr = "192.168.1.10:8080".parse().unwrap();
     assert!(mixrank_serve::server::check_exposure(&opts).is_err());
 }
+
+/// A model with a per-surface isotonic calibration layer: the served predictions equal
+/// `mixrank eval`'s calibrated ones on the same rows (eval's batches of one request,
+/// then the checkpoint's layer, as `CheckpointScorer::score` applies it), and differ
+/// from the model's own.
+#[test]
+fn a_calibrated_model_serves_evals_calibrated_scores() {
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("serve-calibrated-{}", std::process::id()));
+    let p = mixrank_data::simulate::EngagementParams {
+        days: 3,
+        requests_per_day: 300,
+        users: 300,
+        initial_ads: 200,
+        new_ads_per_day: 20,
+        ..Default::default()
+    };
+    let sim = mixrank_data::simulate::simulate_engagement(&p, &dir.join("data")).unwrap();
+    let mut text = std::fs::read_to_string(&sim.config).unwrap();
+    text.push_str("\n[calibration]\nmethod = \"isotonic\"\nper = \"surface\"\n");
+    std::fs::write(&sim.config, text).unwrap();
+    let model = dir.join("model.toml");
+    std::fs::write(
+        &model,
+        "[model]\narchitecture = \"shared_bottom\"\nexpert_dim = 8\n[[model.experts]]\nkind = \"mlp\"\nhidden = [8]\n\
+         [train]\nthreads = 2\nlr = 0.01\n",
+    )
+    .unwrap();
+    let cfg = mixrank_data::ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap();
+    let run = dir.join("run");
+    let mut opts = mixrank_train::TrainOptions::new(&run);
+    opts.max_steps = Some(10);
+    mixrank_train::train(std::sync::Arc::new(cfg.clone()), &opts, &CpuOps::new()).unwrap();
+
+    let ops = CpuOps::new();
+    let mut s = CheckpointScorer::open(&run, &ops, None).unwrap();
+    let cal = s.loaded.calibration.clone().expect("a calibration layer");
+    let mut c = (*s.config).clone();
+    c.data.batch_size = 10;
+    let stats = std::sync::Arc::new(s.loaded.manifest.dense_stats.clone());
+    let c = std::sync::Arc::new(c);
+    let enc = mixrank_data::Encoder::new(c.clone(), mixrank_data::DenseMode::Fitted(stats)).unwrap();
+    let p = mixrank_train::evaluate(&mut *s.loaded.model, &ops, std::sync::Arc::new(enc), c.split("test").unwrap())
+        .unwrap();
+    let mut eval = p.preds.clone();
+    cal.apply_all(&p.segments, &mut eval);
+    // eval's own path (4096-row batches) applies the same layer.
+    let scored = s.score(&ops, "test").unwrap();
+    assert!(scored.uncalibrated.is_some());
+
+    let files = split_files(&cfg, "test").unwrap();
+    let reqs = requests_from_parquet(&files[0], &cfg, Grouping::RequestId, 300).unwrap();
+    let rt = runtime();
+    let server = start(&rt, ServeOptions::new(&run, engine()));
+    let (mut row, mut changed) = (0, 0);
+    for (k, req) in reqs.iter().enumerate() {
+        let reply = post_json(server.http_addr, "/v1/score", &req.to_json().to_string());
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        for cand in predictions(&reply) {
+            for (t, v) in cand.as_array().unwrap().iter().enumerate() {
+                assert_eq!(v.as_f64().unwrap() as f32, eval[t][row], "request {k}, row {row}, task {t}");
+                changed += usize::from(eval[t][row] != p.preds[t][row]);
+            }
+            row += 1;
+        }
+    }
+    assert!(row >= 100, "{row} rows");
+    assert!(changed > row, "calibration changed {changed} predictions of {row} rows");
+    server.shutdown();
+    rt.block_on(server.wait()).unwrap();
+}

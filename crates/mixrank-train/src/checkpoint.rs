@@ -8,7 +8,10 @@
 //!   table as `emb.tables.<i>`, f32;
 //! - `optimizer.safetensors`: the optimizer state ([`crate::optimizers`] lists the names);
 //! - `manifest.json`: [`Manifest`], with the XXH3-64 and size of both files;
-//! - `manifest.xxh3`: the XXH3-64 of `manifest.json` (hex), written last.
+//! - `manifest.xxh3`: the XXH3-64 of `manifest.json` (hex), written last;
+//! - `calibration.json` (only in a run's final `checkpoint/` with `[calibration]`): the
+//!   calibration layer ([`crate::calibration`]), listed in the manifest like the others
+//!   ([`attach_calibration`]).
 //!
 //! [`save`] writes everything into a temporary sibling directory and renames it into
 //! place, so a crash leaves either the old directory or the new one complete; a
@@ -19,6 +22,7 @@
 //! with a message saying so: they cannot be resumed exactly, and a weights-only warm
 //! start would silently reset the optimizer.
 
+use crate::calibration::{Calibration, CALIBRATION};
 use crate::early_stop::EarlyStopState;
 use crate::error::{write_atomic, Result, TrainError};
 use crate::lineage::Lineage;
@@ -178,6 +182,31 @@ pub fn save<B: HostBackend>(
     Ok(manifest)
 }
 
+/// Adds `cal` to the checkpoint directory `dir` as `calibration.json`, listed in a
+/// rewritten manifest: the checkpoint is copied to a temporary sibling directory, the
+/// file and the new manifest written there, and the copy renamed into place
+/// ([`replace_dir`]), so `dir` is the old checkpoint or the new one, never a mix.
+pub fn attach_calibration(dir: &Path, cal: &Calibration) -> Result<Manifest> {
+    let other = |m: String| TrainError::Checkpoint { path: dir.to_path_buf(), message: m };
+    let v = read_verified(dir)?;
+    let bytes = cal.to_json().into_bytes();
+    let mut manifest = v.manifest;
+    manifest.files.insert(CALIBRATION.to_string(), FileSum { bytes: bytes.len() as u64, xxh3: xxh3(&bytes) });
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| other(e.to_string()))?;
+    let tmp = mixrank_data::atomic::tmp_name(dir);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    write_atomic(&tmp.join(WEIGHTS), &v.weights)?;
+    write_atomic(&tmp.join(OPTIMIZER), &v.optimizer)?;
+    write_atomic(&tmp.join(CALIBRATION), &bytes)?;
+    write_atomic(&tmp.join(MANIFEST), text.as_bytes())?;
+    write_atomic(&tmp.join(MANIFEST_SUM), xxh3(text.as_bytes()).as_bytes())?;
+    replace_dir(&tmp, dir)?;
+    Ok(manifest)
+}
+
 /// Moves the complete checkpoint directory `src` to `dir`, replacing any checkpoint
 /// there. A directory cannot be renamed over a non-empty one, so the old one is moved
 /// aside first and removed last: at every moment `dir` is either the old checkpoint or
@@ -204,6 +233,8 @@ pub struct Verified {
     pub manifest: Manifest,
     pub weights: Vec<u8>,
     pub optimizer: Vec<u8>,
+    /// `calibration.json`, when the manifest lists one.
+    pub calibration: Option<Vec<u8>>,
 }
 
 /// Reads a checkpoint directory and checks the manifest's own checksum, its format and
@@ -260,7 +291,8 @@ pub fn read_verified(dir: &Path) -> Result<Verified> {
     };
     let weights = check(WEIGHTS)?;
     let optimizer = check(OPTIMIZER)?;
-    Ok(Verified { dir: dir.to_path_buf(), manifest, weights, optimizer })
+    let calibration = manifest.files.contains_key(CALIBRATION).then(|| check(CALIBRATION)).transpose()?;
+    Ok(Verified { dir: dir.to_path_buf(), manifest, weights, optimizer, calibration })
 }
 
 impl Verified {
@@ -284,6 +316,13 @@ impl Verified {
             return Err(self.bad(format!("{MANIFEST} stores no vocabulary for the learned table `{t}`")));
         }
         Ok(Arc::new(cfg))
+    }
+
+    /// The calibration layer, when the checkpoint has one, checked against `cfg` (the
+    /// stored config).
+    pub fn calibration(&self, cfg: &ExperimentConfig) -> Result<Option<Arc<Calibration>>> {
+        let Some(bytes) = &self.calibration else { return Ok(None) };
+        Calibration::parse(cfg, bytes).map(|c| Some(Arc::new(c))).map_err(|m| self.bad(m))
     }
 
     /// The parsed weights file.
@@ -340,6 +379,8 @@ pub struct Loaded<B: Backend> {
     pub config: Arc<ExperimentConfig>,
     pub model: Box<dyn Model<B>>,
     pub manifest: Manifest,
+    /// The calibration layer applied after the model's probabilities, if fitted.
+    pub calibration: Option<Arc<Calibration>>,
 }
 
 /// Reads and verifies a checkpoint directory and rebuilds its model with workspaces
@@ -352,5 +393,6 @@ where
     let config = v.config()?;
     let mut model = build_model(&config, ops, max_batch, &mut rand::rngs::StdRng::seed_from_u64(0))?;
     v.fill_model(ops, &mut *model)?;
-    Ok(Loaded { config, model, manifest: v.manifest })
+    let calibration = v.calibration(&config)?;
+    Ok(Loaded { config, model, manifest: v.manifest, calibration })
 }

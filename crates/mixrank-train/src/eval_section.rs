@@ -201,6 +201,7 @@ mod tests {
             requests: vec![10, 10, 20, 20],
             kept: vec![vec![9.0; 4], vec![0.5, 0.25, 0.25, 0.5], vec![2.0, 1.0, 1.0, 4.0]],
             gates: Vec::new(),
+            uncalibrated: None,
         }
     }
 

@@ -34,6 +34,9 @@ pub struct Predictions {
     pub kept: Vec<Vec<f32>>,
     /// Mean weights of every gate (empty without gates).
     pub gates: Vec<GateMeans>,
+    /// `[task][row]`: the model's predictions before the checkpoint's calibration layer,
+    /// when one was applied to `preds` ([`CheckpointScorer::score`]).
+    pub uncalibrated: Option<Vec<Vec<f32>>>,
 }
 
 /// One gate's mean weight per segment and expert.
@@ -142,9 +145,16 @@ impl<B: HostBackend + 'static> CheckpointScorer<B> {
         Ok(self)
     }
 
-    /// Scores every row of the named split.
+    /// Scores every row of the named split, through the checkpoint's calibration layer
+    /// when it has one (the model's own predictions then in `uncalibrated`).
     pub fn score(&mut self, ops: &B, split: &str) -> Result<Predictions> {
-        evaluate(&mut *self.loaded.model, ops, self.enc.clone(), self.config.split(split)?)
+        let mut p = evaluate(&mut *self.loaded.model, ops, self.enc.clone(), self.config.split(split)?)?;
+        if let Some(cal) = &self.loaded.calibration {
+            let raw = p.preds.clone();
+            cal.apply_all(&p.segments, &mut p.preds);
+            p.uncalibrated = Some(raw);
+        }
+        Ok(p)
     }
 }
 

@@ -6,6 +6,7 @@
 //! the newest good one for `--resume`; [`warm_start`] carries a parent into a changed
 //! config for `--init`; [`trace`] is a row-level debugging aid.
 
+pub mod calibration;
 pub mod checkpoint;
 pub mod distill;
 pub mod early_stop;

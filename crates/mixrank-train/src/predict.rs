@@ -58,8 +58,9 @@ impl<B: HostBackend + 'static> CheckpointScorer<B> {
 
     /// Scores every row of `split` and writes `out` (see the module docs): the config's
     /// `[columns] request_id` column when it has one, the `keep` columns, then
-    /// `pred_<task>` for every task (probabilities for binary tasks, the label-transform
-    /// space for regression tasks).
+    /// `pred_<task>` for every task (probabilities for binary tasks — through the
+    /// checkpoint's calibration layer when it has one —, the label-transform space for
+    /// regression tasks).
     pub fn predict(&mut self, ops: &B, split: &Split, out: &Path, opts: &PredictOptions) -> Result<PredictSummary> {
         PredictionWriter::check_target(out, opts.overwrite)?;
         let cfg = self.config.clone();
@@ -86,6 +87,9 @@ impl<B: HostBackend + 'static> CheckpointScorer<B> {
             model.forward(ops, &b)?;
             preds.iter_mut().for_each(Vec::clear);
             read_predictions(model, ops, &cfg.tasks, b.rows, &mut host, &mut preds)?;
+            if let Some(cal) = &self.loaded.calibration {
+                cal.apply_all(&b.segment, &mut preds);
+            }
             w.write(&b, &preds)?;
         }
         let bad_rows = stream.bad_rows().count();

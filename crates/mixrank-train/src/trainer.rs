@@ -153,9 +153,21 @@ pub struct TrainSummary {
     pub scored: Option<Scored>,
     /// Reports of the run's model on the validation split (empty without one).
     pub validation: Vec<TaskReport>,
-    /// Predictions of the last validation, row by row in file order (for comparisons).
+    /// Predictions of the last validation, row by row in file order (for comparisons);
+    /// uncalibrated.
     #[serde(skip)]
     pub predictions: Option<crate::evaluate::Predictions>,
+    /// With `[calibration]`: the layer fitted on the validation split and stored in the
+    /// checkpoint, and its before/after table on that split (in-sample).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<FittedCalibration>,
+}
+
+/// The calibration layer a run fitted.
+#[derive(Debug, Clone, Serialize)]
+pub struct FittedCalibration {
+    pub file: crate::calibration::CalibrationFile,
+    pub report: Vec<crate::calibration::CalibrationRow>,
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
@@ -616,6 +628,35 @@ impl<'a, B: HostBackend + 'static> Run<'a, B> {
         Ok(())
     }
 
+    /// Fits `[calibration]` on the validation predictions of the run's model (those of
+    /// the last validation when it scored that model, else scored now) and adds it to the
+    /// checkpoint in `final_dir`.
+    fn calibrate(
+        &mut self,
+        sec: &mixrank_data::config::calibration::CalibrationSection,
+        final_dir: &Path,
+        is_best: bool,
+    ) -> Result<FittedCalibration> {
+        use crate::calibration::{report, Calibration};
+        let scored_final = is_best || self.validations.last_step == Some(self.step);
+        let fresh;
+        let raw = match &self.validations.preds {
+            Some(p) if scored_final => p,
+            _ => {
+                let split = self.cfg.split("validation")?;
+                fresh = evaluate(&mut *self.model, self.ops, self.enc.clone(), split)?;
+                &fresh
+            }
+        };
+        let cal = Calibration::fit(&self.cfg, sec, raw, "validation")?;
+        let mut calibrated = raw.clone();
+        cal.apply_all(&raw.segments, &mut calibrated.preds);
+        let rows = report(&self.cfg, &calibrated, &raw.preds);
+        crate::checkpoint::attach_calibration(final_dir, &cal)?;
+        self.log.line(&serde_json::json!({"event": "calibration", "file": &cal.file, "report": &rows}))?;
+        Ok(FittedCalibration { file: cal.file, report: rows })
+    }
+
     /// The run's model: the best validation's checkpoint under early stopping, else the
     /// last step's, written to `RUN_DIR/checkpoint/`; `metrics.json`; the summary.
     fn finish(mut self, stop: StopReason) -> Result<TrainSummary> {
@@ -665,6 +706,10 @@ impl<'a, B: HostBackend + 'static> Run<'a, B> {
                 self.step
             }
         };
+        let calibration = match self.cfg.calibration.clone() {
+            Some(sec) => Some(self.calibrate(&sec, &final_dir, is_best)?),
+            None => None,
+        };
         let seconds = self.clock.start.elapsed().as_secs_f64();
         let train_seconds = self.clock.train_seconds();
         let scored = self.validations.preds.is_some().then(|| Scored {
@@ -683,6 +728,7 @@ impl<'a, B: HostBackend + 'static> Run<'a, B> {
             scored,
             validation: std::mem::take(&mut self.validations.reports),
             predictions: self.validations.preds.take(),
+            calibration,
         };
         write_atomic(
             &self.opts.out_dir.join("metrics.json"),

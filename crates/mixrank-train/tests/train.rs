@@ -636,3 +636,84 @@ fn the_position_tower_is_checkpointed_and_off_at_evaluation() {
         assert!(probs.iter().zip(trained).all(|(a, b)| a.to_bits() == b.to_bits()), "predictions differ after reload");
     });
 }
+
+/// `[calibration]` end to end: fitted after training on the validation split (Platt per
+/// surface here), stored in the checkpoint and listed in its manifest (a damaged file is
+/// refused, naming it), and applied by the checkpoint scorer (`eval`, `compare`,
+/// `predict`) to the model's own predictions, row by row by surface. Platt's family
+/// holds the identity (a = 1, b = 0) and the fit maximises the likelihood on the rows it
+/// was fitted on, so on those rows (each task's, each surface's) the calibrated logloss
+/// cannot exceed the model's own (beyond the fit's rounding).
+#[test]
+fn calibration_is_fitted_on_validation_stored_verified_and_applied_per_surface() {
+    use mixrank_train::calibration::{Calibration, CALIBRATION};
+    let d = tempfile::tempdir().unwrap();
+    let p = mixrank_data::simulate::EngagementParams { requests_per_day: 300, days: 3, ..Default::default() };
+    let sim = mixrank_data::simulate::simulate_engagement(&p, &d.path().join("data")).unwrap();
+    let mut text = std::fs::read_to_string(&sim.config).unwrap();
+    text.push_str("\n[calibration]\nmethod = \"platt\"\nper = \"surface\"\n");
+    std::fs::write(&sim.config, text).unwrap();
+    let model = d.path().join("model.toml");
+    std::fs::write(
+        &model,
+        "[model]\narchitecture = \"shared_bottom\"\nexpert_dim = 8\n[[model.experts]]\nkind = \"mlp\"\nhidden = [8]\n\
+         [train]\nthreads = 2\nlr = 0.01\n",
+    )
+    .unwrap();
+    let cfg = ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap();
+    let out = d.path().join("run");
+    let mut opts = TrainOptions::new(&out);
+    opts.max_steps = Some(20);
+    let s = train(Arc::new(cfg), &opts, &CpuOps::new()).unwrap();
+    let fitted = s.calibration.expect("a calibration layer was fitted");
+    // click, save, conversion (dwell is a regression task): `all` and three surfaces each.
+    assert_eq!(fitted.file.tasks.iter().map(|t| t.task.as_str()).collect::<Vec<_>>(), ["click", "save", "conversion"]);
+    assert_eq!(fitted.report.len(), 3 * 4);
+    for r in &fitted.report {
+        let fallback = fitted
+            .file
+            .tasks
+            .iter()
+            .any(|t| t.task == r.task && t.surfaces.iter().any(|m| m.segment == r.segment && m.fallback.is_some()));
+        if r.segment != "all" && !fallback {
+            assert!(r.logloss[1] <= r.logloss[0] + 1e-9, "{r:?}");
+        }
+    }
+    let click_all = &fitted.report[0];
+    assert!(click_all.logloss[1] < click_all.logloss[0], "{click_all:?}");
+
+    // Stored, listed in the manifest and loaded with the checkpoint.
+    let ck = out.join("checkpoint");
+    let ops = CpuOps::new();
+    let loaded = mixrank_train::checkpoint::load(&ck, &ops, 16).unwrap();
+    assert!(loaded.manifest.files.contains_key(CALIBRATION));
+    let cal = loaded.calibration.clone().expect("loaded with the checkpoint");
+    assert_eq!(cal.file, fitted.file);
+
+    // The scorer applies it: its predictions are the model's, mapped by surface.
+    let mut scorer = mixrank_train::CheckpointScorer::open(&out, &ops, None).unwrap();
+    let p = scorer.score(&ops, "validation").unwrap();
+    let raw = p.uncalibrated.clone().expect("the model's own predictions are kept");
+    let mut again = raw.clone();
+    cal.apply_all(&p.segments, &mut again);
+    assert_eq!(again, p.preds);
+    assert_ne!(raw[0], p.preds[0], "calibration changed the click predictions");
+    assert_eq!(raw[2], p.preds[2], "the regression task is left as it is");
+    // Rows of different surfaces with the same model prediction get different maps.
+    let per: Vec<_> = fitted.file.tasks[0].surfaces.iter().map(|m| m.map.clone().unwrap()).collect();
+    assert!(per[0] != per[1] && per[1] != per[2], "{per:?}");
+    // Reparsing the stored file gives the same layer.
+    let bytes = std::fs::read(ck.join(CALIBRATION)).unwrap();
+    assert_eq!(Calibration::parse(&loaded.config, &bytes).unwrap().file, cal.file);
+
+    // A damaged calibration file is refused, naming it.
+    let mut damaged = bytes.clone();
+    let i = damaged.iter().position(|&b| b == b'.').unwrap();
+    damaged[i + 1] = if damaged[i + 1] == b'1' { b'2' } else { b'1' };
+    std::fs::write(ck.join(CALIBRATION), &damaged).unwrap();
+    let e = mixrank_train::checkpoint::load(&ck, &ops, 16).err().expect("damaged").to_string();
+    assert!(e.contains(CALIBRATION) && e.contains("corrupt"), "{e}");
+    std::fs::remove_file(ck.join(CALIBRATION)).unwrap();
+    let e = mixrank_train::checkpoint::load(&ck, &ops, 16).err().expect("missing").to_string();
+    assert!(e.contains(CALIBRATION), "{e}");
+}

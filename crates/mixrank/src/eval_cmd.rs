@@ -57,8 +57,14 @@ fn run_in_pool(a: &EvalArgs) -> Result<()> {
     let f32_reports = f32_preds.reports(&cfg);
     let step = scorer.loaded.manifest.step;
     let mut out = serde_json::json!({ "split": a.split, "step": step, "f32": f32_reports });
-    crate::say!("checkpoint step {step} — split `{}`, f32:", a.split);
+    let calibrated = if scorer.loaded.calibration.is_some() { " (calibrated)" } else { "" };
+    crate::say!("checkpoint step {step} — split `{}`, f32{calibrated}:", a.split);
     crate::emit(&crate::train_cmd::render_reports(&f32_reports));
+    if let (Some(cal), Some(raw)) = (&scorer.loaded.calibration, &f32_preds.uncalibrated) {
+        let rows = mixrank_train::calibration::report(&cfg, &f32_preds, raw);
+        crate::emit(&mixrank_train::calibration::render_report(&cal.file, &rows));
+        out["calibration"] = serde_json::to_value(&rows)?;
+    }
     crate::emit(&f32_preds.render_gates(&cfg));
     if let Some(section) = section_report(&cfg, &f32_preds).context("the [eval] metrics")? {
         if !section.truth.is_empty() {

@@ -109,6 +109,10 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         );
     }
     crate::emit(&render_reports(&s.validation));
+    if let Some(c) = &s.calibration {
+        crate::say!("calibration layer fitted and stored in the checkpoint (validation split, in-sample):");
+        crate::emit(&mixrank_train::calibration::render_report(&c.file, &c.report));
+    }
     Ok(())
 }
 

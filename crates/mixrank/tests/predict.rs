@@ -340,3 +340,36 @@ fn predict_output_trains_as_a_logged_teacher_column() {
         assert!(dl.is_finite() && dl > 0.0, "{v}");
     }
 }
+
+/// With `[calibration]` (isotonic per surface): `train` prints the layer's table,
+/// `eval` reports before/after on the split, and `predict` writes eval's calibrated
+/// scores bit for bit (not the model's own).
+#[test]
+fn a_calibrated_run_predicts_evals_calibrated_scores() {
+    let d = tempfile::tempdir().unwrap();
+    let (sim, _) = trained(d.path());
+    let cfg = sim.join("mixrank.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n[calibration]\nmethod = \"isotonic\"\nper = \"surface\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let run = d.path().join("calibrated");
+    let (ok, stdout, err) =
+        mixrank(&["train", cfg.to_str().unwrap(), "--max-steps", "5", "--out", run.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("calibration (isotonic, per surface, fitted on `validation`"), "{stdout}");
+    let r = run.to_str().unwrap();
+    let (ok, stdout, err) = mixrank(&["eval", r, "--split", "test"]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("f32 (calibrated):") && stdout.contains("before → after"), "{stdout}");
+    let out = d.path().join("preds.parquet");
+    let (ok, _, err) = mixrank(&["predict", r, "--split", "test", "--out", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let p = read(&out);
+    let ops = CpuOps::new();
+    let scored = CheckpointScorer::open(&run, &ops, None).unwrap().score(&ops, "test").unwrap();
+    let raw = scored.uncalibrated.expect("a calibration layer");
+    for (t, task) in ["click", "save", "dwell", "conversion"].iter().enumerate() {
+        assert_eq!(f32s(&p, &format!("pred_{task}")), scored.preds[t], "{task}");
+    }
+    assert_ne!(scored.preds[0], raw[0], "the click scores are calibrated");
+}

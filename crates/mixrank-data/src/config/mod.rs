@@ -2,6 +2,7 @@
 //! then validated into [`ExperimentConfig`]. Every error names the file and the key
 //! path (`features.categorical[2].dim`) and says what was expected.
 
+pub mod calibration;
 pub mod distill;
 pub mod eval;
 pub mod groups;
@@ -40,6 +41,8 @@ pub struct ExperimentConfig {
     pub distill: Option<distill::DistillConfig>,
     /// `[eval]`, validated; `None` when the file has none.
     pub eval: Option<eval::EvalConfig>,
+    /// `[calibration]`, validated; `None` when the file has none.
+    pub calibration: Option<calibration::CalibrationSection>,
     /// The file as parsed, kept verbatim for checkpoint manifests.
     pub wire: wire::ConfigFile,
 }
@@ -563,6 +566,18 @@ impl ExperimentConfig {
         };
         let mut columns = columns;
         let eval = eval::validate(&wire, &tasks, &mut columns).map_err(|(key, message)| v.err(&key, message))?;
+        let calibration = match &wire.calibration {
+            Some(c) => Some(
+                calibration::validate_calibration(
+                    c,
+                    columns.segment.is_some(),
+                    tasks.iter().any(|t| t.kind == TaskKind::Binary),
+                    data.splits.contains_key("validation"),
+                )
+                .map_err(|(key, message)| v.err(&key, message))?,
+            ),
+            None => None,
+        };
         Ok(ExperimentConfig {
             path: path.to_path_buf(),
             base_dir: base_dir.to_path_buf(),
@@ -578,6 +593,7 @@ impl ExperimentConfig {
             train: wire.train.clone(),
             distill,
             eval,
+            calibration,
             wire,
         })
     }

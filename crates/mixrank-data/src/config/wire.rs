@@ -36,6 +36,9 @@ pub struct ConfigFile {
     pub distill: Option<super::distill::DistillSection>,
     /// Metrics against ground truth and the auction replay of `eval` / `compare`.
     pub eval: Option<super::eval::EvalSection>,
+    /// A calibration layer fitted on the validation split after training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<super::calibration::CalibrationSection>,
 }
 
 fn one() -> u32 {
