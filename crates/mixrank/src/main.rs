@@ -2,6 +2,7 @@
 
 mod backend;
 mod bench_cmd;
+mod bench_items;
 mod compare_cmd;
 mod demo;
 mod embed_items_cmd;
