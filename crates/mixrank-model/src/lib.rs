@@ -40,4 +40,4 @@ pub use ple::Ple;
 pub use position_tower::PositionTower;
 pub use ranking::RankingModel;
 pub use shared_bottom::SharedBottom;
-pub use two_tower::TwoTowerModel;
+pub use two_tower::{Tower, TwoTowerModel};

@@ -83,6 +83,12 @@ pub trait Model<B: Backend>: Parameters<B> + Send {
     /// Visits every GEMM of the inference forward pass that may run in reduced
     /// precision (see `mixrank_nn::Layer::visit_reduced`).
     fn visit_reduced(&mut self, f: &mut dyn FnMut(ReducedSite<'_, B>));
+
+    /// The two-tower light ranker, whose towers run apart (cached item embeddings:
+    /// `embed-items`, the server's item table); `None` for every other model.
+    fn as_two_tower_mut(&mut self) -> Option<&mut crate::two_tower::TwoTowerModel<B>> {
+        None
+    }
 }
 
 impl<B: HostBackend + 'static> dyn Model<B> + '_ {

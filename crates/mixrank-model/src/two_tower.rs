@@ -65,6 +65,15 @@ where
     }
 }
 
+/// One of the two towers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tower {
+    /// The request's (user and context) features.
+    User,
+    /// The ad's features: its embeddings do not depend on the request.
+    Item,
+}
+
 /// Embeddings, a user tower, an item tower and a dot-product score per task.
 ///
 /// # Shapes
@@ -164,6 +173,48 @@ where
     /// Task `t`'s item embeddings from the last forward, `[batch, dim]`.
     pub fn item_embedding(&self, t: usize) -> &B::Buf {
         self.item.head.logits(t)
+    }
+
+    /// Task `t`'s score bias (`score.<t>.bias`, `[1]`), if the model has biases.
+    pub fn score_bias(&self, t: usize) -> Option<&B::Buf> {
+        self.bias.get(t).map(|b| &b.value)
+    }
+
+    /// Runs only one tower on a batch (the embeddings, then that side's head): its
+    /// per-task embeddings are then [`TwoTowerModel::tower_embedding`]. The other
+    /// tower's features are read by the embedding lookup but not used, so they may be
+    /// any value (nulls). `embed-items` runs the item tower alone over the catalogue;
+    /// the server runs the user tower alone once per request. Leaves no logits (a
+    /// following `backward` is refused).
+    pub fn forward_tower(&mut self, ops: &B, b: &Batch, tower: Tower) -> Result<()> {
+        let n = b.rows;
+        if n > self.max_batch {
+            return Err(ModelError::Mismatch(format!("batch of {n} rows exceeds max_batch {}", self.max_batch)));
+        }
+        if let Some(emb) = &mut self.emb {
+            self.ids.upload(ops, b, &[])?;
+            emb.forward(ops, &self.ids.inputs(), n).at(|| "embeddings forward".into())?;
+        }
+        if self.dense_width > 0 {
+            ops.write(&b.dense[..n * self.dense_width], &mut self.dense).at(|| "uploading dense".into())?;
+        }
+        let emb_out = self.emb.as_ref().map(|e| e.output());
+        let side = match tower {
+            Tower::User => &mut self.user,
+            Tower::Item => &mut self.item,
+        };
+        side.layout.assemble(ops, n, emb_out, &self.dense, &mut side.x)?;
+        side.head.forward(ops, &side.x, n)?;
+        self.batch = None;
+        Ok(())
+    }
+
+    /// Task `t`'s embeddings of `tower` from the last forward, `[batch, dim]`.
+    pub fn tower_embedding(&self, tower: Tower, t: usize) -> &B::Buf {
+        match tower {
+            Tower::User => self.user.head.logits(t),
+            Tower::Item => self.item.head.logits(t),
+        }
     }
 
     fn shape(&self, rows: usize) -> BlockShape {
@@ -329,5 +380,9 @@ where
     fn visit_reduced(&mut self, f: &mut dyn FnMut(ReducedSite<'_, B>)) {
         self.user.head.visit_reduced(f);
         self.item.head.visit_reduced(f);
+    }
+
+    fn as_two_tower_mut(&mut self) -> Option<&mut TwoTowerModel<B>> {
+        Some(self)
     }
 }

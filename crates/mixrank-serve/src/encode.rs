@@ -17,7 +17,7 @@
 //! them ignored (the service counts it in `/metrics`).
 
 use crate::error::{Result, ServeError};
-use crate::request::{ScoreRequest, Value};
+use crate::request::{Features, ScoreRequest, Value};
 use arrow::array::{ArrayRef, Float64Array, Int64Array, ListBuilder, StringArray, StringBuilder};
 use mixrank_data::column::Col;
 use mixrank_data::config::{ExperimentConfig, TeacherKind};
@@ -35,6 +35,7 @@ enum Fill {
     I64(i64),
     Str(String),
     NullF64,
+    NullI64,
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +56,10 @@ pub struct RequestEncoder {
     encoder: Encoder,
     /// Per encoder column, in [`Encoder::column_names`] order.
     roles: Vec<Role>,
+    /// Per encoder column: what fills it when a source lacks it and the model part
+    /// that runs does not read it (the other tower's features): the neutral value of
+    /// its label-side role (e.g. the segment enum's first value), else nulls.
+    absent: Vec<Fill>,
     /// Source columns of the model's features a request must carry.
     features: BTreeSet<String>,
     /// Feature columns a request need not carry ([`ExperimentConfig::request_free_columns`]):
@@ -119,13 +124,28 @@ impl RequestEncoder {
             })
             .collect();
         let surface = s.segment.as_ref().map(|e| e.column.clone()).filter(|c| !features.contains(c));
+        let absent = encoder.column_names().iter().map(|c| label_fill(c).unwrap_or(Fill::NullI64)).collect();
         let features = features.difference(&free).cloned().collect();
-        RequestEncoder { encoder, roles, features, free, surface }
+        RequestEncoder { encoder, roles, absent, features, free, surface }
     }
 
     /// The segment column when a request may carry it without it being a feature.
     pub fn surface_column(&self) -> Option<&str> {
         self.surface.as_deref()
+    }
+
+    /// The encoder's columns, in the order [`RequestEncoder::encode_arrays`] takes them.
+    pub fn column_names(&self) -> &[String] {
+        self.encoder.column_names()
+    }
+
+    /// `n` rows of what fills encoder column `i` when a source does not carry it and
+    /// the part of the model that runs does not read it.
+    pub fn absent(&self, i: usize, n: usize) -> ArrayRef {
+        match &self.roles[i] {
+            Role::Feature => fill(&self.absent[i], n),
+            Role::Fill(f) | Role::Ignored(f) => fill(f, n),
+        }
     }
 
     /// Source columns the model reads as features (a request must carry them).
@@ -211,6 +231,69 @@ impl RequestEncoder {
             (false, Some(r)) => format!("candidates[{r}].{column}"),
             (false, None) => format!("candidates[*].{column}"),
         };
+        self.encode_arrays(arrays, n, &field)
+    }
+
+    /// Encodes one two-tower request's context alone for the user tower, as `rows`
+    /// identical rows: every column of `user` must be in `context` (400 naming the
+    /// first missing one), and nothing but `user` columns, ignored columns and `extra`
+    /// may be. The item tower's feature columns are filled with nulls (the user tower
+    /// does not read them).
+    pub fn encode_context(
+        &self,
+        context: &Features,
+        user: &BTreeSet<String>,
+        extra: &BTreeSet<String>,
+        rows: usize,
+    ) -> Result<Batch> {
+        let surface = self.surface.as_deref();
+        if let Some(k) = context.keys().find(|k| {
+            !user.contains(*k) && !self.free.contains(*k) && !extra.contains(*k) && Some(k.as_str()) != surface
+        }) {
+            let what = if self.features.contains(k) {
+                "an item feature: a request with `item_ids` takes item features from the item table, or from \
+                 `item_features` for ids the table lacks"
+            } else {
+                "unknown feature"
+            };
+            let names: Vec<&str> = user.iter().map(String::as_str).collect();
+            return Err(ServeError::bad(
+                format!("context.{k}"),
+                format!("{what}; the user tower reads {}", names.join(", ")),
+            ));
+        }
+        if let Some(k) = user.iter().find(|k| !context.contains_key(*k)) {
+            return Err(ServeError::bad(
+                format!("context.{k}"),
+                "missing user/context feature (null for a missing value)",
+            ));
+        }
+        let names = self.encoder.column_names();
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            arrays.push(match (&self.roles[i], context.get(name)) {
+                (Role::Feature, Some(v)) if user.contains(name) => {
+                    build(&vec![v; rows], &|_| format!("context.{name}"))?
+                }
+                // The surface, when it is not a feature (the calibration layer reads it).
+                (_, Some(v)) if Some(name.as_str()) == surface => {
+                    build(&vec![v; rows], &|_| format!("context.{name}"))?
+                }
+                _ => self.absent(i, rows),
+            });
+        }
+        self.encode_arrays(arrays, rows, &|column: &str, _| format!("context.{column}"))
+    }
+
+    /// Encodes a chunk of source columns (one array per [`Encoder::column_names`] entry,
+    /// `n` rows); `field(column, row)` names a bad value in errors.
+    pub fn encode_arrays(
+        &self,
+        arrays: Vec<ArrayRef>,
+        n: usize,
+        field: &dyn Fn(&str, Option<u64>) -> String,
+    ) -> Result<Batch> {
+        let names = self.encoder.column_names();
         let cols = arrays
             .iter()
             .zip(names)
@@ -248,6 +331,7 @@ fn fill(f: &Fill, n: usize) -> ArrayRef {
         Fill::I64(v) => Arc::new(Int64Array::from(vec![*v; n])),
         Fill::Str(s) => Arc::new(StringArray::from(vec![s.as_str(); n])),
         Fill::NullF64 => Arc::new(Float64Array::from(vec![None::<f64>; n])),
+        Fill::NullI64 => Arc::new(Int64Array::from(vec![None::<i64>; n])),
     }
 }
 

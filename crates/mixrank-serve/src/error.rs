@@ -48,6 +48,9 @@ pub enum ServeError {
     Checkpoint { dir: PathBuf, message: String },
     #[error("{}: {message}", file.display())]
     Config { file: PathBuf, message: String },
+    /// An item table that cannot be read, or is not the model's (another checkpoint).
+    #[error("{0}")]
+    ItemTable(Box<crate::item_table::ItemTableError>),
     #[error("{0}")]
     Internal(String),
 }
@@ -71,6 +74,7 @@ impl ServeError {
             ServeError::InsecureBind { .. } => "insecure_bind",
             ServeError::Checkpoint { .. } => "checkpoint",
             ServeError::Config { .. } => "config",
+            ServeError::ItemTable(_) => "item_table",
             ServeError::Internal(_) => "internal",
         }
     }
@@ -87,7 +91,7 @@ impl ServeError {
             ServeError::AdminDisabled => 403,
             ServeError::SchemaChanged(_) => 409,
             ServeError::InsecureBind { .. } => 500,
-            ServeError::Checkpoint { .. } | ServeError::Config { .. } => 422,
+            ServeError::Checkpoint { .. } | ServeError::Config { .. } | ServeError::ItemTable(_) => 422,
             ServeError::Internal(_) => 500,
         }
     }
@@ -104,7 +108,9 @@ impl ServeError {
             ServeError::AdminDisabled => tonic::Status::permission_denied(m),
             ServeError::SchemaChanged(_) => tonic::Status::failed_precondition(m),
             ServeError::InsecureBind { .. } => tonic::Status::internal(m),
-            ServeError::Checkpoint { .. } | ServeError::Config { .. } => tonic::Status::failed_precondition(m),
+            ServeError::Checkpoint { .. } | ServeError::Config { .. } | ServeError::ItemTable(_) => {
+                tonic::Status::failed_precondition(m)
+            }
             ServeError::Internal(_) => tonic::Status::internal(m),
         }
     }

@@ -45,7 +45,7 @@ pub fn from_proto(r: proto::ScoreRequest, limits: &Limits) -> Result<ScoreReques
         .enumerate()
         .map(|(i, c)| features(&format!("candidates[{i}]"), Some(c)))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(ScoreRequest { request_id: r.request_id, context, candidates })
+    Ok(ScoreRequest { request_id: r.request_id, context, candidates, ..Default::default() })
 }
 
 /// The proto form of a request (for clients and tests).

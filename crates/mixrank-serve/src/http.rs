@@ -7,7 +7,7 @@
 //! | `GET /healthz` | liveness: 200 while the process serves HTTP |
 //! | `GET /readyz` | readiness: 200 with a model, 503 once shutdown has begun |
 //! | `GET /metrics` | Prometheus text |
-//! | `POST /admin/reload` | reload (body optional: `{"model": "RUN_DIR", "force": false}`); needs the bearer token; off (403) without one, not routed (404) with the route off |
+//! | `POST /admin/reload` | reload (body optional: `{"model": "RUN_DIR", "items": "TABLE_DIR", "force": false}`); needs the bearer token; off (403) without one, not routed (404) with the route off |
 //!
 //! Errors are `{"error": {"code", "field", "message"}}` with status 400 (validation,
 //! `field` names the offending value), 413 (body or request too large), 429 (queue
@@ -126,6 +126,14 @@ async fn model(State(s): State<Arc<Service>>) -> Response {
             "ignored": m.ignored_columns(),
             "bid": s.bid,
             "max_candidates": s.limits.max_candidates,
+            "max_items": s.limits.max_items,
+            "items": cur.items.as_ref().map(|t| serde_json::json!({
+                "dir": t.dir,
+                "items": t.len(),
+                "id_column": t.manifest.id_column,
+                "checkpoint": t.manifest.checkpoint,
+            })),
+            "user_features": m.towers.as_ref().map(|t| &t.user),
         }),
     )
 }
@@ -151,7 +159,11 @@ async fn reload(State(s): State<Arc<Service>>, headers: HeaderMap, body: Bytes) 
         Ok(r) => r,
         Err(e) => return error_response(&e),
     };
-    match s.slot.reload(req.model.map(std::path::PathBuf::from), req.force).await {
+    match s
+        .slot
+        .reload(req.model.map(std::path::PathBuf::from), req.items.map(std::path::PathBuf::from), req.force)
+        .await
+    {
         Ok(r) => json(
             StatusCode::OK,
             &serde_json::json!({

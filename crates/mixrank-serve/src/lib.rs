@@ -18,10 +18,13 @@
 //! - [`loadgen`]: a bounded keep-alive HTTP load generator (`mixrank bench serve`).
 
 pub mod batcher;
+pub mod embed_items;
 pub mod encode;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod item_scoring;
+pub mod item_table;
 pub mod loadgen;
 pub mod metrics;
 pub mod reload;

@@ -13,6 +13,7 @@
 //! a checkpoint save) and reloads when its content changes.
 
 use crate::error::{Result, ServeError};
+use crate::item_table::ItemTable;
 use crate::metrics::Metrics;
 use crate::score::{ResolvedScore, ScoreConfig};
 use crate::session::{Engine, InferenceSession, Precision};
@@ -22,10 +23,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A session with the score bound to its tasks.
+/// A session with the score bound to its tasks, and its item table (two-tower models
+/// served with `--items`): swapped together, so a request never pairs a model with
+/// another checkpoint's table.
 pub struct Served {
     pub session: Arc<InferenceSession>,
     pub score: ResolvedScore,
+    pub items: Option<Arc<ItemTable>>,
 }
 
 /// What a reload did.
@@ -101,6 +105,7 @@ impl std::fmt::Display for SchemaDiff {
 pub struct ModelSlot {
     current: ArcSwap<Served>,
     run_dir: std::sync::Mutex<PathBuf>,
+    items_dir: std::sync::Mutex<Option<PathBuf>>,
     engine: Engine,
     precision: Precision,
     max_batch: usize,
@@ -109,25 +114,42 @@ pub struct ModelSlot {
     metrics: Arc<Metrics>,
 }
 
-fn bind(session: InferenceSession, score: &ScoreConfig) -> Result<Served> {
+/// Binds the score to the session's tasks and loads `items` (checked against the
+/// session's checkpoint: another checkpoint's table is refused naming both).
+fn bind(session: InferenceSession, score: &ScoreConfig, items: Option<&Path>) -> Result<Served> {
     let resolved = score.resolve(&session.tasks(), &session.task_kinds())?;
-    Ok(Served { session: Arc::new(session), score: resolved })
+    let items = match items {
+        None => None,
+        Some(dir) => {
+            let dim = session.towers.as_ref().map(|t| t.dim).ok_or_else(|| ServeError::Checkpoint {
+                dir: session.run_dir.clone(),
+                message: format!(
+                    "not a two-tower model, so it cannot serve the item table {} (--items)",
+                    dir.display()
+                ),
+            })?;
+            Some(crate::item_table::load_for(dir, &session.identity, &session.tasks(), dim)?)
+        }
+    };
+    Ok(Served { session: Arc::new(session), score: resolved, items })
 }
 
 impl ModelSlot {
     /// Loads the first model (blocking).
     pub fn open(
         run_dir: &Path,
+        items: Option<&Path>,
         engine: Engine,
         precision: Precision,
         max_batch: usize,
         score: ScoreConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self> {
-        let served = bind(engine.open(run_dir, precision, max_batch)?, &score)?;
+        let served = bind(engine.open(run_dir, precision, max_batch)?, &score, items)?;
         Ok(ModelSlot {
             current: ArcSwap::from_pointee(served),
             run_dir: std::sync::Mutex::new(run_dir.to_path_buf()),
+            items_dir: std::sync::Mutex::new(items.map(Path::to_path_buf)),
             engine,
             precision,
             max_batch,
@@ -146,19 +168,29 @@ impl ModelSlot {
     /// error the old model keeps serving and the error is returned. A model whose
     /// request schema differs from the served one's is refused
     /// ([`ServeError::SchemaChanged`]) unless `force`.
-    pub async fn reload(&self, run_dir: Option<PathBuf>, force: bool) -> Result<ReloadReport> {
+    ///
+    /// `items` names the item table to serve with it (default: the one served now, if
+    /// any); model and table are loaded, checked against each other and swapped in
+    /// together.
+    pub async fn reload(&self, run_dir: Option<PathBuf>, items: Option<PathBuf>, force: bool) -> Result<ReloadReport> {
         let _guard = self.lock.lock().await;
+        let poisoned = |_| ServeError::Internal("lock poisoned".into());
         let dir = match run_dir {
             Some(d) => d,
-            None => self.run_dir.lock().map_err(|_| ServeError::Internal("lock poisoned".into()))?.clone(),
+            None => self.run_dir.lock().map_err(poisoned)?.clone(),
+        };
+        let items = match items {
+            Some(d) => Some(d),
+            None => self.items_dir.lock().map_err(|_| ServeError::Internal("lock poisoned".into()))?.clone(),
         };
         let (engine, precision, max_batch, score) =
             (self.engine.clone(), self.precision, self.max_batch, self.score.clone());
-        let d = dir.clone();
-        let loaded =
-            tokio::task::spawn_blocking(move || engine.open(&d, precision, max_batch).and_then(|s| bind(s, &score)))
-                .await
-                .map_err(|e| ServeError::Internal(format!("reload task: {e}")))?;
+        let (d, it) = (dir.clone(), items.clone());
+        let loaded = tokio::task::spawn_blocking(move || {
+            engine.open(&d, precision, max_batch).and_then(|s| bind(s, &score, it.as_deref()))
+        })
+        .await
+        .map_err(|e| ServeError::Internal(format!("reload task: {e}")))?;
         let checked = loaded.and_then(|served| {
             let diff = SchemaDiff::between(&self.current().session, &served.session);
             if diff.is_empty() || force {
@@ -173,6 +205,9 @@ impl ModelSlot {
                 let old = self.current.swap(Arc::new(served));
                 if let Ok(mut r) = self.run_dir.lock() {
                     *r = dir;
+                }
+                if let Ok(mut r) = self.items_dir.lock() {
+                    *r = items;
                 }
                 self.metrics.reload(true);
                 if schema_changes.is_empty() {
@@ -213,7 +248,7 @@ impl ModelSlot {
             let now = read(manifest(&self)).await;
             if now.is_some() && now != seen {
                 seen = now;
-                let _ = self.reload(None, false).await;
+                let _ = self.reload(None, None, false).await;
             }
         }
     }

@@ -169,7 +169,7 @@ fn group(rows: Vec<(Option<String>, Features)>, grouping: Grouping) -> Vec<Score
             for c in &mut candidates {
                 c.retain(|k, _| !context.contains_key(k));
             }
-            ScoreRequest { request_id, context, candidates }
+            ScoreRequest { request_id, context, candidates, ..Default::default() }
         })
         .collect()
 }

@@ -14,6 +14,7 @@
 //! [`ServeError::BadRequest`] naming the JSON path of the offending value.
 
 use crate::error::{Result, ServeError};
+pub use crate::item_table::ItemId;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -55,12 +56,23 @@ impl Value {
 /// Features by source column.
 pub type Features = BTreeMap<String, Value>;
 
-/// A request: the shared context and the candidates to score.
+/// A request: the shared context and the candidates to score — or, for a two-tower
+/// model served with an item table, the ids of the items to score.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ScoreRequest {
     pub request_id: String,
     pub context: Features,
     pub candidates: Vec<Features>,
+    /// `item_ids`: items scored from the server's item table against the context's
+    /// user (two-tower models; instead of `candidates`).
+    pub item_ids: Option<Vec<ItemId>>,
+    /// `item_features`: the features of items the table may lack, each with the
+    /// table's id column; used only for ids of `item_ids` the table does not have.
+    pub item_features: Vec<Features>,
+    /// `top_k`: answer only the best K, best first.
+    pub top_k: Option<usize>,
+    /// `rank_by`: the task `top_k` ranks by (default: the first task).
+    pub rank_by: Option<String>,
 }
 
 impl Value {
@@ -81,11 +93,25 @@ impl ScoreRequest {
     /// The JSON body of this request.
     pub fn to_json(&self) -> serde_json::Value {
         let obj = |f: &Features| f.iter().map(|(k, v)| (k.clone(), v.to_json())).collect::<serde_json::Map<_, _>>();
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "request_id": self.request_id,
             "context": obj(&self.context),
-            "candidates": self.candidates.iter().map(obj).collect::<Vec<_>>(),
-        })
+        });
+        if let Some(ids) = &self.item_ids {
+            v["item_ids"] = ids.iter().map(ItemId::to_json).collect::<Vec<_>>().into();
+            if !self.item_features.is_empty() {
+                v["item_features"] = self.item_features.iter().map(obj).collect::<Vec<_>>().into();
+            }
+        } else {
+            v["candidates"] = self.candidates.iter().map(obj).collect::<Vec<_>>().into();
+        }
+        if let Some(k) = self.top_k {
+            v["top_k"] = k.into();
+        }
+        if let Some(t) = &self.rank_by {
+            v["rank_by"] = t.clone().into();
+        }
+        v
     }
 }
 
@@ -96,11 +122,13 @@ pub struct Limits {
     pub max_candidates: usize,
     /// Values in one multi-valued feature.
     pub max_list_len: usize,
+    /// Ids in one request's `item_ids`.
+    pub max_items: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_candidates: 1024, max_list_len: 1024 }
+        Limits { max_candidates: 1024, max_list_len: 1024, max_items: 100_000 }
     }
 }
 
@@ -172,16 +200,79 @@ pub fn parse_json(body: &[u8], limits: &Limits) -> Result<ScoreRequest> {
                     req.candidates.push(features(&at, m, limits)?);
                 }
             }
+            "item_ids" => {
+                let serde_json::Value::Array(list) = v else {
+                    return Err(ServeError::bad("item_ids", format!("expected an array, found {}", json_kind(&v))));
+                };
+                if list.len() > limits.max_items {
+                    return Err(ServeError::TooLarge(format!(
+                        "item_ids: {} ids exceed the limit of {} per request",
+                        list.len(),
+                        limits.max_items
+                    )));
+                }
+                let ids = list
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, x)| match x {
+                        serde_json::Value::Number(n) if n.is_i64() => Ok(ItemId::Int(n.as_i64().unwrap_or_default())),
+                        serde_json::Value::String(s) => Ok(ItemId::Str(s)),
+                        other => Err(ServeError::bad(
+                            format!("item_ids[{i}]"),
+                            format!("expected an integer or a string id, found {}", json_kind(&other)),
+                        )),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                req.item_ids = Some(ids);
+            }
+            "item_features" => {
+                let serde_json::Value::Array(list) = v else {
+                    return Err(ServeError::bad(
+                        "item_features",
+                        format!("expected an array, found {}", json_kind(&v)),
+                    ));
+                };
+                limits.check_candidates(list.len())?;
+                for (i, c) in list.into_iter().enumerate() {
+                    let at = format!("item_features[{i}]");
+                    let serde_json::Value::Object(m) = c else {
+                        return Err(ServeError::bad(at, format!("expected an object, found {}", json_kind(&c))));
+                    };
+                    req.item_features.push(features(&at, m, limits)?);
+                }
+            }
+            "top_k" => match v.as_u64() {
+                Some(k) if k >= 1 => req.top_k = Some(k as usize),
+                _ => return Err(ServeError::bad("top_k", format!("expected an integer >= 1, found {v}"))),
+            },
+            "rank_by" => match v {
+                serde_json::Value::String(s) => req.rank_by = Some(s),
+                other => {
+                    return Err(ServeError::bad(
+                        "rank_by",
+                        format!("expected a task name, found {}", json_kind(&other)),
+                    ))
+                }
+            },
             other => {
                 return Err(ServeError::bad(
                     other,
-                    "unknown field; a request has `request_id`, `context` and `candidates`",
+                    "unknown field; a request has `request_id`, `context` and `candidates` (or `item_ids` and \
+                     `item_features`), `top_k`, `rank_by`",
                 ))
             }
         }
     }
-    if !saw_candidates {
-        return Err(ServeError::bad("candidates", "missing"));
+    match (saw_candidates, req.item_ids.is_some()) {
+        (false, false) => return Err(ServeError::bad("candidates", "missing")),
+        (true, true) => return Err(ServeError::bad("item_ids", "give `candidates` or `item_ids`, not both")),
+        _ => {}
+    }
+    if !req.item_features.is_empty() && req.item_ids.is_none() {
+        return Err(ServeError::bad("item_features", "only with `item_ids`"));
+    }
+    if req.rank_by.is_some() && req.top_k.is_none() {
+        return Err(ServeError::bad("rank_by", "only with `top_k`"));
     }
     Ok(req)
 }
@@ -244,6 +335,12 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 /// One candidate's result.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CandidateScores {
+    /// The item's id (requests with `item_ids`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<ItemId>,
+    /// The candidate's position in the request (answers with `top_k`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
     /// One per task, in [`ScoreResponse::tasks`] order.
     pub predictions: Vec<f32>,
     pub score: f64,
@@ -300,7 +397,7 @@ mod tests {
 
     #[test]
     fn limits_give_too_large() {
-        let l = Limits { max_candidates: 2, max_list_len: 3 };
+        let l = Limits { max_candidates: 2, max_list_len: 3, max_items: 4 };
         let many = r#"{"candidates":[{},{},{}]}"#;
         assert!(matches!(parse_json(many.as_bytes(), &l), Err(ServeError::TooLarge(_))));
         let long = r#"{"candidates":[{"x":[1,2,3,4]}]}"#;
@@ -310,12 +407,14 @@ mod tests {
     }
 }
 
-/// The body of `POST /admin/reload` (empty, or this object; both keys optional).
+/// The body of `POST /admin/reload` (empty, or this object; every key optional).
 #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReloadRequest {
     /// Run directory to switch to (default: the one served now).
     pub model: Option<String>,
+    /// Item table to load with it (default: the one served now, if any).
+    pub items: Option<String>,
     /// Reload even when the new model changes the request schema.
     #[serde(default)]
     pub force: bool,
@@ -330,7 +429,10 @@ impl ReloadRequest {
         serde_json::from_slice(body).map_err(|e| {
             ServeError::bad(
                 "",
-                format!("expected {{\"model\": \"RUN_DIR\", \"force\": true|false}} (both optional) or no body: {e}"),
+                format!(
+                    "expected {{\"model\": \"RUN_DIR\", \"items\": \"TABLE_DIR\", \"force\": true|false}} \
+                     (each optional) or no body: {e}"
+                ),
             )
         })
     }

@@ -24,6 +24,8 @@ use tokio::sync::watch;
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub run_dir: PathBuf,
+    /// Item table of a two-tower model (`mixrank embed-items`), served beside it.
+    pub items: Option<PathBuf>,
     /// The backend the model runs on.
     pub engine: Engine,
     pub precision: Precision,
@@ -51,6 +53,7 @@ impl ServeOptions {
     pub fn new(run_dir: impl Into<PathBuf>, engine: Engine) -> Self {
         ServeOptions {
             run_dir: run_dir.into(),
+            items: None,
             engine,
             precision: Precision::F32,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -95,11 +98,19 @@ pub async fn start(opts: ServeOptions) -> Result<RunningServer> {
     check_exposure(&opts)?;
     let metrics = Arc::new(Metrics::default());
     let max_batch = opts.batcher.max_batch_rows.max(opts.limits.max_candidates).max(1);
-    let (dir, engine, precision, score, m) =
-        (opts.run_dir.clone(), opts.engine.clone(), opts.precision, opts.score.clone(), metrics.clone());
-    let slot = tokio::task::spawn_blocking(move || ModelSlot::open(&dir, engine, precision, max_batch, score, m))
-        .await
-        .map_err(|e| ServeError::Internal(e.to_string()))??;
+    let (dir, items, engine, precision, score, m) = (
+        opts.run_dir.clone(),
+        opts.items.clone(),
+        opts.engine.clone(),
+        opts.precision,
+        opts.score.clone(),
+        metrics.clone(),
+    );
+    let slot = tokio::task::spawn_blocking(move || {
+        ModelSlot::open(&dir, items.as_deref(), engine, precision, max_batch, score, m)
+    })
+    .await
+    .map_err(|e| ServeError::Internal(e.to_string()))??;
     let slot = Arc::new(slot);
     let mut batcher = opts.batcher;
     batcher.max_batch_rows = max_batch;

@@ -5,10 +5,11 @@
 
 use crate::batcher::{Batcher, BatcherConfig};
 use crate::error::{Result, ServeError};
+use crate::item_scoring::top_k;
 use crate::metrics::{Metrics, Protocol};
 use crate::reload::ModelSlot;
-use crate::request::{CandidateScores, Limits, ScoreRequest, ScoreResponse};
-use std::collections::BTreeSet;
+use crate::request::{CandidateScores, ItemId, Limits, ScoreRequest, ScoreResponse, Value};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,6 +88,9 @@ impl Service {
         if !self.is_ready() {
             return Err(ServeError::ShuttingDown);
         }
+        if req.item_ids.is_some() {
+            return self.score_items(req).await;
+        }
         self.limits.check_candidates(req.candidates.len())?;
         let served = self.slot.current();
         let s = &served.session;
@@ -117,10 +121,119 @@ impl Service {
         for c in s.ignored_in(&req) {
             self.metrics.ignored_field(c);
         }
-        let candidates = (0..n)
-            .map(|r| CandidateScores {
+        let order = ranking(&req, s, &preds)?;
+        let candidates = order
+            .iter()
+            .map(|&(r, index)| CandidateScores {
+                id: None,
+                index,
                 predictions: preds.iter().map(|p| p[r]).collect(),
                 score: served.score.score(&preds, r, bids.as_ref().map(|b| b[r])),
+            })
+            .collect();
+        Ok(ScoreResponse {
+            request_id: req.request_id,
+            model_version: s.version.clone(),
+            precision: s.precision.name().into(),
+            tasks: s.tasks(),
+            candidates,
+        })
+    }
+
+    /// A request with `item_ids`: the table's items through the cached path (user
+    /// tower once, gathered dot products), the others from their `item_features`
+    /// through the model's ordinary path (micro-batched), merged in request order.
+    async fn score_items(&self, req: ScoreRequest) -> Result<ScoreResponse> {
+        let served = self.slot.current();
+        let s = &served.session;
+        let table = served.items.clone().ok_or_else(|| {
+            ServeError::bad("item_ids", "this server has no item table (start it with --items DIR); send `candidates`")
+        })?;
+        if self.bid.is_some() {
+            return Err(ServeError::bad(
+                "item_ids",
+                "the ranking score multiplies a per-candidate bid, which an item-id request cannot carry; send `candidates`",
+            ));
+        }
+        let ids = req.item_ids.as_deref().unwrap_or_default();
+        let id_column = &table.manifest.id_column;
+        // The item_features entries by id.
+        let mut featured: HashMap<ItemId, usize> = HashMap::new();
+        for (i, f) in req.item_features.iter().enumerate() {
+            let id = match f.get(id_column) {
+                Some(Value::Int(v)) => ItemId::Int(*v),
+                Some(Value::Str(v)) => ItemId::Str(v.clone()),
+                _ => {
+                    return Err(ServeError::bad(
+                        format!("item_features[{i}].{id_column}"),
+                        "missing or not an integer or string: each item_features entry carries its id",
+                    ))
+                }
+            };
+            featured.insert(id, i);
+        }
+        let (mut cached, mut cached_at) = (Vec::with_capacity(ids.len()), Vec::with_capacity(ids.len()));
+        let (mut from_features, mut features_at, mut missing) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, id) in ids.iter().enumerate() {
+            match (table.row(id), featured.get(id)) {
+                (Some(r), _) => {
+                    cached.push(r);
+                    cached_at.push(i);
+                }
+                (None, Some(&f)) => {
+                    from_features.push(req.item_features[f].clone());
+                    features_at.push(i);
+                }
+                (None, None) => missing.push(id.to_string()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(ServeError::bad(
+                "item_ids",
+                format!(
+                    "{} item(s) not in the item table and without item_features: [{}]",
+                    missing.len(),
+                    missing.join(", ")
+                ),
+            ));
+        }
+        let n_tasks = s.config.tasks.len();
+        let mut preds = vec![vec![0f32; ids.len()]; n_tasks];
+        if !from_features.is_empty() {
+            self.limits.check_candidates(from_features.len())?;
+            let sub = ScoreRequest { context: req.context.clone(), candidates: from_features, ..Default::default() };
+            let batch = s.encode(&sub, &BTreeSet::new())?;
+            let p = self
+                .batcher
+                .submit(s.clone(), batch)?
+                .await
+                .map_err(|_| ServeError::Internal("the batcher dropped the request".into()))??;
+            for (t, pt) in p.iter().enumerate() {
+                for (k, &i) in features_at.iter().enumerate() {
+                    preds[t][i] = pt[k];
+                }
+            }
+        }
+        if !cached.is_empty() {
+            let (session, context, table) = (s.clone(), req.context.clone(), table.clone());
+            let p =
+                tokio::task::spawn_blocking(move || session.score_items(&context, &BTreeSet::new(), &table, &cached))
+                    .await
+                    .map_err(|e| ServeError::Internal(format!("item scoring task: {e}")))??;
+            for (t, pt) in p.iter().enumerate() {
+                for (k, &i) in cached_at.iter().enumerate() {
+                    preds[t][i] = pt[k];
+                }
+            }
+        }
+        let order = ranking(&req, s, &preds)?;
+        let candidates = order
+            .iter()
+            .map(|&(r, _)| CandidateScores {
+                id: Some(ids[r].clone()),
+                index: None,
+                predictions: preds.iter().map(|p| p[r]).collect(),
+                score: served.score.score(&preds, r, None),
             })
             .collect();
         Ok(ScoreResponse {
@@ -160,6 +273,29 @@ impl Service {
         self.set_ready(false);
         self.batcher.close();
     }
+}
+
+/// Which candidates an answer lists, in which order: every one in request order, or
+/// with `top_k` the best K by `rank_by` (default: the first task), best first — each
+/// with its request index when the candidates have no id.
+fn ranking(
+    req: &ScoreRequest,
+    s: &crate::session::InferenceSession,
+    preds: &[Vec<f32>],
+) -> Result<Vec<(usize, Option<usize>)>> {
+    let n = preds.first().map_or(0, Vec::len);
+    let Some(k) = req.top_k else {
+        return Ok((0..n).map(|r| (r, None)).collect());
+    };
+    let tasks = s.tasks();
+    let t = match &req.rank_by {
+        None => 0,
+        Some(name) => tasks.iter().position(|t| t == name).ok_or_else(|| {
+            ServeError::bad("rank_by", format!("unknown task {name:?}; the model's tasks: {}", tasks.join(", ")))
+        })?,
+    };
+    let with_index = req.item_ids.is_none();
+    Ok(top_k(&preds[t], k).into_iter().map(|r| (r, with_index.then_some(r))).collect())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -17,10 +17,14 @@
 
 use crate::encode::RequestEncoder;
 use crate::error::{Result, ServeError};
-use crate::request::ScoreRequest;
+use crate::item_scoring::gathered_dot;
+use crate::item_table::{CheckpointIdentity, ItemTable};
+use crate::request::{Features, ScoreRequest};
+use mixrank_data::config::groups::FeatureRef;
 use mixrank_data::config::{TaskKind, TaskSpec};
 use mixrank_data::{Batch, DenseMode, Encoder, ExperimentConfig};
 use mixrank_model::Model;
+use mixrank_model::Tower;
 use mixrank_nn::HostBackend;
 use mixrank_train::checkpoint::Manifest;
 use std::collections::BTreeSet;
@@ -101,6 +105,20 @@ impl std::fmt::Debug for Engine {
 trait Runner: Send {
     /// Appends the predictions of `b`'s rows to `out[task]`.
     fn predict(&mut self, b: &Batch, tasks: &[TaskSpec], out: &mut [Vec<f32>]) -> Result<()>;
+    /// Two-tower models: the user tower on `user` (its row 0), then each task's
+    /// gathered dot products with `table`'s `rows` ([`crate::item_scoring`]).
+    fn score_items(
+        &mut self,
+        user: &Batch,
+        table: &ItemTable,
+        rows: &[u32],
+        tasks: &[TaskSpec],
+    ) -> Result<Vec<Vec<f32>>>;
+    /// Two-tower models: the item tower on `b`, appending each row's embeddings
+    /// (`[n_tasks, dim]` per row) to `out`.
+    fn embed_items(&mut self, b: &Batch, out: &mut Vec<f32>) -> Result<()>;
+    /// Two-tower models: each task's score bias (0 without biases).
+    fn score_bias(&mut self) -> Result<Vec<f32>>;
 }
 
 struct Loaded<B: HostBackend> {
@@ -115,6 +133,90 @@ impl<B: HostBackend + 'static> Runner for Loaded<B> {
         self.model.forward(ops, b).map_err(|e| ServeError::Internal(format!("forward: {e}")))?;
         mixrank_train::read_predictions(&*self.model, ops, tasks, b.rows, &mut self.host, out)
             .map_err(|e| ServeError::Internal(e.to_string()))
+    }
+
+    fn score_items(
+        &mut self,
+        user: &Batch,
+        table: &ItemTable,
+        rows: &[u32],
+        tasks: &[TaskSpec],
+    ) -> Result<Vec<Vec<f32>>> {
+        let ops = &*self.ops;
+        let tt = self.model.as_two_tower_mut().ok_or_else(not_two_tower)?;
+        tt.forward_tower(ops, user, Tower::User).map_err(|e| ServeError::Internal(format!("user tower: {e}")))?;
+        let dim = tt.dim();
+        tasks
+            .iter()
+            .enumerate()
+            .map(|(t, task)| {
+                let u = &tt.tower_embedding(Tower::User, t)[..dim];
+                let bias = tt.score_bias(t).map(|b| b[0]);
+                let mut z = vec![0f32; rows.len()];
+                gathered_dot(table, t, rows, u, bias, &mut z);
+                z.iter_mut().for_each(|v| *v = mixrank_train::prediction_of(task.kind, *v));
+                Ok(z)
+            })
+            .collect()
+    }
+
+    fn score_bias(&mut self) -> Result<Vec<f32>> {
+        let n_tasks = self.model.io().tasks.len();
+        let tt = self.model.as_two_tower_mut().ok_or_else(not_two_tower)?;
+        Ok((0..n_tasks).map(|t| tt.score_bias(t).map_or(0.0, |b| b[0])).collect())
+    }
+
+    fn embed_items(&mut self, b: &Batch, out: &mut Vec<f32>) -> Result<()> {
+        let ops = &*self.ops;
+        let n_tasks = self.model.io().tasks.len();
+        let tt = self.model.as_two_tower_mut().ok_or_else(not_two_tower)?;
+        // A one-row batch would take gemm's matrix-vector kernel (another summation
+        // order than a batched forward's): run it as two copies of the row.
+        let rows = b.rows;
+        let padded;
+        let run = if rows == 1 {
+            padded = b.gather(&[0, 0]);
+            &padded
+        } else {
+            b
+        };
+        tt.forward_tower(ops, run, Tower::Item).map_err(|e| ServeError::Internal(format!("item tower: {e}")))?;
+        let dim = tt.dim();
+        for r in 0..rows {
+            for t in 0..n_tasks {
+                out.extend_from_slice(&tt.tower_embedding(Tower::Item, t)[r * dim..(r + 1) * dim]);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn not_two_tower() -> ServeError {
+    ServeError::Internal("a two-tower call on a model that is not two-tower".into())
+}
+/// What each tower of a two-tower model reads, by source column, and its embedding width.
+#[derive(Debug, Clone)]
+pub struct TowerColumns {
+    pub user: BTreeSet<String>,
+    pub item: BTreeSet<String>,
+    pub dim: usize,
+}
+
+impl TowerColumns {
+    /// `None` unless `cfg` is a two-tower config.
+    pub fn of(cfg: &ExperimentConfig) -> Option<Self> {
+        let inputs = cfg.inputs.as_ref()?.two_tower.as_ref()?;
+        let dim = cfg.model.as_ref()?.two_tower.as_ref()?.dim;
+        let cols = |spec: &mixrank_data::config::groups::InputSpec| {
+            spec.features()
+                .into_iter()
+                .map(|f| match f {
+                    FeatureRef::Categorical(i) => cfg.categorical[i].column.clone(),
+                    FeatureRef::Dense(i) => cfg.dense[i].column.clone(),
+                })
+                .collect::<BTreeSet<String>>()
+        };
+        Some(TowerColumns { user: cols(&inputs.user), item: cols(&inputs.item), dim })
     }
 }
 
@@ -134,6 +236,10 @@ pub struct InferenceSession {
     pub released_grad_floats: usize,
     /// The checkpoint's calibration layer, applied after the model (as in `mixrank eval`).
     pub calibration: Option<Arc<mixrank_train::calibration::Calibration>>,
+    /// The checkpoint's identity (an item table must carry the same).
+    pub identity: CheckpointIdentity,
+    /// Two-tower models: what each tower reads.
+    pub towers: Option<TowerColumns>,
     encoder: RequestEncoder,
     runner: Mutex<Box<dyn Runner>>,
 }
@@ -193,6 +299,12 @@ impl InferenceSession {
                 Some(k.name())
             }
         };
+        let identity = CheckpointIdentity {
+            weights_xxh3: manifest.weights_xxh3().to_string(),
+            run: version.split('@').next().unwrap_or("model").to_string(),
+            step: manifest.step,
+        };
+        let towers = TowerColumns::of(&config);
         let stats = Arc::new(manifest.dense_stats.clone());
         let encoder = Encoder::new(config.clone(), DenseMode::Fitted(stats)).map_err(|e| fail(e.to_string()))?;
         Ok(InferenceSession {
@@ -206,6 +318,8 @@ impl InferenceSession {
             run_dir: PathBuf::new(),
             released_grad_floats,
             calibration: None,
+            identity,
+            towers,
             runner: Mutex::new(Box::new(Loaded { ops, model, host: Vec::new() })),
         })
     }
@@ -236,15 +350,21 @@ impl InferenceSession {
         self.encoder.ignored_in(req)
     }
 
-    /// Validates and encodes a request (see [`RequestEncoder::encode`]). With a
-    /// per-surface calibration layer the request must name its surface (the segment
-    /// column, in the context or in every candidate).
-    pub fn encode(&self, req: &ScoreRequest, extra: &BTreeSet<String>) -> Result<Batch> {
+    /// The segment column a request must carry: with a per-surface calibration layer,
+    /// when the segment is not a feature (a feature is required anyway).
+    fn required_surface(&self) -> Option<&str> {
         let per_surface = self
             .calibration
             .as_ref()
             .is_some_and(|c| c.file.per == mixrank_data::config::calibration::CalibrationScope::Surface);
-        if let (true, Some(col)) = (per_surface, self.encoder.surface_column()) {
+        self.encoder.surface_column().filter(|_| per_surface)
+    }
+
+    /// Validates and encodes a request (see [`RequestEncoder::encode`]). With a
+    /// per-surface calibration layer the request must name its surface (the segment
+    /// column, in the context or in every candidate).
+    pub fn encode(&self, req: &ScoreRequest, extra: &BTreeSet<String>) -> Result<Batch> {
+        if let Some(col) = self.required_surface() {
             if !req.context.contains_key(col) && !req.candidates.iter().all(|c| c.contains_key(col)) {
                 return Err(ServeError::bad(
                     format!("context.{col}"),
@@ -253,6 +373,66 @@ impl InferenceSession {
             }
         }
         self.encoder.encode(req, extra)
+    }
+
+    /// Two-tower models with an item table: the predictions `[task][i]` of the table's
+    /// `rows` for the user of `context`. The user tower runs once, on two copies of the
+    /// context row: a one-row GEMM takes the `gemm` crate's matrix-vector kernel, whose
+    /// summation order differs from the batched kernel `predict` and training use, and two
+    /// rows keep the batched one (so the scores are `predict`'s bit for bit).
+    pub fn score_items(
+        &self,
+        context: &Features,
+        extra: &BTreeSet<String>,
+        table: &ItemTable,
+        rows: &[u32],
+    ) -> Result<Vec<Vec<f32>>> {
+        let towers = self.towers.as_ref().ok_or_else(|| {
+            ServeError::bad("item_ids", "the served model is not a two-tower model; send `candidates`")
+        })?;
+        if let Some(col) = self.required_surface().filter(|c| !context.contains_key(*c)) {
+            return Err(ServeError::bad(
+                format!("context.{col}"),
+                "missing surface: the model is calibrated per surface (give it in the context)",
+            ));
+        }
+        let user = self.encoder.encode_context(context, &towers.user, extra, 2)?;
+        let mut r = self.runner.lock().map_err(|_| ServeError::Internal("model lock poisoned".into()))?;
+        let mut out = r.score_items(&user, table, rows, &self.config.tasks)?;
+        drop(r);
+        // The calibration layer, every item at the request's surface.
+        if let Some(cal) = &self.calibration {
+            let surface = user.segment.first().copied().unwrap_or_default();
+            cal.apply_all(&vec![surface; rows.len()], &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Two-tower models: the item tower's embeddings of `batch`'s rows, `[rows, n_tasks,
+    /// dim]` (`embed-items`).
+    pub fn embed_items(&self, batch: &Batch) -> Result<Vec<f32>> {
+        let towers = self.towers.as_ref().ok_or_else(not_two_tower)?;
+        let mut out = Vec::with_capacity(batch.rows * self.config.tasks.len() * towers.dim);
+        let mut r = self.runner.lock().map_err(|_| ServeError::Internal("model lock poisoned".into()))?;
+        for start in (0..batch.rows).step_by(self.max_batch) {
+            let end = (start + self.max_batch).min(batch.rows);
+            if start == 0 && end == batch.rows {
+                r.embed_items(batch, &mut out)?;
+            } else {
+                r.embed_items(&batch.gather(&(start..end).collect::<Vec<_>>()), &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Two-tower models: each task's score bias (0 without biases).
+    pub fn score_bias(&self) -> Result<Vec<f32>> {
+        self.runner.lock().map_err(|_| ServeError::Internal("model lock poisoned".into()))?.score_bias()
+    }
+
+    /// The request encoder (for sources other than requests: `embed-items`).
+    pub fn encoder(&self) -> &RequestEncoder {
+        &self.encoder
     }
 
     /// Predictions `[task][row]` for every row of `batch`, in chunks of `max_batch`,

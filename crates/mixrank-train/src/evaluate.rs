@@ -176,12 +176,20 @@ pub fn read_predictions<B: Backend>(
     for (t, task) in tasks.iter().enumerate() {
         ops.read(model.logits(t), &mut host[..rows]).map_err(engine("reading logits"))?;
         let o = &mut out[t];
-        match task.kind {
-            TaskKind::Binary => o.extend(host[..rows].iter().map(|&z| 1.0 / (1.0 + (-z).exp()))),
-            TaskKind::Regression => o.extend_from_slice(&host[..rows]),
-        }
+        o.extend(host[..rows].iter().map(|&z| prediction_of(task.kind, z)));
     }
     Ok(())
+}
+
+/// A task's prediction from its logit: the probability `1 / (1 + e^-z)` of a binary
+/// task, the logit itself for a regression task. [`read_predictions`] and the server's
+/// cached-item path both go through it.
+#[inline]
+pub fn prediction_of(kind: TaskKind, z: f32) -> f32 {
+    match kind {
+        TaskKind::Binary => 1.0 / (1.0 + (-z).exp()),
+        TaskKind::Regression => z,
+    }
 }
 
 /// Scores every row of `split` (file order, no shuffling) in evaluation mode (dropout

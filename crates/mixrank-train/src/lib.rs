@@ -30,7 +30,7 @@ pub mod warm_start;
 pub mod weighting;
 
 pub use error::{Result, TrainError};
-pub use evaluate::{evaluate, read_predictions, task_type, CheckpointScorer, Predictions};
+pub use evaluate::{evaluate, prediction_of, read_predictions, task_type, CheckpointScorer, Predictions};
 pub use lineage::{Lineage, Stage};
 pub use predict::{score_column, PredictOptions, PredictSummary};
 pub use start::{checkpoint_dir, VOCABULARIES};

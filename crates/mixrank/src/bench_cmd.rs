@@ -20,6 +20,10 @@ pub enum BenchCommand {
     /// Load test: a real server on loopback, N keep-alive clients, bounded in count
     /// and time; QPS and latency per request size.
     Serve(ServeBenchArgs),
+    /// The two-tower light ranker with its cached item table vs a full ranker on the
+    /// same 1k–50k candidates per request (p50/p99, f32 and bf16), embed-items
+    /// throughput, and where the light ranker's time goes.
+    Items(crate::bench_items::ItemsBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -77,6 +81,7 @@ pub fn run(c: &BenchCommand) -> Result<()> {
     match c {
         BenchCommand::Infer(a) => infer(a),
         BenchCommand::Serve(a) => serve(a),
+        BenchCommand::Items(a) => crate::bench_items::run(a),
     }
 }
 

@@ -2,8 +2,10 @@
 
 mod backend;
 mod bench_cmd;
+mod bench_items;
 mod compare_cmd;
 mod demo;
+mod embed_items_cmd;
 mod eval_cmd;
 mod experiment_cmd;
 mod predict_cmd;
@@ -39,6 +41,8 @@ enum Command {
     Eval(eval_cmd::EvalArgs),
     /// Score a split or files with a trained checkpoint into a Parquet file: one column per task.
     Predict(predict_cmd::PredictArgs),
+    /// Compute a two-tower run's item embeddings for every item of a Parquet file (the table `serve --items` loads).
+    EmbedItems(embed_items_cmd::EmbedItemsArgs),
     /// Compare two trained runs on the same rows: lifts with paired bootstrap intervals.
     Compare(compare_cmd::CompareArgs),
     /// Write a self-contained HTML report of a run: curves, metrics, gates, calibration.
@@ -133,6 +137,7 @@ fn main() -> std::process::ExitCode {
         Command::Train(a) => train_cmd::run(&a),
         Command::Eval(a) => eval_cmd::run(&a),
         Command::Predict(a) => predict_cmd::run(&a),
+        Command::EmbedItems(a) => embed_items_cmd::run(&a),
         Command::Compare(a) => compare_cmd::run(&a),
         Command::Report(a) => report_cmd::run(&a),
         Command::Demo(a) => demo::run(&a),

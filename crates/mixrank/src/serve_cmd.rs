@@ -12,6 +12,10 @@ pub struct ServeArgs {
     /// Run directory written by `mixrank train` (its checkpoint/ is loaded and verified).
     #[arg(long)]
     pub model: PathBuf,
+    /// Item table of a two-tower model (`mixrank embed-items`; it must come from the
+    /// same checkpoint): requests may then send `item_ids` instead of `candidates`.
+    #[arg(long)]
+    pub items: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: crate::eval_cmd::Precision,
     /// HTTP/JSON address. Loopback by default; a non-loopback address needs --admin-token
@@ -30,6 +34,9 @@ pub struct ServeArgs {
     /// Most candidates in one request (larger: 413).
     #[arg(long, default_value_t = 1024)]
     pub max_candidates: usize,
+    /// Most ids in one request's `item_ids` (larger: 413).
+    #[arg(long, default_value_t = 100_000)]
+    pub max_items: usize,
     /// Largest request body / gRPC message, bytes (larger: 413 / RESOURCE_EXHAUSTED).
     #[arg(long, default_value_t = 4 << 20)]
     pub max_body_bytes: usize,
@@ -79,6 +86,8 @@ pub fn run(a: &ServeArgs) -> Result<()> {
         opts.score = ScoreConfig::load(p)?;
     }
     opts.limits.max_candidates = a.max_candidates;
+    opts.limits.max_items = a.max_items;
+    opts.items = a.items.clone();
     opts.max_body_bytes = a.max_body_bytes;
     opts.batcher.max_batch_rows = a.max_batch_rows;
     opts.batcher.max_wait = Duration::from_micros(a.max_wait_us);

@@ -60,6 +60,31 @@ fn a_two_tower_model_trains_evaluates_predicts_and_distils_from_a_full_ranker() 
     assert!(ok, "{err}");
     assert!(std::fs::metadata(&preds).unwrap().len() > 0);
 
+    // embed-items: a request log repeats its ads, so it is refused naming the id, and
+    // leaves no output; the log's first row per ad is embedded into a table.
+    let day3 = sim.join("day=2026-01-03/part-00000.parquet");
+    let table = d.path().join("table");
+    let (ok, _, err) = mixrank(&["embed-items", s(&tt), "--items", s(&day3), "--out", s(&table)]);
+    assert!(!ok && err.contains("appears twice"), "{err}");
+    assert!(
+        !table.exists()
+            && std::fs::read_dir(d.path()).unwrap().all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("table"))
+    );
+    let items = d.path().join("items.parquet");
+    let n = first_row_per_ad(&day3, &items);
+    let (ok, out, err) = mixrank(&["embed-items", s(&tt), "--items", s(&items), "--out", s(&table), "--batch", "64"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("embedded {n} items (4 tasks × dim 32)")), "{out}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(table.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["items"], n);
+    assert_eq!(manifest["id_column"], "ad_id");
+    assert!(err.contains("100%"), "a progress line: {err}");
+
     // A full ranker, then a two-tower student distilled from it.
     let teacher = d.path().join("teacher");
     let (ok, _, err) = mixrank(&[
@@ -73,6 +98,8 @@ fn a_two_tower_model_trains_evaluates_predicts_and_distils_from_a_full_ranker() 
         s(&teacher),
     ]);
     assert!(ok, "{err}");
+    let (ok, _, err) = mixrank(&["embed-items", s(&teacher), "--items", s(&items), "--out", s(&d.path().join("t2"))]);
+    assert!(!ok && err.contains("is not a two-tower model"), "{err}");
     let distill_cfg = sim.join("distill.toml");
     let text = std::fs::read_to_string(&cfg).unwrap()
         + &format!(
@@ -112,4 +139,21 @@ fn a_two_tower_model_trains_evaluates_predicts_and_distils_from_a_full_ranker() 
             assert!(loss.is_finite() && loss > 0.0, "{v}");
         }
     }
+}
+
+/// Writes the first row of every `ad_id` of `log` to `out`; returns how many.
+fn first_row_per_ad(log: &Path, out: &Path) -> usize {
+    use arrow::array::AsArray;
+    let f = std::fs::File::open(log).unwrap();
+    let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
+    let batches: Vec<_> = r.map(|b| b.unwrap()).collect();
+    let rb = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let ad = rb.column_by_name("ad_id").unwrap().as_primitive::<arrow::datatypes::Int64Type>().clone();
+    let mut seen = std::collections::HashSet::new();
+    let rows: Vec<u32> = (0..rb.num_rows()).filter(|&i| seen.insert(ad.value(i))).map(|i| i as u32).collect();
+    let rb = arrow::compute::take_record_batch(&rb, &arrow::array::UInt32Array::from(rows.clone())).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(out).unwrap(), rb.schema(), None).unwrap();
+    w.write(&rb).unwrap();
+    w.close().unwrap();
+    rows.len()
 }

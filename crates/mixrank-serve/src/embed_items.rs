@@ -1,0 +1,166 @@
+//! `mixrank embed-items`: every item's per-task embeddings from a two-tower run's item
+//! tower, into an [`crate::item_table`] directory.
+//!
+//! The items file (Parquet) is read in batches of `batch` rows, projected on the item
+//! tower's feature columns and the id column, so memory stays bounded by one batch
+//! (plus the id set that catches duplicates); each batch is encoded by the training
+//! `Encoder` with the checkpoint's statistics (the user tower's columns as nulls: only
+//! the item tower runs) and its rows streamed to the table, which is written to a
+//! temporary directory and renamed into place at the end (a failure leaves no `--out`).
+
+use crate::error::{Result, ServeError};
+use crate::item_table::{ItemId, ItemTableError, TableManifest, TableWriter, FORMAT_VERSION};
+use crate::session::InferenceSession;
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::datatypes::{DataType, Int64Type};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What `embed-items` is asked to do besides the run and the files.
+#[derive(Debug, Clone)]
+pub struct EmbedOptions {
+    /// Rows per batch read and per item-tower forward.
+    pub batch: usize,
+    /// Column of the item ids; default: the item tower's first categorical feature's column.
+    pub id_column: Option<String>,
+    /// Replace an existing `out`.
+    pub overwrite: bool,
+}
+
+/// What a finished `embed-items` wrote.
+#[derive(Debug, Clone)]
+pub struct EmbedSummary {
+    pub out: PathBuf,
+    pub manifest: TableManifest,
+    /// Wall time of reading, encoding, the item tower and writing.
+    pub seconds: f64,
+}
+
+/// Embeds every row of `items` with `session`'s item tower into `out`; `progress(done,
+/// total)` is called after each batch.
+pub fn embed_items(
+    session: &InferenceSession,
+    items: &Path,
+    out: &Path,
+    opts: &EmbedOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EmbedSummary> {
+    let t0 = Instant::now();
+    let cfg = &session.config;
+    let towers = session.towers.as_ref().ok_or_else(|| ItemTableError::NotTwoTower {
+        run: session.run_dir.clone(),
+        architecture: cfg.model.as_ref().map_or("single_task".into(), |m| {
+            serde_json::to_value(m.architecture).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+        }),
+    })?;
+    let id_column = match &opts.id_column {
+        Some(c) => c.clone(),
+        None => default_id_column(session).ok_or_else(|| {
+            ServeError::from(ItemTableError::BadRow {
+                file: items.to_path_buf(),
+                message: "the item tower reads no categorical feature to take ids from; pass --id-column".into(),
+            })
+        })?,
+    };
+    let ioe = |source| ServeError::from(ItemTableError::Io { path: items.to_path_buf(), source });
+    let pq = |e: parquet::errors::ParquetError| {
+        ServeError::from(ItemTableError::Format { path: items.to_path_buf(), message: e.to_string() })
+    };
+    let file = std::fs::File::open(items).map_err(ioe)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?;
+    let schema = builder.schema().clone();
+    let found: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let missing = |column: &str, why: &str| ItemTableError::MissingColumn {
+        file: items.to_path_buf(),
+        column: column.to_string(),
+        why: why.to_string(),
+        found: found.clone(),
+    };
+    if !found.contains(&id_column) {
+        return Err(missing(&id_column, "the item ids").into());
+    }
+    if let Some(c) = towers.item.iter().find(|c| !found.contains(c)) {
+        return Err(missing(c, "read by the item tower").into());
+    }
+    let wanted: Vec<usize> = found
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| towers.item.contains(*c) || **c == id_column)
+        .map(|(i, _)| i)
+        .collect();
+    let total = builder.metadata().file_metadata().num_rows().max(0) as usize;
+    let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
+    let reader = builder.with_projection(mask).with_batch_size(opts.batch.max(1)).build().map_err(pq)?;
+
+    let tasks = session.tasks();
+    let manifest = TableManifest {
+        format_version: FORMAT_VERSION,
+        checkpoint: session.identity.clone(),
+        tasks: tasks.clone(),
+        dim: towers.dim,
+        items: total,
+        id_column: id_column.clone(),
+        files: BTreeMap::new(),
+    };
+    let bias = session.score_bias()?;
+    let mut writer = TableWriter::create(out, opts.overwrite, manifest, &bias, items)?;
+    let enc = session.encoder();
+    let bad = |message: String| ServeError::from(ItemTableError::BadRow { file: items.to_path_buf(), message });
+    for rb in reader {
+        let rb = rb.map_err(|e| bad(e.to_string()))?;
+        let (n, first) = (rb.num_rows(), writer.rows() as u64);
+        let arrays: Vec<ArrayRef> = enc
+            .column_names()
+            .iter()
+            .enumerate()
+            .map(|(i, name)| match rb.column_by_name(name) {
+                Some(c) if towers.item.contains(name) => c.clone(),
+                _ => enc.absent(i, n),
+            })
+            .collect();
+        let at = |column: &str, row: Option<u64>| match row {
+            Some(r) => format!("row {}, column {column}", first + r),
+            None => format!("column {column}"),
+        };
+        let batch = enc.encode_arrays(arrays, n, &at).map_err(|e| bad(e.to_string()))?;
+        let ids = ids_of(rb.column_by_name(&id_column).expect("projected"), &id_column, first).map_err(bad)?;
+        let emb = session.embed_items(&batch)?;
+        writer.push(ids, &emb)?;
+        progress(writer.rows(), total);
+    }
+    let manifest = writer.finish()?;
+    Ok(EmbedSummary { out: out.to_path_buf(), manifest, seconds: t0.elapsed().as_secs_f64() })
+}
+
+/// The item tower's first categorical feature's source column (the simulator's `ad_id`).
+pub fn default_id_column(session: &InferenceSession) -> Option<String> {
+    let inputs = session.config.inputs.as_ref()?.two_tower.as_ref()?;
+    inputs.item.features().into_iter().find_map(|f| match f {
+        mixrank_data::config::groups::FeatureRef::Categorical(i) => Some(session.config.categorical[i].column.clone()),
+        mixrank_data::config::groups::FeatureRef::Dense(_) => None,
+    })
+}
+
+/// The ids of one batch: an integer column as integers, a string column as strings;
+/// a null is refused naming its row.
+fn ids_of(a: &ArrayRef, column: &str, first: u64) -> std::result::Result<Vec<ItemId>, String> {
+    let null_at = |r: usize| format!("row {}: the id column {column} is null", first + r as u64);
+    match a.data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            let s = arrow::compute::cast(a, &DataType::Utf8).map_err(|e| e.to_string())?;
+            let s = s.as_string::<i32>();
+            (0..s.len())
+                .map(|r| if s.is_null(r) { Err(null_at(r)) } else { Ok(ItemId::Str(s.value(r).to_string())) })
+                .collect()
+        }
+        t if t.is_integer() => {
+            let v = arrow::compute::cast(a, &DataType::Int64).map_err(|e| e.to_string())?;
+            let v = v.as_primitive::<Int64Type>();
+            (0..v.len()).map(|r| if v.is_null(r) { Err(null_at(r)) } else { Ok(ItemId::Int(v.value(r))) }).collect()
+        }
+        other => Err(format!("the id column {column} is {other}; expected integers or strings")),
+    }
+}
