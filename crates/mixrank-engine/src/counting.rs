@@ -2,7 +2,9 @@
 //! the traffic a device backend would pay for — buffer allocations, uploads (host →
 //! device writes) and readbacks (device → host reads, including the scalars `sum` and
 //! the losses return). Tests run real code on it to prove what a training step or an
-//! inference call moves across the bus.
+//! inference call moves across the bus. It also counts the floating-point operations of
+//! the matrix products ([`Counting::flops`]): what `mixrank experiment experts` reports
+//! as an expert's FLOPs per example.
 
 use crate::activation::Activation;
 use crate::error::Result;
@@ -48,6 +50,7 @@ struct Counters {
     upload_elems: AtomicU64,
     readbacks: AtomicU64,
     readback_elems: AtomicU64,
+    flops: AtomicU64,
 }
 
 /// Forwards to `B` and counts traffic; see the module docs.
@@ -72,6 +75,19 @@ impl<B> Counting<B> {
             readbacks: self.c.readbacks.load(Relaxed),
             readback_elems: self.c.readback_elems.load(Relaxed),
         }
+    }
+
+    /// Floating-point operations of the matrix products run so far, from each op's
+    /// shape: a GEMM `2·m·n·k` (a multiply and an add per term), a per-row block product
+    /// (`block_dot`, `block_dot_t`, `block_outer`) `2·rows·blocks·width`. Elementwise ops,
+    /// activations, norms and softmax are not counted (linear in the widths, small beside
+    /// the products).
+    pub fn flops(&self) -> u64 {
+        self.c.flops.load(Relaxed)
+    }
+
+    fn flop_event(&self, n: usize) {
+        self.c.flops.fetch_add(n as u64, Relaxed);
     }
 
     fn alloc_event(&self, n: usize) {
@@ -177,6 +193,7 @@ impl<B: Backend<Buf = Host, Ids = HostIds>> Backend for Counting<B> {
         self.inner.ids_len(ids)
     }
     fn gemm(&self, spec: &GemmSpec, a: &Host, b: &Host, c: &mut Host) -> Result<()> {
+        self.flop_event(2 * spec.m * spec.n * spec.k);
         self.inner.gemm(spec, a, b, c)
     }
     fn bias_act_forward(
@@ -293,12 +310,15 @@ impl<B: Backend<Buf = Host, Ids = HostIds>> Backend for Counting<B> {
         self.with_grad(grad, |g| self.inner.scatter_pooled_grad(spec, pooling, offsets, ids, dout, g))
     }
     fn block_dot(&self, s: BlockShape, t: &Host, y: &Host, out: &mut Host, accumulate: bool) -> Result<()> {
+        self.flop_event(2 * s.rows * s.blocks * s.width);
         self.inner.block_dot(s, t, y, out, accumulate)
     }
     fn block_outer(&self, s: BlockShape, d: &Host, y: &Host, out: &mut Host) -> Result<()> {
+        self.flop_event(2 * s.rows * s.blocks * s.width);
         self.inner.block_outer(s, d, y, out)
     }
     fn block_dot_t(&self, s: BlockShape, d: &Host, t: &Host, out: &mut Host) -> Result<()> {
+        self.flop_event(2 * s.rows * s.blocks * s.width);
         self.inner.block_dot_t(s, d, t, out)
     }
     fn sum_rows(&self, shape: Shape, x: &Host, out: &mut Host) -> Result<()> {
@@ -316,6 +336,9 @@ impl<B: Backend<Buf = Host, Ids = HostIds>> Backend for Counting<B> {
     }
     fn top_k_mask(&self, shape: Shape, k: usize, x: &Host, mask: &mut Host) -> Result<()> {
         self.inner.top_k_mask(shape, k, x, mask)
+    }
+    fn gate_dropout_mask(&self, shape: Shape, p: f32, seed: u64, step: u64, mask: &mut Host) -> Result<()> {
+        self.inner.gate_dropout_mask(shape, p, seed, step, mask)
     }
     fn bce_with_logits(&self, n: usize, input: LossInput<'_, Host>, grad: &mut Host, write: GradWrite) -> Result<f32> {
         self.readback_event(1);

@@ -61,6 +61,43 @@ pub fn dropout_mask<T: Copy>(
     Ok(())
 }
 
+/// Gate dropout on an additive gate mask (`[rows, cols]`, `zero` = expert in play, anything
+/// else = already excluded, e.g. by top-k): each in-play element `(r, j)` becomes `masked`
+/// when `uniform(base, r·cols + j) < p`, `base` = [`dropout_base`]`(seed, step)` — the
+/// stream [`dropout_mask`] draws from. A row whose every in-play element would be dropped
+/// is left as it was (the guard: a gate never loses all its experts). Added to the gate
+/// logits before the softmax, this zeroes the dropped weights and renormalises the rest
+/// to sum 1 exactly (YouTube's gate dropout against polarisation).
+#[allow(clippy::too_many_arguments)]
+pub fn gate_dropout_mask<T: Copy + PartialEq>(
+    rows: usize,
+    cols: usize,
+    p: f32,
+    seed: u64,
+    step: u64,
+    mask: &mut [T],
+    zero: T,
+    masked: T,
+) -> Result<()> {
+    check::vector("gate_dropout_mask", "mask", mask.len(), rows * cols)?;
+    if cols == 0 {
+        return Ok(());
+    }
+    let (p, base) = (p as f64, dropout_base(seed, step));
+    for (r, m) in mask[..rows * cols].chunks_exact_mut(cols).enumerate() {
+        let drop = |j: usize| uniform(base, (r * cols + j) as u64) < p;
+        if !(0..cols).any(|j| m[j] == zero && !drop(j)) {
+            continue;
+        }
+        for (j, v) in m.iter_mut().enumerate() {
+            if *v == zero && drop(j) {
+                *v = masked;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// For each of `rows` rows of `cols` values: `0` at the `k` largest (ties to the lower
 /// index), [`MASKED`] elsewhere.
 pub fn top_k_mask<T: Copy + PartialOrd>(
@@ -105,6 +142,32 @@ mod tests {
         let mut mask = [1.0f32; 8];
         top_k_mask(2, 4, 2, &x, &mut mask, 0.0, MASKED).unwrap();
         assert_eq!(mask, [MASKED, 0.0, MASKED, 0.0, 0.0, 0.0, MASKED, MASKED]);
+    }
+
+    #[test]
+    fn gate_dropout_drops_in_play_entries_and_never_a_whole_row() {
+        let (rows, cols) = (20_000, 4);
+        let mut m = vec![0f32; rows * cols];
+        // Column 3 is already excluded (as top-k would): it stays excluded, never counts.
+        for r in 0..rows {
+            m[r * cols + 3] = MASKED;
+        }
+        gate_dropout_mask(rows, cols, 0.3, 11, 5, &mut m, 0.0, MASKED).unwrap();
+        let dropped = m.chunks(cols).map(|r| r[..3].iter().filter(|&&v| v == MASKED).count()).sum::<usize>();
+        let rate = dropped as f64 / (rows * 3) as f64;
+        // Rows where all 3 would go (p³ = 2.7%) are kept whole: rate = 0.3 − 0.027·3/3.
+        assert!((rate - (0.3 - 0.027)).abs() < 0.01, "{rate}");
+        assert!(m.chunks(cols).all(|r| r[3] == MASKED && r[..3].contains(&0.0)), "a row keeps one expert");
+        assert!(m.iter().all(|&v| v == 0.0 || v == MASKED));
+        let mut again = vec![0f32; rows * cols];
+        for r in 0..rows {
+            again[r * cols + 3] = MASKED;
+        }
+        gate_dropout_mask(rows, cols, 0.3, 11, 5, &mut again, 0.0, MASKED).unwrap();
+        assert_eq!(m, again, "a function of (seed, step, index)");
+        let mut one = vec![0f32, MASKED];
+        gate_dropout_mask(1, 2, 0.99, 1, 1, &mut one, 0.0, MASKED).unwrap();
+        assert_eq!(one, [0.0, MASKED], "the only expert in play is never dropped");
     }
 
     #[test]

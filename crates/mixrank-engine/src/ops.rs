@@ -505,6 +505,13 @@ pub trait Backend: Send + Sync {
     /// index), [`crate::mask::MASKED`] elsewhere — the additive mask of top-k gating.
     fn top_k_mask(&self, shape: Shape, k: usize, x: &Self::Buf, mask: &mut Self::Buf) -> Result<()>;
 
+    /// Gate dropout in place on an additive gate mask (`[rows, cols]`: `0` = in play,
+    /// [`crate::mask::MASKED`] = excluded): each in-play element is excluded with
+    /// probability `p`, from the (seed, step, index) stream of [`Backend::dropout_mask`],
+    /// except that a row never loses its last in-play element
+    /// ([`crate::mask::gate_dropout_mask`]).
+    fn gate_dropout_mask(&self, shape: Shape, p: f32, seed: u64, step: u64, mask: &mut Self::Buf) -> Result<()>;
+
     // ---- losses ---------------------------------------------------------------------
 
     /// Binary cross-entropy on logits `z` with labels `y ∈ [0, 1]`, computed stably as

@@ -708,6 +708,11 @@ impl<T: Float> Backend for RefOpsOf<T> {
         crate::mask::top_k_mask(shape.rows, shape.cols, k, x, mask, T::from_f64(0.0), masked)
     }
 
+    fn gate_dropout_mask(&self, shape: Shape, p: f32, seed: u64, step: u64, mask: &mut Vec<T>) -> Result<()> {
+        let masked = T::from_f64(crate::mask::MASKED as f64);
+        crate::mask::gate_dropout_mask(shape.rows, shape.cols, p, seed, step, mask, T::from_f64(0.0), masked)
+    }
+
     fn sum(&self, n: usize, x: &Vec<T>) -> Result<f32> {
         Ok(sum(n, x)? as f32)
     }

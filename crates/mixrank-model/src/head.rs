@@ -61,7 +61,8 @@ pub trait Head<B: Backend>: Parameters<B> + Send {
     fn backward(&mut self, ops: &B, x: &B::Buf, d_logits: &[&B::Buf]) -> Result<&B::Buf>;
 
     /// Calls `f` on every part of the head that may hold dropout (the shared layer, each
-    /// expert's network, the towers): how train/eval mode and dropout steps reach them.
+    /// expert's network, the gates (gate dropout), the towers): how train/eval mode and
+    /// dropout steps reach them.
     fn visit_layers(&mut self, f: &mut dyn FnMut(&mut dyn Layer<B>));
     /// Visits every GEMM of the forward pass that may run in reduced precision (see
     /// `Layer::visit_reduced`).
@@ -73,6 +74,19 @@ pub trait Head<B: Backend>: Parameters<B> + Send {
     /// Weights of gate `g` (numbered as [`Head::gates`] lists them) from the last
     /// forward, `[batch, experts of that gate]`.
     fn gate_weights(&self, g: usize) -> Option<&B::Buf>;
+    /// The head's one expert list, which every gate mixes (MMoE, OMoE); empty for heads
+    /// without one. For cost reports (`mixrank experiment experts`).
+    fn experts_mut(&mut self) -> Vec<&mut crate::Expert<B>> {
+        Vec::new()
+    }
+    /// Leaves the listed experts (indices into the head's one expert list) out of every
+    /// gate, see [`crate::Model::exclude_experts`]. Default: refused (no such gates).
+    fn exclude_experts(&mut self, _ops: &B, _experts: &[usize]) -> Result<()> {
+        Err(crate::ModelError::Unsupported {
+            key: "architecture".into(),
+            message: "masking experts needs gates over one expert list (mmoe or omoe)".into(),
+        })
+    }
 
     /// Training mode (dropout on, the default) or evaluation mode (dropout off) for
     /// every layer of the head. Scoring code switches to evaluation and back.

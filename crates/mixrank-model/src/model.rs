@@ -79,6 +79,14 @@ pub trait Model<B: Backend>: Parameters<B> + Send {
     fn gates(&self) -> Vec<GateInfo>;
     /// Gate `g`'s weights from the last forward, `[rows, experts of that gate]`.
     fn gate_weights(&self, g: usize) -> Option<&B::Buf>;
+    /// Leaves the listed experts of the head's expert list out of every gate (weight 0,
+    /// the rest renormalised) until called again; an empty list restores the model. An
+    /// evaluation-time ablation (`mixrank experiment experts`); models whose head has no
+    /// gates over one expert list (MMoE, OMoE) refuse it.
+    fn exclude_experts(&mut self, ops: &B, experts: &[usize]) -> Result<()>;
+    /// The head's one expert list that every gate mixes (MMoE, OMoE; empty otherwise),
+    /// in the order [`Model::exclude_experts`] numbers them.
+    fn experts_mut(&mut self) -> Vec<&mut crate::Expert<B>>;
 
     /// Visits every GEMM of the inference forward pass that may run in reduced
     /// precision (see `mixrank_nn::Layer::visit_reduced`).

@@ -87,10 +87,13 @@ where
         let mut gates = Vec::with_capacity(n_mix);
         let mut mixes = Vec::with_capacity(n_mix);
         for t in 0..n_mix {
-            let mut g = GateConfig::new(d_trunk, n_exp).with_temperature(m.gate.temperature as f32).with_hidden(
-                &m.gate.hidden,
-                crate::expert::activation(m.gate.activation.unwrap_or(ActivationName::Relu)),
-            );
+            let mut g = GateConfig::new(d_trunk, n_exp)
+                .with_temperature(m.gate.temperature as f32)
+                .with_hidden(
+                    &m.gate.hidden,
+                    crate::expert::activation(m.gate.activation.unwrap_or(ActivationName::Relu)),
+                )
+                .with_dropout(m.gate.dropout as f32);
             if m.gate.top_k > 0 && m.gate.top_k < n_exp {
                 g = g.with_top_k(m.gate.top_k);
             }
@@ -238,6 +241,9 @@ where
         for e in &mut self.experts {
             e.visit_net(f);
         }
+        for g in &mut self.gates {
+            f(g);
+        }
         self.towers.visit_layers(f);
     }
 
@@ -250,6 +256,17 @@ where
             g.visit_reduced(f);
         }
         self.towers.visit_reduced(f);
+    }
+
+    fn experts_mut(&mut self) -> Vec<&mut Expert<B>> {
+        self.experts.iter_mut().collect()
+    }
+
+    fn exclude_experts(&mut self, ops: &B, experts: &[usize]) -> Result<()> {
+        for (g, gate) in self.gates.iter_mut().enumerate() {
+            gate.exclude_experts(ops, experts).at(|| format!("gate {g}"))?;
+        }
+        Ok(())
     }
 
     /// MMoE: a gate per task; OMoE: one gate for all tasks. Each mixes every expert.

@@ -110,6 +110,9 @@ where
         for e in self.levels.experts_mut() {
             e.visit_net(f);
         }
+        for g in self.levels.gates_mut() {
+            f(g);
+        }
         self.towers.visit_layers(f);
     }
 
@@ -205,10 +208,13 @@ where
             let per_task = p.task_experts + p.shared_experts;
             let all = n_tasks * p.task_experts + p.shared_experts;
             let gate = |n_exp: usize, what: String, rng: &mut R| -> Result<(Gate<B>, MoeMix<B>)> {
-                let mut g = GateConfig::new(d_in, n_exp).with_temperature(m.gate.temperature as f32).with_hidden(
-                    &m.gate.hidden,
-                    crate::expert::activation(m.gate.activation.unwrap_or(ActivationName::Relu)),
-                );
+                let mut g = GateConfig::new(d_in, n_exp)
+                    .with_temperature(m.gate.temperature as f32)
+                    .with_hidden(
+                        &m.gate.hidden,
+                        crate::expert::activation(m.gate.activation.unwrap_or(ActivationName::Relu)),
+                    )
+                    .with_dropout(m.gate.dropout as f32);
                 if m.gate.top_k > 0 && m.gate.top_k < n_exp {
                     g = g.with_top_k(m.gate.top_k);
                 }
@@ -406,11 +412,14 @@ where
         for ex in self.experts_mut() {
             ex.visit_reduced(f);
         }
-        for lv in &mut self.levels {
-            for g in lv.task_gates.iter_mut().chain(lv.shared.as_mut().map(|s| &mut s.0)) {
-                g.visit_reduced(f);
-            }
+        for g in self.gates_mut() {
+            g.visit_reduced(f);
         }
+    }
+
+    /// Every gate of every level (task gates, then the shared one).
+    fn gates_mut(&mut self) -> impl Iterator<Item = &mut Gate<B>> {
+        self.levels.iter_mut().flat_map(|lv| lv.task_gates.iter_mut().chain(lv.shared.as_mut().map(|s| &mut s.0)))
     }
 }
 

@@ -315,6 +315,14 @@ where
         self.head.gate_weights(g)
     }
 
+    fn exclude_experts(&mut self, ops: &B, experts: &[usize]) -> Result<()> {
+        self.head.exclude_experts(ops, experts)
+    }
+
+    fn experts_mut(&mut self) -> Vec<&mut crate::Expert<B>> {
+        self.head.experts_mut()
+    }
+
     fn visit_reduced(&mut self, f: &mut dyn FnMut(ReducedSite<'_, B>)) {
         self.head.visit_reduced(f)
     }

@@ -377,6 +377,17 @@ where
         None
     }
 
+    fn exclude_experts(&mut self, _ops: &B, _experts: &[usize]) -> Result<()> {
+        Err(crate::ModelError::Unsupported {
+            key: "architecture".into(),
+            message: "the two-tower model's experts are per tower; masking them is not supported".into(),
+        })
+    }
+
+    fn experts_mut(&mut self) -> Vec<&mut crate::Expert<B>> {
+        Vec::new()
+    }
+
     fn visit_reduced(&mut self, f: &mut dyn FnMut(ReducedSite<'_, B>)) {
         self.user.head.visit_reduced(f);
         self.item.head.visit_reduced(f);

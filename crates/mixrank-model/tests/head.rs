@@ -404,3 +404,140 @@ fn heads_refuse_what_they_cannot_build_or_run() {
     let e = head.backward(&ops, &x, &[&g]).err().unwrap().to_string();
     assert!(e.contains("1 logit gradients for 2 tasks"), "{e}");
 }
+
+/// Gate dropout reaches every gate (MMoE, OMoE, PLE through `set_training` and
+/// `set_dropout_step`): on in training, a function of the step, off in evaluation; and
+/// the whole head's backward matches finite differences with the step pinned.
+#[test]
+fn gate_dropout_in_every_gated_head() {
+    let ops = RefOpsF64::new();
+    let experts = "[[experts]]\nkind = \"mlp\"\ncount = 2\nhidden = [5]\nactivation = \"tanh\"\n\
+                   [[experts]]\nkind = \"dcnv2\"\ncross_layers = 1\nhidden = [5]\nactivation = \"tanh\"\n";
+    let heads = [("mmoe", ""), ("omoe", ""), ("mmoe", "top_k = 2, "), ("ple", "")];
+    for (i, (arch, extra)) in heads.into_iter().enumerate() {
+        let ple = if arch == "ple" { "ple = { levels = 1, shared_experts = 2, task_experts = 1 }\n" } else { "" };
+        let text = |p: f64| {
+            format!(
+                "architecture = \"{arch}\"\nexpert_dim = 4\ntower = {{ hidden = [3], activation = \"tanh\" }}\n\
+                 gate = {{ {extra}dropout = {p} }}\n{ple}{experts}"
+            )
+        };
+        let seed = 40 + i as u64;
+        let mut with =
+            build_head(&section(&text(0.4)), D_IN, TASKS, &ops, BATCH, &mut StdRng::seed_from_u64(seed)).unwrap();
+        let mut without =
+            build_head(&section(&text(0.0)), D_IN, TASKS, &ops, BATCH, &mut StdRng::seed_from_u64(seed)).unwrap();
+        let mut values = Vec::new();
+        with.params(&mut |_, p| values.push(p.value[..p.len()].to_vec()));
+        let mut k = 0;
+        without.params(&mut |_, p| {
+            let n = p.len();
+            p.value[..n].copy_from_slice(&values[k]);
+            k += 1;
+        });
+        let mut rng = StdRng::seed_from_u64(3);
+        let x: Vec<f64> = (0..BATCH * D_IN).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let logits = |h: &mut Box<dyn Head<RefOpsF64>>| {
+            h.forward(&ops, &x, BATCH).unwrap();
+            (0..TASKS).flat_map(|t| h.logits(t)[..BATCH].to_vec()).collect::<Vec<f64>>()
+        };
+        let reference = logits(&mut without);
+        // Some step drops an expert somewhere (p = 0.4 over every gate's rows).
+        let changed = (0..20).any(|s| {
+            with.set_dropout_step(s);
+            logits(&mut with) != reference
+        });
+        assert!(changed, "{arch}: gate dropout never changed the logits");
+        with.set_dropout_step(5);
+        let a = logits(&mut with);
+        with.set_dropout_step(5);
+        assert_eq!(logits(&mut with), a, "{arch}: same step, same masks");
+        with.set_training(false);
+        assert_eq!(logits(&mut with), reference, "{arch}: off in evaluation");
+        with.set_training(true);
+        // The gradient check with the masks pinned to one step: the first step whose
+        // masks leave every expert some weight in some row of each gate (an expert dropped
+        // everywhere has an all-zero gradient, which the harness refuses).
+        let step = (0..100)
+            .find(|&s| {
+                with.set_dropout_step(s);
+                with.forward(&ops, &x, BATCH).unwrap();
+                with.gates().iter().enumerate().all(|(g, info)| {
+                    let (w, e) = (with.gate_weights(g).unwrap(), info.experts.len());
+                    (0..e).all(|j| (0..BATCH).any(|r| w[r * e + j] > 0.0))
+                })
+            })
+            .expect("some step keeps every expert");
+        let forward = |h: &mut DynHead, inputs: &[Vec<f64>]| -> Vec<f64> {
+            h.set_dropout_step(step);
+            h.forward(&ops, &inputs[0], BATCH).unwrap();
+            (0..TASKS).flat_map(|t| h.logits(t)[..BATCH].to_vec()).collect()
+        };
+        let backward = |h: &mut DynHead, inputs: &[Vec<f64>], r: &[f64]| -> Vec<Vec<f64>> {
+            h.set_dropout_step(step);
+            h.forward(&ops, &inputs[0], BATCH).unwrap();
+            let d: Vec<Vec<f64>> = r.chunks(BATCH).map(<[f64]>::to_vec).collect();
+            let refs: Vec<&Vec<f64>> = d.iter().collect();
+            vec![h.backward(&ops, &inputs[0], &refs).unwrap()[..BATCH * D_IN].to_vec()]
+        };
+        check_grads(
+            &format!("{arch} {extra}gate dropout"),
+            &mut *with,
+            std::slice::from_ref(&x),
+            forward,
+            backward,
+            seed,
+        );
+    }
+}
+
+/// `exclude_experts` (the expert report's ablation): an expert whose gate weight is
+/// already 0 everywhere changes nothing when masked; masking one with weight changes
+/// the logits; an empty list restores the model; PLE refuses.
+#[test]
+fn excluding_experts_from_every_gate() {
+    let ops = RefOpsF64::new();
+    let text = "architecture = \"mmoe\"\nexpert_dim = 4\n\
+                [[experts]]\nkind = \"mlp\"\ncount = 3\nhidden = [5]\nactivation = \"tanh\"\n";
+    let mut head = build_head(&section(text), D_IN, TASKS, &ops, BATCH, &mut StdRng::seed_from_u64(9)).unwrap();
+    // Expert 2 gets a logit bias of -1e4 in every gate: weight exp(-1e4) = 0 exactly.
+    let mut biased = 0;
+    head.params(&mut |name, p| {
+        if name.starts_with("gates.") && name.ends_with("bias") {
+            p.value[2] = -1e4;
+            biased += 1;
+        }
+    });
+    assert_eq!(biased, TASKS, "one gate per task");
+    let mut rng = StdRng::seed_from_u64(4);
+    let x: Vec<f64> = (0..BATCH * D_IN).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let logits = |h: &mut Box<dyn Head<RefOpsF64>>| {
+        h.forward(&ops, &x, BATCH).unwrap();
+        (0..TASKS).flat_map(|t| h.logits(t)[..BATCH].to_vec()).collect::<Vec<f64>>()
+    };
+    let full = logits(&mut head);
+    for g in 0..head.gates().len() {
+        let w = head.gate_weights(g).unwrap();
+        assert!((0..BATCH).all(|r| w[r * 3 + 2] == 0.0), "the bias zeroes expert 2");
+    }
+    head.exclude_experts(&ops, &[2]).unwrap();
+    assert_eq!(logits(&mut head), full, "masking a zero-weight expert changes nothing");
+    head.exclude_experts(&ops, &[0]).unwrap();
+    let cut = logits(&mut head);
+    assert_ne!(cut, full, "masking a used expert changes the scores");
+    for g in 0..head.gates().len() {
+        let w = head.gate_weights(g).unwrap();
+        for r in 0..BATCH {
+            let row = &w[r * 3..r * 3 + 3];
+            assert_eq!(row[0], 0.0);
+            assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12, "renormalised: {row:?}");
+        }
+    }
+    head.exclude_experts(&ops, &[]).unwrap();
+    assert_eq!(logits(&mut head), full, "an empty list restores the model");
+    let ple = "architecture = \"ple\"\nexpert_dim = 4\nple = { levels = 1, shared_experts = 1, task_experts = 1 }\n\
+               [[experts]]\nkind = \"mlp\"\nhidden = [5]\n";
+    let mut p = build_head(&section(ple), D_IN, TASKS, &ops, BATCH, &mut StdRng::seed_from_u64(9)).unwrap();
+    let e = p.exclude_experts(&ops, &[0]).err().unwrap().to_string();
+    assert!(e.contains("mmoe or omoe"), "{e}");
+}

@@ -18,6 +18,8 @@ pub struct GateTable {
     pub segments: Vec<String>,
     /// `[gate][segment][expert]`.
     pub means: Vec<Vec<Vec<f64>>>,
+    /// `[gate][segment]`: mean gate entropy `-Σ w ln w` (nats).
+    pub entropy: Vec<Vec<f64>>,
 }
 
 /// Reliability curves of one binary task.
@@ -75,6 +77,7 @@ pub fn render(r: &ReportInput) -> String {
         }
         o.push_str("</div>");
         for g in &r.gates {
+            entropy_table(&mut o, g);
             collapse_warnings(&mut o, g);
         }
     }
@@ -240,6 +243,28 @@ fn gates(o: &mut String, g: &GateTable) {
             }
         }
     }
+}
+
+/// Per gate and segment, the mean gate entropy and its ratio to `ln n_experts` (1:
+/// uniform weights, 0: one expert per row).
+fn entropy_table(o: &mut String, g: &GateTable) {
+    if g.entropy.is_empty() {
+        return;
+    }
+    let ln_e = (g.experts.len() as f64).ln();
+    o.push_str("<table><tr><th>gate</th><th>segment</th><th>entropy (nats)</th><th>entropy / ln E</th></tr>");
+    for (gi, per_seg) in g.entropy.iter().enumerate() {
+        for (s, h) in per_seg.iter().enumerate() {
+            let ratio = if ln_e > 0.0 { h / ln_e } else { 0.0 };
+            let _ = write!(
+                o,
+                "<tr><td>{}</td><td>{}</td><td>{h:.3}</td><td>{ratio:.3}</td></tr>",
+                escape(&g.gates[gi]),
+                escape(&g.segments[s])
+            );
+        }
+    }
+    o.push_str("</table>");
 }
 
 /// Names every gate that put more than 0.9 of its weight on one expert in a segment.

@@ -50,6 +50,11 @@ pub struct GateMeans {
     pub experts: Vec<String>,
     /// `[segment][expert]`.
     pub means: Vec<Vec<f64>>,
+    /// `[segment]`: the mean over rows of the gate's entropy `-Σ_e w_e ln w_e` (nats; 0
+    /// when a row puts all its weight on one expert, `ln n_experts` when uniform).
+    pub entropy: Vec<f64>,
+    /// Rows per segment the means average over.
+    pub rows: Vec<u64>,
 }
 
 impl GateMeans {
@@ -72,8 +77,56 @@ impl GateMeans {
             })
             .collect::<Vec<_>>();
         let means = vec![vec![0.0; experts.len()]; segments];
-        GateMeans { name, experts, means }
+        GateMeans { name, experts, means, entropy: vec![0.0; segments], rows: vec![0; segments] }
     }
+
+    /// `entropy / ln(n_experts)`: 1 for uniform weights, 0 for a gate that picks one
+    /// expert per row (0 for a gate over one expert).
+    pub fn entropy_ratio(entropy: f64, n_experts: usize) -> f64 {
+        if n_experts > 1 {
+            entropy / (n_experts as f64).ln()
+        } else {
+            0.0
+        }
+    }
+
+    /// The mean entropy over all rows (segments weighted by their rows).
+    pub fn overall_entropy(&self) -> f64 {
+        let n: u64 = self.rows.iter().sum();
+        self.entropy.iter().zip(&self.rows).map(|(e, &r)| e * r as f64).sum::<f64>() / n.max(1) as f64
+    }
+
+    /// The gate as JSON: experts, then per segment the mean weights, the entropy and its
+    /// ratio to `ln(n_experts)`, and the overall entropy.
+    pub fn to_json(&self, segment_names: &[String]) -> serde_json::Value {
+        let n = self.experts.len();
+        let segments: serde_json::Map<String, serde_json::Value> = segment_names
+            .iter()
+            .enumerate()
+            .map(|(s, name)| {
+                let v = serde_json::json!({
+                    "rows": self.rows[s],
+                    "mean_weights": self.means[s],
+                    "entropy": self.entropy[s],
+                    "entropy_ratio": Self::entropy_ratio(self.entropy[s], n),
+                });
+                (name.clone(), v)
+            })
+            .collect();
+        let overall = self.overall_entropy();
+        serde_json::json!({
+            "gate": self.name,
+            "experts": self.experts,
+            "entropy": overall,
+            "entropy_ratio": Self::entropy_ratio(overall, n),
+            "segments": segments,
+        })
+    }
+}
+
+/// `-Σ w ln w` of one row of gate weights (`0 ln 0 = 0`).
+pub fn gate_entropy(w: &[f32]) -> f64 {
+    w.iter().filter(|&&x| x > 0.0).map(|&x| -(x as f64) * (x as f64).ln()).sum()
 }
 
 impl Predictions {
@@ -134,6 +187,11 @@ impl<B: HostBackend + 'static> CheckpointScorer<B> {
         let stats = Arc::new(loaded.manifest.dense_stats.clone());
         let enc = Arc::new(Encoder::new(config.clone(), mixrank_data::DenseMode::Fitted(stats))?);
         Ok(CheckpointScorer { config, loaded, enc })
+    }
+
+    /// The encoder the scorer reads its splits with (the checkpoint's statistics).
+    pub fn encoder(&self) -> Arc<Encoder> {
+        self.enc.clone()
     }
 
     /// Scores every row as if it had been shown at `position` ([`Encoder::at_position`]):
@@ -225,10 +283,12 @@ pub fn evaluate<B: Backend>(
             w.resize(b.rows * n_exp, 0.0);
             ops.read(model.gate_weights(g).expect("gate exists"), &mut w).map_err(engine("reading gate weights"))?;
             for r in 0..b.rows {
-                let seg = &mut gate.means[b.segment[r] as usize];
-                for (e, acc) in seg.iter_mut().enumerate() {
-                    *acc += w[r * n_exp + e] as f64;
+                let s = b.segment[r] as usize;
+                let row = &w[r * n_exp..(r + 1) * n_exp];
+                for (acc, &x) in gate.means[s].iter_mut().zip(row) {
+                    *acc += x as f64;
                 }
+                gate.entropy[s] += gate_entropy(row);
             }
         }
         for &s in &b.segment {
@@ -250,6 +310,10 @@ pub fn evaluate<B: Backend>(
         for (per_seg, &n) in gate.means.iter_mut().zip(&seg_rows) {
             per_seg.iter_mut().for_each(|x| *x /= n.max(1) as f64);
         }
+        for (e, &n) in gate.entropy.iter_mut().zip(&seg_rows) {
+            *e /= n.max(1) as f64;
+        }
+        gate.rows = seg_rows.clone();
     }
     p.gates = gates;
     Ok(p)
@@ -271,8 +335,8 @@ impl Predictions {
     }
 
     /// The gate-utilisation tables: per gate and segment, the mean weight of each
-    /// expert; a gate whose overall mean on one expert exceeds 0.9 is flagged as
-    /// collapsed.
+    /// expert and the mean gate entropy (nats, and its ratio to `ln n_experts`); a gate
+    /// whose overall mean on one expert exceeds 0.9 is flagged as collapsed.
     pub fn render_gates(&self, cfg: &ExperimentConfig) -> String {
         use std::fmt::Write as _;
         let mut o = String::new();
@@ -286,9 +350,11 @@ impl Predictions {
             let w = experts.iter().map(|h| h.chars().count() + 1).max().unwrap_or(0).max(11);
             let _ = writeln!(
                 o,
-                "mean gate weight per expert  {:<13} {}",
+                "mean gate weight per expert  {:<13} {} {:>8} {:>6}",
                 "segment",
-                experts.iter().map(|h| format!("{h:>w$}")).collect::<String>()
+                experts.iter().map(|h| format!("{h:>w$}")).collect::<String>(),
+                "entropy",
+                "/ln E"
             );
             for gate in group {
                 let mut overall = vec![0f64; experts.len()];
@@ -297,7 +363,8 @@ impl Predictions {
                         overall[e] += m * rows_per_seg[s] / total.max(1.0);
                     }
                     let cells: String = means.iter().map(|m| format!("{m:>w$.3}")).collect();
-                    let _ = writeln!(o, "  {:<27} {:<13} {cells}", gate.name, names[s]);
+                    let (h, ratio) = (gate.entropy[s], GateMeans::entropy_ratio(gate.entropy[s], experts.len()));
+                    let _ = writeln!(o, "  {:<27} {:<13} {cells} {h:>8.3} {ratio:>6.3}", gate.name, names[s]);
                 }
                 if let Some((e, m)) = overall.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)) {
                     if *m > 0.9 {
@@ -327,8 +394,13 @@ mod tests {
         )
         .unwrap();
         let experts = vec!["0:dcnv2".to_string(), "1:mlp".into()];
-        let gate =
-            |name: &str, means: Vec<f64>| GateMeans { name: name.into(), experts: experts.clone(), means: vec![means] };
+        let gate = |name: &str, means: Vec<f64>| GateMeans {
+            name: name.into(),
+            experts: experts.clone(),
+            means: vec![means],
+            entropy: vec![0.2],
+            rows: vec![10],
+        };
         let p = Predictions {
             segments: vec![0; 10],
             gates: vec![gate("click", vec![0.95, 0.05]), gate("save", vec![0.5, 0.5])],
@@ -339,5 +411,27 @@ mod tests {
         assert!(text.contains("gate `click` has collapsed onto expert 0:dcnv2"), "{text}");
         assert!(!text.contains("gate `save` has collapsed"), "{text}");
         assert!(Predictions::default().render_gates(&cfg).is_empty());
+        assert!(text.contains("entropy") && text.contains("0.200  0.289"), "{text}");
+    }
+
+    #[test]
+    fn gate_entropy_by_hand() {
+        // Uniform over 4: ln 4; one-hot: 0; (0.5, 0.25, 0.25): 1.5 ln 2.
+        assert!((gate_entropy(&[0.25; 4]) - 4f64.ln()).abs() < 1e-6);
+        assert_eq!(gate_entropy(&[0.0, 1.0, 0.0]), 0.0);
+        assert!((gate_entropy(&[0.5, 0.25, 0.25]) - 1.5 * 2f64.ln()).abs() < 1e-6);
+        assert!((GateMeans::entropy_ratio(4f64.ln(), 4) - 1.0).abs() < 1e-12);
+        assert_eq!(GateMeans::entropy_ratio(0.3, 1), 0.0);
+        let g = GateMeans {
+            name: "click".into(),
+            experts: vec!["0:mlp".into(), "1:mlp".into()],
+            means: vec![vec![0.5, 0.5], vec![0.9, 0.1]],
+            entropy: vec![0.6, 0.2],
+            rows: vec![1, 3],
+        };
+        assert!((g.overall_entropy() - 0.3).abs() < 1e-12, "rows-weighted");
+        let j = g.to_json(&["a".into(), "b".into()]);
+        assert_eq!(j["segments"]["b"]["rows"], 3);
+        assert!((j["segments"]["a"]["entropy_ratio"].as_f64().unwrap() - 0.6 / 2f64.ln()).abs() < 1e-12);
     }
 }

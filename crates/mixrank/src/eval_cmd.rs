@@ -26,8 +26,9 @@ pub struct EvalArgs {
     pub split: String,
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: Precision,
-    /// Also write the reports as JSON (per task: overall and per segment; with `[eval]`,
-    /// `truth` and `auction` of the f32 model too).
+    /// Also write the reports as JSON (per task: overall and per segment; `gates`: each
+    /// gate's mean weights and entropy per segment; with `[eval]`, `truth` and `auction`
+    /// of the f32 model too).
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Score every row as if shown at this position (the `[columns] position` column's
@@ -66,6 +67,10 @@ fn run_in_pool(a: &EvalArgs) -> Result<()> {
         out["calibration"] = serde_json::to_value(&rows)?;
     }
     crate::emit(&f32_preds.render_gates(&cfg));
+    if !f32_preds.gates.is_empty() {
+        let names = cfg.segment_names();
+        out["gates"] = f32_preds.gates.iter().map(|g| g.to_json(&names)).collect();
+    }
     if let Some(section) = section_report(&cfg, &f32_preds).context("the [eval] metrics")? {
         if !section.truth.is_empty() {
             crate::emit(&render_truth(&section.truth));

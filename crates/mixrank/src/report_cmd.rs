@@ -97,6 +97,7 @@ fn gate_tables(p: &Predictions, cfg: &mixrank_data::ExperimentConfig) -> Vec<Gat
             experts: group[0].experts.clone(),
             segments: cfg.segment_names(),
             means: group.iter().map(|g| g.means.clone()).collect(),
+            entropy: group.iter().map(|g| g.entropy.clone()).collect(),
         })
         .collect()
 }

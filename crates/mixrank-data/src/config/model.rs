@@ -615,11 +615,21 @@ pub struct GateSection {
     /// Activation of the hidden layers (default relu; needs `hidden`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation: Option<ActivationName>,
+    /// Gate dropout in training (YouTube, against polarisation): each (example, expert)
+    /// gate weight is zeroed with this probability after the softmax and the row
+    /// renormalised; a row never loses its last expert. In [0, 1); 0 (default) is off.
+    /// Not written when 0, so configs without it serialise as before.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropout: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 impl Default for GateSection {
     fn default() -> Self {
-        GateSection { temperature: 1.0, top_k: 0, hidden: Vec::new(), activation: None }
+        GateSection { temperature: 1.0, top_k: 0, hidden: Vec::new(), activation: None, dropout: 0.0 }
     }
 }
 
@@ -964,6 +974,15 @@ pub fn validate_model(m: &ModelSection, n_tasks: usize) -> Result<(), (String, S
     }
     if m.gate.top_k > total {
         return e("gate.top_k", format!("top_k = {} exceeds the {total} experts", m.gate.top_k));
+    }
+    if !(0.0..1.0).contains(&m.gate.dropout) {
+        return e("gate.dropout", format!("expected 0 <= dropout < 1, found {}", m.gate.dropout));
+    }
+    if m.gate.dropout > 0.0 && matches!(m.architecture, Architecture::SingleTask | Architecture::SharedBottom) {
+        return e(
+            "gate.dropout",
+            format!("{:?} has no gate to drop experts from (use omoe, mmoe or ple)", m.architecture),
+        );
     }
     let mlp = |key: &str, s: &MlpSection| -> Result<(), (String, String)> {
         if s.hidden.is_empty() || s.hidden.contains(&0) {

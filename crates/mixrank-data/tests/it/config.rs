@@ -206,6 +206,8 @@ fn model_errors_name_the_key() {
         ),
         (MMOE.replace("top_k = 2", "top_k = 9"), "model.gate.top_k", "exceeds the 5 experts"),
         (MMOE.replace("temperature = 0.5", "temperature = 0.0"), "model.gate.temperature", "> 0"),
+        (MMOE.replace("top_k = 2", "top_k = 2\ndropout = 1.0"), "model.gate.dropout", "0 <= dropout < 1"),
+        (MMOE.replace("top_k = 2", "top_k = 2\ndropout = -0.1"), "model.gate.dropout", "0 <= dropout < 1"),
         (MMOE.replace("lr = 0.002", "lr = -1.0"), "train.lr", "> 0"),
         (MMOE.replace("lr = 0.002", "lr = 0.002\nlr_plateau_factor = 1.5"), "train.lr_plateau_factor", "(0, 1]"),
         (MMOE.replace("lr = 0.002", "lr = 0.002\nlr_plateau_factor = 0.1"), "train.lr_plateau_factor", "patience"),
@@ -502,4 +504,13 @@ fn gate_hidden_layers_are_checked() {
     let v: toml::Value = toml::from_str(&toml::to_string(&c.wire).unwrap()).unwrap();
     let keys: Vec<&String> = v["model"]["gate"].as_table().unwrap().keys().collect();
     assert_eq!(keys, ["temperature", "top_k"]);
+    // Gate dropout: read, written only when on, refused where there is no gate.
+    let c = load_config(d.path(), &model("gate = { dropout = 0.1 }")).unwrap();
+    assert_eq!(c.model.as_ref().unwrap().gate.dropout, 0.1);
+    let v: toml::Value = toml::from_str(&toml::to_string(&c.wire).unwrap()).unwrap();
+    assert_eq!(v["model"]["gate"]["dropout"].as_float(), Some(0.1));
+    let bottom =
+        model("gate = { dropout = 0.1 }").replace("\"mmoe\"", "\"shared_bottom\"").replace("count = 2", "count = 1");
+    let e = err_text(load_config(d.path(), &bottom));
+    assert!(e.contains("model.gate.dropout") && e.contains("no gate"), "{e}");
 }

@@ -242,6 +242,10 @@ impl Backend for CpuOps {
         crate::mask::top_k_mask(shape.rows, shape.cols, k, x, mask, 0.0, crate::mask::MASKED)
     }
 
+    fn gate_dropout_mask(&self, shape: Shape, p: f32, seed: u64, step: u64, mask: &mut Vec<f32>) -> Result<()> {
+        crate::mask::gate_dropout_mask(shape.rows, shape.cols, p, seed, step, mask, 0.0, crate::mask::MASKED)
+    }
+
     fn sum(&self, n: usize, x: &Vec<f32>) -> Result<f32> {
         Ok(reduce::sum(n, x)? as f32)
     }

@@ -30,6 +30,11 @@ pub struct GateConfig {
     /// activation.
     pub hidden: Vec<usize>,
     pub activation: Activation,
+    /// Gate dropout (YouTube, against polarisation): in training, each (row, expert)
+    /// weight is zeroed with probability `p` after the softmax and the row renormalised to
+    /// sum 1; a row never loses its last expert. In `[0, 1)`; default 0 (off). Off in
+    /// evaluation mode.
+    pub dropout: f32,
 }
 
 impl GateConfig {
@@ -42,7 +47,14 @@ impl GateConfig {
             init: Init::XavierUniform,
             hidden: Vec::new(),
             activation: Activation::Relu,
+            dropout: 0.0,
         }
+    }
+
+    /// Gate dropout with probability `p` in training (see [`GateConfig::dropout`]).
+    pub fn with_dropout(mut self, p: f32) -> Self {
+        self.dropout = p;
+        self
     }
 
     pub fn with_temperature(mut self, temperature: f32) -> Self {
@@ -86,6 +98,13 @@ impl GateConfig {
                 });
             }
         }
+        if !(self.dropout.is_finite() && (0.0..1.0).contains(&self.dropout)) {
+            return Err(NnError::InvalidConfig {
+                layer: LAYER,
+                field: "dropout",
+                reason: format!("{} is not in [0, 1)", self.dropout),
+            });
+        }
         let hidden = match self.hidden.is_empty() {
             true => None,
             false => Some(
@@ -96,14 +115,23 @@ impl GateConfig {
         let linear = LinearConfig::new(d_linear, self.n_experts).with_init(self.init).init(ops, max_batch, rng)?;
         let n = max_batch * self.n_experts;
         let sparse = self.top_k.is_some_and(|k| k < self.n_experts);
+        // The dropout seed is drawn only when dropout is on, so a gate without it draws
+        // exactly what it drew before the option existed (initial weights unchanged).
+        let dropout_seed = if self.dropout > 0.0 { rng.random() } else { 0 };
+        let masks = sparse || self.dropout > 0.0;
         Ok(Gate {
             config: self.clone(),
             max_batch,
             hidden,
             linear,
             logits: ops.alloc(n).ctx(LAYER)?,
-            masked: ops.alloc(if sparse { n } else { 0 }).ctx(LAYER)?,
-            mask: ops.alloc(if sparse { n } else { 0 }).ctx(LAYER)?,
+            masked: ops.alloc(if masks { n } else { 0 }).ctx(LAYER)?,
+            mask: ops.alloc(if masks { n } else { 0 }).ctx(LAYER)?,
+            top: ops.alloc(if sparse { n } else { 0 }).ctx(LAYER)?,
+            excluded: None,
+            dropout_seed,
+            training: true,
+            step: 0,
             weights: ops.alloc(n).ctx(LAYER)?,
             d_logits: ops.alloc(n).ctx(LAYER)?,
             batch: None,
@@ -111,12 +139,20 @@ impl GateConfig {
     }
 }
 
-/// `g = softmax((x · W + b) / T + M)` over experts, where the top-k mask `M` is 0 for the
-/// `k` largest logits of the row (ties to the lower index) and `-1e30` elsewhere (so
-/// `exp` gives exactly 0; no infinities), or 0 everywhere without top-k.
+/// `g = softmax((x · W + b) / T + M)` over experts, where the additive mask `M` is 0 for
+/// an expert in play and `-1e30` (or a multiple: `exp` gives exactly 0; no infinities)
+/// for one left out, and sums up to three parts, in this order:
+/// - experts excluded by [`Gate::exclude_experts`] (evaluation-only ablation);
+/// - top-k: the `k` largest of the row's remaining logits stay (ties to the lower index);
+/// - gate dropout (training only): each remaining expert leaves with probability `p`,
+///   from the counter stream of (seed, step, index) ([`Backend::gate_dropout_mask`]), a
+///   row never losing its last one.
 ///
-/// Backward: `dz = g ⊙ (dg - Σ_e dg ⊙ g) / T` (zero where masked, since `g = 0`), then
-/// the linear map's backward. The engine has no per-row selection op, so top-k reads the
+/// Adding `-1e30` before the softmax is the same as zeroing those weights after it and
+/// renormalising the row to sum 1, so masks need no op of their own in backward.
+///
+/// Backward: `dz = g ⊙ (dg - Σ_e dg ⊙ g) / T` (zero where masked, since `g = 0`: exactly
+/// the gradient of "zero, then renormalise"), then the linear map's backward. The engine has no per-row selection op, so top-k reads the
 /// `[batch, n_experts]` logits to the host, picks there and writes the mask back: a
 /// few floats per row, but a device sync per gate on a GPU backend.
 ///
@@ -134,6 +170,15 @@ pub struct Gate<B: Backend> {
     /// `logits + M` and `M` (top-k only).
     masked: B::Buf,
     mask: B::Buf,
+    /// The top-k mask of `logits + exclusions` (top-k only).
+    top: B::Buf,
+    /// Additive mask of excluded experts tiled over `max_batch` rows (set once by
+    /// [`Gate::exclude_experts`], never per step).
+    excluded: Option<B::Buf>,
+    dropout_seed: u64,
+    training: bool,
+    /// Gate-dropout mask counter (advances after each training forward with dropout).
+    step: u64,
     weights: B::Buf,
     d_logits: B::Buf,
     batch: Option<usize>,
@@ -147,6 +192,48 @@ impl<B: Backend> Gate<B> {
     /// The last forward's gate weights.
     pub fn output(&self) -> &B::Buf {
         &self.weights
+    }
+
+    /// Leaves the listed experts out of the mixture (weight 0, the others renormalised),
+    /// in training and evaluation, until called again; an empty list restores the gate.
+    /// An ablation for `mixrank experiment experts`: the mask is written once here.
+    pub fn exclude_experts(&mut self, ops: &B, experts: &[usize]) -> Result<()> {
+        let e = self.config.n_experts;
+        if let Some(&bad) = experts.iter().find(|&&x| x >= e) {
+            return Err(NnError::InvalidConfig {
+                layer: LAYER,
+                field: "excluded expert",
+                reason: format!("{bad} is not below the gate's {e} experts"),
+            });
+        }
+        if experts.is_empty() {
+            self.excluded = None;
+            return Ok(());
+        }
+        if experts.len() == e {
+            return Err(NnError::InvalidConfig {
+                layer: LAYER,
+                field: "excluded expert",
+                reason: format!("excluding all {e} experts leaves nothing to mix"),
+            });
+        }
+        let mut host = vec![0f32; self.max_batch * e];
+        for row in host.chunks_exact_mut(e) {
+            for &x in experts {
+                row[x] = mixrank_engine::mask::MASKED;
+            }
+        }
+        self.excluded = Some(ops.upload(&host).ctx(LAYER)?);
+        if ops.len(&self.mask) == 0 {
+            self.mask = ops.alloc(self.max_batch * e).ctx(LAYER)?;
+            self.masked = ops.alloc(self.max_batch * e).ctx(LAYER)?;
+        }
+        Ok(())
+    }
+
+    /// Whether training-mode forwards drop experts now.
+    fn dropping(&self) -> bool {
+        self.training && self.config.dropout > 0.0
     }
 
     pub fn d_input(&self) -> &B::Buf {
@@ -167,6 +254,14 @@ impl<B: Backend> Parameters<B> for Gate<B> {
 }
 
 impl<B: Backend> Layer<B> for Gate<B> {
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+
+    fn set_dropout_step(&mut self, step: u64) {
+        self.step = step;
+    }
+
     fn visit_reduced(&mut self, f: &mut dyn FnMut(crate::ReducedSite<'_, B>)) {
         if let Some(h) = &mut self.hidden {
             h.visit_reduced(f);
@@ -200,15 +295,27 @@ impl<B: Backend> Layer<B> for Gate<B> {
         if self.config.temperature != 1.0 {
             ops.scale(batch * e, 1.0 / self.config.temperature, &mut self.logits).ctx(LAYER)?;
         }
-        let shape = Shape::new(batch, e);
-        match self.config.top_k {
-            Some(k) if k < e => {
-                let n = batch * e;
-                ops.top_k_mask(shape, k, &self.logits, &mut self.mask).ctx(LAYER)?;
-                ops.add(n, &self.logits, &self.mask, &mut self.masked).ctx(LAYER)?;
-                ops.softmax_rows(shape, &self.masked, &mut self.weights).ctx(LAYER)?;
+        let (shape, n) = (Shape::new(batch, e), batch * e);
+        let top_k = self.config.top_k.filter(|&k| k < e);
+        if top_k.is_none() && self.excluded.is_none() && !self.dropping() {
+            ops.softmax_rows(shape, &self.logits, &mut self.weights).ctx(LAYER)?;
+        } else {
+            ops.fill(n, 0.0, &mut self.mask).ctx(LAYER)?;
+            if let Some(ex) = &self.excluded {
+                ops.axpy(n, 1.0, ex, &mut self.mask).ctx(LAYER)?;
             }
-            _ => ops.softmax_rows(shape, &self.logits, &mut self.weights).ctx(LAYER)?,
+            if let Some(k) = top_k {
+                ops.add(n, &self.logits, &self.mask, &mut self.masked).ctx(LAYER)?;
+                ops.top_k_mask(shape, k, &self.masked, &mut self.top).ctx(LAYER)?;
+                ops.axpy(n, 1.0, &self.top, &mut self.mask).ctx(LAYER)?;
+            }
+            if self.dropping() {
+                let (p, seed) = (self.config.dropout, self.dropout_seed);
+                ops.gate_dropout_mask(shape, p, seed, self.step, &mut self.mask).ctx(LAYER)?;
+                self.step += 1;
+            }
+            ops.add(n, &self.logits, &self.mask, &mut self.masked).ctx(LAYER)?;
+            ops.softmax_rows(shape, &self.masked, &mut self.weights).ctx(LAYER)?;
         }
         self.batch = Some(batch);
         Ok(&self.weights)

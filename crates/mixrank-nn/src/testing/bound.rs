@@ -654,6 +654,13 @@ impl Backend for BoundOps {
         Ok(())
     }
 
+    /// Exact: a mask holds `0` or [`MASKED`](mixrank_engine::mask::MASKED), chosen from
+    /// the counter stream and the mask's own values (exact too).
+    fn gate_dropout_mask(&self, shape: Shape, p: f32, seed: u64, step: u64, mask: &mut Vec<Bounded>) -> Result<()> {
+        let masked = Bounded { v: mixrank_engine::mask::MASKED as f64, e: 0.0 };
+        mixrank_engine::mask::gate_dropout_mask(shape.rows, shape.cols, p, seed, step, mask, Bounded::default(), masked)
+    }
+
     fn sum(&self, n: usize, x: &Vec<Bounded>) -> Result<f32> {
         Ok(r::sum(n, &vals(x))? as f32)
     }

@@ -76,6 +76,105 @@ fn top_k_gate_gradients_and_sparsity() {
 }
 
 #[test]
+fn gate_dropout_gradients_rows_and_modes() {
+    // Dropping is constant in the weights (a function of (seed, step, index) only), so
+    // the finite differences see the same mask as long as the step is pinned.
+    let ops = RefOpsF64::new();
+    for (i, &(d_in, e, top_k, t, batch)) in
+        [(5, 4, None, 1.0, 6), (3, 6, Some(4), 0.8, 5), (4, 3, None, 1.5, 8)].iter().enumerate()
+    {
+        let mut cfg = GateConfig::new(d_in, e).with_temperature(t).with_dropout(0.3);
+        if let Some(k) = top_k {
+            cfg = cfg.with_top_k(k);
+        }
+        let mut gate = cfg.init(&ops, batch, &mut rng(40 + i as u64)).unwrap();
+        randomize(&mut gate, &mut rng(50 + i as u64), -1.0, 1.0);
+        check_layer(&format!("Gate dropout e{e} top{top_k:?} b{batch}"), &mut gate, batch, i as u64, |g| {
+            g.set_dropout_step(3)
+        });
+        let x = uniform64(&mut rng(60 + i as u64), batch * d_in, -1.0, 1.0);
+        gate.set_dropout_step(3);
+        let first = gate.forward(&ops, &x, batch).unwrap()[..batch * e].to_vec();
+        let second = gate.forward(&ops, &x, batch).unwrap()[..batch * e].to_vec();
+        gate.set_dropout_step(3);
+        assert_eq!(gate.forward(&ops, &x, batch).unwrap()[..batch * e], first[..], "same step, same mask");
+        assert_ne!(first, second, "the step advances after a training forward");
+        let kept = top_k.unwrap_or(e);
+        let mut dropped = 0;
+        for row in first.chunks(e) {
+            assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12, "renormalised: {row:?}");
+            let live = row.iter().filter(|&&v| v > 0.0).count();
+            assert!((1..=kept).contains(&live), "{row:?}");
+            dropped += kept - live;
+        }
+        assert!(dropped > 0, "p = 0.3 over {} weights drops some", batch * kept);
+        // Evaluation: no dropout, the weights of the same gate without it.
+        gate.set_training(false);
+        let eval = gate.forward(&ops, &x, batch).unwrap()[..batch * e].to_vec();
+        let mut plain_cfg = GateConfig::new(d_in, e).with_temperature(t);
+        if let Some(k) = top_k {
+            plain_cfg = plain_cfg.with_top_k(k);
+        }
+        let mut plain = plain_cfg.init(&ops, batch, &mut rng(40 + i as u64)).unwrap();
+        randomize(&mut plain, &mut rng(50 + i as u64), -1.0, 1.0);
+        assert_eq!(plain.forward(&ops, &x, batch).unwrap()[..batch * e], eval[..], "off in evaluation");
+        // The kept weights are the undropped ones renormalised.
+        for (row, full) in first.chunks(e).zip(eval.chunks(e)) {
+            let mass: f64 = full.iter().zip(row).filter(|(_, &d)| d > 0.0).map(|(f, _)| f).sum();
+            for (&d, &f) in row.iter().zip(full) {
+                if d > 0.0 {
+                    assert!((d - f / mass).abs() < 1e-12, "{d} vs {f}/{mass}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gate_dropout_off_is_the_plain_gate_and_bad_p_is_refused() {
+    let ops = RefOps;
+    let x = uniform32(&mut rng(1), 4 * 5, -1.0, 1.0);
+    let mut plain = GateConfig::new(5, 3).init(&ops, 4, &mut rng(7)).unwrap();
+    let mut off = GateConfig::new(5, 3).with_dropout(0.0).init(&ops, 4, &mut rng(7)).unwrap();
+    assert_eq!(plain.forward(&ops, &x, 4).unwrap(), off.forward(&ops, &x, 4).unwrap());
+    for p in [1.0, -0.1, 1.5, f32::NAN] {
+        let err = GateConfig::new(3, 4).with_dropout(p).init(&RefOps, 1, &mut rng(0)).err().unwrap();
+        assert!(matches!(err, NnError::InvalidConfig { layer: "Gate", field: "dropout", .. }), "{p}");
+    }
+}
+
+#[test]
+fn excluded_experts_get_zero_weight_and_the_rest_renormalise() {
+    let ops = RefOpsF64::new();
+    let (d_in, e, batch) = (4, 4, 5);
+    let x = uniform64(&mut rng(2), batch * d_in, -1.0, 1.0);
+    for top_k in [None, Some(2)] {
+        let mut cfg = GateConfig::new(d_in, e);
+        if let Some(k) = top_k {
+            cfg = cfg.with_top_k(k);
+        }
+        let mut gate = cfg.init(&ops, batch, &mut rng(3)).unwrap();
+        let full = gate.forward(&ops, &x, batch).unwrap()[..batch * e].to_vec();
+        gate.exclude_experts(&ops, &[1]).unwrap();
+        let cut = gate.forward(&ops, &x, batch).unwrap()[..batch * e].to_vec();
+        for (c, f) in cut.chunks(e).zip(full.chunks(e)) {
+            assert_eq!(c[1], 0.0);
+            assert!((c.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+            assert_eq!(c.iter().filter(|&&v| v > 0.0).count(), top_k.unwrap_or(e - 1), "{c:?}");
+            if top_k.is_none() {
+                for j in [0, 2, 3] {
+                    assert!((c[j] - f[j] / (1.0 - f[1])).abs() < 1e-12);
+                }
+            }
+        }
+        gate.exclude_experts(&ops, &[]).unwrap();
+        assert_eq!(gate.forward(&ops, &x, batch).unwrap()[..batch * e], full[..], "restored");
+        assert!(gate.exclude_experts(&ops, &[4]).is_err());
+        assert!(gate.exclude_experts(&ops, &[0, 1, 2, 3]).is_err());
+    }
+}
+
+#[test]
 fn temperature_flattens_the_mixture() {
     let ops = RefOpsF64::new();
     let x = uniform64(&mut rng(3), 6, -1.0, 1.0);
