@@ -12,7 +12,8 @@
 #   (a) plain: position_id a head feature (the simulator's config, plain.toml), scored at
 #       position 1 (`compare --a-at-position 1`)
 #   (b) no position: plain.toml on the data config without the position_id feature
-#   (c) tower: tower.toml, the shallow position tower (off at evaluation)
+#   (c) tower: tower.toml, the shallow position tower (off at evaluation), 10% dropout
+#   (d) tower_dropout50.toml: the same tower with 50% feature dropout on its input
 # and, for reference, (a) scored at the logged position, which the logged ranking makes
 # a leak of the production ranker's estimate of appeal.
 # Usage: bench/position_bias.sh OUT_DIR [SEEDS...]   (needs a release build: cargo build --release)
@@ -39,14 +40,18 @@ PY
   "$m" train "$d/sim/mixrank.toml" --model "$models/plain.toml" --seed "$seed" --out "$d/plain" > "$d/plain.log" 2>&1
   "$m" train "$d/sim/no_position.toml" --model "$models/plain.toml" --seed "$seed" --out "$d/no_position" > "$d/no_position.log" 2>&1
   "$m" train "$d/sim/mixrank.toml" --model "$models/tower.toml" --seed "$seed" --out "$d/tower" > "$d/tower.log" 2>&1
+  "$m" train "$d/sim/mixrank.toml" --model "$models/tower_dropout50.toml" --seed "$seed" --out "$d/tower_dropout50" > "$d/tower_dropout50.log" 2>&1
   "$m" compare "$d/plain" "$d/tower" --a-at-position 1 > "$d/plain_at_1_vs_tower.txt" 2>&1
+  "$m" compare "$d/no_position" "$d/tower_dropout50" > "$d/no_position_vs_tower_dropout50.txt" 2>&1
+  "$m" compare "$d/plain" "$d/tower_dropout50" --a-at-position 1 > "$d/plain_at_1_vs_tower_dropout50.txt" 2>&1
   "$m" compare "$d/no_position" "$d/tower" > "$d/no_position_vs_tower.txt" 2>&1
   "$m" compare "$d/plain" "$d/no_position" --a-at-position 1 > "$d/plain_at_1_vs_no_position.txt" 2>&1
   "$m" compare "$d/plain" "$d/tower" > "$d/plain_at_logged_vs_tower.txt" 2>&1
 done
 # One line per seed, comparison and metric (task click and save, all surfaces).
 for seed in ${seeds[@]}; do
-  for c in plain_at_1_vs_tower no_position_vs_tower plain_at_1_vs_no_position plain_at_logged_vs_tower; do
+  for c in plain_at_1_vs_tower no_position_vs_tower plain_at_1_vs_no_position plain_at_logged_vs_tower \
+    no_position_vs_tower_dropout50 plain_at_1_vs_tower_dropout50; do
     sed -n '/against the true probabilities/,/^auction/p' "$out/seed$seed/$c.txt" \
       | awk -v s="$seed" -v c="$c" '$2 == "all" && ($1 == "click" || $1 == "save") {print "seed " s, c, $0}'
   done

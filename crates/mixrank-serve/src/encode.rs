@@ -144,7 +144,7 @@ impl RequestEncoder {
     pub fn absent(&self, i: usize, n: usize) -> ArrayRef {
         match &self.roles[i] {
             Role::Feature => fill(&self.absent[i], n),
-            Role::Fill(f) | Role::Ignored(f) => fill(f, n),
+            Role::Fill(f) | Role::Ignored(f) | Role::Surface(f) => fill(f, n),
         }
     }
 

@@ -467,10 +467,19 @@ fn graceful_shutdown_answers_requests_in_flight() {
             std::thread::spawn(move || post_json(addr, "/v1/score", &b))
         })
         .collect();
-    // Wait until at least two requests are queued (the paused worker may or may not
-    // have taken the first one yet; either way all three are in flight at shutdown).
+    // Wait until all three are in flight: three queued, or two queued and the first
+    // taken by the paused worker. Two queued alone may also be the first two before the
+    // worker woke up, with the third not yet connected, so two must hold for 500 ms (the
+    // worker takes a request within microseconds of its arrival).
     let deadline = Instant::now() + Duration::from_secs(20);
-    while server.service.batcher.depth() < 2 && Instant::now() < deadline {
+    let mut two_since: Option<Instant> = None;
+    while Instant::now() < deadline {
+        match server.service.batcher.depth() {
+            3 => break,
+            2 if two_since.is_some_and(|t| t.elapsed() > Duration::from_millis(500)) => break,
+            2 => two_since = two_since.or(Some(Instant::now())),
+            _ => two_since = None,
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!((2..=3).contains(&server.service.batcher.depth()), "{}", server.service.batcher.depth());
