@@ -188,16 +188,7 @@ where
     /// following `backward` is refused).
     pub fn forward_tower(&mut self, ops: &B, b: &Batch, tower: Tower) -> Result<()> {
         let n = b.rows;
-        if n > self.max_batch {
-            return Err(ModelError::Mismatch(format!("batch of {n} rows exceeds max_batch {}", self.max_batch)));
-        }
-        if let Some(emb) = &mut self.emb {
-            self.ids.upload(ops, b, &[])?;
-            emb.forward(ops, &self.ids.inputs(), n).at(|| "embeddings forward".into())?;
-        }
-        if self.dense_width > 0 {
-            ops.write(&b.dense[..n * self.dense_width], &mut self.dense).at(|| "uploading dense".into())?;
-        }
+        self.stage_inputs(ops, b)?;
         let emb_out = self.emb.as_ref().map(|e| e.output());
         let side = match tower {
             Tower::User => &mut self.user,
@@ -217,12 +208,8 @@ where
         }
     }
 
-    fn shape(&self, rows: usize) -> BlockShape {
-        BlockShape { rows, blocks: 1, width: self.dim }
-    }
-
-    /// Runs both towers and the score on a batch.
-    pub fn forward(&mut self, ops: &B, b: &Batch) -> Result<()> {
+    /// Both towers' shared inputs of `b`: the embedding lookup and the dense features.
+    fn stage_inputs(&mut self, ops: &B, b: &Batch) -> Result<()> {
         let n = b.rows;
         if n > self.max_batch {
             return Err(ModelError::Mismatch(format!("batch of {n} rows exceeds max_batch {}", self.max_batch)));
@@ -234,6 +221,17 @@ where
         if self.dense_width > 0 {
             ops.write(&b.dense[..n * self.dense_width], &mut self.dense).at(|| "uploading dense".into())?;
         }
+        Ok(())
+    }
+
+    fn shape(&self, rows: usize) -> BlockShape {
+        BlockShape { rows, blocks: 1, width: self.dim }
+    }
+
+    /// Runs both towers and the score on a batch.
+    pub fn forward(&mut self, ops: &B, b: &Batch) -> Result<()> {
+        let n = b.rows;
+        self.stage_inputs(ops, b)?;
         let emb_out = self.emb.as_ref().map(|e| e.output());
         for side in [&mut self.user, &mut self.item] {
             side.layout.assemble(ops, n, emb_out, &self.dense, &mut side.x)?;
