@@ -12,6 +12,7 @@ use crate::ops::{
     Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput, NormStats, Pooling, Shape,
     SparseGrad,
 };
+use crate::optim::{AdamSpec, LazyAdamSpec, RowAdagradSpec, TableShape};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Traffic counts (events and elements).
@@ -330,6 +331,60 @@ impl<B: Backend<Buf = Host, Ids = HostIds>> Backend for Counting<B> {
     fn sum(&self, n: usize, x: &Host) -> Result<f32> {
         self.readback_event(1);
         self.inner.sum(n, x)
+    }
+    fn sq_norm_acc(&self, n: usize, x: &Host, acc: &mut Host) -> Result<()> {
+        self.inner.sq_norm_acc(n, x, acc)
+    }
+    fn sq_norm_read(&self, acc: &Host) -> Result<f64> {
+        self.readback_event(1);
+        self.inner.sq_norm_read(acc)
+    }
+    fn adam_update(
+        &self,
+        n: usize,
+        spec: &AdamSpec,
+        acc: &Host,
+        w: &mut Host,
+        g: &Host,
+        m: &mut Host,
+        v: &mut Host,
+    ) -> Result<()> {
+        self.inner.adam_update(n, spec, acc, w, g, m, v)
+    }
+    fn merge_sparse_grads(
+        &self,
+        dim: usize,
+        a: (usize, &HostIds, &Host),
+        b: (usize, &HostIds, &Host),
+        out: &mut SparseGrad<Self>,
+    ) -> Result<()> {
+        self.with_grad(out, |o| self.inner.merge_sparse_grads(dim, a, b, o))
+    }
+    fn rowwise_adagrad_update(
+        &self,
+        spec: &RowAdagradSpec,
+        shape: TableShape,
+        len: usize,
+        ids: &HostIds,
+        rows: &Host,
+        table: &mut Host,
+        acc: &mut Host,
+    ) -> Result<()> {
+        self.inner.rowwise_adagrad_update(spec, shape, len, ids, rows, table, acc)
+    }
+    fn lazy_adam_update(
+        &self,
+        spec: &LazyAdamSpec,
+        shape: TableShape,
+        len: usize,
+        ids: &HostIds,
+        rows: &Host,
+        table: &mut Host,
+        m: &mut Host,
+        v: &mut Host,
+        steps: &mut HostIds,
+    ) -> Result<()> {
+        self.inner.lazy_adam_update(spec, shape, len, ids, rows, table, m, v, steps)
     }
     fn dropout_mask(&self, n: usize, p: f32, seed: u64, step: u64, mask: &mut Host) -> Result<()> {
         self.inner.dropout_mask(n, p, seed, step, mask)

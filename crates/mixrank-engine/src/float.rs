@@ -31,10 +31,15 @@ pub trait Float:
     fn sqrt(self) -> Self;
     fn abs(self) -> Self;
     fn max(self, other: Self) -> Self;
+    /// Stores an f64 accumulator (the optimizer's sum of squares) in the first slots of a
+    /// buffer of `Self`, exactly: an `f32` buffer keeps its bits in two slots.
+    fn store_acc(x: f64, slots: &mut [Self]);
+    /// Reads what [`Float::store_acc`] stored.
+    fn load_acc(slots: &[Self]) -> f64;
 }
 
 macro_rules! impl_float {
-    ($t:ty) => {
+    ($t:ty, $store:path, $load:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -70,9 +75,23 @@ macro_rules! impl_float {
             fn max(self, other: Self) -> Self {
                 <$t>::max(self, other)
             }
+            fn store_acc(x: f64, slots: &mut [Self]) {
+                $store(x, slots)
+            }
+            fn load_acc(slots: &[Self]) -> f64 {
+                $load(slots)
+            }
         }
     };
 }
 
-impl_float!(f32);
-impl_float!(f64);
+impl_float!(f32, crate::optim::store_acc_f32, crate::optim::load_acc_f32);
+impl_float!(f64, store_acc_f64, load_acc_f64);
+
+fn store_acc_f64(x: f64, slots: &mut [f64]) {
+    slots[0] = x;
+}
+
+fn load_acc_f64(slots: &[f64]) -> f64 {
+    slots[0]
+}

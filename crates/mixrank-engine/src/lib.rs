@@ -9,6 +9,8 @@
 //!   finite-difference gradient checks.
 //! - [`counting::Counting`]: forwards to a host backend and counts allocations, uploads
 //!   and readbacks — what a device backend would move — for tests.
+//! - [`optim`]: optimizer updates (Adam/AdamW with a clip, row-wise Adagrad, lazy Adam)
+//!   as ops, so parameters and optimizer state stay in the backend's memory.
 //! - [`mask`]: dropout and top-k masks as ops, so they are made where the data lives.
 //! - [`bf16`]: a bf16-weight, bf16-activation, f32-accumulate GEMM for inference
 //!   (AMX-BF16 or AVX512-BF16, chosen at run time, with a portable fallback).
@@ -30,6 +32,7 @@ mod host;
 pub mod loss;
 pub mod mask;
 pub mod ops;
+pub mod optim;
 pub mod reference;
 
 pub use activation::Activation;
@@ -38,6 +41,7 @@ pub use error::{EngineError, Result};
 pub use float::Float;
 pub use ops::{
     Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput, MatLayout, NormStats,
-    Pooling, Shape, SparseGrad, Transpose,
+    Pooling, Shape, SparseGrad, SparseView, Transpose,
 };
+pub use optim::{AdamSpec, LazyAdamSpec, RowAdagradSpec, SparseRows, TableShape, NORM_ACC_LEN};
 pub use reference::{RefOps, RefOpsF64, RefOpsOf};

@@ -27,6 +27,7 @@
 
 use crate::activation::Activation;
 use crate::error::Result;
+use crate::optim::{AdamSpec, LazyAdamSpec, RowAdagradSpec, TableShape};
 
 /// Whether a GEMM operand is used as stored or transposed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,6 +251,10 @@ impl<B: Backend> SparseGrad<B> {
         })
     }
 }
+
+/// A sparse gradient's first `len` ids and rows, borrowed (an operand of
+/// [`Backend::merge_sparse_grads`]).
+pub type SparseView<'a, B> = (usize, &'a <B as Backend>::Ids, &'a <B as Backend>::Buf);
 
 /// Inputs of a per-example loss over `n` examples.
 ///
@@ -511,6 +516,68 @@ pub trait Backend: Send + Sync {
     /// except that a row never loses its last in-play element
     /// ([`crate::mask::gate_dropout_mask`]).
     fn gate_dropout_mask(&self, shape: Shape, p: f32, seed: u64, step: u64, mask: &mut Self::Buf) -> Result<()>;
+
+    // ---- optimizers (`crate::optim`) ---------------------------------------------------
+
+    /// `acc += Σ x[i]²` over the first `n` elements, summed in f64 chunk by chunk in order
+    /// (`acc`: [`crate::optim::NORM_ACC_LEN`] elements, zeroed with [`Backend::fill`]).
+    fn sq_norm_acc(&self, n: usize, x: &Self::Buf, acc: &mut Self::Buf) -> Result<()>;
+    /// The sum of squares accumulated in `acc`. Host sync point (statistics only: the
+    /// updates read `acc` in place).
+    fn sq_norm_read(&self, acc: &Self::Buf) -> Result<f64>;
+    /// One Adam/AdamW update of `w[..n]` with gradient `g` and moments `m`, `v`
+    /// ([`crate::optim::AdamSpec`]); the clip factor comes from the norm accumulated in
+    /// `acc` over every parameter of the step.
+    #[allow(clippy::too_many_arguments)]
+    fn adam_update(
+        &self,
+        n: usize,
+        spec: &AdamSpec,
+        acc: &Self::Buf,
+        w: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+    ) -> Result<()>;
+    /// Merges two sparse gradients `(len, ids, rows)` of one table of `dim`-wide rows
+    /// (each with ascending distinct ids) into `out`: the union of ids, ascending, the rows
+    /// of an id in both summed as `a + b`. Folding a table's features in order through
+    /// it sums each row in feature order. `out` grows (allocates) only past its capacity.
+    fn merge_sparse_grads(
+        &self,
+        dim: usize,
+        a: SparseView<'_, Self>,
+        b: SparseView<'_, Self>,
+        out: &mut SparseGrad<Self>,
+    ) -> Result<()>;
+    /// Row-wise Adagrad on the `[rows, dim]` `table` with per-row accumulators `acc`
+    /// from a sparse gradient (`len` ascending `ids`, `rows`) ([`crate::optim::RowAdagradSpec`]).
+    #[allow(clippy::too_many_arguments)]
+    fn rowwise_adagrad_update(
+        &self,
+        spec: &RowAdagradSpec,
+        shape: TableShape,
+        len: usize,
+        ids: &Self::Ids,
+        rows: &Self::Buf,
+        table: &mut Self::Buf,
+        acc: &mut Self::Buf,
+    ) -> Result<()>;
+    /// Lazy Adam on the `[rows, dim]` `table` with moments `m`, `v` and per-row update
+    /// counts `steps` from a sparse gradient ([`crate::optim::LazyAdamSpec`]).
+    #[allow(clippy::too_many_arguments)]
+    fn lazy_adam_update(
+        &self,
+        spec: &LazyAdamSpec,
+        shape: TableShape,
+        len: usize,
+        ids: &Self::Ids,
+        rows: &Self::Buf,
+        table: &mut Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        steps: &mut Self::Ids,
+    ) -> Result<()>;
 
     // ---- losses ---------------------------------------------------------------------
 

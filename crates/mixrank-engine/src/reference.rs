@@ -15,8 +15,9 @@ use crate::host;
 use crate::loss;
 use crate::ops::{
     Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput, NormStats, Pooling, Shape,
-    SparseGrad, Transpose,
+    SparseGrad, SparseView, Transpose,
 };
+use crate::optim::{self, AdamSpec, LazyAdamSpec, RowAdagradSpec, TableShape};
 
 /// `C = alpha · op(A) · op(B) + beta · C`, one dot product per element.
 pub fn gemm<T: Float>(spec: &GemmSpec, a: &[T], b: &[T], c: &mut [T]) -> Result<()> {
@@ -715,6 +716,63 @@ impl<T: Float> Backend for RefOpsOf<T> {
 
     fn sum(&self, n: usize, x: &Vec<T>) -> Result<f32> {
         Ok(sum(n, x)? as f32)
+    }
+
+    fn sq_norm_acc(&self, n: usize, x: &Vec<T>, acc: &mut Vec<T>) -> Result<()> {
+        optim::sq_norm_acc(n, x, acc)
+    }
+    fn sq_norm_read(&self, acc: &Vec<T>) -> Result<f64> {
+        optim::load_acc(acc)
+    }
+    fn adam_update(
+        &self,
+        n: usize,
+        spec: &AdamSpec,
+        acc: &Vec<T>,
+        w: &mut Vec<T>,
+        g: &Vec<T>,
+        m: &mut Vec<T>,
+        v: &mut Vec<T>,
+    ) -> Result<()> {
+        optim::check_adam(n, w, g, m, v)?;
+        let cs = T::from_f64(optim::clip_scale(optim::load_acc(acc)?, spec.clip_norm));
+        optim::adam_chunk(spec, cs, &mut w[..n], &g[..n], &mut m[..n], &mut v[..n]);
+        Ok(())
+    }
+    fn merge_sparse_grads(
+        &self,
+        dim: usize,
+        a: SparseView<'_, Self>,
+        b: SparseView<'_, Self>,
+        out: &mut SparseGrad<Self>,
+    ) -> Result<()> {
+        host::merge_sparse_grads(dim, a, b, out)
+    }
+    fn rowwise_adagrad_update(
+        &self,
+        spec: &RowAdagradSpec,
+        shape: TableShape,
+        len: usize,
+        ids: &Vec<u32>,
+        rows: &Vec<T>,
+        table: &mut Vec<T>,
+        acc: &mut Vec<T>,
+    ) -> Result<()> {
+        host::rowwise_adagrad(spec, shape, len, ids, rows, table, acc)
+    }
+    fn lazy_adam_update(
+        &self,
+        spec: &LazyAdamSpec,
+        shape: TableShape,
+        len: usize,
+        ids: &Vec<u32>,
+        rows: &Vec<T>,
+        table: &mut Vec<T>,
+        m: &mut Vec<T>,
+        v: &mut Vec<T>,
+        steps: &mut Vec<u32>,
+    ) -> Result<()> {
+        host::lazy_adam(spec, shape, len, ids, rows, table, m, v, steps)
     }
 
     fn bce_with_logits(

@@ -94,7 +94,14 @@ impl BenchModel {
         self.head.forward(ops, &self.x, batch).unwrap();
     }
 
-    fn train_step(&mut self, ops: &CpuOps, d: &Data, batch: usize, adam: &mut Adam, sparse: &mut LazyAdam) -> f32 {
+    fn train_step(
+        &mut self,
+        ops: &CpuOps,
+        d: &Data,
+        batch: usize,
+        adam: &mut Adam<CpuOps>,
+        sparse: &mut LazyAdam<CpuOps>,
+    ) -> f32 {
         self.forward(ops, d, batch);
         let mut loss = 0.0;
         for t in 0..TASKS {
@@ -109,8 +116,8 @@ impl BenchModel {
         ops.copy_cols(&spec, dx, &mut self.d_emb).unwrap();
         let inputs: Vec<FeatureInput<'_, CpuOps>> = d.ids.iter().map(FeatureInput::Single).collect();
         self.emb.backward(ops, &inputs, &self.d_emb).unwrap();
-        adam.step(&mut *self.head, 1e-3).unwrap();
-        sparse.step(&mut self.emb).unwrap();
+        adam.step(ops, &mut *self.head, 1e-3).unwrap();
+        sparse.step(ops, &mut self.emb).unwrap();
         loss
     }
 }
@@ -148,8 +155,8 @@ fn main() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let bs = 2048;
         let mut model = BenchModel::new(&ops, bs);
-        let mut adam = Adam::new(AdamConfig::default(), &mut *model.head);
-        let mut sparse = LazyAdam::new(LazyAdamConfig::new(1e-3), &model.emb);
+        let mut adam = Adam::new(AdamConfig::default(), &ops, &mut *model.head).unwrap();
+        let mut sparse = LazyAdam::new(LazyAdamConfig::new(1e-3), &ops, &model.emb).unwrap();
         let batches: Vec<Data> = (0..8).map(|_| data(bs, &mut rng)).collect();
         let mut times = Vec::new();
         let mut first_loss = 0.0;

@@ -66,8 +66,8 @@ fn run(batch: usize, steps: usize) -> Result<()> {
     };
     let mut mixes: Vec<MoeMix<CpuOps>> =
         (0..TASKS).map(|_| MoeMix::new(&ops, EXPERTS, 128, batch)).collect::<Result<_>>()?;
-    let mut adam = Adam::new(AdamConfig::default(), &mut model);
-    let mut adagrad = RowWiseAdagrad::new(RowWiseAdagradConfig::new(0.05), &emb);
+    let mut adam = Adam::new(AdamConfig::default(), &ops, &mut model)?;
+    let mut adagrad = RowWiseAdagrad::new(RowWiseAdagradConfig::new(0.05), &ops, &emb)?;
 
     // Synthetic batch.
     let ids: Vec<Vec<u32>> =
@@ -165,8 +165,8 @@ fn run(batch: usize, steps: usize) -> Result<()> {
         ops.copy_cols(&d_emb_cols, &dx, &mut d_emb).unwrap();
         emb.backward(&ops, &inputs, &d_emb)?;
         lap(4);
-        adam.step(&mut model, 1e-3)?;
-        adagrad.step(&mut emb)?;
+        adam.step(&ops, &mut model, 1e-3)?;
+        adagrad.step(&ops, &mut emb)?;
         lap(5);
         let dt = t0.elapsed().as_secs_f64();
         if step >= 2 {

@@ -60,12 +60,12 @@ fn dense_step<C: LayerConfig>(what: &str, cfg: &C, batch: usize) {
     let mut layer = cfg.build(&ops, batch, &mut StdRng::seed_from_u64(1)).unwrap();
     let x = vec![0.5f32; batch * layer.d_in()];
     let dy = vec![0.25f32; batch * layer.d_out()];
-    let mut adam = Adam::new(AdamConfig { clip_norm: Some(1.0), ..AdamConfig::default() }, &mut layer);
+    let mut adam = Adam::new(AdamConfig { clip_norm: Some(1.0), ..AdamConfig::default() }, &ops, &mut layer).unwrap();
     let n = second_step(|| {
         zero_grads(&ops, &mut layer).unwrap();
         layer.forward(&ops, &x, batch).unwrap();
         layer.backward(&ops, &x, &dy).unwrap();
-        adam.step(&mut layer, 1e-3).unwrap();
+        adam.step(&ops, &mut layer, 1e-3).unwrap();
     });
     assert_eq!(n, 0, "{what}: {n} allocations in a steady-state step");
 }
@@ -127,8 +127,8 @@ fn steady_state_steps_do_not_allocate() {
         let ids: Vec<u32> = (0..16).map(|i| (i * 7) % 50).collect();
         let single1: Vec<u32> = (0..8).map(|i| i % 20).collect();
         let dy = vec![0.1f32; 8 * cfg.output_dim()];
-        let mut adagrad = RowWiseAdagrad::new(RowWiseAdagradConfig::new(0.1), &emb);
-        let mut lazy = LazyAdam::new(LazyAdamConfig::new(0.01), &emb);
+        let mut adagrad = RowWiseAdagrad::new(RowWiseAdagradConfig::new(0.1), &ops, &emb).unwrap();
+        let mut lazy = LazyAdam::new(LazyAdamConfig::new(0.01), &ops, &emb).unwrap();
         let n = second_step(|| {
             let inputs = [
                 FeatureInput::Single(&single),
@@ -137,8 +137,8 @@ fn steady_state_steps_do_not_allocate() {
             ];
             emb.forward(&ops, &inputs, 8).unwrap();
             emb.backward(&ops, &inputs, &dy).unwrap();
-            adagrad.step(&mut emb).unwrap();
-            lazy.step(&mut emb).unwrap();
+            adagrad.step(&ops, &mut emb).unwrap();
+            lazy.step(&ops, &mut emb).unwrap();
         });
         assert_eq!(n, 0, "embeddings + sparse optimizers");
     });

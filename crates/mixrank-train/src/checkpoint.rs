@@ -142,14 +142,15 @@ fn weight_tensors<B: HostBackend>(model: &mut dyn Model<B>) -> Vec<Tensor> {
 /// place.
 pub fn save<B: HostBackend>(
     dir: &Path,
+    ops: &B,
     model: &mut dyn Model<B>,
-    optim: &Optimizers,
+    optim: &Optimizers<B>,
     info: &CheckpointInfo<'_>,
 ) -> Result<Manifest> {
     let other = |m: String| TrainError::Checkpoint { path: dir.to_path_buf(), message: m };
     let weights = weight_tensors(model);
     let wbytes = serialize(&weights).map_err(other)?;
-    let obytes = serialize(&optim.tensors(model)).map_err(other)?;
+    let obytes = serialize(&optim.tensors(ops, model)?).map_err(other)?;
     let sum = |b: &[u8]| FileSum { bytes: b.len() as u64, xxh3: xxh3(b) };
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
@@ -367,10 +368,15 @@ impl Verified {
     }
 
     /// Restores the optimizer state of the same model.
-    pub fn restore_optimizers<B: HostBackend>(&self, model: &mut dyn Model<B>, optim: &mut Optimizers) -> Result<()> {
+    pub fn restore_optimizers<B: HostBackend>(
+        &self,
+        ops: &B,
+        model: &mut dyn Model<B>,
+        optim: &mut Optimizers<B>,
+    ) -> Result<()> {
         let file = self.optimizer()?;
         let cfg = self.config()?;
-        optim.restore(model, &file, &self.manifest.optimizer, &cfg.train).map_err(|m| self.bad(m))
+        optim.restore(ops, model, &file, &self.manifest.optimizer, &cfg.train).map_err(|m| self.bad(m))
     }
 }
 

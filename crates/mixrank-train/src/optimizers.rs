@@ -14,23 +14,23 @@
 use crate::error::{layer, Result};
 use crate::tensors::{Tensor, TensorFile};
 use mixrank_data::config::model::{DenseOptimizer, SparseDecayScope, SparseOptimizer, TrainSection};
+use mixrank_engine::Backend;
 use mixrank_model::Model;
 use mixrank_nn::{
-    Adam, AdamConfig, DecayScope, HostBackend, LazyAdam, LazyAdamConfig, RowWiseAdagrad, RowWiseAdagradConfig,
-    WeightDecay,
+    Adam, AdamConfig, DecayScope, LazyAdam, LazyAdamConfig, RowWiseAdagrad, RowWiseAdagradConfig, WeightDecay,
 };
 use serde::{Deserialize, Serialize};
 
 /// The sparse optimizer of the embedding tables.
-pub enum Sparse {
-    Adagrad(RowWiseAdagrad),
-    Lazy(LazyAdam),
+pub enum Sparse<B: Backend> {
+    Adagrad(RowWiseAdagrad<B>),
+    Lazy(LazyAdam<B>),
 }
 
 /// Dense and sparse optimizers of one model.
-pub struct Optimizers {
-    pub adam: Adam,
-    pub sparse: Option<Sparse>,
+pub struct Optimizers<B: Backend> {
+    pub adam: Adam<B>,
+    pub sparse: Option<Sparse<B>>,
 }
 
 /// Optimizer kinds and step counts, stored in the manifest.
@@ -45,16 +45,16 @@ pub struct OptimizerManifest {
     pub sparse_steps: u64,
 }
 
-impl Optimizers {
+impl<B: Backend> Optimizers<B> {
     /// Fresh (zero) state for `model` as `[train]` configures it.
-    pub fn new<B: HostBackend>(t: &TrainSection, model: &mut dyn Model<B>) -> Self {
+    pub fn new(t: &TrainSection, ops: &B, model: &mut dyn Model<B>) -> Result<Self> {
         let weight_decay = match (t.optimizer, t.weight_decay) {
             (_, 0.0) => WeightDecay::None,
             (DenseOptimizer::Adam, w) => WeightDecay::L2(w as f32),
             (DenseOptimizer::Adamw, w) => WeightDecay::Decoupled(w as f32),
         };
         let adam_cfg = AdamConfig { weight_decay, clip_norm: t.clip_norm().map(|c| c as f32), ..AdamConfig::default() };
-        let adam = Adam::new(adam_cfg, model);
+        let adam = Adam::new(adam_cfg, ops, model).map_err(layer("Adam state"))?;
         let decay_scope = match t.sparse_weight_decay_scope.unwrap_or_default() {
             SparseDecayScope::Touched => DecayScope::Touched,
             SparseDecayScope::Table => DecayScope::Table,
@@ -66,7 +66,7 @@ impl Optimizers {
                     decay_scope,
                     ..RowWiseAdagradConfig::new(t.sparse_lr as f32)
                 };
-                Sparse::Adagrad(RowWiseAdagrad::new(c, e))
+                RowWiseAdagrad::new(c, ops, e).map(Sparse::Adagrad)
             }
             SparseOptimizer::LazyAdam => {
                 let c = LazyAdamConfig {
@@ -74,25 +74,26 @@ impl Optimizers {
                     decay_scope,
                     ..LazyAdamConfig::new(t.sparse_lr as f32)
                 };
-                Sparse::Lazy(LazyAdam::new(c, e))
+                LazyAdam::new(c, ops, e).map(Sparse::Lazy)
             }
         });
-        Optimizers { adam, sparse }
+        let sparse = sparse.transpose().map_err(layer("sparse optimizer state"))?;
+        Ok(Optimizers { adam, sparse })
     }
 
     /// One update of the dense parameters (learning rate `lr`) and of the embedding
     /// rows the last backward touched (learning rate `sparse_lr`).
-    pub fn step<B: HostBackend>(&mut self, model: &mut dyn Model<B>, lr: f32, sparse_lr: f32) -> Result<()> {
-        self.adam.step(model, lr).map_err(layer("Adam step"))?;
+    pub fn step(&mut self, ops: &B, model: &mut dyn Model<B>, lr: f32, sparse_lr: f32) -> Result<()> {
+        self.adam.step(ops, model, lr).map_err(layer("Adam step"))?;
         if let (Some(s), Some(e)) = (&mut self.sparse, model.embeddings_mut()) {
             match s {
                 Sparse::Adagrad(o) => {
                     o.set_lr(sparse_lr);
-                    o.step(e)
+                    o.step(ops, e)
                 }
                 Sparse::Lazy(o) => {
                     o.set_lr(sparse_lr);
-                    o.step(e)
+                    o.step(ops, e)
                 }
             }
             .map_err(layer("sparse optimizer step"))?;
@@ -117,40 +118,50 @@ impl Optimizers {
     }
 
     /// The state as named tensors (see the module docs).
-    pub fn tensors<B: HostBackend>(&self, model: &mut dyn Model<B>) -> Vec<Tensor> {
+    pub fn tensors(&self, ops: &B, model: &mut dyn Model<B>) -> Result<Vec<Tensor>> {
         let mut out = Vec::new();
         let mut i = 0;
+        let mut err = None;
         model.params(&mut |name, p| {
-            let (m, v) = self.adam.moments(i);
-            out.push(Tensor::f32(format!("adam.m.head.{name}"), p.shape.clone(), m));
-            out.push(Tensor::f32(format!("adam.v.head.{name}"), p.shape.clone(), v));
+            match self.adam.moments(ops, i) {
+                Ok((m, v)) => {
+                    out.push(Tensor::f32(format!("adam.m.head.{name}"), p.shape.clone(), &m));
+                    out.push(Tensor::f32(format!("adam.v.head.{name}"), p.shape.clone(), &v));
+                }
+                Err(e) => {
+                    err.get_or_insert(e);
+                }
+            }
             i += 1;
         });
+        if let Some(e) = err {
+            return Err(layer("reading Adam state")(e));
+        }
         if let (Some(s), Some(e)) = (&self.sparse, model.embeddings()) {
             for (t, table) in e.tables().iter().enumerate() {
                 match s {
-                    Sparse::Adagrad(o) => out.push(Tensor::f32(
-                        format!("adagrad.acc.emb.tables.{t}"),
-                        vec![table.rows],
-                        o.accumulators(t),
-                    )),
+                    Sparse::Adagrad(o) => {
+                        let acc = o.accumulators(ops, t).map_err(layer("reading row-wise Adagrad state"))?;
+                        out.push(Tensor::f32(format!("adagrad.acc.emb.tables.{t}"), vec![table.rows], &acc))
+                    }
                     Sparse::Lazy(o) => {
-                        let (m, v, steps) = o.state(t);
+                        let (m, v, steps) = o.state(ops, t).map_err(layer("reading lazy Adam state"))?;
                         let shape = vec![table.rows, table.dim];
-                        out.push(Tensor::f32(format!("lazy_adam.m.emb.tables.{t}"), shape.clone(), m));
-                        out.push(Tensor::f32(format!("lazy_adam.v.emb.tables.{t}"), shape, v));
-                        out.push(Tensor::u32(format!("lazy_adam.steps.emb.tables.{t}"), vec![table.rows], steps));
+                        out.push(Tensor::f32(format!("lazy_adam.m.emb.tables.{t}"), shape.clone(), &m));
+                        out.push(Tensor::f32(format!("lazy_adam.v.emb.tables.{t}"), shape, &v));
+                        out.push(Tensor::u32(format!("lazy_adam.steps.emb.tables.{t}"), vec![table.rows], &steps));
                     }
                 }
             }
         }
-        out
+        Ok(out)
     }
 
     /// Restores state written by [`Optimizers::tensors`] for the same model; every
     /// tensor must be present with the model's shapes and the kinds must match.
-    pub fn restore<B: HostBackend>(
+    pub fn restore(
         &mut self,
+        ops: &B,
         model: &mut dyn Model<B>,
         file: &TensorFile<'_>,
         om: &OptimizerManifest,
@@ -178,7 +189,7 @@ impl Optimizers {
         if let Some(e) = err {
             return Err(e);
         }
-        self.adam.set_state(om.dense_steps, ms, vs).map_err(|e| e.to_string())?;
+        self.adam.set_state(ops, om.dense_steps, ms, vs).map_err(|e| e.to_string())?;
         let (Some(s), Some(e)) = (&mut self.sparse, model.embeddings()) else { return Ok(()) };
         let kind = match s {
             Sparse::Adagrad(_) => SparseOptimizer::RowwiseAdagrad,
@@ -191,14 +202,14 @@ impl Optimizers {
             match s {
                 Sparse::Adagrad(o) => {
                     let acc = file.f32(&format!("adagrad.acc.emb.tables.{ti}"), &[table.rows])?;
-                    o.set_accumulators(ti, &acc).map_err(|e| e.to_string())?;
+                    o.set_accumulators(ops, ti, &acc).map_err(|e| e.to_string())?;
                 }
                 Sparse::Lazy(o) => {
                     let shape = [table.rows, table.dim];
                     let m = file.f32(&format!("lazy_adam.m.emb.tables.{ti}"), &shape)?;
                     let v = file.f32(&format!("lazy_adam.v.emb.tables.{ti}"), &shape)?;
                     let steps = file.u32(&format!("lazy_adam.steps.emb.tables.{ti}"), &[table.rows])?;
-                    o.set_state(ti, om.sparse_steps, &m, &v, &steps).map_err(|e| e.to_string())?;
+                    o.set_state(ops, ti, om.sparse_steps, &m, &v, &steps).map_err(|e| e.to_string())?;
                 }
             }
         }

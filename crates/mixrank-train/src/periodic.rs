@@ -67,13 +67,14 @@ impl Periodic {
     /// and the pruning leaves one extra directory, deleted by the next save.)
     pub fn save<B: HostBackend>(
         &mut self,
+        ops: &B,
         model: &mut dyn Model<B>,
-        optim: &Optimizers,
+        optim: &Optimizers<B>,
         info: &CheckpointInfo<'_>,
     ) -> Result<PathBuf> {
         let name = format!("step-{}", info.step);
         let dir = self.run_dir.join(CHECKPOINTS).join(&name);
-        save(&dir, model, optim, info)?;
+        save(&dir, ops, model, optim, info)?;
         for (_, old) in list(&self.run_dir).into_iter().skip(self.keep) {
             std::fs::remove_dir_all(&old).map_err(|source| TrainError::Io { path: old.clone(), source })?;
         }

@@ -31,7 +31,7 @@ pub(crate) struct Start<B: HostBackend> {
     pub cfg: Arc<ExperimentConfig>,
     pub stats: DenseStats,
     pub model: Box<dyn Model<B>>,
-    pub optim: Optimizers,
+    pub optim: Optimizers<B>,
     pub step: u64,
     pub examples: u64,
     pub cursor: Cursor,
@@ -67,9 +67,9 @@ pub(crate) fn start<B: HostBackend + 'static>(
         }
         events.push(v);
     };
-    let model_of = |cfg: &ExperimentConfig| -> Result<(Box<dyn Model<B>>, Optimizers)> {
+    let model_of = |cfg: &ExperimentConfig| -> Result<(Box<dyn Model<B>>, Optimizers<B>)> {
         let mut model = build_model(cfg, ops, bs, &mut rand::rngs::StdRng::seed_from_u64(t.seed))?;
-        let optim = Optimizers::new(t, &mut *model);
+        let optim = Optimizers::new(t, ops, &mut *model)?;
         Ok((model, optim))
     };
     if opts.resume {
@@ -114,7 +114,7 @@ pub(crate) fn start<B: HostBackend + 'static>(
         }
         let (mut model, mut optim) = model_of(&cfg)?;
         v.fill_model(ops, &mut *model)?;
-        v.restore_optimizers(&mut *model, &mut optim)?;
+        v.restore_optimizers(ops, &mut *model, &mut optim)?;
         let m = &v.manifest;
         let early = match (t.early_stopping_patience, m.early_stopping) {
             (0, _) => String::new(),
@@ -218,7 +218,7 @@ pub(crate) fn start<B: HostBackend + 'static>(
         Some(parent) => {
             let dir = parent.dir.clone();
             let mut changes = vocabulary_changes;
-            changes.extend(warm_start(parent, &cfg, &mut *model, &mut optim, &mut stats)?);
+            changes.extend(warm_start(parent, &cfg, ops, &mut *model, &mut optim, &mut stats)?);
             let mut days = parent.manifest.lineage.days.clone();
             days.push(train_days(&cfg));
             lineage.parent = Some(dir.display().to_string());

@@ -277,7 +277,7 @@ struct Run<'a, B: HostBackend> {
     enc: Arc<Encoder>,
     stats: DenseStats,
     model: Box<dyn Model<B>>,
-    optim: Optimizers,
+    optim: Optimizers<B>,
     step: u64,
     examples: u64,
     cursor: Cursor,
@@ -392,7 +392,7 @@ impl<'a, B: HostBackend + 'static> Run<'a, B> {
     /// (`best/` or the final `checkpoint/`).
     fn save(&mut self, dir: &Path) -> Result<()> {
         let info = info!(self);
-        crate::checkpoint::save(dir, &mut *self.model, &self.optim, &info).map(|_| ())
+        crate::checkpoint::save(dir, self.ops, &mut *self.model, &self.optim, &info).map(|_| ())
     }
 
     /// The loop: epochs from the data cursor on, batches of each, until a bound stops it.
@@ -511,7 +511,7 @@ impl<'a, B: HostBackend + 'static> Run<'a, B> {
         self.model.backward(ops, b, &refs)?;
         self.losses.write_weighting_grads(ops, &mut *self.model)?;
         let (lr, sparse_lr) = self.rates(self.step);
-        self.optim.step(&mut *self.model, lr, sparse_lr)?;
+        self.optim.step(ops, &mut *self.model, lr, sparse_lr)?;
         self.step += 1;
         self.examples += b.rows as u64;
         self.cursor.batch_in_epoch += 1;
@@ -621,7 +621,7 @@ impl<'a, B: HostBackend + 'static> Run<'a, B> {
         if self.periodic.due(self.step) {
             self.clock.pause();
             let info = info!(self);
-            let r = self.periodic.save(&mut *self.model, &self.optim, &info);
+            let r = self.periodic.save(self.ops, &mut *self.model, &self.optim, &info);
             self.clock.resume();
             r?;
         }

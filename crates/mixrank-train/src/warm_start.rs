@@ -231,8 +231,9 @@ pub(crate) fn differing_keys(prefix: &str, a: &toml::Value, b: &toml::Value) -> 
 pub fn warm_start<B: HostBackend>(
     parent: &Verified,
     cfg: &ExperimentConfig,
+    ops: &B,
     model: &mut dyn Model<B>,
-    optim: &mut Optimizers,
+    optim: &mut Optimizers<B>,
     stats: &mut DenseStats,
 ) -> Result<Vec<String>> {
     let refuse = |message: String| TrainError::WarmStart { parent: parent.dir.clone(), message };
@@ -300,16 +301,15 @@ pub fn warm_start<B: HostBackend>(
         match optim.sparse.as_mut() {
             Some(Sparse::Adagrad(o)) => {
                 let src = opt_file.f32(&format!("adagrad.acc.emb.tables.{oi}"), &[orows]).map_err(bad)?;
-                let mut acc = o.accumulators(ti).to_vec();
+                let mut acc = o.accumulators(ops, ti).map_err(|e| bad(e.to_string()))?;
                 map_rows(&map, 1, &src, &mut acc);
-                o.set_accumulators(ti, &acc).map_err(|e| bad(e.to_string()))?;
+                o.set_accumulators(ops, ti, &acc).map_err(|e| bad(e.to_string()))?;
             }
             Some(Sparse::Lazy(o)) => {
                 let m_src = opt_file.f32(&format!("lazy_adam.m.emb.tables.{oi}"), &[orows, dim]).map_err(bad)?;
                 let v_src = opt_file.f32(&format!("lazy_adam.v.emb.tables.{oi}"), &[orows, dim]).map_err(bad)?;
                 let s_src = opt_file.u32(&format!("lazy_adam.steps.emb.tables.{oi}"), &[orows]).map_err(bad)?;
-                let (m0, v0, s0) = o.state(ti);
-                let (mut m, mut v, mut s) = (m0.to_vec(), v0.to_vec(), s0.to_vec());
+                let (mut m, mut v, mut s) = o.state(ops, ti).map_err(|e| bad(e.to_string()))?;
                 map_rows(&map, dim, &m_src, &mut m);
                 map_rows(&map, dim, &v_src, &mut v);
                 for (r, from) in map.iter().enumerate().take(nrows) {
@@ -317,7 +317,7 @@ pub fn warm_start<B: HostBackend>(
                         s[r] = max;
                     }
                 }
-                o.set_state(ti, pm.sparse_steps, &m, &v, &s).map_err(|e| bad(e.to_string()))?;
+                o.set_state(ops, ti, pm.sparse_steps, &m, &v, &s).map_err(|e| bad(e.to_string()))?;
             }
             None => {}
         }
@@ -413,7 +413,7 @@ pub fn warm_start<B: HostBackend>(
     if let Some(e) = err {
         return Err(refuse(e));
     }
-    optim.adam.set_state(pm.dense_steps, ms, vs).map_err(|e| refuse(e.to_string()))?;
+    optim.adam.set_state(ops, pm.dense_steps, ms, vs).map_err(|e| refuse(e.to_string()))?;
 
     // Dense standardisation: the parent's for features it had.
     let old_dense: HashMap<&str, usize> = pcfg.dense.iter().enumerate().map(|(i, d)| (d.name.as_str(), i)).collect();

@@ -3,7 +3,7 @@
 //! The trainer runs on `Counting<CpuOps>` (every op forwarded to the CPU backend; every
 //! allocation, upload and readback counted) and trains the demo's kind of model — an
 //! MMoE with DCNv2, MaskNet, FinalMLP and MLP experts, dropout in the shared layer and
-//! the experts, top-2 gates — with distillation from teacher columns (soft-label BCE on
+//! the experts, top-2 gates, a global-norm gradient clip — with distillation from teacher columns (soft-label BCE on
 //! `click`, logit MSE on `save`). After each step the test reads the counters.
 //!
 //! The budget, exactly, for every step after the first:
@@ -15,9 +15,10 @@
 //! - **readbacks: one scalar per task and one per distilled task** (the losses' values);
 //!   dropout and top-k masks are made by backend ops, not uploaded.
 //!
-//! What the counters cannot see: the dense and sparse optimizers still update host
-//! memory directly (`HostBackend`), so a device backend needs them as ops (issue 11
-//! item 4, not done).
+//! The optimizers are backend ops too (`mixrank_engine::optim`): the dense step's
+//! gradient-norm clip is read from an accumulator in backend memory, and the sparse
+//! optimizers' merge buffers are sized for a whole batch up front, so they add neither
+//! readbacks nor allocations.
 
 use mixrank_data::simulate::{simulate_engagement, EngagementParams};
 use mixrank_data::ExperimentConfig;
@@ -84,6 +85,7 @@ hidden = [8]
 [train]
 epochs = 1
 lr = 0.01
+grad_clip = 0.5
 sparse_optimizer = "rowwise_adagrad"
 sparse_lr = 0.05
 

@@ -62,7 +62,7 @@ struct Child {
     cfg: Arc<ExperimentConfig>,
     model: Box<dyn Model<CpuOps>>,
     fresh: Box<dyn Model<CpuOps>>,
-    optim: Optimizers,
+    optim: Optimizers<CpuOps>,
     stats: DenseStats,
     changes: Vec<String>,
 }
@@ -72,10 +72,10 @@ fn child(p: &Parent, text: &str, model: &str) -> Result<Child, String> {
     let ops = CpuOps::new();
     let build = || build_model(&cfg, &ops, 64, &mut rand::rngs::StdRng::seed_from_u64(cfg.train.seed)).unwrap();
     let (mut m, fresh) = (build(), build());
-    let mut optim = Optimizers::new(&cfg.train, &mut *m);
+    let mut optim = Optimizers::new(&cfg.train, &ops, &mut *m).unwrap();
     let mut stats = DenseStats { mean: vec![-7.0; cfg.dense.len()], std: vec![7.0; cfg.dense.len()], rows: 0 };
     let parent = read_verified(&p.run.join("checkpoint")).unwrap();
-    let changes = warm_start(&parent, &cfg, &mut *m, &mut optim, &mut stats).map_err(|e| e.to_string())?;
+    let changes = warm_start(&parent, &cfg, &ops, &mut *m, &mut optim, &mut stats).map_err(|e| e.to_string())?;
     Ok(Child { cfg, model: m, fresh, optim, stats, changes })
 }
 
@@ -112,7 +112,7 @@ fn same_config_copies_everything_and_reports_nothing() {
     assert_eq!(c.optim.adam.steps(), 4);
     let Some(Sparse::Lazy(o)) = &c.optim.sparse else { panic!("lazy adam") };
     assert_eq!(o.steps(), 4);
-    assert!(o.state(0).2.iter().any(|&s| s > 0), "row step counts carried over");
+    assert!(o.state(&CpuOps::new(), 0).unwrap().2.iter().any(|&s| s > 0), "row step counts carried over");
     assert_eq!(c.stats.mean, parent.manifest.dense_stats.mean);
 }
 
@@ -137,7 +137,7 @@ fn resized_hash_tables_are_remapped_or_reinitialised() {
     let ti = c.cfg.tables.iter().position(|t| t.name == "ad_id").unwrap();
     let parent_opt = read_verified(&p.run.join("checkpoint")).unwrap();
     let steps = parent_opt.optimizer().unwrap().u32(&format!("lazy_adam.steps.emb.tables.{ti}"), &[old_rows]).unwrap();
-    assert!(o.state(ti).2.iter().enumerate().all(|(r, &s)| s == steps[r % old_rows]));
+    assert!(o.state(&CpuOps::new(), ti).unwrap().2.iter().enumerate().all(|(r, &s)| s == steps[r % old_rows]));
     // Halved: new row r is the mean of old rows r and r + new.
     let half = old_rows / 2;
     let c = child(&p, &with_buckets(half), MODEL).unwrap();
@@ -243,7 +243,7 @@ fn head_changes_are_refused_and_optimizer_kind_changes_are_reported() {
     let c = child(&p, &p.config_text, &MODEL.replace("sparse_optimizer = \"lazy_adam\"\n", "")).unwrap();
     assert!(has(&c.changes, "sparse optimizer changed from LazyAdam"), "{:?}", c.changes);
     let Some(Sparse::Adagrad(o)) = &c.optim.sparse else { panic!("row-wise adagrad") };
-    assert!(o.accumulators(0).iter().all(|&a| a == 0.0), "fresh sparse state");
+    assert!(o.accumulators(&CpuOps::new(), 0).unwrap().iter().all(|&a| a == 0.0), "fresh sparse state");
 }
 
 #[test]

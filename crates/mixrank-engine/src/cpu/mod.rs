@@ -5,6 +5,7 @@ mod block;
 mod embedding;
 mod gemm;
 mod layer_norm;
+mod optim;
 mod par;
 
 pub(crate) use par::worth_splitting;
@@ -19,8 +20,9 @@ use crate::host;
 use crate::loss;
 use crate::ops::{
     Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput, NormStats, Pooling, Shape,
-    SparseGrad,
+    SparseGrad, SparseView,
 };
+use crate::optim::{AdamSpec, LazyAdamSpec, RowAdagradSpec, TableShape};
 
 /// The fast CPU backend over host `Vec`s. Threads come from rayon's current pool (build a
 /// pool with `rayon::ThreadPoolBuilder` and `install` to choose how many).
@@ -248,6 +250,60 @@ impl Backend for CpuOps {
 
     fn sum(&self, n: usize, x: &Vec<f32>) -> Result<f32> {
         Ok(reduce::sum(n, x)? as f32)
+    }
+
+    fn sq_norm_acc(&self, n: usize, x: &Vec<f32>, acc: &mut Vec<f32>) -> Result<()> {
+        optim::sq_norm_acc(n, x, acc)
+    }
+    fn sq_norm_read(&self, acc: &Vec<f32>) -> Result<f64> {
+        crate::optim::load_acc(acc)
+    }
+    fn adam_update(
+        &self,
+        n: usize,
+        spec: &AdamSpec,
+        acc: &Vec<f32>,
+        w: &mut Vec<f32>,
+        g: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+    ) -> Result<()> {
+        optim::adam_update(n, spec, acc, w, g, m, v)
+    }
+    fn merge_sparse_grads(
+        &self,
+        dim: usize,
+        a: SparseView<'_, Self>,
+        b: SparseView<'_, Self>,
+        out: &mut SparseGrad<Self>,
+    ) -> Result<()> {
+        host::merge_sparse_grads(dim, a, b, out)
+    }
+    fn rowwise_adagrad_update(
+        &self,
+        spec: &RowAdagradSpec,
+        shape: TableShape,
+        len: usize,
+        ids: &Vec<u32>,
+        rows: &Vec<f32>,
+        table: &mut Vec<f32>,
+        acc: &mut Vec<f32>,
+    ) -> Result<()> {
+        host::rowwise_adagrad(spec, shape, len, ids, rows, table, acc)
+    }
+    fn lazy_adam_update(
+        &self,
+        spec: &LazyAdamSpec,
+        shape: TableShape,
+        len: usize,
+        ids: &Vec<u32>,
+        rows: &Vec<f32>,
+        table: &mut Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        steps: &mut Vec<u32>,
+    ) -> Result<()> {
+        host::lazy_adam(spec, shape, len, ids, rows, table, m, v, steps)
     }
 
     fn bce_with_logits(

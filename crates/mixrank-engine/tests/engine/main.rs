@@ -4,3 +4,4 @@ mod bf16;
 mod common;
 mod cpu_vs_ref;
 mod gradcheck;
+mod optim;

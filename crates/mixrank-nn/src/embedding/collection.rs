@@ -168,6 +168,13 @@ impl<B: Backend> EmbeddingCollection<B> {
         &self.grads[f]
     }
 
+    /// Table `t` (mutable) beside the last backward's sparse gradients of the features
+    /// that read it, for a sparse optimizer.
+    pub fn table_and_grads(&mut self, t: usize) -> (&mut EmbeddingTable<B>, impl Iterator<Item = &SparseGrad<B>> + '_) {
+        let grads = self.config.features.iter().zip(&self.grads).filter(move |(f, _)| f.table == t).map(|(_, g)| g);
+        (&mut self.tables[t], grads)
+    }
+
     /// Indices of the features that read table `t`.
     pub fn features_of_table(&self, t: usize) -> impl Iterator<Item = usize> + '_ {
         self.config.features.iter().enumerate().filter(move |(_, f)| f.table == t).map(|(i, _)| i)

@@ -1,9 +1,11 @@
-//! Dense Adam / AdamW with global-norm gradient clipping.
+//! Dense Adam / AdamW with global-norm gradient clipping, on the backend: moments and
+//! the norm accumulator are backend buffers, and each step is one
+//! [`Backend::sq_norm_acc`] and one [`Backend::adam_update`] per parameter, with no
+//! readback.
 
-use rayon::prelude::*;
+use mixrank_engine::{AdamSpec, Backend, NORM_ACC_LEN};
 
-use crate::error::{NnError, Result};
-use crate::optim::HostBackend;
+use crate::error::{Ctx, NnError, Result};
 use crate::param::{Param, ParamVisitor, Parameters};
 
 const OPT: &str = "Adam";
@@ -37,7 +39,7 @@ impl Default for AdamConfig {
     }
 }
 
-/// What one step did.
+/// What the last step did (read back on request: [`Adam::stats`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepStats {
     /// Global L2 norm of the gradients before clipping.
@@ -46,39 +48,35 @@ pub struct StepStats {
     pub clip_scale: f64,
 }
 
-/// Adam over every parameter of a module, state kept per parameter in visit order.
+/// Adam over every parameter of a module, state kept per parameter in visit order, in
+/// the backend's memory.
 ///
 /// Step `t` (1-based), per element, with `g` the (clipped) gradient:
 /// `m = β₁m + (1-β₁)g`, `v = β₂v + (1-β₂)g²`, `m̂ = m/(1-β₁ᵗ)`, `v̂ = v/(1-β₂ᵗ)`,
 /// `w -= lr · m̂ / (sqrt(v̂) + eps)` (PyTorch's formula, eps after bias correction).
-/// Arithmetic per element is f32 like the parameters; the global norm is summed in f64.
-///
-/// Both passes run in parallel over fixed chunks of [`CHUNK`] elements (on rayon's current
-/// pool). The update is elementwise and the norm's per-chunk partial sums are added in a
-/// fixed order, so results do not depend on the number of threads.
-pub struct Adam {
+/// Arithmetic per element is in the buffers' precision; the global norm is summed in f64
+/// over fixed chunks in order ([`mixrank_engine::optim`]), so results do not depend on the
+/// number of threads.
+pub struct Adam<B: Backend> {
     config: AdamConfig,
-    m: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    m: Vec<B::Buf>,
+    v: Vec<B::Buf>,
+    lens: Vec<usize>,
+    /// The global norm accumulator of the current step.
+    acc: B::Buf,
     t: u64,
-    /// Per-chunk squared-norm partial sums, allocated once.
-    partials: Vec<f64>,
 }
 
-/// Elements per parallel work item: large enough that scheduling costs little next to
-/// ~16K element updates, small enough to split a 429×256 weight across threads.
-pub const CHUNK: usize = 16 * 1024;
-
-impl Adam {
+impl<B: Backend> Adam<B> {
     /// Zeroed state for every parameter of `module`.
-    pub fn new<B: HostBackend, M: Parameters<B> + ?Sized>(config: AdamConfig, module: &mut M) -> Self {
-        let (mut m, mut v) = (Vec::new(), Vec::new());
-        module.params(&mut |_, p| {
-            m.push(vec![0.0; p.len()]);
-            v.push(vec![0.0; p.len()]);
-        });
-        let chunks = m.iter().map(|s: &Vec<f32>| s.len().div_ceil(CHUNK)).sum();
-        Adam { config, m, v, t: 0, partials: vec![0.0; chunks] }
+    pub fn new<M: Parameters<B> + ?Sized>(config: AdamConfig, ops: &B, module: &mut M) -> Result<Self> {
+        let mut lens = Vec::new();
+        module.params(&mut |_, p| lens.push(p.len()));
+        let alloc = |n: &usize| ops.alloc(*n).ctx(OPT);
+        let m = lens.iter().map(alloc).collect::<Result<Vec<_>>>()?;
+        let v = lens.iter().map(alloc).collect::<Result<Vec<_>>>()?;
+        let acc = ops.alloc(NORM_ACC_LEN).ctx(OPT)?;
+        Ok(Adam { config, m, v, lens, acc, t: 0 })
     }
 
     /// Steps taken so far.
@@ -86,13 +84,18 @@ impl Adam {
         self.t
     }
 
-    /// First and second moments of the `i`-th parameter (visit order), for checkpoints.
-    pub fn moments(&self, i: usize) -> (&[f32], &[f32]) {
-        (&self.m[i], &self.v[i])
+    /// First and second moments of the `i`-th parameter (visit order), read to the host
+    /// for checkpoints.
+    pub fn moments(&self, ops: &B, i: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let n = self.lens[i];
+        let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
+        ops.read(&self.m[i], &mut m).ctx(OPT)?;
+        ops.read(&self.v[i], &mut v).ctx(OPT)?;
+        Ok((m, v))
     }
 
     /// Restores state saved from [`Adam::moments`] and [`Adam::steps`].
-    pub fn set_state(&mut self, t: u64, m: Vec<Vec<f32>>, v: Vec<Vec<f32>>) -> Result<()> {
+    pub fn set_state(&mut self, ops: &B, t: u64, m: Vec<Vec<f32>>, v: Vec<Vec<f32>>) -> Result<()> {
         if m.len() != self.m.len() || v.len() != self.v.len() {
             return Err(NnError::DimMismatch {
                 layer: OPT,
@@ -102,95 +105,106 @@ impl Adam {
                 rhs_dim: self.m.len(),
             });
         }
-        self.partials = vec![0.0; m.iter().map(|s| s.len().div_ceil(CHUNK)).sum()];
+        for (i, (mi, vi)) in m.iter().zip(&v).enumerate() {
+            for (name, len) in [("restored m", mi.len()), ("restored v", vi.len())] {
+                if len != self.lens[i] {
+                    return Err(NnError::DimMismatch {
+                        layer: OPT,
+                        lhs: name,
+                        lhs_dim: len,
+                        rhs: "parameter length",
+                        rhs_dim: self.lens[i],
+                    });
+                }
+            }
+            ops.write(mi, &mut self.m[i]).ctx(OPT)?;
+            ops.write(vi, &mut self.v[i]).ctx(OPT)?;
+        }
         self.t = t;
-        self.m = m;
-        self.v = v;
         Ok(())
+    }
+
+    /// The last step's gradient norm and clip factor (a host sync: call it for logs or
+    /// tests, not every step).
+    pub fn stats(&self, ops: &B) -> Result<StepStats> {
+        let sq = ops.sq_norm_read(&self.acc).ctx(OPT)?;
+        Ok(StepStats { grad_norm: sq.sqrt(), clip_scale: mixrank_engine::optim::clip_scale(sq, self.config.clip_norm) })
     }
 
     /// One update of every parameter with learning rate `lr`, using the gradients as
     /// they are (zero them before the next backward).
-    pub fn step<B: HostBackend, M: Parameters<B> + ?Sized>(&mut self, module: &mut M, lr: f32) -> Result<StepStats> {
-        let Adam { config, m, v, t, partials } = self;
-        // Pass 1: global gradient norm and shape check.
-        let mut sq = 0.0f64;
+    pub fn step<M: Parameters<B> + ?Sized>(&mut self, ops: &B, module: &mut M, lr: f32) -> Result<()> {
+        // Pass 1: shapes, and the global gradient norm into the accumulator.
         let mut index = 0;
-        let mut next_chunk = 0;
-        let mut mismatch = None;
+        let mut failure: Option<NnError> = None;
+        let lens = &self.lens;
+        ops.fill(NORM_ACC_LEN, 0.0, &mut self.acc).ctx(OPT)?;
+        let acc = &mut self.acc;
         module.visit_params(&mut ParamVisitor::unnamed(&mut |_, p: &mut Param<B>| {
+            if failure.is_some() {
+                return;
+            }
             let n = p.len();
-            if m.get(index).map(|s| s.len()) != Some(n) && mismatch.is_none() {
-                mismatch = Some((index, n));
+            if lens.get(index) != Some(&n) {
+                failure = Some(NnError::DimMismatch {
+                    layer: OPT,
+                    lhs: "parameter length",
+                    lhs_dim: n,
+                    rhs: "optimizer state length",
+                    rhs_dim: lens.get(index).copied().unwrap_or(0),
+                });
+            } else if let Err(e) = ops.sq_norm_acc(n, &p.grad, acc).ctx(OPT) {
+                failure = Some(e);
             }
-            let chunks = n.div_ceil(CHUNK);
-            if mismatch.is_none() && next_chunk + chunks <= partials.len() {
-                let out = &mut partials[next_chunk..next_chunk + chunks];
-                p.grad[..n]
-                    .par_chunks(CHUNK)
-                    .zip(out.par_iter_mut())
-                    .for_each(|(g, s)| *s = g.iter().map(|&x| x as f64 * x as f64).sum());
-            }
-            next_chunk += chunks;
             index += 1;
         }));
-        // Fixed-order sum of the partials: the norm does not depend on the thread count.
-        sq += partials[..next_chunk.min(partials.len())].iter().sum::<f64>();
-        if let Some((i, n)) = mismatch {
-            return Err(NnError::DimMismatch {
-                layer: OPT,
-                lhs: "parameter length",
-                lhs_dim: n,
-                rhs: "optimizer state length",
-                rhs_dim: m.get(i).map_or(0, |s| s.len()),
-            });
+        if let Some(e) = failure {
+            return Err(e);
         }
-        if index != m.len() {
+        if index != self.m.len() {
             return Err(NnError::DimMismatch {
                 layer: OPT,
                 lhs: "module parameters",
                 lhs_dim: index,
                 rhs: "optimizer states",
-                rhs_dim: m.len(),
+                rhs_dim: self.m.len(),
             });
         }
-        let grad_norm = sq.sqrt();
-        let clip_scale = match config.clip_norm {
-            Some(max) if grad_norm > max as f64 => max as f64 / grad_norm,
-            _ => 1.0,
+        self.t += 1;
+        let c = self.config;
+        let bc1 = 1.0 - (c.beta1 as f64).powi(self.t as i32);
+        let bc2 = 1.0 - (c.beta2 as f64).powi(self.t as i32);
+        let base = AdamSpec {
+            lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            step_size: (lr as f64 / bc1) as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+            l2: 0.0,
+            decoupled: 0.0,
+            clip_norm: c.clip_norm,
         };
-        *t += 1;
-        let (b1, b2) = (config.beta1, config.beta2);
-        let bc1 = 1.0 - (b1 as f64).powi(*t as i32);
-        let bc2 = 1.0 - (b2 as f64).powi(*t as i32);
-        let (step_size, bc2_sqrt) = ((lr as f64 / bc1) as f32, bc2.sqrt() as f32);
-        let cs = clip_scale as f32;
+        let (m, v, acc) = (&mut self.m, &mut self.v, &self.acc);
         let mut index = 0;
         module.visit_params(&mut ParamVisitor::unnamed(&mut |_, p: &mut Param<B>| {
-            let n = p.len();
-            let (mi, vi) = (&mut m[index], &mut v[index]);
-            let (l2, decoupled) = match (config.weight_decay, p.decay) {
-                (WeightDecay::L2(l), true) => (l, 0.0),
-                (WeightDecay::Decoupled(l), true) => (0.0, l),
-                _ => (0.0, 0.0),
+            if failure.is_some() {
+                return;
+            }
+            let spec = match (c.weight_decay, p.decay) {
+                (WeightDecay::L2(l), true) => AdamSpec { l2: l, ..base },
+                (WeightDecay::Decoupled(l), true) => AdamSpec { decoupled: l, ..base },
+                _ => base,
             };
-            p.value[..n]
-                .par_chunks_mut(CHUNK)
-                .zip(p.grad[..n].par_chunks(CHUNK))
-                .zip(mi.par_chunks_mut(CHUNK))
-                .zip(vi.par_chunks_mut(CHUNK))
-                .for_each(|(((w, g), m), v)| {
-                    for j in 0..w.len() {
-                        let wj = w[j];
-                        let gj = g[j] * cs + l2 * wj;
-                        m[j] = b1 * m[j] + (1.0 - b1) * gj;
-                        v[j] = b2 * v[j] + (1.0 - b2) * gj * gj;
-                        let denom = v[j].sqrt() / bc2_sqrt + config.eps;
-                        w[j] = wj - step_size * m[j] / denom - lr * decoupled * wj;
-                    }
-                });
+            let r = ops.adam_update(p.len(), &spec, acc, &mut p.value, &p.grad, &mut m[index], &mut v[index]);
+            if let Err(e) = r.ctx(OPT) {
+                failure = Some(e);
+            }
             index += 1;
         }));
-        Ok(StepStats { grad_norm, clip_scale })
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }

@@ -1,15 +1,16 @@
 //! Optimizers: dense [`Adam`]/AdamW with global-norm clipping and a learning-rate
 //! [`LrSchedule`]; sparse [`RowWiseAdagrad`] and [`LazyAdam`] for embedding tables.
 //!
-//! They run on host-memory backends ([`HostBackend`]: `CpuOps`, `RefOps`): the engine's
-//! `Backend` has no square root or division op and no fused optimizer kernels yet, so a
-//! device backend will need those kernels (the update math here is their reference).
+//! They are generic over the backend: parameters, moments and accumulators stay in its
+//! memory, and each update is a backend op (`mixrank_engine::optim`), so a step needs no
+//! readback. [`HostBackend`] remains for code that reads host `Vec`s directly (the bf16
+//! inference path).
 
 mod adam;
 mod schedule;
 mod sparse;
 
-pub use adam::{Adam, AdamConfig, StepStats, WeightDecay, CHUNK};
+pub use adam::{Adam, AdamConfig, StepStats, WeightDecay};
 pub use schedule::{Decay, LrSchedule};
 pub use sparse::{BiasCorrection, DecayScope, LazyAdam, LazyAdamConfig, RowWiseAdagrad, RowWiseAdagradConfig};
 

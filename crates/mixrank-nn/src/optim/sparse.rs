@@ -1,75 +1,12 @@
 //! Sparse optimizers for embedding tables: they read and write only the rows a batch
-//! touched.
+//! touched. The updates are backend ops ([`Backend::rowwise_adagrad_update`],
+//! [`Backend::lazy_adam_update`]) on state in the backend's memory; features sharing a
+//! table have their gradients merged first ([`Backend::merge_sparse_grads`]).
+
+use mixrank_engine::{Backend, LazyAdamSpec, RowAdagradSpec, SparseGrad, SparseRows, TableShape};
 
 use crate::embedding::EmbeddingCollection;
-use crate::error::{NnError, Result};
-use crate::optim::HostBackend;
-
-/// The gradient of one table for one step: ascending distinct ids and their rows.
-/// Features sharing a table are merged here (rows of the same id summed).
-#[derive(Default)]
-struct Merged {
-    ids: Vec<u32>,
-    rows: Vec<f32>,
-    /// Features reading the table and each one's read position.
-    feats: Vec<usize>,
-    pos: Vec<usize>,
-}
-
-/// Calls `f(id, grad_row)` for every touched row of table `t`, in ascending id order,
-/// with the gradients of all features reading `t` summed.
-fn for_each_row<B: HostBackend>(
-    emb: &EmbeddingCollection<B>,
-    t: usize,
-    merged: &mut Merged,
-    mut f: impl FnMut(usize, &[f32]),
-) {
-    let dim = emb.tables()[t].dim;
-    let mut feats = emb.features_of_table(t);
-    let (Some(first), second) = (feats.next(), feats.next()) else { return };
-    if second.is_none() {
-        // One feature (the common case): use its gradient in place.
-        let g = emb.grad(first);
-        for i in 0..g.len {
-            f(g.ids[i] as usize, &g.rows[i * dim..(i + 1) * dim]);
-        }
-        return;
-    }
-    // k-way merge of sorted id lists; the buffers grow once and are then reused.
-    merged.ids.clear();
-    merged.rows.clear();
-    merged.feats.clear();
-    merged.feats.extend(emb.features_of_table(t));
-    merged.pos.clear();
-    merged.pos.resize(merged.feats.len(), 0);
-    let (feats, pos) = (&merged.feats, &mut merged.pos);
-    loop {
-        let next = feats
-            .iter()
-            .zip(pos.iter())
-            .filter_map(|(&fi, &p)| {
-                let g = emb.grad(fi);
-                (p < g.len).then(|| g.ids[p])
-            })
-            .min();
-        let Some(id) = next else { break };
-        let start = merged.rows.len();
-        merged.ids.push(id);
-        merged.rows.resize(start + dim, 0.0);
-        for (k, &fi) in feats.iter().enumerate() {
-            let g = emb.grad(fi);
-            if pos[k] < g.len && g.ids[pos[k]] == id {
-                for (acc, &v) in merged.rows[start..].iter_mut().zip(&g.rows[pos[k] * dim..(pos[k] + 1) * dim]) {
-                    *acc += v;
-                }
-                pos[k] += 1;
-            }
-        }
-    }
-    for (i, &id) in merged.ids.iter().enumerate() {
-        f(id as usize, &merged.rows[i * dim..(i + 1) * dim]);
-    }
-}
+use crate::error::{Ctx, NnError, Result};
 
 /// Which rows the L2 penalty (`weight_decay`) of a sparse optimizer applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -85,48 +22,84 @@ pub enum DecayScope {
     Table,
 }
 
-/// A table's touched rows copied out (ascending ids), for a walk over every row.
-#[derive(Default)]
-struct Touched {
-    ids: Vec<u32>,
-    rows: Vec<f32>,
-    zeros: Vec<f32>,
-}
-
-impl Touched {
-    /// Calls `f(row, grad)` for every row `0..rows` of table `t`: the touched rows' summed
-    /// gradients, zeros for the others.
-    fn for_every_row<B: HostBackend>(
-        &mut self,
-        emb: &EmbeddingCollection<B>,
-        t: usize,
-        merged: &mut Merged,
-        mut f: impl FnMut(usize, &[f32]),
-    ) {
-        let (rows, dim) = (emb.tables()[t].rows, emb.tables()[t].dim);
-        let (ids, grads) = (&mut self.ids, &mut self.rows);
-        ids.clear();
-        grads.clear();
-        for_each_row(emb, t, merged, |id, g| {
-            ids.push(id as u32);
-            grads.extend_from_slice(g);
-        });
-        self.zeros.clear();
-        self.zeros.resize(dim, 0.0);
-        let mut k = 0;
-        for r in 0..rows {
-            if k < self.ids.len() && self.ids[k] as usize == r {
-                f(r, &self.rows[k * dim..(k + 1) * dim]);
-                k += 1;
-            } else {
-                f(r, &self.zeros);
-            }
+impl DecayScope {
+    /// The rows an update with L2 penalty `weight_decay` walks.
+    fn rows(self, weight_decay: f32) -> SparseRows {
+        match self {
+            DecayScope::Table if weight_decay != 0.0 => SparseRows::All,
+            _ => SparseRows::Touched,
         }
     }
 }
 
+/// Merge buffers (two per table read by several features, each with room for all their
+/// touched rows, so a step never allocates; empty for the other tables).
+struct Merges<B: Backend> {
+    out: Vec<SparseGrad<B>>,
+    scratch: Vec<SparseGrad<B>>,
+}
+
+impl<B: Backend> Merges<B> {
+    fn new(ops: &B, emb: &EmbeddingCollection<B>) -> Result<Self> {
+        let buffers = || -> Result<Vec<SparseGrad<B>>> {
+            (0..emb.tables().len())
+                .map(|t| {
+                    let feats: Vec<usize> = emb.features_of_table(t).collect();
+                    let capacity =
+                        if feats.len() > 1 { feats.iter().map(|&f| ops.ids_len(&emb.grad(f).ids)).sum() } else { 0 };
+                    SparseGrad::new(ops, emb.tables()[t].dim, capacity).ctx("sparse optimizer")
+                })
+                .collect()
+        };
+        Ok(Merges { out: buffers()?, scratch: buffers()? })
+    }
+}
+
+/// Calls `update(table, shape, len, ids, rows, values)` for every table with the gradient
+/// of the last backward: a lone feature's in place, several features' folded pairwise
+/// into the table's merge buffer (rows of one id summed in feature order).
+fn for_each_table<B: Backend>(
+    ops: &B,
+    emb: &mut EmbeddingCollection<B>,
+    merges: &mut Merges<B>,
+    mut update: impl FnMut(usize, TableShape, usize, &B::Ids, &B::Buf, &mut B::Buf) -> Result<()>,
+) -> Result<()> {
+    for t in 0..merges.out.len() {
+        let (table, grads) = emb.table_and_grads(t);
+        let shape = TableShape { rows: table.rows, dim: table.dim };
+        let (out, scratch) = (&mut merges.out[t], &mut merges.scratch[t]);
+        let (mut count, mut lone) = (0, None);
+        for g in grads {
+            count += 1;
+            let r = match count {
+                1 => {
+                    lone = Some(g);
+                    Ok(())
+                }
+                2 => {
+                    let first: &SparseGrad<B> = lone.take().expect("the first gradient");
+                    let a = (first.len, &first.ids, &first.rows);
+                    ops.merge_sparse_grads(shape.dim, a, (g.len, &g.ids, &g.rows), out)
+                }
+                _ => {
+                    std::mem::swap(out, scratch);
+                    let a = (scratch.len, &scratch.ids, &scratch.rows);
+                    ops.merge_sparse_grads(shape.dim, a, (g.len, &g.ids, &g.rows), out)
+                }
+            };
+            r.ctx("sparse optimizer")?;
+        }
+        match lone {
+            Some(g) => update(t, shape, g.len, &g.ids, &g.rows, &mut table.value)?,
+            None if count > 1 => update(t, shape, out.len, &out.ids, &out.rows, &mut table.value)?,
+            None => {}
+        }
+    }
+    Ok(())
+}
+
 /// The optimizer state (`rows` per table) was built for this collection.
-fn check_tables<B: HostBackend>(
+fn check_tables<B: Backend>(
     opt: &'static str,
     emb: &EmbeddingCollection<B>,
     rows: impl ExactSizeIterator<Item = usize>,
@@ -188,81 +161,64 @@ impl RowWiseAdagradConfig {
 /// `s_r += mean_j(g_rj²)`, `w_rj -= lr · g_rj / (sqrt(s_r) + eps)`. Untouched rows are
 /// not read or written (unless `decay_scope` is [`DecayScope::Table`], which updates
 /// every row with its L2 gradient).
-pub struct RowWiseAdagrad {
+pub struct RowWiseAdagrad<B: Backend> {
     config: RowWiseAdagradConfig,
     /// Per table: `[rows]` accumulators.
-    state: Vec<Vec<f32>>,
-    merged: Merged,
-    touched: Touched,
+    state: Vec<B::Buf>,
+    rows: Vec<usize>,
+    merges: Merges<B>,
 }
 
-impl RowWiseAdagrad {
+impl<B: Backend> RowWiseAdagrad<B> {
     /// Sets the learning rate of later steps (a plateau reduction, for example).
     pub fn set_lr(&mut self, lr: f32) {
         self.config.lr = lr;
     }
 
-    pub fn new<B: HostBackend>(config: RowWiseAdagradConfig, emb: &EmbeddingCollection<B>) -> Self {
-        let state = emb.tables().iter().map(|t| vec![config.initial_accumulator; t.rows]).collect();
-        RowWiseAdagrad { config, state, merged: Merged::default(), touched: Touched::default() }
+    pub fn new(config: RowWiseAdagradConfig, ops: &B, emb: &EmbeddingCollection<B>) -> Result<Self> {
+        let rows: Vec<usize> = emb.tables().iter().map(|t| t.rows).collect();
+        let state = rows
+            .iter()
+            .map(|&r| ops.upload(&vec![config.initial_accumulator; r]).ctx("RowWiseAdagrad"))
+            .collect::<Result<_>>()?;
+        Ok(RowWiseAdagrad { config, state, rows, merges: Merges::new(ops, emb)? })
     }
 
-    /// Accumulator of table `t` (for checkpoints and tests).
-    pub fn accumulators(&self, t: usize) -> &[f32] {
-        &self.state[t]
+    /// Accumulators of table `t`, read to the host (for checkpoints and tests).
+    pub fn accumulators(&self, ops: &B, t: usize) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; self.rows[t]];
+        ops.read(&self.state[t], &mut out).ctx("RowWiseAdagrad")?;
+        Ok(out)
     }
 
     /// Restores table `t`'s accumulators saved from [`RowWiseAdagrad::accumulators`].
-    pub fn set_accumulators(&mut self, t: usize, values: &[f32]) -> Result<()> {
-        let state = &mut self.state[t];
-        if state.len() != values.len() {
+    pub fn set_accumulators(&mut self, ops: &B, t: usize, values: &[f32]) -> Result<()> {
+        if self.rows[t] != values.len() {
             return Err(NnError::DimMismatch {
                 layer: "RowWiseAdagrad",
                 lhs: "restored accumulators",
                 lhs_dim: values.len(),
                 rhs: "table rows",
-                rhs_dim: state.len(),
+                rhs_dim: self.rows[t],
             });
         }
-        state.copy_from_slice(values);
-        Ok(())
+        ops.write(values, &mut self.state[t]).ctx("RowWiseAdagrad")
     }
 
     /// Applies the last backward's sparse gradients to every table.
-    pub fn step<B: HostBackend>(&mut self, emb: &mut EmbeddingCollection<B>) -> Result<()> {
-        check_tables("RowWiseAdagrad", emb, self.state.iter().map(Vec::len))?;
-        let RowWiseAdagradConfig { lr, eps, weight_decay: wd, decay_scope, .. } = self.config;
-        for t in 0..self.state.len() {
-            let dim = emb.tables()[t].dim;
-            // The table is moved out while the gradient walk borrows the collection.
-            let mut table = std::mem::take(&mut emb.tables_mut()[t].value);
-            let state = &mut self.state[t];
-            let mut decayed = vec![0f32; if wd != 0.0 { dim } else { 0 }];
-            let update = |id: usize, g: &[f32]| {
-                let row = &mut table[id * dim..(id + 1) * dim];
-                let g: &[f32] = if wd != 0.0 {
-                    for ((d, &gj), &w) in decayed.iter_mut().zip(g).zip(row.iter()) {
-                        *d = gj + wd * w;
-                    }
-                    &decayed
-                } else {
-                    g
-                };
-                let mean_sq = g.iter().map(|&x| x as f64 * x as f64).sum::<f64>() / dim as f64;
-                state[id] += mean_sq as f32;
-                let step = lr / (state[id].sqrt() + eps);
-                for (w, &gj) in row.iter_mut().zip(g) {
-                    *w -= step * gj;
-                }
-            };
-            if decay_scope == DecayScope::Table && wd != 0.0 {
-                self.touched.for_every_row(emb, t, &mut self.merged, update);
-            } else {
-                for_each_row(emb, t, &mut self.merged, update);
-            }
-            emb.tables_mut()[t].value = table;
-        }
-        Ok(())
+    pub fn step(&mut self, ops: &B, emb: &mut EmbeddingCollection<B>) -> Result<()> {
+        check_tables("RowWiseAdagrad", emb, self.rows.iter().copied())?;
+        let c = self.config;
+        let spec = RowAdagradSpec {
+            lr: c.lr,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+            rows: c.decay_scope.rows(c.weight_decay),
+        };
+        let state = &mut self.state;
+        for_each_table(ops, emb, &mut self.merges, |t, shape, len, ids, rows, table| {
+            ops.rowwise_adagrad_update(&spec, shape, len, ids, rows, table, &mut state[t]).ctx("RowWiseAdagrad")
+        })
     }
 }
 
@@ -315,38 +271,44 @@ impl LazyAdamConfig {
 /// For a touched row with gradient `g` and count `k` (see [`BiasCorrection`]):
 /// `m = β₁m + (1-β₁)g`, `v = β₂v + (1-β₂)g²`,
 /// `w -= lr · (m / (1-β₁ᵏ)) / (sqrt(v / (1-β₂ᵏ)) + eps)`.
-pub struct LazyAdam {
+pub struct LazyAdam<B: Backend> {
     config: LazyAdamConfig,
-    m: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-    row_steps: Vec<Vec<u32>>,
+    m: Vec<B::Buf>,
+    v: Vec<B::Buf>,
+    row_steps: Vec<B::Ids>,
+    shapes: Vec<TableShape>,
     t: u64,
-    merged: Merged,
-    touched: Touched,
+    merges: Merges<B>,
 }
 
-impl LazyAdam {
+impl<B: Backend> LazyAdam<B> {
     /// Sets the learning rate of later steps (a plateau reduction, for example).
     pub fn set_lr(&mut self, lr: f32) {
         self.config.lr = lr;
     }
 
-    pub fn new<B: HostBackend>(config: LazyAdamConfig, emb: &EmbeddingCollection<B>) -> Self {
-        let tables = emb.tables();
-        LazyAdam {
+    pub fn new(config: LazyAdamConfig, ops: &B, emb: &EmbeddingCollection<B>) -> Result<Self> {
+        let shapes: Vec<TableShape> = emb.tables().iter().map(|t| TableShape { rows: t.rows, dim: t.dim }).collect();
+        let alloc = |s: &TableShape| ops.alloc(s.rows * s.dim).ctx("LazyAdam");
+        Ok(LazyAdam {
             config,
-            m: tables.iter().map(|t| vec![0.0; t.rows * t.dim]).collect(),
-            v: tables.iter().map(|t| vec![0.0; t.rows * t.dim]).collect(),
-            row_steps: tables.iter().map(|t| vec![0; t.rows]).collect(),
+            m: shapes.iter().map(alloc).collect::<Result<_>>()?,
+            v: shapes.iter().map(alloc).collect::<Result<_>>()?,
+            row_steps: shapes.iter().map(|s| ops.alloc_ids(s.rows).ctx("LazyAdam")).collect::<Result<_>>()?,
+            shapes,
             t: 0,
-            merged: Merged::default(),
-            touched: Touched::default(),
-        }
+            merges: Merges::new(ops, emb)?,
+        })
     }
 
-    /// `(m, v, per-row step counts)` of table `t`.
-    pub fn state(&self, t: usize) -> (&[f32], &[f32], &[u32]) {
-        (&self.m[t], &self.v[t], &self.row_steps[t])
+    /// `(m, v, per-row step counts)` of table `t`, read to the host.
+    pub fn state(&self, ops: &B, t: usize) -> Result<(Vec<f32>, Vec<f32>, Vec<u32>)> {
+        let s = self.shapes[t];
+        let (mut m, mut v, mut steps) = (vec![0f32; s.rows * s.dim], vec![0f32; s.rows * s.dim], vec![0u32; s.rows]);
+        ops.read(&self.m[t], &mut m).ctx("LazyAdam")?;
+        ops.read(&self.v[t], &mut v).ctx("LazyAdam")?;
+        ops.read_ids(&self.row_steps[t], &mut steps).ctx("LazyAdam")?;
+        Ok((m, v, steps))
     }
 
     /// Global step count (used by [`BiasCorrection::GlobalStep`]).
@@ -356,7 +318,8 @@ impl LazyAdam {
 
     /// Restores table `t`'s state saved from [`LazyAdam::state`] (and the global step
     /// count from [`LazyAdam::steps`]).
-    pub fn set_state(&mut self, t: usize, steps: u64, m: &[f32], v: &[f32], row_steps: &[u32]) -> Result<()> {
+    pub fn set_state(&mut self, ops: &B, t: usize, steps: u64, m: &[f32], v: &[f32], row_steps: &[u32]) -> Result<()> {
+        let s = self.shapes[t];
         let mismatch = |lhs: &'static str, lhs_dim: usize, rhs_dim: usize| NnError::DimMismatch {
             layer: "LazyAdam",
             lhs,
@@ -364,57 +327,43 @@ impl LazyAdam {
             rhs: "table size",
             rhs_dim,
         };
-        if m.len() != self.m[t].len() {
-            return Err(mismatch("restored m", m.len(), self.m[t].len()));
+        if m.len() != s.rows * s.dim {
+            return Err(mismatch("restored m", m.len(), s.rows * s.dim));
         }
-        if v.len() != self.v[t].len() {
-            return Err(mismatch("restored v", v.len(), self.v[t].len()));
+        if v.len() != s.rows * s.dim {
+            return Err(mismatch("restored v", v.len(), s.rows * s.dim));
         }
-        if row_steps.len() != self.row_steps[t].len() {
-            return Err(mismatch("restored row steps", row_steps.len(), self.row_steps[t].len()));
+        if row_steps.len() != s.rows {
+            return Err(mismatch("restored row steps", row_steps.len(), s.rows));
         }
-        self.m[t].copy_from_slice(m);
-        self.v[t].copy_from_slice(v);
-        self.row_steps[t].copy_from_slice(row_steps);
+        ops.write(m, &mut self.m[t]).ctx("LazyAdam")?;
+        ops.write(v, &mut self.v[t]).ctx("LazyAdam")?;
+        ops.write_ids(row_steps, &mut self.row_steps[t]).ctx("LazyAdam")?;
         self.t = steps;
         Ok(())
     }
 
     /// Applies the last backward's sparse gradients to every table.
-    pub fn step<B: HostBackend>(&mut self, emb: &mut EmbeddingCollection<B>) -> Result<()> {
-        check_tables("LazyAdam", emb, self.row_steps.iter().map(Vec::len))?;
+    pub fn step(&mut self, ops: &B, emb: &mut EmbeddingCollection<B>) -> Result<()> {
+        check_tables("LazyAdam", emb, self.shapes.iter().map(|s| s.rows))?;
         self.t += 1;
-        let LazyAdamConfig { lr, beta1: b1, beta2: b2, eps, bias_correction, weight_decay: wd, decay_scope } =
-            self.config;
-        for t in 0..self.m.len() {
-            let dim = emb.tables()[t].dim;
-            let mut table = std::mem::take(&mut emb.tables_mut()[t].value);
-            let (m, v, steps) = (&mut self.m[t], &mut self.v[t], &mut self.row_steps[t]);
-            let global = self.t;
-            let update = |id: usize, g: &[f32]| {
-                steps[id] += 1;
-                let k = match bias_correction {
-                    BiasCorrection::PerRow => steps[id] as i32,
-                    BiasCorrection::GlobalStep => global as i32,
-                };
-                let bc1 = 1.0 - (b1 as f64).powi(k);
-                let bc2_sqrt = (1.0 - (b2 as f64).powi(k)).sqrt() as f32;
-                let step_size = (lr as f64 / bc1) as f32;
-                for (j, &gj) in g.iter().enumerate() {
-                    let e = id * dim + j;
-                    let gj = gj + wd * table[e];
-                    m[e] = b1 * m[e] + (1.0 - b1) * gj;
-                    v[e] = b2 * v[e] + (1.0 - b2) * gj * gj;
-                    table[e] -= step_size * m[e] / (v[e].sqrt() / bc2_sqrt + eps);
-                }
-            };
-            if decay_scope == DecayScope::Table && wd != 0.0 {
-                self.touched.for_every_row(emb, t, &mut self.merged, update);
-            } else {
-                for_each_row(emb, t, &mut self.merged, update);
-            }
-            emb.tables_mut()[t].value = table;
-        }
-        Ok(())
+        let c = self.config;
+        let spec = LazyAdamSpec {
+            lr: c.lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+            global_step: match c.bias_correction {
+                BiasCorrection::PerRow => None,
+                BiasCorrection::GlobalStep => Some(self.t),
+            },
+            rows: c.decay_scope.rows(c.weight_decay),
+        };
+        let (m, v, steps) = (&mut self.m, &mut self.v, &mut self.row_steps);
+        for_each_table(ops, emb, &mut self.merges, |t, shape, len, ids, rows, table| {
+            ops.lazy_adam_update(&spec, shape, len, ids, rows, table, &mut m[t], &mut v[t], &mut steps[t])
+                .ctx("LazyAdam")
+        })
     }
 }

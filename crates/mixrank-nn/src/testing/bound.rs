@@ -25,9 +25,42 @@ use mixrank_engine::{
     loss, Activation, Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput,
     NormStats, Pooling, Shape, SparseGrad, Transpose,
 };
+use mixrank_engine::{AdamSpec, EngineError, LazyAdamSpec, RowAdagradSpec, TableShape, NORM_ACC_LEN};
+
+/// A buffer of `len` elements holds the `n` an op needs.
+fn check_len(op: &'static str, operand: &'static str, len: usize, n: usize) -> Result<()> {
+    if len < n {
+        return Err(EngineError::BufferTooSmall { op, operand, shape: vec![n], needed: n, len });
+    }
+    Ok(())
+}
+
+/// Stores distinct `ids` and their `rows` into `grad`, growing it past its capacity.
+fn store_sparse(grad: &mut SparseGrad<BoundOps>, dim: usize, ids: &[u32], rows: &[Bounded]) {
+    grad.dim = dim;
+    if grad.ids.len() < ids.len() {
+        grad.ids.resize(ids.len(), 0);
+    }
+    if grad.rows.len() < rows.len() {
+        grad.rows.resize(rows.len(), Bounded::default());
+    }
+    grad.ids[..ids.len()].copy_from_slice(ids);
+    grad.rows[..rows.len()].copy_from_slice(rows);
+    grad.len = ids.len();
+}
+
+/// A sparse gradient of `len` rows fits its buffers and names rows of the table.
+fn check_sparse_update(op: &'static str, shape: TableShape, len: usize, ids: &[u32], rows: &[Bounded]) -> Result<()> {
+    check_len(op, "grad ids", ids.len(), len)?;
+    check_len(op, "grad rows", rows.len(), len * shape.dim)?;
+    if let Some((position, &id)) = ids[..len].iter().enumerate().find(|(_, &id)| id as usize >= shape.rows) {
+        return Err(EngineError::IdOutOfRange { op, id, position, rows: shape.rows });
+    }
+    Ok(())
+}
 
 /// Unit roundoff of f32.
-const U: f64 = 1.0 / (1u64 << 24) as f64;
+pub(super) const U: f64 = 1.0 / (1u64 << 24) as f64;
 
 /// `γ_n = n·u / (1 - n·u)`: the relative error bound of an `n`-term sum or product.
 fn gamma(n: usize) -> f64 {
@@ -527,16 +560,7 @@ impl Backend for BoundOps {
                 bounded[u * dim + j] = Bounded { v: rows[u * dim + j], e: e + gamma(count + 2) * mag };
             }
         }
-        grad.dim = dim;
-        if grad.ids.len() < unique.len() {
-            grad.ids.resize(unique.len(), 0);
-        }
-        if grad.rows.len() < bounded.len() {
-            grad.rows.resize(bounded.len(), Bounded::default());
-        }
-        grad.ids[..unique.len()].copy_from_slice(&unique);
-        grad.rows[..bounded.len()].copy_from_slice(&bounded);
-        grad.len = unique.len();
+        store_sparse(grad, dim, &unique, &bounded);
         Ok(())
     }
 
@@ -659,6 +683,92 @@ impl Backend for BoundOps {
     fn gate_dropout_mask(&self, shape: Shape, p: f32, seed: u64, step: u64, mask: &mut Vec<Bounded>) -> Result<()> {
         let masked = Bounded { v: mixrank_engine::mask::MASKED as f64, e: 0.0 };
         mixrank_engine::mask::gate_dropout_mask(shape.rows, shape.cols, p, seed, step, mask, Bounded::default(), masked)
+    }
+
+    /// The accumulator holds the exact `Σ g²` and its bound in its first slot.
+    fn sq_norm_acc(&self, n: usize, x: &Vec<Bounded>, acc: &mut Vec<Bounded>) -> Result<()> {
+        check_len("sq_norm_acc", "x", x.len(), n)?;
+        check_len("sq_norm_acc", "acc", acc.len(), NORM_ACC_LEN)?;
+        let part = super::bound_optim::sq_sum(&x[..n]);
+        let v = acc[0].v + part.v;
+        acc[0] = Bounded { v, e: acc[0].e + part.e + v * f64::EPSILON };
+        Ok(())
+    }
+    fn sq_norm_read(&self, acc: &Vec<Bounded>) -> Result<f64> {
+        check_len("sq_norm_read", "acc", acc.len(), NORM_ACC_LEN)?;
+        Ok(acc[0].v)
+    }
+    fn adam_update(
+        &self,
+        n: usize,
+        spec: &AdamSpec,
+        acc: &Vec<Bounded>,
+        w: &mut Vec<Bounded>,
+        g: &Vec<Bounded>,
+        m: &mut Vec<Bounded>,
+        v: &mut Vec<Bounded>,
+    ) -> Result<()> {
+        for (name, len) in [("w", w.len()), ("g", g.len()), ("m", m.len()), ("v", v.len())] {
+            check_len("adam_update", name, len, n)?;
+        }
+        check_len("adam_update", "acc", acc.len(), NORM_ACC_LEN)?;
+        let cs = super::bound_optim::clip_factor(acc[0], spec.clip_norm);
+        super::bound_optim::adam(spec, cs, &mut w[..n], &g[..n], &mut m[..n], &mut v[..n]);
+        Ok(())
+    }
+    fn merge_sparse_grads(
+        &self,
+        dim: usize,
+        a: (usize, &Vec<u32>, &Vec<Bounded>),
+        b: (usize, &Vec<u32>, &Vec<Bounded>),
+        out: &mut SparseGrad<Self>,
+    ) -> Result<()> {
+        let grads = [a, b];
+        for &(len, ids, rows) in &grads {
+            check_len("merge_sparse_grads", "ids", ids.len(), len)?;
+            check_len("merge_sparse_grads", "rows", rows.len(), len * dim)?;
+        }
+        let views: Vec<(&[u32], &[Bounded])> =
+            grads.iter().map(|&(len, ids, rows)| (&ids[..len], &rows[..len * dim])).collect();
+        let (ids, rows) = super::bound_optim::merge(dim, &views);
+        store_sparse(out, dim, &ids, &rows);
+        Ok(())
+    }
+    fn rowwise_adagrad_update(
+        &self,
+        spec: &RowAdagradSpec,
+        shape: TableShape,
+        len: usize,
+        ids: &Vec<u32>,
+        rows: &Vec<Bounded>,
+        table: &mut Vec<Bounded>,
+        acc: &mut Vec<Bounded>,
+    ) -> Result<()> {
+        check_sparse_update("rowwise_adagrad", shape, len, ids, rows)?;
+        check_len("rowwise_adagrad", "table", table.len(), shape.rows * shape.dim)?;
+        check_len("rowwise_adagrad", "accumulators", acc.len(), shape.rows)?;
+        super::bound_optim::rowwise_adagrad(spec, shape, &ids[..len], &rows[..len * shape.dim], table, acc);
+        Ok(())
+    }
+    fn lazy_adam_update(
+        &self,
+        spec: &LazyAdamSpec,
+        shape: TableShape,
+        len: usize,
+        ids: &Vec<u32>,
+        rows: &Vec<Bounded>,
+        table: &mut Vec<Bounded>,
+        m: &mut Vec<Bounded>,
+        v: &mut Vec<Bounded>,
+        steps: &mut Vec<u32>,
+    ) -> Result<()> {
+        check_sparse_update("lazy_adam", shape, len, ids, rows)?;
+        for (name, l) in [("table", table.len()), ("m", m.len()), ("v", v.len())] {
+            check_len("lazy_adam", name, l, shape.rows * shape.dim)?;
+        }
+        check_len("lazy_adam", "row steps", steps.len(), shape.rows)?;
+        super::bound_optim::lazy_adam(spec, shape, &ids[..len], &rows[..len * shape.dim], table, m, v, steps);
+        Ok(())
     }
 
     fn sum(&self, n: usize, x: &Vec<Bounded>) -> Result<f32> {

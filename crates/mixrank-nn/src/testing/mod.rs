@@ -11,6 +11,7 @@
 //!   [`check_grads`], shared by every gradient check of the workspace.
 
 mod bound;
+mod bound_optim;
 pub mod gradcheck;
 
 pub use bound::{BoundOps, Bounded};

@@ -658,9 +658,10 @@ fn golden_adam_and_adamw_steps() {
             weight_decay: if decoupled { WeightDecay::Decoupled(decay) } else { WeightDecay::L2(decay) },
             clip_norm: if clip > 0.0 { Some(clip) } else { None },
         };
-        let mut adam = Adam::new(config, &mut mlp);
-        adam.set_state(3, m0.clone(), v0.clone()).unwrap();
-        let stats = adam.step(&mut mlp, lr).unwrap();
+        let mut adam = Adam::new(config, &ops, &mut mlp).unwrap();
+        adam.set_state(&ops, 3, m0.clone(), v0.clone()).unwrap();
+        adam.step(&ops, &mut mlp, lr).unwrap();
+        let stats = adam.stats(&ops).unwrap();
         let norm = g.f64("grad_norm")[0];
         // Σg² of f32 values in f64: relative error below n·2⁻⁵³.
         assert!((stats.grad_norm - norm).abs() <= 64.0 * f64::EPSILON * norm, "{name}: grad norm {}", stats.grad_norm);
@@ -692,9 +693,9 @@ fn golden_adam_and_adamw_steps() {
             let want_w = g.f64(&format!("value.{pname}"));
             close_all(name, &format!("value.{pname}"), &p.value, &want_w, &tols[0]);
             assert_meaningful(name, &format!("value.{pname}"), w0, &want_w, &tols[0]);
-            let (m, v) = adam.moments(k);
-            close_all(name, &format!("m.{pname}"), m, &g.f64(&format!("m.{pname}")), &tols[1]);
-            close_all(name, &format!("v.{pname}"), v, &g.f64(&format!("v.{pname}")), &tols[2]);
+            let (m, v) = adam.moments(&ops, k).unwrap();
+            close_all(name, &format!("m.{pname}"), &m, &g.f64(&format!("m.{pname}")), &tols[1]);
+            close_all(name, &format!("v.{pname}"), &v, &g.f64(&format!("v.{pname}")), &tols[2]);
             k += 1;
         });
     }
@@ -745,12 +746,16 @@ fn golden_rowwise_adagrad_step() {
     let ops = CpuOps::new();
     let (mut emb, _) = pool().install(|| embedding_run(&ops, &ge));
     let before: Vec<Vec<f32>> = emb.tables().iter().map(|t| t.value.clone()).collect();
-    let mut opt =
-        RowWiseAdagrad::new(RowWiseAdagradConfig { lr: h[0], eps: h[1], ..RowWiseAdagradConfig::new(h[0]) }, &emb);
+    let mut opt = RowWiseAdagrad::new(
+        RowWiseAdagradConfig { lr: h[0], eps: h[1], ..RowWiseAdagradConfig::new(h[0]) },
+        &ops,
+        &emb,
+    )
+    .unwrap();
     for t in 0..2 {
-        opt.set_accumulators(t, &g.f32(&format!("state0.{t}"))).unwrap();
+        opt.set_accumulators(&ops, t, &g.f32(&format!("state0.{t}"))).unwrap();
     }
-    opt.step(&mut emb).unwrap();
+    opt.step(&ops, &mut emb).unwrap();
     for t in 0..2 {
         let (rows, dim) = (emb.tables()[t].rows, emb.tables()[t].dim);
         let s0 = g.f32(&format!("state0.{t}"));
@@ -778,7 +783,13 @@ fn golden_rowwise_adagrad_step() {
         let case = "rowwise_adagrad";
         let want = g.f64(&format!("value.{t}"));
         check_table(case, t, &before[t], &emb.tables()[t].value, &want, &tol_w, &grads[t]);
-        close_all(case, &format!("state.{t}"), opt.accumulators(t), &g.f64(&format!("state.{t}")), &tol_s);
+        close_all(
+            case,
+            &format!("state.{t}"),
+            &opt.accumulators(&ops, t).unwrap(),
+            &g.f64(&format!("state.{t}")),
+            &tol_s,
+        );
     }
 }
 
@@ -805,12 +816,12 @@ fn golden_lazy_adam_steps() {
             bias_correction: correction,
             ..LazyAdamConfig::new(h[0])
         };
-        let mut opt = LazyAdam::new(config, &emb);
+        let mut opt = LazyAdam::new(config, &ops, &emb).unwrap();
         for t in 0..2 {
             let (m0, v0, k0) = (g.f32(&format!("m0.{t}")), g.f32(&format!("v0.{t}")), g.u32(&format!("steps0.{t}")));
-            opt.set_state(t, 5, &m0, &v0, &k0).unwrap();
+            opt.set_state(&ops, t, 5, &m0, &v0, &k0).unwrap();
         }
-        opt.step(&mut emb).unwrap();
+        opt.step(&ops, &mut emb).unwrap();
         assert_eq!(opt.steps(), 6, "{name}: global step");
         for t in 0..2 {
             let (rows, dim) = (emb.tables()[t].rows, emb.tables()[t].dim);
@@ -836,10 +847,10 @@ fn golden_lazy_adam_steps() {
             }
             let want = g.f64(&format!("value.{t}"));
             check_table(name, t, &before[t], &emb.tables()[t].value, &want, &tols[0], &grads[t]);
-            let (m, v, steps) = opt.state(t);
-            close_all(name, &format!("m.{t}"), m, &g.f64(&format!("m.{t}")), &tols[1]);
-            close_all(name, &format!("v.{t}"), v, &g.f64(&format!("v.{t}")), &tols[2]);
-            assert_eq!(steps, &g.u32(&format!("steps.{t}"))[..], "{name}: row step counts of table {t}");
+            let (m, v, steps) = opt.state(&ops, t).unwrap();
+            close_all(name, &format!("m.{t}"), &m, &g.f64(&format!("m.{t}")), &tols[1]);
+            close_all(name, &format!("v.{t}"), &v, &g.f64(&format!("v.{t}")), &tols[2]);
+            assert_eq!(steps, g.u32(&format!("steps.{t}")), "{name}: row step counts of table {t}");
         }
     }
 }
