@@ -395,6 +395,18 @@ impl<B: Backend<Buf = Host, Ids = HostIds>> Backend for Counting<B> {
     fn gate_dropout_mask(&self, shape: Shape, p: f32, seed: u64, step: u64, mask: &mut Host) -> Result<()> {
         self.inner.gate_dropout_mask(shape, p, seed, step, mask)
     }
+    fn feature_dropout_mask(
+        &self,
+        rows: usize,
+        slot_of: &HostIds,
+        slots: usize,
+        p: f32,
+        seed: u64,
+        step: u64,
+        mask: &mut Host,
+    ) -> Result<()> {
+        self.inner.feature_dropout_mask(rows, slot_of, slots, p, seed, step, mask)
+    }
     fn bce_with_logits(&self, n: usize, input: LossInput<'_, Host>, grad: &mut Host, write: GradWrite) -> Result<f32> {
         self.readback_event(1);
         self.inner.bce_with_logits(n, input, grad, write)

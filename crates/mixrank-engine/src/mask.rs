@@ -132,6 +132,35 @@ pub fn top_k_mask<T: Copy + PartialOrd>(
     Ok(())
 }
 
+/// Feature dropout (the position tower's): row `r`'s slot `s` (a feature: one or more
+/// columns) is dropped when `uniform(base, r·slots + s) < p`, `base` =
+/// [`dropout_base`]`(seed, step)`; `mask[r, c]` is `zero` for a column of a dropped slot
+/// and `one` otherwise. `slot_of[c]` is column `c`'s slot; a column in no slot
+/// (`slot_of[c] >= slots`) is always `zero`. Not rescaled.
+#[allow(clippy::too_many_arguments)]
+pub fn feature_dropout_mask<T: Copy>(
+    rows: usize,
+    slot_of: &[u32],
+    slots: usize,
+    p: f32,
+    seed: u64,
+    step: u64,
+    mask: &mut [T],
+    one: T,
+    zero: T,
+) -> Result<()> {
+    let cols = slot_of.len();
+    check::vector("feature_dropout_mask", "mask", mask.len(), rows * cols)?;
+    let base = dropout_base(seed, step);
+    for r in 0..rows {
+        for (c, &s) in slot_of.iter().enumerate() {
+            let keep = (s as usize) < slots && uniform(base, (r * slots + s as usize) as u64) >= p as f64;
+            mask[r * cols + c] = if keep { one } else { zero };
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

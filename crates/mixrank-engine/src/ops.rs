@@ -579,6 +579,22 @@ pub trait Backend: Send + Sync {
         steps: &mut Self::Ids,
     ) -> Result<()>;
 
+    /// Feature dropout on `rows` rows of `slot_of.len()` columns
+    /// ([`crate::mask::feature_dropout_mask`]): `mask[r, c]` is 0 when row `r`'s slot
+    /// `slot_of[c]` (of `slots`) is dropped with probability `p`, 1 otherwise (not
+    /// rescaled); from the (seed, step, index) stream of [`Backend::dropout_mask`].
+    #[allow(clippy::too_many_arguments)]
+    fn feature_dropout_mask(
+        &self,
+        rows: usize,
+        slot_of: &Self::Ids,
+        slots: usize,
+        p: f32,
+        seed: u64,
+        step: u64,
+        mask: &mut Self::Buf,
+    ) -> Result<()>;
+
     // ---- losses ---------------------------------------------------------------------
 
     /// Binary cross-entropy on logits `z` with labels `y ∈ [0, 1]`, computed stably as

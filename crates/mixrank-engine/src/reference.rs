@@ -714,6 +714,19 @@ impl<T: Float> Backend for RefOpsOf<T> {
         crate::mask::gate_dropout_mask(shape.rows, shape.cols, p, seed, step, mask, T::from_f64(0.0), masked)
     }
 
+    fn feature_dropout_mask(
+        &self,
+        rows: usize,
+        slot_of: &Vec<u32>,
+        slots: usize,
+        p: f32,
+        seed: u64,
+        step: u64,
+        mask: &mut Vec<T>,
+    ) -> Result<()> {
+        crate::mask::feature_dropout_mask(rows, slot_of, slots, p, seed, step, mask, T::ONE, T::ZERO)
+    }
+
     fn sum(&self, n: usize, x: &Vec<T>) -> Result<f32> {
         Ok(sum(n, x)? as f32)
     }

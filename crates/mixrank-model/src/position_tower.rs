@@ -16,7 +16,7 @@
 //! alone (YouTube drops 10%). A dropped feature reads as missing (zeros) and the kept
 //! ones are not rescaled: the tower never runs without dropout, so there is no
 //! train/eval scale to match. The mask is a function of (seed, step, row, feature),
-//! like every dropout mask ([`MaskStream`]).
+//! like every dropout mask, and made by the backend (`Backend::feature_dropout_mask`).
 
 use crate::error::{Context, Result};
 use crate::expert::activation;
@@ -26,7 +26,7 @@ use mixrank_data::config::groups::PositionTowerInputs;
 use mixrank_data::config::model::PositionTowerSection;
 use mixrank_data::ExperimentConfig;
 use mixrank_engine::Backend;
-use mixrank_nn::{Layer, MaskStream, ParamVisitor, Parameters, Tower, TowerConfig};
+use mixrank_nn::{Layer, ParamVisitor, Parameters, Tower, TowerConfig};
 use rand::Rng;
 
 /// The position tower; a [`LogitSource`] (parameters `logit_sources.<s>.*`, the MLP's
@@ -45,7 +45,8 @@ pub struct PositionTower<B: Backend> {
     /// Index of the next mask (advances after every forward).
     step: u64,
     max_batch: usize,
-    mask_host: Vec<f32>,
+    /// Each input column's feature slot (for the backend's feature dropout mask).
+    slot_of: B::Ids,
     /// `[max_batch, width]`: 1 where a feature is kept, 0 where dropped.
     mask: B::Buf,
     /// The assembled input, then (with dropout) the masked input the MLP reads.
@@ -61,6 +62,17 @@ pub struct PositionTower<B: Backend> {
     /// `serve_position`: the tower also runs in evaluation mode (the model sets its
     /// position features to the fixed position there).
     in_evaluation: bool,
+}
+
+/// Column `c`'s feature slot of `layout` (`u32::MAX` for a column in none).
+fn slot_of(layout: &InputLayout) -> Vec<u32> {
+    let mut of = vec![u32::MAX; layout.width()];
+    for (s, cols) in layout.slots().iter().enumerate() {
+        for &(first, n) in cols {
+            of[first..first + n].fill(s as u32);
+        }
+    }
+    of
 }
 
 impl<B: Backend> PositionTower<B> {
@@ -89,7 +101,7 @@ impl<B: Backend> PositionTower<B> {
             seed: rng.random(),
             step: 0,
             max_batch,
-            mask_host: vec![0.0; if section.dropout > 0.0 { n } else { 0 }],
+            slot_of: ops.upload_ids(&slot_of(&layout)).at(at)?,
             mask: buf(if section.dropout > 0.0 { n } else { 0 })?,
             x: buf(n)?,
             x_drop: buf(if section.dropout > 0.0 { n } else { 0 })?,
@@ -107,19 +119,11 @@ impl<B: Backend> PositionTower<B> {
         self.layout.width()
     }
 
-    /// Feature dropout mask for `rows` rows at the current step.
-    fn fill_mask(&mut self, rows: usize) {
-        let stream = MaskStream::new(self.seed, self.step);
-        let (width, slots) = (self.layout.width(), self.layout.slots());
-        for r in 0..rows {
-            let row = &mut self.mask_host[r * width..(r + 1) * width];
-            for (s, cols) in slots.iter().enumerate() {
-                let keep = stream.uniform((r * slots.len() + s) as u64) >= self.p;
-                for &(first, n) in cols {
-                    row[first..first + n].fill(if keep { 1.0 } else { 0.0 });
-                }
-            }
-        }
+    /// Feature dropout mask for `rows` rows at the current step, made by the backend.
+    fn fill_mask(&mut self, ops: &B, rows: usize) -> Result<()> {
+        let slots = self.layout.slots().len();
+        ops.feature_dropout_mask(rows, &self.slot_of, slots, self.p as f32, self.seed, self.step, &mut self.mask)
+            .at(|| "position tower feature dropout".to_string())
     }
 }
 
@@ -141,9 +145,8 @@ impl<B: Backend> LogitSource<B> for PositionTower<B> {
         self.layout.assemble(ops, rows, input.emb, input.dense, &mut self.x)?;
         self.dropped = self.p > 0.0 && self.training;
         let x = if self.dropped {
-            self.fill_mask(rows);
+            self.fill_mask(ops, rows)?;
             let at = || "position tower feature dropout".to_string();
-            ops.write(&self.mask_host[..n], &mut self.mask).at(at)?;
             ops.mul(n, &self.x, &self.mask, &mut self.x_drop).at(at)?;
             self.step += 1;
             &self.x_drop
@@ -224,8 +227,11 @@ mod tests {
             PositionTower::new(&cfg, &section, &inputs, &RefOps, rows, &mut rand::rngs::StdRng::seed_from_u64(1))
                 .unwrap();
         assert_eq!(t.width(), 3 + 1 + 1);
-        t.fill_mask(rows);
-        let first = t.mask_host.clone();
+        let mask = |t: &mut PositionTower<RefOps>| {
+            t.fill_mask(&RefOps, rows).unwrap();
+            t.mask[..rows * 5].to_vec()
+        };
+        let first = mask(&mut t);
         let mut dropped = [0usize; 2];
         for row in first.chunks(5) {
             // Position: columns 0..3 together; `a`: its value (3) and indicator (4) together.
@@ -239,11 +245,9 @@ mod tests {
             assert!((400..=600).contains(&d), "{dropped:?}");
         }
         t.step = 1;
-        t.fill_mask(rows);
-        assert_ne!(t.mask_host, first, "the next step draws another mask");
+        assert_ne!(mask(&mut t), first, "the next step draws another mask");
         t.set_dropout_step(0);
-        t.fill_mask(rows);
-        assert_eq!(t.mask_host, first, "a step repeats its mask");
+        assert_eq!(mask(&mut t), first, "a step repeats its mask");
     }
 
     /// Two tasks; `user` feeds the head, `position` only the tower, `device` both; the

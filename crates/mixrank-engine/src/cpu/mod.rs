@@ -248,6 +248,19 @@ impl Backend for CpuOps {
         crate::mask::gate_dropout_mask(shape.rows, shape.cols, p, seed, step, mask, 0.0, crate::mask::MASKED)
     }
 
+    fn feature_dropout_mask(
+        &self,
+        rows: usize,
+        slot_of: &Vec<u32>,
+        slots: usize,
+        p: f32,
+        seed: u64,
+        step: u64,
+        mask: &mut Vec<f32>,
+    ) -> Result<()> {
+        crate::mask::feature_dropout_mask(rows, slot_of, slots, p, seed, step, mask, 1.0, 0.0)
+    }
+
     fn sum(&self, n: usize, x: &Vec<f32>) -> Result<f32> {
         Ok(reduce::sum(n, x)? as f32)
     }

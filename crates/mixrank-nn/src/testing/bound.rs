@@ -680,6 +680,20 @@ impl Backend for BoundOps {
 
     /// Exact: a mask holds `0` or [`MASKED`](mixrank_engine::mask::MASKED), chosen from
     /// the counter stream and the mask's own values (exact too).
+    /// The mask is exact (0 or 1).
+    fn feature_dropout_mask(
+        &self,
+        rows: usize,
+        slot_of: &Vec<u32>,
+        slots: usize,
+        p: f32,
+        seed: u64,
+        step: u64,
+        mask: &mut Vec<Bounded>,
+    ) -> Result<()> {
+        let (one, zero) = (Bounded { v: 1.0, e: 0.0 }, Bounded::default());
+        mixrank_engine::mask::feature_dropout_mask(rows, slot_of, slots, p, seed, step, mask, one, zero)
+    }
     fn gate_dropout_mask(&self, shape: Shape, p: f32, seed: u64, step: u64, mask: &mut Vec<Bounded>) -> Result<()> {
         let masked = Bounded { v: mixrank_engine::mask::MASKED as f64, e: 0.0 };
         mixrank_engine::mask::gate_dropout_mask(shape.rows, shape.cols, p, seed, step, mask, Bounded::default(), masked)
