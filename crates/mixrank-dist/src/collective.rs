@@ -35,9 +35,14 @@ macro_rules! le_codec {
         }
         fn $decode(op: &'static str, b: &[u8]) -> Result<Vec<$t>> {
             if b.len() % $n != 0 {
-                return Err(DistError::Mismatch { op, reason: format!("{} bytes is not a whole number of values", b.len()) });
+                return Err(DistError::Mismatch {
+                    op,
+                    reason: format!("{} bytes is not a whole number of values", b.len()),
+                });
             }
-            Ok(b.chunks_exact($n).map(|c| <$t>::from_le_bytes(c.try_into().expect("chunk of the value's size"))).collect())
+            Ok(b.chunks_exact($n)
+                .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunk of the value's size")))
+                .collect())
         }
     };
 }

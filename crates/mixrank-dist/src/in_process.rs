@@ -182,7 +182,10 @@ impl Collective for InProcess {
     }
     fn broadcast_bytes(&self, buf: &mut Vec<u8>, root: usize) -> Result<()> {
         if root >= self.group.size {
-            return Err(DistError::Mismatch { op: "broadcast", reason: format!("root {root} of {} ranks", self.group.size) });
+            return Err(DistError::Mismatch {
+                op: "broadcast",
+                reason: format!("root {root} of {} ranks", self.group.size),
+            });
         }
         let mine = if self.rank == root { vec![std::mem::take(buf)] } else { vec![Vec::new()] };
         let all = self.exchange("broadcast", mine)?;
@@ -236,7 +239,10 @@ mod tests {
                 want64 += 0.1 * (r as f64 + 1.0);
             }
             for (a, b) in &out {
-                assert_eq!(a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+                assert_eq!(
+                    a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+                );
                 assert_eq!(b[0].to_bits(), want64.to_bits());
             }
         }

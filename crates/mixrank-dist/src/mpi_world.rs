@@ -129,7 +129,10 @@ impl Collective for Mpi {
     fn all_to_all_bytes(&self, send: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
         const OP: &str = "all_to_all";
         if send.len() != self.size {
-            return Err(DistError::Mismatch { op: OP, reason: format!("{} send buffers for {} ranks", send.len(), self.size) });
+            return Err(DistError::Mismatch {
+                op: OP,
+                reason: format!("{} send buffers for {} ranks", send.len(), self.size),
+            });
         }
         let _g = self.guard();
         let send_counts: Vec<Count> = send.iter().map(|b| count(OP, b.len())).collect::<Result<_>>()?;

@@ -102,9 +102,8 @@ impl TrainOptions {
     /// Refuses what data-parallel training does not do yet, naming it.
     fn check_distributed(&self, cfg: &ExperimentConfig) -> Result<()> {
         let Some(c) = &self.collective else { return Ok(()) };
-        let refuse = |what: &str| {
-            Err(TrainError::Distributed(format!("{what} is not supported with {} ranks yet", c.size())))
-        };
+        let refuse =
+            |what: &str| Err(TrainError::Distributed(format!("{what} is not supported with {} ranks yet", c.size())));
         if self.resume {
             return refuse("--resume");
         }

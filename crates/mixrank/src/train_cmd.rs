@@ -150,7 +150,10 @@ fn train_in_process(cfg: &Arc<ExperimentConfig>, opts: &TrainOptions, n: usize) 
                 s.spawn(move || train(cfg, &o, &crate::backend::ops()))
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(mixrank_train::TrainError::Other("a rank panicked".into())))).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(mixrank_train::TrainError::Other("a rank panicked".into()))))
+            .collect()
     });
     let mut first = None;
     let mut errors = Vec::new();

@@ -425,7 +425,8 @@ fn train_with_ranks_in_process_reports_the_replicas_and_mpirun_needs_mpi_built_i
     assert!(ok, "{err}");
     // One report (rank 0's): the global batches' rows.
     assert_eq!(out.matches("trained 2 steps, 8192 examples").count(), 1, "{out}");
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(m["replicas"]["ranks"], 2);
     assert_eq!(m["replicas"]["transport"], "in-process");
     // Started by mpirun (its environment) without MPI built in: refused, not N copies.
@@ -433,11 +434,8 @@ fn train_with_ranks_in_process_reports_the_replicas_and_mpirun_needs_mpi_built_i
         let out = d.path().join("mpi");
         let mut one = args.to_vec();
         one.extend(["--out", out.to_str().unwrap()]);
-        let o = Command::new(env!("CARGO_BIN_EXE_mixrank"))
-            .args(&one)
-            .env("OMPI_COMM_WORLD_SIZE", "2")
-            .output()
-            .unwrap();
+        let o =
+            Command::new(env!("CARGO_BIN_EXE_mixrank")).args(&one).env("OMPI_COMM_WORLD_SIZE", "2").output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains("built without MPI"), "{err}");
     }

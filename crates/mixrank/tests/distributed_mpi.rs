@@ -13,14 +13,14 @@ fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_mixrank")
 }
 
-/// Simulated engagement data, its config with 25-row global batches (uneven over 2 and
-/// 3 ranks, a short last batch), and a small MMoE without dropout.
+/// Simulated engagement data, its config with 23-row global batches (uneven over 2 and
+/// 3 ranks, a 1-row last batch), and a small MMoE without dropout.
 fn setup(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let p = mixrank_data::simulate::EngagementParams { requests_per_day: 30, days: 3, ..Default::default() };
     let sim = mixrank_data::simulate::simulate_engagement(&p, &dir.join("data")).unwrap();
     let text = std::fs::read_to_string(&sim.config).unwrap();
     assert!(text.contains("batch_size = 2048"), "the simulator's config names its batch size");
-    std::fs::write(&sim.config, text.replace("batch_size = 2048", "batch_size = 25")).unwrap();
+    std::fs::write(&sim.config, text.replace("batch_size = 2048", "batch_size = 23")).unwrap();
     let model = dir.join("model.toml");
     std::fs::write(
         &model,
@@ -102,4 +102,3 @@ fn mpirun_2_and_3_ranks_train_like_one_process() {
         eprintln!("mpirun -n {n}: largest relative weight difference from one process {worst:e}");
     }
 }
-
