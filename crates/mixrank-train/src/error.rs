@@ -41,6 +41,10 @@ pub enum TrainError {
     RunDir(String),
     #[error("training diverged at step {step}: task `{task}` loss is {loss}")]
     Diverged { step: u64, task: String, loss: f32 },
+    /// Data-parallel training: a collective operation failed (a rank left), the replicas'
+    /// weights differ, or an option that does not run distributed yet was asked for.
+    #[error("distributed training: {0}")]
+    Distributed(String),
     #[error("{0}")]
     Other(String),
 }

@@ -8,6 +8,7 @@
 
 pub mod calibration;
 pub mod checkpoint;
+pub mod data_parallel;
 pub mod distill;
 pub mod early_stop;
 pub mod error;
@@ -34,4 +35,6 @@ pub use evaluate::{evaluate, prediction_of, read_predictions, task_type, Checkpo
 pub use lineage::{Lineage, Stage};
 pub use predict::{score_column, PredictOptions, PredictSummary};
 pub use start::{checkpoint_dir, VOCABULARIES};
-pub use trainer::{train, Scored, StopReason, TrainOptions, TrainSummary};
+pub use trainer::{train, Replicas, Scored, StopReason, TrainOptions, TrainSummary};
+#[cfg(test)]
+mod data_parallel_tests;

@@ -23,6 +23,10 @@ pub(crate) struct TaskLosses<B: HostBackend> {
     task_weights: Vec<f64>,
     /// This step's loss per task (unweighted).
     pub step_loss: Vec<f32>,
+    /// Data-parallel training: this rank's share of each task's global weight sum
+    /// (`crate::data_parallel::task_shares`), multiplied into the loss and its gradient
+    /// so the ranks' sum is the global batch's mean; 1 in one process.
+    pub share: Vec<f32>,
 }
 
 impl<B: HostBackend> TaskLosses<B> {
@@ -38,6 +42,7 @@ impl<B: HostBackend> TaskLosses<B> {
             weighting: TaskWeighting::new(n),
             task_weights: cfg.tasks.iter().map(|t| t.weight).collect(),
             step_loss: vec![0.0; n],
+            share: vec![1.0; n],
         })
     }
 
@@ -71,7 +76,8 @@ impl<B: HostBackend> TaskLosses<B> {
                 weight: Some(&self.weights),
                 mask: Some(&self.masks[ti]),
             };
-            let write = GradWrite { scale: task.weight as f32 * self.weighting.factor(ti), accumulate: false };
+            let scale = task.weight as f32 * self.weighting.factor(ti) * self.share[ti];
+            let write = GradWrite { scale, accumulate: false };
             let grads = &mut self.grads[ti];
             let loss = match (task.kind, task.regression_loss) {
                 (TaskKind::Binary, _) => ops.bce_with_logits(n, input, grads, write),
@@ -84,9 +90,16 @@ impl<B: HostBackend> TaskLosses<B> {
             if !loss.is_finite() {
                 return Err(TrainError::Diverged { step, task: task.name.clone(), loss });
             }
-            self.step_loss[ti] = loss;
+            self.step_loss[ti] = loss * self.share[ti];
         }
         Ok(())
+    }
+
+    /// Reads the learned task weights without computing losses (a data-parallel rank
+    /// with no rows this step, whose weighting gradients must still match the others').
+    pub fn refresh_weighting(&mut self, ops: &B, model: &dyn Model<B>) -> Result<()> {
+        self.step_loss.iter_mut().for_each(|l| *l = 0.0);
+        self.weighting.refresh(ops, model)
     }
 
     /// After the model's backward: the learned task weights' own gradients.

@@ -241,17 +241,20 @@ pub(crate) fn start<B: HostBackend + 'static>(
         }
         None => {}
     }
-    write_atomic(
-        &opts.out_dir.join("dense_stats.json"),
-        serde_json::to_string_pretty(&stats).map_err(|e| TrainError::Other(e.to_string()))?.as_bytes(),
-    )?;
-    let vocabularies = cfg.learned_vocabularies();
-    if !vocabularies.is_empty() {
-        // For people and tools; the run reads its vocabularies from checkpoint manifests.
+    // One writer of the run directory: rank 0 of a data-parallel job.
+    if opts.is_lead() {
         write_atomic(
-            &opts.out_dir.join(VOCABULARIES),
-            serde_json::to_string_pretty(&vocabularies).map_err(|e| TrainError::Other(e.to_string()))?.as_bytes(),
+            &opts.out_dir.join("dense_stats.json"),
+            serde_json::to_string_pretty(&stats).map_err(|e| TrainError::Other(e.to_string()))?.as_bytes(),
         )?;
+        let vocabularies = cfg.learned_vocabularies();
+        if !vocabularies.is_empty() {
+            // For people and tools; the run reads its vocabularies from checkpoint manifests.
+            write_atomic(
+                &opts.out_dir.join(VOCABULARIES),
+                serde_json::to_string_pretty(&vocabularies).map_err(|e| TrainError::Other(e.to_string()))?.as_bytes(),
+            )?;
+        }
     }
     Ok(Start {
         cfg,

@@ -45,7 +45,8 @@ pub(crate) struct ValidationLine<'a> {
 /// Appends JSON lines to the train log.
 pub(crate) struct Log {
     path: PathBuf,
-    file: std::fs::File,
+    /// `None`: a sink (a data-parallel rank other than 0 writes no log).
+    file: Option<std::fs::File>,
 }
 
 impl Log {
@@ -66,11 +67,17 @@ impl Log {
                 file.write_all(b"\n").map_err(io)?;
             }
         }
-        Ok(Log { path, file })
+        Ok(Log { path, file: Some(file) })
+    }
+
+    /// A log that writes nothing (data-parallel ranks other than 0).
+    pub fn sink() -> Log {
+        Log { path: PathBuf::new(), file: None }
     }
 
     pub fn line(&mut self, v: &impl Serialize) -> Result<()> {
+        let Some(file) = &mut self.file else { return Ok(()) };
         let text = serde_json::to_string(v).map_err(|e| TrainError::Other(e.to_string()))?;
-        writeln!(self.file, "{text}").map_err(|source| TrainError::Io { path: self.path.clone(), source })
+        writeln!(file, "{text}").map_err(|source| TrainError::Io { path: self.path.clone(), source })
     }
 }

@@ -68,6 +68,10 @@ pub struct TrainOptions {
     /// Called with the step count right after each update, before any logging,
     /// validation or checkpoint of that step (tests observe one step's traffic with it).
     pub after_step: Option<fn(u64)>,
+    /// Data-parallel training: this process's rank of the group
+    /// ([`crate::data_parallel`]); `None` trains alone. Only rank 0 writes the run
+    /// directory (log, checkpoints, metrics); every rank must run the same config.
+    pub collective: Option<Arc<dyn mixrank_dist::Collective>>,
 }
 
 impl TrainOptions {
@@ -86,7 +90,38 @@ impl TrainOptions {
             trace_rows: None,
             step_delay: None,
             after_step: None,
+            collective: None,
         }
+    }
+
+    /// Whether this process writes the run directory: it trains alone, or is rank 0.
+    pub fn is_lead(&self) -> bool {
+        self.collective.as_ref().is_none_or(|c| c.rank() == 0)
+    }
+
+    /// Refuses what data-parallel training does not do yet, naming it.
+    fn check_distributed(&self, cfg: &ExperimentConfig) -> Result<()> {
+        let Some(c) = &self.collective else { return Ok(()) };
+        let refuse =
+            |what: &str| Err(TrainError::Distributed(format!("{what} is not supported with {} ranks yet", c.size())));
+        if self.resume {
+            return refuse("--resume");
+        }
+        if self.distillation_enabled(cfg) {
+            return refuse("distillation ([distill])");
+        }
+        if cfg.train.early_stopping_patience > 0 {
+            return refuse("early stopping ([train] early_stopping_patience)");
+        }
+        if self.trace_rows.is_some() {
+            return refuse("--trace-rows");
+        }
+        // Checkpoints are collective (the replicas' checksums are compared), so every rank
+        // must find them due at the same steps: a wall-clock interval would not.
+        if cfg.train.checkpoint_every_minutes > 0.0 {
+            return refuse("[train] checkpoint_every_minutes");
+        }
+        Ok(())
     }
 
     /// Whether the distillation loss applies: the config names teacher columns, and the
@@ -161,6 +196,25 @@ pub struct TrainSummary {
     /// checkpoint, and its before/after table on that split (in-sample).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calibration: Option<FittedCalibration>,
+    /// Data-parallel training: the group and the replicas' common weights checksum at
+    /// the end (absent in one process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Replicas>,
+}
+
+/// The replicas of a data-parallel run ([`crate::data_parallel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Replicas {
+    pub ranks: usize,
+    pub transport: &'static str,
+    /// [`crate::data_parallel::weights_checksum`] of the final weights, equal on every
+    /// rank (checked), as 16 hex digits in `metrics.json`.
+    #[serde(serialize_with = "hex")]
+    pub checksum: u64,
+}
+
+fn hex<S: serde::Serializer>(v: &u64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:016x}"))
 }
 
 /// The calibration layer a run fitted.
@@ -187,9 +241,11 @@ pub fn train<B: HostBackend + 'static>(
         (false, true) => Claim::Overwrite,
         (false, false) => Claim::Fresh,
     };
-    // Held until the run ends: a second writer of this directory fails at once.
-    let lock = crate::run_dir::claim(&opts.out_dir, claim)?;
-    if let (Some(pid), Some(p)) = (lock.took_over_from, opts.progress) {
+    opts.check_distributed(&cfg)?;
+    // Held until the run ends: a second writer of this directory fails at once. Only
+    // rank 0 of a data-parallel job writes it.
+    let lock = if opts.is_lead() { Some(crate::run_dir::claim(&opts.out_dir, claim)?) } else { None };
+    if let (Some(pid), Some(p)) = (lock.as_ref().and_then(|l| l.took_over_from), opts.progress) {
         p(&format!("took over the lock of {} left by pid {pid}, which no longer runs", opts.out_dir.display()));
     }
     let threads = match cfg.train.threads {
@@ -341,7 +397,8 @@ impl<'a, B: HostBackend + 'static> Run<'a, B> {
             min_ratio: if t.decay == LrDecay::None { 1.0 } else { 0.0 },
         };
         schedule.validate().map_err(layer("learning-rate schedule"))?;
-        let mut log = Log::open(opts.out_dir.join("train_log.jsonl"), opts.resume)?;
+        let mut log =
+            if opts.is_lead() { Log::open(opts.out_dir.join("train_log.jsonl"), opts.resume)? } else { Log::sink() };
         for e in &events {
             log.line(e)?;
         }
@@ -386,6 +443,16 @@ impl<'a, B: HostBackend + 'static> Run<'a, B> {
             steps_at_start: step,
             epoch_steps: None,
         })
+    }
+
+    /// Data-parallel training: checks every replica holds rank 0's weights (a collective:
+    /// every rank calls it at the same steps). `None` in one process.
+    fn check_replicas(&mut self) -> Result<Option<Replicas>> {
+        let Some(c) = self.opts.collective.clone() else { return Ok(None) };
+        let checksum = crate::data_parallel::check_replicas(&*c, &mut *self.model, self.step)?;
+        self.log.line(&serde_json::json!({"event": "replicas", "step": self.step, "ranks": c.size(),
+            "checksum": format!("{checksum:016x}")}))?;
+        Ok(Some(Replicas { ranks: c.size(), transport: c.transport(), checksum }))
     }
 
     /// Writes the model, optimizer state and run state to a checkpoint directory
@@ -494,26 +561,51 @@ impl<'a, B: HostBackend + 'static> Run<'a, B> {
     }
 
     /// One update: forward, label losses, distillation, backward, optimizer step.
-    fn step(&mut self, b: &mixrank_data::Batch, stream: (&Split, &StreamOptions)) -> Result<()> {
+    /// Data-parallel training ([`crate::data_parallel`]): this rank's rows of the global
+    /// batch `global`, the losses normalised by the global weight sums, and the
+    /// gradients summed over the ranks between backward and the optimizer step.
+    fn step(&mut self, global: &mixrank_data::Batch, stream: (&Split, &StreamOptions)) -> Result<()> {
         let ops = self.ops;
-        self.model.forward(ops, b)?;
-        self.losses.compute(&self.cfg, ops, &*self.model, b, self.step)?;
+        let dist = self.opts.collective.clone();
+        let local;
+        let b = match &dist {
+            Some(c) => {
+                local = crate::data_parallel::shard(global, &**c);
+                self.losses.share = crate::data_parallel::task_shares(&local, &**c)?;
+                &local
+            }
+            None => global,
+        };
+        if b.rows > 0 {
+            self.model.forward(ops, b)?;
+            self.losses.compute(&self.cfg, ops, &*self.model, b, self.step)?;
+            // Distillation: added into the same per-task logit gradients.
+            if let Some(d) = &mut self.distiller {
+                let dl = d.apply(ops, b, stream, &*self.model, &mut self.losses, self.step)?;
+                self.window.distill.iter_mut().zip(dl).for_each(|(w, l)| *w += l);
+            }
+            mixrank_nn::zero_grads(ops, &mut *self.model).map_err(layer("zeroing gradients"))?;
+            let refs: Vec<&Vec<f32>> = self.losses.grads.iter().collect();
+            self.model.backward(ops, b, &refs)?;
+        } else {
+            // A rank with no rows of this (short) batch: zero gradients, same exchanges.
+            self.losses.refresh_weighting(ops, &*self.model)?;
+            mixrank_nn::zero_grads(ops, &mut *self.model).map_err(layer("zeroing gradients"))?;
+            crate::data_parallel::clear_sparse(&mut *self.model);
+        }
+        if let Some(c) = &dist {
+            crate::data_parallel::reduce_gradients(&**c, &mut *self.model)?;
+            // The global batch's loss per task (logs, learned task weights).
+            c.all_reduce_sum_f32(&mut self.losses.step_loss)?;
+        }
         for (w, l) in self.window.loss.iter_mut().zip(&self.losses.step_loss) {
             *w += *l as f64;
         }
-        // Distillation: added into the same per-task logit gradients.
-        if let Some(d) = &mut self.distiller {
-            let dl = d.apply(ops, b, stream, &*self.model, &mut self.losses, self.step)?;
-            self.window.distill.iter_mut().zip(dl).for_each(|(w, l)| *w += l);
-        }
-        mixrank_nn::zero_grads(ops, &mut *self.model).map_err(layer("zeroing gradients"))?;
-        let refs: Vec<&Vec<f32>> = self.losses.grads.iter().collect();
-        self.model.backward(ops, b, &refs)?;
         self.losses.write_weighting_grads(ops, &mut *self.model)?;
         let (lr, sparse_lr) = self.rates(self.step);
         self.optim.step(ops, &mut *self.model, lr, sparse_lr)?;
         self.step += 1;
-        self.examples += b.rows as u64;
+        self.examples += global.rows as u64;
         self.cursor.batch_in_epoch += 1;
         self.window.steps += 1;
         Ok(())
@@ -568,7 +660,7 @@ impl<'a, B: HostBackend + 'static> Run<'a, B> {
                 .collect(),
         };
         self.log.line(&line)?;
-        if let Some(p) = self.opts.progress {
+        if let Some(p) = self.opts.progress.filter(|_| self.opts.is_lead()) {
             let per: Vec<String> = line.task_loss.iter().map(|(n, l)| format!("{n} {l:.4}")).collect();
             p(&format!(
                 "{} epoch {}/{} step {}: {:.0} ex/s, loss {:.4} ({})",
@@ -588,6 +680,11 @@ impl<'a, B: HostBackend + 'static> Run<'a, B> {
     /// Scores the validation split (when the config has one), logs it and applies early
     /// stopping: an improvement saves `best/`; `true` when training should stop.
     fn validate(&mut self, epoch: usize) -> Result<bool> {
+        // Data-parallel: rank 0 validates (early stopping, whose decision every rank
+        // would need, is refused there).
+        if !self.opts.is_lead() {
+            return Ok(false);
+        }
         self.clock.pause();
         let r = self.validate_inner(epoch);
         self.clock.resume();
@@ -619,6 +716,10 @@ impl<'a, B: HostBackend + 'static> Run<'a, B> {
 
     fn checkpoint_if_due(&mut self) -> Result<()> {
         if self.periodic.due(self.step) {
+            self.check_replicas()?;
+            if !self.opts.is_lead() {
+                return Ok(());
+            }
             self.clock.pause();
             let info = info!(self);
             let r = self.periodic.save(self.ops, &mut *self.model, &self.optim, &info);
@@ -661,6 +762,23 @@ impl<'a, B: HostBackend + 'static> Run<'a, B> {
     /// last step's, written to `RUN_DIR/checkpoint/`; `metrics.json`; the summary.
     fn finish(mut self, stop: StopReason) -> Result<TrainSummary> {
         self.clock.pause();
+        let replicas = self.check_replicas()?;
+        if !self.opts.is_lead() {
+            let train_seconds = self.clock.train_seconds();
+            return Ok(TrainSummary {
+                steps: self.step,
+                examples: self.examples,
+                seconds: self.clock.start.elapsed().as_secs_f64(),
+                train_seconds,
+                examples_per_second: (self.examples - self.examples_at_start) as f64 / train_seconds.max(1e-9),
+                stop,
+                scored: None,
+                validation: Vec::new(),
+                predictions: None,
+                calibration: None,
+                replicas,
+            });
+        }
         let final_dir = self.opts.out_dir.join(FINAL);
         let best_dir = self.opts.out_dir.join(crate::early_stop::BEST);
         let best = match self.early.as_ref().and_then(EarlyStopping::best_step) {
@@ -729,6 +847,7 @@ impl<'a, B: HostBackend + 'static> Run<'a, B> {
             validation: std::mem::take(&mut self.validations.reports),
             predictions: self.validations.preds.take(),
             calibration,
+            replicas,
         };
         write_atomic(
             &self.opts.out_dir.join("metrics.json"),

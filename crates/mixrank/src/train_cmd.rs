@@ -54,6 +54,11 @@ pub struct TrainArgs {
     /// Debugging aid for crash tests: sleep this many milliseconds after every step.
     #[arg(long, hide = true)]
     pub debug_step_delay_ms: Option<u64>,
+    /// Data-parallel training with N ranks as threads of this process (the in-process
+    /// transport; for tests and trying the path without MPI). Under `mpirun` the ranks
+    /// are MPI's instead (docs/distributed.md).
+    #[arg(long, value_name = "N")]
+    pub ranks_in_process: Option<usize>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -88,7 +93,21 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     opts.allow_distill_in_incremental = a.distill_in_incremental;
     opts.trace_rows = a.trace_rows.clone();
     opts.step_delay = a.debug_step_delay_ms.map(std::time::Duration::from_millis);
-    let s = train(Arc::new(cfg), &opts, &crate::backend::ops())?;
+    let cfg = Arc::new(cfg);
+    let s = match (a.ranks_in_process, launched_by()?) {
+        (Some(_), Some(_)) => anyhow::bail!("--ranks-in-process and mpirun exclude each other"),
+        (Some(0), None) => anyhow::bail!("--ranks-in-process needs at least 1 rank"),
+        (Some(n), None) => train_in_process(&cfg, &opts, n)?,
+        (None, Some(c)) => {
+            opts.collective = Some(c);
+            train(cfg, &opts, &crate::backend::ops())?
+        }
+        (None, None) => train(cfg, &opts, &crate::backend::ops())?,
+    };
+    if !opts.is_lead() {
+        // Ranks other than 0 trained the same model; rank 0 reports.
+        return Ok(());
+    }
     crate::say!(
         "trained {} steps, {} examples in {:.1} s ({:.1} s training: {:.0} examples/s); stopped: {}; run dir {}",
         s.steps,
@@ -114,6 +133,57 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         crate::emit(&mixrank_train::calibration::render_report(&c.file, &c.report));
     }
     Ok(())
+}
+
+/// `n` ranks as threads, each training on its share of every batch through the
+/// in-process transport; rank 0's summary (the others' fail the run if they fail).
+fn train_in_process(cfg: &Arc<ExperimentConfig>, opts: &TrainOptions, n: usize) -> Result<mixrank_train::TrainSummary> {
+    let results: Vec<mixrank_train::Result<mixrank_train::TrainSummary>> = std::thread::scope(|s| {
+        let handles: Vec<_> = mixrank_dist::InProcess::group(n)
+            .into_iter()
+            .map(|c| {
+                let mut o = opts.clone();
+                o.collective = Some(Arc::new(c));
+                let cfg = cfg.clone();
+                // The handle is dropped when the thread returns: a failing rank stops
+                // the others' collectives instead of leaving them waiting.
+                s.spawn(move || train(cfg, &o, &crate::backend::ops()))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(mixrank_train::TrainError::Other("a rank panicked".into()))))
+            .collect()
+    });
+    let mut first = None;
+    let mut errors = Vec::new();
+    for (r, res) in results.into_iter().enumerate() {
+        match res {
+            Ok(s) if r == 0 => first = Some(s),
+            Ok(_) => {}
+            Err(e) => errors.push(format!("rank {r}: {e}")),
+        }
+    }
+    match first {
+        Some(s) if errors.is_empty() => Ok(s),
+        _ => anyhow::bail!("data-parallel training failed: {}", errors.join("; ")),
+    }
+}
+
+/// This process's rank when `mpirun` started it with more than one process: MPI's
+/// (built with the `mpi` feature), else refused rather than training N copies that race
+/// for the run directory.
+fn launched_by() -> Result<Option<Arc<dyn mixrank_dist::Collective>>> {
+    match mixrank_dist::launched_by_mpirun() {
+        None | Some(0 | 1) => Ok(None),
+        #[cfg(feature = "mpi")]
+        Some(_) => Ok(Some(Arc::new(mixrank_dist::Mpi::init()?))),
+        #[cfg(not(feature = "mpi"))]
+        Some(n) => anyhow::bail!(
+            "started by mpirun with {n} processes, but this mixrank was built without MPI: \
+             rebuild with `cargo build --release --features mpi` (docs/distributed.md)"
+        ),
+    }
 }
 
 /// A table of per-task metrics, overall and per segment. The task and segment columns

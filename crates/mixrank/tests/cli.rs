@@ -406,3 +406,37 @@ fn simulated_config_trains_as_is_with_one_seed_and_one_writer_per_run_dir() {
     assert!(err.contains("took over the lock") && err.contains(&format!("pid {}", slow.id())), "{err}");
     assert!(!lock.exists(), "released at the end");
 }
+
+#[test]
+fn train_with_ranks_in_process_reports_the_replicas_and_mpirun_needs_mpi_built_in() {
+    let d = tempfile::tempdir().unwrap();
+    let model = d.path().join("m.toml");
+    std::fs::write(
+        &model,
+        "[model]\narchitecture = \"single_task\"\nexpert_dim = 8\n[[model.experts]]\nkind = \"mlp\"\nhidden = [8]\n",
+    )
+    .unwrap();
+    let cfg = frappe_shaped(d.path());
+    let run = d.path().join("run");
+    let args = ["train", cfg.to_str().unwrap(), "--model", model.to_str().unwrap(), "--max-steps", "2"];
+    let mut two = args.to_vec();
+    two.extend(["--ranks-in-process", "2", "--out", run.to_str().unwrap()]);
+    let (ok, out, err) = mixrank(&two);
+    assert!(ok, "{err}");
+    // One report (rank 0's): the global batches' rows.
+    assert_eq!(out.matches("trained 2 steps, 8192 examples").count(), 1, "{out}");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["replicas"]["ranks"], 2);
+    assert_eq!(m["replicas"]["transport"], "in-process");
+    // Started by mpirun (its environment) without MPI built in: refused, not N copies.
+    if !cfg!(feature = "mpi") {
+        let out = d.path().join("mpi");
+        let mut one = args.to_vec();
+        one.extend(["--out", out.to_str().unwrap()]);
+        let o =
+            Command::new(env!("CARGO_BIN_EXE_mixrank")).args(&one).env("OMPI_COMM_WORLD_SIZE", "2").output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("built without MPI"), "{err}");
+    }
+}

@@ -175,6 +175,12 @@ impl<B: Backend> EmbeddingCollection<B> {
         (&mut self.tables[t], grads)
     }
 
+    /// Feature `f`'s sparse gradient, to replace (data-parallel training merges every
+    /// rank's into it before the sparse optimizer step).
+    pub fn grad_mut(&mut self, f: usize) -> &mut SparseGrad<B> {
+        &mut self.grads[f]
+    }
+
     /// Indices of the features that read table `t`.
     pub fn features_of_table(&self, t: usize) -> impl Iterator<Item = usize> + '_ {
         self.config.features.iter().enumerate().filter(move |(_, f)| f.table == t).map(|(i, _)| i)

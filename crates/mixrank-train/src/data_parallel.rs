@@ -1,0 +1,253 @@
+//! Data-parallel training: N replicas of the model, each training on its share of
+//! every global batch, kept identical by exchanging gradients through a
+//! [`Collective`] (in-process threads or MPI; `mixrank-dist`).
+//!
+//! One step on rank `r` of `n` (called by `Run::step` around the model's backward):
+//! 1. **Shard** ([`shard_range`]): every rank runs the same input pipeline (same seed,
+//!    so the same global batches in the same order) and keeps the contiguous rows
+//!    `⌊r·B/n⌋ .. ⌊(r+1)·B/n⌋` of each batch of `B` rows. Uneven batches (the last of an
+//!    epoch) split the same way; a rank may get no rows (it still takes part in every
+//!    exchange, with zero gradients). Every row of a global batch is trained on by
+//!    exactly one rank, so every row of the split once per epoch.
+//! 2. **Loss normalisation** ([`task_shares`]): each task's loss is a weighted mean over
+//!    the rows its label mask keeps. The denominator must be the *global* batch's
+//!    `W_t = Σ w_i·m_i`, so each rank all-reduces its local sums and scales its loss
+//!    gradients by `W_t,local / W_t` (its share): the sum of the ranks' gradients is
+//!    then the gradient of the global batch's loss.
+//! 3. **Dense gradients** ([`reduce_gradients`]): summed over the ranks (one all-reduce of
+//!    every parameter's gradient as one flat `f32` buffer).
+//! 4. **Sparse gradients**: the embedding gradients are the touched rows and their
+//!    summed gradients, sorted by id, per feature. Every rank all-gathers every rank's
+//!    (ids, rows) and merges them (rows of one id summed in rank order), so every
+//!    replica hands the same sparse gradient to the sparse optimizer and every table
+//!    stays identical (replicated tables; sharded tables are not done yet).
+//!
+//! The result equals one process training on the global batch up to summation order:
+//! each gradient entry is a sum over the batch's rows whose terms are grouped by rank.
+//! [`weights_checksum`] (XXH3 of every dense weight and table) is compared across
+//! ranks at every checkpoint and at the end ([`check_replicas`]).
+
+use crate::error::{Result, TrainError};
+use mixrank_data::Batch;
+use mixrank_dist::Collective;
+use mixrank_model::Model;
+use mixrank_nn::{EmbeddingCollection, HostBackend};
+use std::ops::Range;
+
+impl From<mixrank_dist::DistError> for TrainError {
+    fn from(e: mixrank_dist::DistError) -> Self {
+        TrainError::Distributed(e.to_string())
+    }
+}
+
+/// The rows of a global batch of `rows` that rank `rank` of `size` trains on.
+pub fn shard_range(rows: usize, rank: usize, size: usize) -> Range<usize> {
+    let size = size.max(1);
+    rows * rank / size..rows * (rank + 1) / size
+}
+
+/// Rank `c.rank()`'s rows of the global batch `b`.
+pub fn shard(b: &Batch, c: &dyn Collective) -> Batch {
+    let idx: Vec<usize> = shard_range(b.rows, c.rank(), c.size()).collect();
+    b.gather(&idx)
+}
+
+/// `Σ wᵢ` over the rows task `t`'s label mask keeps, per task, in `f64` and row order
+/// (the denominator of the loss ops' weighted mean).
+pub fn task_weight_sums(b: &Batch) -> Vec<f64> {
+    (0..b.n_tasks)
+        .map(|t| b.mask(t).iter().zip(&b.weights).filter(|(&m, _)| m != 0.0).map(|(_, &w)| w as f64).sum())
+        .collect()
+}
+
+/// Each task's share of the global batch's weight sum held by this rank's rows
+/// (`W_local / W_global`; 0 where the global sum is 0): the factor its loss gradient
+/// takes so that the ranks' gradients sum to the global batch's.
+pub fn task_shares(local: &Batch, c: &dyn Collective) -> Result<Vec<f32>> {
+    let mine = task_weight_sums(local);
+    let mut global = mine.clone();
+    c.all_reduce_sum_f64(&mut global)?;
+    Ok(mine.iter().zip(&global).map(|(&l, &g)| if g > 0.0 { (l / g) as f32 } else { 0.0 }).collect())
+}
+
+/// Sums every dense parameter's gradient over the ranks, then merges the embeddings'
+/// sparse gradients (see the module docs).
+pub fn reduce_gradients<B: HostBackend>(c: &dyn Collective, model: &mut dyn Model<B>) -> Result<()> {
+    let mut flat = Vec::new();
+    model.params(&mut |_, p| flat.extend_from_slice(&p.grad[..p.len()]));
+    c.all_reduce_sum_f32(&mut flat)?;
+    let mut at = 0;
+    model.params(&mut |_, p| {
+        let n = p.len();
+        p.grad[..n].copy_from_slice(&flat[at..at + n]);
+        at += n;
+    });
+    if let Some(e) = model.embeddings_mut() {
+        merge_sparse(c, e)?;
+    }
+    Ok(())
+}
+
+/// One feature's sparse gradient: sorted unique ids and their `dim`-wide rows.
+struct Touched {
+    ids: Vec<u32>,
+    rows: Vec<f32>,
+}
+
+/// Encodes every feature's `(len, ids, rows)` as little-endian bytes.
+fn encode_sparse<B: HostBackend>(e: &EmbeddingCollection<B>, n_features: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for f in 0..n_features {
+        let g = e.grad(f);
+        out.extend_from_slice(&(g.len as u32).to_le_bytes());
+        out.extend(g.ids[..g.len].iter().flat_map(|x| x.to_le_bytes()));
+        out.extend(g.rows[..g.len * g.dim].iter().flat_map(|x| x.to_le_bytes()));
+    }
+    out
+}
+
+fn decode_sparse(bytes: &[u8], dims: &[usize], rank: usize) -> Result<Vec<Touched>> {
+    let bad = || TrainError::Distributed(format!("rank {rank}'s sparse gradients are cut short"));
+    let mut at = 0;
+    let mut take = |n: usize| -> Result<&[u8]> {
+        let s = bytes.get(at..at + n).ok_or_else(bad)?;
+        at += n;
+        Ok(s)
+    };
+    let word = |b: &[u8]| -> [u8; 4] { b.try_into().expect("4 bytes") };
+    let mut out = Vec::with_capacity(dims.len());
+    for &dim in dims {
+        let len = u32::from_le_bytes(word(take(4)?)) as usize;
+        let ids = take(4 * len)?.chunks_exact(4).map(|c| u32::from_le_bytes(word(c))).collect();
+        let rows = take(4 * len * dim)?.chunks_exact(4).map(|c| f32::from_le_bytes(word(c))).collect();
+        out.push(Touched { ids, rows });
+    }
+    if at != bytes.len() {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
+/// Merges sorted sparse gradients: the union of the ids, each id's rows summed in the
+/// order of `parts` (rank order).
+fn merge(parts: &[&Touched], dim: usize) -> Touched {
+    let mut pos = vec![0usize; parts.len()];
+    let mut out = Touched { ids: Vec::new(), rows: Vec::new() };
+    loop {
+        let next = parts.iter().zip(&pos).filter_map(|(p, &i)| p.ids.get(i).copied()).min();
+        let Some(id) = next else { break };
+        let start = out.rows.len();
+        let mut first = true;
+        for (p, i) in parts.iter().zip(pos.iter_mut()) {
+            if p.ids.get(*i) == Some(&id) {
+                let row = &p.rows[*i * dim..(*i + 1) * dim];
+                if first {
+                    out.rows.extend_from_slice(row);
+                    first = false;
+                } else {
+                    out.rows[start..].iter_mut().zip(row).for_each(|(a, &x)| *a += x);
+                }
+                *i += 1;
+            }
+        }
+        out.ids.push(id);
+    }
+    out
+}
+
+/// Replaces every feature's sparse gradient by the merge of all ranks' (module docs).
+fn merge_sparse<B: HostBackend>(c: &dyn Collective, e: &mut EmbeddingCollection<B>) -> Result<()> {
+    let n_features = e.config().features.len();
+    let dims: Vec<usize> = (0..n_features).map(|f| e.grad(f).dim).collect();
+    let gathered = c.all_gather_bytes(&encode_sparse(e, n_features))?;
+    let per_rank: Vec<Vec<Touched>> =
+        gathered.iter().enumerate().map(|(r, b)| decode_sparse(b, &dims, r)).collect::<Result<_>>()?;
+    for (f, &dim) in dims.iter().enumerate() {
+        let parts: Vec<&Touched> = per_rank.iter().map(|r| &r[f]).collect();
+        let m = merge(&parts, dim);
+        let g = e.grad_mut(f);
+        if m.ids.len() > g.ids.len() || m.rows.len() > g.rows.len() {
+            return Err(TrainError::Distributed(format!(
+                "feature {f}: {} touched rows across ranks exceed the gradient's room for {}",
+                m.ids.len(),
+                g.ids.len()
+            )));
+        }
+        g.ids[..m.ids.len()].copy_from_slice(&m.ids);
+        g.rows[..m.rows.len()].copy_from_slice(&m.rows);
+        g.len = m.ids.len();
+    }
+    Ok(())
+}
+
+/// Empties every feature's sparse gradient (a rank with no rows this step).
+pub fn clear_sparse<B: HostBackend>(model: &mut dyn Model<B>) {
+    if let Some(e) = model.embeddings_mut() {
+        for f in 0..e.config().features.len() {
+            e.grad_mut(f).len = 0;
+        }
+    }
+}
+
+/// XXH3 of every dense parameter's value (visiting order) and every embedding table.
+pub fn weights_checksum<B: HostBackend>(model: &mut dyn Model<B>) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut feed = |v: &[f32]| {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        h.update(&bytes);
+    };
+    model.params(&mut |_, p| feed(&p.value[..p.len()]));
+    if let Some(e) = model.embeddings() {
+        for t in e.tables() {
+            feed(&t.value[..t.rows * t.dim]);
+        }
+    }
+    h.digest()
+}
+
+/// Compares the replicas' weights: every rank's [`weights_checksum`] must be rank 0's.
+/// Returns the checksum.
+pub fn check_replicas<B: HostBackend>(c: &dyn Collective, model: &mut dyn Model<B>, step: u64) -> Result<u64> {
+    let mine = weights_checksum(model);
+    let all = mixrank_dist::all_gather_u64(c, &[mine])?;
+    let sums: Vec<u64> = all.iter().map(|v| v.first().copied().unwrap_or(0)).collect();
+    if sums.iter().any(|&s| s != sums[0]) {
+        let list: Vec<String> = sums.iter().enumerate().map(|(r, s)| format!("rank {r}: {s:016x}")).collect();
+        return Err(TrainError::Distributed(format!(
+            "the replicas' weights differ at step {step} ({})",
+            list.join(", ")
+        )));
+    }
+    Ok(sums[0])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_cover_every_row_once_in_order() {
+        for rows in [0, 1, 2, 5, 7, 64, 65] {
+            for size in 1..=4 {
+                let mut next = 0;
+                for r in 0..size {
+                    let s = shard_range(rows, r, size);
+                    assert_eq!(s.start, next, "rows {rows} size {size} rank {r}");
+                    assert!(s.len() <= rows.div_ceil(size) && s.len() + 1 >= rows / size);
+                    next = s.end;
+                }
+                assert_eq!(next, rows);
+            }
+        }
+    }
+
+    #[test]
+    fn merge_unions_sorted_ids_and_sums_rows_in_rank_order() {
+        let a = Touched { ids: vec![1, 4], rows: vec![1.0, 2.0, 3.0, 4.0] };
+        let b = Touched { ids: vec![0, 4, 9], rows: vec![5.0, 6.0, 0.5, 0.25, 7.0, 8.0] };
+        let e = Touched { ids: vec![], rows: vec![] };
+        let m = merge(&[&a, &e, &b], 2);
+        assert_eq!(m.ids, vec![0, 1, 4, 9]);
+        assert_eq!(m.rows, vec![5.0, 6.0, 1.0, 2.0, 3.5, 4.25, 7.0, 8.0]);
+    }
+}
