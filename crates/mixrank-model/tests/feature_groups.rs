@@ -206,9 +206,17 @@ fn gradients_flow_from_the_tables_through_the_groups_into_head_and_tower() {
 /// Surface-aware gating: `device` is read by the gates only (group `surface`), so its
 /// table's gradient comes through the gates' input path alone.
 fn gated(model_keys: &str) -> ExperimentConfig {
+    gated_as("mmoe", model_keys)
+}
+
+fn gated_as(architecture: &str, model_keys: &str) -> ExperimentConfig {
     let groups = "[feature_groups]\nuser = [\"user\", \"interests\", \"age\"]\n\
                   ad = [\"ad\", \"ad_category\", \"bid\"]\npos = [\"position\"]\nsurface = [\"device\"]\n";
-    config(groups, &format!("inputs = [\"ad\", \"user\", \"pos\"]\n{model_keys}"), "")
+    let model = MODEL.replace("architecture = \"mmoe\"", &format!("architecture = \"{architecture}\""));
+    let keys = format!("expert_dim = 3\ninputs = [\"ad\", \"user\", \"pos\"]\n{model_keys}");
+    let model = model.replace("expert_dim = 3\n", &keys);
+    ExperimentConfig::parse(&format!("{DATA}{groups}{model}"), std::path::Path::new("t.toml"))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -236,9 +244,9 @@ fn surface_aware_gates_read_their_group_and_gradients_reach_its_table() {
     assert_eq!(first.1[0], 14, "{first:?}");
     check_from_tables(&cfg, "embeddings → surface group → MMoE gates");
     // The gates alone (no expert input), behind a shared layer, OMoE.
-    let cfg = gated(
-        "architecture = \"omoe\"\nshared = { hidden = [4], activation = \"tanh\" }\n\
-                     gate = { inputs = [\"surface\"], expert_input = false }\n",
+    let cfg = gated_as(
+        "omoe",
+        "shared = { hidden = [4], activation = \"tanh\" }\ngate = { inputs = [\"surface\"], expert_input = false }\n",
     );
     let mut m = model(&cfg, &ops);
     let names = param_names(&mut m);
