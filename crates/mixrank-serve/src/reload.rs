@@ -60,7 +60,7 @@ pub struct SchemaDiff {
     /// reads a score as a calibrated probability at its surface would get another
     /// surface's (or the global) map without noticing; none ↔ global is not listed (the
     /// request and the meaning per surface do not change).
-    pub calibration_surfaces: Option<(Option<Vec<String>>, Option<Vec<String>>)>,
+    pub calibration_surfaces: Option<(CalibratedSurfaces, CalibratedSurfaces)>,
     /// The segment column a request must carry for a per-surface calibration layer
     /// (when the segment is not a feature, whose column is required anyway), `(old,
     /// new)`, when it differs.
@@ -69,7 +69,11 @@ pub struct SchemaDiff {
 
 /// The surfaces a per-surface calibration layer maps, in id order; `None` without a
 /// layer or with a global one.
-pub fn calibrated_surfaces(c: Option<&mixrank_train::calibration::CalibrationFile>) -> Option<Vec<String>> {
+pub type CalibratedSurfaces = Option<Vec<String>>;
+
+/// The surfaces a per-surface calibration layer maps, in id order; `None` without a
+/// layer or with a global one.
+pub fn calibrated_surfaces(c: Option<&mixrank_train::calibration::CalibrationFile>) -> CalibratedSurfaces {
     use mixrank_data::config::calibration::CalibrationScope;
     let c = c.filter(|c| c.per == CalibrationScope::Surface)?;
     let mut out: Vec<String> = Vec::new();
