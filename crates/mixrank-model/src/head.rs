@@ -137,7 +137,30 @@ where
     B::Buf: Send,
     R: Rng + ?Sized,
 {
-    let shape = HeadShape { d_in, n_tasks, d_out };
+    build_head_shaped(m, HeadShape { d_in, n_tasks, d_out, d_gate: 0 }, ops, max_batch, rng)
+}
+
+/// [`build_head_with_outputs`] for any [`HeadShape`]: with `d_gate > 0` the last
+/// `d_gate` input columns feed only the gates (`[model.gate] inputs`, OMoE and MMoE;
+/// refused by the other heads).
+pub fn build_head_shaped<B, R>(
+    m: &ModelSection,
+    shape: HeadShape,
+    ops: &B,
+    max_batch: usize,
+    rng: &mut R,
+) -> Result<Box<dyn Head<B>>>
+where
+    B: Backend + 'static,
+    B::Buf: Send,
+    R: Rng + ?Sized,
+{
+    if shape.d_gate > 0 && !matches!(m.architecture, Architecture::Omoe | Architecture::Mmoe) {
+        return Err(ModelError::Unsupported {
+            key: "gate.inputs".into(),
+            message: format!("{:?}: surface-aware gating is built for omoe and mmoe only", m.architecture),
+        });
+    }
     Ok(match m.architecture {
         Architecture::SingleTask | Architecture::SharedBottom => {
             Box::new(SharedBottom::new(m, shape, ops, max_batch, rng)?)
@@ -169,6 +192,9 @@ pub struct HeadShape {
     pub n_tasks: usize,
     /// Each tower's output: 1 (a logit) or a two-tower model's embedding width.
     pub d_out: usize,
+    /// The last `d_gate` of the `d_in` input columns feed only the gates (surface-aware
+    /// gating, `[model.gate] inputs`); 0 without.
+    pub d_gate: usize,
 }
 
 /// Checks a forward's batch against the workspaces.

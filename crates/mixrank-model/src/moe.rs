@@ -10,6 +10,11 @@
 //! - OMoE ([`Gating::Shared`]): one gate and one mixture, read by every tower;
 //! - MMoE ([`Gating::PerTask`]; Ma et al., KDD 2018): a gate and a mixture per task.
 //!
+//! Surface-aware gating (`[model.gate] inputs`, [`HeadShape::d_gate`]): the input is
+//! `[main | extra]`; the trunk and experts read `main`, the gates `[trunk | extra]` (or
+//! `extra` alone with `expert_input = false`), and the gates' gradient w.r.t. `extra`
+//! becomes those columns of `d_x`.
+//!
 //! Backward hands each mixture the gradient of the towers that read it (summed when
 //! several do), sums the mixtures' expert gradients per expert, and the gates' and
 //! experts' input gradients into the trunk's.
@@ -55,7 +60,44 @@ pub struct Moe<B: Backend> {
     d_mix: B::Buf,
     /// Gradient w.r.t. the trunk (the experts' and gates' input).
     d_trunk: B::Buf,
+    /// Surface-aware gating: the widths, and the buffers below (empty without).
+    gate_extra: Option<GateExtra>,
+    /// `x[:, ..d_main]`, the trunk's input.
+    x_main: B::Buf,
+    /// The gates' input, `[batch, GateExtra::width]`.
+    gate_in: B::Buf,
+    /// Its gradient, summed over the gates.
+    d_gate_in: B::Buf,
+    /// The gradient w.r.t. the whole input `[main | extra]`.
+    d_x: B::Buf,
     batch: Option<usize>,
+}
+
+/// Widths of surface-aware gating's input split (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct GateExtra {
+    /// Columns the trunk reads (the first ones of the input).
+    d_main: usize,
+    /// Columns only the gates read (the last ones).
+    d_extra: usize,
+    /// Trunk columns at the front of the gates' input (0 with `expert_input = false`).
+    d_trunk: usize,
+}
+
+impl GateExtra {
+    fn width(&self) -> usize {
+        self.d_trunk + self.d_extra
+    }
+
+    fn d_in(&self) -> usize {
+        self.d_main + self.d_extra
+    }
+}
+
+/// Copies `cols` columns of a `[rows, src_ld]` matrix from `src_col` to `dst_col` of a
+/// `[rows, dst_ld]` one.
+fn cols(rows: usize, cols: usize, (src_ld, src_col): (usize, usize), (dst_ld, dst_col): (usize, usize)) -> ColCopy {
+    ColCopy { rows, cols, src_ld, src_col, dst_ld, dst_col, accumulate: false }
 }
 
 impl<B: Backend + 'static> Moe<B>
@@ -72,9 +114,20 @@ where
         max_batch: usize,
         rng: &mut R,
     ) -> Result<Self> {
-        let HeadShape { d_in, n_tasks, d_out } = shape;
-        let trunk = Trunk::new(m, d_in, ops, max_batch, rng)?;
+        let HeadShape { d_in, n_tasks, d_out, d_gate } = shape;
+        if d_gate >= d_in {
+            return Err(crate::ModelError::Mismatch(format!(
+                "{d_gate} gate-only columns leave none of the {d_in} input columns to the experts"
+            )));
+        }
+        let trunk = Trunk::new(m, d_in - d_gate, ops, max_batch, rng)?;
         let d_trunk = trunk.d_out();
+        let gate_extra = (d_gate > 0).then_some(GateExtra {
+            d_main: d_in - d_gate,
+            d_extra: d_gate,
+            d_trunk: if m.gate.expert_input { d_trunk } else { 0 },
+        });
+        let d_gate_in = gate_extra.map_or(d_trunk, |g| g.width());
         let mut experts = Vec::new();
         for s in expanded(m) {
             experts.push(Expert::new(s, d_trunk, m.expert_dim, ops, max_batch, rng)?);
@@ -87,7 +140,7 @@ where
         let mut gates = Vec::with_capacity(n_mix);
         let mut mixes = Vec::with_capacity(n_mix);
         for t in 0..n_mix {
-            let mut g = GateConfig::new(d_trunk, n_exp)
+            let mut g = GateConfig::new(d_gate_in, n_exp)
                 .with_temperature(m.gate.temperature as f32)
                 .with_hidden(
                     &m.gate.hidden,
@@ -103,7 +156,13 @@ where
         let towers = Towers::new(m, n_tasks, d_out, ops, max_batch, rng)?;
         let buf = |n: usize| ops.alloc(n).at(|| "head workspaces".into());
         let wide = max_batch * m.expert_dim;
+        let extra = |n: usize| buf(if gate_extra.is_some() { max_batch * n } else { 0 });
         Ok(Moe {
+            x_main: extra(d_in - d_gate)?,
+            gate_in: extra(d_gate_in)?,
+            d_gate_in: extra(d_gate_in)?,
+            d_x: extra(d_in)?,
+            gate_extra,
             gating,
             trunk,
             expert_out: (0..n_exp).map(|_| buf(wide)).collect::<Result<_>>()?,
@@ -130,7 +189,7 @@ where
 
     /// Back-propagates mixture `g` from its output gradient (the gate's weights are
     /// the forward's): expert gradients into `d_expert_out`, the gate's input gradient
-    /// into `d_trunk`.
+    /// into `d_gate_in` (the trunk's gradient without surface-aware gating).
     #[allow(clippy::too_many_arguments)]
     fn mixture_backward(
         ops: &B,
@@ -138,10 +197,10 @@ where
         mix: &mut MoeMix<B>,
         gate: &mut Gate<B>,
         outs: &[&B::Buf],
-        trunk: &B::Buf,
+        gate_in: &B::Buf,
         d_mix: &B::Buf,
         d_expert_out: &mut [B::Buf],
-        d_trunk: &mut B::Buf,
+        d_gate_in: &mut B::Buf,
         batch: usize,
         wide: usize,
     ) -> Result<()> {
@@ -150,8 +209,8 @@ where
             ops.axpy(wide, 1.0, mix.d_expert(e), d).at(|| format!("mixture {g} expert {e}"))?;
         }
         let n = batch * gate.d_in();
-        let dt = gate.backward(ops, trunk, mix.d_gates()).at(|| format!("gate {g} backward"))?;
-        ops.axpy(n, 1.0, dt, d_trunk).at(|| format!("gate {g}"))?;
+        let dt = gate.backward(ops, gate_in, mix.d_gates()).at(|| format!("gate {g} backward"))?;
+        ops.axpy(n, 1.0, dt, d_gate_in).at(|| format!("gate {g}"))?;
         Ok(())
     }
 }
@@ -161,7 +220,7 @@ where
     B::Buf: Send,
 {
     fn d_in(&self) -> usize {
-        self.trunk.d_in()
+        self.gate_extra.map_or(self.trunk.d_in(), |g| g.d_in())
     }
 
     fn n_tasks(&self) -> usize {
@@ -174,17 +233,38 @@ where
 
     fn forward(&mut self, ops: &B, x: &B::Buf, batch: usize) -> Result<()> {
         check_batch(batch, self.max_batch)?;
-        self.trunk.forward(ops, x, batch)?;
-        let trunk = self.trunk.output(x);
+        let x_main = match self.gate_extra {
+            Some(g) => {
+                let spec = cols(batch, g.d_main, (g.d_in(), 0), (g.d_main, 0));
+                ops.copy_cols(&spec, x, &mut self.x_main).at(|| "experts' input".into())?;
+                &self.x_main
+            }
+            None => x,
+        };
+        self.trunk.forward(ops, x_main, batch)?;
+        let trunk = self.trunk.output(x_main);
         let d = self.expert_dim;
         let copy = ColCopy { rows: batch, cols: d, src_ld: d, src_col: 0, dst_ld: d, dst_col: 0, accumulate: false };
         for (e, (ex, out)) in self.experts.iter_mut().zip(&mut self.expert_out).enumerate() {
             let y = ex.forward(ops, trunk, batch)?;
             ops.copy_cols(&copy, y, out).at(|| format!("expert {e} output"))?;
         }
+        let gate_in = match self.gate_extra {
+            Some(g) => {
+                let d_t = self.trunk.d_out();
+                if g.d_trunk > 0 {
+                    let spec = cols(batch, d_t, (d_t, 0), (g.width(), 0));
+                    ops.copy_cols(&spec, trunk, &mut self.gate_in).at(|| "gates' input".into())?;
+                }
+                let spec = cols(batch, g.d_extra, (g.d_in(), g.d_main), (g.width(), g.d_trunk));
+                ops.copy_cols(&spec, x, &mut self.gate_in).at(|| "gates' input".into())?;
+                &self.gate_in
+            }
+            None => trunk,
+        };
         let outs: Vec<&B::Buf> = self.expert_out.iter().collect();
         for (g, (gate, mix)) in self.gates.iter_mut().zip(&mut self.mixes).enumerate() {
-            let w = gate.forward(ops, trunk, batch).at(|| format!("gate {g} forward"))?;
+            let w = gate.forward(ops, gate_in, batch).at(|| format!("gate {g} forward"))?;
             mix.forward(ops, &outs, w, batch).at(|| format!("mixture {g} forward"))?;
         }
         for t in 0..self.towers.len() {
@@ -207,15 +287,23 @@ where
             ops.fill(wide, 0.0, b).at(|| "zeroing head gradients".into())?;
         }
         ops.fill(batch * trunk_w, 0.0, &mut self.d_trunk).at(|| "zeroing head gradients".into())?;
-        let trunk = self.trunk.output(x);
+        let x_main = if self.gate_extra.is_some() { &self.x_main } else { x };
+        let trunk = self.trunk.output(x_main);
+        let (gate_in, d_gate_in) = match self.gate_extra {
+            Some(g) => {
+                ops.fill(batch * g.width(), 0.0, &mut self.d_gate_in).at(|| "zeroing head gradients".into())?;
+                (&self.gate_in, &mut self.d_gate_in)
+            }
+            None => (trunk, &mut self.d_trunk),
+        };
         let outs: Vec<&B::Buf> = self.expert_out.iter().collect();
         match self.gating {
             Gating::PerTask => {
                 for (t, d_logit) in d_logits.iter().enumerate() {
                     let d_mix = self.towers.backward(ops, t, self.mixes[t].output(), d_logit)?;
                     let (mix, gate) = (&mut self.mixes[t], &mut self.gates[t]);
-                    let (d_exp, d_trunk) = (&mut self.d_expert_out, &mut self.d_trunk);
-                    Self::mixture_backward(ops, t, mix, gate, &outs, trunk, d_mix, d_exp, d_trunk, batch, wide)?;
+                    let d_exp = &mut self.d_expert_out;
+                    Self::mixture_backward(ops, t, mix, gate, &outs, gate_in, d_mix, d_exp, d_gate_in, batch, wide)?;
                 }
             }
             Gating::Shared => {
@@ -225,15 +313,33 @@ where
                     ops.axpy(wide, 1.0, d, &mut self.d_mix).at(|| format!("tower {t}"))?;
                 }
                 let (mix, gate) = (&mut self.mixes[0], &mut self.gates[0]);
-                let (d_exp, d_trunk) = (&mut self.d_expert_out, &mut self.d_trunk);
-                Self::mixture_backward(ops, 0, mix, gate, &outs, trunk, &self.d_mix, d_exp, d_trunk, batch, wide)?;
+                let d_exp = &mut self.d_expert_out;
+                Self::mixture_backward(ops, 0, mix, gate, &outs, gate_in, &self.d_mix, d_exp, d_gate_in, batch, wide)?;
             }
+        }
+        if let Some(g) = self.gate_extra {
+            // The gates' input gradient: the trunk part joins the experts', the extra
+            // columns are the input gradient's last ones (nothing else reads them).
+            if g.d_trunk > 0 {
+                let spec = ColCopy { accumulate: true, ..cols(batch, trunk_w, (g.width(), 0), (trunk_w, 0)) };
+                ops.copy_cols(&spec, &self.d_gate_in, &mut self.d_trunk).at(|| "gates' input gradient".into())?;
+            }
+            let spec = cols(batch, g.d_extra, (g.width(), g.d_trunk), (g.d_in(), g.d_main));
+            ops.copy_cols(&spec, &self.d_gate_in, &mut self.d_x).at(|| "gates' input gradient".into())?;
         }
         for (e, ex) in self.experts.iter_mut().enumerate() {
             let dt = ex.backward(ops, trunk, &self.d_expert_out[e])?;
             ops.axpy(batch * trunk_w, 1.0, dt, &mut self.d_trunk).at(|| format!("expert {e}"))?;
         }
-        self.trunk.backward(ops, x, &self.d_trunk)
+        let d_main = self.trunk.backward(ops, x_main, &self.d_trunk)?;
+        match self.gate_extra {
+            Some(g) => {
+                let spec = cols(batch, g.d_main, (g.d_main, 0), (g.d_in(), 0));
+                ops.copy_cols(&spec, d_main, &mut self.d_x).at(|| "input gradient".into())?;
+                Ok(&self.d_x)
+            }
+            None => Ok(d_main),
+        }
     }
 
     fn visit_layers(&mut self, f: &mut dyn FnMut(&mut dyn Layer<B>)) {

@@ -56,7 +56,7 @@ where
         max_batch: usize,
         rng: &mut R,
     ) -> Result<Self> {
-        let HeadShape { d_in, n_tasks, d_out } = shape;
+        let HeadShape { d_in, n_tasks, d_out, .. } = shape;
         let trunk = Trunk::new(m, d_in, ops, max_batch, rng)?;
         let levels = Levels::new(m, p, trunk.d_out(), n_tasks, ops, max_batch, rng)?;
         let towers = Towers::new(m, n_tasks, d_out, ops, max_batch, rng)?;

@@ -12,7 +12,7 @@
 
 use crate::error::{Context, ModelError, Result};
 use crate::gates::GateInfo;
-use crate::head::{build_head, Head};
+use crate::head::{build_head_shaped, Head, HeadShape};
 use crate::inputs::{InputGroup, InputLayout};
 use crate::logit_source::{LogitSource, LogitSources, SourceInput};
 use crate::lookup::{build_embeddings, BatchIds};
@@ -40,8 +40,11 @@ pub struct RankingModel<B: Backend> {
     training: bool,
     /// Tasks and what each part reads ([`Model::io`]).
     io: ModelIo,
-    /// Which columns of `[emb | dense]` the head reads, in which order.
+    /// Which columns of `[emb | dense]` the head reads, in which order: its groups,
+    /// then (surface-aware gating) the groups only its gates read.
     head_input: InputLayout,
+    /// How many of `head_input`'s groups are the head's own (the rest are the gates').
+    n_head_groups: usize,
     d_emb: usize,
     dense_width: usize,
     max_batch: usize,
@@ -74,9 +77,17 @@ where
         let emb = build_embeddings(cfg, ops, max_batch, rng)?;
         let d_emb = emb.as_ref().map_or(0, |e| e.output_dim());
         let dense_width = cfg.dense_width();
-        let head_input = InputLayout::new(cfg, &cfg.head_input());
+        // Surface-aware gating: the gates' groups follow the head's in its input, and
+        // the head hands them to the gates only.
+        let mut spec = cfg.head_input();
+        let n_head_groups = spec.groups.len();
+        let gate_groups = cfg.gate_input().map(|g| g.groups).unwrap_or_default();
+        spec.groups.extend(gate_groups);
+        let head_input = InputLayout::new(cfg, &spec);
         let d_in = head_input.width();
-        let head = build_head(m, d_in, cfg.tasks.len(), ops, max_batch, rng)?;
+        let d_gate: usize = head_input.groups()[n_head_groups..].iter().map(|g| g.width).sum();
+        let shape = HeadShape { d_in, n_tasks: cfg.tasks.len(), d_out: 1, d_gate };
+        let head = build_head_shaped(m, shape, ops, max_batch, rng)?;
         let buf = |n: usize| ops.alloc(n).at(|| "model workspaces".into());
         let n_tasks = cfg.tasks.len();
         let task_log_var = crate::model::task_log_var(cfg, ops)?;
@@ -87,6 +98,7 @@ where
             training: true,
             io: ModelIo { tasks: cfg.tasks.iter().map(|t| t.name.clone()).collect(), inputs: Vec::new() },
             head_input,
+            n_head_groups,
             d_emb,
             dense_width,
             max_batch,
@@ -121,15 +133,20 @@ where
     }
 
     /// The feature groups the head reads, in order (one group named `default` without
-    /// `[model] inputs`).
+    /// `[model] inputs`); not the groups only its gates read.
     pub fn input_groups(&self) -> &[InputGroup] {
-        self.head_input.groups()
+        &self.head_input.groups()[..self.n_head_groups]
     }
 
-    /// What each part of the model reads: `("head", groups)`, then
-    /// `("logit_sources.<s>", groups)` for each logit source that reads feature groups.
+    /// What each part of the model reads: `("head", groups)`, `("gates", groups)` with
+    /// `[model.gate] inputs`, then `("logit_sources.<s>", groups)` for each logit source
+    /// that reads feature groups.
     pub fn describe_inputs(&self) -> Vec<(String, Vec<InputGroup>)> {
-        let mut out = vec![("head".to_string(), self.head_input.groups().to_vec())];
+        let mut out = vec![("head".to_string(), self.input_groups().to_vec())];
+        let gates = &self.head_input.groups()[self.n_head_groups..];
+        if !gates.is_empty() {
+            out.push(("gates".to_string(), gates.to_vec()));
+        }
         for (s, source) in self.logit_sources.sources().iter().enumerate() {
             if !source.input_groups().is_empty() {
                 out.push((format!("logit_sources.{s}"), source.input_groups().to_vec()));

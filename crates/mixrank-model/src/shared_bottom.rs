@@ -45,7 +45,7 @@ where
         max_batch: usize,
         rng: &mut R,
     ) -> Result<Self> {
-        let HeadShape { d_in, n_tasks, d_out } = shape;
+        let HeadShape { d_in, n_tasks, d_out, .. } = shape;
         let trunk = Trunk::new(m, d_in, ops, max_batch, rng)?;
         let [bottom] = expanded(m)[..] else {
             return Err(ModelError::Unsupported {

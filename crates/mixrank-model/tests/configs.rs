@@ -93,3 +93,28 @@ fn the_two_tower_file_builds_over_the_simulator_config() {
     assert!(!features(0).contains(&"position_id") && !features(1).contains(&"position_id"));
     assert_eq!(cfg.request_free_columns(), ["position"]);
 }
+
+#[test]
+fn the_surface_experiment_files_build_over_the_simulator_config() {
+    let sim = ExperimentConfig::load(&configs_dir().join("engagement.toml")).unwrap();
+    let ops = CpuOps::new();
+    let dir = configs_dir().join("experiments/surfaces");
+    let files = toml_files(&dir);
+    assert_eq!(files.len(), 2, "{files:?}");
+    for f in &files {
+        let cfg = sim.with_model_file(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let model = RankingModel::new(&cfg, &ops, 4, &mut StdRng::seed_from_u64(0)).unwrap();
+        let gates: Vec<(String, Vec<String>)> = model
+            .describe_inputs()
+            .into_iter()
+            .filter(|(part, _)| part == "gates")
+            .map(|(part, g)| (part, g.iter().map(|g| g.name.clone()).collect()))
+            .collect();
+        // gated.toml's gates read the surface group; unified.toml's read the experts' input only.
+        let want: Vec<(String, Vec<String>)> = match f.file_name().unwrap().to_str().unwrap() {
+            "gated.toml" => vec![("gates".into(), vec!["surface".into()])],
+            _ => vec![],
+        };
+        assert_eq!(gates, want, "{}", f.display());
+    }
+}

@@ -200,10 +200,118 @@ fn the_head_reads_its_groups_and_the_tower_its_own() {
 
 #[test]
 fn gradients_flow_from_the_tables_through_the_groups_into_head_and_tower() {
+    check_from_tables(&grouped(), "embeddings → groups → head + position tower");
+}
+
+/// Surface-aware gating: `device` is read by the gates only (group `surface`), so its
+/// table's gradient comes through the gates' input path alone.
+fn gated(model_keys: &str) -> ExperimentConfig {
+    gated_as("mmoe", model_keys)
+}
+
+fn gated_as(architecture: &str, model_keys: &str) -> ExperimentConfig {
+    let groups = "[feature_groups]\nuser = [\"user\", \"interests\", \"age\"]\n\
+                  ad = [\"ad\", \"ad_category\", \"bid\"]\npos = [\"position\"]\nsurface = [\"device\"]\n";
+    let model = MODEL.replace("architecture = \"mmoe\"", &format!("architecture = \"{architecture}\""));
+    let keys = format!("expert_dim = 3\ninputs = [\"ad\", \"user\", \"pos\"]\n{model_keys}");
+    let model = model.replace("expert_dim = 3\n", &keys);
+    ExperimentConfig::parse(&format!("{DATA}{groups}{model}"), std::path::Path::new("t.toml"))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn surface_aware_gates_read_their_group_and_gradients_reach_its_table() {
     let ops = F::new();
-    let cfg = grouped();
+    let cfg = gated("gate = { inputs = [\"surface\"] }\n");
     let mut m = model(&cfg, &ops);
-    let b = batch(&cfg, 9);
+    let d = m.describe_inputs();
+    let summary: Vec<(String, Vec<(String, usize)>)> =
+        d.iter().map(|(part, g)| (part.clone(), g.iter().map(|g| (g.name.clone(), g.width)).collect())).collect();
+    assert_eq!(
+        summary,
+        [
+            ("head".to_string(), vec![("ad".to_string(), 6), ("user".to_string(), 6), ("pos".to_string(), 2)]),
+            ("gates".to_string(), vec![("surface".to_string(), 2)]),
+        ]
+    );
+    // Each gate reads the 14 head columns (no shared layer: the trunk is the input) and
+    // the 2 surface columns; the experts read the 14 only.
+    let names = param_names(&mut m);
+    let shape = |n: &str| names.iter().find(|(k, _)| k == n).map(|(_, s)| s.clone()).unwrap();
+    assert_eq!(shape("gates.0.weight"), [16, 2]);
+    assert_eq!(shape("gates.1.weight"), [16, 2]);
+    let first = names.iter().find(|(k, _)| k.starts_with("experts.0.") && k.ends_with("weight")).unwrap();
+    assert_eq!(first.1[0], 14, "{first:?}");
+    check_from_tables(&cfg, "embeddings → surface group → MMoE gates");
+    // The gates alone (no expert input), behind a shared layer, OMoE.
+    let cfg = gated_as(
+        "omoe",
+        "shared = { hidden = [4], activation = \"tanh\" }\ngate = { inputs = [\"surface\"], expert_input = false }\n",
+    );
+    let mut m = model(&cfg, &ops);
+    let names = param_names(&mut m);
+    let shape = |n: &str| names.iter().find(|(k, _)| k == n).map(|(_, s)| s.clone()).unwrap();
+    assert_eq!(shape("gates.0.weight"), [2, 2]);
+    check_from_tables(&cfg, "embeddings → shared layer → experts; surface group → OMoE gate");
+}
+
+#[test]
+fn the_device_column_moves_the_logits_only_through_the_gates() {
+    // device feeds only the gates: changing it changes the logits with gate inputs on,
+    // and a model without them does not read it (its config is refused: unread feature).
+    let ops = F::new();
+    let cfg = gated("gate = { inputs = [\"surface\"], expert_input = false }\n");
+    let mut m = model(&cfg, &ops);
+    m.set_training(false);
+    let b = batch(&cfg, 4);
+    let dev = cfg.categorical.iter().position(|f| f.name == "device").unwrap();
+    let mut flipped = b.clone();
+    for id in &mut flipped.cat[dev].ids {
+        *id = (*id + 1) % 3;
+    }
+    let (l0, l1) = (logits(&mut m, &ops, &b), logits(&mut m, &ops, &flipped));
+    assert!(l0.iter().zip(&l1).any(|(a, c)| a.iter().zip(c).any(|(x, y)| (x - y).abs() > 1e-9)));
+    let err = ExperimentConfig::parse(
+        &format!("{DATA}[feature_groups]\nall = [\"user\", \"interests\", \"age\", \"ad\", \"ad_category\", \"bid\", \"position\"]\n{}", MODEL.replace("expert_dim = 3\n", "expert_dim = 3\ninputs = [\"all\"]\n")),
+        std::path::Path::new("t.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("device"), "{err}");
+}
+
+#[test]
+fn gate_inputs_are_refused_where_they_cannot_apply() {
+    let parse = |model: &str| {
+        let groups = "[feature_groups]\nsurface = [\"device\"]\n";
+        ExperimentConfig::parse(&format!("{DATA}{groups}{model}"), std::path::Path::new("t.toml"))
+            .err()
+            .map(|e| e.to_string())
+    };
+    let sb = "[model]\narchitecture = \"shared_bottom\"\ngate = { inputs = [\"surface\"] }\n\
+              [[model.experts]]\nkind = \"mlp\"\nhidden = [3]\n";
+    let err = parse(sb).expect("shared_bottom with gate inputs is refused");
+    assert!(err.contains("model.gate.inputs") && err.contains("no gate"), "{err}");
+    let ple = "[model]\narchitecture = \"ple\"\ngate = { inputs = [\"surface\"] }\nple = { levels = 1, shared_experts = 1, task_experts = 1 }\n\
+               [[model.experts]]\nkind = \"mlp\"\nhidden = [3]\n";
+    let err = parse(ple).expect("ple with gate inputs is refused (not built)");
+    assert!(err.contains("model.gate.inputs") && err.contains("not yet"), "{err}");
+    let no_input = "[model]\narchitecture = \"mmoe\"\ngate = { expert_input = false }\n\
+                    [[model.experts]]\nkind = \"mlp\"\nhidden = [3]\n";
+    let err = parse(no_input).expect("expert_input = false alone is refused");
+    assert!(err.contains("model.gate.expert_input"), "{err}");
+    let unknown = "[model]\narchitecture = \"mmoe\"\ngate = { inputs = [\"nope\"] }\n\
+                   [[model.experts]]\nkind = \"mlp\"\nhidden = [3]\n";
+    let err = parse(unknown).expect("an unknown group is refused");
+    assert!(err.contains("model.gate.inputs") && err.contains("nope"), "{err}");
+}
+
+/// The finite-difference check from the embedding tables through the whole model (every
+/// table, head and tower parameter gets a non-zero gradient).
+fn check_from_tables(cfg: &ExperimentConfig, label: &str) {
+    let ops = F::new();
+    let mut m = model(cfg, &ops);
+    let b = batch(cfg, 9);
     // Random head and tower parameters, so no term hides at 0.
     let mut rng = StdRng::seed_from_u64(10);
     m.params(&mut |_, p| {
@@ -255,7 +363,7 @@ fn gradients_flow_from_the_tables_through_the_groups_into_head_and_tower() {
         vec![d]
     };
     // Also asserts every head and tower parameter receives a non-zero gradient.
-    check_grads("embeddings → groups → head + position tower", &mut m, &[tables], forward, backward, 11);
+    check_grads(label, &mut m, &[tables], forward, backward, 11);
 }
 
 #[test]

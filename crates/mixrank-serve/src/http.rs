@@ -51,6 +51,8 @@ fn schema_json(d: &SchemaDiff) -> serde_json::Value {
         "tasks_added": d.tasks_added,
         "tasks_removed": d.tasks_removed,
         "tasks_reordered": d.tasks_reordered.as_ref().map(|(old, new)| serde_json::json!({"old": old, "new": new})),
+        "calibration_surfaces": d.calibration_surfaces.as_ref().map(|(old, new)| serde_json::json!({"old": old, "new": new})),
+        "surface_column": d.surface_column.as_ref().map(|(old, new)| serde_json::json!({"old": old, "new": new})),
     })
 }
 

@@ -7,7 +7,8 @@
 //! a blocking thread while the old one keeps serving, binds the score config to its
 //! tasks, and only then swaps; any failure leaves the old model in place. A new model
 //! that changes the request schema (the feature columns a request must carry, the task
-//! names and their order in answers: [`SchemaDiff`]) is refused unless the reload is
+//! names and their order in answers, the surfaces a per-surface calibration layer maps
+//! and the segment column it makes a request carry: [`SchemaDiff`]) is refused unless the reload is
 //! forced, so a reload cannot silently break every client. Reloads are
 //! serialised. [`ModelSlot::watch`] polls `checkpoint/manifest.xxh3` (written last by
 //! a checkpoint save) and reloads when its content changes.
@@ -54,6 +55,34 @@ pub struct SchemaDiff {
     pub tasks_removed: Vec<String>,
     /// Same task names in another order (predictions are positional): `(old, new)`.
     pub tasks_reordered: Option<(Vec<String>, Vec<String>)>,
+    /// The surfaces a per-surface calibration layer maps, in id order, `(old, new)`,
+    /// when they differ (`None` on a side: no layer, or one global map). A client that
+    /// reads a score as a calibrated probability at its surface would get another
+    /// surface's (or the global) map without noticing; none ↔ global is not listed (the
+    /// request and the meaning per surface do not change).
+    pub calibration_surfaces: Option<(CalibratedSurfaces, CalibratedSurfaces)>,
+    /// The segment column a request must carry for a per-surface calibration layer
+    /// (when the segment is not a feature, whose column is required anyway), `(old,
+    /// new)`, when it differs.
+    pub surface_column: Option<(Option<String>, Option<String>)>,
+}
+
+/// The surfaces a per-surface calibration layer maps, in id order; `None` without a
+/// layer or with a global one.
+pub type CalibratedSurfaces = Option<Vec<String>>;
+
+/// The surfaces a per-surface calibration layer maps, in id order; `None` without a
+/// layer or with a global one.
+pub fn calibrated_surfaces(c: Option<&mixrank_train::calibration::CalibrationFile>) -> CalibratedSurfaces {
+    use mixrank_data::config::calibration::CalibrationScope;
+    let c = c.filter(|c| c.per == CalibrationScope::Surface)?;
+    let mut out: Vec<String> = Vec::new();
+    for s in c.tasks.iter().flat_map(|t| &t.surfaces) {
+        if !out.contains(&s.segment) {
+            out.push(s.segment.clone());
+        }
+    }
+    Some(out)
 }
 
 impl SchemaDiff {
@@ -71,12 +100,25 @@ impl SchemaDiff {
             tasks_added: tn.iter().filter(|t| !so.contains(*t)).cloned().collect(),
             tasks_removed: to.iter().filter(|t| !sn.contains(*t)).cloned().collect(),
             tasks_reordered,
+            calibration_surfaces: changed(
+                calibrated_surfaces(old.calibration.as_deref().map(|c| &c.file)),
+                calibrated_surfaces(new.calibration.as_deref().map(|c| &c.file)),
+            ),
+            surface_column: changed(
+                old.required_surface().map(str::to_string),
+                new.required_surface().map(str::to_string),
+            ),
         }
     }
 
     pub fn is_empty(&self) -> bool {
         *self == SchemaDiff::default()
     }
+}
+
+/// `Some((old, new))` when they differ.
+fn changed<T: PartialEq>(old: T, new: T) -> Option<(T, T)> {
+    (old != new).then_some((old, new))
 }
 
 impl std::fmt::Display for SchemaDiff {
@@ -94,6 +136,17 @@ impl std::fmt::Display for SchemaDiff {
         }
         if let Some((old, new)) = &self.tasks_reordered {
             parts.push(format!("task order changed: {} -> {}", old.join(", "), new.join(", ")));
+        }
+        if let Some((old, new)) = &self.calibration_surfaces {
+            let side = |s: &Option<Vec<String>>| match s {
+                None => "none (no layer or a global one)".to_string(),
+                Some(v) => v.join(", "),
+            };
+            parts.push(format!("calibrated surfaces changed: {} -> {}", side(old), side(new)));
+        }
+        if let Some((old, new)) = &self.surface_column {
+            let side = |s: &Option<String>| s.clone().unwrap_or_else(|| "none".into());
+            parts.push(format!("required surface column changed: {} -> {}", side(old), side(new)));
         }
         if parts.is_empty() {
             return write!(f, "no changes");

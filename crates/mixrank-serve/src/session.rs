@@ -352,7 +352,7 @@ impl InferenceSession {
 
     /// The segment column a request must carry: with a per-surface calibration layer,
     /// when the segment is not a feature (a feature is required anyway).
-    fn required_surface(&self) -> Option<&str> {
+    pub fn required_surface(&self) -> Option<&str> {
         let per_surface = self
             .calibration
             .as_ref()

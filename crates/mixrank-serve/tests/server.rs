@@ -784,6 +784,54 @@ fn a_non_loopback_address_without_a_token_is_refused_at_start() {
 fn a_calibrated_model_serves_evals_calibrated_scores() {
     let dir =
         std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("serve-calibrated-{}", std::process::id()));
+    let (cfg, run) = calibrated_run(&dir, "isotonic", "surface");
+    calibrated_serves_evals_scores(&cfg, &run);
+}
+
+/// A reload from a per-surface-calibrated model to a globally calibrated one (same
+/// features and tasks) changes what a score means at each surface: refused with 409
+/// `schema_changed` naming the calibrated surfaces unless forced; back to per surface
+/// the same.
+#[test]
+fn a_reload_changing_the_calibrated_surfaces_is_refused_unless_forced() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("serve-calibration-reload-{}", std::process::id()));
+    let (_, per_surface) = calibrated_run(&dir.join("surface"), "platt", "surface");
+    let (_, global) = calibrated_run(&dir.join("global"), "platt", "global");
+    let rt = runtime();
+    let mut opts = ServeOptions::new(&per_surface, engine());
+    opts.admin_token = Some("t".into());
+    let server = start(&rt, opts);
+    let (addr, auth) = (server.http_addr, [("Authorization", "Bearer t")]);
+    let v0 = version(addr);
+    let target = |run: &std::path::Path, force: bool| format!(r#"{{"model": "{}", "force": {force}}}"#, run.display());
+    let r = http(addr, "POST", "/admin/reload", &auth, target(&global, false).as_bytes());
+    assert_eq!(r.status, 409, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "schema_changed", "{}", r.body);
+    let surfaces = serde_json::json!(["home_feed", "related_pins", "search"]);
+    assert_eq!(v["schema_changes"]["calibration_surfaces"]["old"], surfaces, "{}", r.body);
+    assert!(v["schema_changes"]["calibration_surfaces"]["new"].is_null(), "{}", r.body);
+    assert_eq!(v["schema_changes"]["features_added"], serde_json::json!([]), "{}", r.body);
+    assert!(v["error"]["message"].as_str().unwrap().contains("calibrated surfaces changed"), "{}", r.body);
+    assert_eq!(version(addr), v0, "the per-surface model keeps serving");
+    let r = http(addr, "POST", "/admin/reload", &auth, target(&global, true).as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["schema_changes"]["calibration_surfaces"]["old"], surfaces, "{}", r.body);
+    // Global back to per surface: refused the same way.
+    let r = http(addr, "POST", "/admin/reload", &auth, target(&per_surface, false).as_bytes());
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.json()["schema_changes"]["calibration_surfaces"]["new"], surfaces, "{}", r.body);
+    server.shutdown();
+    rt.block_on(server.wait()).unwrap();
+}
+
+/// A small simulated run (10 steps) with a `[calibration]` layer of `method`, `per`.
+fn calibrated_run(
+    dir: &std::path::Path,
+    method: &str,
+    per: &str,
+) -> (mixrank_data::ExperimentConfig, std::path::PathBuf) {
     let p = mixrank_data::simulate::EngagementParams {
         days: 3,
         requests_per_day: 300,
@@ -794,7 +842,7 @@ fn a_calibrated_model_serves_evals_calibrated_scores() {
     };
     let sim = mixrank_data::simulate::simulate_engagement(&p, &dir.join("data")).unwrap();
     let mut text = std::fs::read_to_string(&sim.config).unwrap();
-    text.push_str("\n[calibration]\nmethod = \"isotonic\"\nper = \"surface\"\n");
+    text.push_str(&format!("\n[calibration]\nmethod = \"{method}\"\nper = \"{per}\"\n"));
     std::fs::write(&sim.config, text).unwrap();
     let model = dir.join("model.toml");
     std::fs::write(
@@ -808,9 +856,12 @@ fn a_calibrated_model_serves_evals_calibrated_scores() {
     let mut opts = mixrank_train::TrainOptions::new(&run);
     opts.max_steps = Some(10);
     mixrank_train::train(std::sync::Arc::new(cfg.clone()), &opts, &CpuOps::new()).unwrap();
+    (cfg, run)
+}
 
+fn calibrated_serves_evals_scores(cfg: &mixrank_data::ExperimentConfig, run: &std::path::Path) {
     let ops = CpuOps::new();
-    let mut s = CheckpointScorer::open(&run, &ops, None).unwrap();
+    let mut s = CheckpointScorer::open(run, &ops, None).unwrap();
     let cal = s.loaded.calibration.clone().expect("a calibration layer");
     let mut c = (*s.config).clone();
     c.data.batch_size = 10;
@@ -825,10 +876,10 @@ fn a_calibrated_model_serves_evals_calibrated_scores() {
     let scored = s.score(&ops, "test").unwrap();
     assert!(scored.uncalibrated.is_some());
 
-    let files = split_files(&cfg, "test").unwrap();
-    let reqs = requests_from_parquet(&files[0], &cfg, Grouping::RequestId, 300).unwrap();
+    let files = split_files(cfg, "test").unwrap();
+    let reqs = requests_from_parquet(&files[0], cfg, Grouping::RequestId, 300).unwrap();
     let rt = runtime();
-    let server = start(&rt, ServeOptions::new(&run, engine()));
+    let server = start(&rt, ServeOptions::new(run, engine()));
     let (mut row, mut changed) = (0, 0);
     for (k, req) in reqs.iter().enumerate() {
         let reply = post_json(server.http_addr, "/v1/score", &req.to_json().to_string());
@@ -845,4 +896,43 @@ fn a_calibrated_model_serves_evals_calibrated_scores() {
     assert!(changed > row, "calibration changed {changed} predictions of {row} rows");
     server.shutdown();
     rt.block_on(server.wait()).unwrap();
+}
+
+/// `SchemaDiff::calibration_surfaces` compares these lists: per-surface layers over
+/// other surfaces (or the same in another id order) differ, global and none are both
+/// `None`.
+#[test]
+fn calibrated_surfaces_are_the_per_surface_layers_segments_in_id_order() {
+    use mixrank_data::config::calibration::{CalibrationMethod, CalibrationScope};
+    use mixrank_serve::reload::calibrated_surfaces;
+    use mixrank_train::calibration::{CalibrationFile, MapWire, SurfaceMap, TaskMaps};
+    let file = |per: CalibrationScope, surfaces: &[&str]| {
+        let map = || MapWire::Platt { a: 1.0, b: 0.0 };
+        let task = |t: &str| TaskMaps {
+            task: t.into(),
+            rows: 10,
+            global: map(),
+            surfaces: surfaces
+                .iter()
+                .map(|s| SurfaceMap { segment: s.to_string(), rows: 5, map: Some(map()), fallback: None })
+                .collect(),
+        };
+        CalibrationFile {
+            format_version: 1,
+            method: CalibrationMethod::Platt,
+            per,
+            split: "validation".into(),
+            tasks: vec![task("click"), task("save")],
+        }
+    };
+    let three = file(CalibrationScope::Surface, &["home_feed", "related_pins", "search"]);
+    let two = file(CalibrationScope::Surface, &["home_feed", "search"]);
+    let swapped = file(CalibrationScope::Surface, &["search", "home_feed"]);
+    let global = file(CalibrationScope::Global, &[]);
+    let s = |f: Option<&CalibrationFile>| calibrated_surfaces(f);
+    assert_eq!(s(Some(&three)), Some(vec!["home_feed".into(), "related_pins".into(), "search".into()]));
+    assert_eq!(s(Some(&two)), Some(vec!["home_feed".to_string(), "search".into()]));
+    assert_ne!(s(Some(&two)), s(Some(&swapped)));
+    assert_eq!(s(Some(&global)), None);
+    assert_eq!(s(None), None);
 }

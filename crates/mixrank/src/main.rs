@@ -117,6 +117,11 @@ struct SimulateArgs {
     /// ads are shown higher (selection bias); absent: random order.
     #[arg(long)]
     logged_ranking_noise: Option<f64>,
+    /// Engagement: write only this surface's rows (home_feed, related_pins or search) of
+    /// the same simulation (every request is still drawn, so the rows are those the full
+    /// simulation writes for that surface): data for a model of one surface.
+    #[arg(long)]
+    only_surface: Option<String>,
     /// MMoE paper: task correlation p in [-1, 1].
     #[arg(long, default_value_t = 0.5)]
     correlation: f64,
@@ -204,6 +209,7 @@ fn simulate(a: &SimulateArgs) -> Result<()> {
                 new_ads_per_day: a.new_ads_per_day,
                 save_click_correlation: a.save_click_correlation,
                 logged_ranking_noise: a.logged_ranking_noise,
+                only_surface: a.only_surface.clone(),
                 ..Default::default()
             };
             simulate_engagement(&p, &a.out)?

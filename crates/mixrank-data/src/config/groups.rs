@@ -129,6 +129,9 @@ pub struct ModelInputs {
     pub position_tower: Option<PositionTowerInputs>,
     /// `architecture = "two_tower"`: what each tower reads.
     pub two_tower: Option<TwoTowerInputs>,
+    /// `[model.gate] inputs`: what the gates read besides (or instead of) the experts'
+    /// input (surface-aware gating).
+    pub gate: Option<InputSpec>,
 }
 
 /// The towers' inputs of a two-tower model: no feature in both, none reading the
@@ -312,8 +315,17 @@ pub(crate) fn resolve_inputs(
     };
     // Every feature feeds some part of the model, but a two-tower model's position
     // features (which no tower may read).
-    let read: Vec<FeatureRef> =
-        head.features().into_iter().chain(position_tower.iter().flat_map(|p| p.input.features())).collect();
+    let gate = if m.gate.inputs.is_empty() {
+        None
+    } else {
+        Some(resolve_input("model.gate.inputs", &m.gate.inputs, groups, &name)?)
+    };
+    let read: Vec<FeatureRef> = head
+        .features()
+        .into_iter()
+        .chain(position_tower.iter().flat_map(|p| p.input.features()))
+        .chain(gate.iter().flat_map(InputSpec::features))
+        .collect();
     let reads_position = |f: &FeatureRef| {
         let column = match *f {
             FeatureRef::Categorical(i) => categorical[i].column.as_str(),
@@ -346,7 +358,7 @@ pub(crate) fn resolve_inputs(
             ));
         }
     }
-    Ok(ModelInputs { head, position_tower, two_tower })
+    Ok(ModelInputs { head, position_tower, two_tower, gate })
 }
 
 /// Resolves `[model.two_tower.user] inputs` and `[model.two_tower.item] inputs`.

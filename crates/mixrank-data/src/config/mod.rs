@@ -671,6 +671,12 @@ impl ExperimentConfig {
         }
     }
 
+    /// What the gates read besides (or instead of) the experts' input (`[model.gate]
+    /// inputs`, surface-aware gating); `None` without it.
+    pub fn gate_input(&self) -> Option<groups::InputSpec> {
+        self.inputs.as_ref().and_then(|i| i.gate.clone())
+    }
+
     /// Features a scoring request need not carry: those only the position tower reads
     /// (not the head), since the tower does not run at evaluation and serving; for a
     /// two-tower model, the position features neither tower reads. Serving
@@ -690,8 +696,9 @@ impl ExperimentConfig {
         if let Some(sp) = &tower.serve_position {
             return sp.features.iter().map(|&i| groups::FeatureRef::Categorical(i)).collect();
         }
-        let head = self.head_input().features();
-        tower.input.features().into_iter().filter(|f| !head.contains(f)).collect()
+        let mut read = self.head_input().features();
+        read.extend(self.gate_input().iter().flat_map(groups::InputSpec::features));
+        tower.input.features().into_iter().filter(|f| !read.contains(f)).collect()
     }
 
     /// Source columns a scoring request need not carry: every feature reading them is in

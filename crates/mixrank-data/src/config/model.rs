@@ -621,6 +621,20 @@ pub struct GateSection {
     /// Not written when 0, so configs without it serialise as before.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub dropout: f64,
+    /// Surface-aware gating: feature groups (`[feature_groups]`) the gates read besides
+    /// (or, with `expert_input = false`, instead of) the experts' input, e.g.
+    /// `["surface"]` with the segment column's embedding. OMoE and MMoE only. Not
+    /// written when empty, so configs without it serialise as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
+    /// Whether the gates also read the experts' input (the trunk) when `inputs` is set
+    /// (default true). Not written when true.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub expert_input: bool,
+}
+
+fn is_true(v: &bool) -> bool {
+    *v
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -629,7 +643,15 @@ fn is_zero(v: &f64) -> bool {
 
 impl Default for GateSection {
     fn default() -> Self {
-        GateSection { temperature: 1.0, top_k: 0, hidden: Vec::new(), activation: None, dropout: 0.0 }
+        GateSection {
+            temperature: 1.0,
+            top_k: 0,
+            hidden: Vec::new(),
+            activation: None,
+            dropout: 0.0,
+            inputs: Vec::new(),
+            expert_input: true,
+        }
     }
 }
 
@@ -984,6 +1006,22 @@ pub fn validate_model(m: &ModelSection, n_tasks: usize) -> Result<(), (String, S
             format!("{:?} has no gate to drop experts from (use omoe, mmoe or ple)", m.architecture),
         );
     }
+    if !m.gate.inputs.is_empty() && !matches!(m.architecture, Architecture::Omoe | Architecture::Mmoe) {
+        return e(
+            "gate.inputs",
+            format!(
+                "{:?}: surface-aware gating is built for omoe and mmoe only ({})",
+                m.architecture,
+                match m.architecture {
+                    Architecture::SingleTask | Architecture::SharedBottom => "this architecture has no gate",
+                    _ => "not yet for this architecture's gates",
+                }
+            ),
+        );
+    }
+    if !m.gate.expert_input && m.gate.inputs.is_empty() {
+        return e("gate.expert_input", "false needs gate.inputs (the gates would read nothing)".into());
+    }
     let mlp = |key: &str, s: &MlpSection| -> Result<(), (String, String)> {
         if s.hidden.is_empty() || s.hidden.contains(&0) {
             return Err((format!("model.{key}.hidden"), "expected non-empty positive sizes".into()));
@@ -1114,6 +1152,12 @@ fn validate_two_tower(m: &ModelSection, tt: &TwoTowerSection, n_tasks: usize) ->
             return e(
                 &format!("two_tower.{side}.architecture"),
                 "a tower is a head: any architecture but two_tower".into(),
+            );
+        }
+        if !t.gate.inputs.is_empty() || !t.gate.expert_input {
+            return e(
+                &format!("two_tower.{side}.gate.inputs"),
+                "surface-aware gating is not built for a two-tower model's towers".into(),
             );
         }
         validate_model(&t.head(), n_tasks)

@@ -66,6 +66,11 @@ pub struct EngagementParams {
     /// ads are shown higher and examined more — the selection bias of real logs, which a
     /// model that reads position (or ignores it) confounds with appeal.
     pub logged_ranking_noise: Option<f64>,
+    /// Write only the rows of this surface (one of [`SURFACES`]); the world and every
+    /// request are simulated as without it (the same random streams), so the rows
+    /// written are exactly that surface's rows of the full simulation (what a model
+    /// trained on one surface reads). `None`: every row.
+    pub only_surface: Option<String>,
 }
 
 impl Default for EngagementParams {
@@ -84,6 +89,7 @@ impl Default for EngagementParams {
             save_click_correlation: 0.5,
             row_group_rows: 32_768,
             logged_ranking_noise: None,
+            only_surface: None,
         }
     }
 }
@@ -249,6 +255,40 @@ struct DayCols {
     conversion: Vec<i32>,
     p_click_true: Vec<f64>,
     p_save_true: Vec<f64>,
+}
+
+impl DayCols {
+    /// Keeps the rows of one surface, in order.
+    fn retain_surface(&mut self, name: &str) {
+        let keep: Vec<bool> = self.surface.iter().map(|s| *s == name).collect();
+        fn retain<T>(v: &mut Vec<T>, keep: &[bool]) {
+            let mut i = 0;
+            v.retain(|_| {
+                i += 1;
+                keep[i - 1]
+            });
+        }
+        retain(&mut self.request_id, &keep);
+        retain(&mut self.user_id, &keep);
+        retain(&mut self.ad_id, &keep);
+        retain(&mut self.advertiser_id, &keep);
+        retain(&mut self.ad_category, &keep);
+        retain(&mut self.context_category, &keep);
+        retain(&mut self.interests, &keep);
+        retain(&mut self.surface, &keep);
+        retain(&mut self.device, &keep);
+        retain(&mut self.position, &keep);
+        retain(&mut self.user_activity, &keep);
+        retain(&mut self.ad_age_days, &keep);
+        retain(&mut self.bid, &keep);
+        retain(&mut self.ad_hist_ctr, &keep);
+        retain(&mut self.click, &keep);
+        retain(&mut self.save, &keep);
+        retain(&mut self.dwell_time, &keep);
+        retain(&mut self.conversion, &keep);
+        retain(&mut self.p_click_true, &keep);
+        retain(&mut self.p_save_true, &keep);
+    }
 }
 
 fn simulate_day(p: &EngagementParams, w: &World, day: usize) -> DayCols {
@@ -506,12 +546,18 @@ pub fn simulate_engagement(p: &EngagementParams, out: &Path) -> Result<SimSummar
             p.save_click_correlation
         )));
     }
+    if let Some(name) = p.only_surface.as_deref().filter(|n| !SURFACES.contains(n)) {
+        return Err(DataError::Other(format!("only_surface: no surface `{name}` (surfaces: {})", SURFACES.join(", "))));
+    }
     let days: Vec<String> = (0..p.days).map(|i| add_days(&p.start_day, i)).collect::<Result<_>>()?;
     let world = World::build(p);
     let results: Vec<Result<(std::path::PathBuf, u64)>> = (0..p.days)
         .into_par_iter()
         .map(|day| {
-            let cols = simulate_day(p, &world, day);
+            let mut cols = simulate_day(p, &world, day);
+            if let Some(name) = &p.only_surface {
+                cols.retain_surface(name);
+            }
             let rows = cols.request_id.len() as u64;
             let rb = to_record_batch(cols)?;
             let path = out.join(format!("day={}", days[day])).join("part-00000.parquet");

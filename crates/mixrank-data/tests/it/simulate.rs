@@ -201,3 +201,32 @@ fn at_position_reads_every_row_as_shown_there() {
     let e = mixrank_data::Encoder::new(cfg.clone(), mixrank_data::DenseMode::Raw).unwrap().at_position(0);
     assert!(e.is_err());
 }
+
+#[test]
+fn only_surface_writes_that_surfaces_rows_of_the_same_simulation() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let p = EngagementParams { days: 3, requests_per_day: 400, ..small() };
+    let full = simulate_engagement(&p, a.path()).unwrap();
+    let only = EngagementParams { only_surface: Some("search".into()), ..p.clone() };
+    let one = simulate_engagement(&only, b.path()).unwrap();
+    let read = |config: &std::path::Path| {
+        let cfg = mixrank_data::ExperimentConfig::load(config).unwrap();
+        concat(&read_split(cfg, "test").unwrap().0)
+    };
+    let (f, o) = (read(&full.config), read(&one.config));
+    let search = 2; // id of `search` in the segment's values
+    let keep: Vec<usize> = (0..f.rows).filter(|&i| f.segment[i] == search).collect();
+    assert!(!keep.is_empty() && keep.len() < f.rows, "{} of {} rows", keep.len(), f.rows);
+    assert_eq!(o.rows, keep.len());
+    assert!(o.segment.iter().all(|&s| s == search));
+    for t in 0..4 {
+        let want: Vec<f32> = keep.iter().map(|&i| f.label(t)[i]).collect();
+        assert_eq!(o.label(t), &want[..], "task {t}");
+    }
+    let want: Vec<f32> =
+        keep.iter().flat_map(|&i| f.dense[i * f.dense_width..(i + 1) * f.dense_width].to_vec()).collect();
+    assert_eq!(o.dense.len(), want.len());
+    let bad = EngagementParams { only_surface: Some("stories".into()), ..p };
+    let e = simulate_engagement(&bad, tempfile::tempdir().unwrap().path()).unwrap_err().to_string();
+    assert!(e.contains("stories") && e.contains("home_feed"), "{e}");
+}
