@@ -9,6 +9,7 @@
 //!   finite-difference gradient checks.
 //! - [`counting::Counting`]: forwards to a host backend and counts allocations, uploads
 //!   and readbacks — what a device backend would move — for tests.
+//! - [`normalize`]: row L2 normalisation (cosine scores) and its backward.
 //! - [`mask`]: dropout and top-k masks as ops, so they are made where the data lives.
 //! - [`bf16`]: a bf16-weight, bf16-activation, f32-accumulate GEMM for inference
 //!   (AMX-BF16 or AVX512-BF16, chosen at run time, with a portable fallback).
@@ -29,6 +30,7 @@ pub mod float;
 mod host;
 pub mod loss;
 pub mod mask;
+pub mod normalize;
 pub mod ops;
 pub mod reference;
 
