@@ -242,6 +242,12 @@ impl<B: Backend<Buf = Host, Ids = HostIds>> Backend for Counting<B> {
     fn copy_cols(&self, spec: &ColCopy, src: &Host, dst: &mut Host) -> Result<()> {
         self.inner.copy_cols(spec, src, dst)
     }
+    fn normalize_rows(&self, shape: Shape, eps: f32, x: &Host, y: &mut Host, rnorm: &mut Host) -> Result<()> {
+        self.inner.normalize_rows(shape, eps, x, y, rnorm)
+    }
+    fn normalize_rows_backward(&self, shape: Shape, y: &Host, rnorm: &Host, dy: &Host, dx: &mut Host) -> Result<()> {
+        self.inner.normalize_rows_backward(shape, y, rnorm, dy, dx)
+    }
     fn softmax_rows(&self, shape: Shape, x: &Host, y: &mut Host) -> Result<()> {
         self.inner.softmax_rows(shape, x, y)
     }

@@ -11,6 +11,7 @@
 //!   and readbacks — what a device backend would move — for tests.
 //! - [`optim`]: optimizer updates (Adam/AdamW with a clip, row-wise Adagrad, lazy Adam)
 //!   as ops, so parameters and optimizer state stay in the backend's memory.
+//! - [`normalize`]: row L2 normalisation (cosine scores) and its backward.
 //! - [`mask`]: dropout and top-k masks as ops, so they are made where the data lives.
 //! - [`bf16`]: a bf16-weight, bf16-activation, f32-accumulate GEMM for inference
 //!   (AMX-BF16 or AVX512-BF16, chosen at run time, with a portable fallback).
@@ -31,6 +32,7 @@ pub mod float;
 mod host;
 pub mod loss;
 pub mod mask;
+pub mod normalize;
 pub mod ops;
 pub mod optim;
 pub mod reference;

@@ -394,6 +394,29 @@ pub trait Backend: Send + Sync {
     /// Backward given the softmax output: `dx = y ⊙ (dy - Σ_c dy ⊙ y)` per row (overwrite).
     fn softmax_rows_backward(&self, shape: Shape, y: &Self::Buf, dy: &Self::Buf, dx: &mut Self::Buf) -> Result<()>;
 
+    // ---- row normalisation ----------------------------------------------------------
+
+    /// Row L2 normalisation ([`crate::normalize`]): per row, `s = 1/sqrt(Σ_c x² + eps)`,
+    /// `y = x · s`; `rnorm` (`[rows]`) receives `s`. `x`, `y`: `[rows, cols]`.
+    fn normalize_rows(
+        &self,
+        shape: Shape,
+        eps: f32,
+        x: &Self::Buf,
+        y: &mut Self::Buf,
+        rnorm: &mut Self::Buf,
+    ) -> Result<()>;
+    /// Backward of [`Backend::normalize_rows`] given its output and `rnorm`:
+    /// `dx = s · (dy - y · ⟨dy, y⟩)` per row (overwrite).
+    fn normalize_rows_backward(
+        &self,
+        shape: Shape,
+        y: &Self::Buf,
+        rnorm: &Self::Buf,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+    ) -> Result<()>;
+
     // ---- layer norm -----------------------------------------------------------------
 
     /// Per row: `mean = Σx/C`, `var = Σ(x-mean)²/C`, `rstd = 1/sqrt(var+eps)`,

@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::float::Float;
 use crate::host;
 use crate::loss;
+pub use crate::normalize::{normalize_rows, normalize_rows_backward};
 use crate::ops::{
     Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput, NormStats, Pooling, Shape,
     SparseGrad, SparseView, Transpose,
@@ -614,6 +615,19 @@ impl<T: Float> Backend for RefOpsOf<T> {
         copy_cols(spec, src, dst)
     }
 
+    fn normalize_rows(&self, shape: Shape, eps: f32, x: &Vec<T>, y: &mut Vec<T>, rnorm: &mut Vec<T>) -> Result<()> {
+        normalize_rows(shape, eps, x, y, rnorm)
+    }
+    fn normalize_rows_backward(
+        &self,
+        shape: Shape,
+        y: &Vec<T>,
+        rnorm: &Vec<T>,
+        dy: &Vec<T>,
+        dx: &mut Vec<T>,
+    ) -> Result<()> {
+        normalize_rows_backward(shape, y, rnorm, dy, dx)
+    }
     fn softmax_rows(&self, shape: Shape, x: &Vec<T>, y: &mut Vec<T>) -> Result<()> {
         softmax_rows(shape, x, y)
     }

@@ -7,6 +7,10 @@
 //! batch ─► EmbeddingCollection ─► emb ─┬─► user groups ─► user head ─► u_t [batch, dim] ─┐
 //!   └────► dense ──────────────────────┴─► item groups ─► item head ─► v_t [batch, dim] ─┴─► ⟨u_t, v_t⟩ + b_t = logit_t
 //! ```
+//! With `score = "cosine"` each embedding is first L2-normalised per row
+//! ([`Backend::normalize_rows`]) and the dot product divided by the temperature:
+//! `cos(u_t, v_t)/τ + b_t`.
+//!
 //! Trained pointwise with the tasks' losses (the trainer's, as for every model), so its
 //! outputs are calibrated CTRs like the full ranker's. The item tower reads only the
 //! item's features (validated: no feature in both towers, no position, no `bias`
@@ -23,7 +27,7 @@ use crate::inputs::InputLayout;
 use crate::lookup::{build_embeddings, BatchIds};
 use crate::model::{task_log_var, Model, ModelIo};
 use mixrank_data::config::groups::{InputSpec, TwoTowerInputs};
-use mixrank_data::config::model::{TowerHeadSection, TwoTowerSection};
+use mixrank_data::config::model::{TowerHeadSection, TwoTowerScore, TwoTowerSection, COSINE_EPS};
 use mixrank_data::config::ExperimentConfig;
 use mixrank_data::Batch;
 use mixrank_engine::{Activation, Backend, BlockShape, Shape};
@@ -39,6 +43,63 @@ struct Side<B: Backend> {
     x: B::Buf,
     /// Per task: the gradient w.r.t. the tower's embedding, `[max_batch, dim]`.
     d_out: Vec<B::Buf>,
+    /// Under a cosine score: the normalised embeddings and their row norms.
+    unit: Option<Unit<B>>,
+}
+
+/// A tower's embeddings normalised per row (the cosine score).
+struct Unit<B: Backend> {
+    /// Per task: `u_t / ‖u_t‖`, `[max_batch, dim]`.
+    y: Vec<B::Buf>,
+    /// Per task: `1/sqrt(‖u_t‖² + eps)`, `[max_batch]`.
+    rnorm: Vec<B::Buf>,
+    /// The gradient w.r.t. one task's normalised embedding, `[max_batch, dim]`.
+    d_y: B::Buf,
+}
+
+impl<B: Backend> Side<B> {
+    /// Task `t`'s embedding as the score reads it (normalised under a cosine score).
+    fn embedding(&self, t: usize) -> &B::Buf {
+        match &self.unit {
+            Some(u) => &u.y[t],
+            None => self.head.logits(t),
+        }
+    }
+
+    /// Normalises the head's embeddings of the last forward (cosine score only).
+    fn normalize(&mut self, ops: &B, rows: usize, dim: usize) -> Result<()> {
+        if let Some(unit) = &mut self.unit {
+            for (t, (y, rnorm)) in unit.y.iter_mut().zip(&mut unit.rnorm).enumerate() {
+                ops.normalize_rows(Shape { rows, cols: dim }, COSINE_EPS, self.head.logits(t), y, rnorm)
+                    .at(|| format!("normalising task {t}'s embedding"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `d_out[t]`, the gradient w.r.t. this tower's task-`t` embedding, from the
+    /// logit gradient `d` (`[rows, 1]`) and the other tower's score embedding `other`:
+    /// `d · other` (times `1/τ` and back through the normalisation under a cosine score).
+    fn score_grad(
+        &mut self,
+        ops: &B,
+        s: BlockShape,
+        t: usize,
+        d: &B::Buf,
+        other: &B::Buf,
+        inv: Option<f32>,
+    ) -> Result<()> {
+        let at = || format!("score gradient of task {t}");
+        match (&mut self.unit, inv) {
+            (Some(unit), Some(inv)) => {
+                ops.block_outer(s, d, other, &mut unit.d_y).at(at)?;
+                ops.scale(s.rows * s.width, inv, &mut unit.d_y).at(at)?;
+                let shape = Shape { rows: s.rows, cols: s.width };
+                ops.normalize_rows_backward(shape, &unit.y[t], &unit.rnorm[t], &unit.d_y, &mut self.d_out[t]).at(at)
+            }
+            _ => ops.block_outer(s, d, other, &mut self.d_out[t]).at(at),
+        }
+    }
 }
 
 impl<B: Backend + 'static> Side<B>
@@ -52,6 +113,7 @@ where
         section: &TowerHeadSection,
         spec: &InputSpec,
         dim: usize,
+        cosine: bool,
         ops: &B,
         max_batch: usize,
         rng: &mut R,
@@ -60,8 +122,17 @@ where
         let head = build_head_with_outputs(&section.head(), layout.width(), cfg.tasks.len(), dim, ops, max_batch, rng)?;
         let buf = |n: usize| ops.alloc(n).at(|| format!("{name} tower workspaces"));
         let x = buf(max_batch * layout.width())?;
-        let d_out = (0..cfg.tasks.len()).map(|_| buf(max_batch * dim)).collect::<Result<_>>()?;
-        Ok(Side { layout, head, x, d_out })
+        let n_tasks = cfg.tasks.len();
+        let d_out = (0..n_tasks).map(|_| buf(max_batch * dim)).collect::<Result<_>>()?;
+        let unit = match cosine {
+            false => None,
+            true => Some(Unit {
+                y: (0..n_tasks).map(|_| buf(max_batch * dim)).collect::<Result<_>>()?,
+                rnorm: (0..n_tasks).map(|_| buf(max_batch)).collect::<Result<_>>()?,
+                d_y: buf(max_batch * dim)?,
+            }),
+        };
+        Ok(Side { layout, head, x, d_out, unit })
     }
 }
 
@@ -88,6 +159,9 @@ pub struct TwoTowerModel<B: Backend> {
     /// Per task: the score's bias (`[model.two_tower] bias`), `[1]`.
     bias: Vec<Param<B>>,
     dim: usize,
+    /// `1/τ` under a cosine score (the dot product of the unit embeddings is multiplied
+    /// by it); `None` under a dot score.
+    inv_temperature: Option<f32>,
     logits: Vec<B::Buf>,
     /// Scratch for the bias gradient, `[max_batch]`.
     d_bias_scratch: B::Buf,
@@ -121,8 +195,13 @@ where
             .ok_or_else(|| unsupported("the config's two-tower inputs were not resolved"))?;
         let emb = build_embeddings(cfg, ops, max_batch, rng)?;
         let dim = section.dim;
-        let user = Side::new("user", cfg, &section.user, &inputs.user, dim, ops, max_batch, rng)?;
-        let item = Side::new("item", cfg, &section.item, &inputs.item, dim, ops, max_batch, rng)?;
+        let inv_temperature = match section.score() {
+            TwoTowerScore::Dot => None,
+            TwoTowerScore::Cosine { temperature } => Some(1.0 / temperature),
+        };
+        let cosine = inv_temperature.is_some();
+        let user = Side::new("user", cfg, &section.user, &inputs.user, dim, cosine, ops, max_batch, rng)?;
+        let item = Side::new("item", cfg, &section.item, &inputs.item, dim, cosine, ops, max_batch, rng)?;
         let n_tasks = cfg.tasks.len();
         let bias = if section.bias {
             (0..n_tasks)
@@ -148,6 +227,7 @@ where
             item,
             bias,
             dim,
+            inv_temperature,
             logits: (0..n_tasks).map(|_| buf(max_batch)).collect::<Result<_>>()?,
             d_bias_scratch: buf(max_batch)?,
             dense: buf(max_batch * dense_width)?,
@@ -165,14 +245,22 @@ where
         self.dim
     }
 
-    /// Task `t`'s user embeddings from the last forward, `[batch, dim]`.
+    /// Task `t`'s user embeddings from the last forward as the score reads them
+    /// (unit length under a cosine score), `[batch, dim]`.
     pub fn user_embedding(&self, t: usize) -> &B::Buf {
-        self.user.head.logits(t)
+        self.user.embedding(t)
     }
 
-    /// Task `t`'s item embeddings from the last forward, `[batch, dim]`.
+    /// Task `t`'s item embeddings from the last forward as the score reads them
+    /// (unit length under a cosine score), `[batch, dim]`.
     pub fn item_embedding(&self, t: usize) -> &B::Buf {
-        self.item.head.logits(t)
+        self.item.embedding(t)
+    }
+
+    /// `1/τ` of a cosine score (task `t`'s logit is `⟨û_t, v̂_t⟩ · (1/τ) + b_t`, the
+    /// product rounded to f32 before the bias is added); `None` under a dot score.
+    pub fn inv_temperature(&self) -> Option<f32> {
+        self.inv_temperature
     }
 
     /// Task `t`'s score bias (`score.<t>.bias`, `[1]`), if the model has biases.
@@ -196,15 +284,17 @@ where
         };
         side.layout.assemble(ops, n, emb_out, &self.dense, &mut side.x)?;
         side.head.forward(ops, &side.x, n)?;
+        side.normalize(ops, n, self.dim)?;
         self.batch = None;
         Ok(())
     }
 
-    /// Task `t`'s embeddings of `tower` from the last forward, `[batch, dim]`.
+    /// Task `t`'s embeddings of `tower` from the last forward as the score reads them
+    /// (unit length under a cosine score), `[batch, dim]`.
     pub fn tower_embedding(&self, tower: Tower, t: usize) -> &B::Buf {
         match tower {
-            Tower::User => self.user.head.logits(t),
-            Tower::Item => self.item.head.logits(t),
+            Tower::User => self.user.embedding(t),
+            Tower::Item => self.item.embedding(t),
         }
     }
 
@@ -236,11 +326,15 @@ where
         for side in [&mut self.user, &mut self.item] {
             side.layout.assemble(ops, n, emb_out, &self.dense, &mut side.x)?;
             side.head.forward(ops, &side.x, n)?;
+            side.normalize(ops, n, self.dim)?;
         }
         let s = self.shape(n);
         for (t, logit) in self.logits.iter_mut().enumerate() {
-            let (u, v) = (self.user.head.logits(t), self.item.head.logits(t));
+            let (u, v) = (self.user.embedding(t), self.item.embedding(t));
             ops.block_dot(s, u, v, logit, false).at(|| format!("score of task {t}"))?;
+            if let Some(inv) = self.inv_temperature {
+                ops.scale(n, inv, logit).at(|| format!("score temperature of task {t}"))?;
+            }
             if let Some(bias) = self.bias.get(t) {
                 ops.bias_act_inplace(Activation::Identity, Shape { rows: n, cols: 1 }, Some(&bias.value), logit)
                     .at(|| format!("score bias of task {t}"))?;
@@ -251,8 +345,9 @@ where
     }
 
     /// Back-propagates one `[rows, 1]` logit gradient per task: `∂/∂u_t = d_t · v_t`,
-    /// `∂/∂v_t = d_t · u_t`, `∂/∂b_t = Σ d_t`, then through each head into the
-    /// embeddings (whose sparse gradients it overwrites).
+    /// `∂/∂v_t = d_t · u_t`, `∂/∂b_t = Σ d_t` (under a cosine score: `∂/∂û_t =
+    /// d_t · v̂_t / τ`, then back through the normalisation), then through each head into
+    /// the embeddings (whose sparse gradients it overwrites).
     pub fn backward(&mut self, ops: &B, b: &Batch, d_logits: &[&B::Buf]) -> Result<()> {
         let n = self.batch.ok_or_else(|| ModelError::Mismatch("backward called before forward".into()))?;
         if n != b.rows {
@@ -267,9 +362,9 @@ where
         }
         let s = self.shape(n);
         for (t, d) in d_logits.iter().enumerate() {
-            let (u, v) = (self.user.head.logits(t), self.item.head.logits(t));
-            ops.block_outer(s, d, v, &mut self.user.d_out[t]).at(|| format!("score gradient of task {t}"))?;
-            ops.block_outer(s, d, u, &mut self.item.d_out[t]).at(|| format!("score gradient of task {t}"))?;
+            let inv = self.inv_temperature;
+            self.user.score_grad(ops, s, t, d, self.item.embedding(t), inv)?;
+            self.item.score_grad(ops, s, t, d, self.user.embedding(t), inv)?;
             if let Some(bias) = self.bias.get_mut(t) {
                 let shape = Shape { rows: n, cols: 1 };
                 ops.bias_act_backward(

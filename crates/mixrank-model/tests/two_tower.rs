@@ -125,6 +125,12 @@ hidden = [4]
 activation = "tanh"
 "#;
 
+/// [`MODEL`] with `score = "cosine"` at temperature 0.25.
+fn cosine_model() -> String {
+    MODEL
+        .replace("[model.two_tower]\ndim = 3\n", "[model.two_tower]\ndim = 3\nscore = \"cosine\"\ntemperature = 0.25\n")
+}
+
 fn parse(text: &str) -> Result<ExperimentConfig, String> {
     ExperimentConfig::parse(text, std::path::Path::new("t.toml")).map_err(|e| e.to_string())
 }
@@ -224,6 +230,43 @@ fn each_logit_is_the_dot_product_of_the_towers_plus_a_bias() {
 }
 
 #[test]
+fn a_cosine_logit_is_the_cosine_of_the_towers_over_the_temperature_plus_a_bias() {
+    let ops = F::new();
+    let (dot_cfg, cos_cfg) = (config(), parse(&format!("{DATA}{GROUPS}{}", cosine_model())).unwrap());
+    // The same seed gives the same parameters: the normalisation has none.
+    let (mut dot, mut cos) = (model(&dot_cfg, &ops), model(&cos_cfg, &ops));
+    randomise(&mut dot, 1);
+    randomise(&mut cos, 1);
+    assert_eq!(cos.inv_temperature(), Some(4.0));
+    assert_eq!(dot.inv_temperature(), None);
+    let b = batch(&dot_cfg, 2);
+    dot.forward(&ops, &b).unwrap();
+    cos.forward(&ops, &b).unwrap();
+    let mut biases = Vec::new();
+    cos.params(&mut |n, p| {
+        if n.starts_with("score.") {
+            biases.push(p.value[0]);
+        }
+    });
+    let d = dot.dim();
+    for (t, bias) in biases.iter().enumerate() {
+        // The dot model's embeddings are the raw tower outputs.
+        let (u, v) = (dot.user_embedding(t), dot.item_embedding(t));
+        for r in 0..ROWS {
+            let (ur, vr) = (&u[r * d..(r + 1) * d], &v[r * d..(r + 1) * d]);
+            let norm = |x: &[f64]| x.iter().map(|a| a * a).sum::<f64>().sqrt();
+            let cosine = ur.iter().zip(vr).map(|(a, b)| a * b).sum::<f64>() / (norm(ur) * norm(vr));
+            let want = cosine / 0.25 + bias;
+            let got = Model::logits(&cos, t)[r];
+            assert!((got - want).abs() < 1e-9, "task {t} row {r}: {got} vs {want}");
+            // The cosine model's embeddings are the unit vectors the score read.
+            let unit = &cos.user_embedding(t)[r * d..(r + 1) * d];
+            assert!((norm(unit) - 1.0).abs() < 1e-12 && (unit[0] - ur[0] / norm(ur)).abs() < 1e-12);
+        }
+    }
+}
+
+#[test]
 fn parameters_are_named_by_tower() {
     let ops = F::new();
     let cfg = config();
@@ -312,10 +355,21 @@ fn the_item_embedding_does_not_depend_on_the_request_nor_the_user_embedding_on_t
 
 #[test]
 fn gradients_flow_from_the_tables_through_both_towers() {
+    check_table_grads(&config(), "embeddings → user and item towers → dot products");
+}
+
+#[test]
+fn gradients_flow_through_the_cosine_score() {
+    let cfg = parse(&format!("{DATA}{GROUPS}{}", cosine_model())).unwrap();
+    check_table_grads(&cfg, "embeddings → user and item towers → normalised → cosine / τ");
+}
+
+/// The f64 finite-difference check of the logits w.r.t. every embedding table, every
+/// tower parameter and the biases.
+fn check_table_grads(cfg: &ExperimentConfig, what: &str) {
     let ops = F::new();
-    let cfg = config();
-    let mut m = model(&cfg, &ops);
-    let b = batch(&cfg, 9);
+    let mut m = model(cfg, &ops);
+    let b = batch(cfg, 9);
     randomise(&mut m, 10);
     let mut rng = StdRng::seed_from_u64(11);
     let emb = m.embeddings().unwrap();
@@ -360,7 +414,7 @@ fn gradients_flow_from_the_tables_through_both_towers() {
         vec![d]
     };
     // Also asserts every parameter of both towers and the biases gets a non-zero gradient.
-    check_grads("embeddings → user and item towers → dot products", &mut m, &[tables], forward, backward, 12);
+    check_grads(what, &mut m, &[tables], forward, backward, 12);
 }
 
 #[test]
@@ -450,6 +504,29 @@ fn the_config_refuses_what_a_two_tower_model_cannot_honour() {
             "no feature group `ads`",
         ),
         (err(&GROUPS.replace(", \"age\"]", "]"), MODEL), "model.inputs", "`age` is read by no part"),
+        // A temperature without a cosine score; a cosine score without one, or a bad one.
+        (
+            err(
+                GROUPS,
+                &MODEL.replace("[model.two_tower]\ndim = 3\n", "[model.two_tower]\ndim = 3\ntemperature = 0.1\n"),
+            ),
+            "model.two_tower.temperature",
+            "only a cosine score",
+        ),
+        (err(GROUPS, &cosine_model().replace("temperature = 0.25\n", "")), "model.two_tower.temperature", "needs"),
+        (
+            err(GROUPS, &cosine_model().replace("temperature = 0.25", "temperature = 0.0")),
+            "model.two_tower.temperature",
+            "> 0",
+        ),
+        (
+            err(
+                GROUPS,
+                &MODEL.replace("[model.two_tower]\ndim = 3\n", "[model.two_tower]\ndim = 3\nscore = \"cos\"\n"),
+            ),
+            "score",
+            "unknown variant",
+        ),
         // Not yet: a position tower beside the two towers.
         (
             err(&format!("{GROUPS}bias = [\"position\"]\n"), &format!("{MODEL}[model.position_tower]\n")),
@@ -476,4 +553,10 @@ fn the_config_round_trips_through_its_serialised_form() {
     let again = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert_eq!(toml::to_string(&again.wire).unwrap(), text);
     assert_eq!(again.inputs, cfg.inputs);
+    // And a cosine score keeps its temperature.
+    let cfg = parse(&format!("{DATA}{GROUPS}{}", cosine_model())).unwrap();
+    let text = toml::to_string(&cfg.wire).unwrap();
+    let again = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let tt = |c: &ExperimentConfig| c.model.as_ref().unwrap().two_tower.as_ref().unwrap().score();
+    assert_eq!(tt(&again), mixrank_data::config::model::TwoTowerScore::Cosine { temperature: 0.25 });
 }

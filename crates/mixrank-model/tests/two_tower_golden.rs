@@ -2,7 +2,9 @@
 //! there for the model): logits, every parameter's gradient and every table's gradient
 //! from one forward and backward on a batch with single-valued, mean-pooled and dense
 //! features. mixrank runs in float64 (`RefOpsF64`) on the golden's float32 inputs, so the
-//! two sides differ only by summation order: agreement to 1e-10 relative.
+//! two sides differ only by summation order: agreement to 1e-10 relative. Two cases:
+//! the dot score (`two_tower.safetensors`) and the cosine score at temperature 0.25
+//! (`two_tower_cosine.safetensors`, the same draws).
 
 use mixrank_data::{Batch, CatColumn, ExperimentConfig};
 use mixrank_model::{Model, TwoTowerModel};
@@ -100,17 +102,17 @@ hidden = [4]
 activation = "tanh"
 "#;
 
-struct Golden(Vec<u8>);
+struct Golden(Vec<u8>, &'static str);
 
 impl Golden {
-    fn load() -> Self {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/two_tower.safetensors");
-        Golden(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+    fn load(file: &'static str) -> Self {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(file);
+        Golden(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())), file)
     }
 
     fn tensor(&self, key: &str) -> (Dtype, Vec<usize>, Vec<u8>) {
         let st = SafeTensors::deserialize(&self.0).unwrap();
-        let t = st.tensor(key).unwrap_or_else(|e| panic!("two_tower.safetensors: {key}: {e}"));
+        let t = st.tensor(key).unwrap_or_else(|e| panic!("{}: {key}: {e}", self.1));
         (t.dtype(), t.shape().to_vec(), t.data().to_vec())
     }
 
@@ -150,8 +152,22 @@ fn close(what: &str, got: &[f64], want: &[f64]) {
 
 #[test]
 fn two_tower_matches_its_pytorch_twin() {
-    let golden = Golden::load();
-    let cfg = ExperimentConfig::parse(CONFIG, std::path::Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    check_twin("two_tower.safetensors", CONFIG);
+}
+
+#[test]
+fn the_cosine_score_matches_its_pytorch_twin() {
+    let config = CONFIG.replace(
+        "[model.two_tower]\ndim = 2\n",
+        "[model.two_tower]\ndim = 2\nscore = \"cosine\"\ntemperature = 0.25\n",
+    );
+    assert_ne!(config, CONFIG);
+    check_twin("two_tower_cosine.safetensors", &config);
+}
+
+fn check_twin(file: &'static str, config: &str) {
+    let golden = Golden::load(file);
+    let cfg = ExperimentConfig::parse(config, std::path::Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
     let ops = RefOpsF64::new();
     let mut m = TwoTowerModel::new(&cfg, &ops, ROWS, &mut StdRng::seed_from_u64(0)).unwrap();
 

@@ -1,7 +1,10 @@
 //! Scoring many cached items against one user: the gathered dot products of the
 //! two-tower model's score, and the top-k selection of a request's answers.
 //!
-//! Task `t`'s logit of item `i` is `⟨u_t, v_t[row(i)]⟩ + b_t`: one matrix–vector
+//! Task `t`'s logit of item `i` is `⟨u_t, v_t[row(i)]⟩ + b_t` (under a cosine score
+//! `⟨û_t, v̂_t[row(i)]⟩ · (1/τ) + b_t`: the table then holds the unit-length item
+//! embeddings and `û_t` is the normalised user embedding, so only the product by `1/τ`
+//! is added, rounded to f32 before the bias as the model's `scale` op does): one matrix–vector
 //! product per task over the table's rows the request names, read in place (no copy
 //! of the gathered rows). Each dot product is summed in index order with a separate
 //! multiply and add, exactly as the engine's `block_dot` (`mixrank_engine::block::dot_row`)
@@ -18,11 +21,19 @@ const PAR_CHUNK: usize = 4096;
 /// Items whose sums run side by side.
 const LANES: usize = 8;
 
-/// `out[i] = Σ_k v[rows[i]][t][k] · u[k] + bias` for task `t` of `table`, each sum in
-/// `k` order (as `block_dot`).
-pub fn gathered_dot(table: &ItemTable, t: usize, rows: &[u32], u: &[f32], bias: Option<f32>, out: &mut [f32]) {
+/// How a dot product becomes a logit: times `scale` (`1/τ` of a cosine score), then plus
+/// `bias`, each rounded to f32 as the model's forward rounds them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Finish {
+    pub scale: Option<f32>,
+    pub bias: Option<f32>,
+}
+
+/// `out[i] = Σ_k v[rows[i]][t][k] · u[k]` (times the scale, plus the bias) for task `t`
+/// of `table`, each sum in `k` order (as `block_dot`).
+pub fn gathered_dot(table: &ItemTable, t: usize, rows: &[u32], u: &[f32], fin: Finish, out: &mut [f32]) {
     assert_eq!(rows.len(), out.len(), "one output per row");
-    let run = |rows: &[u32], out: &mut [f32]| dot_chunk(table, t, rows, u, bias, out);
+    let run = |rows: &[u32], out: &mut [f32]| dot_chunk(table, t, rows, u, fin, out);
     if rows.len() <= PAR_CHUNK {
         run(rows, out);
     } else {
@@ -30,7 +41,7 @@ pub fn gathered_dot(table: &ItemTable, t: usize, rows: &[u32], u: &[f32], bias: 
     }
 }
 
-fn dot_chunk(table: &ItemTable, t: usize, rows: &[u32], u: &[f32], bias: Option<f32>, out: &mut [f32]) {
+fn dot_chunk(table: &ItemTable, t: usize, rows: &[u32], u: &[f32], fin: Finish, out: &mut [f32]) {
     let d = u.len();
     let mut r = rows.chunks_exact(LANES);
     let mut o = out.chunks_exact_mut(LANES);
@@ -43,7 +54,7 @@ fn dot_chunk(table: &ItemTable, t: usize, rows: &[u32], u: &[f32], bias: Option<
             }
         }
         for l in 0..LANES {
-            os[l] = finish(acc[l], bias);
+            os[l] = finish(acc[l], fin);
         }
     }
     for (&row, o) in r.remainder().iter().zip(o.into_remainder()) {
@@ -52,15 +63,19 @@ fn dot_chunk(table: &ItemTable, t: usize, rows: &[u32], u: &[f32], bias: Option<
         for (&a, &b) in v.iter().zip(u) {
             acc += a * b;
         }
-        *o = finish(acc, bias);
+        *o = finish(acc, fin);
     }
 }
 
 #[inline]
-fn finish(acc: f32, bias: Option<f32>) -> f32 {
-    match bias {
-        Some(b) => acc + b,
+fn finish(acc: f32, fin: Finish) -> f32 {
+    let z = match fin.scale {
+        Some(s) => acc * s,
         None => acc,
+    };
+    match fin.bias {
+        Some(b) => z + b,
+        None => z,
     }
 }
 

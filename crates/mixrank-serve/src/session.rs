@@ -17,7 +17,7 @@
 
 use crate::encode::RequestEncoder;
 use crate::error::{Result, ServeError};
-use crate::item_scoring::gathered_dot;
+use crate::item_scoring::{gathered_dot, Finish};
 use crate::item_table::{CheckpointIdentity, ItemTable};
 use crate::request::{Features, ScoreRequest};
 use mixrank_data::config::groups::FeatureRef;
@@ -115,7 +115,7 @@ trait Runner: Send {
         tasks: &[TaskSpec],
     ) -> Result<Vec<Vec<f32>>>;
     /// Two-tower models: the item tower on `b`, appending each row's embeddings
-    /// (`[n_tasks, dim]` per row) to `out`.
+    /// (`[n_tasks, dim]` per row; unit length under a cosine score) to `out`.
     fn embed_items(&mut self, b: &Batch, out: &mut Vec<f32>) -> Result<()>;
     /// Two-tower models: each task's score bias (0 without biases).
     fn score_bias(&mut self) -> Result<Vec<f32>>;
@@ -151,9 +151,9 @@ impl<B: HostBackend + 'static> Runner for Loaded<B> {
             .enumerate()
             .map(|(t, task)| {
                 let u = &tt.tower_embedding(Tower::User, t)[..dim];
-                let bias = tt.score_bias(t).map(|b| b[0]);
+                let fin = Finish { scale: tt.inv_temperature(), bias: tt.score_bias(t).map(|b| b[0]) };
                 let mut z = vec![0f32; rows.len()];
-                gathered_dot(table, t, rows, u, bias, &mut z);
+                gathered_dot(table, t, rows, u, fin, &mut z);
                 z.iter_mut().for_each(|v| *v = mixrank_train::prediction_of(task.kind, *v));
                 Ok(z)
             })

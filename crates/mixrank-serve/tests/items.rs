@@ -26,6 +26,8 @@ use std::sync::{Arc, OnceLock};
 struct Items {
     dir: PathBuf,
     cfg: ExperimentConfig,
+    /// The simulator's data config (`cfg` before the model file).
+    data_config: PathBuf,
     /// Two runs of the same two-tower config (other seeds: other weights, same schema).
     run_a: PathBuf,
     run_b: PathBuf,
@@ -131,7 +133,8 @@ fn items_fixture() -> &'static Items {
         embed(&run_a, &items, &table_a).unwrap();
         embed(&run_b, &items, &table_b).unwrap();
         embed_in(&run_a, &half, &table_a_half, 2).unwrap();
-        Items { dir, cfg, run_a, run_b, items, half, request, table_a, table_b, table_a_half, n }
+        let data_config = sim.config.clone();
+        Items { dir, cfg, data_config, run_a, run_b, items, half, request, table_a, table_b, table_a_half, n }
     })
 }
 
@@ -316,6 +319,50 @@ fn cached_item_scores_equal_predict_bit_for_bit_and_missing_items_come_from_feat
     let first_request = f.dir.join("request-half1.parquet");
     write_parquet(&first_request, &rb.slice(0, f.n / 2));
     assert_bits(first, &predict(&f.run_a, &first_request, Some(2)), "items of the half table");
+}
+
+/// A cosine-score model (`score = "cosine"`, `temperature = 0.1`) through the same
+/// path: the table holds unit-length item embeddings, the server normalises the user
+/// embedding and multiplies each dot product by `1/τ` before the bias as the model's
+/// forward does, so its scores are `predict`'s bit for bit (batches of 2, as above).
+#[test]
+fn cosine_item_scores_equal_predict_bit_for_bit() {
+    let f = items_fixture();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/models/two_tower.toml");
+    let text = std::fs::read_to_string(&model).unwrap().replace(
+        "[model.two_tower]\ndim = 32\n",
+        "[model.two_tower]\ndim = 32\nscore = \"cosine\"\ntemperature = 0.1\n",
+    );
+    assert!(text.contains("cosine"), "configs/models/two_tower.toml changed shape");
+    let model = f.dir.join("two_tower_cosine.toml");
+    std::fs::write(&model, text).unwrap();
+    let run = f.dir.join("run-cosine");
+    let table = f.dir.join("table-cosine");
+    if !table.exists() {
+        let mut cfg = ExperimentConfig::load(&f.data_config).unwrap().with_model_file(&model).unwrap();
+        cfg.train.seed = 9;
+        let mut opts = TrainOptions::new(&run);
+        opts.max_steps = Some(2);
+        train(Arc::new(cfg), &opts, &CpuOps::new()).unwrap();
+        embed_in(&run, &f.items, &table, 2).unwrap();
+    }
+    let t = mixrank_serve::item_table::ItemTable::load(&table).unwrap();
+    for row in 0..t.len() as u32 {
+        for task in 0..f.cfg.tasks.len() {
+            let norm = t.embedding(row, task).iter().map(|v| (v * v) as f64).sum::<f64>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-5, "row {row} task {task}: |v| = {norm}");
+        }
+    }
+    let expected = predict(&run, &f.request, Some(2));
+    let (context, ids, _) = user_and_ads();
+    let json_ids: Vec<serde_json::Value> = ids.iter().map(|&i| i.into()).collect();
+    let (_rt, s) = server(&run, &table);
+    let r = post_json(s.http_addr, "/v1/score", &body(&context, &json_ids, serde_json::json!({})));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got = predictions(&r.json());
+    assert_bits(&got, &expected, "cosine: cached path vs predict in batches of 2");
+    // The dot-score run's predictions differ: the cosine score is really in play.
+    assert!(max_diff(&got, &predict(&f.run_a, &f.request, Some(2))) > 1e-4);
 }
 
 #[test]

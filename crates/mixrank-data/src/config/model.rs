@@ -221,6 +221,13 @@ pub struct TwoTowerSection {
     /// A learned bias per task added to the dot product. Default true.
     #[serde(default = "yes")]
     pub bias: bool,
+    /// How a task's two embeddings make its logit: `"dot"` (default) or `"cosine"`
+    /// (with `temperature`). Read through [`TwoTowerSection::score`].
+    #[serde(default)]
+    pub score: ScoreKind,
+    /// The cosine score's temperature `τ > 0`: `logit = cos(u_t, v_t)/τ + b_t`. Required
+    /// with `score = "cosine"`, refused with `"dot"`.
+    pub temperature: Option<f32>,
     /// The user/context tower (computed once per request at serving).
     pub user: TowerHeadSection,
     /// The item (ad) tower (its embeddings can be computed offline and cached).
@@ -229,6 +236,42 @@ pub struct TwoTowerSection {
 
 fn yes() -> bool {
     true
+}
+
+/// `[model.two_tower] score`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreKind {
+    /// `⟨u_t, v_t⟩ + b_t`.
+    #[default]
+    Dot,
+    /// `cos(u_t, v_t)/τ + b_t` (`temperature = τ`).
+    Cosine,
+}
+
+/// A two-tower model's score, validated: what the model builds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TwoTowerScore {
+    /// `⟨u_t, v_t⟩ + b_t`.
+    Dot,
+    /// `cos(u_t, v_t)/τ + b_t`: both embeddings L2-normalised per row (with
+    /// [`COSINE_EPS`] under the root), their dot product divided by `temperature`.
+    Cosine { temperature: f32 },
+}
+
+/// The epsilon under the square root of the cosine score's row norms,
+/// `1/sqrt(Σx² + eps)`: keeps an all-zero embedding finite (it scores 0).
+pub const COSINE_EPS: f32 = 1e-12;
+
+impl TwoTowerSection {
+    /// The score, from `score` and `temperature` (as [`validate_model`] checked them;
+    /// an unvalidated cosine section without a temperature reads as τ = 1).
+    pub fn score(&self) -> TwoTowerScore {
+        match self.score {
+            ScoreKind::Dot => TwoTowerScore::Dot,
+            ScoreKind::Cosine => TwoTowerScore::Cosine { temperature: self.temperature.unwrap_or(1.0) },
+        }
+    }
 }
 
 /// `[model.two_tower.user]` / `[model.two_tower.item]`: one tower, any head of mixrank
@@ -1146,6 +1189,18 @@ fn validate_two_tower(m: &ModelSection, tt: &TwoTowerSection, n_tasks: usize) ->
     }
     if tt.dim == 0 {
         return e("two_tower.dim", "expected a positive integer".into());
+    }
+    match (tt.score, tt.temperature) {
+        (ScoreKind::Dot, Some(_)) => {
+            return e("two_tower.temperature", "only a cosine score has a temperature (set score = \"cosine\")".into())
+        }
+        (ScoreKind::Cosine, None) => {
+            return e("two_tower.temperature", "a cosine score needs a temperature > 0 (e.g. 0.1)".into())
+        }
+        (ScoreKind::Cosine, Some(t)) if !(t.is_finite() && t > 0.0) => {
+            return e("two_tower.temperature", format!("expected a number > 0, found {t}"))
+        }
+        _ => {}
     }
     for (side, t) in [("user", &tt.user), ("item", &tt.item)] {
         if t.architecture == Architecture::TwoTower {

@@ -5,6 +5,7 @@ mod block;
 mod embedding;
 mod gemm;
 mod layer_norm;
+mod normalize;
 mod optim;
 mod par;
 
@@ -154,6 +155,26 @@ impl Backend for CpuOps {
         pointwise::copy_cols(spec, src, dst)
     }
 
+    fn normalize_rows(
+        &self,
+        shape: Shape,
+        eps: f32,
+        x: &Vec<f32>,
+        y: &mut Vec<f32>,
+        rnorm: &mut Vec<f32>,
+    ) -> Result<()> {
+        normalize::forward(shape, eps, x, y, rnorm)
+    }
+    fn normalize_rows_backward(
+        &self,
+        shape: Shape,
+        y: &Vec<f32>,
+        rnorm: &Vec<f32>,
+        dy: &Vec<f32>,
+        dx: &mut Vec<f32>,
+    ) -> Result<()> {
+        normalize::backward(shape, y, rnorm, dy, dx)
+    }
     fn softmax_rows(&self, shape: Shape, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
         softmax::softmax_rows(shape, x, y)
     }

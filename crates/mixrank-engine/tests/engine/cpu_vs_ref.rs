@@ -121,6 +121,11 @@ proptest! {
     }
 
     #[test]
+    fn normalize_rows_matches_reference(seed: u64, rows in dim(), cols in dim()) {
+        check_normalize(seed, Shape::new(rows, cols));
+    }
+
+    #[test]
     fn layer_norm_matches_reference(seed: u64, rows in dim(), cols in dim()) {
         check_layer_norm(seed, rows, cols);
     }
@@ -250,6 +255,30 @@ fn check_softmax(seed: u64, shape: Shape) {
     assert_same("softmax dx", &dx1, &dx2);
 }
 
+/// Row normalisation runs the same per-row f32 arithmetic on both backends: bit-identical
+/// `y`, `rnorm` and `dx`. One row in eight is zero (the `eps` path).
+fn check_normalize(seed: u64, shape: Shape) {
+    let mut r = rng(seed);
+    let mut x: Vec<f32> = uniform(&mut r, shape.len(), -3.0, 3.0);
+    for row in (0..shape.rows).step_by(8) {
+        x[row * shape.cols..(row + 1) * shape.cols].iter_mut().for_each(|v| *v = 0.0);
+    }
+    let dy: Vec<f32> = uniform(&mut r, shape.len(), -1.0, 1.0);
+    let n = shape.len();
+    let (mut y1, mut y2) = (vec![SENTINEL; n], vec![SENTINEL; n]);
+    let (mut s1, mut s2) = (vec![SENTINEL; shape.rows], vec![SENTINEL; shape.rows]);
+    CpuOps::new().normalize_rows(shape, 1e-12, &x, &mut y1, &mut s1).unwrap();
+    RefOps.normalize_rows(shape, 1e-12, &x, &mut y2, &mut s2).unwrap();
+    assert_same("normalize y", &y1, &y2);
+    assert_same("normalize rnorm", &s1, &s2);
+    assert!(y1.iter().chain(&s1).all(|v| v.is_finite()));
+    let (mut dx1, mut dx2) = (vec![SENTINEL; n], vec![SENTINEL; n]);
+    CpuOps::new().normalize_rows_backward(shape, &y2, &s2, &dy, &mut dx1).unwrap();
+    RefOps.normalize_rows_backward(shape, &y2, &s2, &dy, &mut dx2).unwrap();
+    assert_same("normalize dx", &dx1, &dx2);
+    assert!(dx1.iter().all(|v| *v != SENTINEL));
+}
+
 struct LayerNormIn {
     spec: LayerNormSpec,
     x: Vec<f32>,
@@ -372,6 +401,7 @@ fn large_shapes_take_parallel_paths_and_match_reference() {
             check_copy_cols(5, &spec);
             check_softmax(6, Shape::new(2000, 33));
             check_layer_norm(7, 1500, 65);
+            check_normalize(11, Shape::new(1500, 33));
             let spec = GatherSpec { batch: 4099, dim: 16, table_rows: 1000, out_cols: 40, col_offset: 9 };
             check_gather_scatter(8, &spec, Pooling::Mean, 6);
             check_gather_scatter(9, &spec, Pooling::Sum, 3);
@@ -396,4 +426,16 @@ fn both_backends_reject_the_same_bad_calls() {
     let e = CpuOps::new().softmax_rows(Shape::new(2, 3), &x, &mut y).unwrap_err();
     assert_eq!(e.to_string(), "softmax_rows: x holds 5 elements but shape [2, 3] needs 6");
     assert_eq!(e, RefOps.softmax_rows(Shape::new(2, 3), &x, &mut y).unwrap_err());
+
+    let mut rn = vec![0.0f32; 1];
+    let e = CpuOps::new().normalize_rows(Shape::new(2, 3), 0.0, &y, &mut y.clone(), &mut rn).unwrap_err();
+    assert_eq!(e.to_string(), "normalize_rows: rnorm holds 1 elements but shape [2] needs 2");
+    assert_eq!(e, RefOps.normalize_rows(Shape::new(2, 3), 0.0, &y, &mut y.clone(), &mut rn).unwrap_err());
+    let mut rn = vec![0.0f32; 2];
+    let e = CpuOps::new().normalize_rows(Shape::new(2, 3), f32::NAN, &y, &mut y.clone(), &mut rn).unwrap_err();
+    assert_eq!(e.to_string(), "normalize_rows: eps must be a non-negative number");
+    assert_eq!(e, RefOps.normalize_rows(Shape::new(2, 3), f32::NAN, &y, &mut y.clone(), &mut rn).unwrap_err());
+    let e = CpuOps::new().normalize_rows_backward(Shape::new(2, 3), &y, &rn, &x, &mut y.clone()).unwrap_err();
+    assert_eq!(e.to_string(), "normalize_rows_backward: dy holds 5 elements but shape [2, 3] needs 6");
+    assert_eq!(e, RefOps.normalize_rows_backward(Shape::new(2, 3), &y, &rn, &x, &mut y.clone()).unwrap_err());
 }

@@ -180,6 +180,27 @@ fn softmax_gradient() {
 }
 
 #[test]
+fn normalize_rows_gradient() {
+    let mut g = rng(12);
+    let shape = Shape::new(4, 6);
+    let mut x: Vec<f64> = uniform(&mut g, shape.len(), -3.0, 3.0);
+    // A row of small values, where `eps` is a visible part of the norm.
+    x[18..].iter_mut().for_each(|v| *v *= 0.05);
+    let dy: Vec<f64> = uniform(&mut g, shape.len(), -1.0, 1.0);
+    let eps = 1e-2;
+    let loss = |x: &[f64]| {
+        let (mut y, mut s) = (vec![0.0; x.len()], vec![0.0; shape.rows]);
+        r::normalize_rows(shape, eps, x, &mut y, &mut s).unwrap();
+        dot(&y, &dy)
+    };
+    let (mut y, mut s) = (vec![0.0; x.len()], vec![0.0; shape.rows]);
+    r::normalize_rows(shape, eps, &x, &mut y, &mut s).unwrap();
+    let mut dx = vec![0.0; x.len()];
+    r::normalize_rows_backward(shape, &y, &s, &dy, &mut dx).unwrap();
+    assert_grad("normalize_rows dx", &dx, &x, loss);
+}
+
+#[test]
 fn layer_norm_gradients() {
     let mut g = rng(4);
     let spec = LayerNormSpec { rows: 3, cols: 7, eps: 1e-3 };

@@ -22,7 +22,11 @@ The model (the test's config, `CONFIG` below, in mixrank's names and layouts: a 
 - item tower (group ad = [ad, ad_category, bid]; input [ad 2 | ad_category 2 | bid 1 |
   bid's indicator 1]): shared-bottom, one MLP expert 6 -> [4] tanh, projected to 3,
   towers [3] -> [2] tanh -> 2;
-- logit_t = <u_t, v_t> + b_t for tasks click and save.
+- logit_t = <u_t, v_t> + b_t for tasks click and save (`two_tower.safetensors`);
+- the cosine case (`two_tower_cosine.safetensors`, config `score = "cosine"`,
+  `temperature = 0.25`): the same draws, and
+  logit_t = <u_t/n(u_t), v_t/n(v_t)> / 0.25 + b_t with n(x) = sqrt(sum x^2 + eps),
+  eps = float32(1e-12) (mixrank's COSINE_EPS).
 """
 
 import json
@@ -62,7 +66,15 @@ def write_safetensors(path, tensors, metadata):
     os.replace(tmp, path)
 
 
-def main():
+COSINE_TEMPERATURE = 0.25
+COSINE_EPS = float(np.float32(1e-12))
+
+
+def unit(x):
+    return x / torch.sqrt((x * x).sum(dim=1, keepdim=True) + COSINE_EPS)
+
+
+def case(cosine):
     rng = np.random.default_rng(2026)
     out = {}
     params = {}
@@ -129,7 +141,13 @@ def main():
     # Item tower: shared-bottom.
     bottom = linear("item.experts.0.proj.", 4, 3, mlp("item.experts.0.", 6, [4], x_item))
     v = [mlp(f"item.towers.{t}.", 3, [2], bottom, DIM) for t in range(TASKS)]
-    logits = [(u[t] * v[t]).sum(dim=1) + param(f"score.{t}.bias", (1,)) for t in range(TASKS)]
+    if cosine:
+        logits = [
+            (unit(u[t]) * unit(v[t])).sum(dim=1) / COSINE_TEMPERATURE + param(f"score.{t}.bias", (1,))
+            for t in range(TASKS)
+        ]
+    else:
+        logits = [(u[t] * v[t]).sum(dim=1) + param(f"score.{t}.bias", (1,)) for t in range(TASKS)]
 
     total = 0
     for t in range(TASKS):
@@ -143,10 +161,16 @@ def main():
         out["grad." + n] = p.grad.numpy()
     for k, t in tables.items():
         out["grad.table." + k] = t.grad.numpy()
-    meta = {"case": "two_tower", "generator": "gen_two_tower.py", "torch": torch.__version__}
-    path = os.path.join(OUT, "two_tower.safetensors")
+    name = "two_tower_cosine" if cosine else "two_tower"
+    meta = {"case": name, "generator": "gen_two_tower.py", "torch": torch.__version__}
+    path = os.path.join(OUT, name + ".safetensors")
     write_safetensors(path, out, meta)
-    print(f"two_tower.safetensors: {len(out)} tensors, {os.path.getsize(path)} bytes")
+    print(f"{name}.safetensors: {len(out)} tensors, {os.path.getsize(path)} bytes")
+
+
+def main():
+    case(cosine=False)
+    case(cosine=True)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@
 //! `e_out = L · e_in + own rounding` with `L` a bound on the derivative over the whole
 //! real line (mean value theorem), and products keep their second-order terms
 //! (`|a| e_b + e_a |b| + e_a e_b`), so the bounds are rigorous, not estimates — except
-//! for layer norm's `1/sqrt(var + eps)`, which is linearised (valid while the bound on
-//! `var` is far below `var + eps`, true by many orders of magnitude in the tests).
+//! for layer norm's `1/sqrt(var + eps)` and row normalisation's `1/sqrt(Σx² + eps)`,
+//! which are linearised (valid while the bound on `var` or `Σx²` is far below the sum
+//! under the root, true by many orders of magnitude in the tests).
 //! ReLU's derivative is a step: where `|z| ≤ e_z` the mask may differ between backends,
 //! and the backward bound then includes all of `|dy|`.
 //!
@@ -376,6 +377,66 @@ impl Backend for BoundOps {
                 let t = (dy[i].v - dot).abs();
                 let e_t = dy[i].e + e_dot + U * t;
                 let e = y[i].e * t + y[i].v.abs() * e_t + y[i].e * e_t + U * dxv[i].abs();
+                dx[i] = Bounded { v: dxv[i], e };
+            }
+        }
+        Ok(())
+    }
+
+    /// With `S = Σx² + eps` (an `n+1`-term sum of non-negative terms):
+    /// `e_S = Σ(2|x| e_x + e_x²) + γ_{n+1}·S`, `e_s = s·(e_S / 2S + 3u)` (linearised like
+    /// layer norm's `rstd`; sqrt, divide and the stored value), `y = x·s` a product.
+    fn normalize_rows(
+        &self,
+        shape: Shape,
+        eps: f32,
+        x: &Vec<Bounded>,
+        y: &mut Vec<Bounded>,
+        rnorm: &mut Vec<Bounded>,
+    ) -> Result<()> {
+        let (mut yv, mut sv) = (vals(y), vals(rnorm));
+        r::normalize_rows(shape, eps, &vals(x), &mut yv, &mut sv)?;
+        let c = shape.cols;
+        for row in 0..shape.rows {
+            let xs = &x[row * c..(row + 1) * c];
+            let big_s = xs.iter().map(|b| b.v * b.v).sum::<f64>() + eps as f64;
+            let e_big_s = xs.iter().map(|b| 2.0 * b.v.abs() * b.e + b.e * b.e).sum::<f64>() + gamma(c + 1) * big_s;
+            let s = sv[row];
+            let e_s = s * (e_big_s / (2.0 * big_s) + 3.0 * U);
+            rnorm[row] = Bounded { v: s, e: e_s };
+            let sb = Bounded { v: s, e: e_s };
+            for (j, xj) in xs.iter().enumerate() {
+                let i = row * c + j;
+                y[i] = Bounded { v: yv[i], e: prod_err(*xj, sb) + U * yv[i].abs() };
+            }
+        }
+        Ok(())
+    }
+
+    /// `dot = ⟨dy, y⟩` a dot product, `t = dy - y·dot` (a product and a subtraction),
+    /// `dx = s·t` (a product), with `s` read back as stored in f32 (one more rounding).
+    fn normalize_rows_backward(
+        &self,
+        shape: Shape,
+        y: &Vec<Bounded>,
+        rnorm: &Vec<Bounded>,
+        dy: &Vec<Bounded>,
+        dx: &mut Vec<Bounded>,
+    ) -> Result<()> {
+        let mut dxv = vals(dx);
+        r::normalize_rows_backward(shape, &vals(y), &vals(rnorm), &vals(dy), &mut dxv)?;
+        let c = shape.cols;
+        for row in 0..shape.rows {
+            let rr = row * c..(row + 1) * c;
+            let dot: f64 = rr.clone().map(|i| dy[i].v * y[i].v).sum();
+            let mag: f64 = rr.clone().map(|i| (dy[i].v * y[i].v).abs()).sum();
+            let e_dot = rr.clone().map(|i| prod_err(dy[i], y[i])).sum::<f64>() + gamma(c) * mag;
+            let dot_b = Bounded { v: dot, e: e_dot };
+            let s = Bounded { v: rnorm[row].v, e: rnorm[row].e + U * rnorm[row].v.abs() };
+            for i in rr {
+                let t = dy[i].v - y[i].v * dot;
+                let e_t = dy[i].e + prod_err(y[i], dot_b) + 2.0 * U * (dy[i].v.abs() + (y[i].v * dot).abs());
+                let e = prod_err(s, Bounded { v: t, e: e_t }) + U * dxv[i].abs();
                 dx[i] = Bounded { v: dxv[i], e };
             }
         }

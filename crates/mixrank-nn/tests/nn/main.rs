@@ -8,5 +8,6 @@ mod finalmlp;
 mod golden;
 mod mask;
 mod moe;
+mod normalize;
 mod optim;
 mod random_shapes;
