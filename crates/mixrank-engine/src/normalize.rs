@@ -74,9 +74,9 @@ pub fn normalize_rows<T: Float>(shape: Shape, eps: f32, x: &[T], y: &mut [T], rn
 pub fn normalize_rows_backward<T: Float>(shape: Shape, y: &[T], rnorm: &[T], dy: &[T], dx: &mut [T]) -> Result<()> {
     check_backward(shape, y.len(), rnorm.len(), dy.len(), dx.len())?;
     let c = shape.cols;
-    for r in 0..shape.rows {
+    for (r, &s) in rnorm[..shape.rows].iter().enumerate() {
         let row = r * c..(r + 1) * c;
-        normalize_row_backward(&y[row.clone()], rnorm[r], &dy[row.clone()], &mut dx[row]);
+        normalize_row_backward(&y[row.clone()], s, &dy[row.clone()], &mut dx[row]);
     }
     Ok(())
 }

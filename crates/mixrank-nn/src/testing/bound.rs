@@ -426,13 +426,13 @@ impl Backend for BoundOps {
         let mut dxv = vals(dx);
         r::normalize_rows_backward(shape, &vals(y), &vals(rnorm), &vals(dy), &mut dxv)?;
         let c = shape.cols;
-        for row in 0..shape.rows {
+        for (row, rn) in rnorm[..shape.rows].iter().enumerate() {
             let rr = row * c..(row + 1) * c;
             let dot: f64 = rr.clone().map(|i| dy[i].v * y[i].v).sum();
             let mag: f64 = rr.clone().map(|i| (dy[i].v * y[i].v).abs()).sum();
             let e_dot = rr.clone().map(|i| prod_err(dy[i], y[i])).sum::<f64>() + gamma(c) * mag;
             let dot_b = Bounded { v: dot, e: e_dot };
-            let s = Bounded { v: rnorm[row].v, e: rnorm[row].e + U * rnorm[row].v.abs() };
+            let s = Bounded { v: rn.v, e: rn.e + U * rn.v.abs() };
             for i in rr {
                 let t = dy[i].v - y[i].v * dot;
                 let e_t = dy[i].e + prod_err(y[i], dot_b) + 2.0 * U * (dy[i].v.abs() + (y[i].v * dot).abs());
