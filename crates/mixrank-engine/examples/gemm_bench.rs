@@ -54,8 +54,8 @@ fn bench() {
     let best = Bf16Kernel::detect();
     println!("threads: {threads}, best bf16 kernel: {}", best.name());
     println!(
-        "{:>14} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} {:>9}",
-        "m x k x n", "f32 auto", "f32 1thr", "f32 par", "amx", "amx+conv", "avx512", "portable"
+        "{:>14} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "m x k x n", "f32 auto", "f32 1thr", "f32 par", "amx", "amx+conv", "avx512", "portable", "w-avx512", "w-avx2"
     );
     for (m, k, n) in SHAPES {
         let flop = 2.0 * (m * k * n) as f64;
@@ -89,8 +89,15 @@ fn bench() {
         let amx_conv = bf16_with(Bf16Kernel::amx(), true);
         let avx = bf16_with(Bf16Kernel::avx512bf16(), false);
         let port = bf16_with(Ok(Bf16Kernel::portable()), false);
+        // The widening kernels read the f32 activations (no conversion to pay).
+        let mut widen_with = |kernel: Result<Bf16Kernel, _>| match kernel {
+            Ok(kernel) => gflops(median_secs(|| kernel.gemm_f32(m, &a, &packed, &mut c).unwrap())),
+            Err(_) => f64::NAN,
+        };
+        let w512 = widen_with(Bf16Kernel::widen_avx512());
+        let w256 = widen_with(Bf16Kernel::widen_avx2());
         println!(
-            "{:>14} {:>9.1} {:>9.1} {:>9.1} | {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            "{:>14} {:>9.1} {:>9.1} {:>9.1} | {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
             format!("{m}x{k}x{n}"),
             f32_auto,
             f32_single,
@@ -98,7 +105,9 @@ fn bench() {
             amx,
             amx_conv,
             avx,
-            port
+            port,
+            w512,
+            w256
         );
     }
     println!("(GFLOP/s = 2·m·k·n / median time of {RUNS} runs after {WARMUP} warm-up runs)");

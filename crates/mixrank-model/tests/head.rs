@@ -286,7 +286,9 @@ fn bf16_inference_tracks_f32_and_refuses_backward() {
     let x: Vec<f32> = (0..batch * d_in).map(|_| rng.random_range(-1.0..1.0)).collect();
     head.forward(&ops, &x, batch).unwrap();
     let want: Vec<Vec<f32>> = (0..TASKS).map(|t| head.logits(t)[..batch].to_vec()).collect();
-    for kernel in [Bf16Kernel::detect(), Bf16Kernel::portable()] {
+    for kernel in
+        [Some(Bf16Kernel::detect()), Some(Bf16Kernel::portable()), Bf16Kernel::widen().ok()].into_iter().flatten()
+    {
         let mut h2 = build_head(&m, d_in, TASKS, &ops, batch, &mut StdRng::seed_from_u64(9)).unwrap();
         // 3 experts x 2 Linear + 2 gates + 2 towers x 2 Linear.
         assert_eq!(h2.use_bf16(kernel).unwrap(), 12, "{}", kernel.name());

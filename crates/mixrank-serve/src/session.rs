@@ -294,7 +294,7 @@ impl InferenceSession {
         let kernel = match precision {
             Precision::F32 => None,
             Precision::Bf16 => {
-                let k = mixrank_engine::bf16::Bf16Kernel::detect();
+                let k = mixrank_engine::bf16::Bf16Kernel::select().map_err(|e| fail(e.to_string()))?;
                 model.use_bf16(k).map_err(|e| fail(format!("switching to bf16: {e}")))?;
                 Some(k.name())
             }

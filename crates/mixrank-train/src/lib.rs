@@ -16,7 +16,7 @@ pub mod eval_section;
 pub mod evaluate;
 pub mod experiment;
 pub mod lineage;
-mod losses;
+pub mod losses;
 pub mod optimizers;
 pub mod periodic;
 pub mod predict;

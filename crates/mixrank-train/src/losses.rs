@@ -13,7 +13,7 @@ use mixrank_nn::HostBackend;
 
 /// Backend buffers reused every step: the batch's labels, masks and sample weights
 /// (uploaded once per step: the batch's inputs), and the per-task logit gradients.
-pub(crate) struct TaskLosses<B: HostBackend> {
+pub struct TaskLosses<B: HostBackend> {
     labels: Vec<B::Buf>,
     masks: Vec<B::Buf>,
     weights: B::Buf,

@@ -1,5 +1,6 @@
 //! `mixrank bench infer` (session latency per batch size and precision) and
-//! `mixrank bench serve` (a bounded loopback load test of a real server).
+//! `mixrank bench serve` (a bounded loopback load test of a real server); `bench items`
+//! and `bench train` live beside it.
 
 use anyhow::{bail, Context, Result};
 use mixrank_data::{Batch, CatColumn, ExperimentConfig};
@@ -24,6 +25,10 @@ pub enum BenchCommand {
     /// same 1k–50k candidates per request (p50/p99, f32 and bf16), embed-items
     /// throughput, and where the light ranker's time goes.
     Items(crate::bench_items::ItemsBenchArgs),
+    /// Training throughput on random batches: examples/s, matrix-product FLOPs per
+    /// example, achieved GFLOP/s against this machine's f32/bf16 GEMM peak (measured by
+    /// the same command), and where a step's time goes.
+    Train(crate::bench_train::TrainBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -82,11 +87,12 @@ pub fn run(c: &BenchCommand) -> Result<()> {
         BenchCommand::Infer(a) => infer(a),
         BenchCommand::Serve(a) => serve(a),
         BenchCommand::Items(a) => crate::bench_items::run(a),
+        BenchCommand::Train(a) => crate::bench_train::run(a),
     }
 }
 
 /// The DESIGN.md bench model as an experiment config.
-fn bench_config() -> Result<ExperimentConfig> {
+pub(crate) fn bench_config() -> Result<ExperimentConfig> {
     let mut t = String::from("[data]\nformat = \"parquet\"\n[data.splits.train]\npaths = [\"unused\"]\n");
     for i in 0..26 {
         t.push_str(&format!("[[features.categorical]]\nname = \"c{i}\"\nbuckets = 100000\ndim = 16\n"));
@@ -98,7 +104,8 @@ fn bench_config() -> Result<ExperimentConfig> {
     t.push_str("[[tasks]]\nname = \"save\"\nkind = \"binary\"\nlabel = \"y2\"\n");
     t.push_str(
         "[model]\narchitecture = \"mmoe\"\nexpert_dim = 128\ntower = { hidden = [64] }\n\
-         [[model.experts]]\nkind = \"mlp\"\ncount = 4\nhidden = [256, 128]\n",
+         [[model.experts]]\nkind = \"mlp\"\ncount = 4\nhidden = [256, 128]\n\
+         [train]\nlr = 0.001\nsparse_optimizer = \"lazy_adam\"\nsparse_lr = 0.001\n",
     );
     Ok(ExperimentConfig::parse(&t, std::path::Path::new("bench-model.toml"))?)
 }
@@ -154,7 +161,7 @@ fn session(a: &InferArgs, precision: Precision, max_batch: usize) -> Result<Infe
 
 /// A random batch for `cfg`: uniform table rows, 1–3 ids per multi-valued feature,
 /// dense values uniform in [-1, 1].
-fn random_batch(cfg: &ExperimentConfig, rows: usize, rng: &mut rand::rngs::StdRng) -> Batch {
+pub(crate) fn random_batch(cfg: &ExperimentConfig, rows: usize, rng: &mut rand::rngs::StdRng) -> Batch {
     let cat = cfg
         .categorical
         .iter()

@@ -83,10 +83,10 @@ fn run_in_pool(a: &EvalArgs) -> Result<()> {
         }
     }
     if a.precision == Precision::Bf16 {
-        let kernel = mixrank_engine::bf16::Bf16Kernel::detect();
+        let kernel = mixrank_engine::bf16::Bf16Kernel::select()?;
         let n = scorer.loaded.model.use_bf16(kernel)?;
         let bf16_reports = scorer.score(&ops, &a.split)?.reports(&cfg);
-        crate::say!("bf16 ({} kernel, {n} GEMMs):", kernel.name());
+        crate::say!("bf16 ({} kernel, {n} GEMMs; {}):", kernel.name(), kernel.describe());
         crate::emit(&crate::train_cmd::render_reports(&bf16_reports));
         crate::emit(&render_deltas(&f32_reports, &bf16_reports));
         out["bf16"] = serde_json::to_value(&bf16_reports)?;

@@ -3,6 +3,7 @@
 mod backend;
 mod bench_cmd;
 mod bench_items;
+mod bench_train;
 mod compare_cmd;
 mod demo;
 mod embed_items_cmd;

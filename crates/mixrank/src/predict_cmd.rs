@@ -72,7 +72,7 @@ fn run_in_pool(a: &PredictArgs) -> Result<()> {
     let kernel = match a.precision {
         Precision::F32 => None,
         Precision::Bf16 => {
-            let k = mixrank_engine::bf16::Bf16Kernel::detect();
+            let k = mixrank_engine::bf16::Bf16Kernel::select()?;
             scorer.loaded.model.use_bf16(k)?;
             Some(k.name())
         }

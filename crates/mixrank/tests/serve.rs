@@ -184,3 +184,53 @@ fn serve_refuses_a_non_loopback_address_without_an_admin_token() {
     let (ok, err) = serve(&["--addr", "127.0.0.1:0"]);
     assert!(!ok && err.contains("no-run") && !err.contains("refusing to listen"), "{err}");
 }
+
+/// `bench train` on the simulator's config with a small MMoE: throughput, FLOPs, peak and
+/// phases in its JSON; the FLOPs per example do not depend on the batch size (every
+/// matrix product is linear in the rows); `MIXRANK_BF16_KERNEL` picks the bf16 kernel
+/// of the peak measurement, and a name that is no kernel is refused.
+#[test]
+fn bench_train_reports_throughput_flops_peak_and_phases() {
+    let d = tempfile::tempdir().unwrap();
+    let run = trained_run(d.path());
+    let cfg = d.path().join("sim").join("mixrank.toml");
+    let model = d.path().join("m.toml");
+    assert!(run.exists());
+    let bench = |batch: &str, kernel: &str| {
+        let json = d.path().join(format!("train-{batch}.json"));
+        let out = Command::new(env!("CARGO_BIN_EXE_mixrank"))
+            .args(["bench", "train", cfg.to_str().unwrap(), "--model", model.to_str().unwrap()])
+            .args(["--batch", batch, "--steps", "3", "--warmup", "1", "--json", json.to_str().unwrap()])
+            .env("MIXRANK_BF16_KERNEL", kernel)
+            .output()
+            .unwrap();
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+        let v = out
+            .status
+            .success()
+            .then(|| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&json).unwrap()).unwrap());
+        (v, stdout, stderr)
+    };
+    let (v8, out, err) = bench("8", "portable");
+    let v8 = v8.unwrap_or_else(|| panic!("{err}"));
+    assert!(out.contains("examples/s") && out.contains("where a step's time goes"), "{out}");
+    assert_eq!(v8["batch"], 8);
+    assert_eq!(v8["bf16_kernel"], "portable");
+    let f8 = v8["flops_per_example"].as_f64().unwrap();
+    assert!(f8 > 0.0, "{v8}");
+    let step_ms = v8["median_step_ms"].as_f64().unwrap();
+    let ex_s = v8["examples_per_s"].as_f64().unwrap();
+    assert!((ex_s * step_ms / 1e3 - 8.0).abs() < 1e-6, "{v8}");
+    let phases = v8["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 4, "{v8}");
+    assert!(phases.iter().all(|p| p["median_ms"].as_f64().unwrap() >= 0.0));
+    assert!(v8["f32_gemm_peak_gflops"].as_f64().unwrap() > 0.0 && v8["bf16_gemm_peak_gflops"].as_f64().unwrap() > 0.0);
+
+    let (v16, _, err) = bench("16", "auto");
+    let v16 = v16.unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(v16["flops_per_example"].as_f64().unwrap(), f8, "FLOPs per example depend on the batch");
+
+    let (v, _, err) = bench("8", "avx9000");
+    assert!(v.is_none() && err.contains("MIXRANK_BF16_KERNEL must be one of"), "{err}");
+}

@@ -11,11 +11,17 @@
 //! Kernels, chosen at run time: AMX-BF16 tiles (with AVX512-BF16 for the edges),
 //! AVX512-BF16 (`vdpbf16ps`), and a portable loop; all read the same packed layout. Rows
 //! of `C` are split across rayon threads for large problems.
+//!
+//! On a CPU with neither AMX-BF16 nor AVX512-BF16, [`Bf16Kernel::detect`] picks a
+//! widening kernel instead ([`widen`]): bf16 weights (half the memory), f32 activations
+//! and f32 FMAs, called through [`Bf16Kernel::gemm_f32`] — bf16 arithmetic emulated in
+//! scalar code was 3-4× slower than the f32 GEMM on such CPUs (docs/BENCHMARKS.md).
 
 mod amx;
 mod avx512;
 mod matrix;
 mod portable;
+mod widen;
 
 pub use matrix::{Bf16Matrix, PackedBf16};
 
@@ -39,6 +45,10 @@ pub const MR: usize = 12;
 enum Kind {
     Amx,
     Avx512Bf16,
+    /// bf16 weights widened to f32 in registers, f32 activations (AVX-512F).
+    Avx512Widen,
+    /// The same with AVX2 + FMA.
+    Avx2Widen,
     Portable,
 }
 
@@ -48,9 +58,79 @@ enum Kind {
 pub struct Bf16Kernel(Kind);
 
 impl Bf16Kernel {
-    /// The fastest kernel this CPU supports.
+    /// The fastest kernel this CPU supports: bf16 arithmetic where the CPU has it (AMX,
+    /// then AVX512-BF16), else a widening kernel (bf16 storage, f32 compute), else the
+    /// portable loop (non-x86 CPUs).
     pub fn detect() -> Self {
-        Self::amx().or_else(|_| Self::avx512bf16()).unwrap_or(Self::portable())
+        Self::amx().or_else(|_| Self::avx512bf16()).or_else(|_| Self::widen()).unwrap_or(Self::portable())
+    }
+
+    /// The kernel the environment variable `MIXRANK_BF16_KERNEL` names (`amx`,
+    /// `avx512bf16`, `avx512-widen`, `avx2-widen`, `portable`), or [`Bf16Kernel::detect`]'s
+    /// when it is unset or `auto` — so a benchmark can time every kernel the CPU offers.
+    /// Naming a kernel this CPU lacks, or no kernel, is an error.
+    pub fn select() -> Result<Self> {
+        match std::env::var("MIXRANK_BF16_KERNEL") {
+            Ok(name) if name != "auto" && !name.is_empty() => Self::by_name(&name),
+            _ => Ok(Self::detect()),
+        }
+    }
+
+    /// The kernel of this [`name`](Bf16Kernel::name), if this CPU runs it.
+    pub fn by_name(name: &str) -> Result<Self> {
+        match name {
+            "amx" | "amx-bf16" => Self::amx(),
+            "avx512bf16" => Self::avx512bf16(),
+            "avx512-widen" => Self::widen_avx512(),
+            "avx2-widen" => Self::widen_avx2(),
+            "portable" => Ok(Self::portable()),
+            _ => Err(EngineError::InvalidArgument {
+                op: "bf16 kernel",
+                reason: "MIXRANK_BF16_KERNEL must be one of auto, amx, avx512bf16, avx512-widen, avx2-widen, portable",
+            }),
+        }
+    }
+
+    /// One line for users: what this kernel computes in, and what bf16 buys on this CPU.
+    pub fn describe(&self) -> &'static str {
+        match self.0 {
+            Kind::Amx => "AMX-BF16 tiles: bf16 weights and activations, f32 accumulation",
+            Kind::Avx512Bf16 => "AVX512-BF16: bf16 weights and activations, f32 accumulation",
+            Kind::Avx512Widen | Kind::Avx2Widen => {
+                "this CPU has no bf16 arithmetic: bf16 weights (half the memory) widened to f32, f32 activations and arithmetic — about f32's speed, not faster"
+            }
+            Kind::Portable => "portable loop (no SIMD): slower than f32",
+        }
+    }
+
+    /// The widening kernel this CPU runs: AVX-512F, else AVX2 + FMA.
+    pub fn widen() -> Result<Self> {
+        Self::widen_avx512().or_else(|_| Self::widen_avx2())
+    }
+
+    /// The AVX-512F widening kernel, if this CPU has `avx512f`.
+    pub fn widen_avx512() -> Result<Self> {
+        if widen::avx512_supported() {
+            Ok(Bf16Kernel(Kind::Avx512Widen))
+        } else {
+            Err(EngineError::Unsupported { op: "bf16 gemm", feature: "avx512f" })
+        }
+    }
+
+    /// The AVX2 widening kernel, if this CPU has `avx2` and `fma`.
+    pub fn widen_avx2() -> Result<Self> {
+        if widen::avx2_supported() {
+            Ok(Bf16Kernel(Kind::Avx2Widen))
+        } else {
+            Err(EngineError::Unsupported { op: "bf16 gemm", feature: "avx2+fma" })
+        }
+    }
+
+    /// Whether this kernel takes f32 activations ([`Bf16Kernel::gemm_f32`]) rather than
+    /// bf16 ones ([`Bf16Kernel::gemm`]): true for the widening kinds, which do f32
+    /// arithmetic on widened bf16 weights.
+    pub fn takes_f32_activations(&self) -> bool {
+        matches!(self.0, Kind::Avx512Widen | Kind::Avx2Widen)
     }
 
     /// The AMX-BF16 kernel, if this CPU has AMX-BF16 and AVX512-BF16 and the OS grants
@@ -82,6 +162,8 @@ impl Bf16Kernel {
         match self.0 {
             Kind::Amx => "amx-bf16",
             Kind::Avx512Bf16 => "avx512bf16",
+            Kind::Avx512Widen => "avx512-widen",
+            Kind::Avx2Widen => "avx2-widen",
             Kind::Portable => "portable",
         }
     }
@@ -92,14 +174,20 @@ impl Bf16Kernel {
     pub fn convert(&self, src: &[f32], dst: &mut [bf16]) {
         match self.0 {
             Kind::Amx | Kind::Avx512Bf16 => avx512::convert(src, dst),
-            Kind::Portable => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = bf16::from_f32(s)),
+            Kind::Avx512Widen | Kind::Avx2Widen | Kind::Portable => {
+                dst.iter_mut().zip(src).for_each(|(d, &s)| *d = bf16::from_f32(s))
+            }
         }
     }
 
     /// `C[..m, ..n] = A[..m] · W`; `C` is dense `[m, n]`, overwritten. Runs multithreaded
     /// when `m·n·k >= 2^20` (as the f32 GEMM).
+    /// The widening kinds refuse (they take f32 activations: [`Bf16Kernel::gemm_f32`]).
     pub fn gemm(&self, m: usize, a: &Bf16Matrix, w: &PackedBf16, c: &mut [f32]) -> Result<()> {
         const OP: &str = "gemm_bf16";
+        if self.takes_f32_activations() {
+            return Err(EngineError::Unsupported { op: OP, feature: "bf16 activations (this kernel takes f32)" });
+        }
         if a.cols() != w.k() {
             return Err(EngineError::ShapeMismatch {
                 op: OP,
@@ -128,6 +216,67 @@ impl Bf16Kernel {
             });
         }
         Ok(())
+    }
+
+    /// `C[..m, ..n] = A[..m] · W` with f32 activations `A` (dense `[m, k]`, row-major)
+    /// and the bf16 weights widened to f32: the widening kinds only (the others refuse).
+    /// Threads as [`Bf16Kernel::gemm`].
+    pub fn gemm_f32(&self, m: usize, a: &[f32], w: &PackedBf16, c: &mut [f32]) -> Result<()> {
+        const OP: &str = "gemm_bf16_f32";
+        if !self.takes_f32_activations() {
+            return Err(EngineError::Unsupported { op: OP, feature: "f32 activations (this kernel takes bf16)" });
+        }
+        let (k, n) = (w.k(), w.n());
+        check::holds(OP, "a", a.len(), &[m, k], m * k)?;
+        check::holds(OP, "c", c.len(), &[m, n], m * n)?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let c = &mut c[..m * n];
+        if k == 0 {
+            c.fill(0.0);
+            return Ok(());
+        }
+        let threads = rayon::current_num_threads();
+        if m * n * k < CpuOps::DEFAULT_GEMM_PAR_MIN || threads == 1 || m <= MR {
+            self.rows_f32(0, m, a, w, c);
+        } else {
+            let band = m.div_ceil(threads).next_multiple_of(MR);
+            c.par_chunks_mut(band * n).enumerate().for_each(|(i, chunk)| {
+                self.rows_f32(i * band, chunk.len() / n, a, w, chunk);
+            });
+        }
+        Ok(())
+    }
+
+    /// [`Bf16Kernel::rows`] for f32 activations: chunks of [`MC`] rows, panels outside
+    /// row blocks.
+    fn rows_f32(&self, r0: usize, rows: usize, a: &[f32], w: &PackedBf16, c: &mut [f32]) {
+        let (k, n) = (w.k(), w.n());
+        for start in (0..rows).step_by(MC) {
+            let len = (rows - start).min(MC);
+            let c = &mut c[start * n..(start + len) * n];
+            for panel in 0..w.panels() {
+                let n_valid = (n - panel * NR).min(NR);
+                for rb in (0..len).step_by(MR) {
+                    let block = widen::WideBlock {
+                        a: &a[(r0 + start + rb) * k..],
+                        lda: k,
+                        mr: (len - rb).min(MR),
+                        k,
+                        panel: w.panel(panel),
+                        ldc: n,
+                        n_valid,
+                    };
+                    let c = &mut c[rb * n + panel * NR..];
+                    match self.0 {
+                        Kind::Avx512Widen => widen::block_avx512(&block, c),
+                        Kind::Avx2Widen => widen::block_avx2(&block, c),
+                        _ => unreachable!("checked by gemm_f32"),
+                    }
+                }
+            }
+        }
     }
 
     /// Rows `r0 .. r0 + rows` of `C` into `c` (`[rows, n]`), in chunks of [`MC`] rows so
@@ -167,6 +316,7 @@ impl Bf16Kernel {
                 match self.0 {
                     Kind::Amx | Kind::Avx512Bf16 => avx512::block(&block, c),
                     Kind::Portable => portable::block(&block, c),
+                    Kind::Avx512Widen | Kind::Avx2Widen => unreachable!("refused by gemm"),
                 }
             }
         }

@@ -25,6 +25,18 @@ fn simd_kernels() -> Vec<Bf16Kernel> {
     k
 }
 
+/// Every widening kernel (bf16 weights, f32 activations) this CPU runs.
+fn widening_kernels() -> Vec<Bf16Kernel> {
+    let mut k = vec![];
+    for kernel in [Bf16Kernel::widen_avx512(), Bf16Kernel::widen_avx2()] {
+        match kernel {
+            Ok(kernel) => k.push(kernel),
+            Err(e) => eprintln!("skipping a widening kernel: {e}"),
+        }
+    }
+    k
+}
+
 struct Case {
     m: usize,
     n: usize,
@@ -71,6 +83,25 @@ fn check_vs_f32(kernel: Bf16Kernel, c: &Case) {
     assert_within(&what, &to_f64(&out[..c.m * c.n]), &exact, |i| factor * mag[i]);
 }
 
+/// A widening kernel's result vs the exact f32-input result.
+///
+/// Tolerance: only `w` is rounded to bf16 (|w̃ − w| <= u|w|, u = 2⁻⁸); the products of the
+/// f32 activations and the widened (exact) weights are then accumulated by k FMAs in f32,
+/// within γ_k Σ|a||w̃| <= γ_k (1+u) Σ|a||w| of their exact sum. Hence
+/// |C − A·W| <= (u + γ_k (1+u)) Σ|a||w| — tighter than the bf16 bound (the activations are
+/// not rounded), and still broken by a wrong pairing, panel offset or odd-k tail.
+fn check_widen_vs_f32(kernel: Bf16Kernel, c: &Case) {
+    let w = PackedBf16::pack(c.k, c.n, &c.w).unwrap();
+    let mut out = vec![f32::NAN; c.m * c.n + 3];
+    kernel.gemm_f32(c.m, &c.a, &w, &mut out).unwrap();
+    assert!(out[c.m * c.n..].iter().all(|v| v.is_nan()), "wrote past C");
+    let (exact, mag) = exact(c.m, c.n, c.k, &c.a, &c.w);
+    let u = 1.0 / 256.0;
+    let factor = u + gamma(c.k) * (1.0 + u);
+    let what = format!("{} {}x{}x{}", kernel.name(), c.m, c.n, c.k);
+    assert_within(&what, &to_f64(&out[..c.m * c.n]), &exact, |i| factor * mag[i]);
+}
+
 /// A SIMD kernel vs portable on the same bf16 inputs: both sum exact products in f32,
 /// each within γ_k Σ|ã||w̃| of the exact sum, so they differ by at most twice that.
 fn check_simd_vs_portable(simd: Bf16Kernel, c: &Case) {
@@ -101,6 +132,9 @@ proptest! {
         for simd in simd_kernels() {
             check_simd_vs_portable(simd, &c);
         }
+        for kernel in widening_kernels() {
+            check_widen_vs_f32(kernel, &c);
+        }
     }
 }
 
@@ -117,6 +151,51 @@ fn bf16_gemm_large_shapes() {
         for simd in simd_kernels() {
             check_simd_vs_portable(simd, &c);
         }
+        for kernel in widening_kernels() {
+            check_widen_vs_f32(kernel, &c);
+        }
+    }
+}
+
+/// The two widening kernels do the same f32 FMAs in the same order per output, so they
+/// agree bit for bit (where both run).
+#[test]
+fn widening_kernels_agree_exactly() {
+    let kernels = widening_kernels();
+    if kernels.len() < 2 {
+        eprintln!("skipping: this CPU runs {} widening kernel(s)", kernels.len());
+        return;
+    }
+    for (i, &(m, k, n)) in [(37, 429, 129), (512, 257, 64), (5, 1, 33)].iter().enumerate() {
+        let c = case(100 + i as u64, m, n, k);
+        let w = PackedBf16::pack(c.k, c.n, &c.w).unwrap();
+        let outs: Vec<Vec<f32>> = kernels
+            .iter()
+            .map(|kernel| {
+                let mut out = vec![0.0f32; c.m * c.n];
+                kernel.gemm_f32(c.m, &c.a, &w, &mut out).unwrap();
+                out
+            })
+            .collect();
+        assert_same("avx512-widen vs avx2-widen", &outs[0], &outs[1]);
+    }
+}
+
+#[test]
+fn widening_kernels_take_f32_activations_only() {
+    let a = Bf16Matrix::zeros(4, 5);
+    let w = PackedBf16::pack(5, 3, &[0.0; 15]).unwrap();
+    let mut c = vec![0.0; 12];
+    for kernel in widening_kernels() {
+        assert!(kernel.takes_f32_activations());
+        let err = kernel.gemm(4, &a, &w, &mut c).unwrap_err();
+        assert!(err.to_string().contains("this kernel takes f32"), "{err}");
+        assert!(kernel.gemm_f32(4, &[0.0; 19], &w, &mut c).is_err(), "short a");
+        assert!(kernel.gemm_f32(4, &[0.0; 20], &w, &mut c[..11]).is_err(), "short c");
+    }
+    for kernel in kernels() {
+        assert!(!kernel.takes_f32_activations());
+        assert!(kernel.gemm_f32(4, &[0.0; 20], &w, &mut c).is_err(), "{} takes bf16", kernel.name());
     }
 }
 
@@ -130,6 +209,15 @@ fn bf16_gemm_does_not_depend_on_thread_count() {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             let mut out = vec![0.0f32; c.m * c.n];
             pool.install(|| kernel.gemm(c.m, &a, &w, &mut out).unwrap());
+            out
+        };
+        assert_same(kernel.name(), &run(1), &run(3));
+    }
+    for kernel in widening_kernels() {
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut out = vec![0.0f32; c.m * c.n];
+            pool.install(|| kernel.gemm_f32(c.m, &c.a, &w, &mut out).unwrap());
             out
         };
         assert_same(kernel.name(), &run(1), &run(3));
@@ -167,9 +255,32 @@ fn bf16_gemm_rejects_mismatched_shapes() {
     let a = Bf16Matrix::zeros(4, 5);
     let w = PackedBf16::pack(6, 3, &[0.0; 18]).unwrap();
     let mut c = vec![0.0; 12];
-    let err = Bf16Kernel::detect().gemm(4, &a, &w, &mut c).unwrap_err();
+    let err = Bf16Kernel::portable().gemm(4, &a, &w, &mut c).unwrap_err();
     assert_eq!(err.to_string(), "gemm_bf16: a [4, 5] does not match w [6, 3]");
     let w = PackedBf16::pack(5, 3, &[0.0; 15]).unwrap();
-    assert!(Bf16Kernel::detect().gemm(5, &a, &w, &mut c).is_err(), "m > rows of a");
-    assert!(Bf16Kernel::detect().gemm(4, &a, &w, &mut c[..11]).is_err(), "short c");
+    assert!(Bf16Kernel::portable().gemm(5, &a, &w, &mut c).is_err(), "m > rows of a");
+    assert!(Bf16Kernel::portable().gemm(4, &a, &w, &mut c[..11]).is_err(), "short c");
+}
+
+#[test]
+fn kernels_are_found_by_their_names() {
+    for kernel in kernels().into_iter().chain(widening_kernels()) {
+        assert_eq!(Bf16Kernel::by_name(kernel.name()).unwrap(), kernel);
+    }
+    let err = Bf16Kernel::by_name("avx9000").unwrap_err().to_string();
+    assert!(err.contains("MIXRANK_BF16_KERNEL must be one of"), "{err}");
+    if Bf16Kernel::amx().is_err() {
+        assert!(Bf16Kernel::by_name("amx").unwrap_err().to_string().contains("does not support amx-bf16"));
+    }
+}
+
+/// Where the CPU has no bf16 arithmetic but AVX2 or AVX-512, `detect` picks a widening
+/// kernel, never the (3-4× slower) portable loop.
+#[test]
+fn detect_never_picks_the_portable_loop_on_x86_with_avx2() {
+    let k = Bf16Kernel::detect();
+    if Bf16Kernel::amx().is_err() && Bf16Kernel::avx512bf16().is_err() && Bf16Kernel::widen().is_ok() {
+        assert!(k.takes_f32_activations(), "picked {}", k.name());
+    }
+    assert!(!(k == Bf16Kernel::portable() && Bf16Kernel::widen().is_ok()), "picked portable");
 }

@@ -1,6 +1,8 @@
 //! Reduced-precision inference GEMMs behind a [`Linear`](super::Linear): bf16 weights
 //! packed once, activations rounded to bf16 per call, f32 accumulation (the engine's
-//! AMX / AVX512-BF16 / portable kernels, picked at run time). Inference only.
+//! AMX / AVX512-BF16 / portable kernels, picked at run time) — or, on CPUs without bf16
+//! arithmetic, f32 activations times the bf16 weights widened to f32 (the widening
+//! kernels). Inference only.
 
 use mixrank_engine::bf16::{Bf16Kernel, Bf16Matrix, PackedBf16};
 use mixrank_engine::Backend;
@@ -25,11 +27,24 @@ pub trait ReducedGemm<B: Backend>: Send {
         z: &mut B::Buf,
         out: &mut B::Buf,
     ) -> Result<()> {
-        ops.block_outer(shape, x, y, z).ctx("ReducedGemm::gemm_outer")?;
-        self.gemm(shape.rows, z, out)
+        outer_in_f32(self, ops, shape, x, y, z, out)
     }
     /// Kernel name, for reports.
     fn name(&self) -> &'static str;
+}
+
+/// [`ReducedGemm::gemm_outer`]'s default: the outer products in f32 in `z`, then the GEMM.
+fn outer_in_f32<B: Backend, G: ReducedGemm<B> + ?Sized>(
+    g: &mut G,
+    ops: &B,
+    shape: mixrank_engine::BlockShape,
+    x: &B::Buf,
+    y: &B::Buf,
+    z: &mut B::Buf,
+    out: &mut B::Buf,
+) -> Result<()> {
+    ops.block_outer(shape, x, y, z).ctx("ReducedGemm::gemm_outer")?;
+    g.gemm(shape.rows, z, out)
 }
 
 /// One GEMM `out[..batch, ..n] = input[..batch, ..k] · W` that may run in reduced
@@ -83,11 +98,13 @@ impl<B: HostBackend> ReducedSite<'_, B> {
     }
 }
 
-/// bf16 weights and activations, f32 accumulation, on host memory.
+/// bf16 weights and activations, f32 accumulation, on host memory — or, with a widening
+/// kernel, bf16 weights and f32 activations.
 pub struct HostBf16 {
     kernel: Bf16Kernel,
     packed: PackedBf16,
-    /// Activations rounded to bf16, `[max_batch, k]`, reused every call.
+    /// Activations rounded to bf16, `[max_batch, k]`, reused every call (empty for a
+    /// widening kernel, which reads the f32 activations).
     scratch: Bf16Matrix,
 }
 
@@ -97,7 +114,7 @@ impl HostBf16 {
         Ok(HostBf16 {
             kernel,
             packed: PackedBf16::pack(k, n, &weight[..k * n]).ctx("HostBf16")?,
-            scratch: Bf16Matrix::zeros(max_batch, k),
+            scratch: Bf16Matrix::zeros(if kernel.takes_f32_activations() { 0 } else { max_batch }, k),
         })
     }
 }
@@ -105,21 +122,32 @@ impl HostBf16 {
 impl<B: HostBackend> ReducedGemm<B> for HostBf16 {
     fn gemm(&mut self, batch: usize, input: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
         let k = self.packed.k();
+        if self.kernel.takes_f32_activations() {
+            let n = self.packed.n();
+            return self
+                .kernel
+                .gemm_f32(batch, &input[..batch * k], &self.packed, &mut out[..batch * n])
+                .ctx("HostBf16");
+        }
         self.scratch.copy_from_f32(self.kernel, batch, &input[..batch * k]).ctx("HostBf16")?;
         let n = self.packed.n();
         self.kernel.gemm(batch, &self.scratch, &self.packed, &mut out[..batch * n]).ctx("HostBf16")
     }
 
-    /// The outer products go straight to bf16 (no f32 `[batch, k]` matrix).
+    /// The outer products go straight to bf16 (no f32 `[batch, k]` matrix); a widening
+    /// kernel forms them in f32 (`z`).
     fn gemm_outer(
         &mut self,
-        _ops: &B,
+        ops: &B,
         shape: mixrank_engine::BlockShape,
         x: &Vec<f32>,
         y: &Vec<f32>,
-        _z: &mut Vec<f32>,
+        z: &mut Vec<f32>,
         out: &mut Vec<f32>,
     ) -> Result<()> {
+        if self.kernel.takes_f32_activations() {
+            return outer_in_f32(self, ops, shape, x, y, z, out);
+        }
         let (batch, bx, by) = (shape.rows, shape.blocks, shape.width);
         self.scratch.copy_outer_from_f32(self.kernel, batch, bx, &x[..batch * bx], &y[..batch * by]).ctx("HostBf16")?;
         let n = self.packed.n();

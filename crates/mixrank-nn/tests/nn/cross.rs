@@ -89,7 +89,9 @@ fn cross_net_runs_its_full_rank_gemms_in_bf16_and_refuses_backward() {
     // accumulation) reproduces it exactly; backward then refuses.
     use mixrank_engine::bf16::Bf16Kernel;
     let ops = mixrank_engine::CpuOps::new();
-    for kernel in [Bf16Kernel::detect(), Bf16Kernel::portable()] {
+    for kernel in
+        [Some(Bf16Kernel::detect()), Some(Bf16Kernel::portable()), Bf16Kernel::widen().ok()].into_iter().flatten()
+    {
         let mut net = CrossNetV2Config::new(2, 1).init(&ops, 1, &mut rng(0)).unwrap();
         net.params(&mut |name, p| match name {
             "layers.0.w" => p.value.copy_from_slice(&[1.0, 2.0, 3.0, 4.0]),

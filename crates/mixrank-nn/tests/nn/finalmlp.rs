@@ -170,7 +170,9 @@ fn bilinear_fusion_reduced_path_reorders_exactly_and_bf16_tracks_f32() {
 
     // bf16 behind every site: close to f32, not equal; and HostBf16's direct bf16 outer
     // products give exactly what the f32 outer product plus its GEMM gives.
-    for kernel in [Bf16Kernel::detect(), Bf16Kernel::portable()] {
+    for kernel in
+        [Some(Bf16Kernel::detect()), Some(Bf16Kernel::portable()), Bf16Kernel::widen().ok()].into_iter().flatten()
+    {
         let mut via_f32 = make();
         via_f32.visit_reduced(&mut |site| {
             let r = HostBf16::new(kernel, site.k, site.n, &site.dense_weight(), site.max_batch).unwrap();

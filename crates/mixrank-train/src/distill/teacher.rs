@@ -70,7 +70,10 @@ impl<B: HostBackend + 'static> CheckpointTeacher<B> {
         // sources (the position tower) off.
         loaded.model.set_training(false);
         if precision == TeacherPrecision::Bf16 {
-            loaded.model.use_bf16(mixrank_engine::bf16::Bf16Kernel::detect())?;
+            loaded.model.use_bf16(
+                mixrank_engine::bf16::Bf16Kernel::select()
+                    .map_err(crate::error::engine("the teacher's bf16 kernel"))?,
+            )?;
         }
         let mut tcfg = (*loaded.config).clone();
         // The teacher reads the student's files exactly as the student does.

@@ -256,7 +256,7 @@ pub fn run_experts<B: HostBackend + 'static>(
     for (c, ms) in costs.iter_mut().zip(per) {
         (c.f32_ms, c.f32_share) = (ms, ms / model_f32_ms);
     }
-    let kernel = mixrank_engine::bf16::Bf16Kernel::detect();
+    let kernel = mixrank_engine::bf16::Bf16Kernel::select().map_err(crate::error::engine("the bf16 kernel"))?;
     scorer.loaded.model.use_bf16(kernel)?;
     say("timing at bf16");
     let (model_bf16_ms, per) = time_all(&mut scorer, ops, &batch, &inputs, plan.reps)?;
