@@ -210,22 +210,29 @@ pub(crate) fn rowwise_adagrad<T: Float>(
     check::vector("rowwise_adagrad", "table", table.len(), shape.rows * shape.dim)?;
     check::vector("rowwise_adagrad", "accumulators", acc.len(), shape.rows)?;
     let dim = shape.dim;
+    walk_rows(shape, s.rows, ids, rows, |id, g| {
+        rowwise_adagrad_row(s, g, &mut table[id * dim..(id + 1) * dim], &mut acc[id]);
+    });
+    Ok(())
+}
+
+/// One row's row-wise Adagrad update (`g` = `None`: an untouched row's zero gradient).
+/// The per-element code every backend's rows share, so a parallel split over rows gives
+/// the same bits.
+#[inline]
+pub(crate) fn rowwise_adagrad_row<T: Float>(s: &RowAdagradSpec, g: Option<&[T]>, row: &mut [T], acc: &mut T) {
     let f = |x: f32| T::from_f64(x as f64);
     let (lr, eps, wd) = (f(s.lr), f(s.eps), f(s.weight_decay));
     let decay = s.weight_decay != 0.0;
-    walk_rows(shape, s.rows, ids, rows, |id, g| {
-        let row = &mut table[id * dim..(id + 1) * dim];
-        // The decayed gradient `g + wd·w`, computed where it is read (no buffer).
-        let gd = |j: usize, w: T| if decay { grad_at(g, j) + wd * w } else { grad_at(g, j) };
-        let mean_sq =
-            row.iter().enumerate().map(|(j, &w)| gd(j, w).to_f64() * gd(j, w).to_f64()).sum::<f64>() / dim as f64;
-        acc[id] += T::from_f64(mean_sq);
-        let step = lr / (acc[id].sqrt() + eps);
-        for (j, w) in row.iter_mut().enumerate() {
-            *w -= step * gd(j, *w);
-        }
-    });
-    Ok(())
+    // The decayed gradient `g + wd·w`, computed where it is read (no buffer).
+    let gd = |j: usize, w: T| if decay { grad_at(g, j) + wd * w } else { grad_at(g, j) };
+    let mean_sq =
+        row.iter().enumerate().map(|(j, &w)| gd(j, w).to_f64() * gd(j, w).to_f64()).sum::<f64>() / row.len() as f64;
+    *acc += T::from_f64(mean_sq);
+    let step = lr / (acc.sqrt() + eps);
+    for (j, w) in row.iter_mut().enumerate() {
+        *w -= step * gd(j, *w);
+    }
 }
 
 /// Lazy Adam over host slices (see [`LazyAdamSpec`]).
@@ -246,23 +253,37 @@ pub(crate) fn lazy_adam<T: Float>(
     }
     check::vector("lazy_adam", "row steps", steps.len(), shape.rows)?;
     let dim = shape.dim;
-    let f = |x: f32| T::from_f64(x as f64);
-    let (b1, b2, eps, wd) = (f(s.beta1), f(s.beta2), f(s.eps), f(s.weight_decay));
     walk_rows(shape, s.rows, ids, rows, |id, g| {
-        steps[id] += 1;
-        let k = s.global_step.unwrap_or(steps[id] as u64) as i32;
-        let bc1 = 1.0 - (s.beta1 as f64).powi(k);
-        let bc2_sqrt = T::from_f64((1.0 - (s.beta2 as f64).powi(k)).sqrt() as f32 as f64);
-        let step_size = T::from_f64((s.lr as f64 / bc1) as f32 as f64);
-        for j in 0..dim {
-            let e = id * dim + j;
-            let gj = grad_at(g, j) + wd * table[e];
-            m[e] = b1 * m[e] + (T::ONE - b1) * gj;
-            v[e] = b2 * v[e] + (T::ONE - b2) * gj * gj;
-            table[e] -= step_size * m[e] / (v[e].sqrt() / bc2_sqrt + eps);
-        }
+        let e = id * dim..(id + 1) * dim;
+        lazy_adam_row(s, g, &mut table[e.clone()], &mut m[e.clone()], &mut v[e], &mut steps[id]);
     });
     Ok(())
+}
+
+/// One row's lazy Adam update (`g` = `None`: an untouched row's zero gradient); shared
+/// by every backend's rows, as [`rowwise_adagrad_row`].
+#[inline]
+pub(crate) fn lazy_adam_row<T: Float>(
+    s: &LazyAdamSpec,
+    g: Option<&[T]>,
+    w: &mut [T],
+    m: &mut [T],
+    v: &mut [T],
+    step: &mut u32,
+) {
+    let f = |x: f32| T::from_f64(x as f64);
+    let (b1, b2, eps, wd) = (f(s.beta1), f(s.beta2), f(s.eps), f(s.weight_decay));
+    *step += 1;
+    let k = s.global_step.unwrap_or(*step as u64) as i32;
+    let bc1 = 1.0 - (s.beta1 as f64).powi(k);
+    let bc2_sqrt = T::from_f64((1.0 - (s.beta2 as f64).powi(k)).sqrt() as f32 as f64);
+    let step_size = T::from_f64((s.lr as f64 / bc1) as f32 as f64);
+    for j in 0..w.len() {
+        let gj = grad_at(g, j) + wd * w[j];
+        m[j] = b1 * m[j] + (T::ONE - b1) * gj;
+        v[j] = b2 * v[j] + (T::ONE - b2) * gj * gj;
+        w[j] -= step_size * m[j] / (v[j].sqrt() / bc2_sqrt + eps);
+    }
 }
 
 /// Merges two sparse gradients of one table (each with ascending distinct ids) into

@@ -323,7 +323,7 @@ impl Backend for CpuOps {
         table: &mut Vec<f32>,
         acc: &mut Vec<f32>,
     ) -> Result<()> {
-        host::rowwise_adagrad(spec, shape, len, ids, rows, table, acc)
+        optim::rowwise_adagrad(spec, shape, len, ids, rows, table, acc)
     }
     fn lazy_adam_update(
         &self,
@@ -337,7 +337,7 @@ impl Backend for CpuOps {
         v: &mut Vec<f32>,
         steps: &mut Vec<u32>,
     ) -> Result<()> {
-        host::lazy_adam(spec, shape, len, ids, rows, table, m, v, steps)
+        optim::lazy_adam(spec, shape, len, ids, rows, table, m, v, steps)
     }
 
     fn bce_with_logits(

@@ -1,10 +1,11 @@
-//! The dense optimizer ops on the CPU: the same per-element code as the reference
-//! ([`crate::optim`]), split over fixed chunks so results do not depend on threads.
+//! The optimizer ops on the CPU: the same per-element code as the reference
+//! ([`crate::optim`]), split over fixed chunks (dense) or disjoint row ranges (sparse) so
+//! results do not depend on threads.
 
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::optim::{self, AdamSpec, NORM_CHUNK};
+use crate::optim::{self, AdamSpec, LazyAdamSpec, RowAdagradSpec, SparseRows, TableShape, NORM_CHUNK};
 
 /// `acc += Σ x²`: per-chunk f64 partials (in parallel), added in chunk order.
 pub fn sq_norm_acc(n: usize, x: &[f32], acc: &mut [f32]) -> Result<()> {
@@ -55,4 +56,140 @@ pub fn adam_update(
         optim::adam_chunk(spec, cs, w, g, m, v);
     }
     Ok(())
+}
+
+/// Elements per leaf of the parallel sparse updates (about 30 µs of work).
+const SPARSE_LEAF: usize = 1 << 13;
+
+/// Whether a sparse update may be split over rows: the touched rows only (the ids
+/// strictly ascending, so the halves of the id list own disjoint row ranges of the
+/// table) and enough work. Otherwise the sequential host loop runs (same per-row code).
+fn splittable(which: SparseRows, ids: &[u32], dim: usize) -> bool {
+    which == SparseRows::Touched && super::worth_splitting(ids.len() * dim) && ids.windows(2).all(|w| w[0] < w[1])
+}
+
+/// [`Backend::lazy_adam_update`](crate::Backend::lazy_adam_update): the touched rows
+/// split over threads (disjoint row ranges, found by halving the ascending id list), each
+/// row by [`optim::lazy_adam_row`] — bit for bit the sequential result.
+#[allow(clippy::too_many_arguments)]
+pub fn lazy_adam(
+    spec: &LazyAdamSpec,
+    shape: TableShape,
+    len: usize,
+    ids: &[u32],
+    rows: &[f32],
+    table: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    steps: &mut [u32],
+) -> Result<()> {
+    optim::check_sparse("lazy_adam", shape, len, &ids[..len.min(ids.len())], rows)?;
+    let (ids, rows) = (&ids[..len], &rows[..len * shape.dim]);
+    if !splittable(spec.rows, ids, shape.dim) {
+        return optim::lazy_adam(spec, shape, ids, rows, table, m, v, steps);
+    }
+    let n = shape.rows * shape.dim;
+    for (name, l) in [("table", table.len()), ("m", m.len()), ("v", v.len())] {
+        crate::check::vector("lazy_adam", name, l, n)?;
+    }
+    crate::check::vector("lazy_adam", "row steps", steps.len(), shape.rows)?;
+    lazy_adam_split(
+        spec,
+        shape.dim,
+        0,
+        ids,
+        rows,
+        (&mut table[..n], &mut m[..n], &mut v[..n], &mut steps[..shape.rows]),
+    );
+    Ok(())
+}
+
+/// Rows `base ..` of the table (`part`: table, m, v, row steps from row `base`) for the
+/// ascending `ids`, all `>= base`.
+fn lazy_adam_split(
+    spec: &LazyAdamSpec,
+    dim: usize,
+    base: usize,
+    ids: &[u32],
+    rows: &[f32],
+    part: (&mut [f32], &mut [f32], &mut [f32], &mut [u32]),
+) {
+    let (table, m, v, steps) = part;
+    if ids.len() < 2 || ids.len() * dim <= SPARSE_LEAF {
+        for (i, &id) in ids.iter().enumerate() {
+            let r = id as usize - base;
+            let e = r * dim..(r + 1) * dim;
+            let g = Some(&rows[i * dim..(i + 1) * dim]);
+            optim::lazy_adam_row(spec, g, &mut table[e.clone()], &mut m[e.clone()], &mut v[e], &mut steps[r]);
+        }
+        return;
+    }
+    let mid = ids.len() / 2;
+    let cut = ids[mid] as usize - base;
+    let (t0, t1) = table.split_at_mut(cut * dim);
+    let (m0, m1) = m.split_at_mut(cut * dim);
+    let (v0, v1) = v.split_at_mut(cut * dim);
+    let (s0, s1) = steps.split_at_mut(cut);
+    let (ids0, ids1) = ids.split_at(mid);
+    let (rows0, rows1) = rows.split_at(mid * dim);
+    rayon::join(
+        || lazy_adam_split(spec, dim, base, ids0, rows0, (t0, m0, v0, s0)),
+        || lazy_adam_split(spec, dim, base + cut, ids1, rows1, (t1, m1, v1, s1)),
+    );
+}
+
+/// [`Backend::rowwise_adagrad_update`](crate::Backend::rowwise_adagrad_update), split
+/// over threads as [`lazy_adam`], each row by [`optim::rowwise_adagrad_row`].
+pub fn rowwise_adagrad(
+    spec: &RowAdagradSpec,
+    shape: TableShape,
+    len: usize,
+    ids: &[u32],
+    rows: &[f32],
+    table: &mut [f32],
+    acc: &mut [f32],
+) -> Result<()> {
+    optim::check_sparse("rowwise_adagrad", shape, len, &ids[..len.min(ids.len())], rows)?;
+    let (ids, rows) = (&ids[..len], &rows[..len * shape.dim]);
+    if !splittable(spec.rows, ids, shape.dim) {
+        return optim::rowwise_adagrad(spec, shape, ids, rows, table, acc);
+    }
+    let n = shape.rows * shape.dim;
+    crate::check::vector("rowwise_adagrad", "table", table.len(), n)?;
+    crate::check::vector("rowwise_adagrad", "accumulators", acc.len(), shape.rows)?;
+    adagrad_split(spec, shape.dim, 0, ids, rows, &mut table[..n], &mut acc[..shape.rows]);
+    Ok(())
+}
+
+fn adagrad_split(
+    spec: &RowAdagradSpec,
+    dim: usize,
+    base: usize,
+    ids: &[u32],
+    rows: &[f32],
+    table: &mut [f32],
+    acc: &mut [f32],
+) {
+    if ids.len() < 2 || ids.len() * dim <= SPARSE_LEAF {
+        for (i, &id) in ids.iter().enumerate() {
+            let r = id as usize - base;
+            optim::rowwise_adagrad_row(
+                spec,
+                Some(&rows[i * dim..(i + 1) * dim]),
+                &mut table[r * dim..(r + 1) * dim],
+                &mut acc[r],
+            );
+        }
+        return;
+    }
+    let mid = ids.len() / 2;
+    let cut = ids[mid] as usize - base;
+    let (t0, t1) = table.split_at_mut(cut * dim);
+    let (a0, a1) = acc.split_at_mut(cut);
+    let (ids0, ids1) = ids.split_at(mid);
+    let (rows0, rows1) = rows.split_at(mid * dim);
+    rayon::join(
+        || adagrad_split(spec, dim, base, ids0, rows0, t0, a0),
+        || adagrad_split(spec, dim, base + cut, ids1, rows1, t1, a1),
+    );
 }

@@ -85,8 +85,13 @@ fn sparse(r: &mut rand::rngs::StdRng, rows: usize, dim: usize, every: usize, fro
 type Outputs = Vec<Vec<f32>>;
 
 /// Merge of two gradients, then row-wise Adagrad and lazy Adam with it, on `ops`.
-fn sparse_run<B: Backend<Buf = Vec<f32>, Ids = Vec<u32>>>(ops: &B, which: SparseRows, global: Option<u64>) -> Outputs {
-    let (rows, dim) = (300, 8);
+fn sparse_run<B: Backend<Buf = Vec<f32>, Ids = Vec<u32>>>(
+    ops: &B,
+    which: SparseRows,
+    global: Option<u64>,
+    rows: usize,
+) -> Outputs {
+    let dim = 8;
     let mut r = rng(7);
     let (ia, ga) = sparse(&mut r, rows, dim, 3, 0);
     let (ib, gb) = sparse(&mut r, rows, dim, 5, 1);
@@ -122,8 +127,8 @@ fn sparse_run<B: Backend<Buf = Vec<f32>, Ids = Vec<u32>>>(ops: &B, which: Sparse
 fn sparse_updates_and_the_merge_match_the_reference_bit_for_bit() {
     for which in [SparseRows::Touched, SparseRows::All] {
         for global in [None, Some(9)] {
-            let cpu = sparse_run(&CpuOps::new(), which, global);
-            let reference = sparse_run(&RefOps::default(), which, global);
+            let cpu = sparse_run(&CpuOps::new(), which, global, 300);
+            let reference = sparse_run(&RefOps::default(), which, global, 300);
             for (i, (a, b)) in cpu.iter().zip(&reference).enumerate() {
                 assert_same(&format!("{which:?} {global:?} output {i}"), a, b);
             }
@@ -133,6 +138,21 @@ fn sparse_updates_and_the_merge_match_the_reference_bit_for_bit() {
             // Rows walked: touched rows only, or all rows (counts 2 → 4 or stay 2).
             let walked = cpu[7].iter().filter(|&&c| c == 4.0).count();
             assert_eq!(walked, if which == SparseRows::All { 300 } else { 140 });
+        }
+    }
+}
+
+/// Large enough that the CPU backend splits the touched rows over threads (14,000 rows ×
+/// 8 values): still bit for bit the reference, whatever the thread count.
+#[test]
+fn parallel_sparse_updates_match_the_reference_bit_for_bit() {
+    let reference = sparse_run(&RefOps::default(), SparseRows::Touched, None, 30_000);
+    assert_eq!(reference[0].len(), 10_000 + 6_000 - 2_000);
+    for threads in [2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let cpu = pool.install(|| sparse_run(&CpuOps::new(), SparseRows::Touched, None, 30_000));
+        for (i, (a, b)) in cpu.iter().zip(&reference).enumerate() {
+            assert_same(&format!("{threads} threads, output {i}"), a, b);
         }
     }
 }
