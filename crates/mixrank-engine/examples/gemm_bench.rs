@@ -111,4 +111,30 @@ fn bench() {
         );
     }
     println!("(GFLOP/s = 2·m·k·n / median time of {RUNS} runs after {WARMUP} warm-up runs)");
+    training_shapes();
+}
+
+/// A Linear layer's three training GEMMs (f32, `CpuOps`) at the bench model's shapes:
+/// forward `Y = X·W`, input gradient `dX = dY·Wᵀ`, weight gradient `dW += Xᵀ·dY`.
+fn training_shapes() {
+    use mixrank_engine::Transpose::{No, Yes};
+    println!("\nLinear layer training GEMMs, f32 GFLOP/s (batch x in -> out):");
+    println!("{:>16} {:>9} {:>9} {:>9}", "batch x in->out", "Y=X·W", "dX=dY·Wt", "dW+=Xt·dY");
+    let ops = CpuOps::new();
+    for (batch, d_in, d_out) in [(2048, 429, 256), (2048, 256, 128), (2048, 128, 64), (2048, 429, 4)] {
+        let flop = 2.0 * (batch * d_in * d_out) as f64;
+        let x = values(batch * d_in, 1);
+        let w = values(d_in * d_out, 2);
+        let dy = values(batch * d_out, 3);
+        let (mut y, mut dx, mut dw) = (vec![0f32; batch * d_out], vec![0f32; batch * d_in], vec![0f32; d_in * d_out]);
+        let fwd = GemmSpec::nn(batch, d_out, d_in);
+        let dxs = GemmSpec::new(No, Yes, batch, d_in, d_out);
+        let mut dws = GemmSpec::new(Yes, No, d_in, d_out, batch);
+        dws.beta = 1.0;
+        let g = |secs: f64| flop / secs / 1e9;
+        let f = g(median_secs(|| ops.gemm(&fwd, &x, &w, &mut y).unwrap()));
+        let b1 = g(median_secs(|| ops.gemm(&dxs, &dy, &w, &mut dx).unwrap()));
+        let b2 = g(median_secs(|| ops.gemm(&dws, &x, &dy, &mut dw).unwrap()));
+        println!("{:>16} {f:>9.1} {b1:>9.1} {b2:>9.1}", format!("{batch}x{d_in}->{d_out}"));
+    }
 }
