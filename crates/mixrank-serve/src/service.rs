@@ -9,6 +9,7 @@ use crate::item_scoring::top_k;
 use crate::metrics::{Metrics, Protocol};
 use crate::reload::ModelSlot;
 use crate::request::{CandidateScores, ItemId, Limits, ScoreRequest, ScoreResponse, Value};
+use crate::session::InferenceSession;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -131,13 +132,7 @@ impl Service {
                 score: served.score.score(&preds, r, bids.as_ref().map(|b| b[r])),
             })
             .collect();
-        Ok(ScoreResponse {
-            request_id: req.request_id,
-            model_version: s.version.clone(),
-            precision: s.precision.name().into(),
-            tasks: s.tasks(),
-            candidates,
-        })
+        Ok(response(req.request_id, s, candidates))
     }
 
     /// A request with `item_ids`: the table's items through the cached path (user
@@ -236,13 +231,7 @@ impl Service {
                 score: served.score.score(&preds, r, None),
             })
             .collect();
-        Ok(ScoreResponse {
-            request_id: req.request_id,
-            model_version: s.version.clone(),
-            precision: s.precision.name().into(),
-            tasks: s.tasks(),
-            candidates,
-        })
+        Ok(response(req.request_id, s, candidates))
     }
 
     /// The Prometheus exposition text.
@@ -321,4 +310,15 @@ fn bids(req: &ScoreRequest, col: &str) -> Result<Vec<f64>> {
             }
         })
         .collect()
+}
+
+/// The response to request `request_id` from session `s`: its ranked `candidates`.
+fn response(request_id: String, s: &InferenceSession, candidates: Vec<CandidateScores>) -> ScoreResponse {
+    ScoreResponse {
+        request_id,
+        model_version: s.version.clone(),
+        precision: s.precision.name().into(),
+        tasks: s.tasks(),
+        candidates,
+    }
 }

@@ -7,26 +7,24 @@ use rayon::prelude::*;
 use crate::error::Result;
 use crate::optim::{self, AdamSpec, LazyAdamSpec, RowAdagradSpec, SparseRows, TableShape, NORM_CHUNK};
 
-/// `acc += Σ x²`: per-chunk f64 partials (in parallel), added in chunk order.
+/// `acc += Σ x²`: per-chunk f64 partials (in parallel), added in chunk order — the
+/// sequential [`optim::sq_norm_acc`]'s sum, whatever the thread count.
 pub fn sq_norm_acc(n: usize, x: &[f32], acc: &mut [f32]) -> Result<()> {
+    if !super::worth_splitting(n) {
+        return optim::sq_norm_acc(n, x, acc);
+    }
     crate::check::vector("sq_norm_acc", "x", x.len(), n)?;
     let mut sq = optim::load_acc(acc)?;
     let partial = |c: &[f32]| c.iter().map(|&v| v as f64 * v as f64).sum::<f64>();
-    if super::worth_splitting(n) {
-        // Partials of up to BLOCK chunks at a time in a stack array (no allocation),
-        // added one by one in chunk order, as the sequential branch does.
-        const BLOCK: usize = 64;
-        let mut partials = [0f64; BLOCK];
-        for block in x[..n].chunks(BLOCK * NORM_CHUNK) {
-            let k = block.len().div_ceil(NORM_CHUNK);
-            block.par_chunks(NORM_CHUNK).zip(partials[..k].par_iter_mut()).for_each(|(c, p)| *p = partial(c));
-            for p in &partials[..k] {
-                sq += p;
-            }
-        }
-    } else {
-        for c in x[..n].chunks(NORM_CHUNK) {
-            sq += partial(c);
+    // Partials of up to BLOCK chunks at a time in a stack array (no allocation), added
+    // one by one in chunk order, as the sequential sum does.
+    const BLOCK: usize = 64;
+    let mut partials = [0f64; BLOCK];
+    for block in x[..n].chunks(BLOCK * NORM_CHUNK) {
+        let k = block.len().div_ceil(NORM_CHUNK);
+        block.par_chunks(NORM_CHUNK).zip(partials[..k].par_iter_mut()).for_each(|(c, p)| *p = partial(c));
+        for p in &partials[..k] {
+            sq += p;
         }
     }
     <f32 as crate::Float>::store_acc(sq, acc);

@@ -71,17 +71,12 @@ pub(super) fn clip_factor(sq: Bounded, clip: Option<f32>) -> Bounded {
     // the low end.
     let lo = (sq.v - sq.e).max(0.0);
     let e = if lo > 0.0 { (f(lo) - v).abs().max((v - f(sq.v + sq.e)).abs()) } else { 1.0 };
-    f32_scalar(v).with_extra(e)
+    with_extra(f32_scalar(v), e)
 }
 
-trait Extra {
-    fn with_extra(self, e: f64) -> Self;
-}
-
-impl Extra for Bounded {
-    fn with_extra(self, e: f64) -> Self {
-        Bounded { v: self.v, e: self.e + e }
-    }
+/// `b` with `e` more error.
+fn with_extra(b: Bounded, e: f64) -> Bounded {
+    Bounded { v: b.v, e: b.e + e }
 }
 
 /// The dense Adam update of every element (see [`AdamSpec`]).
@@ -134,7 +129,7 @@ pub(super) fn rowwise_adagrad(
         let row = &mut table[id * dim..(id + 1) * dim];
         let g: Vec<Bounded> = g.iter().zip(row.iter()).map(|(&gj, &w)| add(gj, mul(c(s.weight_decay), w))).collect();
         let ms = sq_sum(&g);
-        let mean_sq = f32_scalar(ms.v / dim as f64).with_extra(ms.e / dim as f64);
+        let mean_sq = with_extra(f32_scalar(ms.v / dim as f64), ms.e / dim as f64);
         acc[id] = add(acc[id], mean_sq);
         let step = div(c(s.lr), add(sqrt(acc[id]), c(s.eps)));
         for (w, &gj) in row.iter_mut().zip(&g) {
