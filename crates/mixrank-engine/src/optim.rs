@@ -198,6 +198,21 @@ fn grad_at<T: Float>(g: Option<&[T]>, j: usize) -> T {
     g.map_or(T::ZERO, |g| g[j])
 }
 
+/// Checks row-wise Adagrad's table and per-row accumulators hold `shape`.
+pub(crate) fn check_adagrad_state<T>(shape: TableShape, table: &[T], acc: &[T]) -> Result<()> {
+    check::vector("rowwise_adagrad", "table", table.len(), shape.rows * shape.dim)?;
+    check::vector("rowwise_adagrad", "accumulators", acc.len(), shape.rows)
+}
+
+/// Checks lazy Adam's table, moments and per-row step counts hold `shape`.
+pub(crate) fn check_lazy_adam_state<T>(shape: TableShape, table: &[T], m: &[T], v: &[T], steps: &[u32]) -> Result<()> {
+    let n = shape.rows * shape.dim;
+    for (name, len) in [("table", table.len()), ("m", m.len()), ("v", v.len())] {
+        check::vector("lazy_adam", name, len, n)?;
+    }
+    check::vector("lazy_adam", "row steps", steps.len(), shape.rows)
+}
+
 /// Row-wise Adagrad over host slices (see [`RowAdagradSpec`]).
 pub(crate) fn rowwise_adagrad<T: Float>(
     s: &RowAdagradSpec,
@@ -207,8 +222,7 @@ pub(crate) fn rowwise_adagrad<T: Float>(
     table: &mut [T],
     acc: &mut [T],
 ) -> Result<()> {
-    check::vector("rowwise_adagrad", "table", table.len(), shape.rows * shape.dim)?;
-    check::vector("rowwise_adagrad", "accumulators", acc.len(), shape.rows)?;
+    check_adagrad_state(shape, table, acc)?;
     let dim = shape.dim;
     walk_rows(shape, s.rows, ids, rows, |id, g| {
         rowwise_adagrad_row(s, g, &mut table[id * dim..(id + 1) * dim], &mut acc[id]);
@@ -247,11 +261,7 @@ pub(crate) fn lazy_adam<T: Float>(
     v: &mut [T],
     steps: &mut [u32],
 ) -> Result<()> {
-    let n = shape.rows * shape.dim;
-    for (name, len) in [("table", table.len()), ("m", m.len()), ("v", v.len())] {
-        check::vector("lazy_adam", name, len, n)?;
-    }
-    check::vector("lazy_adam", "row steps", steps.len(), shape.rows)?;
+    check_lazy_adam_state(shape, table, m, v, steps)?;
     let dim = shape.dim;
     walk_rows(shape, s.rows, ids, rows, |id, g| {
         let e = id * dim..(id + 1) * dim;

@@ -86,11 +86,8 @@ pub fn lazy_adam(
     if !splittable(spec.rows, ids, shape.dim) {
         return optim::lazy_adam(spec, shape, ids, rows, table, m, v, steps);
     }
+    optim::check_lazy_adam_state(shape, table, m, v, steps)?;
     let n = shape.rows * shape.dim;
-    for (name, l) in [("table", table.len()), ("m", m.len()), ("v", v.len())] {
-        crate::check::vector("lazy_adam", name, l, n)?;
-    }
-    crate::check::vector("lazy_adam", "row steps", steps.len(), shape.rows)?;
     lazy_adam_split(
         spec,
         shape.dim,
@@ -152,9 +149,8 @@ pub fn rowwise_adagrad(
     if !splittable(spec.rows, ids, shape.dim) {
         return optim::rowwise_adagrad(spec, shape, ids, rows, table, acc);
     }
+    optim::check_adagrad_state(shape, table, acc)?;
     let n = shape.rows * shape.dim;
-    crate::check::vector("rowwise_adagrad", "table", table.len(), n)?;
-    crate::check::vector("rowwise_adagrad", "accumulators", acc.len(), shape.rows)?;
     adagrad_split(spec, shape.dim, 0, ids, rows, &mut table[..n], &mut acc[..shape.rows]);
     Ok(())
 }
