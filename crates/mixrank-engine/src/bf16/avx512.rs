@@ -67,7 +67,7 @@ pub fn convert(src: &[f32], dst: &mut [bf16]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use super::{Block, NR};
     use half::bf16;
     use std::arch::x86_64::*;
@@ -102,16 +102,29 @@ mod x86 {
                 acc[1] = _mm512_dpbf16_ps(acc[1], av, w1);
             }
         }
+        // SAFETY: `assert_bounds` placed the block's mr rows of n_valid columns in C.
+        unsafe { store_rows(&acc, b.n_valid, b.ldc, c) };
+    }
+
+    /// Writes `acc[r]` (32 columns as two 16-lane halves) to the first `n_valid <= 32`
+    /// columns of row `r` of `C` (row stride `ldc`), masking off the rest: the epilogue of
+    /// this kernel and of the AVX-512 widening kernel.
+    ///
+    /// # Safety
+    /// The CPU must support `avx512f`; for every `r < acc.len()`, `c + r·ldc + [0, n_valid)`
+    /// must be writable.
+    #[target_feature(enable = "avx512f")]
+    pub(in crate::bf16) unsafe fn store_rows(acc: &[[__m512; 2]], n_valid: usize, ldc: usize, c: *mut f32) {
         let lanes = |n: usize| -> __mmask16 { ((1u32 << n.min(16)) - 1) as __mmask16 };
-        let (m0, m1) = (lanes(b.n_valid), lanes(b.n_valid.saturating_sub(16)));
+        let (m0, m1) = (lanes(n_valid), lanes(n_valid.saturating_sub(16)));
         for (r, acc) in acc.iter().enumerate() {
-            // SAFETY: row r < mr starts at r·ldc and its first n_valid columns are in
-            // bounds (`assert_bounds`); masked-off lanes are not written. The second
-            // half is only addressed when it has valid columns.
+            // SAFETY: row r's first n_valid columns are writable (the caller's contract);
+            // masked-off lanes are not written, and the second half is only addressed
+            // when it has valid columns.
             unsafe {
-                let row = c.add(r * b.ldc);
+                let row = c.add(r * ldc);
                 _mm512_mask_storeu_ps(row, m0, acc[0]);
-                if b.n_valid > 16 {
+                if n_valid > 16 {
                     _mm512_mask_storeu_ps(row.add(16), m1, acc[1]);
                 }
             }

@@ -180,20 +180,8 @@ mod x86 {
                 acc[1] = _mm512_fmadd_ps(x0, e1, acc[1]);
             }
         }
-        let lanes = |n: usize| -> __mmask16 { ((1u32 << n.min(16)) - 1) as __mmask16 };
-        let (m0, m1) = (lanes(b.n_valid), lanes(b.n_valid.saturating_sub(16)));
-        for (r, acc) in acc.iter().enumerate() {
-            // SAFETY: row r < mr starts at r·ldc and its first n_valid columns are in
-            // bounds (`assert_bounds`); masked-off lanes are not written. The second half
-            // is only addressed when it has valid columns.
-            unsafe {
-                let row = c.add(r * b.ldc);
-                _mm512_mask_storeu_ps(row, m0, acc[0]);
-                if b.n_valid > 16 {
-                    _mm512_mask_storeu_ps(row.add(16), m1, acc[1]);
-                }
-            }
-        }
+        // SAFETY: `assert_bounds` placed the block's mr rows of n_valid columns in C.
+        unsafe { super::super::avx512::x86::store_rows(&acc, b.n_valid, b.ldc, c) };
     }
 
     /// `MR` rows × the panel's 32 columns, 16 at a time.
