@@ -11,8 +11,8 @@
 use crate::error::{Result, ServeError};
 use crate::item_table::{ItemId, ItemTableError, TableManifest, TableWriter, FORMAT_VERSION};
 use crate::session::InferenceSession;
-use arrow::array::{Array, ArrayRef, AsArray};
-use arrow::datatypes::{DataType, Int64Type};
+use arrow::array::{Array, ArrayRef};
+use mixrank_data::column::{Col, Key};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use std::collections::BTreeMap;
@@ -144,23 +144,24 @@ pub fn default_id_column(session: &InferenceSession) -> Option<String> {
     })
 }
 
-/// The ids of one batch: an integer column as integers, a string column as strings;
-/// a null is refused naming its row.
+/// The ids of one batch: an integer column (8- to 64-bit, signed or not) as integers,
+/// a string column (plain, large, view or dictionary) as strings; a null is refused
+/// naming its row.
 fn ids_of(a: &ArrayRef, column: &str, first: u64) -> std::result::Result<Vec<ItemId>, String> {
-    let null_at = |r: usize| format!("row {}: the id column {column} is null", first + r as u64);
-    match a.data_type() {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-            let s = arrow::compute::cast(a, &DataType::Utf8).map_err(|e| e.to_string())?;
-            let s = s.as_string::<i32>();
-            (0..s.len())
-                .map(|r| if s.is_null(r) { Err(null_at(r)) } else { Ok(ItemId::Str(s.value(r).to_string())) })
-                .collect()
-        }
-        t if t.is_integer() => {
-            let v = arrow::compute::cast(a, &DataType::Int64).map_err(|e| e.to_string())?;
-            let v = v.as_primitive::<Int64Type>();
-            (0..v.len()).map(|r| if v.is_null(r) { Err(null_at(r)) } else { Ok(ItemId::Int(v.value(r))) }).collect()
-        }
-        other => Err(format!("the id column {column} is {other}; expected integers or strings")),
+    let refused = || format!("the id column {column} is {}; expected integers or strings", a.data_type());
+    let col = Col::from_arrow(a).map_err(|_| refused())?;
+    if matches!(col, Col::F64(_) | Col::F32(_) | Col::Bool(_) | Col::List { .. } | Col::Text { .. }) {
+        return Err(refused());
     }
+    (0..a.len())
+        .map(|r| {
+            if a.is_null(r) {
+                return Err(format!("row {}: the id column {column} is null", first + r as u64));
+            }
+            Ok(match col.key(r).map_err(|e| format!("row {}: the id column {column}: {e}", first + r as u64))? {
+                Key::Int(v) => ItemId::Int(v),
+                Key::Bytes(b) | Key::Hashed(_, b) => ItemId::Str(String::from_utf8_lossy(b).into_owned()),
+            })
+        })
+        .collect()
 }

@@ -35,12 +35,31 @@ pub mod server;
 pub mod service;
 pub mod session;
 
-/// Generated from `proto/mixrank.proto`.
+/// The gRPC messages and service, generated from `proto/mixrank.proto` by
+/// `tools/protogen` and committed (`src/proto/mixrank.v1.rs`), so a build compiles no
+/// protobuf compiler; `generated_proto_code_is_current` fails when the .proto changed
+/// and the code was not regenerated.
 #[allow(clippy::all, missing_docs)]
 pub mod proto {
-    tonic::include_proto!("mixrank.v1");
+    include!("proto/mixrank.v1.rs");
 }
 
 pub use error::{Result, ServeError};
 pub use server::{start, RunningServer, ServeOptions};
 pub use session::{Engine, InferenceSession, Precision};
+
+#[cfg(test)]
+mod proto_tests {
+    /// The first line of the generated file records the xxh3-64 of the .proto it came from.
+    #[test]
+    fn generated_proto_code_is_current() {
+        let proto = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/proto/mixrank.proto")).unwrap();
+        let first_line = include_str!("proto/mixrank.v1.rs").lines().next().unwrap_or_default();
+        let want = format!("proto xxh3-64: {:016x}", xxhash_rust::xxh3::xxh3_64(&proto));
+        assert!(
+            first_line.ends_with(&want),
+            "src/proto/mixrank.v1.rs is stale ({first_line:?}, the .proto now has {want:?}): run \
+             `cargo run --manifest-path tools/protogen/Cargo.toml`"
+        );
+    }
+}

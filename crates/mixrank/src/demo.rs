@@ -87,7 +87,9 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     if let Some(section) = section_comparison(&cfg, a_pred, b_pred, &boot).context("the [eval] metrics")? {
         crate::emit(&crate::compare_cmd::render_section_comparison(&cfg, &section));
     }
-    let teacher = a.out.join("runs").join(CANDIDATE.0);
+    // Absolute: the distillation config is parsed relative to the data directory, so a
+    // relative `--out` (the default, `mixrank-demo`) would otherwise be joined twice.
+    let teacher = std::path::absolute(a.out.join("runs").join(CANDIDATE.0)).context("resolving --out")?;
     crate::say!("[7/7] training the light ranker {} distilled from {}", LIGHT.0, CANDIDATE.0);
     let text = std::fs::read_to_string(&s.config).with_context(|| format!("reading {}", s.config.display()))?;
     let teacher_path = teacher.to_str().context("the output path is not UTF-8")?.replace('\\', "/");

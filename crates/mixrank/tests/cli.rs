@@ -1,6 +1,6 @@
 //! The CLI end to end: a real process, real files. The text outputs are compared with
 //! committed snapshots (`tests/snapshots/`, see [`snapshot`]); after an intended change
-//! of output, `MIXRANK_UPDATE_SNAPSHOTS=1 cargo test -p mixrank --test cli` rewrites
+//! of output, `MIXRANK_UPDATE_SNAPSHOTS=1 cargo test --workspace --release --test cli` rewrites
 //! them for review.
 
 mod snapshot;

@@ -106,11 +106,16 @@ fn report_of_an_mmoe_run_has_every_section() {
 
 #[test]
 fn demo_runs_end_to_end_on_a_small_simulation() {
+    // As the README runs it: from a working directory, with the default relative `--out`.
     let d = tempfile::tempdir().unwrap();
-    let out = d.path().join("demo");
-    let (ok, stdout, err) =
-        mixrank(&["demo", "--out", out.to_str().unwrap(), "--requests-per-day", "150", "--resamples", "20"]);
-    assert!(ok, "{err}");
+    let out = d.path().join("mixrank-demo");
+    let run = Command::new(env!("CARGO_BIN_EXE_mixrank"))
+        .args(["demo", "--requests-per-day", "150", "--resamples", "20"])
+        .current_dir(d.path())
+        .output()
+        .expect("run mixrank");
+    let (stdout, err) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "{err}");
     assert!(
         stdout.contains("[6/7] comparing mmoe_position_tower (B) against shared_bottom_position_tower (A)"),
         "{stdout}"
@@ -130,9 +135,9 @@ fn demo_runs_end_to_end_on_a_small_simulation() {
     // It ends with the comparison table and the reports' paths.
     let tail: Vec<&str> = stdout.lines().rev().take(2).collect();
     for (line, name) in tail.iter().rev().zip(["shared_bottom_position_tower", "mmoe_position_tower"]) {
-        let page = out.join("runs").join(name).join("report.html");
+        let page = Path::new("mixrank-demo").join("runs").join(name).join("report.html");
         assert_eq!(*line, format!("report: {}", page.display()));
-        assert!(std::fs::read_to_string(&page).unwrap().contains("Metrics on split"));
+        assert!(std::fs::read_to_string(d.path().join(&page)).unwrap().contains("Metrics on split"));
     }
     let (ok, help, _) = mixrank(&["report", "--help"]);
     assert!(ok && help.contains("Usage: mixrank report"));

@@ -6,7 +6,7 @@
 //! current output instead, run
 //!
 //! ```sh
-//! MIXRANK_UPDATE_SNAPSHOTS=1 cargo test -p mixrank --test cli
+//! MIXRANK_UPDATE_SNAPSHOTS=1 cargo test --workspace --release --test cli
 //! ```
 //!
 //! which rewrites the files that differ; review `git diff` and commit them.
