@@ -5,17 +5,11 @@
 
 mod snapshot;
 
+mod common;
+
+use common::mixrank;
 use std::path::Path;
 use std::process::Command;
-
-fn mixrank(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mixrank")).args(args).output().expect("run mixrank");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// `mixrank simulate` of 3 small days (500 users, 300 ads) into `out`.
 fn simulate_small(out: &Path, requests_per_day: usize) -> (bool, String, String) {

@@ -3,17 +3,10 @@
 //! `eval --json` reports each gate's entropy; a run without gates over one expert list
 //! is refused.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-fn mixrank(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mixrank")).args(args).output().expect("run mixrank");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::mixrank;
+use std::path::Path;
 
 #[test]
 fn expert_report_of_a_gate_dropout_mmoe_run() {

@@ -4,22 +4,15 @@
 //! leaves no output file; the written score column serves as a logged teacher column for
 //! distillation.
 
+mod common;
+
+use common::mixrank;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{Float32Type, Int64Type};
 use mixrank_engine::CpuOps;
 use mixrank_train::CheckpointScorer;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn mixrank(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mixrank")).args(args).output().expect("run mixrank");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 const TASKS: [&str; 4] = ["click", "save", "dwell", "conversion"];
 

@@ -1,17 +1,11 @@
 //! `mixrank report` on a real MMoE run: every section is on the page and the SVG is
 //! well formed.
 
+mod common;
+
+use common::mixrank;
 use std::path::Path;
 use std::process::Command;
-
-fn mixrank(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mixrank")).args(args).output().expect("run mixrank");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// Every opened tag inside each `<svg>` is closed in order (self-closing tags aside).
 fn assert_balanced_svg(html: &str) {

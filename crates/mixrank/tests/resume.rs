@@ -4,19 +4,13 @@
 //! and the same weights as an uninterrupted run; `--stage incremental --init` warm-starts
 //! across config changes and records the lineage.
 
+mod common;
+
+use common::mixrank;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn mixrank(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mixrank")).args(args).output().expect("run mixrank");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

@@ -2,18 +2,12 @@
 //! scored over HTTP, stopped with SIGTERM (in-flight work finished, exit 0); the bench
 //! commands run bounded smoke loads.
 
+mod common;
+
+use common::mixrank;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-
-fn mixrank(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mixrank")).args(args).output().expect("run mixrank");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// Simulates a small engagement log and trains a small MMoE for a few steps.
 fn trained_run(dir: &Path) -> std::path::PathBuf {

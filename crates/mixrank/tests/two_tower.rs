@@ -3,17 +3,10 @@
 //! `predict` of the run, and a two-tower student distilled from a full ranker trained
 //! just before (the MMoE with a position tower, `configs/models/mmoe_position_tower.toml`).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn mixrank(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mixrank")).args(args).output().expect("run mixrank");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::mixrank;
+use std::path::{Path, PathBuf};
 
 fn model_file(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/models").join(name)
