@@ -6,9 +6,9 @@
 
 mod common;
 
-use common::mixrank;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{Float32Type, Int64Type};
+use common::mixrank;
 use mixrank_engine::CpuOps;
 use mixrank_train::CheckpointScorer;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
