@@ -33,6 +33,10 @@ pub struct ExpertsArgs {
     /// Bootstrap resamples of each masked-vs-full comparison.
     #[arg(long, default_value_t = 1000)]
     pub resamples: usize,
+    /// Also retrain the model without each expert (one run per expert in DIR,
+    /// `without_<index>_<kind>`, replaced if present) and compare each with the full model.
+    #[arg(long, value_name = "DIR")]
+    pub retrain: Option<PathBuf>,
     /// Compute threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -82,7 +86,13 @@ fn experts_svg(r: &ExpertsReport) -> String {
 
 fn experts(a: &ExpertsArgs) -> Result<()> {
     let ops = crate::backend::ops();
-    let plan = ExpertsPlan { split: a.split.clone(), reps: a.reps, resamples: a.resamples, ..Default::default() };
+    let plan = ExpertsPlan {
+        split: a.split.clone(),
+        reps: a.reps,
+        resamples: a.resamples,
+        retrain: a.retrain.clone(),
+        ..Default::default()
+    };
     let r = run_experts(&a.run_dir, &ops, &plan, Some(&progress))?;
     let md = r.markdown();
     let dir = a.out.clone().unwrap_or_else(|| a.run_dir.join("experts"));

@@ -54,6 +54,8 @@ fn expert_report_of_a_gate_dropout_mmoe_run() {
         "50",
         "--out",
         out_dir.to_str().unwrap(),
+        "--retrain",
+        d.path().join("retrained").to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
     let md = std::fs::read_to_string(out_dir.join("experts.md")).unwrap();
@@ -80,6 +82,35 @@ fn expert_report_of_a_gate_dropout_mmoe_run() {
         }
     }
     assert!(any_change, "masking experts changes the metrics");
+    // --retrain: one run per expert, trained without it, compared with the same full model.
+    assert!(md.contains("click ΔAUC retrained") && md.contains("retrain s"), "{md}");
+    for (i, e) in experts.iter().enumerate() {
+        let r = &e["retrained"];
+        let run = Path::new(r["run_dir"].as_str().unwrap());
+        assert_eq!(
+            run,
+            d.path().join("retrained").join(format!("without_{i}_{}", kinds[i].split(':').nth(1).unwrap()))
+        );
+        assert!(r["train_seconds"].as_f64().unwrap() > 0.0, "{r}");
+        let manifest = std::fs::read_to_string(run.join("checkpoint/manifest.json")).unwrap();
+        assert!(manifest.contains("\"step\""), "a finished checkpoint: {manifest}");
+        let (full, retrained) = (&e["masked"][0]["overall"][0], &r["comparisons"][0]["overall"][0]);
+        assert_eq!(full["metric"], retrained["metric"]);
+        assert_eq!(full["a"], retrained["a"], "A is the same full model in both comparisons");
+        assert_ne!(full["b"], retrained["b"], "a retrained model is not the masked one");
+    }
+    // The retrained runs' configs have that expert removed: the DCNv2 gone, the two MLP
+    // copies down to one.
+    let config_of = |run: &str| -> String {
+        let m = std::fs::read_to_string(d.path().join("retrained").join(run).join("checkpoint/manifest.json")).unwrap();
+        let m: serde_json::Value = serde_json::from_str(&m).unwrap();
+        m["config_toml"].as_str().unwrap().to_string()
+    };
+    let (no_mlp3, no_dcn, one_mlp) =
+        (config_of("without_3_mlp"), config_of("without_0_dcnv2"), config_of("without_4_mlp"));
+    assert_eq!(no_mlp3, one_mlp, "removing either MLP copy gives the same config");
+    assert!(!no_dcn.contains("kind = \"dcnv2\"") && no_dcn.contains("count = 2"), "{no_dcn}");
+    assert!(one_mlp.contains("kind = \"dcnv2\"") && !one_mlp.contains("count = 2"), "{one_mlp}");
     // The two MLP experts share a config: same parameters and FLOPs.
     assert_eq!(experts[3]["params"], experts[4]["params"]);
     assert_eq!(experts[3]["flops_per_example"], experts[4]["flops_per_example"]);

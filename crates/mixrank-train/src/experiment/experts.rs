@@ -15,10 +15,18 @@
 //! - Contribution: the split scored with the expert excluded from every gate (weight 0,
 //!   the others renormalised: [`mixrank_model::Model::exclude_experts`]) against the full
 //!   model on the same rows.
+//! - Optionally (`ExpertsPlan::retrain`, `--retrain DIR`), the contribution when the model
+//!   is **retrained** without the expert: the run's config with that expert removed
+//!   ([`without_expert`]) trained from scratch on the same data, seed and schedule, then
+//!   scored on the split against the full model. Masking measures what the trained model
+//!   loses; retraining measures what the expert adds when the others can adapt — but one
+//!   retrained run carries training noise that the bootstrap interval (over rows) does not
+//!   cover, so a small difference needs several seeds.
 
 use crate::error::{engine, Result, TrainError};
 use crate::evaluate::{task_type, CheckpointScorer, Predictions};
-use mixrank_data::config::model::Architecture;
+use mixrank_data::config::model::{Architecture, ExpertSection};
+use mixrank_data::config::ExperimentConfig;
 use mixrank_data::pipeline::{BatchStream, StreamOptions};
 use mixrank_engine::counting::Counting;
 use mixrank_engine::RefOps;
@@ -27,7 +35,8 @@ use mixrank_model::expert::expanded;
 use mixrank_model::Expert;
 use mixrank_nn::{HostBackend, Parameters};
 use rand::{Rng, SeedableRng};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What to measure.
@@ -40,11 +49,15 @@ pub struct ExpertsPlan {
     /// Bootstrap resamples of each masked-vs-full comparison.
     pub resamples: usize,
     pub seed: u64,
+    /// Also retrain the model without each expert, one run per expert under this
+    /// directory (`without_<index>_<kind>`, replaced if present), and compare each with
+    /// the full model.
+    pub retrain: Option<PathBuf>,
 }
 
 impl Default for ExpertsPlan {
     fn default() -> Self {
-        ExpertsPlan { split: "test".into(), reps: 7, resamples: 1000, seed: 17 }
+        ExpertsPlan { split: "test".into(), reps: 7, resamples: 1000, seed: 17, retrain: None }
     }
 }
 
@@ -70,6 +83,19 @@ pub struct ExpertCost {
 pub struct ExpertRow {
     pub cost: ExpertCost,
     pub masked: Vec<TaskComparison>,
+    /// With [`ExpertsPlan::retrain`]: the full model (A) against the model retrained
+    /// without the expert (B), per task.
+    pub retrained: Option<Retrained>,
+}
+
+/// The model retrained without one expert.
+#[derive(Debug, Clone)]
+pub struct Retrained {
+    /// Its run directory.
+    pub run_dir: PathBuf,
+    /// Its training time (seconds of training, validation and checkpoints excluded).
+    pub train_seconds: f64,
+    pub comparisons: Vec<TaskComparison>,
 }
 
 /// The report.
@@ -95,6 +121,11 @@ impl ExpertRow {
         self.masked.get(task)?.overall.iter().find(|l| l.metric == metric)
     }
 
+    /// The same for the retrained model, when there is one.
+    pub fn retrained_lift(&self, task: usize, metric: Metric) -> Option<&Lift> {
+        self.retrained.as_ref()?.comparisons.get(task)?.overall.iter().find(|l| l.metric == metric)
+    }
+
     /// Mean over binary tasks of the AUC lost when the expert is masked (full − masked):
     /// the "benefit" the plot puts against cost.
     pub fn mean_auc_drop(&self) -> f64 {
@@ -106,6 +137,40 @@ impl ExpertRow {
             drops.iter().sum::<f64>() / drops.len() as f64
         }
     }
+}
+
+/// The run's config without expert `e` of its expanded expert list (the order gates
+/// and the report number them): that entry's `count` lowered by one, or the entry
+/// removed when it was its only copy. The smaller `[model]` is validated as a config
+/// file's would be (e.g. a `gate.top_k` the remaining experts cannot fill is refused).
+pub fn without_expert(cfg: &ExperimentConfig, e: usize) -> Result<ExperimentConfig> {
+    let refuse = |m: String| TrainError::Other(format!("retraining without expert {e}: {m}"));
+    // Edit the file as parsed and validate it again, so the run's checkpoint stores the
+    // smaller config (manifests keep `wire`).
+    let mut wire = cfg.wire.clone();
+    let m = wire.model.as_mut().ok_or_else(|| refuse("the config has no [model] section".into()))?;
+    let mut left = e;
+    let Some(i) = m.experts.iter().position(|s| {
+        let hit = left < s.count();
+        if !hit {
+            left -= s.count();
+        }
+        hit
+    }) else {
+        return Err(refuse(format!("the model has only {} experts", expanded(m).len())));
+    };
+    let count = match &mut m.experts[i] {
+        ExpertSection::Dcnv2(x) => &mut x.count,
+        ExpertSection::Masknet(x) => &mut x.count,
+        ExpertSection::Finalmlp(x) => &mut x.count,
+        ExpertSection::Mlp(x) => &mut x.count,
+    };
+    if *count > 1 {
+        *count -= 1;
+    } else {
+        m.experts.remove(i);
+    }
+    ExperimentConfig::from_wire(wire, &cfg.path, &cfg.base_dir).map_err(|err| refuse(err.to_string()))
 }
 
 /// FLOPs of one forward of `expert`'s config on one row of `d_in` features, counted on
@@ -223,6 +288,20 @@ pub fn run_experts<B: HostBackend + 'static>(
         masked.push(compare(&p?));
     }
 
+    let mut retrained: Vec<Option<Retrained>> = vec![None; n];
+    if let Some(dir) = &plan.retrain {
+        for (e, s) in sections.iter().enumerate() {
+            say(&format!("retraining without expert {e} ({})", s.kind().name()));
+            let run = dir.join(format!("without_{e}_{}", s.kind().name()));
+            let mut opts = crate::TrainOptions::new(run.clone());
+            opts.overwrite = true;
+            let summary = crate::train(Arc::new(without_expert(&cfg, e)?), &opts, ops)?;
+            let p = CheckpointScorer::open(&run, ops, None)?.score(ops, &plan.split)?;
+            retrained[e] =
+                Some(Retrained { run_dir: run, train_seconds: summary.train_seconds, comparisons: compare(&p) });
+        }
+    }
+
     say("counting parameters and FLOPs");
     let mut costs = Vec::with_capacity(n);
     let mut inputs = Vec::with_capacity(n);
@@ -272,7 +351,12 @@ pub fn run_experts<B: HostBackend + 'static>(
         tasks: cfg.tasks.iter().map(|t| t.name.clone()).collect(),
         model_f32_ms,
         model_bf16_ms,
-        rows: costs.into_iter().zip(masked).map(|(cost, masked)| ExpertRow { cost, masked }).collect(),
+        rows: costs
+            .into_iter()
+            .zip(masked)
+            .zip(retrained)
+            .map(|((cost, masked), retrained)| ExpertRow { cost, masked, retrained })
+            .collect(),
     })
 }
 
@@ -302,6 +386,15 @@ impl ExpertsReport {
         for t in tasks {
             let _ = write!(head, " {t} ΔAUC [95% CI of rel.] | {t} Δlogloss |");
             rule.push_str("---:|---:|");
+        }
+        let retrained = self.rows.iter().any(|r| r.retrained.is_some());
+        if retrained {
+            for t in tasks {
+                let _ = write!(head, " {t} ΔAUC retrained [95% CI of rel.] |");
+                rule.push_str("---:|");
+            }
+            head.push_str(" retrain s |");
+            rule.push_str("---:|");
         }
         head.push_str(" mean AUC drop per MFLOP |");
         rule.push_str("---:|");
@@ -337,6 +430,29 @@ impl ExpertsReport {
                     _ => o.push_str(" - | - |"),
                 }
             }
+            if retrained {
+                for t in 0..tasks.len() {
+                    match r.retrained_lift(t, Metric::Auc) {
+                        Some(a) => {
+                            let _ = write!(
+                                o,
+                                " {:+.5} [{:+.3}%, {:+.3}%]{} |",
+                                a.b - a.a,
+                                100.0 * a.ci_low,
+                                100.0 * a.ci_high,
+                                if a.significant { " *" } else { "" }
+                            );
+                        }
+                        None => o.push_str(" - |"),
+                    }
+                }
+                match &r.retrained {
+                    Some(x) => {
+                        let _ = write!(o, " {:.1} |", x.train_seconds);
+                    }
+                    None => o.push_str(" - |"),
+                }
+            }
             let per = if mflops > 0.0 { r.mean_auc_drop() / mflops } else { 0.0 };
             let _ = writeln!(o, " {per:+.6} |");
         }
@@ -345,6 +461,13 @@ impl ExpertsReport {
             "\nΔ = masked − full (a negative ΔAUC is what the expert contributes); the interval is of the relative \
              AUC change (paired bootstrap over requests), * = significant (excludes 0 and |change| ≥ 0.1%)."
         );
+        if retrained {
+            let _ = writeln!(
+                o,
+                "Retrained: the model trained from scratch without the expert (same data, seed and schedule) − full; \
+                 its interval covers the rows, not the training noise of one retrained run."
+            );
+        }
         o
     }
 
@@ -366,6 +489,11 @@ impl ExpertsReport {
                     "bf16_share": c.bf16_share,
                     "mean_auc_drop": r.mean_auc_drop(),
                     "masked": serde_json::to_value(&r.masked).unwrap_or_default(),
+                    "retrained": r.retrained.as_ref().map(|x| serde_json::json!({
+                        "run_dir": x.run_dir,
+                        "train_seconds": x.train_seconds,
+                        "comparisons": serde_json::to_value(&x.comparisons).unwrap_or_default(),
+                    })),
                 })
             })
             .collect();
@@ -387,6 +515,41 @@ impl ExpertsReport {
 mod tests {
     use super::*;
     use mixrank_data::config::model::ExpertSection;
+
+    fn mmoe(experts_and_gate: &str) -> ExperimentConfig {
+        ExperimentConfig::parse(
+            &format!(
+                "[data]\nformat = \"parquet\"\n[data.splits.train]\npaths = [\"x\"]\n[[features.dense]]\nname = \"a\"\n\
+                 [[tasks]]\nname = \"click\"\nkind = \"binary\"\nlabel = \"y\"\n\
+                 [model]\narchitecture = \"mmoe\"\nexpert_dim = 4\n{experts_and_gate}"
+            ),
+            Path::new("t.toml"),
+        )
+        .unwrap()
+    }
+
+    fn kinds(c: &ExperimentConfig) -> Vec<(String, usize)> {
+        c.model.as_ref().unwrap().experts.iter().map(|s| (s.kind().name().to_string(), s.count())).collect()
+    }
+
+    #[test]
+    fn without_expert_lowers_a_count_or_drops_the_entry() {
+        let cfg = mmoe(
+            "[[model.experts]]\nkind = \"dcnv2\"\n[[model.experts]]\nkind = \"mlp\"\nhidden = [4]\ncount = 2\n\
+             [[model.experts]]\nkind = \"masknet\"\n",
+        );
+        let k = |v: &[(&str, usize)]| v.iter().map(|(a, b)| (a.to_string(), *b)).collect::<Vec<_>>();
+        assert_eq!(kinds(&without_expert(&cfg, 0).unwrap()), k(&[("mlp", 2), ("masknet", 1)]));
+        assert_eq!(kinds(&without_expert(&cfg, 1).unwrap()), k(&[("dcnv2", 1), ("mlp", 1), ("masknet", 1)]));
+        assert_eq!(kinds(&without_expert(&cfg, 2).unwrap()), k(&[("dcnv2", 1), ("mlp", 1), ("masknet", 1)]));
+        assert_eq!(kinds(&without_expert(&cfg, 3).unwrap()), k(&[("dcnv2", 1), ("mlp", 2)]));
+        let err = without_expert(&cfg, 4).unwrap_err().to_string();
+        assert!(err.contains("only 4 experts"), "{err}");
+        // top_k = 3 of 3 experts: two cannot fill it.
+        let cfg = mmoe("[[model.experts]]\nkind = \"mlp\"\nhidden = [4]\ncount = 3\n[model.gate]\ntop_k = 3\n");
+        let err = without_expert(&cfg, 1).unwrap_err().to_string();
+        assert!(err.contains("retraining without expert 1") && err.contains("top_k"), "{err}");
+    }
 
     #[test]
     fn mlp_expert_flops_by_hand() {

@@ -5,5 +5,5 @@ pub mod experts;
 pub mod retention;
 pub mod tables;
 
-pub use experts::{run_experts, ExpertCost, ExpertRow, ExpertsPlan, ExpertsReport};
+pub use experts::{run_experts, without_expert, ExpertCost, ExpertRow, ExpertsPlan, ExpertsReport, Retrained};
 pub use retention::{run_retention, RetentionPlan, RetentionReport, StageWarmStart, WarmStart};
