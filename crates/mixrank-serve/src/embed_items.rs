@@ -144,13 +144,14 @@ pub fn default_id_column(session: &InferenceSession) -> Option<String> {
     })
 }
 
-/// The ids of one batch: an integer column (8- to 64-bit, signed or not) as integers,
-/// a string column (plain, large, view or dictionary) as strings; a null is refused
-/// naming its row.
+/// The ids of one batch, read through the data pipeline's [`Col`]: an integer column
+/// (32- or 64-bit, signed or not) as integers, a string column (plain, large, view or
+/// dictionary) as strings; other types (floats, booleans, lists, 8/16-bit integers) and
+/// nulls are refused, a null naming its row.
 fn ids_of(a: &ArrayRef, column: &str, first: u64) -> std::result::Result<Vec<ItemId>, String> {
     let refused = || format!("the id column {column} is {}; expected integers or strings", a.data_type());
     let col = Col::from_arrow(a).map_err(|_| refused())?;
-    if matches!(col, Col::F64(_) | Col::F32(_) | Col::Bool(_) | Col::List { .. } | Col::Text { .. }) {
+    if !col.is_key_type() || matches!(col, Col::Bool(_)) {
         return Err(refused());
     }
     (0..a.len())

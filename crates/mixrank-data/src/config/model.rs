@@ -540,6 +540,16 @@ impl ExpertSection {
         }
     }
 
+    /// The entry's `count`, to edit (e.g. one expert fewer).
+    pub fn count_mut(&mut self) -> &mut usize {
+        match self {
+            ExpertSection::Dcnv2(x) => &mut x.count,
+            ExpertSection::Masknet(x) => &mut x.count,
+            ExpertSection::Finalmlp(x) => &mut x.count,
+            ExpertSection::Mlp(x) => &mut x.count,
+        }
+    }
+
     /// The keys a `kind` accepts besides `kind` itself, read from its struct.
     pub fn keys(kind: ExpertKind) -> &'static [&'static str] {
         use super::keys::struct_fields;

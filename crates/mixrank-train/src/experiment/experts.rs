@@ -25,7 +25,7 @@
 
 use crate::error::{engine, Result, TrainError};
 use crate::evaluate::{task_type, CheckpointScorer, Predictions};
-use mixrank_data::config::model::{Architecture, ExpertSection};
+use mixrank_data::config::model::Architecture;
 use mixrank_data::config::ExperimentConfig;
 use mixrank_data::pipeline::{BatchStream, StreamOptions};
 use mixrank_engine::counting::Counting;
@@ -159,12 +159,7 @@ pub fn without_expert(cfg: &ExperimentConfig, e: usize) -> Result<ExperimentConf
     }) else {
         return Err(refuse(format!("the model has only {} experts", expanded(m).len())));
     };
-    let count = match &mut m.experts[i] {
-        ExpertSection::Dcnv2(x) => &mut x.count,
-        ExpertSection::Masknet(x) => &mut x.count,
-        ExpertSection::Finalmlp(x) => &mut x.count,
-        ExpertSection::Mlp(x) => &mut x.count,
-    };
+    let count = m.experts[i].count_mut();
     if *count > 1 {
         *count -= 1;
     } else {
@@ -360,6 +355,18 @@ pub fn run_experts<B: HostBackend + 'static>(
     })
 }
 
+/// A table cell for an AUC comparison: `B − A`, the 95% interval of the relative
+/// change, `*` when significant.
+fn auc_cell(a: &Lift) -> String {
+    format!(
+        "{:+.5} [{:+.3}%, {:+.3}%]{}",
+        a.b - a.a,
+        100.0 * a.ci_low,
+        100.0 * a.ci_high,
+        if a.significant { " *" } else { "" }
+    )
+}
+
 impl ExpertsReport {
     /// One markdown table: per expert its cost, then per binary task the AUC and logloss
     /// change when it is masked (masked − full) with the 95% interval of the relative
@@ -417,15 +424,7 @@ impl ExpertsReport {
             for t in 0..tasks.len() {
                 match (r.lift(t, Metric::Auc), r.lift(t, Metric::Logloss)) {
                     (Some(a), Some(l)) => {
-                        let _ = write!(
-                            o,
-                            " {:+.5} [{:+.3}%, {:+.3}%]{} | {:+.5} |",
-                            a.b - a.a,
-                            100.0 * a.ci_low,
-                            100.0 * a.ci_high,
-                            if a.significant { " *" } else { "" },
-                            l.b - l.a
-                        );
+                        let _ = write!(o, " {} | {:+.5} |", auc_cell(a), l.b - l.a);
                     }
                     _ => o.push_str(" - | - |"),
                 }
@@ -434,14 +433,7 @@ impl ExpertsReport {
                 for t in 0..tasks.len() {
                     match r.retrained_lift(t, Metric::Auc) {
                         Some(a) => {
-                            let _ = write!(
-                                o,
-                                " {:+.5} [{:+.3}%, {:+.3}%]{} |",
-                                a.b - a.a,
-                                100.0 * a.ci_low,
-                                100.0 * a.ci_high,
-                                if a.significant { " *" } else { "" }
-                            );
+                            let _ = write!(o, " {} |", auc_cell(a));
                         }
                         None => o.push_str(" - |"),
                     }
