@@ -66,7 +66,7 @@ fn bench() {
         let spec = GemmSpec::nn(m, n, k);
 
         let mut f32_with = |par_min: usize| {
-            let ops = CpuOps { gemm_par_min: par_min };
+            let ops = CpuOps { gemm_par_min: par_min, ..CpuOps::new() };
             gflops(median_secs(|| ops.gemm(&spec, &a, &w, &mut c).unwrap()))
         };
         let f32_auto = f32_with(CpuOps::DEFAULT_GEMM_PAR_MIN);

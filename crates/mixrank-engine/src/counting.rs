@@ -13,6 +13,7 @@ use crate::ops::{
     SparseGrad,
 };
 use crate::optim::{AdamSpec, LazyAdamSpec, RowAdagradSpec, TableShape};
+use crate::reduced::{ReducedGemm, WeightLayout};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Traffic counts (events and elements).
@@ -105,32 +106,61 @@ impl<B> Counting<B> {
     }
 }
 
-type Host = Vec<f32>;
-type HostIds = Vec<u32>;
+/// A buffer of the counting backend: the inner host backend's `Vec`, behind a type
+/// that code generic over [`Backend`] cannot look into — as it could not look into a
+/// device backend's memory. Code that runs on `Counting` therefore reaches its data only
+/// through `read` / `write` (which are counted), and a layer, trainer or server that
+/// compiles for `Counting` cannot be relying on host buffers. Tests that name
+/// `Counting` may look inside through `Deref`.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Dev<T>(Vec<T>);
+
+impl<T> std::ops::Deref for Dev<T> {
+    type Target = Vec<T>;
+    fn deref(&self) -> &Vec<T> {
+        &self.0
+    }
+}
+
+impl<T> std::ops::DerefMut for Dev<T> {
+    fn deref_mut(&mut self) -> &mut Vec<T> {
+        &mut self.0
+    }
+}
+
+type Host = Dev<f32>;
+type HostIds = Dev<u32>;
+type Inner = Vec<f32>;
+type InnerIds = Vec<u32>;
+
+/// A loss's inputs as the inner backend's buffers.
+fn inner_input<'a>(i: LossInput<'a, Host>) -> LossInput<'a, Inner> {
+    LossInput { pred: &i.pred.0, target: &i.target.0, weight: i.weight.map(|w| &w.0), mask: i.mask.map(|m| &m.0) }
+}
 
 /// Runs `f` on the same buffers viewed as the inner backend's statistics.
-fn with_stats<B: Backend<Buf = Host, Ids = HostIds>, R>(
+fn with_stats<B: Backend<Buf = Inner, Ids = InnerIds> + 'static, R>(
     stats: &mut NormStats<Counting<B>>,
     f: impl FnOnce(&mut NormStats<B>) -> R,
 ) -> R {
-    let mut inner = NormStats::<B> { mean: std::mem::take(&mut stats.mean), rstd: std::mem::take(&mut stats.rstd) };
+    let mut inner = NormStats::<B> { mean: std::mem::take(&mut stats.mean.0), rstd: std::mem::take(&mut stats.rstd.0) };
     let r = f(&mut inner);
-    stats.mean = inner.mean;
-    stats.rstd = inner.rstd;
+    stats.mean = Dev(inner.mean);
+    stats.rstd = Dev(inner.rstd);
     r
 }
 
-impl<B: Backend<Buf = Host, Ids = HostIds>> Counting<B> {
+impl<B: Backend<Buf = Inner, Ids = InnerIds> + 'static> Counting<B> {
     /// Runs `f` on the same buffers viewed as the inner backend's sparse gradient,
     /// counting an allocation when it grows.
     fn with_grad<R>(&self, grad: &mut SparseGrad<Self>, f: impl FnOnce(&mut SparseGrad<B>) -> R) -> R {
         let cap = (grad.ids.len(), grad.rows.len(), grad.scratch.len());
         let mut inner = SparseGrad::<B> {
-            ids: std::mem::take(&mut grad.ids),
-            rows: std::mem::take(&mut grad.rows),
+            ids: std::mem::take(&mut grad.ids.0),
+            rows: std::mem::take(&mut grad.rows.0),
             len: grad.len,
             dim: grad.dim,
-            scratch: std::mem::take(&mut grad.scratch),
+            scratch: std::mem::take(&mut grad.scratch.0),
         };
         let r = f(&mut inner);
         let grown = [(cap.0, inner.ids.len()), (cap.1, inner.rows.len()), (cap.2, inner.scratch.len())];
@@ -139,26 +169,37 @@ impl<B: Backend<Buf = Host, Ids = HostIds>> Counting<B> {
                 self.alloc_event(after);
             }
         }
-        grad.ids = inner.ids;
-        grad.rows = inner.rows;
+        grad.ids = Dev(inner.ids);
+        grad.rows = Dev(inner.rows);
         grad.len = inner.len;
         grad.dim = inner.dim;
-        grad.scratch = inner.scratch;
+        grad.scratch = Dev(inner.scratch);
         r
     }
 }
 
-impl<B: Backend<Buf = Host, Ids = HostIds>> Backend for Counting<B> {
+impl<B: Backend<Buf = Inner, Ids = InnerIds> + 'static> Backend for Counting<B> {
     type Buf = Host;
     type Ids = HostIds;
 
+    fn pack_reduced(
+        &self,
+        k: usize,
+        n: usize,
+        weight: &Host,
+        layout: WeightLayout,
+        max_batch: usize,
+    ) -> Result<Box<dyn ReducedGemm<Self>>> {
+        Ok(Box::new(CountedReduced(self.inner.pack_reduced(k, n, weight, layout, max_batch)?)))
+    }
+
     fn alloc(&self, len: usize) -> Result<Host> {
         self.alloc_event(len);
-        self.inner.alloc(len)
+        self.inner.alloc(len).map(Dev)
     }
     fn upload(&self, host: &[f32]) -> Result<Host> {
         self.alloc_event(host.len());
-        self.inner.upload(host)
+        self.inner.upload(host).map(Dev)
     }
     fn write(&self, host: &[f32], dst: &mut Host) -> Result<()> {
         self.upload_event(host.len());
@@ -176,11 +217,11 @@ impl<B: Backend<Buf = Host, Ids = HostIds>> Backend for Counting<B> {
     }
     fn alloc_ids(&self, len: usize) -> Result<HostIds> {
         self.alloc_event(len);
-        self.inner.alloc_ids(len)
+        self.inner.alloc_ids(len).map(Dev)
     }
     fn upload_ids(&self, host: &[u32]) -> Result<HostIds> {
         self.alloc_event(host.len());
-        self.inner.upload_ids(host)
+        self.inner.upload_ids(host).map(Dev)
     }
     fn write_ids(&self, host: &[u32], dst: &mut HostIds) -> Result<()> {
         self.upload_event(host.len());
@@ -205,10 +246,10 @@ impl<B: Backend<Buf = Host, Ids = HostIds>> Backend for Counting<B> {
         z: &mut Host,
         y: &mut Host,
     ) -> Result<()> {
-        self.inner.bias_act_forward(act, shape, bias, z, y)
+        self.inner.bias_act_forward(act, shape, bias.map(|b| &b.0), z, y)
     }
     fn bias_act_inplace(&self, act: Activation, shape: Shape, bias: Option<&Host>, x: &mut Host) -> Result<()> {
-        self.inner.bias_act_inplace(act, shape, bias, x)
+        self.inner.bias_act_inplace(act, shape, bias.map(|b| &b.0), x)
     }
     fn bias_act_backward(
         &self,
@@ -219,7 +260,7 @@ impl<B: Backend<Buf = Host, Ids = HostIds>> Backend for Counting<B> {
         dz: &mut Host,
         dbias: Option<&mut Host>,
     ) -> Result<()> {
-        self.inner.bias_act_backward(act, shape, z, dy, dz, dbias)
+        self.inner.bias_act_backward(act, shape, z, dy, dz, dbias.map(|d| &mut d.0))
     }
     fn add(&self, n: usize, a: &Host, b: &Host, out: &mut Host) -> Result<()> {
         self.inner.add(n, a, b, out)
@@ -279,7 +320,7 @@ impl<B: Backend<Buf = Host, Ids = HostIds>> Backend for Counting<B> {
     ) -> Result<()> {
         // The statistics are only read, and borrowed immutably: the wrapper passes a
         // host copy (its own overhead, not traffic a device backend would pay).
-        let inner = NormStats::<B> { mean: stats.mean.clone(), rstd: stats.rstd.clone() };
+        let inner = NormStats::<B> { mean: stats.mean.0.clone(), rstd: stats.rstd.0.clone() };
         self.inner.layer_norm_backward(spec, x, gamma, &inner, dy, dx, dgamma, dbeta)
     }
     fn gather_rows(&self, spec: &GatherSpec, ids: &HostIds, table: &Host, out: &mut Host) -> Result<()> {
@@ -364,7 +405,7 @@ impl<B: Backend<Buf = Host, Ids = HostIds>> Backend for Counting<B> {
         b: (usize, &HostIds, &Host),
         out: &mut SparseGrad<Self>,
     ) -> Result<()> {
-        self.with_grad(out, |o| self.inner.merge_sparse_grads(dim, a, b, o))
+        self.with_grad(out, |o| self.inner.merge_sparse_grads(dim, (a.0, &a.1 .0, &a.2 .0), (b.0, &b.1 .0, &b.2 .0), o))
     }
     fn rowwise_adagrad_update(
         &self,
@@ -415,11 +456,11 @@ impl<B: Backend<Buf = Host, Ids = HostIds>> Backend for Counting<B> {
     }
     fn bce_with_logits(&self, n: usize, input: LossInput<'_, Host>, grad: &mut Host, write: GradWrite) -> Result<f32> {
         self.readback_event(1);
-        self.inner.bce_with_logits(n, input, grad, write)
+        self.inner.bce_with_logits(n, inner_input(input), grad, write)
     }
     fn mse(&self, n: usize, input: LossInput<'_, Host>, grad: &mut Host, write: GradWrite) -> Result<f32> {
         self.readback_event(1);
-        self.inner.mse(n, input, grad, write)
+        self.inner.mse(n, inner_input(input), grad, write)
     }
     fn huber(
         &self,
@@ -430,6 +471,30 @@ impl<B: Backend<Buf = Host, Ids = HostIds>> Backend for Counting<B> {
         write: GradWrite,
     ) -> Result<f32> {
         self.readback_event(1);
-        self.inner.huber(n, delta, input, grad, write)
+        self.inner.huber(n, delta, inner_input(input), grad, write)
+    }
+}
+
+/// The inner backend's reduced-precision GEMM on the counting backend's buffers (its
+/// matrix products are not in [`Counting::flops`], which counts the f32 model).
+struct CountedReduced<B: Backend>(Box<dyn ReducedGemm<B>>);
+
+impl<B: Backend<Buf = Inner, Ids = InnerIds> + 'static> ReducedGemm<Counting<B>> for CountedReduced<B> {
+    fn gemm(&mut self, batch: usize, input: &Host, out: &mut Host) -> Result<()> {
+        self.0.gemm(batch, input, out)
+    }
+    fn gemm_outer(
+        &mut self,
+        ops: &Counting<B>,
+        shape: BlockShape,
+        x: &Host,
+        y: &Host,
+        z: &mut Host,
+        out: &mut Host,
+    ) -> Result<()> {
+        self.0.gemm_outer(&ops.inner, shape, x, y, z, out)
+    }
+    fn name(&self) -> &'static str {
+        self.0.name()
     }
 }

@@ -15,6 +15,8 @@
 //! - [`mask`]: dropout and top-k masks as ops, so they are made where the data lives.
 //! - [`bf16`]: a bf16-weight, bf16-activation, f32-accumulate GEMM for inference
 //!   (AMX-BF16 or AVX512-BF16, chosen at run time, with a portable fallback).
+//! - [`reduced`]: a weight packed once for reduced-precision inference GEMMs
+//!   ([`Backend::pack_reduced`]); the CPU backend's is [`HostBf16`].
 //!
 //! `unsafe` lives only in the SIMD kernels (`bf16::avx512`, `bf16::amx`) and in the one
 //! call into the `gemm` crate (`cpu::gemm`), each with its safety argument.
@@ -35,6 +37,7 @@ pub mod mask;
 pub mod normalize;
 pub mod ops;
 pub mod optim;
+pub mod reduced;
 pub mod reference;
 
 pub use activation::Activation;
@@ -46,4 +49,5 @@ pub use ops::{
     Pooling, Shape, SparseGrad, SparseView, Transpose,
 };
 pub use optim::{AdamSpec, LazyAdamSpec, RowAdagradSpec, SparseRows, TableShape, NORM_ACC_LEN};
+pub use reduced::{HostBf16, ReducedGemm, WeightLayout};
 pub use reference::{RefOps, RefOpsF64, RefOpsOf};

@@ -28,6 +28,7 @@
 use crate::activation::Activation;
 use crate::error::Result;
 use crate::optim::{AdamSpec, LazyAdamSpec, RowAdagradSpec, TableShape};
+use crate::reduced::{ReducedGemm, WeightLayout};
 
 /// Whether a GEMM operand is used as stored or transposed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -647,4 +648,26 @@ pub trait Backend: Send + Sync {
         grad: &mut Self::Buf,
         write: GradWrite,
     ) -> Result<f32>;
+
+    // ---- reduced precision (inference) ----------------------------------------------
+
+    /// Packs a GEMM weight (`[k, n]`, stored in `weight` as `layout` says) once for
+    /// reduced-precision inference GEMMs of up to `max_batch` rows
+    /// ([`crate::reduced`]). The backend chooses its kernel (the CPU backend: AMX,
+    /// AVX512-BF16, a widening kernel or the portable loop); a backend without a
+    /// reduced-precision GEMM refuses, which is the default.
+    fn pack_reduced(
+        &self,
+        k: usize,
+        n: usize,
+        weight: &Self::Buf,
+        layout: WeightLayout,
+        max_batch: usize,
+    ) -> Result<Box<dyn ReducedGemm<Self>>>
+    where
+        Self: Sized,
+    {
+        let _ = (k, n, weight, layout, max_batch);
+        Err(crate::EngineError::Unsupported { op: "pack_reduced", feature: "a reduced-precision GEMM" })
+    }
 }

@@ -187,7 +187,7 @@ fn main() {
         model.forward(&ops, &probe, 512);
         let f32_logits: Vec<Vec<f32>> = (0..TASKS).map(|t| model.head.logits(t)[..512].to_vec()).collect();
         let kernel = mixrank_engine::bf16::Bf16Kernel::detect();
-        let converted = model.head.use_bf16(kernel).unwrap();
+        let converted = model.head.use_bf16(&ops.with_bf16_kernel(kernel)).unwrap();
         model.forward(&ops, &probe, 512);
         let mut max_diff = 0f32;
         for (t, f) in f32_logits.iter().enumerate() {

@@ -28,7 +28,7 @@ use crate::ple::Ple;
 use crate::shared_bottom::SharedBottom;
 use mixrank_data::config::model::{Architecture, ModelSection};
 use mixrank_engine::Backend;
-use mixrank_nn::{HostBackend, Layer, Parameters, ReducedSite};
+use mixrank_nn::{Layer, Parameters, ReducedSite};
 use rand::Rng;
 
 /// Logits for every task from `[batch, d_in]` input features.
@@ -214,15 +214,16 @@ pub(crate) fn check_backward(batch: Option<usize>, n_grads: usize, n_tasks: usiz
     Ok(batch)
 }
 
-impl<B: HostBackend + 'static> dyn Head<B> + '_ {
-    /// Switches inference to bf16 weights and activations with f32 accumulation for
+impl<B: Backend + 'static> dyn Head<B> + '_ {
+    /// Switches inference to the backend's reduced precision (on the CPU: bf16 weights
+    /// and activations, or bf16 weights widened to f32, with f32 accumulation) for
     /// every GEMM the head's layers expose through `Layer::visit_reduced`: the shared
     /// layer, gates, towers, projections, MLP experts, DCNv2's full-rank cross layers
     /// and deep MLP, MaskNet's block Linears, FinalMLP's streams, gates and fusion
     /// terms. Low-rank and mixture cross layers, layer norms, softmax and mixtures stay
     /// f32. Returns how many GEMMs were converted. Inference only: `backward` then
     /// refuses.
-    pub fn use_bf16(&mut self, kernel: mixrank_engine::bf16::Bf16Kernel) -> Result<usize> {
-        crate::model::pack_bf16(kernel, &mut |f| self.visit_reduced(f))
+    pub fn use_bf16(&mut self, ops: &B) -> Result<usize> {
+        crate::model::pack_bf16(ops, &mut |f| self.visit_reduced(f))
     }
 }

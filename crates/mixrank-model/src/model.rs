@@ -30,7 +30,7 @@ use crate::two_tower::TwoTowerModel;
 use mixrank_data::config::model::{Architecture, InitSection, LossWeighting};
 use mixrank_data::{Batch, ExperimentConfig};
 use mixrank_engine::Backend;
-use mixrank_nn::{EmbeddingCollection, HostBackend, Init, Param, Parameters, ReducedSite};
+use mixrank_nn::{EmbeddingCollection, Init, Param, Parameters, ReducedSite};
 use rand::Rng;
 
 /// What a model reads and what it returns: the description serving, evaluation and
@@ -99,36 +99,43 @@ pub trait Model<B: Backend>: Parameters<B> + Send {
     }
 }
 
-impl<B: HostBackend + 'static> dyn Model<B> + '_ {
-    /// Switches inference to bf16 weights and activations with f32 accumulation for
+impl<B: Backend + 'static> dyn Model<B> + '_ {
+    /// Switches inference to the backend's reduced precision ([`Backend::pack_reduced`]:
+    /// on the CPU, bf16 weights with f32 accumulation, the kernel chosen by `ops`) for
     /// every GEMM [`Model::visit_reduced`] exposes (see `crate::Head::use_bf16` for
     /// which stay f32). Returns how many GEMMs were converted. Inference only:
     /// `backward` then refuses.
-    pub fn use_bf16(&mut self, kernel: mixrank_engine::bf16::Bf16Kernel) -> Result<usize> {
-        pack_bf16(kernel, &mut |f| self.visit_reduced(f))
+    pub fn use_bf16(&mut self, ops: &B) -> Result<usize> {
+        pack_bf16(ops, &mut |f| self.visit_reduced(f))
+    }
+
+    /// The name of the reduced-precision kernel [`use_bf16`](Self::use_bf16) installed,
+    /// `None` while the model runs in f32.
+    pub fn reduced_kernel(&mut self) -> Option<&'static str> {
+        let mut name = None;
+        self.visit_reduced(&mut |site| {
+            if name.is_none() {
+                name = site.slot.as_ref().map(|r| r.name());
+            }
+        });
+        name
     }
 }
 
 /// A callback over reduced-precision sites (what `visit_reduced` takes).
 type SiteFn<'a, B> = dyn FnMut(ReducedSite<'_, B>) + 'a;
 
-/// Packs bf16 weights for every site `visit` reaches (the body of `use_bf16` for models
-/// and heads). Returns how many GEMMs were converted.
-pub(crate) fn pack_bf16<B: HostBackend + 'static>(
-    kernel: mixrank_engine::bf16::Bf16Kernel,
-    visit: &mut dyn FnMut(&mut SiteFn<'_, B>),
-) -> Result<usize> {
+/// Packs every site `visit` reaches with the backend's reduced-precision GEMM (the body
+/// of `use_bf16` for models and heads). Returns how many GEMMs were converted.
+pub(crate) fn pack_bf16<B: Backend + 'static>(ops: &B, visit: &mut dyn FnMut(&mut SiteFn<'_, B>)) -> Result<usize> {
     let mut n = 0;
     let mut err = None;
     visit(&mut |site: ReducedSite<'_, B>| {
         if err.is_some() {
             return;
         }
-        match mixrank_nn::HostBf16::new(kernel, site.k, site.n, &site.dense_weight(), site.max_batch) {
-            Ok(r) => {
-                *site.slot = Some(Box::new(r));
-                n += 1;
-            }
+        match site.pack(ops) {
+            Ok(()) => n += 1,
             Err(e) => err = Some(e),
         }
     });

@@ -24,7 +24,7 @@ fn convert_and_compare(text: &str) -> (usize, f32) {
     let mut f = head(text, d_in, batch);
     f.forward(&ops, &x, batch).unwrap();
     let mut b = head(text, d_in, batch);
-    let n = b.use_bf16(Bf16Kernel::detect()).unwrap();
+    let n = b.use_bf16(&ops.with_bf16_kernel(Bf16Kernel::detect())).unwrap();
     b.forward(&ops, &x, batch).unwrap();
     let mut max = 0f32;
     for t in 0..TASKS {

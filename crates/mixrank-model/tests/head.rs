@@ -291,7 +291,7 @@ fn bf16_inference_tracks_f32_and_refuses_backward() {
     {
         let mut h2 = build_head(&m, d_in, TASKS, &ops, batch, &mut StdRng::seed_from_u64(9)).unwrap();
         // 3 experts x 2 Linear + 2 gates + 2 towers x 2 Linear.
-        assert_eq!(h2.use_bf16(kernel).unwrap(), 12, "{}", kernel.name());
+        assert_eq!(h2.use_bf16(&ops.with_bf16_kernel(kernel)).unwrap(), 12, "{}", kernel.name());
         h2.forward(&ops, &x, batch).unwrap();
         let mut max = 0f32;
         for (t, w) in want.iter().enumerate() {

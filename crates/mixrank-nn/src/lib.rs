@@ -63,7 +63,7 @@ pub use layer::{Layer, LayerConfig};
 pub use mask::{MaskBlock, MaskBlockConfig, MaskNet, MaskNetConfig, MaskNetStructure};
 pub use moe::{Gate, GateConfig, MoeMix};
 pub use optim::{
-    Adam, AdamConfig, BiasCorrection, Decay, DecayScope, HostBackend, LazyAdam, LazyAdamConfig, LrSchedule,
-    RowWiseAdagrad, RowWiseAdagradConfig, StepStats, WeightDecay,
+    Adam, AdamConfig, BiasCorrection, Decay, DecayScope, LazyAdam, LazyAdamConfig, LrSchedule, RowWiseAdagrad,
+    RowWiseAdagradConfig, StepStats, WeightDecay,
 };
 pub use param::{zero_grads, Init, Param, ParamVisitor, Parameters};

@@ -42,6 +42,20 @@ impl<B: Backend> Param<B> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// A host copy of the value (a readback on a device backend).
+    pub fn read_value(&self, ops: &B) -> Result<Vec<f32>> {
+        let mut host = vec![0f32; self.len()];
+        ops.read(&self.value, &mut host).ctx("Param::read_value")?;
+        Ok(host)
+    }
+
+    /// A host copy of the gradient (a readback on a device backend).
+    pub fn read_grad(&self, ops: &B) -> Result<Vec<f32>> {
+        let mut host = vec![0f32; self.len()];
+        ops.read(&self.grad, &mut host).ctx("Param::read_grad")?;
+        Ok(host)
+    }
 }
 
 /// How a weight matrix `[fan_in, fan_out]` is initialised. Biases start at zero.

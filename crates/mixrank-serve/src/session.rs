@@ -23,9 +23,9 @@ use crate::request::{Features, ScoreRequest};
 use mixrank_data::config::groups::FeatureRef;
 use mixrank_data::config::{TaskKind, TaskSpec};
 use mixrank_data::{Batch, DenseMode, Encoder, ExperimentConfig};
+use mixrank_engine::Backend;
 use mixrank_model::Model;
 use mixrank_model::Tower;
-use mixrank_nn::HostBackend;
 use mixrank_train::checkpoint::Manifest;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -70,7 +70,7 @@ trait OpenSession: Send + Sync {
 
 struct On<B>(Arc<B>);
 
-impl<B: HostBackend + 'static> OpenSession for On<B> {
+impl<B: Backend + 'static> OpenSession for On<B> {
     fn open(&self, run_dir: &Path, precision: Precision, max_batch: usize) -> Result<InferenceSession> {
         InferenceSession::open(run_dir, precision, max_batch, self.0.clone())
     }
@@ -80,7 +80,7 @@ impl<B: HostBackend + 'static> OpenSession for On<B> {
 }
 
 impl Engine {
-    pub fn new<B: HostBackend + 'static>(ops: B) -> Self {
+    pub fn new<B: Backend + 'static>(ops: B) -> Self {
         Engine(Arc::new(On(Arc::new(ops))))
     }
 
@@ -121,13 +121,13 @@ trait Runner: Send {
     fn score_bias(&mut self) -> Result<Vec<f32>>;
 }
 
-struct Loaded<B: HostBackend> {
+struct Loaded<B: Backend> {
     ops: Arc<B>,
     model: Box<dyn Model<B>>,
     host: Vec<f32>,
 }
 
-impl<B: HostBackend + 'static> Runner for Loaded<B> {
+impl<B: Backend + 'static> Runner for Loaded<B> {
     fn predict(&mut self, b: &Batch, tasks: &[TaskSpec], out: &mut [Vec<f32>]) -> Result<()> {
         let ops = &*self.ops;
         self.model.forward(ops, b).map_err(|e| ServeError::Internal(format!("forward: {e}")))?;
@@ -150,10 +150,12 @@ impl<B: HostBackend + 'static> Runner for Loaded<B> {
             .iter()
             .enumerate()
             .map(|(t, task)| {
-                let u = &tt.tower_embedding(Tower::User, t)[..dim];
-                let fin = Finish { scale: tt.inv_temperature(), bias: tt.score_bias(t).map(|b| b[0]) };
+                let mut u = vec![0f32; dim];
+                ops.read(tt.tower_embedding(Tower::User, t), &mut u).map_err(internal("reading the user embedding"))?;
+                let bias = tt.score_bias(t).map(|b| read_scalar(ops, b)).transpose()?;
+                let fin = Finish { scale: tt.inv_temperature(), bias };
                 let mut z = vec![0f32; rows.len()];
-                gathered_dot(table, t, rows, u, fin, &mut z);
+                gathered_dot(table, t, rows, &u, fin, &mut z);
                 z.iter_mut().for_each(|v| *v = mixrank_train::prediction_of(task.kind, *v));
                 Ok(z)
             })
@@ -161,9 +163,10 @@ impl<B: HostBackend + 'static> Runner for Loaded<B> {
     }
 
     fn score_bias(&mut self) -> Result<Vec<f32>> {
+        let ops = &*self.ops;
         let n_tasks = self.model.io().tasks.len();
         let tt = self.model.as_two_tower_mut().ok_or_else(not_two_tower)?;
-        Ok((0..n_tasks).map(|t| tt.score_bias(t).map_or(0.0, |b| b[0])).collect())
+        (0..n_tasks).map(|t| tt.score_bias(t).map_or(Ok(0.0), |b| read_scalar(ops, b))).collect()
     }
 
     fn embed_items(&mut self, b: &Batch, out: &mut Vec<f32>) -> Result<()> {
@@ -182,13 +185,29 @@ impl<B: HostBackend + 'static> Runner for Loaded<B> {
         };
         tt.forward_tower(ops, run, Tower::Item).map_err(|e| ServeError::Internal(format!("item tower: {e}")))?;
         let dim = tt.dim();
+        let mut per_task = vec![vec![0f32; rows * dim]; n_tasks];
+        for (t, host) in per_task.iter_mut().enumerate() {
+            ops.read(tt.tower_embedding(Tower::Item, t), host).map_err(internal("reading item embeddings"))?;
+        }
         for r in 0..rows {
-            for t in 0..n_tasks {
-                out.extend_from_slice(&tt.tower_embedding(Tower::Item, t)[r * dim..(r + 1) * dim]);
+            for host in &per_task {
+                out.extend_from_slice(&host[r * dim..(r + 1) * dim]);
             }
         }
         Ok(())
     }
+}
+
+/// An engine error while serving, with what was being done.
+fn internal(what: &'static str) -> impl Fn(mixrank_engine::EngineError) -> ServeError {
+    move |e| ServeError::Internal(format!("{what}: {e}"))
+}
+
+/// The first element of a backend buffer (a one-element readback).
+fn read_scalar<B: Backend>(ops: &B, buf: &B::Buf) -> Result<f32> {
+    let mut v = [0f32];
+    ops.read(buf, &mut v).map_err(internal("reading a score bias"))?;
+    Ok(v[0])
 }
 
 fn not_two_tower() -> ServeError {
@@ -248,7 +267,7 @@ impl InferenceSession {
     /// Loads and verifies `run_dir/checkpoint` (checksum, format and hash versions,
     /// every tensor's name and shape) and prepares it at `precision`, on the backend
     /// `ops`.
-    pub fn open<B: HostBackend + 'static>(
+    pub fn open<B: Backend + 'static>(
         run_dir: &Path,
         precision: Precision,
         max_batch: usize,
@@ -274,7 +293,7 @@ impl InferenceSession {
     /// `max_batch` rows): `mixrank bench infer` scores a randomly initialised model
     /// through the same path as a loaded one.
     #[allow(clippy::too_many_arguments)]
-    pub fn from_parts<B: HostBackend + 'static>(
+    pub fn from_parts<B: Backend + 'static>(
         config: Arc<ExperimentConfig>,
         mut model: Box<dyn Model<B>>,
         ops: Arc<B>,
@@ -287,16 +306,24 @@ impl InferenceSession {
         // Inference: dropout off (the model is never switched back).
         model.set_training(false);
         let mut released_grad_floats = 0;
+        let mut err = None;
         model.params(&mut |_, p| {
-            released_grad_floats += p.grad.len();
-            p.grad = Vec::new();
+            released_grad_floats += ops.len(&p.grad);
+            match ops.alloc(0) {
+                Ok(empty) => p.grad = empty,
+                Err(e) => {
+                    err.get_or_insert(e);
+                }
+            }
         });
+        if let Some(e) = err {
+            return Err(fail(format!("releasing gradients: {e}")));
+        }
         let kernel = match precision {
             Precision::F32 => None,
             Precision::Bf16 => {
-                let k = mixrank_engine::bf16::Bf16Kernel::select().map_err(|e| fail(e.to_string()))?;
-                model.use_bf16(k).map_err(|e| fail(format!("switching to bf16: {e}")))?;
-                Some(k.name())
+                model.use_bf16(&*ops).map_err(|e| fail(format!("switching to bf16: {e}")))?;
+                model.reduced_kernel()
             }
         };
         let identity = CheckpointIdentity {

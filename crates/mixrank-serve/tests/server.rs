@@ -28,7 +28,7 @@ fn eval_predictions(precision: Precision, batch_rows: Option<usize>) -> Vec<Vec<
     let ops = CpuOps::new();
     let mut s = CheckpointScorer::open(&f.run, &ops, None).unwrap();
     if precision == Precision::Bf16 {
-        s.loaded.model.use_bf16(mixrank_engine::bf16::Bf16Kernel::detect()).unwrap();
+        s.loaded.model.use_bf16(&ops.with_bf16_kernel(mixrank_engine::bf16::Bf16Kernel::detect())).unwrap();
     }
     match batch_rows {
         None => s.score(&ops, "test").unwrap().preds,

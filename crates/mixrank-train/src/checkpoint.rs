@@ -32,7 +32,6 @@ use mixrank_data::stats::DenseStats;
 use mixrank_data::ExperimentConfig;
 use mixrank_engine::Backend;
 use mixrank_model::{build_model, Model};
-use mixrank_nn::HostBackend;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -125,22 +124,34 @@ pub struct CheckpointInfo<'a> {
     pub early_stopping: Option<EarlyStopState>,
 }
 
-/// The weights of `model` as named tensors.
-fn weight_tensors<B: HostBackend>(model: &mut dyn Model<B>) -> Vec<Tensor> {
+/// The weights of `model` as named tensors (read back from the backend).
+fn weight_tensors<B: Backend>(ops: &B, model: &mut dyn Model<B>) -> Result<Vec<Tensor>> {
     let mut out = Vec::new();
-    model.params(&mut |name, p| out.push(Tensor::f32(format!("head.{name}"), p.shape.clone(), &p.value[..p.len()])));
+    let mut err = None;
+    model.params(&mut |name, p| match p.read_value(ops) {
+        Ok(v) => out.push(Tensor::f32(format!("head.{name}"), p.shape.clone(), &v)),
+        Err(e) => {
+            err.get_or_insert(e);
+        }
+    });
     if let Some(emb) = model.embeddings_mut() {
-        emb.visit_tables(&mut |name, t| {
-            out.push(Tensor::f32(format!("emb.{name}"), vec![t.rows, t.dim], &t.value[..t.rows * t.dim]))
+        emb.visit_tables(&mut |name, t| match t.read_value(ops) {
+            Ok(v) => out.push(Tensor::f32(format!("emb.{name}"), vec![t.rows, t.dim], &v)),
+            Err(e) => {
+                err.get_or_insert(e);
+            }
         });
     }
-    out
+    match err {
+        Some(e) => Err(crate::error::layer("reading the weights")(e)),
+        None => Ok(out),
+    }
 }
 
 /// Writes `model` and `optim` as the checkpoint directory `dir`, replacing an existing
 /// one: everything goes to a temporary sibling directory first, which is renamed into
 /// place.
-pub fn save<B: HostBackend>(
+pub fn save<B: Backend>(
     dir: &Path,
     ops: &B,
     model: &mut dyn Model<B>,
@@ -148,7 +159,7 @@ pub fn save<B: HostBackend>(
     info: &CheckpointInfo<'_>,
 ) -> Result<Manifest> {
     let other = |m: String| TrainError::Checkpoint { path: dir.to_path_buf(), message: m };
-    let weights = weight_tensors(model);
+    let weights = weight_tensors(ops, model)?;
     let wbytes = serialize(&weights).map_err(other)?;
     let obytes = serialize(&optim.tensors(ops, model)?).map_err(other)?;
     let sum = |b: &[u8]| FileSum { bytes: b.len() as u64, xxh3: xxh3(b) };
@@ -368,7 +379,7 @@ impl Verified {
     }
 
     /// Restores the optimizer state of the same model.
-    pub fn restore_optimizers<B: HostBackend>(
+    pub fn restore_optimizers<B: Backend>(
         &self,
         ops: &B,
         model: &mut dyn Model<B>,

@@ -27,11 +27,12 @@
 //! [`weights_checksum`] (XXH3 of every dense weight and table) is compared across
 //! ranks at every checkpoint and at the end ([`check_replicas`]).
 
-use crate::error::{Result, TrainError};
+use crate::error::{engine, Result, TrainError};
 use mixrank_data::Batch;
 use mixrank_dist::Collective;
+use mixrank_engine::Backend;
 use mixrank_model::Model;
-use mixrank_nn::{EmbeddingCollection, HostBackend};
+use mixrank_nn::EmbeddingCollection;
 use std::ops::Range;
 
 impl From<mixrank_dist::DistError> for TrainError {
@@ -72,18 +73,32 @@ pub fn task_shares(local: &Batch, c: &dyn Collective) -> Result<Vec<f32>> {
 
 /// Sums every dense parameter's gradient over the ranks, then merges the embeddings'
 /// sparse gradients (see the module docs).
-pub fn reduce_gradients<B: HostBackend>(c: &dyn Collective, model: &mut dyn Model<B>) -> Result<()> {
-    let mut flat = Vec::new();
-    model.params(&mut |_, p| flat.extend_from_slice(&p.grad[..p.len()]));
-    c.all_reduce_sum_f32(&mut flat)?;
-    let mut at = 0;
+pub fn reduce_gradients<B: Backend>(c: &dyn Collective, ops: &B, model: &mut dyn Model<B>) -> Result<()> {
+    let mut total = 0;
+    model.params(&mut |_, p| total += p.len());
+    let mut flat = vec![0f32; total];
+    let (mut at, mut err) = (0, None);
     model.params(&mut |_, p| {
         let n = p.len();
-        p.grad[..n].copy_from_slice(&flat[at..at + n]);
+        if let Err(e) = ops.read(&p.grad, &mut flat[at..at + n]) {
+            err.get_or_insert(e);
+        }
         at += n;
     });
+    c.all_reduce_sum_f32(&mut flat)?;
+    at = 0;
+    model.params(&mut |_, p| {
+        let n = p.len();
+        if let Err(e) = ops.write(&flat[at..at + n], &mut p.grad) {
+            err.get_or_insert(e);
+        }
+        at += n;
+    });
+    if let Some(e) = err {
+        return Err(engine("moving dense gradients for the all-reduce")(e));
+    }
     if let Some(e) = model.embeddings_mut() {
-        merge_sparse(c, e)?;
+        merge_sparse(c, ops, e)?;
     }
     Ok(())
 }
@@ -95,15 +110,19 @@ struct Touched {
 }
 
 /// Encodes every feature's `(len, ids, rows)` as little-endian bytes.
-fn encode_sparse<B: HostBackend>(e: &EmbeddingCollection<B>, n_features: usize) -> Vec<u8> {
+fn encode_sparse<B: Backend>(ops: &B, e: &EmbeddingCollection<B>, n_features: usize) -> Result<Vec<u8>> {
     let mut out = Vec::new();
+    let read = engine("reading sparse gradients for the all-gather");
     for f in 0..n_features {
         let g = e.grad(f);
+        let (mut ids, mut rows) = (vec![0u32; g.len], vec![0f32; g.len * g.dim]);
+        ops.read_ids(&g.ids, &mut ids).map_err(&read)?;
+        ops.read(&g.rows, &mut rows).map_err(&read)?;
         out.extend_from_slice(&(g.len as u32).to_le_bytes());
-        out.extend(g.ids[..g.len].iter().flat_map(|x| x.to_le_bytes()));
-        out.extend(g.rows[..g.len * g.dim].iter().flat_map(|x| x.to_le_bytes()));
+        out.extend(ids.iter().flat_map(|x| x.to_le_bytes()));
+        out.extend(rows.iter().flat_map(|x| x.to_le_bytes()));
     }
-    out
+    Ok(out)
 }
 
 fn decode_sparse(bytes: &[u8], dims: &[usize], rank: usize) -> Result<Vec<Touched>> {
@@ -156,32 +175,33 @@ fn merge(parts: &[&Touched], dim: usize) -> Touched {
 }
 
 /// Replaces every feature's sparse gradient by the merge of all ranks' (module docs).
-fn merge_sparse<B: HostBackend>(c: &dyn Collective, e: &mut EmbeddingCollection<B>) -> Result<()> {
+fn merge_sparse<B: Backend>(c: &dyn Collective, ops: &B, e: &mut EmbeddingCollection<B>) -> Result<()> {
     let n_features = e.config().features.len();
     let dims: Vec<usize> = (0..n_features).map(|f| e.grad(f).dim).collect();
-    let gathered = c.all_gather_bytes(&encode_sparse(e, n_features))?;
+    let gathered = c.all_gather_bytes(&encode_sparse(ops, e, n_features)?)?;
     let per_rank: Vec<Vec<Touched>> =
         gathered.iter().enumerate().map(|(r, b)| decode_sparse(b, &dims, r)).collect::<Result<_>>()?;
     for (f, &dim) in dims.iter().enumerate() {
         let parts: Vec<&Touched> = per_rank.iter().map(|r| &r[f]).collect();
         let m = merge(&parts, dim);
         let g = e.grad_mut(f);
-        if m.ids.len() > g.ids.len() || m.rows.len() > g.rows.len() {
+        let room = ops.ids_len(&g.ids);
+        if m.ids.len() > room || m.rows.len() > ops.len(&g.rows) {
             return Err(TrainError::Distributed(format!(
-                "feature {f}: {} touched rows across ranks exceed the gradient's room for {}",
+                "feature {f}: {} touched rows across ranks exceed the gradient's room for {room}",
                 m.ids.len(),
-                g.ids.len()
             )));
         }
-        g.ids[..m.ids.len()].copy_from_slice(&m.ids);
-        g.rows[..m.rows.len()].copy_from_slice(&m.rows);
+        let write = engine("writing merged sparse gradients");
+        ops.write_ids(&m.ids, &mut g.ids).map_err(&write)?;
+        ops.write(&m.rows, &mut g.rows).map_err(&write)?;
         g.len = m.ids.len();
     }
     Ok(())
 }
 
 /// Empties every feature's sparse gradient (a rank with no rows this step).
-pub fn clear_sparse<B: HostBackend>(model: &mut dyn Model<B>) {
+pub fn clear_sparse<B: Backend>(model: &mut dyn Model<B>) {
     if let Some(e) = model.embeddings_mut() {
         for f in 0..e.config().features.len() {
             e.grad_mut(f).len = 0;
@@ -190,25 +210,39 @@ pub fn clear_sparse<B: HostBackend>(model: &mut dyn Model<B>) {
 }
 
 /// XXH3 of every dense parameter's value (visiting order) and every embedding table.
-pub fn weights_checksum<B: HostBackend>(model: &mut dyn Model<B>) -> u64 {
+pub fn weights_checksum<B: Backend>(ops: &B, model: &mut dyn Model<B>) -> Result<u64> {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut feed = |v: &[f32]| {
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         h.update(&bytes);
     };
-    model.params(&mut |_, p| feed(&p.value[..p.len()]));
+    let mut err = None;
+    model.params(&mut |_, p| match p.read_value(ops) {
+        Ok(v) => feed(&v),
+        Err(e) => {
+            err.get_or_insert(e);
+        }
+    });
     if let Some(e) = model.embeddings() {
         for t in e.tables() {
-            feed(&t.value[..t.rows * t.dim]);
+            match t.read_value(ops) {
+                Ok(v) => feed(&v),
+                Err(e) => {
+                    err.get_or_insert(e);
+                }
+            }
         }
     }
-    h.digest()
+    match err {
+        Some(e) => Err(crate::error::layer("reading the weights for their checksum")(e)),
+        None => Ok(h.digest()),
+    }
 }
 
 /// Compares the replicas' weights: every rank's [`weights_checksum`] must be rank 0's.
 /// Returns the checksum.
-pub fn check_replicas<B: HostBackend>(c: &dyn Collective, model: &mut dyn Model<B>, step: u64) -> Result<u64> {
-    let mine = weights_checksum(model);
+pub fn check_replicas<B: Backend>(c: &dyn Collective, ops: &B, model: &mut dyn Model<B>, step: u64) -> Result<u64> {
+    let mine = weights_checksum(ops, model)?;
     let all = mixrank_dist::all_gather_u64(c, &[mine])?;
     let sums: Vec<u64> = all.iter().map(|v| v.first().copied().unwrap_or(0)).collect();
     if sums.iter().any(|&s| s != sums[0]) {

@@ -7,7 +7,6 @@ use mixrank_data::Encoder;
 use mixrank_engine::Backend;
 use mixrank_metrics::{task_report, TaskReport, TaskRows, TaskType};
 use mixrank_model::Model;
-use mixrank_nn::HostBackend;
 use std::sync::Arc;
 
 /// The metrics family of a config task.
@@ -167,13 +166,13 @@ impl Predictions {
 const EVAL_BATCH: usize = 4096;
 
 /// A verified checkpoint ready to score splits of its stored config.
-pub struct CheckpointScorer<B: HostBackend> {
+pub struct CheckpointScorer<B: Backend> {
     pub config: Arc<ExperimentConfig>,
     pub loaded: crate::checkpoint::Loaded<B>,
     enc: Arc<Encoder>,
 }
 
-impl<B: HostBackend + 'static> CheckpointScorer<B> {
+impl<B: Backend + 'static> CheckpointScorer<B> {
     /// Loads `run_dir/checkpoint`. With `splits_from`, that config's split definitions
     /// replace the stored ones (so two models score exactly the same rows).
     pub fn open(run_dir: &std::path::Path, ops: &B, splits_from: Option<&ExperimentConfig>) -> Result<Self> {

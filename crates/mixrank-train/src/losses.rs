@@ -7,13 +7,13 @@ use crate::error::{engine, Result, TrainError};
 use crate::weighting::TaskWeighting;
 use mixrank_data::config::{ExperimentConfig, RegressionLoss, TaskKind};
 use mixrank_data::Batch;
+use mixrank_engine::Backend;
 use mixrank_engine::{GradWrite, LossInput};
 use mixrank_model::Model;
-use mixrank_nn::HostBackend;
 
 /// Backend buffers reused every step: the batch's labels, masks and sample weights
 /// (uploaded once per step: the batch's inputs), and the per-task logit gradients.
-pub struct TaskLosses<B: HostBackend> {
+pub struct TaskLosses<B: Backend> {
     labels: Vec<B::Buf>,
     masks: Vec<B::Buf>,
     weights: B::Buf,
@@ -29,7 +29,7 @@ pub struct TaskLosses<B: HostBackend> {
     pub share: Vec<f32>,
 }
 
-impl<B: HostBackend> TaskLosses<B> {
+impl<B: Backend> TaskLosses<B> {
     pub fn new(cfg: &ExperimentConfig, ops: &B) -> Result<Self> {
         let n = cfg.tasks.len();
         let bs = cfg.data.batch_size;

@@ -12,8 +12,8 @@ use crate::checkpoint::{read_verified, save, CheckpointInfo, Verified};
 use crate::error::{write_atomic, Result, TrainError};
 use crate::optimizers::Optimizers;
 use mixrank_data::config::model::TrainSection;
+use mixrank_engine::Backend;
 use mixrank_model::Model;
-use mixrank_nn::HostBackend;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -65,7 +65,7 @@ impl Periodic {
     /// Writes `checkpoints/step-<step>/`, deletes the oldest beyond `keep` and points
     /// `LATEST` at the new one. Returns the new directory. (A kill between the write
     /// and the pruning leaves one extra directory, deleted by the next save.)
-    pub fn save<B: HostBackend>(
+    pub fn save<B: Backend>(
         &mut self,
         ops: &B,
         model: &mut dyn Model<B>,

@@ -17,7 +17,7 @@ use mixrank_data::output::PredictionWriter;
 use mixrank_data::pipeline::{BatchStream, StreamOptions};
 use mixrank_data::reader::Passthrough;
 use mixrank_data::{DenseMode, Encoder};
-use mixrank_nn::HostBackend;
+use mixrank_engine::Backend;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -47,7 +47,7 @@ pub struct PredictSummary {
     pub bad_rows: u64,
 }
 
-impl<B: HostBackend + 'static> CheckpointScorer<B> {
+impl<B: Backend + 'static> CheckpointScorer<B> {
     /// Opens `run_dir`'s checkpoint, saying plainly when the directory is not there.
     pub fn open_run(run_dir: &Path, ops: &B) -> Result<Self> {
         if !run_dir.is_dir() {

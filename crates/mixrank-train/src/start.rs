@@ -12,8 +12,8 @@ use crate::warm_start::{differing_keys, toml_value, warm_start};
 use mixrank_data::config::TableKind;
 use mixrank_data::stats::{fit_train_stats, DenseStats};
 use mixrank_data::ExperimentConfig;
+use mixrank_engine::Backend;
 use mixrank_model::{build_model, Model};
-use mixrank_nn::HostBackend;
 use rand::SeedableRng;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -25,7 +25,7 @@ use std::sync::Arc;
 pub const VOCABULARIES: &str = "vocabularies.json";
 
 /// The state a run's training loop starts from.
-pub(crate) struct Start<B: HostBackend> {
+pub(crate) struct Start<B: Backend> {
     /// The run's config with its learned vocabularies built (fresh run), inherited
     /// (`--init`) or restored (`--resume`): what every encoder of the run uses.
     pub cfg: Arc<ExperimentConfig>,
@@ -53,7 +53,7 @@ pub fn checkpoint_dir(dir: &Path) -> PathBuf {
     }
 }
 
-pub(crate) fn start<B: HostBackend + 'static>(
+pub(crate) fn start<B: Backend + 'static>(
     cfg: &Arc<ExperimentConfig>,
     opts: &TrainOptions,
     ops: &B,

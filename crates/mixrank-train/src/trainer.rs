@@ -28,9 +28,10 @@ use mixrank_data::config::{ExperimentConfig, Split};
 use mixrank_data::pipeline::{BatchStream, StreamOptions};
 use mixrank_data::stats::DenseStats;
 use mixrank_data::{DenseMode, Encoder};
+use mixrank_engine::Backend;
 use mixrank_metrics::TaskReport;
 use mixrank_model::Model;
-use mixrank_nn::{Decay, HostBackend, LrSchedule};
+use mixrank_nn::{Decay, LrSchedule};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -230,11 +231,7 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
 
 /// Trains the model the config describes on the backend `ops` and validates it after
 /// every epoch.
-pub fn train<B: HostBackend + 'static>(
-    cfg: Arc<ExperimentConfig>,
-    opts: &TrainOptions,
-    ops: &B,
-) -> Result<TrainSummary> {
+pub fn train<B: Backend + 'static>(cfg: Arc<ExperimentConfig>, opts: &TrainOptions, ops: &B) -> Result<TrainSummary> {
     let claim = match (opts.resume, opts.overwrite) {
         (true, true) => return Err(TrainError::RunDir("--resume and --overwrite exclude each other".into())),
         (true, false) => Claim::Resume,
@@ -258,7 +255,7 @@ pub fn train<B: HostBackend + 'static>(
     pool.install(|| train_in_pool(cfg, opts, ops))
 }
 
-fn train_in_pool<B: HostBackend + 'static>(
+fn train_in_pool<B: Backend + 'static>(
     cfg: Arc<ExperimentConfig>,
     opts: &TrainOptions,
     ops: &B,
@@ -326,7 +323,7 @@ struct Validations {
 /// bookkeeping. [`Run::train`] is the loop over epochs and batches; [`Run::step`] one
 /// update; the phases around it are [`Run::validate`] (with early stopping),
 /// [`Run::checkpoint_if_due`] and [`Run::finish`].
-struct Run<'a, B: HostBackend> {
+struct Run<'a, B: Backend> {
     cfg: Arc<ExperimentConfig>,
     opts: &'a TrainOptions,
     ops: &'a B,
@@ -373,7 +370,7 @@ macro_rules! info {
     };
 }
 
-impl<'a, B: HostBackend + 'static> Run<'a, B> {
+impl<'a, B: Backend + 'static> Run<'a, B> {
     fn start(cfg: Arc<ExperimentConfig>, opts: &'a TrainOptions, ops: &'a B) -> Result<Run<'a, B>> {
         // A config without a train split fails here, before the statistics pass.
         cfg.split("train")?;
@@ -449,7 +446,7 @@ impl<'a, B: HostBackend + 'static> Run<'a, B> {
     /// every rank calls it at the same steps). `None` in one process.
     fn check_replicas(&mut self) -> Result<Option<Replicas>> {
         let Some(c) = self.opts.collective.clone() else { return Ok(None) };
-        let checksum = crate::data_parallel::check_replicas(&*c, &mut *self.model, self.step)?;
+        let checksum = crate::data_parallel::check_replicas(&*c, self.ops, &mut *self.model, self.step)?;
         self.log.line(&serde_json::json!({"event": "replicas", "step": self.step, "ranks": c.size(),
             "checksum": format!("{checksum:016x}")}))?;
         Ok(Some(Replicas { ranks: c.size(), transport: c.transport(), checksum }))
@@ -585,7 +582,7 @@ impl<'a, B: HostBackend + 'static> Run<'a, B> {
                 self.window.distill.iter_mut().zip(dl).for_each(|(w, l)| *w += l);
             }
             mixrank_nn::zero_grads(ops, &mut *self.model).map_err(layer("zeroing gradients"))?;
-            let refs: Vec<&Vec<f32>> = self.losses.grads.iter().collect();
+            let refs: Vec<&B::Buf> = self.losses.grads.iter().collect();
             self.model.backward(ops, b, &refs)?;
         } else {
             // A rank with no rows of this (short) batch: zero gradients, same exchanges.
@@ -594,7 +591,7 @@ impl<'a, B: HostBackend + 'static> Run<'a, B> {
             crate::data_parallel::clear_sparse(&mut *self.model);
         }
         if let Some(c) = &dist {
-            crate::data_parallel::reduce_gradients(&**c, &mut *self.model)?;
+            crate::data_parallel::reduce_gradients(&**c, self.ops, &mut *self.model)?;
             // The global batch's loss per task (logs, learned task weights).
             c.all_reduce_sum_f32(&mut self.losses.step_loss)?;
         }

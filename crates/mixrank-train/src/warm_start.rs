@@ -41,8 +41,8 @@ use crate::optimizers::{Optimizers, Sparse};
 use mixrank_data::config::model::SparseOptimizer;
 use mixrank_data::config::{ExperimentConfig, TableKind, TableSpec};
 use mixrank_data::stats::DenseStats;
+use mixrank_engine::Backend;
 use mixrank_model::Model;
-use mixrank_nn::HostBackend;
 use std::collections::{BTreeMap, HashMap};
 
 /// Keys of the head's input columns, in order: its feature groups' layout
@@ -228,7 +228,7 @@ pub(crate) fn differing_keys(prefix: &str, a: &toml::Value, b: &toml::Value) -> 
 
 /// Carries `parent` into `model`, `optim` and `stats` (built and fitted for `cfg`) and
 /// returns one line per change. Refuses a changed head architecture or task list.
-pub fn warm_start<B: HostBackend>(
+pub fn warm_start<B: Backend>(
     parent: &Verified,
     cfg: &ExperimentConfig,
     ops: &B,
@@ -292,7 +292,9 @@ pub fn warm_start<B: HostBackend>(
         if old.dim == spec.dim {
             let src = weights.f32(&format!("emb.tables.{oi}"), &[orows, dim]).map_err(bad)?;
             let table = &mut emb.tables_mut()[ti];
-            map_rows(&map, dim, &src, &mut table.value[..spec.rows() as usize * dim]);
+            let mut value = table.read_value(ops).map_err(|e| bad(e.to_string()))?;
+            map_rows(&map, dim, &src, &mut value);
+            ops.write(&value, &mut table.value).map_err(|e| bad(e.to_string()))?;
         }
         if !sparse_same || old.dim != spec.dim {
             continue;
@@ -395,8 +397,10 @@ pub fn warm_start<B: HostBackend>(
             let maps = AxisMaps(maps);
             let n = p.len();
             let src = weights.f32(&key, &old)?;
-            let fresh = p.value[..n].to_vec();
-            maps.apply(&old, &p.shape, &src, &mut p.value[..n], |j| fresh[j]);
+            let fresh = p.read_value(ops).map_err(|e| e.to_string())?;
+            let mut value = vec![0f32; n];
+            maps.apply(&old, &p.shape, &src, &mut value, |j| fresh[j]);
+            ops.write(&value, &mut p.value).map_err(|e| e.to_string())?;
             let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
             let m_src = opt_file.f32(&format!("adam.m.{key}"), &old)?;
             let v_src = opt_file.f32(&format!("adam.v.{key}"), &old)?;

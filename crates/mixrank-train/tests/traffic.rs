@@ -1,7 +1,8 @@
 //! What a training step moves between host and device, counted on the real trainer.
 //!
 //! The trainer runs on `Counting<CpuOps>` (every op forwarded to the CPU backend; every
-//! allocation, upload and readback counted) and trains the demo's kind of model — an
+//! allocation, upload and readback counted; buffers of an opaque type, so the trainer
+//! reaches their contents only through counted reads and writes) and trains the demo's kind of model — an
 //! MMoE with DCNv2, MaskNet, FinalMLP and MLP experts, dropout in the shared layer and
 //! the experts, top-2 gates, a global-norm gradient clip — with distillation from teacher columns (soft-label BCE on
 //! `click`, logit MSE on `save`). After each step the test reads the counters.

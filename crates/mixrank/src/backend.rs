@@ -1,5 +1,5 @@
 //! The one place the command line picks the engine backend. Every library crate above
-//! `mixrank-nn` is generic over it (`mixrank_nn::HostBackend`); today the CLI runs on
+//! `mixrank-nn` is generic over it (`mixrank_engine::Backend`); today the CLI runs on
 //! the CPU backend (`CpuOps`: the `gemm` crate's kernels, rayon threads sized by
 //! `--threads` / `[train] threads`).
 

@@ -14,7 +14,6 @@ use mixrank_engine::bf16::{Bf16Kernel, Bf16Matrix, PackedBf16};
 use mixrank_engine::counting::Counting;
 use mixrank_engine::{Backend, GemmSpec};
 use mixrank_model::{build_model, Model};
-use mixrank_nn::optim::HostBackend;
 use mixrank_train::losses::TaskLosses;
 use mixrank_train::optimizers::Optimizers;
 use rand::{Rng, SeedableRng};
@@ -82,13 +81,13 @@ fn load_config(a: &TrainBenchArgs) -> Result<ExperimentConfig> {
 }
 
 /// One model with its losses and optimizers on backend `B`.
-struct Trainee<B: HostBackend> {
+struct Trainee<B: Backend> {
     model: Box<dyn Model<B>>,
     losses: TaskLosses<B>,
     optim: Optimizers<B>,
 }
 
-impl<B: HostBackend + 'static> Trainee<B> {
+impl<B: Backend + 'static> Trainee<B> {
     fn new(cfg: &ExperimentConfig, ops: &B) -> Result<Self> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.train.seed);
         let mut model = build_model(cfg, ops, cfg.data.batch_size, &mut rng)?;
@@ -111,7 +110,7 @@ impl<B: HostBackend + 'static> Trainee<B> {
         self.losses.compute(cfg, ops, &*self.model, b, step)?;
         let losses = lap();
         mixrank_nn::zero_grads(ops, &mut *self.model)?;
-        let refs: Vec<&Vec<f32>> = self.losses.grads.iter().collect();
+        let refs: Vec<&B::Buf> = self.losses.grads.iter().collect();
         self.model.backward(ops, b, &refs)?;
         self.losses.write_weighting_grads(ops, &mut *self.model)?;
         let backward = lap();

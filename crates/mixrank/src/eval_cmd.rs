@@ -84,7 +84,7 @@ fn run_in_pool(a: &EvalArgs) -> Result<()> {
     }
     if a.precision == Precision::Bf16 {
         let kernel = mixrank_engine::bf16::Bf16Kernel::select()?;
-        let n = scorer.loaded.model.use_bf16(kernel)?;
+        let n = scorer.loaded.model.use_bf16(&ops.with_bf16_kernel(kernel))?;
         let bf16_reports = scorer.score(&ops, &a.split)?.reports(&cfg);
         crate::say!("bf16 ({} kernel, {n} GEMMs; {}):", kernel.name(), kernel.describe());
         crate::emit(&crate::train_cmd::render_reports(&bf16_reports));

@@ -73,7 +73,7 @@ fn run_in_pool(a: &PredictArgs) -> Result<()> {
         Precision::F32 => None,
         Precision::Bf16 => {
             let k = mixrank_engine::bf16::Bf16Kernel::select()?;
-            scorer.loaded.model.use_bf16(k)?;
+            scorer.loaded.model.use_bf16(&ops.with_bf16_kernel(k))?;
             Some(k.name())
         }
     };

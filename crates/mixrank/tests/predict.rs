@@ -77,7 +77,7 @@ fn eval_scores(run: &Path, split: &str, bf16: bool) -> Vec<Vec<f32>> {
     let ops = CpuOps::new();
     let mut s = CheckpointScorer::open(run, &ops, None).unwrap();
     if bf16 {
-        s.loaded.model.use_bf16(mixrank_engine::bf16::Bf16Kernel::detect()).unwrap();
+        s.loaded.model.use_bf16(&ops.with_bf16_kernel(mixrank_engine::bf16::Bf16Kernel::detect())).unwrap();
     }
     s.score(&ops, split).unwrap().preds
 }

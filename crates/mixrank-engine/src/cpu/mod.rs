@@ -15,6 +15,7 @@ mod reduce;
 mod softmax;
 
 use crate::activation::Activation;
+use crate::bf16::Bf16Kernel;
 use crate::check;
 use crate::error::Result;
 use crate::host;
@@ -24,6 +25,7 @@ use crate::ops::{
     SparseGrad, SparseView,
 };
 use crate::optim::{AdamSpec, LazyAdamSpec, RowAdagradSpec, TableShape};
+use crate::reduced::{self, HostBf16, ReducedGemm, WeightLayout};
 
 /// The fast CPU backend over host `Vec`s. Threads come from rayon's current pool (build a
 /// pool with `rayon::ThreadPoolBuilder` and `install` to choose how many).
@@ -37,6 +39,10 @@ pub struct CpuOps {
     /// GEMMs with `m·n·k` at least this large run multithreaded; smaller ones run on the
     /// calling thread, where they are no slower (docs/BENCHMARKS.md) and can run side by side.
     pub gemm_par_min: usize,
+    /// The bf16 kernel [`Backend::pack_reduced`] packs for; `None` (the default) takes
+    /// [`Bf16Kernel::select`] at packing time: `MIXRANK_BF16_KERNEL` if set, else the
+    /// fastest this CPU has.
+    pub bf16_kernel: Option<Bf16Kernel>,
 }
 
 impl CpuOps {
@@ -46,7 +52,12 @@ impl CpuOps {
     pub const DEFAULT_GEMM_PAR_MIN: usize = 1 << 20;
 
     pub fn new() -> Self {
-        CpuOps { gemm_par_min: Self::DEFAULT_GEMM_PAR_MIN }
+        CpuOps { gemm_par_min: Self::DEFAULT_GEMM_PAR_MIN, bf16_kernel: None }
+    }
+
+    /// The same backend packing reduced-precision GEMMs for `kernel`.
+    pub fn with_bf16_kernel(self, kernel: Bf16Kernel) -> Self {
+        CpuOps { bf16_kernel: Some(kernel), ..self }
     }
 }
 
@@ -59,6 +70,22 @@ impl Default for CpuOps {
 impl Backend for CpuOps {
     type Buf = Vec<f32>;
     type Ids = Vec<u32>;
+
+    fn pack_reduced(
+        &self,
+        k: usize,
+        n: usize,
+        weight: &Vec<f32>,
+        layout: WeightLayout,
+        max_batch: usize,
+    ) -> Result<Box<dyn ReducedGemm<Self>>> {
+        let kernel = match self.bf16_kernel {
+            Some(k) => k,
+            None => Bf16Kernel::select()?,
+        };
+        let w = reduced::dense_weight(weight, k, n, layout)?;
+        Ok(Box::new(HostBf16::new(kernel, k, n, &w, max_batch)?))
+    }
 
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; len])

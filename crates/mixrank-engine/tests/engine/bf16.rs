@@ -284,3 +284,53 @@ fn detect_never_picks_the_portable_loop_on_x86_with_avx2() {
     }
     assert!(!(k == Bf16Kernel::portable() && Bf16Kernel::widen().is_ok()), "picked portable");
 }
+
+/// `Backend::pack_reduced`: the CPU backend packs for the kernel it is given and computes
+/// what that kernel computes on the same weight, bit for bit (dense and bilinear-head
+/// layouts); `Counting` forwards it with its own opaque buffers and the same bits; the
+/// reference backend has no reduced precision and says so.
+#[test]
+fn backends_pack_reduced_gemms_behind_the_trait() {
+    use mixrank_engine::counting::Counting;
+    use mixrank_engine::reduced::{dense_weight, w_prime_index, HostBf16, ReducedGemm, WeightLayout};
+    use mixrank_engine::{Backend, CpuOps, EngineError, RefOps};
+    let (m, k, n) = (7, 12, 5);
+    let c = case(41, m, n, k);
+    // A bilinear tensor of 2 heads with hx·hy = k: head 1's W' is another [k, n] matrix.
+    let (heads, hx, hy) = (2, 3, 4);
+    let bil: Vec<f32> = (0..heads * hx * n * hy).map(|i| ((i * 37) % 101) as f32 / 101.0 - 0.5).collect();
+    for kernel in kernels().into_iter().chain(widening_kernels()) {
+        let ops = CpuOps::new().with_bf16_kernel(kernel);
+        for (weight, layout) in [(&c.w, WeightLayout::Dense), (&bil, WeightLayout::BilinearHead { head: 1, hx, hy })] {
+            let dense = dense_weight(weight, k, n, layout).unwrap();
+            if let WeightLayout::BilinearHead { head, .. } = layout {
+                // Spot check of the layout: W'[i·hy + j, o] = W[head·hx + i, o·hy + j].
+                let (i, j, o) = (2, 3, 4);
+                let (old, _) = w_prime_index(head * hx + i, o, j, hy, n);
+                assert_eq!(dense[(i * hy + j) * n + o], weight[old]);
+            }
+            let mut want = vec![0f32; m * n];
+            let mut direct = HostBf16::new(kernel, k, n, &dense, m).unwrap();
+            ReducedGemm::<CpuOps>::gemm(&mut direct, m, &c.a, &mut want).unwrap();
+
+            let mut packed = ops.pack_reduced(k, n, weight, layout, m).unwrap();
+            assert_eq!(packed.name(), kernel.name());
+            let mut got = vec![0f32; m * n];
+            packed.gemm(m, &c.a, &mut got).unwrap();
+            assert_eq!(got, want, "{} {layout:?}", kernel.name());
+
+            let counting = Counting::new(ops);
+            let (a, w) = (counting.upload(&c.a).unwrap(), counting.upload(weight).unwrap());
+            let mut out = counting.alloc(m * n).unwrap();
+            counting.pack_reduced(k, n, &w, layout, m).unwrap().gemm(m, &a, &mut out).unwrap();
+            let mut host = vec![0f32; m * n];
+            counting.read(&out, &mut host).unwrap();
+            assert_eq!(host, want, "Counting, {} {layout:?}", kernel.name());
+        }
+    }
+    let refused = RefOps.pack_reduced(k, n, &c.w, WeightLayout::Dense, m).err();
+    assert!(matches!(refused, Some(EngineError::Unsupported { op: "pack_reduced", .. })), "{refused:?}");
+    // A weight shorter than the site says is refused, not read past its end.
+    let short = CpuOps::new().pack_reduced(k, n, &c.w[..k * n - 1].to_vec(), WeightLayout::Dense, m).err();
+    assert!(matches!(short, Some(EngineError::BufferTooSmall { .. })), "{short:?}");
+}

@@ -202,7 +202,7 @@ impl<B: Backend> Layer<B> for CrossNetV2<B> {
             let x = if i == 0 { input } else { &before[i - 1].x_next };
             match &mut l.weights {
                 CrossWeights::Full { w, reduced } => match reduced {
-                    Some(r) => r.gemm(batch, x, &mut l.u_out)?,
+                    Some(r) => r.gemm(batch, x, &mut l.u_out).ctx(LAYER)?,
                     None => ops.gemm(&GemmSpec::nn(batch, d, d), x, &w.value, &mut l.u_out).ctx(LAYER)?,
                 },
                 CrossWeights::LowRank { v, u, t, .. } => {

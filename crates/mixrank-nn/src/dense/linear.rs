@@ -180,13 +180,13 @@ impl<B: Backend> Layer<B> for Linear<B> {
         let bias = self.bias.as_ref().map(|b| &b.value);
         if self.fused() {
             match &mut self.reduced {
-                Some(r) => r.gemm(batch, input, &mut self.z)?,
+                Some(r) => r.gemm(batch, input, &mut self.z).ctx(LAYER)?,
                 None => ops.gemm(&spec, input, &self.weight.value, &mut self.z).ctx(LAYER)?,
             }
             ops.bias_act_forward(self.config.activation, shape, bias, &mut self.z, &mut self.out).ctx(LAYER)?;
         } else {
             match &mut self.reduced {
-                Some(r) => r.gemm(batch, input, &mut self.out)?,
+                Some(r) => r.gemm(batch, input, &mut self.out).ctx(LAYER)?,
                 None => ops.gemm(&spec, input, &self.weight.value, &mut self.out).ctx(LAYER)?,
             }
             if bias.is_some() {

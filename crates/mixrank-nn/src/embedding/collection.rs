@@ -115,6 +115,15 @@ pub struct EmbeddingTable<B: Backend> {
     pub dim: usize,
 }
 
+impl<B: Backend> EmbeddingTable<B> {
+    /// A host copy of the `[rows, dim]` table (a readback on a device backend).
+    pub fn read_value(&self, ops: &B) -> Result<Vec<f32>> {
+        let mut host = vec![0f32; self.rows * self.dim];
+        ops.read(&self.value, &mut host).ctx("EmbeddingTable::read_value")?;
+        Ok(host)
+    }
+}
+
 /// The ids of one feature for one batch.
 pub enum FeatureInput<'a, B: Backend> {
     /// `[batch]` ids.

@@ -115,9 +115,7 @@ impl BilinearFusionConfig {
 
 /// Element `(r, o, j)` of `w_xy` (`[heads·hx, d_out·hy]`, `r = h·hx + i`): its index
 /// there and in the stacked `W'_h` (`[heads·hx·hy, d_out]`, `W'_h[i·hy + j, o]`).
-pub(crate) fn w_prime_index(r: usize, o: usize, j: usize, hy: usize, d_out: usize) -> (usize, usize) {
-    (r * d_out * hy + o * hy + j, (r * hy + j) * d_out + o)
-}
+use mixrank_engine::reduced::w_prime_index;
 
 /// Multi-head bilinear fusion (FinalMLP, Mao et al. 2023):
 ///
@@ -259,7 +257,7 @@ impl<B: Backend> BilinearFusion<B> {
             if let Some(r) = &mut self.reduced[h] {
                 // Inference only: the kernel may form Z_h in its own precision; z[0] is
                 // scratch for those that do not.
-                r.gemm_outer(ops, bs, &self.x_head, &self.y_head, &mut self.z[0], &mut self.zo)?;
+                r.gemm_outer(ops, bs, &self.x_head, &self.y_head, &mut self.z[0], &mut self.zo).ctx(LAYER)?;
                 ops.axpy(n_out, 1.0, &self.zo, &mut self.out).ctx(LAYER)?;
                 continue;
             }

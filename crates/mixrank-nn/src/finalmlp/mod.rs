@@ -6,5 +6,4 @@ mod fusion;
 
 pub use feature_gate::FeatureGate;
 pub use final_mlp::{FinalMlp, FinalMlpConfig, GateContext};
-pub(crate) use fusion::w_prime_index;
 pub use fusion::{BilinearFusion, BilinearFusionConfig};

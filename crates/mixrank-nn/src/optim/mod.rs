@@ -3,8 +3,7 @@
 //!
 //! They are generic over the backend: parameters, moments and accumulators stay in its
 //! memory, and each update is a backend op (`mixrank_engine::optim`), so a step needs no
-//! readback. [`HostBackend`] remains for code that reads host `Vec`s directly (the bf16
-//! inference path).
+//! readback.
 
 mod adam;
 mod schedule;
@@ -13,10 +12,3 @@ mod sparse;
 pub use adam::{Adam, AdamConfig, StepStats, WeightDecay};
 pub use schedule::{Decay, LrSchedule};
 pub use sparse::{BiasCorrection, DecayScope, LazyAdam, LazyAdamConfig, RowWiseAdagrad, RowWiseAdagradConfig};
-
-use mixrank_engine::Backend;
-
-/// A backend whose buffers are host `Vec`s, which the optimizers update in place.
-pub trait HostBackend: Backend<Buf = Vec<f32>, Ids = Vec<u32>> {}
-
-impl<B: Backend<Buf = Vec<f32>, Ids = Vec<u32>>> HostBackend for B {}

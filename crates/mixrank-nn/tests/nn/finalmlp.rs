@@ -96,7 +96,7 @@ struct ExactGemm {
 }
 
 impl ReducedGemm<mixrank_engine::CpuOps> for ExactGemm {
-    fn gemm(&mut self, batch: usize, input: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+    fn gemm(&mut self, batch: usize, input: &Vec<f32>, out: &mut Vec<f32>) -> mixrank_engine::Result<()> {
         for b in 0..batch {
             for o in 0..self.n {
                 let s: f64 = (0..self.k).map(|i| input[b * self.k + i] as f64 * self.w[i * self.n + o] as f64).sum();
@@ -115,7 +115,7 @@ impl ReducedGemm<mixrank_engine::CpuOps> for ExactGemm {
 struct ViaF32(HostBf16);
 
 impl ReducedGemm<mixrank_engine::CpuOps> for ViaF32 {
-    fn gemm(&mut self, batch: usize, input: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+    fn gemm(&mut self, batch: usize, input: &Vec<f32>, out: &mut Vec<f32>) -> mixrank_engine::Result<()> {
         ReducedGemm::<mixrank_engine::CpuOps>::gemm(&mut self.0, batch, input, out)
     }
 

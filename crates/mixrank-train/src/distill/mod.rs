@@ -29,18 +29,18 @@ use mixrank_data::config::distill::{DistillLoss, DistillTask, PairSampling, Teac
 use mixrank_data::config::{ExperimentConfig, Split};
 use mixrank_data::pipeline::StreamOptions;
 use mixrank_data::Batch;
+use mixrank_engine::Backend;
 use mixrank_model::Model;
-use mixrank_nn::HostBackend;
 use rand::SeedableRng;
 use teacher::CheckpointTeacher;
 
-enum Source<B: HostBackend> {
+enum Source<B: Backend> {
     Columns,
     Checkpoint(Box<CheckpointTeacher<B>>),
 }
 
 /// The distillation term of a training run, built from `[distill]`.
-pub struct Distiller<B: HostBackend> {
+pub struct Distiller<B: Backend> {
     tasks: Vec<DistillTask>,
     task_names: Vec<String>,
     source: Source<B>,
@@ -48,6 +48,8 @@ pub struct Distiller<B: HostBackend> {
     /// `[config task][row]` teacher logits of the current batch (checkpoint source).
     teacher: Vec<Vec<f32>>,
     student: Vec<f32>,
+    /// Host copy of a task's logit gradient for the host-side ranking losses.
+    grad: Vec<f32>,
     weight: Vec<f32>,
     eligible: Vec<u32>,
     pairs: Vec<(u32, u32)>,
@@ -55,7 +57,7 @@ pub struct Distiller<B: HostBackend> {
     pointwise: pointwise::Pointwise<B>,
 }
 
-impl<B: HostBackend + 'static> Distiller<B> {
+impl<B: Backend + 'static> Distiller<B> {
     /// The config's distillation, or `None` without a `[distill]` section. Loads and
     /// verifies a checkpoint teacher.
     pub fn new(cfg: &ExperimentConfig, ops: &B) -> Result<Option<Self>> {
@@ -73,6 +75,7 @@ impl<B: HostBackend + 'static> Distiller<B> {
             seed: cfg.train.seed,
             teacher: vec![Vec::new(); cfg.tasks.len()],
             student: Vec::new(),
+            grad: Vec::new(),
             weight: Vec::new(),
             eligible: Vec::new(),
             pairs: Vec::new(),
@@ -135,7 +138,11 @@ impl<B: HostBackend + 'static> Distiller<B> {
             self.student.resize(n, 0.0);
             ops.read(model.logits(ti), &mut self.student).map_err(engine("reading student logits"))?;
             let rows = Rows { student: &self.student, teacher, weight: &self.weight };
-            let grad = &mut grad[..n];
+            // The ranking losses run on the host: the task's gradient comes back and
+            // goes up again with the loss's term added.
+            self.grad.resize(n, 0.0);
+            ops.read(grad, &mut self.grad).map_err(engine("reading a logit gradient"))?;
+            let host_grad = &mut self.grad[..n];
             let mut rng = rand::rngs::StdRng::seed_from_u64(
                 self.seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (k as u64).wrapping_mul(0xd1b5_4a32_d192_ed03),
             );
@@ -147,19 +154,20 @@ impl<B: HostBackend + 'static> Distiller<B> {
                 DistillLoss::Pairwise { sampling: PairSampling::Request, per_row } => {
                     let groups = pairs::Groups::by_request(&b.request_id, |r| self.weight[r] > 0.0);
                     pairs::request_pairs(&groups, per_row, &mut rng, &mut self.pairs);
-                    loss::pairwise(&rows, &self.pairs, d.temperature, d.weight, grad)
+                    loss::pairwise(&rows, &self.pairs, d.temperature, d.weight, host_grad)
                 }
                 DistillLoss::Pairwise { sampling: PairSampling::Batch, per_row } => {
                     self.eligible.clear();
                     self.eligible.extend((0..n as u32).filter(|&r| self.weight[r as usize] > 0.0));
                     pairs::batch_pairs(&self.eligible, per_row, &mut rng, &mut self.pairs);
-                    loss::pairwise(&rows, &self.pairs, d.temperature, d.weight, grad)
+                    loss::pairwise(&rows, &self.pairs, d.temperature, d.weight, host_grad)
                 }
                 DistillLoss::Listwise => {
                     let groups = pairs::Groups::by_request(&b.request_id, |r| self.weight[r] > 0.0);
-                    loss::listwise(&rows, &groups, d.temperature, d.weight, grad)
+                    loss::listwise(&rows, &groups, d.temperature, d.weight, host_grad)
                 }
             };
+            ops.write(&self.grad, grad).map_err(engine("writing a logit gradient"))?;
             out[ti] = finite(l, step, &self.task_names[ti])?;
         }
         Ok(out)

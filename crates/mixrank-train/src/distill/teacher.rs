@@ -15,13 +15,13 @@ use mixrank_data::config::distill::{DistillTask, TeacherPrecision};
 use mixrank_data::config::{ExperimentConfig, Split};
 use mixrank_data::pipeline::{BatchStream, StreamOptions};
 use mixrank_data::{Batch, DenseMode, Encoder};
+use mixrank_engine::Backend;
 use mixrank_model::Model;
-use mixrank_nn::HostBackend;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A verified checkpoint run in inference mode beside the student.
-pub struct CheckpointTeacher<B: HostBackend> {
+pub struct CheckpointTeacher<B: Backend> {
     dir: PathBuf,
     model: Box<dyn Model<B>>,
     enc: Arc<Encoder>,
@@ -47,7 +47,7 @@ pub fn checkpoint_dir(path: &Path) -> PathBuf {
     }
 }
 
-impl<B: HostBackend + 'static> CheckpointTeacher<B> {
+impl<B: Backend + 'static> CheckpointTeacher<B> {
     /// Loads and verifies the checkpoint at `path` (a run or checkpoint directory),
     /// switches it to bf16 inference when asked, and maps the distilled tasks onto the
     /// teacher's tasks by name.
@@ -70,10 +70,7 @@ impl<B: HostBackend + 'static> CheckpointTeacher<B> {
         // sources (the position tower) off.
         loaded.model.set_training(false);
         if precision == TeacherPrecision::Bf16 {
-            loaded.model.use_bf16(
-                mixrank_engine::bf16::Bf16Kernel::select()
-                    .map_err(crate::error::engine("the teacher's bf16 kernel"))?,
-            )?;
+            loaded.model.use_bf16(ops)?;
         }
         let mut tcfg = (*loaded.config).clone();
         // The teacher reads the student's files exactly as the student does.

@@ -29,11 +29,12 @@ use mixrank_data::config::model::Architecture;
 use mixrank_data::config::ExperimentConfig;
 use mixrank_data::pipeline::{BatchStream, StreamOptions};
 use mixrank_engine::counting::Counting;
+use mixrank_engine::Backend;
 use mixrank_engine::RefOps;
 use mixrank_metrics::{compare_task, BootstrapConfig, Lift, Metric, TaskComparison};
 use mixrank_model::expert::expanded;
 use mixrank_model::Expert;
-use mixrank_nn::{HostBackend, Parameters};
+use mixrank_nn::Parameters;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -178,7 +179,7 @@ pub fn expert_flops(
     let ops = Counting::new(RefOps);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let mut e = Expert::new(section, d_in, expert_dim, &ops, 1, &mut rng)?;
-    let x = vec![0.5f32; d_in];
+    let x = ops.upload(&vec![0.5f32; d_in]).map_err(crate::error::engine("the expert's input"))?;
     let before = ops.flops();
     e.forward(&ops, &x, 1)?;
     Ok(ops.flops() - before)
@@ -205,7 +206,7 @@ fn median_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 }
 
 /// Times the whole model on `batch` and each expert on random inputs of its width.
-fn time_all<B: HostBackend + 'static>(
+fn time_all<B: Backend + 'static>(
     scorer: &mut CheckpointScorer<B>,
     ops: &B,
     batch: &mixrank_data::Batch,
@@ -222,7 +223,7 @@ fn time_all<B: HostBackend + 'static>(
 }
 
 /// Runs the report on the checkpoint of `run_dir`. `progress` hears each step.
-pub fn run_experts<B: HostBackend + 'static>(
+pub fn run_experts<B: Backend + 'static>(
     run_dir: &Path,
     ops: &B,
     plan: &ExpertsPlan,
@@ -330,8 +331,7 @@ pub fn run_experts<B: HostBackend + 'static>(
     for (c, ms) in costs.iter_mut().zip(per) {
         (c.f32_ms, c.f32_share) = (ms, ms / model_f32_ms);
     }
-    let kernel = mixrank_engine::bf16::Bf16Kernel::select().map_err(crate::error::engine("the bf16 kernel"))?;
-    scorer.loaded.model.use_bf16(kernel)?;
+    scorer.loaded.model.use_bf16(ops)?;
     say("timing at bf16");
     let (model_bf16_ms, per) = time_all(&mut scorer, ops, &batch, &inputs, plan.reps)?;
     for (c, ms) in costs.iter_mut().zip(per) {
@@ -342,7 +342,7 @@ pub fn run_experts<B: HostBackend + 'static>(
         architecture: format!("{:?}", m.architecture).to_lowercase(),
         timed_rows: batch.rows,
         reps: plan.reps,
-        bf16_kernel: kernel.name().to_string(),
+        bf16_kernel: scorer.loaded.model.reduced_kernel().unwrap_or("none").to_string(),
         tasks: cfg.tasks.iter().map(|t| t.name.clone()).collect(),
         model_f32_ms,
         model_bf16_ms,

@@ -33,8 +33,8 @@ use mixrank_data::config::TaskKind;
 use mixrank_data::simulate::engagement::add_days;
 use mixrank_data::simulate::{simulate_engagement, EngagementParams};
 use mixrank_data::ExperimentConfig;
+use mixrank_engine::Backend;
 use mixrank_metrics::BootstrapConfig;
-use mixrank_nn::HostBackend;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -164,7 +164,7 @@ pub trait WarmStart: Sync {
 /// distillation on (as `--distill-in-incremental` would); one without trains on labels.
 pub struct StageWarmStart<B>(pub B);
 
-impl<B: HostBackend + 'static> WarmStart for StageWarmStart<B> {
+impl<B: Backend + 'static> WarmStart for StageWarmStart<B> {
     fn train_incremental(
         &self,
         cfg: Arc<ExperimentConfig>,
@@ -190,7 +190,7 @@ pub struct RetentionReport {
 /// Simulates the data, trains the teacher and the three students, evaluates them on the
 /// following days and (with `warm`) runs the incremental part. Writes everything under
 /// `out` (`data/`, `configs/`, `runs/`, `report.md`, `report.json`).
-pub fn run_retention<B: HostBackend + 'static>(
+pub fn run_retention<B: Backend + 'static>(
     plan: &RetentionPlan,
     out: &Path,
     warm: Option<&dyn WarmStart>,
@@ -221,7 +221,7 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     move |source| TrainError::Io { path: path.to_path_buf(), source }
 }
 
-impl<'a, B: HostBackend + 'static> Experiment<'a, B> {
+impl<'a, B: Backend + 'static> Experiment<'a, B> {
     fn new(plan: &'a RetentionPlan, out: &Path, progress: Option<fn(&str)>, ops: &'a B) -> Result<Self> {
         std::fs::create_dir_all(out).map_err(io(out))?;
         let out = out.canonicalize().map_err(io(out))?;
