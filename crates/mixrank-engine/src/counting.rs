@@ -473,6 +473,17 @@ impl<B: Backend<Buf = Inner, Ids = InnerIds> + 'static> Backend for Counting<B> 
         self.readback_event(1);
         self.inner.huber(n, delta, inner_input(input), grad, write)
     }
+    fn softmax_xent_diag(
+        &self,
+        n: usize,
+        scores: &Host,
+        weight: &Host,
+        grad: &mut Host,
+        write: GradWrite,
+    ) -> Result<f32> {
+        self.readback_event(1);
+        self.inner.softmax_xent_diag(n, scores, weight, grad, write)
+    }
 }
 
 /// The inner backend's reduced-precision GEMM on the counting backend's buffers (its

@@ -63,6 +63,52 @@ pub fn mse<T: Float>(n: usize, input: LossInput<'_, [T]>, grad: &mut [T], write:
     weighted_mean("mse", n, input, grad, write, mse_term)
 }
 
+/// In-batch softmax cross-entropy with the diagonal as the target; see
+/// [`crate::Backend::softmax_xent_diag`]. Row `i` of `s` (`[n, n]`) scores query `i`
+/// against every row's item; `w[i]` is row `i`'s weight (0: not a positive, left out).
+/// `L = Σᵢ wᵢ·(log Σⱼ e^{sᵢⱼ} − sᵢᵢ) / Σᵢ wᵢ`, and `grad[i, j] (+)= scale · wᵢ/W ·
+/// (softmax(sᵢ)ⱼ − δᵢⱼ)`. The softmax subtracts the row's maximum (stable for any
+/// logits); the loss is summed in `f64`.
+pub fn softmax_xent_diag<T: Float>(n: usize, s: &[T], w: &[T], grad: &mut [T], write: GradWrite) -> Result<f64> {
+    const OP: &str = "softmax_xent_diag";
+    check::vector(OP, "scores", s.len(), n * n)?;
+    check::vector(OP, "weight", w.len(), n)?;
+    check::vector(OP, "grad", grad.len(), n * n)?;
+    let weight_sum: f64 = w[..n].iter().map(|x| x.to_f64()).sum();
+    let grad = &mut grad[..n * n];
+    if weight_sum == 0.0 {
+        if !write.accumulate {
+            grad.fill(T::ZERO);
+        }
+        return Ok(0.0);
+    }
+    let mut loss = 0.0f64;
+    for i in 0..n {
+        let (row, g) = (&s[i * n..(i + 1) * n], &mut grad[i * n..(i + 1) * n]);
+        if w[i] == T::ZERO {
+            if !write.accumulate {
+                g.fill(T::ZERO);
+            }
+            continue;
+        }
+        let max = row.iter().fold(row[0], |m, &x| m.max(x));
+        let sum: T = row.iter().fold(T::ZERO, |acc, &x| acc + (x - max).exp());
+        let lse = max.to_f64() + sum.to_f64().ln();
+        loss += w[i].to_f64() * (lse - row[i].to_f64());
+        let g_scale = T::from_f64(write.scale as f64 * w[i].to_f64() / weight_sum);
+        for (j, (gj, &x)) in g.iter_mut().zip(row).enumerate() {
+            let p = (x - max).exp() / sum;
+            let d = g_scale * if i == j { p - T::ONE } else { p };
+            if write.accumulate {
+                *gj += d;
+            } else {
+                *gj = d;
+            }
+        }
+    }
+    Ok(loss / weight_sum)
+}
+
 fn weighted_mean<T: Float>(
     op: &'static str,
     n: usize,

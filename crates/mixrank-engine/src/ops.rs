@@ -649,6 +649,21 @@ pub trait Backend: Send + Sync {
         write: GradWrite,
     ) -> Result<f32>;
 
+    /// In-batch softmax cross-entropy with the diagonal as the target (the retrieval
+    /// loss of a two-tower model): `scores` is `[n, n]` (row `i`: query `i` against
+    /// every row's item, already divided by the temperature), `weight` `[n]` (row `i`'s
+    /// weight; 0 leaves the row out, e.g. a row that is not a positive). Returns
+    /// `L = Σᵢ wᵢ·(log Σⱼ exp sᵢⱼ − sᵢᵢ) / Σᵢ wᵢ` (0 when every weight is 0) and writes
+    /// `grad[i, j] (+)= scale · wᵢ/Σw · (softmax(sᵢ)ⱼ − δᵢⱼ)`, `[n, n]`.
+    fn softmax_xent_diag(
+        &self,
+        n: usize,
+        scores: &Self::Buf,
+        weight: &Self::Buf,
+        grad: &mut Self::Buf,
+        write: GradWrite,
+    ) -> Result<f32>;
+
     // ---- reduced precision (inference) ----------------------------------------------
 
     /// Packs a GEMM weight (`[k, n]`, stored in `weight` as `layout` says) once for

@@ -824,4 +824,14 @@ impl<T: Float> Backend for RefOpsOf<T> {
     ) -> Result<f32> {
         Ok(loss::huber(n, delta, host::loss_slices(&input), grad, write)? as f32)
     }
+    fn softmax_xent_diag(
+        &self,
+        n: usize,
+        scores: &Vec<T>,
+        weight: &Vec<T>,
+        grad: &mut Vec<T>,
+        write: GradWrite,
+    ) -> Result<f32> {
+        Ok(loss::softmax_xent_diag(n, scores, weight, grad, write)? as f32)
+    }
 }

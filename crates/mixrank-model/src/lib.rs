@@ -15,6 +15,7 @@ pub mod error;
 pub mod expert;
 pub mod gates;
 pub mod head;
+mod in_batch;
 pub mod inputs;
 pub mod logit_source;
 pub mod lookup;

@@ -92,6 +92,13 @@ pub trait Model<B: Backend>: Parameters<B> + Send {
     /// precision (see `mixrank_nn::Layer::visit_reduced`).
     fn visit_reduced(&mut self, f: &mut dyn FnMut(ReducedSite<'_, B>));
 
+    /// Training losses the model adds itself, beside the per-task losses the trainer
+    /// computes from the logits, with their values at the last training backward (the
+    /// two-tower in-batch softmax; none for most models).
+    fn aux_losses(&self) -> Vec<(String, f32)> {
+        Vec::new()
+    }
+
     /// The two-tower light ranker, whose towers run apart (cached item embeddings:
     /// `embed-items`, the server's item table); `None` for every other model.
     fn as_two_tower_mut(&mut self) -> Option<&mut crate::two_tower::TwoTowerModel<B>> {

@@ -23,6 +23,7 @@
 use crate::error::{Context, ModelError, Result};
 use crate::gates::GateInfo;
 use crate::head::{build_head_with_outputs, Head};
+use crate::in_batch::InBatchSoftmax;
 use crate::inputs::InputLayout;
 use crate::lookup::{build_embeddings, BatchIds};
 use crate::model::{task_log_var, Model, ModelIo};
@@ -88,16 +89,27 @@ impl<B: Backend> Side<B> {
         d: &B::Buf,
         other: &B::Buf,
         inv: Option<f32>,
+        extra: Option<&B::Buf>,
     ) -> Result<()> {
         let at = || format!("score gradient of task {t}");
+        let n = s.rows * s.width;
         match (&mut self.unit, inv) {
             (Some(unit), Some(inv)) => {
                 ops.block_outer(s, d, other, &mut unit.d_y).at(at)?;
-                ops.scale(s.rows * s.width, inv, &mut unit.d_y).at(at)?;
+                ops.scale(n, inv, &mut unit.d_y).at(at)?;
+                if let Some(extra) = extra {
+                    ops.axpy(n, 1.0, extra, &mut unit.d_y).at(at)?;
+                }
                 let shape = Shape { rows: s.rows, cols: s.width };
                 ops.normalize_rows_backward(shape, &unit.y[t], &unit.rnorm[t], &unit.d_y, &mut self.d_out[t]).at(at)
             }
-            _ => ops.block_outer(s, d, other, &mut self.d_out[t]).at(at),
+            _ => {
+                ops.block_outer(s, d, other, &mut self.d_out[t]).at(at)?;
+                match extra {
+                    Some(extra) => ops.axpy(n, 1.0, extra, &mut self.d_out[t]).at(at),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -173,6 +185,9 @@ pub struct TwoTowerModel<B: Backend> {
     batch: Option<usize>,
     io: ModelIo,
     task_log_var: Option<Param<B>>,
+    /// `[model.two_tower.in_batch]`, applied in training mode.
+    in_batch: Option<InBatchSoftmax<B>>,
+    training: bool,
 }
 
 impl<B: Backend + 'static> TwoTowerModel<B>
@@ -237,6 +252,11 @@ where
             batch: None,
             io,
             task_log_var: task_log_var(cfg, ops)?,
+            in_batch: match &section.in_batch {
+                Some(s) => Some(InBatchSoftmax::new(cfg, s, ops, max_batch, dim)?),
+                None => None,
+            },
+            training: true,
         })
     }
 
@@ -361,10 +381,16 @@ where
             )));
         }
         let s = self.shape(n);
+        let in_batch = self.in_batch.as_mut().filter(|_| self.training);
+        if let Some(ib) = in_batch {
+            let t = ib.task;
+            ib.backward(ops, b, self.dim, self.user.embedding(t), self.item.embedding(t))?;
+        }
         for (t, d) in d_logits.iter().enumerate() {
             let inv = self.inv_temperature;
-            self.user.score_grad(ops, s, t, d, self.item.embedding(t), inv)?;
-            self.item.score_grad(ops, s, t, d, self.user.embedding(t), inv)?;
+            let extra = self.in_batch.as_ref().filter(|ib| self.training && ib.task == t);
+            self.user.score_grad(ops, s, t, d, self.item.embedding(t), inv, extra.map(|ib| &ib.d_user))?;
+            self.item.score_grad(ops, s, t, d, self.user.embedding(t), inv, extra.map(|ib| &ib.d_item))?;
             if let Some(bias) = self.bias.get_mut(t) {
                 let shape = Shape { rows: n, cols: 1 };
                 ops.bias_act_backward(
@@ -435,8 +461,13 @@ where
     }
 
     fn set_training(&mut self, training: bool) {
+        self.training = training;
         self.user.head.set_training(training);
         self.item.head.set_training(training);
+    }
+
+    fn aux_losses(&self) -> Vec<(String, f32)> {
+        self.in_batch.iter().filter_map(|ib| ib.loss()).collect()
     }
 
     fn set_dropout_step(&mut self, step: u64) {

@@ -32,6 +32,10 @@ pub(crate) struct TrainLine<'a> {
     /// Mean distillation loss per distilled task (absent without `[distill]`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub distill_loss: Vec<(&'a str, f64)>,
+    /// Mean of each loss the model adds itself (the two-tower in-batch softmax:
+    /// `in_batch_softmax:<task>`), unweighted; absent when it has none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aux_loss: Vec<(&'a str, f64)>,
 }
 
 #[derive(Serialize)]

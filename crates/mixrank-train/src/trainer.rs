@@ -299,6 +299,8 @@ struct Window {
     steps: u64,
     loss: Vec<f64>,
     distill: Vec<f64>,
+    /// The model's own losses (`Model::aux_losses`) summed by name.
+    aux: Vec<(String, f64)>,
 }
 
 impl Window {
@@ -306,6 +308,7 @@ impl Window {
         self.steps = 0;
         self.loss.iter_mut().for_each(|l| *l = 0.0);
         self.distill.iter_mut().for_each(|l| *l = 0.0);
+        self.aux.clear();
     }
 }
 
@@ -416,7 +419,7 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
             monitor: cfg.monitor(),
             periodic: Periodic::new(&opts.out_dir, t),
             losses: TaskLosses::new(&cfg, ops)?,
-            window: Window { steps: 0, loss: vec![0.0; n_tasks], distill: vec![0.0; n_tasks] },
+            window: Window { steps: 0, loss: vec![0.0; n_tasks], distill: vec![0.0; n_tasks], aux: Vec::new() },
             cfg,
             opts,
             ops,
@@ -584,6 +587,13 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
             mixrank_nn::zero_grads(ops, &mut *self.model).map_err(layer("zeroing gradients"))?;
             let refs: Vec<&B::Buf> = self.losses.grads.iter().collect();
             self.model.backward(ops, b, &refs)?;
+            for (name, l) in self.model.aux_losses() {
+                let l = finite_aux(l, self.step, &name)?;
+                match self.window.aux.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, sum)) => *sum += l,
+                    None => self.window.aux.push((name, l)),
+                }
+            }
         } else {
             // A rank with no rows of this (short) batch: zero gradients, same exchanges.
             self.losses.refresh_weighting(ops, &*self.model)?;
@@ -655,6 +665,7 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
                 .flat_map(|d| &d.tasks)
                 .map(|d| (cfg.tasks[d.task].name.as_str(), w.distill[d.task] / steps))
                 .collect(),
+            aux_loss: w.aux.iter().map(|(n, l)| (n.as_str(), l / steps)).collect(),
         };
         self.log.line(&line)?;
         if let Some(p) = self.opts.progress.filter(|_| self.opts.is_lead()) {
@@ -872,4 +883,13 @@ fn find_best<'a>(
         }
     }
     Err(why.join("; "))
+}
+
+/// A model's own loss value, or the divergence error naming it and the step.
+fn finite_aux(l: f32, step: u64, name: &str) -> Result<f64> {
+    if l.is_finite() {
+        Ok(l as f64)
+    } else {
+        Err(crate::error::TrainError::Diverged { step, task: name.to_string(), loss: l })
+    }
 }

@@ -532,6 +532,23 @@ impl ExperimentConfig {
         let inputs = match &wire.model {
             Some(m) => {
                 model::validate_model(m, tasks.len()).map_err(|(key, message)| v.err(&key, message))?;
+                if let Some(ib) = m.two_tower.as_ref().and_then(|t| t.in_batch.as_ref()) {
+                    match tasks.iter().find(|t| t.name == ib.task) {
+                        None => {
+                            return Err(v.err(
+                                "model.two_tower.in_batch.task",
+                                format!("no task named `{}` in [[tasks]]", ib.task),
+                            ))
+                        }
+                        Some(t) if t.kind != TaskKind::Binary => {
+                            return Err(v.err(
+                                "model.two_tower.in_batch.task",
+                                format!("task `{}` is not binary: the in-batch softmax needs positives", ib.task),
+                            ))
+                        }
+                        Some(_) => {}
+                    }
+                }
                 Some(
                     groups::resolve_inputs(
                         m,

@@ -232,6 +232,33 @@ pub struct TwoTowerSection {
     pub user: TowerHeadSection,
     /// The item (ad) tower (its embeddings can be computed offline and cached).
     pub item: TowerHeadSection,
+    /// `[model.two_tower.in_batch]`: an in-batch-negative softmax loss added to the
+    /// pointwise losses in training (retrieval use; its scores are not calibrated).
+    pub in_batch: Option<InBatchSection>,
+}
+
+/// `[model.two_tower.in_batch]`: for one binary task, each positive row's user
+/// embedding is scored against every item embedding of the batch, `s_ij = ⟨u_i, v_j⟩/τ`,
+/// and the softmax cross-entropy of its own item (`j = i`) is added to the training
+/// loss, weighted by the row's sample weight, times `weight`. The other rows' items are
+/// the negatives (sampled by the logs, not by popularity: no correction is applied).
+/// Training only; it pulls the scores toward a ranking over the batch, so the task's
+/// outputs are no longer calibrated CTRs when it dominates the pointwise loss.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InBatchSection {
+    /// The binary task whose positives (label 1, not masked) are the queries.
+    pub task: String,
+    /// Softmax temperature `τ > 0` (the scores are the towers' dot products, or their
+    /// cosines under `score = "cosine"`, divided by `τ`).
+    pub temperature: f32,
+    /// The loss's weight beside the pointwise task losses (>= 0; default 1).
+    #[serde(default = "unit_weight")]
+    pub weight: f32,
+}
+
+fn unit_weight() -> f32 {
+    1.0
 }
 
 fn yes() -> bool {
@@ -1211,6 +1238,14 @@ fn validate_two_tower(m: &ModelSection, tt: &TwoTowerSection, n_tasks: usize) ->
             return e("two_tower.temperature", format!("expected a number > 0, found {t}"))
         }
         _ => {}
+    }
+    if let Some(ib) = &tt.in_batch {
+        if !(ib.temperature.is_finite() && ib.temperature > 0.0) {
+            return e("two_tower.in_batch.temperature", format!("expected a number > 0, found {}", ib.temperature));
+        }
+        if !(ib.weight.is_finite() && ib.weight >= 0.0) {
+            return e("two_tower.in_batch.weight", format!("expected a number >= 0, found {}", ib.weight));
+        }
     }
     for (side, t) in [("user", &tt.user), ("item", &tt.item)] {
         if t.architecture == Architecture::TwoTower {

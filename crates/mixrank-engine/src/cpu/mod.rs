@@ -389,4 +389,14 @@ impl Backend for CpuOps {
     ) -> Result<f32> {
         Ok(loss::huber(n, delta, host::loss_slices(&input), grad, write)? as f32)
     }
+    fn softmax_xent_diag(
+        &self,
+        n: usize,
+        scores: &Vec<f32>,
+        weight: &Vec<f32>,
+        grad: &mut Vec<f32>,
+        write: GradWrite,
+    ) -> Result<f32> {
+        Ok(loss::softmax_xent_diag(n, scores, weight, grad, write)? as f32)
+    }
 }

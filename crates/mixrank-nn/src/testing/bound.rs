@@ -881,6 +881,49 @@ impl Backend for BoundOps {
     ) -> Result<f32> {
         loss_bound(n, input, grad, write, 1.0, |p, t, g, w| loss::huber(n, delta, inp(p, t, w), g, write))
     }
+    /// `g = c·wᵢ/W·(pᵢⱼ − δᵢⱼ)` with `p = softmax(sᵢ)`: the softmax's bound as in
+    /// `softmax_rows` (each score's error and the row's spread, plus `γ_{n+2}`), the
+    /// weights' errors through `wᵢ/W`, and the rounding of the subtraction and the two
+    /// products (`γ₃`).
+    fn softmax_xent_diag(
+        &self,
+        n: usize,
+        scores: &Vec<Bounded>,
+        weight: &Vec<Bounded>,
+        grad: &mut Vec<Bounded>,
+        write: GradWrite,
+    ) -> Result<f32> {
+        let mut gv = vals(grad);
+        let loss = loss::softmax_xent_diag(n, &vals(scores), &vals(weight), &mut gv, write)?;
+        let total: f64 = weight[..n].iter().map(|w| w.v).sum();
+        let total_e: f64 = weight[..n].iter().map(|w| w.e).sum::<f64>()
+            + gamma(n) * weight[..n].iter().map(|w| w.v.abs()).sum::<f64>();
+        let c = write.scale as f64;
+        for i in 0..n {
+            let row = &scores[i * n..(i + 1) * n];
+            let max = row.iter().map(|b| b.v).fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = row.iter().map(|b| (b.v - max).exp()).sum();
+            let p: Vec<f64> = row.iter().map(|b| (b.v - max).exp() / z).collect();
+            let eps = |b: &Bounded| b.e + 2.0 * U * ((b.v - max).abs() + 1.0);
+            let spread: f64 = (0..n).map(|j| p[j] * eps(&row[j])).sum();
+            let (wi, we) = (weight[i].v, weight[i].e);
+            for j in 0..n {
+                let k = i * n + j;
+                let e_new = if total != 0.0 && wi != 0.0 {
+                    let d = p[j] - if i == j { 1.0 } else { 0.0 };
+                    let e_p = p[j] * (eps(&row[j]) + spread + gamma(n + 2));
+                    let r = (c * wi / total).abs();
+                    let e_r = c.abs() * (we / total.abs() + wi.abs() * total_e / (total * total));
+                    r * (e_p + U * d.abs()) + e_r * d.abs() + gamma(3) * gv[k].abs()
+                } else {
+                    0.0
+                };
+                let e = if write.accumulate { grad[k].e + e_new + U * gv[k].abs() } else { e_new };
+                grad[k] = Bounded { v: gv[k], e };
+            }
+        }
+        Ok(loss as f32)
+    }
 }
 
 type Weights<'a> = (Option<&'a [f64]>, Option<&'a [f64]>);
