@@ -9,8 +9,8 @@
 use crate::activation::Activation;
 use crate::error::Result;
 use crate::ops::{
-    Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput, NormStats, Pooling, Shape,
-    SparseGrad,
+    Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, GroupSpec, LayerNormSpec, LossInput, NormStats,
+    PairSpec, Pooling, Shape, SparseGrad,
 };
 use crate::optim::{AdamSpec, LazyAdamSpec, RowAdagradSpec, TableShape};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -431,5 +431,28 @@ impl<B: Backend<Buf = Host, Ids = HostIds>> Backend for Counting<B> {
     ) -> Result<f32> {
         self.readback_event(1);
         self.inner.huber(n, delta, input, grad, write)
+    }
+    fn pairwise_ranknet(
+        &self,
+        spec: &PairSpec,
+        pairs: &HostIds,
+        input: LossInput<'_, Host>,
+        grad: &mut Host,
+        write: GradWrite,
+    ) -> Result<f32> {
+        self.readback_event(1);
+        self.inner.pairwise_ranknet(spec, pairs, input, grad, write)
+    }
+    fn listwise_softmax(
+        &self,
+        spec: &GroupSpec,
+        offsets: &HostIds,
+        members: &HostIds,
+        input: LossInput<'_, Host>,
+        grad: &mut Host,
+        write: GradWrite,
+    ) -> Result<f32> {
+        self.readback_event(1);
+        self.inner.listwise_softmax(spec, offsets, members, input, grad, write)
     }
 }

@@ -5,3 +5,4 @@ mod common;
 mod cpu_vs_ref;
 mod gradcheck;
 mod optim;
+mod ranking;
