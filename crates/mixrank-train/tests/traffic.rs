@@ -178,6 +178,7 @@ fn a_training_step_allocates_nothing_uploads_only_the_batch_and_reads_back_the_l
     let dense_width = cfg.dense_width() as u64;
     // One teacher write per distilled task, the pairs (1) and the request groups (2).
     let uploads = singles + 2 * multis + 1 + 2 * tasks + 1 + distilled + 1 + 2;
+    assert_eq!((uploads, tasks + distilled), (27, 8), "the budget the module docs state");
     // Every upload but the bags' ids, the pairs and the groups has a fixed length.
     let fixed_elems =
         singles * rows + multis * (rows + 1) + rows * dense_width + 2 * tasks * rows + rows + distilled * rows;
