@@ -222,7 +222,8 @@ mod tests {
             // Labels mask every 7th row (its teacher score NaN); some sample weights are 0.
             let mut teacher: Vec<f32> = (0..n).map(|_| g.random_range(-3.0..3.0)).collect();
             let weights: Vec<f32> = (0..n).map(|r| if r % 11 == 4 { 0.0 } else { g.random_range(0.5..2.0) }).collect();
-            let mask: Vec<f32> = (0..n).map(|r| if (r + step as usize) % 7 == 0 { 0.0 } else { 1.0 }).collect();
+            let mask: Vec<f32> =
+                (0..n).map(|r| if (r + step as usize).is_multiple_of(7) { 0.0 } else { 1.0 }).collect();
             for r in (0..n).filter(|r| mask[*r] == 0.0) {
                 teacher[r] = f32::NAN;
             }
