@@ -147,8 +147,8 @@ pub fn pairwise_ranknet<T: Float>(
     Ok(loss / wsum)
 }
 
-/// `(m, m + ln Σₖ e^{xₖ − m})` over `x(k)` for the members `k` of `rows`, `m` their maximum
-/// (folded from the first): `xᵢ − lz` is `ln softmax(x)ᵢ`.
+/// `lz = m + ln Σₖ e^{xₖ − m}` over `x(k)` for the members `k` of `rows`, `m` their
+/// maximum (folded from the first): `xᵢ − lz` is `ln softmax(x)ᵢ`.
 fn log_sum_exp<T: Float>(rows: impl Iterator<Item = usize> + Clone, x: impl Fn(usize) -> T) -> T {
     let mut it = rows.clone();
     let first = it.next().expect("a group of at least two rows");
