@@ -9,8 +9,8 @@
 use crate::activation::Activation;
 use crate::error::Result;
 use crate::ops::{
-    Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput, NormStats, Pooling, Shape,
-    SparseGrad,
+    Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, GroupSpec, LayerNormSpec, LossInput, NormStats,
+    PairSpec, Pooling, Shape, SparseGrad,
 };
 use crate::optim::{AdamSpec, LazyAdamSpec, RowAdagradSpec, TableShape};
 use crate::reduced::{ReducedGemm, WeightLayout};
@@ -483,6 +483,29 @@ impl<B: Backend<Buf = Inner, Ids = InnerIds> + 'static> Backend for Counting<B> 
     ) -> Result<f32> {
         self.readback_event(1);
         self.inner.softmax_xent_diag(n, scores, weight, grad, write)
+    }
+    fn pairwise_ranknet(
+        &self,
+        spec: &PairSpec,
+        pairs: &HostIds,
+        input: LossInput<'_, Host>,
+        grad: &mut Host,
+        write: GradWrite,
+    ) -> Result<f32> {
+        self.readback_event(1);
+        self.inner.pairwise_ranknet(spec, pairs, inner_input(input), grad, write)
+    }
+    fn listwise_softmax(
+        &self,
+        spec: &GroupSpec,
+        offsets: &HostIds,
+        members: &HostIds,
+        input: LossInput<'_, Host>,
+        grad: &mut Host,
+        write: GradWrite,
+    ) -> Result<f32> {
+        self.readback_event(1);
+        self.inner.listwise_softmax(spec, offsets, members, inner_input(input), grad, write)
     }
 }
 

@@ -27,6 +27,7 @@ pub trait Float:
     fn to_f64(self) -> f64;
     fn exp(self) -> Self;
     fn ln_1p(self) -> Self;
+    fn ln(self) -> Self;
     fn tanh(self) -> Self;
     fn sqrt(self) -> Self;
     fn abs(self) -> Self;
@@ -58,6 +59,10 @@ macro_rules! impl_float {
             #[inline(always)]
             fn ln_1p(self) -> Self {
                 <$t>::ln_1p(self)
+            }
+            #[inline(always)]
+            fn ln(self) -> Self {
+                <$t>::ln(self)
             }
             #[inline(always)]
             fn tanh(self) -> Self {

@@ -1,4 +1,6 @@
-//! Weighted, masked BCE-with-logits and MSE: value and gradient in one pass.
+//! Weighted, masked BCE-with-logits, MSE and Huber, and the ranking losses of
+//! distillation (pairwise RankNet, listwise softmax cross-entropy): value and gradient in
+//! one pass.
 //!
 //! Shared by every host backend: over a batch of a few thousand logits these are
 //! microseconds, so there is nothing to parallelise. Sums are accumulated in `f64` so the
@@ -8,7 +10,7 @@ use crate::activation::sigmoid;
 use crate::check;
 use crate::error::Result;
 use crate::float::Float;
-use crate::ops::{GradWrite, LossInput};
+use crate::ops::{GradWrite, GroupSpec, LossInput, PairSpec};
 
 /// `(ℓ, ∂ℓ/∂z)` of BCE on logit `z` and label `y`, stable for any `|z|`.
 #[inline]
@@ -107,6 +109,159 @@ pub fn softmax_xent_diag<T: Float>(n: usize, s: &[T], w: &[T], grad: &mut [T], w
         }
     }
     Ok(loss / weight_sum)
+}
+
+/// `softplus(z) = ln(1 + eᶻ)`, stable for any `|z|`.
+#[inline]
+pub fn softplus<T: Float>(z: T) -> T {
+    z.max(T::ZERO) + (-z.abs()).exp().ln_1p()
+}
+
+/// Checks what the ranking losses share: the inputs and `grad` hold `n` examples, the
+/// temperature is a finite number > 0.
+fn check_ranking<T>(
+    op: &'static str,
+    n: usize,
+    temperature: f32,
+    input: &LossInput<'_, [T]>,
+    grad: &[T],
+) -> Result<()> {
+    check::vector(op, "pred", input.pred.len(), n)?;
+    check::vector(op, "target", input.target.len(), n)?;
+    if let Some(w) = input.weight {
+        check::vector(op, "weight", w.len(), n)?;
+    }
+    if let Some(m) = input.mask {
+        check::vector(op, "mask", m.len(), n)?;
+    }
+    check::vector(op, "grad", grad.len(), n)?;
+    if !(temperature.is_finite() && temperature > 0.0) {
+        return Err(crate::EngineError::InvalidArgument { op, reason: "temperature must be a finite number > 0" });
+    }
+    Ok(())
+}
+
+/// Pairwise RankNet over `spec.pairs` ordered pairs; see [`crate::Backend::pairwise_ranknet`].
+///
+/// `L = T² · Σ₍ᵢ,ⱼ₎ wᵢⱼ·[softplus(dᵢⱼ) − Pᵢⱼ·dᵢⱼ] / Σ wᵢⱼ`, with `dᵢⱼ = (sᵢ − sⱼ)/T`,
+/// `Pᵢⱼ = σ((tᵢ − tⱼ)/T)` and `wᵢⱼ = (wᵢ + wⱼ)/2` (the BCE of the student's preference
+/// σ(dᵢⱼ) against the teacher's, up to a constant). With
+/// `gᵢⱼ = scale·T·wᵢⱼ·(σ(dᵢⱼ) − Pᵢⱼ) / Σ w`: `grad[i] += gᵢⱼ`, `grad[j] −= gᵢⱼ`, pairs in
+/// order. Only differences are trained: adding a constant to every `s` changes nothing.
+/// A pair counts iff both its rows do (mask ≠ 0). Per pair the terms are evaluated in
+/// `T`, the loss and the weight sum accumulated in f64.
+pub fn pairwise_ranknet<T: Float>(
+    spec: &PairSpec,
+    pairs: &[u32],
+    input: LossInput<'_, [T]>,
+    grad: &mut [T],
+    write: GradWrite,
+) -> Result<f64> {
+    const OP: &str = "pairwise_ranknet";
+    let n = spec.rows;
+    check_ranking(OP, n, spec.temperature, &input, grad)?;
+    check::holds(OP, "pairs", pairs.len(), &[spec.pairs, 2], 2 * spec.pairs)?;
+    let pairs = &pairs[..2 * spec.pairs];
+    check::ids_in_range(OP, pairs, n)?;
+
+    let counts = |i: usize| input.mask.is_none_or(|m| m[i] != T::ZERO);
+    let weight = |i: usize| input.weight.map_or(T::ONE, |w| w[i]);
+    let (s, t) = (input.pred, input.target);
+    let tt = T::from_f64(spec.temperature as f64);
+    let half = T::from_f64(0.5);
+    let counted =
+        || pairs.chunks_exact(2).map(|p| (p[0] as usize, p[1] as usize)).filter(|&(i, j)| counts(i) && counts(j));
+    let wsum: f64 = counted().map(|(i, j)| (half * (weight(i) + weight(j))).to_f64()).sum();
+    let grad = &mut grad[..n];
+    if !write.accumulate {
+        grad.fill(T::ZERO);
+    }
+    if wsum == 0.0 {
+        return Ok(0.0);
+    }
+    let g_scale = T::from_f64(write.scale as f64 / wsum);
+    let mut loss = 0.0;
+    for (i, j) in counted() {
+        let w = half * (weight(i) + weight(j));
+        let d = (s[i] - s[j]) / tt;
+        let p = sigmoid((t[i] - t[j]) / tt);
+        loss += (w * tt * tt * (softplus(d) - p * d)).to_f64();
+        let g = g_scale * w * tt * (sigmoid(d) - p);
+        grad[i] += g;
+        grad[j] -= g;
+    }
+    Ok(loss / wsum)
+}
+
+/// `lz = m + ln Σₖ e^{xₖ − m}` over `x(k)` for the members `k` of `rows`, `m` their
+/// maximum (folded from the first): `xᵢ − lz` is `ln softmax(x)ᵢ`.
+fn log_sum_exp<T: Float>(rows: impl Iterator<Item = usize> + Clone, x: impl Fn(usize) -> T) -> T {
+    let mut it = rows.clone();
+    let first = it.next().expect("a group of at least two rows");
+    let m = it.fold(x(first), |a, k| a.max(x(k)));
+    let z = rows.fold(T::ZERO, |acc, k| acc + (x(k) - m).exp());
+    m + z.ln()
+}
+
+/// Listwise softmax cross-entropy within groups; see [`crate::Backend::listwise_softmax`].
+///
+/// `L = T² · Σ_g W_g·[−Σ_{i∈g} qᵢ·ln pᵢ] / Σ_g W_g`, with `q = softmax(t_g/T)`,
+/// `p = softmax(s_g/T)` and `W_g` the mean weight of the group's counted rows, so
+/// `∂L/∂sᵢ = T·W_g·(pᵢ − qᵢ) / Σ W`. A group is its members with mask ≠ 0; groups of
+/// fewer than two (which carry no information: p = q = 1) are left out of the mean. Per
+/// row the terms are evaluated in `T`, `W_g`, the weight sum and the loss in f64.
+pub fn listwise_softmax<T: Float>(
+    spec: &GroupSpec,
+    offsets: &[u32],
+    members: &[u32],
+    input: LossInput<'_, [T]>,
+    grad: &mut [T],
+    write: GradWrite,
+) -> Result<f64> {
+    const OP: &str = "listwise_softmax";
+    let n = spec.rows;
+    check_ranking(OP, n, spec.temperature, &input, grad)?;
+    let used = check::offsets(OP, offsets, spec.groups, members.len())?;
+    let members = &members[..used];
+    check::ids_in_range(OP, members, n)?;
+
+    let counts = |i: usize| input.mask.is_none_or(|m| m[i] != T::ZERO);
+    let weight = |i: usize| input.weight.map_or(T::ONE, |w| w[i]);
+    let (s, t) = (input.pred, input.target);
+    let tt = T::from_f64(spec.temperature as f64);
+    let temp = spec.temperature as f64;
+    let group = |g: usize| {
+        members[offsets[g] as usize..offsets[g + 1] as usize].iter().map(|&i| i as usize).filter(move |&i| counts(i))
+    };
+    // The mean weight of group g's counted rows, or None for a group of fewer than two.
+    let group_w = |g: usize| {
+        let len = group(g).count();
+        (len > 1).then(|| group(g).map(|i| weight(i).to_f64()).sum::<f64>() / len as f64)
+    };
+    let wsum: f64 = (0..spec.groups).filter_map(group_w).sum();
+    let grad = &mut grad[..n];
+    if !write.accumulate {
+        grad.fill(T::ZERO);
+    }
+    if wsum == 0.0 {
+        return Ok(0.0);
+    }
+    let mut loss = 0.0;
+    for g in 0..spec.groups {
+        let Some(wg) = group_w(g) else { continue };
+        let xs = |i: usize| s[i] / tt;
+        let xt = |i: usize| t[i] / tt;
+        let (lz_s, lz_t) = (log_sum_exp(group(g), xs), log_sum_exp(group(g), xt));
+        let g_scale = T::from_f64(write.scale as f64 * wg / wsum) * tt;
+        let mut ce = 0.0;
+        for i in group(g) {
+            let (lp, q) = (xs(i) - lz_s, (xt(i) - lz_t).exp());
+            ce -= (q * lp).to_f64();
+            grad[i] += g_scale * (lp.exp() - q);
+        }
+        loss += wg * temp * temp * ce;
+    }
+    Ok(loss / wsum)
 }
 
 fn weighted_mean<T: Float>(

@@ -286,6 +286,27 @@ impl Default for GradWrite {
     }
 }
 
+/// The shape of a pairwise ranking loss ([`Backend::pairwise_ranknet`]): `pairs` ordered
+/// pairs `(i, j)` of the first `rows` examples, stored flat in an id buffer
+/// (`[i₀, j₀, i₁, j₁, …]`, `2·pairs` ids), and the temperature `T > 0`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PairSpec {
+    pub rows: usize,
+    pub pairs: usize,
+    pub temperature: f32,
+}
+
+/// The shape of a listwise ranking loss ([`Backend::listwise_softmax`]): `groups` groups
+/// of the first `rows` examples in CSR form — group `g` is
+/// `members[offsets[g] .. offsets[g + 1]]` (`offsets`: `[groups + 1]`, non-decreasing,
+/// `offsets[0] = 0`) — and the temperature `T > 0`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroupSpec {
+    pub rows: usize,
+    pub groups: usize,
+    pub temperature: f32,
+}
+
 /// The op set of the model family. Layer code is generic over `B: Backend` and only ever
 /// holds `B::Buf`/`B::Ids`, so a CUDA backend (cuBLAS + NVRTC kernels) can implement this
 /// trait without any change to layers. See the module docs for layout and accumulation
@@ -660,6 +681,39 @@ pub trait Backend: Send + Sync {
         n: usize,
         scores: &Self::Buf,
         weight: &Self::Buf,
+        grad: &mut Self::Buf,
+        write: GradWrite,
+    ) -> Result<f32>;
+
+    /// RankNet toward a teacher's preferences ([`crate::loss::pairwise_ranknet`]): over the
+    /// pairs `(i, j)` of `pairs` ([`PairSpec`]), with `d = (sᵢ − sⱼ)/T`,
+    /// `P = σ((tᵢ − tⱼ)/T)` and the pair weight `wᵢⱼ = (wᵢ + wⱼ)/2`,
+    /// `L = T²·Σ wᵢⱼ·[softplus(d) − P·d] / Σ wᵢⱼ`; the gradient `T·wᵢⱼ·(σ(d) − P)/Σ wᵢⱼ`
+    /// goes to `sᵢ` and its negation to `sⱼ`. `input.pred` holds the student's logits `s`,
+    /// `input.target` the teacher's `t`; `weight` and `mask` as in [`LossInput`], and a
+    /// pair with a masked-out row is left out (its NaNs do not propagate). Writes
+    /// `grad (+)= scale·∂L/∂s` per [`GradWrite`]. Host sync point.
+    fn pairwise_ranknet(
+        &self,
+        spec: &PairSpec,
+        pairs: &Self::Ids,
+        input: LossInput<'_, Self::Buf>,
+        grad: &mut Self::Buf,
+        write: GradWrite,
+    ) -> Result<f32>;
+
+    /// Softmax cross-entropy within groups ([`crate::loss::listwise_softmax`]): per group
+    /// ([`GroupSpec`]) of its rows that count (mask ≠ 0), `p = softmax(s/T)`,
+    /// `q = softmax(t/T)`, `L = T²·Σ_g W_g·[−Σᵢ qᵢ·ln pᵢ] / Σ_g W_g` with `W_g` the mean
+    /// weight of the group's counted rows; `∂L/∂sᵢ = T·W_g·(pᵢ − qᵢ)/Σ W`. Groups of fewer
+    /// than two counted rows are left out. Inputs and gradient writing as in
+    /// [`Backend::pairwise_ranknet`]. Host sync point.
+    fn listwise_softmax(
+        &self,
+        spec: &GroupSpec,
+        offsets: &Self::Ids,
+        members: &Self::Ids,
+        input: LossInput<'_, Self::Buf>,
         grad: &mut Self::Buf,
         write: GradWrite,
     ) -> Result<f32>;

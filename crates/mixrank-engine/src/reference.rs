@@ -15,8 +15,8 @@ use crate::host;
 use crate::loss;
 pub use crate::normalize::{normalize_rows, normalize_rows_backward};
 use crate::ops::{
-    Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput, NormStats, Pooling, Shape,
-    SparseGrad, SparseView, Transpose,
+    Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, GroupSpec, LayerNormSpec, LossInput, NormStats,
+    PairSpec, Pooling, Shape, SparseGrad, SparseView, Transpose,
 };
 use crate::optim::{self, AdamSpec, LazyAdamSpec, RowAdagradSpec, TableShape};
 
@@ -833,5 +833,26 @@ impl<T: Float> Backend for RefOpsOf<T> {
         write: GradWrite,
     ) -> Result<f32> {
         Ok(loss::softmax_xent_diag(n, scores, weight, grad, write)? as f32)
+    }
+    fn pairwise_ranknet(
+        &self,
+        spec: &PairSpec,
+        pairs: &Vec<u32>,
+        input: LossInput<'_, Vec<T>>,
+        grad: &mut Vec<T>,
+        write: GradWrite,
+    ) -> Result<f32> {
+        Ok(loss::pairwise_ranknet(spec, pairs, host::loss_slices(&input), grad, write)? as f32)
+    }
+    fn listwise_softmax(
+        &self,
+        spec: &GroupSpec,
+        offsets: &Vec<u32>,
+        members: &Vec<u32>,
+        input: LossInput<'_, Vec<T>>,
+        grad: &mut Vec<T>,
+        write: GradWrite,
+    ) -> Result<f32> {
+        Ok(loss::listwise_softmax(spec, offsets, members, host::loss_slices(&input), grad, write)? as f32)
     }
 }

@@ -4,16 +4,25 @@
 //! allocation, upload and readback counted; buffers of an opaque type, so the trainer
 //! reaches their contents only through counted reads and writes) and trains the demo's kind of model — an
 //! MMoE with DCNv2, MaskNet, FinalMLP and MLP experts, dropout in the shared layer and
-//! the experts, top-2 gates, a global-norm gradient clip — with distillation from teacher columns (soft-label BCE on
-//! `click`, logit MSE on `save`). After each step the test reads the counters.
+//! the experts, top-2 gates, a global-norm gradient clip — with distillation from teacher
+//! columns of every task, one of each distillation loss: soft-label BCE on `click`, logit
+//! MSE on `save`, pairwise RankNet within requests on `dwell`, listwise softmax
+//! cross-entropy within requests on `conversion`. After each step the test reads the
+//! counters.
 //!
 //! The budget, exactly, for every step after the first:
-//! - **allocations: 0** (every buffer, the embedding ids' included, is reused);
+//! - **allocations: 0** (every buffer, the embedding ids' and the distillation's pairs
+//!   and groups included, is reused);
 //! - **uploads**: the batch's inputs only — one write per single-valued categorical
 //!   feature (its ids), two per multi-valued one (offsets and ids), one for the dense
-//!   block, two per task (labels, label mask), one for the sample weights, and one per
-//!   distilled task (the teacher's targets);
-//! - **readbacks: one scalar per task and one per distilled task** (the losses' values);
+//!   block, two per task (labels, label mask), one for the sample weights, and per
+//!   distilled task the teacher's targets (one write each) plus what the ranking losses
+//!   compare, built on the host from the request ids: the pairs (one id write) for the
+//!   pairwise loss, the request groups (offsets and members, two id writes) for the
+//!   listwise one — 7 for the four distilled tasks. With the simulator's 8 single- and
+//!   1 multi-valued features and 4 tasks: 10 + 1 + 8 + 1 + 7 = 27;
+//! - **readbacks: one scalar per task and one per distilled task** (the losses' values:
+//!   4 + 4 = 8); no student logit comes back — every distillation loss is a backend op;
 //!   dropout and top-k masks are made by backend ops, not uploaded.
 //!
 //! The optimizers are backend ops too (`mixrank_engine::optim`): the dense step's
@@ -41,6 +50,16 @@ temperature = 2.0
 task = "save"
 loss = "logit_mse"
 weight = 0.5
+
+[[distill.tasks]]
+task = "dwell"
+loss = "pairwise"
+pairs_per_row = 3
+
+[[distill.tasks]]
+task = "conversion"
+loss = "listwise"
+temperature = 2.0
 "#;
 
 const MODEL: &str = r#"
@@ -121,8 +140,16 @@ fn a_training_step_allocates_nothing_uploads_only_the_batch_and_reads_back_the_l
         .replace(
             "name = \"save\"\nkind = \"binary\"\nlabel = \"save\"\n",
             "name = \"save\"\nkind = \"binary\"\nlabel = \"save\"\nteacher = { column = \"p_save_true\", kind = \"probability\" }\n",
+        )
+        .replace(
+            "label = \"dwell_time\"\n",
+            "label = \"dwell_time\"\nteacher = { column = \"p_save_true\", kind = \"logit\" }\n",
+        )
+        .replace(
+            "label = \"conversion\"\n",
+            "label = \"conversion\"\nteacher = { column = \"p_click_true\", kind = \"probability\" }\n",
         );
-    assert_eq!(text.matches("teacher = {").count(), 2, "teacher columns added");
+    assert_eq!(text.matches("teacher = {").count(), 4, "teacher columns added");
     let text = text + DISTILL;
     let data_cfg = d.path().join("data/teacher.toml");
     std::fs::write(&data_cfg, text).unwrap();
@@ -147,12 +174,18 @@ fn a_training_step_allocates_nothing_uploads_only_the_batch_and_reads_back_the_l
     let multis = cfg.categorical.len() as u64 - singles;
     assert!(singles > 0 && multis > 0, "the simulator has both kinds of features");
     let tasks = cfg.tasks.len() as u64;
-    let distilled = 2;
+    let distilled = 4;
+    assert_eq!(cfg.distill.as_ref().unwrap().tasks.len() as u64, distilled);
     let dense_width = cfg.dense_width() as u64;
-    let uploads = singles + 2 * multis + 1 + 2 * tasks + 1 + distilled;
-    // Every upload but the bags' ids has a fixed length.
+    // One teacher write per distilled task, the pairs (1) and the request groups (2).
+    let uploads = singles + 2 * multis + 1 + 2 * tasks + 1 + distilled + 1 + 2;
+    assert_eq!((uploads, tasks + distilled), (27, 8), "the budget the module docs state");
+    // Every upload but the bags' ids, the pairs and the groups has a fixed length.
     let fixed_elems =
         singles * rows + multis * (rows + 1) + rows * dense_width + 2 * tasks * rows + rows + distilled * rows;
+    // At most 3 partners per row (two ids each); at most one group per row (offsets
+    // `groups + 1`, members one per row).
+    let ranking_elems = 2 * 3 * rows + (rows + 1) + rows;
 
     for w in seen.windows(2) {
         let ((_, before), (step, after)) = (w[0], w[1]);
@@ -162,7 +195,11 @@ fn a_training_step_allocates_nothing_uploads_only_the_batch_and_reads_back_the_l
         assert_eq!(t.uploads, uploads, "step {step}: uploads (the batch's inputs)");
         assert!(t.upload_elems > fixed_elems, "step {step}: {} elements up, plus the bags' ids", t.upload_elems);
         // The bags: at most one id per (row, possible value) — the user's interests.
-        assert!(t.upload_elems <= fixed_elems + multis * rows * 16, "step {step}: {} elements up", t.upload_elems);
+        assert!(
+            t.upload_elems <= fixed_elems + multis * rows * 16 + ranking_elems,
+            "step {step}: {} elements up",
+            t.upload_elems
+        );
         assert_eq!(t.readbacks, tasks + distilled, "step {step}: readbacks (one loss scalar each)");
         assert_eq!(t.readback_elems, tasks + distilled, "step {step}: scalars only");
     }

@@ -21,8 +21,8 @@ use crate::error::Result;
 use crate::host;
 use crate::loss;
 use crate::ops::{
-    Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput, NormStats, Pooling, Shape,
-    SparseGrad, SparseView,
+    Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, GroupSpec, LayerNormSpec, LossInput, NormStats,
+    PairSpec, Pooling, Shape, SparseGrad, SparseView,
 };
 use crate::optim::{AdamSpec, LazyAdamSpec, RowAdagradSpec, TableShape};
 use crate::reduced::{self, HostBf16, ReducedGemm, WeightLayout};
@@ -398,5 +398,26 @@ impl Backend for CpuOps {
         write: GradWrite,
     ) -> Result<f32> {
         Ok(loss::softmax_xent_diag(n, scores, weight, grad, write)? as f32)
+    }
+    fn pairwise_ranknet(
+        &self,
+        spec: &PairSpec,
+        pairs: &Vec<u32>,
+        input: LossInput<'_, Vec<f32>>,
+        grad: &mut Vec<f32>,
+        write: GradWrite,
+    ) -> Result<f32> {
+        Ok(loss::pairwise_ranknet(spec, pairs, host::loss_slices(&input), grad, write)? as f32)
+    }
+    fn listwise_softmax(
+        &self,
+        spec: &GroupSpec,
+        offsets: &Vec<u32>,
+        members: &Vec<u32>,
+        input: LossInput<'_, Vec<f32>>,
+        grad: &mut Vec<f32>,
+        write: GradWrite,
+    ) -> Result<f32> {
+        Ok(loss::listwise_softmax(spec, offsets, members, host::loss_slices(&input), grad, write)? as f32)
     }
 }

@@ -5,4 +5,5 @@ mod common;
 mod cpu_vs_ref;
 mod gradcheck;
 mod optim;
+mod ranking;
 mod softmax_xent;

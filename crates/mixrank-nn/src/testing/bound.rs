@@ -23,8 +23,8 @@
 use mixrank_engine::error::Result;
 use mixrank_engine::reference as r;
 use mixrank_engine::{
-    loss, Activation, Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, LayerNormSpec, LossInput,
-    NormStats, Pooling, Shape, SparseGrad, Transpose,
+    loss, Activation, Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, GroupSpec, LayerNormSpec,
+    LossInput, NormStats, PairSpec, Pooling, Shape, SparseGrad, Transpose,
 };
 use mixrank_engine::{AdamSpec, EngineError, LazyAdamSpec, RowAdagradSpec, TableShape, NORM_ACC_LEN};
 
@@ -924,6 +924,161 @@ impl Backend for BoundOps {
         }
         Ok(loss as f32)
     }
+
+    /// Per pair, with `c = |scale·wᵢⱼ/W|` and `g = c·T·(σ(d) − P)`: `∂g/∂sᵢ` and
+    /// `∂g/∂tᵢ` are at most `c/4` (`σ' ≤ 1/4`), so the inputs' errors carry
+    /// `c·(e_sᵢ + e_sⱼ + e_tᵢ + e_tⱼ)/4`; evaluating `σ(d) − P` rounds `d` and `(tᵢ − tⱼ)/T`
+    /// (two roundings each, moving σ by `u|d|/2`), each sigmoid (four roundings of a value
+    /// ≤ 1) and the difference: `u(|d| + |dₜ|)/2 + 9u`, times `c·T`; the three products and
+    /// the rounded `scale/W` and `wᵢⱼ` add `γ₆·|g|`. Each row then sums its pairs' terms
+    /// onto the gradient: `γ_{k+1}` of the magnitudes for a row in `k` pairs.
+    fn pairwise_ranknet(
+        &self,
+        spec: &PairSpec,
+        pairs: &Vec<u32>,
+        input: LossInput<'_, Vec<Bounded>>,
+        grad: &mut Vec<Bounded>,
+        write: GradWrite,
+    ) -> Result<f32> {
+        let (s, t) = (vals(input.pred), vals(input.target));
+        let (w, m) = (input.weight.map(|w| vals(w)), input.mask.map(|m| vals(m)));
+        let mut gv = vals(grad);
+        let loss = loss::pairwise_ranknet(spec, pairs, inp(&s, &t, (w.as_deref(), m.as_deref())), &mut gv, write)?;
+        let n = spec.rows;
+        let counts = |i: usize| m.as_ref().is_none_or(|m| m[i] != 0.0);
+        let weight = |i: usize| w.as_ref().map_or(1.0, |w| w[i]);
+        let counted: Vec<(usize, usize)> = pairs[..2 * spec.pairs]
+            .chunks_exact(2)
+            .map(|p| (p[0] as usize, p[1] as usize))
+            .filter(|&(i, j)| counts(i) && counts(j))
+            .collect();
+        let total: f64 = counted.iter().map(|&(i, j)| 0.5 * (weight(i) + weight(j))).sum();
+        let temp = spec.temperature as f64;
+        let sig = mixrank_engine::activation::sigmoid::<f64>;
+        let mut terms = vec![Term::default(); n];
+        if total != 0.0 {
+            for &(i, j) in &counted {
+                let c = (write.scale as f64 * 0.5 * (weight(i) + weight(j)) / total).abs();
+                let (d, dt) = ((s[i] - s[j]) / temp, (t[i] - t[j]) / temp);
+                let g = (c * temp * (sig(d) - sig(dt))).abs();
+                let e_in = input.pred[i].e + input.pred[j].e + input.target[i].e + input.target[j].e;
+                let e = c * e_in / 4.0 + c * temp * U * ((d.abs() + dt.abs()) / 2.0 + 9.0) + gamma(6) * g;
+                terms[i].add(g, e);
+                terms[j].add(g, e);
+            }
+        }
+        accumulate_terms(&terms, &gv, grad, write);
+        Ok(loss as f32)
+    }
+
+    /// Per counted group of `k` rows, with `x = s/T`: `x` is within `e_x = e_s/T + u|x|`;
+    /// each `e^{x − m}` within `ε = e_x + e_xm + u|x − m| + 2u` relative (`m` the maximum, a
+    /// subtraction, `exp`'s ulps); their sum `z` within `Σ (yᵢ/z) εᵢ + γ_k` relative;
+    /// `lz = m + ln z` within `e_xm + e_z + 2u|ln z| + u|lz|`; `ln p = x − lz` within
+    /// `e_x + e_lz + u|ln p|`, and `p = exp(ln p)` within `p·(e_ln p + 2u)` (likewise `q`
+    /// from the teacher's). The gradient `c·T·(p − q)` (`c = |scale·W_g/W|`) is then within
+    /// `c·T·(e_p + e_q + u|p − q|) + γ₃|g|`, and adding it to the gradient one more
+    /// rounding (`γ_{k+1}` for a row in `k` groups).
+    fn listwise_softmax(
+        &self,
+        spec: &GroupSpec,
+        offsets: &Vec<u32>,
+        members: &Vec<u32>,
+        input: LossInput<'_, Vec<Bounded>>,
+        grad: &mut Vec<Bounded>,
+        write: GradWrite,
+    ) -> Result<f32> {
+        let (s, t) = (vals(input.pred), vals(input.target));
+        let (w, m) = (input.weight.map(|w| vals(w)), input.mask.map(|m| vals(m)));
+        let mut gv = vals(grad);
+        let loss =
+            loss::listwise_softmax(spec, offsets, members, inp(&s, &t, (w.as_deref(), m.as_deref())), &mut gv, write)?;
+        let n = spec.rows;
+        let counts = |i: usize| m.as_ref().is_none_or(|m| m[i] != 0.0);
+        let weight = |i: usize| w.as_ref().map_or(1.0, |w| w[i]);
+        let groups: Vec<Vec<usize>> = (0..spec.groups)
+            .map(|g| {
+                members[offsets[g] as usize..offsets[g + 1] as usize]
+                    .iter()
+                    .map(|&i| i as usize)
+                    .filter(|&i| counts(i))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|g| g.len() > 1)
+            .collect();
+        let group_w = |g: &[usize]| g.iter().map(|&i| weight(i)).sum::<f64>() / g.len() as f64;
+        let total: f64 = groups.iter().map(|g| group_w(g)).sum();
+        let temp = spec.temperature as f64;
+        let mut terms = vec![Term::default(); n];
+        if total != 0.0 {
+            for g in &groups {
+                let c = (write.scale as f64 * group_w(g) / total).abs();
+                let (p, e_p) = softmax_bound(g, &s, input.pred, temp);
+                let (q, e_q) = softmax_bound(g, &t, input.target, temp);
+                for (k, &i) in g.iter().enumerate() {
+                    let d = (p[k] - q[k]).abs();
+                    let gi = c * temp * d;
+                    terms[i].add(gi, c * temp * (e_p[k] + e_q[k] + U * d) + gamma(3) * gi);
+                }
+            }
+        }
+        accumulate_terms(&terms, &gv, grad, write);
+        Ok(loss as f32)
+    }
+}
+
+/// What a ranking loss adds to one row of the gradient: the number of terms, the sum of
+/// their magnitudes and of their error bounds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Term {
+    count: usize,
+    mag: f64,
+    err: f64,
+}
+
+impl Term {
+    fn add(&mut self, mag: f64, err: f64) {
+        self.count += 1;
+        self.mag += mag;
+        self.err += err;
+    }
+}
+
+/// Bounds a gradient that received `terms[i]` on top of its previous value (kept with
+/// `accumulate`, else zero): the terms' own errors plus `γ_{k+1}` of the magnitudes summed.
+fn accumulate_terms(terms: &[Term], gv: &[f64], grad: &mut [Bounded], write: GradWrite) {
+    for (i, term) in terms.iter().enumerate() {
+        let prior = if write.accumulate { grad[i] } else { Bounded::default() };
+        let e = if term.count == 0 {
+            prior.e
+        } else {
+            prior.e + term.err + gamma(term.count + 1) * (prior.v.abs() + term.mag)
+        };
+        grad[i] = Bounded { v: gv[i], e };
+    }
+}
+
+/// `softmax(x/T)` over the rows `g` and each value's error bound in f32 (the derivation
+/// on [`BoundOps::listwise_softmax`]).
+fn softmax_bound(g: &[usize], x: &[f64], bx: &[Bounded], temp: f64) -> (Vec<f64>, Vec<f64>) {
+    let xs: Vec<f64> = g.iter().map(|&i| x[i] / temp).collect();
+    let e_x: Vec<f64> = g.iter().zip(&xs).map(|(&i, v)| bx[i].e / temp + U * v.abs()).collect();
+    let (mi, m) = xs.iter().enumerate().fold((0, f64::NEG_INFINITY), |a, (k, &v)| if v > a.1 { (k, v) } else { a });
+    let y: Vec<f64> = xs.iter().map(|v| (v - m).exp()).collect();
+    let z: f64 = y.iter().sum();
+    let e_z: f64 = y
+        .iter()
+        .zip(&xs)
+        .zip(&e_x)
+        .map(|((yk, v), ek)| yk / z * (ek + e_x[mi] + U * (v - m).abs() + 2.0 * U))
+        .sum::<f64>()
+        + gamma(g.len());
+    let lz = m + z.ln();
+    let e_lz = e_x[mi] + e_z + 2.0 * U * z.ln().abs() + U * lz.abs();
+    let p: Vec<f64> = xs.iter().map(|v| (v - lz).exp()).collect();
+    let e_p =
+        xs.iter().zip(&e_x).zip(&p).map(|((v, ex), pk)| pk * (ex + e_lz + U * (v - lz).abs() + 2.0 * U)).collect();
+    (p, e_p)
 }
 
 type Weights<'a> = (Option<&'a [f64]>, Option<&'a [f64]>);

@@ -11,3 +11,4 @@ mod moe;
 mod normalize;
 mod optim;
 mod random_shapes;
+mod ranking_loss;

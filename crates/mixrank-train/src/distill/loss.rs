@@ -1,5 +1,7 @@
 //! Distillation losses: value and gradient with respect to the student's logits, over
-//! plain slices.
+//! plain slices — the host references of the backend ops training runs
+//! (`pointwise.rs`: the engine's `bce_with_logits` and `mse`; `ranking.rs`: its
+//! `pairwise_ranknet` and `listwise_softmax`), which the tests hold those to.
 //!
 //! Every function reads [`Rows`] — student logits `s`, teacher logits `t` and a
 //! per-row weight `w` (sample weight × label mask; 0 leaves the row out) — returns the
@@ -10,23 +12,6 @@
 
 use super::pairs::Groups;
 use mixrank_engine::Float;
-
-/// The scalar type of the losses: the engine's float plus a natural logarithm.
-pub trait Real: Float {
-    fn ln(self) -> Self;
-}
-
-impl Real for f32 {
-    fn ln(self) -> Self {
-        f32::ln(self)
-    }
-}
-
-impl Real for f64 {
-    fn ln(self) -> Self {
-        f64::ln(self)
-    }
-}
 
 /// What a distillation loss reads, all `[rows]`.
 #[derive(Debug, Clone, Copy)]
@@ -55,7 +40,7 @@ fn softplus<T: Float>(z: T) -> T {
 /// (the BCE of σ(sᵢ/T) against the soft label qᵢ, up to the teacher's entropy, which
 /// does not depend on s), so `∂L/∂sᵢ = T·wᵢ·(σ(sᵢ/T) − qᵢ) / Σ w`. The minimum is at
 /// `sᵢ = tᵢ` for every `T`.
-pub fn pointwise_bce<T: Real>(r: &Rows<'_, T>, temperature: f64, scale: f64, grad: &mut [T]) -> f64 {
+pub fn pointwise_bce<T: Float>(r: &Rows<'_, T>, temperature: f64, scale: f64, grad: &mut [T]) -> f64 {
     let tt = T::from_f64(temperature);
     weighted_rows(r, scale, grad, |s, t| {
         let (zs, q) = (s / tt, sigmoid(t / tt));
@@ -65,7 +50,7 @@ pub fn pointwise_bce<T: Real>(r: &Rows<'_, T>, temperature: f64, scale: f64, gra
 }
 
 /// Logit MSE: `L = Σᵢ wᵢ·(sᵢ − tᵢ)² / Σᵢ wᵢ`, so `∂L/∂sᵢ = 2·wᵢ·(sᵢ − tᵢ) / Σ w`.
-pub fn logit_mse<T: Real>(r: &Rows<'_, T>, scale: f64, grad: &mut [T]) -> f64 {
+pub fn logit_mse<T: Float>(r: &Rows<'_, T>, scale: f64, grad: &mut [T]) -> f64 {
     weighted_rows(r, scale, grad, |s, t| {
         let d = s - t;
         (d * d, T::from_f64(2.0) * d)
@@ -73,7 +58,7 @@ pub fn logit_mse<T: Real>(r: &Rows<'_, T>, scale: f64, grad: &mut [T]) -> f64 {
 }
 
 /// Weighted mean of a per-row term `(ℓ, ∂ℓ/∂s)` over rows with `w > 0`.
-fn weighted_rows<T: Real>(r: &Rows<'_, T>, scale: f64, grad: &mut [T], term: impl Fn(T, T) -> (T, T)) -> f64 {
+fn weighted_rows<T: Float>(r: &Rows<'_, T>, scale: f64, grad: &mut [T], term: impl Fn(T, T) -> (T, T)) -> f64 {
     let n = r.student.len();
     assert!(r.teacher.len() == n && r.weight.len() == n && grad.len() >= n, "distillation rows differ in length");
     let wsum: f64 = r.weight.iter().filter(|w| **w > T::ZERO).map(|w| w.to_f64()).sum();
@@ -102,7 +87,7 @@ fn weighted_rows<T: Real>(r: &Rows<'_, T>, scale: f64, grad: &mut [T], term: imp
 /// `∂L/∂sⱼ −= gᵢⱼ`. Only differences are trained: adding a constant to every student
 /// logit changes nothing (the label loss keeps the calibration). Pairs come from
 /// [`super::pairs`].
-pub fn pairwise<T: Real>(r: &Rows<'_, T>, pairs: &[(u32, u32)], temperature: f64, scale: f64, grad: &mut [T]) -> f64 {
+pub fn pairwise<T: Float>(r: &Rows<'_, T>, pairs: &[(u32, u32)], temperature: f64, scale: f64, grad: &mut [T]) -> f64 {
     let tt = T::from_f64(temperature);
     let half = T::from_f64(0.5);
     let wsum: f64 = pairs.iter().map(|&(i, j)| (half * (r.weight[i as usize] + r.weight[j as usize])).to_f64()).sum();
@@ -132,7 +117,7 @@ pub fn pairwise<T: Real>(r: &Rows<'_, T>, pairs: &[(u32, u32)], temperature: f64
 ///
 /// so `∂L/∂sᵢ = T·W_g·(pᵢ − qᵢ) / Σ W`. Groups of one row carry no information (p = q
 /// = 1) and are left out of the mean.
-pub fn listwise<T: Real>(r: &Rows<'_, T>, groups: &Groups, temperature: f64, scale: f64, grad: &mut [T]) -> f64 {
+pub fn listwise<T: Float>(r: &Rows<'_, T>, groups: &Groups, temperature: f64, scale: f64, grad: &mut [T]) -> f64 {
     let tt = T::from_f64(temperature);
     let members: Vec<&[u32]> = groups.iter().filter(|g| g.len() > 1).collect();
     let group_w = |g: &[u32]| {

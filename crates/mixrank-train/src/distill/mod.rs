@@ -20,12 +20,12 @@
 pub mod loss;
 pub mod pairs;
 mod pointwise;
+mod ranking;
 pub mod teacher;
 
-use crate::error::{engine, Result, TrainError};
+use crate::error::{Result, TrainError};
 use crate::losses::TaskLosses;
-use loss::Rows;
-use mixrank_data::config::distill::{DistillLoss, DistillTask, PairSampling, TeacherSource};
+use mixrank_data::config::distill::{DistillTask, TeacherSource};
 use mixrank_data::config::{ExperimentConfig, Split};
 use mixrank_data::pipeline::StreamOptions;
 use mixrank_data::Batch;
@@ -47,14 +47,12 @@ pub struct Distiller<B: Backend> {
     seed: u64,
     /// `[config task][row]` teacher logits of the current batch (checkpoint source).
     teacher: Vec<Vec<f32>>,
-    student: Vec<f32>,
-    /// Host copy of a task's logit gradient for the host-side ranking losses.
-    grad: Vec<f32>,
+    /// Row weights (sample weight × label mask) of the current task, host.
     weight: Vec<f32>,
-    eligible: Vec<u32>,
-    pairs: Vec<(u32, u32)>,
     /// Pointwise losses on the backend.
     pointwise: pointwise::Pointwise<B>,
+    /// Pairwise and listwise losses on the backend.
+    ranking: ranking::Ranking<B>,
 }
 
 impl<B: Backend + 'static> Distiller<B> {
@@ -74,12 +72,9 @@ impl<B: Backend + 'static> Distiller<B> {
             source,
             seed: cfg.train.seed,
             teacher: vec![Vec::new(); cfg.tasks.len()],
-            student: Vec::new(),
-            grad: Vec::new(),
-            weight: Vec::new(),
-            eligible: Vec::new(),
-            pairs: Vec::new(),
+            weight: Vec::with_capacity(cfg.data.batch_size),
             pointwise: pointwise::Pointwise::new(ops, cfg.data.batch_size)?,
+            ranking: ranking::Ranking::new(ops, cfg.data.batch_size, &d.tasks)?,
         }))
     }
 
@@ -88,10 +83,10 @@ impl<B: Backend + 'static> Distiller<B> {
     /// distillation loss (0 for tasks without one). `stream` is the student's split and
     /// stream options: a checkpoint teacher reads the same rows with them.
     ///
-    /// The pointwise losses (soft-label BCE, logit MSE) run as backend ops on the
-    /// student's logits where they are: only the teacher's scores go up, one scalar per
-    /// task comes back. The pairwise and listwise losses read the student's logits back
-    /// and run on the host (pair construction is not a backend op yet).
+    /// Every loss runs as a backend op on the student's logits where they are: the
+    /// teacher's scores go up (and, for the pairwise and listwise losses, the pairs or
+    /// request groups, built on the host from the request ids and row weights), one
+    /// scalar per task comes back. No student logit is read back.
     pub(crate) fn apply(
         &mut self,
         ops: &B,
@@ -121,57 +116,47 @@ impl<B: Backend + 'static> Distiller<B> {
                 )));
             }
             let (mask, weights, grad) = losses.task(ti);
+            let student = model.logits(ti);
             let task = pointwise::Task {
                 loss: d.loss,
                 weight: d.weight,
                 temperature: d.temperature,
                 teacher,
-                student: model.logits(ti),
+                student,
                 mask,
                 weights,
                 rows: n,
             };
-            if let Some(l) = self.pointwise.apply(ops, &task, grad)? {
-                out[ti] = finite(l, step, &self.task_names[ti])?;
-                continue;
-            }
-            self.student.resize(n, 0.0);
-            ops.read(model.logits(ti), &mut self.student).map_err(engine("reading student logits"))?;
-            let rows = Rows { student: &self.student, teacher, weight: &self.weight };
-            // The ranking losses run on the host: the task's gradient comes back and
-            // goes up again with the loss's term added.
-            self.grad.resize(n, 0.0);
-            ops.read(grad, &mut self.grad).map_err(engine("reading a logit gradient"))?;
-            let host_grad = &mut self.grad[..n];
-            let mut rng = rand::rngs::StdRng::seed_from_u64(
-                self.seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (k as u64).wrapping_mul(0xd1b5_4a32_d192_ed03),
-            );
-            let l = match d.loss {
-                // Handled by `self.pointwise` above (`pointwise.rs`).
-                DistillLoss::PointwiseBce | DistillLoss::LogitMse => {
-                    unreachable!("pointwise losses run as backend ops")
-                }
-                DistillLoss::Pairwise { sampling: PairSampling::Request, per_row } => {
-                    let groups = pairs::Groups::by_request(&b.request_id, |r| self.weight[r] > 0.0);
-                    pairs::request_pairs(&groups, per_row, &mut rng, &mut self.pairs);
-                    loss::pairwise(&rows, &self.pairs, d.temperature, d.weight, host_grad)
-                }
-                DistillLoss::Pairwise { sampling: PairSampling::Batch, per_row } => {
-                    self.eligible.clear();
-                    self.eligible.extend((0..n as u32).filter(|&r| self.weight[r as usize] > 0.0));
-                    pairs::batch_pairs(&self.eligible, per_row, &mut rng, &mut self.pairs);
-                    loss::pairwise(&rows, &self.pairs, d.temperature, d.weight, host_grad)
-                }
-                DistillLoss::Listwise => {
-                    let groups = pairs::Groups::by_request(&b.request_id, |r| self.weight[r] > 0.0);
-                    loss::listwise(&rows, &groups, d.temperature, d.weight, host_grad)
+            let l = match self.pointwise.apply(ops, &task, grad)? {
+                Some(l) => l,
+                None => {
+                    let task = ranking::Task {
+                        loss: d.loss,
+                        weight: d.weight,
+                        temperature: d.temperature,
+                        teacher,
+                        row_weight: &self.weight,
+                        request_id: &b.request_id,
+                        student,
+                        mask,
+                        weights,
+                        rows: n,
+                    };
+                    let mut rng = pair_rng(self.seed, step, k);
+                    self.ranking.apply(ops, &task, &mut rng, grad)? as f64
                 }
             };
-            ops.write(&self.grad, grad).map_err(engine("writing a logit gradient"))?;
             out[ti] = finite(l, step, &self.task_names[ti])?;
         }
         Ok(out)
     }
+}
+
+/// The random stream that draws task `k`'s pairs at `step`, from the run's seed.
+fn pair_rng(seed: u64, step: u64, k: usize) -> rand::rngs::StdRng {
+    rand::rngs::StdRng::seed_from_u64(
+        seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (k as u64).wrapping_mul(0xd1b5_4a32_d192_ed03),
+    )
 }
 
 /// A distillation loss value, or the divergence error naming the task and step.

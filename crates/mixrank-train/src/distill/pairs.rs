@@ -71,6 +71,16 @@ impl Groups {
         &self.rows[self.offsets[g] as usize..self.offsets[g + 1] as usize]
     }
 
+    /// The `len() + 1` offsets of the groups into [`Groups::members`] (CSR form).
+    pub fn offsets(&self) -> &[u32] {
+        &self.offsets
+    }
+
+    /// Every group's member rows, concatenated in group order.
+    pub fn members(&self) -> &[u32] {
+        &self.rows
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &[u32]> {
         (0..self.len()).map(|g| self.group(g))
     }
