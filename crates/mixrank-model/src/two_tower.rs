@@ -81,6 +81,7 @@ impl<B: Backend> Side<B> {
     /// Writes `d_out[t]`, the gradient w.r.t. this tower's task-`t` embedding, from the
     /// logit gradient `d` (`[rows, 1]`) and the other tower's score embedding `other`:
     /// `d · other` (times `1/τ` and back through the normalisation under a cosine score).
+    #[allow(clippy::too_many_arguments)]
     fn score_grad(
         &mut self,
         ops: &B,
