@@ -32,7 +32,9 @@
 //!   positions mix model-input columns without a per-column map (a mixture of experts
 //!   whose outputs carry different columns; a FinalMLP gate over a column slice) when
 //!   input columns change, and any change of the position tower's input (its groups
-//!   define the bias model; change them by training from scratch).
+//!   define the bias model; change them by training from scratch). A hidden width that
+//!   follows the input width (MaskNet's mask generator, `reduction_ratio` × the input)
+//!   makes an input width change refused for that expert: units are not columns.
 //! - **The head architecture must not change**: a different `[model]` section or task
 //!   list is refused with the differing keys (re-initialising experts or towers would
 //!   silently throw away most of the parent).
