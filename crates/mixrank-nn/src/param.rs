@@ -182,10 +182,14 @@ pub struct ParamVisitor<'a, B: Backend> {
     f: Visit<'a, B>,
 }
 
+/// The callback of a walk with roles: `f(name, param, axes)`, `axes[a]` holding the
+/// segments of axis `a` ([`Parameters::params_with_roles`]).
+pub type RolesFn<'a, B> = dyn FnMut(&str, &mut Param<B>, &[Vec<Seg>]) + 'a;
+
 /// The callback of a walk, and the roles state of a walk with roles.
 enum Visit<'a, B: Backend> {
     Plain(&'a mut dyn FnMut(&str, &mut Param<B>)),
-    Roles { f: &'a mut dyn FnMut(&str, &mut Param<B>, &[Vec<Seg>]), input: Vec<Vec<Seg>>, output: Vec<Vec<Seg>> },
+    Roles { f: &'a mut RolesFn<'a, B>, input: Vec<Vec<Seg>>, output: Vec<Vec<Seg>> },
 }
 
 /// Appends `segs` to `out`, merging runs of the same [`Seg::Own`] / [`Seg::Mixed`].
@@ -242,7 +246,7 @@ impl<'a, B: Backend> ParamVisitor<'a, B> {
     /// A visitor calling `f(name, param, axes)`, `axes` holding each axis's segments
     /// (see [`Parameters::params_with_roles`]); `path` is scratch (cleared first). The
     /// walk's outermost input and output are [`Seg::Own`] until a module declares them.
-    pub fn with_roles(path: &'a mut String, f: &'a mut dyn FnMut(&str, &mut Param<B>, &[Vec<Seg>])) -> Self {
+    pub fn with_roles(path: &'a mut String, f: &'a mut RolesFn<'a, B>) -> Self {
         path.clear();
         ParamVisitor {
             path: Some(path),
@@ -343,7 +347,7 @@ pub trait Parameters<B: Backend> {
     /// Calls `f(name, param, axes)` for every parameter, `axes[a]` holding what indexes
     /// axis `a` (in order; see [`ParamVisitor::within`]): the runs of positions that
     /// are a model input's columns, and the others.
-    fn params_with_roles(&mut self, f: &mut dyn FnMut(&str, &mut Param<B>, &[Vec<Seg>])) {
+    fn params_with_roles(&mut self, f: &mut RolesFn<'_, B>) {
         let mut path = String::new();
         self.visit_params(&mut ParamVisitor::with_roles(&mut path, f));
     }
@@ -373,6 +377,75 @@ mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
+
+    /// Each parameter's axes, resolved, with the module's input declared as model input
+    /// `x` and its output as its container's own units.
+    fn roles<M: Parameters<mixrank_engine::RefOps>>(m: &mut M) -> Vec<(String, Vec<Vec<Seg>>)> {
+        let mut out = Vec::new();
+        let mut path = String::new();
+        let mut f = |name: &str, _: &mut Param<mixrank_engine::RefOps>, axes: &[Vec<Seg>]| {
+            out.push((name.to_string(), axes.to_vec()))
+        };
+        let mut v = ParamVisitor::with_roles(&mut path, &mut f);
+        v.within(&[Part::Input("x")], &[Part::Own], |v| m.visit_params(v));
+        out
+    }
+
+    #[test]
+    fn roles_follow_the_declared_inputs_not_the_widths() {
+        use crate::cross::{CrossConfig, CrossNetV2Config, CrossRank, DcnConfig, DcnStructure};
+        use crate::mask::{MaskNetConfig, MaskNetStructure};
+        use crate::{Layer, MlpConfig};
+        use Seg::{Input, Own};
+        let (ops, mut rng) = (mixrank_engine::RefOps, StdRng::seed_from_u64(1));
+        let x = || vec![Input("x")];
+        // Hidden layers as wide as the input: only the first layer's rows are `x`'s.
+        let mut mlp = MlpConfig::new(4, &[4, 4]).with_layer_norm(true).init(&ops, 2, &mut rng).unwrap();
+        let got = roles(&mut mlp);
+        let want: Vec<(String, Vec<Vec<Seg>>)> = vec![
+            ("blocks.0.linear.weight".into(), vec![x(), vec![Own]]),
+            ("blocks.0.norm.gamma".into(), vec![vec![Own]]),
+            ("blocks.0.norm.beta".into(), vec![vec![Own]]),
+            ("blocks.1.linear.weight".into(), vec![vec![Own], vec![Own]]),
+            ("blocks.1.norm.gamma".into(), vec![vec![Own]]),
+            ("blocks.1.norm.beta".into(), vec![vec![Own]]),
+        ];
+        assert_eq!(got, want);
+        // A parallel DCN: the cross weights map `x` to itself, its output is `[x | deep]`.
+        let dcn = DcnConfig {
+            cross: CrossConfig::V2(CrossNetV2Config::new(4, 1).with_rank(CrossRank::LowRank { rank: 2 })),
+            deep: MlpConfig::new(4, &[3]),
+            structure: DcnStructure::Parallel,
+        };
+        let mut dcn = dcn.init(&ops, 2, &mut rng).unwrap();
+        assert_eq!(dcn.output_parts(), [Part::In, Part::Own]);
+        let got = roles(&mut dcn);
+        assert!(got.contains(&("cross.layers.0.u".into(), vec![x(), vec![Own]])), "{got:?}");
+        assert!(got.contains(&("cross.layers.0.b".into(), vec![x()])), "{got:?}");
+        assert!(got.contains(&("deep.blocks.0.linear.weight".into(), vec![x(), vec![Own]])), "{got:?}");
+        // A projection reading it: its rows are `[x | own]`.
+        let mut proj = crate::LinearConfig::new(7, 2).init(&ops, 2, &mut rng).unwrap();
+        let mut path = String::new();
+        let mut got = Vec::new();
+        let mut f = |name: &str, _: &mut Param<mixrank_engine::RefOps>, axes: &[Vec<Seg>]| {
+            got.push((name.to_string(), axes.to_vec()))
+        };
+        let mut v = ParamVisitor::with_roles(&mut path, &mut f);
+        let parts = substitute_parts(&dcn.output_parts(), &[Part::Input("x")], &[Part::Own]);
+        v.within(&parts, &[Part::Own], |v| proj.visit_params(v));
+        assert_eq!(got[0], ("weight".into(), vec![vec![Input("x"), Own], vec![Own]]));
+        // A serial MaskNet: the second block masks the first block's output, not `x`.
+        let c = MaskNetConfig::new(4, 2, 4, 8, MaskNetStructure::Serial);
+        let mut mask = c.init(&ops, 2, &mut rng).unwrap();
+        let got = roles(&mut mask);
+        assert!(got.contains(&("blocks.0.hidden.weight".into(), vec![x(), vec![Own]])), "{got:?}");
+        assert!(got.contains(&("blocks.1.mask_agg.weight".into(), vec![x(), vec![Own]])), "{got:?}");
+        assert!(got.contains(&("blocks.1.hidden.weight".into(), vec![vec![Own], vec![Own]])), "{got:?}");
+        // Plain walks see the same parameters in the same order.
+        let mut names = Vec::new();
+        mask.params(&mut |n, _| names.push(n.to_string()));
+        assert_eq!(names, got.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>());
+    }
 
     #[test]
     fn init_bounds_and_moments() {
