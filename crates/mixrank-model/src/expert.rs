@@ -7,8 +7,8 @@ use mixrank_data::config::model::{ActivationName, ExpertKind, ExpertSection, Mod
 use mixrank_engine::{Activation, Backend, ColCopy};
 use mixrank_nn::cross::{CrossNetV2Config, CrossRank, DcnConfig, DcnStructure};
 use mixrank_nn::mask::{MaskNetConfig, MaskNetStructure};
+use mixrank_nn::{substitute_parts, Layer, Linear, LinearConfig, MlpConfig, ParamVisitor, Parameters, Part};
 use mixrank_nn::{CrossConfig, FinalMlpConfig, GateContext};
-use mixrank_nn::{Layer, Linear, LinearConfig, MlpConfig, ParamVisitor, Parameters};
 use rand::Rng;
 
 /// The engine activation for a config name.
@@ -21,6 +21,27 @@ pub fn activation(a: ActivationName) -> Activation {
         ActivationName::Sigmoid => Activation::Sigmoid,
         ActivationName::Identity => Activation::Identity,
     }
+}
+
+/// What a mixture of `experts` (each reading `input`, in the mixing module's terms) is
+/// made of: the experts' common output parts, or [`Part::Mixed`] when their columns
+/// differ (an expert whose output carries its input's columns mixed with one whose
+/// output is its own units: no per-column map exists).
+pub fn mixture_parts<'a, B: Backend + 'a>(
+    experts: impl IntoIterator<Item = &'a Expert<B>>,
+    input: &[Part],
+) -> Vec<Part> {
+    let mut common: Option<Vec<Part>> = None;
+    for e in experts {
+        let mut parts = substitute_parts(&e.output_parts(), input, &[Part::Own]);
+        parts.dedup_by(|a, b| *a == Part::Own && *b == Part::Own);
+        match &common {
+            None => common = Some(parts),
+            Some(c) if *c == parts => {}
+            Some(_) => return vec![Part::Mixed],
+        }
+    }
+    common.unwrap_or_else(|| vec![Part::Own])
 }
 
 /// The `[[model.experts]]` list with each entry repeated `count` times, in order: the
@@ -188,6 +209,15 @@ where
 }
 
 impl<B: Backend> Expert<B> {
+    /// What the expert's output columns are, in its own terms (`Out`, or with no
+    /// projection the network's: a parallel DCN's `[In, Own]`).
+    pub fn output_parts(&self) -> Vec<Part> {
+        match &self.proj {
+            Some(_) => vec![Part::Out],
+            None => self.net.output_parts(),
+        }
+    }
+
     /// Calls `f` on the expert's network (the projection has no dropout): how train/eval
     /// mode and dropout steps reach it.
     pub fn visit_net(&mut self, f: &mut dyn FnMut(&mut dyn Layer<B>)) {
@@ -206,9 +236,15 @@ impl<B: Backend> Expert<B> {
 
 impl<B: Backend> Parameters<B> for Expert<B> {
     fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
-        self.net.visit_params(v);
-        if let Some(p) = &mut self.proj {
-            v.scope("proj", |v| p.visit_params(v));
+        match &mut self.proj {
+            None => self.net.visit_params(v),
+            Some(p) => {
+                // The projection reads the network's output, whatever its columns are
+                // (a parallel DCN's `[input | deep]`).
+                let net_out = substitute_parts(&self.net.output_parts(), &[Part::In], &[Part::Own]);
+                v.within(&[Part::In], &[Part::Own], |v| self.net.visit_params(v));
+                v.scope("proj", |v| v.within(&net_out, &[Part::Out], |v| p.visit_params(v)));
+            }
         }
     }
 }

@@ -247,7 +247,7 @@ mod tests {
 
     impl PositionBias {
         fn new(ops: &F, w: &[f32], mask: &[bool]) -> Box<Self> {
-            let w = Param::new(ops, w, &[w.len()], false, "position bias").unwrap();
+            let w = Param::new(ops, w, &[w.len()], &[mixrank_nn::Axis::Own], false, "position bias").unwrap();
             Box::new(PositionBias { w, out: vec![0.0; ROWS], mask: mask.to_vec() })
         }
     }

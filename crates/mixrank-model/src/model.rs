@@ -183,7 +183,7 @@ pub(crate) fn task_log_var<B: Backend>(cfg: &ExperimentConfig, ops: &B) -> Resul
     Ok(match cfg.train.loss_weighting {
         LossWeighting::Fixed => None,
         LossWeighting::Uncertainty => Some(
-            Param::new(ops, &vec![0.0; n_tasks], &[n_tasks], false, "loss weighting")
+            Param::new(ops, &vec![0.0; n_tasks], &[n_tasks], &[mixrank_nn::Axis::Own], false, "loss weighting")
                 .at(|| "train.loss_weighting".into())?,
         ),
     })

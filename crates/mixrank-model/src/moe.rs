@@ -28,7 +28,7 @@ use crate::trunk::Trunk;
 use mixrank_data::config::model::ActivationName;
 use mixrank_data::config::model::ModelSection;
 use mixrank_engine::{Backend, ColCopy};
-use mixrank_nn::{Gate, GateConfig, Layer, MoeMix, ParamVisitor, Parameters, ReducedSite};
+use mixrank_nn::{Gate, GateConfig, Layer, MoeMix, ParamVisitor, Parameters, Part, ReducedSite};
 use rand::Rng;
 
 /// How many gates a [`Moe`] has and which tower reads which mixture.
@@ -397,13 +397,23 @@ where
 
 impl<B: Backend> Parameters<B> for Moe<B> {
     fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
-        self.trunk.visit_params(v);
+        // The input is `[main | gate-only groups]` with surface-aware gating (its parts 0
+        // and 1, as the model declares them), `main` alone otherwise.
+        let main = if self.gate_extra.is_some() { Part::InPart(0) } else { Part::In };
+        let trunk = self.trunk.output_parts(&[main]);
+        v.within(&[main], &[Part::Own], |v| self.trunk.visit_params(v));
         for (e, ex) in self.experts.iter_mut().enumerate() {
-            v.scope_indexed("experts", e, |v| ex.visit_params(v));
+            v.scope_indexed("experts", e, |v| v.within(&trunk, &[Part::Own], |v| ex.visit_params(v)));
         }
+        let gate_in = match self.gate_extra {
+            Some(g) if g.d_trunk > 0 => [trunk.clone(), vec![Part::InPart(1)]].concat(),
+            Some(_) => vec![Part::InPart(1)],
+            None => trunk.clone(),
+        };
         for (g, gate) in self.gates.iter_mut().enumerate() {
-            v.scope_indexed("gates", g, |v| gate.visit_params(v));
+            v.scope_indexed("gates", g, |v| v.within(&gate_in, &[Part::Own], |v| gate.visit_params(v)));
         }
-        self.towers.visit_params(v);
+        let mixture = crate::expert::mixture_parts(&self.experts, &trunk);
+        v.within(&mixture, &[Part::Own], |v| self.towers.visit_params(v));
     }
 }

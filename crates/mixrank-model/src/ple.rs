@@ -31,7 +31,7 @@ use crate::trunk::Trunk;
 use mixrank_data::config::model::ActivationName;
 use mixrank_data::config::model::{ModelSection, PleSection};
 use mixrank_engine::{Backend, ColCopy};
-use mixrank_nn::{Gate, GateConfig, Layer, MoeMix, ParamVisitor, Parameters, ReducedSite};
+use mixrank_nn::{Gate, GateConfig, Layer, MoeMix, ParamVisitor, Parameters, Part, ReducedSite};
 use rand::Rng;
 
 /// The PLE head: trunk, levels, towers. Parameters: `shared.*`, `ple.levels.<l>.*`,
@@ -135,9 +135,12 @@ where
 
 impl<B: Backend> Parameters<B> for Ple<B> {
     fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
+        let trunk = self.trunk.output_parts(&[Part::In]);
         self.trunk.visit_params(v);
-        v.scope("ple", |v| self.levels.visit_params(v));
-        self.towers.visit_params(v);
+        v.within(&trunk, &[Part::Own], |v| v.scope("ple", |v| self.levels.visit_params(v)));
+        // The towers read the last level's task mixtures.
+        let last = self.levels.output_parts(&trunk);
+        v.within(&last, &[Part::Own], |v| self.towers.visit_params(v));
     }
 }
 
@@ -423,25 +426,49 @@ where
     }
 }
 
+impl<B: Backend> Levels<B> {
+    /// The columns of a level's mixtures, given what the level reads (`input`): its
+    /// experts' common output parts (every mixture of a level mixes experts of the
+    /// same reading), or [`Part::Mixed`] when they differ.
+    fn level_output_parts(lv: &Level<B>, input: &[Part]) -> Vec<Part> {
+        crate::expert::mixture_parts(lv.task_experts.iter().flatten().chain(&lv.shared_experts), input)
+    }
+
+    /// The columns of the last level's task mixtures (what the towers read), given what
+    /// the first level reads.
+    fn output_parts(&self, input: &[Part]) -> Vec<Part> {
+        let mut parts = input.to_vec();
+        for lv in &self.levels {
+            parts = Self::level_output_parts(lv, &parts);
+        }
+        parts
+    }
+}
+
 impl<B: Backend> Parameters<B> for Levels<B> {
     fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
+        // Level 0 reads the levels' input (the trunk); level l > 0 reads level l-1's
+        // mixtures, whose columns are the experts' common output columns.
+        let mut input = vec![Part::In];
         for (l, lv) in self.levels.iter_mut().enumerate() {
+            let next = Self::level_output_parts(lv, &input);
             v.scope_indexed("levels", l, |v| {
                 for (t, (experts, gate)) in lv.task_experts.iter_mut().zip(&mut lv.task_gates).enumerate() {
                     v.scope_indexed("tasks", t, |v| {
                         for (j, ex) in experts.iter_mut().enumerate() {
-                            v.scope_indexed("experts", j, |v| ex.visit_params(v));
+                            v.scope_indexed("experts", j, |v| v.within(&input, &[Part::Own], |v| ex.visit_params(v)));
                         }
-                        v.scope("gate", |v| gate.visit_params(v));
+                        v.scope("gate", |v| v.within(&input, &[Part::Own], |v| gate.visit_params(v)));
                     });
                 }
                 for (k, ex) in lv.shared_experts.iter_mut().enumerate() {
-                    v.scope_indexed("shared_experts", k, |v| ex.visit_params(v));
+                    v.scope_indexed("shared_experts", k, |v| v.within(&input, &[Part::Own], |v| ex.visit_params(v)));
                 }
                 if let Some((g, _)) = &mut lv.shared {
-                    v.scope("shared_gate", |v| g.visit_params(v));
+                    v.scope("shared_gate", |v| v.within(&input, &[Part::Own], |v| g.visit_params(v)));
                 }
             });
+            input = next;
         }
     }
 }

@@ -26,7 +26,7 @@ use mixrank_data::config::groups::PositionTowerInputs;
 use mixrank_data::config::model::PositionTowerSection;
 use mixrank_data::ExperimentConfig;
 use mixrank_engine::Backend;
-use mixrank_nn::{Layer, ParamVisitor, Parameters, Tower, TowerConfig};
+use mixrank_nn::{Layer, ParamVisitor, Parameters, Part, Tower, TowerConfig};
 use rand::Rng;
 
 /// The position tower; a [`LogitSource`] (parameters `logit_sources.<s>.*`, the MLP's
@@ -129,7 +129,7 @@ impl<B: Backend> PositionTower<B> {
 
 impl<B: Backend> Parameters<B> for PositionTower<B> {
     fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
-        self.mlp.visit_params(v);
+        v.within(&[Part::Input("position_tower")], &[Part::Own], |v| self.mlp.visit_params(v));
     }
 }
 

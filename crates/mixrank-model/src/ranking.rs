@@ -22,7 +22,7 @@ use mixrank_data::config::model::ModelSection;
 use mixrank_data::config::ExperimentConfig;
 use mixrank_data::Batch;
 use mixrank_engine::{Backend, ColCopy};
-use mixrank_nn::{EmbeddingCollection, Param, ParamVisitor, Parameters, ReducedSite};
+use mixrank_nn::{EmbeddingCollection, Param, ParamVisitor, Parameters, Part, ReducedSite};
 use rand::Rng;
 
 /// Embeddings + dense features + multi-task head (+ additive logit sources in training).
@@ -268,7 +268,11 @@ where
 impl<B: Backend> Parameters<B> for RankingModel<B> {
     /// Dense parameters only; the embedding tables have their own sparse optimizer.
     fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
-        self.head.visit_params(v);
+        // The head reads the model input `head`, then with surface-aware gating the
+        // gates' groups, `gates` (its input parts 0 and 1).
+        let gates = self.head_input.groups().len() > self.n_head_groups;
+        let input: &[Part] = if gates { &[Part::Input("head"), Part::Input("gates")] } else { &[Part::Input("head")] };
+        v.within(input, &[Part::Own], |v| self.head.visit_params(v));
         if let Some(p) = &mut self.task_log_var {
             v.param("task_log_var", p);
         }

@@ -15,7 +15,7 @@ use crate::towers::Towers;
 use crate::trunk::Trunk;
 use mixrank_data::config::model::ModelSection;
 use mixrank_engine::{Backend, ColCopy};
-use mixrank_nn::{Layer, ParamVisitor, Parameters, ReducedSite};
+use mixrank_nn::{Layer, ParamVisitor, Parameters, Part, ReducedSite};
 use rand::Rng;
 
 /// One bottom expert under a tower per task. Parameters: `shared.*`, `experts.0.*`,
@@ -139,8 +139,10 @@ where
 
 impl<B: Backend> Parameters<B> for SharedBottom<B> {
     fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
+        let trunk = self.trunk.output_parts(&[Part::In]);
         self.trunk.visit_params(v);
-        v.scope_indexed("experts", 0, |v| self.bottom.visit_params(v));
-        self.towers.visit_params(v);
+        v.scope_indexed("experts", 0, |v| v.within(&trunk, &[Part::Own], |v| self.bottom.visit_params(v)));
+        let bottom = crate::expert::mixture_parts([&self.bottom], &trunk);
+        v.within(&bottom, &[Part::Own], |v| self.towers.visit_params(v));
     }
 }

@@ -6,7 +6,7 @@ use crate::error::{Context, Result};
 use crate::expert::activation;
 use mixrank_data::config::model::ModelSection;
 use mixrank_engine::Backend;
-use mixrank_nn::{Layer, ParamVisitor, Parameters, ReducedSite, Tower, TowerConfig};
+use mixrank_nn::{Layer, ParamVisitor, Parameters, Part, ReducedSite, Tower, TowerConfig};
 use rand::Rng;
 
 /// A tower per task; parameters under `towers.<t>.*`.
@@ -84,7 +84,7 @@ impl<B: Backend> Towers<B> {
 impl<B: Backend> Parameters<B> for Towers<B> {
     fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
         for (t, tw) in self.towers.iter_mut().enumerate() {
-            v.scope_indexed("towers", t, |v| tw.visit_params(v));
+            v.scope_indexed("towers", t, |v| v.within(&[Part::In], &[Part::Own], |v| tw.visit_params(v)));
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::error::{Context, Result};
 use crate::expert::activation;
 use mixrank_data::config::model::ModelSection;
 use mixrank_engine::Backend;
-use mixrank_nn::{Layer, Mlp, MlpConfig, ParamVisitor, Parameters, ReducedSite};
+use mixrank_nn::{Layer, Mlp, MlpConfig, ParamVisitor, Parameters, Part, ReducedSite};
 use rand::Rng;
 
 /// The optional shared layer; parameters under `shared.*`.
@@ -41,6 +41,17 @@ impl<B: Backend> Trunk<B> {
 
     pub fn d_in(&self) -> usize {
         self.d_in
+    }
+
+    /// What the trunk's columns are, given what its input is (`input`, in the head's
+    /// terms): the input itself without a shared layer, the shared layer's own units
+    /// with one.
+    pub fn output_parts(&self, input: &[Part]) -> Vec<Part> {
+        if self.shared.is_some() {
+            vec![Part::Own]
+        } else {
+            input.to_vec()
+        }
     }
 
     /// Width of the trunk: what experts and gates read.
@@ -89,7 +100,7 @@ impl<B: Backend> Trunk<B> {
 impl<B: Backend> Parameters<B> for Trunk<B> {
     fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
         if let Some(s) = &mut self.shared {
-            v.scope("shared", |v| s.visit_params(v));
+            v.scope("shared", |v| v.within(&[Part::In], &[Part::Own], |v| s.visit_params(v)));
         }
     }
 }

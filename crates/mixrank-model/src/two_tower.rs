@@ -32,7 +32,7 @@ use mixrank_data::config::model::{TowerHeadSection, TwoTowerScore, TwoTowerSecti
 use mixrank_data::config::ExperimentConfig;
 use mixrank_data::Batch;
 use mixrank_engine::{Activation, Backend, BlockShape, Shape};
-use mixrank_nn::{EmbeddingCollection, Param, ParamVisitor, Parameters, ReducedSite};
+use mixrank_nn::{Axis, EmbeddingCollection, Param, ParamVisitor, Parameters, Part, ReducedSite};
 use rand::Rng;
 
 /// One tower: its input layout, its head (ending in `dim` units per task), its input
@@ -221,7 +221,10 @@ where
         let n_tasks = cfg.tasks.len();
         let bias = if section.bias {
             (0..n_tasks)
-                .map(|_| Param::new(ops, &[0.0], &[1], false, "score bias").at(|| "model.two_tower.bias".into()))
+                .map(|_| {
+                    Param::new(ops, &[0.0], &[1], &[Axis::Own], false, "score bias")
+                        .at(|| "model.two_tower.bias".into())
+                })
                 .collect::<Result<_>>()?
         } else {
             Vec::new()
@@ -426,8 +429,8 @@ where
 impl<B: Backend> Parameters<B> for TwoTowerModel<B> {
     /// Dense parameters only; the embedding tables have their own sparse optimizer.
     fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
-        v.scope("user", |v| self.user.head.visit_params(v));
-        v.scope("item", |v| self.item.head.visit_params(v));
+        v.scope("user", |v| v.within(&[Part::Input("user")], &[Part::Own], |v| self.user.head.visit_params(v)));
+        v.scope("item", |v| v.within(&[Part::Input("item")], &[Part::Own], |v| self.item.head.visit_params(v)));
         for (t, b) in self.bias.iter_mut().enumerate() {
             v.scope_indexed("score", t, |v| v.param("bias", b));
         }

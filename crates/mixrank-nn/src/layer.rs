@@ -39,6 +39,15 @@ pub trait Layer<B: Backend>: Parameters<B> {
     /// (seed, step)), so a resumed run draws the masks an uninterrupted run would.
     /// Default: no-op for layers without dropout.
     fn set_dropout_step(&mut self, _step: u64) {}
+
+    /// What the output's columns are, in the layer's own terms ([`crate::Part::In`]: its
+    /// input's columns, [`crate::Part::Out`]: what its container declares for its output,
+    /// [`crate::Part::Own`]: its own units), concatenated: how a container that reads the
+    /// output learns that it carries the input's columns (a cross network's output, a
+    /// parallel DCN's `[cross | deep]`). Default `[Out]`.
+    fn output_parts(&self) -> Vec<crate::Part> {
+        vec![crate::Part::Out]
+    }
 }
 
 /// A configuration that builds a [`Layer`] on any backend, so generic code (tests,

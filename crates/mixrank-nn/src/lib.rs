@@ -66,4 +66,4 @@ pub use optim::{
     Adam, AdamConfig, BiasCorrection, Decay, DecayScope, LazyAdam, LazyAdamConfig, LrSchedule, RowWiseAdagrad,
     RowWiseAdagradConfig, StepStats, WeightDecay,
 };
-pub use param::{zero_grads, Init, Param, ParamVisitor, Parameters};
+pub use param::{substitute_parts, zero_grads, Axis, Init, Param, ParamVisitor, Parameters, Part, RolesFn, Seg};

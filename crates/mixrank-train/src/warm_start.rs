@@ -15,16 +15,26 @@
 //!   `r` takes the mean of old rows `r, r + new, …` (the vectors of the values that now
 //!   collide); otherwise a value's old row cannot be found without its hash, and the
 //!   table is re-initialised.
-//! - **Head input columns by feature.** The head's input is its feature groups'
-//!   columns (`[emb | dense]` without `[model] inputs`); each input
-//!   column is keyed by its feature (and table and dim for embeddings). When that
-//!   layout changes, every axis of a head parameter whose length is the input width
-//!   (old width in the parent, new width in the new model) is remapped column by
-//!   column: kept features keep their weights and Adam moments, added features' columns
-//!   start fresh (moments zero), removed ones are dropped. Other axes must match.
-//!   (Limitation: a hidden axis that happens to be exactly as wide as the input would
-//!   be remapped too; keep hidden sizes different from the input width when changing
-//!   features.)
+//! - **Model input columns by feature, parameter axes by role.** Each part of the model
+//!   reads a named input, its feature groups' columns: `head` (`[emb | dense]` without
+//!   `[model] inputs`), `gates` (surface-aware gating's `[model.gate] inputs`),
+//!   `position_tower`, and a two-tower model's `user` and `item` ([`model_inputs`]);
+//!   each column is keyed by its feature (and table and dim for embeddings). Every
+//!   parameter axis has a declared role (`mixrank_nn::Axis`, resolved through the
+//!   modules' `ParamVisitor::within` declarations by `Parameters::params_with_roles`):
+//!   the runs of positions that are a model input's columns, and the others. When an
+//!   input's layout changes, exactly the axes (or runs of an axis, as in a parallel
+//!   DCN's `[input | deep]`) indexed by that input are remapped column by column, with
+//!   that input's old and new columns: kept features keep their weights and Adam
+//!   moments, added features' columns start fresh (moments zero), removed ones are
+//!   dropped. Every other axis must match exactly (refused otherwise, naming the
+//!   parameter and the axis), however wide it is. Refused as well: an axis whose
+//!   positions mix model-input columns without a per-column map (a mixture of experts
+//!   whose outputs carry different columns; a FinalMLP gate over a column slice) when
+//!   input columns change, and any change of the position tower's input (its groups
+//!   define the bias model; change them by training from scratch). A hidden width that
+//!   follows the input width (MaskNet's mask generator, `reduction_ratio` × the input)
+//!   makes an input width change refused for that expert: units are not columns.
 //! - **The head architecture must not change**: a different `[model]` section or task
 //!   list is refused with the differing keys (re-initialising experts or towers would
 //!   silently throw away most of the parent).
@@ -43,14 +53,59 @@ use mixrank_data::config::{ExperimentConfig, TableKind, TableSpec};
 use mixrank_data::stats::DenseStats;
 use mixrank_engine::Backend;
 use mixrank_model::Model;
+use mixrank_nn::Seg;
 use std::collections::{BTreeMap, HashMap};
 
 /// Keys of the head's input columns, in order: its feature groups' layout
 /// (`[emb | dense]` by default).
 pub fn input_columns(cfg: &ExperimentConfig) -> Vec<String> {
+    spec_columns(cfg, &cfg.head_input())
+}
+
+/// The named model inputs and the keys of their columns, in layout order: `head`,
+/// `gates` (surface-aware gating), `position_tower`, `user` and `item` (two-tower), each
+/// present when the config has it. These are the names models declare with
+/// `mixrank_nn::Part::Input`.
+pub fn model_inputs(cfg: &ExperimentConfig) -> BTreeMap<&'static str, Vec<String>> {
+    let mut out = BTreeMap::new();
+    let two_tower = cfg.inputs.as_ref().is_some_and(|i| i.two_tower.is_some());
+    if !two_tower {
+        // A two-tower model's `head` spec is both towers' groups; its parameters read
+        // `user` and `item`.
+        out.insert("head", input_columns(cfg));
+    }
+    if let Some(g) = cfg.gate_input() {
+        out.insert("gates", spec_columns(cfg, &g));
+    }
+    if let Some(i) = &cfg.inputs {
+        if let Some(t) = &i.position_tower {
+            out.insert("position_tower", spec_columns(cfg, &t.input));
+        }
+        if let Some(t) = &i.two_tower {
+            out.insert("user", spec_columns(cfg, &t.user));
+            out.insert("item", spec_columns(cfg, &t.item));
+        }
+    }
+    out
+}
+
+/// What each model input is called in reports.
+fn input_label(name: &str) -> &str {
+    match name {
+        "head" => "head input",
+        "gates" => "gate input",
+        "position_tower" => "position tower input",
+        "user" => "user tower input",
+        "item" => "item tower input",
+        other => other,
+    }
+}
+
+/// Keys of one input's columns, in its layout order.
+fn spec_columns(cfg: &ExperimentConfig, spec: &mixrank_data::config::groups::InputSpec) -> Vec<String> {
     use mixrank_data::config::groups::BlockSource;
     let mut out = Vec::new();
-    for block in cfg.head_input().blocks(&cfg.dense) {
+    for block in spec.blocks(&cfg.dense) {
         match block.source {
             BlockSource::Embedding(i) => {
                 let (f, t) = (&cfg.categorical[i], &cfg.tables[cfg.categorical[i].table]);
@@ -226,6 +281,142 @@ pub(crate) fn differing_keys(prefix: &str, a: &toml::Value, b: &toml::Value) -> 
         .collect()
 }
 
+/// One model input's column layout, parent vs new model.
+struct Layout {
+    old: usize,
+    new: usize,
+    /// New column → its old column (`None`: fresh).
+    map: Vec<Option<usize>>,
+    changed: bool,
+}
+
+/// Lines describing how one input's columns changed (features added, removed, or with
+/// a new table or dim), ending with the width change.
+fn describe_layout_change(input: &str, old_cols: &[String], new_cols: &[String]) -> Vec<String> {
+    let mut changes = Vec::new();
+    let label = input_label(input);
+    let feature_of = |c: &str| c.split(':').take(2).collect::<Vec<_>>().join(":");
+    let group = |cols: &[String]| {
+        let mut g: BTreeMap<String, usize> = BTreeMap::new();
+        for c in cols {
+            *g.entry(feature_of(c)).or_default() += 1;
+        }
+        g
+    };
+    let (og, ng) = (group(old_cols), group(new_cols));
+    let describe = |k: &str| {
+        let (kind, name) = k.split_once(':').unwrap_or(("", k));
+        let kind = match kind {
+            "cat" => "categorical feature",
+            "dense" => "dense feature",
+            _ => "missing indicator of",
+        };
+        format!("{kind} `{name}`")
+    };
+    for (k, n) in &ng {
+        if !og.contains_key(k) {
+            changes.push(format!("{}: added, {n} fresh {label} column(s)", describe(k)));
+        }
+    }
+    for (k, n) in &og {
+        if !ng.contains_key(k) {
+            changes.push(format!("{}: removed, {n} {label} column(s) dropped", describe(k)));
+        }
+    }
+    for c in new_cols {
+        let f = feature_of(c);
+        if og.contains_key(&f) && !old_cols.contains(c) && c.ends_with(":0") {
+            changes.push(format!("{}: table or dim changed, its {label} columns start fresh", describe(&f)));
+        }
+    }
+    changes.push(format!(
+        "{label} width {} -> {}: the weights indexed by it remapped column by column",
+        old_cols.len(),
+        new_cols.len()
+    ));
+    changes
+}
+
+/// The map of axis `a` of parameter `name` (`o` long in the parent, `n` now), from the
+/// segments its roles resolve to: `None` (identity) when no model input that changed
+/// indexes it, else new index → old index (`None` = fresh).
+fn axis_map(
+    name: &str,
+    a: usize,
+    o: usize,
+    n: usize,
+    segs: &[Seg],
+    layouts: &BTreeMap<&'static str, Layout>,
+    any_changed: bool,
+) -> std::result::Result<Option<Vec<Option<usize>>>, String> {
+    let exact = |why: &str| {
+        if o == n {
+            Ok(None)
+        } else {
+            Err(format!("parameter `{name}` axis {a} has length {o} in the parent, {n} now ({why})"))
+        }
+    };
+    if segs.iter().all(|s| *s == Seg::Own) {
+        return exact("not indexed by a model input");
+    }
+    if segs.contains(&Seg::Mixed) {
+        if any_changed {
+            return Err(format!(
+                "parameter `{name}` axis {a} mixes model input columns with no per-column map (e.g. a mixture of \
+                 experts whose outputs carry different columns), and input columns changed; train from scratch"
+            ));
+        }
+        return exact("mixes model input columns");
+    }
+    let mut inputs = Vec::new();
+    for s in segs {
+        if let Seg::Input(i) = s {
+            let l = layouts.get(i).ok_or_else(|| {
+                format!("parameter `{name}` axis {a} reads model input `{i}`, which the config lacks")
+            })?;
+            if l.changed && *i == "position_tower" {
+                return Err(format!(
+                    "parameter `{name}` axis {a} is indexed by the position tower's input, whose columns changed; \
+                     the position tower's groups must stay the same in a warm start (they define the bias model) — \
+                     train from scratch to change them"
+                ));
+            }
+            inputs.push(l);
+        }
+    }
+    if !inputs.iter().any(|l| l.changed) {
+        return exact("its model input columns did not change");
+    }
+    // The runs of own positions: at most one, its length what the inputs leave.
+    let own = segs.iter().filter(|s| **s == Seg::Own).count();
+    let (known_o, known_n): (usize, usize) = (inputs.iter().map(|l| l.old).sum(), inputs.iter().map(|l| l.new).sum());
+    let own_len = match own {
+        0 if (known_o, known_n) == (o, n) => 0,
+        1 if o >= known_o && n >= known_n && o - known_o == n - known_n => o - known_o,
+        _ => {
+            return Err(format!(
+                "parameter `{name}` axis {a} (length {o} in the parent, {n} now) does not split into its roles {segs:?}"
+            ))
+        }
+    };
+    let mut map = Vec::with_capacity(n);
+    let (mut off_o, mut inputs) = (0, inputs.into_iter());
+    for s in segs {
+        match s {
+            Seg::Input(_) => {
+                let l = inputs.next().expect("one layout per input segment");
+                map.extend(l.map.iter().map(|m| m.map(|i| off_o + i)));
+                off_o += l.old;
+            }
+            _ => {
+                map.extend((0..own_len).map(|i| Some(off_o + i)));
+                off_o += own_len;
+            }
+        }
+    }
+    Ok(Some(map))
+}
+
 /// Carries `parent` into `model`, `optim` and `stats` (built and fitted for `cfg`) and
 /// returns one line per change. Refuses a changed head architecture or task list.
 pub fn warm_start<B: Backend>(
@@ -325,57 +516,22 @@ pub fn warm_start<B: Backend>(
         }
     }
 
-    // Head input layout.
-    let (old_cols, new_cols) = (input_columns(&pcfg), input_columns(cfg));
-    let col_map: Option<Vec<Option<usize>>> = (old_cols != new_cols).then(|| {
+    // Model input layouts, and the parameters' axes by role.
+    let (old_inputs, new_inputs) = (model_inputs(&pcfg), model_inputs(cfg));
+    let mut layouts: BTreeMap<&'static str, Layout> = BTreeMap::new();
+    for (&name, new_cols) in &new_inputs {
+        let old_cols = old_inputs.get(name).cloned().unwrap_or_default();
+        if old_cols != *new_cols {
+            changes.extend(describe_layout_change(name, &old_cols, new_cols));
+        }
         let pos: HashMap<&str, usize> = old_cols.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
-        new_cols.iter().map(|c| pos.get(c.as_str()).copied()).collect()
-    });
-    let feature_of = |c: &str| c.split(':').take(2).collect::<Vec<_>>().join(":");
-    if col_map.is_some() {
-        let group = |cols: &[String]| {
-            let mut g: BTreeMap<String, usize> = BTreeMap::new();
-            for c in cols {
-                *g.entry(feature_of(c)).or_default() += 1;
-            }
-            g
-        };
-        let (og, ng) = (group(&old_cols), group(&new_cols));
-        let describe = |k: &str| {
-            let (kind, name) = k.split_once(':').unwrap_or(("", k));
-            let kind = match kind {
-                "cat" => "categorical feature",
-                "dense" => "dense feature",
-                _ => "missing indicator of",
-            };
-            format!("{kind} `{name}`")
-        };
-        for (k, n) in &ng {
-            if !og.contains_key(k) {
-                changes.push(format!("{}: added, {n} fresh head input column(s)", describe(k)));
-            }
-        }
-        for (k, n) in &og {
-            if !ng.contains_key(k) {
-                changes.push(format!("{}: removed, {n} head input column(s) dropped", describe(k)));
-            }
-        }
-        for c in &new_cols {
-            let f = feature_of(c);
-            if og.contains_key(&f) && !old_cols.contains(c) && c.ends_with(":0") {
-                changes.push(format!("{}: table or dim changed, its head input columns start fresh", describe(&f)));
-            }
-        }
-        changes.push(format!(
-            "head input width {} -> {}: input-side weights remapped column by column",
-            old_cols.len(),
-            new_cols.len()
-        ));
+        let map = new_cols.iter().map(|c| pos.get(c.as_str()).copied()).collect();
+        layouts.insert(name, Layout { old: old_cols.len(), new: new_cols.len(), map, changed: old_cols != *new_cols });
     }
-    let (od, nd) = (old_cols.len(), new_cols.len());
+    let any_changed = layouts.values().any(|l| l.changed);
     let (mut ms, mut vs) = (Vec::new(), Vec::new());
     let mut err = None;
-    model.params(&mut |name, p| {
+    model.params_with_roles(&mut |name, p, axes| {
         let result = (|| -> std::result::Result<(), String> {
             let key = format!("head.{name}");
             let old = weights.shape(&key).ok_or_else(|| format!("parameter `{name}` is not in the parent"))?;
@@ -384,15 +540,7 @@ pub fn warm_start<B: Backend>(
             }
             let mut maps = Vec::new();
             for (a, (&o, &n)) in old.iter().zip(&p.shape).enumerate() {
-                match &col_map {
-                    Some(cm) if o == od && n == nd => maps.push(Some(cm.clone())),
-                    _ if o == n => maps.push(None),
-                    _ => {
-                        return Err(format!(
-                            "parameter `{name}` axis {a} has length {o} in the parent, {n} now (not the input width)"
-                        ))
-                    }
-                }
+                maps.push(axis_map(name, a, o, n, &axes[a], &layouts, any_changed)?);
             }
             let maps = AxisMaps(maps);
             let n = p.len();

@@ -9,9 +9,10 @@ use mixrank_engine::CpuOps;
 use mixrank_model::{build_model, Model};
 use mixrank_train::checkpoint::{load, read_verified, Loaded};
 use mixrank_train::optimizers::{Optimizers, Sparse};
-use mixrank_train::warm_start::{input_columns, warm_start};
+use mixrank_train::warm_start::{input_columns, model_inputs, warm_start};
 use mixrank_train::{train, TrainOptions};
 use rand::SeedableRng;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -285,4 +286,430 @@ fn the_position_tower_is_carried_and_a_grouped_head_input_is_remapped_by_feature
         .replace("bias = [\"position_id\", \"device_id\"]", "bias = [\"position_id\", \"device_id\", \"surface_id\"]");
     let e = child(&p, &wider, &model).err().unwrap();
     assert!(e.contains("logit_sources.0.blocks.0.linear.weight"), "{e}");
+}
+
+// ---- Role-based remapping (issue 11, item 7) ----
+//
+// The oracle below is written from the layers' maths, by parameter name, independently of
+// the roles the layers declare: which runs of which axes are a model input's columns.
+
+/// The train section every model file below ends with.
+const TRAIN: &str = "[train]\nthreads = 1\nseed = 3\nsparse_optimizer = \"lazy_adam\"\n";
+
+/// The simulated config's head input width (every feature in config order): 9 embeddings
+/// (6 × 16 + 3 × 4) and 4 dense values plus one missing indicator.
+const WIDTH: usize = 113;
+
+/// `(axis, first position, model input)`: positions `first..first + width` of `axis` are
+/// that input's columns.
+type Roles = Vec<(usize, usize, &'static str)>;
+
+/// Per model input: its old (parent) and new column keys.
+type Cols = BTreeMap<&'static str, (Vec<String>, Vec<String>)>;
+
+fn cols(parent: &ExperimentConfig, child: &ExperimentConfig) -> Cols {
+    let (o, n) = (model_inputs(parent), model_inputs(child));
+    n.into_iter().map(|(k, v)| (k, (o.get(k).cloned().unwrap_or_default(), v))).collect()
+}
+
+/// Swaps the config's `surface_id` and `device_id` entries: their 4 columns each trade
+/// places in the head's input, whose width does not change.
+fn swap_surface_and_device(text: &str) -> String {
+    let surface = "[[features.categorical]]\nname = \"surface_id\"\ncolumn = \"surface\"\nvocabulary = [\"home_feed\", \"related_pins\", \"search\"]\ndim = 4\n";
+    let device = "[[features.categorical]]\nname = \"device_id\"\ncolumn = \"device\"\nvocabulary = [\"ios\", \"android\", \"web\"]\ndim = 4\n";
+    assert!(text.contains(surface) && text.contains(device), "the simulator's config changed");
+    text.replace(surface, "@SURFACE@").replace(device, surface).replace("@SURFACE@", device)
+}
+
+/// Checks every parameter of `c` bit for bit: positions of an input-indexed run come from
+/// the parent's column of the same key (fresh when the parent has none), every other
+/// position from the same position in the parent. Returns the names with roles.
+fn check_roles(
+    parent: &mut dyn Model<CpuOps>,
+    c: &mut Child,
+    cols: &Cols,
+    roles: impl Fn(&str) -> Roles,
+) -> Vec<String> {
+    let (ph, ch, fh) = (head(parent), head(&mut *c.model), head(&mut *c.fresh));
+    let mut with_roles = Vec::new();
+    for ((name, shape, v), (_, _, f)) in ch.iter().zip(&fh) {
+        let (_, pshape, pv) = ph.iter().find(|(n, _, _)| n == name).unwrap_or_else(|| panic!("{name} in the parent"));
+        let r = roles(name);
+        if !r.is_empty() {
+            with_roles.push(name.clone());
+        }
+        assert_eq!(shape.len(), pshape.len(), "{name}");
+        let mut idx = vec![0usize; shape.len()];
+        for (flat, got) in v.iter().enumerate() {
+            // The parent's position of each axis (None: a fresh column).
+            let mut old = Some(0usize);
+            for a in 0..shape.len() {
+                let p = idx[a];
+                // Runs in order; positions after a run shift by its change of width.
+                let mut o = None;
+                let mut shift = 0isize;
+                let mut inside = false;
+                for &(_, start, input) in r.iter().filter(|(axis, _, _)| *axis == a) {
+                    let (oc, nc) = &cols[input];
+                    if p < start {
+                        break;
+                    }
+                    if p < start + nc.len() {
+                        let old_start = (start as isize + shift) as usize;
+                        o = oc.iter().position(|k| *k == nc[p - start]).map(|o| old_start + o);
+                        inside = true;
+                        break;
+                    }
+                    shift += oc.len() as isize - nc.len() as isize;
+                }
+                if !inside {
+                    o = Some((p as isize + shift) as usize);
+                }
+                old = match (old, o) {
+                    (Some(acc), Some(o)) => {
+                        assert!(o < pshape[a], "{name} axis {a}: position {o} of {pshape:?}");
+                        Some(acc * pshape[a] + o)
+                    }
+                    _ => None,
+                };
+            }
+            let want = match old {
+                Some(o) => pv[o],
+                None => f[flat],
+            };
+            assert_eq!(got.to_bits(), want.to_bits(), "{name} {idx:?} (roles {r:?})");
+            for a in (0..shape.len()).rev() {
+                idx[a] += 1;
+                if idx[a] < shape[a] {
+                    break;
+                }
+                idx[a] = 0;
+            }
+        }
+    }
+    with_roles
+}
+
+/// The roles of an MLP reading `input` at `prefix`: its first layer's rows.
+fn mlp_roles(rest: &str, input: &'static str) -> Roles {
+    if rest == "blocks.0.linear.weight" {
+        vec![(0, 0, input)]
+    } else {
+        vec![]
+    }
+}
+
+#[test]
+fn hidden_axes_as_wide_as_the_input_are_kept_bit_for_bit_while_input_columns_move() {
+    // The expert's hidden layers are exactly as wide as the input: only the first
+    // layer's rows follow the moved columns, every hidden axis stays as trained.
+    let model = MODEL.replace("hidden = [24]", &format!("hidden = [{WIDTH}, {WIDTH}]"));
+    let p = parent_with("", &model);
+    let mut parent = parent_model(&p);
+    assert_eq!(input_columns(&parent.config).len(), WIDTH);
+    let text = swap_surface_and_device(&p.config_text);
+    let mut c = child(&p, &text, &model).unwrap();
+    assert!(has(&c.changes, "head input width 113 -> 113"), "{:?}", c.changes);
+    let cols = cols(&parent.config, &c.cfg);
+    assert_ne!(cols["head"].0, cols["head"].1, "the columns moved");
+    let named = check_roles(&mut *parent.model, &mut c, &cols, |name| {
+        name.strip_prefix("experts.0.").map_or(vec![], |rest| mlp_roles(rest, "head"))
+    });
+    assert_eq!(named, ["experts.0.blocks.0.linear.weight"]);
+}
+
+/// An MMoE with every expert kind (and a projection after a parallel DCN), per-task gates.
+const EXPERTS: &str = "[model]\narchitecture = \"mmoe\"\nexpert_dim = 16\ntower = { hidden = [8] }\n\
+[[model.experts]]\nkind = \"mlp\"\nhidden = [113, 16]\n\
+[[model.experts]]\nkind = \"dcnv2\"\ncross_layers = 2\nstructure = \"stacked\"\nhidden = [16]\n\
+[[model.experts]]\nkind = \"dcnv2\"\ncross_layers = 2\nlow_rank = 4\nstructure = \"parallel\"\nhidden = [16]\n\
+[[model.experts]]\nkind = \"masknet\"\nblocks = 2\nblock_dim = 16\nstructure = \"stacked\"\n\
+[[model.experts]]\nkind = \"masknet\"\nblocks = 2\nblock_dim = 8\nstructure = \"parallel\"\n\
+[[model.experts]]\nkind = \"finalmlp\"\nhidden = [16]\nheads = 2\n";
+
+/// The roles of expert `e` of [`EXPERTS`] (`rest`: the name after `experts.<e>.`), each
+/// reading the model input `input`.
+fn expert_roles(e: usize, rest: &str, input: &'static str) -> Roles {
+    let i = |axes: &[usize]| axes.iter().map(|&a| (a, 0, input)).collect::<Roles>();
+    let block = |rest: &str| rest.split('.').nth(1).and_then(|b| b.parse::<usize>().ok());
+    match e {
+        0 => mlp_roles(rest, input),
+        // DCN: every cross weight maps the input's columns to themselves; the deep part
+        // reads the input (stacked: the cross output, the same columns); the parallel
+        // one's projection reads `[cross | deep]`.
+        1 | 2 if rest.starts_with("cross.") && rest.ends_with(".w") => i(&[0, 1]),
+        1 | 2 if rest.starts_with("cross.") => i(&[0]),
+        1 | 2 if rest == "deep.blocks.0.linear.weight" => i(&[0]),
+        2 if rest == "proj.weight" => i(&[0]),
+        // MaskNet: every block's mask generator reads the input; the blocks whose hidden
+        // input is the input (serial: the first; parallel: all) mask its columns.
+        3 | 4 if rest.ends_with("mask_agg.weight") => i(&[0]),
+        3 | 4 if e == 4 || block(rest) == Some(0) => {
+            match rest.split('.').skip(2).collect::<Vec<_>>().join(".").as_str() {
+                "mask_proj.weight" => i(&[1]),
+                "mask_proj.bias" | "norm_in.gamma" | "norm_in.beta" | "hidden.weight" => i(&[0]),
+                _ => vec![],
+            }
+        }
+        // FinalMLP: the feature gates read the input and give one gate per input column;
+        // the streams read the gated input.
+        5 => match rest {
+            "gate1.blocks.0.linear.weight" | "gate2.blocks.0.linear.weight" => i(&[0]),
+            "gate1.output.weight" | "gate2.output.weight" => i(&[1]),
+            "gate1.output.bias" | "gate2.output.bias" => i(&[0]),
+            "mlp1.blocks.0.linear.weight" | "mlp2.blocks.0.linear.weight" => i(&[0]),
+            _ => vec![],
+        },
+        _ => vec![],
+    }
+}
+
+/// The roles of an MMoE head's parameters (`name` without any tower prefix), its gates
+/// reading `gate_rows` (`(first row, input)` runs).
+fn mmoe_roles(name: &str, input: &'static str, gate_rows: &[(usize, &'static str)], gate_hidden: bool) -> Roles {
+    if let Some(rest) = name.strip_prefix("experts.") {
+        let (e, rest) = rest.split_once('.').unwrap();
+        return expert_roles(e.parse().unwrap(), rest, input);
+    }
+    if let Some(rest) = name.strip_prefix("gates.") {
+        let rest = rest.split_once('.').unwrap().1;
+        let first = if gate_hidden { "hidden.blocks.0.linear.weight" } else { "weight" };
+        if rest == first {
+            return gate_rows.iter().map(|&(start, i)| (0, start, i)).collect();
+        }
+    }
+    vec![]
+}
+
+/// Columns moved as in [`swap_surface_and_device`], then the width changed: position_id
+/// 4 -> 6 columns, bid replaced by a new dense feature.
+fn wider(text: &str) -> String {
+    swap_surface_and_device(text)
+        .replace(
+            "name = \"position_id\"\ncolumn = \"position\"\nbuckets = 64\ndim = 4",
+            "name = \"position_id\"\ncolumn = \"position\"\nbuckets = 64\ndim = 6",
+        )
+        .replace(
+            "[[features.dense]]\nname = \"bid\"\nlog1p = true\nstandardize = true\n",
+            "[[features.dense]]\nname = \"p_click_true\"\n",
+        )
+}
+
+#[test]
+fn every_expert_kind_and_the_gates_remap_by_role() {
+    let model = format!("{EXPERTS}{TRAIN}");
+    let p = parent_with("", &model);
+    let mut parent = parent_model(&p);
+    // The same experts without MaskNet across a width change (see the end).
+    let no_masknet = model.replace(
+        "[[model.experts]]\nkind = \"masknet\"\nblocks = 2\nblock_dim = 16\nstructure = \"stacked\"\n\
+         [[model.experts]]\nkind = \"masknet\"\nblocks = 2\nblock_dim = 8\nstructure = \"parallel\"\n",
+        "",
+    );
+    assert_ne!(no_masknet, model);
+    let q = parent_with("", &no_masknet);
+    let mut q_parent = parent_model(&q);
+    let runs = [
+        (&p, &mut parent, &model, swap_surface_and_device(&p.config_text)),
+        (&q, &mut q_parent, &no_masknet, wider(&q.config_text)),
+    ];
+    for (p, parent, model, text) in runs {
+        let mut c = child(p, &text, model).unwrap();
+        let cols = cols(&parent.config, &c.cfg);
+        let masknet = model.contains("masknet");
+        // Without MaskNet, FinalMLP is expert 3.
+        let kind = |e: usize| if masknet || e < 3 { e } else { e + 2 };
+        let named = check_roles(&mut *parent.model, &mut c, &cols, |name| {
+            let renamed = match name.strip_prefix("experts.").and_then(|r| r.split_once('.')) {
+                Some((e, rest)) => format!("experts.{}.{rest}", kind(e.parse().unwrap())),
+                None => name.to_string(),
+            };
+            mmoe_roles(&renamed, "head", &[(0, "head")], false)
+        });
+        let mut wanted = vec![
+            "experts.0.blocks.0.linear.weight",
+            "experts.1.cross.layers.1.w",
+            "experts.2.cross.layers.0.u",
+            "experts.2.proj.weight",
+            "gates.3.weight",
+        ];
+        if masknet {
+            wanted.extend([
+                "experts.3.blocks.0.hidden.weight",
+                "experts.3.blocks.1.mask_agg.weight",
+                "experts.4.blocks.1.mask_proj.weight",
+                "experts.5.gate2.output.weight",
+                "experts.5.mlp1.blocks.0.linear.weight",
+            ]);
+        } else {
+            assert!(has(&c.changes, "head input width 113 -> 115"), "{:?}", c.changes);
+            wanted.extend(["experts.3.gate2.output.weight", "experts.3.mlp1.blocks.0.linear.weight"]);
+        }
+        for want in wanted {
+            assert!(named.iter().any(|n| n == want), "{want} not in {named:?}");
+        }
+    }
+    // MaskNet's mask generator is `reduction_ratio` times as wide as the input: a new
+    // input width changes its hidden width, which is refused (not a column map).
+    let e = child(&p, &wider(&p.config_text), &model).err().expect("refused");
+    assert!(e.contains("experts.3.blocks.0.mask_agg.weight") && e.contains("axis 1"), "{e}");
+}
+
+#[test]
+fn surface_aware_gates_remap_their_own_group() {
+    // The gates read `[trunk | surface group]`; the group's columns move (same width), the
+    // head's do not.
+    let groups = "\n[feature_groups]\nsurface = [\"surface_id\", \"device_id\"]\n";
+    let model = format!(
+        "[model]\narchitecture = \"mmoe\"\nexpert_dim = 16\ntower = {{ hidden = [8] }}\n\
+         gate = {{ inputs = [\"surface\"], hidden = [8] }}\n[[model.experts]]\nkind = \"mlp\"\nhidden = [16]\n\
+         count = 2\n{TRAIN}"
+    );
+    let p = parent_with(groups, &model);
+    let mut parent = parent_model(&p);
+    let text =
+        p.config_text.replace("surface = [\"surface_id\", \"device_id\"]", "surface = [\"device_id\", \"surface_id\"]");
+    let mut c = child(&p, &text, &model).unwrap();
+    let cols = cols(&parent.config, &c.cfg);
+    assert_eq!(cols["head"].0, cols["head"].1);
+    let head_width = cols["head"].1.len();
+    let named = check_roles(&mut *parent.model, &mut c, &cols, |name| {
+        mmoe_roles(name, "head", &[(0, "head"), (head_width, "gates")], true)
+    });
+    assert!(named.iter().any(|n| n == "gates.0.hidden.blocks.0.linear.weight"), "{named:?}");
+    assert!(has(&c.changes, "gate input width 8 -> 8"), "{:?}", c.changes);
+}
+
+#[test]
+fn two_tower_towers_remap_by_their_own_inputs() {
+    let groups = "\n[feature_groups]\nuser = [\"user_id\", \"user_interests\", \"user_activity\"]\n\
+        context = [\"context_category\", \"surface_id\", \"device_id\"]\n\
+        ad = [\"ad_id\", \"advertiser_id\", \"ad_category\", \"ad_age_days\", \"bid\", \"ad_hist_ctr\"]\n";
+    // The user tower: an MMoE of every expert kind; the item tower: one MLP bottom.
+    let user = EXPERTS
+        .replace(
+            "[model]\narchitecture = \"mmoe\"",
+            "[model.two_tower.user]\ninputs = [\"user\", \"context\"]\narchitecture = \"mmoe\"",
+        )
+        .replace("[[model.experts]]", "[[model.two_tower.user.experts]]");
+    let model = format!(
+        "[model]\narchitecture = \"two_tower\"\n[model.two_tower]\ndim = 8\n{user}\
+         [model.two_tower.item]\ninputs = [\"ad\"]\narchitecture = \"shared_bottom\"\nexpert_dim = 8\n\
+         tower = {{ hidden = [8] }}\n[[model.two_tower.item.experts]]\nkind = \"mlp\"\nhidden = [16]\n{TRAIN}"
+    );
+    let p = parent_with(groups, &model);
+    let mut parent = parent_model(&p);
+    // Both towers' columns move, each at its own width.
+    let text = p
+        .config_text
+        .replace("\"surface_id\", \"device_id\"]", "\"device_id\", \"surface_id\"]")
+        .replace("\"ad_age_days\", \"bid\"", "\"bid\", \"ad_age_days\"");
+    let mut c = child(&p, &text, &model).unwrap();
+    let cols = cols(&parent.config, &c.cfg);
+    for t in ["user", "item"] {
+        assert_ne!(cols[t].0, cols[t].1, "{t} columns moved");
+    }
+    let named = check_roles(&mut *parent.model, &mut c, &cols, |name| {
+        if let Some(rest) = name.strip_prefix("user.") {
+            mmoe_roles(rest, "user", &[(0, "user")], false)
+        } else if let Some(rest) = name.strip_prefix("item.experts.0.") {
+            mlp_roles(rest, "item")
+        } else {
+            vec![]
+        }
+    });
+    assert!(named.iter().any(|n| n == "item.experts.0.blocks.0.linear.weight"), "{named:?}");
+    assert!(named.iter().any(|n| n == "user.experts.2.proj.weight"), "{named:?}");
+    assert!(has(&c.changes, "user tower input width"), "{:?}", c.changes);
+    assert!(has(&c.changes, "item tower input width"), "{:?}", c.changes);
+}
+
+#[test]
+fn a_changed_position_tower_input_of_the_same_width_is_refused_naming_it() {
+    let groups =
+        "\n[feature_groups]\nbias = [\"position_id\", \"device_id\"]\ncontext = [\"device_id\", \"surface_id\"]\n";
+    let model = MODEL.replace("[[model.experts]]", "position_tower = { hidden = [4] }\n[[model.experts]]");
+    let p = parent_with(groups, &model);
+    // device_id (4 columns) replaced by surface_id (4 columns): same width, other features.
+    let text =
+        p.config_text.replace("bias = [\"position_id\", \"device_id\"]", "bias = [\"position_id\", \"surface_id\"]");
+    let e = child(&p, &text, &model).err().expect("refused");
+    assert!(e.contains("logit_sources.0.blocks.0.linear.weight") && e.contains("position tower"), "{e}");
+}
+
+#[test]
+fn ple_levels_remap_the_first_level_and_keep_the_next() {
+    // Level 0's experts and gates read the input; level 1's read level 0's mixtures.
+    let model = format!(
+        "[model]\narchitecture = \"ple\"\nexpert_dim = 16\ntower = {{ hidden = [8] }}\n\
+         [model.ple]\nlevels = 2\nshared_experts = 2\ntask_experts = 1\n\
+         [[model.experts]]\nkind = \"mlp\"\nhidden = [113, 16]\n\
+         [[model.experts]]\nkind = \"dcnv2\"\ncross_layers = 2\nstructure = \"stacked\"\nhidden = [16]\n{TRAIN}"
+    );
+    let p = parent_with("", &model);
+    let mut parent = parent_model(&p);
+    let text = swap_surface_and_device(&p.config_text);
+    let mut c = child(&p, &text, &model).unwrap();
+    let cols = cols(&parent.config, &c.cfg);
+    let named = check_roles(&mut *parent.model, &mut c, &cols, |name| {
+        let Some(rest) = name.strip_prefix("ple.levels.0.") else { return vec![] };
+        let parts: Vec<&str> = rest.split('.').collect();
+        match parts[..] {
+            // tasks.<t>.experts.0: the list's first kind (mlp).
+            ["tasks", _, "experts", "0", ..] => mlp_roles(&parts[4..].join("."), "head"),
+            ["tasks", _, "gate", "weight"] | ["shared_gate", "weight"] => vec![(0, 0, "head")],
+            // shared_experts.<k>: kinds 0 (mlp) and 1 (dcnv2), i.e. EXPERTS' 0 and 1.
+            ["shared_experts", k, ..] => expert_roles(k.parse().unwrap(), &parts[2..].join("."), "head"),
+            _ => vec![],
+        }
+    });
+    for want in [
+        "ple.levels.0.tasks.0.experts.0.blocks.0.linear.weight",
+        "ple.levels.0.tasks.3.gate.weight",
+        "ple.levels.0.shared_gate.weight",
+        "ple.levels.0.shared_experts.1.cross.layers.0.w",
+    ] {
+        assert!(named.iter().any(|n| n == want), "{want} not in {named:?}");
+    }
+    assert!(!named.iter().any(|n| n.starts_with("ple.levels.1.")), "{named:?}");
+}
+
+#[test]
+fn mixtures_of_experts_whose_outputs_carry_the_input_columns_remap_or_are_refused() {
+    // Parallel DCNs whose `[cross | deep]` output is exactly `expert_dim` wide have no
+    // projection: the mixture, and so the towers' first layers, carry the input's columns
+    // in their first rows.
+    let dcn = "[[model.experts]]\nkind = \"dcnv2\"\ncross_layers = 1\nlow_rank = 4\nstructure = \"parallel\"\nhidden = [16]\n";
+    let head = |experts: &str| {
+        format!(
+            "[model]\narchitecture = \"mmoe\"\nexpert_dim = {}\ntower = {{ hidden = [8] }}\n{experts}{TRAIN}",
+            WIDTH + 16
+        )
+    };
+    let model = head(&format!("{dcn}count = 2\n"));
+    let p = parent_with("", &model);
+    let mut parent = parent_model(&p);
+    let text = swap_surface_and_device(&p.config_text);
+    let mut c = child(&p, &text, &model).unwrap();
+    let cols = cols(&parent.config, &c.cfg);
+    let named = check_roles(&mut *parent.model, &mut c, &cols, |name| {
+        let parts: Vec<&str> = name.split('.').collect();
+        match parts[..] {
+            ["experts", _, "cross", _, _, "w"] => vec![(0, 0, "head"), (1, 0, "head")],
+            ["experts", _, "cross", ..] => vec![(0, 0, "head")],
+            ["experts", _, "deep", "blocks", "0", "linear", "weight"] => vec![(0, 0, "head")],
+            ["gates", _, "weight"] => vec![(0, 0, "head")],
+            ["towers", _, "blocks", "0", "linear", "weight"] => vec![(0, 0, "head")],
+            _ => vec![],
+        }
+    });
+    assert!(named.iter().any(|n| n == "towers.2.blocks.0.linear.weight"), "{named:?}");
+    // Beside an MLP expert (its own units in the same positions) no per-column map exists:
+    // refused when the columns move, naming the towers' input.
+    let model = head(&format!("{dcn}[[model.experts]]\nkind = \"mlp\"\nhidden = [{}]\n", WIDTH + 16));
+    let p = parent_with("", &model);
+    let e = child(&p, &swap_surface_and_device(&p.config_text), &model).err().expect("refused");
+    assert!(e.contains("towers.0.blocks.0.linear.weight") && e.contains("no per-column map"), "{e}");
+    // Unchanged columns: carried as they are.
+    child(&p, &p.config_text, &model).unwrap();
 }

@@ -7,7 +7,7 @@ use crate::dense::{Linear, LinearConfig};
 use crate::error::{batch_fits, positive, Ctx, NnError, Result};
 use crate::layer::Layer;
 use crate::moe::{Gate, GateConfig, MoeMix};
-use crate::param::{Init, Param, ParamVisitor, Parameters};
+use crate::param::{Axis, Init, Param, ParamVisitor, Parameters, Part};
 
 const LAYER: &str = "CrossNetMix";
 
@@ -76,7 +76,7 @@ impl CrossNetMixConfig {
                 experts,
                 gate,
                 mix,
-                b: Param::new(ops, &vec![0.0; d], &[d], false, LAYER)?,
+                b: Param::new(ops, &vec![0.0; d], &[d], &[Axis::In], false, LAYER)?,
                 x_next: alloc(n)?,
             });
         }
@@ -155,13 +155,14 @@ impl<B: Backend> Parameters<B> for CrossNetMix<B> {
             v.scope_indexed("layers", l, |v| {
                 for (i, e) in layer.experts.iter_mut().enumerate() {
                     v.scope_indexed("experts", i, |v| {
-                        v.scope("v", |v| e.v.visit_params(v));
-                        v.scope("c", |v| e.c.visit_params(v));
-                        v.scope("u", |v| e.u.visit_params(v));
+                        // Vᵀ: input -> rank, C: rank -> rank, U: rank -> input columns.
+                        v.scope("v", |v| v.within(&[Part::In], &[Part::Own], |v| e.v.visit_params(v)));
+                        v.scope("c", |v| v.within(&[Part::Own], &[Part::Own], |v| e.c.visit_params(v)));
+                        v.scope("u", |v| v.within(&[Part::Own], &[Part::In], |v| e.u.visit_params(v)));
                     });
                 }
                 if let Some(g) = &mut layer.gate {
-                    v.scope("gate", |v| g.visit_params(v));
+                    v.scope("gate", |v| v.within(&[Part::In], &[Part::Own], |v| g.visit_params(v)));
                 }
                 v.param("b", &mut layer.b);
             });
@@ -170,6 +171,10 @@ impl<B: Backend> Parameters<B> for CrossNetMix<B> {
 }
 
 impl<B: Backend> Layer<B> for CrossNetMix<B> {
+    fn output_parts(&self) -> Vec<crate::Part> {
+        vec![crate::Part::In]
+    }
+
     fn d_in(&self) -> usize {
         self.config.d
     }

@@ -6,7 +6,7 @@ use rand::Rng;
 use crate::dense::{ReducedGemm, ReducedSite, WeightLayout};
 use crate::error::{batch_fits, positive, Ctx, NnError, Result};
 use crate::layer::Layer;
-use crate::param::{Init, Param, ParamVisitor, Parameters};
+use crate::param::{Axis, Init, Param, ParamVisitor, Parameters};
 
 const LAYER: &str = "CrossNetV2";
 
@@ -64,19 +64,33 @@ impl CrossNetV2Config {
         for _ in 0..self.layers {
             let weights = match self.rank {
                 CrossRank::Full => CrossWeights::Full {
-                    w: Param::new(ops, &self.init.sample(d, d, rng), &[d, d], true, LAYER)?,
+                    w: Param::new(ops, &self.init.sample(d, d, rng), &[d, d], &[Axis::In, Axis::In], true, LAYER)?,
                     reduced: None,
                 },
                 CrossRank::LowRank { rank } => CrossWeights::LowRank {
-                    v: Param::new(ops, &self.init.sample(d, rank, rng), &[d, rank], true, LAYER)?,
-                    u: Param::new(ops, &self.init.sample(d, rank, rng), &[d, rank], true, LAYER)?,
+                    v: Param::new(
+                        ops,
+                        &self.init.sample(d, rank, rng),
+                        &[d, rank],
+                        &[Axis::In, Axis::Own],
+                        true,
+                        LAYER,
+                    )?,
+                    u: Param::new(
+                        ops,
+                        &self.init.sample(d, rank, rng),
+                        &[d, rank],
+                        &[Axis::In, Axis::Own],
+                        true,
+                        LAYER,
+                    )?,
                     t: alloc(max_batch * rank)?,
                     dt: alloc(max_batch * rank)?,
                 },
             };
             layers.push(CrossLayer {
                 weights,
-                b: Param::new(ops, &vec![0.0; d], &[d], false, LAYER)?,
+                b: Param::new(ops, &vec![0.0; d], &[d], &[Axis::In], false, LAYER)?,
                 u_out: alloc(n)?,
                 x_next: alloc(n)?,
             });
@@ -170,6 +184,10 @@ impl<B: Backend> Parameters<B> for CrossNetV2<B> {
 }
 
 impl<B: Backend> Layer<B> for CrossNetV2<B> {
+    fn output_parts(&self) -> Vec<crate::Part> {
+        vec![crate::Part::In]
+    }
+
     fn d_in(&self) -> usize {
         self.config.d
     }

@@ -7,7 +7,7 @@ use crate::cross::{CrossNetMix, CrossNetMixConfig, CrossNetV2, CrossNetV2Config}
 use crate::dense::{Mlp, MlpConfig};
 use crate::error::{batch_fits, same_dim, Ctx, NnError, Result};
 use crate::layer::Layer;
-use crate::param::{ParamVisitor, Parameters};
+use crate::param::{ParamVisitor, Parameters, Part};
 
 const LAYER: &str = "Dcn";
 
@@ -170,12 +170,26 @@ impl<B: Backend> Dcn<B> {
 
 impl<B: Backend> Parameters<B> for Dcn<B> {
     fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
-        v.scope("cross", |v| self.cross.layer().visit_params(v));
-        v.scope("deep", |v| self.deep.visit_params(v));
+        // The cross network maps the input's columns to themselves; stacked, the deep
+        // part reads them and writes the output; parallel, it reads the input and
+        // writes its own block of the output (`output_parts`).
+        v.scope("cross", |v| v.within(&[Part::In], &[Part::In], |v| self.cross.layer().visit_params(v)));
+        let deep_out = match self.config.structure {
+            DcnStructure::Stacked => Part::Out,
+            DcnStructure::Parallel => Part::Own,
+        };
+        v.scope("deep", |v| v.within(&[Part::In], &[deep_out], |v| self.deep.visit_params(v)));
     }
 }
 
 impl<B: Backend> Layer<B> for Dcn<B> {
+    fn output_parts(&self) -> Vec<Part> {
+        match self.config.structure {
+            DcnStructure::Stacked => vec![Part::Out],
+            DcnStructure::Parallel => vec![Part::In, Part::Own],
+        }
+    }
+
     fn set_dropout_step(&mut self, step: u64) {
         Dcn::set_dropout_step(self, step)
     }

@@ -129,6 +129,10 @@ impl<B: Backend> Parameters<B> for Dropout<B> {
 }
 
 impl<B: Backend> Layer<B> for Dropout<B> {
+    fn output_parts(&self) -> Vec<crate::Part> {
+        vec![crate::Part::In]
+    }
+
     fn set_training(&mut self, training: bool) {
         Dropout::set_training(self, training)
     }

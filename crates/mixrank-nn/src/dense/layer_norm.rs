@@ -4,7 +4,7 @@ use mixrank_engine::{Activation, Backend, LayerNormSpec, NormStats, Shape};
 
 use crate::error::{batch_fits, positive, Ctx, NnError, Result};
 use crate::layer::Layer;
-use crate::param::{Param, ParamVisitor, Parameters};
+use crate::param::{Axis, Param, ParamVisitor, Parameters};
 
 const LAYER: &str = "LayerNorm";
 
@@ -45,8 +45,8 @@ impl LayerNormConfig {
         Ok(LayerNorm {
             config: *self,
             max_batch,
-            gamma: Param::new(ops, &vec![1.0; self.d], &[self.d], false, LAYER)?,
-            beta: Param::new(ops, &vec![0.0; self.d], &[self.d], false, LAYER)?,
+            gamma: Param::new(ops, &vec![1.0; self.d], &[self.d], &[Axis::In], false, LAYER)?,
+            beta: Param::new(ops, &vec![0.0; self.d], &[self.d], &[Axis::In], false, LAYER)?,
             stats: NormStats::new(ops, max_batch).ctx(LAYER)?,
             z: alloc(if fused { n } else { 0 })?,
             dz: alloc(if fused { n } else { 0 })?,
@@ -105,6 +105,10 @@ impl<B: Backend> Parameters<B> for LayerNorm<B> {
 }
 
 impl<B: Backend> Layer<B> for LayerNorm<B> {
+    fn output_parts(&self) -> Vec<crate::Part> {
+        vec![crate::Part::In]
+    }
+
     fn d_in(&self) -> usize {
         self.config.d
     }

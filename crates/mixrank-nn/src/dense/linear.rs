@@ -5,7 +5,7 @@ use rand::Rng;
 
 use crate::error::{batch_fits, positive, Ctx, NnError, Result};
 use crate::layer::Layer;
-use crate::param::{Init, Param, ParamVisitor, Parameters};
+use crate::param::{Axis, Init, Param, ParamVisitor, Parameters};
 
 const LAYER: &str = "Linear";
 
@@ -50,10 +50,19 @@ impl LinearConfig {
         positive(LAYER, "d_in", self.d_in)?;
         positive(LAYER, "d_out", self.d_out)?;
         positive(LAYER, "max_batch", max_batch)?;
-        let weight =
-            Param::new(ops, &self.init.sample(self.d_in, self.d_out, rng), &[self.d_in, self.d_out], true, LAYER)?;
-        let bias =
-            if self.bias { Some(Param::new(ops, &vec![0.0; self.d_out], &[self.d_out], false, LAYER)?) } else { None };
+        let weight = Param::new(
+            ops,
+            &self.init.sample(self.d_in, self.d_out, rng),
+            &[self.d_in, self.d_out],
+            &[Axis::In, Axis::Out],
+            true,
+            LAYER,
+        )?;
+        let bias = if self.bias {
+            Some(Param::new(ops, &vec![0.0; self.d_out], &[self.d_out], &[Axis::Out], false, LAYER)?)
+        } else {
+            None
+        };
         let out_len = max_batch * self.d_out;
         let fused = self.activation != Activation::Identity;
         let alloc = |n: usize| ops.alloc(n).ctx(LAYER);

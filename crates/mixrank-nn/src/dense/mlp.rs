@@ -7,7 +7,7 @@ use rand::Rng;
 use crate::dense::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use crate::error::{positive, NnError, Result};
 use crate::layer::Layer;
-use crate::param::{Init, ParamVisitor, Parameters};
+use crate::param::{Init, ParamVisitor, Parameters, Part};
 
 const LAYER: &str = "Mlp";
 
@@ -222,16 +222,23 @@ impl<B: Backend> Mlp<B> {
 
 impl<B: Backend> Parameters<B> for Mlp<B> {
     fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
+        // Block 0 reads the MLP's input; the last block writes its output unless a
+        // projection follows; everything between is the MLP's own hidden units.
+        let n = self.blocks.len();
+        let last_out = if self.output.is_some() { Part::Own } else { Part::Out };
         for (i, b) in self.blocks.iter_mut().enumerate() {
+            let input = if i == 0 { Part::In } else { Part::Own };
+            let output = if i + 1 == n { last_out } else { Part::Own };
             v.scope_indexed("blocks", i, |v| {
-                v.scope("linear", |v| b.linear.visit_params(v));
-                if let Some(n) = &mut b.norm {
-                    v.scope("norm", |v| n.visit_params(v));
+                v.scope("linear", |v| v.within(&[input], &[output], |v| b.linear.visit_params(v)));
+                if let Some(norm) = &mut b.norm {
+                    v.scope("norm", |v| v.within(&[output], &[output], |v| norm.visit_params(v)));
                 }
             });
         }
         if let Some(o) = &mut self.output {
-            v.scope("output", |v| o.visit_params(v));
+            let input = if n == 0 { Part::In } else { Part::Own };
+            v.scope("output", |v| v.within(&[input], &[Part::Out], |v| o.visit_params(v)));
         }
     }
 }

@@ -7,7 +7,7 @@ use crate::dense::{Mlp, MlpConfig};
 use crate::error::{batch_fits, positive, same_dim, Ctx, NnError, Result};
 use crate::finalmlp::{BilinearFusion, BilinearFusionConfig, FeatureGate};
 use crate::layer::Layer;
-use crate::param::{Init, Param, ParamVisitor, Parameters};
+use crate::param::{Axis, Init, Param, ParamVisitor, Parameters, Part};
 
 const LAYER: &str = "FinalMlp";
 
@@ -64,7 +64,14 @@ impl FinalMlpConfig {
                 positive(LAYER, "context.d", d)?;
                 Context::Learned(LearnedContext {
                     // Small values: the gate starts near its neutral 2·σ(·) ≈ 1.
-                    value: Param::new(ops, &Init::Normal { std: 0.01 }.sample(1, d, rng), &[d], false, LAYER)?,
+                    value: Param::new(
+                        ops,
+                        &Init::Normal { std: 0.01 }.sample(1, d, rng),
+                        &[d],
+                        &[Axis::Own],
+                        false,
+                        LAYER,
+                    )?,
                     ones: ops.upload(&vec![1.0; max_batch]).ctx(LAYER)?,
                     broadcast: ops.alloc(max_batch * d).ctx(LAYER)?,
                     d_sum: ops.alloc(max_batch * d).ctx(LAYER)?,
@@ -185,11 +192,18 @@ impl<B: Backend> Parameters<B> for FinalMlp<B> {
         if let Context::Learned(l) = &mut self.context {
             v.param("context", &mut l.value);
         }
-        v.scope("gate1", |v| self.gate1.visit_params(v));
-        v.scope("gate2", |v| self.gate2.visit_params(v));
-        v.scope("mlp1", |v| self.mlp1.visit_params(v));
-        v.scope("mlp2", |v| self.mlp2.visit_params(v));
-        v.scope("fusion", |v| self.fusion.visit_params(v));
+        // The gates map their context to one gate per input column; the streams read the
+        // gated input; the fusion reads both streams (its input parts 0 and 1).
+        let context = match &self.context {
+            Context::Input => Part::In,
+            Context::Learned(_) => Part::Own,
+            Context::Columns { .. } => Part::Mixed,
+        };
+        v.scope("gate1", |v| v.within(&[context], &[Part::In], |v| self.gate1.visit_params(v)));
+        v.scope("gate2", |v| v.within(&[context], &[Part::In], |v| self.gate2.visit_params(v)));
+        v.scope("mlp1", |v| v.within(&[Part::In], &[Part::Own], |v| self.mlp1.visit_params(v)));
+        v.scope("mlp2", |v| v.within(&[Part::In], &[Part::Own], |v| self.mlp2.visit_params(v)));
+        v.scope("fusion", |v| v.within(&[Part::Own, Part::Own], &[Part::Out], |v| self.fusion.visit_params(v)));
     }
 }
 

@@ -6,7 +6,7 @@ use rand::Rng;
 use crate::dense::{Linear, LinearConfig, ReducedGemm, ReducedSite, WeightLayout};
 use crate::error::{batch_fits, positive, Ctx, NnError, Result};
 use crate::layer::Layer;
-use crate::param::{Init, Param, ParamVisitor, Parameters};
+use crate::param::{Axis, Init, Param, ParamVisitor, Parameters, Part};
 
 const LAYER: &str = "BilinearFusion";
 
@@ -57,6 +57,7 @@ impl BilinearFusionConfig {
             ops,
             &self.init.sample(self.heads * hx, self.d_out * hy, rng),
             &[self.heads * hx, self.d_out * hy],
+            &[Axis::In, Axis::Own],
             true,
             LAYER,
         )?;
@@ -346,9 +347,11 @@ impl<B: Backend> BilinearFusion<B> {
 
 impl<B: Backend> Parameters<B> for BilinearFusion<B> {
     fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
-        v.scope("w_x", |v| self.w_x.visit_params(v));
-        v.scope("w_y", |v| self.w_y.visit_params(v));
-        v.param("w_xy", &mut self.w_xy);
+        // Inputs x and y are parts 0 and 1 of the fusion's input (`w_xy`'s rows are x's
+        // columns, head by head; its columns mix the output and y's).
+        v.scope("w_x", |v| v.within(&[Part::InPart(0)], &[Part::Out], |v| self.w_x.visit_params(v)));
+        v.scope("w_y", |v| v.within(&[Part::InPart(1)], &[Part::Out], |v| self.w_y.visit_params(v)));
+        v.within(&[Part::InPart(0)], &[Part::Out], |v| v.param("w_xy", &mut self.w_xy));
         // The visitor may have changed w_xy (optimizer step, checkpoint load).
         self.w_t_current = false;
         self.w_r_current = false;

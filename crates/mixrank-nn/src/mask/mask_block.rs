@@ -6,7 +6,7 @@ use rand::Rng;
 use crate::dense::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use crate::error::{batch_fits, positive, Ctx, NnError, Result};
 use crate::layer::Layer;
-use crate::param::{Init, ParamVisitor, Parameters};
+use crate::param::{Init, ParamVisitor, Parameters, Part};
 
 const LAYER: &str = "MaskBlock";
 
@@ -220,12 +220,14 @@ impl<B: Backend> MaskBlock<B> {
 
 impl<B: Backend> Parameters<B> for MaskBlock<B> {
     fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
-        v.scope("mask_agg", |v| self.mask_agg.visit_params(v));
-        v.scope("mask_proj", |v| self.mask_proj.visit_params(v));
+        // Input part 0 is the embedding driving the mask, part 1 the hidden input masked.
+        let (emb, hidden) = (Part::InPart(0), Part::InPart(1));
+        v.scope("mask_agg", |v| v.within(&[emb], &[Part::Own], |v| self.mask_agg.visit_params(v)));
+        v.scope("mask_proj", |v| v.within(&[Part::Own], &[hidden], |v| self.mask_proj.visit_params(v)));
         if let Some(norm) = &mut self.norm_in {
-            v.scope("norm_in", |v| norm.visit_params(v));
+            v.scope("norm_in", |v| v.within(&[hidden], &[hidden], |v| norm.visit_params(v)));
         }
-        v.scope("hidden", |v| self.hidden.visit_params(v));
-        v.scope("norm_out", |v| self.norm_out.visit_params(v));
+        v.scope("hidden", |v| v.within(&[hidden], &[Part::Out], |v| self.hidden.visit_params(v)));
+        v.scope("norm_out", |v| v.within(&[Part::Out], &[Part::Out], |v| self.norm_out.visit_params(v)));
     }
 }

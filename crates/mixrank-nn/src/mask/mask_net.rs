@@ -7,7 +7,7 @@ use crate::dense::{Mlp, MlpConfig};
 use crate::error::{batch_fits, positive, Ctx, NnError, Result};
 use crate::layer::Layer;
 use crate::mask::{MaskBlock, MaskBlockConfig};
-use crate::param::{Init, ParamVisitor, Parameters};
+use crate::param::{Init, ParamVisitor, Parameters, Part};
 
 const LAYER: &str = "MaskNet";
 
@@ -187,11 +187,17 @@ impl<B: Backend> MaskNet<B> {
 
 impl<B: Backend> Parameters<B> for MaskNet<B> {
     fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
+        // Each block reads (embedding, hidden): serial, the input then the previous
+        // block's output, the last block writing the output; parallel, the input twice,
+        // the blocks' outputs concatenated (then through the MLP, if any).
+        let (n, serial) = (self.blocks.len(), self.config.structure == MaskNetStructure::Serial);
         for (i, b) in self.blocks.iter_mut().enumerate() {
-            v.scope_indexed("blocks", i, |v| b.visit_params(v));
+            let hidden = if serial && i > 0 { Part::Own } else { Part::In };
+            let out = if serial && i + 1 == n { Part::Out } else { Part::Own };
+            v.scope_indexed("blocks", i, |v| v.within(&[Part::In, hidden], &[out], |v| b.visit_params(v)));
         }
         if let Some(m) = &mut self.mlp {
-            v.scope("mlp", |v| m.visit_params(v));
+            v.scope("mlp", |v| v.within(&[Part::Own], &[Part::Out], |v| m.visit_params(v)));
         }
     }
 }

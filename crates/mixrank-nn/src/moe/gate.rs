@@ -7,7 +7,7 @@ use rand::Rng;
 use crate::dense::{Linear, LinearConfig, Mlp, MlpConfig};
 use crate::error::{batch_fits, positive, Ctx, NnError, Result};
 use crate::layer::Layer;
-use crate::param::{Init, ParamVisitor, Parameters};
+use crate::param::{Init, ParamVisitor, Parameters, Part};
 
 const LAYER: &str = "Gate";
 
@@ -247,9 +247,10 @@ impl<B: Backend> Gate<B> {
 impl<B: Backend> Parameters<B> for Gate<B> {
     fn visit_params(&mut self, v: &mut ParamVisitor<'_, B>) {
         if let Some(h) = &mut self.hidden {
-            v.scope("hidden", |v| h.visit_params(v));
+            v.scope("hidden", |v| v.within(&[Part::In], &[Part::Own], |v| h.visit_params(v)));
         }
-        self.linear.visit_params(v);
+        let input = if self.hidden.is_some() { Part::Own } else { Part::In };
+        v.within(&[input], &[Part::Out], |v| self.linear.visit_params(v));
     }
 }
 
