@@ -29,7 +29,7 @@ use mixrank_data::{Batch, DenseMode, Encoder, ExperimentConfig};
 use mixrank_dist::{Collective, InProcess};
 // The reference backend: its naive loops compute a row the same way in a batch of any
 // size, so the two runs' per-row terms differ only through the loss scale's rounding.
-use mixrank_engine::RefOps as CpuOps;
+use mixrank_engine::RefOps as Ops;
 use mixrank_model::{build_model, Model};
 use rand::SeedableRng;
 use std::collections::BTreeMap;
@@ -46,7 +46,7 @@ struct Grads {
     sparse: Vec<BTreeMap<u32, Vec<f32>>>,
 }
 
-fn grads_of(model: &mut dyn Model<CpuOps>) -> Grads {
+fn grads_of(model: &mut dyn Model<Ops>) -> Grads {
     let mut dense = Vec::new();
     model.params(&mut |_, p| dense.extend_from_slice(&p.grad[..p.len()]));
     let mut sparse = Vec::new();
@@ -89,12 +89,12 @@ fn first_batch(cfg: &ExperimentConfig, enc: &Arc<Encoder>) -> Batch {
     b
 }
 
-fn model(cfg: &ExperimentConfig, ops: &CpuOps) -> Box<dyn Model<CpuOps>> {
+fn model(cfg: &ExperimentConfig, ops: &Ops) -> Box<dyn Model<Ops>> {
     build_model(cfg, ops, B, &mut rand::rngs::StdRng::seed_from_u64(cfg.train.seed)).unwrap()
 }
 
 /// Forward, losses (with `share`), backward on `b`; the model's gradients.
-fn backprop(cfg: &ExperimentConfig, ops: &CpuOps, m: &mut dyn Model<CpuOps>, b: &Batch, share: Vec<f32>) {
+fn backprop(cfg: &ExperimentConfig, ops: &Ops, m: &mut dyn Model<Ops>, b: &Batch, share: Vec<f32>) {
     let mut losses = TaskLosses::new(cfg, ops).unwrap();
     losses.share = share;
     m.forward(ops, b).unwrap();
@@ -111,7 +111,7 @@ fn ranks(cfg: &Arc<ExperimentConfig>, b: &Batch, n: usize) -> Vec<Grads> {
             .into_iter()
             .map(|c| {
                 s.spawn(move || {
-                    let ops = CpuOps::default();
+                    let ops = Ops::default();
                     let mut m = model(cfg, &ops);
                     let local = shard(b, &c);
                     let share = task_shares(&local, &c).unwrap();
@@ -136,7 +136,7 @@ fn data_parallel_step_equals_one_process_within_a_stated_tolerance() {
     let d = tempfile::tempdir().unwrap();
     let (cfg, enc) = config(d.path());
     let b = first_batch(&cfg, &enc);
-    let ops = CpuOps::default();
+    let ops = Ops::default();
     let mut m = model(&cfg, &ops);
     let one = {
         backprop(&cfg, &ops, &mut *m, &b, vec![1.0; cfg.tasks.len()]);

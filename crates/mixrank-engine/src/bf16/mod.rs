@@ -58,11 +58,16 @@ enum Kind {
 pub struct Bf16Kernel(Kind);
 
 impl Bf16Kernel {
-    /// The fastest kernel this CPU supports: bf16 arithmetic where the CPU has it (AMX,
-    /// then AVX512-BF16), else a widening kernel (bf16 storage, f32 compute), else the
-    /// portable loop (non-x86 CPUs).
+    /// The fastest kernel this CPU supports: AMX-BF16 tiles where the CPU has them, else
+    /// a widening kernel (bf16 storage, f32 compute; AVX-512F, else AVX2 + FMA), else the
+    /// portable loop (non-x86 CPUs). AVX512-BF16 without AMX is not picked: on an Intel
+    /// Xeon with `avx512_bf16` and no AMX its `vdpbf16ps` path (activations rounded to
+    /// bf16 per call, then dot products of bf16 pairs) measured 1.05–1.5× *slower* than
+    /// the f32 GEMM end to end, where the AVX-512 widening kernel is at f32's speed
+    /// (docs/BENCHMARKS.md, 2026-12-07); it stays available by name
+    /// (`MIXRANK_BF16_KERNEL=avx512bf16`).
     pub fn detect() -> Self {
-        Self::amx().or_else(|_| Self::avx512bf16()).or_else(|_| Self::widen()).unwrap_or(Self::portable())
+        Self::amx().or_else(|_| Self::widen()).unwrap_or(Self::portable())
     }
 
     /// The kernel the environment variable `MIXRANK_BF16_KERNEL` names (`amx`,

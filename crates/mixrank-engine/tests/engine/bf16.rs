@@ -279,7 +279,8 @@ fn kernels_are_found_by_their_names() {
 #[test]
 fn detect_never_picks_the_portable_loop_on_x86_with_avx2() {
     let k = Bf16Kernel::detect();
-    if Bf16Kernel::amx().is_err() && Bf16Kernel::avx512bf16().is_err() && Bf16Kernel::widen().is_ok() {
+    // Without AMX a widening kernel wins, AVX512-BF16 or not (measured slower than f32).
+    if Bf16Kernel::amx().is_err() && Bf16Kernel::widen().is_ok() {
         assert!(k.takes_f32_activations(), "picked {}", k.name());
     }
     assert!(!(k == Bf16Kernel::portable() && Bf16Kernel::widen().is_ok()), "picked portable");
