@@ -117,6 +117,20 @@ pub fn softplus<T: Float>(z: T) -> T {
     z.max(T::ZERO) + (-z.abs()).exp().ln_1p()
 }
 
+/// Checks that a loss's inputs (and the optional weight and mask) and its gradient hold
+/// `n` examples.
+fn check_input<T>(op: &'static str, n: usize, input: &LossInput<'_, [T]>, grad: &[T]) -> Result<()> {
+    check::vector(op, "pred", input.pred.len(), n)?;
+    check::vector(op, "target", input.target.len(), n)?;
+    if let Some(w) = input.weight {
+        check::vector(op, "weight", w.len(), n)?;
+    }
+    if let Some(m) = input.mask {
+        check::vector(op, "mask", m.len(), n)?;
+    }
+    check::vector(op, "grad", grad.len(), n)
+}
+
 /// Checks what the ranking losses share: the inputs and `grad` hold `n` examples, the
 /// temperature is a finite number > 0.
 fn check_ranking<T>(
@@ -126,15 +140,7 @@ fn check_ranking<T>(
     input: &LossInput<'_, [T]>,
     grad: &[T],
 ) -> Result<()> {
-    check::vector(op, "pred", input.pred.len(), n)?;
-    check::vector(op, "target", input.target.len(), n)?;
-    if let Some(w) = input.weight {
-        check::vector(op, "weight", w.len(), n)?;
-    }
-    if let Some(m) = input.mask {
-        check::vector(op, "mask", m.len(), n)?;
-    }
-    check::vector(op, "grad", grad.len(), n)?;
+    check_input(op, n, input, grad)?;
     if !(temperature.is_finite() && temperature > 0.0) {
         return Err(crate::EngineError::InvalidArgument { op, reason: "temperature must be a finite number > 0" });
     }
@@ -272,15 +278,7 @@ fn weighted_mean<T: Float>(
     write: GradWrite,
     term: impl Fn(T, T) -> (T, T),
 ) -> Result<f64> {
-    check::vector(op, "pred", input.pred.len(), n)?;
-    check::vector(op, "target", input.target.len(), n)?;
-    if let Some(w) = input.weight {
-        check::vector(op, "weight", w.len(), n)?;
-    }
-    if let Some(m) = input.mask {
-        check::vector(op, "mask", m.len(), n)?;
-    }
-    check::vector(op, "grad", grad.len(), n)?;
+    check_input(op, n, &input, grad)?;
 
     let counts = |i: usize| input.mask.is_none_or(|m| m[i] != T::ZERO);
     let weight = |i: usize| input.weight.map_or(T::ONE, |w| w[i]);
