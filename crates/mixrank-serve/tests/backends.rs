@@ -4,6 +4,8 @@
 //! exactly the code the CPU backend (`CpuOps`) runs, and the two backends' scores of
 //! the same checkpoint agree within the rounding-error bound derived for that model
 //! and request (`BoundOps`: f64 values with a rigorous bound on any f32 execution).
+//! The serving session also runs on `Counting<CpuOps>`, whose buffers are opaque to
+//! generic code, at f32 and bf16, giving the CPU backend's bits.
 //!
 //! The model is a small heterogeneous MMoE — DCNv2, MaskNet, FinalMLP and MLP experts
 //! with dropout, top-2 gates — on simulated engagement logs.
@@ -153,6 +155,19 @@ fn the_whole_path_runs_on_the_reference_backend_and_agrees_with_the_cpu_backend(
     assert!(batch.rows > 1, "a request of several candidates");
     let (serve_ref, serve_cpu) = (s_ref.predict(&batch).unwrap(), s_cpu.predict(&batch).unwrap());
 
+    // The same session on `Counting`'s opaque buffers (what a device backend looks like
+    // to the serving code: no host `Vec` to read behind the backend's back), at f32 and
+    // at bf16 (the packing asked of the backend, `Backend::pack_reduced`): the CPU
+    // backend's bits, since `Counting` forwards every op to it.
+    let kernel = mixrank_engine::bf16::Bf16Kernel::detect();
+    let counting = |ops: CpuOps| Arc::new(mixrank_engine::counting::Counting::new(ops));
+    let on = |ops| InferenceSession::open(&whole, Precision::F32, 64, ops).unwrap().predict(&batch).unwrap();
+    assert_eq!(on(counting(CpuOps::new())), serve_cpu, "Counting vs CPU at f32");
+    let cpu_bf16 = bf16_scores(&whole, &batch, Arc::new(CpuOps::new().with_bf16_kernel(kernel)));
+    let counting_bf16 = bf16_scores(&whole, &batch, counting(CpuOps::new().with_bf16_kernel(kernel)));
+    assert_eq!(counting_bf16, cpu_bf16, "Counting vs CPU at bf16 ({})", kernel.name());
+    assert_ne!(cpu_bf16, serve_cpu, "the bf16 session packed its GEMMs");
+
     // The bound: the same checkpoint on BoundOps, forward in evaluation mode on the
     // request's batch and on the first validation batch.
     let bops = BoundOps;
@@ -210,4 +225,13 @@ fn the_whole_path_runs_on_the_reference_backend_and_agrees_with_the_cpu_backend(
     let n = first.rows;
     let head = |p: &[Vec<f32>]| p.iter().map(|t| t[..n].to_vec()).collect::<Vec<_>>();
     check("validation", &bounds, &head(&p_ref.preds), &head(&p_cpu.preds), n);
+}
+
+/// One request's scores through a bf16 session on `ops`.
+fn bf16_scores<B: mixrank_engine::Backend + 'static>(
+    run: &Path,
+    batch: &mixrank_data::Batch,
+    ops: Arc<B>,
+) -> Vec<Vec<f32>> {
+    InferenceSession::open(run, Precision::Bf16, 64, ops).unwrap().predict(batch).unwrap()
 }
