@@ -56,8 +56,8 @@ impl<B: Backend> InBatchSoftmax<B> {
     }
 
     /// The loss's name and its value at the last training backward.
-    pub fn loss(&self) -> Option<(String, f32)> {
-        self.last.map(|l| (self.name.clone(), l))
+    pub fn loss(&self) -> Option<(&str, f32)> {
+        self.last.map(|l| (self.name.as_str(), l))
     }
 
     /// The loss on `b`'s `rows` rows and its gradients `d_user`, `d_item` from the

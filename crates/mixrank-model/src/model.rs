@@ -95,7 +95,7 @@ pub trait Model<B: Backend>: Parameters<B> + Send {
     /// Training losses the model adds itself, beside the per-task losses the trainer
     /// computes from the logits, with their values at the last training backward (the
     /// two-tower in-batch softmax; none for most models).
-    fn aux_losses(&self) -> Vec<(String, f32)> {
+    fn aux_losses(&self) -> Vec<(&str, f32)> {
         Vec::new()
     }
 

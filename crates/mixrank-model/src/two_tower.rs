@@ -470,7 +470,7 @@ where
         self.item.head.set_training(training);
     }
 
-    fn aux_losses(&self) -> Vec<(String, f32)> {
+    fn aux_losses(&self) -> Vec<(&str, f32)> {
         self.in_batch.iter().filter_map(|ib| ib.loss()).collect()
     }
 

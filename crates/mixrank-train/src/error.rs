@@ -55,6 +55,16 @@ pub(crate) fn layer(context: &'static str) -> impl Fn(mixrank_nn::NnError) -> Tr
     move |source| TrainError::Layer { context, source: Box::new(source) }
 }
 
+/// A loss value, or [`TrainError::Diverged`] naming what diverged (`what`, built only
+/// then) and the step.
+pub(crate) fn finite_loss(loss: f64, step: u64, what: impl FnOnce() -> String) -> Result<f64> {
+    if loss.is_finite() {
+        Ok(loss)
+    } else {
+        Err(TrainError::Diverged { step, task: what(), loss: loss as f32 })
+    }
+}
+
 pub(crate) fn engine(context: &'static str) -> impl Fn(mixrank_engine::EngineError) -> TrainError {
     move |source| TrainError::Engine { context, source: Box::new(source) }
 }

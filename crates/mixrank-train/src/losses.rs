@@ -3,7 +3,7 @@
 //! task's weight (fixed, or learned uncertainty weights: [`crate::weighting`]), written
 //! as per-task logit gradients for the backward pass.
 
-use crate::error::{engine, Result, TrainError};
+use crate::error::{engine, finite_loss, Result};
 use crate::weighting::TaskWeighting;
 use mixrank_data::config::{ExperimentConfig, RegressionLoss, TaskKind};
 use mixrank_data::Batch;
@@ -87,9 +87,7 @@ impl<B: Backend> TaskLosses<B> {
                 }
             }
             .map_err(engine("loss"))?;
-            if !loss.is_finite() {
-                return Err(TrainError::Diverged { step, task: task.name.clone(), loss });
-            }
+            finite_loss(loss as f64, step, || task.name.clone())?;
             self.step_loss[ti] = loss * self.share[ti];
         }
         Ok(())

@@ -588,10 +588,10 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
             let refs: Vec<&B::Buf> = self.losses.grads.iter().collect();
             self.model.backward(ops, b, &refs)?;
             for (name, l) in self.model.aux_losses() {
-                let l = finite_aux(l, self.step, &name)?;
-                match self.window.aux.iter_mut().find(|(n, _)| *n == name) {
+                let l = crate::error::finite_loss(l as f64, self.step, || name.to_string())?;
+                match self.window.aux.iter_mut().find(|(n, _)| n == name) {
                     Some((_, sum)) => *sum += l,
-                    None => self.window.aux.push((name, l)),
+                    None => self.window.aux.push((name.to_string(), l)),
                 }
             }
         } else {
@@ -883,13 +883,4 @@ fn find_best<'a>(
         }
     }
     Err(why.join("; "))
-}
-
-/// A model's own loss value, or the divergence error naming it and the step.
-fn finite_aux(l: f32, step: u64, name: &str) -> Result<f64> {
-    if l.is_finite() {
-        Ok(l as f64)
-    } else {
-        Err(crate::error::TrainError::Diverged { step, task: name.to_string(), loss: l })
-    }
 }

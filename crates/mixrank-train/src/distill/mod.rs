@@ -23,7 +23,7 @@ mod pointwise;
 mod ranking;
 pub mod teacher;
 
-use crate::error::{Result, TrainError};
+use crate::error::{finite_loss, Result, TrainError};
 use crate::losses::TaskLosses;
 use mixrank_data::config::distill::{DistillTask, TeacherSource};
 use mixrank_data::config::{ExperimentConfig, Split};
@@ -146,7 +146,7 @@ impl<B: Backend + 'static> Distiller<B> {
                     self.ranking.apply(ops, &task, &mut rng, grad)? as f64
                 }
             };
-            out[ti] = finite(l, step, &self.task_names[ti])?;
+            out[ti] = finite_loss(l, step, || format!("{} (distillation)", self.task_names[ti]))?;
         }
         Ok(out)
     }
@@ -157,13 +157,4 @@ fn pair_rng(seed: u64, step: u64, k: usize) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(
         seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (k as u64).wrapping_mul(0xd1b5_4a32_d192_ed03),
     )
-}
-
-/// A distillation loss value, or the divergence error naming the task and step.
-fn finite(l: f64, step: u64, task: &str) -> Result<f64> {
-    if l.is_finite() {
-        Ok(l)
-    } else {
-        Err(TrainError::Diverged { step, task: format!("{task} (distillation)"), loss: l as f32 })
-    }
 }
