@@ -26,6 +26,13 @@ pub trait Collective: Send + Sync + std::fmt::Debug {
     fn broadcast_bytes(&self, buf: &mut Vec<u8>, root: usize) -> Result<()>;
     /// Returns once every rank has called it.
     fn barrier(&self) -> Result<()>;
+    /// Called by a rank that stops with an error outside any collective, so that the
+    /// other ranks stop too rather than wait for it in a collective it will never join
+    /// (for instance the resume point's broadcast after a failed claim of the run
+    /// directory). MPI: `MPI_Abort` of the world, which ends every process of the job
+    /// with `code` (it does not return). In-process: nothing to do, the rank's handle
+    /// leaves the group when it is dropped, failing the others' next collective.
+    fn abort_group(&self, code: i32);
 }
 
 macro_rules! le_codec {

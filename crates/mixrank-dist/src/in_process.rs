@@ -195,6 +195,11 @@ impl Collective for InProcess {
     fn barrier(&self) -> Result<()> {
         self.exchange("barrier", Vec::new()).map(|_| ())
     }
+
+    fn abort_group(&self, _code: i32) {
+        // Dropping this rank's handle leaves the group (see `Drop`), which is what
+        // stops the others; the caller drops it when it returns.
+    }
 }
 
 #[cfg(test)]

@@ -167,4 +167,10 @@ impl Collective for Mpi {
         self.world.barrier();
         Ok(())
     }
+
+    fn abort_group(&self, code: i32) {
+        // Not under `lock`: the caller's training has returned, so no call of this
+        // process is in flight, and a lock poisoned by a panic must not stop the abort.
+        self.world.abort(code)
+    }
 }

@@ -106,6 +106,12 @@ impl EarlyStopping {
         self.state
     }
 
+    /// The same policy continuing from `state` (data-parallel: rank 0's, after it
+    /// validated).
+    pub fn with_state(self, state: EarlyStopState) -> Self {
+        EarlyStopping { state, ..self }
+    }
+
     /// The monitored value, oriented so that higher is better (a lower-is-better metric
     /// is negated): the monitor's metric on its task, or its mean over its tasks; `None`
     /// when a task has no value (e.g. AUC of a single-class validation split).

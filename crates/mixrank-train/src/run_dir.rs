@@ -141,7 +141,16 @@ fn alive(pid: u32) -> bool {
         return true;
     }
     if cfg!(target_os = "linux") {
-        Path::new("/proc").join(pid.to_string()).exists()
+        // A process that ended but was not reaped yet (a zombie: its parent, such as an
+        // `mpirun` that stopped a job, exited first, and a container's first process
+        // may never reap it) still has its /proc entry; it no longer runs. State is the
+        // field after the command's closing parenthesis in /proc/PID/stat.
+        match std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")) {
+            Ok(stat) => {
+                !matches!(stat.rsplit_once(')').map(|(_, rest)| rest.trim_start()), Some(r) if r.starts_with(['Z', 'X']))
+            }
+            Err(_) => false,
+        }
     } else {
         true
     }
@@ -150,6 +159,28 @@ fn alive(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_process_that_ended_unreaped_does_not_hold_a_lock() {
+        assert!(alive(std::process::id()));
+        // A child that exited and is not waited for yet is a zombie with a /proc entry.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let stat = format!("/proc/{}/stat", child.id());
+        let t0 = std::time::Instant::now();
+        while !std::fs::read_to_string(&stat).unwrap().contains(") Z") {
+            assert!(t0.elapsed().as_secs() < 10, "the child did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!alive(child.id()), "a zombie does not run");
+        child.wait().unwrap();
+        assert!(!alive(child.id()), "nor does a reaped process");
+        // A running one does.
+        let mut sleeper = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        assert!(alive(sleeper.id()));
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+    }
 
     #[test]
     fn second_writer_fails_naming_the_pid_and_a_stale_lock_is_taken_over() {

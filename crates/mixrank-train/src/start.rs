@@ -73,7 +73,7 @@ pub(crate) fn start<B: Backend + 'static>(
         Ok((model, optim))
     };
     if opts.resume {
-        let found = newest_good(&opts.out_dir)?;
+        let found = resume_point(opts)?;
         for (dir, reason) in &found.refused {
             let mut moved = None;
             // A refused periodic checkpoint is moved aside so it is neither retried nor
@@ -268,4 +268,34 @@ pub(crate) fn start<B: Backend + 'static>(
         early_stopping: None,
         events,
     })
+}
+
+/// The checkpoint `--resume` continues from. In one process, the newest that verifies.
+/// Data-parallel, every rank resumes from the same one, whatever the number of ranks
+/// that wrote it (the replicated checkpoint is the whole model, and the data cursor
+/// counts global batches): rank 0 chooses (and moves refused ones aside), every rank
+/// reads the one it chose. A failure on rank 0 is every rank's, with its message.
+fn resume_point(opts: &TrainOptions) -> Result<crate::periodic::Found> {
+    let Some(c) = opts.collective.as_deref() else { return newest_good(&opts.out_dir) };
+    let (chosen, mut msg) = if c.rank() == 0 {
+        match newest_good(&opts.out_dir) {
+            Ok(f) => {
+                let dir = f.checkpoint.dir.to_string_lossy().into_owned();
+                (Some(f), format!("ok:{dir}").into_bytes())
+            }
+            Err(e) => (None, format!("err:{e}").into_bytes()),
+        }
+    } else {
+        (None, Vec::new())
+    };
+    c.broadcast_bytes(&mut msg, 0)?;
+    let msg = String::from_utf8_lossy(&msg).into_owned();
+    match (chosen, msg.split_once(':')) {
+        (Some(found), _) => Ok(found),
+        (None, Some(("ok", dir))) => {
+            Ok(crate::periodic::Found { checkpoint: read_verified(Path::new(dir))?, refused: Vec::new() })
+        }
+        (None, Some(("err", e))) => Err(TrainError::Resume(format!("rank 0: {e}"))),
+        (None, _) => Err(TrainError::Distributed(format!("rank 0 sent no resume point ({msg:?})"))),
+    }
 }

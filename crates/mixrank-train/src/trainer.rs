@@ -105,17 +105,8 @@ impl TrainOptions {
         let Some(c) = &self.collective else { return Ok(()) };
         let refuse =
             |what: &str| Err(TrainError::Distributed(format!("{what} is not supported with {} ranks yet", c.size())));
-        if self.resume {
-            return refuse("--resume");
-        }
         if self.distillation_enabled(cfg) {
             return refuse("distillation ([distill])");
-        }
-        if cfg.train.early_stopping_patience > 0 {
-            return refuse("early stopping ([train] early_stopping_patience)");
-        }
-        if self.trace_rows.is_some() {
-            return refuse("--trace-rows");
         }
         // Checkpoints are collective (the replicas' checksums are compared), so every rank
         // must find them due at the same steps: a wall-clock interval would not.
@@ -402,7 +393,14 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
         for e in &events {
             log.line(e)?;
         }
-        let trace = opts.trace_rows.as_deref().map(|p| RowTrace::open(p, opts.resume)).transpose()?;
+        // Data-parallel, rank 0 traces the global batches (each of whose rows exactly one
+        // rank trains on).
+        let trace = opts
+            .trace_rows
+            .as_deref()
+            .filter(|_| opts.is_lead())
+            .map(|p| RowTrace::open(p, opts.resume))
+            .transpose()?;
         // `[distill]` applies in the batch stage; the incremental stage only with
         // --distill-in-incremental (the seed found it overfits there).
         let distiller = if opts.distillation_enabled(&cfg) { crate::distill::Distiller::new(&cfg, ops)? } else { None };
@@ -688,15 +686,27 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
     /// Scores the validation split (when the config has one), logs it and applies early
     /// stopping: an improvement saves `best/`; `true` when training should stop.
     fn validate(&mut self, epoch: usize) -> Result<bool> {
-        // Data-parallel: rank 0 validates (early stopping, whose decision every rank
-        // would need, is refused there).
-        if !self.opts.is_lead() {
-            return Ok(false);
+        let stop = if self.opts.is_lead() {
+            self.clock.pause();
+            let r = self.validate_inner(epoch);
+            self.clock.resume();
+            r?
+        } else {
+            self.validations.last_step = Some(self.step);
+            false
+        };
+        // Data-parallel: rank 0 validated; its early-stopping state (the decision, the
+        // best step, reduce-on-plateau's learning-rate scale) becomes every rank's, so
+        // the ranks stop at the same step and keep stepping with the same rates.
+        if let (Some(c), Some(es)) = (self.opts.collective.clone(), self.early.as_mut()) {
+            let mut state = serde_json::to_vec(&es.state()).map_err(|e| TrainError::Other(e.to_string()))?;
+            c.broadcast_bytes(&mut state, 0)?;
+            let state = serde_json::from_slice(&state)
+                .map_err(|e| TrainError::Distributed(format!("rank 0's early-stopping state: {e}")))?;
+            *es = es.clone().with_state(state);
+            return Ok(es.stopped());
         }
-        self.clock.pause();
-        let r = self.validate_inner(epoch);
-        self.clock.resume();
-        r
+        Ok(stop)
     }
 
     fn validate_inner(&mut self, epoch: usize) -> Result<bool> {

@@ -2,8 +2,10 @@
 //! 2 and 3 ranks train the same run as one process, over an epoch whose batches split
 //! unevenly and whose last batch is short; every rank ends with the same weights (the
 //! trainer checks it at every checkpoint and at the end), only rank 0 writes the run
-//! directory, and refused options are refused. The one-step gradient equality with its
-//! derived bound is `mixrank-train`'s unit test `data_parallel_tests`.
+//! directory, and refused options are refused; a job whose rank dies resumes with another
+//! number of ranks and ends where an uninterrupted one-process run does, every row seen
+//! once; early stopping decides the same on every rank. The one-step gradient equality
+//! with its derived bound is `mixrank-train`'s unit test `data_parallel_tests`.
 
 use mixrank_data::ExperimentConfig;
 use mixrank_dist::{Collective, InProcess};
@@ -24,7 +26,7 @@ fn config(dir: &Path, batch_size: usize, extra_train: &str) -> Arc<ExperimentCon
         format!(
             "[model]\narchitecture = \"mmoe\"\nexpert_dim = 8\ntower = {{ hidden = [4] }}\n\
              [[model.experts]]\nkind = \"mlp\"\ncount = 2\nhidden = [16]\n\
-             [train]\nepochs = 1\nlr = 0.001\nthreads = 1\ncheckpoint_every_steps = 4\n{extra_train}"
+             [train]\nthreads = 1\ncheckpoint_every_steps = 4\n{extra_train}"
         ),
     )
     .unwrap();
@@ -35,18 +37,39 @@ fn config(dir: &Path, batch_size: usize, extra_train: &str) -> Arc<ExperimentCon
 
 /// Trains `cfg` into `out` with `n` in-process ranks; every rank's result.
 fn run(cfg: &Arc<ExperimentConfig>, out: &Path, n: usize) -> Vec<Result<TrainSummary, TrainError>> {
+    run_with(cfg, out, n, |_, _| {}).into_iter().map(|r| r.expect("no rank panics")).collect()
+}
+
+/// [`run`] with each rank's options adjusted by `adjust(rank, options)`; a rank that
+/// panicked gives `Err` with its message.
+fn run_with(
+    cfg: &Arc<ExperimentConfig>,
+    out: &Path,
+    n: usize,
+    adjust: impl Fn(usize, &mut TrainOptions) + Sync,
+) -> Vec<Result<Result<TrainSummary, TrainError>, String>> {
     std::thread::scope(|s| {
         let hs: Vec<_> = InProcess::group(n)
             .into_iter()
             .map(|c| {
                 let mut o = TrainOptions::new(out);
                 o.log_every = 1;
+                adjust(c.rank(), &mut o);
                 o.collective = Some(Arc::new(c) as Arc<dyn Collective>);
                 let cfg = cfg.clone();
                 s.spawn(move || train(cfg, &o, &CpuOps::new()))
             })
             .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
+        hs.into_iter()
+            .map(|h| {
+                h.join().map_err(|p| {
+                    p.downcast_ref::<&str>()
+                        .map(|m| m.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_default()
+                })
+            })
+            .collect()
     })
 }
 
@@ -77,7 +100,7 @@ fn n_ranks_train_like_one_process_with_identical_replicas() {
     let d = tempfile::tempdir().unwrap();
     // 23 rows per global batch: 11 + 12 over 2 ranks, 7 + 8 + 8 over 3; the epoch's
     // last batch has 1 row, so some ranks have none.
-    let cfg = config(d.path(), 23, "");
+    let cfg = config(d.path(), 23, "epochs = 1\nlr = 0.001\n");
     let one_dir = d.path().join("one");
     let one = train(cfg.clone(), &TrainOptions::new(&one_dir), &CpuOps::new()).unwrap();
     assert_eq!(one.examples % 23, 1, "the epoch ends on a 1-row batch ({} rows)", one.examples);
@@ -123,31 +146,148 @@ fn n_ranks_train_like_one_process_with_identical_replicas() {
     }
 }
 
+/// Rank 1 of the failing job below dies right after its 7th update (the checkpoint of
+/// step 4 is written; step 8's is not).
+fn die_after_step_7(step: u64) {
+    if step == 7 {
+        panic!("rank 1 dies after step 7");
+    }
+}
+
 #[test]
 fn a_failing_rank_stops_the_others_and_unsupported_options_are_refused() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = config(d.path(), 25, "early_stopping_patience = 2\n");
-    for r in run(&cfg, &d.path().join("es"), 2) {
+    let cfg = config(d.path(), 25, "epochs = 1\nlr = 0.001\ncheckpoint_every_minutes = 1.0\n");
+    for r in run(&cfg, &d.path().join("minutes"), 2) {
         let e = r.unwrap_err().to_string();
-        assert!(e.contains("early stopping") && e.contains("not supported with 2 ranks"), "{e}");
+        assert!(e.contains("checkpoint_every_minutes") && e.contains("not supported with 2 ranks"), "{e}");
     }
-    // Rank 1 refuses (--resume is only given to it); rank 0 must stop, not hang.
-    let cfg = config(d.path(), 25, "");
-    let out = d.path().join("gone");
-    let res: Vec<_> = std::thread::scope(|s| {
-        let hs: Vec<_> = InProcess::group(2)
-            .into_iter()
-            .map(|c| {
-                let mut o = TrainOptions::new(&out);
-                o.resume = c.rank() == 1;
-                o.collective = Some(Arc::new(c) as Arc<dyn Collective>);
-                let cfg = cfg.clone();
-                s.spawn(move || train(cfg, &o, &CpuOps::new()))
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    // Rank 1 panics mid-run; rank 0 must stop with an error, not hang.
+    let cfg = config(d.path(), 25, "epochs = 1\nlr = 0.001\n");
+    let res = run_with(&cfg, &d.path().join("gone"), 2, |r, o| {
+        if r == 1 {
+            o.after_step = Some(die_after_step_7);
+        }
     });
-    assert!(res[1].as_ref().unwrap_err().to_string().contains("--resume"));
-    let e = res[0].as_ref().unwrap_err().to_string();
+    assert!(res[1].as_ref().unwrap_err().contains("dies after step 7"), "{:?}", res[1].as_ref().err());
+    let e = res[0].as_ref().unwrap().as_ref().unwrap_err().to_string();
     assert!(e.contains("rank 1 left the group"), "{e}");
+}
+
+/// One trace line: (step, epoch, rows as (request id, position)).
+type Step = (u64, u64, Vec<(u64, u64)>);
+
+fn read_trace(path: &Path) -> Vec<Step> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let rows = v["rows"].as_array().unwrap().iter().map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap()));
+            (v["step"].as_u64().unwrap(), v["epoch"].as_u64().unwrap(), rows.collect())
+        })
+        .collect()
+}
+
+/// Largest relative difference between two checkpoints' weights (same names).
+fn largest_relative_difference(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> f32 {
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    let mut worst = 0f32;
+    for (name, x) in a {
+        for (x, y) in x.iter().zip(&b[name]) {
+            worst = worst.max((x - y).abs() / y.abs().max(1e-3));
+        }
+    }
+    worst
+}
+
+#[test]
+fn a_job_whose_rank_died_resumes_on_another_number_of_ranks_with_every_row_once() {
+    let d = tempfile::tempdir().unwrap();
+    // 2 epochs of 14 batches of 23 rows (the last of each epoch has 1 row).
+    let cfg = config(d.path(), 23, "epochs = 2\nlr = 0.001\n");
+    let one_dir = d.path().join("one");
+    let trace_one = d.path().join("one.jsonl");
+    let mut o = TrainOptions::new(&one_dir);
+    o.trace_rows = Some(trace_one.clone());
+    let one = train(cfg.clone(), &o, &CpuOps::new()).unwrap();
+    let steps_one = read_trace(&trace_one);
+    assert_eq!(steps_one.len() as u64, one.steps);
+
+    // 2 ranks; rank 1 dies after step 7, so the job stops with the checkpoint of step 4.
+    let out = d.path().join("job");
+    let trace = d.path().join("job.jsonl");
+    let res = run_with(&cfg, &out, 2, |r, o| {
+        o.trace_rows = Some(trace.clone());
+        if r == 1 {
+            o.after_step = Some(die_after_step_7);
+        }
+    });
+    assert!(res[0].as_ref().unwrap().is_err() && res[1].is_err(), "the job stopped");
+    assert!(!out.join("checkpoint").exists(), "no final checkpoint from the failed job");
+    // Resumed on 3 ranks.
+    let res = run_with(&cfg, &out, 3, |_, o| {
+        o.resume = true;
+        o.trace_rows = Some(trace.clone());
+    });
+    let sums: Vec<TrainSummary> = res.into_iter().map(|r| r.unwrap().unwrap()).collect();
+    assert_eq!((sums[0].steps, sums[0].examples), (one.steps, one.examples));
+    let checksum = sums[0].replicas.unwrap().checksum;
+    assert!(sums.iter().all(|s| s.replicas.map(|r| (r.ranks, r.checksum)) == Some((3, checksum))));
+    let resumed = log_events(&out, "resume");
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(resumed[0]["step"], 4, "resumed from the checkpoint of step 4");
+
+    // The trace: the failed job's steps 1..=7 (rank 0 traces the global batches), then the
+    // resumed job's from step 5; steps 1..=4 and the resumed ones are exactly the
+    // one-process run's steps, so every row is trained on once per epoch.
+    let lines = read_trace(&trace);
+    let split = lines.windows(2).position(|w| w[1].0 != w[0].0 + 1).expect("a resumed part") + 1;
+    assert_eq!(lines[..split].iter().map(|l| l.0).collect::<Vec<_>>(), (1..=7).collect::<Vec<_>>());
+    let used: Vec<&Step> = lines[..4].iter().chain(&lines[split..]).collect();
+    assert_eq!(used.len(), steps_one.len());
+    for (i, (a, b)) in used.iter().zip(&steps_one).enumerate() {
+        assert_eq!(*a, b, "step {}: the resumed job trained on other rows than one process", i + 1);
+    }
+
+    let worst = largest_relative_difference(&weights(&out.join("checkpoint")), &weights(&one_dir.join("checkpoint")));
+    eprintln!("2 ranks, died at step 7, resumed on 3 ranks: largest relative difference from one process {worst:e}");
+    assert!(worst <= 1e-3, "{worst}");
+}
+
+#[test]
+fn early_stopping_and_reduce_on_plateau_decide_the_same_on_every_rank() {
+    let d = tempfile::tempdir().unwrap();
+    // Validation every 2 steps; a patience of 2 with the learning rate halved on each
+    // validation without improvement.
+    let cfg = config(
+        d.path(),
+        23,
+        "epochs = 3\neval_every_steps = 2\nearly_stopping_patience = 2\nlr_plateau_factor = 0.5\nlr = 0.05\n",
+    );
+    let one_dir = d.path().join("one");
+    let one = train(cfg.clone(), &TrainOptions::new(&one_dir), &CpuOps::new()).unwrap();
+    let out = d.path().join("ranks2");
+    let sums: Vec<TrainSummary> = run(&cfg, &out, 2).into_iter().map(|r| r.unwrap()).collect();
+    // Every rank stopped at the step one process stopped at, for the same reason.
+    for (r, s) in sums.iter().enumerate() {
+        assert_eq!((s.steps, s.stop), (one.steps, one.stop), "rank {r}");
+    }
+    assert!(
+        matches!(one.stop, mixrank_train::StopReason::EarlyStopping { .. }),
+        "the config must stop early to test anything: {:?}",
+        one.stop
+    );
+    let verdicts = log_events(&out, "early_stopping");
+    let one_verdicts = log_events(&one_dir, "early_stopping");
+    assert_eq!(verdicts.len(), one_verdicts.len());
+    assert!(verdicts.iter().any(|v| v["verdict"]["lr_scale"].as_f64().unwrap() < 1.0), "a plateau reduced the rate");
+    for (a, b) in verdicts.iter().zip(&one_verdicts) {
+        for k in ["best_step", "improved", "stop", "lr_scale", "without_improvement"] {
+            assert_eq!(a["verdict"][k], b["verdict"][k], "step {}: {k}", a["step"]);
+        }
+    }
+    // The run's model is the best validation's, on both.
+    let worst = largest_relative_difference(&weights(&out.join("checkpoint")), &weights(&one_dir.join("checkpoint")));
+    assert!(worst <= 1e-3, "{worst}");
 }

@@ -99,8 +99,18 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         (Some(0), None) => anyhow::bail!("--ranks-in-process needs at least 1 rank"),
         (Some(n), None) => train_in_process(&cfg, &opts, n)?,
         (None, Some(c)) => {
-            opts.collective = Some(c);
-            train(cfg, &opts, &crate::backend::ops())?
+            opts.collective = Some(c.clone());
+            match train(cfg, &opts, &crate::backend::ops()) {
+                Ok(s) => s,
+                Err(e) => {
+                    // This rank may have failed outside any collective (claiming the run
+                    // directory, reading the config): the others would wait for it
+                    // forever, and MPI_Finalize with them. Say why, then end the job.
+                    eprintln!("error: rank {} of {}: {e}", c.rank(), c.size());
+                    c.abort_group(1);
+                    return Err(e.into());
+                }
+            }
         }
         (None, None) => train(cfg, &opts, &crate::backend::ops())?,
     };

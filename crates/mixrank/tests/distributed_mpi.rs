@@ -1,6 +1,8 @@
 //! Data-parallel training under real MPI: `mpirun -n 2` and `-n 3` (oversubscribed,
 //! loopback) start `mixrank train` processes that train like one process on the same
-//! global batches, with every replica's weights checked equal. Built only with the
+//! global batches, with every replica's weights checked equal; a job one of whose rank
+//! processes is SIGKILLed stops (no hang) and `--resume` under `mpirun -n 3` finishes it
+//! with every row trained on once and one process's weights. Built only with the
 //! `mpi` feature (needs Open MPI or MPICH and libclang):
 //! `cargo test --workspace --locked --features mixrank/mpi --test distributed_mpi`.
 #![cfg(feature = "mpi")]
@@ -30,6 +32,21 @@ fn setup(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     )
     .unwrap();
     (sim.config, model)
+}
+
+/// `mpirun` on loopback, as CI (root) runs it, with `n` ranks (oversubscribed).
+fn mpirun(n: usize) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["-n", &n.to_string(), "--oversubscribe", "--bind-to", "none"])
+        // CI runs as root; Open MPI refuses that without both variables.
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        // Loopback only: no network interfaces probed beyond `lo`.
+        .env("OMPI_MCA_btl", "self,tcp")
+        .env("OMPI_MCA_btl_tcp_if_include", "lo")
+        .env("OMPI_MCA_oob_tcp_if_include", "lo")
+        .arg(bin());
+    c
 }
 
 fn train_args(cfg: &Path, model: &Path, out: &Path) -> Vec<String> {
@@ -70,19 +87,7 @@ fn mpirun_2_and_3_ranks_train_like_one_process() {
     let m1 = metrics(&one);
     for n in [2, 3] {
         let out = d.path().join(format!("mpi{n}"));
-        let run = Command::new("mpirun")
-            .args(["-n", &n.to_string(), "--oversubscribe", "--bind-to", "none"])
-            // CI runs as root; Open MPI refuses that without both variables.
-            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-            // Loopback only: no network interfaces probed beyond `lo`.
-            .env("OMPI_MCA_btl", "self,tcp")
-            .env("OMPI_MCA_btl_tcp_if_include", "lo")
-            .env("OMPI_MCA_oob_tcp_if_include", "lo")
-            .arg(bin())
-            .args(train_args(&cfg, &model, &out))
-            .output()
-            .unwrap();
+        let run = mpirun(n).args(train_args(&cfg, &model, &out)).output().unwrap();
         check(run, &format!("mpirun -n {n}"));
         let m = metrics(&out);
         assert_eq!(m["replicas"]["ranks"], n);
@@ -101,4 +106,139 @@ fn mpirun_2_and_3_ranks_train_like_one_process() {
         }
         eprintln!("mpirun -n {n}: largest relative weight difference from one process {worst:e}");
     }
+}
+
+/// One trace line: (step, epoch, rows as (request id, position)).
+type Step = (u64, u64, Vec<(u64, u64)>);
+
+/// The trace's complete lines (a SIGKILL may cut the last one short).
+fn read_trace(path: &Path) -> Vec<Step> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .map(|v| {
+            let rows = v["rows"].as_array().unwrap().iter().map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap()));
+            (v["step"].as_u64().unwrap(), v["epoch"].as_u64().unwrap(), rows.collect())
+        })
+        .collect()
+}
+
+/// The pid of the process of MPI rank `rank` whose command line names `out`.
+fn rank_pid(rank: usize, out: &Path) -> Option<u32> {
+    let want_env = format!("OMPI_COMM_WORLD_RANK={rank}");
+    let want_arg = out.display().to_string();
+    std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).find(|pid| {
+        let read = |f: &str| std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
+        let has = |bytes: Vec<u8>, want: &str| bytes.split(|&b| b == 0).any(|p| p == want.as_bytes());
+        has(read("cmdline"), &want_arg) && has(read("environ"), &want_env)
+    })
+}
+
+#[test]
+fn a_killed_rank_stops_the_job_and_resume_on_3_ranks_finishes_it() {
+    use std::time::{Duration, Instant};
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, model) = setup(d.path());
+    // Two epochs of 14 steps, a checkpoint every 4.
+    let text = std::fs::read_to_string(&model).unwrap();
+    std::fs::write(&model, text.replace("epochs = 1", "epochs = 2")).unwrap();
+    let one = d.path().join("one");
+    let trace_one = d.path().join("one.jsonl");
+    let mut args = train_args(&cfg, &model, &one);
+    args.extend(["--trace-rows".into(), trace_one.display().to_string()]);
+    check(Command::new(bin()).args(&args).output().unwrap(), "one process");
+    let steps_one = read_trace(&trace_one);
+    assert_eq!(steps_one.len(), 28);
+
+    // mpirun -n 2, slowed down; rank 1 is SIGKILLed once a checkpoint at step 8 or later
+    // exists.
+    let out = d.path().join("job");
+    let trace = d.path().join("job.jsonl");
+    let mut args = train_args(&cfg, &model, &out);
+    args.extend(["--trace-rows".into(), trace.display().to_string(), "--debug-step-delay-ms".into(), "100".into()]);
+    let mut job =
+        mpirun(2).args(&args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let latest = out.join("checkpoints/LATEST");
+    let t0 = Instant::now();
+    loop {
+        let step = std::fs::read_to_string(&latest)
+            .ok()
+            .and_then(|t| t.trim().strip_prefix("step-").and_then(|n| n.parse::<u64>().ok()));
+        if step.is_some_and(|s| s >= 8) {
+            break;
+        }
+        assert!(job.try_wait().unwrap().is_none(), "the job ended before a rank could be killed");
+        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint at step 8 after 120 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = rank_pid(1, &out).expect("rank 1's process");
+    assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    // The job stops (mpirun notices the dead rank and ends the others), it does not hang.
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = job.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = job.kill();
+            panic!("the job still runs 60 s after rank 1 was killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "a job with a killed rank fails");
+    // mpirun may return before the other ranks' processes are gone; rank 0 holds the run
+    // directory's lock until it is, so the resumed job would be refused until then.
+    while rank_pid(0, &out).is_some() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "rank 0 still runs 60 s after rank 1 was killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!out.join("checkpoint").exists(), "no final checkpoint from the killed job");
+    eprintln!("rank 1 killed; mpirun and every rank ended in {:.2} s", t0.elapsed().as_secs_f64());
+
+    // Resumed with 3 ranks.
+    let mut args = train_args(&cfg, &model, &out);
+    args.extend(["--trace-rows".into(), trace.display().to_string(), "--resume".into()]);
+    let run = mpirun(3).args(&args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    check(run, "mpirun -n 3 --resume");
+    assert!(stderr.contains("resuming from"), "{stderr}");
+    let m = metrics(&one);
+    let mr = metrics(&out);
+    assert_eq!(mr["replicas"]["ranks"], 3);
+    assert_eq!((&mr["steps"], &mr["examples"]), (&m["steps"], &m["examples"]));
+
+    // Rows: the killed job's steps up to the checkpoint resumed from, then the resumed
+    // job's, are exactly one process's steps: no row lost or repeated.
+    // The resumed job's lines are the last `28 - from` ones (`from` the step of the
+    // checkpoint it resumed from, in its log); the killed job's, the ones before (it may
+    // have traced steps past that checkpoint, which the resumed job trained again).
+    let lines = read_trace(&trace);
+    let resumed: Vec<serde_json::Value> = std::fs::read_to_string(out.join("train_log.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "resume")
+        .collect();
+    assert_eq!(resumed.len(), 1);
+    let from = resumed[0]["step"].as_u64().unwrap();
+    assert!(from >= 8 && from % 4 == 0, "resumed from step {from}");
+    let split = lines.len() - (steps_one.len() - from as usize);
+    assert!(split as u64 >= from, "the killed job traced {split} steps, resumed from {from}");
+    assert_eq!(lines[split].0, from + 1, "the resumed job starts right after its checkpoint");
+    let used: Vec<&Step> = lines[..from as usize].iter().chain(&lines[split..]).collect();
+    assert_eq!(used.len(), steps_one.len());
+    for (i, (a, b)) in used.iter().zip(&steps_one).enumerate() {
+        assert_eq!(*a, b, "step {}: other rows than one process", i + 1);
+    }
+    let (w1, wn) = (weights(&one.join("checkpoint")), weights(&out.join("checkpoint")));
+    assert_eq!(wn.keys().collect::<Vec<_>>(), w1.keys().collect::<Vec<_>>());
+    let mut worst = 0f32;
+    for (name, a) in &wn {
+        for (x, y) in a.iter().zip(&w1[name]) {
+            worst = worst.max((x - y).abs() / y.abs().max(1e-3));
+        }
+    }
+    eprintln!("killed at step >= 8 on 2 ranks, resumed on 3: largest relative difference {worst:e}");
+    assert!(worst <= 1e-3, "{worst}");
 }
