@@ -304,6 +304,14 @@ impl Encoder {
         Ok(())
     }
 
+    /// A batch of no rows with this config's columns (a data-parallel rank whose shard
+    /// of the split has run out takes part in a step with it).
+    pub fn empty_batch(&self) -> Batch {
+        let cfg = &*self.cfg;
+        let multi: Vec<bool> = cfg.categorical.iter().map(|f| f.pooling.is_some()).collect();
+        Batch::empty(&multi, cfg.dense_width(), cfg.tasks.len(), cfg.columns.keep.len())
+    }
+
     /// Encodes `rows` rows. `cols` follows [`Encoder::column_names`]. Rows outside the
     /// split's row fraction are dropped; bad rows are recorded in `bad` (which fails
     /// when the policy does not allow skipping).

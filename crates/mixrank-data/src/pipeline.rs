@@ -42,6 +42,11 @@ pub struct StreamOptions {
     /// decoded and shuffled exactly as without the skip, so batch N + i is the same
     /// batch either way; only the gather into batches and the hand-off are saved.
     pub skip_batches: u64,
+    /// Data-parallel sharded reading: `(rank, ranks)`. The split's units are ordered as
+    /// without it (the same on every rank) and this rank reads every `ranks`-th one from
+    /// its `rank`-th on, shuffling rows with its own stream; `batch_size` is then this
+    /// rank's part of the global batch. `None`: every unit.
+    pub shard: Option<(usize, usize)>,
 }
 
 impl StreamOptions {
@@ -58,6 +63,7 @@ impl StreamOptions {
             seed: d.seed,
             max_rows: None,
             skip_batches: 0,
+            shard: None,
         }
     }
 }
@@ -78,6 +84,15 @@ impl BatchStream {
         let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ opts.epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         if opts.shuffle {
             units.shuffle(&mut rng);
+        }
+        if let Some((rank, ranks)) = opts.shard {
+            units = units.into_iter().skip(rank).step_by(ranks.max(1)).collect();
+            // Each rank shuffles its rows with its own stream.
+            rng = rand::rngs::StdRng::seed_from_u64(
+                opts.seed
+                    ^ opts.epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    ^ (rank as u64 + 1).wrapping_mul(0xc2b2_ae3d_27d4_eb4f),
+            );
         }
         let n_units = units.len();
         let bad = Arc::new(BadRows::new(enc.config().data.max_bad_rows));

@@ -52,6 +52,11 @@ pub const MANIFEST_SUM: &str = "manifest.xxh3";
 pub struct Cursor {
     pub epoch: u64,
     pub batch_in_epoch: u64,
+    /// Data-parallel sharded reading (`[data] distributed_reading = "sharded"`): the
+    /// number of ranks whose shards `batch_in_epoch` counts batches of (each rank's
+    /// stream depends on it). Absent for every other run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<usize>,
 }
 
 /// Size and XXH3-64 (hex) of one file of the checkpoint.

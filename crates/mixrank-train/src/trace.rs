@@ -43,14 +43,28 @@ impl RowTrace {
 
     /// Records the rows of the batch that update `step` trained on.
     pub fn record(&mut self, step: u64, epoch: u64, b: &Batch) -> Result<()> {
+        let rows: Vec<(u64, u64)> = (0..b.rows).map(|r| (b.request_id[r], u64::from(b.position[r]))).collect();
+        self.record_rows(step, epoch, &rows)
+    }
+
+    /// Records the rows `(request, position)` that update `step` trained on.
+    pub fn record_rows(&mut self, step: u64, epoch: u64, rows: &[(u64, u64)]) -> Result<()> {
         use std::fmt::Write as _;
         self.line.clear();
         let _ = write!(self.line, "{{\"step\":{step},\"epoch\":{epoch},\"rows\":[");
-        for r in 0..b.rows {
+        for (r, (request, position)) in rows.iter().enumerate() {
             let sep = if r == 0 { "" } else { "," };
-            let _ = write!(self.line, "{sep}[{},{}]", b.request_id[r], b.position[r]);
+            let _ = write!(self.line, "{sep}[{request},{position}]");
         }
         self.line.push_str("]}\n");
         self.file.write_all(self.line.as_bytes()).map_err(|source| TrainError::Io { path: self.path.clone(), source })
     }
+}
+
+/// Data-parallel sharded reading: the `(request, position)` rows of every rank's part of
+/// the global batch, in rank order (a collective: every rank calls it).
+pub fn gather_rows(c: &dyn mixrank_dist::Collective, b: &Batch) -> Result<Vec<(u64, u64)>> {
+    let mine: Vec<u64> = (0..b.rows).flat_map(|r| [b.request_id[r], u64::from(b.position[r])]).collect();
+    let all = mixrank_dist::all_gather_u64(c, &mine)?;
+    Ok(all.iter().flat_map(|v| v.chunks_exact(2).map(|p| (p[0], p[1]))).collect())
 }

@@ -24,7 +24,7 @@ use crate::start::Start;
 use crate::trace::RowTrace;
 use crate::train_log::{Log, TrainLine, ValidationLine};
 use mixrank_data::config::model::LrDecay;
-use mixrank_data::config::{ExperimentConfig, Split};
+use mixrank_data::config::{DistributedReading, ExperimentConfig, Split};
 use mixrank_data::pipeline::{BatchStream, StreamOptions};
 use mixrank_data::stats::DenseStats;
 use mixrank_data::{DenseMode, Encoder};
@@ -107,6 +107,13 @@ impl TrainOptions {
             |what: &str| Err(TrainError::Distributed(format!("{what} is not supported with {} ranks yet", c.size())));
         if self.distillation_enabled(cfg) {
             return refuse("distillation ([distill])");
+        }
+        if cfg.data.distributed_reading == DistributedReading::Sharded && cfg.data.batch_size < c.size() {
+            return Err(TrainError::Distributed(format!(
+                "[data] distributed_reading = \"sharded\" needs batch_size ({}) of at least the {} ranks: each rank reads its own part of every batch",
+                cfg.data.batch_size,
+                c.size()
+            )));
         }
         // Checkpoints are collective (the replicas' checksums are compared), so every rank
         // must find them due at the same steps: a wall-clock interval would not.
@@ -364,6 +371,15 @@ macro_rules! info {
     };
 }
 
+/// The rows of one training step.
+enum StepRows<'b> {
+    /// A global batch (every rank read it); data-parallel, this rank trains on its slice.
+    Global(&'b mixrank_data::Batch),
+    /// Sharded reading: this rank's part of the global batch, read by itself, and the
+    /// global batch's row count over all ranks.
+    Local { batch: &'b mixrank_data::Batch, global_rows: u64 },
+}
+
 impl<'a, B: Backend + 'static> Run<'a, B> {
     fn start(cfg: Arc<ExperimentConfig>, opts: &'a TrainOptions, ops: &'a B) -> Result<Run<'a, B>> {
         // A config without a train split fails here, before the statistics pass.
@@ -503,24 +519,79 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
         sopts.epoch = epoch as u64;
         // The data cursor: batches of this epoch already trained on (resume).
         sopts.skip_batches = if epoch as u64 == self.cursor.epoch { self.cursor.batch_in_epoch } else { 0 };
-        self.cursor = Cursor { epoch: epoch as u64, batch_in_epoch: sopts.skip_batches };
+        let cfg = self.cfg.clone();
+        // Sharded reading (data-parallel): this rank reads its units and forms its part
+        // of every global batch.
+        let sharded =
+            self.opts.collective.clone().filter(|_| cfg.data.distributed_reading == DistributedReading::Sharded);
+        let shards = sharded.as_ref().map(|c| c.size());
+        if sopts.skip_batches > 0 && self.cursor.shards != shards {
+            // Each rank's stream depends on the number of shards: batch k of N shards is
+            // not batch k of M.
+            let read = |s: Option<usize>| {
+                s.map_or("whole (one process, or replicated reading)".to_string(), |n| format!("in {n} shards"))
+            };
+            return Err(TrainError::Resume(format!(
+                "the checkpoint's data cursor is batch {} of epoch {} of the training split read {}, and this job reads it {}: \
+                 resume with the same number of ranks, or from a checkpoint at an epoch boundary",
+                sopts.skip_batches,
+                epoch,
+                read(self.cursor.shards),
+                read(shards)
+            )));
+        }
+        if let Some(c) = &sharded {
+            sopts.shard = Some((c.rank(), c.size()));
+            sopts.batch_size = crate::data_parallel::shard_range(sopts.batch_size, c.rank(), c.size()).len();
+        }
+        self.cursor = Cursor { epoch: epoch as u64, batch_in_epoch: sopts.skip_batches, shards };
         let mut skipping = (sopts.skip_batches > 0).then(|| (sopts.skip_batches, Instant::now()));
         let (epoch_train_s, epoch_examples) = (self.clock.train_seconds(), self.examples);
-        let cfg = self.cfg.clone();
         let split = cfg.split("train")?;
-        for b in BatchStream::start(self.enc.clone(), split, sopts.clone())? {
-            let b = b?;
+        let mut stream = BatchStream::start(self.enc.clone(), split, sopts.clone())?;
+        loop {
+            let next = stream.next().transpose()?;
+            let (b, rows) = match &sharded {
+                None => match next {
+                    Some(b) => (b, None),
+                    None => break,
+                },
+                // Every rank steps while any rank has rows left (uneven shards: a rank
+                // whose shard ran out takes part with no rows); the epoch ends when all
+                // have run out.
+                Some(c) => {
+                    let mut global = [next.as_ref().map_or(0.0, |b| b.rows as f64)];
+                    c.all_reduce_sum_f64(&mut global)?;
+                    if global[0] == 0.0 {
+                        break;
+                    }
+                    (next.unwrap_or_else(|| self.enc.empty_batch()), Some(global[0] as u64))
+                }
+            };
             if let Some((batches, t0)) = skipping.take() {
                 self.log
                     .line(&serde_json::json!({"event": "data_cursor", "epoch": epoch, "skipped_batches": batches,
                     "seconds_to_first_batch": t0.elapsed().as_secs_f64()}))?;
             }
-            self.step(&b, (split, &sopts))?;
+            let step_rows = match rows {
+                None => StepRows::Global(&b),
+                Some(global_rows) => StepRows::Local { batch: &b, global_rows },
+            };
+            self.step(step_rows, (split, &sopts))?;
             if let Some(f) = self.opts.after_step {
                 f(self.step);
             }
-            if let Some(tr) = &mut self.trace {
-                tr.record(self.step, epoch as u64, &b)?;
+            match (&mut self.trace, &sharded) {
+                (Some(tr), None) => tr.record(self.step, epoch as u64, &b)?,
+                // Sharded reading: the global batch's rows are every rank's; rank 0
+                // gathers them (only when tracing, a debugging aid).
+                (trace, Some(c)) if self.opts.trace_rows.is_some() => {
+                    let rows = crate::trace::gather_rows(&**c, &b)?;
+                    if let Some(tr) = trace {
+                        tr.record_rows(self.step, epoch as u64, &rows)?;
+                    }
+                }
+                _ => {}
             }
             if self.step.is_multiple_of(self.opts.log_every.max(1)) {
                 self.log_progress(epoch)?;
@@ -550,7 +621,7 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
         self.log.line(&serde_json::json!({"event": "epoch", "epoch": epoch, "step": self.step,
             "examples": n, "train_s": train_s, "examples_per_s": n as f64 / train_s.max(1e-9),
             "resumed_mid_epoch": skipped}))?;
-        self.cursor = Cursor { epoch: epoch as u64 + 1, batch_in_epoch: 0 };
+        self.cursor = Cursor { epoch: epoch as u64 + 1, batch_in_epoch: 0, shards };
         if self.cfg.train.eval_every_steps == 0 && self.validate(epoch)? {
             self.log.line(&serde_json::json!({"event": "early_stop", "step": self.step, "epoch": epoch}))?;
             return Ok(self.stopped());
@@ -562,18 +633,21 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
     /// Data-parallel training ([`crate::data_parallel`]): this rank's rows of the global
     /// batch `global`, the losses normalised by the global weight sums, and the
     /// gradients summed over the ranks between backward and the optimizer step.
-    fn step(&mut self, global: &mixrank_data::Batch, stream: (&Split, &StreamOptions)) -> Result<()> {
+    fn step(&mut self, rows: StepRows<'_>, stream: (&Split, &StreamOptions)) -> Result<()> {
         let ops = self.ops;
         let dist = self.opts.collective.clone();
         let local;
-        let b = match &dist {
-            Some(c) => {
+        let (b, global_rows) = match (rows, &dist) {
+            (StepRows::Global(global), Some(c)) => {
                 local = crate::data_parallel::shard(global, &**c);
-                self.losses.share = crate::data_parallel::task_shares(&local, &**c)?;
-                &local
+                (&local, global.rows as u64)
             }
-            None => global,
+            (StepRows::Global(global), None) => (global, global.rows as u64),
+            (StepRows::Local { batch, global_rows }, _) => (batch, global_rows),
         };
+        if let Some(c) = &dist {
+            self.losses.share = crate::data_parallel::task_shares(b, &**c)?;
+        }
         if b.rows > 0 {
             self.model.forward(ops, b)?;
             self.losses.compute(&self.cfg, ops, &*self.model, b, self.step)?;
@@ -610,7 +684,7 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
         let (lr, sparse_lr) = self.rates(self.step);
         self.optim.step(ops, &mut *self.model, lr, sparse_lr)?;
         self.step += 1;
-        self.examples += global.rows as u64;
+        self.examples += global_rows;
         self.cursor.batch_in_epoch += 1;
         self.window.steps += 1;
         Ok(())

@@ -291,3 +291,109 @@ fn early_stopping_and_reduce_on_plateau_decide_the_same_on_every_rank() {
     let worst = largest_relative_difference(&weights(&out.join("checkpoint")), &weights(&one_dir.join("checkpoint")));
     assert!(worst <= 1e-3, "{worst}");
 }
+
+/// [`config`] with sharded reading and the training day written in row groups of 40
+/// rows: 8 units (7 of 40 rows, 1 of 20) that the ranks share unevenly.
+fn sharded_config(dir: &Path, batch_size: usize, extra_train: &str) -> Arc<ExperimentConfig> {
+    let p = mixrank_data::simulate::EngagementParams {
+        requests_per_day: 30,
+        days: 3,
+        row_group_rows: 40,
+        ..Default::default()
+    };
+    let sim = mixrank_data::simulate::simulate_engagement(&p, &dir.join("data")).unwrap();
+    let text = std::fs::read_to_string(&sim.config).unwrap();
+    assert!(text.contains("batch_size = 2048"), "the simulator's config names its batch size");
+    let text =
+        text.replace("batch_size = 2048", &format!("batch_size = {batch_size}\ndistributed_reading = \"sharded\""));
+    std::fs::write(&sim.config, text).unwrap();
+    let model = dir.join("model.toml");
+    std::fs::write(
+        &model,
+        format!(
+            "[model]\narchitecture = \"mmoe\"\nexpert_dim = 8\ntower = {{ hidden = [4] }}\n\
+             [[model.experts]]\nkind = \"mlp\"\ncount = 2\nhidden = [16]\n\
+             [train]\nthreads = 1\ncheckpoint_every_steps = 4\nlr = 0.001\n{extra_train}"
+        ),
+    )
+    .unwrap();
+    Arc::new(ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap())
+}
+
+#[test]
+fn sharded_reading_trains_every_row_once_per_epoch_and_resumes_mid_epoch_exactly() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = sharded_config(d.path(), 23, "epochs = 2\n");
+    // One process reads everything (one shard): the training rows.
+    let one_trace = d.path().join("one.jsonl");
+    let mut o = TrainOptions::new(d.path().join("one"));
+    o.trace_rows = Some(one_trace.clone());
+    train(cfg.clone(), &o, &CpuOps::new()).unwrap();
+    let rows_of = |steps: &[Step], epoch: u64| -> Vec<(u64, u64)> {
+        steps.iter().filter(|s| s.1 == epoch).flat_map(|s| s.2.clone()).collect()
+    };
+    let mut all_rows = rows_of(&read_trace(&one_trace), 0);
+    all_rows.sort();
+    assert_eq!(all_rows.len(), 300);
+
+    for n in [2, 3] {
+        let out = d.path().join(format!("sharded{n}"));
+        let trace = d.path().join(format!("sharded{n}.jsonl"));
+        let res = run_with(&cfg, &out, n, |_, o| o.trace_rows = Some(trace.clone()));
+        let sums: Vec<TrainSummary> = res.into_iter().map(|r| r.unwrap().unwrap()).collect();
+        let steps = read_trace(&trace);
+        assert_eq!(steps.len() as u64, sums[0].steps);
+        assert_eq!(sums[0].examples, 600, "{n} ranks: 2 epochs of 300 rows");
+        for epoch in 0..2 {
+            let mut rows = rows_of(&steps, epoch);
+            rows.sort();
+            assert_eq!(rows, all_rows, "{n} ranks, epoch {epoch}: every training row once");
+        }
+        // Each rank forms its part of every global batch (11 + 12 or 7 + 8 + 8 rows)
+        // until its shard runs out; uneven shards make more, smaller steps at the end.
+        assert!(steps.iter().all(|s| s.2.len() <= 23));
+        let per_epoch = steps.iter().filter(|s| s.1 == 0).count();
+        assert!(per_epoch >= 14, "{n} ranks: {per_epoch} steps per epoch");
+        eprintln!("sharded reading, {n} ranks: {per_epoch} steps per epoch (one process: 14)");
+        let checksum = sums[0].replicas.unwrap().checksum;
+        assert!(sums.iter().all(|s| s.replicas.map(|r| r.checksum) == Some(checksum)), "{n} ranks: replicas");
+    }
+
+    // A 2-rank job whose rank 1 dies after step 7 (checkpoint at step 4, mid-epoch).
+    let out = d.path().join("resumed");
+    let trace = d.path().join("resumed.jsonl");
+    let res = run_with(&cfg, &out, 2, |r, o| {
+        o.trace_rows = Some(trace.clone());
+        if r == 1 {
+            o.after_step = Some(die_after_step_7);
+        }
+    });
+    assert!(res[1].is_err());
+    // Mid-epoch, each rank's stream depends on the number of shards: 3 ranks are refused.
+    for r in run_with(&cfg, &out, 3, |_, o| o.resume = true) {
+        let e = r.unwrap().unwrap_err().to_string();
+        assert!(e.contains("in 2 shards") && e.contains("in 3 shards") && e.contains("epoch boundary"), "{e}");
+    }
+    // 2 ranks resume it exactly: the same rows and, summing in the same order, the same
+    // weights bit for bit as the uninterrupted 2-rank job.
+    let res = run_with(&cfg, &out, 2, |_, o| {
+        o.resume = true;
+        o.trace_rows = Some(trace.clone());
+    });
+    assert!(res.iter().all(|r| matches!(r, Ok(Ok(_)))));
+    let lines = read_trace(&trace);
+    let split = lines.windows(2).position(|w| w[1].0 != w[0].0 + 1).expect("a resumed part") + 1;
+    let used: Vec<Step> = lines[..4].iter().chain(&lines[split..]).cloned().collect();
+    assert_eq!(used, read_trace(&d.path().join("sharded2.jsonl")));
+    assert!(
+        weights(&out.join("checkpoint")) == weights(&d.path().join("sharded2").join("checkpoint")),
+        "the resumed sharded job differs from the uninterrupted one"
+    );
+
+    // Every rank reads its own part of each batch, so a batch needs a row per rank.
+    let small = sharded_config(&d.path().join("small"), 2, "epochs = 1\n");
+    for r in run(&small, &d.path().join("small_run"), 3) {
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("batch_size (2) of at least the 3 ranks"), "{e}");
+    }
+}

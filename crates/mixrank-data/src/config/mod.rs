@@ -13,7 +13,7 @@ pub mod wire;
 use crate::error::{DataError, Result};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-pub use wire::{Format, LabelTransform, LibsvmFieldMode, Pooling, TaskKind, TeacherKind};
+pub use wire::{DistributedReading, Format, LabelTransform, LibsvmFieldMode, Pooling, TaskKind, TeacherKind};
 
 /// A validated experiment config.
 #[derive(Debug, Clone)]
@@ -81,6 +81,8 @@ pub struct DataConfig {
     pub decode_threads: usize,
     pub chunk_rows: usize,
     pub seed: u64,
+    /// Data-parallel training: what each rank reads of the training split.
+    pub distributed_reading: DistributedReading,
     pub splits: BTreeMap<String, Split>,
 }
 
@@ -1015,6 +1017,7 @@ impl Validator<'_> {
             decode_threads,
             chunk_rows: d.chunk_rows,
             seed: d.seed,
+            distributed_reading: d.distributed_reading,
             splits,
         })
     }

@@ -76,9 +76,32 @@ pub struct DataSection {
     pub chunk_rows: usize,
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// Data-parallel training: what each rank reads (docs/distributed.md).
+    #[serde(default, skip_serializing_if = "DistributedReading::is_replicated")]
+    pub distributed_reading: DistributedReading,
     pub csv: Option<CsvSection>,
     pub libsvm: Option<LibsvmSection>,
     pub splits: BTreeMap<String, SplitSection>,
+}
+
+/// What each rank of a data-parallel job reads of the training split.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DistributedReading {
+    /// Every rank reads every row, forms the same global batches and trains on its
+    /// slice of each: N ranks train the one-process run (up to summation order).
+    #[default]
+    Replicated,
+    /// Each rank reads only its share of the split's units (row groups or files) and
+    /// forms its part of each global batch from them: 1/N of the decoding per rank, and
+    /// batches composed differently from a one-process run's.
+    Sharded,
+}
+
+impl DistributedReading {
+    pub fn is_replicated(&self) -> bool {
+        *self == DistributedReading::Replicated
+    }
 }
 
 fn default_batch_size() -> usize {
