@@ -37,9 +37,28 @@ pub struct ExpertRef {
     pub kind: String,
 }
 
+/// A two-tower model's tower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TowerName {
+    User,
+    Item,
+}
+
+impl TowerName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TowerName::User => "user",
+            TowerName::Item => "item",
+        }
+    }
+}
+
 /// A gate and, in the order of its weights, the experts it mixes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GateInfo {
     pub role: GateRole,
     pub experts: Vec<ExpertRef>,
+    /// The tower whose head the gate is in (a two-tower model); `None` in a ranking
+    /// model's head.
+    pub tower: Option<TowerName>,
 }

@@ -31,7 +31,7 @@ pub mod two_tower;
 
 pub use error::{ModelError, Result};
 pub use expert::Expert;
-pub use gates::{ExpertOwner, ExpertRef, GateInfo, GateRole};
+pub use gates::{ExpertOwner, ExpertRef, GateInfo, GateRole, TowerName};
 pub use head::{build_head, build_head_shaped, build_head_with_outputs, Head, HeadShape};
 pub use inputs::{InputGroup, InputLayout};
 pub use logit_source::{LogitSource, LogitSources, SourceInput};

@@ -387,7 +387,7 @@ where
             Gating::PerTask => GateRole::Task(g),
             Gating::Shared => GateRole::AllTasks,
         };
-        (0..self.gates.len()).map(|g| GateInfo { role: role(g), experts: experts.clone() }).collect()
+        (0..self.gates.len()).map(|g| GateInfo { role: role(g), experts: experts.clone(), tower: None }).collect()
     }
 
     fn gate_weights(&self, g: usize) -> Option<&B::Buf> {

@@ -262,13 +262,13 @@ where
             let shared = of(ExpertOwner::PleShared, &lv.shared_experts);
             for (task, own) in lv.task_experts.iter().enumerate() {
                 let experts = [of(ExpertOwner::PleTask(task), own), shared.clone()].concat();
-                out.push(GateInfo { role: GateRole::PleTask { level, task }, experts });
+                out.push(GateInfo { role: GateRole::PleTask { level, task }, experts, tower: None });
             }
             if lv.shared.is_some() {
                 let mut experts: Vec<ExpertRef> =
                     lv.task_experts.iter().enumerate().flat_map(|(t, own)| of(ExpertOwner::PleTask(t), own)).collect();
                 experts.extend(shared);
-                out.push(GateInfo { role: GateRole::PleShared { level }, experts });
+                out.push(GateInfo { role: GateRole::PleShared { level }, experts, tower: None });
             }
         }
         out

@@ -21,7 +21,7 @@
 //! `gates.<g>.*`, `towers.<t>.*`), then `score.<t>.bias`, then `task_log_var`.
 
 use crate::error::{Context, ModelError, Result};
-use crate::gates::GateInfo;
+use crate::gates::{GateInfo, TowerName};
 use crate::head::{build_head_with_outputs, Head};
 use crate::in_batch::InBatchSoftmax;
 use crate::inputs::InputLayout;
@@ -495,14 +495,23 @@ where
         self.task_log_var.as_mut()
     }
 
-    /// None yet: the expert-utilisation report names a gate by its task, and a
-    /// two-tower model has a gate per task in each tower.
+    /// The user tower's gates, then the item tower's (each its head's, named by the
+    /// tower: an MMoE tower has a gate per task).
     fn gates(&self) -> Vec<GateInfo> {
-        Vec::new()
+        let of =
+            |side: &Side<B>, tower| side.head.gates().into_iter().map(move |g| GateInfo { tower: Some(tower), ..g });
+        of(&self.user, TowerName::User).chain(of(&self.item, TowerName::Item)).collect()
     }
 
-    fn gate_weights(&self, _g: usize) -> Option<&B::Buf> {
-        None
+    /// Gate `g` in [`Model::gates`]'s order, from the last forward (`[batch, experts]`:
+    /// both towers run on every row of a scored batch).
+    fn gate_weights(&self, g: usize) -> Option<&B::Buf> {
+        let n_user = self.user.head.gates().len();
+        if g < n_user {
+            self.user.head.gate_weights(g)
+        } else {
+            self.item.head.gate_weights(g - n_user)
+        }
     }
 
     fn exclude_experts(&mut self, _ops: &B, _experts: &[usize]) -> Result<()> {

@@ -73,7 +73,16 @@ pub fn task_shares(local: &Batch, c: &dyn Collective) -> Result<Vec<f32>> {
 
 /// Sums every dense parameter's gradient over the ranks, then merges the embeddings'
 /// sparse gradients (see the module docs).
-pub fn reduce_gradients<B: Backend>(c: &dyn Collective, ops: &B, model: &mut dyn Model<B>) -> Result<()> {
+/// What one rank contributed to one step's gradient exchange, in bytes of payload.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Exchanged {
+    /// The dense gradients' all-reduce buffer (every parameter, `f32`).
+    pub dense_bytes: u64,
+    /// This rank's sparse gradients in the all-gather (touched ids and rows).
+    pub sparse_bytes: u64,
+}
+
+pub fn reduce_gradients<B: Backend>(c: &dyn Collective, ops: &B, model: &mut dyn Model<B>) -> Result<Exchanged> {
     let mut total = 0;
     model.params(&mut |_, p| total += p.len());
     let mut flat = vec![0f32; total];
@@ -97,10 +106,11 @@ pub fn reduce_gradients<B: Backend>(c: &dyn Collective, ops: &B, model: &mut dyn
     if let Some(e) = err {
         return Err(engine("moving dense gradients for the all-reduce")(e));
     }
-    if let Some(e) = model.embeddings_mut() {
-        merge_sparse(c, ops, e)?;
-    }
-    Ok(())
+    let sparse_bytes = match model.embeddings_mut() {
+        Some(e) => merge_sparse(c, ops, e)?,
+        None => 0,
+    };
+    Ok(Exchanged { dense_bytes: 4 * total as u64, sparse_bytes })
 }
 
 /// One feature's sparse gradient: sorted unique ids and their `dim`-wide rows.
@@ -174,11 +184,14 @@ fn merge(parts: &[&Touched], dim: usize) -> Touched {
     out
 }
 
-/// Replaces every feature's sparse gradient by the merge of all ranks' (module docs).
-fn merge_sparse<B: Backend>(c: &dyn Collective, ops: &B, e: &mut EmbeddingCollection<B>) -> Result<()> {
+/// Replaces every feature's sparse gradient by the merge of all ranks' (module docs);
+/// the bytes this rank sent.
+fn merge_sparse<B: Backend>(c: &dyn Collective, ops: &B, e: &mut EmbeddingCollection<B>) -> Result<u64> {
     let n_features = e.config().features.len();
     let dims: Vec<usize> = (0..n_features).map(|f| e.grad(f).dim).collect();
-    let gathered = c.all_gather_bytes(&encode_sparse(ops, e, n_features)?)?;
+    let mine = encode_sparse(ops, e, n_features)?;
+    let sent = mine.len() as u64;
+    let gathered = c.all_gather_bytes(&mine)?;
     let per_rank: Vec<Vec<Touched>> =
         gathered.iter().enumerate().map(|(r, b)| decode_sparse(b, &dims, r)).collect::<Result<_>>()?;
     for (f, &dim) in dims.iter().enumerate() {
@@ -197,7 +210,7 @@ fn merge_sparse<B: Backend>(c: &dyn Collective, ops: &B, e: &mut EmbeddingCollec
         ops.write(&m.rows, &mut g.rows).map_err(&write)?;
         g.len = m.ids.len();
     }
-    Ok(())
+    Ok(sent)
 }
 
 /// Empties every feature's sparse gradient (a rank with no rows this step).

@@ -42,7 +42,8 @@ pub struct Predictions {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GateMeans {
     /// The task it serves (MMoE), `all tasks` (OMoE), `L<level> <task>` or
-    /// `L<level> shared` (PLE).
+    /// `L<level> shared` (PLE); in a two-tower model prefixed by its tower (`user `,
+    /// `item `).
     pub name: String,
     /// The experts it mixes, in weight order: `index:kind` (MMoE, OMoE) or
     /// `<task>.<index>:kind` / `shared.<index>:kind` (PLE).
@@ -65,6 +66,11 @@ impl GateMeans {
             GateRole::AllTasks => "all tasks".into(),
             GateRole::PleTask { level, task: t } => format!("L{level} {}", task(t)),
             GateRole::PleShared { level } => format!("L{level} shared"),
+        };
+        // A two-tower model's gates are in its towers: `user click`, `item all tasks`.
+        let name = match info.tower {
+            Some(tower) => format!("{} {name}", tower.as_str()),
+            None => name,
         };
         let experts = info
             .experts

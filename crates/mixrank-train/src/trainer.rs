@@ -202,7 +202,7 @@ pub struct TrainSummary {
 }
 
 /// The replicas of a data-parallel run ([`crate::data_parallel`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Replicas {
     pub ranks: usize,
     pub transport: &'static str,
@@ -210,6 +210,10 @@ pub struct Replicas {
     /// rank (checked), as 16 hex digits in `metrics.json`.
     #[serde(serialize_with = "hex")]
     pub checksum: u64,
+    /// Mean bytes of payload this rank contributed per step to the dense gradients'
+    /// all-reduce and to the sparse gradients' all-gather (rank 0's in `metrics.json`).
+    pub dense_bytes_per_step: f64,
+    pub sparse_bytes_per_step: f64,
 }
 
 fn hex<S: serde::Serializer>(v: &u64, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -325,6 +329,8 @@ struct Validations {
 /// update; the phases around it are [`Run::validate`] (with early stopping),
 /// [`Run::checkpoint_if_due`] and [`Run::finish`].
 struct Run<'a, B: Backend> {
+    /// Data-parallel: this process's steps and the gradient payload it exchanged in them.
+    exchanged: (u64, crate::data_parallel::Exchanged),
     cfg: Arc<ExperimentConfig>,
     opts: &'a TrainOptions,
     ops: &'a B,
@@ -456,6 +462,7 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
             examples_at_start: examples,
             steps_at_start: step,
             epoch_steps: None,
+            exchanged: (0, Default::default()),
         })
     }
 
@@ -466,7 +473,15 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
         let checksum = crate::data_parallel::check_replicas(&*c, self.ops, &mut *self.model, self.step)?;
         self.log.line(&serde_json::json!({"event": "replicas", "step": self.step, "ranks": c.size(),
             "checksum": format!("{checksum:016x}")}))?;
-        Ok(Some(Replicas { ranks: c.size(), transport: c.transport(), checksum }))
+        let (steps, x) = self.exchanged;
+        let per_step = |b: u64| b as f64 / steps.max(1) as f64;
+        Ok(Some(Replicas {
+            ranks: c.size(),
+            transport: c.transport(),
+            checksum,
+            dense_bytes_per_step: per_step(x.dense_bytes),
+            sparse_bytes_per_step: per_step(x.sparse_bytes),
+        }))
     }
 
     /// Writes the model, optimizer state and run state to a checkpoint directory
@@ -673,7 +688,10 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
             crate::data_parallel::clear_sparse(&mut *self.model);
         }
         if let Some(c) = &dist {
-            crate::data_parallel::reduce_gradients(&**c, self.ops, &mut *self.model)?;
+            let x = crate::data_parallel::reduce_gradients(&**c, self.ops, &mut *self.model)?;
+            self.exchanged.0 += 1;
+            self.exchanged.1.dense_bytes += x.dense_bytes;
+            self.exchanged.1.sparse_bytes += x.sparse_bytes;
             // The global batch's loss per task (logs, learned task weights).
             c.all_reduce_sum_f32(&mut self.losses.step_loss)?;
         }
