@@ -14,7 +14,8 @@
 //!   shared gates; the towers read the last level's task outputs.
 //!
 //! Every type builds the optional shared layer ([`Trunk`](crate::trunk::Trunk)) first
-//! and the towers ([`Towers`](crate::towers::Towers)) last, and names its parameters
+//! and the towers ([`Towers`](crate::towers::Towers); per-surface towers with
+//! [`HeadShape::surfaces`] > 1, rows routed by [`Head::select_surfaces`]) last, and names its parameters
 //! `shared.*`, `experts.<e>.*`, `gates.<g>.*`, `ple.*`, `towers.<t>.*` in that order:
 //! the names checkpoints, optimizer state and warm starts are keyed on.
 //!

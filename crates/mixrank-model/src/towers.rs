@@ -172,21 +172,23 @@ impl<B: Backend> Towers<B> {
     /// towers: every surface's, then the selection of [`Towers::select_surfaces`], which
     /// must have been given `batch` rows).
     pub fn forward(&mut self, ops: &B, t: usize, input: &B::Buf, batch: usize) -> Result<()> {
+        let Some(sel) = &mut self.select else {
+            self.towers[t][0].forward(ops, input, batch).at(|| format!("tower {t} forward"))?;
+            return Ok(());
+        };
+        if sel.rows != Some(batch) {
+            return Err(ModelError::Mismatch(format!(
+                "per-surface towers: a forward of {batch} rows, but the surfaces of {:?} rows were selected \
+                 (select_surfaces before every forward)",
+                sel.rows
+            )));
+        }
         for (s, tw) in self.towers[t].iter_mut().enumerate() {
-            tw.forward(ops, input, batch).at(|| tower_name(t, s, &self.select))?;
+            tw.forward(ops, input, batch).at(|| format!("tower {t} surface {s} forward"))?;
         }
-        if let Some(sel) = &mut self.select {
-            if sel.rows != Some(batch) {
-                return Err(ModelError::Mismatch(format!(
-                    "per-surface towers: a forward of {batch} rows, but the surfaces of {:?} rows were selected \
-                     (select_surfaces before every forward)",
-                    sel.rows
-                )));
-            }
-            let outs: Vec<&B::Buf> = self.towers[t].iter().map(|tw| tw.output()).collect();
-            sel.mixes[t].forward(ops, &outs, &sel.one_hot, batch).at(|| format!("tower {t} surface selection"))?;
-            sel.batch = Some(batch);
-        }
+        let outs: Vec<&B::Buf> = self.towers[t].iter().map(|tw| tw.output()).collect();
+        sel.mixes[t].forward(ops, &outs, &sel.one_hot, batch).at(|| format!("tower {t} surface selection"))?;
+        sel.batch = Some(batch);
         Ok(())
     }
 
@@ -235,14 +237,6 @@ impl<B: Backend> Towers<B> {
         for t in self.towers.iter_mut().flatten() {
             t.visit_reduced(f);
         }
-    }
-}
-
-/// How errors name tower `(t, s)`.
-fn tower_name<B: Backend>(t: usize, s: usize, select: &Option<Select<B>>) -> String {
-    match select {
-        Some(_) => format!("tower {t} surface {s} forward"),
-        None => format!("tower {t} forward"),
     }
 }
 
