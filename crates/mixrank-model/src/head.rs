@@ -14,7 +14,8 @@
 //!   shared gates; the towers read the last level's task outputs.
 //!
 //! Every type builds the optional shared layer ([`Trunk`](crate::trunk::Trunk)) first
-//! and the towers ([`Towers`](crate::towers::Towers)) last, and names its parameters
+//! and the towers ([`Towers`](crate::towers::Towers); per-surface towers with
+//! [`HeadShape::surfaces`] > 1, rows routed by [`Head::select_surfaces`]) last, and names its parameters
 //! `shared.*`, `experts.<e>.*`, `gates.<g>.*`, `ple.*`, `towers.<t>.*` in that order:
 //! the names checkpoints, optimizer state and warm starts are keyed on.
 //!
@@ -59,6 +60,12 @@ pub trait Head<B: Backend>: Parameters<B> + Send {
     /// Back-propagates `d_logits[t]` (`[batch, 1]` per task) through the head,
     /// accumulating parameter gradients, and returns `d_x` (`[batch, d_in]`).
     fn backward(&mut self, ops: &B, x: &B::Buf, d_logits: &[&B::Buf]) -> Result<&B::Buf>;
+
+    /// Per-surface towers (`[model.tower] per_surface`): the surface (`[columns] segment`
+    /// id) of each row of the next forward, `segment.len()` rows; uploaded once per
+    /// batch (see `towers.rs`). A no-op for a head with shared towers; an id outside the
+    /// head's surfaces is refused.
+    fn select_surfaces(&mut self, ops: &B, segment: &[u32]) -> Result<()>;
 
     /// Calls `f` on every part of the head that may hold dropout (the shared layer, each
     /// expert's network, the gates (gate dropout), the towers): how train/eval mode and
@@ -137,7 +144,7 @@ where
     B::Buf: Send,
     R: Rng + ?Sized,
 {
-    build_head_shaped(m, HeadShape { d_in, n_tasks, d_out, d_gate: 0 }, ops, max_batch, rng)
+    build_head_shaped(m, HeadShape { d_in, n_tasks, d_out, d_gate: 0, surfaces: 1 }, ops, max_batch, rng)
 }
 
 /// [`build_head_with_outputs`] for any [`HeadShape`]: with `d_gate > 0` the last
@@ -195,6 +202,10 @@ pub struct HeadShape {
     /// The last `d_gate` of the `d_in` input columns feed only the gates (surface-aware
     /// gating, `[model.gate] inputs`); 0 without.
     pub d_gate: usize,
+    /// Towers per task: 1 (shared by every row), or with `[model.tower] per_surface` the
+    /// number of `[columns] segment` values (a row's logit comes from its surface's
+    /// tower, chosen by [`Head::select_surfaces`]).
+    pub surfaces: usize,
 }
 
 /// Checks a forward's batch against the workspaces.

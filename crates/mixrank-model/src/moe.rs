@@ -114,7 +114,7 @@ where
         max_batch: usize,
         rng: &mut R,
     ) -> Result<Self> {
-        let HeadShape { d_in, n_tasks, d_out, d_gate } = shape;
+        let HeadShape { d_in, n_tasks, d_gate, .. } = shape;
         if d_gate >= d_in {
             return Err(crate::ModelError::Mismatch(format!(
                 "{d_gate} gate-only columns leave none of the {d_in} input columns to the experts"
@@ -153,7 +153,7 @@ where
             gates.push(g.init(ops, max_batch, rng).at(|| format!("model.gate (task {t})"))?);
             mixes.push(MoeMix::new(ops, n_exp, m.expert_dim, max_batch).at(|| format!("mixture (task {t})"))?);
         }
-        let towers = Towers::new(m, n_tasks, d_out, ops, max_batch, rng)?;
+        let towers = Towers::new(m, shape, ops, max_batch, rng)?;
         let buf = |n: usize| ops.alloc(n).at(|| "head workspaces".into());
         let wide = max_batch * m.expert_dim;
         let extra = |n: usize| buf(if gate_extra.is_some() { max_batch * n } else { 0 });
@@ -340,6 +340,10 @@ where
             }
             None => Ok(d_main),
         }
+    }
+
+    fn select_surfaces(&mut self, ops: &B, segment: &[u32]) -> Result<()> {
+        self.towers.select_surfaces(ops, segment)
     }
 
     fn visit_layers(&mut self, f: &mut dyn FnMut(&mut dyn Layer<B>)) {

@@ -56,10 +56,10 @@ where
         max_batch: usize,
         rng: &mut R,
     ) -> Result<Self> {
-        let HeadShape { d_in, n_tasks, d_out, .. } = shape;
+        let HeadShape { d_in, n_tasks, .. } = shape;
         let trunk = Trunk::new(m, d_in, ops, max_batch, rng)?;
         let levels = Levels::new(m, p, trunk.d_out(), n_tasks, ops, max_batch, rng)?;
-        let towers = Towers::new(m, n_tasks, d_out, ops, max_batch, rng)?;
+        let towers = Towers::new(m, shape, ops, max_batch, rng)?;
         Ok(Ple { trunk, levels, towers, max_batch })
     }
 }
@@ -103,6 +103,10 @@ where
         let d_out: Vec<&B::Buf> = (0..self.towers.len()).map(|t| self.towers.d_input(t)).collect();
         let d_trunk = self.levels.backward(ops, self.trunk.output(x), &d_out)?;
         self.trunk.backward(ops, x, d_trunk)
+    }
+
+    fn select_surfaces(&mut self, ops: &B, segment: &[u32]) -> Result<()> {
+        self.towers.select_surfaces(ops, segment)
     }
 
     fn visit_layers(&mut self, f: &mut dyn FnMut(&mut dyn Layer<B>)) {

@@ -86,7 +86,9 @@ where
         let head_input = InputLayout::new(cfg, &spec);
         let d_in = head_input.width();
         let d_gate: usize = head_input.groups()[n_head_groups..].iter().map(|g| g.width).sum();
-        let shape = HeadShape { d_in, n_tasks: cfg.tasks.len(), d_out: 1, d_gate };
+        // Per-surface towers: one tower per task and `[columns] segment` value.
+        let surfaces = if m.tower.per_surface { cfg.segment_names().len() } else { 1 };
+        let shape = HeadShape { d_in, n_tasks: cfg.tasks.len(), d_out: 1, d_gate, surfaces };
         let head = build_head_shaped(m, shape, ops, max_batch, rng)?;
         let buf = |n: usize| ops.alloc(n).at(|| "model workspaces".into());
         let n_tasks = cfg.tasks.len();
@@ -223,6 +225,7 @@ where
         if !identity {
             self.head_input.assemble(ops, n, emb_out, &self.dense, &mut self.x)?;
         }
+        self.head.select_surfaces(ops, b.segment.get(..n).unwrap_or(&b.segment))?;
         self.head.forward(ops, &self.x, n)?;
         let input = SourceInput { batch: b, emb: emb_out, dense: &self.dense };
         self.logit_sources.forward(ops, &*self.head, &input, self.training)

@@ -45,7 +45,7 @@ where
         max_batch: usize,
         rng: &mut R,
     ) -> Result<Self> {
-        let HeadShape { d_in, n_tasks, d_out, .. } = shape;
+        let d_in = shape.d_in;
         let trunk = Trunk::new(m, d_in, ops, max_batch, rng)?;
         let [bottom] = expanded(m)[..] else {
             return Err(ModelError::Unsupported {
@@ -54,7 +54,7 @@ where
             });
         };
         let bottom = Expert::new(bottom, trunk.d_out(), m.expert_dim, ops, max_batch, rng)?;
-        let towers = Towers::new(m, n_tasks, d_out, ops, max_batch, rng)?;
+        let towers = Towers::new(m, shape, ops, max_batch, rng)?;
         let buf = |n: usize| ops.alloc(n).at(|| "head workspaces".into());
         let wide = max_batch * m.expert_dim;
         Ok(SharedBottom {
@@ -114,6 +114,10 @@ where
         }
         let d_trunk = self.bottom.backward(ops, self.trunk.output(x), &self.d_bottom)?;
         self.trunk.backward(ops, x, d_trunk)
+    }
+
+    fn select_surfaces(&mut self, ops: &B, segment: &[u32]) -> Result<()> {
+        self.towers.select_surfaces(ops, segment)
     }
 
     fn visit_layers(&mut self, f: &mut dyn FnMut(&mut dyn Layer<B>)) {

@@ -100,7 +100,7 @@ fn the_surface_experiment_files_build_over_the_simulator_config() {
     let ops = CpuOps::new();
     let dir = configs_dir().join("experiments/surfaces");
     let files = toml_files(&dir);
-    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(files.len(), 3, "{files:?}");
     for f in &files {
         let cfg = sim.with_model_file(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         let model = RankingModel::new(&cfg, &ops, 4, &mut StdRng::seed_from_u64(0)).unwrap();
@@ -116,5 +116,20 @@ fn the_surface_experiment_files_build_over_the_simulator_config() {
             _ => vec![],
         };
         assert_eq!(gates, want, "{}", f.display());
+        // per_surface_towers.toml: a tower per task and surface (3 simulated surfaces);
+        // the others one per task.
+        let mut model = model;
+        let mut towers = std::collections::BTreeSet::new();
+        mixrank_nn::Parameters::params(&mut model, &mut |name, _| {
+            let parts: Vec<&str> = name.split('.').collect();
+            match parts[..] {
+                ["towers", t, "surface", s, ..] => towers.insert(format!("{t}.{s}")),
+                ["towers", t, ..] => towers.insert(t.to_string()),
+                _ => false,
+            };
+        });
+        let per_surface = f.file_name().unwrap() == "per_surface_towers.toml";
+        let want = if per_surface { cfg.tasks.len() * 3 } else { cfg.tasks.len() };
+        assert_eq!(towers.len(), want, "{}: {towers:?}", f.display());
     }
 }

@@ -8,7 +8,7 @@
 //! tasks, and only then swaps; any failure leaves the old model in place. A new model
 //! that changes the request schema (the feature columns a request must carry, the task
 //! names and their order in answers, the surfaces a per-surface calibration layer maps
-//! and the segment column it makes a request carry: [`SchemaDiff`]) is refused unless the reload is
+//! and the segment column it or per-surface towers make a request carry: [`SchemaDiff`]) is refused unless the reload is
 //! forced, so a reload cannot silently break every client. Reloads are
 //! serialised. [`ModelSlot::watch`] polls `checkpoint/manifest.xxh3` (written last by
 //! a checkpoint save) and reloads when its content changes.
@@ -61,9 +61,9 @@ pub struct SchemaDiff {
     /// surface's (or the global) map without noticing; none ↔ global is not listed (the
     /// request and the meaning per surface do not change).
     pub calibration_surfaces: Option<(CalibratedSurfaces, CalibratedSurfaces)>,
-    /// The segment column a request must carry for a per-surface calibration layer
-    /// (when the segment is not a feature, whose column is required anyway), `(old,
-    /// new)`, when it differs.
+    /// The segment column a request must carry for a per-surface calibration layer or
+    /// per-surface towers (when the segment is not a feature, whose column is required
+    /// anyway), `(old, new)`, when it differs.
     pub surface_column: Option<(Option<String>, Option<String>)>,
 }
 

@@ -1,7 +1,8 @@
 //! Scoring requests rebuilt from logged rows (a split's Parquet files), for the
 //! end-to-end tests and the load generator: rows are grouped into requests (by the
 //! config's request id, or in fixed-size runs), and within a request every feature
-//! column whose value is the same on all its rows goes to the context.
+//! column (and the `[columns] segment` column, the row's surface) whose value is the
+//! same on all its rows goes to the context.
 //!
 //! Cells keep their Arrow type (Int64 → integer, Utf8 → string, …), so a replayed
 //! row is encoded exactly like the training row it came from.
@@ -43,8 +44,15 @@ pub fn requests_from_parquet(
         .build()
         .map_err(|e| bad(e.to_string()))?;
     let mut rows: Vec<(Option<String>, Features)> = Vec::new();
-    let mut cols: Vec<String> =
-        cfg.categorical.iter().map(|c| c.column.clone()).chain(cfg.dense.iter().map(|d| d.column.clone())).collect();
+    // The feature columns, and the segment column (a request names its surface for a
+    // per-surface calibration layer or per-surface towers even when it is not a feature).
+    let mut cols: Vec<String> = cfg
+        .categorical
+        .iter()
+        .map(|c| c.column.clone())
+        .chain(cfg.dense.iter().map(|d| d.column.clone()))
+        .chain(cfg.columns.segment.as_ref().map(|s| s.column.clone()))
+        .collect();
     cols.sort();
     cols.dedup();
     for batch in reader {

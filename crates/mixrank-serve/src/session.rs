@@ -377,14 +377,30 @@ impl InferenceSession {
         self.encoder.ignored_in(req)
     }
 
-    /// The segment column a request must carry: with a per-surface calibration layer,
-    /// when the segment is not a feature (a feature is required anyway).
+    /// The segment column a request must carry: with a per-surface calibration layer or
+    /// per-surface towers (`[model.tower] per_surface`: each row is scored by its
+    /// surface's tower), when the segment is not a feature (a feature is required anyway).
     pub fn required_surface(&self) -> Option<&str> {
         let per_surface = self
             .calibration
             .as_ref()
-            .is_some_and(|c| c.file.per == mixrank_data::config::calibration::CalibrationScope::Surface);
+            .is_some_and(|c| c.file.per == mixrank_data::config::calibration::CalibrationScope::Surface)
+            || self.per_surface_towers();
         self.encoder.surface_column().filter(|_| per_surface)
+    }
+
+    /// Whether the model has per-surface towers (`[model.tower] per_surface`).
+    pub fn per_surface_towers(&self) -> bool {
+        self.config.model.as_ref().is_some_and(|m| m.tower.per_surface)
+    }
+
+    /// Why a request must name its surface (see [`InferenceSession::required_surface`]).
+    fn surface_reason(&self) -> &'static str {
+        if self.per_surface_towers() {
+            "missing surface: the model scores each row with its surface's tower ([model.tower] per_surface)"
+        } else {
+            "missing surface: the model is calibrated per surface"
+        }
     }
 
     /// Validates and encodes a request (see [`RequestEncoder::encode`]). With a
@@ -395,7 +411,7 @@ impl InferenceSession {
             if !req.context.contains_key(col) && !req.candidates.iter().all(|c| c.contains_key(col)) {
                 return Err(ServeError::bad(
                     format!("context.{col}"),
-                    "missing surface: the model is calibrated per surface (give it in the context or in every candidate)",
+                    format!("{} (give it in the context or in every candidate)", self.surface_reason()),
                 ));
             }
         }
@@ -420,7 +436,7 @@ impl InferenceSession {
         if let Some(col) = self.required_surface().filter(|c| !context.contains_key(*c)) {
             return Err(ServeError::bad(
                 format!("context.{col}"),
-                "missing surface: the model is calibrated per surface (give it in the context)",
+                format!("{} (give it in the context)", self.surface_reason()),
             ));
         }
         let user = self.encoder.encode_context(context, &towers.user, extra, 2)?;

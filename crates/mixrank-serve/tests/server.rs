@@ -936,3 +936,90 @@ fn calibrated_surfaces_are_the_per_surface_layers_segments_in_id_order() {
     assert_eq!(s(Some(&global)), None);
     assert_eq!(s(None), None);
 }
+
+/// Per-surface towers with the surface not a feature (the simulator's `surface_id`
+/// taken out): the only way a row's surface reaches the model is the segment column
+/// the request carries, which picks its tower. Served scores equal `mixrank eval`'s bit
+/// for bit; a request without its surface is refused naming the column and why; the
+/// same candidates at another surface score differently.
+#[test]
+fn per_surface_towers_serve_each_row_with_its_surfaces_tower() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("serve-per-surface-towers-{}", std::process::id()));
+    let p = mixrank_data::simulate::EngagementParams {
+        days: 3,
+        requests_per_day: 150,
+        users: 300,
+        initial_ads: 200,
+        new_ads_per_day: 20,
+        ..Default::default()
+    };
+    let sim = mixrank_data::simulate::simulate_engagement(&p, &dir.join("data")).unwrap();
+    let text = std::fs::read_to_string(&sim.config).unwrap();
+    let feature = "[[features.categorical]]\nname = \"surface_id\"\ncolumn = \"surface\"\n\
+                   vocabulary = [\"home_feed\", \"related_pins\", \"search\"]\ndim = 4\n";
+    assert!(text.contains(feature), "the simulator's config changed: no {feature:?}");
+    std::fs::write(&sim.config, text.replace(feature, "")).unwrap();
+    let model = dir.join("model.toml");
+    std::fs::write(
+        &model,
+        "[model]\narchitecture = \"shared_bottom\"\nexpert_dim = 8\ntower = { hidden = [4], per_surface = true }\n\
+         [[model.experts]]\nkind = \"mlp\"\nhidden = [8]\n[train]\nthreads = 2\nlr = 0.01\n",
+    )
+    .unwrap();
+    let cfg = mixrank_data::ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap();
+    assert!(!cfg.categorical.iter().any(|c| c.column == "surface"));
+    let run = dir.join("run");
+    let mut opts = mixrank_train::TrainOptions::new(&run);
+    opts.max_steps = Some(5);
+    mixrank_train::train(std::sync::Arc::new(cfg.clone()), &opts, &CpuOps::new()).unwrap();
+
+    // eval's predictions in batches of 10 rows.
+    let ops = CpuOps::new();
+    let mut s = CheckpointScorer::open(&run, &ops, None).unwrap();
+    let mut c = (*s.config).clone();
+    c.data.batch_size = 10;
+    let stats = std::sync::Arc::new(s.loaded.manifest.dense_stats.clone());
+    let c = std::sync::Arc::new(c);
+    let enc = mixrank_data::Encoder::new(c.clone(), mixrank_data::DenseMode::Fitted(stats)).unwrap();
+    let p = mixrank_train::evaluate(&mut *s.loaded.model, &ops, std::sync::Arc::new(enc), c.split("test").unwrap())
+        .unwrap();
+
+    let files = split_files(&cfg, "test").unwrap();
+    let reqs = requests_from_parquet(&files[0], &cfg, Grouping::RequestId, 300).unwrap();
+    let rt = runtime();
+    let server = start(&rt, ServeOptions::new(&run, engine()));
+    let mut row = 0;
+    for (k, req) in reqs.iter().enumerate() {
+        let reply = post_json(server.http_addr, "/v1/score", &req.to_json().to_string());
+        for cand in predictions(&reply) {
+            for (t, v) in cand.as_array().unwrap().iter().enumerate() {
+                assert_eq!(v.as_f64().unwrap() as f32, p.preds[t][row], "request {k}, row {row}, task {t}");
+            }
+            row += 1;
+        }
+    }
+    assert!(row >= 100, "{row} rows");
+    // Without its surface: refused, naming the column and the towers.
+    let mut v = reqs[0].to_json();
+    v["context"].as_object_mut().unwrap().remove("surface");
+    v["candidates"].as_array_mut().unwrap().iter_mut().for_each(|c| {
+        c.as_object_mut().unwrap().remove("surface");
+    });
+    let r = post_json(server.http_addr, "/v1/score", &v.to_string());
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["field"], "context.surface", "{}", r.body);
+    assert!(r.body.contains("per_surface"), "{}", r.body);
+    // The same candidates at each surface: three different answers.
+    let mut answers = Vec::new();
+    for surface in ["home_feed", "related_pins", "search"] {
+        let mut w = v.clone();
+        w["context"]["surface"] = surface.into();
+        answers.push(predictions(&post_json(server.http_addr, "/v1/score", &w.to_string())));
+    }
+    assert_ne!(answers[0], answers[1]);
+    assert_ne!(answers[1], answers[2]);
+    assert_ne!(answers[0], answers[2]);
+    server.shutdown();
+    rt.block_on(server.wait()).unwrap();
+}

@@ -37,7 +37,9 @@
 //!   makes an input width change refused for that expert: units are not columns.
 //! - **The head architecture must not change**: a different `[model]` section or task
 //!   list is refused with the differing keys (re-initialising experts or towers would
-//!   silently throw away most of the parent).
+//!   silently throw away most of the parent). With per-surface towers (`[model.tower]
+//!   per_surface`) the `[columns] segment` values must be the parent's too, in order (a
+//!   tower per value, `towers.<t>.surface.<s>.*`): refused otherwise, naming both lists.
 //! - **Dense standardisation**: features present in the parent keep its mean/std (the
 //!   weights were trained on that scale); added ones use statistics fitted on the new
 //!   data.
@@ -438,6 +440,18 @@ pub fn warm_start<B: Backend>(
         return Err(refuse(format!(
             "the head architecture changed ({}); warm start needs the same [model] and tasks — train from scratch instead",
             diff.join("; ")
+        )));
+    }
+    // Per-surface towers (`[model.tower] per_surface`, the same in both by now): one
+    // tower per `[columns] segment` value, named by its id, so the surfaces must be the
+    // parent's, in the parent's order.
+    let per_surface = cfg.model.as_ref().is_some_and(|m| m.tower.per_surface);
+    if per_surface && pcfg.segment_names() != cfg.segment_names() {
+        return Err(refuse(format!(
+            "per-surface towers ([model.tower] per_surface) need the parent's surfaces: [columns] segment \
+             values {:?} in the parent, {:?} now (a tower per value, by position) — train from scratch instead",
+            pcfg.segment_names(),
+            cfg.segment_names()
         )));
     }
     let mut changes = Vec::new();

@@ -4,7 +4,8 @@
 //! allocation, upload and readback counted; buffers of an opaque type, so the trainer
 //! reaches their contents only through counted reads and writes) and trains the demo's kind of model — an
 //! MMoE with DCNv2, MaskNet, FinalMLP and MLP experts, dropout in the shared layer and
-//! the experts, top-2 gates, a global-norm gradient clip — with distillation from teacher
+//! the experts, top-2 gates, per-surface towers (`[model.tower] per_surface`, the
+//! simulator's 3 surfaces), a global-norm gradient clip — with distillation from teacher
 //! columns of every task, one of each distillation loss: soft-label BCE on `click`, logit
 //! MSE on `save`, pairwise RankNet within requests on `dwell`, listwise softmax
 //! cross-entropy within requests on `conversion`. After each step the test reads the
@@ -19,8 +20,10 @@
 //!   distilled task the teacher's targets (one write each) plus what the ranking losses
 //!   compare, built on the host from the request ids: the pairs (one id write) for the
 //!   pairwise loss, the request groups (offsets and members, two id writes) for the
-//!   listwise one — 7 for the four distilled tasks. With the simulator's 8 single- and
-//!   1 multi-valued features and 4 tasks: 10 + 1 + 8 + 1 + 7 = 27;
+//!   listwise one — 7 for the four distilled tasks — and, for the per-surface towers, the
+//!   rows' one-hot surfaces (`[rows, 3]`, one write, built from the batch's segment ids:
+//!   the towers pick each row's logit on the device). With the simulator's 8 single- and
+//!   1 multi-valued features and 4 tasks: 10 + 1 + 8 + 1 + 7 + 1 = 28;
 //! - **readbacks: one scalar per task and one per distilled task** (the losses' values:
 //!   4 + 4 = 8); no student logit comes back — every distillation loss is a backend op;
 //!   dropout and top-k masks are made by backend ops, not uploaded.
@@ -101,6 +104,7 @@ top_k = 2
 
 [model.tower]
 hidden = [8]
+per_surface = true
 
 [train]
 epochs = 1
@@ -177,12 +181,20 @@ fn a_training_step_allocates_nothing_uploads_only_the_batch_and_reads_back_the_l
     let distilled = 4;
     assert_eq!(cfg.distill.as_ref().unwrap().tasks.len() as u64, distilled);
     let dense_width = cfg.dense_width() as u64;
-    // One teacher write per distilled task, the pairs (1) and the request groups (2).
-    let uploads = singles + 2 * multis + 1 + 2 * tasks + 1 + distilled + 1 + 2;
-    assert_eq!((uploads, tasks + distilled), (27, 8), "the budget the module docs state");
+    // One teacher write per distilled task, the pairs (1) and the request groups (2);
+    // the per-surface towers' one-hot surfaces (1).
+    let surfaces = cfg.segment_names().len() as u64;
+    assert_eq!(surfaces, 3);
+    let uploads = singles + 2 * multis + 1 + 2 * tasks + 1 + distilled + 1 + 2 + 1;
+    assert_eq!((uploads, tasks + distilled), (28, 8), "the budget the module docs state");
     // Every upload but the bags' ids, the pairs and the groups has a fixed length.
-    let fixed_elems =
-        singles * rows + multis * (rows + 1) + rows * dense_width + 2 * tasks * rows + rows + distilled * rows;
+    let fixed_elems = singles * rows
+        + multis * (rows + 1)
+        + rows * dense_width
+        + 2 * tasks * rows
+        + rows
+        + distilled * rows
+        + surfaces * rows;
     // At most 3 partners per row (two ids each); at most one group per row (offsets
     // `groups + 1`, members one per row).
     let ranking_elems = 2 * 3 * rows + (rows + 1) + rows;

@@ -713,3 +713,32 @@ fn mixtures_of_experts_whose_outputs_carry_the_input_columns_remap_or_are_refuse
     // Unchanged columns: carried as they are.
     child(&p, &p.config_text, &model).unwrap();
 }
+
+/// Per-surface towers (`[model.tower] per_surface`): a same-config warm start carries
+/// every surface's towers (`towers.<t>.surface.<s>.*`) as the checkpoint holds them;
+/// other `[columns] segment` values (here the same in another order: each tower is a
+/// value's by position) are refused naming both lists; dropping the key is a changed
+/// head, refused naming it.
+#[test]
+fn per_surface_towers_need_the_parents_surfaces() {
+    let model = MODEL.replace("tower = { hidden = [8] }", "tower = { hidden = [8], per_surface = true }");
+    assert_ne!(model, MODEL);
+    let p = parent_with("", &model);
+    let mut c = child(&p, &p.config_text, &model).unwrap();
+    assert!(c.changes.is_empty(), "{:?}", c.changes);
+    let mut parent = parent_model(&p);
+    let (got, want) = (head(&mut *c.model), head(&mut *parent.model));
+    assert_eq!(got, want);
+    assert!(got.iter().any(|(n, _, _)| n.starts_with("towers.0.surface.2.")), "{got:?}");
+    // Each surface's tower has its own weights.
+    let first = |s: usize| got.iter().find(|(n, _, _)| n.starts_with(&format!("towers.0.surface.{s}."))).unwrap();
+    assert_ne!(first(0).2, first(1).2);
+    let values = "values = [\"home_feed\", \"related_pins\", \"search\"]";
+    assert!(p.config_text.contains(values), "the simulator's config changed");
+    let reordered = p.config_text.replace(values, "values = [\"search\", \"related_pins\", \"home_feed\"]");
+    let e = child(&p, &reordered, &model).err().expect("other surfaces are refused");
+    assert!(e.contains("per_surface") && e.contains("\"search\", \"related_pins\", \"home_feed\""), "{e}");
+    assert!(e.contains("\"home_feed\", \"related_pins\", \"search\""), "{e}");
+    let e = child(&p, &p.config_text, MODEL).err().expect("dropping per_surface is a changed head");
+    assert!(e.contains("model.tower.per_surface"), "{e}");
+}

@@ -534,6 +534,8 @@ impl ExperimentConfig {
         let inputs = match &wire.model {
             Some(m) => {
                 model::validate_model(m, tasks.len()).map_err(|(key, message)| v.err(&key, message))?;
+                model::validate_per_surface(m, columns.segment.as_ref().map(|s| s.values.len()))
+                    .map_err(|(key, message)| v.err(&key, message))?;
                 if let Some(ib) = m.two_tower.as_ref().and_then(|t| t.in_batch.as_ref()) {
                     match tasks.iter().find(|t| t.name == ib.task) {
                         None => {

@@ -746,11 +746,17 @@ pub struct TowerSection {
     pub hidden: Vec<usize>,
     #[serde(default = "relu")]
     pub activation: ActivationName,
+    /// Per-surface towers: each task gets one tower per `[columns] segment` value, and a
+    /// row's logit is its surface's tower's (issue 12). Needs `[columns] segment` with at
+    /// least two values; refused for a two-tower model's towers. Not written when false,
+    /// so configs without it serialise as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_surface: bool,
 }
 
 impl Default for TowerSection {
     fn default() -> Self {
-        TowerSection { hidden: default_tower(), activation: ActivationName::Relu }
+        TowerSection { hidden: default_tower(), activation: ActivationName::Relu, per_surface: false }
     }
 }
 
@@ -1194,6 +1200,32 @@ pub fn validate_model(m: &ModelSection, n_tasks: usize) -> Result<(), (String, S
     Ok(())
 }
 
+/// Validates `[model.tower] per_surface` against `[columns] segment` (`surfaces`: its
+/// number of values, `None` without the column): per-surface towers need a segment
+/// column with at least two values (with one, the towers are the shared ones under
+/// other names). A two-tower model's towers refuse the key in [`validate_model`].
+pub fn validate_per_surface(m: &ModelSection, surfaces: Option<usize>) -> Result<(), (String, String)> {
+    if !m.tower.per_surface {
+        return Ok(());
+    }
+    match surfaces {
+        None => Err((
+            "model.tower.per_surface".into(),
+            "needs [columns] segment = { column, values }: a tower per surface is chosen by each row's \
+             segment value"
+                .into(),
+        )),
+        Some(n) if n < 2 => Err((
+            "model.tower.per_surface".into(),
+            format!(
+                "needs at least two [columns] segment values, found {n}: with one surface the towers are the \
+                 shared ones (remove the key)"
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Validates a two-tower `[model]`: nothing of a head at the top (each tower has its
 /// own), a positive `dim`, and each tower a valid head of another architecture.
 fn validate_two_tower(m: &ModelSection, tt: &TwoTowerSection, n_tasks: usize) -> Result<(), (String, String)> {
@@ -1258,6 +1290,15 @@ fn validate_two_tower(m: &ModelSection, tt: &TwoTowerSection, n_tasks: usize) ->
             return e(
                 &format!("two_tower.{side}.gate.inputs"),
                 "surface-aware gating is not built for a two-tower model's towers".into(),
+            );
+        }
+        if t.tower.per_surface {
+            return e(
+                &format!("two_tower.{side}.tower.per_surface"),
+                "per-surface towers are refused for a two-tower model: its towers end in embeddings scored \
+                 by their dot product, the item tower's embeddings are cached per item and must not depend \
+                 on the request's surface, and the user tower runs once per request"
+                    .into(),
             );
         }
         validate_model(&t.head(), n_tasks)
