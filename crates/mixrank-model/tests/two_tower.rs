@@ -560,3 +560,56 @@ fn the_config_round_trips_through_its_serialised_form() {
     let tt = |c: &ExperimentConfig| c.model.as_ref().unwrap().two_tower.as_ref().unwrap().score();
     assert_eq!(tt(&again), mixrank_data::config::model::TwoTowerScore::Cosine { temperature: 0.25 });
 }
+
+#[test]
+fn the_towers_gates_are_reported_by_tower_in_order() {
+    use mixrank_model::{GateRole, TowerName};
+    // The item tower as an OMoE over two MLP experts: one gate for every task.
+    let item_omoe = MODEL.replace(
+        "[model.two_tower.item]\ninputs = [\"ad\"]\narchitecture = \"shared_bottom\"",
+        "[model.two_tower.item]\ninputs = [\"ad\"]\narchitecture = \"omoe\"",
+    ) + "\n[[model.two_tower.item.experts]]\nkind = \"mlp\"\nhidden = [2]\n";
+    let cfg = parse(&format!("{DATA}{GROUPS}{item_omoe}")).unwrap_or_else(|e| panic!("{e}"));
+    let ops = F::new();
+    let mut m = model(&cfg, &ops);
+    randomise(&mut m, 4);
+    let gates = Model::gates(&m);
+    let got: Vec<(Option<TowerName>, GateRole, Vec<String>)> =
+        gates.iter().map(|g| (g.tower, g.role, g.experts.iter().map(|e| e.kind.clone()).collect())).collect();
+    let user = vec!["mlp".to_string(), "dcnv2".to_string()];
+    let item = vec!["mlp".to_string(), "mlp".to_string()];
+    assert_eq!(
+        got,
+        vec![
+            (Some(TowerName::User), GateRole::Task(0), user.clone()),
+            (Some(TowerName::User), GateRole::Task(1), user),
+            (Some(TowerName::Item), GateRole::AllTasks, item),
+        ]
+    );
+    // Each gate's weights from the last forward: a distribution over its experts per row.
+    let b = batch(&cfg, 5);
+    m.forward(&ops, &b).unwrap();
+    let weights = |m: &TwoTowerModel<F>| -> Vec<Vec<f64>> {
+        (0..3).map(|g| Model::gate_weights(m, g).expect("gate").to_vec()).collect()
+    };
+    let w = weights(&m);
+    for (g, w) in w.iter().enumerate() {
+        assert_eq!(w.len(), ROWS * 2, "gate {g}");
+        for r in 0..ROWS {
+            let row = &w[r * 2..r * 2 + 2];
+            assert!(row.iter().all(|&x| x > 0.0) && (row.iter().sum::<f64>() - 1.0).abs() < 1e-12, "gate {g} row {r}");
+        }
+    }
+    assert!(Model::gate_weights(&m, 3).is_none());
+    // Gate 2 is the item tower's: other item features move it and leave the user
+    // tower's gates (0, 1) as they were.
+    let mut other = b.clone();
+    let ad = cfg.categorical.iter().position(|f| f.name == "ad").unwrap();
+    for id in &mut other.cat[ad].ids {
+        *id = (*id + 1) % cfg.tables[cfg.categorical[ad].table].rows() as u32;
+    }
+    m.forward(&ops, &other).unwrap();
+    let w2 = weights(&m);
+    assert_eq!(w2[..2], w[..2], "the user tower's gates do not read the item");
+    assert_ne!(w2[2], w[2], "the item tower's gate reads the item");
+}

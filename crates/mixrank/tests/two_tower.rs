@@ -48,6 +48,18 @@ fn a_two_tower_model_trains_evaluates_predicts_and_distils_from_a_full_ranker() 
     let (ok, out, err) = mixrank(&["eval", s(&tt), "--split", "test", "--precision", "bf16"]);
     assert!(ok, "{err}");
     assert!(out.contains("ΔAUC") && out.lines().any(|l| l.starts_with("save         all")), "{out}");
+    // The user tower's MMoE gates are reported by tower and task (the ad tower has none).
+    let json = d.path().join("eval.json");
+    let (ok, _, err) = mixrank(&["eval", s(&tt), "--split", "test", "--json", s(&json)]);
+    assert!(ok, "{err}");
+    let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let gates: Vec<&str> = e["gates"].as_array().unwrap().iter().map(|g| g["gate"].as_str().unwrap()).collect();
+    assert_eq!(gates, ["user click", "user save", "user dwell", "user conversion"], "{}", e["gates"]);
+    for g in e["gates"].as_array().unwrap() {
+        assert_eq!(g["experts"], serde_json::json!(["0:dcnv2", "1:mlp"]));
+        let ratio = g["entropy_ratio"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&ratio), "{g}");
+    }
     let preds = d.path().join("preds.parquet");
     let (ok, _, err) = mixrank(&["predict", s(&tt), "--split", "test", "--out", s(&preds)]);
     assert!(ok, "{err}");
