@@ -222,7 +222,7 @@ fn a_killed_rank_stops_the_job_and_resume_on_3_ranks_finishes_it() {
         .collect();
     assert_eq!(resumed.len(), 1);
     let from = resumed[0]["step"].as_u64().unwrap();
-    assert!(from >= 8 && from % 4 == 0, "resumed from step {from}");
+    assert!(from >= 8 && from.is_multiple_of(4), "resumed from step {from}");
     let split = lines.len() - (steps_one.len() - from as usize);
     assert!(split as u64 >= from, "the killed job traced {split} steps, resumed from {from}");
     assert_eq!(lines[split].0, from + 1, "the resumed job starts right after its checkpoint");
