@@ -10,6 +10,7 @@
 #   d3    the same with weight 3, and conversion distilled too;
 #   dp    pairwise (RankNet) distillation on click and save, 4 partners per row drawn in
 #         the batch, weight 1;
+#   dpc   dp, and conversion distilled pointwise with weight 3;
 # then `mixrank eval RUN --split test --json` of each. Prints per seed and arm the test AUC
 # of click, save, conversion and the expected click AUC against the truth.
 # Usage: bench/distill_gap.sh OUT_DIR [SEEDS...]   (needs a release build)
@@ -23,13 +24,14 @@ mkdir -p "$out"
 train() { # DATA_CONFIG MODEL SEED RUN
   [ -f "$4/metrics.json" ] || "$m" train "$1" --model "$2" --seed "$3" --out "$4" --overwrite > "$4.log" 2>&1
 }
-distill_config() { # SIM_DIR TEACHER NAME LOSS WEIGHT TASKS...
-  local sim=$1 teacher=$2 name=$3 loss=$4 weight=$5
-  shift 5
+distill_config() { # SIM_DIR TEACHER NAME TASK:LOSS:WEIGHT...
+  local sim=$1 teacher=$2 name=$3
+  shift 3
   {
     cat "$sim/mixrank.toml"
     printf '\n[distill]\nsource = "checkpoint"\ncheckpoint = "%s"\n' "$teacher"
-    for t in "$@"; do
+    for spec in "$@"; do
+      IFS=: read -r t loss weight <<< "$spec"
       printf '\n[[distill.tasks]]\ntask = "%s"\nloss = "%s"\nweight = %s\n' "$t" "$loss" "$weight"
       if [ "$loss" = pairwise ]; then printf 'pairs = "batch"\npairs_per_row = 4\n'; fi
     done
@@ -41,20 +43,21 @@ for seed in ${seeds[@]}; do
   [ -f "$d/sim/mixrank.toml" ] || "$m" simulate --out "$d/sim" --seed "$seed" > /dev/null
   train "$d/sim/mixrank.toml" "$root/configs/models/mmoe_position_tower.toml" "$seed" "$d/full"
   train "$d/sim/mixrank.toml" "$root/configs/models/two_tower.toml" "$seed" "$d/tt"
-  distill_config "$d/sim" "$d/full" d1 pointwise_bce 1.0 click save
-  distill_config "$d/sim" "$d/full" d3 pointwise_bce 3.0 click save conversion
-  distill_config "$d/sim" "$d/full" dp pairwise 1.0 click save
-  for a in d1 d3 dp; do
+  distill_config "$d/sim" "$d/full" d1 click:pointwise_bce:1.0 save:pointwise_bce:1.0
+  distill_config "$d/sim" "$d/full" d3 click:pointwise_bce:3.0 save:pointwise_bce:3.0 conversion:pointwise_bce:3.0
+  distill_config "$d/sim" "$d/full" dp click:pairwise:1.0 save:pairwise:1.0
+  distill_config "$d/sim" "$d/full" dpc click:pairwise:1.0 save:pairwise:1.0 conversion:pointwise_bce:3.0
+  for a in d1 d3 dp dpc; do
     train "$d/sim/$a.toml" "$root/configs/models/two_tower.toml" "$seed" "$d/$a"
   done
-  for a in full tt d1 d3 dp; do
+  for a in full tt d1 d3 dp dpc; do
     [ -s "$d/$a.eval.json" ] || "$m" eval "$d/$a" --split test --json "$d/$a.eval.json" > "$d/$a.eval.log" 2>&1
   done
 done
 python3 - "$out" ${seeds[@]} <<'PY'
 import json, sys
 out, seeds = sys.argv[1], sys.argv[2:]
-arms = ["full", "tt", "d1", "d3", "dp"]
+arms = ["full", "tt", "d1", "d3", "dp", "dpc"]
 cols = [("click", "auc"), ("save", "auc"), ("conversion", "auc"), ("click", "expected_auc")]
 def value(e, task, key):
     part = e["truth"] if key == "expected_auc" else e["f32"]
