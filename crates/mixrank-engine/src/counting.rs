@@ -433,14 +433,22 @@ impl<B: Backend<Buf = Inner, Ids = InnerIds> + 'static> Backend for Counting<B> 
     ) -> Result<()> {
         self.inner.lazy_adam_update(spec, shape, len, ids, rows, table, m, v, steps)
     }
-    fn dropout_mask(&self, n: usize, p: f32, seed: u64, step: u64, mask: &mut Host) -> Result<()> {
-        self.inner.dropout_mask(n, p, seed, step, mask)
+    fn dropout_mask(&self, n: usize, p: f32, seed: u64, step: u64, first: u64, mask: &mut Host) -> Result<()> {
+        self.inner.dropout_mask(n, p, seed, step, first, mask)
     }
     fn top_k_mask(&self, shape: Shape, k: usize, x: &Host, mask: &mut Host) -> Result<()> {
         self.inner.top_k_mask(shape, k, x, mask)
     }
-    fn gate_dropout_mask(&self, shape: Shape, p: f32, seed: u64, step: u64, mask: &mut Host) -> Result<()> {
-        self.inner.gate_dropout_mask(shape, p, seed, step, mask)
+    fn gate_dropout_mask(
+        &self,
+        shape: Shape,
+        p: f32,
+        seed: u64,
+        step: u64,
+        first_row: u64,
+        mask: &mut Host,
+    ) -> Result<()> {
+        self.inner.gate_dropout_mask(shape, p, seed, step, first_row, mask)
     }
     fn feature_dropout_mask(
         &self,
@@ -450,9 +458,10 @@ impl<B: Backend<Buf = Inner, Ids = InnerIds> + 'static> Backend for Counting<B> 
         p: f32,
         seed: u64,
         step: u64,
+        first_row: u64,
         mask: &mut Host,
     ) -> Result<()> {
-        self.inner.feature_dropout_mask(rows, slot_of, slots, p, seed, step, mask)
+        self.inner.feature_dropout_mask(rows, slot_of, slots, p, seed, step, first_row, mask)
     }
     fn bce_with_logits(&self, n: usize, input: LossInput<'_, Host>, grad: &mut Host, write: GradWrite) -> Result<f32> {
         self.readback_event(1);

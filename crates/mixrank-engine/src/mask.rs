@@ -42,19 +42,21 @@ pub fn dropout_base(seed: u64, step: u64) -> u64 {
     mix(seed ^ mix(step.wrapping_add(0x9E37_79B9_7F4A_7C15)))
 }
 
-/// Writes the first `n` elements of the dropout mask of (`seed`, `step`) into `mask`.
+/// Writes elements `first .. first + n` of the dropout mask of (`seed`, `step`) into
+/// the first `n` elements of `mask`.
 pub fn dropout_mask<T: Copy>(
     n: usize,
     p: f32,
     seed: u64,
     step: u64,
+    first: u64,
     mask: &mut [T],
     to: impl Fn(f32) -> T,
 ) -> Result<()> {
     check::vector("dropout_mask", "mask", mask.len(), n)?;
     let p = p as f64;
     let keep_scale = (1.0 / (1.0 - p)) as f32;
-    let base = dropout_base(seed, step);
+    let base = dropout_base(seed, step).wrapping_add(first);
     for (i, m) in mask[..n].iter_mut().enumerate() {
         *m = to(dropout_keep(base, i, p, keep_scale));
     }
@@ -75,6 +77,7 @@ pub fn gate_dropout_mask<T: Copy + PartialEq>(
     p: f32,
     seed: u64,
     step: u64,
+    first_row: u64,
     mask: &mut [T],
     zero: T,
     masked: T,
@@ -83,7 +86,8 @@ pub fn gate_dropout_mask<T: Copy + PartialEq>(
     if cols == 0 {
         return Ok(());
     }
-    let (p, base) = (p as f64, dropout_base(seed, step));
+    // Row `r` is row `first_row + r` of the stream.
+    let (p, base) = (p as f64, dropout_base(seed, step).wrapping_add(first_row.wrapping_mul(cols as u64)));
     for (r, m) in mask[..rows * cols].chunks_exact_mut(cols).enumerate() {
         let drop = |j: usize| uniform(base, (r * cols + j) as u64) < p;
         if !(0..cols).any(|j| m[j] == zero && !drop(j)) {
@@ -145,13 +149,15 @@ pub fn feature_dropout_mask<T: Copy>(
     p: f32,
     seed: u64,
     step: u64,
+    first_row: u64,
     mask: &mut [T],
     one: T,
     zero: T,
 ) -> Result<()> {
     let cols = slot_of.len();
     check::vector("feature_dropout_mask", "mask", mask.len(), rows * cols)?;
-    let base = dropout_base(seed, step);
+    // Row `r` is row `first_row + r` of the stream.
+    let base = dropout_base(seed, step).wrapping_add(first_row.wrapping_mul(slots as u64));
     for r in 0..rows {
         for (c, &s) in slot_of.iter().enumerate() {
             let keep = (s as usize) < slots && uniform(base, (r * slots + s as usize) as u64) >= p as f64;
@@ -181,7 +187,7 @@ mod tests {
         for r in 0..rows {
             m[r * cols + 3] = MASKED;
         }
-        gate_dropout_mask(rows, cols, 0.3, 11, 5, &mut m, 0.0, MASKED).unwrap();
+        gate_dropout_mask(rows, cols, 0.3, 11, 5, 0, &mut m, 0.0, MASKED).unwrap();
         let dropped = m.chunks(cols).map(|r| r[..3].iter().filter(|&&v| v == MASKED).count()).sum::<usize>();
         let rate = dropped as f64 / (rows * 3) as f64;
         // Rows where all 3 would go (p³ = 2.7%) are kept whole: rate = 0.3 − 0.027·3/3.
@@ -192,24 +198,51 @@ mod tests {
         for r in 0..rows {
             again[r * cols + 3] = MASKED;
         }
-        gate_dropout_mask(rows, cols, 0.3, 11, 5, &mut again, 0.0, MASKED).unwrap();
+        gate_dropout_mask(rows, cols, 0.3, 11, 5, 0, &mut again, 0.0, MASKED).unwrap();
         assert_eq!(m, again, "a function of (seed, step, index)");
         let mut one = vec![0f32, MASKED];
-        gate_dropout_mask(1, 2, 0.99, 1, 1, &mut one, 0.0, MASKED).unwrap();
+        gate_dropout_mask(1, 2, 0.99, 1, 1, 0, &mut one, 0.0, MASKED).unwrap();
         assert_eq!(one, [0.0, MASKED], "the only expert in play is never dropped");
     }
 
     #[test]
     fn dropout_drops_about_p_and_scales_the_rest() {
         let mut m = vec![0f32; 100_000];
-        dropout_mask(m.len(), 0.25, 7, 3, &mut m, |v| v).unwrap();
+        dropout_mask(m.len(), 0.25, 7, 3, 0, &mut m, |v| v).unwrap();
         let dropped = m.iter().filter(|&&v| v == 0.0).count() as f64 / m.len() as f64;
         assert!((dropped - 0.25).abs() < 0.01, "{dropped}");
         assert!(m.iter().all(|&v| v == 0.0 || v == 1.0 / 0.75));
         let mut again = vec![0f32; 1000];
-        dropout_mask(1000, 0.25, 7, 3, &mut again, |v| v).unwrap();
+        dropout_mask(1000, 0.25, 7, 3, 0, &mut again, |v| v).unwrap();
         assert_eq!(&m[..1000], &again[..], "a function of (seed, step, i)");
-        dropout_mask(1000, 0.25, 7, 4, &mut again, |v| v).unwrap();
+        dropout_mask(1000, 0.25, 7, 4, 0, &mut again, |v| v).unwrap();
         assert_ne!(&m[..1000], &again[..], "another step, another mask");
+    }
+
+    #[test]
+    fn a_mask_from_a_first_row_is_that_part_of_the_whole_mask() {
+        // Data-parallel ranks draw rows `first .. first + n` of the global batch's mask.
+        let (rows, width, first) = (10usize, 7usize, 4usize);
+        let mut whole = vec![0f32; rows * width];
+        dropout_mask(rows * width, 0.3, 9, 2, 0, &mut whole, |v| v).unwrap();
+        let mut part = vec![0f32; (rows - first) * width];
+        dropout_mask(part.len(), 0.3, 9, 2, (first * width) as u64, &mut part, |v| v).unwrap();
+        assert_eq!(part, whole[first * width..]);
+
+        let cols = 4;
+        let mut whole = vec![0f32; rows * cols];
+        gate_dropout_mask(rows, cols, 0.4, 9, 2, 0, &mut whole, 0.0, MASKED).unwrap();
+        let mut part = vec![0f32; (rows - first) * cols];
+        gate_dropout_mask(rows - first, cols, 0.4, 9, 2, first as u64, &mut part, 0.0, MASKED).unwrap();
+        assert_eq!(part, whole[first * cols..]);
+        assert!(whole.contains(&MASKED), "something is dropped");
+
+        let slot_of = [0u32, 0, 1, 2, 2];
+        let mut whole = vec![0f32; rows * slot_of.len()];
+        feature_dropout_mask(rows, &slot_of, 3, 0.4, 9, 2, 0, &mut whole, 1.0, 0.0).unwrap();
+        let mut part = vec![0f32; (rows - first) * slot_of.len()];
+        feature_dropout_mask(rows - first, &slot_of, 3, 0.4, 9, 2, first as u64, &mut part, 1.0, 0.0).unwrap();
+        assert_eq!(part, whole[first * slot_of.len()..]);
+        assert!(whole.contains(&0.0) && whole.contains(&1.0));
     }
 }

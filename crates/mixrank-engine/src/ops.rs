@@ -548,8 +548,10 @@ pub trait Backend: Send + Sync {
     /// Writes the first `n` elements of the dropout mask of (`seed`, `step`) with drop
     /// probability `p` into `mask`: `0` or `1 / (1 - p)` per element, a function of
     /// (seed, step, index) only ([`crate::mask::dropout_mask`]), identical on every
-    /// backend.
-    fn dropout_mask(&self, n: usize, p: f32, seed: u64, step: u64, mask: &mut Self::Buf) -> Result<()>;
+    /// backend; `mask[i]` is element `first + i` of the stream (data-parallel training:
+    /// the rank's first global row times the row width, so the ranks draw the global
+    /// batch's masks).
+    fn dropout_mask(&self, n: usize, p: f32, seed: u64, step: u64, first: u64, mask: &mut Self::Buf) -> Result<()>;
 
     /// Per row of `x` (`[rows, cols]`): `0` at the `k` largest values (ties to the lower
     /// index), [`crate::mask::MASKED`] elsewhere — the additive mask of top-k gating.
@@ -559,8 +561,17 @@ pub trait Backend: Send + Sync {
     /// [`crate::mask::MASKED`] = excluded): each in-play element is excluded with
     /// probability `p`, from the (seed, step, index) stream of [`Backend::dropout_mask`],
     /// except that a row never loses its last in-play element
-    /// ([`crate::mask::gate_dropout_mask`]).
-    fn gate_dropout_mask(&self, shape: Shape, p: f32, seed: u64, step: u64, mask: &mut Self::Buf) -> Result<()>;
+    /// ([`crate::mask::gate_dropout_mask`]); row `r` is row `first_row + r` of the stream.
+    #[allow(clippy::too_many_arguments)]
+    fn gate_dropout_mask(
+        &self,
+        shape: Shape,
+        p: f32,
+        seed: u64,
+        step: u64,
+        first_row: u64,
+        mask: &mut Self::Buf,
+    ) -> Result<()>;
 
     // ---- optimizers (`crate::optim`) ---------------------------------------------------
 
@@ -627,7 +638,8 @@ pub trait Backend: Send + Sync {
     /// Feature dropout on `rows` rows of `slot_of.len()` columns
     /// ([`crate::mask::feature_dropout_mask`]): `mask[r, c]` is 0 when row `r`'s slot
     /// `slot_of[c]` (of `slots`) is dropped with probability `p`, 1 otherwise (not
-    /// rescaled); from the (seed, step, index) stream of [`Backend::dropout_mask`].
+    /// rescaled); from the (seed, step, index) stream of [`Backend::dropout_mask`], row `r`
+    /// being row `first_row + r` of it.
     #[allow(clippy::too_many_arguments)]
     fn feature_dropout_mask(
         &self,
@@ -637,6 +649,7 @@ pub trait Backend: Send + Sync {
         p: f32,
         seed: u64,
         step: u64,
+        first_row: u64,
         mask: &mut Self::Buf,
     ) -> Result<()>;
 

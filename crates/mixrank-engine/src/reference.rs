@@ -714,8 +714,8 @@ impl<T: Float> Backend for RefOpsOf<T> {
     fn sum_cols(&self, shape: Shape, x: &Vec<T>, out: &mut Vec<T>) -> Result<()> {
         sum_cols(shape, x, out)
     }
-    fn dropout_mask(&self, n: usize, p: f32, seed: u64, step: u64, mask: &mut Vec<T>) -> Result<()> {
-        crate::mask::dropout_mask(n, p, seed, step, mask, |v| T::from_f64(v as f64))
+    fn dropout_mask(&self, n: usize, p: f32, seed: u64, step: u64, first: u64, mask: &mut Vec<T>) -> Result<()> {
+        crate::mask::dropout_mask(n, p, seed, step, first, mask, |v| T::from_f64(v as f64))
     }
 
     fn top_k_mask(&self, shape: Shape, k: usize, x: &Vec<T>, mask: &mut Vec<T>) -> Result<()> {
@@ -723,9 +723,17 @@ impl<T: Float> Backend for RefOpsOf<T> {
         crate::mask::top_k_mask(shape.rows, shape.cols, k, x, mask, T::from_f64(0.0), masked)
     }
 
-    fn gate_dropout_mask(&self, shape: Shape, p: f32, seed: u64, step: u64, mask: &mut Vec<T>) -> Result<()> {
+    fn gate_dropout_mask(
+        &self,
+        shape: Shape,
+        p: f32,
+        seed: u64,
+        step: u64,
+        first_row: u64,
+        mask: &mut Vec<T>,
+    ) -> Result<()> {
         let masked = T::from_f64(crate::mask::MASKED as f64);
-        crate::mask::gate_dropout_mask(shape.rows, shape.cols, p, seed, step, mask, T::from_f64(0.0), masked)
+        crate::mask::gate_dropout_mask(shape.rows, shape.cols, p, seed, step, first_row, mask, T::from_f64(0.0), masked)
     }
 
     fn feature_dropout_mask(
@@ -736,9 +744,10 @@ impl<T: Float> Backend for RefOpsOf<T> {
         p: f32,
         seed: u64,
         step: u64,
+        first_row: u64,
         mask: &mut Vec<T>,
     ) -> Result<()> {
-        crate::mask::feature_dropout_mask(rows, slot_of, slots, p, seed, step, mask, T::ONE, T::ZERO)
+        crate::mask::feature_dropout_mask(rows, slot_of, slots, p, seed, step, first_row, mask, T::ONE, T::ZERO)
     }
 
     fn sum(&self, n: usize, x: &Vec<T>) -> Result<f32> {

@@ -107,6 +107,10 @@ pub trait Head<B: Backend>: Parameters<B> + Send {
     fn set_dropout_step(&mut self, step: u64) {
         self.visit_layers(&mut |l| l.set_dropout_step(step));
     }
+
+    fn set_dropout_rows(&mut self, first_row: u64) {
+        self.visit_layers(&mut |l| l.set_dropout_rows(first_row));
+    }
 }
 
 /// Builds the head the `[model]` section describes, for `n_tasks` tasks over `d_in`

@@ -53,6 +53,8 @@ pub trait LogitSource<B: Backend>: Parameters<B> + Send {
     /// Dropout mask streams continue from `step` (see `Head::set_dropout_step`).
     /// Default: no-op for sources without dropout.
     fn set_dropout_step(&mut self, _step: u64) {}
+
+    fn set_dropout_rows(&mut self, _first_row: u64) {}
     /// Whether it also runs (and is added) in evaluation mode. Default: no.
     fn runs_in_evaluation(&self) -> bool {
         false
@@ -200,6 +202,12 @@ impl<B: Backend> LogitSources<B> {
     pub fn set_dropout_step(&mut self, step: u64) {
         for s in &mut self.sources {
             s.set_dropout_step(step);
+        }
+    }
+
+    pub fn set_dropout_rows(&mut self, first_row: u64) {
+        for s in &mut self.sources {
+            s.set_dropout_rows(first_row);
         }
     }
 

@@ -66,6 +66,10 @@ pub trait Model<B: Backend>: Parameters<B> + Send {
     /// step, so a resumed run reproduces an uninterrupted one's).
     fn set_dropout_step(&mut self, step: u64);
 
+    /// The row of the global batch the next forward's first row is (data-parallel
+    /// training: this rank's offset), so dropout masks are drawn for the global rows.
+    fn set_dropout_rows(&mut self, first_row: u64);
+
     /// The embedding tables (the sparse parameters), if the model has any.
     fn embeddings(&self) -> Option<&EmbeddingCollection<B>>;
     fn embeddings_mut(&mut self) -> Option<&mut EmbeddingCollection<B>>;

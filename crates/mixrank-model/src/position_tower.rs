@@ -44,6 +44,8 @@ pub struct PositionTower<B: Backend> {
     seed: u64,
     /// Index of the next mask (advances after every forward).
     step: u64,
+    /// Global row of the batch's first row (data-parallel: the rank's offset).
+    first_row: u64,
     max_batch: usize,
     /// Each input column's feature slot (for the backend's feature dropout mask).
     slot_of: B::Ids,
@@ -100,6 +102,7 @@ impl<B: Backend> PositionTower<B> {
             p: section.dropout,
             seed: rng.random(),
             step: 0,
+            first_row: 0,
             max_batch,
             slot_of: ops.upload_ids(&slot_of(&layout)).at(at)?,
             mask: buf(if section.dropout > 0.0 { n } else { 0 })?,
@@ -122,8 +125,17 @@ impl<B: Backend> PositionTower<B> {
     /// Feature dropout mask for `rows` rows at the current step, made by the backend.
     fn fill_mask(&mut self, ops: &B, rows: usize) -> Result<()> {
         let slots = self.layout.slots().len();
-        ops.feature_dropout_mask(rows, &self.slot_of, slots, self.p as f32, self.seed, self.step, &mut self.mask)
-            .at(|| "position tower feature dropout".to_string())
+        ops.feature_dropout_mask(
+            rows,
+            &self.slot_of,
+            slots,
+            self.p as f32,
+            self.seed,
+            self.step,
+            self.first_row,
+            &mut self.mask,
+        )
+        .at(|| "position tower feature dropout".to_string())
     }
 }
 
@@ -181,6 +193,10 @@ impl<B: Backend> LogitSource<B> for PositionTower<B> {
 
     fn set_dropout_step(&mut self, step: u64) {
         self.step = step;
+    }
+
+    fn set_dropout_rows(&mut self, first_row: u64) {
+        self.first_row = first_row;
     }
 
     fn runs_in_evaluation(&self) -> bool {

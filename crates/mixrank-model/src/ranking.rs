@@ -185,6 +185,11 @@ where
         self.logit_sources.set_dropout_step(step);
     }
 
+    pub fn set_dropout_rows(&mut self, first_row: u64) {
+        self.head.set_dropout_rows(first_row);
+        self.logit_sources.set_dropout_rows(first_row);
+    }
+
     /// Runs the model on a batch.
     pub fn forward(&mut self, ops: &B, b: &Batch) -> Result<()> {
         let n = b.rows;
@@ -313,6 +318,10 @@ where
 
     fn set_dropout_step(&mut self, step: u64) {
         RankingModel::set_dropout_step(self, step)
+    }
+
+    fn set_dropout_rows(&mut self, first_row: u64) {
+        RankingModel::set_dropout_rows(self, first_row)
     }
 
     fn embeddings(&self) -> Option<&EmbeddingCollection<B>> {

@@ -479,6 +479,11 @@ where
         self.item.head.set_dropout_step(step);
     }
 
+    fn set_dropout_rows(&mut self, first_row: u64) {
+        self.user.head.set_dropout_rows(first_row);
+        self.item.head.set_dropout_rows(first_row);
+    }
+
     fn embeddings(&self) -> Option<&EmbeddingCollection<B>> {
         self.emb.as_ref()
     }

@@ -40,6 +40,8 @@ pub trait Layer<B: Backend>: Parameters<B> {
     /// Default: no-op for layers without dropout.
     fn set_dropout_step(&mut self, _step: u64) {}
 
+    fn set_dropout_rows(&mut self, _first_row: u64) {}
+
     /// What the output's columns are, in the layer's own terms ([`crate::Part::In`]: its
     /// input's columns, [`crate::Part::Out`]: what its container declares for its output,
     /// [`crate::Part::Own`]: its own units), concatenated: how a container that reads the

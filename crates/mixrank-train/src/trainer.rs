@@ -655,10 +655,22 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
         let (b, global_rows) = match (rows, &dist) {
             (StepRows::Global(global), Some(c)) => {
                 local = crate::data_parallel::shard(global, &**c);
+                // Dropout masks are drawn for the global batch's rows: the ranks' masks
+                // together are one process's.
+                self.model
+                    .set_dropout_rows(crate::data_parallel::shard_range(global.rows, c.rank(), c.size()).start as u64);
                 (&local, global.rows as u64)
             }
             (StepRows::Global(global), None) => (global, global.rows as u64),
-            (StepRows::Local { batch, global_rows }, _) => (batch, global_rows),
+            (StepRows::Local { batch, global_rows }, c) => {
+                // Sharded reading: the rank's part of the global batch starts where its
+                // share of `batch_size` does (disjoint from the other ranks' rows).
+                if let Some(c) = c {
+                    let bs = self.cfg.data.batch_size;
+                    self.model.set_dropout_rows(crate::data_parallel::shard_range(bs, c.rank(), c.size()).start as u64);
+                }
+                (batch, global_rows)
+            }
         };
         if let Some(c) = &dist {
             self.losses.share = crate::data_parallel::task_shares(b, &**c)?;

@@ -18,6 +18,18 @@ use std::sync::Arc;
 /// Simulated engagement data with a small MMoE without dropout; `batch_size` rows per
 /// global batch.
 fn config(dir: &Path, batch_size: usize, extra_train: &str) -> Arc<ExperimentConfig> {
+    config_with(dir, batch_size, "", "", extra_train)
+}
+
+/// [`config`] with `expert_extra` added to the expert's keys and `model_extra` sections
+/// before `[train]`.
+fn config_with(
+    dir: &Path,
+    batch_size: usize,
+    expert_extra: &str,
+    model_extra: &str,
+    extra_train: &str,
+) -> Arc<ExperimentConfig> {
     let p = mixrank_data::simulate::EngagementParams { requests_per_day: 30, days: 3, ..Default::default() };
     let sim = mixrank_data::simulate::simulate_engagement(&p, &dir.join("data")).unwrap();
     let model = dir.join("model.toml");
@@ -25,7 +37,7 @@ fn config(dir: &Path, batch_size: usize, extra_train: &str) -> Arc<ExperimentCon
         &model,
         format!(
             "[model]\narchitecture = \"mmoe\"\nexpert_dim = 8\ntower = {{ hidden = [4] }}\n\
-             [[model.experts]]\nkind = \"mlp\"\ncount = 2\nhidden = [16]\n\
+             [[model.experts]]\nkind = \"mlp\"\ncount = 2\nhidden = [16]\n{expert_extra}{model_extra}\
              [train]\nthreads = 1\ncheckpoint_every_steps = 4\n{extra_train}"
         ),
     )
@@ -395,5 +407,27 @@ fn sharded_reading_trains_every_row_once_per_epoch_and_resumes_mid_epoch_exactly
     for r in run(&small, &d.path().join("small_run"), 3) {
         let e = r.unwrap_err().to_string();
         assert!(e.contains("batch_size (2) of at least the 3 ranks"), "{e}");
+    }
+}
+
+#[test]
+fn with_dropout_the_ranks_draw_the_global_batchs_masks_and_train_like_one_process() {
+    let d = tempfile::tempdir().unwrap();
+    // Dropout in the experts and gate dropout: masks are drawn per global row, so N ranks
+    // drop exactly what one process drops.
+    let cfg = config_with(d.path(), 23, "dropout = 0.3\n", "[model.gate]\ndropout = 0.3\n", "epochs = 1\nlr = 0.001\n");
+    let one_dir = d.path().join("one");
+    train(cfg.clone(), &TrainOptions::new(&one_dir), &CpuOps::new()).unwrap();
+    let w1 = weights(&one_dir.join("checkpoint"));
+    for n in [2, 3] {
+        let out = d.path().join(format!("ranks{n}"));
+        for r in run(&cfg, &out, n) {
+            r.unwrap();
+        }
+        let worst = largest_relative_difference(&weights(&out.join("checkpoint")), &w1);
+        eprintln!("dropout, {n} ranks: largest relative difference from one process {worst:e}");
+        // Without masks keyed by the global row every rank would drop other elements than
+        // one process, and the weights would differ by far more than rounding.
+        assert!(worst <= 1e-3, "{n} ranks: {worst}");
     }
 }

@@ -284,16 +284,24 @@ impl Backend for CpuOps {
     fn sum_cols(&self, shape: Shape, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
         reduce::sum_cols(shape, x, out)
     }
-    fn dropout_mask(&self, n: usize, p: f32, seed: u64, step: u64, mask: &mut Vec<f32>) -> Result<()> {
-        crate::mask::dropout_mask(n, p, seed, step, mask, |v| v)
+    fn dropout_mask(&self, n: usize, p: f32, seed: u64, step: u64, first: u64, mask: &mut Vec<f32>) -> Result<()> {
+        crate::mask::dropout_mask(n, p, seed, step, first, mask, |v| v)
     }
 
     fn top_k_mask(&self, shape: Shape, k: usize, x: &Vec<f32>, mask: &mut Vec<f32>) -> Result<()> {
         crate::mask::top_k_mask(shape.rows, shape.cols, k, x, mask, 0.0, crate::mask::MASKED)
     }
 
-    fn gate_dropout_mask(&self, shape: Shape, p: f32, seed: u64, step: u64, mask: &mut Vec<f32>) -> Result<()> {
-        crate::mask::gate_dropout_mask(shape.rows, shape.cols, p, seed, step, mask, 0.0, crate::mask::MASKED)
+    fn gate_dropout_mask(
+        &self,
+        shape: Shape,
+        p: f32,
+        seed: u64,
+        step: u64,
+        first_row: u64,
+        mask: &mut Vec<f32>,
+    ) -> Result<()> {
+        crate::mask::gate_dropout_mask(shape.rows, shape.cols, p, seed, step, first_row, mask, 0.0, crate::mask::MASKED)
     }
 
     fn feature_dropout_mask(
@@ -304,9 +312,10 @@ impl Backend for CpuOps {
         p: f32,
         seed: u64,
         step: u64,
+        first_row: u64,
         mask: &mut Vec<f32>,
     ) -> Result<()> {
-        crate::mask::feature_dropout_mask(rows, slot_of, slots, p, seed, step, mask, 1.0, 0.0)
+        crate::mask::feature_dropout_mask(rows, slot_of, slots, p, seed, step, first_row, mask, 1.0, 0.0)
     }
 
     fn sum(&self, n: usize, x: &Vec<f32>) -> Result<f32> {

@@ -158,6 +158,10 @@ impl<B: Backend> Dcn<B> {
         self.deep.set_dropout_step(step);
     }
 
+    pub fn set_dropout_rows(&mut self, first_row: u64) {
+        self.deep.set_dropout_rows(first_row);
+    }
+
     fn copy_spec(&self, batch: usize, cols: usize, col: usize, to_concat: bool) -> ColCopy {
         let ld = self.config.output_dim();
         if to_concat {
@@ -192,6 +196,10 @@ impl<B: Backend> Layer<B> for Dcn<B> {
 
     fn set_dropout_step(&mut self, step: u64) {
         Dcn::set_dropout_step(self, step)
+    }
+
+    fn set_dropout_rows(&mut self, first_row: u64) {
+        Dcn::set_dropout_rows(self, first_row)
     }
 
     fn set_training(&mut self, training: bool) {

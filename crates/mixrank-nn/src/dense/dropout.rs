@@ -36,6 +36,7 @@ impl DropoutConfig {
             max_batch,
             training: true,
             step: 0,
+            first_row: 0,
             mask: ops.alloc(n).ctx(LAYER)?,
             out: ops.alloc(n).ctx(LAYER)?,
             d_input: ops.alloc(n).ctx(LAYER)?,
@@ -60,6 +61,8 @@ pub struct Dropout<B: Backend> {
     max_batch: usize,
     training: bool,
     step: u64,
+    /// Global row of the batch's first row (data-parallel: the rank's offset).
+    first_row: u64,
     mask: B::Buf,
     out: B::Buf,
     d_input: B::Buf,
@@ -122,6 +125,12 @@ impl<B: Backend> Dropout<B> {
     pub fn set_step(&mut self, step: u64) {
         self.step = step;
     }
+
+    /// Sets the global row of the next batch's first row: its masks are the global
+    /// batch's (data-parallel training, [`crate::Layer::set_dropout_rows`]).
+    pub fn set_first_row(&mut self, first_row: u64) {
+        self.first_row = first_row;
+    }
 }
 
 impl<B: Backend> Parameters<B> for Dropout<B> {
@@ -156,7 +165,8 @@ impl<B: Backend> Layer<B> for Dropout<B> {
         let n = batch * self.config.d;
         let active = self.active();
         if active {
-            ops.dropout_mask(n, self.config.p, self.config.seed, self.step, &mut self.mask).ctx(LAYER)?;
+            let first = self.first_row * self.config.d as u64;
+            ops.dropout_mask(n, self.config.p, self.config.seed, self.step, first, &mut self.mask).ctx(LAYER)?;
             ops.mul(n, input, &self.mask, &mut self.out).ctx(LAYER)?;
             self.step += 1;
         } else {

@@ -201,6 +201,14 @@ impl<B: Backend> Mlp<B> {
         }
     }
 
+    pub fn set_dropout_rows(&mut self, first_row: u64) {
+        for b in &mut self.blocks {
+            if let Some(d) = &mut b.dropout {
+                d.set_first_row(first_row);
+            }
+        }
+    }
+
     /// The last forward's output.
     pub fn output(&self) -> &B::Buf {
         match (&self.output, self.blocks.last()) {
@@ -246,6 +254,10 @@ impl<B: Backend> Parameters<B> for Mlp<B> {
 impl<B: Backend> Layer<B> for Mlp<B> {
     fn set_dropout_step(&mut self, step: u64) {
         Mlp::set_dropout_step(self, step)
+    }
+
+    fn set_dropout_rows(&mut self, first_row: u64) {
+        Mlp::set_dropout_rows(self, first_row)
     }
 
     fn set_training(&mut self, training: bool) {

@@ -79,6 +79,10 @@ impl<B: Backend> Tower<B> {
         self.mlp.set_dropout_step(step);
     }
 
+    pub fn set_dropout_rows(&mut self, first_row: u64) {
+        self.mlp.set_dropout_rows(first_row);
+    }
+
     pub fn output(&self) -> &B::Buf {
         self.mlp.output()
     }
@@ -97,6 +101,10 @@ impl<B: Backend> Parameters<B> for Tower<B> {
 impl<B: Backend> Layer<B> for Tower<B> {
     fn set_dropout_step(&mut self, step: u64) {
         Tower::set_dropout_step(self, step)
+    }
+
+    fn set_dropout_rows(&mut self, first_row: u64) {
+        Tower::set_dropout_rows(self, first_row)
     }
 
     fn set_training(&mut self, training: bool) {

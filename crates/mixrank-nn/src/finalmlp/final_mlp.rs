@@ -185,6 +185,11 @@ impl<B: Backend> FinalMlp<B> {
         self.mlp1.set_dropout_step(step);
         self.mlp2.set_dropout_step(step);
     }
+
+    pub fn set_dropout_rows(&mut self, first_row: u64) {
+        self.mlp1.set_dropout_rows(first_row);
+        self.mlp2.set_dropout_rows(first_row);
+    }
 }
 
 impl<B: Backend> Parameters<B> for FinalMlp<B> {
@@ -210,6 +215,10 @@ impl<B: Backend> Parameters<B> for FinalMlp<B> {
 impl<B: Backend> Layer<B> for FinalMlp<B> {
     fn set_dropout_step(&mut self, step: u64) {
         FinalMlp::set_dropout_step(self, step)
+    }
+
+    fn set_dropout_rows(&mut self, first_row: u64) {
+        FinalMlp::set_dropout_rows(self, first_row)
     }
 
     fn set_training(&mut self, training: bool) {

@@ -172,6 +172,12 @@ impl<B: Backend> MaskBlock<B> {
         }
     }
 
+    pub fn set_dropout_rows(&mut self, first_row: u64) {
+        if let Some(d) = &mut self.dropout {
+            d.set_first_row(first_row);
+        }
+    }
+
     /// Accumulates parameter gradients; afterwards [`MaskBlock::d_emb`] and
     /// [`MaskBlock::d_hidden`] hold the two input gradients (overwritten).
     pub fn backward(&mut self, ops: &B, emb: &B::Buf, hidden: &B::Buf, d_output: &B::Buf) -> Result<()> {

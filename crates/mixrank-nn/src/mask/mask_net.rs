@@ -171,6 +171,13 @@ impl<B: Backend> MaskNet<B> {
         }
     }
 
+    pub fn set_dropout_rows(&mut self, first_row: u64) {
+        self.blocks.iter_mut().for_each(|b| b.set_dropout_rows(first_row));
+        if let Some(m) = &mut self.mlp {
+            m.set_dropout_rows(first_row);
+        }
+    }
+
     fn block_cols(&self, batch: usize, i: usize, to_concat: bool) -> ColCopy {
         Self::cols(self.config.d_block, self.config.concat_dim(), batch, i, to_concat)
     }
@@ -205,6 +212,10 @@ impl<B: Backend> Parameters<B> for MaskNet<B> {
 impl<B: Backend> Layer<B> for MaskNet<B> {
     fn set_dropout_step(&mut self, step: u64) {
         MaskNet::set_dropout_step(self, step)
+    }
+
+    fn set_dropout_rows(&mut self, first_row: u64) {
+        MaskNet::set_dropout_rows(self, first_row)
     }
 
     fn set_training(&mut self, training: bool) {

@@ -132,6 +132,7 @@ impl GateConfig {
             dropout_seed,
             training: true,
             step: 0,
+            first_row: 0,
             weights: ops.alloc(n).ctx(LAYER)?,
             d_logits: ops.alloc(n).ctx(LAYER)?,
             batch: None,
@@ -179,6 +180,8 @@ pub struct Gate<B: Backend> {
     training: bool,
     /// Gate-dropout mask counter (advances after each training forward with dropout).
     step: u64,
+    /// Global row of the batch's first row (data-parallel: the rank's offset).
+    first_row: u64,
     weights: B::Buf,
     d_logits: B::Buf,
     batch: Option<usize>,
@@ -263,6 +266,10 @@ impl<B: Backend> Layer<B> for Gate<B> {
         self.step = step;
     }
 
+    fn set_dropout_rows(&mut self, first_row: u64) {
+        self.first_row = first_row;
+    }
+
     fn visit_reduced(&mut self, f: &mut dyn FnMut(crate::ReducedSite<'_, B>)) {
         if let Some(h) = &mut self.hidden {
             h.visit_reduced(f);
@@ -312,7 +319,7 @@ impl<B: Backend> Layer<B> for Gate<B> {
             }
             if self.dropping() {
                 let (p, seed) = (self.config.dropout, self.dropout_seed);
-                ops.gate_dropout_mask(shape, p, seed, self.step, &mut self.mask).ctx(LAYER)?;
+                ops.gate_dropout_mask(shape, p, seed, self.step, self.first_row, &mut self.mask).ctx(LAYER)?;
                 self.step += 1;
             }
             ops.add(n, &self.logits, &self.mask, &mut self.masked).ctx(LAYER)?;

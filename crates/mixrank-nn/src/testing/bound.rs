@@ -714,8 +714,8 @@ impl Backend for BoundOps {
         Ok(())
     }
     /// Exact: a mask holds `0` or `1 / (1 - p)`, rounded to f32 as every backend does.
-    fn dropout_mask(&self, n: usize, p: f32, seed: u64, step: u64, mask: &mut Vec<Bounded>) -> Result<()> {
-        mixrank_engine::mask::dropout_mask(n, p, seed, step, mask, |v| Bounded { v: v as f64, e: 0.0 })
+    fn dropout_mask(&self, n: usize, p: f32, seed: u64, step: u64, first: u64, mask: &mut Vec<Bounded>) -> Result<()> {
+        mixrank_engine::mask::dropout_mask(n, p, seed, step, first, mask, |v| Bounded { v: v as f64, e: 0.0 })
     }
 
     /// Selected on the values `v`: where two logits lie within their error bounds of
@@ -750,14 +750,33 @@ impl Backend for BoundOps {
         p: f32,
         seed: u64,
         step: u64,
+        first_row: u64,
         mask: &mut Vec<Bounded>,
     ) -> Result<()> {
         let (one, zero) = (Bounded { v: 1.0, e: 0.0 }, Bounded::default());
-        mixrank_engine::mask::feature_dropout_mask(rows, slot_of, slots, p, seed, step, mask, one, zero)
+        mixrank_engine::mask::feature_dropout_mask(rows, slot_of, slots, p, seed, step, first_row, mask, one, zero)
     }
-    fn gate_dropout_mask(&self, shape: Shape, p: f32, seed: u64, step: u64, mask: &mut Vec<Bounded>) -> Result<()> {
+    fn gate_dropout_mask(
+        &self,
+        shape: Shape,
+        p: f32,
+        seed: u64,
+        step: u64,
+        first_row: u64,
+        mask: &mut Vec<Bounded>,
+    ) -> Result<()> {
         let masked = Bounded { v: mixrank_engine::mask::MASKED as f64, e: 0.0 };
-        mixrank_engine::mask::gate_dropout_mask(shape.rows, shape.cols, p, seed, step, mask, Bounded::default(), masked)
+        mixrank_engine::mask::gate_dropout_mask(
+            shape.rows,
+            shape.cols,
+            p,
+            seed,
+            step,
+            first_row,
+            mask,
+            Bounded::default(),
+            masked,
+        )
     }
 
     /// The accumulator holds the exact `Σ g²` and its bound in its first slot.
