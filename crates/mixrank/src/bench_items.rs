@@ -42,6 +42,11 @@ pub struct ItemsBenchArgs {
     /// Compute threads of the servers and of embed-items.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// The light ranker's requests ask for the best K candidates only (`"top_k": K`,
+    /// ranked by the first task), as a light ranker in front of a full ranker would;
+    /// without it every candidate's predictions are answered.
+    #[arg(long)]
+    pub top_k: Option<usize>,
     /// Working directory for the catalogue and the table (default: a temporary one).
     #[arg(long)]
     pub work: Option<PathBuf>,
@@ -157,14 +162,22 @@ pub fn run(a: &ItemsBenchArgs) -> Result<()> {
         ctx.extend(req.candidates[0].clone());
         let ctx: serde_json::Map<String, serde_json::Value> =
             ctx.into_iter().filter(|(k, _)| towers.user.contains(k)).map(|(k, v)| (k, v.to_json())).collect();
-        let tt_body = serde_json::json!({"context": ctx, "item_ids": ids}).to_string().into_bytes();
+        let mut tt_body = serde_json::json!({"context": ctx, "item_ids": ids});
+        if let Some(k) = a.top_k {
+            tt_body["top_k"] = k.into();
+        }
+        let tt_body = tt_body.to_string().into_bytes();
+        let tt_name = match a.top_k {
+            Some(k) => format!("two-tower, top {k}"),
+            None => "two-tower + table".to_string(),
+        };
         let ranker_cfg = engine.open(&a.ranker, Precision::F32, 1)?.config.clone();
         let full_req = requests_from_parquet(&request_file, &ranker_cfg, Grouping::Fixed(n), n)?.remove(0);
         let full_body = full_req.to_json().to_string().into_bytes();
         for p in &a.precisions {
             let precision: Precision = p.parse().map_err(anyhow::Error::msg)?;
             for (name, run, body, reps) in [
-                ("two-tower + table", &a.model, &tt_body, a.requests),
+                (tt_name.as_str(), &a.model, &tt_body, a.requests),
                 ("full ranker", &a.ranker, &full_body, (a.requests / 10).max(10)),
             ] {
                 let mut opts = ServeOptions::new(run, engine.clone());
@@ -204,7 +217,7 @@ pub fn run(a: &ItemsBenchArgs) -> Result<()> {
                 }
                 out.push(serde_json::json!({
                     "candidates": n, "precision": precision.name(), "model": name, "requests": r.ok, "failed": r.failed,
-                    "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
+                    "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "top_k": a.top_k.filter(|_| run == &a.model),
                 }));
             }
             // Where the light ranker's time goes (in process, same request).
