@@ -57,6 +57,16 @@ fn displs(op: &'static str, counts: &[Count]) -> Result<Vec<Count>> {
         .collect()
 }
 
+/// A zeroed byte buffer of `len` with a real allocation even when empty. Open MPI's
+/// `MPI_IN_PLACE` is the address 1, which is exactly where an empty `Vec<u8>` or `&[u8]`
+/// points (`NonNull::dangling`): an empty receive buffer would be read as "in place" and
+/// refused (`MPI_ERR_ARG`), an empty send buffer as "take mine from the receive buffer".
+fn heap_bytes(len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len.max(1));
+    v.resize(len, 0);
+    v
+}
+
 /// Splits `buf` into blocks of `counts`.
 fn split(buf: &[u8], counts: &[Count]) -> Vec<Vec<u8>> {
     let mut at = 0;
@@ -119,10 +129,12 @@ impl Collective for Mpi {
         self.world.all_gather_into(&mine, &mut counts[..]);
         let displs = displs(OP, &counts)?;
         let total: usize = counts.iter().map(|&c| c as usize).sum();
-        let mut recv = vec![0u8; total];
+        let mut recv = heap_bytes(total);
+        let mut mine = heap_bytes(send.len());
+        mine.copy_from_slice(send);
         {
             let mut part = PartitionMut::new(&mut recv[..], &counts[..], &displs[..]);
-            self.world.all_gather_varcount_into(send, &mut part);
+            self.world.all_gather_varcount_into(&mine[..], &mut part);
         }
         Ok(split(&recv, &counts))
     }
@@ -138,10 +150,11 @@ impl Collective for Mpi {
         let send_counts: Vec<Count> = send.iter().map(|b| count(OP, b.len())).collect::<Result<_>>()?;
         let mut recv_counts = vec![0 as Count; self.size];
         self.world.all_to_all_into(&send_counts[..], &mut recv_counts[..]);
-        let flat: Vec<u8> = send.concat();
+        let mut flat = heap_bytes(0);
+        send.iter().for_each(|b| flat.extend_from_slice(b));
         let send_displs = displs(OP, &send_counts)?;
         let recv_displs = displs(OP, &recv_counts)?;
-        let mut recv = vec![0u8; recv_counts.iter().map(|&c| c as usize).sum()];
+        let mut recv = heap_bytes(recv_counts.iter().map(|&c| c as usize).sum());
         {
             let part = Partition::new(&flat[..], &send_counts[..], &send_displs[..]);
             let mut rpart = PartitionMut::new(&mut recv[..], &recv_counts[..], &recv_displs[..]);
@@ -159,7 +172,11 @@ impl Collective for Mpi {
         let mut len = buf.len() as u64;
         p.broadcast_into(&mut len);
         buf.resize(len as usize, 0);
-        p.broadcast_into(&mut buf[..]);
+        // Every rank has the length: an empty buffer (which would point at `MPI_IN_PLACE`,
+        // see `heap_bytes`) is not sent.
+        if len > 0 {
+            p.broadcast_into(&mut buf[..]);
+        }
         Ok(())
     }
     fn barrier(&self) -> Result<()> {

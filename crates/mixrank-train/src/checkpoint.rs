@@ -30,6 +30,7 @@ use crate::optimizers::{OptimizerManifest, Optimizers};
 use crate::tensors::{serialize, Tensor, TensorFile};
 use mixrank_data::stats::DenseStats;
 use mixrank_data::ExperimentConfig;
+use mixrank_dist::Collective;
 use mixrank_engine::Backend;
 use mixrank_model::{build_model, Model};
 use rand::SeedableRng;
@@ -98,14 +99,30 @@ pub struct Manifest {
     pub early_stopping: Option<EarlyStopState>,
     /// Every other file of the checkpoint by name.
     pub files: BTreeMap<String, FileSum>,
+    /// Written by a job with row-wise sharded tables (`crate::sharded_tables`): the
+    /// embedding tables and their sparse optimizer state are not in `weights.safetensors`
+    /// and `optimizer.safetensors` but in this many files [`shard_file`]`(r, N)`, rank
+    /// `r`'s holding the rows `id ≡ r (mod N)` in id order. [`read_verified`] puts them
+    /// back together. Absent for every other checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_shards: Option<usize>,
     /// Tensors in `weights.safetensors`.
     pub tensors: usize,
 }
 
 impl Manifest {
-    /// XXH3-64 (hex) of the weights file, the short identity of a model version.
-    pub fn weights_xxh3(&self) -> &str {
-        self.files.get(WEIGHTS).map_or("", |f| f.xxh3.as_str())
+    /// XXH3-64 (hex) of the weights file, the short identity of a model version. With
+    /// sharded tables the weights are the dense file and the shard files: the XXH3-64 of
+    /// their checksums in order.
+    pub fn weights_xxh3(&self) -> String {
+        let sum = |name: &str| self.files.get(name).map_or("", |f| f.xxh3.as_str()).to_string();
+        match self.table_shards {
+            None => sum(WEIGHTS),
+            Some(n) => {
+                let all: String = std::iter::once(sum(WEIGHTS)).chain((0..n).map(|r| sum(&shard_file(r, n)))).collect();
+                xxh3(all.as_bytes())
+            }
+        }
     }
 }
 
@@ -129,8 +146,14 @@ pub struct CheckpointInfo<'a> {
     pub early_stopping: Option<EarlyStopState>,
 }
 
-/// The weights of `model` as named tensors (read back from the backend).
-fn weight_tensors<B: Backend>(ops: &B, model: &mut dyn Model<B>) -> Result<Vec<Tensor>> {
+/// The file of rank `r`'s rows of the tables in a checkpoint of `n` table shards.
+pub fn shard_file(r: usize, n: usize) -> String {
+    format!("tables.shard-{r}-of-{n}.safetensors")
+}
+
+/// The weights of `model` as named tensors (read back from the backend); the embedding
+/// tables only with `tables`.
+fn weight_tensors<B: Backend>(ops: &B, model: &mut dyn Model<B>, tables: bool) -> Result<Vec<Tensor>> {
     let mut out = Vec::new();
     let mut err = None;
     model.params(&mut |name, p| match p.read_value(ops) {
@@ -139,7 +162,7 @@ fn weight_tensors<B: Backend>(ops: &B, model: &mut dyn Model<B>) -> Result<Vec<T
             err.get_or_insert(e);
         }
     });
-    if let Some(emb) = model.embeddings_mut() {
+    if let Some(emb) = model.embeddings_mut().filter(|_| tables) {
         emb.visit_tables(&mut |name, t| match t.read_value(ops) {
             Ok(v) => out.push(Tensor::f32(format!("emb.{name}"), vec![t.rows, t.dim], &v)),
             Err(e) => {
@@ -163,11 +186,44 @@ pub fn save<B: Backend>(
     optim: &Optimizers<B>,
     info: &CheckpointInfo<'_>,
 ) -> Result<Manifest> {
+    let weights = weight_tensors(ops, model, true)?;
+    let optimizer = optim.tensors(ops, model)?;
+    let tmp = fresh_tmp(dir)?;
+    let parts = Parts { weights, optimizer, optim: optim.manifest(&info.config.train), shards: None };
+    finish(dir, &tmp, parts, info)
+}
+
+/// A new, empty temporary sibling of `dir`.
+fn fresh_tmp(dir: &Path) -> Result<PathBuf> {
+    let tmp = mixrank_data::atomic::tmp_name(dir);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    Ok(tmp)
+}
+
+/// What rank 0 writes besides files already in the temporary directory.
+struct Parts {
+    weights: Vec<Tensor>,
+    optimizer: Vec<Tensor>,
+    optim: OptimizerManifest,
+    /// Sharded tables: the shard count and each shard file's sum (already written).
+    shards: Option<(usize, BTreeMap<String, FileSum>)>,
+}
+
+/// Writes the weights, optimizer state and manifest into `tmp` and renames it to `dir`.
+fn finish(dir: &Path, tmp: &Path, parts: Parts, info: &CheckpointInfo<'_>) -> Result<Manifest> {
     let other = |m: String| TrainError::Checkpoint { path: dir.to_path_buf(), message: m };
-    let weights = weight_tensors(ops, model)?;
-    let wbytes = serialize(&weights).map_err(other)?;
-    let obytes = serialize(&optim.tensors(ops, model)?).map_err(other)?;
+    let wbytes = serialize(&parts.weights).map_err(other)?;
+    let obytes = serialize(&parts.optimizer).map_err(other)?;
     let sum = |b: &[u8]| FileSum { bytes: b.len() as u64, xxh3: xxh3(b) };
+    let mut files: BTreeMap<String, FileSum> =
+        [(WEIGHTS.to_string(), sum(&wbytes)), (OPTIMIZER.to_string(), sum(&obytes))].into_iter().collect();
+    let table_shards = parts.shards.map(|(n, sums)| {
+        files.extend(sums);
+        n
+    });
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         created_by: format!("mixrank {}", env!("CARGO_PKG_VERSION")),
@@ -179,24 +235,98 @@ pub fn save<B: Backend>(
         step: info.step,
         examples: info.examples,
         cursor: info.cursor,
-        optimizer: optim.manifest(&info.config.train),
+        optimizer: parts.optim,
         lineage: info.lineage.clone(),
         early_stopping: info.early_stopping,
-        files: [(WEIGHTS.to_string(), sum(&wbytes)), (OPTIMIZER.to_string(), sum(&obytes))].into_iter().collect(),
-        tensors: weights.len(),
+        files,
+        tensors: parts.weights.len(),
+        table_shards,
     };
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| other(e.to_string()))?;
-    let tmp = mixrank_data::atomic::tmp_name(dir);
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     write_atomic(&tmp.join(WEIGHTS), &wbytes)?;
     write_atomic(&tmp.join(OPTIMIZER), &obytes)?;
     write_atomic(&tmp.join(MANIFEST), text.as_bytes())?;
     write_atomic(&tmp.join(MANIFEST_SUM), xxh3(text.as_bytes()).as_bytes())?;
-    replace_dir(&tmp, dir)?;
+    replace_dir(tmp, dir)?;
     Ok(manifest)
+}
+
+/// Collective, for a job with sharded tables ([`crate::sharded_tables`]): writes the
+/// checkpoint directory `dir` with each rank's rows of the tables (`shard`, its
+/// [`ShardedTables::tensors`](crate::sharded_tables::ShardedTables::tensors)) in that
+/// rank's [`shard_file`], and rank 0's dense weights and Adam state in the usual files.
+/// Rank 0 makes the temporary directory and tells the others where it is; each writes
+/// its file there; the files' sums are gathered; rank 0 writes the manifest listing them
+/// all and renames the directory into place, so a crash of any rank leaves the old
+/// checkpoint or the new one, never a mix. `dir` must be the same path on every rank
+/// (a shared file system across machines). Returns the manifest on rank 0.
+pub fn save_sharded<B: Backend>(
+    dir: &Path,
+    c: &dyn Collective,
+    ops: &B,
+    model: &mut dyn Model<B>,
+    optim: &Optimizers<B>,
+    shard: Vec<Tensor>,
+    info: &CheckpointInfo<'_>,
+) -> Result<Option<Manifest>> {
+    let (rank, n) = (c.rank(), c.size());
+    let other = |m: String| TrainError::Checkpoint { path: dir.to_path_buf(), message: m };
+    // 1. Rank 0's temporary directory, as UTF-8 (empty: it could not make one).
+    let mut made = None;
+    let mut where_ = Vec::new();
+    if rank == 0 {
+        match fresh_tmp(dir) {
+            Ok(tmp) => match tmp.to_str() {
+                Some(t) => {
+                    where_ = t.as_bytes().to_vec();
+                    made = Some(Ok(tmp));
+                }
+                None => made = Some(Err(other(format!("{} is not UTF-8", tmp.display())))),
+            },
+            Err(e) => made = Some(Err(e)),
+        }
+    }
+    c.broadcast_bytes(&mut where_, 0)?;
+    // 2. Every rank's shard file, and its sum or why it failed.
+    let name = shard_file(rank, n);
+    let mine: std::result::Result<FileSum, String> = if where_.is_empty() {
+        Err("rank 0 could not make the checkpoint's temporary directory".into())
+    } else {
+        let tmp = PathBuf::from(String::from_utf8_lossy(&where_).into_owned());
+        serialize(&shard).and_then(|bytes| {
+            write_atomic(&tmp.join(&name), &bytes)
+                .map(|_| FileSum { bytes: bytes.len() as u64, xxh3: xxh3(&bytes) })
+                .map_err(|e| e.to_string())
+        })
+    };
+    let report = serde_json::to_vec(&mine).map_err(|e| other(e.to_string()))?;
+    let all = c.all_gather_bytes(&report)?;
+    if rank != 0 {
+        return mine.map(|_| None).map_err(|m| other(format!("rank {rank}'s {name}: {m}")));
+    }
+    let tmp = made.expect("rank 0 tried")?;
+    let mut sums = BTreeMap::new();
+    for (r, bytes) in all.iter().enumerate() {
+        let got: std::result::Result<FileSum, String> =
+            serde_json::from_slice(bytes).map_err(|e| other(format!("rank {r}'s report: {e}")))?;
+        match got {
+            Ok(sum) => {
+                sums.insert(shard_file(r, n), sum);
+            }
+            Err(m) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(other(format!("rank {r} could not write {}: {m}", shard_file(r, n))));
+            }
+        }
+    }
+    // 3. Rank 0: dense weights, Adam state, the manifest over every file; the rename.
+    let parts = Parts {
+        weights: weight_tensors(ops, model, false)?,
+        optimizer: optim.dense_tensors(ops, model)?,
+        optim: optim.manifest(&info.config.train),
+        shards: Some((n, sums)),
+    };
+    finish(dir, &tmp, parts, info).map(Some)
 }
 
 /// Adds `cal` to the checkpoint directory `dir` as `calibration.json`, listed in a
@@ -210,13 +340,14 @@ pub fn attach_calibration(dir: &Path, cal: &Calibration) -> Result<Manifest> {
     let mut manifest = v.manifest;
     manifest.files.insert(CALIBRATION.to_string(), FileSum { bytes: bytes.len() as u64, xxh3: xxh3(&bytes) });
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| other(e.to_string()))?;
-    let tmp = mixrank_data::atomic::tmp_name(dir);
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    let tmp = fresh_tmp(dir)?;
+    // Every file as it is on disk (verified above; with sharded tables `v.weights` is
+    // the put-together whole, not the file).
+    for name in manifest.files.keys().filter(|n| n.as_str() != CALIBRATION) {
+        let src = dir.join(name);
+        let raw = std::fs::read(&src).map_err(io(&src))?;
+        write_atomic(&tmp.join(name), &raw)?;
     }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    write_atomic(&tmp.join(WEIGHTS), &v.weights)?;
-    write_atomic(&tmp.join(OPTIMIZER), &v.optimizer)?;
     write_atomic(&tmp.join(CALIBRATION), &bytes)?;
     write_atomic(&tmp.join(MANIFEST), text.as_bytes())?;
     write_atomic(&tmp.join(MANIFEST_SUM), xxh3(text.as_bytes()).as_bytes())?;
@@ -306,10 +437,84 @@ pub fn read_verified(dir: &Path) -> Result<Verified> {
         }
         Ok(bytes)
     };
-    let weights = check(WEIGHTS)?;
-    let optimizer = check(OPTIMIZER)?;
+    let mut weights = check(WEIGHTS)?;
+    let mut optimizer = check(OPTIMIZER)?;
+    if let Some(n) = manifest.table_shards {
+        let shards: Vec<Vec<u8>> = (0..n).map(|r| check(&shard_file(r, n))).collect::<Result<_>>()?;
+        (weights, optimizer) = whole_from_shards(&weights, &optimizer, &shards).map_err(bad)?;
+    }
     let calibration = manifest.files.contains_key(CALIBRATION).then(|| check(CALIBRATION)).transpose()?;
     Ok(Verified { dir: dir.to_path_buf(), manifest, weights, optimizer, calibration })
+}
+
+/// The whole weights and optimizer files of a checkpoint with sharded tables: the dense
+/// files' tensors plus every shard file's tensors put back together (row `id` from
+/// shard `id mod N`, its local row `id / N`); tables (`emb.*`) go to the weights, their
+/// optimizer state to the optimizer file. The result is the file a job with replicated
+/// tables writes (tested byte for byte).
+fn whole_from_shards(
+    weights: &[u8],
+    optimizer: &[u8],
+    shards: &[Vec<u8>],
+) -> std::result::Result<(Vec<u8>, Vec<u8>), String> {
+    use safetensors::tensor::Dtype;
+    let n = shards.len();
+    let files: Vec<TensorFile<'_>> =
+        shards.iter().map(|b| TensorFile::parse("a table shard file", b)).collect::<std::result::Result<_, _>>()?;
+    let copy = |f: &TensorFile<'_>| -> std::result::Result<Vec<Tensor>, String> {
+        f.names()
+            .into_iter()
+            .map(|name| {
+                let t = f.st.tensor(name).map_err(|e| format!("{}: `{name}`: {e}", f.file))?;
+                Ok(Tensor {
+                    name: name.to_string(),
+                    dtype: t.dtype(),
+                    shape: t.shape().to_vec(),
+                    data: t.data().to_vec(),
+                })
+            })
+            .collect()
+    };
+    let mut whole_w = copy(&TensorFile::parse(WEIGHTS, weights)?)?;
+    let mut whole_o = copy(&TensorFile::parse(OPTIMIZER, optimizer)?)?;
+    let Some(first) = files.first() else { return Err("no table shard files".into()) };
+    for name in first.names() {
+        let mut parts = Vec::with_capacity(n);
+        for (r, f) in files.iter().enumerate() {
+            let t = f.st.tensor(name).map_err(|_| format!("{}: `{name}` is missing", shard_file(r, n)))?;
+            parts.push(t);
+        }
+        let (dtype, shape) = (parts[0].dtype(), parts[0].shape().to_vec());
+        if !matches!(dtype, Dtype::F32 | Dtype::U32) || shape.is_empty() {
+            return Err(format!("{}: `{name}` is {dtype:?} {shape:?}, not a table's rows", shard_file(0, n)));
+        }
+        let rows: usize = parts.iter().map(|t| t.shape()[0]).sum();
+        let width = 4 * shape[1..].iter().product::<usize>();
+        for (r, t) in parts.iter().enumerate() {
+            let want = crate::sharded_tables::owned_rows(rows, r, n);
+            if t.dtype() != dtype || t.shape()[1..] != shape[1..] || t.shape()[0] != want {
+                return Err(format!(
+                    "{}: `{name}` is {:?} {:?}, expected {dtype:?} with {want} rows of {:?}",
+                    shard_file(r, n),
+                    t.dtype(),
+                    t.shape(),
+                    &shape[1..]
+                ));
+            }
+        }
+        let mut data = vec![0u8; rows * width];
+        for (id, row) in data.chunks_exact_mut(width.max(1)).enumerate() {
+            let j = id / n;
+            row.copy_from_slice(&parts[id % n].data()[j * width..(j + 1) * width]);
+        }
+        let whole = Tensor { name: name.to_string(), dtype, shape: [vec![rows], shape[1..].to_vec()].concat(), data };
+        if name.starts_with("emb.") {
+            whole_w.push(whole)
+        } else {
+            whole_o.push(whole)
+        }
+    }
+    Ok((serialize(&whole_w)?, serialize(&whole_o)?))
 }
 
 impl Verified {

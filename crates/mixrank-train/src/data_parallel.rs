@@ -20,7 +20,9 @@
 //!    summed gradients, sorted by id, per feature. Every rank all-gathers every rank's
 //!    (ids, rows) and merges them (rows of one id summed in rank order), so every
 //!    replica hands the same sparse gradient to the sparse optimizer and every table
-//!    stays identical (replicated tables; sharded tables are not done yet).
+//!    stays identical (replicated tables). With `[train] embedding_sharding = "rows"`
+//!    the tables are split across the ranks instead and the gradients go to their rows'
+//!    owners by all-to-all ([`crate::sharded_tables`]).
 //!
 //! The result equals one process training on the global batch up to summation order:
 //! each gradient entry is a sum over the batch's rows whose terms are grouped by rank.
@@ -71,8 +73,6 @@ pub fn task_shares(local: &Batch, c: &dyn Collective) -> Result<Vec<f32>> {
     Ok(mine.iter().zip(&global).map(|(&l, &g)| if g > 0.0 { (l / g) as f32 } else { 0.0 }).collect())
 }
 
-/// Sums every dense parameter's gradient over the ranks, then merges the embeddings'
-/// sparse gradients (see the module docs).
 /// What one rank contributed to one step's gradient exchange, in bytes of payload.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Exchanged {
@@ -82,7 +82,15 @@ pub struct Exchanged {
     pub sparse_bytes: u64,
 }
 
-pub fn reduce_gradients<B: Backend>(c: &dyn Collective, ops: &B, model: &mut dyn Model<B>) -> Result<Exchanged> {
+/// Sums every dense parameter's gradient over the ranks, then, with `replicated_tables`,
+/// merges the embeddings' sparse gradients (see the module docs; sharded tables
+/// exchange theirs in [`crate::sharded_tables::ShardedTables::exchange_grads`]).
+pub fn reduce_gradients<B: Backend>(
+    c: &dyn Collective,
+    ops: &B,
+    model: &mut dyn Model<B>,
+    replicated_tables: bool,
+) -> Result<Exchanged> {
     let mut total = 0;
     model.params(&mut |_, p| total += p.len());
     let mut flat = vec![0f32; total];
@@ -107,16 +115,24 @@ pub fn reduce_gradients<B: Backend>(c: &dyn Collective, ops: &B, model: &mut dyn
         return Err(engine("moving dense gradients for the all-reduce")(e));
     }
     let sparse_bytes = match model.embeddings_mut() {
-        Some(e) => merge_sparse(c, ops, e)?,
-        None => 0,
+        Some(e) if replicated_tables => merge_sparse(c, ops, e)?,
+        _ => 0,
     };
     Ok(Exchanged { dense_bytes: 4 * total as u64, sparse_bytes })
 }
 
 /// One feature's sparse gradient: sorted unique ids and their `dim`-wide rows.
-struct Touched {
-    ids: Vec<u32>,
-    rows: Vec<f32>,
+pub(crate) struct Touched {
+    pub(crate) ids: Vec<u32>,
+    pub(crate) rows: Vec<f32>,
+}
+
+/// Appends one feature's `(len, ids, rows)` as little-endian bytes (the layout
+/// [`decode_sparse`] reads).
+pub(crate) fn encode_touched(out: &mut Vec<u8>, ids: &[u32], rows: &[f32]) {
+    out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+    out.extend(ids.iter().flat_map(|x| x.to_le_bytes()));
+    out.extend(rows.iter().flat_map(|x| x.to_le_bytes()));
 }
 
 /// Encodes every feature's `(len, ids, rows)` as little-endian bytes.
@@ -128,14 +144,12 @@ fn encode_sparse<B: Backend>(ops: &B, e: &EmbeddingCollection<B>, n_features: us
         let (mut ids, mut rows) = (vec![0u32; g.len], vec![0f32; g.len * g.dim]);
         ops.read_ids(&g.ids, &mut ids).map_err(&read)?;
         ops.read(&g.rows, &mut rows).map_err(&read)?;
-        out.extend_from_slice(&(g.len as u32).to_le_bytes());
-        out.extend(ids.iter().flat_map(|x| x.to_le_bytes()));
-        out.extend(rows.iter().flat_map(|x| x.to_le_bytes()));
+        encode_touched(&mut out, &ids, &rows);
     }
     Ok(out)
 }
 
-fn decode_sparse(bytes: &[u8], dims: &[usize], rank: usize) -> Result<Vec<Touched>> {
+pub(crate) fn decode_sparse(bytes: &[u8], dims: &[usize], rank: usize) -> Result<Vec<Touched>> {
     let bad = || TrainError::Distributed(format!("rank {rank}'s sparse gradients are cut short"));
     let mut at = 0;
     let mut take = |n: usize| -> Result<&[u8]> {
@@ -159,7 +173,7 @@ fn decode_sparse(bytes: &[u8], dims: &[usize], rank: usize) -> Result<Vec<Touche
 
 /// Merges sorted sparse gradients: the union of the ids, each id's rows summed in the
 /// order of `parts` (rank order).
-fn merge(parts: &[&Touched], dim: usize) -> Touched {
+pub(crate) fn merge(parts: &[&Touched], dim: usize) -> Touched {
     let mut pos = vec![0usize; parts.len()];
     let mut out = Touched { ids: Vec::new(), rows: Vec::new() };
     loop {
@@ -222,8 +236,9 @@ pub fn clear_sparse<B: Backend>(model: &mut dyn Model<B>) {
     }
 }
 
-/// XXH3 of every dense parameter's value (visiting order) and every embedding table.
-pub fn weights_checksum<B: Backend>(ops: &B, model: &mut dyn Model<B>) -> Result<u64> {
+/// XXH3 of every dense parameter's value (visiting order) and, with `tables`, every
+/// embedding table.
+pub fn weights_checksum<B: Backend>(ops: &B, model: &mut dyn Model<B>, tables: bool) -> Result<u64> {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut feed = |v: &[f32]| {
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -236,7 +251,7 @@ pub fn weights_checksum<B: Backend>(ops: &B, model: &mut dyn Model<B>) -> Result
             err.get_or_insert(e);
         }
     });
-    if let Some(e) = model.embeddings() {
+    if let Some(e) = model.embeddings().filter(|_| tables) {
         for t in e.tables() {
             match t.read_value(ops) {
                 Ok(v) => feed(&v),
@@ -253,9 +268,16 @@ pub fn weights_checksum<B: Backend>(ops: &B, model: &mut dyn Model<B>) -> Result
 }
 
 /// Compares the replicas' weights: every rank's [`weights_checksum`] must be rank 0's.
-/// Returns the checksum.
-pub fn check_replicas<B: Backend>(c: &dyn Collective, ops: &B, model: &mut dyn Model<B>, step: u64) -> Result<u64> {
-    let mine = weights_checksum(ops, model)?;
+/// Returns the checksum. With sharded tables (`tables` false) the ranks hold different
+/// rows, and only the dense weights are compared.
+pub fn check_replicas<B: Backend>(
+    c: &dyn Collective,
+    ops: &B,
+    model: &mut dyn Model<B>,
+    step: u64,
+    tables: bool,
+) -> Result<u64> {
+    let mine = weights_checksum(ops, model, tables)?;
     let all = mixrank_dist::all_gather_u64(c, &[mine])?;
     let sums: Vec<u64> = all.iter().map(|v| v.first().copied().unwrap_or(0)).collect();
     if sums.iter().any(|&s| s != sums[0]) {

@@ -117,7 +117,7 @@ fn ranks(cfg: &Arc<ExperimentConfig>, b: &Batch, n: usize) -> Vec<Grads> {
                     let share = task_shares(&local, &c).unwrap();
                     assert_eq!(local.rows, crate::data_parallel::shard_range(B, c.rank(), n).len());
                     backprop(cfg, &ops, &mut *m, &local, share);
-                    reduce_gradients(&c, &ops, &mut *m).unwrap();
+                    reduce_gradients(&c, &ops, &mut *m, true).unwrap();
                     grads_of(&mut *m)
                 })
             })

@@ -22,6 +22,7 @@ pub mod periodic;
 pub mod predict;
 pub mod progress;
 pub mod run_dir;
+pub mod sharded_tables;
 mod start;
 pub mod tensors;
 pub mod trace;

@@ -17,7 +17,8 @@ use mixrank_data::config::model::{DenseOptimizer, SparseDecayScope, SparseOptimi
 use mixrank_engine::Backend;
 use mixrank_model::Model;
 use mixrank_nn::{
-    Adam, AdamConfig, DecayScope, LazyAdam, LazyAdamConfig, RowWiseAdagrad, RowWiseAdagradConfig, WeightDecay,
+    Adam, AdamConfig, DecayScope, EmbeddingCollection, LazyAdam, LazyAdamConfig, RowWiseAdagrad, RowWiseAdagradConfig,
+    WeightDecay,
 };
 use serde::{Deserialize, Serialize};
 
@@ -55,11 +56,18 @@ impl<B: Backend> Optimizers<B> {
         };
         let adam_cfg = AdamConfig { weight_decay, clip_norm: t.clip_norm().map(|c| c as f32), ..AdamConfig::default() };
         let adam = Adam::new(adam_cfg, ops, model).map_err(layer("Adam state"))?;
+        let sparse = model.embeddings().map(|e| Self::new_sparse(t, ops, e)).transpose()?;
+        Ok(Optimizers { adam, sparse })
+    }
+
+    /// Fresh (zero) sparse optimizer state for the tables of `e` as `[train]` configures
+    /// it (the model's tables, or a rank's shard of them: `crate::sharded_tables`).
+    pub fn new_sparse(t: &TrainSection, ops: &B, e: &EmbeddingCollection<B>) -> Result<Sparse<B>> {
         let decay_scope = match t.sparse_weight_decay_scope.unwrap_or_default() {
             SparseDecayScope::Touched => DecayScope::Touched,
             SparseDecayScope::Table => DecayScope::Table,
         };
-        let sparse = model.embeddings().map(|e| match t.sparse_optimizer {
+        match t.sparse_optimizer {
             SparseOptimizer::RowwiseAdagrad => {
                 let c = RowWiseAdagradConfig {
                     weight_decay: t.sparse_weight_decay as f32,
@@ -76,16 +84,24 @@ impl<B: Backend> Optimizers<B> {
                 };
                 LazyAdam::new(c, ops, e).map(Sparse::Lazy)
             }
-        });
-        let sparse = sparse.transpose().map_err(layer("sparse optimizer state"))?;
-        Ok(Optimizers { adam, sparse })
+        }
+        .map_err(layer("sparse optimizer state"))
     }
 
     /// One update of the dense parameters (learning rate `lr`) and of the embedding
     /// rows the last backward touched (learning rate `sparse_lr`).
     pub fn step(&mut self, ops: &B, model: &mut dyn Model<B>, lr: f32, sparse_lr: f32) -> Result<()> {
         self.adam.step(ops, model, lr).map_err(layer("Adam step"))?;
-        if let (Some(s), Some(e)) = (&mut self.sparse, model.embeddings_mut()) {
+        if let Some(e) = model.embeddings_mut() {
+            self.step_sparse(ops, e, sparse_lr)?;
+        }
+        Ok(())
+    }
+
+    /// The sparse optimizer's update of the tables of `e` from its sparse gradients
+    /// (the model's, or a rank's shard with the gradients of its rows).
+    pub fn step_sparse(&mut self, ops: &B, e: &mut EmbeddingCollection<B>, sparse_lr: f32) -> Result<()> {
+        if let Some(s) = &mut self.sparse {
             match s {
                 Sparse::Adagrad(o) => {
                     o.set_lr(sparse_lr);
@@ -99,6 +115,12 @@ impl<B: Backend> Optimizers<B> {
             .map_err(layer("sparse optimizer step"))?;
         }
         Ok(())
+    }
+
+    /// The dense update alone (data-parallel training with sharded tables steps the
+    /// shard's rows with [`Optimizers::step_sparse`]).
+    pub fn step_dense(&mut self, ops: &B, model: &mut dyn Model<B>, lr: f32) -> Result<()> {
+        self.adam.step(ops, model, lr).map_err(layer("Adam step"))
     }
 
     /// Kinds and step counts for the manifest.
@@ -119,6 +141,16 @@ impl<B: Backend> Optimizers<B> {
 
     /// The state as named tensors (see the module docs).
     pub fn tensors(&self, ops: &B, model: &mut dyn Model<B>) -> Result<Vec<Tensor>> {
+        let mut out = self.dense_tensors(ops, model)?;
+        if let Some(e) = model.embeddings() {
+            let rows: Vec<usize> = e.tables().iter().map(|t| t.rows).collect();
+            out.extend(self.sparse_tensors(ops, e, &rows)?);
+        }
+        Ok(out)
+    }
+
+    /// Adam's state as named tensors.
+    pub fn dense_tensors(&self, ops: &B, model: &mut dyn Model<B>) -> Result<Vec<Tensor>> {
         let mut out = Vec::new();
         let mut i = 0;
         let mut err = None;
@@ -134,23 +166,30 @@ impl<B: Backend> Optimizers<B> {
             }
             i += 1;
         });
-        if let Some(e) = err {
-            return Err(layer("reading Adam state")(e));
+        match err {
+            Some(e) => Err(layer("reading Adam state")(e)),
+            None => Ok(out),
         }
-        if let (Some(s), Some(e)) = (&self.sparse, model.embeddings()) {
-            for (t, table) in e.tables().iter().enumerate() {
-                match s {
-                    Sparse::Adagrad(o) => {
-                        let acc = o.accumulators(ops, t).map_err(layer("reading row-wise Adagrad state"))?;
-                        out.push(Tensor::f32(format!("adagrad.acc.emb.tables.{t}"), vec![table.rows], &acc))
-                    }
-                    Sparse::Lazy(o) => {
-                        let (m, v, steps) = o.state(ops, t).map_err(layer("reading lazy Adam state"))?;
-                        let shape = vec![table.rows, table.dim];
-                        out.push(Tensor::f32(format!("lazy_adam.m.emb.tables.{t}"), shape.clone(), &m));
-                        out.push(Tensor::f32(format!("lazy_adam.v.emb.tables.{t}"), shape, &v));
-                        out.push(Tensor::u32(format!("lazy_adam.steps.emb.tables.{t}"), vec![table.rows], &steps));
-                    }
+    }
+
+    /// The sparse optimizer's state for the first `rows[t]` rows of each table of `e`
+    /// (the tables this optimizer steps: the model's, or a rank's shard) as named
+    /// tensors; none without a sparse optimizer.
+    pub fn sparse_tensors(&self, ops: &B, e: &EmbeddingCollection<B>, rows: &[usize]) -> Result<Vec<Tensor>> {
+        let mut out = Vec::new();
+        let Some(s) = &self.sparse else { return Ok(out) };
+        for (t, (table, &r)) in e.tables().iter().zip(rows).enumerate() {
+            match s {
+                Sparse::Adagrad(o) => {
+                    let acc = o.accumulators(ops, t).map_err(layer("reading row-wise Adagrad state"))?;
+                    out.push(Tensor::f32(format!("adagrad.acc.emb.tables.{t}"), vec![r], &acc[..r]))
+                }
+                Sparse::Lazy(o) => {
+                    let (m, v, steps) = o.state(ops, t).map_err(layer("reading lazy Adam state"))?;
+                    let (shape, n) = (vec![r, table.dim], r * table.dim);
+                    out.push(Tensor::f32(format!("lazy_adam.m.emb.tables.{t}"), shape.clone(), &m[..n]));
+                    out.push(Tensor::f32(format!("lazy_adam.v.emb.tables.{t}"), shape, &v[..n]));
+                    out.push(Tensor::u32(format!("lazy_adam.steps.emb.tables.{t}"), vec![r], &steps[..r]));
                 }
             }
         }

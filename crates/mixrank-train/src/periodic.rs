@@ -72,15 +72,27 @@ impl Periodic {
         optim: &Optimizers<B>,
         info: &CheckpointInfo<'_>,
     ) -> Result<PathBuf> {
-        let name = format!("step-{}", info.step);
-        let dir = self.run_dir.join(CHECKPOINTS).join(&name);
+        let dir = self.dir(info.step);
         save(&dir, ops, model, optim, info)?;
+        self.saved(info.step)?;
+        Ok(dir)
+    }
+
+    /// The directory of step `step`'s periodic checkpoint.
+    pub fn dir(&self, step: u64) -> PathBuf {
+        self.run_dir.join(CHECKPOINTS).join(format!("step-{step}"))
+    }
+
+    /// After step `step`'s checkpoint is in [`Periodic::dir`] (written by [`Periodic::save`]
+    /// or, with sharded tables, by every rank through `checkpoint::save_sharded`): deletes
+    /// the oldest beyond `keep_checkpoints` and points `LATEST` at it.
+    pub fn saved(&mut self, step: u64) -> Result<()> {
         for (_, old) in list(&self.run_dir).into_iter().skip(self.keep) {
             std::fs::remove_dir_all(&old).map_err(|source| TrainError::Io { path: old.clone(), source })?;
         }
-        write_atomic(&self.run_dir.join(CHECKPOINTS).join(LATEST), format!("{name}\n").as_bytes())?;
+        write_atomic(&self.run_dir.join(CHECKPOINTS).join(LATEST), format!("step-{step}\n").as_bytes())?;
         self.last = Instant::now();
-        Ok(dir)
+        Ok(())
     }
 }
 

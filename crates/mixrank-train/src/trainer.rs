@@ -20,10 +20,11 @@ use crate::losses::TaskLosses;
 use crate::optimizers::Optimizers;
 use crate::periodic::{Periodic, FINAL};
 use crate::run_dir::Claim;
+use crate::sharded_tables::ShardedTables;
 use crate::start::Start;
 use crate::trace::RowTrace;
 use crate::train_log::{Log, TrainLine, ValidationLine};
-use mixrank_data::config::model::LrDecay;
+use mixrank_data::config::model::{EmbeddingSharding, LrDecay};
 use mixrank_data::config::{DistributedReading, ExperimentConfig, Split};
 use mixrank_data::pipeline::{BatchStream, StreamOptions};
 use mixrank_data::stats::DenseStats;
@@ -338,6 +339,9 @@ struct Run<'a, B: Backend> {
     stats: DenseStats,
     model: Box<dyn Model<B>>,
     optim: Optimizers<B>,
+    /// Data-parallel training with `[train] embedding_sharding = "rows"`: this rank's
+    /// rows of the tables (the model holds working tables; `crate::sharded_tables`).
+    sharded: Option<ShardedTables<B>>,
     step: u64,
     examples: u64,
     cursor: Cursor,
@@ -391,8 +395,15 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
         // A config without a train split fails here, before the statistics pass.
         cfg.split("train")?;
         // From here on the config has its learned vocabularies built.
-        let Start { cfg, stats, mut model, optim, step, examples, cursor, lineage, early_stopping, events } =
+        let Start { cfg, stats, mut model, mut optim, step, examples, cursor, lineage, early_stopping, events } =
             crate::start::start(&cfg, opts, ops)?;
+        // Sharded tables: every rank built (or loaded) the whole model; it keeps its rows.
+        let sharded = match &opts.collective {
+            Some(c) if cfg.train.embedding_sharding == EmbeddingSharding::Rows && model.embeddings().is_some() => {
+                Some(ShardedTables::new(&**c, ops, &mut *model, &mut optim, &cfg.train, cfg.data.batch_size)?)
+            }
+            _ => None,
+        };
         let t = &cfg.train;
         let enc = Arc::new(Encoder::new(cfg.clone(), DenseMode::Fitted(Arc::new(stats.clone())))?);
         // Dropout masks continue where the checkpoint left off (a no-op for a fresh run).
@@ -447,6 +458,7 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
             stats,
             model,
             optim,
+            sharded,
             step,
             examples,
             cursor,
@@ -470,7 +482,8 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
     /// every rank calls it at the same steps). `None` in one process.
     fn check_replicas(&mut self) -> Result<Option<Replicas>> {
         let Some(c) = self.opts.collective.clone() else { return Ok(None) };
-        let checksum = crate::data_parallel::check_replicas(&*c, self.ops, &mut *self.model, self.step)?;
+        let tables = self.sharded.is_none();
+        let checksum = crate::data_parallel::check_replicas(&*c, self.ops, &mut *self.model, self.step, tables)?;
         self.log.line(&serde_json::json!({"event": "replicas", "step": self.step, "ranks": c.size(),
             "checksum": format!("{checksum:016x}")}))?;
         let (steps, x) = self.exchanged;
@@ -675,6 +688,18 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
         if let Some(c) = &dist {
             self.losses.share = crate::data_parallel::task_shares(b, &**c)?;
         }
+        // Sharded tables: the rows this rank's batch looks up, fetched from their owners
+        // into the working tables; the batch's ids become rows of those.
+        let remapped;
+        let b = match (&mut self.sharded, &dist) {
+            (Some(s), Some(c)) => {
+                let (r, sent) = s.lookup(&**c, ops, b, &mut *self.model)?;
+                self.exchanged.1.sparse_bytes += sent;
+                remapped = r;
+                &remapped
+            }
+            _ => b,
+        };
         if b.rows > 0 {
             self.model.forward(ops, b)?;
             self.losses.compute(&self.cfg, ops, &*self.model, b, self.step)?;
@@ -700,7 +725,11 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
             crate::data_parallel::clear_sparse(&mut *self.model);
         }
         if let Some(c) = &dist {
-            let x = crate::data_parallel::reduce_gradients(&**c, self.ops, &mut *self.model)?;
+            let replicated = self.sharded.is_none();
+            let x = crate::data_parallel::reduce_gradients(&**c, self.ops, &mut *self.model, replicated)?;
+            if let Some(s) = &mut self.sharded {
+                self.exchanged.1.sparse_bytes += s.exchange_grads(&**c, ops, &mut *self.model)?;
+            }
             self.exchanged.0 += 1;
             self.exchanged.1.dense_bytes += x.dense_bytes;
             self.exchanged.1.sparse_bytes += x.sparse_bytes;
@@ -712,7 +741,13 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
         }
         self.losses.write_weighting_grads(ops, &mut *self.model)?;
         let (lr, sparse_lr) = self.rates(self.step);
-        self.optim.step(ops, &mut *self.model, lr, sparse_lr)?;
+        match &mut self.sharded {
+            Some(s) => {
+                self.optim.step_dense(ops, &mut *self.model, lr)?;
+                self.optim.step_sparse(ops, s.shard_mut(), sparse_lr)?;
+            }
+            None => self.optim.step(ops, &mut *self.model, lr, sparse_lr)?,
+        }
         self.step += 1;
         self.examples += global_rows;
         self.cursor.batch_in_epoch += 1;
@@ -790,6 +825,35 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
     /// Scores the validation split (when the config has one), logs it and applies early
     /// stopping: an improvement saves `best/`; `true` when training should stop.
     fn validate(&mut self, epoch: usize) -> Result<bool> {
+        // Sharded tables: rank 0 scores (and may save `best/`) with the whole tables.
+        let gather = self.sharded.is_some() && self.cfg.split("validation").is_ok();
+        if gather {
+            self.whole_tables()?;
+        }
+        let r = self.validate_gathered(epoch);
+        if gather {
+            self.working_tables();
+        }
+        r
+    }
+
+    /// Sharded tables (a collective; nothing otherwise): every rank's shard onto rank 0,
+    /// whose model holds the whole tables until [`Run::working_tables`].
+    fn whole_tables(&mut self) -> Result<()> {
+        if let (Some(s), Some(c)) = (&mut self.sharded, &self.opts.collective) {
+            s.gather_to_lead(&**c, self.ops, &mut *self.model, &mut self.optim)?;
+        }
+        Ok(())
+    }
+
+    /// Sharded tables: rank 0 goes back to its working tables after [`Run::whole_tables`].
+    fn working_tables(&mut self) {
+        if let Some(s) = &mut self.sharded {
+            s.release(&mut *self.model, &mut self.optim);
+        }
+    }
+
+    fn validate_gathered(&mut self, epoch: usize) -> Result<bool> {
         let stop = if self.opts.is_lead() {
             self.clock.pause();
             let r = self.validate_inner(epoch);
@@ -837,18 +901,33 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
     }
 
     fn checkpoint_if_due(&mut self) -> Result<()> {
-        if self.periodic.due(self.step) {
-            self.check_replicas()?;
-            if !self.opts.is_lead() {
-                return Ok(());
-            }
-            self.clock.pause();
-            let info = info!(self);
-            let r = self.periodic.save(self.ops, &mut *self.model, &self.optim, &info);
-            self.clock.resume();
-            r?;
+        if !self.periodic.due(self.step) {
+            return Ok(());
         }
-        Ok(())
+        self.check_replicas()?;
+        self.clock.pause();
+        let r = self.checkpoint();
+        self.clock.resume();
+        r
+    }
+
+    /// The periodic checkpoint: rank 0 writes it, or with sharded tables every rank
+    /// writes its rows into it (`checkpoint::save_sharded`).
+    fn checkpoint(&mut self) -> Result<()> {
+        let info = info!(self);
+        match (&self.sharded, &self.opts.collective) {
+            (Some(s), Some(c)) => {
+                let dir = self.periodic.dir(self.step);
+                let shard = s.tensors(self.ops, &self.optim)?;
+                crate::checkpoint::save_sharded(&dir, &**c, self.ops, &mut *self.model, &self.optim, shard, &info)?;
+                if self.opts.is_lead() {
+                    self.periodic.saved(self.step)?;
+                }
+                Ok(())
+            }
+            _ if self.opts.is_lead() => self.periodic.save(self.ops, &mut *self.model, &self.optim, &info).map(|_| ()),
+            _ => Ok(()),
+        }
     }
 
     /// Fits `[calibration]` on the validation predictions of the run's model (those of
@@ -884,6 +963,8 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
     /// last step's, written to `RUN_DIR/checkpoint/`; `metrics.json`; the summary.
     fn finish(mut self, stop: StopReason) -> Result<TrainSummary> {
         self.clock.pause();
+        // Sharded tables: rank 0 writes (and scores) the whole tables from here on.
+        self.whole_tables()?;
         let replicas = self.check_replicas()?;
         if !self.opts.is_lead() {
             let train_seconds = self.clock.train_seconds();

@@ -431,3 +431,106 @@ fn with_dropout_the_ranks_draw_the_global_batchs_masks_and_train_like_one_proces
         assert!(worst <= 1e-3, "{n} ranks: {worst}");
     }
 }
+
+/// The bytes of every file of a checkpoint but its manifest (which records the config).
+fn checkpoint_tensors(ckpt: &Path) -> (Vec<u8>, Vec<u8>) {
+    let read = |f: &str| std::fs::read(ckpt.join(f)).unwrap();
+    (read("weights.safetensors"), read("optimizer.safetensors"))
+}
+
+#[test]
+fn sharded_tables_train_bit_for_bit_like_replicated_ones() {
+    // Row-wise sharded tables take, row by row, the update replicated tables take (the
+    // same merge in the same rank order; module docs of `sharded_tables`), so the
+    // checkpoints — periodic ones included, written from the shards gathered on rank 0 —
+    // are the same bytes. The data's `category` table is shared by three features, one
+    // of them a pooled bag; batches of 23 split unevenly and the epoch ends on 1 row.
+    let d = tempfile::tempdir().unwrap();
+    for (i, sparse) in ["sparse_optimizer = \"rowwise_adagrad\"", "sparse_optimizer = \"lazy_adam\""].iter().enumerate()
+    {
+        let train = format!("epochs = 1\nlr = 0.001\n{sparse}\n");
+        let replicated = config(&d.path().join(format!("r{i}")), 23, &train);
+        let sharded = config(&d.path().join(format!("s{i}")), 23, &format!("{train}embedding_sharding = \"rows\"\n"));
+        for n in [2, 3] {
+            let out_r = d.path().join(format!("replicated{i}-{n}"));
+            let out_s = d.path().join(format!("sharded{i}-{n}"));
+            let sum_r: Vec<TrainSummary> = run(&replicated, &out_r, n).into_iter().map(|r| r.unwrap()).collect();
+            let sum_s: Vec<TrainSummary> = run(&sharded, &out_s, n).into_iter().map(|r| r.unwrap()).collect();
+            assert_eq!((sum_s[0].steps, sum_s[0].examples), (sum_r[0].steps, sum_r[0].examples));
+            // The final checkpoint: written whole by rank 0 from the gathered shards.
+            let (w, o) = (checkpoint_tensors(&out_r.join("checkpoint")), checkpoint_tensors(&out_s.join("checkpoint")));
+            assert!(w.0 == o.0, "{sparse}, {n} ranks: the final weights differ");
+            assert!(w.1 == o.1, "{sparse}, {n} ranks: the final optimizer state differs");
+            // The periodic ones (kept: the last 3): one file of rows per rank beside the
+            // dense files, put back together on reading into the replicated job's bytes.
+            let kept = mixrank_train::periodic::list(&out_s);
+            assert_eq!(kept.len(), 3, "{sparse}, {n} ranks");
+            for (step, dir) in kept {
+                let v = mixrank_train::checkpoint::read_verified(&dir).unwrap();
+                assert_eq!(v.manifest.table_shards, Some(n));
+                for r in 0..n {
+                    assert!(
+                        dir.join(mixrank_train::checkpoint::shard_file(r, n)).is_file(),
+                        "step {step}: rank {r}'s file"
+                    );
+                }
+                let dense = weights(&dir);
+                assert!(dense.keys().all(|k| k.starts_with("head.")), "step {step}: tables outside the shard files");
+                let whole = checkpoint_tensors(&out_r.join(format!("checkpoints/step-{step}")));
+                assert!(v.weights == whole.0, "{sparse}, {n} ranks, step {step}: the weights differ");
+                assert!(v.optimizer == whole.1, "{sparse}, {n} ranks, step {step}: the optimizer state differs");
+            }
+            // The dense weights are compared across the ranks; the tables are not replicas.
+            let rep = sum_s[0].replicas.unwrap();
+            assert!(sum_s.iter().all(|s| s.replicas.map(|r| r.checksum) == Some(rep.checksum)));
+            assert_eq!(sum_s[0].validation, sum_r[0].validation, "{sparse}, {n} ranks: validation");
+            let sparse_r = sum_r[0].replicas.unwrap().sparse_bytes_per_step;
+            eprintln!(
+                "{sparse}, {n} ranks: sparse bytes per step and rank: replicated {sparse_r:.0}, sharded {:.0}",
+                rep.sparse_bytes_per_step
+            );
+            assert!(rep.sparse_bytes_per_step > 0.0);
+        }
+    }
+}
+
+#[test]
+fn a_sharded_job_whose_rank_died_resumes_on_another_number_of_ranks() {
+    // Sharded and replicated jobs die at the same step (after the checkpoint of step 4)
+    // and resume on 3 ranks; the sharded one resumes from a checkpoint of 2 shard files,
+    // put together and cut into 3 shards. Both end with the same bytes.
+    let d = tempfile::tempdir().unwrap();
+    let train = "epochs = 2\nlr = 0.001\nsparse_optimizer = \"lazy_adam\"\n";
+    let mut ends = Vec::new();
+    for (name, extra) in [("replicated", ""), ("sharded", "embedding_sharding = \"rows\"\n")] {
+        let cfg = config(&d.path().join(name), 23, &format!("{train}{extra}"));
+        let out = d.path().join(format!("{name}-job"));
+        let res = run_with(&cfg, &out, 2, |r, o| {
+            if r == 1 {
+                o.after_step = Some(die_after_step_7);
+            }
+        });
+        assert!(res[0].as_ref().unwrap().is_err() && res[1].is_err(), "{name}: the job stopped");
+        let res = run_with(&cfg, &out, 3, |_, o| o.resume = true);
+        assert!(res.iter().all(|r| matches!(r, Ok(Ok(_)))), "{name}: resumed on 3 ranks");
+        assert_eq!(log_events(&out, "resume")[0]["step"], 4, "{name}");
+        ends.push(checkpoint_tensors(&out.join("checkpoint")));
+    }
+    assert!(ends[0].0 == ends[1].0, "the weights differ");
+    assert!(ends[0].1 == ends[1].1, "the optimizer state differs");
+
+    // A damaged shard file fails its checksum, naming the file; so does a missing one.
+    let (_, newest) = mixrank_train::periodic::list(&d.path().join("sharded-job")).remove(0);
+    let v = mixrank_train::checkpoint::read_verified(&newest);
+    assert_eq!(v.map(|v| v.manifest.table_shards).ok(), Some(Some(3)), "written by the 3 resumed ranks");
+    let f = newest.join(mixrank_train::checkpoint::shard_file(1, 3));
+    let mut bytes = std::fs::read(&f).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&f, &bytes).unwrap();
+    let e = mixrank_train::checkpoint::read_verified(&newest).err().unwrap().to_string();
+    assert!(e.contains("tables.shard-1-of-3.safetensors") && e.contains("corrupt"), "{e}");
+    std::fs::remove_file(&f).unwrap();
+    let e = mixrank_train::checkpoint::read_verified(&newest).err().unwrap().to_string();
+    assert!(e.contains("tables.shard-1-of-3.safetensors"), "{e}");
+}

@@ -143,6 +143,7 @@ fn session(a: &InferArgs, precision: Precision, max_batch: usize) -> Result<Infe
                     warm_start: Vec::new(),
                 },
                 early_stopping: None,
+                table_shards: None,
                 files: Default::default(),
                 tensors: 0,
             };

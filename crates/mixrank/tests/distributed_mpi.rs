@@ -1,7 +1,8 @@
 //! Data-parallel training under real MPI: `mpirun -n 2` and `-n 3` (oversubscribed,
 //! loopback) start `mixrank train` processes that train like one process on the same
 //! global batches, with every replica's weights checked equal; a job one of whose rank
-//! processes is SIGKILLed stops (no hang) and `--resume` under `mpirun -n 3` finishes it
+//! processes is SIGKILLed stops (no hang); row-wise sharded tables give the replicated
+//! tables' checkpoint bytes and `--resume` under `mpirun -n 3` finishes it
 //! with every row trained on once and one process's weights. Built only with the
 //! `mpi` feature (needs Open MPI or MPICH and libclang):
 //! `cargo test --workspace --locked --features mixrank/mpi --test distributed_mpi`.
@@ -81,6 +82,9 @@ fn metrics(run: &Path) -> serde_json::Value {
 fn mpirun_2_and_3_ranks_train_like_one_process() {
     let d = tempfile::tempdir().unwrap();
     let (cfg, model) = setup(d.path());
+    let sharded = d.path().join("sharded.toml");
+    let text = std::fs::read_to_string(&model).unwrap();
+    std::fs::write(&sharded, text.replace("[train]\n", "[train]\nembedding_sharding = \"rows\"\n")).unwrap();
     let one = d.path().join("one");
     check(Command::new(bin()).args(train_args(&cfg, &model, &one)).output().unwrap(), "one process");
     let w1 = weights(&one.join("checkpoint"));
@@ -105,6 +109,23 @@ fn mpirun_2_and_3_ranks_train_like_one_process() {
             }
         }
         eprintln!("mpirun -n {n}: largest relative weight difference from one process {worst:e}");
+        // Row-wise sharded tables (lookups and gradients by MPI all-to-all): the same
+        // bytes as the replicated run (`mixrank-train/src/sharded_tables.rs`).
+        let out_s = d.path().join(format!("mpi{n}-sharded"));
+        let run = mpirun(n).args(train_args(&cfg, &sharded, &out_s)).output().unwrap();
+        check(run, &format!("mpirun -n {n}, sharded tables"));
+        for f in ["weights.safetensors", "optimizer.safetensors"] {
+            let (a, b) =
+                (std::fs::read(out.join("checkpoint").join(f)), std::fs::read(out_s.join("checkpoint").join(f)));
+            assert!(a.unwrap() == b.unwrap(), "mpirun -n {n}: sharded tables' {f} differs from replicated ones'");
+        }
+        // Periodic checkpoints: each rank process wrote its rows into its own file.
+        for (step, dir) in mixrank_train::periodic::list(&out_s) {
+            let v = mixrank_train::checkpoint::read_verified(&dir).unwrap();
+            assert_eq!(v.manifest.table_shards, Some(n), "mpirun -n {n}, step {step}");
+            let whole = std::fs::read(out.join(format!("checkpoints/step-{step}/weights.safetensors"))).unwrap();
+            assert!(v.weights == whole, "mpirun -n {n}, step {step}: the shards put together differ");
+        }
     }
 }
 

@@ -788,6 +788,26 @@ pub enum SparseOptimizer {
     LazyAdam,
 }
 
+/// `[train] embedding_sharding`: where a data-parallel job keeps its embedding tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbeddingSharding {
+    /// Every rank holds every row (and the sparse optimizer's state for it); the ranks'
+    /// sparse gradients are all-gathered.
+    #[default]
+    Replicated,
+    /// Rank `r` of `N` holds the rows `id ≡ r (mod N)` and their optimizer state; each
+    /// step looks its batch's rows up and sends their gradients to their owners by
+    /// all-to-all (docs/distributed.md).
+    Rows,
+}
+
+impl EmbeddingSharding {
+    pub fn is_replicated(&self) -> bool {
+        *self == EmbeddingSharding::Replicated
+    }
+}
+
 /// `[train] sparse_weight_decay_scope`: the embedding rows the L2 penalty applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -953,6 +973,11 @@ pub struct TrainSection {
     /// serialise as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sparse_weight_decay_scope: Option<SparseDecayScope>,
+    /// Data-parallel training: the embedding tables replicated on every rank, or
+    /// sharded across the ranks by rows. One process holds every row either way. Not
+    /// written when replicated, so configs without it serialise as before.
+    #[serde(default, skip_serializing_if = "EmbeddingSharding::is_replicated")]
+    pub embedding_sharding: EmbeddingSharding,
     #[serde(default = "default_loss_weighting")]
     pub loss_weighting: LossWeighting,
     /// Validate every N steps (0 = once per epoch).

@@ -269,6 +269,21 @@ fn sparse_weight_decay_scope_is_typed_and_needs_a_decay() {
 }
 
 #[test]
+fn embedding_sharding_is_typed_and_written_back_only_when_sharded() {
+    use mixrank_data::config::model::EmbeddingSharding;
+    let d = tempfile::tempdir().unwrap();
+    let with = |train: &str| load_config(d.path(), &format!("{BASE}\n[train]\n{train}\n"));
+    let plain = with("").unwrap();
+    assert_eq!(plain.train.embedding_sharding, EmbeddingSharding::Replicated);
+    assert!(!toml::to_string(&plain.wire).unwrap().contains("embedding_sharding"));
+    let c = with("embedding_sharding = \"rows\"").unwrap();
+    assert_eq!(c.train.embedding_sharding, EmbeddingSharding::Rows);
+    assert!(toml::to_string(&c.wire).unwrap().contains("embedding_sharding = \"rows\""));
+    let e = err_text(with("embedding_sharding = \"columns\""));
+    assert!(e.contains("embedding_sharding") && e.contains("columns"), "{e}");
+}
+
+#[test]
 fn initialisers_are_typed_and_checked_naming_the_key() {
     use mixrank_data::config::model::InitSection;
     let d = tempfile::tempdir().unwrap();
