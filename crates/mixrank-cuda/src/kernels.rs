@@ -1,0 +1,109 @@
+//! The NVRTC kernel sources, one file per op family under `src/kernels/`, each compiled
+//! with `common.cuh` prepended (so NVRTC needs no include path), and the entry points
+//! every module must define.
+
+use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
+
+/// Definitions every kernel file shares (activations, block reductions, the mask hash).
+pub const COMMON: &str = include_str!("kernels/common.cuh");
+
+/// One kernel source file: its name, its text, and the `extern "C"` kernels it defines.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelFile {
+    pub name: &'static str,
+    pub source: &'static str,
+    pub kernels: &'static [&'static str],
+}
+
+/// Every kernel file of the backend.
+pub const FILES: &[KernelFile] = &[
+    KernelFile {
+        name: "pointwise.cu",
+        source: include_str!("kernels/pointwise.cu"),
+        kernels: &[
+            "bias_act_forward",
+            "bias_act_inplace",
+            "bias_act_backward",
+            "col_sum",
+            "row_sum",
+            "add_f32",
+            "mul_f32",
+            "mul_acc_f32",
+            "mul_backward_f32",
+            "scale_f32",
+            "axpy_f32",
+            "fill_f32",
+            "copy_cols_f32",
+            "gemm_k0",
+            "block_dot",
+            "block_outer",
+            "block_dot_t",
+        ],
+    },
+    KernelFile {
+        name: "softmax.cu",
+        source: include_str!("kernels/softmax.cu"),
+        kernels: &["softmax_rows", "softmax_rows_backward", "normalize_rows", "normalize_rows_backward"],
+    },
+    KernelFile {
+        name: "layernorm.cu",
+        source: include_str!("kernels/layernorm.cu"),
+        kernels: &["layer_norm_forward", "layer_norm_backward_dx", "layer_norm_backward_params"],
+    },
+    KernelFile {
+        name: "embedding.cu",
+        source: include_str!("kernels/embedding.cu"),
+        kernels: &["gather_rows", "gather_pooled", "scatter_segments", "merge_rows"],
+    },
+    KernelFile {
+        name: "optim.cu",
+        source: include_str!("kernels/optim.cu"),
+        kernels: &["sq_norm_acc", "adam_update", "fill_u32", "row_positions", "rowwise_adagrad", "lazy_adam"],
+    },
+    KernelFile {
+        name: "loss.cu",
+        source: include_str!("kernels/loss.cu"),
+        kernels: &[
+            "pointwise_loss_sums",
+            "pointwise_loss_grad",
+            "sum_f64",
+            "xent_weight_sum",
+            "softmax_xent_diag_rows",
+            "sum_parts",
+            "pairwise_ranknet",
+            "listwise_softmax",
+        ],
+    },
+    KernelFile {
+        name: "mask.cu",
+        source: include_str!("kernels/mask.cu"),
+        kernels: &["dropout_mask", "top_k_mask", "gate_dropout_mask", "feature_dropout_mask"],
+    },
+];
+
+/// Threads per block of every launch; the block reductions in `common.cuh` assume it
+/// (a power of two, the size of their shared arrays).
+pub const BLOCK: u32 = 256;
+
+/// The full source NVRTC compiles for `file`: the shared header, then the file.
+pub fn full_source(file: &KernelFile) -> String {
+    format!("{COMMON}\n// ---- {} ----\n{}", file.name, file.source)
+}
+
+/// NVRTC options: IEEE division and square root, no fused multiply-add (so each `a * b + c`
+/// rounds twice, as the Rust reference does), no flush-to-zero.
+pub fn options(file: &KernelFile) -> CompileOptions {
+    CompileOptions {
+        ftz: Some(false),
+        prec_sqrt: Some(true),
+        prec_div: Some(true),
+        fmad: Some(false),
+        name: Some(file.name.to_string()),
+        ..Default::default()
+    }
+}
+
+/// Compiles one kernel file to PTX (needs libnvrtc, not a GPU).
+pub fn compile(file: &KernelFile) -> Result<Ptx, CompileError> {
+    cudarc::nvrtc::compile_ptx_with_opts(full_source(file), options(file))
+}
