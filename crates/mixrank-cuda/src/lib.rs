@@ -7,7 +7,7 @@
 //! returns a [`CudaError`] (never panics) where they are missing.
 //!
 //! # Status (issue 14, first part)
-//! Every method of the trait has a device implementation; **none has been run on a GPU
+//! Every method of the trait but `pack_reduced` has a device implementation; **none has been run on a GPU
 //! yet** (the session that wrote them had none). What was checked without one: the crate
 //! builds, `CudaOps::new` fails cleanly on a machine without a driver, and NVRTC compiles
 //! every kernel source (`tests/nvrtc.rs`). The conformance suite against the reference
