@@ -105,8 +105,16 @@ impl CudaOps {
     }
 
     fn alloc_zeroed<T: DeviceRepr + ValidAsZeroBits>(&self, op: &'static str, len: usize) -> Result<CudaSlice<T>> {
-        let r = if len == 0 { self.stream.null() } else { self.stream.alloc_zeros(len) };
-        r.map_err(|e| self.dev_err(op, e))
+        if len == 0 {
+            // The driver refuses zero-byte allocations (cuMemAlloc: CUDA_ERROR_INVALID_VALUE),
+            // so an empty buffer owns one element and says it has none.
+            let one = self.stream.alloc_zeros::<T>(1).map_err(|e| self.dev_err(op, e))?;
+            let ptr = one.leak();
+            // SAFETY: `ptr` is a live allocation of one `T` (from `alloc_zeros` above, now
+            // owned by the new slice, which frees it on drop); the slice claims 0 elements.
+            return Ok(unsafe { self.stream.upgrade_device_ptr(ptr, 0) });
+        }
+        self.stream.alloc_zeros(len).map_err(|e| self.dev_err(op, e))
     }
 
     /// Grows `buf` to at least `len` elements (contents lost when it grows).
