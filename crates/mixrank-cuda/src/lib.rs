@@ -105,6 +105,28 @@ pub fn cublas_present() -> bool {
     catch_unwind(|| unsafe { cudarc::cublas::sys::is_culib_present() }).unwrap_or(false)
 }
 
+/// The CUDA version of the loaded driver, as `major.minor` (or why it is unknown).
+pub fn driver_version() -> String {
+    let mut v = 0i32;
+    // SAFETY: writes one int; the driver library is loaded (callers checked).
+    let r = catch_unwind(AssertUnwindSafe(|| unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) }));
+    match r {
+        Ok(cudarc::driver::sys::CUresult::CUDA_SUCCESS) => format!("{}.{}", v / 1000, (v % 1000) / 10),
+        _ => "unknown".to_string(),
+    }
+}
+
+/// The version of the loaded libnvrtc, as `major.minor`.
+pub fn nvrtc_version() -> String {
+    let (mut major, mut minor) = (0i32, 0i32);
+    // SAFETY: writes two ints; libnvrtc is loaded (callers checked).
+    let r = catch_unwind(AssertUnwindSafe(|| unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }));
+    match r {
+        Ok(cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS) => format!("{major}.{minor}"),
+        _ => "unknown".to_string(),
+    }
+}
+
 impl CudaOps {
     /// Opens GPU `ordinal`: a context, a compute stream, cuBLAS (TF32 off), and every
     /// kernel compiled with NVRTC and loaded. Fails with a [`CudaError`] saying what is
@@ -121,6 +143,10 @@ impl CudaOps {
             return Err(CudaError::NoDevice { ordinal, count: count.max(0) as usize });
         }
         let ctx = guarded("creating the context", || CudaContext::new(ordinal))?;
+        // SAFETY: every buffer of this backend is used on `stream` alone (cuBLAS included),
+        // so cudarc's per-buffer events, which order uses across streams, are not needed;
+        // without them a launch is one driver call instead of two per buffer argument.
+        unsafe { ctx.disable_event_tracking() };
         let stream = guarded("creating the stream", || ctx.new_stream())?;
         if !nvrtc_present() {
             return Err(CudaError::NoNvrtc);
@@ -132,7 +158,15 @@ impl CudaOps {
                 Ok(Err(e)) => return Err(CudaError::Compile { file: file.name, message: e.to_string() }),
                 Err(p) => return Err(CudaError::Compile { file: file.name, message: panic_message(p) }),
             };
-            let module = guarded("loading a kernel module", || ctx.load_module(ptx))?;
+            let module = ctx.load_module(ptx).map_err(|e| CudaError::Driver {
+                what: "loading a kernel module",
+                message: format!(
+                    "{e:?} (PTX from libnvrtc {}, driver {}: a driver older than libnvrtc cannot load its PTX; \
+                     use the libnvrtc of the driver's CUDA version)",
+                    nvrtc_version(),
+                    driver_version()
+                ),
+            })?;
             for &name in file.kernels {
                 funcs.insert(name, guarded("loading a kernel", || module.load_function(name))?);
             }
@@ -181,6 +215,11 @@ impl CudaOps {
     /// The GPU's name, as the driver reports it.
     pub fn device_name(&self) -> String {
         self.ctx.name().unwrap_or_else(|e| format!("unknown ({e:?})"))
+    }
+
+    /// One line for logs: the GPU, the driver's and libnvrtc's CUDA versions.
+    pub fn describe(&self) -> String {
+        format!("{} (driver CUDA {}, libnvrtc {})", self.device_name(), driver_version(), nvrtc_version())
     }
 
     /// The message of the last failed CUDA call, if any (the engine's error type carries

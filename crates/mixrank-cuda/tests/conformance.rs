@@ -142,7 +142,7 @@ fn row_max_abs(x: &[f32], cols: usize) -> Vec<f64> {
 #[ignore = "needs an NVIDIA GPU"]
 fn memory_round_trips_and_prefix_semantics() {
     let g = gpu();
-    eprintln!("device: {}", g.device_name());
+    eprintln!("device: {}", g.describe());
     let x: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5 - 3.0).collect();
     let mut b = up(&g, &x);
     assert_eq!(g.len(&b), 1000);
@@ -954,6 +954,6 @@ fn bad_calls_are_rejected_as_on_the_reference() {
 #[ignore = "needs an NVIDIA GPU"]
 fn the_gpu_name_is_reported() {
     let g = gpu();
-    eprintln!("CUDA backend on {}", g.device_name());
+    eprintln!("CUDA backend on {}", g.describe());
     g.synchronize().unwrap();
 }
