@@ -16,7 +16,7 @@ use mixrank_engine::{
 
 use crate::check;
 use crate::kernels::BLOCK;
-use crate::{CudaOps, Scratch};
+use crate::{CudaOps, GemmPath, Scratch};
 
 /// The most blocks a grid-stride launch uses.
 const MAX_GRID: u64 = 1 << 20;
@@ -350,6 +350,18 @@ impl Backend for CudaOps {
         // A single-row operand's stride is never used; cuBLAS still wants ld >= cols.
         let ld = |[rows, cols]: [usize; 2], ld: usize| if rows <= 1 { ld.max(cols).max(1) } else { ld };
         let ldc = ld([m, n], spec.c.ld);
+        let blas = match (self.gemm_path, &self.blas) {
+            (GemmPath::Cublas, Some(blas)) => blas,
+            _ => {
+                let tiles = m.div_ceil(16) * n.div_ceil(16);
+                let av = a.slice(spec.a.offset..);
+                let bv = b.slice(spec.b.offset..);
+                let mut cv = c.slice_mut(spec.c.offset..);
+                return launch!(self, OP, "gemm_tiled", cfg(tiles as u64);
+                    &u(m), &u(n), &u(k), &flag(spec.trans_a == Transpose::Yes), &flag(spec.trans_b == Transpose::Yes),
+                    &spec.alpha, &spec.beta, &av, &u(spec.a.ld), &bv, &u(spec.b.ld), &mut cv, &u(spec.c.ld));
+            }
+        };
         if k == 0 {
             let mut cv = c.slice_mut(spec.c.offset..);
             return launch!(self, OP, "gemm_k0", elems(m * n);
@@ -383,7 +395,7 @@ impl Backend for CudaOps {
         // SAFETY: `check::gemm` bounds every element cuBLAS reads or writes by the
         // buffers' lengths (offset + (rows - 1)·ld + cols), and the views start at the
         // offsets.
-        unsafe { self.blas.gemm(cfg, &bv, &av, &mut cv) }.map_err(|e| self.dev_err(OP, e))
+        unsafe { blas.gemm(cfg, &bv, &av, &mut cv) }.map_err(|e| self.dev_err(OP, e))
     }
 
     // ---- fused bias + activation ----------------------------------------------------

@@ -40,6 +40,7 @@ pub const FILES: &[KernelFile] = &[
             "block_dot_t",
         ],
     },
+    KernelFile { name: "gemm.cu", source: include_str!("kernels/gemm.cu"), kernels: &["gemm_tiled"] },
     KernelFile {
         name: "softmax.cu",
         source: include_str!("kernels/softmax.cu"),

@@ -50,12 +50,24 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream};
 
 pub use error::CudaError;
 
+/// Which implementation runs [`mixrank_engine::Backend::gemm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmPath {
+    /// cuBLAS `sgemm` (TF32 off): the fast path, the default when libcublas loads.
+    Cublas,
+    /// This crate's tiled kernel (`kernels/gemm.cu`): slow, but needs no libcublas, and
+    /// each element is the reference's sequential dot product.
+    Kernel,
+}
+
 /// The CUDA backend: one context and one compute stream on one GPU, cuBLAS, and the
 /// compiled kernels. Buffers are device memory (`CudaSlice<f32>` / `CudaSlice<u32>`).
 pub struct CudaOps {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    blas: CudaBlas,
+    /// `None` when libcublas is absent (the GEMM runs [`GemmPath::Kernel`]).
+    blas: Option<CudaBlas>,
+    gemm_path: GemmPath,
     funcs: HashMap<&'static str, CudaFunction>,
     /// Stands in for an absent optional operand (a bias, a weight, a mask).
     dummy_f32: CudaSlice<f32>,
@@ -105,6 +117,24 @@ pub fn cublas_present() -> bool {
     catch_unwind(|| unsafe { cudarc::cublas::sys::is_culib_present() }).unwrap_or(false)
 }
 
+/// A cuBLAS handle on `stream` with TF32 off (`CUBLAS_DEFAULT_MATH` does not use TF32
+/// tensor cores for f32 GEMMs).
+fn open_cublas(stream: &Arc<CudaStream>) -> Result<CudaBlas, CudaError> {
+    let blas = match catch_unwind(AssertUnwindSafe(|| CudaBlas::new(stream.clone()))) {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return Err(CudaError::Blas { what: "creating the handle", message: format!("{e:?}") }),
+        Err(p) => return Err(CudaError::Blas { what: "creating the handle", message: panic_message(p) }),
+    };
+    // SAFETY: the handle is live (owned by `blas`); the call only sets its math mode.
+    let status = unsafe {
+        cudarc::cublas::sys::cublasSetMathMode(*blas.handle(), cudarc::cublas::sys::cublasMath_t::CUBLAS_DEFAULT_MATH)
+    };
+    if status != cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        return Err(CudaError::Blas { what: "setting the math mode", message: format!("{status:?}") });
+    }
+    Ok(blas)
+}
+
 /// The CUDA version of the loaded driver, as `major.minor` (or why it is unknown).
 pub fn driver_version() -> String {
     let mut v = 0i32;
@@ -128,9 +158,10 @@ pub fn nvrtc_version() -> String {
 }
 
 impl CudaOps {
-    /// Opens GPU `ordinal`: a context, a compute stream, cuBLAS (TF32 off), and every
-    /// kernel compiled with NVRTC and loaded. Fails with a [`CudaError`] saying what is
-    /// missing when there is no driver, no such GPU, no libnvrtc or no libcublas.
+    /// Opens GPU `ordinal`: a context, a compute stream, cuBLAS (TF32 off) when libcublas
+    /// loads (else the GEMM is [`GemmPath::Kernel`]), and every kernel compiled with NVRTC
+    /// and loaded. Fails with a [`CudaError`] saying what is missing when there is no
+    /// driver, no such GPU or no libnvrtc.
     pub fn new(ordinal: usize) -> Result<Self, CudaError> {
         if !driver_present() {
             return Err(CudaError::NoDriver);
@@ -171,24 +202,8 @@ impl CudaOps {
                 funcs.insert(name, guarded("loading a kernel", || module.load_function(name))?);
             }
         }
-        if !cublas_present() {
-            return Err(CudaError::NoCublas);
-        }
-        let blas = match catch_unwind(AssertUnwindSafe(|| CudaBlas::new(stream.clone()))) {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => return Err(CudaError::Blas { what: "creating the handle", message: format!("{e:?}") }),
-            Err(p) => return Err(CudaError::Blas { what: "creating the handle", message: panic_message(p) }),
-        };
-        // TF32 off: plain f32 GEMMs (CUBLAS_DEFAULT_MATH does not use TF32 tensor cores).
-        let status = unsafe {
-            cudarc::cublas::sys::cublasSetMathMode(
-                *blas.handle(),
-                cudarc::cublas::sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
-            )
-        };
-        if status != cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-            return Err(CudaError::Blas { what: "setting the math mode", message: format!("{status:?}") });
-        }
+        let blas = if cublas_present() { Some(open_cublas(&stream)?) } else { None };
+        let gemm_path = if blas.is_some() { GemmPath::Cublas } else { GemmPath::Kernel };
         let scratch = guarded("allocating scratch", || -> Result<Scratch, cudarc::driver::DriverError> {
             Ok(Scratch {
                 sums: stream.alloc_zeros(2)?,
@@ -204,6 +219,7 @@ impl CudaOps {
             ctx,
             stream,
             blas,
+            gemm_path,
             funcs,
             dummy_f32,
             dummy_u32,
@@ -217,9 +233,30 @@ impl CudaOps {
         self.ctx.name().unwrap_or_else(|e| format!("unknown ({e:?})"))
     }
 
-    /// One line for logs: the GPU, the driver's and libnvrtc's CUDA versions.
+    /// One line for logs: the GPU, the driver's and libnvrtc's CUDA versions, the GEMM.
     pub fn describe(&self) -> String {
-        format!("{} (driver CUDA {}, libnvrtc {})", self.device_name(), driver_version(), nvrtc_version())
+        format!(
+            "{} (driver CUDA {}, libnvrtc {}, GEMM {:?})",
+            self.device_name(),
+            driver_version(),
+            nvrtc_version(),
+            self.gemm_path
+        )
+    }
+
+    /// The GEMM implementation in use.
+    pub fn gemm_path(&self) -> GemmPath {
+        self.gemm_path
+    }
+
+    /// Uses `path` for GEMMs; [`GemmPath::Cublas`] without libcublas is
+    /// [`CudaError::NoCublas`].
+    pub fn with_gemm_path(mut self, path: GemmPath) -> Result<Self, CudaError> {
+        if path == GemmPath::Cublas && self.blas.is_none() {
+            return Err(CudaError::NoCublas);
+        }
+        self.gemm_path = path;
+        Ok(self)
     }
 
     /// The message of the last failed CUDA call, if any (the engine's error type carries

@@ -12,7 +12,7 @@
 //! ulps carried through the formula.
 
 use cudarc::driver::CudaSlice;
-use mixrank_cuda::CudaOps;
+use mixrank_cuda::{CudaOps, GemmPath};
 use mixrank_engine::mask::MASKED;
 use mixrank_engine::{
     Activation, AdamSpec, Backend, BlockShape, ColCopy, CpuOps, EngineError, GatherSpec, GemmSpec, GradWrite,
@@ -176,6 +176,7 @@ fn memory_round_trips_and_prefix_semantics() {
 // ---- GEMM -----------------------------------------------------------------------------
 
 fn check_gemm(g: &CudaOps, rng: &mut Rng, spec: GemmSpec) {
+    let exact = g.gemm_path() == GemmPath::Kernel;
     const SENTINEL: f32 = 12345.0;
     let [ar, ac] = spec.stored_a();
     let [br, bc] = spec.stored_b();
@@ -206,7 +207,13 @@ fn check_gemm(g: &CudaOps, rng: &mut Rng, spec: GemmSpec) {
     let abs_spec = spec.alpha(spec.alpha.abs()).beta(spec.beta.abs());
     CpuOps::new().gemm(&abs_spec, &abs(&a), &abs(&b), &mut scale).unwrap();
     let k = spec.k as f64;
-    let what = format!("gemm {:?}{:?} m{} n{} k{}", spec.trans_a, spec.trans_b, spec.m, spec.n, spec.k);
+    let what =
+        format!("gemm {:?} {:?}{:?} m{} n{} k{}", g.gemm_path(), spec.trans_a, spec.trans_b, spec.m, spec.n, spec.k);
+    if exact {
+        // The tiled kernel is the reference's sequential dot product.
+        assert_same(&what, &got, &want);
+        return;
+    }
     assert_within(&what, &got, &want, |i| {
         if c0[i] == SENTINEL && want[i] == SENTINEL {
             0.0
@@ -219,7 +226,17 @@ fn check_gemm(g: &CudaOps, rng: &mut Rng, spec: GemmSpec) {
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn gemm_matches_reference_in_every_transpose_with_offsets_and_strides() {
-    let g = gpu();
+    check_gemms(gpu());
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn the_tiled_gemm_kernel_matches_reference_bit_for_bit() {
+    check_gemms(gpu().with_gemm_path(GemmPath::Kernel).unwrap());
+}
+
+fn check_gemms(g: CudaOps) {
+    eprintln!("{}", g.describe());
     let mut rng = Rng(1);
     for ta in [Transpose::No, Transpose::Yes] {
         for tb in [Transpose::No, Transpose::Yes] {
