@@ -4,7 +4,10 @@
 //!
 //! The CUDA libraries are loaded at run time (`cudarc`'s `dynamic-loading`): building
 //! and testing this crate needs no CUDA toolkit, driver or GPU, and [`CudaOps::new`]
-//! returns a [`CudaError`] (never panics) where they are missing.
+//! returns a [`CudaError`] (never panics) where they are missing. At run time only the
+//! driver is required: libcublas is optional ([`GemmPath::Kernel`] without it), and
+//! libnvrtc too when `MIXRANK_CUDA_PTX_DIR` names precompiled PTX
+//! (`examples/write_ptx.rs`).
 //!
 //! # Status (issue 14, first part)
 //! Every method of the trait but `pack_reduced` has a device implementation; **none has been run on a GPU
@@ -137,8 +140,11 @@ fn open_cublas(stream: &Arc<CudaStream>) -> Result<CudaBlas, CudaError> {
 
 /// The CUDA version of the loaded driver, as `major.minor` (or why it is unknown).
 pub fn driver_version() -> String {
+    if !driver_present() {
+        return "absent".to_string();
+    }
     let mut v = 0i32;
-    // SAFETY: writes one int; the driver library is loaded (callers checked).
+    // SAFETY: writes one int; the driver library loads (checked above).
     let r = catch_unwind(AssertUnwindSafe(|| unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) }));
     match r {
         Ok(cudarc::driver::sys::CUresult::CUDA_SUCCESS) => format!("{}.{}", v / 1000, (v % 1000) / 10),
@@ -148,8 +154,11 @@ pub fn driver_version() -> String {
 
 /// The version of the loaded libnvrtc, as `major.minor`.
 pub fn nvrtc_version() -> String {
+    if !nvrtc_present() {
+        return "absent".to_string();
+    }
     let (mut major, mut minor) = (0i32, 0i32);
-    // SAFETY: writes two ints; libnvrtc is loaded (callers checked).
+    // SAFETY: writes two ints; libnvrtc loads (checked above).
     let r = catch_unwind(AssertUnwindSafe(|| unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }));
     match r {
         Ok(cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS) => format!("{major}.{minor}"),
@@ -179,15 +188,27 @@ impl CudaOps {
         // without them a launch is one driver call instead of two per buffer argument.
         unsafe { ctx.disable_event_tracking() };
         let stream = guarded("creating the stream", || ctx.new_stream())?;
-        if !nvrtc_present() {
+        // Precompiled PTX (examples/write_ptx.rs) when MIXRANK_CUDA_PTX_DIR names it, so the
+        // machine needs no libnvrtc; else NVRTC compiles every kernel file now.
+        let ptx_dir = std::env::var_os("MIXRANK_CUDA_PTX_DIR").map(std::path::PathBuf::from);
+        if ptx_dir.is_none() && !nvrtc_present() {
             return Err(CudaError::NoNvrtc);
         }
         let mut funcs = HashMap::new();
         for file in kernels::FILES {
-            let ptx = match catch_unwind(|| kernels::compile(file)) {
-                Ok(Ok(ptx)) => ptx,
-                Ok(Err(e)) => return Err(CudaError::Compile { file: file.name, message: e.to_string() }),
-                Err(p) => return Err(CudaError::Compile { file: file.name, message: panic_message(p) }),
+            let ptx = if let Some(dir) = &ptx_dir {
+                let path = dir.join(kernels::ptx_file_name(file));
+                let text = std::fs::read_to_string(&path).map_err(|e| CudaError::Compile {
+                    file: file.name,
+                    message: format!("reading {} (MIXRANK_CUDA_PTX_DIR): {e}", path.display()),
+                })?;
+                kernels::ptx_from_text(file, text).map_err(|message| CudaError::Compile { file: file.name, message })?
+            } else {
+                match catch_unwind(|| kernels::compile(file)) {
+                    Ok(Ok(ptx)) => ptx,
+                    Ok(Err(e)) => return Err(CudaError::Compile { file: file.name, message: e.to_string() }),
+                    Err(p) => return Err(CudaError::Compile { file: file.name, message: panic_message(p) }),
+                }
             };
             let module = ctx.load_module(ptx).map_err(|e| CudaError::Driver {
                 what: "loading a kernel module",
