@@ -5,12 +5,13 @@
 # kernel (tests/nvrtc.rs; skipped without libnvrtc when PTX is given), the backend opens
 # on GPU 0 (tests/no_driver.rs), and every op of the Backend trait against the reference
 # backend at tiny shapes and at 4096 x 1024, cuBLAS and the tiled GEMM kernel
-# (tests/conformance.rs). Not yet here (later parts of issue 14): the end-to-end
+# (tests/conformance.rs), and mixrank-nn's layers on CudaOps within the rounding bound
+# of BoundOps (tests/layers.rs). Not yet here (later parts of issue 14): the end-to-end
 # train -> checkpoint -> resume -> eval -> serve test on CUDA, and the benchmark against
 # PyTorch.
 #
 # Usage:
-#   bench/gpu_check.sh --prepare [DIR]   here, without a GPU: build the three test
+#   bench/gpu_check.sh --prepare [DIR]   here, without a GPU: build the four test
 #       binaries (dev profile, stripped) and the kernels' PTX into DIR (default
 #       target/gpu-check, ~8 MB: carry it). The PTX comes from the libnvrtc on the loader
 #       path or in MIXRANK_PTX_NVRTC (a lib directory); the driver there must be at least
@@ -65,9 +66,9 @@ if [ "${1:-}" = "--prepare" ]; then
     python3 -c 'import sys, json
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("conformance", "nvrtc", "no_driver"):
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("conformance", "layers", "nvrtc", "no_driver"):
         print(m["target"]["name"], m["executable"])')
-  [ "$(echo "$bins" | grep -c .)" = 3 ] || { echo "building the test binaries failed"; exit 1; }
+  [ "$(echo "$bins" | grep -c .)" = 4 ] || { echo "building the test binaries failed"; exit 1; }
   while read -r name exe; do
     cp "$exe" "$dir/$name" && strip "$dir/$name" 2> /dev/null
     echo "$dir/$name"
@@ -96,7 +97,7 @@ if [ -n "$dir" ]; then
     fi
   fi
   ran=0
-  for t in nvrtc no_driver conformance; do
+  for t in nvrtc no_driver conformance layers; do
     bin="$dir/$t"
     [ -x "$bin" ] || continue
     ran=$((ran + 1))
@@ -108,7 +109,7 @@ if [ -n "$dir" ]; then
     echo "== $bin"
     "$bin" --include-ignored --test-threads=1 --nocapture || status=1
   done
-  [ $ran = 3 ] || { echo "expected the test binaries nvrtc, no_driver, conformance in $dir, found $ran"; status=1; }
+  [ $ran = 4 ] || { echo "expected the test binaries nvrtc, no_driver, conformance, layers in $dir, found $ran"; status=1; }
 else
   cd "$root" || exit 1
   echo "== cargo test -p mixrank-cuda -- --include-ignored"

@@ -22,4 +22,4 @@ nvrtc=$(python3 -c 'import site,os; print(next((os.path.join(d,"nvidia/cuda_nvrt
 export LD_LIBRARY_PATH="$out${nvrtc:+:$nvrtc}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export MIXRANK_CUDA_EMULATED=1
 cd "$root"
-cargo test -p mixrank-cuda --test conformance --test no_driver -- --include-ignored --test-threads=1 "$@"
+cargo test -p mixrank-cuda --test conformance --test layers --test no_driver -- --include-ignored --test-threads=1 "$@"
