@@ -694,7 +694,7 @@ impl Backend for CudaOps {
         };
         launch!(self, OP, "gather_pooled", elems(spec.batch * spec.dim);
             &u(spec.batch), &u(spec.dim), &u(spec.table_rows), &u(spec.out_cols), &u(spec.col_offset),
-            &pool, offsets, ids, table, out)
+            &pool, offsets, ids, &u(ids.len()), table, out)
     }
 
     fn scatter_rows_grad(

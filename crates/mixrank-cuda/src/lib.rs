@@ -14,9 +14,10 @@
 //! yet** (the session that wrote them had none). What was checked without one: the crate
 //! builds, `CudaOps::new` fails cleanly on a machine without a driver, NVRTC compiles
 //! every kernel source (`tests/nvrtc.rs`), and the conformance suite against the reference
-//! backend (`tests/conformance.rs`) passes at its small shapes on a host emulation of the
-//! driver and cuBLAS (`emu/run.sh`: this crate's Rust code as is, the kernels compiled for
-//! the CPU). On a GPU the suite is `bench/gpu_check.sh`.
+//! backend (`tests/conformance.rs`) and `mixrank-nn`'s layers against their rounding bound
+//! (`tests/layers.rs`) pass at small shapes on a host emulation of the driver and cuBLAS
+//! (`emu/run.sh`: this crate's Rust code as is, the kernels compiled for the CPU). On a
+//! GPU the suites are `bench/gpu_check.sh`.
 //!
 //! Not done yet: bf16 GEMMs (`pack_reduced` refuses, the trait's default), CUDA graphs,
 //! the copy stream with pinned buffers, multi-tensor optimizer launches, a device sort
@@ -31,7 +32,8 @@
 //!   their pairs / groups back to validate them (they synchronise anyway).
 //! - **Unvalidated ids in the forward.** `gather_rows`, `gather_pooled` and the sparse
 //!   optimizers do not read ids or offsets back, so an id past the table is not reported
-//!   as `IdOutOfRange`: the gathers write 0 for it and the updates skip it.
+//!   as `IdOutOfRange`: the gathers write 0 for it and the updates skip it. Invalid CSR
+//!   offsets are not reported either (the gather reads no id past the buffer).
 //! - **Driver failures** surface as `EngineError::InvalidArgument` (the engine's error
 //!   has no device variant yet); [`CudaOps::last_error`] holds the driver's message.
 //! - Sums use block trees (f32 within rows, f64 for the losses and norms), so results

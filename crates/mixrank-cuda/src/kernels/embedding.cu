@@ -15,12 +15,14 @@ extern "C" __global__ void gather_rows(u64 batch, u64 dim, u64 table_rows, u64 o
 
 // pooling: 0 sum, 1 mean (weight (float)(1.0 / max(count, 1)) computed in double, as
 // reference.rs `bag_weight`).
+// Offsets are not validated (that would need a readback): ids past `nids` are not read.
 extern "C" __global__ void gather_pooled(u64 batch, u64 dim, u64 table_rows, u64 out_cols, u64 col_offset,
-                                         int pooling, const u32* offsets, const u32* ids, const float* table,
-                                         float* out) {
+                                         int pooling, const u32* offsets, const u32* ids, u64 nids,
+                                         const float* table, float* out) {
     GRID_STRIDE(i, batch * dim) {
         u64 b = i / dim, j = i % dim;
         u32 start = offsets[b], end = offsets[b + 1];
+        if ((u64)end > nids) end = (u32)nids;
         u32 count = end > start ? end - start : 0;
         float w = pooling == 1 ? (float)(1.0 / (double)(count > 1 ? count : 1)) : 1.0f;
         float acc = 0.0f;
