@@ -87,9 +87,11 @@ CUresult cuDeviceGet(int* d, int ordinal) {
     *d = 0;
     return OK;
 }
+// Memory pools (attribute 115): supported when EMU_MEMPOOLS is set, as on an H100
+// (cudarc then allocates with cuMemAllocAsync), else not (cuMemAlloc_v2).
 CUresult cuDeviceGetAttribute(int* v, int attrib, int) {
-    *v = 0;  // memory pools unsupported: cudarc allocates with cuMemAlloc_v2
-    (void)attrib;
+    const char* pools = getenv("EMU_MEMPOOLS");
+    *v = (attrib == 115 && pools && *pools == '1') ? 1 : 0;
     return OK;
 }
 CUresult cuDeviceGetName(char* name, int len, int) {
@@ -122,6 +124,13 @@ CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
     return OK;
 }
 CUresult cuMemFree_v2(CUdeviceptr p) { free((void*)p); return OK; }
+CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void*) {
+    static bool said = false;
+    if (!said && getenv("EMU_TRACE")) fprintf(stderr, "emu: cuMemAllocAsync in use\n");
+    said = true;
+    return cuMemAlloc_v2(p, bytes);
+}
+CUresult cuMemFreeAsync(CUdeviceptr p, void*) { return cuMemFree_v2(p); }
 CUresult cuMemsetD8Async(CUdeviceptr p, unsigned char v, size_t n, void*) { memset((void*)p, v, n); return OK; }
 CUresult cuMemsetD8_v2(CUdeviceptr p, unsigned char v, size_t n) { memset((void*)p, v, n); return OK; }
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, size_t n, void*) { memcpy((void*)d, h, n); return OK; }

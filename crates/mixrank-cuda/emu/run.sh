@@ -22,4 +22,10 @@ nvrtc=$(python3 -c 'import site,os; print(next((os.path.join(d,"nvidia/cuda_nvrt
 export LD_LIBRARY_PATH="$out${nvrtc:+:$nvrtc}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export MIXRANK_CUDA_EMULATED=1
 cd "$root"
-cargo test -p mixrank-cuda --test conformance --test layers --test no_driver -- --include-ignored --test-threads=1 "$@"
+# Both allocation paths of cudarc: cuMemAllocAsync (memory pools, as on an H100) and
+# cuMemAlloc_v2.
+for pools in 1 0; do
+  echo "== EMU_MEMPOOLS=$pools"
+  EMU_MEMPOOLS=$pools cargo test -p mixrank-cuda --test conformance --test layers --test no_driver -- \
+    --include-ignored --test-threads=1 "$@"
+done
