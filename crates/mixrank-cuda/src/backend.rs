@@ -28,10 +28,10 @@ const NO_POS: u32 = u32::MAX;
 macro_rules! launch {
     ($ops:expr, $op:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
         let f: &CudaFunction = $ops.func($op, $name)?;
-        // SAFETY: the argument list matches the kernel's signature in src/kernels/*.cu
-        // (checked by name and order when this file was written; the conformance suite
-        // runs every kernel), and the host checks above bound every index the kernel
-        // computes to the buffers' lengths.
+        // SAFETY: the argument list matches the kernel's signature in src/kernels/*.cu in
+        // order and types (emu/ unpacks the launch's parameters by that signature and the
+        // conformance suite runs every kernel there), and the host checks above bound
+        // every index the kernel computes to the buffers' lengths.
         let r = unsafe { $ops.stream.launch_builder(f)$(.arg($arg))*.launch($cfg) };
         r.map(|_| ()).map_err(|e| $ops.dev_err($op, e))
     }};
