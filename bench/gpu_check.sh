@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Issue 14: the CUDA backend's GPU checks in one call.
+#
+# On the GPU machine it runs crates/mixrank-cuda's ignored tests: NVRTC compiles every
+# kernel (tests/nvrtc.rs; skipped without libnvrtc when PTX is given), the backend opens
+# on GPU 0 (tests/no_driver.rs), and every op of the Backend trait against the reference
+# backend at tiny shapes and at 4096 x 1024, cuBLAS and the tiled GEMM kernel
+# (tests/conformance.rs), and mixrank-nn's layers on CudaOps within the rounding bound
+# of BoundOps (tests/layers.rs). Not yet here (later parts of issue 14): the end-to-end
+# train -> checkpoint -> resume -> eval -> serve test on CUDA, and the benchmark against
+# PyTorch.
+#
+# Usage:
+#   bench/gpu_check.sh --prepare [DIR]   here, without a GPU: build the four test
+#       binaries (dev profile, stripped) and the kernels' PTX into DIR (default
+#       target/gpu-check, ~8 MB: carry it). The PTX comes from the libnvrtc on the loader
+#       path or in MIXRANK_PTX_NVRTC (a lib directory); the driver there must be at least
+#       that CUDA version (libnvrtc 12.0's PTX loads on every CUDA 12 driver).
+#   bench/gpu_check.sh [DIR]             on the GPU machine: run the binaries in DIR
+#       (default target/gpu-check if it exists), with its PTX when libnvrtc is absent;
+#       without DIR and with cargo there, build and run with cargo.
+#
+# At run time the machine needs the NVIDIA driver (libcuda.so.1); libcublas is optional
+# (without it the GEMM is the tiled kernel); libnvrtc is needed unless DIR has PTX. The
+# PyPI wheels' lib directories (nvidia-cuda-nvrtc-cu12, nvidia-cublas-cu12) are put on
+# LD_LIBRARY_PATH when python can find them (unless MIXRANK_CUDA_NO_WHEELS is set), as is
+# MIXRANK_CUDA_LIBS (directories, space-separated).
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+default_dir="$root/target/gpu-check"
+
+wheel_libs() { # lib directories of the nvidia wheels python sees
+  local py
+  for py in python3 python; do
+    command -v "$py" > /dev/null || continue
+    "$py" - << 'PY' 2> /dev/null
+import os, site
+dirs = site.getsitepackages() + [site.getusersitepackages()]
+for d in dirs:
+    for sub in ("cuda_nvrtc/lib", "cublas/lib", "cuda_runtime/lib"):
+        p = os.path.join(d, "nvidia", sub)
+        if os.path.isdir(p):
+            print(p)
+PY
+    return
+  done
+}
+have_lib() { # NAME: on the loader's cache or path
+  ldconfig -p 2> /dev/null | grep -q "$1" && return 0
+  local d
+  for d in ${LD_LIBRARY_PATH//:/ }; do [ -e "$d/$1" ] && return 0; done
+  return 1
+}
+wheels=""
+[ -z "${MIXRANK_CUDA_NO_WHEELS:-}" ] && wheels=$(wheel_libs)
+for l in ${MIXRANK_CUDA_LIBS:-} $wheels; do
+  LD_LIBRARY_PATH="$l${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+done
+export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}"
+
+if [ "${1:-}" = "--prepare" ]; then
+  dir=${2:-$default_dir}
+  mkdir -p "$dir/ptx"
+  cd "$root" || exit 1
+  bins=$(cargo test -p mixrank-cuda --tests --no-run --message-format=json 2> /dev/null |
+    python3 -c 'import sys, json
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("conformance", "layers", "nvrtc", "no_driver"):
+        print(m["target"]["name"], m["executable"])')
+  [ "$(echo "$bins" | grep -c .)" = 4 ] || { echo "building the test binaries failed"; exit 1; }
+  while read -r name exe; do
+    cp "$exe" "$dir/$name" && strip "$dir/$name" 2> /dev/null
+    echo "$dir/$name"
+  done <<< "$bins"
+  LD_LIBRARY_PATH="${MIXRANK_PTX_NVRTC:+$MIXRANK_PTX_NVRTC:}$LD_LIBRARY_PATH" \
+    cargo run -q -p mixrank-cuda --example write_ptx -- "$dir/ptx" || exit 1
+  du -sh "$dir"
+  exit 0
+fi
+
+dir=${1:-}
+[ -z "$dir" ] && [ -d "$default_dir" ] && dir=$default_dir
+echo "== gpu_check: $(date -u +%FT%TZ)"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2> /dev/null || echo "nvidia-smi: not found"
+for lib in libcuda.so.1 libnvrtc.so.12 libcublas.so.12; do
+  found=$(ldconfig -p 2> /dev/null | grep -m1 "$lib" | sed 's/.*=> //')
+  for d in ${LD_LIBRARY_PATH//:/ }; do [ -z "$found" ] && [ -e "$d/$lib" ] && found="$d/$lib"; done
+  echo "$lib: ${found:-not found}"
+done
+status=0
+if [ -n "$dir" ]; then
+  if ! have_lib libnvrtc.so.12; then
+    if [ -d "$dir/ptx" ]; then
+      export MIXRANK_CUDA_PTX_DIR="$dir/ptx"
+      echo "no libnvrtc: kernels from $MIXRANK_CUDA_PTX_DIR"
+    fi
+  fi
+  ran=0
+  for t in nvrtc no_driver conformance layers; do
+    bin="$dir/$t"
+    [ -x "$bin" ] || continue
+    ran=$((ran + 1))
+    if [ "$t" = nvrtc ] && [ -n "${MIXRANK_CUDA_PTX_DIR:-}" ]; then
+      echo "== $bin (kernel list only: no libnvrtc)"
+      "$bin" --test-threads=1 || status=1
+      continue
+    fi
+    echo "== $bin"
+    "$bin" --include-ignored --test-threads=1 --nocapture || status=1
+  done
+  [ $ran = 4 ] || { echo "expected the test binaries nvrtc, no_driver, conformance, layers in $dir, found $ran"; status=1; }
+else
+  cd "$root" || exit 1
+  echo "== cargo test -p mixrank-cuda -- --include-ignored"
+  cargo test -p mixrank-cuda --tests -- --include-ignored --test-threads=1 --nocapture || status=1
+fi
+echo "== gpu_check: $([ $status = 0 ] && echo PASSED || echo FAILED)"
+exit $status
