@@ -26,6 +26,7 @@ cd "$root"
 # cuMemAlloc_v2.
 for pools in 1 0; do
   echo "== EMU_MEMPOOLS=$pools"
-  EMU_MEMPOOLS=$pools cargo test -p mixrank-cuda --test conformance --test layers --test no_driver -- \
+  # The release profile of the README's test command, so CI reuses its build.
+  EMU_MEMPOOLS=$pools cargo test --workspace --release --locked --test conformance --test layers --test no_driver -- \
     --include-ignored --test-threads=1 "$@"
 done
