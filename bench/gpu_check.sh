@@ -6,14 +6,15 @@
 # on GPU 0 (tests/no_driver.rs), and every op of the Backend trait against the reference
 # backend at tiny shapes and at 4096 x 1024, cuBLAS and the tiled GEMM kernel
 # (tests/conformance.rs), and mixrank-nn's layers on CudaOps within the rounding bound
-# of BoundOps (tests/layers.rs). Not yet here (later parts of issue 14): the end-to-end
-# train -> checkpoint -> resume -> eval -> serve test on CUDA, and the benchmark against
-# PyTorch.
+# of BoundOps (tests/layers.rs); then the end-to-end test on the real binary
+# (crates/mixrank/tests/cuda.rs: train -> resume -> eval -> predict -> serve on CUDA,
+# against the CPU) and `mixrank bench infer` on CUDA and on the CPU. Not yet here: the
+# benchmark against PyTorch and training throughput.
 #
 # Usage:
-#   bench/gpu_check.sh --prepare [DIR]   here, without a GPU: build the four test
-#       binaries (dev profile, stripped) and the kernels' PTX into DIR (default
-#       target/gpu-check, ~8 MB: carry it). The PTX comes from the libnvrtc on the loader
+#   bench/gpu_check.sh --prepare [DIR]   here, without a GPU: build the mixrank binary,
+#       the five test binaries (release, stripped) and the kernels' PTX into DIR (default
+#       target/gpu-check, ~45 MB: carry it). The PTX comes from the libnvrtc on the loader
 #       path or in MIXRANK_PTX_NVRTC (a lib directory); the driver there must be at least
 #       that CUDA version (libnvrtc 12.0's PTX loads on every CUDA 12 driver).
 #   bench/gpu_check.sh [DIR]             on the GPU machine: run the binaries in DIR
@@ -62,13 +63,16 @@ if [ "${1:-}" = "--prepare" ]; then
   dir=${2:-$default_dir}
   mkdir -p "$dir/ptx"
   cd "$root" || exit 1
-  bins=$(cargo test -p mixrank-cuda --tests --no-run --message-format=json 2> /dev/null |
+  cargo build --release --locked -q || { echo "building mixrank failed"; exit 1; }
+  cp target/release/mixrank "$dir/mixrank" && strip "$dir/mixrank" 2> /dev/null
+  bins=$(cargo test --workspace --release --locked --no-run --message-format=json \
+    --test conformance --test layers --test nvrtc --test no_driver --test cuda 2> /dev/null |
     python3 -c 'import sys, json
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("conformance", "layers", "nvrtc", "no_driver"):
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("conformance", "layers", "nvrtc", "no_driver", "cuda"):
         print(m["target"]["name"], m["executable"])')
-  [ "$(echo "$bins" | grep -c .)" = 4 ] || { echo "building the test binaries failed"; exit 1; }
+  [ "$(echo "$bins" | grep -c .)" = 5 ] || { echo "building the test binaries failed"; exit 1; }
   while read -r name exe; do
     cp "$exe" "$dir/$name" && strip "$dir/$name" 2> /dev/null
     echo "$dir/$name"
@@ -110,6 +114,18 @@ if [ -n "$dir" ]; then
     "$bin" --include-ignored --test-threads=1 --nocapture || status=1
   done
   [ $ran = 4 ] || { echo "expected the test binaries nvrtc, no_driver, conformance, layers in $dir, found $ran"; status=1; }
+  # End to end on the real binary: train, resume, eval, predict, serve on CUDA against the CPU.
+  if [ -x "$dir/cuda" ] && [ -x "$dir/mixrank" ]; then
+    echo "== $dir/cuda (train -> resume -> eval -> predict -> serve on cuda)"
+    MIXRANK_BIN="$dir/mixrank" "$dir/cuda" --include-ignored --test-threads=1 --nocapture || status=1
+    # Inference latency of the DESIGN.md bench model, CUDA then CPU, on this machine.
+    echo "== bench infer --device cuda"
+    "$dir/mixrank" bench infer --device cuda --batches 1,512,2048 --reps 200 || status=1
+    echo "== bench infer --device cpu (same machine, $(nproc) threads)"
+    "$dir/mixrank" bench infer --device cpu --batches 1,512,2048 --reps 100 --threads "$(nproc)" || status=1
+  else
+    echo "no $dir/cuda or $dir/mixrank: the end-to-end test and the benchmark were not run"; status=1
+  fi
 else
   cd "$root" || exit 1
   echo "== cargo test -p mixrank-cuda -- --include-ignored"

@@ -6,7 +6,7 @@
 # What it checks: the Rust glue (argument lists, launch shapes, buffer handling, host
 # plans) and the kernels' logic against the reference. What it does not: anything about
 # a real GPU (CUDA's math library, scheduling, memory model, cuBLAS, the PTX itself).
-# Usage: crates/mixrank-cuda/emu/run.sh [extra args to the test binary, e.g. a filter]
+# Usage: crates/mixrank-cuda/emu/run.sh [extra args to the test binaries, e.g. a filter]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../.." && pwd)
@@ -30,3 +30,7 @@ for pools in 1 0; do
   EMU_MEMPOOLS=$pools cargo test --workspace --release --locked --test conformance --test layers --test no_driver -- \
     --include-ignored --test-threads=1 "$@"
 done
+# The real binary end to end on the emulated driver: train -> resume -> eval -> predict
+# -> serve with --device cuda, against the CPU (crates/mixrank/tests/cuda.rs).
+echo "== end to end: crates/mixrank/tests/cuda.rs"
+EMU_MEMPOOLS=1 cargo test --workspace --release --locked --test cuda -- --include-ignored --test-threads=1 "$@"

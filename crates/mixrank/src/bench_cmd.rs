@@ -50,6 +50,9 @@ pub struct InferArgs {
     /// Also write the figures as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Where to run: `cpu` (f32 and bf16) or `cuda[:N]` (f32).
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::backend::Device,
 }
 
 #[derive(clap::Args)]
@@ -111,52 +114,55 @@ pub(crate) fn bench_config() -> Result<ExperimentConfig> {
 }
 
 fn session(a: &InferArgs, precision: Precision, max_batch: usize) -> Result<InferenceSession> {
-    Ok(match &a.model {
-        Some(run) => crate::backend::engine().open(run, precision, max_batch)?,
-        None => {
-            let cfg = Arc::new(bench_config()?);
-            let ops = Arc::new(crate::backend::ops());
-            let model = build_model(&cfg, &*ops, max_batch, &mut rand::rngs::StdRng::seed_from_u64(0))?;
-            let n = cfg.dense.len();
-            let manifest = mixrank_train::checkpoint::Manifest {
-                format_version: mixrank_train::checkpoint::FORMAT_VERSION,
-                created_by: "mixrank bench".into(),
-                config_toml: String::new(),
-                config_path: cfg.path.clone(),
-                hash_version: mixrank_data::hash::HASH_VERSION,
-                dense_stats: mixrank_data::stats::DenseStats { mean: vec![0.0; n], std: vec![1.0; n], rows: 0 },
-                vocabularies: Default::default(),
-                step: 0,
-                examples: 0,
-                cursor: Default::default(),
-                optimizer: mixrank_train::optimizers::OptimizerManifest {
-                    dense: mixrank_data::config::model::DenseOptimizer::Adam,
-                    dense_steps: 0,
-                    sparse: None,
-                    sparse_steps: 0,
-                },
-                lineage: mixrank_train::Lineage {
-                    parent: None,
-                    stage: mixrank_train::Stage::Batch,
-                    days: Vec::new(),
-                    teacher: None,
-                    warm_start: Vec::new(),
-                },
-                early_stopping: None,
-                table_shards: None,
-                files: Default::default(),
-                tensors: 0,
-            };
-            InferenceSession::from_parts(
-                cfg,
-                model,
-                ops,
-                manifest,
-                precision,
-                max_batch,
-                "bench-model@0#random".into(),
-            )?
-        }
+    use crate::backend::Device;
+    match (&a.model, a.device) {
+        (Some(run), d) => Ok(crate::backend::engine_on(d)?.open(run, precision, max_batch)?),
+        (None, Device::Cpu) => bench_session(crate::backend::ops(), precision, max_batch),
+        (None, Device::Cuda(n)) => bench_session(crate::backend::cuda(n)?, precision, max_batch),
+    }
+}
+
+/// The DESIGN.md bench model, randomly initialised, as a session on `ops`.
+fn bench_session<B: mixrank_engine::Backend + 'static>(
+    ops: B,
+    precision: Precision,
+    max_batch: usize,
+) -> Result<InferenceSession> {
+    Ok({
+        let cfg = Arc::new(bench_config()?);
+        let ops = Arc::new(ops);
+        let model = build_model(&cfg, &*ops, max_batch, &mut rand::rngs::StdRng::seed_from_u64(0))?;
+        let n = cfg.dense.len();
+        let manifest = mixrank_train::checkpoint::Manifest {
+            format_version: mixrank_train::checkpoint::FORMAT_VERSION,
+            created_by: "mixrank bench".into(),
+            config_toml: String::new(),
+            config_path: cfg.path.clone(),
+            hash_version: mixrank_data::hash::HASH_VERSION,
+            dense_stats: mixrank_data::stats::DenseStats { mean: vec![0.0; n], std: vec![1.0; n], rows: 0 },
+            vocabularies: Default::default(),
+            step: 0,
+            examples: 0,
+            cursor: Default::default(),
+            optimizer: mixrank_train::optimizers::OptimizerManifest {
+                dense: mixrank_data::config::model::DenseOptimizer::Adam,
+                dense_steps: 0,
+                sparse: None,
+                sparse_steps: 0,
+            },
+            lineage: mixrank_train::Lineage {
+                parent: None,
+                stage: mixrank_train::Stage::Batch,
+                days: Vec::new(),
+                teacher: None,
+                warm_start: Vec::new(),
+            },
+            early_stopping: None,
+            table_shards: None,
+            files: Default::default(),
+            tensors: 0,
+        };
+        InferenceSession::from_parts(cfg, model, ops, manifest, precision, max_batch, "bench-model@0#random".into())?
     })
 }
 
@@ -228,7 +234,11 @@ const ROUNDS: usize = 5;
 
 fn infer_in_pool(a: &InferArgs) -> Result<()> {
     let max_batch = a.batches.iter().copied().max().unwrap_or(1);
-    let sessions = [session(a, Precision::F32, max_batch)?, session(a, Precision::Bf16, max_batch)?];
+    // bf16 inference is CPU-only (the CUDA backend has no reduced-precision GEMM yet).
+    let mut sessions = vec![session(a, Precision::F32, max_batch)?];
+    if a.device == crate::backend::Device::Cpu {
+        sessions.push(session(a, Precision::Bf16, max_batch)?);
+    }
     crate::say!(
         "model {} — {} threads; {:.1} MiB of gradient buffers released per session at load; resident set {} (both sessions)",
         sessions[0].version,
@@ -248,7 +258,7 @@ fn infer_in_pool(a: &InferArgs) -> Result<()> {
             50
         };
         let per_round = reps.div_ceil(ROUNDS);
-        let mut lat = [Vec::with_capacity(reps), Vec::with_capacity(reps)];
+        let mut lat = vec![Vec::with_capacity(reps); sessions.len()];
         for s in &sessions {
             for batch in &batches {
                 std::hint::black_box(s.predict(batch)?);

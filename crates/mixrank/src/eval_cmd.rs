@@ -39,6 +39,9 @@ pub struct EvalArgs {
     /// Compute threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Where to score: `cpu` or `cuda[:N]` (f32 only on CUDA).
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::backend::Device,
 }
 
 pub fn run(a: &EvalArgs) -> Result<()> {
@@ -47,14 +50,35 @@ pub fn run(a: &EvalArgs) -> Result<()> {
 }
 
 fn run_in_pool(a: &EvalArgs) -> Result<()> {
-    let ops = crate::backend::ops();
-    let mut scorer = CheckpointScorer::open(&a.run_dir, &ops, None)
+    use crate::backend::Device;
+    match (a.device, a.precision) {
+        (Device::Cpu, Precision::F32) => eval_on(a, &crate::backend::ops(), None),
+        (Device::Cpu, Precision::Bf16) => {
+            let k = mixrank_engine::bf16::Bf16Kernel::select()?;
+            let ops = crate::backend::ops();
+            eval_on(a, &ops, Some((&ops.with_bf16_kernel(k), k)))
+        }
+        (Device::Cuda(n), Precision::F32) => eval_on(a, &crate::backend::cuda(n)?, None),
+        (Device::Cuda(_), Precision::Bf16) => {
+            anyhow::bail!("--precision bf16 runs on the CPU only: bf16 on CUDA is not built yet")
+        }
+    }
+}
+
+/// Scores on the backend `ops`; with `bf16`, also with the model's GEMM weights packed
+/// by that backend (its kernel named), and reports the deltas.
+fn eval_on<B: mixrank_engine::Backend + 'static>(
+    a: &EvalArgs,
+    ops: &B,
+    bf16: Option<(&B, mixrank_engine::bf16::Bf16Kernel)>,
+) -> Result<()> {
+    let mut scorer = CheckpointScorer::open(&a.run_dir, ops, None)
         .with_context(|| format!("loading the checkpoint in {}", a.run_dir.display()))?;
     if let Some(n) = a.at_position {
         scorer = scorer.at_position(n).context("--at-position")?;
     }
     let cfg = scorer.config.clone();
-    let f32_preds = scorer.score(&ops, &a.split)?;
+    let f32_preds = scorer.score(ops, &a.split)?;
     let f32_reports = f32_preds.reports(&cfg);
     let step = scorer.loaded.manifest.step;
     let mut out = serde_json::json!({ "split": a.split, "step": step, "f32": f32_reports });
@@ -82,10 +106,9 @@ fn run_in_pool(a: &EvalArgs) -> Result<()> {
             out["auction"] = serde_json::to_value(a)?;
         }
     }
-    if a.precision == Precision::Bf16 {
-        let kernel = mixrank_engine::bf16::Bf16Kernel::select()?;
-        let n = scorer.loaded.model.use_bf16(&ops.with_bf16_kernel(kernel))?;
-        let bf16_reports = scorer.score(&ops, &a.split)?.reports(&cfg);
+    if let Some((packing, kernel)) = bf16 {
+        let n = scorer.loaded.model.use_bf16(packing)?;
+        let bf16_reports = scorer.score(ops, &a.split)?.reports(&cfg);
         crate::say!("bf16 ({} kernel, {n} GEMMs; {}):", kernel.name(), kernel.describe());
         crate::emit(&crate::train_cmd::render_reports(&bf16_reports));
         crate::emit(&render_deltas(&f32_reports, &bf16_reports));

@@ -42,6 +42,9 @@ pub struct PredictArgs {
     /// Compute threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Where to score: `cpu` or `cuda[:N]` (f32 only on CUDA).
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::backend::Device,
 }
 
 pub fn run(a: &PredictArgs) -> Result<()> {
@@ -57,28 +60,44 @@ fn data_split(glob: &str) -> Result<Split> {
 }
 
 fn run_in_pool(a: &PredictArgs) -> Result<()> {
+    use crate::backend::Device;
+    match (a.device, a.precision) {
+        (Device::Cpu, Precision::F32) => predict_on(a, &crate::backend::ops(), None),
+        (Device::Cpu, Precision::Bf16) => {
+            let k = mixrank_engine::bf16::Bf16Kernel::select()?;
+            let ops = crate::backend::ops();
+            predict_on(a, &ops, Some((&ops.with_bf16_kernel(k), k.name())))
+        }
+        (Device::Cuda(n), Precision::F32) => predict_on(a, &crate::backend::cuda(n)?, None),
+        (Device::Cuda(_), Precision::Bf16) => {
+            anyhow::bail!("--precision bf16 runs on the CPU only: bf16 on CUDA is not built yet")
+        }
+    }
+}
+
+/// Scores on the backend `ops`; with `bf16`, the model's GEMM weights packed by that
+/// backend (and its kernel's name).
+fn predict_on<B: mixrank_engine::Backend + 'static>(a: &PredictArgs, ops: &B, bf16: Option<(&B, &str)>) -> Result<()> {
     let t = std::time::Instant::now();
     if a.out.exists() && !a.overwrite {
         anyhow::bail!("{}: already exists; pass --overwrite to replace it", a.out.display());
     }
-    let ops = crate::backend::ops();
-    let mut scorer = CheckpointScorer::open_run(&a.run_dir, &ops)
+    let mut scorer = CheckpointScorer::open_run(&a.run_dir, ops)
         .with_context(|| format!("loading the checkpoint in {}", a.run_dir.display()))?;
     let split = match (&a.split, &a.data) {
         (Some(s), _) => scorer.config.split(s)?.clone(),
         (None, Some(g)) => data_split(g)?,
         (None, None) => unreachable!("clap requires --split or --data"),
     };
-    let kernel = match a.precision {
-        Precision::F32 => None,
-        Precision::Bf16 => {
-            let k = mixrank_engine::bf16::Bf16Kernel::select()?;
-            scorer.loaded.model.use_bf16(&ops.with_bf16_kernel(k))?;
-            Some(k.name())
+    let kernel = match bf16 {
+        None => None,
+        Some((packing, name)) => {
+            scorer.loaded.model.use_bf16(packing)?;
+            Some(name)
         }
     };
     let opts = PredictOptions { keep: a.keep.clone(), overwrite: a.overwrite };
-    let s = scorer.predict(&ops, &split, &a.out, &opts)?;
+    let s = scorer.predict(ops, &split, &a.out, &opts)?;
     crate::say!(
         "scored {} rows of {} ({} file{}) with checkpoint step {} at {} in {:.2} s",
         s.rows,

@@ -18,6 +18,9 @@ pub struct ServeArgs {
     pub items: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: crate::eval_cmd::Precision,
+    /// Where the model runs: `cpu` or `cuda[:N]` (f32 only on CUDA).
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::backend::Device,
     /// HTTP/JSON address. Loopback by default; a non-loopback address needs --admin-token
     /// (or MIXRANK_ADMIN_TOKEN) or --no-admin, and is served with a warning.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -78,7 +81,7 @@ pub fn precision(p: crate::eval_cmd::Precision) -> Precision {
 
 pub fn run(a: &ServeArgs) -> Result<()> {
     rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global().ok();
-    let mut opts = ServeOptions::new(&a.model, crate::backend::engine());
+    let mut opts = ServeOptions::new(&a.model, crate::backend::engine_on(a.device)?);
     opts.precision = precision(a.precision);
     opts.http_addr = a.addr;
     opts.grpc_addr = (!a.no_grpc).then_some(a.grpc_addr);

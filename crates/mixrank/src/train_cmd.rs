@@ -59,6 +59,10 @@ pub struct TrainArgs {
     /// are MPI's instead (docs/distributed.md).
     #[arg(long, value_name = "N")]
     pub ranks_in_process: Option<usize>,
+    /// Where to train: `cpu` or `cuda[:N]` (GPU N, default 0). The checkpoint is the same
+    /// on both and moves freely between them.
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::backend::Device,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -94,7 +98,14 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     opts.trace_rows = a.trace_rows.clone();
     opts.step_delay = a.debug_step_delay_ms.map(std::time::Duration::from_millis);
     let cfg = Arc::new(cfg);
-    let s = match (a.ranks_in_process, launched_by()?) {
+    if a.ranks_in_process.is_some() && a.device != crate::backend::Device::Cpu {
+        anyhow::bail!("data-parallel training runs on the CPU only (--device {}): NCCL is not built yet", a.device);
+    }
+    let launched = launched_by()?;
+    if launched.is_some() && a.device != crate::backend::Device::Cpu {
+        anyhow::bail!("data-parallel training runs on the CPU only (--device {}): NCCL is not built yet", a.device);
+    }
+    let s = match (a.ranks_in_process, launched) {
         (Some(_), Some(_)) => anyhow::bail!("--ranks-in-process and mpirun exclude each other"),
         (Some(0), None) => anyhow::bail!("--ranks-in-process needs at least 1 rank"),
         (Some(n), None) => train_in_process(&cfg, &opts, n)?,
@@ -112,7 +123,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
                 }
             }
         }
-        (None, None) => train(cfg, &opts, &crate::backend::ops())?,
+        (None, None) => crate::on_device!(a.device, ops => train(cfg, &opts, ops))?,
     };
     if !opts.is_lead() {
         // Ranks other than 0 trained the same model; rank 0 reports.
