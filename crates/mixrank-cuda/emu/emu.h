@@ -5,6 +5,18 @@
 #pragma once
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
+
+static inline unsigned int __float_as_uint(float x) {
+    unsigned int u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+static inline float __uint_as_float(unsigned int u) {
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
 
 struct dim3 {
     unsigned x, y, z;

@@ -9,9 +9,9 @@ use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
 use mixrank_engine::mask::dropout_base;
 use mixrank_engine::{
-    Activation, AdamSpec, Backend, BlockShape, ColCopy, EngineError, GatherSpec, GemmSpec, GradWrite, GroupSpec,
-    LayerNormSpec, LazyAdamSpec, LossInput, NormStats, PairSpec, Pooling, Result, RowAdagradSpec, Shape, SparseGrad,
-    SparseRows, SparseView, TableShape, Transpose, NORM_ACC_LEN,
+    Activation, AdamSpec, Backend, BlockShape, ColCopy, EngineError, GatherSpec, GemmOperands, GemmSpec, GradWrite,
+    GroupSpec, LayerNormSpec, LazyAdamSpec, LossInput, NormStats, PairSpec, Pooling, Result, RowAdagradSpec, Shape,
+    SparseGrad, SparseRows, SparseView, TableShape, Transpose, NORM_ACC_LEN,
 };
 
 use crate::check;
@@ -289,58 +289,9 @@ impl CudaOps {
     }
 }
 
-impl Backend for CudaOps {
-    type Buf = CudaSlice<f32>;
-    type Ids = CudaSlice<u32>;
-
-    // ---- memory ---------------------------------------------------------------------
-
-    fn alloc(&self, len: usize) -> Result<CudaSlice<f32>> {
-        self.alloc_zeroed("alloc", len)
-    }
-    fn upload(&self, host: &[f32]) -> Result<CudaSlice<f32>> {
-        let mut buf = self.alloc_zeroed("upload", host.len())?;
-        self.htod("upload", host, &mut buf)?;
-        Ok(buf)
-    }
-    fn write(&self, host: &[f32], dst: &mut CudaSlice<f32>) -> Result<()> {
-        self.htod("write", host, dst)
-    }
-    fn read(&self, src: &CudaSlice<f32>, host: &mut [f32]) -> Result<()> {
-        self.dtoh("read", src, host)
-    }
-    fn len(&self, buf: &CudaSlice<f32>) -> usize {
-        buf.len()
-    }
-    fn fill(&self, n: usize, value: f32, buf: &mut CudaSlice<f32>) -> Result<()> {
-        const OP: &str = "fill";
-        check::vector(OP, "buf", buf.len(), n)?;
-        if n == 0 {
-            return Ok(());
-        }
-        launch!(self, OP, "fill_f32", elems(n); &u(n), &value, buf)
-    }
-    fn alloc_ids(&self, len: usize) -> Result<CudaSlice<u32>> {
-        self.alloc_zeroed("alloc_ids", len)
-    }
-    fn upload_ids(&self, host: &[u32]) -> Result<CudaSlice<u32>> {
-        let mut buf = self.alloc_zeroed("upload_ids", host.len())?;
-        self.htod("upload_ids", host, &mut buf)?;
-        Ok(buf)
-    }
-    fn write_ids(&self, host: &[u32], dst: &mut CudaSlice<u32>) -> Result<()> {
-        self.htod("write_ids", host, dst)
-    }
-    fn read_ids(&self, src: &CudaSlice<u32>, host: &mut [u32]) -> Result<()> {
-        self.dtoh("read_ids", src, host)
-    }
-    fn ids_len(&self, ids: &CudaSlice<u32>) -> usize {
-        ids.len()
-    }
-
-    // ---- GEMM -----------------------------------------------------------------------
-
-    fn gemm(&self, spec: &GemmSpec, a: &CudaSlice<f32>, b: &CudaSlice<f32>, c: &mut CudaSlice<f32>) -> Result<()> {
+impl CudaOps {
+    /// The f32 GEMM (cuBLAS `sgemm`, or the tiled kernel).
+    fn gemm_f32(&self, spec: &GemmSpec, a: &CudaSlice<f32>, b: &CudaSlice<f32>, c: &mut CudaSlice<f32>) -> Result<()> {
         const OP: &str = "gemm";
         check::gemm(spec, a.len(), b.len(), c.len())?;
         let (m, n, k) = (spec.m, spec.n, spec.k);
@@ -396,6 +347,104 @@ impl Backend for CudaOps {
         // buffers' lengths (offset + (rows - 1)·ld + cols), and the views start at the
         // offsets.
         unsafe { blas.gemm(cfg, &bv, &av, &mut cv) }.map_err(|e| self.dev_err(OP, e))
+    }
+
+    /// [`GemmOperands::Bf16`]: the operands' used extents rounded to bf16 (ties to even)
+    /// into scratch, then the f32 GEMM of those. A product of two bf16 values is exact in
+    /// f32, so this is a bf16 GEMM with f32 accumulation; it is not yet the fast path
+    /// (cuBLAS `GemmEx` on bf16 operands), which needs a GPU to check.
+    fn gemm_bf16_operands(
+        &self,
+        spec: &GemmSpec,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        c: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        const OP: &str = "gemm";
+        check::gemm(spec, a.len(), b.len(), c.len())?;
+        let used = |[rows, cols]: [usize; 2], offset: usize, ld: usize| {
+            if rows == 0 || cols == 0 {
+                offset
+            } else {
+                offset + (rows - 1) * ld + cols
+            }
+        };
+        let (na, nb) =
+            (used(spec.stored_a(), spec.a.offset, spec.a.ld), used(spec.stored_b(), spec.b.offset, spec.b.ld));
+        let mut guard = self.scratch();
+        let s = &mut *guard;
+        self.reserve(OP, &mut s.gemm_a, na.max(1))?;
+        self.reserve(OP, &mut s.gemm_b, nb.max(1))?;
+        if na > 0 {
+            launch!(self, OP, "round_bf16", elems(na); &u(na), a, &mut s.gemm_a)?;
+        }
+        if nb > 0 {
+            launch!(self, OP, "round_bf16", elems(nb); &u(nb), b, &mut s.gemm_b)?;
+        }
+        self.gemm_f32(spec, &s.gemm_a, &s.gemm_b, c)
+    }
+}
+
+impl Backend for CudaOps {
+    type Buf = CudaSlice<f32>;
+    type Ids = CudaSlice<u32>;
+
+    // ---- memory ---------------------------------------------------------------------
+
+    fn alloc(&self, len: usize) -> Result<CudaSlice<f32>> {
+        self.alloc_zeroed("alloc", len)
+    }
+    fn upload(&self, host: &[f32]) -> Result<CudaSlice<f32>> {
+        let mut buf = self.alloc_zeroed("upload", host.len())?;
+        self.htod("upload", host, &mut buf)?;
+        Ok(buf)
+    }
+    fn write(&self, host: &[f32], dst: &mut CudaSlice<f32>) -> Result<()> {
+        self.htod("write", host, dst)
+    }
+    fn read(&self, src: &CudaSlice<f32>, host: &mut [f32]) -> Result<()> {
+        self.dtoh("read", src, host)
+    }
+    fn len(&self, buf: &CudaSlice<f32>) -> usize {
+        buf.len()
+    }
+    fn fill(&self, n: usize, value: f32, buf: &mut CudaSlice<f32>) -> Result<()> {
+        const OP: &str = "fill";
+        check::vector(OP, "buf", buf.len(), n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        launch!(self, OP, "fill_f32", elems(n); &u(n), &value, buf)
+    }
+    fn alloc_ids(&self, len: usize) -> Result<CudaSlice<u32>> {
+        self.alloc_zeroed("alloc_ids", len)
+    }
+    fn upload_ids(&self, host: &[u32]) -> Result<CudaSlice<u32>> {
+        let mut buf = self.alloc_zeroed("upload_ids", host.len())?;
+        self.htod("upload_ids", host, &mut buf)?;
+        Ok(buf)
+    }
+    fn write_ids(&self, host: &[u32], dst: &mut CudaSlice<u32>) -> Result<()> {
+        self.htod("write_ids", host, dst)
+    }
+    fn read_ids(&self, src: &CudaSlice<u32>, host: &mut [u32]) -> Result<()> {
+        self.dtoh("read_ids", src, host)
+    }
+    fn ids_len(&self, ids: &CudaSlice<u32>) -> usize {
+        ids.len()
+    }
+
+    // ---- GEMM -----------------------------------------------------------------------
+
+    fn gemm(&self, spec: &GemmSpec, a: &CudaSlice<f32>, b: &CudaSlice<f32>, c: &mut CudaSlice<f32>) -> Result<()> {
+        match self.gemm_operands {
+            GemmOperands::F32 => self.gemm_f32(spec, a, b, c),
+            GemmOperands::Bf16 => self.gemm_bf16_operands(spec, a, b, c),
+        }
+    }
+
+    fn gemm_operands(&self) -> GemmOperands {
+        self.gemm_operands
     }
 
     // ---- fused bias + activation ----------------------------------------------------

@@ -43,6 +43,7 @@ pub const FILES: &[KernelFile] = &[
             "block_dot",
             "block_outer",
             "block_dot_t",
+            "round_bf16",
         ],
     },
     KernelFile { name: "gemm.cu", source: include_str!("kernels/gemm.cu"), kernels: &["gemm_tiled"] },

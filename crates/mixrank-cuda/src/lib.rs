@@ -52,6 +52,7 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream};
+use mixrank_engine::GemmOperands;
 
 pub use error::CudaError;
 
@@ -73,6 +74,8 @@ pub struct CudaOps {
     /// `None` when libcublas is absent (the GEMM runs [`GemmPath::Kernel`]).
     blas: Option<CudaBlas>,
     gemm_path: GemmPath,
+    /// The operands of every GEMM (bf16: mixed-precision training, `backend.rs`).
+    gemm_operands: GemmOperands,
     funcs: HashMap<&'static str, CudaFunction>,
     /// Stands in for an absent optional operand (a bias, a weight, a mask).
     dummy_f32: CudaSlice<f32>,
@@ -89,6 +92,9 @@ pub(crate) struct Scratch {
     pub u32_b: CudaSlice<u32>,
     pub f32_a: CudaSlice<f32>,
     pub f64_a: CudaSlice<f64>,
+    /// A GEMM's operands rounded to bf16 ([`GemmOperands::Bf16`]).
+    pub gemm_a: CudaSlice<f32>,
+    pub gemm_b: CudaSlice<f32>,
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
@@ -234,6 +240,8 @@ impl CudaOps {
                 u32_b: stream.alloc_zeros(1)?,
                 f32_a: stream.alloc_zeros(1)?,
                 f64_a: stream.alloc_zeros(1)?,
+                gemm_a: stream.alloc_zeros(1)?,
+                gemm_b: stream.alloc_zeros(1)?,
             })
         })?;
         let dummy_f32 = guarded("allocating", || stream.alloc_zeros::<f32>(1))?;
@@ -243,6 +251,7 @@ impl CudaOps {
             stream,
             blas,
             gemm_path,
+            gemm_operands: GemmOperands::F32,
             funcs,
             dummy_f32,
             dummy_u32,
@@ -280,6 +289,18 @@ impl CudaOps {
         }
         self.gemm_path = path;
         Ok(self)
+    }
+
+    /// The same backend with GEMM operands `operands` (bf16: mixed-precision training;
+    /// [`mixrank_engine::Backend::gemm_operands`]).
+    pub fn with_gemm_operands(mut self, operands: GemmOperands) -> Self {
+        self.gemm_operands = operands;
+        self
+    }
+
+    /// The GEMM operands in use.
+    pub fn operands(&self) -> GemmOperands {
+        self.gemm_operands
     }
 
     /// The message of the last failed CUDA call, if any (the engine's error type carries

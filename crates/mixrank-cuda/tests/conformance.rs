@@ -15,9 +15,9 @@ use cudarc::driver::CudaSlice;
 use mixrank_cuda::{CudaOps, GemmPath};
 use mixrank_engine::mask::MASKED;
 use mixrank_engine::{
-    Activation, AdamSpec, Backend, BlockShape, ColCopy, CpuOps, EngineError, GatherSpec, GemmSpec, GradWrite,
-    GroupSpec, LayerNormSpec, LazyAdamSpec, LossInput, NormStats, PairSpec, Pooling, RefOps, RowAdagradSpec, Shape,
-    SparseGrad, SparseRows, TableShape, Transpose, NORM_ACC_LEN,
+    round_bf16, Activation, AdamSpec, Backend, BlockShape, ColCopy, CpuOps, EngineError, GatherSpec, GemmOperands,
+    GemmSpec, GradWrite, GroupSpec, LayerNormSpec, LazyAdamSpec, LossInput, NormStats, PairSpec, Pooling, RefOps,
+    RowAdagradSpec, Shape, SparseGrad, SparseRows, TableShape, Transpose, NORM_ACC_LEN,
 };
 
 /// Unit roundoff of f32.
@@ -195,8 +195,13 @@ fn check_gemm(g: &CudaOps, rng: &mut Rng, spec: GemmSpec) {
             c0[spec.c.offset + i * spec.c.ld + j] = rng.f32(-1.0, 1.0);
         }
     }
+    // bf16 operands (mixed-precision training): the reference is the f32 GEMM of the
+    // operands rounded to bf16 (`mixrank_engine::round_bf16`, ties to even).
+    let bf16 = g.operands() == GemmOperands::Bf16;
+    let round = |v: &[f32]| v.iter().map(|&x| if bf16 { round_bf16(x) } else { x }).collect::<Vec<f32>>();
+    let (ra, rb) = (round(&a), round(&b));
     let mut want = c0.clone();
-    RefOps.gemm(&spec, &a, &b, &mut want).unwrap();
+    RefOps.gemm(&spec, &ra, &rb, &mut want).unwrap();
     let mut cg = up(g, &c0);
     g.gemm(&spec, &up(g, &a), &up(g, &b), &mut cg).unwrap();
     let got = down(g, &cg);
@@ -205,10 +210,18 @@ fn check_gemm(g: &CudaOps, rng: &mut Rng, spec: GemmSpec) {
     let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<f32>>();
     let mut scale = abs(&c0);
     let abs_spec = spec.alpha(spec.alpha.abs()).beta(spec.beta.abs());
-    CpuOps::new().gemm(&abs_spec, &abs(&a), &abs(&b), &mut scale).unwrap();
+    CpuOps::new().gemm(&abs_spec, &abs(&ra), &abs(&rb), &mut scale).unwrap();
     let k = spec.k as f64;
-    let what =
-        format!("gemm {:?} {:?}{:?} m{} n{} k{}", g.gemm_path(), spec.trans_a, spec.trans_b, spec.m, spec.n, spec.k);
+    let what = format!(
+        "gemm {:?} {:?} {:?}{:?} m{} n{} k{}",
+        g.gemm_path(),
+        g.operands(),
+        spec.trans_a,
+        spec.trans_b,
+        spec.m,
+        spec.n,
+        spec.k
+    );
     if exact {
         // The tiled kernel is the reference's sequential dot product.
         assert_same(&what, &got, &want);
@@ -233,6 +246,14 @@ fn gemm_matches_reference_in_every_transpose_with_offsets_and_strides() {
 #[ignore = "needs an NVIDIA GPU"]
 fn the_tiled_gemm_kernel_matches_reference_bit_for_bit() {
     check_gemms(gpu().with_gemm_path(GemmPath::Kernel).unwrap());
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn bf16_operand_gemms_are_the_gemms_of_the_rounded_operands() {
+    // cuBLAS within the summation bound; the tiled kernel bit for bit.
+    check_gemms(gpu().with_gemm_operands(GemmOperands::Bf16));
+    check_gemms(gpu().with_gemm_path(GemmPath::Kernel).unwrap().with_gemm_operands(GemmOperands::Bf16));
 }
 
 fn check_gemms(g: CudaOps) {

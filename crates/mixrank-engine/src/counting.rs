@@ -238,6 +238,9 @@ impl<B: Backend<Buf = Inner, Ids = InnerIds> + 'static> Backend for Counting<B> 
         self.flop_event(2 * spec.m * spec.n * spec.k);
         self.inner.gemm(spec, a, b, c)
     }
+    fn gemm_operands(&self) -> crate::GemmOperands {
+        self.inner.gemm_operands()
+    }
     fn bias_act_forward(
         &self,
         act: Activation,

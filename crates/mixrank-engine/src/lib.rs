@@ -45,8 +45,8 @@ pub use cpu::CpuOps;
 pub use error::{EngineError, Result};
 pub use float::Float;
 pub use ops::{
-    Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, GroupSpec, LayerNormSpec, LossInput, MatLayout,
-    NormStats, PairSpec, Pooling, Shape, SparseGrad, SparseView, Transpose,
+    round_bf16, Backend, BlockShape, ColCopy, GatherSpec, GemmOperands, GemmSpec, GradWrite, GroupSpec, LayerNormSpec,
+    LossInput, MatLayout, NormStats, PairSpec, Pooling, Shape, SparseGrad, SparseView, Transpose,
 };
 pub use optim::{AdamSpec, LazyAdamSpec, RowAdagradSpec, SparseRows, TableShape, NORM_ACC_LEN};
 pub use reduced::{HostBf16, ReducedGemm, WeightLayout};

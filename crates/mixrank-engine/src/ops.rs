@@ -131,6 +131,17 @@ impl GemmSpec {
             Transpose::Yes => [self.n, self.k],
         }
     }
+
+    /// One past the last element of A's buffer this product reads: `offset + (rows −
+    /// 1)·ld + cols` of the stored `[rows, cols]`, or the offset when A is empty.
+    pub fn a_end(&self) -> usize {
+        extent_end(self.stored_a(), self.a)
+    }
+
+    /// [`GemmSpec::a_end`] for B.
+    pub fn b_end(&self) -> usize {
+        extent_end(self.stored_b(), self.b)
+    }
 }
 
 /// Per-row blocks: a `[rows, blocks·width]` matrix read as `blocks` blocks of `width`
@@ -305,6 +316,32 @@ pub struct GroupSpec {
     pub rows: usize,
     pub groups: usize,
     pub temperature: f32,
+}
+
+fn extent_end([rows, cols]: [usize; 2], l: MatLayout) -> usize {
+    if rows == 0 || cols == 0 {
+        l.offset
+    } else {
+        l.offset + (rows - 1) * l.ld + cols
+    }
+}
+
+/// What the matrix products of a backend read their operands as ([`Backend::gemm_operands`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GemmOperands {
+    /// f32 operands (f32 arithmetic throughout).
+    #[default]
+    F32,
+    /// bf16 operands (each f32 operand rounded to bf16, to nearest even) with f32
+    /// accumulation and an f32 result: mixed-precision training's matrix products, as
+    /// PyTorch's bf16 autocast computes them. Weights, gradients and optimizer state stay
+    /// f32 (the master copy); bf16 has f32's exponent range, so no loss scaling.
+    Bf16,
+}
+
+/// `x` rounded to the nearest bf16 (ties to even), as an f32; NaN stays NaN.
+pub fn round_bf16(x: f32) -> f32 {
+    half::bf16::from_f32(x).to_f32()
 }
 
 /// The op set of the model family. Layer code is generic over `B: Backend` and only ever
@@ -730,6 +767,17 @@ pub trait Backend: Send + Sync {
         grad: &mut Self::Buf,
         write: GradWrite,
     ) -> Result<f32>;
+
+    // ---- mixed precision (training) -------------------------------------------------
+
+    /// The operands every [`Backend::gemm`] of this backend takes: `F32`, or `Bf16`
+    /// (`[train] precision = "bf16"`: each operand element rounded to bf16, round to
+    /// nearest even, products accumulated in f32 into an f32 `C`). The default, and
+    /// every backend that cannot, is `F32`. The trainer refuses a config whose
+    /// precision its backend does not compute.
+    fn gemm_operands(&self) -> GemmOperands {
+        GemmOperands::F32
+    }
 
     // ---- reduced precision (inference) ----------------------------------------------
 

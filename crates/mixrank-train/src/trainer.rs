@@ -24,12 +24,12 @@ use crate::sharded_tables::ShardedTables;
 use crate::start::Start;
 use crate::trace::RowTrace;
 use crate::train_log::{Log, TrainLine, ValidationLine};
-use mixrank_data::config::model::{EmbeddingSharding, LrDecay};
+use mixrank_data::config::model::{EmbeddingSharding, LrDecay, TrainPrecision};
 use mixrank_data::config::{DistributedReading, ExperimentConfig, Split};
 use mixrank_data::pipeline::{BatchStream, StreamOptions};
 use mixrank_data::stats::DenseStats;
 use mixrank_data::{DenseMode, Encoder};
-use mixrank_engine::Backend;
+use mixrank_engine::{Backend, GemmOperands};
 use mixrank_metrics::TaskReport;
 use mixrank_model::Model;
 use mixrank_nn::{Decay, LrSchedule};
@@ -242,6 +242,18 @@ pub fn train<B: Backend + 'static>(cfg: Arc<ExperimentConfig>, opts: &TrainOptio
         (false, false) => Claim::Fresh,
     };
     opts.check_distributed(&cfg)?;
+    // `[train] precision` is the backend's arithmetic: it must be the one asked for.
+    let want = match cfg.train.precision {
+        TrainPrecision::F32 => GemmOperands::F32,
+        TrainPrecision::Bf16 => GemmOperands::Bf16,
+    };
+    if ops.gemm_operands() != want {
+        return Err(TrainError::Other(format!(
+            "[train] precision asks for {want:?} matrix products but the backend computes {:?} \
+             (mixrank train builds its backend from the config; a library caller must too)",
+            ops.gemm_operands()
+        )));
+    }
     // Held until the run ends: a second writer of this directory fails at once. Only
     // rank 0 of a data-parallel job writes it.
     let lock = if opts.is_lead() { Some(crate::run_dir::claim(&opts.out_dir, claim)?) } else { None };

@@ -6,7 +6,8 @@
 //! without them and `--device cuda` says what is missing).
 
 use mixrank_cuda::CudaOps;
-use mixrank_engine::CpuOps;
+use mixrank_data::config::model::{TrainPrecision, TrainSection};
+use mixrank_engine::{CpuOps, GemmOperands};
 use std::fmt;
 use std::str::FromStr;
 
@@ -49,27 +50,27 @@ impl fmt::Display for Device {
     }
 }
 
+/// The GEMM operands `[train] precision` asks for.
+pub fn operands(t: &TrainSection) -> GemmOperands {
+    match t.precision {
+        TrainPrecision::F32 => GemmOperands::F32,
+        TrainPrecision::Bf16 => GemmOperands::Bf16,
+    }
+}
+
+/// The CPU backend that trains `t` (its `precision`).
+pub fn train_ops(t: &TrainSection) -> Ops {
+    ops().with_gemm_operands(operands(t))
+}
+
+/// GPU `n`'s backend that trains `t` (its `precision`).
+pub fn train_cuda(n: usize, t: &TrainSection) -> anyhow::Result<CudaOps> {
+    Ok(cuda(n)?.with_gemm_operands(operands(t)))
+}
+
 /// Opens GPU `n`, or says why not (no driver, no such GPU, no libnvrtc).
 pub fn cuda(n: usize) -> anyhow::Result<CudaOps> {
     CudaOps::new(n).map_err(|e| anyhow::anyhow!("--device cuda:{n}: {e}"))
-}
-
-/// Runs `$body` with `$ops` bound to a reference to the device's backend: the body is
-/// compiled once per backend type (the libraries are generic over it).
-#[macro_export]
-macro_rules! on_device {
-    ($device:expr, $ops:ident => $body:expr) => {
-        match $device {
-            $crate::backend::Device::Cpu => {
-                let $ops = &$crate::backend::ops();
-                $body
-            }
-            $crate::backend::Device::Cuda(n) => {
-                let $ops = &$crate::backend::cuda(n)?;
-                $body
-            }
-        }
-    };
 }
 
 /// The serving engine on the CPU (sessions are reopened through it on reload).

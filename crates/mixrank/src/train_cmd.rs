@@ -111,7 +111,8 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         (Some(n), None) => train_in_process(&cfg, &opts, n)?,
         (None, Some(c)) => {
             opts.collective = Some(c.clone());
-            match train(cfg, &opts, &crate::backend::ops()) {
+            let ops = crate::backend::train_ops(&cfg.train);
+            match train(cfg, &opts, &ops) {
                 Ok(s) => s,
                 Err(e) => {
                     // This rank may have failed outside any collective (claiming the run
@@ -123,7 +124,16 @@ pub fn run(a: &TrainArgs) -> Result<()> {
                 }
             }
         }
-        (None, None) => crate::on_device!(a.device, ops => train(cfg, &opts, ops))?,
+        (None, None) => match a.device {
+            crate::backend::Device::Cpu => {
+                let ops = crate::backend::train_ops(&cfg.train);
+                train(cfg, &opts, &ops)?
+            }
+            crate::backend::Device::Cuda(n) => {
+                let ops = crate::backend::train_cuda(n, &cfg.train)?;
+                train(cfg, &opts, &ops)?
+            }
+        },
     };
     if !opts.is_lead() {
         // Ranks other than 0 trained the same model; rank 0 reports.
@@ -168,7 +178,10 @@ fn train_in_process(cfg: &Arc<ExperimentConfig>, opts: &TrainOptions, n: usize) 
                 let cfg = cfg.clone();
                 // The handle is dropped when the thread returns: a failing rank stops
                 // the others' collectives instead of leaving them waiting.
-                s.spawn(move || train(cfg, &o, &crate::backend::ops()))
+                s.spawn(move || {
+                    let ops = crate::backend::train_ops(&cfg.train);
+                    train(cfg, &o, &ops)
+                })
             })
             .collect();
         handles

@@ -126,3 +126,17 @@ extern "C" __global__ void block_dot_t(u64 rows, u64 blocks, u64 w, const float*
         out[i] = acc;
     }
 }
+
+// y[i] = x[i] rounded to bf16 (ties to even) as an f32; NaN stays NaN (mixed-precision
+// training's GEMM operands; mixrank_engine::round_bf16, the `half` crate's rounding).
+extern "C" __global__ void round_bf16(u64 n, const float* x, float* y) {
+    GRID_STRIDE(i, n) {
+        unsigned int b = __float_as_uint(x[i]);
+        if ((b & 0x7fffffffu) > 0x7f800000u) {
+            y[i] = __uint_as_float((b | 0x00400000u) & 0xffff0000u);  // NaN: quiet, as `half` does
+        } else {
+            b += 0x7fffu + ((b >> 16) & 1u);
+            y[i] = __uint_as_float(b & 0xffff0000u);
+        }
+    }
+}

@@ -788,6 +788,24 @@ pub enum SparseOptimizer {
     LazyAdam,
 }
 
+/// `[train] precision`: the arithmetic of training's matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainPrecision {
+    /// f32 throughout.
+    #[default]
+    F32,
+    /// Mixed precision: every matrix product (forward and backward) with bf16 operands
+    /// and f32 accumulation; weights, gradients and optimizer state in f32.
+    Bf16,
+}
+
+impl TrainPrecision {
+    pub fn is_f32(&self) -> bool {
+        *self == TrainPrecision::F32
+    }
+}
+
 /// `[train] embedding_sharding`: where a data-parallel job keeps its embedding tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -978,6 +996,11 @@ pub struct TrainSection {
     /// written when replicated, so configs without it serialise as before.
     #[serde(default, skip_serializing_if = "EmbeddingSharding::is_replicated")]
     pub embedding_sharding: EmbeddingSharding,
+    /// Mixed-precision training: `bf16` runs every matrix product with bf16 operands
+    /// (f32 accumulation, f32 master weights). Not written when f32, so configs without it
+    /// serialise as before.
+    #[serde(default, skip_serializing_if = "TrainPrecision::is_f32")]
+    pub precision: TrainPrecision,
     #[serde(default = "default_loss_weighting")]
     pub loss_weighting: LossWeighting,
     /// Validate every N steps (0 = once per epoch).

@@ -284,6 +284,21 @@ fn embedding_sharding_is_typed_and_written_back_only_when_sharded() {
 }
 
 #[test]
+fn train_precision_is_typed_and_written_back_only_when_bf16() {
+    use mixrank_data::config::model::TrainPrecision;
+    let d = tempfile::tempdir().unwrap();
+    let with = |train: &str| load_config(d.path(), &format!("{BASE}\n[train]\n{train}\n"));
+    let plain = with("").unwrap();
+    assert_eq!(plain.train.precision, TrainPrecision::F32);
+    assert!(!toml::to_string(&plain.wire).unwrap().contains("precision"));
+    let c = with("precision = \"bf16\"").unwrap();
+    assert_eq!(c.train.precision, TrainPrecision::Bf16);
+    assert!(toml::to_string(&c.wire).unwrap().contains("precision = \"bf16\""));
+    let e = err_text(with("precision = \"fp16\""));
+    assert!(e.contains("precision") && e.contains("fp16"), "{e}");
+}
+
+#[test]
 fn initialisers_are_typed_and_checked_naming_the_key() {
     use mixrank_data::config::model::InitSection;
     let d = tempfile::tempdir().unwrap();

@@ -13,6 +13,18 @@ fn strides(trans: Transpose, ld: usize) -> (isize, isize) {
     }
 }
 
+/// [`gemm`] with every element of `op(A)` and `op(B)` rounded to bf16 first
+/// ([`crate::GemmOperands::Bf16`]): the operands' used extents are copied rounded, then
+/// multiplied in f32. A product of two bf16 values is exact in f32, so this is a bf16
+/// GEMM with f32 accumulation (in this backend's summation order). It copies, so it is
+/// no faster than f32 here: it exists to train with the numerics of a bf16 device.
+pub fn gemm_bf16_operands(spec: &GemmSpec, par_min: usize, a: &[f32], b: &[f32], c: &mut [f32]) -> Result<()> {
+    check::gemm(spec, a.len(), b.len(), c.len())?;
+    let round = |x: &[f32], end: usize| x[..end].iter().map(|&v| crate::ops::round_bf16(v)).collect::<Vec<f32>>();
+    let (ra, rb) = (round(a, spec.a_end()), round(b, spec.b_end()));
+    gemm(spec, par_min, &ra, &rb, c)
+}
+
 /// `C = alpha · op(A) · op(B) + beta · C`; multithreaded when `m·n·k >= par_min`.
 pub fn gemm(spec: &GemmSpec, par_min: usize, a: &[f32], b: &[f32], c: &mut [f32]) -> Result<()> {
     check::gemm(spec, a.len(), b.len(), c.len())?;

@@ -21,8 +21,8 @@ use crate::error::Result;
 use crate::host;
 use crate::loss;
 use crate::ops::{
-    Backend, BlockShape, ColCopy, GatherSpec, GemmSpec, GradWrite, GroupSpec, LayerNormSpec, LossInput, NormStats,
-    PairSpec, Pooling, Shape, SparseGrad, SparseView,
+    Backend, BlockShape, ColCopy, GatherSpec, GemmOperands, GemmSpec, GradWrite, GroupSpec, LayerNormSpec, LossInput,
+    NormStats, PairSpec, Pooling, Shape, SparseGrad, SparseView,
 };
 use crate::optim::{AdamSpec, LazyAdamSpec, RowAdagradSpec, TableShape};
 use crate::reduced::{self, HostBf16, ReducedGemm, WeightLayout};
@@ -43,6 +43,9 @@ pub struct CpuOps {
     /// [`Bf16Kernel::select`] at packing time: `MIXRANK_BF16_KERNEL` if set, else the
     /// fastest this CPU has.
     pub bf16_kernel: Option<Bf16Kernel>,
+    /// The operands of every GEMM: f32, or bf16-rounded for mixed-precision training
+    /// ([`Backend::gemm_operands`]; `gemm.rs`).
+    pub gemm_operands: GemmOperands,
 }
 
 impl CpuOps {
@@ -52,7 +55,12 @@ impl CpuOps {
     pub const DEFAULT_GEMM_PAR_MIN: usize = 1 << 20;
 
     pub fn new() -> Self {
-        CpuOps { gemm_par_min: Self::DEFAULT_GEMM_PAR_MIN, bf16_kernel: None }
+        CpuOps { gemm_par_min: Self::DEFAULT_GEMM_PAR_MIN, bf16_kernel: None, gemm_operands: GemmOperands::F32 }
+    }
+
+    /// The same backend with GEMM operands `operands` (bf16: mixed-precision training).
+    pub fn with_gemm_operands(self, operands: GemmOperands) -> Self {
+        CpuOps { gemm_operands: operands, ..self }
     }
 
     /// The same backend packing reduced-precision GEMMs for `kernel`.
@@ -124,7 +132,14 @@ impl Backend for CpuOps {
     }
 
     fn gemm(&self, spec: &GemmSpec, a: &Vec<f32>, b: &Vec<f32>, c: &mut Vec<f32>) -> Result<()> {
-        gemm::gemm(spec, self.gemm_par_min, a, b, c)
+        match self.gemm_operands {
+            GemmOperands::F32 => gemm::gemm(spec, self.gemm_par_min, a, b, c),
+            GemmOperands::Bf16 => gemm::gemm_bf16_operands(spec, self.gemm_par_min, a, b, c),
+        }
+    }
+
+    fn gemm_operands(&self) -> GemmOperands {
+        self.gemm_operands
     }
 
     fn bias_act_forward(

@@ -1,6 +1,7 @@
 //! The engine's integration tests, as one binary.
 
 mod bf16;
+mod bf16_training;
 mod common;
 mod cpu_vs_ref;
 mod gradcheck;
