@@ -109,7 +109,7 @@ impl<B: Backend> Ranking<B> {
                 upload_ids(ops, &self.flat, &mut self.pairs, "uploading distillation pairs")?;
                 let spec = PairSpec { rows: n, pairs: self.host_pairs.len(), temperature };
                 let input =
-                    LossInput { pred: t.student, target: &self.teacher, weight: Some(t.weights), mask: Some(t.mask) };
+                    LossInput { pred: t.student, target: &self.teacher, weight: Some(t.weights), mask: Some(t.mask), weight_sum: None };
                 ops.pairwise_ranknet(&spec, &self.pairs, input, grad, write).map_err(engine("distillation loss"))
             }
             DistillLoss::Listwise => {
@@ -119,7 +119,7 @@ impl<B: Backend> Ranking<B> {
                 upload_ids(ops, groups.members(), &mut self.members, "uploading request groups")?;
                 let spec = GroupSpec { rows: n, groups: groups.len(), temperature };
                 let input =
-                    LossInput { pred: t.student, target: &self.teacher, weight: Some(t.weights), mask: Some(t.mask) };
+                    LossInput { pred: t.student, target: &self.teacher, weight: Some(t.weights), mask: Some(t.mask), weight_sum: None };
                 ops.listwise_softmax(&spec, &self.offsets, &self.members, input, grad, write)
                     .map_err(engine("distillation loss"))
             }
