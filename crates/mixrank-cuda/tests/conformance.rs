@@ -893,7 +893,8 @@ fn softmax_xent_and_ranking_losses_match_reference() {
         for write in [GradWrite::default(), GradWrite { scale: 0.7, accumulate: true }] {
             for temperature in [1.0f32, 2.5] {
                 let grad0 = rng.vec(rows, -1.0, 1.0);
-                let rin = LossInput { pred: &s, target: &t, weight: Some(&weight), mask: Some(&mask), weight_sum: None };
+                let rin =
+                    LossInput { pred: &s, target: &t, weight: Some(&weight), mask: Some(&mask), weight_sum: None };
                 let gin = LossInput { pred: &gs, target: &gt, weight: Some(&gw), mask: Some(&gm), weight_sum: None };
                 let spec = PairSpec { rows, pairs: npairs, temperature };
                 let mut rg = grad0.clone();
@@ -904,7 +905,8 @@ fn softmax_xent_and_ranking_losses_match_reference() {
                 assert!(((gl - rl) as f64).abs() <= 64.0 * U * (rl.abs() as f64 + 1.0), "{what}: {gl} vs {rl}");
                 assert_within(&what, &down(&g, &gg), &rg, |i| 64.0 * U * (rg[i].abs() as f64 + 1.0));
 
-                let rin = LossInput { pred: &s, target: &t, weight: Some(&weight), mask: Some(&mask), weight_sum: None };
+                let rin =
+                    LossInput { pred: &s, target: &t, weight: Some(&weight), mask: Some(&mask), weight_sum: None };
                 let gin = LossInput { pred: &gs, target: &gt, weight: Some(&gw), mask: Some(&gm), weight_sum: None };
                 let spec = GroupSpec { rows, groups, temperature };
                 let mut rg = grad0.clone();

@@ -962,7 +962,13 @@ impl Backend for BoundOps {
         let (s, t) = (vals(input.pred), vals(input.target));
         let (w, m) = (input.weight.map(|w| vals(w)), input.mask.map(|m| vals(m)));
         let mut gv = vals(grad);
-        let loss = loss::pairwise_ranknet(spec, pairs, inp(&s, &t, (w.as_deref(), m.as_deref(), input.weight_sum)), &mut gv, write)?;
+        let loss = loss::pairwise_ranknet(
+            spec,
+            pairs,
+            inp(&s, &t, (w.as_deref(), m.as_deref(), input.weight_sum)),
+            &mut gv,
+            write,
+        )?;
         let n = spec.rows;
         let counts = |i: usize| m.as_ref().is_none_or(|m| m[i] != 0.0);
         let weight = |i: usize| w.as_ref().map_or(1.0, |w| w[i]);
@@ -1010,8 +1016,14 @@ impl Backend for BoundOps {
         let (s, t) = (vals(input.pred), vals(input.target));
         let (w, m) = (input.weight.map(|w| vals(w)), input.mask.map(|m| vals(m)));
         let mut gv = vals(grad);
-        let loss =
-            loss::listwise_softmax(spec, offsets, members, inp(&s, &t, (w.as_deref(), m.as_deref(), input.weight_sum)), &mut gv, write)?;
+        let loss = loss::listwise_softmax(
+            spec,
+            offsets,
+            members,
+            inp(&s, &t, (w.as_deref(), m.as_deref(), input.weight_sum)),
+            &mut gv,
+            write,
+        )?;
         let n = spec.rows;
         let counts = |i: usize| m.as_ref().is_none_or(|m| m[i] != 0.0);
         let weight = |i: usize| w.as_ref().map_or(1.0, |w| w[i]);
