@@ -269,9 +269,19 @@ impl CudaOps {
         let weight = input.weight.unwrap_or(&self.dummy_f32);
         let mask = input.mask.unwrap_or(&self.dummy_f32);
         let (hw, hm) = (flag(input.weight.is_some()), flag(input.mask.is_some()));
+        if input.weight_sum.is_some_and(|w| !w.is_finite()) {
+            return Err(EngineError::InvalidArgument { op, reason: "the given weight sum must be finite" });
+        }
         let mut s = self.scratch();
         launch!(self, op, "pointwise_loss_sums", single();
             &kind, &u(n), &delta, input.pred, input.target, weight, &hw, mask, &hm, &mut s.sums)?;
+        // A given weight sum replaces the kernel's in place: the gradient kernel reads
+        // it there, and the loss read back below is divided by it.
+        if let Some(w) = input.weight_sum {
+            let host: &[f64] = &[w];
+            let mut view = s.sums.slice_mut(1..2);
+            self.stream.memcpy_htod(host, &mut view).map_err(|e| self.dev_err(op, e))?;
+        }
         if n > 0 {
             launch!(self, op, "pointwise_loss_grad", elems(n);
                 &kind, &u(n), &delta, input.pred, input.target, weight, &hw, mask, &hm,
@@ -279,6 +289,14 @@ impl CudaOps {
         }
         let [loss, wsum] = self.read_sums(op, &s.sums)?;
         Ok(if wsum == 0.0 { 0.0 } else { (loss / wsum) as f32 })
+    }
+
+    /// The ranking losses refuse a given weight sum (as the host backends do).
+    fn check_given_weight_sum(op: &'static str, weight_sum: Option<f64>) -> Result<()> {
+        if weight_sum.is_some() {
+            return Err(EngineError::InvalidArgument { op, reason: "a given weight sum is for pointwise losses" });
+        }
+        Ok(())
     }
 
     fn check_temperature(op: &'static str, t: f32) -> Result<()> {
@@ -1152,6 +1170,7 @@ impl Backend for CudaOps {
             input.mask.map(|m| m.len()),
             grad.len(),
         )?;
+        Self::check_given_weight_sum(OP, input.weight_sum)?;
         Self::check_temperature(OP, spec.temperature)?;
         check::holds(OP, "pairs", pairs.len(), &[spec.pairs, 2], 2 * spec.pairs)?;
         let host_pairs = self.read_u32(OP, pairs, 2 * spec.pairs)?;
@@ -1187,6 +1206,7 @@ impl Backend for CudaOps {
             input.mask.map(|m| m.len()),
             grad.len(),
         )?;
+        Self::check_given_weight_sum(OP, input.weight_sum)?;
         Self::check_temperature(OP, spec.temperature)?;
         check::holds(OP, "offsets", offsets.len(), &[spec.groups + 1], spec.groups + 1)?;
         let host_offsets = self.read_u32(OP, offsets, spec.groups + 1)?;

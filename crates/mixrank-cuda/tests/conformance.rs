@@ -834,18 +834,21 @@ fn pointwise_losses_match_reference() {
         let (gp, gt, gw, gm) = (up(&g, &pred), up(&g, &target), up(&g, &weight), up(&g, &mask));
         for (with_w, with_m) in [(false, false), (true, false), (false, true), (true, true)] {
             for write in [GradWrite::default(), GradWrite { scale: 0.3, accumulate: true }] {
-                for kind in 0..3 {
+                // The op's own weight sum, and one given by the caller.
+                for (kind, weight_sum) in (0..3).flat_map(|k| [(k, None), (k, Some(n as f64))]) {
                     let rin = LossInput {
                         pred: &pred,
                         target: &target,
                         weight: with_w.then_some(&weight),
                         mask: with_m.then_some(&mask),
+                        weight_sum,
                     };
                     let gin = LossInput {
                         pred: &gp,
                         target: &gt,
                         weight: with_w.then_some(&gw),
                         mask: with_m.then_some(&gm),
+                        weight_sum,
                     };
                     let (mut rg, mut gg) = (grad0.clone(), up(&g, &grad0));
                     let (rl, gl) = match kind {
@@ -859,7 +862,7 @@ fn pointwise_losses_match_reference() {
                             g.huber(n, 0.5, gin, &mut gg, write).unwrap(),
                         ),
                     };
-                    let what = format!("loss {kind} n={n} w={with_w} m={with_m} {write:?}");
+                    let what = format!("loss {kind} n={n} w={with_w} m={with_m} W={weight_sum:?} {write:?}");
                     assert!(((gl - rl) as f64).abs() <= 8.0 * U * rl.abs() as f64 + 1e-7, "{what}: {gl} vs {rl}");
                     // Per element: expf/log1pf within a few ulps; the scale from an f64 sum.
                     let scale = write.scale.abs() as f64 * 2.0 * 2.0 / n as f64;
@@ -911,8 +914,9 @@ fn softmax_xent_and_ranking_losses_match_reference() {
         for write in [GradWrite::default(), GradWrite { scale: 0.7, accumulate: true }] {
             for temperature in [1.0f32, 2.5] {
                 let grad0 = rng.vec(rows, -1.0, 1.0);
-                let rin = LossInput { pred: &s, target: &t, weight: Some(&weight), mask: Some(&mask) };
-                let gin = LossInput { pred: &gs, target: &gt, weight: Some(&gw), mask: Some(&gm) };
+                let rin =
+                    LossInput { pred: &s, target: &t, weight: Some(&weight), mask: Some(&mask), weight_sum: None };
+                let gin = LossInput { pred: &gs, target: &gt, weight: Some(&gw), mask: Some(&gm), weight_sum: None };
                 let spec = PairSpec { rows, pairs: npairs, temperature };
                 let mut rg = grad0.clone();
                 let rl = RefOps.pairwise_ranknet(&spec, &pairs, rin, &mut rg, write).unwrap();
@@ -922,8 +926,9 @@ fn softmax_xent_and_ranking_losses_match_reference() {
                 assert!(((gl - rl) as f64).abs() <= 64.0 * U * (rl.abs() as f64 + 1.0), "{what}: {gl} vs {rl}");
                 assert_within(&what, &down(&g, &gg), &rg, |i| 64.0 * U * (rg[i].abs() as f64 + 1.0));
 
-                let rin = LossInput { pred: &s, target: &t, weight: Some(&weight), mask: Some(&mask) };
-                let gin = LossInput { pred: &gs, target: &gt, weight: Some(&gw), mask: Some(&gm) };
+                let rin =
+                    LossInput { pred: &s, target: &t, weight: Some(&weight), mask: Some(&mask), weight_sum: None };
+                let gin = LossInput { pred: &gs, target: &gt, weight: Some(&gw), mask: Some(&gm), weight_sum: None };
                 let spec = GroupSpec { rows, groups, temperature };
                 let mut rg = grad0.clone();
                 let rl = RefOps.listwise_softmax(&spec, &offsets, &members, rin, &mut rg, write).unwrap();
@@ -962,8 +967,8 @@ fn bad_calls_are_rejected_as_on_the_reference() {
         g.gather_rows(&spec, &up_ids(&g, &ids), &up(&g, &table), &mut up(&g, &out)).unwrap_err(),
         RefOps.gather_rows(&spec, &ids, &table, &mut out).unwrap_err()
     );
-    let input = LossInput { pred: &x, target: &x, weight: None, mask: None };
-    let gin = LossInput { pred: &gx, target: &gx, weight: None, mask: None };
+    let input = LossInput { pred: &x, target: &x, weight: None, mask: None, weight_sum: None };
+    let gin = LossInput { pred: &gx, target: &gx, weight: None, mask: None, weight_sum: None };
     assert_eq!(
         g.huber(5, 0.0, gin, &mut gy, GradWrite::default()).unwrap_err(),
         RefOps.huber(5, 0.0, input, &mut y, GradWrite::default()).unwrap_err()

@@ -135,7 +135,13 @@ type InnerIds = Vec<u32>;
 
 /// A loss's inputs as the inner backend's buffers.
 fn inner_input<'a>(i: LossInput<'a, Host>) -> LossInput<'a, Inner> {
-    LossInput { pred: &i.pred.0, target: &i.target.0, weight: i.weight.map(|w| &w.0), mask: i.mask.map(|m| &m.0) }
+    LossInput {
+        pred: &i.pred.0,
+        target: &i.target.0,
+        weight: i.weight.map(|w| &w.0),
+        mask: i.mask.map(|m| &m.0),
+        weight_sum: i.weight_sum,
+    }
 }
 
 /// Runs `f` on the same buffers viewed as the inner backend's statistics.

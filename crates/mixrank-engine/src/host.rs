@@ -28,6 +28,7 @@ pub fn loss_slices<'a, T>(input: &LossInput<'a, Vec<T>>) -> LossInput<'a, [T]> {
         target: input.target.as_slice(),
         weight: input.weight.map(|w| w.as_slice()),
         mask: input.mask.map(|m| m.as_slice()),
+        weight_sum: input.weight_sum,
     }
 }
 

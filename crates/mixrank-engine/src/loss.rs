@@ -141,6 +141,9 @@ fn check_ranking<T>(
     grad: &[T],
 ) -> Result<()> {
     check_input(op, n, input, grad)?;
+    if input.weight_sum.is_some() {
+        return Err(crate::EngineError::InvalidArgument { op, reason: "a given weight sum is for pointwise losses" });
+    }
     if !(temperature.is_finite() && temperature > 0.0) {
         return Err(crate::EngineError::InvalidArgument { op, reason: "temperature must be a finite number > 0" });
     }
@@ -282,7 +285,13 @@ fn weighted_mean<T: Float>(
 
     let counts = |i: usize| input.mask.is_none_or(|m| m[i] != T::ZERO);
     let weight = |i: usize| input.weight.map_or(T::ONE, |w| w[i]);
-    let weight_sum: f64 = (0..n).filter(|&i| counts(i)).map(|i| weight(i).to_f64()).sum();
+    let weight_sum: f64 = match input.weight_sum {
+        Some(w) if !w.is_finite() => {
+            return Err(crate::EngineError::InvalidArgument { op, reason: "the given weight sum must be finite" })
+        }
+        Some(w) => w,
+        None => (0..n).filter(|&i| counts(i)).map(|i| weight(i).to_f64()).sum(),
+    };
     let grad = &mut grad[..n];
     if weight_sum == 0.0 {
         if !write.accumulate {
@@ -321,7 +330,7 @@ mod tests {
         weight: Option<&'a [f64]>,
         mask: Option<&'a [f64]>,
     ) -> LossInput<'a, [f64]> {
-        LossInput { pred, target, weight, mask }
+        LossInput { pred, target, weight, mask, weight_sum: None }
     }
 
     #[test]
@@ -378,6 +387,44 @@ mod tests {
         assert!((grad[0] - 2.0 * d0 / 3.0).abs() < 1e-12);
         assert_eq!(grad[1], 0.0);
         assert!((grad[2] - d2 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_given_weight_sum_makes_each_part_of_a_batch_compute_the_whole_batchs_rows() {
+        let pred = [0.3f32, -1.2, 2.5, 0.7, -0.1];
+        let target = [1.0f32, 0.0, 0.0, 1.0, 1.0];
+        let weight = [0.7f32, 1.3, 2.1, 0.9, 1.1];
+        let mask = [1.0f32, 1.0, 0.0, 1.0, 1.0];
+        let write = GradWrite { scale: 0.37, accumulate: false };
+        let inp = |r: std::ops::Range<usize>, weight_sum| LossInput {
+            pred: &pred[r.clone()],
+            target: &target[r.clone()],
+            weight: Some(&weight[r.clone()]),
+            mask: Some(&mask[r]),
+            weight_sum,
+        };
+        let mut whole = [0f32; 5];
+        let l = bce_with_logits(5, inp(0..5, None), &mut whole, write).unwrap();
+        // The op's own sum, given: the same bits.
+        let w: f64 = (0..5).filter(|&i| mask[i] != 0.0).map(|i| weight[i] as f64).sum();
+        let mut again = [0f32; 5];
+        assert_eq!(bce_with_logits(5, inp(0..5, Some(w)), &mut again, write).unwrap(), l);
+        assert_eq!(again.map(f32::to_bits), whole.map(f32::to_bits));
+        // Two parts given the whole's sum: the whole's rows bit for bit, the losses adding
+        // up to the whole's.
+        let (mut a, mut b) = ([0f32; 2], [0f32; 3]);
+        let la = bce_with_logits(2, inp(0..2, Some(w)), &mut a, write).unwrap();
+        let lb = bce_with_logits(3, inp(2..5, Some(w)), &mut b, write).unwrap();
+        let parts: Vec<u32> = a.iter().chain(&b).map(|x| x.to_bits()).collect();
+        assert_eq!(parts, whole.map(f32::to_bits));
+        assert!((la + lb - l).abs() < 1e-6, "{la} + {lb} vs {l}");
+        // A given 0 gives 0; a non-finite one is refused, and so is any for a ranking loss.
+        let mut g = [9f32; 2];
+        assert_eq!(mse(2, inp(0..2, Some(0.0)), &mut g, write).unwrap(), 0.0);
+        assert_eq!(g, [0.0; 2]);
+        assert!(mse(2, inp(0..2, Some(f64::NAN)), &mut g, write).is_err());
+        let spec = PairSpec { rows: 2, pairs: 1, temperature: 1.0 };
+        assert!(pairwise_ranknet(&spec, &[0, 1], inp(0..2, Some(1.0)), &mut g, write).is_err());
     }
 
     #[test]

@@ -273,7 +273,8 @@ pub type SparseView<'a, B> = (usize, &'a <B as Backend>::Ids, &'a <B as Backend>
 /// `weight` scales each example (default 1). `mask` selects examples: example `i` counts
 /// iff `mask[i] != 0`, and a masked-out example contributes nothing even if its target or
 /// prediction is NaN (how a multi-task batch marks missing labels). The loss is the
-/// weighted mean `Σ wᵢ·mᵢ·ℓᵢ / Σ wᵢ·mᵢ`; when the weight sum is 0 loss and gradient are 0.
+/// weighted mean `Σ wᵢ·mᵢ·ℓᵢ / W` with `W = Σ wᵢ·mᵢ` (or `weight_sum` where given);
+/// when `W` is 0 loss and gradient are 0.
 pub struct LossInput<'a, Buf: ?Sized> {
     /// Logits (BCE) or predictions (MSE), `[n]`.
     pub pred: &'a Buf,
@@ -281,6 +282,14 @@ pub struct LossInput<'a, Buf: ?Sized> {
     pub target: &'a Buf,
     pub weight: Option<&'a Buf>,
     pub mask: Option<&'a Buf>,
+    /// The weighted mean's denominator `W`, given by the caller instead of the op's own
+    /// `Σ wᵢ·mᵢ` over the `n` examples (`None`). Data-parallel training passes the
+    /// global batch's, so that a rank's per-example gradient `scale·wᵢ·∂ℓᵢ/W` is
+    /// bit for bit the one a single process computes (the op rounds `scale/W` to the
+    /// element type once, whoever computed `W`). Pointwise losses only
+    /// ([`Backend::bce_with_logits`], [`Backend::mse`], [`Backend::huber`]); the ranking
+    /// losses refuse it.
+    pub weight_sum: Option<f64>,
 }
 
 /// How a loss writes its gradient: `grad (+)= scale · ∂loss/∂pred`. `scale` lets a

@@ -105,7 +105,13 @@ impl BenchModel {
         self.forward(ops, d, batch);
         let mut loss = 0.0;
         for t in 0..TASKS {
-            let input = LossInput { pred: self.head.logits(t), target: &d.labels[t], weight: None, mask: None };
+            let input = LossInput {
+                pred: self.head.logits(t),
+                target: &d.labels[t],
+                weight: None,
+                mask: None,
+                weight_sum: None,
+            };
             loss += ops.bce_with_logits(batch, input, &mut self.d_logits[t], GradWrite::default()).unwrap();
         }
         mixrank_nn::zero_grads(ops, &mut *self.head).unwrap();

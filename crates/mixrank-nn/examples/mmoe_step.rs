@@ -145,7 +145,7 @@ fn run(batch: usize, steps: usize) -> Result<()> {
             let g = model.gates[t].forward(&ops, &x, batch)?;
             let mixed = mixes[t].forward(&ops, &outs, g, batch)?;
             let logit = model.towers[t].forward(&ops, mixed, batch)?;
-            let input = LossInput { pred: logit, target: &labels[t], weight: None, mask: None };
+            let input = LossInput { pred: logit, target: &labels[t], weight: None, mask: None, weight_sum: None };
             loss += ops.bce_with_logits(batch, input, &mut d_logit, GradWrite::default()).unwrap();
             // Backward of the task head.
             let d_mix_in = model.towers[t].backward(&ops, mixes[t].output(), &d_logit)?;

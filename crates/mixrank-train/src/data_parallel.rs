@@ -9,11 +9,16 @@
 //!    epoch) split the same way; a rank may get no rows (it still takes part in every
 //!    exchange, with zero gradients). Every row of a global batch is trained on by
 //!    exactly one rank, so every row of the split once per epoch.
-//! 2. **Loss normalisation** ([`task_shares`]): each task's loss is a weighted mean over
-//!    the rows its label mask keeps. The denominator must be the *global* batch's
-//!    `W_t = Σ w_i·m_i`, so each rank all-reduces its local sums and scales its loss
-//!    gradients by `W_t,local / W_t` (its share): the sum of the ranks' gradients is
-//!    then the gradient of the global batch's loss.
+//! 2. **Loss normalisation**: each task's loss is a weighted mean over the rows its
+//!    label mask keeps. The denominator must be the *global* batch's `W_t = Σ w_i·m_i`,
+//!    and every rank hands it to the loss ops (`LossInput::weight_sum`;
+//!    [`crate::losses::TaskLosses::weight_sums`]) instead of its own rows' sum: the
+//!    sum of the ranks' gradients is then the gradient of the global batch's loss.
+//!    Every rank holds the global batch, so it computes `W_t` from it exactly as one
+//!    process does ([`task_weight_sums`], the same bits), and the loss op rounds
+//!    `scale/W_t` once: each row's logit gradient is bit for bit one process's. With
+//!    sharded reading (no rank holds the global batch) the ranks all-reduce their sums
+//!    instead ([`all_reduced_weight_sums`]), the same value on every rank.
 //! 3. **Dense gradients** ([`reduce_gradients`]): summed over the ranks (one all-reduce of
 //!    every parameter's gradient as one flat `f32` buffer).
 //! 4. **Sparse gradients**: the embedding gradients are the touched rows and their
@@ -25,7 +30,8 @@
 //!    owners by all-to-all ([`crate::sharded_tables`]).
 //!
 //! The result equals one process training on the global batch up to summation order:
-//! each gradient entry is a sum over the batch's rows whose terms are grouped by rank.
+//! each gradient entry is a sum over the batch's rows of per-row terms that are bit for
+//! bit one process's, grouped by rank (the bound and its test: `data_parallel_tests`).
 //! [`weights_checksum`] (XXH3 of every dense weight and table) is compared across
 //! ranks at every checkpoint and at the end ([`check_replicas`]).
 
@@ -63,14 +69,13 @@ pub fn task_weight_sums(b: &Batch) -> Vec<f64> {
         .collect()
 }
 
-/// Each task's share of the global batch's weight sum held by this rank's rows
-/// (`W_local / W_global`; 0 where the global sum is 0): the factor its loss gradient
-/// takes so that the ranks' gradients sum to the global batch's.
-pub fn task_shares(local: &Batch, c: &dyn Collective) -> Result<Vec<f32>> {
-    let mine = task_weight_sums(local);
-    let mut global = mine.clone();
+/// Each task's weight sum over the global batch when no rank holds it (sharded
+/// reading): the all-reduce of every rank's [`task_weight_sums`] (the same value on
+/// every rank; it may differ from a sum in row order in its last bits).
+pub fn all_reduced_weight_sums(local: &Batch, c: &dyn Collective) -> Result<Vec<f64>> {
+    let mut global = task_weight_sums(local);
     c.all_reduce_sum_f64(&mut global)?;
-    Ok(mine.iter().zip(&global).map(|(&l, &g)| if g > 0.0 { (l / g) as f32 } else { 0.0 }).collect())
+    Ok(global)
 }
 
 /// What one rank contributed to one step's gradient exchange, in bytes of payload.

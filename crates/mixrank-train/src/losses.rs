@@ -3,6 +3,7 @@
 //! task's weight (fixed, or learned uncertainty weights: [`crate::weighting`]), written
 //! as per-task logit gradients for the backward pass.
 
+use crate::data_parallel::task_weight_sums;
 use crate::error::{engine, finite_loss, Result};
 use crate::weighting::TaskWeighting;
 use mixrank_data::config::{ExperimentConfig, RegressionLoss, TaskKind};
@@ -23,10 +24,12 @@ pub struct TaskLosses<B: Backend> {
     task_weights: Vec<f64>,
     /// This step's loss per task (unweighted).
     pub step_loss: Vec<f32>,
-    /// Data-parallel training: this rank's share of each task's global weight sum
-    /// (`crate::data_parallel::task_shares`), multiplied into the loss and its gradient
-    /// so the ranks' sum is the global batch's mean; 1 in one process.
-    pub share: Vec<f32>,
+    /// Data-parallel training: each task's weight sum over the *global* batch
+    /// (`crate::data_parallel`), the denominator of every rank's weighted mean, so that
+    /// the ranks' gradients sum to the global batch's and each row's term is the one a
+    /// single process computes. `None` (one process): the batch's own, computed the same
+    /// way ([`task_weight_sums`]); either way the loss ops are given it.
+    pub weight_sums: Option<Vec<f64>>,
 }
 
 impl<B: Backend> TaskLosses<B> {
@@ -42,7 +45,7 @@ impl<B: Backend> TaskLosses<B> {
             weighting: TaskWeighting::new(n),
             task_weights: cfg.tasks.iter().map(|t| t.weight).collect(),
             step_loss: vec![0.0; n],
-            share: vec![1.0; n],
+            weight_sums: None,
         })
     }
 
@@ -69,14 +72,23 @@ impl<B: Backend> TaskLosses<B> {
         }
         ops.write(&b.weights, &mut self.weights).map_err(engine("uploading sample weights"))?;
         self.weighting.refresh(ops, model)?;
+        let own;
+        let sums = match &self.weight_sums {
+            Some(s) => s,
+            None => {
+                own = task_weight_sums(b);
+                &own
+            }
+        };
         for (ti, task) in cfg.tasks.iter().enumerate() {
             let input = LossInput {
                 pred: model.logits(ti),
                 target: &self.labels[ti],
                 weight: Some(&self.weights),
                 mask: Some(&self.masks[ti]),
+                weight_sum: Some(sums[ti]),
             };
-            let scale = task.weight as f32 * self.weighting.factor(ti) * self.share[ti];
+            let scale = task.weight as f32 * self.weighting.factor(ti);
             let write = GradWrite { scale, accumulate: false };
             let grads = &mut self.grads[ti];
             let loss = match (task.kind, task.regression_loss) {
@@ -88,7 +100,7 @@ impl<B: Backend> TaskLosses<B> {
             }
             .map_err(engine("loss"))?;
             finite_loss(loss as f64, step, || task.name.clone())?;
-            self.step_loss[ti] = loss * self.share[ti];
+            self.step_loss[ti] = loss;
         }
         Ok(())
     }

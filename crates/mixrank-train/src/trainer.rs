@@ -677,6 +677,8 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
         let ops = self.ops;
         let dist = self.opts.collective.clone();
         let local;
+        // Data-parallel: the loss ops' denominators, the global batch's weight sums.
+        let mut weight_sums = None;
         let (b, global_rows) = match (rows, &dist) {
             (StepRows::Global(global), Some(c)) => {
                 local = crate::data_parallel::shard(global, &**c);
@@ -684,6 +686,8 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
                 // together are one process's.
                 self.model
                     .set_dropout_rows(crate::data_parallel::shard_range(global.rows, c.rank(), c.size()).start as u64);
+                // Computed from the global batch as one process does: the same bits.
+                weight_sums = Some(crate::data_parallel::task_weight_sums(global));
                 (&local, global.rows as u64)
             }
             (StepRows::Global(global), None) => (global, global.rows as u64),
@@ -698,7 +702,10 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
             }
         };
         if let Some(c) = &dist {
-            self.losses.share = crate::data_parallel::task_shares(b, &**c)?;
+            self.losses.weight_sums = Some(match weight_sums {
+                Some(w) => w,
+                None => crate::data_parallel::all_reduced_weight_sums(b, &**c)?,
+            });
         }
         // Sharded tables: the rows this rank's batch looks up, fetched from their owners
         // into the working tables; the batch's ids become rows of those.

@@ -282,12 +282,19 @@ fn loss_gradients() {
     let losses: [(&str, LossFn); 2] = [("bce", loss::bce_with_logits), ("mse", loss::mse)];
     for (name, f) in losses {
         let input = |p: &'_ [f64]| -> f64 {
-            let inp = LossInput { pred: p, target: &target[..], weight: Some(&weight[..]), mask: Some(&mask[..]) };
+            let inp = LossInput {
+                pred: p,
+                target: &target[..],
+                weight: Some(&weight[..]),
+                mask: Some(&mask[..]),
+                weight_sum: None,
+            };
             f(n, inp, &mut vec![0.0; n], GradWrite::default()).unwrap()
         };
         let start: Vec<f64> = uniform(&mut g, n, -1.0, 1.0);
         let mut grad = start.clone();
-        let inp = LossInput { pred: &pred[..], target: &target, weight: Some(&weight), mask: Some(&mask) };
+        let inp =
+            LossInput { pred: &pred[..], target: &target, weight: Some(&weight), mask: Some(&mask), weight_sum: None };
         let value = f(n, inp, &mut grad, GradWrite { scale: 2.5, accumulate: true }).unwrap();
         assert!(value.is_finite(), "{name}: masked NaN label leaked into the loss");
         assert_eq!(grad[4], start[4], "{name}: masked example got a gradient");

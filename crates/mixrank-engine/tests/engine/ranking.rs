@@ -57,7 +57,7 @@ fn case<T: Float>(seed: u64, n: usize, k: usize) -> Case<T> {
 
 impl<T> Case<T> {
     fn input(&self) -> LossInput<'_, Vec<T>> {
-        LossInput { pred: &self.s, target: &self.t, weight: Some(&self.w), mask: Some(&self.m) }
+        LossInput { pred: &self.s, target: &self.t, weight: Some(&self.w), mask: Some(&self.m), weight_sum: None }
     }
     fn pair_spec(&self, temperature: f32) -> PairSpec {
         PairSpec { rows: self.s.len(), pairs: self.pairs.len() / 2, temperature }
@@ -113,7 +113,7 @@ impl<B: Backend> Dev<B> {
     }
 
     fn input(&self) -> LossInput<'_, B::Buf> {
-        LossInput { pred: &self.s, target: &self.t, weight: Some(&self.w), mask: Some(&self.m) }
+        LossInput { pred: &self.s, target: &self.t, weight: Some(&self.w), mask: Some(&self.m), weight_sum: None }
     }
 
     /// Both losses, added into `gp` (pairwise) and `gl` (listwise) with `write`.
@@ -174,7 +174,7 @@ fn cpu_and_counting_match_the_reference_bit_for_bit() {
 /// `L(s)` of one loss in f64 (the gradient it writes thrown away).
 fn loss_f64(c: &Case<f64>, s: &[f64], temperature: f32, listwise: bool) -> f64 {
     let mut g = vec![0.0; s.len()];
-    let input = LossInput { pred: s, target: &c.t[..], weight: Some(&c.w[..]), mask: Some(&c.m[..]) };
+    let input = LossInput { pred: s, target: &c.t[..], weight: Some(&c.w[..]), mask: Some(&c.m[..]), weight_sum: None };
     if listwise {
         loss::listwise_softmax(&c.group_spec(temperature), &c.offsets, &c.members, input, &mut g, GradWrite::default())
     } else {
@@ -244,7 +244,7 @@ fn hand_checked_values_and_masked_rows() {
     // One pair (0, 1), T = 1: d = 1 − 3 = −2, P = σ(2 − 0) = σ(2). Row 2 is masked and
     // NaN; the pair (0, 2) through it is left out.
     let (s, t, w, m) = (vec![1.0, 3.0, 0.5], vec![2.0, 0.0, f64::NAN], vec![1.0, 1.0, 9.0], vec![1.0, 1.0, 0.0]);
-    let input = || LossInput { pred: &s, target: &t, weight: Some(&w), mask: Some(&m) };
+    let input = || LossInput { pred: &s, target: &t, weight: Some(&w), mask: Some(&m), weight_sum: None };
     let mut g = vec![0.0; 3];
     let spec = PairSpec { rows: 3, pairs: 2, temperature: 1.0 };
     let l = ops.pairwise_ranknet(&spec, &vec![0, 1, 0, 2], input(), &mut g, GradWrite::default()).unwrap() as f64;
@@ -256,7 +256,7 @@ fn hand_checked_values_and_masked_rows() {
     // row 2 is in the group but left out, and a group of one counted row adds nothing.
     let (s, t) = (vec![0.0, 3f64.ln(), 7.0, 1.0], vec![3f64.ln(), 0.0, f64::NAN, 2.0]);
     let (w, m) = (vec![1.0; 4], vec![1.0, 1.0, 0.0, 1.0]);
-    let input = LossInput { pred: &s, target: &t, weight: Some(&w), mask: Some(&m) };
+    let input = LossInput { pred: &s, target: &t, weight: Some(&w), mask: Some(&m), weight_sum: None };
     let mut g = vec![0.0; 4];
     let spec = GroupSpec { rows: 4, groups: 2, temperature: 1.0 };
     let l = ops.listwise_softmax(&spec, &vec![0, 3, 4], &vec![0, 2, 1, 3], input, &mut g, GradWrite::default());
@@ -266,7 +266,7 @@ fn hand_checked_values_and_masked_rows() {
 
     // Nothing counted: loss 0, an overwritten gradient zeroed, an accumulated one kept.
     let none = vec![0.0; 4];
-    let input = LossInput { pred: &s, target: &t, weight: Some(&w), mask: Some(&none) };
+    let input = LossInput { pred: &s, target: &t, weight: Some(&w), mask: Some(&none), weight_sum: None };
     let mut g = vec![5.0; 4];
     assert_eq!(
         ops.listwise_softmax(&spec, &vec![0, 3, 4], &vec![0, 2, 1, 3], input, &mut g, GradWrite::default()),
@@ -274,7 +274,7 @@ fn hand_checked_values_and_masked_rows() {
     );
     assert_eq!(g, [0.0; 4]);
     let mut g = vec![5.0; 4];
-    let input = LossInput { pred: &s, target: &t, weight: Some(&w), mask: Some(&none) };
+    let input = LossInput { pred: &s, target: &t, weight: Some(&w), mask: Some(&none), weight_sum: None };
     let write = GradWrite { scale: 1.0, accumulate: true };
     let spec = PairSpec { rows: 4, pairs: 1, temperature: 1.0 };
     assert_eq!(ops.pairwise_ranknet(&spec, &vec![0, 1], input, &mut g, write), Ok(0.0));

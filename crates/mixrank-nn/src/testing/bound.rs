@@ -962,7 +962,13 @@ impl Backend for BoundOps {
         let (s, t) = (vals(input.pred), vals(input.target));
         let (w, m) = (input.weight.map(|w| vals(w)), input.mask.map(|m| vals(m)));
         let mut gv = vals(grad);
-        let loss = loss::pairwise_ranknet(spec, pairs, inp(&s, &t, (w.as_deref(), m.as_deref())), &mut gv, write)?;
+        let loss = loss::pairwise_ranknet(
+            spec,
+            pairs,
+            inp(&s, &t, (w.as_deref(), m.as_deref(), input.weight_sum)),
+            &mut gv,
+            write,
+        )?;
         let n = spec.rows;
         let counts = |i: usize| m.as_ref().is_none_or(|m| m[i] != 0.0);
         let weight = |i: usize| w.as_ref().map_or(1.0, |w| w[i]);
@@ -1010,8 +1016,14 @@ impl Backend for BoundOps {
         let (s, t) = (vals(input.pred), vals(input.target));
         let (w, m) = (input.weight.map(|w| vals(w)), input.mask.map(|m| vals(m)));
         let mut gv = vals(grad);
-        let loss =
-            loss::listwise_softmax(spec, offsets, members, inp(&s, &t, (w.as_deref(), m.as_deref())), &mut gv, write)?;
+        let loss = loss::listwise_softmax(
+            spec,
+            offsets,
+            members,
+            inp(&s, &t, (w.as_deref(), m.as_deref(), input.weight_sum)),
+            &mut gv,
+            write,
+        )?;
         let n = spec.rows;
         let counts = |i: usize| m.as_ref().is_none_or(|m| m[i] != 0.0);
         let weight = |i: usize| w.as_ref().map_or(1.0, |w| w[i]);
@@ -1100,10 +1112,11 @@ fn softmax_bound(g: &[usize], x: &[f64], bx: &[Bounded], temp: f64) -> (Vec<f64>
     (p, e_p)
 }
 
-type Weights<'a> = (Option<&'a [f64]>, Option<&'a [f64]>);
+/// The weights, the mask and the given weight sum of a loss's input.
+type Weights<'a> = (Option<&'a [f64]>, Option<&'a [f64]>, Option<f64>);
 
-fn inp<'a>(pred: &'a [f64], target: &'a [f64], (weight, mask): Weights<'a>) -> LossInput<'a, [f64]> {
-    LossInput { pred, target, weight, mask }
+fn inp<'a>(pred: &'a [f64], target: &'a [f64], (weight, mask, weight_sum): Weights<'a>) -> LossInput<'a, [f64]> {
+    LossInput { pred, target, weight, mask, weight_sum }
 }
 
 fn loss_bound(
@@ -1117,10 +1130,10 @@ fn loss_bound(
     let (p, t) = (vals(input.pred), vals(input.target));
     let (w, m) = (input.weight.map(|w| vals(w)), input.mask.map(|m| vals(m)));
     let mut gv = vals(grad);
-    let loss = run(&p, &t, &mut gv, (w.as_deref(), m.as_deref()))?;
+    let loss = run(&p, &t, &mut gv, (w.as_deref(), m.as_deref(), input.weight_sum))?;
     let counts = |i: usize| m.as_ref().is_none_or(|m| m[i] != 0.0);
     let weight = |i: usize| w.as_ref().map_or(1.0, |w| w[i]);
-    let total: f64 = (0..n).filter(|&i| counts(i)).map(weight).sum();
+    let total: f64 = input.weight_sum.unwrap_or_else(|| (0..n).filter(|&i| counts(i)).map(weight).sum());
     for i in 0..n {
         let e_new = if counts(i) && total != 0.0 {
             let s = (write.scale as f64 * weight(i) / total).abs();

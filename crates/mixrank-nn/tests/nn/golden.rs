@@ -534,7 +534,7 @@ fn loss_run<T: Copy, B: HostOps<T>>(ops: &B, g: &Golden, bce: bool) -> (Tensors<
     let (pred, target) = (upload(ops, g, "input.0"), upload(ops, g, "target"));
     let (weight, mask) = (upload(ops, g, "weight"), upload(ops, g, "mask"));
     let mut grad = ops.alloc(n).unwrap();
-    let input = LossInput { pred: &pred, target: &target, weight: Some(&weight), mask: Some(&mask) };
+    let input = LossInput { pred: &pred, target: &target, weight: Some(&weight), mask: Some(&mask), weight_sum: None };
     let write = GradWrite { scale: g.f32("scale")[0], accumulate: false };
     let loss = if bce { ops.bce_with_logits(n, input, &mut grad, write) } else { ops.mse(n, input, &mut grad, write) };
     (vec![("d_input.0".to_string(), grad)], loss.unwrap())

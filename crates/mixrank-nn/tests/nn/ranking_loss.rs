@@ -62,7 +62,8 @@ fn run<B: Backend<Ids = Vec<u32>>>(ops: &B, i: &Inputs) -> [B::Buf; 2] {
     let (x, w, teacher, weights, mask) = (up(&i.x), up(&i.w), up(&i.teacher), up(&i.weights), up(&i.mask));
     let mut student = ops.alloc(ROWS).unwrap();
     ops.gemm(&GemmSpec::nn(ROWS, 1, K), &x, &w, &mut student).unwrap();
-    let input = || LossInput { pred: &student, target: &teacher, weight: Some(&weights), mask: Some(&mask) };
+    let input =
+        || LossInput { pred: &student, target: &teacher, weight: Some(&weights), mask: Some(&mask), weight_sum: None };
     let write = GradWrite { scale: 0.8, accumulate: true };
     let (mut gp, mut gl) = (up(&i.start), up(&i.start));
     let spec = PairSpec { rows: ROWS, pairs: i.pairs.len() / 2, temperature: 2.0 };

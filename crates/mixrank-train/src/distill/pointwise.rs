@@ -50,15 +50,25 @@ impl<B: Backend> Pointwise<B> {
                 ops.fill(n, 0.0, &mut self.scaled).map_err(engine("scaling student logits"))?;
                 ops.axpy(n, (1.0 / temp) as f32, t.student, &mut self.scaled)
                     .map_err(engine("scaling student logits"))?;
-                let input =
-                    LossInput { pred: &self.scaled, target: &self.target, weight: Some(t.weights), mask: Some(t.mask) };
+                let input = LossInput {
+                    pred: &self.scaled,
+                    target: &self.target,
+                    weight: Some(t.weights),
+                    mask: Some(t.mask),
+                    weight_sum: None,
+                };
                 let write = GradWrite { scale: (t.weight * temp) as f32, accumulate: true };
                 ops.bce_with_logits(n, input, grad, write).map_err(engine("distillation loss"))? as f64 * temp * temp
             }
             DistillLoss::LogitMse => {
                 ops.write(t.teacher, &mut self.target).map_err(engine("uploading teacher scores"))?;
-                let input =
-                    LossInput { pred: t.student, target: &self.target, weight: Some(t.weights), mask: Some(t.mask) };
+                let input = LossInput {
+                    pred: t.student,
+                    target: &self.target,
+                    weight: Some(t.weights),
+                    mask: Some(t.mask),
+                    weight_sum: None,
+                };
                 let write = GradWrite { scale: t.weight as f32, accumulate: true };
                 ops.mse(n, input, grad, write).map_err(engine("distillation loss"))? as f64
             }

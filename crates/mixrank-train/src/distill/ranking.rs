@@ -108,8 +108,13 @@ impl<B: Backend> Ranking<B> {
                 self.upload_teacher(ops, t.teacher)?;
                 upload_ids(ops, &self.flat, &mut self.pairs, "uploading distillation pairs")?;
                 let spec = PairSpec { rows: n, pairs: self.host_pairs.len(), temperature };
-                let input =
-                    LossInput { pred: t.student, target: &self.teacher, weight: Some(t.weights), mask: Some(t.mask) };
+                let input = LossInput {
+                    pred: t.student,
+                    target: &self.teacher,
+                    weight: Some(t.weights),
+                    mask: Some(t.mask),
+                    weight_sum: None,
+                };
                 ops.pairwise_ranknet(&spec, &self.pairs, input, grad, write).map_err(engine("distillation loss"))
             }
             DistillLoss::Listwise => {
@@ -118,8 +123,13 @@ impl<B: Backend> Ranking<B> {
                 upload_ids(ops, groups.offsets(), &mut self.offsets, "uploading request groups")?;
                 upload_ids(ops, groups.members(), &mut self.members, "uploading request groups")?;
                 let spec = GroupSpec { rows: n, groups: groups.len(), temperature };
-                let input =
-                    LossInput { pred: t.student, target: &self.teacher, weight: Some(t.weights), mask: Some(t.mask) };
+                let input = LossInput {
+                    pred: t.student,
+                    target: &self.teacher,
+                    weight: Some(t.weights),
+                    mask: Some(t.mask),
+                    weight_sum: None,
+                };
                 ops.listwise_softmax(&spec, &self.offsets, &self.members, input, grad, write)
                     .map_err(engine("distillation loss"))
             }
