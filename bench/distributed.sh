@@ -8,6 +8,9 @@
 #   inproc2_sharded      the same with [data] distributed_reading = "sharded"
 #   mpi2_replicated      mpirun -n 2 (loopback), threads = 1 per rank
 #   mpi2_sharded         the same, sharded reading
+#   inproc2_tables       --ranks-in-process 2 with [train] embedding_sharding = "rows"
+#   mpi2_tables          mpirun -n 2 with [train] embedding_sharding = "rows"
+# ARMS (environment) picks a subset, e.g. ARMS="one_t1 mpi2_replicated mpi2_tables".
 # Prints per run: examples/s over training time (metrics.json), and for the
 # data-parallel runs the payload rank 0 contributed per step to the dense all-reduce and
 # the sparse all-gather. The mpi arms need a build with MPI (MIXRANK_MPI, default
@@ -27,6 +30,8 @@ for t in 1 2; do
   sed -e 's/^epochs = .*/epochs = 1/' "$root/configs/experiments/surfaces/unified.toml" > "$out/model_t$t.toml"
   printf 'threads = %s\n' "$t" >> "$out/model_t$t.toml"
 done
+cp "$out/model_t1.toml" "$out/model_t1_tables.toml"
+printf 'embedding_sharding = "rows"\n' >> "$out/model_t1_tables.toml"
 mpirun_=(mpirun -n 2 --oversubscribe --bind-to none)
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 # Loopback; ranks yield the CPU while they wait in a collective (Open MPI spins by default,
@@ -42,6 +47,8 @@ run() { # ARM REP
     inproc2_sharded) "$m" train "$out/sim/sharded.toml" --model "$out/model_t1.toml" --out "$d" --overwrite --ranks-in-process 2 ;;
     mpi2_replicated) "${mpirun_[@]}" "$mpi_bin" train "$out/sim/mixrank.toml" --model "$out/model_t1.toml" --out "$d" --overwrite ;;
     mpi2_sharded) "${mpirun_[@]}" "$mpi_bin" train "$out/sim/sharded.toml" --model "$out/model_t1.toml" --out "$d" --overwrite ;;
+    inproc2_tables) "$m" train "$out/sim/mixrank.toml" --model "$out/model_t1_tables.toml" --out "$d" --overwrite --ranks-in-process 2 ;;
+    mpi2_tables) "${mpirun_[@]}" "$mpi_bin" train "$out/sim/mixrank.toml" --model "$out/model_t1_tables.toml" --out "$d" --overwrite ;;
   esac > "$d.log" 2>&1
   python3 - "$d/metrics.json" "$1" "$2" <<'PY'
 import json, sys
@@ -52,7 +59,7 @@ print(f"{sys.argv[2]} rep {sys.argv[3]} examples {m['examples']} train_s {m['tra
 PY
 }
 mkdir -p "$out/runs"
-arms=(one_t1 one_t2 inproc2_replicated inproc2_sharded mpi2_replicated mpi2_sharded)
+read -r -a arms <<< "${ARMS:-one_t1 one_t2 inproc2_replicated inproc2_sharded mpi2_replicated mpi2_sharded inproc2_tables mpi2_tables}"
 for rep in $(seq 1 "$reps"); do
   for a in "${arms[@]}"; do run "$a" "$rep"; done
 done | tee "$out/results.txt"
