@@ -188,7 +188,8 @@ fn run_in_pool(a: &TrainBenchArgs) -> Result<()> {
     let step_flop = (counting.flops() - before) as f64;
     drop(counted);
 
-    let ops = crate::backend::ops();
+    // `[train] precision`: bf16 GEMM operands when the model file asks for them.
+    let ops = crate::backend::train_ops(&cfg.train);
     let mut t = Trainee::new(&cfg, &ops)?;
     for i in 0..a.warmup {
         t.step(&cfg, &ops, &data[i % data.len()], i as u64)?;
