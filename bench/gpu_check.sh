@@ -8,8 +8,8 @@
 # (tests/conformance.rs), and mixrank-nn's layers on CudaOps within the rounding bound
 # of BoundOps (tests/layers.rs); then the end-to-end test on the real binary
 # (crates/mixrank/tests/cuda.rs: train -> resume -> eval -> predict -> serve on CUDA,
-# against the CPU) and `mixrank bench infer` on CUDA and on the CPU. Not yet here: the
-# benchmark against PyTorch and training throughput.
+# against the CPU), `mixrank bench infer` and `mixrank bench train` on CUDA and on the
+# CPU. Not yet here: the benchmark against PyTorch.
 #
 # Usage:
 #   bench/gpu_check.sh --prepare [DIR]   here, without a GPU: build the mixrank binary,
@@ -123,6 +123,12 @@ if [ -n "$dir" ]; then
     "$dir/mixrank" bench infer --device cuda --batches 1,512,2048 --reps 200 || status=1
     echo "== bench infer --device cpu (same machine, $(nproc) threads)"
     "$dir/mixrank" bench infer --device cpu --batches 1,512,2048 --reps 100 --threads "$(nproc)" || status=1
+    # Training throughput of the DESIGN.md bench model (random batches), CUDA then CPU.
+    echo "== bench train --device cuda (batch 2048, then 16384)"
+    "$dir/mixrank" bench train --device cuda --steps 30 || status=1
+    "$dir/mixrank" bench train --device cuda --batch 16384 --steps 10 || status=1
+    echo "== bench train --device cpu (same machine, $(nproc) threads)"
+    "$dir/mixrank" bench train --device cpu --threads "$(nproc)" --steps 10 || status=1
   else
     echo "no $dir/cuda or $dir/mixrank: the end-to-end test and the benchmark were not run"; status=1
   fi

@@ -8,6 +8,7 @@
 //! and sparse optimizer steps, each timed on its own (CPU ops are synchronous, so the wall
 //! time of a phase is its cost).
 
+use crate::backend::Device;
 use anyhow::{bail, Result};
 use mixrank_data::{Batch, ExperimentConfig};
 use mixrank_engine::bf16::{Bf16Kernel, Bf16Matrix, PackedBf16};
@@ -47,6 +48,11 @@ pub struct TrainBenchArgs {
     /// Also write the figures as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Where to train: `cpu` or `cuda[:N]` (on CUDA the phases overlap, as launches are
+    /// asynchronous: the step total is exact, each step ending on the losses' readback
+    /// of the next; the bf16 inference peak is CPU-only).
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::backend::Device,
 }
 
 /// The phases of a step, in order.
@@ -148,17 +154,31 @@ fn gflops(flop: f64, reps: usize, mut f: impl FnMut()) -> f64 {
     flop / t[t.len() / 2] / 1e9
 }
 
-/// This machine's GEMM peak as the engine reaches it: f32 and the bf16 kernel `detect`
-/// picks, on a 2048 × 512 × 512 product (large enough for every thread, small enough to
-/// stay in cache), GFLOP/s.
-fn gemm_peak(ops: &crate::backend::Ops) -> Result<(f64, f64, &'static str)> {
+/// The f32 GEMM peak of the backend `ops` on a 2048 × 512 × 512 product (large enough
+/// for every thread, small enough to stay in cache), GFLOP/s; each timed product ends
+/// with a one-element readback, so a device backend's launch is waited for.
+fn f32_gemm_peak<B: Backend>(ops: &B) -> Result<f64> {
+    let (m, k, n) = (2048, 512, 512);
+    let flop = 2.0 * (m * k * n) as f64;
+    let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let w: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let (a, w, mut c) = (ops.upload(&a)?, ops.upload(&w)?, ops.alloc(m * n)?);
+    let spec = GemmSpec::nn(m, n, k);
+    let mut one = [0f32; 1];
+    Ok(gflops(flop, 15, || {
+        ops.gemm(&spec, &a, &w, &mut c).expect("f32 gemm");
+        ops.read(&c, &mut one).expect("readback");
+    }))
+}
+
+/// This CPU's bf16 GEMM peak with the kernel `detect` picks (the inference kernels), on
+/// the same product, GFLOP/s.
+fn bf16_gemm_peak() -> Result<(f64, &'static str)> {
     let (m, k, n) = (2048, 512, 512);
     let flop = 2.0 * (m * k * n) as f64;
     let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
     let w: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
     let mut c = vec![0f32; m * n];
-    let spec = GemmSpec::nn(m, n, k);
-    let f32_peak = gflops(flop, 15, || ops.gemm(&spec, &a, &w, &mut c).expect("f32 gemm"));
     let kernel = Bf16Kernel::select()?;
     let packed = PackedBf16::pack(k, n, &w)?;
     let bf16_peak = if kernel.takes_f32_activations() {
@@ -167,7 +187,27 @@ fn gemm_peak(ops: &crate::backend::Ops) -> Result<(f64, f64, &'static str)> {
         let a16 = Bf16Matrix::from_f32(m, k, &a)?;
         gflops(flop, 15, || kernel.gemm(m, &a16, &packed, &mut c).expect("bf16 gemm"))
     };
-    Ok((f32_peak, bf16_peak, kernel.name()))
+    Ok((bf16_peak, kernel.name()))
+}
+
+/// `a.warmup` untimed then `a.steps` timed training steps on `ops`; each timed step's
+/// phase seconds.
+fn timed_steps<B: Backend + 'static>(
+    a: &TrainBenchArgs,
+    cfg: &ExperimentConfig,
+    ops: &B,
+    data: &[Batch],
+) -> Result<Vec<[f64; 4]>> {
+    let mut t = Trainee::new(cfg, ops)?;
+    for i in 0..a.warmup {
+        t.step(cfg, ops, &data[i % data.len()], i as u64)?;
+    }
+    let mut phases: Vec<[f64; 4]> = Vec::with_capacity(a.steps);
+    for i in 0..a.steps {
+        let s = a.warmup + i;
+        phases.push(t.step(cfg, ops, &data[s % data.len()], s as u64)?);
+    }
+    Ok(phases)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -189,21 +229,27 @@ fn run_in_pool(a: &TrainBenchArgs) -> Result<()> {
     drop(counted);
 
     // `[train] precision`: bf16 GEMM operands when the model file asks for them.
-    let ops = crate::backend::train_ops(&cfg.train);
-    let mut t = Trainee::new(&cfg, &ops)?;
-    for i in 0..a.warmup {
-        t.step(&cfg, &ops, &data[i % data.len()], i as u64)?;
-    }
-    let mut phases: Vec<[f64; 4]> = Vec::with_capacity(a.steps);
-    for i in 0..a.steps {
-        let s = a.warmup + i;
-        phases.push(t.step(&cfg, &ops, &data[s % data.len()], s as u64)?);
-    }
+    let (phases, f32_peak, bf16) = match a.device {
+        Device::Cpu => {
+            let ops = crate::backend::train_ops(&cfg.train);
+            let phases = timed_steps(a, &cfg, &ops, &data)?;
+            (phases, f32_gemm_peak(&ops)?, Some(bf16_gemm_peak()?))
+        }
+        Device::Cuda(n) => {
+            let ops = crate::backend::train_cuda(n, &cfg.train)?;
+            crate::say!("device cuda:{n}: {}", ops.describe());
+            let phases = timed_steps(a, &cfg, &ops, &data)?;
+            (phases, f32_gemm_peak(&ops)?, None)
+        }
+    };
     let mut step_s: Vec<f64> = phases.iter().map(|p| p.iter().sum()).collect();
     let step_med = median(&mut step_s);
     let ex_per_s = rows as f64 / step_med;
     let achieved = step_flop / step_med / 1e9;
-    let (f32_peak, bf16_peak, kernel) = gemm_peak(&ops)?;
+    let (bf16_peak, kernel) = match bf16 {
+        Some((p, k)) => (Some(p), k),
+        None => (None, "-"),
+    };
 
     let arch = cfg.model.as_ref().map(|m| format!("{:?}", m.architecture).to_lowercase()).unwrap_or_default();
     crate::say!(
@@ -219,8 +265,10 @@ fn run_in_pool(a: &TrainBenchArgs) -> Result<()> {
         step_flop / rows as f64 / 1e6,
         step_flop / 1e9
     );
+    let bf16_text =
+        bf16_peak.map_or("bf16 not measured on this device".to_string(), |p| format!("bf16 ({kernel}) {p:.0} GFLOP/s"));
     crate::say!(
-        "GEMM peak measured now (2048×512×512): f32 {f32_peak:.0} GFLOP/s, bf16 ({kernel}) {bf16_peak:.0} GFLOP/s; \
+        "GEMM peak measured now (2048×512×512): f32 {f32_peak:.0} GFLOP/s, {bf16_text}; \
          this step reaches {:.0}% of the f32 peak",
         100.0 * achieved / f32_peak
     );
@@ -240,7 +288,7 @@ fn run_in_pool(a: &TrainBenchArgs) -> Result<()> {
     }
     if let Some(p) = &a.json {
         let out = serde_json::json!({
-            "config": cfg.path, "architecture": arch, "batch": rows, "threads": a.threads,
+            "config": cfg.path, "architecture": arch, "batch": rows, "threads": a.threads, "device": a.device.to_string(),
             "steps": a.steps, "warmup": a.warmup,
             "examples_per_s": ex_per_s, "median_step_ms": step_med * 1e3,
             "flops_per_example": step_flop / rows as f64, "achieved_gflops": achieved,
