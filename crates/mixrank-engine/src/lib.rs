@@ -26,7 +26,7 @@
 pub mod activation;
 pub mod bf16;
 pub mod block;
-mod check;
+pub mod check;
 pub mod counting;
 pub mod cpu;
 pub mod error;
