@@ -288,11 +288,27 @@ pub(crate) fn lazy_adam_row<T: Float>(
     let bc1 = 1.0 - (s.beta1 as f64).powi(k);
     let bc2_sqrt = T::from_f64((1.0 - (s.beta2 as f64).powi(k)).sqrt() as f32 as f64);
     let step_size = T::from_f64((s.lr as f64 / bc1) as f32 as f64);
-    for j in 0..w.len() {
-        let gj = grad_at(g, j) + wd * w[j];
-        m[j] = b1 * m[j] + (T::ONE - b1) * gj;
-        v[j] = b2 * v[j] + (T::ONE - b2) * gj * gj;
-        w[j] -= step_size * m[j] / (v[j].sqrt() / bc2_sqrt + eps);
+    let n = w.len();
+    let (m, v) = (&mut m[..n], &mut v[..n]);
+    // Zipped slices of one length: no bounds checks, so the element loop vectorises
+    // (IEEE `sqrt` and `/` round the same in SIMD lanes; no FMA is formed).
+    let update = |w: &mut T, m: &mut T, v: &mut T, g: T| {
+        let gj = g + wd * *w;
+        *m = b1 * *m + (T::ONE - b1) * gj;
+        *v = b2 * *v + (T::ONE - b2) * gj * gj;
+        *w -= step_size * *m / (v.sqrt() / bc2_sqrt + eps);
+    };
+    match g {
+        Some(g) => {
+            for (((w, m), v), &g) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(&g[..n]) {
+                update(w, m, v, g);
+            }
+        }
+        None => {
+            for ((w, m), v) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()) {
+                update(w, m, v, T::ZERO);
+            }
+        }
     }
 }
 

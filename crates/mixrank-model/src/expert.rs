@@ -194,6 +194,27 @@ where
         }
     }
 
+    /// Accumulates parameter gradients and adds `d_input` into `d_input_acc` (`[batch,
+    /// d_in]`): [`Layer::backward_acc`] through the projection and the network.
+    pub fn backward_acc(
+        &mut self,
+        ops: &B,
+        x: &B::Buf,
+        d_out: &B::Buf,
+        batch: usize,
+        d_input_acc: &mut B::Buf,
+    ) -> Result<()> {
+        let kind = self.kind;
+        let ctx = move || format!("expert ({kind:?}) backward").to_lowercase();
+        match &mut self.proj {
+            None => self.net.backward_acc(ops, x, d_out, batch, d_input_acc).at(ctx),
+            Some(p) => {
+                let dh = p.backward(ops, &self.net_out, d_out).at(ctx)?;
+                self.net.backward_acc(ops, x, dh, batch, d_input_acc).at(ctx)
+            }
+        }
+    }
+
     /// Accumulates parameter gradients and returns `d_input` (`[batch, d_in]`).
     pub fn backward(&mut self, ops: &B, x: &B::Buf, d_out: &B::Buf) -> Result<&B::Buf> {
         let kind = self.kind;

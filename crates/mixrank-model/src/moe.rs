@@ -51,9 +51,13 @@ pub struct Moe<B: Backend> {
     towers: Towers<B>,
     expert_dim: usize,
     max_batch: usize,
-    /// Expert outputs, copied out of the experts so the mixtures can read all at once.
-    expert_out: Vec<B::Buf>,
-    /// Gradient w.r.t. each expert's output, summed over the mixtures.
+    /// Expert outputs side by side, `[batch, n_experts·expert_dim]` (expert `e` in
+    /// columns `e·expert_dim ..`), copied once out of the experts; every mixture reads it.
+    expert_out: B::Buf,
+    /// Its gradient, summed over the mixtures (the same layout).
+    d_fused: B::Buf,
+    /// Gradient w.r.t. each expert's output, `[batch, expert_dim]`: its columns of
+    /// `d_fused`, the experts' backward input.
     d_expert_out: Vec<B::Buf>,
     /// OMoE: gradient w.r.t. the one mixture, summed over the towers (empty for MMoE,
     /// whose mixtures take their tower's input gradient as it is).
@@ -151,7 +155,7 @@ where
                 g = g.with_top_k(m.gate.top_k);
             }
             gates.push(g.init(ops, max_batch, rng).at(|| format!("model.gate (task {t})"))?);
-            mixes.push(MoeMix::new(ops, n_exp, m.expert_dim, max_batch).at(|| format!("mixture (task {t})"))?);
+            mixes.push(MoeMix::shared(ops, n_exp, m.expert_dim, max_batch).at(|| format!("mixture (task {t})"))?);
         }
         let towers = Towers::new(m, shape, ops, max_batch, rng)?;
         let buf = |n: usize| ops.alloc(n).at(|| "head workspaces".into());
@@ -165,7 +169,8 @@ where
             gate_extra,
             gating,
             trunk,
-            expert_out: (0..n_exp).map(|_| buf(wide)).collect::<Result<_>>()?,
+            expert_out: buf(n_exp * wide)?,
+            d_fused: buf(n_exp * wide)?,
             d_expert_out: (0..n_exp).map(|_| buf(wide)).collect::<Result<_>>()?,
             d_mix: buf(if gating == Gating::Shared { wide } else { 0 })?,
             d_trunk: buf(max_batch * d_trunk)?,
@@ -187,31 +192,36 @@ where
         }
     }
 
+    /// Copy of expert `e`'s `[batch, expert_dim]` block to (`into_fused`) or from the
+    /// side-by-side layout of `expert_out` / `d_fused`.
+    fn block(&self, batch: usize, e: usize, into_fused: bool) -> ColCopy {
+        let (d, wide) = (self.expert_dim, self.experts.len() * self.expert_dim);
+        match into_fused {
+            true => cols(batch, d, (d, 0), (wide, e * d)),
+            false => cols(batch, d, (wide, e * d), (d, 0)),
+        }
+    }
+
     /// Back-propagates mixture `g` from its output gradient (the gate's weights are
-    /// the forward's): expert gradients into `d_expert_out`, the gate's input gradient
-    /// into `d_gate_in` (the trunk's gradient without surface-aware gating).
+    /// the forward's): the experts' gradient into `d_fused` (written by the first
+    /// mixture, added by the others), the gate's input gradient added into `d_gate_in`
+    /// (the trunk's gradient without surface-aware gating).
     #[allow(clippy::too_many_arguments)]
     fn mixture_backward(
         ops: &B,
         g: usize,
         mix: &mut MoeMix<B>,
         gate: &mut Gate<B>,
-        outs: &[&B::Buf],
+        expert_out: &B::Buf,
         gate_in: &B::Buf,
         d_mix: &B::Buf,
-        d_expert_out: &mut [B::Buf],
+        d_fused: &mut B::Buf,
         d_gate_in: &mut B::Buf,
         batch: usize,
-        wide: usize,
     ) -> Result<()> {
-        mix.backward(ops, outs, gate.output(), d_mix).at(|| format!("mixture {g} backward"))?;
-        for (e, d) in d_expert_out.iter_mut().enumerate() {
-            ops.axpy(wide, 1.0, mix.d_expert(e), d).at(|| format!("mixture {g} expert {e}"))?;
-        }
-        let n = batch * gate.d_in();
-        let dt = gate.backward(ops, gate_in, mix.d_gates()).at(|| format!("gate {g} backward"))?;
-        ops.axpy(n, 1.0, dt, d_gate_in).at(|| format!("gate {g}"))?;
-        Ok(())
+        let w = gate.output();
+        mix.backward_fused(ops, expert_out, w, d_mix, d_fused, g > 0).at(|| format!("mixture {g} backward"))?;
+        gate.backward_acc(ops, gate_in, mix.d_gates(), batch, d_gate_in).at(|| format!("gate {g} backward"))
     }
 }
 
@@ -243,11 +253,10 @@ where
         };
         self.trunk.forward(ops, x_main, batch)?;
         let trunk = self.trunk.output(x_main);
-        let d = self.expert_dim;
-        let copy = ColCopy { rows: batch, cols: d, src_ld: d, src_col: 0, dst_ld: d, dst_col: 0, accumulate: false };
-        for (e, (ex, out)) in self.experts.iter_mut().zip(&mut self.expert_out).enumerate() {
-            let y = ex.forward(ops, trunk, batch)?;
-            ops.copy_cols(&copy, y, out).at(|| format!("expert {e} output"))?;
+        for e in 0..self.experts.len() {
+            let copy = self.block(batch, e, true);
+            let y = self.experts[e].forward(ops, trunk, batch)?;
+            ops.copy_cols(&copy, y, &mut self.expert_out).at(|| format!("expert {e} output"))?;
         }
         let gate_in = match self.gate_extra {
             Some(g) => {
@@ -262,10 +271,9 @@ where
             }
             None => trunk,
         };
-        let outs: Vec<&B::Buf> = self.expert_out.iter().collect();
         for (g, (gate, mix)) in self.gates.iter_mut().zip(&mut self.mixes).enumerate() {
             let w = gate.forward(ops, gate_in, batch).at(|| format!("gate {g} forward"))?;
-            mix.forward(ops, &outs, w, batch).at(|| format!("mixture {g} forward"))?;
+            mix.forward_fused(ops, &self.expert_out, w, batch).at(|| format!("mixture {g} forward"))?;
         }
         for t in 0..self.towers.len() {
             let m = self.mixture_of(t);
@@ -283,9 +291,6 @@ where
         let batch = check_backward(self.batch, d_logits.len(), self.towers.len())?;
         let wide = batch * self.expert_dim;
         let trunk_w = self.trunk.d_out();
-        for b in self.d_expert_out.iter_mut() {
-            ops.fill(wide, 0.0, b).at(|| "zeroing head gradients".into())?;
-        }
         ops.fill(batch * trunk_w, 0.0, &mut self.d_trunk).at(|| "zeroing head gradients".into())?;
         let x_main = if self.gate_extra.is_some() { &self.x_main } else { x };
         let trunk = self.trunk.output(x_main);
@@ -296,14 +301,13 @@ where
             }
             None => (trunk, &mut self.d_trunk),
         };
-        let outs: Vec<&B::Buf> = self.expert_out.iter().collect();
+        let (outs, d_fused) = (&self.expert_out, &mut self.d_fused);
         match self.gating {
             Gating::PerTask => {
                 for (t, d_logit) in d_logits.iter().enumerate() {
                     let d_mix = self.towers.backward(ops, t, self.mixes[t].output(), d_logit)?;
                     let (mix, gate) = (&mut self.mixes[t], &mut self.gates[t]);
-                    let d_exp = &mut self.d_expert_out;
-                    Self::mixture_backward(ops, t, mix, gate, &outs, gate_in, d_mix, d_exp, d_gate_in, batch, wide)?;
+                    Self::mixture_backward(ops, t, mix, gate, outs, gate_in, d_mix, d_fused, d_gate_in, batch)?;
                 }
             }
             Gating::Shared => {
@@ -313,8 +317,7 @@ where
                     ops.axpy(wide, 1.0, d, &mut self.d_mix).at(|| format!("tower {t}"))?;
                 }
                 let (mix, gate) = (&mut self.mixes[0], &mut self.gates[0]);
-                let d_exp = &mut self.d_expert_out;
-                Self::mixture_backward(ops, 0, mix, gate, &outs, gate_in, &self.d_mix, d_exp, d_gate_in, batch, wide)?;
+                Self::mixture_backward(ops, 0, mix, gate, outs, gate_in, &self.d_mix, d_fused, d_gate_in, batch)?;
             }
         }
         if let Some(g) = self.gate_extra {
@@ -327,9 +330,10 @@ where
             let spec = cols(batch, g.d_extra, (g.width(), g.d_trunk), (g.d_in(), g.d_main));
             ops.copy_cols(&spec, &self.d_gate_in, &mut self.d_x).at(|| "gates' input gradient".into())?;
         }
-        for (e, ex) in self.experts.iter_mut().enumerate() {
-            let dt = ex.backward(ops, trunk, &self.d_expert_out[e])?;
-            ops.axpy(batch * trunk_w, 1.0, dt, &mut self.d_trunk).at(|| format!("expert {e}"))?;
+        for e in 0..self.experts.len() {
+            let copy = self.block(batch, e, false);
+            ops.copy_cols(&copy, &self.d_fused, &mut self.d_expert_out[e]).at(|| format!("expert {e} gradient"))?;
+            self.experts[e].backward_acc(ops, trunk, &self.d_expert_out[e], batch, &mut self.d_trunk)?;
         }
         let d_main = self.trunk.backward(ops, x_main, &self.d_trunk)?;
         match self.gate_extra {

@@ -4,7 +4,7 @@ use mixrank_engine::Backend;
 
 use rand::RngCore;
 
-use crate::error::Result;
+use crate::error::{Ctx, Result};
 use crate::param::Parameters;
 
 /// A layer mapping `[batch, d_in]` to `[batch, d_out]` with explicit backward.
@@ -25,6 +25,23 @@ pub trait Layer<B: Backend>: Parameters<B> {
     /// Given the forward's `input` and `d_output` (`[batch, d_out]`), accumulates the
     /// parameter gradients and returns `d_input` (`[batch, d_in]`, overwritten).
     fn backward(&mut self, ops: &B, input: &B::Buf, d_output: &B::Buf) -> Result<&B::Buf>;
+
+    /// [`Layer::backward`], with the input gradient *added* into `d_input_acc` (`[batch,
+    /// d_in]`) instead of returned: how several layers reading one input (a mixture's
+    /// experts and gates) sum their gradients. The default adds `backward`'s result; a layer
+    /// whose input gradient is a GEMM accumulates in it (`β = 1`) and saves that pass.
+    fn backward_acc(
+        &mut self,
+        ops: &B,
+        input: &B::Buf,
+        d_output: &B::Buf,
+        batch: usize,
+        d_input_acc: &mut B::Buf,
+    ) -> Result<()> {
+        let n = batch * self.d_in();
+        let d = self.backward(ops, input, d_output)?;
+        ops.axpy(n, 1.0, d, d_input_acc).ctx("backward_acc")
+    }
 
     /// Visits every GEMM of the forward pass that may run in reduced precision at
     /// inference ([`Linear`](crate::Linear) layers, full-rank cross layers). Default:

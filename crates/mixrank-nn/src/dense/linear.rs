@@ -3,7 +3,7 @@
 use mixrank_engine::{Activation, Backend, GemmSpec, Shape, Transpose};
 use rand::Rng;
 
-use crate::error::{batch_fits, positive, Ctx, NnError, Result};
+use crate::error::{batch_fits, positive, same_dim, Ctx, NnError, Result};
 use crate::layer::Layer;
 use crate::param::{Axis, Init, Param, ParamVisitor, Parameters};
 
@@ -207,6 +207,31 @@ impl<B: Backend> Layer<B> for Linear<B> {
     }
 
     fn backward(&mut self, ops: &B, input: &B::Buf, d_output: &B::Buf) -> Result<&B::Buf> {
+        let batch = self.param_backward(ops, input, d_output)?;
+        let dz = if self.fused() { &self.dz } else { d_output };
+        input_grad(ops, &self.config, batch, dz, &self.weight.value, 0.0, &mut self.d_input)?;
+        Ok(&self.d_input)
+    }
+
+    fn backward_acc(
+        &mut self,
+        ops: &B,
+        input: &B::Buf,
+        d_output: &B::Buf,
+        batch: usize,
+        d_input_acc: &mut B::Buf,
+    ) -> Result<()> {
+        let rows = self.param_backward(ops, input, d_output)?;
+        same_dim(LAYER, "batch", batch, "forward batch", rows)?;
+        let dz = if self.fused() { &self.dz } else { d_output };
+        input_grad(ops, &self.config, rows, dz, &self.weight.value, 1.0, d_input_acc)
+    }
+}
+
+impl<B: Backend> Linear<B> {
+    /// Backward's parameter half: `dz` (kept in `self.dz` when fused), `dW += xᵀ · dz`,
+    /// `db += Σ_rows dz`. Returns the forward's batch.
+    fn param_backward(&mut self, ops: &B, input: &B::Buf, d_output: &B::Buf) -> Result<usize> {
         let batch = self.batch.ok_or(NnError::NoForward { layer: LAYER })?;
         if self.reduced.is_some() {
             return Err(NnError::InvalidConfig {
@@ -231,9 +256,21 @@ impl<B: Backend> Layer<B> for Linear<B> {
         // dW += xᵀ · dz: [d_in, batch] · [batch, d_out]
         let dw = GemmSpec::new(Transpose::Yes, Transpose::No, d_in, d_out, batch).beta(1.0);
         ops.gemm(&dw, input, dz, &mut self.weight.grad).ctx(LAYER)?;
-        // dx = dz · Wᵀ: [batch, d_out] · [d_out, d_in]
-        let dx = GemmSpec::new(Transpose::No, Transpose::Yes, batch, d_in, d_out);
-        ops.gemm(&dx, dz, &self.weight.value, &mut self.d_input).ctx(LAYER)?;
-        Ok(&self.d_input)
+        Ok(batch)
     }
+}
+
+/// A Linear layer's input gradient `dx = dz · Wᵀ + β·dx` (`[batch, d_out] · [d_out,
+/// d_in]`), `dz` from [`Linear::param_backward`] (`d_output` itself without an activation).
+fn input_grad<B: Backend>(
+    ops: &B,
+    c: &LinearConfig,
+    batch: usize,
+    dz: &B::Buf,
+    weight: &B::Buf,
+    beta: f32,
+    dx: &mut B::Buf,
+) -> Result<()> {
+    let spec = GemmSpec::new(Transpose::No, Transpose::Yes, batch, c.d_in, c.d_out).beta(beta);
+    ops.gemm(&spec, dz, weight, dx).ctx(LAYER)
 }

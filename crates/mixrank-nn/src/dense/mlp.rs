@@ -148,7 +148,9 @@ impl<B: Backend> Block<B> {
         }
     }
 
-    fn backward(&mut self, ops: &B, x: &B::Buf, dy: &B::Buf) -> Result<()> {
+    /// Backward; the input gradient is the Linear layer's (`acc`: added into that
+    /// buffer instead, see [`Layer::backward_acc`]).
+    fn backward(&mut self, ops: &B, x: &B::Buf, dy: &B::Buf, acc: Option<(usize, &mut B::Buf)>) -> Result<()> {
         let g = match &mut self.dropout {
             Some(d) if self.dropped => d.backward(ops, x, dy)?,
             _ => dy,
@@ -157,8 +159,10 @@ impl<B: Backend> Block<B> {
             Some(n) => n.backward(ops, self.linear.output(), g)?,
             None => g,
         };
-        self.linear.backward(ops, x, g)?;
-        Ok(())
+        match acc {
+            Some((batch, d_x)) => self.linear.backward_acc(ops, x, g, batch, d_x),
+            None => self.linear.backward(ops, x, g).map(|_| ()),
+        }
     }
 }
 
@@ -179,6 +183,40 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
+    /// Backward through every stage; the first stage's input gradient is returned by
+    /// its Linear layer or, with `acc`, added into that buffer.
+    fn backward_inner(
+        &mut self,
+        ops: &B,
+        input: &B::Buf,
+        d_output: &B::Buf,
+        mut acc: Option<(usize, &mut B::Buf)>,
+    ) -> Result<()> {
+        if let Some(o) = &mut self.output {
+            let x = self.blocks.last().map_or(input, |b| b.output());
+            match (self.blocks.is_empty(), acc.take()) {
+                (true, Some((batch, d_x))) => o.backward_acc(ops, x, d_output, batch, d_x)?,
+                (_, a) => {
+                    acc = a;
+                    o.backward(ops, x, d_output)?;
+                }
+            }
+        }
+        let n = self.blocks.len();
+        for i in (0..n).rev() {
+            let (before, rest) = self.blocks.split_at_mut(i);
+            let (cur, after) = rest.split_first_mut().expect("i < n");
+            let x = if i == 0 { input } else { before[i - 1].output() };
+            let dy = match (after.first(), &self.output) {
+                (Some(next), _) => next.linear.d_input(),
+                (None, Some(o)) => o.d_input(),
+                (None, None) => d_output,
+            };
+            cur.backward(ops, x, dy, if i == 0 { acc.take() } else { None })?;
+        }
+        Ok(())
+    }
+
     pub fn config(&self) -> &MlpConfig {
         &self.config
     }
@@ -299,22 +337,18 @@ impl<B: Backend> Layer<B> for Mlp<B> {
     }
 
     fn backward(&mut self, ops: &B, input: &B::Buf, d_output: &B::Buf) -> Result<&B::Buf> {
-        if let Some(o) = &mut self.output {
-            let x = self.blocks.last().map_or(input, |b| b.output());
-            o.backward(ops, x, d_output)?;
-        }
-        let n = self.blocks.len();
-        for i in (0..n).rev() {
-            let (before, rest) = self.blocks.split_at_mut(i);
-            let (cur, after) = rest.split_first_mut().expect("i < n");
-            let x = if i == 0 { input } else { before[i - 1].output() };
-            let dy = match (after.first(), &self.output) {
-                (Some(next), _) => next.linear.d_input(),
-                (None, Some(o)) => o.d_input(),
-                (None, None) => d_output,
-            };
-            cur.backward(ops, x, dy)?;
-        }
+        self.backward_inner(ops, input, d_output, None)?;
         Ok(self.d_input())
+    }
+
+    fn backward_acc(
+        &mut self,
+        ops: &B,
+        input: &B::Buf,
+        d_output: &B::Buf,
+        batch: usize,
+        d_input_acc: &mut B::Buf,
+    ) -> Result<()> {
+        self.backward_inner(ops, input, d_output, Some((batch, d_input_acc)))
     }
 }

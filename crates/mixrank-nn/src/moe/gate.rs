@@ -257,6 +257,19 @@ impl<B: Backend> Parameters<B> for Gate<B> {
     }
 }
 
+impl<B: Backend> Gate<B> {
+    /// The gradient of the linear map's output (`d_logits`) from the gate weights'.
+    fn logits_backward(&mut self, ops: &B, d_output: &B::Buf) -> Result<()> {
+        let batch = self.batch.ok_or(NnError::NoForward { layer: LAYER })?;
+        let e = self.config.n_experts;
+        ops.softmax_rows_backward(Shape::new(batch, e), &self.weights, d_output, &mut self.d_logits).ctx(LAYER)?;
+        if self.config.temperature != 1.0 {
+            ops.scale(batch * e, 1.0 / self.config.temperature, &mut self.d_logits).ctx(LAYER)?;
+        }
+        Ok(())
+    }
+}
+
 impl<B: Backend> Layer<B> for Gate<B> {
     fn set_training(&mut self, training: bool) {
         self.training = training;
@@ -330,18 +343,31 @@ impl<B: Backend> Layer<B> for Gate<B> {
     }
 
     fn backward(&mut self, ops: &B, input: &B::Buf, d_output: &B::Buf) -> Result<&B::Buf> {
-        let batch = self.batch.ok_or(NnError::NoForward { layer: LAYER })?;
-        let e = self.config.n_experts;
-        ops.softmax_rows_backward(Shape::new(batch, e), &self.weights, d_output, &mut self.d_logits).ctx(LAYER)?;
-        if self.config.temperature != 1.0 {
-            ops.scale(batch * e, 1.0 / self.config.temperature, &mut self.d_logits).ctx(LAYER)?;
-        }
+        self.logits_backward(ops, d_output)?;
         match &mut self.hidden {
             Some(h) => {
                 let d_h = self.linear.backward(ops, h.output(), &self.d_logits)?;
                 h.backward(ops, input, d_h)
             }
             None => self.linear.backward(ops, input, &self.d_logits),
+        }
+    }
+
+    fn backward_acc(
+        &mut self,
+        ops: &B,
+        input: &B::Buf,
+        d_output: &B::Buf,
+        batch: usize,
+        d_input_acc: &mut B::Buf,
+    ) -> Result<()> {
+        self.logits_backward(ops, d_output)?;
+        match &mut self.hidden {
+            Some(h) => {
+                let d_h = self.linear.backward(ops, h.output(), &self.d_logits)?;
+                h.backward_acc(ops, input, d_h, batch, d_input_acc)
+            }
+            None => self.linear.backward_acc(ops, input, &self.d_logits, batch, d_input_acc),
         }
     }
 }

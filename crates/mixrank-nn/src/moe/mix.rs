@@ -59,6 +59,27 @@ impl<B: Backend> MoeMix<B> {
         })
     }
 
+    /// A mixture used only through [`MoeMix::forward_fused`] / [`MoeMix::backward_fused`]:
+    /// no buffer of its own for the experts' outputs or their per-expert gradients.
+    pub fn shared(ops: &B, n_experts: usize, d: usize, max_batch: usize) -> Result<Self> {
+        positive(LAYER, "n_experts", n_experts)?;
+        positive(LAYER, "d", d)?;
+        positive(LAYER, "max_batch", max_batch)?;
+        let n = max_batch * d;
+        let alloc = |len: usize| ops.alloc(len).ctx(LAYER);
+        Ok(MoeMix {
+            n_experts,
+            d,
+            max_batch,
+            fused: alloc(0)?,
+            d_fused: alloc(n * n_experts)?,
+            out: alloc(n)?,
+            d_gates: alloc(max_batch * n_experts)?,
+            d_experts: Vec::new(),
+            batch: None,
+        })
+    }
+
     pub fn n_experts(&self) -> usize {
         self.n_experts
     }
@@ -119,6 +140,40 @@ impl<B: Backend> MoeMix<B> {
             ops.copy_cols(&self.block(batch, e, false), &self.d_fused, &mut self.d_experts[e]).ctx(LAYER)?;
         }
         ops.block_dot(shape, &self.fused, d_output, &mut self.d_gates, false).ctx(LAYER)
+    }
+
+    /// [`MoeMix::forward`] over expert outputs already side by side in `fused`
+    /// (`[batch, n_experts·d]`, expert `e` in columns `e·d ..`): no copies. Several
+    /// mixtures of the same experts (MMoE) share one such buffer; backward with
+    /// [`MoeMix::backward_fused`] and the same buffer.
+    pub fn forward_fused(&mut self, ops: &B, fused: &B::Buf, gates: &B::Buf, batch: usize) -> Result<&B::Buf> {
+        batch_fits(LAYER, batch, self.max_batch)?;
+        ops.block_dot_t(self.shape(batch), gates, fused, &mut self.out).ctx(LAYER)?;
+        self.batch = Some(batch);
+        Ok(&self.out)
+    }
+
+    /// Backward of [`MoeMix::forward_fused`]: the experts' gradient `g[b]ᵀ · dy[b]`
+    /// written into `d_fused` (`[batch, n_experts·d]`, the layout of `fused`), or added
+    /// to it with `accumulate`, and `dg` (see [`MoeMix::d_gates`]).
+    pub fn backward_fused(
+        &mut self,
+        ops: &B,
+        fused: &B::Buf,
+        gates: &B::Buf,
+        d_output: &B::Buf,
+        d_fused: &mut B::Buf,
+        accumulate: bool,
+    ) -> Result<()> {
+        let batch = self.batch.ok_or(NnError::NoForward { layer: LAYER })?;
+        let shape = self.shape(batch);
+        if accumulate {
+            ops.block_outer(shape, gates, d_output, &mut self.d_fused).ctx(LAYER)?;
+            ops.axpy(batch * self.n_experts * self.d, 1.0, &self.d_fused, d_fused).ctx(LAYER)?;
+        } else {
+            ops.block_outer(shape, gates, d_output, d_fused).ctx(LAYER)?;
+        }
+        ops.block_dot(shape, fused, d_output, &mut self.d_gates, false).ctx(LAYER)
     }
 
     /// The last forward's output `[batch, d]`.

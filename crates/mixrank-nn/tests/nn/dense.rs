@@ -245,3 +245,48 @@ fn bound_comparison_rejects_a_perturbed_result() {
     got[5] += (1e-4 * scale) as f32;
     assert_within_bound("perturbed", &got, &out);
 }
+
+/// `backward_acc` adds exactly what `backward` returns into the caller's buffer (on the
+/// reference backend a GEMM's `β = 1` is the same f32 addition as an `axpy`) and leaves
+/// the same parameter gradients: Linear (its override), Mlp and Gate (the first Linear's
+/// override through their stages) and LayerNorm (the trait's default).
+#[test]
+fn backward_acc_adds_the_input_gradient_to_the_buffer() {
+    fn check<L: Layer<RefOps>>(what: &str, build: impl Fn() -> L, batch: usize) {
+        let ops = RefOps;
+        let (mut a, mut b) = (build(), build());
+        let (d_in, d_out) = (a.d_in(), a.d_out());
+        let x = uniform32(&mut rng(11), batch * d_in, -1.0, 1.0);
+        let dy = uniform32(&mut rng(12), batch * d_out, -1.0, 1.0);
+        let start = uniform32(&mut rng(13), batch * d_in, -1.0, 1.0);
+        a.forward(&ops, &x, batch).unwrap();
+        let dx = a.backward(&ops, &x, &dy).unwrap()[..batch * d_in].to_vec();
+        b.forward(&ops, &x, batch).unwrap();
+        let mut acc = start.clone();
+        b.backward_acc(&ops, &x, &dy, batch, &mut acc).unwrap();
+        let want: Vec<f32> = start.iter().zip(&dx).map(|(s, d)| s + d).collect();
+        assert_eq!(acc[..batch * d_in], want[..], "{what}: input gradient");
+        assert!(dx.iter().any(|d| d.abs() > 1e-3), "{what}: vacuous");
+        let grads = |l: &mut L| {
+            let mut g = Vec::new();
+            l.params(&mut |_, p| g.push(p.grad.clone()));
+            g
+        };
+        assert_eq!(grads(&mut a), grads(&mut b), "{what}: parameter gradients");
+    }
+    let ops = RefOps;
+    for (act, bias) in [(Activation::Identity, true), (Activation::Relu, false), (Activation::Tanh, true)] {
+        let cfg = LinearConfig::new(5, 3).with_activation(act).with_bias(bias);
+        check(&format!("Linear {act:?}"), || cfg.init(&ops, 4, &mut rng(1)).unwrap(), 4);
+    }
+    let mlp = MlpConfig::new(5, &[6, 4]).with_layer_norm(true).with_output(2);
+    check("Mlp", || mlp.init(&ops, 4, &mut rng(2)).unwrap(), 3);
+    let proj = MlpConfig::new(5, &[]).with_output(3);
+    check("Mlp (projection only)", || proj.init(&ops, 4, &mut rng(3)).unwrap(), 4);
+    let gate = GateConfig::new(5, 3).with_temperature(0.7);
+    check("Gate", || gate.init(&ops, 4, &mut rng(4)).unwrap(), 4);
+    let deep = GateConfig::new(5, 3).with_hidden(&[4], Activation::Relu);
+    check("Gate (hidden)", || deep.init(&ops, 4, &mut rng(5)).unwrap(), 4);
+    let norm = LayerNormConfig::new(5);
+    check("LayerNorm (default)", || norm.init(&ops, 4).unwrap(), 4);
+}
