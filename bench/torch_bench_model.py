@@ -110,16 +110,18 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--json")
     ap.add_argument("--infer-only", action="store_true", help="skip the training figures")
+    ap.add_argument("--train-only", action="store_true", help="skip the inference figures")
+    ap.add_argument("--sparse-only", action="store_true", help="train only the best configuration (sparse + SparseAdam)")
     ap.add_argument("--batches", default="1,64,512,2048", help="inference batch sizes, comma-separated")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     res = {"torch": torch.__version__, "threads": a.threads, "train": {}, "infer": {}}
-    for sparse in (() if a.infer_only else (True, False)):
+    for sparse in (() if a.infer_only else (True,) if a.sparse_only else (True, False)):
         key = "sparse_sparseadam" if sparse else "dense_adam"
         r = bench_train(sparse, a.steps, 5, 2048)
         res["train"][key] = r
         print(f"train {key:<18} batch 2048: {r['examples_per_s']:>9.0f} ex/s (median step {1e3 * r['median_step_s']:.1f} ms)")
-    for bf16 in (False, True):
+    for bf16 in (() if a.train_only else (False, True)):
         for bs in [int(b) for b in a.batches.split(",")]:
             reps = 200 if bs <= 64 else 50
             r = bench_infer(bs, bf16, reps, 10)

@@ -72,9 +72,18 @@ fn bag_of(offsets: &[u32], p: usize) -> usize {
     offsets.partition_point(|&o| o as usize <= p) - 1
 }
 
+thread_local! {
+    /// `(id << 32) | position` sort keys of [`scatter`], reused across calls.
+    static SORT_KEYS: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Compact scatter-add: sort positions by (id, position), then each distinct id's row is
 /// the in-order sum of its occurrences, computed independently (in parallel) per id.
 /// `offsets` is `None` for single-valued fields (position = example).
+///
+/// The sort is of plain `u64` keys `(id << 32) | position` (distinct, so the unstable
+/// sort is deterministic), and the pass that finds the distinct ids records where each
+/// one's run starts (in `grad.scratch`), so a row's sum reads its run directly.
 fn scatter(
     spec: &GatherSpec,
     pooling: Pooling,
@@ -84,35 +93,48 @@ fn scatter(
     dout: &[f32],
     grad: &mut SparseGrad<CpuOps>,
 ) {
-    let dim = spec.dim;
-    host::reserve_sparse(grad, dim, nnz);
-    let perm = &mut grad.scratch[..nnz];
-    perm.iter_mut().enumerate().for_each(|(p, v)| *v = p as u32);
-    // (id, position) keys are distinct, so an unstable sort is deterministic.
-    perm.sort_unstable_by_key(|&p| (ids[p as usize], p));
-    let perm = &*perm;
+    SORT_KEYS.with(|keys| {
+        let mut keys = keys.borrow_mut();
+        keys.clear();
+        keys.extend(ids[..nnz].iter().enumerate().map(|(p, &id)| (u64::from(id) << 32) | p as u64));
+        keys.sort_unstable();
+        scatter_sorted(spec, pooling, offsets, &keys, dout, grad);
+    });
+}
 
+/// [`scatter`] after the sort: `keys` are the `nnz` sorted `(id << 32) | position` keys.
+fn scatter_sorted(
+    spec: &GatherSpec,
+    pooling: Pooling,
+    offsets: Option<&[u32]>,
+    keys: &[u64],
+    dout: &[f32],
+    grad: &mut SparseGrad<CpuOps>,
+) {
+    let (dim, nnz) = (spec.dim, keys.len());
+    host::reserve_sparse(grad, dim, nnz);
+    let id_of = |k: u64| (k >> 32) as u32;
     let mut n_unique = 0;
-    for (i, &p) in perm.iter().enumerate() {
-        let id = ids[p as usize];
-        if i == 0 || id != ids[perm[i - 1] as usize] {
-            grad.ids[n_unique] = id;
+    for (i, &k) in keys.iter().enumerate() {
+        if i == 0 || id_of(k) != id_of(keys[i - 1]) {
+            grad.ids[n_unique] = id_of(k);
+            grad.scratch[n_unique] = i as u32;
             n_unique += 1;
         }
     }
     grad.len = n_unique;
 
-    let unique = &grad.ids[..n_unique];
+    let starts = &grad.scratch[..n_unique];
     let rows = &mut grad.rows[..n_unique * dim];
     let row_grad = |u: usize, dst: &mut [f32]| {
-        let id = unique[u];
-        let start = perm.partition_point(|&p| ids[p as usize] < id);
+        let end = starts.get(u + 1).map_or(nnz, |&e| e as usize);
         dst.fill(0.0);
-        for &p in perm[start..].iter().take_while(|&&p| ids[p as usize] == id) {
+        for &k in &keys[starts[u] as usize..end] {
+            let p = k as u32 as usize;
             let (b, scale) = match offsets {
-                None => (p as usize, 1.0),
+                None => (p, 1.0),
                 Some(off) => {
-                    let b = bag_of(&off[..=spec.batch], p as usize);
+                    let b = bag_of(&off[..=spec.batch], p);
                     (b, bag_scale(pooling, (off[b + 1] - off[b]) as usize))
                 }
             };

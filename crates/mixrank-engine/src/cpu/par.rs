@@ -17,13 +17,18 @@ pub fn worth_splitting(work: usize) -> bool {
 /// Target elements per parallel chunk.
 const CHUNK_WORK: usize = 1 << 13;
 
-/// Rows per chunk for rows of `cols` elements.
-fn rows_per_chunk(cols: usize) -> usize {
-    (CHUNK_WORK / cols.max(1)).max(1)
+/// Rows per chunk when `rows` rows take `work` elements of work in all: about
+/// [`CHUNK_WORK`] per chunk. The work, not the row width, sets it: an embedding lookup
+/// writes 16 columns of 429-wide rows, and chunks of 19 rows (429 per row) made each
+/// lookup ~100 rayon tasks of a few hundred nanoseconds.
+fn rows_per_chunk(rows: usize, work: usize) -> usize {
+    let per_row = (work / rows.max(1)).max(1);
+    (CHUNK_WORK / per_row).max(1)
 }
 
 /// Calls `f(first_row, chunk)` over row-chunks of the `[rows, cols]` prefix of `out`, in
-/// parallel when `work` (elements processed) is large enough.
+/// parallel when `work` (elements processed) is large enough; `f` must compute each row
+/// on its own (chunk boundaries depend on `work`).
 pub fn rows_mut<F>(out: &mut [f32], rows: usize, cols: usize, work: usize, f: F)
 where
     F: Fn(usize, &mut [f32]) + Sync + Send,
@@ -31,7 +36,7 @@ where
     if rows == 0 || cols == 0 {
         return;
     }
-    let per = rows_per_chunk(cols);
+    let per = rows_per_chunk(rows, work);
     let out = &mut out[..rows * cols];
     if !worth_splitting(work) {
         out.chunks_mut(per * cols).enumerate().for_each(|(i, chunk)| f(i * per, chunk));
@@ -48,7 +53,7 @@ where
     if rows == 0 || cols == 0 {
         return;
     }
-    let per = rows_per_chunk(cols);
+    let per = rows_per_chunk(rows, work);
     let (a, b) = (&mut a[..rows * cols], &mut b[..rows * cols]);
     if !worth_splitting(work) {
         a.chunks_mut(per * cols).zip(b.chunks_mut(per * cols)).enumerate().for_each(|(i, (ca, cb))| f(i * per, ca, cb));
