@@ -4,6 +4,7 @@
 mod block;
 mod embedding;
 mod gemm;
+mod huge;
 mod layer_norm;
 mod normalize;
 mod optim;
@@ -96,10 +97,10 @@ impl Backend for CpuOps {
     }
 
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {
-        Ok(vec![0.0; len])
+        Ok(huge::filled(len, 0.0))
     }
     fn upload(&self, host: &[f32]) -> Result<Vec<f32>> {
-        Ok(host.to_vec())
+        Ok(huge::copied(host))
     }
     fn write(&self, host: &[f32], dst: &mut Vec<f32>) -> Result<()> {
         host::copy("write", host, dst)
@@ -116,7 +117,7 @@ impl Backend for CpuOps {
         Ok(())
     }
     fn alloc_ids(&self, len: usize) -> Result<Vec<u32>> {
-        Ok(vec![0; len])
+        Ok(huge::filled(len, 0))
     }
     fn upload_ids(&self, host: &[u32]) -> Result<Vec<u32>> {
         Ok(host.to_vec())
