@@ -17,13 +17,30 @@ pub fn gather_rows(spec: &GatherSpec, ids: &[u32], table: &[f32], out: &mut [f32
     check::vector(OP, "ids", ids.len(), spec.batch)?;
     check::ids_in_range(OP, &ids[..spec.batch], spec.table_rows)?;
     let (dim, cols) = (spec.dim, spec.out_cols);
-    par::rows_mut(out, spec.batch, cols, spec.batch * dim, |b0, chunk| {
-        for (i, row) in chunk.chunks_exact_mut(cols).enumerate() {
-            let id = ids[b0 + i] as usize;
-            row[spec.col_offset..spec.col_offset + dim].copy_from_slice(&table[id * dim..(id + 1) * dim]);
+    par::rows_mut(out, spec.batch, cols, spec.batch * dim, |b0, chunk| match dim {
+        // The common widths as fixed-size copies (inline moves, not a `memmove` call
+        // per row: a batch of 2,048 over 26 tables is 53,000 rows).
+        8 => gather_fixed::<8>(spec, &ids[b0..], table, chunk),
+        16 => gather_fixed::<16>(spec, &ids[b0..], table, chunk),
+        32 => gather_fixed::<32>(spec, &ids[b0..], table, chunk),
+        64 => gather_fixed::<64>(spec, &ids[b0..], table, chunk),
+        _ => {
+            for (i, row) in chunk.chunks_exact_mut(cols).enumerate() {
+                let id = ids[b0 + i] as usize;
+                row[spec.col_offset..spec.col_offset + dim].copy_from_slice(&table[id * dim..(id + 1) * dim]);
+            }
         }
     });
     Ok(())
+}
+
+/// [`gather_rows`]' row copies for `D`-wide rows (`D == spec.dim`).
+fn gather_fixed<const D: usize>(spec: &GatherSpec, ids: &[u32], table: &[f32], chunk: &mut [f32]) {
+    for (row, &id) in chunk.chunks_exact_mut(spec.out_cols).zip(ids) {
+        let src: &[f32; D] = table[id as usize * D..][..D].try_into().expect("D-wide row");
+        let dst: &mut [f32; D] = (&mut row[spec.col_offset..][..D]).try_into().expect("D-wide row");
+        *dst = *src;
+    }
 }
 
 fn bag_scale(pooling: Pooling, len: usize) -> f32 {

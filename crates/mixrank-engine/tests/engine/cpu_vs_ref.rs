@@ -405,6 +405,11 @@ fn large_shapes_take_parallel_paths_and_match_reference() {
             let spec = GatherSpec { batch: 4099, dim: 16, table_rows: 1000, out_cols: 40, col_offset: 9 };
             check_gather_scatter(8, &spec, Pooling::Mean, 6);
             check_gather_scatter(9, &spec, Pooling::Sum, 3);
+            // Every width the CPU lookup copies as a fixed-size row (and one beside them).
+            for (i, dim) in [8, 16, 32, 64, 24].into_iter().enumerate() {
+                let spec = GatherSpec { batch: 3000, dim, table_rows: 700, out_cols: dim + 13, col_offset: 5 };
+                check_gather_scatter(20 + i as u64, &spec, Pooling::Sum, 2);
+            }
             check_reductions(10, Shape::new(1024, 100));
         });
     }

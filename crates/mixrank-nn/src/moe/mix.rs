@@ -41,41 +41,33 @@ pub struct MoeMix<B: Backend> {
 
 impl<B: Backend> MoeMix<B> {
     pub fn new(ops: &B, n_experts: usize, d: usize, max_batch: usize) -> Result<Self> {
-        positive(LAYER, "n_experts", n_experts)?;
-        positive(LAYER, "d", d)?;
-        positive(LAYER, "max_batch", max_batch)?;
-        let n = max_batch * d;
-        let alloc = |len: usize| ops.alloc(len).ctx(LAYER);
-        Ok(MoeMix {
-            n_experts,
-            d,
-            max_batch,
-            fused: alloc(n * n_experts)?,
-            d_fused: alloc(n * n_experts)?,
-            out: alloc(n)?,
-            d_gates: alloc(max_batch * n_experts)?,
-            d_experts: (0..n_experts).map(|_| alloc(n)).collect::<Result<_>>()?,
-            batch: None,
-        })
+        Self::build(ops, n_experts, d, max_batch, true)
     }
 
     /// A mixture used only through [`MoeMix::forward_fused`] / [`MoeMix::backward_fused`]:
     /// no buffer of its own for the experts' outputs or their per-expert gradients.
     pub fn shared(ops: &B, n_experts: usize, d: usize, max_batch: usize) -> Result<Self> {
+        Self::build(ops, n_experts, d, max_batch, false)
+    }
+
+    /// `own_copies`: the buffers [`MoeMix::forward`] copies the experts' outputs into and
+    /// [`MoeMix::backward`] splits their gradient into.
+    fn build(ops: &B, n_experts: usize, d: usize, max_batch: usize, own_copies: bool) -> Result<Self> {
         positive(LAYER, "n_experts", n_experts)?;
         positive(LAYER, "d", d)?;
         positive(LAYER, "max_batch", max_batch)?;
         let n = max_batch * d;
         let alloc = |len: usize| ops.alloc(len).ctx(LAYER);
+        let per_expert = if own_copies { n_experts } else { 0 };
         Ok(MoeMix {
             n_experts,
             d,
             max_batch,
-            fused: alloc(0)?,
+            fused: alloc(n * per_expert)?,
             d_fused: alloc(n * n_experts)?,
             out: alloc(n)?,
             d_gates: alloc(max_batch * n_experts)?,
-            d_experts: Vec::new(),
+            d_experts: (0..per_expert).map(|_| alloc(n)).collect::<Result<_>>()?,
             batch: None,
         })
     }
