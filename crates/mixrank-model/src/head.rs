@@ -78,6 +78,11 @@ pub trait Head<B: Backend>: Parameters<B> + Send {
     /// Every gate and the experts it mixes, in the order [`Head::gate_weights`] indexes
     /// them (none for heads without gates).
     fn gates(&self) -> Vec<GateInfo>;
+    /// How many gates [`Head::gates`] lists (a head with a gate count at hand overrides
+    /// this, so asking does not build the list).
+    fn n_gates(&self) -> usize {
+        self.gates().len()
+    }
     /// Weights of gate `g` (numbered as [`Head::gates`] lists them) from the last
     /// forward, `[batch, experts of that gate]`.
     fn gate_weights(&self, g: usize) -> Option<&B::Buf>;

@@ -398,6 +398,10 @@ where
         (0..self.gates.len()).map(|g| GateInfo { role: role(g), experts: experts.clone(), tower: None }).collect()
     }
 
+    fn n_gates(&self) -> usize {
+        self.gates.len()
+    }
+
     fn gate_weights(&self, g: usize) -> Option<&B::Buf> {
         self.gates.get(g).map(|x| x.output())
     }

@@ -136,6 +136,10 @@ where
         Vec::new()
     }
 
+    fn n_gates(&self) -> usize {
+        0
+    }
+
     fn gate_weights(&self, _g: usize) -> Option<&B::Buf> {
         None
     }

@@ -511,7 +511,7 @@ where
     /// Gate `g` in [`Model::gates`]'s order, from the last forward (`[batch, experts]`:
     /// both towers run on every row of a scored batch).
     fn gate_weights(&self, g: usize) -> Option<&B::Buf> {
-        let n_user = self.user.head.gates().len();
+        let n_user = self.user.head.n_gates();
         if g < n_user {
             self.user.head.gate_weights(g)
         } else {

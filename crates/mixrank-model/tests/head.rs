@@ -367,6 +367,7 @@ fn build_head_maps_each_architecture_to_its_gates() {
         let mut head = build_head(&m, D_IN, TASKS, &ops, BATCH, &mut StdRng::seed_from_u64(0)).unwrap();
         let gates = head.gates();
         assert_eq!(gates.iter().map(|g| g.role).collect::<Vec<_>>(), roles, "{arch}");
+        assert_eq!(head.n_gates(), gates.len(), "{arch}: n_gates");
         let x: Vec<f64> = (0..BATCH * D_IN).map(|i| (i as f64 * 0.61).cos()).collect();
         head.forward(&ops, &x, BATCH).unwrap();
         for (g, info) in gates.iter().enumerate() {

@@ -12,6 +12,9 @@
 //!   **overwrites** the layer's `d_input` workspace, returning it. It takes the forward
 //!   input again instead of copying it in forward: the caller owns that buffer anyway
 //!   (often another layer's output), and in an MMoE several experts read the same input.
+//!   `backward_acc(ops, input, d_output, batch, acc)` is the same with the input gradient
+//!   **added** into the caller's `acc` (a Linear layer's GEMM with `β = 1`), so the
+//!   layers reading one input sum their gradients without a pass each.
 //!   Layers with two inputs (MaskBlock, BilinearFusion, MoeMix) have inherent
 //!   `forward`/`backward` methods and expose each input gradient by accessor.
 //! - [`Parameters::visit_params`] walks named parameters (`blocks.0.linear.weight`) in a

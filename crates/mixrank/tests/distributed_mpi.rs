@@ -8,13 +8,12 @@
 //! `cargo test --workspace --locked --features mixrank/mpi --test distributed_mpi`.
 #![cfg(feature = "mpi")]
 
+mod common;
+
+use common::{bin, read_trace, Step};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_mixrank")
-}
 
 /// Simulated engagement data, its config with 23-row global batches (uneven over 2 and
 /// 3 ranks, a 1-row last batch), and a small MMoE without dropout.
@@ -129,22 +128,6 @@ fn mpirun_2_and_3_ranks_train_like_one_process() {
     }
 }
 
-/// One trace line: (step, epoch, rows as (request id, position)).
-type Step = (u64, u64, Vec<(u64, u64)>);
-
-/// The trace's complete lines (a SIGKILL may cut the last one short).
-fn read_trace(path: &Path) -> Vec<Step> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .map(|v| {
-            let rows = v["rows"].as_array().unwrap().iter().map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap()));
-            (v["step"].as_u64().unwrap(), v["epoch"].as_u64().unwrap(), rows.collect())
-        })
-        .collect()
-}
-
 /// The pid of the process of MPI rank `rank` whose command line names `out`.
 fn rank_pid(rank: usize, out: &Path) -> Option<u32> {
     let want_env = format!("OMPI_COMM_WORLD_RANK={rank}");
@@ -169,7 +152,7 @@ fn a_killed_rank_stops_the_job_and_resume_on_3_ranks_finishes_it() {
     let mut args = train_args(&cfg, &model, &one);
     args.extend(["--trace-rows".into(), trace_one.display().to_string()]);
     check(Command::new(bin()).args(&args).output().unwrap(), "one process");
-    let steps_one = read_trace(&trace_one);
+    let (steps_one, _) = read_trace(&trace_one);
     assert_eq!(steps_one.len(), 28);
 
     // mpirun -n 2, slowed down; rank 1 is SIGKILLed once a checkpoint at step 8 or later
@@ -234,7 +217,7 @@ fn a_killed_rank_stops_the_job_and_resume_on_3_ranks_finishes_it() {
     // The resumed job's lines are the last `28 - from` ones (`from` the step of the
     // checkpoint it resumed from, in its log); the killed job's, the ones before (it may
     // have traced steps past that checkpoint, which the resumed job trained again).
-    let lines = read_trace(&trace);
+    let (lines, _) = read_trace(&trace); // a SIGKILL may cut the last line short
     let resumed: Vec<serde_json::Value> = std::fs::read_to_string(out.join("train_log.jsonl"))
         .unwrap()
         .lines()

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::mixrank;
+use common::{mixrank, read_trace, Step};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -49,30 +49,6 @@ fn simulate(dir: &Path, days: usize) -> PathBuf {
 const MODEL: &str = "[model]\narchitecture = \"shared_bottom\"\nexpert_dim = 8\ntower = { hidden = [8] }\n\
 [[model.experts]]\nkind = \"mlp\"\nhidden = [16]\n\
 [train]\nepochs = 3\ncheckpoint_every_steps = 5\nkeep_checkpoints = 3\nthreads = 2\nseed = 5\nsparse_optimizer = \"lazy_adam\"\n";
-
-/// One trace line: (step, epoch, rows as (request id, position)).
-type Step = (u64, u64, Vec<(u64, u64)>);
-
-fn read_trace(path: &Path) -> (Vec<Step>, usize) {
-    let mut out = Vec::new();
-    let mut partial = 0;
-    for line in std::fs::read_to_string(path).unwrap().lines() {
-        match serde_json::from_str::<serde_json::Value>(line) {
-            Ok(v) => out.push((
-                v["step"].as_u64().unwrap(),
-                v["epoch"].as_u64().unwrap(),
-                v["rows"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap()))
-                    .collect(),
-            )),
-            Err(_) => partial += 1,
-        }
-    }
-    (out, partial)
-}
 
 fn manifest(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
