@@ -97,7 +97,7 @@ impl Backend for CpuOps {
     }
 
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {
-        Ok(huge::filled(len, 0.0))
+        Ok(huge::zeroed(len))
     }
     fn upload(&self, host: &[f32]) -> Result<Vec<f32>> {
         Ok(huge::copied(host))
@@ -117,7 +117,7 @@ impl Backend for CpuOps {
         Ok(())
     }
     fn alloc_ids(&self, len: usize) -> Result<Vec<u32>> {
-        Ok(huge::filled(len, 0))
+        Ok(huge::zeroed(len))
     }
     fn upload_ids(&self, host: &[u32]) -> Result<Vec<u32>> {
         Ok(host.to_vec())

@@ -194,10 +194,10 @@ impl<B: Backend> Mlp<B> {
     ) -> Result<()> {
         if let Some(o) = &mut self.output {
             let x = self.blocks.last().map_or(input, |b| b.output());
-            match (self.blocks.is_empty(), acc.take()) {
-                (true, Some((batch, d_x))) => o.backward_acc(ops, x, d_output, batch, d_x)?,
-                (_, a) => {
-                    acc = a;
+            // The projection is the first stage only without blocks.
+            match acc.take_if(|_| self.blocks.is_empty()) {
+                Some((batch, d_x)) => o.backward_acc(ops, x, d_output, batch, d_x)?,
+                None => {
                     o.backward(ops, x, d_output)?;
                 }
             }
