@@ -106,9 +106,6 @@ impl TrainOptions {
         let Some(c) = &self.collective else { return Ok(()) };
         let refuse =
             |what: &str| Err(TrainError::Distributed(format!("{what} is not supported with {} ranks yet", c.size())));
-        if self.distillation_enabled(cfg) {
-            return refuse("distillation ([distill])");
-        }
         if cfg.data.distributed_reading == DistributedReading::Sharded && cfg.data.batch_size < c.size() {
             return Err(TrainError::Distributed(format!(
                 "[data] distributed_reading = \"sharded\" needs batch_size ({}) of at least the {} ranks: each rank reads its own part of every batch",
@@ -676,6 +673,8 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
     fn step(&mut self, rows: StepRows<'_>, stream: (&Split, &StreamOptions)) -> Result<()> {
         let ops = self.ops;
         let dist = self.opts.collective.clone();
+        // Replicated reading: a checkpoint teacher's stream yields global batches too.
+        let shard_teacher = matches!(rows, StepRows::Global(_));
         let local;
         // Data-parallel: the loss ops' denominators, the global batch's weight sums.
         let mut weight_sums = None;
@@ -722,12 +721,20 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
         if b.rows > 0 {
             self.model.forward(ops, b)?;
             self.losses.compute(&self.cfg, ops, &*self.model, b, self.step)?;
-            // Distillation: added into the same per-task logit gradients.
-            if let Some(d) = &mut self.distiller {
-                let dl = d.apply(ops, b, stream, &*self.model, &mut self.losses, self.step)?;
-                self.window.distill.iter_mut().zip(dl).for_each(|(w, l)| *w += l);
-            }
-            mixrank_nn::zero_grads(ops, &mut *self.model).map_err(layer("zeroing gradients"))?;
+        } else {
+            // A rank with no rows of this (short) batch: zero gradients, same exchanges.
+            self.losses.refresh_weighting(ops, &*self.model)?;
+        }
+        // Distillation: added into the same per-task logit gradients. With ranks it is
+        // collective (the ranking losses gather the global batch), so a rank without
+        // rows takes part too.
+        if let Some(d) = &mut self.distiller {
+            let ranks = dist.as_ref().map(|c| crate::distill::ranks::Ranks { group: &**c, shard_teacher });
+            let dl = d.apply(ops, b, stream, &*self.model, &mut self.losses, self.step, ranks)?;
+            self.window.distill.iter_mut().zip(dl).for_each(|(w, l)| *w += l);
+        }
+        mixrank_nn::zero_grads(ops, &mut *self.model).map_err(layer("zeroing gradients"))?;
+        if b.rows > 0 {
             let refs: Vec<&B::Buf> = self.losses.grads.iter().collect();
             self.model.backward(ops, b, &refs)?;
             for (name, l) in self.model.aux_losses() {
@@ -738,9 +745,6 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
                 }
             }
         } else {
-            // A rank with no rows of this (short) batch: zero gradients, same exchanges.
-            self.losses.refresh_weighting(ops, &*self.model)?;
-            mixrank_nn::zero_grads(ops, &mut *self.model).map_err(layer("zeroing gradients"))?;
             crate::data_parallel::clear_sparse(&mut *self.model);
         }
         if let Some(c) = &dist {

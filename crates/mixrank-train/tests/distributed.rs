@@ -534,3 +534,92 @@ fn a_sharded_job_whose_rank_died_resumes_on_another_number_of_ranks() {
     let e = mixrank_train::checkpoint::read_verified(&newest).err().unwrap().to_string();
     assert!(e.contains("tables.shard-1-of-3.safetensors"), "{e}");
 }
+
+/// `base` with a `[distill]` section (TOML of the section's keys), as a config file
+/// beside `base`'s.
+fn with_distill(base: &ExperimentConfig, name: &str, distill: &str) -> Arc<ExperimentConfig> {
+    let mut w = base.wire.clone();
+    w.distill = Some(toml::from_str(distill).unwrap());
+    let path = base.path.with_file_name(format!("{name}.toml"));
+    std::fs::write(&path, toml::to_string(&w).unwrap()).unwrap();
+    Arc::new(ExperimentConfig::load(&path).unwrap())
+}
+
+/// Every train line's distillation loss per task.
+fn distill_log(run: &Path) -> Vec<Vec<(String, f64)>> {
+    log_events(run, "train")
+        .iter()
+        .map(|l| {
+            let d = l["distill_loss"].as_array().expect("train lines carry distill_loss");
+            d.iter().map(|x| (x[0].as_str().unwrap().to_string(), x[1].as_f64().unwrap())).collect()
+        })
+        .collect()
+}
+
+/// Distillation from a checkpoint teacher with every loss kind (pairwise within
+/// requests and in the batch, listwise, logit MSE, soft-label BCE) on 2 and 3 ranks
+/// trains the one-process run: the pairwise and listwise losses run on the global batch
+/// each rank gathers (`distill::ranks`), the pointwise ones on each rank's rows with the
+/// global weight sums, and the teacher scores each rank's shard. Same tolerance as the
+/// runs without distillation; the logged distillation losses are the global batch's.
+/// Sharded reading and row-sharded tables train with distillation too.
+#[test]
+fn distillation_with_ranks_trains_like_one_process() {
+    let d = tempfile::tempdir().unwrap();
+    let base = config(d.path(), 23, "epochs = 1\nlr = 0.003\n");
+    let teacher = d.path().join("teacher");
+    train(base.clone(), &TrainOptions::new(&teacher), &CpuOps::new()).unwrap();
+    let specs = [
+        "[[tasks]]\ntask = \"click\"\nloss = \"pairwise\"\npairs = \"request\"\npairs_per_row = 3\n\
+         [[tasks]]\ntask = \"save\"\nloss = \"listwise\"\ntemperature = 2.0\n\
+         [[tasks]]\ntask = \"dwell\"\nloss = \"logit_mse\"\nweight = 0.5\n\
+         [[tasks]]\ntask = \"conversion\"\nloss = \"pointwise_bce\"\n",
+        "[[tasks]]\ntask = \"click\"\nloss = \"pairwise\"\npairs = \"batch\"\npairs_per_row = 2\n\
+         [[tasks]]\ntask = \"save\"\nloss = \"pointwise_bce\"\ntemperature = 2.0\n",
+    ];
+    for (i, spec) in specs.iter().enumerate() {
+        let distill = format!("source = \"checkpoint\"\ncheckpoint = {:?}\n{spec}", teacher.to_string_lossy());
+        let cfg = with_distill(&base, &format!("student{i}"), &distill);
+        let one_dir = d.path().join(format!("one{i}"));
+        let mut opts = TrainOptions::new(&one_dir);
+        opts.log_every = 1;
+        let one = train(cfg.clone(), &opts, &CpuOps::new()).unwrap();
+        let (w1, log1) = (weights(&one_dir.join("checkpoint")), distill_log(&one_dir));
+        assert!(log1.iter().flatten().all(|(_, l)| l.is_finite()) && log1[0].iter().any(|(_, l)| *l > 0.0));
+        for n in [2, 3] {
+            let out = d.path().join(format!("ranks{i}_{n}"));
+            let sums: Vec<TrainSummary> = run(&cfg, &out, n).into_iter().map(|r| r.unwrap()).collect();
+            assert_eq!((sums[0].steps, sums[0].examples), (one.steps, one.examples), "spec {i}, {n} ranks");
+            let worst = largest_relative_difference(&weights(&out.join("checkpoint")), &w1);
+            eprintln!("distillation spec {i}, {n} ranks: largest relative weight difference {worst:e}");
+            assert!(worst <= 1e-3, "spec {i}, {n} ranks: {worst}");
+            // The logged losses are the global batch's: the first step's (identical
+            // weights) to rounding, the later ones within the weights' drift.
+            let logn = distill_log(&out);
+            assert_eq!(logn.len(), log1.len());
+            for (step, (a, b)) in logn.iter().zip(&log1).enumerate() {
+                for ((ta, la), (tb, lb)) in a.iter().zip(b) {
+                    assert_eq!(ta, tb);
+                    let tol = if step == 0 { 1e-5 } else { 1e-3 };
+                    assert!(
+                        (la - lb).abs() <= tol * lb.abs().max(1e-3),
+                        "spec {i}, {n} ranks, step {step}, {ta}: {la} vs {lb}"
+                    );
+                }
+            }
+        }
+    }
+    // Sharded reading (the teacher reads each rank's shard with the rank's options) and
+    // row-sharded tables: the replicas agree, the losses are finite and learn.
+    let distill = format!("source = \"checkpoint\"\ncheckpoint = {:?}\n{}", teacher.to_string_lossy(), specs[0]);
+    let sharded = sharded_config(&d.path().join("sharded"), 23, "epochs = 2\nembedding_sharding = \"rows\"\n");
+    let cfg = with_distill(&sharded, "student_sharded", &distill);
+    let out = d.path().join("sharded_run");
+    let res = run(&cfg, &out, 2);
+    let errors: Vec<String> = res.iter().filter_map(|r| r.as_ref().err().map(|e| e.to_string())).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let sums: Vec<TrainSummary> = res.into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(sums[0].replicas.map(|r| r.checksum), sums[1].replicas.map(|r| r.checksum));
+    let log = distill_log(&out);
+    assert!(log.iter().flatten().all(|(_, l)| l.is_finite()), "{log:?}");
+}

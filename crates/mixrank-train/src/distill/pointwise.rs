@@ -26,6 +26,9 @@ pub(crate) struct Task<'a, B: Backend> {
     /// The task's label mask and the sample weights, backend.
     pub mask: &'a B::Buf,
     pub weights: &'a B::Buf,
+    /// The denominator of the weighted mean: `None`, the rows' own `Σ w·m` (one
+    /// process); data-parallel training gives the global batch's.
+    pub weight_sum: Option<f64>,
     pub rows: usize,
 }
 
@@ -55,7 +58,7 @@ impl<B: Backend> Pointwise<B> {
                     target: &self.target,
                     weight: Some(t.weights),
                     mask: Some(t.mask),
-                    weight_sum: None,
+                    weight_sum: t.weight_sum,
                 };
                 let write = GradWrite { scale: (t.weight * temp) as f32, accumulate: true };
                 ops.bce_with_logits(n, input, grad, write).map_err(engine("distillation loss"))? as f64 * temp * temp
@@ -67,7 +70,7 @@ impl<B: Backend> Pointwise<B> {
                     target: &self.target,
                     weight: Some(t.weights),
                     mask: Some(t.mask),
-                    weight_sum: None,
+                    weight_sum: t.weight_sum,
                 };
                 let write = GradWrite { scale: t.weight as f32, accumulate: true };
                 ops.mse(n, input, grad, write).map_err(engine("distillation loss"))? as f64
@@ -109,6 +112,7 @@ mod tests {
                 student: &student,
                 mask: &mask,
                 weights: &weights,
+                weight_sum: None,
                 rows: n,
             };
             let mut grad = start.clone();
@@ -133,6 +137,7 @@ mod tests {
             student: &student,
             mask: &mask,
             weights: &weights,
+            weight_sum: None,
             rows: n,
         };
         assert!(p.apply(&ops, &pairwise, &mut start.clone()).unwrap().is_none());

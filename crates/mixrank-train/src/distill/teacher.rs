@@ -133,12 +133,18 @@ impl<B: Backend + 'static> CheckpointTeacher<B> {
     /// Scores the teacher's next batch — the same rows as the student's `b` — and writes
     /// the distilled tasks' logits into `out[student task][..rows]`. Starts the
     /// teacher's stream over `split` when `opts.epoch` begins.
+    ///
+    /// `part`: data-parallel training with replicated reading, where the stream yields
+    /// the global batch and `b` is this rank's shard of it
+    /// ([`crate::data_parallel::shard`]): the teacher scores the same shard (possibly
+    /// no rows; every rank still reads every batch, to stay in step).
     pub fn score(
         &mut self,
         ops: &B,
         b: &Batch,
         split: &Split,
         opts: &StreamOptions,
+        part: Option<&dyn mixrank_dist::Collective>,
         out: &mut [Vec<f32>],
     ) -> Result<()> {
         if self.epoch != Some(opts.epoch) {
@@ -159,7 +165,17 @@ impl<B: Backend + 'static> CheckpointTeacher<B> {
         self.batches += 1;
         let tb = match stream.next() {
             Some(tb) => tb?,
+            // Sharded reading: this rank's shard ran out before the others' and it steps
+            // with no rows until the epoch ends; its teacher's shard ran out too.
+            None if b.rows == 0 && part.is_none() => {
+                self.tasks.iter().for_each(|&(s, _)| out[s].clear());
+                return Ok(());
+            }
             None => return Err(self.misaligned(at, "the teacher's stream ended before the student's".into())),
+        };
+        let tb = match part {
+            Some(c) => crate::data_parallel::shard(&tb, c),
+            None => tb,
         };
         if tb.rows != b.rows {
             return Err(self.misaligned(at, format!("{} teacher rows against {} student rows", tb.rows, b.rows)));
@@ -173,10 +189,15 @@ impl<B: Backend + 'static> CheckpointTeacher<B> {
                 return Err(self.misaligned(at, format!("labels of task `{}` differ", self.enc.config().tasks[t].name)));
             }
         }
+        for &(s, _) in &self.tasks {
+            out[s].clear();
+        }
+        if tb.rows == 0 {
+            return Ok(());
+        }
         self.model.forward(ops, &tb)?;
         for &(s, t) in &self.tasks {
             ops.read(self.model.logits(t), &mut self.host[..b.rows]).map_err(engine("reading teacher logits"))?;
-            out[s].clear();
             out[s].extend_from_slice(&self.host[..b.rows]);
         }
         Ok(())
