@@ -204,12 +204,13 @@ pub(crate) fn merge(parts: &[&Touched], dim: usize) -> Touched {
 }
 
 /// Replaces every feature's sparse gradient by the merge of all ranks' (module docs);
-/// the bytes this rank sent.
+/// the bytes this rank sent to other ranks: its payload once to each (what a ring
+/// all-gather sends per rank, and what the sharded tables' all-to-all counts).
 fn merge_sparse<B: Backend>(c: &dyn Collective, ops: &B, e: &mut EmbeddingCollection<B>) -> Result<u64> {
     let n_features = e.config().features.len();
     let dims: Vec<usize> = (0..n_features).map(|f| e.grad(f).dim).collect();
     let mine = encode_sparse(ops, e, n_features)?;
-    let sent = mine.len() as u64;
+    let sent = mine.len() as u64 * (c.size() as u64 - 1);
     let gathered = c.all_gather_bytes(&mine)?;
     let per_rank: Vec<Vec<Touched>> =
         gathered.iter().enumerate().map(|(r, b)| decode_sparse(b, &dims, r)).collect::<Result<_>>()?;

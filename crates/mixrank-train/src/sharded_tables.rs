@@ -20,6 +20,13 @@
 //! Every row therefore takes bit for bit the update it takes with replicated tables
 //! (`tests/distributed.rs` compares the checkpoints' bytes).
 //!
+//! **Per-table placement.** Tables named in `[train] replicated_tables`, or with fewer
+//! rows than `replicate_tables_under_rows`, stay *whole* on every rank: each rank is the
+//! owner of all their rows (lookups answered locally, local row = id) and sends their
+//! gradients to every rank, which merges them in rank order as replicated tables do. A
+//! whole table's periodic-checkpoint file holds its `id ≡ r (mod N)` rows, as a sharded
+//! one's does, so the layout does not depend on the placement.
+//!
 //! **Whole tables.** Validation, the `best/` and final checkpoints and the end of
 //! training need the whole tables on rank 0: [`ShardedTables::gather_to_lead`] sends
 //! every shard (rows and optimizer state) to rank 0, which puts them in its model and
@@ -128,6 +135,10 @@ pub struct ShardedTables<B: Backend> {
     /// Per table: rows of the whole table, and of this rank's shard.
     full_rows: Vec<usize>,
     owned: Vec<usize>,
+    /// Per table: kept whole on every rank (`replicated_tables`,
+    /// `replicate_tables_under_rows`): every rank is its own owner of every row, looks
+    /// rows up from itself and sends its gradients to every rank.
+    whole: Vec<bool>,
     dims: Vec<usize>,
     /// Per feature: the table it reads.
     feature_table: Vec<usize>,
@@ -145,12 +156,15 @@ impl<B: Backend> ShardedTables<B> {
     /// Cuts the whole tables of `model` (and the sparse state of `optim`, fresh or
     /// restored from a checkpoint) into this rank's shard; the model keeps empty working
     /// tables. `max_batch` is the global batch (the most rows one merged gradient holds).
+    /// `names` are the tables' config names: those `train` keeps whole (by name or by
+    /// size) stay whole in every rank's shard.
     pub fn new(
         c: &dyn Collective,
         ops: &B,
         model: &mut dyn Model<B>,
         optim: &mut Optimizers<B>,
         train: &TrainSection,
+        names: &[String],
         max_batch: usize,
     ) -> Result<Self> {
         let (rank, size) = (c.rank(), c.size());
@@ -160,7 +174,24 @@ impl<B: Backend> ShardedTables<B> {
         let cfg = emb.config().clone();
         let full_rows: Vec<usize> = cfg.tables.iter().map(|t| t.rows).collect();
         let dims: Vec<usize> = cfg.tables.iter().map(|t| t.dim).collect();
-        let owned: Vec<usize> = full_rows.iter().map(|&r| owned_rows(r, rank, size)).collect();
+        let whole: Vec<bool> = full_rows
+            .iter()
+            .enumerate()
+            .map(|(t, &rows)| {
+                names.get(t).is_some_and(|n| train.replicated_tables.contains(n))
+                    || rows < train.replicate_tables_under_rows
+            })
+            .collect();
+        let owned: Vec<usize> =
+            full_rows.iter().zip(&whole).map(|(&r, &w)| if w { r } else { owned_rows(r, rank, size) }).collect();
+        // This rank's rows of table `t` of a `[rows, width]` host array: all of a whole table.
+        let mine = |t: usize, full: &[f32], width: usize| {
+            if whole[t] {
+                full.to_vec()
+            } else {
+                at_least_one_row(take_owned(full, width, rank, size), width)
+            }
+        };
         let shard_cfg = EmbeddingCollectionConfig {
             tables: cfg.tables.iter().zip(&owned).map(|(t, &o)| TableConfig { rows: o.max(1), ..t.clone() }).collect(),
             features: cfg.features.clone(),
@@ -171,7 +202,7 @@ impl<B: Backend> ShardedTables<B> {
             .map_err(layer("the embedding shard"))?;
         for (t, table) in emb.tables().iter().enumerate() {
             let full = table.read_value(ops).map_err(layer("reading an embedding table to shard it"))?;
-            let mine = at_least_one_row(take_owned(&full, table.dim, rank, size), table.dim);
+            let mine = mine(t, &full, table.dim);
             ops.write(&mine, &mut shard.tables_mut()[t].value).map_err(engine("writing the embedding shard"))?;
         }
         let sparse = match &optim.sparse {
@@ -182,14 +213,14 @@ impl<B: Backend> ShardedTables<B> {
                     match (full, &mut s) {
                         (Sparse::Adagrad(f), Sparse::Adagrad(o)) => {
                             let acc = f.accumulators(ops, t).map_err(layer("reading row-wise Adagrad state"))?;
-                            let mine = at_least_one_row(take_owned(&acc, 1, rank, size), 1);
-                            o.set_accumulators(ops, t, &mine).map_err(layer("sharding row-wise Adagrad state"))?;
+                            o.set_accumulators(ops, t, &mine(t, &acc, 1))
+                                .map_err(layer("sharding row-wise Adagrad state"))?;
                         }
                         (Sparse::Lazy(f), Sparse::Lazy(o)) => {
                             let (m, v, steps) = f.state(ops, t).map_err(layer("reading lazy Adam state"))?;
-                            let m = at_least_one_row(take_owned(&m, dim, rank, size), dim);
-                            let v = at_least_one_row(take_owned(&v, dim, rank, size), dim);
-                            let steps = at_least_one_row(take_owned(&steps, 1, rank, size), 1);
+                            let (m, v) = (mine(t, &m, dim), mine(t, &v, dim));
+                            let steps =
+                                if whole[t] { steps } else { at_least_one_row(take_owned(&steps, 1, rank, size), 1) };
                             o.set_state(ops, t, f.steps(), &m, &v, &steps)
                                 .map_err(layer("sharding lazy Adam state"))?;
                         }
@@ -211,6 +242,7 @@ impl<B: Backend> ShardedTables<B> {
             working: vec![Vec::new(); full_rows.len()],
             full_rows,
             owned,
+            whole,
             dims,
             feature_table: cfg.features.iter().map(|f| f.table).collect(),
             scratch_ids: ops.alloc_ids(1).map_err(&alloc)?,
@@ -224,6 +256,8 @@ impl<B: Backend> ShardedTables<B> {
     /// tensors, with the whole-model names (`emb.tables.<t>`, `adagrad.acc.emb.tables.<t>`,
     /// …) and `[owned rows, …]` shapes, local row `j` holding id `rank + j·size`: the
     /// contents of its shard file in a checkpoint (`crate::checkpoint::save_sharded`).
+    /// A whole table's file holds the same rows a sharded one's does (its replicas are
+    /// identical), so the checkpoint's layout does not depend on the placement.
     pub fn tensors(&self, ops: &B, optim: &Optimizers<B>) -> Result<Vec<Tensor>> {
         let mut out = Vec::new();
         for (t, table) in self.shard.tables().iter().enumerate() {
@@ -232,7 +266,34 @@ impl<B: Backend> ShardedTables<B> {
             out.push(Tensor::f32(format!("emb.tables.{t}"), vec![o, dim], &v[..o * dim]));
         }
         out.extend(optim.sparse_tensors(ops, &self.shard, &self.owned)?);
+        for tensor in &mut out {
+            let t: usize = tensor.name.rsplit('.').next().and_then(|x| x.parse().ok()).expect("`….tables.<t>` names");
+            if self.whole[t] {
+                let rows = self.full_rows[t];
+                let width = tensor.data.len() / rows.max(1);
+                tensor.data = take_owned(&tensor.data, width, self.rank, self.size);
+                tensor.shape[0] = owned_rows(rows, self.rank, self.size);
+            }
+        }
         Ok(out)
+    }
+
+    /// The rank holding row `id` of table `t`: this rank for a whole table.
+    fn owner(&self, t: usize, id: u32) -> usize {
+        if self.whole[t] {
+            self.rank
+        } else {
+            id as usize % self.size
+        }
+    }
+
+    /// Row `id` of table `t`'s place in its owner's shard.
+    fn local_row(&self, t: usize, id: u32) -> u32 {
+        if self.whole[t] {
+            id
+        } else {
+            id / self.size as u32
+        }
     }
 
     /// This rank's shard (its tables hold the rows it owns).
@@ -294,7 +355,7 @@ impl<B: Backend> ShardedTables<B> {
         let mut counts = vec![vec![0usize; nt]; n];
         for (t, w) in self.working.iter().enumerate() {
             for (o, out) in ask.iter_mut().enumerate() {
-                let mine: Vec<u32> = w.iter().copied().filter(|&id| id as usize % n == o).collect();
+                let mine: Vec<u32> = w.iter().copied().filter(|&id| self.owner(t, id) == o).collect();
                 counts[o][t] = mine.len();
                 out.extend_from_slice(&(mine.len() as u32).to_le_bytes());
                 put(out, &mine, u32::to_le_bytes);
@@ -310,14 +371,14 @@ impl<B: Backend> ShardedTables<B> {
                 let k = rd.u32s(1)?[0] as usize;
                 let ids = rd.u32s(k)?;
                 if let Some(&id) =
-                    ids.iter().find(|&&id| id as usize % n != self.rank || id as usize >= self.full_rows[t])
+                    ids.iter().find(|&&id| self.owner(t, id) != self.rank || id as usize >= self.full_rows[t])
                 {
                     return Err(TrainError::Distributed(format!(
                         "rank {r} asked rank {} for row {id} of table {t}, which it does not hold",
                         self.rank
                     )));
                 }
-                let local: Vec<u32> = ids.iter().map(|&id| id / n as u32).collect();
+                let local: Vec<u32> = ids.iter().map(|&id| self.local_row(t, id)).collect();
                 let rows = self.gather(ops, t, &local)?;
                 put(&mut answer[r], &rows, f32::to_le_bytes);
             }
@@ -340,7 +401,7 @@ impl<B: Backend> ShardedTables<B> {
             }
             let mut rows = Vec::with_capacity(w.len() * dim);
             for &id in w {
-                rows.extend(from[id as usize % n].by_ref().take(dim));
+                rows.extend(from[self.owner(t, id)].by_ref().take(dim));
             }
             if w.is_empty() {
                 continue;
@@ -383,10 +444,12 @@ impl<B: Backend> ShardedTables<B> {
             let (mut pos, mut rows) = (vec![0u32; g.len], vec![0f32; g.len * g.dim]);
             ops.read_ids(&g.ids, &mut pos).map_err(&read)?;
             ops.read(&g.rows, &mut rows).map_err(&read)?;
-            let w = &self.working[self.feature_table[f]];
+            let t = self.feature_table[f];
+            let w = &self.working[t];
             let ids: Vec<u32> = pos.iter().map(|&p| w[p as usize]).collect();
             for (o, out) in send.iter_mut().enumerate() {
-                let keep: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] as usize % n == o).collect();
+                // A whole table's rows go to every rank (the all-gather of replicated tables).
+                let keep: Vec<usize> = (0..ids.len()).filter(|&i| self.whole[t] || ids[i] as usize % n == o).collect();
                 let ids_o: Vec<u32> = keep.iter().map(|&i| ids[i]).collect();
                 let rows_o: Vec<f32> =
                     keep.iter().flat_map(|&i| rows[i * g.dim..(i + 1) * g.dim].iter().copied()).collect();
@@ -401,7 +464,8 @@ impl<B: Backend> ShardedTables<B> {
         for (f, &dim) in dims.iter().enumerate() {
             let parts: Vec<&Touched> = per_rank.iter().map(|r| &r[f]).collect();
             let m = merge(&parts, dim);
-            let local: Vec<u32> = m.ids.iter().map(|&id| id / n as u32).collect();
+            let t = self.feature_table[f];
+            let local: Vec<u32> = m.ids.iter().map(|&id| self.local_row(t, id)).collect();
             let g = self.shard.grad_mut(f);
             let room = ops.ids_len(&g.ids);
             if local.len() > room || m.rows.len() > ops.len(&g.rows) {
@@ -435,7 +499,9 @@ impl<B: Backend> ShardedTables<B> {
         let mut mine = Vec::new();
         let read = layer("reading the embedding shard");
         for (t, table) in self.shard.tables().iter().enumerate() {
-            let (o, dim) = (self.owned[t], self.dims[t]);
+            // A whole table: rank 0's own copy is the whole; the others send none of it.
+            let o = if self.whole[t] && self.rank != 0 { 0 } else { self.owned[t] };
+            let dim = self.dims[t];
             let v = table.read_value(ops).map_err(&read)?;
             put(&mut mine, &v[..o * dim], f32::to_le_bytes);
             match &optim.sparse {
@@ -475,19 +541,24 @@ impl<B: Backend> ShardedTables<B> {
         for (r, bytes) in got.iter().enumerate() {
             let mut rd = Reader { bytes, at: 0, rank: r, what: "embedding shards" };
             for t in 0..nt {
-                let o = owned_rows(self.full_rows[t], r, n);
+                // Rank r's rows and where its j-th goes: ids r, r + n, … of a sharded
+                // table; all of a whole table from rank 0, none from the others.
+                let (o, stride, first) = match self.whole[t] {
+                    true => (if r == 0 { self.full_rows[t] } else { 0 }, 1, 0),
+                    false => (owned_rows(self.full_rows[t], r, n), n, r),
+                };
                 let ws = widths(self.dims[t]);
                 let lazy = matches!(optim.sparse, Some(Sparse::Lazy(_)));
                 for (k, &w) in ws.iter().enumerate() {
                     if lazy && k == 3 {
                         let steps = rd.u32s(o)?;
                         for (j, s) in steps.into_iter().enumerate() {
-                            full_steps[t][r + j * n] = s;
+                            full_steps[t][first + j * stride] = s;
                         }
                     } else {
                         let vals = rd.f32s(o * w)?;
                         for (j, row) in vals.chunks_exact(w.max(1)).enumerate() {
-                            let id = r + j * n;
+                            let id = first + j * stride;
                             full[t][k][id * w..(id + 1) * w].copy_from_slice(row);
                         }
                     }

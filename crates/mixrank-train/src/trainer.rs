@@ -208,8 +208,10 @@ pub struct Replicas {
     /// rank (checked), as 16 hex digits in `metrics.json`.
     #[serde(serialize_with = "hex")]
     pub checksum: u64,
-    /// Mean bytes of payload this rank contributed per step to the dense gradients'
-    /// all-reduce and to the sparse gradients' all-gather (rank 0's in `metrics.json`).
+    /// Mean bytes per step: of payload this rank contributed to the dense gradients'
+    /// all-reduce, and of sparse gradients (and, with sharded tables, lookups) this rank
+    /// sent to other ranks — an all-gather's payload counted once per other rank (rank
+    /// 0's in `metrics.json`).
     pub dense_bytes_per_step: f64,
     pub sparse_bytes_per_step: f64,
 }
@@ -409,7 +411,8 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
         // Sharded tables: every rank built (or loaded) the whole model; it keeps its rows.
         let sharded = match &opts.collective {
             Some(c) if cfg.train.embedding_sharding == EmbeddingSharding::Rows && model.embeddings().is_some() => {
-                Some(ShardedTables::new(&**c, ops, &mut *model, &mut optim, &cfg.train, cfg.data.batch_size)?)
+                let names: Vec<String> = cfg.tables.iter().map(|t| t.name.clone()).collect();
+                Some(ShardedTables::new(&**c, ops, &mut *model, &mut optim, &cfg.train, &names, cfg.data.batch_size)?)
             }
             _ => None,
         };

@@ -450,10 +450,20 @@ fn sharded_tables_train_bit_for_bit_like_replicated_ones() {
     {
         let train = format!("epochs = 1\nlr = 0.001\n{sparse}\n");
         let replicated = config(&d.path().join(format!("r{i}")), 23, &train);
-        let sharded = config(&d.path().join(format!("s{i}")), 23, &format!("{train}embedding_sharding = \"rows\"\n"));
-        for n in [2, 3] {
-            let out_r = d.path().join(format!("replicated{i}-{n}"));
-            let out_s = d.path().join(format!("sharded{i}-{n}"));
+        // Every table sharded; and a mixed placement: the shared `category` table and the
+        // small vocabularies (surfaces, devices) whole on every rank, the ids sharded.
+        let placements = [
+            ("rows", "embedding_sharding = \"rows\"\n"),
+            (
+                "mixed",
+                "embedding_sharding = \"rows\"\nreplicated_tables = [\"category\"]\nreplicate_tables_under_rows = 20\n",
+            ),
+        ];
+        for (n, (placement, keys)) in [2, 3].into_iter().flat_map(|n| placements.iter().map(move |p| (n, p))) {
+            let sparse = &format!("{sparse} ({placement})");
+            let sharded = config(&d.path().join(format!("s{i}-{placement}-{n}")), 23, &format!("{train}{keys}"));
+            let out_r = d.path().join(format!("replicated{i}-{placement}-{n}"));
+            let out_s = d.path().join(format!("sharded{i}-{placement}-{n}"));
             let sum_r: Vec<TrainSummary> = run(&replicated, &out_r, n).into_iter().map(|r| r.unwrap()).collect();
             let sum_s: Vec<TrainSummary> = run(&sharded, &out_s, n).into_iter().map(|r| r.unwrap()).collect();
             assert_eq!((sum_s[0].steps, sum_s[0].examples), (sum_r[0].steps, sum_r[0].examples));

@@ -568,6 +568,12 @@ impl ExperimentConfig {
             None => None,
         };
         model::validate_train(&wire.train).map_err(|(key, message)| v.err(&key, message))?;
+        if let Some(name) = wire.train.replicated_tables.iter().find(|n| !tables.iter().any(|t| &t.name == *n)) {
+            let have: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+            return Err(
+                v.err("train.replicated_tables", format!("no embedding table `{name}` (tables: {})", have.join(", ")))
+            );
+        }
         let task_kinds: Vec<(&str, bool)> =
             tasks.iter().map(|t| (t.name.as_str(), t.kind == TaskKind::Binary)).collect();
         model::resolve_monitor(&wire.train, &task_kinds).map_err(|(key, message)| v.err(&key, message))?;

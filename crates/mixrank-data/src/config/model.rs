@@ -721,6 +721,10 @@ fn is_zero(v: &f64) -> bool {
     *v == 0.0
 }
 
+fn is_zero_rows(v: &usize) -> bool {
+    *v == 0
+}
+
 impl Default for GateSection {
     fn default() -> Self {
         GateSection {
@@ -996,6 +1000,16 @@ pub struct TrainSection {
     /// written when replicated, so configs without it serialise as before.
     #[serde(default, skip_serializing_if = "EmbeddingSharding::is_replicated")]
     pub embedding_sharding: EmbeddingSharding,
+    /// With `embedding_sharding = "rows"`: tables (by name: a feature's own table is
+    /// named after the feature, a shared one after its `[tables]` entry) kept whole on
+    /// every rank instead, their gradients all-gathered — small tables, where a lookup
+    /// round trip costs more than the memory saved. Refused with replicated tables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicated_tables: Vec<String>,
+    /// With `embedding_sharding = "rows"`: tables with fewer rows than this are kept
+    /// whole on every rank too (0: none). Refused with replicated tables.
+    #[serde(default, skip_serializing_if = "is_zero_rows")]
+    pub replicate_tables_under_rows: usize,
     /// Mixed-precision training: `bf16` runs every matrix product with bf16 operands
     /// (f32 accumulation, f32 master weights). Not written when f32, so configs without it
     /// serialise as before.
@@ -1369,6 +1383,20 @@ pub fn validate_train(t: &TrainSection) -> Result<(), (String, String)> {
     for (k, v) in [("weight_decay", t.weight_decay), ("sparse_weight_decay", t.sparse_weight_decay)] {
         if !(v.is_finite() && v >= 0.0) {
             return e(k, format!("expected a number >= 0, found {v}"));
+        }
+    }
+    if t.embedding_sharding.is_replicated() {
+        if !t.replicated_tables.is_empty() {
+            return e(
+                "replicated_tables",
+                "needs embedding_sharding = \"rows\" (every table is replicated already)".into(),
+            );
+        }
+        if t.replicate_tables_under_rows > 0 {
+            return e(
+                "replicate_tables_under_rows",
+                "needs embedding_sharding = \"rows\" (every table is replicated already)".into(),
+            );
         }
     }
     if t.sparse_weight_decay_scope.is_some() && t.sparse_weight_decay == 0.0 {

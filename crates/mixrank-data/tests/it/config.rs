@@ -281,6 +281,20 @@ fn embedding_sharding_is_typed_and_written_back_only_when_sharded() {
     assert!(toml::to_string(&c.wire).unwrap().contains("embedding_sharding = \"rows\""));
     let e = err_text(with("embedding_sharding = \"columns\""));
     assert!(e.contains("embedding_sharding") && e.contains("columns"), "{e}");
+    // Per-table placement: only with sharded tables, only of tables that exist.
+    let c = with("embedding_sharding = \"rows\"\nreplicated_tables = [\"user\"]\nreplicate_tables_under_rows = 1000")
+        .unwrap();
+    assert_eq!((c.train.replicated_tables.clone(), c.train.replicate_tables_under_rows), (vec!["user".into()], 1000));
+    let text = toml::to_string(&c.wire).unwrap();
+    assert!(text.contains("replicated_tables") && text.contains("replicate_tables_under_rows = 1000"), "{text}");
+    assert!(!toml::to_string(&plain.wire).unwrap().contains("replicate"));
+    for keys in ["replicated_tables = [\"user\"]", "replicate_tables_under_rows = 10"] {
+        let e = err_text(with(keys));
+        let key = keys.split(' ').next().unwrap();
+        assert!(e.contains(&format!("train.{key}")) && e.contains("embedding_sharding = \"rows\""), "{e}");
+    }
+    let e = err_text(with("embedding_sharding = \"rows\"\nreplicated_tables = [\"users\"]"));
+    assert!(e.contains("train.replicated_tables") && e.contains("users") && e.contains("tables: user"), "{e}");
 }
 
 #[test]
