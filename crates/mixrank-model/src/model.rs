@@ -60,6 +60,30 @@ pub trait Model<B: Backend>: Parameters<B> + Send {
     /// batch.
     fn backward(&mut self, ops: &B, batch: &Batch, d_logits: &[&B::Buf]) -> Result<()>;
 
+    /// The number of leading dense parameter values (in [`Parameters::params`] order)
+    /// whose gradients [`Model::backward_overlapped`] hands out before the rest of
+    /// backward has run: a property of the architecture, the same on every rank. 0: none
+    /// (the default).
+    fn overlap_len(&mut self) -> usize {
+        0
+    }
+
+    /// [`Model::backward`], calling `ready` once with the parameters whose gradients
+    /// are final while the rest of backward still has to run — the first
+    /// [`Model::overlap_len`] values [`Parameters::params`] visits, in that order.
+    /// Data-parallel training starts their all-reduce there, overlapped with the rest of
+    /// backward. The default runs `backward` and never calls `ready`.
+    fn backward_overlapped(
+        &mut self,
+        ops: &B,
+        batch: &Batch,
+        d_logits: &[&B::Buf],
+        ready: &mut dyn FnMut(&mut dyn Parameters<B>) -> Result<()>,
+    ) -> Result<()> {
+        let _ = ready;
+        self.backward(ops, batch, d_logits)
+    }
+
     /// Training mode (dropout and training-only logit sources on) or evaluation mode.
     fn set_training(&mut self, training: bool);
     /// Dropout mask streams continue from `step` (masks are a function of seed and

@@ -243,6 +243,19 @@ where
     /// columns, copied back to where each group took them from) plus, in training, the
     /// logit sources' (the position tower's input gradient).
     pub fn backward(&mut self, ops: &B, b: &Batch, d_logits: &[&B::Buf]) -> Result<()> {
+        self.backward_overlapped(ops, b, d_logits, &mut |_| Ok(()))
+    }
+
+    /// [`RankingModel::backward`], handing the head's parameters to `ready` once their
+    /// gradients are final — before the logit sources' and the embeddings' backward
+    /// (the head's parameters are the first [`Parameters::visit_params`] visits).
+    pub fn backward_overlapped(
+        &mut self,
+        ops: &B,
+        b: &Batch,
+        d_logits: &[&B::Buf],
+        ready: &mut dyn FnMut(&mut dyn Parameters<B>) -> Result<()>,
+    ) -> Result<()> {
         let dx = self.head.backward(ops, &self.x, d_logits)?;
         if self.emb.is_some() {
             if self.head_input.is_identity() {
@@ -262,6 +275,8 @@ where
                 self.head_input.add_emb_grad(ops, b.rows, dx, &mut self.d_emb_buf)?;
             }
         }
+        // The head's gradients are final (its input gradient is copied out).
+        ready(&mut *self.head)?;
         let input = SourceInput { batch: b, emb: self.emb.as_ref().map(|e| e.output()), dense: &self.dense };
         let d_emb = self.emb.is_some().then_some(&mut self.d_emb_buf);
         self.logit_sources.backward(ops, &input, d_logits, d_emb)?;
@@ -310,6 +325,20 @@ where
 
     fn backward(&mut self, ops: &B, batch: &Batch, d_logits: &[&B::Buf]) -> Result<()> {
         RankingModel::backward(self, ops, batch, d_logits)
+    }
+
+    fn overlap_len(&mut self) -> usize {
+        self.head.num_params()
+    }
+
+    fn backward_overlapped(
+        &mut self,
+        ops: &B,
+        batch: &Batch,
+        d_logits: &[&B::Buf],
+        ready: &mut dyn FnMut(&mut dyn Parameters<B>) -> Result<()>,
+    ) -> Result<()> {
+        RankingModel::backward_overlapped(self, ops, batch, d_logits, ready)
     }
 
     fn set_training(&mut self, training: bool) {

@@ -19,8 +19,10 @@
 //!    `scale/W_t` once: each row's logit gradient is bit for bit one process's. With
 //!    sharded reading (no rank holds the global batch) the ranks all-reduce their sums
 //!    instead ([`all_reduced_weight_sums`]), the same value on every rank.
-//! 3. **Dense gradients** ([`reduce_gradients`]): summed over the ranks (one all-reduce of
-//!    every parameter's gradient as one flat `f32` buffer).
+//! 3. **Dense gradients** ([`reduce_gradients`]): summed over the ranks in two all-reduces
+//!    of flat `f32` buffers: the head's parameters, started on a communication thread as
+//!    soon as the head's backward is done and overlapped with the rest of backward (the
+//!    embeddings' scatter; [`backward_overlapped`]), then the others.
 //! 4. **Sparse gradients**: the embedding gradients are the touched rows and their
 //!    summed gradients, sorted by id, per feature. Every rank all-gathers every rank's
 //!    (ids, rows) and merges them (rows of one id summed in rank order), so every
@@ -42,6 +44,7 @@ use mixrank_engine::Backend;
 use mixrank_model::Model;
 use mixrank_nn::EmbeddingCollection;
 use std::ops::Range;
+use std::sync::Arc;
 
 impl From<mixrank_dist::DistError> for TrainError {
     fn from(e: mixrank_dist::DistError) -> Self {
@@ -87,27 +90,93 @@ pub struct Exchanged {
     pub sparse_bytes: u64,
 }
 
-/// Sums every dense parameter's gradient over the ranks, then, with `replicated_tables`,
-/// merges the embeddings' sparse gradients (see the module docs; sharded tables
-/// exchange theirs in [`crate::sharded_tables::ShardedTables::exchange_grads`]).
+/// Runs the model's backward on this rank's rows with the all-reduce of its leading
+/// dense parameters' gradients (the head's: [`Model::backward_overlapped`]) started on a
+/// communication thread as soon as they are final, overlapped with the rest of backward
+/// (the logit sources' and the embeddings' scatter); returns them summed over the ranks,
+/// for [`reduce_gradients`]. The thread is joined before this returns, so no other
+/// collective runs beside it (MPI is initialised `MPI_THREAD_SERIALIZED`).
+pub fn backward_overlapped<B: Backend>(
+    c: &Arc<dyn Collective>,
+    ops: &B,
+    model: &mut dyn Model<B>,
+    b: &Batch,
+    d_logits: &[&B::Buf],
+) -> Result<Option<Vec<f32>>> {
+    std::thread::scope(|s| {
+        let mut pending = None;
+        let done = model.backward_overlapped(ops, b, d_logits, &mut |lead| {
+            let mut buf = Vec::new();
+            let mut err = None;
+            lead.params(&mut |_, p| {
+                let at = buf.len();
+                buf.resize(at + p.len(), 0.0);
+                if let Err(e) = ops.read(&p.grad, &mut buf[at..]) {
+                    err.get_or_insert(e);
+                }
+            });
+            if let Some(e) = err {
+                return Err(mixrank_model::ModelError::Engine {
+                    context: "reading gradients for the overlapped all-reduce".into(),
+                    source: Box::new(e),
+                });
+            }
+            let c = c.clone();
+            pending = Some(s.spawn(move || c.all_reduce_sum_f32(&mut buf).map(|_| buf)));
+            Ok(())
+        });
+        let reduced = match pending {
+            Some(h) => Some(h.join().map_err(|_| TrainError::Distributed("the all-reduce thread panicked".into()))??),
+            None => None,
+        };
+        done?;
+        Ok(reduced)
+    })
+}
+
+/// Sums every dense parameter's gradient over the ranks, in two buckets: the leading
+/// [`Model::overlap_len`] values (the head's; `lead`: already summed by
+/// [`backward_overlapped`], or `None` — a rank without rows, or a model that hands none
+/// out early — to sum here) and the rest. Every rank makes the same two calls (the split
+/// is the architecture's). Then, with `replicated_tables`, merges the embeddings' sparse
+/// gradients (see the module docs; sharded tables exchange theirs in
+/// [`crate::sharded_tables::ShardedTables::exchange_grads`]).
 pub fn reduce_gradients<B: Backend>(
     c: &dyn Collective,
     ops: &B,
     model: &mut dyn Model<B>,
     replicated_tables: bool,
+    lead: Option<Vec<f32>>,
 ) -> Result<Exchanged> {
+    let split = model.overlap_len();
     let mut total = 0;
     model.params(&mut |_, p| total += p.len());
+    if split > total || lead.as_ref().is_some_and(|l| l.len() != split) {
+        return Err(TrainError::Distributed(format!(
+            "the head's {} overlapped gradient values do not lead the model's {total}",
+            lead.map_or(split, |l| l.len())
+        )));
+    }
     let mut flat = vec![0f32; total];
     let (mut at, mut err) = (0, None);
+    let skip = if lead.is_some() { split } else { 0 };
     model.params(&mut |_, p| {
         let n = p.len();
-        if let Err(e) = ops.read(&p.grad, &mut flat[at..at + n]) {
-            err.get_or_insert(e);
+        if at >= skip {
+            if let Err(e) = ops.read(&p.grad, &mut flat[at..at + n]) {
+                err.get_or_insert(e);
+            }
         }
         at += n;
     });
-    c.all_reduce_sum_f32(&mut flat)?;
+    match lead {
+        Some(l) => flat[..split].copy_from_slice(&l),
+        None if split > 0 => c.all_reduce_sum_f32(&mut flat[..split])?,
+        None => {}
+    }
+    if split < total {
+        c.all_reduce_sum_f32(&mut flat[split..])?;
+    }
     at = 0;
     model.params(&mut |_, p| {
         let n = p.len();

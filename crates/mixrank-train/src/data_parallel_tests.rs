@@ -43,7 +43,7 @@
 //! every entry and prints the largest `|g_N − g_1| / bound` (measured on this batch:
 //! 0.063 for dense entries, 0.45 for sparse ones, with 2 and with 3 ranks).
 
-use crate::data_parallel::{reduce_gradients, shard, shard_range, task_weight_sums};
+use crate::data_parallel::{backward_overlapped, reduce_gradients, shard, shard_range, task_weight_sums};
 use crate::losses::TaskLosses;
 use mixrank_data::pipeline::{BatchStream, StreamOptions};
 use mixrank_data::stats::fit_train_stats;
@@ -164,7 +164,7 @@ fn ranks(cfg: &Arc<ExperimentConfig>, b: &Batch, n: usize) -> Vec<RankStep> {
                     // As `Run::step` does: the denominators from the global batch.
                     let logits = backprop(cfg, &ops, &mut *m, &local, Some(task_weight_sums(b)));
                     let before = grads_of(&mut *m);
-                    reduce_gradients(&c, &ops, &mut *m, true).unwrap();
+                    reduce_gradients(&c, &ops, &mut *m, true, None).unwrap();
                     RankStep { logits, local: before, reduced: grads_of(&mut *m) }
                 })
             })
@@ -366,4 +366,67 @@ fn data_parallel_step_equals_one_process_within_the_summation_order_bound() {
     }
     let skipped: usize = skipped.iter().map(|s| s.len()).sum();
     eprintln!("2·γ(B−1) = {:.3e}; {skipped} sparse rows not reproducible from their rows' terms", 2.0 * gamma(B - 1));
+}
+
+/// The trainer's overlapped all-reduce (the head's gradients summed on a thread while
+/// the embeddings' backward runs, then the rest) gives every rank the bits of the
+/// synchronous one, on 2 and 3 uneven shards.
+#[test]
+fn overlapped_all_reduce_equals_the_synchronous_one() {
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, enc) = config(d.path());
+    let b = first_batch(&cfg, &enc);
+    let cfg = &cfg;
+    let b = &b;
+    for n in [2, 3] {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = InProcess::group(n)
+                .into_iter()
+                .map(|c| {
+                    s.spawn(move || {
+                        let c: Arc<dyn Collective> = Arc::new(c);
+                        let ops = Ops::default();
+                        let local = shard(b, &*c);
+                        let sums = Some(task_weight_sums(b));
+                        // Synchronous: backward, then both buckets summed.
+                        let mut m = model(cfg, &ops);
+                        backprop(cfg, &ops, &mut *m, &local, sums.clone());
+                        reduce_gradients(&*c, &ops, &mut *m, true, None).unwrap();
+                        let sync = grads_of(&mut *m);
+                        // Overlapped, as `Run::step` does it.
+                        let mut m = model(cfg, &ops);
+                        let mut losses = TaskLosses::new(cfg, &ops).unwrap();
+                        losses.weight_sums = sums;
+                        m.forward(&ops, &local).unwrap();
+                        losses.compute(cfg, &ops, &*m, &local, 0).unwrap();
+                        mixrank_nn::zero_grads(&ops, &mut *m).unwrap();
+                        let refs: Vec<&Vec<f32>> = losses.grads.iter().collect();
+                        let lead = backward_overlapped(&c, &ops, &mut *m, &local, &refs).unwrap();
+                        let (split, total) = (m.overlap_len(), m.num_params());
+                        // Without a position tower every dense parameter is the head's.
+                        assert!(split > 0 && split <= total, "the head's {split} of {total} values");
+                        assert_eq!(lead.as_ref().map(Vec::len), Some(split));
+                        reduce_gradients(&*c, &ops, &mut *m, true, lead).unwrap();
+                        let over = grads_of(&mut *m);
+                        let bits = |g: &Grads| g.dense.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&over), bits(&sync), "{n} ranks, rank {}: dense", c.rank());
+                        assert_eq!(over.sparse.len(), sync.sparse.len());
+                        for (f, (a, b)) in over.sparse.iter().zip(&sync.sparse).enumerate() {
+                            assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "feature {f}");
+                            for (id, row) in a {
+                                let want = &b[id];
+                                assert!(
+                                    row.iter().zip(want).all(|(x, y)| x.to_bits() == y.to_bits()),
+                                    "feature {f} id {id}"
+                                );
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.join().unwrap();
+            }
+        });
+    }
 }

@@ -737,9 +737,15 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
             self.window.distill.iter_mut().zip(dl).for_each(|(w, l)| *w += l);
         }
         mixrank_nn::zero_grads(ops, &mut *self.model).map_err(layer("zeroing gradients"))?;
+        // Data-parallel: the head's gradients summed over the ranks while the rest of
+        // backward runs.
+        let mut lead = None;
         if b.rows > 0 {
             let refs: Vec<&B::Buf> = self.losses.grads.iter().collect();
-            self.model.backward(ops, b, &refs)?;
+            match &dist {
+                Some(c) => lead = crate::data_parallel::backward_overlapped(c, ops, &mut *self.model, b, &refs)?,
+                None => self.model.backward(ops, b, &refs)?,
+            }
             for (name, l) in self.model.aux_losses() {
                 let l = crate::error::finite_loss(l as f64, self.step, || name.to_string())?;
                 match self.window.aux.iter_mut().find(|(n, _)| n == name) {
@@ -752,7 +758,7 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
         }
         if let Some(c) = &dist {
             let replicated = self.sharded.is_none();
-            let x = crate::data_parallel::reduce_gradients(&**c, self.ops, &mut *self.model, replicated)?;
+            let x = crate::data_parallel::reduce_gradients(&**c, self.ops, &mut *self.model, replicated, lead)?;
             if let Some(s) = &mut self.sharded {
                 self.exchanged.1.sparse_bytes += s.exchange_grads(&**c, ops, &mut *self.model)?;
             }
