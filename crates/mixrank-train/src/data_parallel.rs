@@ -20,9 +20,10 @@
 //!    sharded reading (no rank holds the global batch) the ranks all-reduce their sums
 //!    instead ([`all_reduced_weight_sums`]), the same value on every rank.
 //! 3. **Dense gradients** ([`reduce_gradients`]): summed over the ranks in two all-reduces
-//!    of flat `f32` buffers: the head's parameters, started on a communication thread as
-//!    soon as the head's backward is done and overlapped with the rest of backward (the
-//!    embeddings' scatter; [`backward_overlapped`]), then the others.
+//!    of flat `f32` buffers: the head's parameters, then the others. With `[train]
+//!    overlap_all_reduce` the head's starts on a communication thread as soon as the
+//!    head's backward is done, overlapped with the rest of backward (the embeddings'
+//!    scatter; [`backward_overlapped`]).
 //! 4. **Sparse gradients**: the embedding gradients are the touched rows and their
 //!    summed gradients, sorted by id, per feature. Every rank all-gathers every rank's
 //!    (ids, rows) and merges them (rows of one id summed in rank order), so every

@@ -743,8 +743,10 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
         if b.rows > 0 {
             let refs: Vec<&B::Buf> = self.losses.grads.iter().collect();
             match &dist {
-                Some(c) => lead = crate::data_parallel::backward_overlapped(c, ops, &mut *self.model, b, &refs)?,
-                None => self.model.backward(ops, b, &refs)?,
+                Some(c) if self.cfg.train.overlap_all_reduce => {
+                    lead = crate::data_parallel::backward_overlapped(c, ops, &mut *self.model, b, &refs)?
+                }
+                _ => self.model.backward(ops, b, &refs)?,
             }
             for (name, l) in self.model.aux_losses() {
                 let l = crate::error::finite_loss(l as f64, self.step, || name.to_string())?;

@@ -155,6 +155,14 @@ fn n_ranks_train_like_one_process_with_identical_replicas() {
             }
         }
         eprintln!("{n} ranks: {differ} weights differ from one process's, largest relative difference {worst:e}");
+        // The head's all-reduce overlapped with the embeddings' backward: the same bits
+        // (ranks without rows in the last batch take the synchronous path).
+        let overlapped =
+            config(&d.path().join(format!("ov{n}")), 23, "epochs = 1\nlr = 0.001\noverlap_all_reduce = true\n");
+        let out_ov = d.path().join(format!("overlapped{n}"));
+        let sums: Vec<TrainSummary> = run(&overlapped, &out_ov, n).into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(sums[0].replicas.map(|r| r.checksum), Some(rep.checksum), "{n} ranks overlapped");
+        assert!(weights(&out_ov.join("checkpoint")) == wn, "{n} ranks: overlapped all-reduce, other weights");
     }
 }
 

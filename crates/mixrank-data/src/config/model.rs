@@ -1010,6 +1010,13 @@ pub struct TrainSection {
     /// whole on every rank too (0: none). Refused with replicated tables.
     #[serde(default, skip_serializing_if = "is_zero_rows")]
     pub replicate_tables_under_rows: usize,
+    /// Data-parallel training: all-reduce the head's dense gradients on a communication
+    /// thread while the rest of backward (the embeddings' scatter) runs, instead of after
+    /// backward. The same bits either way; off by default: where the ranks keep every
+    /// core busy the thread only competes with them (docs/distributed.md). Not written
+    /// when off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overlap_all_reduce: bool,
     /// Mixed-precision training: `bf16` runs every matrix product with bf16 operands
     /// (f32 accumulation, f32 master weights). Not written when f32, so configs without it
     /// serialise as before.
