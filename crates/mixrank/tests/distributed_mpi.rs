@@ -3,7 +3,9 @@
 //! global batches, with every replica's weights checked equal; a job one of whose rank
 //! processes is SIGKILLed stops (no hang); row-wise sharded tables give the replicated
 //! tables' checkpoint bytes and `--resume` under `mpirun -n 3` finishes it
-//! with every row trained on once and one process's weights. Built only with the
+//! with every row trained on once and one process's weights; distillation (pairwise,
+//! listwise, pointwise) with the overlapped all-reduce and a mixed table placement
+//! trains like one process. Built only with the
 //! `mpi` feature (needs Open MPI or MPICH and libclang):
 //! `cargo test --workspace --locked --features mixrank/mpi --test distributed_mpi`.
 #![cfg(feature = "mpi")]
@@ -245,4 +247,48 @@ fn a_killed_rank_stops_the_job_and_resume_on_3_ranks_finishes_it() {
     }
     eprintln!("killed at step >= 8 on 2 ranks, resumed on 3: largest relative difference {worst:e}");
     assert!(worst <= 1e-3, "{worst}");
+}
+
+/// Distillation from a checkpoint teacher (pairwise within requests, listwise,
+/// soft-label BCE) under `mpirun -n 2`, with the head's all-reduce overlapped with the
+/// embeddings' backward on a communication thread beside MPI (`MPI_THREAD_SERIALIZED`)
+/// and the shared `category` table whole on every rank while the others are sharded:
+/// the job trains like one process (same tolerance as above).
+#[test]
+fn mpirun_distills_with_overlap_and_mixed_tables_like_one_process() {
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, model) = setup(d.path());
+    let teacher = d.path().join("teacher");
+    check(Command::new(bin()).args(train_args(&cfg, &model, &teacher)).output().unwrap(), "the teacher");
+    let student = cfg.with_file_name("student.toml");
+    let distill = format!(
+        "\n[distill]\nsource = \"checkpoint\"\ncheckpoint = {:?}\n\
+         [[distill.tasks]]\ntask = \"click\"\nloss = \"pairwise\"\npairs = \"request\"\npairs_per_row = 3\n\
+         [[distill.tasks]]\ntask = \"save\"\nloss = \"listwise\"\n\
+         [[distill.tasks]]\ntask = \"conversion\"\nloss = \"pointwise_bce\"\n",
+        teacher.display().to_string()
+    );
+    std::fs::write(&student, std::fs::read_to_string(&cfg).unwrap() + &distill).unwrap();
+    let model2 = d.path().join("model2.toml");
+    let keys =
+        "[train]\noverlap_all_reduce = true\nembedding_sharding = \"rows\"\nreplicated_tables = [\"category\"]\n";
+    std::fs::write(&model2, std::fs::read_to_string(&model).unwrap().replace("[train]\n", keys)).unwrap();
+    let one = d.path().join("one");
+    check(Command::new(bin()).args(train_args(&student, &model2, &one)).output().unwrap(), "one process");
+    let out = d.path().join("mpi2");
+    check(mpirun(2).args(train_args(&student, &model2, &out)).output().unwrap(), "mpirun -n 2");
+    let (m1, m) = (metrics(&one), metrics(&out));
+    assert_eq!((&m["steps"], &m["examples"]), (&m1["steps"], &m1["examples"]));
+    assert_eq!(m["replicas"]["transport"], "mpi");
+    let (w1, wn) = (weights(&one.join("checkpoint")), weights(&out.join("checkpoint")));
+    assert_eq!(wn.keys().collect::<Vec<_>>(), w1.keys().collect::<Vec<_>>());
+    let mut worst = 0f32;
+    for (name, a) in &wn {
+        for (x, y) in a.iter().zip(&w1[name]) {
+            let rel = (x - y).abs() / y.abs().max(1e-3);
+            worst = worst.max(rel);
+            assert!(rel <= 1e-3, "{name}: {x} vs {y}");
+        }
+    }
+    eprintln!("mpirun -n 2 distilled: largest relative weight difference from one process {worst:e}");
 }
