@@ -448,19 +448,15 @@ pub fn read_verified(dir: &Path) -> Result<Verified> {
 }
 
 /// The whole weights and optimizer files of a checkpoint with sharded tables: the dense
-/// files' tensors plus every shard file's tensors put back together (row `id` from
-/// shard `id mod N`, its local row `id / N`); tables (`emb.*`) go to the weights, their
-/// optimizer state to the optimizer file. The result is the file a job with replicated
-/// tables writes (tested byte for byte).
+/// files' tensors plus every shard file's tensors put back together
+/// ([`whole_tensors`]); tables (`emb.*`) go to the weights, their optimizer state to the
+/// optimizer file. The result is the file a job with replicated tables writes (tested
+/// byte for byte).
 fn whole_from_shards(
     weights: &[u8],
     optimizer: &[u8],
     shards: &[Vec<u8>],
 ) -> std::result::Result<(Vec<u8>, Vec<u8>), String> {
-    use safetensors::tensor::Dtype;
-    let n = shards.len();
-    let files: Vec<TensorFile<'_>> =
-        shards.iter().map(|b| TensorFile::parse("a table shard file", b)).collect::<std::result::Result<_, _>>()?;
     let copy = |f: &TensorFile<'_>| -> std::result::Result<Vec<Tensor>, String> {
         f.names()
             .into_iter()
@@ -477,7 +473,27 @@ fn whole_from_shards(
     };
     let mut whole_w = copy(&TensorFile::parse(WEIGHTS, weights)?)?;
     let mut whole_o = copy(&TensorFile::parse(OPTIMIZER, optimizer)?)?;
+    for whole in whole_tensors(shards)? {
+        if whole.name.starts_with("emb.") {
+            whole_w.push(whole)
+        } else {
+            whole_o.push(whole)
+        }
+    }
+    Ok((serialize(&whole_w)?, serialize(&whole_o)?))
+}
+
+/// Every tensor of the table shard files `shards` (shard `r` of `N = shards.len()`, as
+/// [`ShardedTables::tensors`](crate::sharded_tables::ShardedTables::tensors) writes
+/// them) put back together: row `id` from shard `id mod N`, its local row `id / N`. Used
+/// for a checkpoint's shard files and for the shards gathered on rank 0 during training.
+pub(crate) fn whole_tensors(shards: &[Vec<u8>]) -> std::result::Result<Vec<Tensor>, String> {
+    use safetensors::tensor::Dtype;
+    let n = shards.len();
+    let files: Vec<TensorFile<'_>> =
+        shards.iter().map(|b| TensorFile::parse("a table shard file", b)).collect::<std::result::Result<_, _>>()?;
     let Some(first) = files.first() else { return Err("no table shard files".into()) };
+    let mut out = Vec::new();
     for name in first.names() {
         let mut parts = Vec::with_capacity(n);
         for (r, f) in files.iter().enumerate() {
@@ -507,14 +523,9 @@ fn whole_from_shards(
             let j = id / n;
             row.copy_from_slice(&parts[id % n].data()[j * width..(j + 1) * width]);
         }
-        let whole = Tensor { name: name.to_string(), dtype, shape: [vec![rows], shape[1..].to_vec()].concat(), data };
-        if name.starts_with("emb.") {
-            whole_w.push(whole)
-        } else {
-            whole_o.push(whole)
-        }
+        out.push(Tensor { name: name.to_string(), dtype, shape: [vec![rows], shape[1..].to_vec()].concat(), data });
     }
-    Ok((serialize(&whole_w)?, serialize(&whole_o)?))
+    Ok(out)
 }
 
 impl Verified {

@@ -46,6 +46,36 @@ pub struct OptimizerManifest {
     pub sparse_steps: u64,
 }
 
+impl<B: Backend> Sparse<B> {
+    /// Restores the state of every table of `e` from `file` (the names
+    /// [`Optimizers::sparse_tensors`] writes, the tables' shapes); `steps` is lazy Adam's
+    /// step count.
+    pub fn restore(
+        &mut self,
+        ops: &B,
+        e: &EmbeddingCollection<B>,
+        file: &TensorFile<'_>,
+        steps: u64,
+    ) -> std::result::Result<(), String> {
+        for (ti, table) in e.tables().iter().enumerate() {
+            match self {
+                Sparse::Adagrad(o) => {
+                    let acc = file.f32(&format!("adagrad.acc.emb.tables.{ti}"), &[table.rows])?;
+                    o.set_accumulators(ops, ti, &acc).map_err(|e| e.to_string())?;
+                }
+                Sparse::Lazy(o) => {
+                    let shape = [table.rows, table.dim];
+                    let m = file.f32(&format!("lazy_adam.m.emb.tables.{ti}"), &shape)?;
+                    let v = file.f32(&format!("lazy_adam.v.emb.tables.{ti}"), &shape)?;
+                    let counts = file.u32(&format!("lazy_adam.steps.emb.tables.{ti}"), &[table.rows])?;
+                    o.set_state(ops, ti, steps, &m, &v, &counts).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl<B: Backend> Optimizers<B> {
     /// Fresh (zero) state for `model` as `[train]` configures it.
     pub fn new(t: &TrainSection, ops: &B, model: &mut dyn Model<B>) -> Result<Self> {
@@ -237,21 +267,6 @@ impl<B: Backend> Optimizers<B> {
         if om.sparse != Some(kind) {
             return Err(format!("sparse optimizer {:?} in the checkpoint, {kind:?} in the config", om.sparse));
         }
-        for (ti, table) in e.tables().iter().enumerate() {
-            match s {
-                Sparse::Adagrad(o) => {
-                    let acc = file.f32(&format!("adagrad.acc.emb.tables.{ti}"), &[table.rows])?;
-                    o.set_accumulators(ops, ti, &acc).map_err(|e| e.to_string())?;
-                }
-                Sparse::Lazy(o) => {
-                    let shape = [table.rows, table.dim];
-                    let m = file.f32(&format!("lazy_adam.m.emb.tables.{ti}"), &shape)?;
-                    let v = file.f32(&format!("lazy_adam.v.emb.tables.{ti}"), &shape)?;
-                    let steps = file.u32(&format!("lazy_adam.steps.emb.tables.{ti}"), &[table.rows])?;
-                    o.set_state(ops, ti, om.sparse_steps, &m, &v, &steps).map_err(|e| e.to_string())?;
-                }
-            }
-        }
-        Ok(())
+        s.restore(ops, e, file, om.sparse_steps)
     }
 }

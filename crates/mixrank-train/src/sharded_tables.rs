@@ -481,10 +481,12 @@ impl<B: Backend> ShardedTables<B> {
         Ok(sent)
     }
 
-    /// Collective. Every rank sends its shard (rows and sparse optimizer state) to rank
-    /// 0, which puts the whole tables into `model` and the whole state into `optim` in
-    /// place of its working tables and the shard's state (set aside until
-    /// [`ShardedTables::release`]). The other ranks keep theirs.
+    /// Collective. Every rank sends its shard (rows and sparse optimizer state, as the
+    /// tensors of its periodic-checkpoint file, [`ShardedTables::tensors`]) to rank 0,
+    /// which puts them back together as a checkpoint's shard files are
+    /// ([`crate::checkpoint::whole_tensors`]) and installs the whole tables in `model` and
+    /// their state in `optim` in place of its working tables and the shard's state (set
+    /// aside until [`ShardedTables::release`]). The other ranks keep theirs.
     pub fn gather_to_lead(
         &mut self,
         c: &dyn Collective,
@@ -495,100 +497,32 @@ impl<B: Backend> ShardedTables<B> {
         if self.set_aside.is_some() {
             return Err(TrainError::Distributed("the whole tables are already on rank 0".into()));
         }
-        let n = self.size;
-        let mut mine = Vec::new();
-        let read = layer("reading the embedding shard");
-        for (t, table) in self.shard.tables().iter().enumerate() {
-            // A whole table: rank 0's own copy is the whole; the others send none of it.
-            let o = if self.whole[t] && self.rank != 0 { 0 } else { self.owned[t] };
-            let dim = self.dims[t];
-            let v = table.read_value(ops).map_err(&read)?;
-            put(&mut mine, &v[..o * dim], f32::to_le_bytes);
-            match &optim.sparse {
-                Some(Sparse::Adagrad(s)) => {
-                    let acc = s.accumulators(ops, t).map_err(&read)?;
-                    put(&mut mine, &acc[..o], f32::to_le_bytes);
-                }
-                Some(Sparse::Lazy(s)) => {
-                    let (m, v, steps) = s.state(ops, t).map_err(&read)?;
-                    put(&mut mine, &m[..o * dim], f32::to_le_bytes);
-                    put(&mut mine, &v[..o * dim], f32::to_le_bytes);
-                    put(&mut mine, &steps[..o], u32::to_le_bytes);
-                }
-                None => {}
-            }
-        }
-        let mut send = vec![Vec::new(); n];
-        send[0] = mine;
+        let bad = |m: String| TrainError::Distributed(format!("gathering the embedding shards on rank 0: {m}"));
+        let mut send = vec![Vec::new(); self.size];
+        send[0] = crate::tensors::serialize(&self.tensors(ops, optim)?).map_err(bad)?;
         let got = c.all_to_all_bytes(&send)?;
         if self.rank != 0 {
             return Ok(());
         }
-        // Per table: values, then the optimizer's arrays, each `[rows, width]`.
-        let widths = |dim: usize| -> Vec<usize> {
-            match &optim.sparse {
-                Some(Sparse::Adagrad(_)) => vec![dim, 1],
-                Some(Sparse::Lazy(_)) => vec![dim, dim, dim, 1],
-                None => vec![dim],
-            }
-        };
-        let nt = self.full_rows.len();
-        // full[t][k]: table t's k-th array, whole (the last of lazy Adam's is u32 steps).
-        let mut full: Vec<Vec<Vec<f32>>> = (0..nt)
-            .map(|t| widths(self.dims[t]).iter().map(|&w| vec![0f32; self.full_rows[t] * w]).collect())
-            .collect();
-        let mut full_steps: Vec<Vec<u32>> = (0..nt).map(|t| vec![0u32; self.full_rows[t]]).collect();
-        for (r, bytes) in got.iter().enumerate() {
-            let mut rd = Reader { bytes, at: 0, rank: r, what: "embedding shards" };
-            for t in 0..nt {
-                // Rank r's rows and where its j-th goes: ids r, r + n, … of a sharded
-                // table; all of a whole table from rank 0, none from the others.
-                let (o, stride, first) = match self.whole[t] {
-                    true => (if r == 0 { self.full_rows[t] } else { 0 }, 1, 0),
-                    false => (owned_rows(self.full_rows[t], r, n), n, r),
-                };
-                let ws = widths(self.dims[t]);
-                let lazy = matches!(optim.sparse, Some(Sparse::Lazy(_)));
-                for (k, &w) in ws.iter().enumerate() {
-                    if lazy && k == 3 {
-                        let steps = rd.u32s(o)?;
-                        for (j, s) in steps.into_iter().enumerate() {
-                            full_steps[t][first + j * stride] = s;
-                        }
-                    } else {
-                        let vals = rd.f32s(o * w)?;
-                        for (j, row) in vals.chunks_exact(w.max(1)).enumerate() {
-                            let id = first + j * stride;
-                            full[t][k][id * w..(id + 1) * w].copy_from_slice(row);
-                        }
-                    }
-                }
-            }
-            rd.done()?;
-        }
+        let whole = crate::tensors::serialize(&crate::checkpoint::whole_tensors(&got).map_err(bad)?).map_err(bad)?;
+        let file = crate::tensors::TensorFile::parse("the gathered embedding shards", &whole).map_err(bad)?;
         let emb = model.embeddings_mut().ok_or_else(|| TrainError::Distributed("the model lost its tables".into()))?;
-        let mut working = Vec::with_capacity(nt);
+        let mut working = Vec::with_capacity(self.full_rows.len());
         for (t, table) in emb.tables_mut().iter_mut().enumerate() {
-            let value = ops.upload(&full[t][0]).map_err(engine("uploading a whole embedding table"))?;
-            let whole = EmbeddingTable { value, rows: self.full_rows[t], dim: self.dims[t] };
-            working.push(std::mem::replace(table, whole));
+            let (rows, dim) = (self.full_rows[t], self.dims[t]);
+            let values = file.f32(&format!("emb.tables.{t}"), &[rows, dim]).map_err(bad)?;
+            let value = ops.upload(&values).map_err(engine("uploading a whole embedding table"))?;
+            working.push(std::mem::replace(table, EmbeddingTable { value, rows, dim }));
         }
         let whole_sparse = match &optim.sparse {
             None => None,
-            Some(kind) => {
+            Some(shard) => {
+                let steps = match shard {
+                    Sparse::Lazy(o) => o.steps(),
+                    Sparse::Adagrad(_) => 0,
+                };
                 let mut s = Optimizers::new_sparse(&self.train, ops, emb)?;
-                let restore = layer("restoring the whole sparse optimizer state");
-                for t in 0..nt {
-                    match (kind, &mut s) {
-                        (Sparse::Adagrad(_), Sparse::Adagrad(o)) => {
-                            o.set_accumulators(ops, t, &full[t][1]).map_err(&restore)?
-                        }
-                        (Sparse::Lazy(own), Sparse::Lazy(o)) => o
-                            .set_state(ops, t, own.steps(), &full[t][1], &full[t][2], &full_steps[t])
-                            .map_err(&restore)?,
-                        _ => unreachable!("both built from the same [train] section"),
-                    }
-                }
+                s.restore(ops, emb, &file, steps).map_err(bad)?;
                 Some(s)
             }
         };
