@@ -20,8 +20,9 @@
 //! GPU the suites are `bench/gpu_check.sh`.
 //!
 //! Not done yet: bf16 GEMMs (`pack_reduced` refuses, the trait's default), CUDA graphs,
-//! the copy stream with pinned buffers, multi-tensor optimizer launches, a device sort
-//! (see below), and `--device` in the CLI.
+//! the copy stream with pinned buffers, multi-tensor optimizer launches and a device sort
+//! (see below). (`--device cuda[:N]` on train, eval, predict, serve and bench is in the
+//! CLI, `crates/mixrank/src/backend.rs`.)
 //!
 //! # Differences from the host backends
 //! - **Sync points beyond the trait's.** The sparse-gradient ops must return the number
