@@ -75,6 +75,21 @@ fn weights(ckpt: &Path) -> BTreeMap<String, Vec<f32>> {
         .collect()
 }
 
+/// Asserts every weight of `got` within 1e-3 relative of `want`'s (the tolerance and
+/// its reason: `mixrank-train/tests/distributed.rs`); returns the largest difference.
+fn assert_close(got: &BTreeMap<String, Vec<f32>>, want: &BTreeMap<String, Vec<f32>>, what: &str) -> f32 {
+    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{what}");
+    let mut worst = 0f32;
+    for (name, a) in got {
+        for (x, y) in a.iter().zip(&want[name]) {
+            let rel = (x - y).abs() / y.abs().max(1e-3);
+            worst = worst.max(rel);
+            assert!(rel <= 1e-3, "{what}, {name}: {x} vs {y}");
+        }
+    }
+    worst
+}
+
 fn metrics(run: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap()
 }
@@ -99,16 +114,7 @@ fn mpirun_2_and_3_ranks_train_like_one_process() {
         assert_eq!(m["replicas"]["transport"], "mpi");
         assert_eq!((&m["steps"], &m["examples"]), (&m1["steps"], &m1["examples"]), "{n} ranks");
         // Same tolerance and reason as the in-process test (`mixrank-train/tests/distributed.rs`).
-        let wn = weights(&out.join("checkpoint"));
-        assert_eq!(wn.keys().collect::<Vec<_>>(), w1.keys().collect::<Vec<_>>());
-        let mut worst = 0f32;
-        for (name, a) in &wn {
-            for (x, y) in a.iter().zip(&w1[name]) {
-                let rel = (x - y).abs() / y.abs().max(1e-3);
-                worst = worst.max(rel);
-                assert!(rel <= 1e-3, "{n} ranks, {name}: {x} vs {y}");
-            }
-        }
+        let worst = assert_close(&weights(&out.join("checkpoint")), &w1, &format!("{n} ranks"));
         eprintln!("mpirun -n {n}: largest relative weight difference from one process {worst:e}");
         // Row-wise sharded tables (lookups and gradients by MPI all-to-all): the same
         // bytes as the replicated run (`mixrank-train/src/sharded_tables.rs`).
@@ -280,15 +286,6 @@ fn mpirun_distills_with_overlap_and_mixed_tables_like_one_process() {
     let (m1, m) = (metrics(&one), metrics(&out));
     assert_eq!((&m["steps"], &m["examples"]), (&m1["steps"], &m1["examples"]));
     assert_eq!(m["replicas"]["transport"], "mpi");
-    let (w1, wn) = (weights(&one.join("checkpoint")), weights(&out.join("checkpoint")));
-    assert_eq!(wn.keys().collect::<Vec<_>>(), w1.keys().collect::<Vec<_>>());
-    let mut worst = 0f32;
-    for (name, a) in &wn {
-        for (x, y) in a.iter().zip(&w1[name]) {
-            let rel = (x - y).abs() / y.abs().max(1e-3);
-            worst = worst.max(rel);
-            assert!(rel <= 1e-3, "{name}: {x} vs {y}");
-        }
-    }
+    let worst = assert_close(&weights(&out.join("checkpoint")), &weights(&one.join("checkpoint")), "distilled");
     eprintln!("mpirun -n 2 distilled: largest relative weight difference from one process {worst:e}");
 }

@@ -153,7 +153,7 @@ fn upload_ids<B: Backend>(ops: &B, host: &[u32], dst: &mut B::Ids, what: &'stati
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::distill::loss::{listwise, pairwise, Rows};
     use crate::distill::pair_rng;
@@ -186,6 +186,42 @@ mod tests {
         }
     }
 
+    /// The three ranking losses as `(loss, weight, temperature)` — pairs within
+    /// requests (3 per row), pairs in the batch (`batch_pairs` per row), listwise — and
+    /// as config tasks.
+    pub(crate) fn three_losses(batch_pairs: usize) -> ([(DistillLoss, f64, f64); 3], Vec<DistillTask>) {
+        let losses = [
+            (DistillLoss::Pairwise { sampling: PairSampling::Request, per_row: 3 }, 0.5, 2.0),
+            (DistillLoss::Pairwise { sampling: PairSampling::Batch, per_row: batch_pairs }, 1.0, 1.0),
+            (DistillLoss::Listwise, 0.75, 0.5),
+        ];
+        let tasks = losses
+            .iter()
+            .map(|&(loss, weight, temperature)| DistillTask {
+                task: 0,
+                loss,
+                weight,
+                temperature,
+                teacher_task: String::new(),
+            })
+            .collect();
+        (losses, tasks)
+    }
+
+    /// Request ids of `n` rows: requests of 1..=9 rows, their rows spread over the batch.
+    pub(crate) fn shuffled_requests(g: &mut StdRng, n: usize) -> Vec<u64> {
+        let mut request_id: Vec<u64> = Vec::new();
+        while request_id.len() < n {
+            let (id, len) = (g.random::<u64>(), g.random_range(1..=9));
+            request_id.extend(std::iter::repeat_n(id, len));
+        }
+        request_id.truncate(n);
+        for a in (1..n).rev() {
+            request_id.swap(a, g.random_range(0..=a));
+        }
+        request_id
+    }
+
     /// Several steps of a student trained by plain gradient descent on the three ranking
     /// losses, on the ops and on the host path side by side from the same start: the
     /// logit gradients are equal bit for bit at every step (so the two students stay
@@ -197,32 +233,9 @@ mod tests {
         let ops = Counting::new(RefOps);
         let n = 300;
         let mut g = StdRng::seed_from_u64(8);
-        let tasks = [
-            (DistillLoss::Pairwise { sampling: PairSampling::Request, per_row: 3 }, 0.5, 2.0),
-            (DistillLoss::Pairwise { sampling: PairSampling::Batch, per_row: 4 }, 1.0, 1.0),
-            (DistillLoss::Listwise, 0.75, 0.5),
-        ];
-        let cfg_tasks: Vec<DistillTask> = tasks
-            .iter()
-            .map(|&(loss, weight, temperature)| DistillTask {
-                task: 0,
-                loss,
-                weight,
-                temperature,
-                teacher_task: String::new(),
-            })
-            .collect();
+        let (tasks, cfg_tasks) = three_losses(4);
         let mut ranking = Ranking::new(&ops, n, &cfg_tasks).unwrap();
-        // Requests of 1..=9 rows, their rows spread over the batch.
-        let mut request_id: Vec<u64> = Vec::new();
-        while request_id.len() < n {
-            let (id, len) = (g.random::<u64>(), g.random_range(1..=9));
-            request_id.extend(std::iter::repeat_n(id, len));
-        }
-        request_id.truncate(n);
-        for a in (1..n).rev() {
-            request_id.swap(a, g.random_range(0..=a));
-        }
+        let request_id = shuffled_requests(&mut g, n);
         let start: Vec<f32> = (0..n).map(|_| g.random_range(-2.0..2.0)).collect();
         // The host path's student lives in a `Counting` buffer too (the task type holds
         // backend buffers); it is read through `Deref`, not through the counted ops.

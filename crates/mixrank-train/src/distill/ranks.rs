@@ -153,8 +153,9 @@ mod tests {
     use super::*;
     use crate::data_parallel::shard_range;
     use crate::distill::pair_rng;
+    use crate::distill::ranking::tests::{shuffled_requests, three_losses};
     use crate::distill::ranking::{Ranking, Task};
-    use mixrank_data::config::distill::{DistillLoss, DistillTask, PairSampling};
+    use mixrank_data::config::distill::DistillLoss;
     use mixrank_dist::InProcess;
     use mixrank_engine::RefOps;
     use rand::{Rng, SeedableRng};
@@ -180,36 +181,14 @@ mod tests {
         let ops = RefOps;
         let n = 61;
         let mut g = rand::rngs::StdRng::seed_from_u64(5);
-        let mut request_id: Vec<u64> = Vec::new();
-        while request_id.len() < n {
-            let (id, len) = (g.random::<u64>(), g.random_range(1..=9));
-            request_id.extend(std::iter::repeat_n(id, len));
-        }
-        request_id.truncate(n);
-        for a in (1..n).rev() {
-            request_id.swap(a, g.random_range(0..=a));
-        }
+        let request_id = shuffled_requests(&mut g, n);
         let teacher: Vec<f32> = (0..n).map(|_| g.random_range(-3.0..3.0)).collect();
         let weights: Vec<f32> = (0..n).map(|r| if r % 11 == 4 { 0.0 } else { g.random_range(0.5..2.0) }).collect();
         let mask: Vec<f32> = (0..n).map(|r| if r % 7 == 3 { 0.0 } else { 1.0 }).collect();
         let row_weight: Vec<f32> = weights.iter().zip(&mask).map(|(w, m)| if *m != 0.0 { *w } else { 0.0 }).collect();
         let student: Vec<f32> = (0..n).map(|_| g.random_range(-2.0..2.0)).collect();
         let label_grad: Vec<f32> = (0..n).map(|_| g.random_range(-0.1..0.1)).collect();
-        let losses = [
-            (DistillLoss::Pairwise { sampling: PairSampling::Request, per_row: 3 }, 0.5, 2.0),
-            (DistillLoss::Pairwise { sampling: PairSampling::Batch, per_row: 2 }, 1.0, 1.0),
-            (DistillLoss::Listwise, 0.75, 0.5),
-        ];
-        let cfg_tasks: Vec<DistillTask> = losses
-            .iter()
-            .map(|&(loss, weight, temperature)| DistillTask {
-                task: 0,
-                loss,
-                weight,
-                temperature,
-                teacher_task: String::new(),
-            })
-            .collect();
+        let (losses, cfg_tasks) = three_losses(2);
         let (seed, step) = (11, 4);
         for (k, &(loss, weight, temperature)) in losses.iter().enumerate() {
             // One process.
