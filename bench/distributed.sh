@@ -10,6 +10,9 @@
 #   mpi2_sharded         the same, sharded reading
 #   inproc2_tables       --ranks-in-process 2 with [train] embedding_sharding = "rows"
 #   mpi2_tables          mpirun -n 2 with [train] embedding_sharding = "rows"
+#   inproc2_mixed        --ranks-in-process 2, "rows" with tables under 1,000 rows and the
+#                        shared category table whole on every rank (per-table placement)
+#   mpi2_mixed           mpirun -n 2, the same placement
 # ARMS (environment) picks a subset, e.g. ARMS="one_t1 mpi2_replicated mpi2_tables".
 # Prints per run: examples/s over training time (metrics.json), and for the
 # data-parallel runs the payload rank 0 contributed per step to the dense all-reduce and
@@ -32,6 +35,8 @@ for t in 1 2; do
 done
 cp "$out/model_t1.toml" "$out/model_t1_tables.toml"
 printf 'embedding_sharding = "rows"\n' >> "$out/model_t1_tables.toml"
+cp "$out/model_t1_tables.toml" "$out/model_t1_mixed.toml"
+printf 'replicated_tables = ["category"]\nreplicate_tables_under_rows = 1000\n' >> "$out/model_t1_mixed.toml"
 mpirun_=(mpirun -n 2 --oversubscribe --bind-to none)
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 # Loopback; ranks yield the CPU while they wait in a collective (Open MPI spins by default,
@@ -49,6 +54,8 @@ run() { # ARM REP
     mpi2_sharded) "${mpirun_[@]}" "$mpi_bin" train "$out/sim/sharded.toml" --model "$out/model_t1.toml" --out "$d" --overwrite ;;
     inproc2_tables) "$m" train "$out/sim/mixrank.toml" --model "$out/model_t1_tables.toml" --out "$d" --overwrite --ranks-in-process 2 ;;
     mpi2_tables) "${mpirun_[@]}" "$mpi_bin" train "$out/sim/mixrank.toml" --model "$out/model_t1_tables.toml" --out "$d" --overwrite ;;
+    inproc2_mixed) "$m" train "$out/sim/mixrank.toml" --model "$out/model_t1_mixed.toml" --out "$d" --overwrite --ranks-in-process 2 ;;
+    mpi2_mixed) "${mpirun_[@]}" "$mpi_bin" train "$out/sim/mixrank.toml" --model "$out/model_t1_mixed.toml" --out "$d" --overwrite ;;
   esac > "$d.log" 2>&1
   python3 - "$d/metrics.json" "$1" "$2" <<'PY'
 import json, sys
@@ -59,7 +66,7 @@ print(f"{sys.argv[2]} rep {sys.argv[3]} examples {m['examples']} train_s {m['tra
 PY
 }
 mkdir -p "$out/runs"
-read -r -a arms <<< "${ARMS:-one_t1 one_t2 inproc2_replicated inproc2_sharded mpi2_replicated mpi2_sharded inproc2_tables mpi2_tables}"
+read -r -a arms <<< "${ARMS:-one_t1 one_t2 inproc2_replicated inproc2_sharded mpi2_replicated mpi2_sharded inproc2_tables mpi2_tables inproc2_mixed mpi2_mixed}"
 for rep in $(seq 1 "$reps"); do
   for a in "${arms[@]}"; do run "$a" "$rep"; done
 done | tee "$out/results.txt"
