@@ -113,6 +113,14 @@ impl TrainOptions {
                 c.size()
             )));
         }
+        // The in-batch softmax's negatives are the batch's other rows and its mean is over
+        // the batch's positives: on a rank's share of the batch it would be another loss
+        // (fewer negatives) with another normalisation, not the global batch's.
+        if cfg.model.as_ref().and_then(|m| m.two_tower.as_ref()).is_some_and(|t| t.in_batch.is_some()) {
+            return refuse(
+                "[model.two_tower.in_batch] (its negatives are the whole batch's rows; a rank holds a share)",
+            );
+        }
         // Checkpoints are collective (the replicas' checksums are compared), so every rank
         // must find them due at the same steps: a wall-clock interval would not.
         if cfg.train.checkpoint_every_minutes > 0.0 {

@@ -182,6 +182,18 @@ fn a_failing_rank_stops_the_others_and_unsupported_options_are_refused() {
         let e = r.unwrap_err().to_string();
         assert!(e.contains("checkpoint_every_minutes") && e.contains("not supported with 2 ranks"), "{e}");
     }
+    // The two-tower model's in-batch softmax: its negatives are the whole batch's rows.
+    let p = mixrank_data::simulate::EngagementParams { requests_per_day: 30, days: 3, ..Default::default() };
+    let sim = mixrank_data::simulate::simulate_engagement(&p, &d.path().join("tt")).unwrap();
+    let model = d.path().join("tt").join("two_tower.toml");
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/models/two_tower.toml")).unwrap();
+    std::fs::write(&model, text + "\n[model.two_tower.in_batch]\ntask = \"click\"\ntemperature = 0.5\n").unwrap();
+    let tt = Arc::new(ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap());
+    for r in run(&tt, &d.path().join("in_batch"), 2) {
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("[model.two_tower.in_batch]") && e.contains("not supported with 2 ranks"), "{e}");
+    }
     // Rank 1 panics mid-run; rank 0 must stop with an error, not hang.
     let cfg = config(d.path(), 25, "epochs = 1\nlr = 0.001\n");
     let res = run_with(&cfg, &d.path().join("gone"), 2, |r, o| {
