@@ -107,21 +107,11 @@ pub fn backward_overlapped<B: Backend>(
     std::thread::scope(|s| {
         let mut pending = None;
         let done = model.backward_overlapped(ops, b, d_logits, &mut |lead| {
-            let mut buf = Vec::new();
-            let mut err = None;
-            lead.params(&mut |_, p| {
-                let at = buf.len();
-                buf.resize(at + p.len(), 0.0);
-                if let Err(e) = ops.read(&p.grad, &mut buf[at..]) {
-                    err.get_or_insert(e);
-                }
-            });
-            if let Some(e) = err {
-                return Err(mixrank_model::ModelError::Engine {
-                    context: "reading gradients for the overlapped all-reduce".into(),
-                    source: Box::new(e),
-                });
-            }
+            let mut buf = vec![0f32; lead.num_params()];
+            read_grads(ops, lead, &mut buf, 0).map_err(|e| mixrank_model::ModelError::Engine {
+                context: "reading gradients for the overlapped all-reduce".into(),
+                source: Box::new(e),
+            })?;
             let c = c.clone();
             pending = Some(s.spawn(move || c.all_reduce_sum_f32(&mut buf).map(|_| buf)));
             Ok(())
@@ -159,17 +149,8 @@ pub fn reduce_gradients<B: Backend>(
         )));
     }
     let mut flat = vec![0f32; total];
-    let (mut at, mut err) = (0, None);
     let skip = if lead.is_some() { split } else { 0 };
-    model.params(&mut |_, p| {
-        let n = p.len();
-        if at >= skip {
-            if let Err(e) = ops.read(&p.grad, &mut flat[at..at + n]) {
-                err.get_or_insert(e);
-            }
-        }
-        at += n;
-    });
+    let mut err = read_grads(ops, model, &mut flat, skip).err();
     match lead {
         Some(l) => flat[..split].copy_from_slice(&l),
         None if split > 0 => c.all_reduce_sum_f32(&mut flat[..split])?,
@@ -178,7 +159,7 @@ pub fn reduce_gradients<B: Backend>(
     if split < total {
         c.all_reduce_sum_f32(&mut flat[split..])?;
     }
-    at = 0;
+    let mut at = 0;
     model.params(&mut |_, p| {
         let n = p.len();
         if let Err(e) = ops.write(&flat[at..at + n], &mut p.grad) {
@@ -194,6 +175,28 @@ pub fn reduce_gradients<B: Backend>(
         _ => 0,
     };
     Ok(Exchanged { dense_bytes: 4 * total as u64, sparse_bytes })
+}
+
+/// Reads the gradients of `params` (in [`mixrank_nn::Parameters::params`] order) into
+/// `flat`, leaving its first `skip` values (whole parameters) as they are; the first
+/// engine error, after every read was tried.
+fn read_grads<B: Backend>(
+    ops: &B,
+    params: &mut (impl mixrank_nn::Parameters<B> + ?Sized),
+    flat: &mut [f32],
+    skip: usize,
+) -> std::result::Result<(), mixrank_engine::EngineError> {
+    let (mut at, mut err) = (0, None);
+    params.params(&mut |_, p| {
+        let n = p.len();
+        if at >= skip {
+            if let Err(e) = ops.read(&p.grad, &mut flat[at..at + n]) {
+                err.get_or_insert(e);
+            }
+        }
+        at += n;
+    });
+    err.map_or(Ok(()), Err)
 }
 
 /// One feature's sparse gradient: sorted unique ids and their `dim`-wide rows.

@@ -185,13 +185,14 @@ impl<B: Backend> ShardedTables<B> {
         let owned: Vec<usize> =
             full_rows.iter().zip(&whole).map(|(&r, &w)| if w { r } else { owned_rows(r, rank, size) }).collect();
         // This rank's rows of table `t` of a `[rows, width]` host array: all of a whole table.
-        let mine = |t: usize, full: &[f32], width: usize| {
-            if whole[t] {
+        fn kept<T: Copy + Default>(whole: bool, full: &[T], width: usize, rank: usize, size: usize) -> Vec<T> {
+            if whole {
                 full.to_vec()
             } else {
                 at_least_one_row(take_owned(full, width, rank, size), width)
             }
-        };
+        }
+        let mine = |t: usize, full: &[f32], width: usize| kept(whole[t], full, width, rank, size);
         let shard_cfg = EmbeddingCollectionConfig {
             tables: cfg.tables.iter().zip(&owned).map(|(t, &o)| TableConfig { rows: o.max(1), ..t.clone() }).collect(),
             features: cfg.features.clone(),
@@ -219,8 +220,7 @@ impl<B: Backend> ShardedTables<B> {
                         (Sparse::Lazy(f), Sparse::Lazy(o)) => {
                             let (m, v, steps) = f.state(ops, t).map_err(layer("reading lazy Adam state"))?;
                             let (m, v) = (mine(t, &m, dim), mine(t, &v, dim));
-                            let steps =
-                                if whole[t] { steps } else { at_least_one_row(take_owned(&steps, 1, rank, size), 1) };
+                            let steps = kept(whole[t], &steps, 1, rank, size);
                             o.set_state(ops, t, f.steps(), &m, &v, &steps)
                                 .map_err(layer("sharding lazy Adam state"))?;
                         }

@@ -147,6 +147,9 @@ impl<B: Backend + 'static> CheckpointTeacher<B> {
         part: Option<&dyn mixrank_dist::Collective>,
         out: &mut [Vec<f32>],
     ) -> Result<()> {
+        for &(s, _) in &self.tasks {
+            out[s].clear();
+        }
         if self.epoch != Some(opts.epoch) {
             // The previous epoch's stream must have ended with the student's.
             if let Some(mut old) = self.stream.take() {
@@ -167,10 +170,7 @@ impl<B: Backend + 'static> CheckpointTeacher<B> {
             Some(tb) => tb?,
             // Sharded reading: this rank's shard ran out before the others' and it steps
             // with no rows until the epoch ends; its teacher's shard ran out too.
-            None if b.rows == 0 && part.is_none() => {
-                self.tasks.iter().for_each(|&(s, _)| out[s].clear());
-                return Ok(());
-            }
+            None if b.rows == 0 && part.is_none() => return Ok(()),
             None => return Err(self.misaligned(at, "the teacher's stream ended before the student's".into())),
         };
         let tb = match part {
@@ -188,9 +188,6 @@ impl<B: Backend + 'static> CheckpointTeacher<B> {
             if differs {
                 return Err(self.misaligned(at, format!("labels of task `{}` differ", self.enc.config().tasks[t].name)));
             }
-        }
-        for &(s, _) in &self.tasks {
-            out[s].clear();
         }
         if tb.rows == 0 {
             return Ok(());
