@@ -3,7 +3,7 @@
 use crate::error::{engine, Result};
 use mixrank_data::config::{ExperimentConfig, TaskKind};
 use mixrank_data::pipeline::{BatchStream, StreamOptions};
-use mixrank_data::Encoder;
+use mixrank_data::{Batch, Encoder};
 use mixrank_engine::Backend;
 use mixrank_metrics::{task_report, TaskReport, TaskRows, TaskType};
 use mixrank_model::Model;
@@ -265,31 +265,53 @@ pub fn evaluate<B: Backend>(
 ) -> Result<Predictions> {
     model.set_training(false);
     let cfg = enc.config().clone();
-    let n_tasks = cfg.tasks.len();
     let opts = StreamOptions::from_config(&cfg, false);
-    let mut p = Predictions {
-        preds: vec![Vec::new(); n_tasks],
-        labels: vec![Vec::new(); n_tasks],
-        masks: vec![Vec::new(); n_tasks],
-        kept: vec![Vec::new(); cfg.columns.keep.len()],
-        ..Default::default()
-    };
-    let mut host = vec![0f32; cfg.data.batch_size];
-    let n_seg = cfg.columns.segment.as_ref().map_or(1, |s| s.values.len());
-    // Sums first, divided by the segment's rows at the end.
-    let mut gates: Vec<GateMeans> = model.gates().iter().map(|g| GateMeans::named(g, &cfg, n_seg)).collect();
-    let mut seg_rows = vec![0u64; n_seg];
-    let mut w = Vec::new();
+    let mut scored = Collector::new(&*model, Arc::new(cfg));
     for b in BatchStream::start(enc, split, opts)? {
         let b = b?;
         model.forward(ops, &b)?;
-        for (g, gate) in gates.iter_mut().enumerate() {
+        scored.add(&*model, ops, &b)?;
+    }
+    Ok(scored.finish())
+}
+
+/// Predictions collected batch by batch, each after its forward: [`evaluate`]'s, and a
+/// rank's share when the ranks score a split together ([`crate::score_ranks`]). The
+/// gates' means are kept as sums until [`Collector::finish`].
+pub(crate) struct Collector {
+    pub p: Predictions,
+    seg_rows: Vec<u64>,
+    cfg: Arc<ExperimentConfig>,
+    host: Vec<f32>,
+    w: Vec<f32>,
+}
+
+impl Collector {
+    pub fn new<B: Backend>(model: &dyn Model<B>, cfg: Arc<ExperimentConfig>) -> Self {
+        let n_tasks = cfg.tasks.len();
+        let n_seg = cfg.columns.segment.as_ref().map_or(1, |s| s.values.len());
+        let p = Predictions {
+            preds: vec![Vec::new(); n_tasks],
+            labels: vec![Vec::new(); n_tasks],
+            masks: vec![Vec::new(); n_tasks],
+            kept: vec![Vec::new(); cfg.columns.keep.len()],
+            gates: model.gates().iter().map(|g| GateMeans::named(g, &cfg, n_seg)).collect(),
+            ..Default::default()
+        };
+        Collector { p, seg_rows: vec![0; n_seg], cfg, host: Vec::new(), w: Vec::new() }
+    }
+
+    /// Adds the rows of `b`, which the model's last forward scored.
+    pub fn add<B: Backend>(&mut self, model: &dyn Model<B>, ops: &B, b: &Batch) -> Result<()> {
+        let p = &mut self.p;
+        for (g, gate) in p.gates.iter_mut().enumerate() {
             let n_exp = gate.experts.len();
-            w.resize(b.rows * n_exp, 0.0);
-            ops.read(model.gate_weights(g).expect("gate exists"), &mut w).map_err(engine("reading gate weights"))?;
+            self.w.resize(b.rows * n_exp, 0.0);
+            ops.read(model.gate_weights(g).expect("gate exists"), &mut self.w)
+                .map_err(engine("reading gate weights"))?;
             for r in 0..b.rows {
                 let s = b.segment[r] as usize;
-                let row = &w[r * n_exp..(r + 1) * n_exp];
+                let row = &self.w[r * n_exp..(r + 1) * n_exp];
                 for (acc, &x) in gate.means[s].iter_mut().zip(row) {
                     *acc += x as f64;
                 }
@@ -297,10 +319,10 @@ pub fn evaluate<B: Backend>(
             }
         }
         for &s in &b.segment {
-            seg_rows[s as usize] += 1;
+            self.seg_rows[s as usize] += 1;
         }
-        read_predictions(model, ops, &cfg.tasks, b.rows, &mut host, &mut p.preds)?;
-        for t in 0..n_tasks {
+        read_predictions(model, ops, &self.cfg.tasks, b.rows, &mut self.host, &mut p.preds)?;
+        for t in 0..self.cfg.tasks.len() {
             p.labels[t].extend_from_slice(b.label(t));
             p.masks[t].extend_from_slice(b.mask(t));
         }
@@ -310,18 +332,43 @@ pub fn evaluate<B: Backend>(
         for (k, col) in p.kept.iter_mut().enumerate() {
             col.extend_from_slice(b.kept(k));
         }
+        Ok(())
     }
-    for gate in &mut gates {
-        for (per_seg, &n) in gate.means.iter_mut().zip(&seg_rows) {
-            per_seg.iter_mut().for_each(|x| *x /= n.max(1) as f64);
+
+    /// The gates' sums (per gate: each segment's expert weights, then each segment's
+    /// entropy) and the rows per segment, in one array.
+    pub fn sums(&self) -> Vec<f64> {
+        let mut out = Vec::new();
+        for g in &self.p.gates {
+            g.means.iter().for_each(|m| out.extend_from_slice(m));
+            out.extend_from_slice(&g.entropy);
         }
-        for (e, &n) in gate.entropy.iter_mut().zip(&seg_rows) {
-            *e /= n.max(1) as f64;
-        }
-        gate.rows = seg_rows.clone();
+        out.extend(self.seg_rows.iter().map(|&n| n as f64));
+        out
     }
-    p.gates = gates;
-    Ok(p)
+
+    /// Replaces the sums with `v` (laid out as [`Collector::sums`]).
+    pub fn set_sums(&mut self, v: &[f64]) {
+        let mut it = v.iter().copied();
+        for g in &mut self.p.gates {
+            g.means.iter_mut().flatten().chain(g.entropy.iter_mut()).for_each(|x| *x = it.next().expect("a sum"));
+        }
+        self.seg_rows.iter_mut().for_each(|n| *n = it.next().expect("a row count") as u64);
+    }
+
+    /// The predictions, with each gate's sums divided by its segment's rows.
+    pub fn finish(mut self) -> Predictions {
+        for gate in &mut self.p.gates {
+            for (per_seg, &n) in gate.means.iter_mut().zip(&self.seg_rows) {
+                per_seg.iter_mut().for_each(|x| *x /= n.max(1) as f64);
+            }
+            for (e, &n) in gate.entropy.iter_mut().zip(&self.seg_rows) {
+                *e /= n.max(1) as f64;
+            }
+            gate.rows = self.seg_rows.clone();
+        }
+        self.p
+    }
 }
 
 impl Predictions {

@@ -22,6 +22,7 @@ pub mod periodic;
 pub mod predict;
 pub mod progress;
 pub mod run_dir;
+pub mod score_ranks;
 pub mod sharded_tables;
 mod start;
 pub mod tensors;
@@ -30,6 +31,7 @@ mod train_log;
 pub mod trainer;
 pub mod warm_start;
 pub mod weighting;
+mod wire;
 
 pub use error::{Result, TrainError};
 pub use evaluate::{evaluate, prediction_of, read_predictions, task_type, CheckpointScorer, Predictions};

@@ -27,8 +27,9 @@
 //! whole table's periodic-checkpoint file holds its `id ≡ r (mod N)` rows, as a sharded
 //! one's does, so the layout does not depend on the placement.
 //!
-//! **Whole tables.** Validation, the `best/` and final checkpoints and the end of
-//! training need the whole tables on rank 0: [`ShardedTables::gather_to_lead`] sends
+//! **Whole tables.** The `best/` and final checkpoints and the end of training need
+//! the whole tables on rank 0 (validation does not: it looks its rows up as a step
+//! does, `crate::score_ranks`): [`ShardedTables::gather_to_lead`] sends
 //! every shard (rows and optimizer state) to rank 0, which puts them in its model and
 //! optimizer in place of the working tables until [`ShardedTables::release`]. Those
 //! checkpoints are the one-process format. **Periodic checkpoints** (the resume points)
@@ -38,13 +39,14 @@
 //! (`crate::checkpoint::read_verified`), so `eval`, `serve`, `--init` and `--resume` —
 //! with any number of ranks, sharded or replicated, or one process — read every
 //! checkpoint alike. At the start every rank builds (or loads) the whole model and then
-//! keeps its shard; so rank 0 holds every table while it validates or writes `best/`
+//! keeps its shard; so rank 0 holds every table while it writes `best/`
 //! and the final checkpoint, and every rank while it starts.
 
 use crate::data_parallel::{decode_sparse, encode_touched, merge, Touched};
 use crate::error::{engine, layer, Result, TrainError};
 use crate::optimizers::{Optimizers, Sparse};
 use crate::tensors::Tensor;
+use crate::wire::{put, Reader};
 use mixrank_data::config::model::TrainSection;
 use mixrank_data::Batch;
 use mixrank_dist::Collective;
@@ -75,46 +77,6 @@ fn at_least_one_row<T: Copy + Default>(mut v: Vec<T>, width: usize) -> Vec<T> {
         v.resize(width, T::default());
     }
     v
-}
-
-fn put<T: Copy>(out: &mut Vec<u8>, v: &[T], bytes: impl Fn(T) -> [u8; 4]) {
-    out.extend(v.iter().flat_map(|&x| bytes(x)));
-}
-
-/// Reads little-endian `f32`/`u32` runs off a byte payload received from `rank`.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-    rank: usize,
-    what: &'static str,
-}
-
-impl Reader<'_> {
-    fn words(&mut self, n: usize) -> Result<&[u8]> {
-        let s = self
-            .bytes
-            .get(self.at..self.at + 4 * n)
-            .ok_or_else(|| TrainError::Distributed(format!("rank {}'s {} are cut short", self.rank, self.what)))?;
-        self.at += 4 * n;
-        Ok(s)
-    }
-    fn f32s(&mut self, n: usize) -> Result<Vec<f32>> {
-        Ok(self.words(n)?.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
-    }
-    fn u32s(&mut self, n: usize) -> Result<Vec<u32>> {
-        Ok(self.words(n)?.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
-    }
-    fn done(&self) -> Result<()> {
-        if self.at != self.bytes.len() {
-            return Err(TrainError::Distributed(format!(
-                "rank {}'s {} are {} bytes longer than expected",
-                self.rank,
-                self.what,
-                self.bytes.len() - self.at
-            )));
-        }
-        Ok(())
-    }
 }
 
 /// Rank 0's working tables and the shard's optimizer state while its model and
@@ -358,7 +320,7 @@ impl<B: Backend> ShardedTables<B> {
                 let mine: Vec<u32> = w.iter().copied().filter(|&id| self.owner(t, id) == o).collect();
                 counts[o][t] = mine.len();
                 out.extend_from_slice(&(mine.len() as u32).to_le_bytes());
-                put(out, &mine, u32::to_le_bytes);
+                put(out, &mine);
             }
         }
         let mut sent = others(&ask, self.rank);
@@ -366,7 +328,7 @@ impl<B: Backend> ShardedTables<B> {
         // Answer: the rows asked for, table by table, in the order asked.
         let mut answer = vec![Vec::new(); n];
         for (r, bytes) in asked.iter().enumerate() {
-            let mut rd = Reader { bytes, at: 0, rank: r, what: "lookup requests" };
+            let mut rd = Reader::new(bytes, r, "lookup requests");
             for t in 0..nt {
                 let k = rd.u32s(1)?[0] as usize;
                 let ids = rd.u32s(k)?;
@@ -380,18 +342,15 @@ impl<B: Backend> ShardedTables<B> {
                 }
                 let local: Vec<u32> = ids.iter().map(|&id| self.local_row(t, id)).collect();
                 let rows = self.gather(ops, t, &local)?;
-                put(&mut answer[r], &rows, f32::to_le_bytes);
+                put(&mut answer[r], &rows);
             }
             rd.done()?;
         }
         sent += others(&answer, self.rank);
         let answered = c.all_to_all_bytes(&answer)?;
         // Fill the working tables: owner `o`'s rows come table by table in id order.
-        let mut readers: Vec<Reader<'_>> = answered
-            .iter()
-            .enumerate()
-            .map(|(o, bytes)| Reader { bytes, at: 0, rank: o, what: "looked-up rows" })
-            .collect();
+        let mut readers: Vec<Reader<'_>> =
+            answered.iter().enumerate().map(|(o, bytes)| Reader::new(bytes, o, "looked-up rows")).collect();
         let emb = model.embeddings_mut().ok_or_else(|| TrainError::Distributed("the model lost its tables".into()))?;
         for (t, w) in self.working.iter().enumerate() {
             let dim = self.dims[t];

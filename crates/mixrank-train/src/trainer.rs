@@ -866,17 +866,68 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
 
     /// Scores the validation split (when the config has one), logs it and applies early
     /// stopping: an improvement saves `best/`; `true` when training should stop.
+    /// Data-parallel: a collective; the ranks score it together and rank 0 decides.
     fn validate(&mut self, epoch: usize) -> Result<bool> {
-        // Sharded tables: rank 0 scores (and may save `best/`) with the whole tables.
-        let gather = self.sharded.is_some() && self.cfg.split("validation").is_ok();
-        if gather {
-            self.whole_tables()?;
+        self.clock.pause();
+        let r = self.validate_paused(epoch);
+        self.clock.resume();
+        r
+    }
+
+    fn validate_paused(&mut self, epoch: usize) -> Result<bool> {
+        let cfg = self.cfg.clone();
+        self.validations.last_step = Some(self.step);
+        let Ok(split) = cfg.split("validation") else { return Ok(false) };
+        let (ops, enc) = (self.ops, self.enc.clone());
+        // Data-parallel: each rank scores its rows of every batch (looked up from their
+        // owners with sharded tables); rank 0 gets them all, in one process's order.
+        let scored = match self.opts.collective.clone() {
+            None => Some(evaluate(&mut *self.model, ops, enc, split)?),
+            Some(c) => {
+                crate::score_ranks::evaluate_across(&mut *self.model, ops, enc, split, &*c, self.sharded.as_mut())?
+            }
+        };
+        self.model.set_training(true);
+        let mut improved = false;
+        if let Some(p) = scored {
+            self.validations.reports = p.reports(&cfg);
+            self.validations.preds = Some(p);
+            let v = &self.validations;
+            self.log.line(&ValidationLine { event: "validation", step: self.step, epoch, reports: &v.reports })?;
+            if let Some(es) = &mut self.early {
+                let verdict = es.observe(EarlyStopping::monitored(&self.monitor, &v.reports), self.step);
+                self.log.line(&serde_json::json!({"event": "early_stopping", "step": self.step,
+                    "monitor": self.monitor.label, "verdict": verdict}))?;
+                improved = verdict.improved;
+            }
         }
-        let r = self.validate_gathered(epoch);
-        if gather {
+        let Some(es) = self.early.as_mut() else { return Ok(false) };
+        // Data-parallel: rank 0's early-stopping state (the decision, the best step,
+        // reduce-on-plateau's learning-rate scale) becomes every rank's, so the ranks
+        // stop at the same step and keep stepping with the same rates.
+        if let Some(c) = self.opts.collective.clone() {
+            let mut state =
+                serde_json::to_vec(&(es.state(), improved)).map_err(|e| TrainError::Other(e.to_string()))?;
+            c.broadcast_bytes(&mut state, 0)?;
+            let (state, lead_improved) = serde_json::from_slice(&state)
+                .map_err(|e| TrainError::Distributed(format!("rank 0's early-stopping state: {e}")))?;
+            *es = es.clone().with_state(state);
+            improved = lead_improved;
+        }
+        let stop = es.stopped();
+        if improved {
+            // Sharded tables: `best/` is the one-process format, written by rank 0 with
+            // every shard gathered to it.
+            self.whole_tables()?;
+            if self.opts.is_lead() {
+                let dir = self.opts.out_dir.join(crate::early_stop::BEST);
+                self.save(&dir)?;
+                self.validations.best_reports = Some(self.validations.reports.clone());
+                self.validations.best_preds = self.validations.preds.clone();
+            }
             self.working_tables();
         }
-        r
+        Ok(stop)
     }
 
     /// Sharded tables (a collective; nothing otherwise): every rank's shard onto rank 0,
@@ -893,53 +944,6 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
         if let Some(s) = &mut self.sharded {
             s.release(&mut *self.model, &mut self.optim);
         }
-    }
-
-    fn validate_gathered(&mut self, epoch: usize) -> Result<bool> {
-        let stop = if self.opts.is_lead() {
-            self.clock.pause();
-            let r = self.validate_inner(epoch);
-            self.clock.resume();
-            r?
-        } else {
-            self.validations.last_step = Some(self.step);
-            false
-        };
-        // Data-parallel: rank 0 validated; its early-stopping state (the decision, the
-        // best step, reduce-on-plateau's learning-rate scale) becomes every rank's, so
-        // the ranks stop at the same step and keep stepping with the same rates.
-        if let (Some(c), Some(es)) = (self.opts.collective.clone(), self.early.as_mut()) {
-            let mut state = serde_json::to_vec(&es.state()).map_err(|e| TrainError::Other(e.to_string()))?;
-            c.broadcast_bytes(&mut state, 0)?;
-            let state = serde_json::from_slice(&state)
-                .map_err(|e| TrainError::Distributed(format!("rank 0's early-stopping state: {e}")))?;
-            *es = es.clone().with_state(state);
-            return Ok(es.stopped());
-        }
-        Ok(stop)
-    }
-
-    fn validate_inner(&mut self, epoch: usize) -> Result<bool> {
-        let cfg = self.cfg.clone();
-        self.validations.last_step = Some(self.step);
-        let Ok(split) = cfg.split("validation") else { return Ok(false) };
-        let p = evaluate(&mut *self.model, self.ops, self.enc.clone(), split)?;
-        self.model.set_training(true);
-        self.validations.reports = p.reports(&cfg);
-        self.validations.preds = Some(p);
-        let v = &self.validations;
-        self.log.line(&ValidationLine { event: "validation", step: self.step, epoch, reports: &v.reports })?;
-        let Some(es) = &mut self.early else { return Ok(false) };
-        let verdict = es.observe(EarlyStopping::monitored(&self.monitor, &v.reports), self.step);
-        self.log.line(&serde_json::json!({"event": "early_stopping", "step": self.step,
-            "monitor": self.monitor.label, "verdict": verdict}))?;
-        if verdict.improved {
-            let dir = self.opts.out_dir.join(crate::early_stop::BEST);
-            self.save(&dir)?;
-            self.validations.best_reports = Some(self.validations.reports.clone());
-            self.validations.best_preds = self.validations.preds.clone();
-        }
-        Ok(verdict.stop)
     }
 
     fn checkpoint_if_due(&mut self) -> Result<()> {
