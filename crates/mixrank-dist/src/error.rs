@@ -9,6 +9,9 @@ pub enum DistError {
     /// Ranks called collectives with arguments that do not fit together.
     #[error("collective `{op}`: {reason}")]
     Mismatch { op: &'static str, reason: String },
+    /// The transport failed an operation (NCCL or CUDA errors).
+    #[error("collective `{op}`: {message}")]
+    Transport { op: &'static str, message: String },
     /// The transport could not be started.
     #[error("starting the collective transport: {0}")]
     Init(String),
