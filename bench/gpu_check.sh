@@ -9,7 +9,9 @@
 # of BoundOps (tests/layers.rs); then the end-to-end test on the real binary
 # (crates/mixrank/tests/cuda.rs: train -> resume -> eval -> predict -> serve on CUDA,
 # against the CPU), `mixrank bench infer` and `mixrank bench train` on CUDA and on the
-# CPU. Not yet here: the benchmark against PyTorch.
+# CPU; NCCL's collective and training over it (crates/mixrank-dist/tests/nccl.rs,
+# crates/mixrank-train/tests/distributed.rs), when libnccl.so.2 is there. Not yet here:
+# the benchmark against PyTorch.
 #
 # Usage:
 #   bench/gpu_check.sh --prepare [DIR]   here, without a GPU: build the mixrank binary,
@@ -38,7 +40,7 @@ wheel_libs() { # lib directories of the nvidia wheels python sees
 import os, site
 dirs = site.getsitepackages() + [site.getusersitepackages()]
 for d in dirs:
-    for sub in ("cuda_nvrtc/lib", "cublas/lib", "cuda_runtime/lib"):
+    for sub in ("cuda_nvrtc/lib", "cublas/lib", "cuda_runtime/lib", "nccl/lib"):
         p = os.path.join(d, "nvidia", sub)
         if os.path.isdir(p):
             print(p)
@@ -66,13 +68,13 @@ if [ "${1:-}" = "--prepare" ]; then
   cargo build --release --locked -q || { echo "building mixrank failed"; exit 1; }
   cp target/release/mixrank "$dir/mixrank" && strip "$dir/mixrank" 2> /dev/null
   bins=$(cargo test --workspace --release --locked --no-run --message-format=json \
-    --test conformance --test layers --test nvrtc --test no_driver --test cuda 2> /dev/null |
+    --test conformance --test layers --test nvrtc --test no_driver --test cuda --test nccl --test distributed 2> /dev/null |
     python3 -c 'import sys, json
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("conformance", "layers", "nvrtc", "no_driver", "cuda"):
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("conformance", "layers", "nvrtc", "no_driver", "cuda", "nccl", "distributed"):
         print(m["target"]["name"], m["executable"])')
-  [ "$(echo "$bins" | grep -c .)" = 5 ] || { echo "building the test binaries failed"; exit 1; }
+  [ "$(echo "$bins" | grep -c .)" = 7 ] || { echo "building the test binaries failed"; exit 1; }
   while read -r name exe; do
     cp "$exe" "$dir/$name" && strip "$dir/$name" 2> /dev/null
     echo "$dir/$name"
@@ -87,7 +89,15 @@ dir=${1:-}
 [ -z "$dir" ] && [ -d "$default_dir" ] && dir=$default_dir
 echo "== gpu_check: $(date -u +%FT%TZ)"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2> /dev/null || echo "nvidia-smi: not found"
-for lib in libcuda.so.1 libnvrtc.so.12 libcublas.so.12; do
+# NCCL's wheel ships libnccl.so.2 only; cudarc loads libnccl.so: a link to it.
+nccl2=$(ldconfig -p 2> /dev/null | grep -m1 'libnccl.so.2' | sed 's/.*=> //')
+for d in ${LD_LIBRARY_PATH//:/ }; do [ -z "$nccl2" ] && [ -e "$d/libnccl.so.2" ] && nccl2="$d/libnccl.so.2"; done
+if [ -n "$nccl2" ] && ! have_lib libnccl.so; then
+  nccl_link=$(mktemp -d)
+  ln -s "$nccl2" "$nccl_link/libnccl.so"
+  export LD_LIBRARY_PATH="$nccl_link:$LD_LIBRARY_PATH"
+fi
+for lib in libcuda.so.1 libnvrtc.so.12 libcublas.so.12 libnccl.so; do
   found=$(ldconfig -p 2> /dev/null | grep -m1 "$lib" | sed 's/.*=> //')
   for d in ${LD_LIBRARY_PATH//:/ }; do [ -z "$found" ] && [ -e "$d/$lib" ] && found="$d/$lib"; done
   echo "$lib: ${found:-not found}"
@@ -131,6 +141,16 @@ if [ -n "$dir" ]; then
     "$dir/mixrank" bench train --device cpu --threads "$(nproc)" --steps 10 || status=1
   else
     echo "no $dir/cuda or $dir/mixrank: the end-to-end test and the benchmark were not run"; status=1
+  fi
+  # NCCL (issue 17): the collective's operations, then training over it against the
+  # in-process transport, one rank per GPU (a one-GPU machine: one rank).
+  if have_lib libnccl.so && [ -x "$dir/nccl" ] && [ -x "$dir/distributed" ]; then
+    gpus=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU') || gpus=1
+    echo "== $dir/nccl and $dir/distributed nccl ($gpus GPU(s))"
+    MIXRANK_NCCL_GPUS=$gpus "$dir/nccl" --include-ignored --nocapture || status=1
+    MIXRANK_NCCL_GPUS=$gpus "$dir/distributed" --include-ignored --nocapture nccl || status=1
+  else
+    echo "NCCL: not run (no libnccl.so.2 here, e.g. pip's nvidia-nccl-cu12, or no test binaries)"
   fi
 else
   cd "$root" || exit 1

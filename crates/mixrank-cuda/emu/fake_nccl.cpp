@@ -2,7 +2,8 @@
 // that are threads of one process (the in-process bootstrap group), over host memory
 // (the fake driver's device pointers are host pointers). Each collective is a rendezvous
 // of the communicator's ranks: every rank copies its input into the group's slot,
-// waits for all, computes its own output from the slots (sums in rank order), and waits
+// waits for all, computes its own output from the slots (sums in rank order from rank 0's
+// value, as the in-process group sums), and waits
 // again before the slots are reused. Point-to-point calls between ncclGroupStart and
 // ncclGroupEnd are queued and run at ncclGroupEnd: sends are posted (copied) first, then
 // each receive waits for its message, so a group never deadlocks. Streams are ignored
@@ -133,12 +134,12 @@ ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, int type,
     return rendezvous(c, send, bytes, [&](Group* g) {
         for (size_t i = 0; i < count; i++) {
             if (type == 7) {
-                float s = 0;
-                for (int r = 0; r < g->n; r++) s += ((const float*)g->slot[r].data())[i];
+                float s = ((const float*)g->slot[0].data())[i];
+                for (int r = 1; r < g->n; r++) s += ((const float*)g->slot[r].data())[i];
                 ((float*)recv)[i] = s;
             } else if (type == 8) {
-                double s = 0;
-                for (int r = 0; r < g->n; r++) s += ((const double*)g->slot[r].data())[i];
+                double s = ((const double*)g->slot[0].data())[i];
+                for (int r = 1; r < g->n; r++) s += ((const double*)g->slot[r].data())[i];
                 ((double*)recv)[i] = s;
             } else {
                 uint64_t s = 0;

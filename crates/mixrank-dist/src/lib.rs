@@ -25,7 +25,7 @@ mod nccl;
 pub use collective::{all_gather_f32, all_gather_u32, all_gather_u64, all_to_all_f32, Collective};
 pub use error::{DistError, Result};
 pub use in_process::InProcess;
-pub use launch::launched_by_mpirun;
+pub use launch::{launched_by_mpirun, local_rank};
 #[cfg(feature = "mpi")]
 pub use mpi_world::Mpi;
 #[cfg(feature = "nccl")]

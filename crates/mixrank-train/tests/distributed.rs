@@ -704,3 +704,69 @@ fn distillation_with_ranks_trains_like_one_process() {
     let log = distill_log(&out);
     assert!(log.iter().flatten().all(|(_, l)| l.is_finite()), "{log:?}");
 }
+
+/// The NCCL transport (`mixrank_dist::Nccl`, ranks as threads bootstrapped over the
+/// in-process group, the CPU backend computing): the same training as the in-process
+/// transport, with replicated and with row-sharded tables (whose lookups and gradients
+/// go through NCCL's grouped sends and receives). On the host emulation
+/// (`crates/mixrank-cuda/emu/run.sh`, `MIXRANK_NCCL_EMULATED=1`: 2 and 3 ranks on one
+/// device, sums in rank order) the checkpoints are the same bytes; on GPUs (one rank per
+/// GPU, NCCL's own summation order) the weights within 1e-3 relative, as in the tests
+/// above.
+#[test]
+#[ignore = "needs NCCL and a GPU, or the host emulation (crates/mixrank-cuda/emu/run.sh)"]
+fn nccl_transport_trains_like_the_in_process_one() {
+    use mixrank_dist::Nccl;
+    let emulated = std::env::var_os("MIXRANK_NCCL_EMULATED").is_some();
+    let ranks: Vec<usize> = if emulated {
+        vec![2, 3]
+    } else {
+        // One rank per GPU: `bench/gpu_check.sh` says how many (one by default).
+        (1..=std::env::var("MIXRANK_NCCL_GPUS").ok().and_then(|v| v.parse().ok()).unwrap_or(1)).collect()
+    };
+    assert!(!ranks.is_empty(), "no GPU and no emulation: nothing to run");
+    let d = tempfile::tempdir().unwrap();
+    for (k, tables) in ["", "embedding_sharding = \"rows\"\n"].iter().enumerate() {
+        let cfg = config(&d.path().join(format!("c{k}")), 23, &format!("epochs = 1\nlr = 0.001\n{tables}"));
+        for &n in &ranks {
+            let out_p = d.path().join(format!("inproc{k}-{n}"));
+            let sum_p: Vec<TrainSummary> = run(&cfg, &out_p, n).into_iter().map(|r| r.unwrap()).collect();
+            let out_n = d.path().join(format!("nccl{k}-{n}"));
+            let sums: Vec<TrainSummary> = std::thread::scope(|s| {
+                let hs: Vec<_> = InProcess::group(n)
+                    .into_iter()
+                    .map(|boot| {
+                        let (cfg, out_n) = (cfg.clone(), out_n.clone());
+                        s.spawn(move || {
+                            let gpu = if emulated { 0 } else { boot.rank() };
+                            let nccl = Nccl::over(Arc::new(boot), gpu).expect("NCCL starts");
+                            let mut o = TrainOptions::new(&out_n);
+                            o.collective = Some(Arc::new(nccl) as Arc<dyn Collective>);
+                            train(cfg, &o, &CpuOps::new()).unwrap()
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().expect("rank thread")).collect()
+            });
+            let rep = sums[0].replicas.expect("replicas");
+            assert_eq!((rep.ranks, rep.transport), (n, "nccl"));
+            assert!(sums.iter().all(|s| s.replicas.map(|r| r.checksum) == Some(rep.checksum)), "{n} ranks: replicas");
+            assert_eq!((sums[0].steps, sums[0].examples), (sum_p[0].steps, sum_p[0].examples));
+            let (a, b) = (checkpoint_tensors(&out_n.join("checkpoint")), checkpoint_tensors(&out_p.join("checkpoint")));
+            if emulated {
+                assert!(a == b, "{n} ranks ({tables}): NCCL's checkpoint differs from the in-process transport's");
+                assert_eq!(sums[0].validation, sum_p[0].validation, "{n} ranks: the validation across the ranks");
+            } else {
+                let worst = largest_relative_difference(
+                    &weights(&out_n.join("checkpoint")),
+                    &weights(&out_p.join("checkpoint")),
+                );
+                assert!(worst <= 1e-3, "{n} ranks ({tables}): {worst}");
+            }
+            eprintln!(
+                "NCCL transport, {n} ranks{}: trains like the in-process transport",
+                if k == 1 { ", sharded tables" } else { "" }
+            );
+        }
+    }
+}

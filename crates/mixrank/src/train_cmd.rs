@@ -99,31 +99,41 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     opts.step_delay = a.debug_step_delay_ms.map(std::time::Duration::from_millis);
     let cfg = Arc::new(cfg);
     if a.ranks_in_process.is_some() && a.device != crate::backend::Device::Cpu {
-        anyhow::bail!("data-parallel training runs on the CPU only (--device {}): NCCL is not built yet", a.device);
+        anyhow::bail!(
+            "--ranks-in-process trains on the CPU only (--device {}): on GPUs, start one process per GPU \
+             with `mpirun -n N mixrank train … --device cuda` (NCCL; docs/distributed.md)",
+            a.device
+        );
     }
     let launched = launched_by()?;
-    if launched.is_some() && a.device != crate::backend::Device::Cpu {
-        anyhow::bail!("data-parallel training runs on the CPU only (--device {}): NCCL is not built yet", a.device);
-    }
     let s = match (a.ranks_in_process, launched) {
         (Some(_), Some(_)) => anyhow::bail!("--ranks-in-process and mpirun exclude each other"),
         (Some(0), None) => anyhow::bail!("--ranks-in-process needs at least 1 rank"),
         (Some(n), None) => train_in_process(&cfg, &opts, n)?,
-        (None, Some(c)) => {
-            opts.collective = Some(c.clone());
-            let ops = crate::backend::train_ops(&cfg.train);
-            match train(cfg, &opts, &ops) {
-                Ok(s) => s,
-                Err(e) => {
-                    // This rank may have failed outside any collective (claiming the run
-                    // directory, reading the config): the others would wait for it
-                    // forever, and MPI_Finalize with them. Say why, then end the job.
-                    eprintln!("error: rank {} of {}: {e}", c.rank(), c.size());
-                    c.abort_group(1);
-                    return Err(e.into());
-                }
+        (None, Some(c)) => match a.device {
+            crate::backend::Device::Cpu => {
+                let ops = crate::backend::train_ops(&cfg.train);
+                train_rank(cfg, &mut opts, &ops, c)?
             }
-        }
+            // One GPU per process: `cuda:K` is the first, the process of local rank `l`
+            // (on its node) takes GPU `K + l`; NCCL carries the collectives, bootstrapped
+            // over MPI.
+            crate::backend::Device::Cuda(first) => {
+                let gpu = first + mixrank_dist::local_rank();
+                let started = mixrank_dist::Nccl::over(c.clone(), gpu)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|nccl| Ok((nccl, crate::backend::train_cuda(gpu, &cfg.train)?)));
+                let (nccl, ops) = match started {
+                    Ok(v) => v,
+                    Err(e) => {
+                        eprintln!("error: rank {} of {}: {e:#}", c.rank(), c.size());
+                        c.abort_group(1);
+                        return Err(e);
+                    }
+                };
+                train_rank(cfg, &mut opts, &ops, Arc::new(nccl))?
+            }
+        },
         (None, None) => match a.device {
             crate::backend::Device::Cpu => {
                 let ops = crate::backend::train_ops(&cfg.train);
@@ -164,6 +174,24 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         crate::emit(&mixrank_train::calibration::render_report(&c.file, &c.report));
     }
     Ok(())
+}
+
+/// This process's rank of an `mpirun` job, over the collective `c`. A rank that fails
+/// may have failed outside any collective (claiming the run directory, reading the
+/// config): the others would wait for it forever, and MPI_Finalize with them. It says
+/// why, then ends the job.
+fn train_rank<B: mixrank_engine::Backend + 'static>(
+    cfg: Arc<ExperimentConfig>,
+    opts: &mut TrainOptions,
+    ops: &B,
+    c: Arc<dyn mixrank_dist::Collective>,
+) -> Result<mixrank_train::TrainSummary> {
+    opts.collective = Some(c.clone());
+    train(cfg, opts, ops).map_err(|e| {
+        eprintln!("error: rank {} of {}: {e}", c.rank(), c.size());
+        c.abort_group(1);
+        e.into()
+    })
 }
 
 /// `n` ranks as threads, each training on its share of every batch through the

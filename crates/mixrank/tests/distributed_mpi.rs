@@ -5,7 +5,8 @@
 //! tables' checkpoint bytes and `--resume` under `mpirun -n 3` finishes it
 //! with every row trained on once and one process's weights; distillation (pairwise,
 //! listwise, pointwise) with the overlapped all-reduce and a mixed table placement
-//! trains like one process. Built only with the
+//! trains like one process; `--device cuda` under `mpirun` asks for NCCL, and without it
+//! the job stops with the reason. Built only with the
 //! `mpi` feature (needs Open MPI or MPICH and libclang):
 //! `cargo test --workspace --locked --features mixrank/mpi --test distributed_mpi`.
 #![cfg(feature = "mpi")]
@@ -288,4 +289,26 @@ fn mpirun_distills_with_overlap_and_mixed_tables_like_one_process() {
     assert_eq!(m["replicas"]["transport"], "mpi");
     let worst = assert_close(&weights(&out.join("checkpoint")), &weights(&one.join("checkpoint")), "distilled");
     eprintln!("mpirun -n 2 distilled: largest relative weight difference from one process {worst:e}");
+}
+
+#[test]
+fn mpirun_with_device_cuda_asks_for_nccl_and_stops_cleanly_without_it() {
+    if mixrank_dist::Nccl::available() {
+        eprintln!("NCCL and a CUDA driver load here: bench/gpu_check.sh runs the NCCL tests");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (cfg, model) = setup(d.path());
+    let out = d.path().join("cuda");
+    let mut args = train_args(&cfg, &model, &out);
+    args.extend(["--device", "cuda"].map(String::from));
+    let t0 = std::time::Instant::now();
+    let run = mpirun(2).args(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "trained without NCCL: {err}");
+    // Each rank says why before it ends the job (MPI_Abort): nobody waits for it.
+    assert!(err.contains("NCCL was asked for") && err.contains("libnccl.so"), "{err}");
+    assert!(err.contains("rank 0 of 2") || err.contains("rank 1 of 2"), "{err}");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(60), "the job took {:?} to stop", t0.elapsed());
+    assert!(!out.join("checkpoint").exists(), "nothing trained");
 }
