@@ -6,9 +6,11 @@
 //! and the section's `weight`. Its gradients w.r.t. the score embeddings,
 //! `∂L/∂U = dS·V/τ` and `∂L/∂V = dSᵀ·U/τ`, join the pointwise score gradients before
 //! the towers' backward. Training only. A retrieval loss: the scores it shapes are not
-//! calibrated probabilities.
+//! calibrated probabilities. In data-parallel training the negatives are the global
+//! batch's rows, gathered from every rank ([`InBatchSoftmax::backward`]).
 
 use crate::error::{Context, Result};
+use crate::peers::BatchPeers;
 use mixrank_data::config::model::InBatchSection;
 use mixrank_data::{Batch, ExperimentConfig};
 use mixrank_engine::{Backend, GemmSpec, GradWrite, Transpose};
@@ -31,6 +33,8 @@ pub(crate) struct InBatchSoftmax<B: Backend> {
     pub d_item: B::Buf,
     /// The loss of the last backward in training.
     last: Option<f32>,
+    /// Data-parallel training: every rank's `u` and `v` rows, `[N, dim]` each.
+    gathered: Option<(B::Buf, B::Buf)>,
 }
 
 impl<B: Backend> InBatchSoftmax<B> {
@@ -52,6 +56,7 @@ impl<B: Backend> InBatchSoftmax<B> {
             d_user: buf(max_batch * dim)?,
             d_item: buf(max_batch * dim)?,
             last: None,
+            gathered: None,
         })
     }
 
@@ -60,16 +65,125 @@ impl<B: Backend> InBatchSoftmax<B> {
         self.last.map(|l| (self.name.as_str(), l))
     }
 
-    /// The loss on `b`'s `rows` rows and its gradients `d_user`, `d_item` from the
-    /// task's score embeddings `u`, `v` (`[rows, dim]`).
-    pub fn backward(&mut self, ops: &B, b: &Batch, dim: usize, u: &B::Buf, v: &B::Buf) -> Result<()> {
+    /// The loss on `b`'s `rows` rows and its gradients `d_user`, `d_item` (their first
+    /// `rows` rows) from the task's score embeddings `u`, `v` (`[rows, dim]`).
+    ///
+    /// Data-parallel training (`peers`): the loss is the global batch's. Every rank
+    /// gathers every rank's `u`, `v` rows and row weights (in rank order: the global
+    /// batch's rows), computes the whole batch's loss and gradients exactly as one
+    /// process does, and keeps its own rows' gradients. The item gradient of a row sums
+    /// over every query of the global batch, so it is the one-process gradient of that
+    /// row; the ranks' tower backwards then add up, through the all-reduce, to one
+    /// process's. Every rank computes the whole `[N, N]` scores: the loss's cost is not
+    /// divided among the ranks (its exchange is `(2·dim + 1)` floats per row).
+    pub fn backward(
+        &mut self,
+        ops: &B,
+        b: &Batch,
+        dim: usize,
+        u: &B::Buf,
+        v: &B::Buf,
+        peers: Option<&dyn BatchPeers>,
+    ) -> Result<()> {
         let n = b.rows;
         let at = || "in-batch softmax".to_string();
         let (label, mask) = (b.label(self.task), b.mask(self.task));
         for i in 0..n {
             self.host_weight[i] = if mask[i] != 0.0 && label[i] > 0.5 { b.weights[i] } else { 0.0 };
         }
-        ops.write(&self.host_weight[..n], &mut self.row_weight).at(at)?;
+        let Some(peers) = peers else {
+            ops.write(&self.host_weight[..n], &mut self.row_weight).at(at)?;
+            self.last = Some(self.loss_and_grads(ops, n, dim, u, v)?);
+            return Ok(());
+        };
+        // This rank's rows: `u`, then `v`, then the row weights.
+        let mut mine = vec![0f32; n * (2 * dim + 1)];
+        if n > 0 {
+            ops.read(u, &mut mine[..n * dim]).at(at)?;
+            ops.read(v, &mut mine[n * dim..2 * n * dim]).at(at)?;
+            mine[2 * n * dim..].copy_from_slice(&self.host_weight[..n]);
+        }
+        self.global(ops, dim, &mine, peers)?;
+        Ok(())
+    }
+
+    /// A rank with no rows of this step: its (empty) part of the gather; it computes the
+    /// global batch's loss too, so every rank logs the same loss.
+    pub fn backward_without_rows(&mut self, ops: &B, dim: usize, peers: &dyn BatchPeers) -> Result<()> {
+        self.global(ops, dim, &[], peers)
+    }
+
+    /// The ranks' rows gathered, the global batch's loss, and this rank's rows of its
+    /// gradients moved to the front of `d_user`, `d_item`.
+    fn global(&mut self, ops: &B, dim: usize, mine: &[f32], peers: &dyn BatchPeers) -> Result<()> {
+        let at = || "in-batch softmax across the ranks".to_string();
+        let parts = peers.all_gather(mine).map_err(|e| crate::error::ModelError::Mismatch(format!("{}: {e}", at())))?;
+        let width = 2 * dim + 1;
+        if let Some((r, p)) = parts.iter().enumerate().find(|(_, p)| p.len() % width != 0) {
+            return Err(crate::error::ModelError::Mismatch(format!(
+                "{}: rank {r} sent {} values, not rows of {width}",
+                at(),
+                p.len()
+            )));
+        }
+        let rows: Vec<usize> = parts.iter().map(|p| p.len() / width).collect();
+        let (total, first) = (rows.iter().sum::<usize>(), rows[..peers.rank()].iter().sum::<usize>());
+        let n = rows[peers.rank()];
+        if total == 0 {
+            self.last = None;
+            return Ok(());
+        }
+        let (mut gu, mut gv, mut gw) =
+            (Vec::with_capacity(total * dim), Vec::with_capacity(total * dim), Vec::with_capacity(total));
+        for (p, &k) in parts.iter().zip(&rows) {
+            gu.extend_from_slice(&p[..k * dim]);
+            gv.extend_from_slice(&p[k * dim..2 * k * dim]);
+            gw.extend_from_slice(&p[2 * k * dim..]);
+        }
+        self.reserve(ops, total, dim)?;
+        let (mut u, mut v) = self.gathered.take().expect("reserved");
+        ops.write(&gu, &mut u).at(at)?;
+        ops.write(&gv, &mut v).at(at)?;
+        ops.write(&gw, &mut self.row_weight).at(at)?;
+        let loss = self.loss_and_grads(ops, total, dim, &u, &v);
+        self.gathered = Some((u, v));
+        self.last = Some(loss?);
+        // Keep this rank's rows: `first..first + n` of the global gradients.
+        let mut host = vec![0f32; total * dim];
+        for d in [&mut self.d_user, &mut self.d_item] {
+            ops.read(d, &mut host).at(at)?;
+            ops.write(&host[first * dim..(first + n) * dim], d).at(at)?;
+        }
+        Ok(())
+    }
+
+    /// Buffers for a global batch of `total` rows (grown when the ranks' rows exceed
+    /// one rank's `max_batch`).
+    fn reserve(&mut self, ops: &B, total: usize, dim: usize) -> Result<()> {
+        let at = || "in-batch softmax across the ranks".to_string();
+        let fits = |b: &B::Buf, n: usize| ops.len(b) >= n;
+        if !fits(&self.scores, total * total) {
+            self.scores = ops.alloc(total * total).at(at)?;
+            self.d_scores = ops.alloc(total * total).at(at)?;
+        }
+        if !fits(&self.row_weight, total) {
+            self.row_weight = ops.alloc(total).at(at)?;
+        }
+        if !fits(&self.d_user, total * dim) {
+            self.d_user = ops.alloc(total * dim).at(at)?;
+            self.d_item = ops.alloc(total * dim).at(at)?;
+        }
+        match &self.gathered {
+            Some((u, _)) if fits(u, total * dim) => {}
+            _ => self.gathered = Some((ops.alloc(total * dim).at(at)?, ops.alloc(total * dim).at(at)?)),
+        }
+        Ok(())
+    }
+
+    /// The loss over `n` rows whose weights are in `row_weight`, and its gradients
+    /// `d_user`, `d_item` (`[n, dim]`).
+    fn loss_and_grads(&mut self, ops: &B, n: usize, dim: usize, u: &B::Buf, v: &B::Buf) -> Result<f32> {
+        let at = || "in-batch softmax".to_string();
         let inv = self.inv_temperature;
         ops.gemm(&GemmSpec::new(Transpose::No, Transpose::Yes, n, n, dim).alpha(inv), u, v, &mut self.scores).at(at)?;
         let write = GradWrite { scale: self.weight, accumulate: false };
@@ -82,7 +196,6 @@ impl<B: Backend> InBatchSoftmax<B> {
             &mut self.d_item,
         )
         .at(at)?;
-        self.last = Some(loss);
-        Ok(())
+        Ok(loss)
     }
 }

@@ -21,6 +21,7 @@ pub mod logit_source;
 pub mod lookup;
 pub mod model;
 pub mod moe;
+pub mod peers;
 pub mod ple;
 pub mod position_tower;
 pub mod ranking;

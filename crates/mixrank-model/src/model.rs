@@ -127,6 +127,21 @@ pub trait Model<B: Backend>: Parameters<B> + Send {
         Vec::new()
     }
 
+    /// Data-parallel training: the other ranks, for losses over the whole global batch
+    /// (the two-tower in-batch softmax gathers every rank's rows). Ignored by models
+    /// without such a loss (the default).
+    fn set_batch_peers(&mut self, peers: Option<std::sync::Arc<dyn crate::peers::BatchPeers>>) {
+        let _ = peers;
+    }
+
+    /// Data-parallel training, on a rank with no rows of this step (which runs neither
+    /// forward nor backward): takes part in the exchanges [`Model::backward`] makes with
+    /// the other ranks, so they are not left waiting. Nothing by default.
+    fn backward_without_rows(&mut self, ops: &B) -> Result<()> {
+        let _ = ops;
+        Ok(())
+    }
+
     /// The two-tower light ranker, whose towers run apart (cached item embeddings:
     /// `embed-items`, the server's item table); `None` for every other model.
     fn as_two_tower_mut(&mut self) -> Option<&mut crate::two_tower::TwoTowerModel<B>> {

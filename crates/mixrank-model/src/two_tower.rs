@@ -188,6 +188,8 @@ pub struct TwoTowerModel<B: Backend> {
     task_log_var: Option<Param<B>>,
     /// `[model.two_tower.in_batch]`, applied in training mode.
     in_batch: Option<InBatchSoftmax<B>>,
+    /// Data-parallel training: the other ranks (the in-batch softmax's negatives).
+    peers: Option<std::sync::Arc<dyn crate::peers::BatchPeers>>,
     training: bool,
 }
 
@@ -260,6 +262,7 @@ where
                 Some(s) => Some(InBatchSoftmax::new(cfg, s, ops, max_batch, dim)?),
                 None => None,
             },
+            peers: None,
             training: true,
         })
     }
@@ -388,7 +391,8 @@ where
         let in_batch = self.in_batch.as_mut().filter(|_| self.training);
         if let Some(ib) = in_batch {
             let t = ib.task;
-            ib.backward(ops, b, self.dim, self.user.embedding(t), self.item.embedding(t))?;
+            let peers = self.peers.as_deref();
+            ib.backward(ops, b, self.dim, self.user.embedding(t), self.item.embedding(t), peers)?;
         }
         for (t, d) in d_logits.iter().enumerate() {
             let inv = self.inv_temperature;
@@ -472,6 +476,17 @@ where
 
     fn aux_losses(&self) -> Vec<(&str, f32)> {
         self.in_batch.iter().filter_map(|ib| ib.loss()).collect()
+    }
+
+    fn set_batch_peers(&mut self, peers: Option<std::sync::Arc<dyn crate::peers::BatchPeers>>) {
+        self.peers = peers;
+    }
+
+    fn backward_without_rows(&mut self, ops: &B) -> Result<()> {
+        match (self.in_batch.as_mut().filter(|_| self.training), self.peers.as_deref()) {
+            (Some(ib), Some(peers)) => ib.backward_without_rows(ops, self.dim, peers),
+            _ => Ok(()),
+        }
     }
 
     fn set_dropout_step(&mut self, step: u64) {

@@ -53,6 +53,19 @@ impl From<mixrank_dist::DistError> for TrainError {
     }
 }
 
+/// The model's view of the group ([`mixrank_model::peers::BatchPeers`]): the two-tower
+/// in-batch softmax gathers every rank's rows through it.
+pub struct Peers(pub Arc<dyn Collective>);
+
+impl mixrank_model::peers::BatchPeers for Peers {
+    fn all_gather(&self, local: &[f32]) -> std::result::Result<Vec<Vec<f32>>, String> {
+        mixrank_dist::all_gather_f32(&*self.0, local).map_err(|e| e.to_string())
+    }
+    fn rank(&self) -> usize {
+        self.0.rank()
+    }
+}
+
 /// The rows of a global batch of `rows` that rank `rank` of `size` trains on.
 pub fn shard_range(rows: usize, rank: usize, size: usize) -> Range<usize> {
     let size = size.max(1);

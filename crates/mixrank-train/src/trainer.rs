@@ -113,14 +113,6 @@ impl TrainOptions {
                 c.size()
             )));
         }
-        // The in-batch softmax's negatives are the batch's other rows and its mean is over
-        // the batch's positives: on a rank's share of the batch it would be another loss
-        // (fewer negatives) with another normalisation, not the global batch's.
-        if cfg.model.as_ref().and_then(|m| m.two_tower.as_ref()).is_some_and(|t| t.in_batch.is_some()) {
-            return refuse(
-                "[model.two_tower.in_batch] (its negatives are the whole batch's rows; a rank holds a share)",
-            );
-        }
         // Checkpoints are collective (the replicas' checksums are compared), so every rank
         // must find them due at the same steps: a wall-clock interval would not.
         if cfg.train.checkpoint_every_minutes > 0.0 {
@@ -428,6 +420,11 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
         let enc = Arc::new(Encoder::new(cfg.clone(), DenseMode::Fitted(Arc::new(stats.clone())))?);
         // Dropout masks continue where the checkpoint left off (a no-op for a fresh run).
         model.set_dropout_step(step);
+        // Data-parallel: losses over the whole global batch (the two-tower in-batch
+        // softmax) reach the other ranks' rows.
+        if let Some(c) = &opts.collective {
+            model.set_batch_peers(Some(Arc::new(crate::data_parallel::Peers(c.clone()))));
+        }
         let max_steps = opts.max_steps.or(t.max_steps);
         let schedule = LrSchedule {
             peak: t.lr as f32,
@@ -756,15 +753,19 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
                 }
                 _ => self.model.backward(ops, b, &refs)?,
             }
-            for (name, l) in self.model.aux_losses() {
-                let l = crate::error::finite_loss(l as f64, self.step, || name.to_string())?;
-                match self.window.aux.iter_mut().find(|(n, _)| n == name) {
-                    Some((_, sum)) => *sum += l,
-                    None => self.window.aux.push((name.to_string(), l)),
-                }
-            }
         } else {
             crate::data_parallel::clear_sparse(&mut *self.model);
+            // The model's own exchanges (the in-batch softmax's gather), with no rows.
+            self.model.backward_without_rows(ops)?;
+        }
+        // The model's own losses of this step (a global batch's loss is every rank's,
+        // rows or not).
+        for (name, l) in self.model.aux_losses() {
+            let l = crate::error::finite_loss(l as f64, self.step, || name.to_string())?;
+            match self.window.aux.iter_mut().find(|(n, _)| n == name) {
+                Some((_, sum)) => *sum += l,
+                None => self.window.aux.push((name.to_string(), l)),
+            }
         }
         if let Some(c) = &dist {
             let replicated = self.sharded.is_none();

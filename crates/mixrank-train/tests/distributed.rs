@@ -231,18 +231,6 @@ fn a_failing_rank_stops_the_others_and_unsupported_options_are_refused() {
         let e = r.unwrap_err().to_string();
         assert!(e.contains("checkpoint_every_minutes") && e.contains("not supported with 2 ranks"), "{e}");
     }
-    // The two-tower model's in-batch softmax: its negatives are the whole batch's rows.
-    let p = mixrank_data::simulate::EngagementParams { requests_per_day: 30, days: 3, ..Default::default() };
-    let sim = mixrank_data::simulate::simulate_engagement(&p, &d.path().join("tt")).unwrap();
-    let model = d.path().join("tt").join("two_tower.toml");
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/models/two_tower.toml")).unwrap();
-    std::fs::write(&model, text + "\n[model.two_tower.in_batch]\ntask = \"click\"\ntemperature = 0.5\n").unwrap();
-    let tt = Arc::new(ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap());
-    for r in run(&tt, &d.path().join("in_batch"), 2) {
-        let e = r.unwrap_err().to_string();
-        assert!(e.contains("[model.two_tower.in_batch]") && e.contains("not supported with 2 ranks"), "{e}");
-    }
     // Rank 1 panics mid-run; rank 0 must stop with an error, not hang.
     let cfg = config(d.path(), 25, "epochs = 1\nlr = 0.001\n");
     let res = run_with(&cfg, &d.path().join("gone"), 2, |r, o| {
@@ -768,5 +756,61 @@ fn nccl_transport_trains_like_the_in_process_one() {
                 if k == 1 { ", sharded tables" } else { "" }
             );
         }
+    }
+}
+
+#[test]
+fn the_two_tower_in_batch_softmax_with_ranks_trains_like_one_process() {
+    // The loss's negatives are every row of the global batch: each rank gathers the
+    // ranks' score embeddings and row weights, computes the global batch's loss as one
+    // process does and keeps its rows' gradients (`mixrank-model/src/in_batch.rs`).
+    // Batches of 23 rows split unevenly; the epoch's last batch has 1 row, so some ranks
+    // have none and take part in the gather without rows.
+    let d = tempfile::tempdir().unwrap();
+    let p = mixrank_data::simulate::EngagementParams { requests_per_day: 30, days: 3, ..Default::default() };
+    let sim = mixrank_data::simulate::simulate_engagement(&p, &d.path().join("tt")).unwrap();
+    let model = d.path().join("tt").join("two_tower.toml");
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/models/two_tower.toml")).unwrap();
+    assert!(text.contains("[train]\nepochs = 1\nlr = 0.001\n"), "the config trains one epoch at 0.001");
+    std::fs::write(
+        &model,
+        text.replace("[train]\n", "[train]\nthreads = 1\ncheckpoint_every_steps = 4\n")
+            + "\n[model.two_tower.in_batch]\ntask = \"click\"\ntemperature = 0.5\n",
+    )
+    .unwrap();
+    let mut cfg = ExperimentConfig::load(&sim.config).unwrap().with_model_file(&model).unwrap();
+    cfg.data.batch_size = 23;
+    let cfg = Arc::new(cfg);
+    let one_dir = d.path().join("one");
+    let mut o = TrainOptions::new(&one_dir);
+    o.log_every = 1;
+    let one = train(cfg.clone(), &o, &CpuOps::new()).unwrap();
+    assert_eq!(one.examples % 23, 1, "the epoch ends on a 1-row batch");
+    let loss_of = |run: &Path| -> Vec<f64> {
+        log_events(run, "train")
+            .iter()
+            .map(|l| l["aux_loss"][0][1].as_f64().unwrap_or_else(|| panic!("the in-batch loss: {l}")))
+            .collect()
+    };
+    let (l1, w1) = (loss_of(&one_dir), weights(&one_dir.join("checkpoint")));
+    assert!(l1.iter().filter(|&&l| l > 0.0).count() >= l1.len() - 1, "steps with positives: {l1:?}");
+    for n in [2, 3] {
+        let out = d.path().join(format!("ranks{n}"));
+        let sums: Vec<TrainSummary> = run(&cfg, &out, n).into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!((sums[0].steps, sums[0].examples), (one.steps, one.examples));
+        let rep = sums[0].replicas.unwrap();
+        assert!(sums.iter().all(|s| s.replicas.map(|r| r.checksum) == Some(rep.checksum)), "{n} ranks: replicas");
+        // Every step's in-batch loss is the global batch's: one process's up to the
+        // rounding of the towers' forward on fewer rows.
+        let ln = loss_of(&out);
+        assert_eq!(ln.len(), l1.len(), "{n} ranks: one loss per step");
+        assert!((ln[0] - l1[0]).abs() <= 1e-6 * l1[0].abs(), "{n} ranks, step 1: {} vs {}", ln[0], l1[0]);
+        for (s, (a, b)) in ln.iter().zip(&l1).enumerate() {
+            assert!((a - b).abs() <= 1e-3 * b.abs(), "{n} ranks, step {}: {a} vs {b}", s + 1);
+        }
+        let worst = largest_relative_difference(&weights(&out.join("checkpoint")), &w1);
+        eprintln!("in-batch softmax, {n} ranks: largest relative weight difference from one process {worst:e}");
+        assert!(worst <= 1e-3, "{n} ranks: {worst}");
     }
 }
