@@ -58,8 +58,19 @@ impl Periodic {
 
     /// Whether a checkpoint is due after `step` (1-based count of updates done).
     pub fn due(&self, step: u64) -> bool {
-        (self.every_steps > 0 && step.is_multiple_of(self.every_steps))
-            || self.every.is_some_and(|d| self.last.elapsed() >= d)
+        self.due_by_steps(step) || self.due_by_clock()
+    }
+
+    /// `checkpoint_every_steps`' part of [`Periodic::due`]: the same on every rank.
+    pub fn due_by_steps(&self, step: u64) -> bool {
+        self.every_steps > 0 && step.is_multiple_of(self.every_steps)
+    }
+
+    /// `checkpoint_every_minutes`' part of [`Periodic::due`]: this process's clock, so
+    /// with several ranks rank 0's answer is every rank's (the trainer sends it along
+    /// with the step's losses).
+    pub fn due_by_clock(&self) -> bool {
+        self.every.is_some_and(|d| self.last.elapsed() >= d)
     }
 
     /// Writes `checkpoints/step-<step>/`, deletes the oldest beyond `keep` and points

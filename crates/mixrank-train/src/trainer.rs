@@ -101,22 +101,15 @@ impl TrainOptions {
         self.collective.as_ref().is_none_or(|c| c.rank() == 0)
     }
 
-    /// Refuses what data-parallel training does not do yet, naming it.
+    /// Refuses a data-parallel job that cannot run as configured, naming why.
     fn check_distributed(&self, cfg: &ExperimentConfig) -> Result<()> {
         let Some(c) = &self.collective else { return Ok(()) };
-        let refuse =
-            |what: &str| Err(TrainError::Distributed(format!("{what} is not supported with {} ranks yet", c.size())));
         if cfg.data.distributed_reading == DistributedReading::Sharded && cfg.data.batch_size < c.size() {
             return Err(TrainError::Distributed(format!(
                 "[data] distributed_reading = \"sharded\" needs batch_size ({}) of at least the {} ranks: each rank reads its own part of every batch",
                 cfg.data.batch_size,
                 c.size()
             )));
-        }
-        // Checkpoints are collective (the replicas' checksums are compared), so every rank
-        // must find them due at the same steps: a wall-clock interval would not.
-        if cfg.train.checkpoint_every_minutes > 0.0 {
-            return refuse("[train] checkpoint_every_minutes");
         }
         Ok(())
     }
@@ -343,6 +336,9 @@ struct Validations {
 struct Run<'a, B: Backend> {
     /// Data-parallel: this process's steps and the gradient payload it exchanged in them.
     exchanged: (u64, crate::data_parallel::Exchanged),
+    /// Data-parallel: whether rank 0's clock made a periodic checkpoint due at the last
+    /// step (`checkpoint_every_minutes`), as every rank learnt it in the step's all-reduce.
+    clock_due: bool,
     cfg: Arc<ExperimentConfig>,
     opts: &'a TrainOptions,
     ops: &'a B,
@@ -492,6 +488,7 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
             steps_at_start: step,
             epoch_steps: None,
             exchanged: (0, Default::default()),
+            clock_due: false,
         })
     }
 
@@ -776,8 +773,14 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
             self.exchanged.0 += 1;
             self.exchanged.1.dense_bytes += x.dense_bytes;
             self.exchanged.1.sparse_bytes += x.sparse_bytes;
-            // The global batch's loss per task (logs, learned task weights).
-            c.all_reduce_sum_f32(&mut self.losses.step_loss)?;
+            // The global batch's loss per task (logs, learned task weights), and whether
+            // a checkpoint is due by rank 0's clock (`checkpoint_every_minutes`: the ranks'
+            // clocks differ, and a checkpoint is collective), in the same all-reduce.
+            let mut sums = self.losses.step_loss.clone();
+            sums.push(if c.rank() == 0 && self.periodic.due_by_clock() { 1.0 } else { 0.0 });
+            c.all_reduce_sum_f32(&mut sums)?;
+            self.clock_due = sums.pop() == Some(1.0);
+            self.losses.step_loss.copy_from_slice(&sums);
         }
         for (w, l) in self.window.loss.iter_mut().zip(&self.losses.step_loss) {
             *w += *l as f64;
@@ -948,7 +951,12 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
     }
 
     fn checkpoint_if_due(&mut self) -> Result<()> {
-        if !self.periodic.due(self.step) {
+        let due = match &self.opts.collective {
+            None => self.periodic.due(self.step),
+            // Rank 0's clock, sent with the step's losses: the same answer on every rank.
+            Some(_) => self.periodic.due_by_steps(self.step) || self.clock_due,
+        };
+        if !due {
             return Ok(());
         }
         self.check_replicas()?;

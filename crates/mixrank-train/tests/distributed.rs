@@ -224,13 +224,8 @@ fn die_after_step_7(step: u64) {
 }
 
 #[test]
-fn a_failing_rank_stops_the_others_and_unsupported_options_are_refused() {
+fn a_failing_rank_stops_the_others() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = config(d.path(), 25, "epochs = 1\nlr = 0.001\ncheckpoint_every_minutes = 1.0\n");
-    for r in run(&cfg, &d.path().join("minutes"), 2) {
-        let e = r.unwrap_err().to_string();
-        assert!(e.contains("checkpoint_every_minutes") && e.contains("not supported with 2 ranks"), "{e}");
-    }
     // Rank 1 panics mid-run; rank 0 must stop with an error, not hang.
     let cfg = config(d.path(), 25, "epochs = 1\nlr = 0.001\n");
     let res = run_with(&cfg, &d.path().join("gone"), 2, |r, o| {
@@ -812,5 +807,43 @@ fn the_two_tower_in_batch_softmax_with_ranks_trains_like_one_process() {
         let worst = largest_relative_difference(&weights(&out.join("checkpoint")), &w1);
         eprintln!("in-batch softmax, {n} ranks: largest relative weight difference from one process {worst:e}");
         assert!(worst <= 1e-3, "{n} ranks: {worst}");
+    }
+}
+
+#[test]
+fn clock_checkpoints_follow_rank_0s_clock_on_every_rank() {
+    // `checkpoint_every_minutes`: a checkpoint is collective, so every rank must find it
+    // due at the same step; the ranks' clocks differ (here rank 1's period never restarts,
+    // as only rank 0 writes), and rank 0's answer travels with the step's losses. 60 ms
+    // with 20 ms steps: a checkpoint every few steps, none of them a multiple of
+    // `checkpoint_every_steps` (off). Replicated and sharded tables (whose periodic
+    // checkpoint every rank writes).
+    let d = tempfile::tempdir().unwrap();
+    for (k, tables) in ["", "embedding_sharding = \"rows\"\n"].iter().enumerate() {
+        // `config` writes checkpoints every 4 steps: off here.
+        let steps_off = |c: Arc<ExperimentConfig>| {
+            let mut c = (*c).clone();
+            c.train.checkpoint_every_steps = 0;
+            Arc::new(c)
+        };
+        let keys = format!("epochs = 1\nlr = 0.001\ncheckpoint_every_minutes = 0.001\n{tables}");
+        let cfg = steps_off(config(&d.path().join(format!("c{k}")), 25, &keys));
+        let plain =
+            steps_off(config(&d.path().join(format!("p{k}")), 25, &format!("epochs = 1\nlr = 0.001\n{tables}")));
+        let out = d.path().join(format!("clock{k}"));
+        let res = run_with(&cfg, &out, 2, |_, o| o.step_delay = Some(std::time::Duration::from_millis(20)));
+        let sums: Vec<TrainSummary> = res.into_iter().map(|r| r.unwrap().unwrap()).collect();
+        let written = log_events(&out, "replicas").len() - 1;
+        assert!(written >= 1 && (written as u64) < sums[0].steps, "{written} checkpoints in {} steps", sums[0].steps);
+        assert!(!mixrank_train::periodic::list(&out).is_empty());
+        // Checkpoints change nothing in the training.
+        let out_p = d.path().join(format!("plain{k}"));
+        run(&plain, &out_p, 2).into_iter().for_each(|r| drop(r.unwrap()));
+        assert!(checkpoint_tensors(&out.join("checkpoint")) == checkpoint_tensors(&out_p.join("checkpoint")));
+        eprintln!(
+            "clock checkpoints{}: {written} in {} steps",
+            if k == 1 { ", sharded tables" } else { "" },
+            sums[0].steps
+        );
     }
 }
