@@ -10,8 +10,9 @@
 # (crates/mixrank/tests/cuda.rs: train -> resume -> eval -> predict -> serve on CUDA,
 # against the CPU), `mixrank bench infer` and `mixrank bench train` on CUDA and on the
 # CPU; NCCL's collective and training over it (crates/mixrank-dist/tests/nccl.rs,
-# crates/mixrank-train/tests/distributed.rs), when libnccl.so.2 is there. Not yet here:
-# the benchmark against PyTorch.
+# crates/mixrank-train/tests/distributed.rs), when libnccl.so.2 is there; PyTorch on the
+# same GPU (bench/torch_gpu_bench.py, the heterogeneous twin with --device cuda) when
+# torch there sees it.
 #
 # Usage:
 #   bench/gpu_check.sh --prepare [DIR]   here, without a GPU: build the mixrank binary,
@@ -141,6 +142,25 @@ if [ -n "$dir" ]; then
     "$dir/mixrank" bench train --device cpu --threads "$(nproc)" --steps 10 || status=1
   else
     echo "no $dir/cuda or $dir/mixrank: the end-to-end test and the benchmark were not run"; status=1
+  fi
+  # PyTorch on the same GPU (issue 14's comparison), when torch there sees it: the bench
+  # model in every mode (bench/torch_gpu_bench.py; cut at 300 s, the figures so far kept
+  # in its JSON), then the demo's heterogeneous MMoE, mixrank on CUDA against its twin.
+  if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2> /dev/null; then
+    out=${OUT:-$(mktemp -d)}
+    echo "== PyTorch, bench model on cuda (bench/torch_gpu_bench.py; JSON in $out)"
+    timeout 300 python3 "$root/bench/torch_gpu_bench.py" --device cuda --json "$out/torch_gpu_bench.json" || status=1
+    sim=$(mktemp -d)
+    if "$dir/mixrank" simulate --out "$sim" --days 4 --requests-per-day 10000 > /dev/null; then
+      echo "== demo heterogeneous MMoE: mixrank train --device cuda"
+      "$dir/mixrank" train "$sim/mixrank.toml" --model "$root/configs/models/mmoe_heterogeneous.toml" \
+        --out "$sim/run" --device cuda --log-every 10 || status=1
+      echo "== demo heterogeneous MMoE: the PyTorch twin on cuda (fused Adam)"
+      timeout 200 python3 "$root/bench/torch_mmoe_heterogeneous.py" "$sim/mixrank.toml" --device cuda --adam fused \
+        --json "$out/torch_mmoe_heterogeneous.json" || status=1
+    fi
+  else
+    echo "PyTorch with CUDA: not on this machine; the comparison with PyTorch was not run"
   fi
   # NCCL (issue 17): the collective's operations, then training over it against the
   # in-process transport, one rank per GPU (a one-GPU machine: one rank).

@@ -226,6 +226,12 @@ def make_batches(ids, dense, y, m, feats, bs, perm):
     return batches
 
 
+def to_device(b, dev):
+    """A batch of [`make_batches`] on `dev` (uploaded before timing, as the data work is)."""
+    ids = [tuple(x.to(dev) for x in i) if isinstance(i, tuple) else i.to(dev) for i in b["ids"]]
+    return {"ids": ids, **{k: b[k].to(dev) for k in ("dense", "y", "m")}}
+
+
 # ---------------------------------------------------------------------------- layers
 
 
@@ -445,7 +451,7 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                     continue
                 st = self.state[p]
                 if "acc" not in st:
-                    st["acc"] = torch.zeros(p.shape[0])
+                    st["acc"] = torch.zeros(p.shape[0], device=p.device)
                 g = p.grad.coalesce()
                 idx, val = g.indices()[0], g.values()
                 acc = st["acc"].index_select(0, idx) + val.pow(2).mean(dim=1)
@@ -571,9 +577,11 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--eval", action="store_true", help="AUC on the validation split after the epoch")
     ap.add_argument("--flops-only", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (the twin of `mixrank … --device cuda`)")
     ap.add_argument("--json")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
     torch.manual_seed(a.seed)
     cfg, base, tables, feats, dense = load_config(a.config)
     with open(a.model, "rb") as f:
@@ -588,7 +596,8 @@ def main():
     n_dense = len(dense) + sum(1 for d in dense if d.get("missing_indicator"))
     model = MMoE(feats, tables, n_dense, model_sec, len(tasks), a.fusion)
     fl = forward_flops(model)
-    res = {"torch": torch.__version__, "threads": a.threads, "d_in": model.d_in, "fusion": a.fusion, "adam": a.adam,
+    model.to(dev)
+    res = {"torch": torch.__version__, "threads": a.threads, "device": str(dev), "d_in": model.d_in, "fusion": a.fusion, "adam": a.adam,
            "flops_per_example": {**fl, "train_step": 3 * fl["forward"]}}
     print(f"d_in {model.d_in}; experts {model.expert_kinds}; forward {fl['forward'] / 1e6:.3f} MFLOP/ex "
           f"(experts {{{', '.join(f'{k}: {sum(v) / 1e6:.3f}' for k, v in fl['experts'].items())}}}), "
@@ -605,7 +614,7 @@ def main():
     bs = cfg["data"].get("batch_size", 2048)
     if a.max_steps:
         perm = perm[: a.max_steps * bs]
-    batches = make_batches(ids, dmat, y, m, feats, bs, perm)
+    batches = [to_device(b, dev) for b in make_batches(ids, dmat, y, m, feats, bs, perm)]
     prep_s = time.perf_counter() - t0
     r = train(model, batches, tasks, train_sec.get("lr", 1e-3), train_sec.get("sparse_lr", 0.05), a.adam, a.warmup, a.window)
     res.update(r, batch_size=bs, data_prep_s=prep_s)
@@ -619,9 +628,9 @@ def main():
         vd, _ = dense_matrix(vt, dense, stats)
         vy, vm = task_arrays(vt, tasks)
         vids = encode(vt, feats, tables)
-        vb = make_batches(vids, vd, vy, vm, feats, 8192, np.arange(vt.num_rows))
+        vb = [to_device(b, dev) for b in make_batches(vids, vd, vy, vm, feats, 8192, np.arange(vt.num_rows))]
         with torch.no_grad():
-            logits = torch.cat([model(b["ids"], b["dense"]) for b in vb]).numpy()
+            logits = torch.cat([model(b["ids"], b["dense"]) for b in vb]).cpu().numpy()
         res["validation_auc"] = {}
         for t, task in enumerate(tasks):
             if task["kind"] == "binary":
