@@ -22,7 +22,10 @@
 //! Not done yet: bf16 GEMMs (`pack_reduced` refuses, the trait's default), CUDA graphs,
 //! the copy stream with pinned buffers, multi-tensor optimizer launches and a device sort
 //! (see below). (`--device cuda[:N]` on train, eval, predict, serve and bench is in the
-//! CLI, `crates/mixrank/src/backend.rs`.)
+//! CLI, `crates/mixrank/src/backend.rs`; several GPUs train data-parallel under `mpirun
+//! … --device cuda` with NCCL, `mixrank-dist`'s `Nccl`. PyTorch's figures on the same GPU
+//! come from `bench/torch_gpu_bench.py` and the heterogeneous twin with `--device cuda`,
+//! which `bench/gpu_check.sh` runs; none has run on a GPU yet.)
 //!
 //! # Differences from the host backends
 //! - **Sync points beyond the trait's.** The sparse-gradient ops must return the number
