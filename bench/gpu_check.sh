@@ -49,11 +49,17 @@ PY
     return
   done
 }
-have_lib() { # NAME: on the loader's cache or path
-  ldconfig -p 2> /dev/null | grep -q "$1" && return 0
+have_lib() { # NAME: exactly that file, on the loader's cache or path
+  ldconfig -p 2> /dev/null | grep -qE "^[[:space:]]*$1 " && return 0
   local d
   for d in ${LD_LIBRARY_PATH//:/ }; do [ -e "$d/$1" ] && return 0; done
   return 1
+}
+find_lib() { # NAME: its path on the loader's cache or path, or nothing
+  local found d
+  found=$(ldconfig -p 2> /dev/null | grep -m1 -E "^[[:space:]]*$1 " | sed 's/.*=> //')
+  for d in ${LD_LIBRARY_PATH//:/ }; do [ -z "$found" ] && [ -e "$d/$1" ] && found="$d/$1"; done
+  echo "$found"
 }
 wheels=""
 [ -z "${MIXRANK_CUDA_NO_WHEELS:-}" ] && wheels=$(wheel_libs)
@@ -91,16 +97,14 @@ dir=${1:-}
 echo "== gpu_check: $(date -u +%FT%TZ)"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2> /dev/null || echo "nvidia-smi: not found"
 # NCCL's wheel ships libnccl.so.2 only; cudarc loads libnccl.so: a link to it.
-nccl2=$(ldconfig -p 2> /dev/null | grep -m1 'libnccl.so.2' | sed 's/.*=> //')
-for d in ${LD_LIBRARY_PATH//:/ }; do [ -z "$nccl2" ] && [ -e "$d/libnccl.so.2" ] && nccl2="$d/libnccl.so.2"; done
+nccl2=$(find_lib libnccl.so.2)
 if [ -n "$nccl2" ] && ! have_lib libnccl.so; then
   nccl_link=$(mktemp -d)
   ln -s "$nccl2" "$nccl_link/libnccl.so"
   export LD_LIBRARY_PATH="$nccl_link:$LD_LIBRARY_PATH"
 fi
 for lib in libcuda.so.1 libnvrtc.so.12 libcublas.so.12 libnccl.so; do
-  found=$(ldconfig -p 2> /dev/null | grep -m1 "$lib" | sed 's/.*=> //')
-  for d in ${LD_LIBRARY_PATH//:/ }; do [ -z "$found" ] && [ -e "$d/$lib" ] && found="$d/$lib"; done
+  found=$(find_lib "$lib")
   echo "$lib: ${found:-not found}"
 done
 status=0

@@ -7,8 +7,10 @@
 // again before the slots are reused. Point-to-point calls between ncclGroupStart and
 // ncclGroupEnd are queued and run at ncclGroupEnd: sends are posted (copied) first, then
 // each receive waits for its message, so a group never deadlocks. Streams are ignored
-// (the fake driver is synchronous). What this checks: the Rust side's use of the API
-// (counts, types, roots, grouping, staging). What it cannot: real NCCL (processes,
+// (the fake driver is synchronous). Ranks whose counts differ fail (every one of them);
+// an aborted or destroyed communicator makes its peers' waits fail rather than hang.
+// What this checks: the Rust side's use of the API (counts, types, roots, grouping,
+// staging). What it cannot: real NCCL (processes,
 // GPUs, rings, its own summation order).
 #include <condition_variable>
 #include <cstdint>
@@ -21,7 +23,8 @@
 #include <vector>
 
 typedef int ncclResult_t;
-static const ncclResult_t SUCCESS = 0, INVALID_ARGUMENT = 4, INVALID_USAGE = 5;
+static const ncclResult_t SUCCESS = 0, SYSTEM_ERROR = 2, INVALID_ARGUMENT = 4, INVALID_USAGE = 5,
+                          REMOTE_ERROR = 6;
 struct ncclUniqueId { char internal[128]; };
 
 static size_t type_size(int t) {
@@ -43,20 +46,30 @@ struct Group {
     std::condition_variable cv;
     int arrived = 0;
     unsigned long generation = 0;
+    // A rank's communicator was aborted or destroyed: whoever waits for it fails instead
+    // of waiting forever (a failing test rank makes the others fail, not hang).
+    bool aborted = false;
     std::vector<std::vector<char>> slot;
     // Point-to-point messages by (from, to), in posting order.
     std::map<std::pair<int, int>, std::deque<std::vector<char>>> mail;
     explicit Group(int n) : n(n), slot(n) {}
-    void barrier() {
+    // False when the group was aborted before every rank arrived.
+    bool barrier() {
         std::unique_lock<std::mutex> lk(m);
         unsigned long g = generation;
         if (++arrived == n) {
             arrived = 0;
             generation++;
             cv.notify_all();
-        } else {
-            cv.wait(lk, [&] { return generation != g; });
+            return true;
         }
+        cv.wait(lk, [&] { return generation != g || aborted; });
+        return generation != g;
+    }
+    void abort() {
+        std::lock_guard<std::mutex> lk(m);
+        aborted = true;
+        cv.notify_all();
     }
 };
 
@@ -78,16 +91,21 @@ static std::map<std::string, Group*> registry;
 static thread_local int group_depth = 0;
 static thread_local std::vector<Pending> pending;
 
-// Every rank deposits `bytes` of `in`; `compute` writes this rank's output from the slots.
+// Every rank deposits `bytes` of `in`; when every rank deposited as many bytes as the
+// root (`root`'s, or every rank's when `root` < 0), `compute` writes this rank's output
+// from the slots; otherwise every rank fails (as NCCL's mismatched counts are a bug).
 template <class F>
-static ncclResult_t rendezvous(Comm* c, const void* in, size_t bytes, F compute) {
+static ncclResult_t rendezvous(Comm* c, const void* in, size_t bytes, int root, F compute) {
     if (group_depth > 0) return INVALID_USAGE;  // collectives inside a group: not emulated
     Group* g = c->g;
     g->slot[c->rank].assign((const char*)in, (const char*)in + bytes);
-    g->barrier();
-    compute(g);
-    g->barrier();
-    return SUCCESS;
+    if (!g->barrier()) return REMOTE_ERROR;
+    bool same = true;
+    for (int r = 0; r < g->n; r++) same = same && g->slot[r].size() == (root < 0 ? bytes : g->slot[root].size());
+    if (same) compute(g);
+    else fprintf(stderr, "fake nccl: rank %d: the ranks' counts differ\n", c->rank);
+    if (!g->barrier()) return REMOTE_ERROR;
+    return same ? SUCCESS : INVALID_USAGE;
 }
 
 extern "C" {
@@ -113,11 +131,15 @@ ncclResult_t ncclCommInitRank(Comm** comm, int nranks, ncclUniqueId id, int rank
         g->joined++;
     }
     *comm = new Comm{g, rank};
-    g->barrier();  // as NCCL: initialisation returns once every rank has joined
+    // As NCCL: initialisation returns once every rank has joined.
+    return g->barrier() ? SUCCESS : REMOTE_ERROR;
+}
+ncclResult_t ncclCommAbort(Comm* c) {
+    c->g->abort();
+    delete c;
     return SUCCESS;
 }
-ncclResult_t ncclCommAbort(Comm* c) { delete c; return SUCCESS; }
-ncclResult_t ncclCommDestroy(Comm* c) { delete c; return SUCCESS; }
+ncclResult_t ncclCommDestroy(Comm* c) { return ncclCommAbort(c); }
 ncclResult_t ncclCommFinalize(Comm*) { return SUCCESS; }
 ncclResult_t ncclCommCount(const Comm* c, int* n) { *n = c->g->n; return SUCCESS; }
 ncclResult_t ncclCommUserRank(const Comm* c, int* r) { *r = c->rank; return SUCCESS; }
@@ -131,7 +153,7 @@ const char* ncclGetLastError(Comm*) { return ""; }
 ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, int type, int op, Comm* c, void*) {
     if (op != 0 || (type != 7 && type != 8 && type != 5)) return INVALID_ARGUMENT;  // sums of f32, f64, u64
     size_t bytes = count * type_size(type);
-    return rendezvous(c, send, bytes, [&](Group* g) {
+    return rendezvous(c, send, bytes, -1, [&](Group* g) {
         for (size_t i = 0; i < count; i++) {
             if (type == 7) {
                 float s = ((const float*)g->slot[0].data())[i];
@@ -152,17 +174,15 @@ ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, int type,
 ncclResult_t ncclAllGather(const void* send, void* recv, size_t count, int type, Comm* c, void*) {
     size_t bytes = count * type_size(type);
     if (bytes == 0 && count) return INVALID_ARGUMENT;
-    return rendezvous(c, send, bytes, [&](Group* g) {
+    return rendezvous(c, send, bytes, -1, [&](Group* g) {
         for (int r = 0; r < g->n; r++) memcpy((char*)recv + r * bytes, g->slot[r].data(), bytes);
     });
 }
 ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, int type, int root, Comm* c, void*) {
     size_t bytes = count * type_size(type);
     if (root < 0 || root >= c->g->n) return INVALID_ARGUMENT;
-    return rendezvous(c, c->rank == root ? send : recv, bytes, [&](Group* g) {
-        if (g->slot[root].size() != bytes) return;
-        memcpy(recv, g->slot[root].data(), bytes);
-    });
+    return rendezvous(c, c->rank == root ? send : recv, bytes, root,
+                      [&](Group* g) { memcpy(recv, g->slot[root].data(), bytes); });
 }
 ncclResult_t ncclGroupStart() { group_depth++; return SUCCESS; }
 ncclResult_t ncclSend(const void* buf, size_t count, int type, int peer, Comm* c, void*) {
@@ -192,7 +212,8 @@ ncclResult_t ncclGroupEnd() {
         Group* g = p.comm->g;
         std::unique_lock<std::mutex> lk(g->m);
         auto& box = g->mail[{p.peer, p.comm->rank}];
-        g->cv.wait(lk, [&] { return !box.empty(); });
+        g->cv.wait(lk, [&] { return !box.empty() || g->aborted; });
+        if (box.empty()) return REMOTE_ERROR;
         std::vector<char> msg = std::move(box.front());
         box.pop_front();
         if (msg.size() != p.bytes) {

@@ -11,7 +11,7 @@ pub trait Collective: Send + Sync + std::fmt::Debug {
     fn rank(&self) -> usize;
     /// Ranks in the group.
     fn size(&self) -> usize;
-    /// The transport, for logs: `in-process` or `mpi`.
+    /// The transport, for logs: `in-process`, `mpi` or `nccl`.
     fn transport(&self) -> &'static str;
     /// Element-wise sum over the ranks, in place; every rank gets the same bits.
     fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()>;

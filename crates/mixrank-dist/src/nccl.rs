@@ -24,7 +24,7 @@
 use crate::collective::Collective;
 use crate::error::{DistError, Result};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
-use cudarc::nccl::safe::{Comm, Id, NcclType, ReduceOp};
+use cudarc::nccl::safe::{group_end, group_start, Comm, Id, NcclType, ReduceOp};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
@@ -93,17 +93,34 @@ impl Nccl {
                     .into(),
             ));
         }
-        let mut id = vec![0u8; 128];
-        if boot.rank() == 0 {
-            let made = guarded("making NCCL's unique id", || Id::new().map_err(|e| fail("ncclGetUniqueId")(&e)))?;
-            id = made.internal().iter().map(|&c| c as u8).collect();
+        let (rank, size) = (boot.rank(), boot.size());
+        // Rank 0's id; empty when it could not make one, so every rank fails alike.
+        let mut id = Vec::new();
+        let mut made = Ok(());
+        if rank == 0 {
+            match guarded("making NCCL's unique id", || Id::new().map_err(|e| fail("ncclGetUniqueId")(&e))) {
+                Ok(m) => id = m.internal().iter().map(|&c| c as u8).collect(),
+                Err(e) => made = Err(e),
+            }
         }
         boot.broadcast_bytes(&mut id, 0)?;
+        made?;
+        if id.len() != 128 {
+            return Err(DistError::Init("rank 0 could not make NCCL's unique id".into()));
+        }
         let internal: [std::ffi::c_char; 128] = std::array::from_fn(|i| id[i] as std::ffi::c_char);
-        let (rank, size) = (boot.rank(), boot.size());
+        // Every rank opens its GPU, and they agree that all did before joining: NCCL's
+        // initialisation waits for every rank, and one that failed would never come.
+        let ctx = guarded("opening the GPU for NCCL", || {
+            CudaContext::new(ordinal).map_err(|e| DistError::Init(format!("opening GPU {ordinal} for NCCL: {e:?}")))
+        });
+        let mut failed = [if ctx.is_err() { 1.0f32 } else { 0.0 }];
+        boot.all_reduce_sum_f32(&mut failed)?;
+        let ctx = ctx?;
+        if failed[0] > 0.0 {
+            return Err(DistError::Init(format!("{} other rank(s) could not open their GPU for NCCL", failed[0])));
+        }
         let inner = guarded("starting NCCL", || {
-            let ctx = CudaContext::new(ordinal)
-                .map_err(|e| DistError::Init(format!("opening GPU {ordinal} for NCCL: {e:?}")))?;
             let stream = ctx.default_stream();
             let comm = Comm::from_rank(stream.clone(), rank, size, Id::uninit(internal)).map_err(|e| {
                 DistError::Init(format!("ncclCommInitRank (rank {rank} of {size}, GPU {ordinal}): {e:?}"))
@@ -219,20 +236,25 @@ impl Collective for Nccl {
                 k => g.zeros::<u8>(OP, k).map(Some),
             })
             .collect::<Result<_>>()?;
-        {
-            let mut group = g.comm.group();
-            for (r, s) in sends.iter().enumerate() {
-                if let Some(s) = s {
-                    group.send(s.as_view(), r as i32).map_err(|e| fail(OP)(&e))?;
-                }
+        // One group of every send and receive (`ncclGroupEnd` issues them together). The
+        // group is ended whatever happens, and its error returned (cudarc's `Group` would
+        // panic on it).
+        group_start().map_err(|e| fail(OP)(&e))?;
+        let mut posted = Ok(());
+        for (r, s) in sends.iter().enumerate() {
+            if let (Some(s), Ok(())) = (s, &posted) {
+                posted = g.comm.send(s, r as i32).map_err(|e| fail(OP)(&e));
             }
-            for (r, d) in recvs.iter_mut().enumerate() {
-                if let Some(d) = d {
-                    group.recv(d.as_view_mut(), r as i32).map_err(|e| fail(OP)(&e))?;
-                }
-            }
-            // Dropping the group ends it (`ncclGroupEnd`), which issues the transfers.
         }
+        for (r, d) in recvs.iter_mut().enumerate() {
+            if let (Some(d), Ok(())) = (d, &posted) {
+                posted = g.comm.recv(d, r as i32).map(|_| ()).map_err(|e| fail(OP)(&e));
+            }
+        }
+        let ended = group_end().map(|_| ()).map_err(|e| fail(OP)(&e));
+        posted?;
+        ended?;
+        g.stream.synchronize().map_err(|e| fail(OP)(&e))?;
         let mut out = Vec::with_capacity(n);
         for (r, d) in recvs.iter().enumerate() {
             out.push(match d {

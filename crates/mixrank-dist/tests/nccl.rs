@@ -118,3 +118,18 @@ fn nccl_collectives_mean_what_the_interface_says() {
         eprintln!("NCCL collectives: {n} rank(s) {}", if shared_gpu { "on the emulation" } else { "one per GPU" });
     }
 }
+
+#[test]
+#[ignore = "the host emulation's fake libnccl (crates/mixrank-cuda/emu/run.sh); real NCCL would wait"]
+fn on_the_emulation_a_rank_that_leaves_fails_the_others_instead_of_hanging() {
+    if std::env::var_os("MIXRANK_NCCL_EMULATED").is_none() {
+        eprintln!("not the emulation (real NCCL waits for a rank that left): nothing to check");
+        return;
+    }
+    // Rank 1 drops its communicator (cudarc aborts it); rank 0's next collective fails,
+    // so a failing test rank fails the test rather than hanging CI.
+    let out = on_nccl_ranks(2, |_| 0, |c| if c.rank() == 1 { Ok(()) } else { c.barrier() });
+    assert!(out[1].is_ok());
+    let e = out[0].as_ref().unwrap_err().to_string();
+    assert!(e.contains("barrier"), "{e}");
+}

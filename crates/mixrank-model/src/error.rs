@@ -22,6 +22,10 @@ pub enum ModelError {
     /// Inputs do not match the model (e.g. the wrong number of task gradients).
     #[error("{0}")]
     Mismatch(String),
+    /// Data-parallel training: an exchange with the other ranks failed (the transport's
+    /// error, or what a rank sent).
+    #[error("{context}: exchanging rows with the other ranks: {message}")]
+    Exchange { context: String, message: String },
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

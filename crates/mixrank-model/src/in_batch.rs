@@ -109,6 +109,10 @@ impl<B: Backend> InBatchSoftmax<B> {
 
     /// A rank with no rows of this step: its (empty) part of the gather; it computes the
     /// global batch's loss too, so every rank logs the same loss.
+    ///
+    /// The gather is a collective inside the model's backward: it must not run beside
+    /// another collective of the same rank (the two-tower model hands no parameters out
+    /// early through `Model::backward_overlapped`, so no all-reduce thread runs then).
     pub fn backward_without_rows(&mut self, ops: &B, dim: usize, peers: &dyn BatchPeers) -> Result<()> {
         self.global(ops, dim, &[], peers)
     }
@@ -117,14 +121,11 @@ impl<B: Backend> InBatchSoftmax<B> {
     /// gradients moved to the front of `d_user`, `d_item`.
     fn global(&mut self, ops: &B, dim: usize, mine: &[f32], peers: &dyn BatchPeers) -> Result<()> {
         let at = || "in-batch softmax across the ranks".to_string();
-        let parts = peers.all_gather(mine).map_err(|e| crate::error::ModelError::Mismatch(format!("{}: {e}", at())))?;
+        let exchange = |message: String| crate::error::ModelError::Exchange { context: at(), message };
+        let parts = peers.all_gather(mine).map_err(exchange)?;
         let width = 2 * dim + 1;
         if let Some((r, p)) = parts.iter().enumerate().find(|(_, p)| p.len() % width != 0) {
-            return Err(crate::error::ModelError::Mismatch(format!(
-                "{}: rank {r} sent {} values, not rows of {width}",
-                at(),
-                p.len()
-            )));
+            return Err(exchange(format!("rank {r} sent {} values, not rows of {width}", p.len())));
         }
         let rows: Vec<usize> = parts.iter().map(|p| p.len() / width).collect();
         let (total, first) = (rows.iter().sum::<usize>(), rows[..peers.rank()].iter().sum::<usize>());

@@ -12,8 +12,8 @@
 //!   interleaves them batch by batch, rank by rank: the rows of one process's
 //!   [`crate::evaluate::evaluate`] in its order, so every metric (and every bootstrap
 //!   interval, which resamples by row index) is computed from the same arrays;
-//! - the gates' per-segment sums are all-reduced (`f64`, summed in rank order: the
-//!   means differ from one process's by `f64` rounding only).
+//! - the gates' per-segment sums are all-reduced (`f64`: the means differ from one
+//!   process's by `f64` rounding only).
 //!
 //! Each row's prediction is the model's forward of that row; the forward of a row does
 //! not depend on the other rows of its batch (evaluation mode), so rank 0 gets one
@@ -73,7 +73,15 @@ pub fn evaluate_across<B: Backend>(
     }
     let mut parts = Vec::with_capacity(group.size());
     for (r, bytes) in received.iter().enumerate().skip(1) {
-        parts.push(decode(&mine.p, bytes, r)?);
+        let p = decode(&mine.p, bytes, r)?;
+        let want: usize = batches.iter().map(|&rows| shard_range(rows, r, group.size()).len()).sum();
+        if p.weights.len() != want {
+            return Err(crate::error::TrainError::Distributed(format!(
+                "rank {r} scored {} validation rows, its share of the batches is {want}",
+                p.weights.len()
+            )));
+        }
+        parts.push(p);
     }
     let mine = mine.finish();
     let mut all = Predictions { gates: mine.gates.clone(), ..empty_like(&mine) };

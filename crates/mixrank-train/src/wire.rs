@@ -48,12 +48,12 @@ impl<'a> Reader<'a> {
 
     /// The next `n` values.
     pub fn take<T: Word>(&mut self, n: usize) -> Result<Vec<T>> {
-        let len = n * T::SIZE;
-        let s = self
-            .bytes
-            .get(self.at..self.at + len)
+        // Counts come off the wire: checked, so a bad one is an error, not an overflow.
+        let end = n.checked_mul(T::SIZE).and_then(|len| self.at.checked_add(len));
+        let s = end
+            .and_then(|end| self.bytes.get(self.at..end))
             .ok_or_else(|| TrainError::Distributed(format!("rank {}'s {} are cut short", self.rank, self.what)))?;
-        self.at += len;
+        self.at += s.len();
         Ok(s.chunks_exact(T::SIZE).map(T::get).collect())
     }
 
