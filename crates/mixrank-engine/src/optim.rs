@@ -263,11 +263,40 @@ pub(crate) fn lazy_adam<T: Float>(
 ) -> Result<()> {
     check_lazy_adam_state(shape, table, m, v, steps)?;
     let dim = shape.dim;
+    let mut memo = BiasMemo::new();
     walk_rows(shape, s.rows, ids, rows, |id, g| {
         let e = id * dim..(id + 1) * dim;
-        lazy_adam_row(s, g, &mut table[e.clone()], &mut m[e.clone()], &mut v[e], &mut steps[id]);
+        lazy_adam_row(s, g, &mut table[e.clone()], &mut m[e.clone()], &mut v[e], &mut steps[id], &mut memo);
     });
     Ok(())
+}
+
+/// Lazy Adam's bias correction of step count `k` — the step size `lr / (1 − β₁ᵏ)` and
+/// `sqrt(1 − β₂ᵏ)` — memoised by `k` in a direct-mapped table of 64. The rows of one
+/// update share few distinct counts, and at small dims the two `powi`s cost more than
+/// the row's update (docs/BENCHMARKS.md, "the small MMoE again"); the values are the
+/// same bits as computing them each time. One memo per update call: `s` is fixed.
+pub(crate) struct BiasMemo<T> {
+    /// `(k, step size, sqrt(1 − β₂ᵏ))`; `k = 0` is empty (counts start at 1).
+    slots: [(i32, T, T); 64],
+}
+
+impl<T: Float> BiasMemo<T> {
+    pub fn new() -> Self {
+        BiasMemo { slots: [(0, T::ZERO, T::ZERO); 64] }
+    }
+
+    #[inline]
+    fn get(&mut self, s: &LazyAdamSpec, k: i32) -> (T, T) {
+        let slot = &mut self.slots[(k as u32 & 63) as usize];
+        if slot.0 != k || k == 0 {
+            let bc1 = 1.0 - (s.beta1 as f64).powi(k);
+            let bc2_sqrt = T::from_f64((1.0 - (s.beta2 as f64).powi(k)).sqrt() as f32 as f64);
+            let step_size = T::from_f64((s.lr as f64 / bc1) as f32 as f64);
+            *slot = (k, step_size, bc2_sqrt);
+        }
+        (slot.1, slot.2)
+    }
 }
 
 /// One row's lazy Adam update (`g` = `None`: an untouched row's zero gradient); shared
@@ -280,14 +309,13 @@ pub(crate) fn lazy_adam_row<T: Float>(
     m: &mut [T],
     v: &mut [T],
     step: &mut u32,
+    memo: &mut BiasMemo<T>,
 ) {
     let f = |x: f32| T::from_f64(x as f64);
     let (b1, b2, eps, wd) = (f(s.beta1), f(s.beta2), f(s.eps), f(s.weight_decay));
     *step += 1;
     let k = s.global_step.unwrap_or(*step as u64) as i32;
-    let bc1 = 1.0 - (s.beta1 as f64).powi(k);
-    let bc2_sqrt = T::from_f64((1.0 - (s.beta2 as f64).powi(k)).sqrt() as f32 as f64);
-    let step_size = T::from_f64((s.lr as f64 / bc1) as f32 as f64);
+    let (step_size, bc2_sqrt) = memo.get(s, k);
     let n = w.len();
     let (m, v) = (&mut m[..n], &mut v[..n]);
     // Zipped slices of one length: no bounds checks, so the element loop vectorises
@@ -357,4 +385,34 @@ pub(crate) fn merge_two<T: Float>(
         len += 1;
     }
     Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bias_memo_gives_the_bits_computed_each_time() {
+        let s = LazyAdamSpec {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            global_step: None,
+            rows: SparseRows::Touched,
+        };
+        let direct = |k: i32| {
+            let bc1 = 1.0 - (s.beta1 as f64).powi(k);
+            let bc2 = ((1.0 - (s.beta2 as f64).powi(k)).sqrt() as f32).to_bits();
+            (((s.lr as f64 / bc1) as f32).to_bits(), bc2)
+        };
+        let mut memo = BiasMemo::<f32>::new();
+        // Counts that share slots (k and k + 64), repeated, in a scrambled order.
+        for i in 0..2000u32 {
+            let k = 1 + (i.wrapping_mul(2654435761) % 300) as i32;
+            let (a, b) = memo.get(&s, k);
+            assert_eq!((a.to_bits(), b.to_bits()), direct(k), "k = {k}");
+        }
+    }
 }

@@ -147,6 +147,7 @@ fn lazy_adam_split(
 ) {
     let (table, m, v, steps) = part;
     if ids.len() < 2 || ids.len() * dim <= SPARSE_LEAF {
+        let mut memo = optim::BiasMemo::new();
         for (i, &id) in ids.iter().enumerate() {
             if let Some(&ahead) = ids.get(i + PREFETCH_ROWS) {
                 let r = ahead as usize - base;
@@ -158,7 +159,15 @@ fn lazy_adam_split(
             let r = id as usize - base;
             let e = r * dim..(r + 1) * dim;
             let g = Some(&rows[i * dim..(i + 1) * dim]);
-            optim::lazy_adam_row(spec, g, &mut table[e.clone()], &mut m[e.clone()], &mut v[e], &mut steps[r]);
+            optim::lazy_adam_row(
+                spec,
+                g,
+                &mut table[e.clone()],
+                &mut m[e.clone()],
+                &mut v[e],
+                &mut steps[r],
+                &mut memo,
+            );
         }
         return;
     }
