@@ -39,6 +39,7 @@
 //! ranks at every checkpoint and at the end ([`check_replicas`]).
 
 use crate::error::{engine, Result, TrainError};
+use crate::wire::{put, Reader};
 use mixrank_data::Batch;
 use mixrank_dist::Collective;
 use mixrank_engine::Backend;
@@ -221,9 +222,9 @@ pub(crate) struct Touched {
 /// Appends one feature's `(len, ids, rows)` as little-endian bytes (the layout
 /// [`decode_sparse`] reads).
 pub(crate) fn encode_touched(out: &mut Vec<u8>, ids: &[u32], rows: &[f32]) {
-    out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
-    out.extend(ids.iter().flat_map(|x| x.to_le_bytes()));
-    out.extend(rows.iter().flat_map(|x| x.to_le_bytes()));
+    put(out, &[ids.len() as u32]);
+    put(out, ids);
+    put(out, rows);
 }
 
 /// Encodes every feature's `(len, ids, rows)` as little-endian bytes.
@@ -241,24 +242,15 @@ fn encode_sparse<B: Backend>(ops: &B, e: &EmbeddingCollection<B>, n_features: us
 }
 
 pub(crate) fn decode_sparse(bytes: &[u8], dims: &[usize], rank: usize) -> Result<Vec<Touched>> {
-    let bad = || TrainError::Distributed(format!("rank {rank}'s sparse gradients are cut short"));
-    let mut at = 0;
-    let mut take = |n: usize| -> Result<&[u8]> {
-        let s = bytes.get(at..at + n).ok_or_else(bad)?;
-        at += n;
-        Ok(s)
-    };
-    let word = |b: &[u8]| -> [u8; 4] { b.try_into().expect("4 bytes") };
+    let mut rd = Reader::new(bytes, rank, "sparse gradients");
     let mut out = Vec::with_capacity(dims.len());
     for &dim in dims {
-        let len = u32::from_le_bytes(word(take(4)?)) as usize;
-        let ids = take(4 * len)?.chunks_exact(4).map(|c| u32::from_le_bytes(word(c))).collect();
-        let rows = take(4 * len * dim)?.chunks_exact(4).map(|c| f32::from_le_bytes(word(c))).collect();
+        let len = rd.u32s(1)?[0] as usize;
+        let ids = rd.u32s(len)?;
+        let rows = rd.f32s(len.saturating_mul(dim))?;
         out.push(Touched { ids, rows });
     }
-    if at != bytes.len() {
-        return Err(bad());
-    }
+    rd.done()?;
     Ok(out)
 }
 

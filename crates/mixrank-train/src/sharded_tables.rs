@@ -319,7 +319,7 @@ impl<B: Backend> ShardedTables<B> {
             for (o, out) in ask.iter_mut().enumerate() {
                 let mine: Vec<u32> = w.iter().copied().filter(|&id| self.owner(t, id) == o).collect();
                 counts[o][t] = mine.len();
-                out.extend_from_slice(&(mine.len() as u32).to_le_bytes());
+                put(out, &[mine.len() as u32]);
                 put(out, &mine);
             }
         }

@@ -19,6 +19,7 @@
 //! reports it in the all-reduce of the step's distillation losses).
 
 use crate::error::{engine, Result};
+use crate::wire::put;
 use mixrank_dist::Collective;
 use mixrank_engine::Backend;
 
@@ -98,10 +99,11 @@ impl<B: Backend> GlobalRows<B> {
         }
         self.bytes.clear();
         for r in 0..n {
-            for v in [student[r], grad[r], local.teacher[r], local.row_weight[r], local.mask[r], local.weights[r]] {
-                self.bytes.extend_from_slice(&v.to_le_bytes());
-            }
-            self.bytes.extend_from_slice(&local.request_id[r].to_le_bytes());
+            put(
+                &mut self.bytes,
+                &[student[r], grad[r], local.teacher[r], local.row_weight[r], local.mask[r], local.weights[r]],
+            );
+            put(&mut self.bytes, &[local.request_id[r]]);
         }
         let parts = group.all_gather_bytes(&self.bytes)?;
         self.offset = parts[..group.rank()].iter().map(|p| p.len() / ROW_BYTES).sum();
