@@ -260,6 +260,11 @@ impl Encoder {
         &self.cfg
     }
 
+    /// The config, shared (no copy).
+    pub fn shared_config(&self) -> Arc<ExperimentConfig> {
+        self.cfg.clone()
+    }
+
     /// Source columns, in the order `encode` expects them.
     pub fn column_names(&self) -> &[String] {
         &self.cols.names

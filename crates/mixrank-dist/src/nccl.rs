@@ -255,6 +255,7 @@ impl Collective for Nccl {
         posted?;
         ended?;
         g.stream.synchronize().map_err(|e| fail(OP)(&e))?;
+        // Every receive copied back, then one synchronisation.
         let mut out = Vec::with_capacity(n);
         for (r, d) in recvs.iter().enumerate() {
             out.push(match d {
@@ -262,11 +263,12 @@ impl Collective for Nccl {
                 None => Vec::new(),
                 Some(d) => {
                     let mut v = vec![0u8; d.len()];
-                    g.to_host(OP, d, &mut v)?;
+                    g.stream.memcpy_dtoh(d, &mut v).map_err(|e| fail(OP)(&e))?;
                     v
                 }
             });
         }
+        g.stream.synchronize().map_err(|e| fail(OP)(&e))?;
         Ok(out)
     }
     fn broadcast_bytes(&self, buf: &mut Vec<u8>, root: usize) -> Result<()> {

@@ -135,6 +135,17 @@ pub fn gate_entropy(w: &[f32]) -> f64 {
 }
 
 impl Predictions {
+    /// No rows yet, for `tasks` tasks and `kept` carried columns (no gates).
+    pub fn empty(tasks: usize, kept: usize) -> Self {
+        Predictions {
+            preds: vec![Vec::new(); tasks],
+            labels: vec![Vec::new(); tasks],
+            masks: vec![Vec::new(); tasks],
+            kept: vec![Vec::new(); kept],
+            ..Default::default()
+        }
+    }
+
     /// Task `t`'s rows for the metrics crate (segments and request groups only when the
     /// config names those columns).
     pub fn task_rows(&self, cfg: &ExperimentConfig, t: usize) -> TaskRows<'_> {
@@ -264,9 +275,9 @@ pub fn evaluate<B: Backend>(
     split: &mixrank_data::config::Split,
 ) -> Result<Predictions> {
     model.set_training(false);
-    let cfg = enc.config().clone();
+    let cfg = enc.shared_config();
     let opts = StreamOptions::from_config(&cfg, false);
-    let mut scored = Collector::new(&*model, Arc::new(cfg));
+    let mut scored = Collector::new(&*model, cfg);
     for b in BatchStream::start(enc, split, opts)? {
         let b = b?;
         model.forward(ops, &b)?;
@@ -288,15 +299,10 @@ pub(crate) struct Collector {
 
 impl Collector {
     pub fn new<B: Backend>(model: &dyn Model<B>, cfg: Arc<ExperimentConfig>) -> Self {
-        let n_tasks = cfg.tasks.len();
         let n_seg = cfg.columns.segment.as_ref().map_or(1, |s| s.values.len());
         let p = Predictions {
-            preds: vec![Vec::new(); n_tasks],
-            labels: vec![Vec::new(); n_tasks],
-            masks: vec![Vec::new(); n_tasks],
-            kept: vec![Vec::new(); cfg.columns.keep.len()],
             gates: model.gates().iter().map(|g| GateMeans::named(g, &cfg, n_seg)).collect(),
-            ..Default::default()
+            ..Predictions::empty(cfg.tasks.len(), cfg.columns.keep.len())
         };
         Collector { p, seg_rows: vec![0; n_seg], cfg, host: Vec::new(), w: Vec::new() }
     }

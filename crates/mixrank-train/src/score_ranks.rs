@@ -42,7 +42,7 @@ pub fn evaluate_across<B: Backend>(
     mut tables: Option<&mut ShardedTables<B>>,
 ) -> Result<Option<Predictions>> {
     model.set_training(false);
-    let cfg = Arc::new(enc.config().clone());
+    let cfg = enc.shared_config();
     let opts = StreamOptions::from_config(&cfg, false);
     let mut mine = Collector::new(&*model, cfg.clone());
     let mut batches = Vec::new();
@@ -84,7 +84,7 @@ pub fn evaluate_across<B: Backend>(
         parts.push(p);
     }
     let mine = mine.finish();
-    let mut all = Predictions { gates: mine.gates.clone(), ..empty_like(&mine) };
+    let mut all = Predictions { gates: mine.gates.clone(), ..Predictions::empty(mine.preds.len(), mine.kept.len()) };
     let mut parts: Vec<(Predictions, usize)> = std::iter::once(mine).chain(parts).map(|p| (p, 0)).collect();
     for &rows in &batches {
         for (r, (p, at)) in parts.iter_mut().enumerate() {
@@ -94,17 +94,6 @@ pub fn evaluate_across<B: Backend>(
         }
     }
     Ok(Some(all))
-}
-
-/// `p`'s layout with no rows.
-fn empty_like(p: &Predictions) -> Predictions {
-    Predictions {
-        preds: vec![Vec::new(); p.preds.len()],
-        labels: vec![Vec::new(); p.labels.len()],
-        masks: vec![Vec::new(); p.masks.len()],
-        kept: vec![Vec::new(); p.kept.len()],
-        ..Default::default()
-    }
 }
 
 /// Appends `p`'s rows `rows` to `out`.
@@ -138,7 +127,7 @@ fn encode(p: &Predictions) -> Vec<u8> {
 fn decode(like: &Predictions, bytes: &[u8], rank: usize) -> Result<Predictions> {
     let mut rd = Reader::new(bytes, rank, "validation predictions");
     let n = rd.len()?;
-    let mut p = empty_like(like);
+    let mut p = Predictions::empty(like.preds.len(), like.kept.len());
     for c in p.preds.iter_mut().chain(&mut p.labels).chain(&mut p.masks).chain(&mut p.kept) {
         *c = rd.f32s(n)?;
     }

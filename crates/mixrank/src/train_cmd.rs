@@ -123,14 +123,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
                 let started = mixrank_dist::Nccl::over(c.clone(), gpu)
                     .map_err(anyhow::Error::from)
                     .and_then(|nccl| Ok((nccl, crate::backend::train_cuda(gpu, &cfg.train)?)));
-                let (nccl, ops) = match started {
-                    Ok(v) => v,
-                    Err(e) => {
-                        eprintln!("error: rank {} of {}: {e:#}", c.rank(), c.size());
-                        c.abort_group(1);
-                        return Err(e);
-                    }
-                };
+                let (nccl, ops) = or_abort(&*c, started)?;
                 train_rank(cfg, &mut opts, &ops, Arc::new(nccl))?
             }
         },
@@ -176,10 +169,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// This process's rank of an `mpirun` job, over the collective `c`. A rank that fails
-/// may have failed outside any collective (claiming the run directory, reading the
-/// config): the others would wait for it forever, and MPI_Finalize with them. It says
-/// why, then ends the job.
+/// This process's rank of an `mpirun` job, over the collective `c`.
 fn train_rank<B: mixrank_engine::Backend + 'static>(
     cfg: Arc<ExperimentConfig>,
     opts: &mut TrainOptions,
@@ -187,10 +177,17 @@ fn train_rank<B: mixrank_engine::Backend + 'static>(
     c: Arc<dyn mixrank_dist::Collective>,
 ) -> Result<mixrank_train::TrainSummary> {
     opts.collective = Some(c.clone());
-    train(cfg, opts, ops).map_err(|e| {
-        eprintln!("error: rank {} of {}: {e}", c.rank(), c.size());
+    or_abort(&*c, train(cfg, opts, ops).map_err(anyhow::Error::from))
+}
+
+/// A rank of an `mpirun` job that fails may have failed outside any collective
+/// (claiming the run directory, reading the config, opening its GPU): the others would
+/// wait for it forever, and MPI_Finalize with them. It says why, then ends the job.
+fn or_abort<T>(c: &dyn mixrank_dist::Collective, r: Result<T>) -> Result<T> {
+    r.map_err(|e| {
+        eprintln!("error: rank {} of {}: {e:#}", c.rank(), c.size());
         c.abort_group(1);
-        e.into()
+        e
     })
 }
 
