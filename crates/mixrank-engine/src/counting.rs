@@ -247,6 +247,9 @@ impl<B: Backend<Buf = Inner, Ids = InnerIds> + 'static> Backend for Counting<B> 
     fn gemm_operands(&self) -> crate::GemmOperands {
         self.inner.gemm_operands()
     }
+    fn keep_awake(&self) -> crate::KeepAwake {
+        self.inner.keep_awake()
+    }
     fn bias_act_forward(
         &self,
         act: Activation,

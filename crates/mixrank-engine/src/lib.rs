@@ -24,6 +24,7 @@
 //! The engine knows nothing about features, tasks or models.
 
 pub mod activation;
+pub mod awake;
 pub mod bf16;
 pub mod block;
 pub mod check;
@@ -41,6 +42,7 @@ pub mod reduced;
 pub mod reference;
 
 pub use activation::Activation;
+pub use awake::KeepAwake;
 pub use cpu::CpuOps;
 pub use error::{EngineError, Result};
 pub use float::Float;

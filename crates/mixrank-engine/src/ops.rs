@@ -777,6 +777,16 @@ pub trait Backend: Send + Sync {
         write: GradWrite,
     ) -> Result<f32>;
 
+    // ---- host threads ---------------------------------------------------------------
+
+    /// Keeps the backend's host worker threads polling for work (not asleep) while the
+    /// guard lives: for a stretch of many short ops, such as a training loop
+    /// ([`crate::awake`]). Call it on the thread that issues the ops. The default, for a
+    /// backend whose ops do not run on host workers, keeps nothing awake.
+    fn keep_awake(&self) -> crate::KeepAwake {
+        crate::KeepAwake::none()
+    }
+
     // ---- mixed precision (training) -------------------------------------------------
 
     /// The operands every [`Backend::gemm`] of this backend takes: `F32`, or `Bf16`

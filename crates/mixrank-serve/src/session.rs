@@ -130,6 +130,8 @@ struct Loaded<B: Backend> {
 impl<B: Backend + 'static> Runner for Loaded<B> {
     fn predict(&mut self, b: &Batch, tasks: &[TaskSpec], out: &mut [Vec<f32>]) -> Result<()> {
         let ops = &*self.ops;
+        // A forward is many short ops: the pool's workers poll for them instead of sleeping.
+        let _awake = ops.keep_awake();
         self.model.forward(ops, b).map_err(|e| ServeError::Internal(format!("forward: {e}")))?;
         mixrank_train::read_predictions(&*self.model, ops, tasks, b.rows, &mut self.host, out)
             .map_err(|e| ServeError::Internal(e.to_string()))

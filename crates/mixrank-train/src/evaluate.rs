@@ -280,6 +280,7 @@ pub fn evaluate<B: Backend>(
     let mut scored = Collector::new(&*model, cfg);
     for b in BatchStream::start(enc, split, opts)? {
         let b = b?;
+        let _awake = ops.keep_awake();
         model.forward(ops, &b)?;
         scored.add(&*model, ops, &b)?;
     }

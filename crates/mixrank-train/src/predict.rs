@@ -84,6 +84,7 @@ impl<B: Backend + 'static> CheckpointScorer<B> {
         let mut preds: Vec<Vec<f32>> = vec![Vec::with_capacity(cfg.data.batch_size); cfg.tasks.len()];
         for b in stream.by_ref() {
             let b = b?;
+            let _awake = ops.keep_awake();
             model.forward(ops, &b)?;
             preds.iter_mut().for_each(Vec::clear);
             read_predictions(model, ops, &cfg.tasks, b.rows, &mut host, &mut preds)?;

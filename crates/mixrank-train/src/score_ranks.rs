@@ -56,6 +56,7 @@ pub fn evaluate_across<B: Backend>(
             None => local,
         };
         if local.rows > 0 {
+            let _awake = ops.keep_awake();
             model.forward(ops, &local)?;
             mine.add(&*model, ops, &local)?;
         }

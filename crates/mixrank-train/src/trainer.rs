@@ -677,6 +677,8 @@ impl<'a, B: Backend + 'static> Run<'a, B> {
     /// gradients summed over the ranks between backward and the optimizer step.
     fn step(&mut self, rows: StepRows<'_>, stream: (&Split, &StreamOptions)) -> Result<()> {
         let ops = self.ops;
+        // Many short ops follow: the pool's workers poll for them instead of sleeping.
+        let _awake = ops.keep_awake();
         let dist = self.opts.collective.clone();
         // Replicated reading: a checkpoint teacher's stream yields global batches too.
         let shard_teacher = matches!(rows, StepRows::Global(_));

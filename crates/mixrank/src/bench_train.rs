@@ -105,6 +105,8 @@ impl<B: Backend + 'static> Trainee<B> {
 
     /// One update, as the trainer's step; the seconds of each of [`PHASES`].
     fn step(&mut self, cfg: &ExperimentConfig, ops: &B, b: &Batch, step: u64) -> Result<[f64; 4]> {
+        // Many short ops follow: the pool's workers poll for them instead of sleeping.
+        let _awake = ops.keep_awake();
         let mut t = Instant::now();
         let mut lap = || {
             let s = t.elapsed().as_secs_f64();

@@ -143,6 +143,10 @@ impl Backend for CpuOps {
         self.gemm_operands
     }
 
+    fn keep_awake(&self) -> crate::KeepAwake {
+        crate::KeepAwake::start()
+    }
+
     fn bias_act_forward(
         &self,
         act: Activation,

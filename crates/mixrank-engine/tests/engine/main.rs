@@ -1,5 +1,6 @@
 //! The engine's integration tests, as one binary.
 
+mod awake;
 mod bf16;
 mod bf16_training;
 mod common;
