@@ -125,10 +125,41 @@ impl HostBf16 {
     }
 }
 
+/// From this many rows a widening kernel's GEMM widens the whole weight to f32 once and
+/// runs the f32 GEMM. Widening inside the microkernel measured 3–8% slower than the f32
+/// GEMM end to end at 2,048 rows (`bench infer`, docs/BENCHMARKS.md), widening the
+/// `k·n` values once (vectorised, split over threads) costs a small share of a
+/// product that long, and for fewer rows the bytes of the weights matter more (the
+/// widening kernel wins at 1–512). The f32 copy is one per thread, reused and as large
+/// as the largest weight: the resident weights stay bf16.
+pub const WIDEN_ONCE_ROWS: usize = 2048;
+
+thread_local! {
+    /// The widened weight of [`WIDEN_ONCE_ROWS`]-row calls, the largest so far.
+    static WIDENED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `out = input · W` with `W` widened to f32 once, through the f32 GEMM.
+fn gemm_widened_once(packed: &PackedBf16, batch: usize, input: &[f32], out: &mut [f32]) -> Result<()> {
+    let (k, n) = (packed.k(), packed.n());
+    WIDENED.with(|w| {
+        let mut w = w.borrow_mut();
+        if w.len() < k * n {
+            w.resize(k * n, 0.0);
+        }
+        packed.unpack_f32(&mut w[..k * n])?;
+        let spec = crate::ops::GemmSpec::nn(batch, n, k);
+        crate::cpu::gemm_f32(&spec, &input[..batch * k], &w[..k * n], &mut out[..batch * n])
+    })
+}
+
 impl<B: Backend<Buf = Vec<f32>>> ReducedGemm<B> for HostBf16 {
     fn gemm(&mut self, batch: usize, input: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
         let (k, n) = (self.packed.k(), self.packed.n());
         if self.kernel.takes_f32_activations() {
+            if batch >= WIDEN_ONCE_ROWS {
+                return gemm_widened_once(&self.packed, batch, input, out);
+            }
             return self.kernel.gemm_f32(batch, &input[..batch * k], &self.packed, &mut out[..batch * n]);
         }
         self.scratch.copy_from_f32(self.kernel, batch, &input[..batch * k])?;

@@ -210,6 +210,38 @@ impl PackedBf16 {
     pub fn panels(&self) -> usize {
         self.n.div_ceil(NR)
     }
+
+    /// The weights widened back to a dense row-major f32 `[k, n]` in `out[..k·n]` (each
+    /// value exactly its bf16). Rows go in pairs, as they are stored: each stored pair
+    /// `(W[2p, j], W[2p+1, j])` is one 32-bit word whose low half widens to row `2p` and
+    /// high half to row `2p+1` (a shift and a mask, which vectorise). Pairs of rows are
+    /// split over threads once the matrix is large.
+    pub fn unpack_f32(&self, out: &mut [f32]) -> Result<()> {
+        let (k, n) = (self.k, self.n);
+        check::holds("PackedBf16::unpack_f32", "out", out.len(), &[k, n], k * n)?;
+        let out = &mut out[..k * n];
+        let pair_rows = |p: usize, rows: &mut [f32]| {
+            let (lo, hi) = rows.split_at_mut(n.min(rows.len()));
+            for panel in 0..self.panels() {
+                let src = &self.panel(panel)[p * 2 * NR..][..2 * NR];
+                let j0 = panel * NR;
+                let cols = NR.min(n - j0);
+                for jj in 0..cols {
+                    let word = (src[2 * jj].to_bits() as u32) | ((src[2 * jj + 1].to_bits() as u32) << 16);
+                    lo[j0 + jj] = f32::from_bits(word << 16);
+                    if !hi.is_empty() {
+                        hi[j0 + jj] = f32::from_bits(word & 0xffff_0000);
+                    }
+                }
+            }
+        };
+        if worth_splitting(k * n) {
+            out.par_chunks_mut(2 * n).enumerate().for_each(|(p, rows)| pair_rows(p, rows));
+        } else {
+            out.chunks_mut(2 * n).enumerate().for_each(|(p, rows)| pair_rows(p, rows));
+        }
+        Ok(())
+    }
 }
 
 /// A zero-initialised bf16 buffer whose first value sits on a 64-byte boundary, so each

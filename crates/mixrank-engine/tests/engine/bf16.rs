@@ -335,3 +335,45 @@ fn backends_pack_reduced_gemms_behind_the_trait() {
     let short = CpuOps::new().pack_reduced(k, n, &c.w[..k * n - 1].to_vec(), WeightLayout::Dense, m).err();
     assert!(matches!(short, Some(EngineError::BufferTooSmall { .. })), "{short:?}");
 }
+
+#[test]
+fn packed_weights_unpack_to_their_bf16_values() {
+    for (k, n) in [(1, 1), (7, 33), (64, 32), (429, 256), (13, 65)] {
+        let c = case(5 + k as u64, 1, n, k);
+        let w = PackedBf16::pack(k, n, &c.w).unwrap();
+        let mut out = vec![f32::NAN; k * n];
+        w.unpack_f32(&mut out).unwrap();
+        let want: Vec<f32> = c.w.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+        assert_eq!(out, want, "{k}x{n}");
+        assert!(w.unpack_f32(&mut out[..k * n - 1]).is_err(), "a short output is refused");
+    }
+}
+
+/// At `WIDEN_ONCE_ROWS` rows and more a widening kernel's site widens its weight once
+/// and runs the f32 GEMM: the same bound as the widening kernel (only `w` rounded), and
+/// the rows below keep the kernel's own result.
+#[test]
+fn widening_sites_widen_once_for_large_batches() {
+    use mixrank_engine::reduced::{HostBf16, ReducedGemm, WIDEN_ONCE_ROWS};
+    use mixrank_engine::CpuOps;
+    let (k, n) = (129, 70);
+    for m in [WIDEN_ONCE_ROWS - 1, WIDEN_ONCE_ROWS, WIDEN_ONCE_ROWS + 37] {
+        let c = case(77 + m as u64, m, n, k);
+        for kernel in widening_kernels() {
+            let mut site = HostBf16::new(kernel, k, n, &c.w, m).unwrap();
+            let mut out = vec![f32::NAN; m * n + 3];
+            ReducedGemm::<CpuOps>::gemm(&mut site, m, &c.a, &mut out).unwrap();
+            assert!(out[m * n..].iter().all(|v| v.is_nan()), "wrote past C");
+            let (exact, mag) = exact(m, n, k, &c.a, &c.w);
+            let u = 1.0 / 256.0;
+            let factor = u + gamma(k) * (1.0 + u);
+            let what = format!("{} site, {m}x{n}x{k}", kernel.name());
+            assert_within(&what, &to_f64(&out[..m * n]), &exact, |i| factor * mag[i]);
+            if m < WIDEN_ONCE_ROWS {
+                let mut direct = vec![0f32; m * n];
+                kernel.gemm_f32(m, &c.a, &PackedBf16::pack(k, n, &c.w).unwrap(), &mut direct).unwrap();
+                assert_eq!(&out[..m * n], &direct[..], "{what}: below the threshold the kernel runs");
+            }
+        }
+    }
+}
