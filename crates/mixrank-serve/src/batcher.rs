@@ -159,7 +159,11 @@ fn run(session: &InferenceSession, mut jobs: Vec<Job>, metrics: &Metrics) {
         }
         m
     };
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.predict(&merged)))
+    // The forward runs on a worker of rayon's pool (`rayon::scope` from this thread hands
+    // it one and waits): its parallel ops are then split by a worker, which keeps the
+    // pool's other workers awake through the forward (`Backend::keep_awake`), instead of
+    // this thread handing every op to the pool and waiting, one wake-up per op.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rayon::scope(|_| session.predict(&merged))))
         .unwrap_or_else(|_| Err(ServeError::Internal("the model panicked while scoring".into())));
     metrics.batch_rows.observe(merged.rows as f64);
     metrics.batch_requests.observe(jobs.len() as f64);
