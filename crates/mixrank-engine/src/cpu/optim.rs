@@ -56,8 +56,12 @@ pub fn adam_update(
     Ok(())
 }
 
-/// Elements per leaf of the parallel sparse updates (about 30 µs of work).
-const SPARSE_LEAF: usize = 1 << 13;
+/// Elements per leaf of the parallel sparse updates (about 15 µs of work). Halved from
+/// 8,192 once the pool's workers were kept awake through a step (`KeepAwake`: a join
+/// costs a microsecond or two): the small MMoE's tables of ~960 touched rows × 8 then
+/// split in two, its sparse phase 1.65 → 0.74 ms (median of 3 pairs), the bench model's
+/// unchanged within the noise (docs/BENCHMARKS.md).
+const SPARSE_LEAF: usize = 1 << 12;
 
 /// Fewest touched rows worth splitting over threads. A sparse row's update reads and
 /// writes rows at random places in tables far larger than the caches (several cache
