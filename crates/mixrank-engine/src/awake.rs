@@ -48,7 +48,7 @@ impl KeepAwake {
         let (Some(owner), threads) = (rayon::current_thread_index(), rayon::current_num_threads()) else {
             return KeepAwake { state: None };
         };
-        if threads < 2 || SPINNING.with(Cell::get) {
+        if threads < 2 || spinning_here() {
             return KeepAwake { state: None };
         }
         let spin = Arc::new(Spin { stop: AtomicBool::new(false), pending: AtomicUsize::new(threads) });
@@ -56,7 +56,7 @@ impl KeepAwake {
         // One job per worker; the caller's returns at once (spinning there would bury
         // the caller's own stack under a loop that only the caller can stop).
         rayon::spawn_broadcast(move |ctx| {
-            if ctx.index() != owner && !SPINNING.with(Cell::get) {
+            if ctx.index() != owner && !spinning_here() {
                 SPINNING.with(|s| s.set(true));
                 poll(&shared.stop);
                 SPINNING.with(|s| s.set(false));

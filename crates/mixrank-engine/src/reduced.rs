@@ -139,8 +139,8 @@ thread_local! {
     static WIDENED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `out = input · W` with `W` widened to f32 once, through the f32 GEMM.
-fn gemm_widened_once(packed: &PackedBf16, batch: usize, input: &[f32], out: &mut [f32]) -> Result<()> {
+/// `out = input · W` with `W` widened to f32 once, through the CPU backend's f32 GEMM.
+fn gemm_widened_once(packed: &PackedBf16, batch: usize, input: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
     let (k, n) = (packed.k(), packed.n());
     WIDENED.with(|w| {
         let mut w = w.borrow_mut();
@@ -148,8 +148,7 @@ fn gemm_widened_once(packed: &PackedBf16, batch: usize, input: &[f32], out: &mut
             w.resize(k * n, 0.0);
         }
         packed.unpack_f32(&mut w[..k * n])?;
-        let spec = crate::ops::GemmSpec::nn(batch, n, k);
-        crate::cpu::gemm_f32(&spec, &input[..batch * k], &w[..k * n], &mut out[..batch * n])
+        crate::CpuOps::new().gemm(&crate::ops::GemmSpec::nn(batch, n, k), input, &w, out)
     })
 }
 

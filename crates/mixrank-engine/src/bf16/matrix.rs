@@ -221,7 +221,8 @@ impl PackedBf16 {
         check::holds("PackedBf16::unpack_f32", "out", out.len(), &[k, n], k * n)?;
         let out = &mut out[..k * n];
         let pair_rows = |p: usize, rows: &mut [f32]| {
-            let (lo, hi) = rows.split_at_mut(n.min(rows.len()));
+            // `2n` values, or `n` for the last row of an odd `k` (`hi` empty).
+            let (lo, hi) = rows.split_at_mut(n);
             for panel in 0..self.panels() {
                 let src = &self.panel(panel)[p * 2 * NR..][..2 * NR];
                 let j0 = panel * NR;

@@ -11,12 +11,6 @@ mod optim;
 mod par;
 
 pub(crate) use par::worth_splitting;
-
-/// The f32 GEMM of this backend (default threading threshold), on slices: for code that
-/// holds host slices rather than a backend (the bf16 inference path's widened weights).
-pub(crate) fn gemm_f32(spec: &GemmSpec, a: &[f32], b: &[f32], c: &mut [f32]) -> Result<()> {
-    gemm::gemm(spec, CpuOps::DEFAULT_GEMM_PAR_MIN, a, b, c)
-}
 mod pointwise;
 mod reduce;
 mod softmax;
